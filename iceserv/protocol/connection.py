@@ -1,0 +1,257 @@
+"""One binary icecream channel as a sans-I/O state machine: handshake, then framed messages.
+
+Theory of operation
+-------------------
+Both ends of a channel behave the same (reference §1.4): each sends its own
+maximum version as a little-endian ``u32``; on reading the peer's, each sends
+``min(own, peer)``; on reading the peer's second word, which must equal that
+minimum, the channel is open and the minimum (the *protocol*) governs every
+version-dependent field in both directions.
+
+:class:`Connection` never touches a socket.  The owner feeds received bytes to
+:meth:`Connection.receive_data` (``b""`` means end of file), then calls
+:meth:`Connection.next_event` until it returns :data:`NEED_DATA`; events are a
+:class:`Handshake` once, then messages, then :class:`ConnectionClosed`.  After
+each call the owner writes :meth:`Connection.data_to_send` to the peer (the
+handshake words appear there by themselves).  :meth:`Connection.send` encodes a
+message for the negotiated protocol.
+
+A frame is ``u32 BE length`` (type + payload, at most 1 MiB), ``u32 BE type``
+and the payload.  The length is checked as soon as its four bytes arrive, so a
+hostile peer cannot make us buffer more than one frame, and the payload must be
+consumed exactly.  The first malformation raises
+:class:`~iceserv.errors.RemoteProtocolError` and leaves the connection in the
+``ERROR`` state, where every further call raises again: 1.4 closes such a
+channel, and so should the owner.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from iceserv.errors import LocalProtocolError, RemoteProtocolError
+from iceserv.protocol.compression import DEFAULT_LEVEL, iter_chunks
+from iceserv.protocol.constants import (
+    MAX_HANDSHAKE_VERSION,
+    MAX_MESSAGE_SIZE,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    MsgType,
+)
+from iceserv.protocol.features import Feature, supports
+from iceserv.protocol.messages import End, FileChunk, Message, decode, encode
+
+__all__ = [
+    "NEED_DATA",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionState",
+    "Event",
+    "Handshake",
+    "NeedData",
+]
+
+_HANDSHAKE_WORD: Final = struct.Struct("<I")
+_FRAME_HEADER: Final = struct.Struct(">II")
+_NEVER_VALID: Final = frozenset({MsgType.UNKNOWN, MsgType.TIMEOUT})
+
+
+class NeedData(enum.Enum):
+    """The type of :data:`NEED_DATA`."""
+
+    NEED_DATA = enum.auto()
+
+
+#: Returned by :meth:`Connection.next_event` when more bytes are needed.
+NEED_DATA: Final = NeedData.NEED_DATA
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """The handshake finished: ``protocol`` is in force; the peer announced ``peer_version``."""
+
+    protocol: int
+    peer_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed the channel cleanly (between messages)."""
+
+
+Event = Message | Handshake | ConnectionClosed
+
+
+class ConnectionState(enum.Enum):
+    """Where a :class:`Connection` is in its life."""
+
+    AWAIT_PEER_VERSION = enum.auto()
+    AWAIT_PEER_MINIMUM = enum.auto()
+    OPEN = enum.auto()
+    CLOSED = enum.auto()
+    ERROR = enum.auto()
+
+
+class Connection:
+    """The protocol state of one binary channel (client, daemon, scheduler or monitor side).
+
+    *version* is the maximum protocol we announce (43 normally; lower to talk
+    like an older peer).  *compression_level* is the zstd level for FILE_CHUNKs
+    we send (the sender's ``ICECC_COMPRESSION``).
+    """
+
+    def __init__(
+        self,
+        *,
+        version: int = PROTOCOL_VERSION,
+        compression_level: int = DEFAULT_LEVEL,
+        max_message_size: int = MAX_MESSAGE_SIZE,
+    ) -> None:
+        if not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
+            msg = f"cannot speak protocol {version}: supported are 21 to 43"
+            raise LocalProtocolError(msg)
+        if not 8 < max_message_size <= MAX_MESSAGE_SIZE:
+            msg = f"max_message_size must be in 9..{MAX_MESSAGE_SIZE}"
+            raise LocalProtocolError(msg)
+        self.own_version = version
+        self.compression_level = compression_level
+        self._max_size = max_message_size
+        self._state = ConnectionState.AWAIT_PEER_VERSION
+        self._in = bytearray()
+        self._out = bytearray(_HANDSHAKE_WORD.pack(version))
+        self._eof = False
+        self._protocol: int | None = None
+        self._peer_version: int | None = None
+        self._error: RemoteProtocolError | None = None
+
+    # --- introspection ---------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current state."""
+        return self._state
+
+    @property
+    def protocol(self) -> int:
+        """The negotiated protocol version; only valid once the handshake is done."""
+        if self._protocol is None:
+            msg = "the version handshake has not finished"
+            raise LocalProtocolError(msg)
+        return self._protocol
+
+    @property
+    def peer_version(self) -> int:
+        """The maximum version the peer announced (1.4's "Version:" for monitors)."""
+        if self._peer_version is None:
+            msg = "the peer has not announced its version yet"
+            raise LocalProtocolError(msg)
+        return self._peer_version
+
+    def supports(self, feature: Feature) -> bool:
+        """Return whether the negotiated protocol has *feature*."""
+        return supports(self.protocol, feature)
+
+    # --- input -----------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the peer; ``b""`` means the peer closed its side."""
+        if self._eof:
+            if data:
+                msg = "received data after end of file"
+                raise LocalProtocolError(msg)
+            return
+        if data:
+            self._in += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | NeedData:
+        """Return the next event, or :data:`NEED_DATA`."""
+        if self._state is ConnectionState.ERROR:
+            assert self._error is not None  # noqa: S101 - set together with the state
+            raise RemoteProtocolError(str(self._error), msg_type=self._error.msg_type)
+        if self._state is ConnectionState.CLOSED:
+            return ConnectionClosed()
+        try:
+            event = self._advance()
+        except RemoteProtocolError as exc:
+            self._state = ConnectionState.ERROR
+            self._error = exc
+            raise
+        if event is NEED_DATA and self._eof:
+            if self._in:
+                self._fail("connection closed in the middle of a message")
+            self._state = ConnectionState.CLOSED
+            return ConnectionClosed()
+        return event
+
+    def _fail(self, text: str, msg_type: int | None = None) -> None:
+        raise RemoteProtocolError(text, msg_type=msg_type)
+
+    def _advance(self) -> Event | NeedData:
+        if self._state is ConnectionState.AWAIT_PEER_VERSION:
+            if len(self._in) < 4:
+                return NEED_DATA
+            (peer,) = _HANDSHAKE_WORD.unpack_from(self._in)
+            del self._in[:4]
+            if not MIN_PROTOCOL_VERSION <= peer <= MAX_HANDSHAKE_VERSION:
+                self._fail(f"peer announced unusable protocol version {peer}")
+            self._peer_version = peer
+            self._protocol = min(self.own_version, peer)
+            self._out += _HANDSHAKE_WORD.pack(self._protocol)
+            self._state = ConnectionState.AWAIT_PEER_MINIMUM
+        if self._state is ConnectionState.AWAIT_PEER_MINIMUM:
+            if len(self._in) < 4:
+                return NEED_DATA
+            (echo,) = _HANDSHAKE_WORD.unpack_from(self._in)
+            del self._in[:4]
+            if echo != self._protocol:
+                self._fail(f"peer confirmed protocol {echo}, expected {self._protocol}")
+            self._state = ConnectionState.OPEN
+            return Handshake(self.protocol, self.peer_version)
+        return self._next_message()
+
+    def _next_message(self) -> Message | NeedData:
+        buf = self._in
+        if len(buf) < 4:
+            return NEED_DATA
+        length = int.from_bytes(buf[:4], "big")
+        if length > self._max_size:
+            self._fail(f"received a too large message: {length} bytes")
+        if length < 4:
+            self._fail(f"frame length {length} cannot hold a message type")
+        if len(buf) < 4 + length:
+            return NEED_DATA
+        _, msg_type = _FRAME_HEADER.unpack_from(buf)
+        if msg_type in _NEVER_VALID:
+            self._fail(f"received message type {msg_type}, which is never valid", msg_type)
+        payload = bytes(buf[8 : 4 + length])
+        del buf[: 4 + length]
+        return decode(msg_type, payload, self.protocol)
+
+    # --- output ----------------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        """Queue *msg*, encoded for the negotiated protocol, for :meth:`data_to_send`."""
+        if self._state is not ConnectionState.OPEN:
+            text = f"cannot send {type(msg).__name__} in state {self._state.name}"
+            raise LocalProtocolError(text)
+        if msg.TYPE in _NEVER_VALID:
+            text = f"{type(msg).__name__} must never be sent"
+            raise LocalProtocolError(text, msg_type=int(msg.TYPE))
+        self._out += encode(msg, self.protocol, level=self.compression_level)
+
+    def send_file(self, data: bytes) -> None:
+        """Queue *data* as FILE_CHUNKs of at most 100 000 bytes followed by END."""
+        for piece in iter_chunks(data):
+            self.send(FileChunk(piece))
+        self.send(End())
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) the bytes queued for the peer."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out

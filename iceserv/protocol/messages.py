@@ -1,0 +1,680 @@
+"""The 32 icecream message types as typed, immutable objects, and their codec.
+
+Each message is a frozen, slotted dataclass named after upstream's class
+(``GetCS`` for ``GetCSMsg``; ``UseNativeEnv``, ``EnvTransfer``, ``ConfCS`` and
+``GetInternalStatus`` keep upstream's names while :class:`MsgType` keeps the
+enum spelling).  A table lists each message's fields in wire order with the
+:class:`Feature` that must be negotiated for the field to be present
+(reference §2.2, §2.3); :func:`encode` and :func:`decode` walk that table, so
+a layout is written down once.  The few layouts that are not "append a field
+at version N" (COMPILE_FILE below 41, MON_GET_CS below 29, JOB_DONE's exit
+code 200 below 39, FILE_CHUNK's blob) are handled explicitly below.
+
+Fields that a negotiated version does not carry keep their defaults when
+decoded and are silently not sent when encoded, as 1.4 does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from iceserv.errors import LocalProtocolError, RemoteProtocolError
+from iceserv.protocol.compression import DEFAULT_LEVEL, read_blob, write_blob
+from iceserv.protocol.constants import (
+    LEGACY_UNKNOWN_JOB_ID_EXITCODE,
+    MAX_MESSAGE_SIZE,
+    JobDoneFlag,
+    MsgType,
+)
+from iceserv.protocol.features import Feature, supports
+from iceserv.protocol.wire import EnvEntry, Reader, Writer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = [
+    "BlacklistHostEnv",
+    "CompileFile",
+    "CompileResult",
+    "ConfCS",
+    "End",
+    "EnvTransfer",
+    "FileChunk",
+    "GetCS",
+    "GetInternalStatus",
+    "GetNativeEnv",
+    "JobBegin",
+    "JobDone",
+    "JobLocalBegin",
+    "JobLocalDone",
+    "Login",
+    "Message",
+    "MonGetCS",
+    "MonJobBegin",
+    "MonJobDone",
+    "MonLocalJobBegin",
+    "MonLogin",
+    "MonStats",
+    "NoCS",
+    "Ping",
+    "Stats",
+    "StatusText",
+    "Text",
+    "Timeout",
+    "Unknown",
+    "UseCS",
+    "UseNativeEnv",
+    "VerifyEnv",
+    "VerifyEnvResult",
+    "decode",
+    "encode",
+    "layout",
+]
+
+_HEADER: Final = struct.Struct(">II")
+
+# --- messages without payload -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """Type ``'A'``: never valid; a connection refuses to send or accept it."""
+
+    TYPE: ClassVar = MsgType.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """scheduler → daemon (only protocol < 27), and the daemon's reply."""
+
+    TYPE: ClassVar = MsgType.PING
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """End of a FILE_CHUNK stream; client → local daemon "all fine"; a polite close."""
+
+    TYPE: ClassVar = MsgType.END
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """Type ``'D'``: unused by 1.4; a connection refuses to send or accept it."""
+
+    TYPE: ClassVar = MsgType.TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class MonLogin:
+    """monitor → scheduler: the monitor's first and only message."""
+
+    TYPE: ClassVar = MsgType.MON_LOGIN
+
+
+@dataclass(frozen=True, slots=True)
+class GetInternalStatus:
+    """scheduler → daemon: ask for the ``internals`` text (answered by STATUS_TEXT)."""
+
+    TYPE: ClassVar = MsgType.GET_INTERNALS
+
+
+# --- client <-> local daemon ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GetNativeEnv:
+    """client → local daemon: build (or find) the native environment for this compiler."""
+
+    TYPE: ClassVar = MsgType.GET_NATIVE_ENV
+    compiler: str = ""
+    extrafiles: tuple[str, ...] = ()
+    compression: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UseNativeEnv:
+    """local daemon → client: absolute path of the native environment tarball."""
+
+    TYPE: ClassVar = MsgType.NATIVE_ENV
+    native_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GetCS:
+    """client → local daemon, local daemon → scheduler: ask for a compile server."""
+
+    TYPE: ClassVar = MsgType.GET_CS
+    versions: tuple[EnvEntry, ...] = ()
+    filename: str = ""
+    lang: int = 0
+    count: int = 1
+    target: str = ""
+    arg_flags: int = 0
+    client_id: int = 0
+    preferred_host: str = ""
+    ignore_unverified: int = 0
+    minimal_host_version: int = 0
+    client_count: int = 0
+    required_features: int = 0
+    niceness: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UseCS:
+    """scheduler → local daemon, local daemon → client: compile job ``job_id`` there."""
+
+    TYPE: ClassVar = MsgType.USE_CS
+    job_id: int = 0
+    port: int = 0
+    hostname: str = ""
+    host_platform: str = ""
+    got_env: bool = False
+    client_id: int = 0
+    matched_job_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NoCS:
+    """scheduler → local daemon: compile job ``job_id`` yourself."""
+
+    TYPE: ClassVar = MsgType.NO_CS
+    job_id: int = 0
+    client_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CompileFile:
+    """client → remote daemon (or local daemon with environment ``__client``): the job.
+
+    ``args`` is the one list of protocol >= 41; below 41 it is sent as the
+    remote list with an empty rest list, and a received pair is joined (remote
+    then rest), which is what a 1.4 receiver does with them.
+    """
+
+    TYPE: ClassVar = MsgType.COMPILE_FILE
+    lang: int = 0
+    job_id: int = 0
+    args: tuple[str, ...] = ()
+    environment: str = ""
+    target: str = ""
+    compiler_name: str = ""
+    input_file: str = ""
+    working_dir: str = ""
+    output_file: str = ""
+    dwarf_fission: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FileChunk:
+    """One piece (<= 1 MiB, 1.4 sends <= 100 000 bytes) of a file stream, uncompressed.
+
+    ``compressed_size`` is filled in by :func:`decode` (the job statistics need it)
+    and ignored when comparing or encoding.
+    """
+
+    TYPE: ClassVar = MsgType.FILE_CHUNK
+    data: bytes = b""
+    compressed_size: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CompileResult:
+    """remote daemon → client: the compiler's output and status (files follow on success)."""
+
+    TYPE: ClassVar = MsgType.COMPILE_RESULT
+    err: str = ""
+    out: str = ""
+    status: int = 0
+    was_out_of_memory: bool = False
+    have_dwo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class JobBegin:
+    """daemon → scheduler: job ``job_id`` started compiling at ``stime``."""
+
+    TYPE: ClassVar = MsgType.JOB_BEGIN
+    job_id: int = 0
+    stime: int = 0
+    client_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobDone:
+    """daemon → scheduler, client → local daemon: a job finished, with its statistics."""
+
+    TYPE: ClassVar = MsgType.JOB_DONE
+    job_id: int = 0
+    exitcode: int = 0
+    real_msec: int = 0
+    user_msec: int = 0
+    sys_msec: int = 0
+    pfaults: int = 0
+    in_compressed: int = 0
+    in_uncompressed: int = 0
+    out_compressed: int = 0
+    out_uncompressed: int = 0
+    flags: int = 0
+    client_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobLocalBegin:
+    """client ↔ local daemon, local daemon → scheduler: a local job (link, -E, ...) starts."""
+
+    TYPE: ClassVar = MsgType.JOB_LOCAL_BEGIN
+    stime: int = 0
+    outfile: str = ""
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobLocalDone:
+    """local daemon → scheduler, scheduler → monitor: a local job finished."""
+
+    TYPE: ClassVar = MsgType.JOB_LOCAL_DONE
+    job_id: int = 0
+
+
+# --- daemon <-> scheduler -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """daemon → scheduler: first message, and the re-announcement after an install."""
+
+    TYPE: ClassVar = MsgType.LOGIN
+    port: int = 0
+    max_kids: int = 0
+    envs: tuple[EnvEntry, ...] = ()
+    nodename: str = ""
+    host_platform: str = ""
+    chroot_possible: bool = False
+    noremote: bool = False
+    supported_features: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """daemon → scheduler: load (0..1000), load averages times 1000, free memory in MiB."""
+
+    TYPE: ClassVar = MsgType.STATS
+    load: int = 0
+    load_avg1: int = 0
+    load_avg5: int = 0
+    load_avg10: int = 0
+    free_mem: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConfCS:
+    """scheduler → daemon: configuration, sent after every LOGIN (protocol >= 24)."""
+
+    TYPE: ClassVar = MsgType.CS_CONF
+    max_scheduler_pong: int = 3
+    max_scheduler_ping: int = 36
+    bench_source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusText:
+    """remote daemon → client (error text); daemon → scheduler (internals dump)."""
+
+    TYPE: ClassVar = MsgType.STATUS_TEXT
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A line of the telnet text channel; framed only for completeness (never sent framed)."""
+
+    TYPE: ClassVar = MsgType.TEXT
+    text: str = ""
+
+
+# --- scheduler -> monitor -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MonGetCS:
+    """scheduler → monitor: a job request was queued."""
+
+    TYPE: ClassVar = MsgType.MON_GET_CS
+    filename: str = ""
+    lang: int = 0
+    job_id: int = 0
+    client_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MonJobBegin:
+    """scheduler → monitor: job ``job_id`` started on host ``host_id``."""
+
+    TYPE: ClassVar = MsgType.MON_JOB_BEGIN
+    job_id: int = 0
+    stime: int = 0
+    host_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MonJobDone:
+    """scheduler → monitor: a job finished or was aborted (JOB_DONE's layout)."""
+
+    TYPE: ClassVar = MsgType.MON_JOB_DONE
+    job_id: int = 0
+    exitcode: int = 0
+    real_msec: int = 0
+    user_msec: int = 0
+    sys_msec: int = 0
+    pfaults: int = 0
+    in_compressed: int = 0
+    in_uncompressed: int = 0
+    out_compressed: int = 0
+    out_uncompressed: int = 0
+    flags: int = 0
+    client_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MonLocalJobBegin:
+    """scheduler → monitor: a local job started (note: host id first)."""
+
+    TYPE: ClassVar = MsgType.MON_LOCAL_JOB_BEGIN
+    host_id: int = 0
+    job_id: int = 0
+    stime: int = 0
+    file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MonStats:
+    """scheduler → monitor: ``Key:Value`` lines describing host ``host_id``."""
+
+    TYPE: ClassVar = MsgType.MON_STATS
+    host_id: int = 0
+    statmsg: str = ""
+
+
+# --- client <-> remote daemon ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EnvTransfer:
+    """client → remote daemon: an environment tarball follows as FILE_CHUNKs + END."""
+
+    TYPE: ClassVar = MsgType.TRANFER_ENV
+    name: str = ""
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyEnv:
+    """client → remote daemon: check that the environment just sent works."""
+
+    TYPE: ClassVar = MsgType.VERIFY_ENV
+    environment: str = ""
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyEnvResult:
+    """remote daemon → client: the answer to VERIFY_ENV."""
+
+    TYPE: ClassVar = MsgType.VERIFY_ENV_RESULT
+    ok: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BlacklistHostEnv:
+    """client → local daemon → scheduler: never use this environment on that host."""
+
+    TYPE: ClassVar = MsgType.BLACKLIST_HOST_ENV
+    environment: str = ""
+    target: str = ""
+    hostname: str = ""
+
+
+Message = (
+    Unknown | Ping | End | Timeout | GetNativeEnv | UseNativeEnv | GetCS | UseCS
+    | CompileFile | FileChunk | CompileResult | JobBegin | JobDone | JobLocalBegin
+    | JobLocalDone | Login | Stats | MonLogin | MonGetCS | MonJobBegin | MonJobDone
+    | MonLocalJobBegin | MonStats | EnvTransfer | Text | StatusText | GetInternalStatus
+    | ConfCS | VerifyEnv | VerifyEnvResult | BlacklistHostEnv | NoCS
+)  # fmt: skip
+
+
+# --- layouts --------------------------------------------------------------------------
+
+
+class _Kind(enum.Enum):
+    U32 = "u32"
+    I32 = "i32"  # signed C int sent as its two's-complement pattern
+    BOOL = "bool"
+    STR = "string"
+    STRS = "string list"
+    ENVS = "environment list"
+    ARGS = "argument list(s)"  # COMPILE_FILE: one list >= 41, remote + rest below
+    BLOB = "compressed blob"
+
+
+U, N, B, S, L, E = _Kind.U32, _Kind.I32, _Kind.BOOL, _Kind.STR, _Kind.STRS, _Kind.ENVS
+F = Feature
+_Field = tuple[str, _Kind, Feature | None]
+
+_JOB_DONE_FIELDS: Final[tuple[_Field, ...]] = (
+    ("job_id", U, None), ("exitcode", N, None), ("real_msec", U, None),
+    ("user_msec", U, None), ("sys_msec", U, None), ("pfaults", U, None),
+    ("in_compressed", U, None), ("in_uncompressed", U, None),
+    ("out_compressed", U, None), ("out_uncompressed", U, None),
+    ("flags", U, None), ("client_count", U, F.CLIENT_COUNT),
+)  # fmt: skip
+
+_GET_CS_FIELDS: Final[tuple[_Field, ...]] = (
+    ("versions", E, None), ("filename", S, None), ("lang", U, None), ("count", U, None),
+    ("target", S, None), ("arg_flags", U, None), ("client_id", U, None),
+    ("preferred_host", S, F.GET_CS_PREFERRED_HOST),
+    ("ignore_unverified", U, F.GET_CS_IGNORE_UNVERIFIED),
+    ("minimal_host_version", N, F.GET_CS_MINIMAL_HOST_VERSION),
+    ("client_count", U, F.CLIENT_COUNT), ("required_features", U, F.ENV_FEATURES),
+    ("niceness", N, F.GET_CS_NICENESS),
+)  # fmt: skip
+
+_LAYOUTS: Final[Mapping[type, tuple[_Field, ...]]] = {
+    Unknown: (), Ping: (), End: (), Timeout: (), MonLogin: (), GetInternalStatus: (),
+    GetNativeEnv: (
+        ("compiler", S, F.NATIVE_ENV_EXTRAFILES), ("extrafiles", L, F.NATIVE_ENV_EXTRAFILES),
+        ("compression", S, F.ENV_FEATURES),
+    ),
+    UseNativeEnv: (("native_version", S, None),),
+    GetCS: _GET_CS_FIELDS,
+    UseCS: (
+        ("job_id", U, None), ("port", U, None), ("hostname", S, None),
+        ("host_platform", S, None), ("got_env", B, None), ("client_id", U, None),
+        ("matched_job_id", U, F.USE_CS_MATCHED_JOB_ID),
+    ),
+    NoCS: (("job_id", U, None), ("client_id", U, None)),
+    CompileFile: (
+        ("lang", U, None), ("job_id", U, None), ("args", _Kind.ARGS, None),
+        ("environment", S, None), ("target", S, None), ("compiler_name", S, F.COMPILER_NAME),
+        ("input_file", S, F.COMPILE_FILE_PATHS), ("working_dir", S, F.COMPILE_FILE_PATHS),
+        ("output_file", S, F.SPLIT_DWARF), ("dwarf_fission", B, F.SPLIT_DWARF),
+    ),
+    FileChunk: (("data", _Kind.BLOB, None),),
+    CompileResult: (
+        ("err", S, None), ("out", S, None), ("status", N, None),
+        ("was_out_of_memory", B, None), ("have_dwo", B, F.COMPILE_RESULT_DWO),
+    ),
+    JobBegin: (("job_id", U, None), ("stime", U, None), ("client_count", U, F.CLIENT_COUNT)),
+    JobDone: _JOB_DONE_FIELDS,
+    JobLocalBegin: (("stime", U, None), ("outfile", S, None), ("id", U, None)),
+    JobLocalDone: (("job_id", U, None),),
+    Login: (
+        ("port", U, None), ("max_kids", U, None), ("envs", E, None), ("nodename", S, None),
+        ("host_platform", S, None), ("chroot_possible", B, None),
+        ("noremote", B, F.LOGIN_NOREMOTE), ("supported_features", U, F.ENV_FEATURES),
+    ),
+    Stats: (
+        ("load", U, None), ("load_avg1", U, None), ("load_avg5", U, None),
+        ("load_avg10", U, None), ("free_mem", U, None),
+    ),
+    ConfCS: (
+        ("max_scheduler_pong", U, None), ("max_scheduler_ping", U, None),
+        ("bench_source", S, None),
+    ),
+    StatusText: (("text", S, None),),
+    Text: (("text", S, None),),
+    MonGetCS: (
+        ("filename", S, None), ("lang", U, None), ("job_id", U, None), ("client_id", U, None),
+    ),
+    MonJobBegin: (("job_id", U, None), ("stime", U, None), ("host_id", U, None)),
+    MonJobDone: _JOB_DONE_FIELDS,
+    MonLocalJobBegin: (
+        ("host_id", U, None), ("job_id", U, None), ("stime", U, None), ("file", S, None),
+    ),
+    MonStats: (("host_id", U, None), ("statmsg", S, None)),
+    EnvTransfer: (("name", S, None), ("target", S, None)),
+    VerifyEnv: (("environment", S, None), ("target", S, None)),
+    VerifyEnvResult: (("ok", B, None),),
+    BlacklistHostEnv: (("environment", S, None), ("target", S, None), ("hostname", S, None)),
+}  # fmt: skip
+
+_BY_TYPE: Final[Mapping[int, type]] = {
+    int(cls.TYPE): cls  # type: ignore[attr-defined]
+    for cls in _LAYOUTS
+}
+
+
+def layout(cls: type, version: int) -> tuple[tuple[str, str], ...]:
+    """Return ``(field, kind)`` pairs that *cls* carries on the wire at *version*."""
+    return tuple(
+        (name, kind.value)
+        for name, kind, feature in _LAYOUTS[cls]
+        if feature is None or supports(version, feature)
+    )
+
+
+# --- encoding -------------------------------------------------------------------------
+
+_WRITERS: Final[Mapping[_Kind, Callable[[Writer, object], None]]] = {
+    _Kind.U32: Writer.u32,  # type: ignore[dict-item]
+    _Kind.I32: Writer.i32,  # type: ignore[dict-item]
+    _Kind.BOOL: Writer.boolean,  # type: ignore[dict-item]
+    _Kind.STR: Writer.string,  # type: ignore[dict-item]
+    _Kind.STRS: Writer.strings,  # type: ignore[dict-item]
+    _Kind.ENVS: Writer.envs,  # type: ignore[dict-item]
+}
+
+
+def _write_fields(w: Writer, msg: object, cls: type, version: int, level: int) -> None:
+    for name, kind, feature in _LAYOUTS[cls]:
+        if feature is not None and not supports(version, feature):
+            continue
+        value = getattr(msg, name)
+        if kind is _Kind.BLOB:
+            write_blob(w, value, version, level)
+        elif kind is _Kind.ARGS:
+            w.strings(value)
+            if not supports(version, Feature.SINGLE_ARGS_LIST):
+                w.strings(())  # the "rest" list of the two-list layout
+        else:
+            _WRITERS[kind](w, value)
+
+
+def encode(msg: Message, version: int, *, level: int = DEFAULT_LEVEL) -> bytes:
+    """Return the complete frame (length, type, payload) of *msg* at protocol *version*.
+
+    *level* is the zstd level for FILE_CHUNK data.  Raises
+    :class:`~iceserv.errors.LocalProtocolError` for values the wire cannot carry or
+    frames over 1 MiB.
+    """
+    cls: type = type(msg)
+    if cls not in _LAYOUTS:
+        msg_text = f"not an icecream message: {cls.__name__}"
+        raise LocalProtocolError(msg_text)
+    w = Writer()
+    if cls is MonGetCS and not supports(version, Feature.MON_GET_CS_SHORT):
+        _write_legacy_mon_get_cs(w, msg, version)  # type: ignore[arg-type]
+    else:
+        if (
+            isinstance(msg, JobDone | MonJobDone)
+            and not supports(version, Feature.CLIENT_COUNT)
+            and msg.flags & JobDoneFlag.UNKNOWN_JOB_ID
+        ):
+            msg = dataclasses.replace(msg, exitcode=LEGACY_UNKNOWN_JOB_ID_EXITCODE)
+        _write_fields(w, msg, cls, version, level)
+    payload = w.getvalue()
+    if len(payload) + 4 > MAX_MESSAGE_SIZE:
+        text = f"{cls.__name__} frame of {len(payload) + 4} bytes exceeds the 1 MiB limit"
+        raise LocalProtocolError(text, msg_type=int(msg.TYPE))
+    return _HEADER.pack(len(payload) + 4, msg.TYPE) + payload
+
+
+def _write_legacy_mon_get_cs(w: Writer, msg: MonGetCS, version: int) -> None:
+    # Below 29 a monitor gets a whole GET_CS body (with the job's filename and
+    # language, everything else at its default) followed by job id and client id.
+    _write_fields(w, GetCS(filename=msg.filename, lang=msg.lang), GetCS, version, DEFAULT_LEVEL)
+    w.u32(msg.job_id)
+    w.u32(msg.client_id)
+
+
+# --- decoding -------------------------------------------------------------------------
+
+_READERS: Final[Mapping[_Kind, Callable[[Reader], object]]] = {
+    _Kind.U32: Reader.u32,
+    _Kind.I32: Reader.i32,
+    _Kind.BOOL: Reader.boolean,
+    _Kind.STR: Reader.string,
+    _Kind.STRS: Reader.strings,
+    _Kind.ENVS: Reader.envs,
+}
+
+
+def _read_fields(r: Reader, cls: type, version: int) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name, kind, feature in _LAYOUTS[cls]:
+        if feature is not None and not supports(version, feature):
+            continue
+        if kind is _Kind.BLOB:
+            values[name], values["compressed_size"] = read_blob(r, version)
+        elif kind is _Kind.ARGS:
+            args = r.strings()
+            if not supports(version, Feature.SINGLE_ARGS_LIST):
+                args += r.strings()
+            values[name] = args
+        else:
+            values[name] = _READERS[kind](r)
+    return values
+
+
+def decode(msg_type: int, payload: bytes | memoryview, version: int) -> Message:
+    """Decode one frame's *payload* of type *msg_type* at protocol *version*.
+
+    Every byte must be consumed (reference §1.5).  Any malformation raises
+    :class:`~iceserv.errors.RemoteProtocolError` and nothing else.
+    """
+    cls = _BY_TYPE.get(msg_type)
+    if cls is None:
+        text = f"unknown message type {msg_type}"
+        raise RemoteProtocolError(text, msg_type=msg_type)
+    r = Reader(payload, msg_type)
+    if cls is MonGetCS and not supports(version, Feature.MON_GET_CS_SHORT):
+        body = _read_fields(r, GetCS, version)
+        values: dict[str, object] = {
+            "filename": body["filename"], "lang": body["lang"],
+            "job_id": r.u32(), "client_id": r.u32(),
+        }  # fmt: skip
+    else:
+        values = _read_fields(r, cls, version)
+        if (
+            cls in (JobDone, MonJobDone)
+            and not supports(version, Feature.CLIENT_COUNT)
+            and values["exitcode"] == LEGACY_UNKNOWN_JOB_ID_EXITCODE
+        ):
+            values["flags"] = int(values["flags"]) | JobDoneFlag.UNKNOWN_JOB_ID  # type: ignore[call-overload]
+    r.finish()
+    message: Message = cls(**values)
+    return message
