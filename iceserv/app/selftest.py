@@ -28,7 +28,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Final, TextIO
 
-from iceserv.protocol import NEED_DATA, Connection, ConfCS, Handshake, Login, Stats
+from iceserv.protocol import NEED_DATA, ConfCS, Connection, Handshake, Login, Stats
 from iceserv.protocol.discovery import decode_reply, encode_request
 
 if TYPE_CHECKING:
@@ -62,9 +62,9 @@ def _main(args: argparse.Namespace) -> int:
     try:
         run(args.scheduler_binary, sys.stdout)
     except SelftestError as exc:
-        print(f"selftest FAILED: {exc}", file=sys.stderr)
+        sys.stderr.write(f"selftest FAILED: {exc}\n")
         return 1
-    print("selftest passed")
+    sys.stdout.write("selftest passed\n")
     return 0
 
 
@@ -208,8 +208,7 @@ def _telnet(port: int, link: _DaemonLink, out: TextIO) -> list[str]:
                 sent = True
             if sent and buf.endswith(b"200 done\n"):
                 lines = buf.decode(errors="replace").splitlines()
-                for line in lines:
-                    out.write(f"telnet: {line}\n")
+                out.writelines(f"telnet: {line}\n" for line in lines)
                 return lines
     msg = "the scheduler's telnet interface did not answer listcs"
     raise SelftestError(msg)
