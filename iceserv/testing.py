@@ -6,11 +6,23 @@ tests and benchmarks do.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
+from typing import Any
 
-from iceserv.protocol import NEED_DATA, PROTOCOL_VERSION, Connection, ConnectionState, Event
+from iceserv.protocol import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    Connection,
+    ConnectionState,
+    End,
+    Event,
+    FileChunk,
+    Handshake,
+    Message,
+)
 
-__all__ = ["ConnectionPair", "FakeClock"]
+__all__ = ["BlockingChannel", "ConnectionPair", "FakeClock"]
 
 
 @dataclass
@@ -79,3 +91,71 @@ class ConnectionPair:
                     side.next_event()
         self.transfer()
         return self.a.protocol
+
+
+class BlockingChannel:
+    """A :class:`Connection` over a blocking socket, for tests that play a peer.
+
+    Every read is bounded by *timeout*; the handshake runs on construction.
+    """
+
+    def __init__(self, sock: socket.socket, *, version: int = PROTOCOL_VERSION,
+                 timeout: float = 30.0) -> None:  # fmt: skip
+        self.sock = sock
+        self.sock.settimeout(timeout)
+        self.conn = Connection(version=version)
+        first = self.receive()
+        if not isinstance(first, Handshake):
+            msg = f"expected the handshake, got {first!r}"
+            raise AssertionError(msg)  # noqa: TRY004 - a test expectation failed
+        self.handshake = first
+
+    @classmethod
+    def connect(cls, host: str, port: int, **kwargs: Any) -> BlockingChannel:  # noqa: ANN401
+        """Open a TCP connection to *host*:*port* and do the handshake."""
+        sock = socket.create_connection((host, port), timeout=kwargs.get("timeout", 30.0))
+        return cls(sock, **kwargs)
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def send(self, *messages: Message) -> None:
+        """Encode and send *messages*."""
+        for msg in messages:
+            self.conn.send(msg)
+        self._flush()
+
+    def send_file(self, data: bytes) -> None:
+        """Send *data* as FILE_CHUNKs and END."""
+        self.conn.send_file(data)
+        self._flush()
+
+    def receive(self) -> Event:
+        """Return the next event; raises ``TimeoutError`` after the socket's timeout."""
+        while True:
+            self._flush()
+            event = self.conn.next_event()
+            if event is not NEED_DATA:
+                self._flush()
+                return event
+            self.conn.receive_data(self.sock.recv(1 << 20))
+
+    def receive_file(self) -> tuple[bytes, int]:
+        """Read FILE_CHUNKs up to END; return the data and its compressed size."""
+        parts: list[bytes] = []
+        packed = 0
+        while True:
+            event = self.receive()
+            if isinstance(event, End):
+                return b"".join(parts), packed
+            if not isinstance(event, FileChunk):
+                msg = f"expected FILE_CHUNK or END, got {event!r}"
+                raise AssertionError(msg)  # noqa: TRY004 - a test expectation failed
+            parts.append(event.data)
+            packed += event.compressed_size
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
