@@ -17,13 +17,16 @@ import gzip
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import zstandard
 
 from iceserv.protocol import CHUNK_SIZE, EnvEntry, FileChunk, GetCS
 from iceserv.protocol.compression import iter_chunks
 from iceserv.protocol.messages import decode, encode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SOURCE = b"#include <iostream>\n#include <vector>\n#include <map>\n#include <string>\n"
 
