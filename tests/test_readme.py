@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from iceserv.app.cli import build_parser
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,8 +35,6 @@ class TestReadme:
 
     def test_main_job_is_a_registered_subcommand(self):
         """The main job's iceserv sub-command exists in the CLI."""
-        from iceserv.app.cli import build_parser
-
         main_job = _readme_commands()[0].split("&&", 1)[1].split()
         assert main_job[0] == ".venv/bin/iceserv"
         parser = build_parser()
