@@ -164,7 +164,10 @@ class Connection:
                 raise LocalProtocolError(msg)
             return
         if data:
-            self._in += data
+            # A channel in ERROR never reads again: keeping what a hostile peer
+            # still sends would let it grow the buffer without bound.
+            if self._state is not ConnectionState.ERROR:
+                self._in += data
         else:
             self._eof = True
 
@@ -177,15 +180,16 @@ class Connection:
             return ConnectionClosed()
         try:
             event = self._advance()
+            if event is NEED_DATA and self._eof:
+                if self._in:
+                    self._fail("connection closed in the middle of a message")
+                self._state = ConnectionState.CLOSED
+                return ConnectionClosed()
         except RemoteProtocolError as exc:
             self._state = ConnectionState.ERROR
             self._error = exc
+            self._in.clear()
             raise
-        if event is NEED_DATA and self._eof:
-            if self._in:
-                self._fail("connection closed in the middle of a message")
-            self._state = ConnectionState.CLOSED
-            return ConnectionClosed()
         return event
 
     def _fail(self, text: str, msg_type: int | None = None) -> None:
