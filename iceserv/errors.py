@@ -43,10 +43,20 @@ class ConfigError(IceservError, ValueError):
     """A configuration file, variable or flag is invalid.
 
     ``source`` names where the bad value came from (``path:line``, an
-    environment variable or a flag); ``name`` is the setting.
+    environment variable or a flag); ``name`` is the setting.  ``details``
+    holds one complete line per problem when several were found at once
+    (each invalid value gets its own line); it defaults to the message.
     """
 
-    def __init__(self, message: str, *, source: str = "", name: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str = "",
+        name: str = "",
+        details: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.source = source
         self.name = name
+        self.details = details or (message,)
