@@ -1,0 +1,225 @@
+"""Typed, validated, immutable settings of the daemon and the scheduler.
+
+Owns the fields of :class:`DaemonSettings` (iceccd) and
+:class:`SchedulerSettings` (icecc-scheduler), one per row of the reference's
+cross-walk, with their types, defaults and validation (including the
+``v``/``vv``/``vvv`` verbosity letters and ``HOST[:PORT]`` addresses).
+
+The models never read files, the environment or argv on their own: their
+only pydantic-settings source is the keyword arguments, which
+:mod:`iceserv.config.sources` builds from flags, environment, conf.d and
+TOML, so that loading stays explicit and testable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Final
+
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "DEFAULT_DAEMON_PORT",
+    "DEFAULT_SCHEDULER_PORT",
+    "DaemonSettings",
+    "HostPort",
+    "SchedulerSettings",
+]
+
+DEFAULT_DAEMON_PORT: Final = 10245
+DEFAULT_SCHEDULER_PORT: Final = 8765
+# Linux IFNAMSIZ is 16 including the terminating NUL.
+_MAX_INTERFACE_NAME: Final = 15
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_HOST_PORT: Final = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>[0-9]+))?")
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A scheduler address as given to ``iceccd -s HOST[:PORT]``."""
+
+    host: str
+    port: int = DEFAULT_SCHEDULER_PORT
+
+    def __str__(self) -> str:
+        """Return ``host:port`` (``[v6]:port`` for IPv6 literals)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _parse_host_port(value: object) -> object:
+    """Turn ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 literal into a HostPort."""
+    if value is None or isinstance(value, HostPort):
+        return value
+    if not isinstance(value, str):
+        msg = "expected a string HOST or HOST:PORT"
+        raise ValueError(msg)  # noqa: TRY004 - pydantic reports only ValueError as invalid input
+    text = value.strip()
+    try:
+        return HostPort(str(ipaddress.IPv6Address(text)))
+    except ValueError:
+        pass
+    match = _HOST_PORT.fullmatch(text)
+    if match is None:
+        msg = "expected HOST or HOST:PORT"
+        raise ValueError(msg)
+    port = DEFAULT_SCHEDULER_PORT
+    if match["port"] is not None:
+        port = int(match["port"])
+        if not 1 <= port <= 65535:
+            msg = f"port {port} is not between 1 and 65535"
+            raise ValueError(msg)
+    if match["v6"] is not None:
+        try:
+            return HostPort(str(ipaddress.IPv6Address(match["v6"])), port)
+        except ValueError:
+            msg = f"{match['v6']!r} is not an IPv6 address"
+            raise ValueError(msg) from None
+    if _HOST_NAME.fullmatch(match["host"]) is None:
+        msg = f"{match['host']!r} is not a host name or IPv4 address"
+        raise ValueError(msg)
+    return HostPort(match["host"], port)
+
+
+def _host_port_text(value: HostPort | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _verbosity(value: object) -> object:
+    """Accept the conf.d letters (``v``, ``vv``, ``vvv``, ``-vv``) or a number."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    letters = text.removeprefix("-")
+    if letters and set(letters) == {"v"}:
+        return len(letters)
+    if text.isascii() and text.isdigit():
+        return int(text)
+    msg = "expected 'v', 'vv' or 'vvv' (or a number from 0 to 3)"
+    raise ValueError(msg)
+
+
+def _empty_is_none(value: object) -> object:
+    """Treat an empty string as "not set" (the default), as the init scripts do."""
+    return None if value == "" else value
+
+
+def _no_blanks(value: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in value):
+        msg = "must not contain blanks or control characters"
+        raise ValueError(msg)
+    return value
+
+
+def _interface(value: str) -> str:
+    if len(value) > _MAX_INTERFACE_NAME or "/" in value or ":" in value:
+        msg = f"not a network interface name (at most {_MAX_INTERFACE_NAME} characters, no / or :)"
+        raise ValueError(msg)
+    return _no_blanks(value)
+
+
+def _absolute(value: Path) -> Path:
+    if not value.is_absolute():
+        msg = "must be an absolute path"
+        raise ValueError(msg)
+    return value
+
+
+Name = Annotated[str, AfterValidator(_no_blanks)]
+UserName = Annotated[str, Field(min_length=1), AfterValidator(_no_blanks)]
+Interface = Annotated[str, AfterValidator(_interface)]
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+OptionalPath = Annotated[AbsolutePath | None, BeforeValidator(_empty_is_none)]
+Verbosity = Annotated[int, Field(ge=0, le=3), BeforeValidator(_verbosity)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+SchedulerAddress = Annotated[
+    HostPort | None,
+    BeforeValidator(_parse_host_port),
+    BeforeValidator(_empty_is_none),
+    PlainSerializer(_host_port_text, return_type=str | None),
+]
+
+
+class _Settings(BaseSettings):
+    """Common configuration: frozen, no unknown fields, no implicit sources."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", validate_default=True, use_attribute_docstrings=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],  # noqa: ARG003 - signature fixed by pydantic-settings
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Use only the values passed in; never read ``os.environ`` or dotenv files."""
+        return (init_settings,)
+
+
+class DaemonSettings(_Settings):
+    """Settings of the compile daemon, ``iceccd`` (upstream ``daemon/main.cpp``)."""
+
+    nice_level: Annotated[int, Field(ge=-20, le=19)] = 5
+    """Niceness of the daemon and its compile jobs (``--nice``)."""
+    host_name: Name = ""
+    """Name of this node on the network; empty means the host name (``-N``)."""
+    net_name: Name = ""
+    """Icecream network to join; the scheduler must serve the same (``-n``)."""
+    scheduler_host: SchedulerAddress = None
+    """Scheduler to use instead of broadcast discovery (``-s HOST[:PORT]``)."""
+    max_processes: Annotated[
+        Annotated[int, Field(ge=0)] | None, BeforeValidator(_empty_is_none)
+    ] = None
+    """Parallel compile jobs; None means one per CPU; 0 accepts no remote jobs (``-m``)."""
+    allow_remote: bool = True
+    """Accept compile jobs from other nodes (``--no-remote`` clears it)."""
+    env_basedir: AbsolutePath = Path("/var/cache/icecream")
+    """Where compile environments received from clients are kept (``-b``)."""
+    cache_limit: Annotated[int, Field(ge=0)] = 256
+    """Maximum size of the environment cache in MB (``--cache-limit``)."""
+    verbosity: Verbosity = 0
+    """Log detail, 0 to 3 (``-v``, ``-vv``, ``-vvv``)."""
+    log_file: OptionalPath = None
+    """Log file; None logs to stderr or the journal (``-l``)."""
+    user: UserName = "icecream"
+    """User that compile jobs run as when started as root (``-u``)."""
+    interface: Interface = ""
+    """Network interface to listen on; empty means all (``-i``)."""
+    port: Port = DEFAULT_DAEMON_PORT
+    """TCP port for clients and other daemons (``-p``)."""
+    daemonize: bool = False
+    """Detach from the terminal (``-d``); ignored under systemd or ``--foreground``."""
+
+
+class SchedulerSettings(_Settings):
+    """Settings of the scheduler, ``icecc-scheduler`` (upstream ``scheduler/scheduler.cpp``)."""
+
+    net_name: Name = ""
+    """Icecream network this scheduler serves (``-n``)."""
+    persistent_client_connection: bool = False
+    """Keep daemon connections even when a "better" scheduler appears (``-r``)."""
+    verbosity: Verbosity = 0
+    """Log detail, 0 to 3 (``-v``, ``-vv``, ``-vvv``)."""
+    interface: Interface = ""
+    """Network interface to listen on; empty means all (``-i``)."""
+    log_file: OptionalPath = None
+    """Log file; None logs to stderr or the journal (``-l``)."""
+    port: Annotated[int, Field(ge=1, le=65534)] = DEFAULT_SCHEDULER_PORT
+    """TCP and UDP port for daemons and clients; telnet uses port + 1 (``-p``)."""
+    user: Annotated[str, AfterValidator(_no_blanks)] = ""
+    """User to switch to when started as root; empty keeps the current user (``-u``)."""
+    daemonize: bool = False
+    """Detach from the terminal (``-d``); ignored under systemd or ``--foreground``."""
+
+    @property
+    def text_port(self) -> int:
+        """The telnet (text) port: always :attr:`port` + 1, as in icecream 1.4."""
+        return self.port + 1
