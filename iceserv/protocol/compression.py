@@ -56,13 +56,25 @@ def _compress(data: bytes, algorithm: Compression, level: int) -> bytes:
     return bytes(_import("lzo").compress(data, 1, False))  # noqa: FBT003 - raw LZO1X-1
 
 
+def _zstd_decompress(blob: bytes, size: int) -> bytes:
+    # The one-shot decompressor allocates (and fills) whatever size the frame header
+    # promises, ignoring max_output_size: a few KiB of RLE blocks could make us write
+    # gigabytes.  1.4 decompresses into exactly `size` bytes, so a frame that promises
+    # anything else is refused before decompressing.
+    declared = _import("zstandard").frame_content_size(blob)
+    if declared not in (-1, size):  # -1: the frame does not state its size
+        msg = f"FILE_CHUNK promised {size} bytes but its zstd frame {declared}"
+        raise RemoteProtocolError(msg, msg_type=_FILE_CHUNK)
+    return bytes(_zstd_decompressor().decompress(blob, max_output_size=size))
+
+
 def _decompress(blob: bytes, algorithm: Compression, size: int) -> bytes:
     try:
         if algorithm is Compression.ZSTD:
-            out = _zstd_decompressor().decompress(blob, max_output_size=size)
+            out = _zstd_decompress(blob, size)
         else:
             out = _import("lzo").decompress(blob, False, size)  # noqa: FBT003
-    except LocalProtocolError:
+    except (LocalProtocolError, RemoteProtocolError):
         raise
     except Exception as exc:  # noqa: BLE001 - the bindings raise their own error types
         msg = f"corrupt {algorithm.name} data in FILE_CHUNK: {exc}"
