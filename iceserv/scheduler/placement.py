@@ -1,0 +1,350 @@
+"""Job placement: which daemon compiles which queued job (reference §7.3-§7.7).
+
+This module owns the rules of icecream 1.4's ``scheduler.cpp`` (``pick_server``,
+``empty_queue``, ``server_speed``, ``add_job_stats``) and ``compileserver.cpp``
+(``platforms_compatible``, ``can_install``, ``is_eligible_ever/now``), written
+as pure functions over :class:`~iceserv.scheduler.state.ClusterState`.
+Randomness comes in as a :class:`random.Random`; nothing here does I/O,
+logs or reads a clock.  Deciding is separate from doing: :func:`empty_queue`
+returns an :class:`Assignment` and :mod:`iceserv.scheduler.handlers` applies it.
+
+Probing hosts (deliberately as 1.4, not as upstream master): a host that has
+never compiled anything is tried as soon as it is free, and any host not
+picked during the last ``20 * number of hosts`` job ids is picked once, so
+speed ratings keep refreshing.  Upstream's refactor after 1.4
+(``pick_server_fastest``, icecream issue #657) computes that interval as an
+integer division that is always 0, which disables the branch: ratings freeze
+and a newly joined host is never picked for being new.  We keep the rule
+unconditional; ``tests/scheduler/test_placement.py`` pins both behaviours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from iceserv.protocol import EnvEntry
+from iceserv.scheduler.state import JobStat
+
+if TYPE_CHECKING:
+    import random
+
+    from iceserv.scheduler.state import ClusterState, Host, Job
+
+__all__ = [
+    "Assignment",
+    "can_install",
+    "eligible_ever",
+    "eligible_now",
+    "empty_queue",
+    "envs_match",
+    "matched_job_id",
+    "pick_server",
+    "platforms_compatible",
+    "record_job_stats",
+    "restrict_siblings",
+    "server_speed",
+]
+
+#: Host platforms that can also run environments built for another (1.4's table).
+_COMPATIBLE: Final = {
+    "i386": frozenset({"i486", "i586", "i686", "x86_64"}),
+    "i486": frozenset({"i586", "i686", "x86_64"}),
+    "i586": frozenset({"i686", "x86_64"}),
+    "i686": frozenset({"x86_64"}),
+    "ppc": frozenset({"ppc64"}),
+    "s390": frozenset({"s390x"}),
+}
+#: A load of 1000 means "give me no jobs" (§5.2 step 4).
+FULL_LOAD: Final = 1000
+#: Fewer stats than this: the rating is scaled up by a pessimism factor, and not smoothed.
+_TRUSTED_STATS: Final = 7
+#: JOB_DONE output smaller than this says nothing about speed.
+_MIN_OUTPUT: Final = 4096
+#: Hosts unpicked for this many job ids per host are picked again (exploration).
+_EXPLORE_IDS_PER_HOST: Final = 20
+#: matched_job_id compares this many statistics of submitter and server.
+_MATCH_SCAN: Final = 17
+_FLAG_G: Final = 0x1
+_FLAG_G3: Final = 0x2
+_FLAGS_O: Final = 0x4 | 0x8 | 0x10
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The decision to give *job* to *host*, and what to tell the submitter."""
+
+    job: Job
+    host: Host
+    host_platform: str
+    got_env: bool
+    matched_job_id: int
+
+
+def platforms_compatible(host: Host, platform: str) -> bool:
+    """Return whether *host* can run an environment built to run on *platform*."""
+    return platform == host.platform or host.platform in _COMPATIBLE.get(platform, ())
+
+
+def _blacklisted(state: ClusterState, host: Host, job: Job, env: EnvEntry) -> bool:
+    submitter = state.hosts.get(job.submitter)
+    if submitter is None:
+        return False
+    return (env.platform, env.name) in submitter.blacklist.get(host.host_id, ())
+
+
+def can_install(
+    state: ClusterState, host: Host, job: Job, *, ignore_installing: bool = False
+) -> str:
+    """Return the platform of the first job environment *host* could install, or ``""``.
+
+    A host busy installing another environment installs nothing (unless
+    *ignore_installing*); environments the submitter blacklisted for this
+    host are skipped.
+    """
+    if not ignore_installing and host.busy_installing_since is not None:
+        return ""
+    for env in job.envs:
+        if platforms_compatible(host, env.platform) and not _blacklisted(state, host, job, env):
+            return env.platform
+    return ""
+
+
+def envs_match(host: Host, job: Job) -> str:
+    """Return the platform of a job environment already installed on *host*, or ``""``.
+
+    The submitter compiles with its own native environment, so it always matches.
+    """
+    if job.submitter == host.host_id:
+        return host.platform
+    for installed in host.envs:
+        if installed.platform != job.target:
+            continue
+        for env in job.envs:
+            if env.name == installed.name and platforms_compatible(host, env.platform):
+                return env.platform
+    return ""
+
+
+def eligible_ever(state: ClusterState, host: Host, job: Job) -> bool:
+    """Return whether *host* could take *job* at all, now or later (§7.3)."""
+    own = job.submitter == host.host_id
+    return (
+        host.max_jobs > 0
+        and host.ping_deadline is None
+        and (host.chroot_possible or own)
+        and job.minimal_host_version <= host.version
+        and host.features & job.required_features == job.required_features
+        and host.probe.accepting
+        and bool(can_install(state, host, job, ignore_installing=True))
+        and (own or not host.noremote)
+    )
+
+
+def _preload_slots(host: Host) -> int:
+    # One job may always wait at a busy server, plus one per four slots.
+    return 1 + host.max_jobs // 4
+
+
+def eligible_now(state: ClusterState, host: Host, job: Job) -> bool:
+    """Return whether *host* can take *job* right now: free (preload) slot, load, not installing."""
+    return (
+        eligible_ever(state, host, job)
+        and len(host.jobs) < host.max_jobs + _preload_slots(host)
+        and host.load < FULL_LOAD
+        and bool(can_install(state, host, job))
+    )
+
+
+def server_speed(host: Host, job: Job | None = None) -> float:
+    """Return *host*'s rating: normalised output bytes per user-CPU millisecond (§7.4).
+
+    With *job*, the rating is adjusted for taking that job now (load, busy
+    slots, and whether *host* is the job's own submitter).
+    """
+    if not len(host.compiled) or host.compiled.user_sum == 0:
+        return 0.0
+    speed = host.compiled.output_sum / host.compiled.user_sum
+    if job is not None:
+        if job.submitter == host.host_id:
+            clients = host.client_count or host.submitted
+            if clients > host.max_jobs:
+                speed *= 0.1  # building all its jobs itself would overload it
+            elif clients == host.max_jobs:
+                speed *= 0.8
+            elif clients <= host.max_jobs // 2:
+                speed *= 1.1  # few jobs: save the transfer
+        else:
+            speed *= (FULL_LOAD - host.load) / FULL_LOAD
+        if host.max_jobs > 0:
+            speed *= 1.0 - 0.5 * len(host.jobs) / host.max_jobs
+    if len(host.compiled) < _TRUSTED_STATS:
+        speed *= 4.5 - 0.5 * len(host.compiled)
+    return speed
+
+
+def record_job_stats(
+    state: ClusterState,
+    job: Job,
+    *,
+    exitcode: int,
+    out_uncompressed: int,
+    user_msec: int,
+) -> JobStat | None:
+    """Add the statistics of a finished job to its server, its submitter and the cluster.
+
+    Returns the recorded stat, or ``None`` when the job says nothing about
+    speed (failed, tiny output, no server).
+    """
+    server = state.hosts.get(job.server) if job.server is not None else None
+    if exitcode != 0 or out_uncompressed < _MIN_OUTPUT or server is None:
+        return None
+    size = out_uncompressed
+    if job.arg_flags & _FLAG_G:
+        size = size * 10 // 36  # debug info inflates the output about 3.6 times
+    elif job.arg_flags & _FLAG_G3:
+        size = size * 10 // 45
+    if job.arg_flags & _FLAGS_O:
+        size = size * 58 // 35
+    if len(server.compiled) >= _TRUSTED_STATS and user_msec > 0:
+        # Smooth out spikes: one job moves the rating by at most a factor 1.2.
+        this_speed = size / user_msec
+        current = server_speed(server)
+        if this_speed / 1.2 > current:
+            size = int(current * 1.2 * user_msec)
+        elif this_speed * 1.2 < current:
+            size = int(current / 1.2 * user_msec)
+    stat = JobStat(job.job_id, size, user_msec)
+    server.compiled.add(stat)
+    submitter = state.hosts.get(job.submitter)
+    if submitter is not None:
+        submitter.requested.add(stat)
+    state.all_stats.add(stat)
+    return stat
+
+
+def _usable(state: ClusterState, host: Host, job: Job) -> bool:
+    own = host.host_id == job.submitter
+    return (
+        eligible_now(state, host, job)
+        and bool(can_install(state, host, job))
+        and (host.chroot_possible or own)
+        and (not host.noremote or own)
+    )
+
+
+def _faster(leader: Host, host: Host, job: Job) -> bool:
+    # Only a leader with statistics can be beaten (1.4 compares nothing else).
+    return bool(len(leader.compiled)) and server_speed(leader, job) < server_speed(host, job)
+
+
+def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | None:
+    """Return the best daemon for *job* now, or ``None`` (§7.5)."""
+    hosts = list(state.hosts.values())
+    if job.preferred_host:
+        return next(
+            (host for host in hosts
+             if host.matches(job.preferred_host) and eligible_now(state, host, job)),
+            None,
+        )  # fmt: skip
+    if not len(state.all_stats):
+        # No statistics yet: choose at random, so one broken host cannot
+        # starve the cluster of the statistics that would expose it.
+        candidates = [host for host in hosts if eligible_now(state, host, job)]
+        return rng.choice(candidates) if candidates else None
+    return _pick_fastest(state, job, hosts)
+
+
+def _pick_fastest(state: ClusterState, job: Job, hosts: list[Host]) -> Host | None:
+    best: Host | None = None
+    best_uninstalled: Host | None = None
+    best_preload: Host | None = None
+    for host in hosts:
+        if not _usable(state, host, job):
+            continue
+        installed = bool(envs_match(host, job))
+        if not len(host.compiled) and not host.jobs and host.max_jobs > 0:
+            # Every host compiles at least once so that it gets a rating.
+            return host if installed else best or host
+        if not host.last_picked_id or (
+            job.job_id - host.last_picked_id > _EXPLORE_IDS_PER_HOST * len(hosts)
+        ):
+            return host  # about 5 % of the jobs re-measure hosts nobody picked for long
+        leader = best if installed else best_uninstalled
+        if leader is None:
+            leader = host
+        elif _faster(leader, host, job):
+            if len(host.jobs) < host.max_jobs:
+                leader = host
+            else:
+                best_preload = host
+        if installed:
+            best = leader
+        else:
+            best_uninstalled = leader
+    return best or best_uninstalled or best_preload
+
+
+def matched_job_id(submitter: Host, server: Host) -> int:
+    """Return a job id among the submitter's requested and the server's compiled stats, or 0.
+
+    Informational only (USE_CS ``matched_job_id``); 1.4 scans the 17 oldest of each.
+    """
+    compiled = set(server.compiled.oldest_ids(_MATCH_SCAN))
+    for job_id in submitter.requested.oldest_ids(_MATCH_SCAN):
+        if job_id in compiled:
+            return job_id
+    return 0
+
+
+def _assign(state: ClusterState, job: Job, host: Host) -> Assignment:
+    platform = envs_match(host, job)
+    got_env = bool(platform)
+    if not got_env:
+        platform = can_install(state, host, job)
+    submitter = state.hosts[job.submitter]
+    return Assignment(job, host, platform, got_env, matched_job_id(submitter, host))
+
+
+def empty_queue(state: ClusterState, rng: random.Random) -> Assignment | None:
+    """Decide where the first placeable queued job goes, or ``None`` to wait (§7.6).
+
+    Jobs are tried in queue order.  A job nobody can take now falls back to
+    its submitter if that has a free slot (and no preferred host).  If no job
+    can be placed, the head job waits while some connected daemon could ever
+    take it; otherwise it goes to its submitter, as nobody else ever will.
+    """
+    for job in state.queue:
+        host = pick_server(state, job, rng)
+        if host is not None:
+            return _assign(state, job, host)
+        submitter = state.hosts[job.submitter]
+        if (
+            len(submitter.jobs) < submitter.max_jobs
+            and not job.preferred_host
+            and can_install(state, submitter, job)
+        ):
+            return _assign(state, job, submitter)
+    head = state.queue.first()
+    if head is None:
+        return None
+    for host in state.hosts.values():
+        if head.preferred_host and not host.matches(head.preferred_host):
+            continue
+        if eligible_ever(state, host, head):
+            return None  # "No suitable host found, delaying"
+    return _assign(state, head, state.hosts[head.submitter])
+
+
+def restrict_siblings(state: ClusterState, assignment: Assignment) -> None:
+    """Restrict the other jobs of a multi-count request to the environment just chosen."""
+    job, host = assignment.job, assignment.host
+    if not job.siblings:
+        return
+    name = next((env.name for env in job.envs if env.platform == host.platform), "")
+    if not name:
+        return
+    for sibling_id in job.siblings:
+        sibling = state.jobs.get(sibling_id)
+        if sibling is not None:
+            sibling.envs = (EnvEntry(host.platform, name),)

@@ -1,0 +1,311 @@
+"""The scheduler's data: connected daemons ("hosts"), jobs, the job queue and statistics.
+
+This module owns the plain records the scheduler keeps (reference §7.1, §7.2)
+and the small invariants that belong to them: host ids are never reused, job
+ids (remote and local) come from one counter, a job's state only moves
+PEND → WAIT → COMP, the queue is grouped per (submitter, niceness) and served
+round-robin within a niceness level, statistics windows keep running sums.
+
+It is pure: no I/O, no asyncio, no logging, no clock (callers pass ``now``).
+Placement rules live in :mod:`iceserv.scheduler.placement`, message handling
+in :mod:`iceserv.scheduler.handlers`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from iceserv.protocol import EnvEntry
+
+__all__ = [
+    "COMPILED_STATS_LIMIT",
+    "GLOBAL_STATS_LIMIT",
+    "ClusterState",
+    "Host",
+    "Job",
+    "JobQueue",
+    "JobStat",
+    "JobState",
+    "ProbeState",
+    "StatWindow",
+]
+
+#: A host remembers its last 200 compiled and 200 requested job statistics (§7.1).
+COMPILED_STATS_LIMIT: Final = 200
+#: The cluster remembers the last 2000 job statistics.
+GLOBAL_STATS_LIMIT: Final = 2000
+
+
+class JobState(enum.Enum):
+    """Where a job is: queued, assigned (client not yet at the server), compiling."""
+
+    PEND = "PEND"
+    WAIT = "WAIT"
+    COMP = "COMP"
+
+
+@dataclass(frozen=True, slots=True)
+class JobStat:
+    """What one finished job tells about speed: normalised output size and user time."""
+
+    job_id: int
+    output_size: int
+    user_msec: int
+
+
+class StatWindow:
+    """The last *limit* :class:`JobStat` records, oldest first, with running sums."""
+
+    __slots__ = ("_items", "limit", "output_sum", "user_sum")
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[JobStat] = deque()
+        self.limit = limit
+        self.output_sum = 0
+        self.user_sum = 0
+
+    def add(self, stat: JobStat) -> None:
+        """Append *stat*, forgetting the oldest record beyond the limit."""
+        self._items.append(stat)
+        self.output_sum += stat.output_size
+        self.user_sum += stat.user_msec
+        if len(self._items) > self.limit:
+            old = self._items.popleft()
+            self.output_sum -= old.output_size
+            self.user_sum -= old.user_msec
+
+    def oldest_ids(self, count: int) -> list[int]:
+        """Return the job ids of the *count* oldest records (1.4 scans from the front)."""
+        return [stat.job_id for _, stat in zip(range(count), self._items, strict=False)]
+
+    def __len__(self) -> int:
+        """Return how many records are kept."""
+        return len(self._items)
+
+
+#: Reachability-probe back-off after failures, in seconds (§5.2 step 3).  1.4
+#: indexes its table with ``sizeof`` (bytes, not entries) and so reads past its
+#: end after the twelfth failure; we stay at the last entry instead.
+PROBE_BACKOFF: Final = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+#: Seconds between probes of a daemon that accepted the last one.
+PROBE_PERIOD: Final = 60.0
+
+
+@dataclass(slots=True)
+class ProbeState:
+    """The reachability check of a daemon's compile port (§5.2 step 3).
+
+    A daemon counts as reachable until a probe fails, so it can take jobs at once.
+    """
+
+    accepting: bool = True
+    in_progress: bool = False
+    next_at: float = 0.0
+    failures: int = 0
+
+    def record(self, *, ok: bool, now: float) -> None:
+        """Note the outcome of a probe that finished at *now* and plan the next one."""
+        self.in_progress = False
+        self.accepting = ok
+        if ok:
+            self.failures = 0
+            self.next_at = now + PROBE_PERIOD
+        else:
+            self.next_at = now + PROBE_BACKOFF[min(self.failures, len(PROBE_BACKOFF) - 1)]
+            self.failures += 1
+
+
+@dataclass(eq=False, slots=True)
+class Host:
+    """One logged-in daemon (a compile server, "CS" in 1.4).
+
+    ``version`` is the daemon's announced maximum protocol (for
+    ``minimal_host_version`` and the monitors' ``Version:``); ``protocol`` is the
+    negotiated one (for what we send it).  ``blacklist`` maps a *server's* host
+    id to the ``(target, environment)`` pairs this host, as a submitter, must
+    not use there (§7.7).
+    """
+
+    host_id: int
+    conn_id: int
+    ip: str
+    port: int
+    nodename: str
+    platform: str
+    max_jobs: int
+    noremote: bool
+    chroot_possible: bool
+    features: int
+    version: int
+    protocol: int
+    envs: tuple[EnvEntry, ...]
+    last_talk: float
+    load: int = 1000
+    client_count: int = 0
+    submitted: int = 0
+    jobs: list[int] = field(default_factory=list)
+    busy_installing_since: float | None = None
+    last_picked_id: int = 0
+    probe: ProbeState = field(default_factory=ProbeState)
+    blacklist: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
+    compiled: StatWindow = field(default_factory=lambda: StatWindow(COMPILED_STATS_LIMIT))
+    requested: StatWindow = field(default_factory=lambda: StatWindow(COMPILED_STATS_LIMIT))
+    local_jobs: dict[int, int] = field(default_factory=dict)
+    ping_deadline: float | None = None
+    internals_pending: int = 0
+
+    def matches(self, name: str) -> bool:
+        """Return whether *name* is this daemon's nodename or IP address (1.4 ``matches``)."""
+        return name in (self.nodename, self.ip)
+
+    @property
+    def probed(self) -> bool:
+        """Whether the compile port is probed at all (not for no-remote daemons)."""
+        return not self.noremote and self.port != 0
+
+
+@dataclass(eq=False, slots=True)
+class Job:
+    """One compile job requested by a submitting daemon (one of GET_CS's ``count``)."""
+
+    job_id: int
+    submitter: int
+    client_id: int
+    envs: tuple[EnvEntry, ...]
+    target: str
+    filename: str
+    lang: int
+    arg_flags: int
+    preferred_host: str
+    minimal_host_version: int
+    required_features: int
+    niceness: int
+    state: JobState = JobState.PEND
+    server: int | None = None
+    stime: int = 0
+    siblings: list[int] = field(default_factory=list)
+
+
+@dataclass(eq=False, slots=True)
+class _Group:
+    submitter: int
+    niceness: int
+    jobs: list[Job]
+
+
+class JobQueue:
+    """Queued (PEND) jobs grouped per (submitter, niceness) (§7.2).
+
+    Groups are ordered by niceness, lower first.  When a job is taken for
+    placement its group moves behind the other groups of the same niceness,
+    so submitters of one niceness level are served round-robin.
+    """
+
+    __slots__ = ("_groups",)
+
+    def __init__(self) -> None:
+        self._groups: list[_Group] = []
+
+    def enqueue(self, job: Job) -> None:
+        """Append *job* to its group, creating the group at the end of its niceness level."""
+        for i, group in enumerate(self._groups):
+            if group.submitter == job.submitter and group.niceness == job.niceness:
+                group.jobs.append(job)
+                return
+            if group.niceness > job.niceness:
+                self._groups.insert(i, _Group(job.submitter, job.niceness, [job]))
+                return
+        self._groups.append(_Group(job.submitter, job.niceness, [job]))
+
+    def __iter__(self) -> Iterator[Job]:
+        """Yield the queued jobs in the order placement tries them."""
+        for group in self._groups:
+            yield from group.jobs
+
+    def __len__(self) -> int:
+        """Return the number of queued jobs."""
+        return sum(len(group.jobs) for group in self._groups)
+
+    def __bool__(self) -> bool:
+        """Return whether any job is queued."""
+        return bool(self._groups)
+
+    def first(self) -> Job | None:
+        """Return the job at the head of the queue."""
+        return self._groups[0].jobs[0] if self._groups else None
+
+    def take(self, job: Job) -> None:
+        """Remove *job* because it was placed, and rotate its group (round-robin)."""
+        group = self._find(job)
+        self._groups.remove(group)
+        group.jobs.remove(job)
+        if not group.jobs:
+            return
+        for i, other in enumerate(self._groups):
+            if other.niceness > group.niceness:
+                self._groups.insert(i, group)
+                return
+        self._groups.append(group)
+
+    def discard(self, job: Job) -> None:
+        """Remove *job* without placing it (cancelled); its group keeps its place."""
+        group = self._find(job)
+        group.jobs.remove(job)
+        if not group.jobs:
+            self._groups.remove(group)
+
+    def drop_submitter(self, submitter: int) -> list[Job]:
+        """Remove and return every queued job of *submitter* (the daemon went away)."""
+        dropped = [job for group in self._groups if group.submitter == submitter
+                   for job in group.jobs]  # fmt: skip
+        self._groups = [group for group in self._groups if group.submitter != submitter]
+        return dropped
+
+    def _find(self, job: Job) -> _Group:
+        for group in self._groups:
+            if group.submitter == job.submitter and group.niceness == job.niceness:
+                return group
+        msg = f"job {job.job_id} is not queued"
+        raise KeyError(msg)
+
+
+@dataclass(eq=False, slots=True)
+class ClusterState:
+    """Everything the scheduler knows about the cluster, with the id counters.
+
+    ``hosts`` keeps login order (dict insertion order), which placement and the
+    telnet ``listcs`` follow.  ``jobs`` holds PEND, WAIT and COMP jobs by id;
+    local jobs only take an id.  ``blocked`` is the ``blockcs`` list.
+    """
+
+    hosts: dict[int, Host] = field(default_factory=dict)
+    jobs: dict[int, Job] = field(default_factory=dict)
+    queue: JobQueue = field(default_factory=JobQueue)
+    all_stats: StatWindow = field(default_factory=lambda: StatWindow(GLOBAL_STATS_LIMIT))
+    blocked: list[str] = field(default_factory=list)
+    last_host_id: int = 0
+    last_job_id: int = 0
+
+    def new_host_id(self) -> int:
+        """Return a host id never handed out before."""
+        self.last_host_id += 1
+        return self.last_host_id
+
+    def new_job_id(self) -> int:
+        """Return the next job id (remote and local jobs share the counter)."""
+        self.last_job_id += 1
+        return self.last_job_id
+
+    def is_blocked(self, host: Host) -> bool:
+        """Return whether *host*'s nodename or IP is on the block list."""
+        return any(host.matches(name) for name in self.blocked)
+
+    def find_host(self, name: str) -> Host | None:
+        """Return the first host (login order) whose nodename or IP is *name*."""
+        return next((host for host in self.hosts.values() if host.matches(name)), None)
