@@ -1,0 +1,26 @@
+"""The icecream scheduler: pure core (state, placement, handlers), asyncio shell, control facade.
+
+``state``, ``placement``, ``handlers``, ``monitoring`` and ``effects`` are pure:
+no asyncio, no logging, time and randomness injected.  ``server`` is the
+asyncio shell, ``control`` the facade for the telnet interface and D-Bus,
+``views`` the values that facade returns.  This package must not import
+``daemon``, ``config``, ``service``, ``telnet`` or ``app``.
+"""
+
+from __future__ import annotations
+
+from iceserv.scheduler.control import SchedulerControl
+from iceserv.scheduler.handlers import Scheduler, SchedulerConfig
+from iceserv.scheduler.server import Clock, SchedulerServer, ServerSettings
+from iceserv.scheduler.views import HostView, JobView
+
+__all__ = [
+    "Clock",
+    "HostView",
+    "JobView",
+    "Scheduler",
+    "SchedulerConfig",
+    "SchedulerControl",
+    "SchedulerServer",
+    "ServerSettings",
+]

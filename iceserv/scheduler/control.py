@@ -1,0 +1,187 @@
+"""The scheduler's control facade, used by the telnet interface and D-Bus.
+
+This module owns :class:`SchedulerControl`: the operations behind 1.4's
+telnet commands (``listcs``, ``listjobs``, ``listblocks``, ``removecs``,
+``blockcs``, ``unblockcs``, ``internals``) and the greeting's numbers, as
+plain values (:mod:`iceserv.scheduler.views`).  It must not render text: the
+telnet package formats what it gets here.  Consumers declare the subset they
+need as a ``typing.Protocol`` and ``app`` passes this object in.
+
+``internals`` asks all matching daemons at once and waits at most 10 s in
+total, without blocking the event loop; 1.4 asks them one by one and stalls
+the whole scheduler while it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Final, Protocol
+
+from iceserv.scheduler.placement import server_speed
+from iceserv.scheduler.views import HostView, JobView
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from iceserv.scheduler.effects import Effect
+    from iceserv.scheduler.handlers import Scheduler
+    from iceserv.scheduler.state import Job
+
+__all__ = ["INTERNALS_TIMEOUT", "SchedulerControl", "Shell"]
+
+#: Seconds ``internals`` waits for the daemons' STATUS_TEXT answers (1.4: 10 s).
+INTERNALS_TIMEOUT: Final = 10.0
+
+
+class Shell(Protocol):
+    """What the facade needs from the running server."""
+
+    @property
+    def core(self) -> Scheduler:
+        """The scheduler core."""
+        ...
+
+    def now(self) -> float:
+        """Return the current time."""
+        ...
+
+    def apply(self, effects: list[Effect]) -> None:
+        """Carry out *effects*."""
+        ...
+
+
+class SchedulerControl:
+    """Cluster queries and administrative actions of a running scheduler."""
+
+    def __init__(self, shell: Shell, *, internals_timeout: float = INTERNALS_TIMEOUT) -> None:
+        self._shell = shell
+        self._internals_timeout = internals_timeout
+        self._waiting: dict[int, list[asyncio.Future[str]]] = {}
+
+    # --- numbers ----------------------------------------------------------------------
+
+    def uptime_seconds(self) -> int:
+        """Return whole seconds since the scheduler started."""
+        return int(self._shell.now() - self._shell.core.started)
+
+    def host_count(self) -> int:
+        """Return the number of connected daemons."""
+        return len(self._shell.core.state.hosts)
+
+    def job_count(self) -> int:
+        """Return the number of known jobs (queued, assigned and compiling)."""
+        return len(self._shell.core.state.jobs)
+
+    def total_jobs(self) -> int:
+        """Return the last job id handed out (remote and local jobs count)."""
+        return self._shell.core.state.last_job_id
+
+    # --- lists ------------------------------------------------------------------------
+
+    def _job_view(self, job: Job) -> JobView:
+        hosts = self._shell.core.state.hosts
+        submitter = hosts.get(job.submitter)
+        server = hosts.get(job.server) if job.server is not None else None
+        return JobView(
+            id=job.job_id,
+            state=job.state.value,
+            submitter=submitter.nodename if submitter is not None else "<>",
+            server=server.nodename if server is not None else "<unknown>",
+            filename=job.filename,
+        )
+
+    def list_hosts(self) -> list[HostView]:
+        """Return every connected daemon in login order, with the jobs assigned to it."""
+        state = self._shell.core.state
+        now = self._shell.now()
+        views = []
+        for host in state.hosts.values():
+            busy = host.busy_installing_since
+            views.append(
+                HostView(
+                    nodename=host.nodename,
+                    ip=host.ip,
+                    port=host.port,
+                    platform=host.platform,
+                    speed=server_speed(host),
+                    jobs_assigned=len(host.jobs),
+                    max_jobs=host.max_jobs,
+                    load=host.load,
+                    busy_installing_since=None if busy is None else int(now - busy),
+                    jobs=[self._job_view(state.jobs[job_id]) for job_id in host.jobs],
+                )
+            )
+        return views
+
+    def list_jobs(self) -> list[JobView]:
+        """Return every known job ordered by id."""
+        jobs = self._shell.core.state.jobs
+        return [self._job_view(jobs[job_id]) for job_id in sorted(jobs)]
+
+    def blocked(self) -> list[str]:
+        """Return the block list in the order names were added."""
+        return list(self._shell.core.state.blocked)
+
+    # --- actions ----------------------------------------------------------------------
+
+    def remove_hosts(self, names: Iterable[str]) -> list[str]:
+        """Disconnect the first daemon matching each name; return the names that matched."""
+        matched, effects = self._shell.core.remove_hosts(names, self._shell.now())
+        self._shell.apply(effects)
+        return matched
+
+    def block_hosts(self, names: Iterable[str]) -> list[str]:
+        """Block each name and disconnect a daemon matching it; return the names that matched."""
+        matched, effects = self._shell.core.remove_hosts(names, self._shell.now(), block=True)
+        self._shell.apply(effects)
+        return matched
+
+    def unblock_hosts(self, names: Iterable[str]) -> None:
+        """Remove one exact occurrence of each name from the block list."""
+        self._shell.apply(self._shell.core.unblock_hosts(names, self._shell.now()))
+
+    async def internals(self, names: Iterable[str]) -> list[str]:
+        """Return each matching daemon's internals text, or ``<nodename> not reporting``.
+
+        With no names every daemon is asked.  Answers are in login order.
+        """
+        hosts, effects = self._shell.core.request_internals(names)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for host in hosts:
+            future: asyncio.Future[str] = loop.create_future()
+            self._waiting.setdefault(host.host_id, []).append(future)
+            futures.append(future)
+        self._shell.apply(effects)
+        if futures:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._internals_timeout):
+                    await asyncio.gather(*futures)
+        texts = []
+        for host, future in zip(hosts, futures, strict=True):
+            if future.done():
+                texts.append(future.result())
+            else:
+                future.cancel()
+                self._forget(host.host_id, future)
+                texts.append(f"{host.nodename} not reporting\n")
+        return texts
+
+    def deliver_internals(self, host_id: int, text: str) -> None:
+        """Hand a daemon's STATUS_TEXT answer to the oldest ``internals`` call waiting for it."""
+        waiting = self._waiting.get(host_id, [])
+        while waiting:
+            future = waiting.pop(0)
+            if not future.done():
+                future.set_result(text)
+                break
+        if not waiting:
+            self._waiting.pop(host_id, None)
+
+    def _forget(self, host_id: int, future: asyncio.Future[str]) -> None:
+        waiting = self._waiting.get(host_id, [])
+        if future in waiting:
+            waiting.remove(future)
+        if not waiting:
+            self._waiting.pop(host_id, None)
