@@ -114,8 +114,9 @@ def decode_reply(datagram: bytes, own_version: int = PROTOCOL_VERSION) -> Schedu
     """
     size = len(datagram)
     marker = datagram[0] if datagram else -1
+    # 1.4 overwrites a reply's last byte with NUL before reading the name.
     if size == _SMALL_REPLY and marker == own_version + 1:
-        return SchedulerInfo(_LEGACY_VERSION, 0, _read_name(datagram[1:]))
+        return SchedulerInfo(_LEGACY_VERSION, 0, _read_name(datagram[1:-1]))
     if size == _BIG_REPLY and marker == own_version + 3:
         _, version, high, low = _BE_HEADER.unpack_from(datagram)
         start = (high << 32) | low
@@ -125,7 +126,7 @@ def decode_reply(datagram: bytes, own_version: int = PROTOCOL_VERSION) -> Schedu
         return None
     if not 1 <= version < 128:
         return None
-    return SchedulerInfo(version, start, _read_name(datagram[_NAME_AT:]))
+    return SchedulerInfo(version, start, _read_name(datagram[_NAME_AT:-1]))
 
 
 def is_better(a: SchedulerInfo, b: SchedulerInfo) -> bool:
