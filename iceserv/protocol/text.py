@@ -41,6 +41,8 @@ class LineSplitter:
         self._buf += data
         lines: list[str] = []
         while (end := _first_control(self._buf)) >= 0:
+            if end > self._max:  # refused below, whether or not its end came in this read
+                break
             lines.append(decode_text(bytes(self._buf[:end])))
             skip = end
             while skip < len(self._buf) and self._buf[skip] < 0x20:
