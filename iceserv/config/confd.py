@@ -159,6 +159,9 @@ class _Parser:
         self._scope = {name: value.value for name, value in scope.items()}
         self._values: dict[str, ConfdValue] = {}
         self._exported: set[str] = set()
+        # (first, last) line of the latest quoted string spanning lines: when a
+        # later quote is unterminated, the missing quote is usually there.
+        self._multiline_quote: tuple[int, int] | None = None
 
     # -- scanning primitives -------------------------------------------------
 
@@ -323,20 +326,34 @@ class _Parser:
     def _single_quoted(self, start: int) -> str:
         end = self._text.find("'", self._pos)
         if end < 0:
-            raise self._error(start, "unterminated single quote")
+            raise self._unterminated(start, "single")
         content = self._text[self._pos : end]
         self._pos = end + 1
+        self._note_quote(start)
         return content
+
+    def _note_quote(self, start: int) -> None:
+        first, last = self._line(start), self._line(self._pos - 1)
+        if first != last:
+            self._multiline_quote = (first, last)
+
+    def _unterminated(self, start: int, kind: str) -> ConfigError:
+        reason = f"unterminated {kind} quote"
+        if self._multiline_quote is not None:
+            first, last = self._multiline_quote
+            reason += f" (the quoted string from line {first} to {last} may lack its closing quote)"
+        return self._error(start, reason)
 
     def _double_quoted(self, start: int) -> str:
         out: list[str] = []
         while True:
             char = self._peek()
             if not char:
-                raise self._error(start, "unterminated double quote")
+                raise self._unterminated(start, "double")
             pos = self._pos
             self._pos += 1
             if char == '"':
+                self._note_quote(start)
                 return "".join(out)
             if char == "\\":
                 following = self._text[self._pos : self._pos + 1]

@@ -269,6 +269,14 @@ class TestRejected:
         """An unterminated quote is reported at the line where it opened."""
         assert _error(text) == f"/etc/conf.d/iceccd:{line}: {reason}"
 
+    def test_unterminated_quote_after_a_multiline_one(self):
+        """A quote left open earlier is pointed out when a later quote runs to the end."""
+        message = _error('A=1\nB="lab\nC="4"\nD=2\n')
+        assert message == (
+            "/etc/conf.d/iceccd:3: unterminated double quote"
+            " (the quoted string from line 2 to 3 may lack its closing quote)"
+        )
+
     def test_nul_byte(self):
         """A NUL byte is rejected with its line."""
         assert _error("A=1\nB=\0\n") == "/etc/conf.d/iceccd:2: NUL byte in file"
