@@ -554,7 +554,7 @@ def _feed_hostile(conn: Connection, pieces: list[bytes], *, eof: bool) -> None:
 class TestHostileInput:
     """Whatever the peer sends, only RemoteProtocolError escapes and buffers stay capped."""
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=500, deadline=None)
     @given(
         version=st.sampled_from(VERSIONS),
         data=st.binary(max_size=200),
@@ -565,7 +565,7 @@ class TestHostileInput:
         """Random bytes after a valid handshake, in random pieces."""
         _feed_hostile(opened(own=version), split(data, cuts), eof=eof)
 
-    @settings(max_examples=300, deadline=None)
+    @settings(max_examples=500, deadline=None)
     @given(data=st.data(), version=st.sampled_from(VERSIONS), eof=st.booleans())
     def test_damaged_frames(self, data, version, eof):
         """Valid, truncated, extended, bit-flipped and made-up frames, in random pieces."""

@@ -587,7 +587,7 @@ class TestRoundTrip:
     @pytest.mark.parametrize(
         ("cls", "version"), ROUND_TRIP_CASES, ids=[f"{c.__name__}@{v}" for c, v in ROUND_TRIP_CASES]
     )
-    @settings(max_examples=8, deadline=None)
+    @settings(max_examples=12, deadline=None)
     @given(data=st.data())
     def test_round_trip(self, cls, version, data):
         """A message with only on-the-wire fields set survives encode then decode."""
