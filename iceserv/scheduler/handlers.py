@@ -105,6 +105,7 @@ _MAX_JOBS_PER_REQUEST: Final = 64
 _MAX_LOCAL_JOBS: Final = 4096
 _ABORTED_EXITCODE: Final = 255
 
+
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     """What the core needs to know about itself: start time, net name, ``-r``."""
@@ -403,6 +404,7 @@ class Scheduler:
             envs=login.envs,
             last_talk=now,
         )
+        host.probe.next_at = now  # check its compile port right away
         if self.state.is_blocked(host):
             # As 1.4: the refused daemon used up a host id and is reported offline.
             del self._peers[conn_id]

@@ -16,6 +16,12 @@ speed ratings keep refreshing.  Upstream's refactor after 1.4
 integer division that is always 0, which disables the branch: ratings freeze
 and a newly joined host is never picked for being new.  We keep the rule
 unconditional; ``tests/scheduler/test_placement.py`` pins both behaviours.
+
+One step beyond 1.4: there, a new host that lacks the job's environment
+loses to any earlier host that has it, and the submitter always "has" its
+own environment, so a host that logs in after a busy submitter may never be
+tried.  We pick a host that was never picked outright (1.4's
+``!lastPickedId`` rule, moved ahead of the new-host rule).
 """
 
 from __future__ import annotations
@@ -263,12 +269,12 @@ def _pick_fastest(state: ClusterState, job: Job, hosts: list[Host]) -> Host | No
         if not _usable(state, host, job):
             continue
         installed = bool(envs_match(host, job))
+        if not host.last_picked_id:
+            return host  # never picked: try it now, with or without the env (see above)
         if not len(host.compiled) and not host.jobs and host.max_jobs > 0:
             # Every host compiles at least once so that it gets a rating.
             return host if installed else best or host
-        if not host.last_picked_id or (
-            job.job_id - host.last_picked_id > _EXPLORE_IDS_PER_HOST * len(hosts)
-        ):
+        if job.job_id - host.last_picked_id > _EXPLORE_IDS_PER_HOST * len(hosts):
             return host  # about 5 % of the jobs re-measure hosts nobody picked for long
         leader = best if installed else best_uninstalled
         if leader is None:

@@ -1,0 +1,451 @@
+"""Tests of the scheduler core: every message, monitor event, timer and control action."""
+
+from __future__ import annotations
+
+import pytest
+from scheduler.builders import NATIVE, T0, get_cs, login, new_core, sends, to_monitors
+
+from iceserv.errors import RemoteProtocolError
+from iceserv.protocol import (
+    BlacklistHostEnv,
+    ConfCS,
+    End,
+    EnvEntry,
+    GetInternalStatus,
+    JobBegin,
+    JobDone,
+    JobDoneFlag,
+    JobLocalBegin,
+    JobLocalDone,
+    Login,
+    MonGetCS,
+    MonJobBegin,
+    MonJobDone,
+    MonLocalJobBegin,
+    MonLogin,
+    MonStats,
+    NoCS,
+    Ping,
+    Stats,
+    StatusText,
+    UseCS,
+)
+from iceserv.protocol.discovery import SchedulerInfo
+from iceserv.scheduler.effects import (
+    Announce,
+    Close,
+    InternalsReply,
+    StartProbe,
+    StopReading,
+)
+from iceserv.scheduler.monitoring import features_text, shorten_filename
+from iceserv.scheduler.state import JobState
+
+STATS_A = (
+    "Name:a\nIP:10.0.0.1\nMaxJobs:4\nNoRemote:false\nPlatform:x86_64\nVersion:43\n"
+    "Features:env_xz env_zstd\nSpeed:0.000000\nLoad:1000\n"
+)
+
+
+class TestLogin:
+    def test_login_confirms_and_tells_monitors(self):
+        """LOGIN gets CS_CONF(3, 36, ""), monitors get MON_STATS with Load:1000."""
+        core = new_core()
+        effects = login(core, 1, "a", load=None)
+        assert sends(effects, 1) == [ConfCS(3, 36, "")]
+        assert to_monitors(effects) == [MonStats(1, STATS_A)]
+
+    def test_no_cs_conf_below_24(self):
+        """Daemons below protocol 24 get no CS_CONF."""
+        core = new_core()
+        assert sends(login(core, 1, "a", protocol=23, version=23, load=None)) == []
+
+    def test_version_is_announced_maximum_and_nodename_defaults_to_ip(self):
+        """Version: is the daemon's maximum protocol; an empty nodename becomes the IP."""
+        core = new_core()
+        effects = login(core, 1, "", version=50, protocol=43, load=None)
+        text = to_monitors(effects)[0].statmsg
+        assert "Name:10.0.0.1\n" in text
+        assert "Version:50\n" in text
+
+    def test_host_ids_never_reused(self):
+        """A daemon that logs in again gets a new host id."""
+        core = new_core()
+        login(core, 1, "a")
+        core.connection_lost(1, T0)
+        login(core, 2, "a")
+        assert [h.host_id for h in core.state.hosts.values()] == [2]
+
+    def test_blocked_daemon_is_refused(self):
+        """A LOGIN from a blocked nodename is closed (and uses up a host id, as 1.4)."""
+        core = new_core()
+        core.remove_hosts(["a"], T0, block=True)
+        effects = login(core, 1, "a", load=None)
+        assert Close(1) in effects
+        assert to_monitors(effects) == [MonStats(1, "State:Offline\n")]
+        assert not core.state.hosts
+        login(core, 2, "b")
+        assert list(core.state.hosts) == [2]
+
+    def test_stale_connection_of_same_daemon_removed(self):
+        """A new LOGIN with the same IP and nodename replaces the old connection."""
+        core = new_core()
+        login(core, 1, "a", ip="10.9.9.9")
+        effects = login(core, 2, "a", ip="10.9.9.9", load=None)
+        assert Close(1) in effects
+        assert MonStats(1, "State:Offline\n") in to_monitors(effects)
+        assert [h.conn_id for h in core.state.hosts.values()] == [2]
+
+    def test_first_message_must_be_a_login(self):
+        """Anything but LOGIN or MON_LOGIN first is a protocol error."""
+        core = new_core()
+        core.peer_connected(1, "10.0.0.1", 43, 43)
+        with pytest.raises(RemoteProtocolError):
+            core.handle_message(1, Stats(), T0)
+
+    def test_unexpected_daemon_message(self):
+        """A daemon sending a scheduler-to-daemon message breaks the protocol."""
+        core = new_core()
+        login(core, 1, "a")
+        with pytest.raises(RemoteProtocolError):
+            core.handle_message(1, UseCS(), T0)
+
+
+class TestMonitors:
+    def test_mon_login_gets_every_host_and_is_never_read(self):
+        """MON_LOGIN: stop reading, then one MON_STATS per daemon (current load)."""
+        core = new_core()
+        login(core, 1, "a", load=250)
+        login(core, 2, "b", load=None)
+        core.peer_connected(9, "10.0.0.9", 43, 43)
+        effects = core.handle_message(9, MonLogin(), T0)
+        assert effects[0] == StopReading(9)
+        stats = sends(effects, 9)
+        assert [m.host_id for m in stats] == [1, 2]
+        assert "Load:250\n" in stats[0].statmsg
+        assert core.monitors == (9,)
+        with pytest.raises(RemoteProtocolError):
+            core.handle_message(9, MonLogin(), T0)
+        core.connection_lost(9, T0)
+        assert core.monitors == ()
+
+    def test_stats_text_with_load_details(self):
+        """A STATS produces MON_STATS with Load and the four extra keys."""
+        core = new_core()
+        login(core, 1, "a", load=None)
+        effects = core.handle_message(1, Stats(120, 1500, 1200, 900, 2048), T0)
+        text = to_monitors(effects)[0].statmsg
+        assert text.endswith("Speed:0.000000\nLoad:120\nLoadAvg1:1500\nLoadAvg5:1200\n"
+                             "LoadAvg10:900\nFreeMem:2048\n")  # fmt: skip
+
+    @pytest.mark.parametrize(("bits", "text"), [(3, "env_xz env_zstd"), (1, "env_xz"),
+                                                (2, "env_zstd"), (0, "--")])  # fmt: skip
+    def test_features_text(self, bits, text):
+        """Features: as 1.4 prints them."""
+        assert features_text(bits) == text
+
+    @pytest.mark.parametrize(
+        ("path", "short"),
+        [("hello.c", "hello.c"), ("a/b.c", "a/b.c"), ("a/b/c/d.c", "b/c/d.c"),
+         ("/p/q/r/s.o", "q/r/s.o"), ("/a/b/c.o", "a/b/c.o"), ("/x/y.c", "y.c")],
+    )  # fmt: skip
+    def test_shorten_filename(self, path, short):
+        """Last three path components, including 1.4's quirk for two leading components."""
+        assert shorten_filename(path) == short
+
+
+class TestJobs:
+    def setup_method(self):
+        self.core = new_core()
+        login(self.core, 1, "sub")
+        login(self.core, 2, "cs")
+
+    def test_remote_job_life(self):
+        """GET_CS -> USE_CS to a remote, JOB_BEGIN -> COMP, JOB_DONE -> stats and gone."""
+        self.core.state.hosts[1].max_jobs = 0  # only "cs" can take it
+        effects = get_cs(self.core, 1, filename="/home/u/proj/src/a.c")
+        assert to_monitors(effects) == [MonGetCS("proj/src/a.c", 0, 1, 1)]
+        use_cs = UseCS(1, 10245, "10.0.0.2", "x86_64", got_env=False, client_id=7)
+        assert sends(effects, 1) == [use_cs]
+        job = self.core.state.jobs[1]
+        cs = self.core.state.hosts[2]
+        assert (job.state, job.server, cs.jobs) == (JobState.WAIT, 2, [1])
+        assert cs.busy_installing_since == T0
+        effects = self.core.handle_message(2, JobBegin(1, 1234, 3), T0)
+        assert to_monitors(effects) == [MonJobBegin(1, 1234, 2)]
+        assert job.state is JobState.COMP
+        done = JobDone(1, 0, 50, 40, 5, 100, 10, 20, 8000, 8000, 0, 2)
+        effects = self.core.handle_message(2, done, T0)
+        assert to_monitors(effects) == [MonJobDone(1, 0, 50, 40, 5, 100, 10, 20, 8000, 8000, 0, 2)]
+        assert not self.core.state.jobs
+        assert cs.jobs == []
+        assert len(cs.compiled) == 1
+        assert self.core.state.hosts[1].submitted == 0
+
+    def test_no_cs_for_own_job(self):
+        """When the submitter compiles itself (protocol >= 37) it gets NO_CS."""
+        self.core.state.hosts[2].load = 1000
+        effects = get_cs(self.core, 1)
+        assert sends(effects, 1) == [NoCS(1, 7)]
+
+    def test_use_cs_to_self_below_37(self):
+        """A submitter below protocol 37 is told USE_CS with its own address."""
+        core = new_core()
+        login(core, 1, "old", protocol=36, version=36)
+        (msg,) = sends(get_cs(core, 1))
+        assert msg == UseCS(1, 10245, "10.0.0.1", "x86_64", got_env=True, client_id=7)
+
+    def test_job_done_from_wrong_server_kicks(self):
+        """A FROM_SERVER JOB_DONE from a daemon not serving the job is a protocol error."""
+        self.core.state.hosts[1].max_jobs = 0
+        get_cs(self.core, 1)
+        with pytest.raises(RemoteProtocolError):
+            self.core.handle_message(1, JobDone(1), T0)
+
+    def test_job_done_from_wrong_submitter_kicks(self):
+        """A FROM_SUBMITTER JOB_DONE from a daemon that did not submit is a protocol error."""
+        self.core.state.hosts[1].max_jobs = 0
+        get_cs(self.core, 1)
+        with pytest.raises(RemoteProtocolError):
+            self.core.handle_message(2, JobDone(1, flags=JobDoneFlag.FROM_SUBMITTER), T0)
+
+    def test_unknown_job_id_cancels_queued_job(self):
+        """UnknownJobId: job_id is the client id; the queued job is cancelled by its id."""
+        self.core.state.hosts[1].max_jobs = 0
+        self.core.state.hosts[2].load = 1000  # could take it later: the job waits
+        get_cs(self.core, 1, client_id=5)
+        assert self.core.state.jobs[1].state is JobState.PEND
+        flags = JobDoneFlag.FROM_SUBMITTER | JobDoneFlag.UNKNOWN_JOB_ID
+        effects = self.core.handle_message(1, JobDone(5, 255, flags=flags), T0)
+        assert to_monitors(effects) == [MonJobDone(1, 255, flags=flags)]
+        assert not self.core.state.jobs
+        assert not self.core.state.queue
+
+    def test_unknown_job_ignored(self):
+        """JOB_BEGIN and JOB_DONE for unknown jobs are ignored, as 1.4 does."""
+        assert self.core.handle_message(2, JobBegin(77), T0) == []
+        assert self.core.handle_message(2, JobDone(77), T0) == []
+
+    def test_daemon_loss_aborts_its_jobs(self):
+        """A vanished server aborts its jobs (exit 255) and frees the submitter's blacklist."""
+        self.core.state.hosts[1].max_jobs = 0
+        get_cs(self.core, 1)
+        self.core.handle_message(1, BlacklistHostEnv("e", "x86_64", "10.0.0.2"), T0)
+        effects = self.core.connection_lost(2, T0)
+        assert to_monitors(effects) == [MonStats(2, "State:Offline\n"), MonJobDone(1, 255)]
+        assert not self.core.state.jobs
+        assert self.core.state.hosts[1].blacklist == {}
+
+    def test_submitter_loss_aborts_queued_and_assigned(self):
+        """A vanished submitter aborts its queued and its assigned jobs."""
+        self.core.state.hosts[1].max_jobs = 0
+        get_cs(self.core, 1, count=1)
+        self.core.state.hosts[2].load = 1000
+        get_cs(self.core, 1)
+        assert [j.state for j in self.core.state.jobs.values()] == [JobState.WAIT, JobState.PEND]
+        effects = self.core.connection_lost(1, T0)
+        assert to_monitors(effects) == [MonStats(1, "State:Offline\n"), MonJobDone(2, 255),
+                                        MonJobDone(1, 255)]  # fmt: skip
+        assert self.core.state.hosts[2].jobs == []
+        assert self.core.state.hosts[2].busy_installing_since is None
+
+    def test_local_jobs_share_the_counter(self):
+        """JOB_LOCAL_BEGIN takes a scheduler job id; JOB_LOCAL_DONE reports it."""
+        self.core.state.hosts[1].max_jobs = 0
+        get_cs(self.core, 1)
+        effects = self.core.handle_message(1, JobLocalBegin(99, "/w/x/y/z.o", 3), T0)
+        assert to_monitors(effects) == [MonLocalJobBegin(1, 2, 99, "x/y/z.o")]
+        effects = self.core.handle_message(1, JobLocalDone(3), T0)
+        assert to_monitors(effects) == [JobLocalDone(2)]
+        assert self.core.state.last_job_id == 2
+        assert list(self.core.state.jobs) == [1]
+
+    def test_stats_make_a_daemon_eligible(self):
+        """A daemon is full (load 1000) until its first STATS."""
+        core = new_core()
+        login(core, 1, "sub", max_kids=0)
+        login(core, 2, "cs", load=None)
+        assert sends(get_cs(core, 1), 1) == []
+        effects = core.handle_message(2, Stats(load=10), T0)
+        assert [type(m) for m in sends(effects, 1)] == [UseCS]
+
+    def test_relogin_clears_installing_and_updates_envs(self):
+        """A re-LOGIN after an install updates the envs, clears busy installing, gets CS_CONF."""
+        self.core.state.hosts[1].max_jobs = 0
+        get_cs(self.core, 1)
+        assert self.core.state.hosts[2].busy_installing_since is not None
+        envs = (EnvEntry("x86_64", "native"),)
+        effects = self.core.handle_message(2, Login(envs=envs), T0)
+        assert sends(effects, 2) == [ConfCS()]
+        assert self.core.state.hosts[2].busy_installing_since is None
+        assert self.core.state.hosts[2].envs == envs
+
+    def test_blacklist_steers_jobs_away(self):
+        """After BLACKLIST_HOST_ENV the submitter's jobs with that env avoid that host."""
+        core = new_core()
+        login(core, 1, "sub", max_kids=0)
+        login(core, 2, "bad")
+        login(core, 3, "good")
+        core.handle_message(1, BlacklistHostEnv("native", "x86_64", "10.0.0.2"), T0)
+        for _ in range(10):
+            (msg,) = sends(get_cs(core, 1), 1)
+            assert msg.hostname == "10.0.0.3"
+            core.handle_message(3, JobDone(msg.job_id), T0)
+            core.handle_message(3, Login(envs=NATIVE), T0)
+
+    def test_niceness_priority(self):
+        """A less nice request is placed before an earlier nicer one."""
+        core = new_core()
+        login(core, 1, "a", max_kids=0)
+        login(core, 2, "b", max_kids=0)
+        login(core, 3, "cs", load=1000, max_kids=1)
+        get_cs(core, 1, niceness=10)
+        get_cs(core, 2, niceness=0)
+        effects = core.handle_message(3, Stats(load=0), T0)
+        assert [m.job_id for m in sends(effects)] == [2]
+
+    def test_repeat_siblings_follow_first_platform(self):
+        """The other jobs of a count-3 request keep only the env of the chosen platform."""
+        core = new_core()
+        login(core, 1, "sub", max_kids=0)
+        login(core, 2, "arm", host_platform="aarch64", max_kids=1)
+        envs = (EnvEntry("x86_64", "nat"), EnvEntry("aarch64", "cross"))
+        get_cs(core, 1, versions=envs, count=3)
+        siblings = [core.state.jobs[i] for i in (2, 3)]
+        assert all(j.envs == (EnvEntry("aarch64", "cross"),) for j in siblings)
+
+    def test_too_many_jobs_in_one_request(self):
+        """A GET_CS asking for absurdly many jobs is refused."""
+        with pytest.raises(RemoteProtocolError):
+            get_cs(self.core, 1, count=10_000)
+
+    def test_end_removes_daemon(self):
+        """END from a daemon closes it like a disconnect."""
+        effects = self.core.handle_message(2, End(), T0)
+        assert Close(2) in effects
+        assert list(self.core.state.hosts) == [1]
+
+
+class TestInternals:
+    def test_request_and_reply(self):
+        """GET_INTERNALS goes to matching daemons; their STATUS_TEXT comes back once."""
+        core = new_core()
+        login(core, 1, "a")
+        login(core, 2, "b")
+        hosts, effects = core.request_internals(["b"])
+        assert [h.nodename for h in hosts] == ["b"]
+        assert sends(effects, 2) == [GetInternalStatus()]
+        assert core.handle_message(2, StatusText("dump"), T0) == [InternalsReply(2, "dump")]
+        with pytest.raises(RemoteProtocolError):
+            core.handle_message(2, StatusText("again"), T0)
+        hosts, _ = core.request_internals([])
+        assert len(hosts) == 2
+
+
+class TestTimers:
+    def test_announce_at_start_and_every_120s(self):
+        """The scheduler announces itself at start and then every 120 s."""
+        core = new_core()
+        assert core.get_timer() == T0
+        assert Announce(SchedulerInfo(43, int(T0), "ICECREAM")) in core.handle_timer(T0)
+        assert core.get_timer() == T0 + 120
+        assert not any(isinstance(e, Announce) for e in core.handle_timer(T0 + 119))
+
+    def test_probe_cycle(self):
+        """Daemons are probed at once, again after 60 s; failures back off and exclude them."""
+        core = new_core()
+        core.handle_timer(T0)
+        login(core, 1, "a")
+        assert core.get_timer() == T0
+        assert StartProbe(1, "10.0.0.1", 10245) in core.handle_timer(T0)
+        assert StartProbe(1, "10.0.0.1", 10245) not in core.handle_timer(T0)
+        core.probe_finished(1, ok=False, now=T0 + 5)
+        host = core.state.hosts[1]
+        assert not host.probe.accepting
+        assert core.get_timer() == T0 + 7
+        core.handle_timer(T0 + 7)
+        core.probe_finished(1, ok=True, now=T0 + 8)
+        assert host.probe.accepting
+        assert host.probe.next_at == T0 + 68
+
+    def test_no_probe_for_no_remote(self):
+        """No-remote daemons (port 0) are never probed."""
+        core = new_core()
+        core.handle_timer(T0)
+        login(core, 1, "a", port=0, noremote=True)
+        assert not any(isinstance(e, StartProbe) for e in core.handle_timer(T0 + 1000))
+
+    def test_busy_installing_too_long_drops_daemon(self):
+        """A daemon busy installing for 120 s is dropped."""
+        core = new_core()
+        login(core, 1, "sub", max_kids=0)
+        login(core, 2, "cs")
+        get_cs(core, 1)
+        assert core.state.hosts[2].busy_installing_since == T0
+        assert Close(2) not in core.handle_timer(T0 + 119)
+        assert Close(2) in core.handle_timer(T0 + 120)
+
+    def test_pings_below_27(self):
+        """Old daemons are pinged after 36 s of silence, excluded meanwhile, dropped if mute."""
+        core = new_core()
+        login(core, 1, "old", protocol=26, version=26)
+        assert sends(core.handle_timer(T0 + 36), 1) == [Ping()]
+        assert core.state.hosts[1].ping_deadline == T0 + 42
+        core.handle_message(1, Ping(), T0 + 40)
+        assert core.state.hosts[1].ping_deadline is None
+        core.handle_timer(T0 + 76)
+        assert Close(1) in core.handle_timer(T0 + 82)
+
+    def test_no_pings_from_27(self):
+        """Daemons of protocol 27 and later are never pinged."""
+        core = new_core()
+        login(core, 1, "a")
+        assert sends(core.handle_timer(T0 + 3600), 1) == []
+
+
+class TestAnnouncements:
+    def setup_method(self):
+        self.core = new_core(netname="NET")
+        login(self.core, 1, "a")
+        self.core.peer_connected(9, "10.0.0.9", 43, 43)
+        self.core.handle_message(9, MonLogin(), T0)
+
+    def test_better_scheduler_takes_everyone(self):
+        """An older scheduler of our net makes us close every daemon and monitor."""
+        effects = self.core.handle_announcement(SchedulerInfo(43, int(T0) - 10, "NET"), T0)
+        assert Close(1) in effects
+        assert Close(9) in effects
+        assert not self.core.state.hosts
+        assert self.core.monitors == ()
+
+    @pytest.mark.parametrize(
+        "info",
+        [SchedulerInfo(43, int(T0), "NET"), SchedulerInfo(43, int(T0) + 5, "NET"),
+         SchedulerInfo(42, 0, "NET"), SchedulerInfo(44, 0, "net"), SchedulerInfo(35, 0, "NET")],
+    )  # fmt: skip
+    def test_others_ignored(self, info):
+        """Ourselves, younger or older-version schedulers, other nets, versions < 36: ignored."""
+        higher_other_net = info.netname == "net"
+        assert self.core.handle_announcement(info, T0) == [] or higher_other_net
+        assert self.core.state.hosts
+
+    def test_persistent_keeps_clients(self):
+        """With -r nothing is dropped."""
+        core = new_core(netname="NET", persistent=True)
+        login(core, 1, "a")
+        assert core.handle_announcement(SchedulerInfo(44, 0, "NET"), T0) == []
+
+
+class TestControlActions:
+    def test_remove_block_unblock(self):
+        """removecs/blockcs disconnect the first match per name; unblock removes one entry."""
+        core = new_core()
+        login(core, 1, "a")
+        login(core, 2, "b")
+        matched, effects = core.remove_hosts(["a", "zz", "10.0.0.2"], T0)
+        assert matched == ["a", "10.0.0.2"]
+        assert Close(1) in effects
+        assert Close(2) in effects
+        core.remove_hosts(["x", "x"], T0, block=True)
+        core.unblock_hosts(["x"], T0)
+        assert core.state.blocked == ["x"]
