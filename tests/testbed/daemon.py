@@ -53,7 +53,8 @@ class RealDaemon:
     with ``--no-remote``.  ``icecc_tests`` None means ``ICECC_TESTS=1`` on
     loopback only.  The Unix socket (``ICECC_TEST_SOCKET``), the ``-b`` env
     directory and the log live in ``workdir`` (None: a fresh one, removed by
-    ``stop`` unless ``keep_workdir``).
+    ``stop`` unless ``keep_workdir``; a given one must be writable by the
+    ``icecc`` user and not shared with another daemon).
     """
 
     name: str

@@ -212,8 +212,9 @@ class NetnsBed:
     Use as a context manager (or call ``start``/``close``).  Hosts are
     available as ``bed.hosts`` and by iterating or indexing the bed, so
     ``h1, h2 = bed`` works.  ``subnet`` and ``broadcast`` describe the
-    private /24; it is derived from the creator's pid and a random token so
-    concurrent beds on one machine use different addresses.
+    private /24, derived from the creator's pid and a random token so
+    concurrent beds on one machine usually differ (a clash would be harmless:
+    each bed's addresses exist only inside its own namespaces).
     """
 
     def __init__(self, count: int, *, rng: random.Random | None = None) -> None:

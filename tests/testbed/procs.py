@@ -100,17 +100,19 @@ def make_workdir(label: str) -> Path:
     """
     uid, gid = icecc_ids()
     remove_stale_workdirs()
-    path = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{label}-"))
+    # Short: the Unix socket path inside must stay under 108 bytes.
+    safe_label = re.sub(r"[^A-Za-z0-9_.-]", "_", label)[:20]
+    path = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{safe_label}-"))
     path.chmod(0o755)
     os.chown(path, uid, gid)
     return path
 
 
 def make_icecc_subdir(parent: Path, name: str) -> Path:
-    """Create ``parent/name`` owned by the ``icecc`` user and return it."""
+    """Create ``parent/name`` (if missing) owned by the ``icecc`` user and return it."""
     uid, gid = icecc_ids()
     path = parent / name
-    path.mkdir(mode=0o755)
+    path.mkdir(mode=0o755, exist_ok=True)
     os.chown(path, uid, gid)
     return path
 

@@ -19,6 +19,13 @@ What the real programs do (Debian icecc 1.4-1, observed on this test bed):
   Both drop to user ``icecc`` (same pid, no fork without ``-d``), so the log
   file, the socket and the ``-b`` directory must be in a directory that user
   can write; pytest's ``tmp_path`` is not (its parents are mode 0700).
+* ``ICECC_TESTS`` (any value) does three things in 1.4: broadcasts
+  (discovery, scheduler announcements, the daemon's netname probe) go to
+  127.0.0.1 only; a daemon that lost its scheduler reconnects after 3 s instead
+  of 20..51 s; and a daemon whose node name is ``remoteice2`` claims no xz/zstd
+  environment support (upstream's own test trick: never use that name).  The
+  bed sets it on loopback and leaves it unset in namespaces, where discovery
+  must cross the bridge (so reconnects there are slow).
 * ``-i lo`` is right for the scheduler on loopback: it binds TCP P, TCP P+1
   and UDP P to 127.0.0.1 only (nothing listens on the machine's real
   interfaces), and with ``ICECC_TESTS=1`` its own announcement, sent to
@@ -68,7 +75,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Self
 
-from testbed.errors import ProgramExitedError, TestbedError
+from testbed.errors import ProgramExitedError, TestbedError, WaitTimeoutError
 from testbed.hosts import LOOPBACK, Host, connect, free_scheduler_port
 from testbed.procs import (
     clean_env,
@@ -89,7 +96,7 @@ SCHEDULER_PROGRAM: Final = "/usr/sbin/icecc-scheduler"
 DEFAULT_SCHEDULER_PORT: Final = 8765
 PROTOCOL_VERSION: Final = 43
 TELNET_IDLE_LIMIT: Final = 36.0  # the scheduler drops a telnet session idle this long
-_TELNET_REUSE_LIMIT: Final = 30.0  # reconnect before an idle session could have been dropped
+_TELNET_REUSE_LIMIT: Final = TELNET_IDLE_LIMIT - 6.0  # reconnect before it could be dropped
 _AWAKE_MAX_SECONDS: Final = 600.0
 _LISTCS_RE: Final = re.compile(
     r"^ (?P<name>\S+) \((?P<ip>[^:]+):(?P<port>\d+)\) \[(?P<platform>[^\]]*)\]"
@@ -235,11 +242,9 @@ class RealScheduler:
                 free_scheduler_port(self.host) if self.host.is_loopback else DEFAULT_SCHEDULER_PORT
             )
         self.netname = self.netname or _unique_netname()
-        interface = (
-            ("lo" if self.host.is_loopback else None)
-            if self.interface == "auto"
-            else (self.interface)
-        )
+        interface = self.interface
+        if interface == "auto":
+            interface = "lo" if self.host.is_loopback else None
         argv = [program, "-p", str(self.port), "-n", self.netname, "-vvv", "-l", str(self.log_path)]
         argv += ["-i", interface] if interface else []
         argv += list(self.extra_args)
@@ -344,7 +349,7 @@ class RealScheduler:
 
     # --- telnet ----------------------------------------------------------------------------
 
-    def _open_telnet(self, timeout: float) -> None:
+    def _open_telnet(self, timeout: float) -> socket.socket:
         self._close_telnet()
         sock = connect(self.host, (self._local_ip, self.telnet_port), timeout)
         self._telnet = sock
@@ -354,6 +359,7 @@ class RealScheduler:
             msg = f"unexpected telnet greeting {lines!r}"
             raise TestbedError(msg)
         self.greeting = lines
+        return sock
 
     def _close_telnet(self) -> None:
         if self._telnet is not None:
@@ -379,8 +385,8 @@ class RealScheduler:
                     return lines
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                msg = f"telnet: no complete answer after {timeout:g} s, got {lines!r}"
-                raise TimeoutError(msg)
+                msg = f"telnet: no complete answer after {timeout:g} s, got {lines!r}\n"
+                raise WaitTimeoutError(msg + self.log_tail())
             sock.settimeout(min(0.5, remaining))
             try:
                 data = sock.recv(65536)
@@ -405,10 +411,11 @@ class RealScheduler:
             raise ValueError(msg)
         quitting = command.strip().lower() in ("quit", "exit")
         for attempt in (1, 2):
-            if self._telnet is None or time.monotonic() - self._telnet_used > _TELNET_REUSE_LIMIT:
-                self._open_telnet(timeout)
+            sock = self._telnet
+            if sock is None or time.monotonic() - self._telnet_used > _TELNET_REUSE_LIMIT:
+                sock = self._open_telnet(timeout)
             try:
-                self._telnet.sendall(command.encode() + b"\n")  # type: ignore[union-attr]
+                sock.sendall(command.encode() + b"\n")
                 lines = self._read_lines(
                     lambda line: line in ("200 done", "200 Good Bye!"), timeout
                 )

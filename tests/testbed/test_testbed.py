@@ -17,6 +17,7 @@ import pytest
 
 from testbed import (
     SUNDAE_PROTOCOL_VERSION,
+    MissingProgramError,
     NetnsBed,
     RealScheduler,
     RealSundae,
@@ -30,7 +31,7 @@ from testbed import (
     wait_for,
 )
 from testbed.netns import delete_netns, ip_program
-from testbed.procs import descendants, pid_alive
+from testbed.procs import descendants, pid_alive, require_program
 
 GREETING_RE = re.compile(
     r"^200-ICECC 1\.4\.0: \d+s uptime, 0 hosts, 0 jobs in queue \(0 total\)\.$"
@@ -123,6 +124,11 @@ class TestProcs:
         assert proc.returncode is not None
         wait_for(lambda: not any(pid_alive(pid) for pid in children), 5, "the sleeps to die")
 
+    def test_missing_program_says_to_run_setup(self):
+        """A missing program is an error pointing at ./bin/setup, never a skip."""
+        with pytest.raises(MissingProgramError, match=r"\./bin/setup"):
+            require_program("/usr/sbin/no-such-icecream-program")
+
     def test_stale_workdirs_of_dead_runs_are_removed(self):
         """A work directory named after a pid that cannot exist is deleted; ours stay."""
         dead = Path(tempfile.gettempdir()) / f"iceserv-tb-{_impossible_pid()}-x-abc"
@@ -151,6 +157,13 @@ class TestRealScheduler:
         """After quit closed the session, the next command opens a new one."""
         assert real_scheduler.telnet("quit") == []
         assert real_scheduler.telnet("help") == HELP_LINES
+
+    def test_telnet_reconnects_before_the_idle_limit(self, real_scheduler):
+        """A session idle for longer than the scheduler allows is replaced, not reused."""
+        old_session = real_scheduler._telnet
+        real_scheduler._telnet_used -= 40  # as if the last command were 40 s ago
+        assert real_scheduler.telnet("help") == HELP_LINES
+        assert real_scheduler._telnet is not old_session
 
     def test_poke_gets_an_answer(self, real_scheduler):
         """A discovery datagram to the scheduler's UDP port is answered (its loop ran)."""
