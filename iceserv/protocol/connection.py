@@ -32,7 +32,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from iceserv.errors import LocalProtocolError, RemoteProtocolError
+from iceserv.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from iceserv.protocol.compression import DEFAULT_LEVEL, iter_chunks
 from iceserv.protocol.constants import (
     MAX_HANDSHAKE_VERSION,
@@ -185,9 +185,10 @@ class Connection:
                     self._fail("connection closed in the middle of a message")
                 self._state = ConnectionState.CLOSED
                 return ConnectionClosed()
-        except RemoteProtocolError as exc:
+        except ProtocolError as exc:
+            # Also a LocalProtocolError such as missing LZO support: we cannot go on either way.
             self._state = ConnectionState.ERROR
-            self._error = exc
+            self._error = RemoteProtocolError(str(exc), msg_type=exc.msg_type)
             self._in.clear()
             raise
         return event

@@ -87,23 +87,29 @@ def _read_name(raw: bytes) -> str:
 
 
 def encode_reply(requester: int, info: SchedulerInfo) -> bytes:
-    """Return the scheduler's reply to a request from version *requester* (§4.3)."""
+    """Return the scheduler's reply to a request from version *requester* (§4.3).
+
+    The marker byte wraps around for requesters near 255, as 1.4's byte arithmetic does.
+    """
     if not 0 <= info.start_time < 1 << 64 or not 0 <= info.version < 1 << 32:
         msg = "scheduler version or start time out of range"
         raise LocalProtocolError(msg)
-    if requester + 3 > 255:
-        msg = f"cannot answer requester version {requester}"
+    if not 0 <= requester <= 255:
+        msg = f"requester version {requester} is not a byte"
         raise LocalProtocolError(msg)
     if supports(requester, Feature.DISCOVERY_REPLY_BIG_ENDIAN):
         head = _BE_HEADER.pack(
-            requester + 3, info.version, info.start_time >> 32, info.start_time & 0xFFFF_FFFF
+            (requester + 3) & 0xFF,
+            info.version,
+            info.start_time >> 32,
+            info.start_time & 0xFFFF_FFFF,
         )
         return head + _name_field(info.netname, _BIG_REPLY - _NAME_AT)
     if supports(requester, Feature.DISCOVERY_REPLY_VERSIONED):
         size = _BIG_REPLY if supports(requester, Feature.SCHEDULER_ANNOUNCEMENTS) else _MID_REPLY
-        head = _LE_HEADER.pack(requester + 2, info.version, info.start_time)
+        head = _LE_HEADER.pack((requester + 2) & 0xFF, info.version, info.start_time)
         return head + _name_field(info.netname, size - _NAME_AT)
-    return bytes([requester + 1]) + _name_field(info.netname, _SMALL_REPLY - 1)
+    return bytes([(requester + 1) & 0xFF]) + _name_field(info.netname, _SMALL_REPLY - 1)
 
 
 def decode_reply(datagram: bytes, own_version: int = PROTOCOL_VERSION) -> SchedulerInfo | None:

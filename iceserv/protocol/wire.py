@@ -21,6 +21,7 @@ _U32: Final = struct.Struct(">I")
 _I32: Final = struct.Struct(">i")
 _U32_MAX: Final = 0xFFFF_FFFF
 _I32_MIN: Final = -(1 << 31)
+_I32_MAX: Final = (1 << 31) - 1
 
 
 class EnvEntry(NamedTuple):
@@ -61,7 +62,7 @@ class Writer:
 
     def i32(self, value: int) -> None:
         """Append a signed C ``int`` as its 32-bit two's-complement pattern."""
-        if not _I32_MIN <= value <= _U32_MAX:
+        if not _I32_MIN <= value <= _I32_MAX:  # what a C int holds, so it decodes back
             msg = f"i32 field out of range: {value}"
             raise LocalProtocolError(msg)
         self._parts.append(_U32.pack(value & _U32_MAX))

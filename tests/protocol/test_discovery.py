@@ -184,11 +184,16 @@ class TestReply:
         assert (decode_reply(reply, 37) is not None) is accepted
 
     def test_out_of_range_info(self):
-        """A start time beyond 64 bits or a requester whose marker overflows a byte is refused."""
+        """A start time beyond 64 bits or a requester that is not a byte is refused."""
         with pytest.raises(LocalProtocolError):
             encode_reply(43, SchedulerInfo(43, 1 << 64, "x"))
         with pytest.raises(LocalProtocolError):
-            encode_reply(253, INFO)
+            encode_reply(256, INFO)
+
+    def test_marker_wraps_like_1_4(self):
+        """Every request decode_request accepts gets a reply; 253 + 3 wraps to marker 0."""
+        assert decode_request(bytes([253])) == 253
+        assert encode_reply(253, INFO)[0] == 0
 
     @settings(max_examples=200, deadline=None)
     @given(

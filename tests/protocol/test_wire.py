@@ -48,7 +48,7 @@ class TestWriter:
         """A signed int is sent as its 32-bit two's-complement pattern."""
         assert written(("i32", value)) == h(wire)
 
-    @pytest.mark.parametrize("value", [-(2**31) - 1, 2**32])
+    @pytest.mark.parametrize("value", [-(2**31) - 1, 2**31, 2**32])
     def test_i32_out_of_range(self, value):
         """A value that fits no 32-bit pattern is refused."""
         with pytest.raises(LocalProtocolError):
