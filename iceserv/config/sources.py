@@ -180,7 +180,7 @@ def _read_scope(paths: Iterable[Path], warnings: list[ConfigWarning]) -> dict[st
             try:
                 scope.update(read_confd(file, scope).values)
             except ConfigError as exc:
-                warnings.append(ConfigWarning(exc.source, f"ignored for $VAR references: {exc}"))
+                warnings.append(ConfigWarning(str(file), f"ignored for $VAR references: {exc}"))
     return scope
 
 

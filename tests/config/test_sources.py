@@ -512,7 +512,7 @@ class TestRcConf:
         loaded = load(confd="ICECCD_PORT=2\n", rc_conf=[rc])
         assert loaded.settings.port == 2
         reason = "command substitution $(...) is not allowed"
-        assert _messages(loaded) == [f"{rc}:2: ignored for $VAR references: {rc}:2: {reason}"]
+        assert _messages(loaded) == [f"{rc}: ignored for $VAR references: {rc}:2: {reason}"]
 
 
 class TestImports:
