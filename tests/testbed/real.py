@@ -30,16 +30,18 @@ What the real programs do (Debian icecc 1.4-1, observed on this test bed):
   and UDP P to 127.0.0.1 only (nothing listens on the machine's real
   interfaces), and with ``ICECC_TESTS=1`` its own announcement, sent to
   127.0.0.1, still reaches it ("Received scheduler announcement from
-  127.0.0.1").  In a namespace the scheduler runs without ``-i``: a UDP socket
-  bound to a unicast address does not receive broadcasts, so discovery from
-  other hosts would fail.
+  127.0.0.1").  In a namespace the scheduler runs without ``-i``: with ``-i eth0``
+  its UDP socket is bound to the host's unicast address and a discovery
+  datagram broadcast to 10.x.y.255 from another host got no answer (sent
+  unicast it did), so daemons elsewhere could not discover it.
 * ``iceccd -i lo`` does **not** start (the reference's unverified item is
   right in substance): it binds 127.0.0.1:Q for "lo", then tries 127.0.0.1:Q
   again for the always-added loopback listener, logs "Failed to bind address to
   TCP listen socket(Error: Address already in use)" five times two seconds
   apart, and exits with status 1 after about 10 s.  During those 10 s the first
   listener accepts connections, so a port check alone would call it ready; the
-  Unix socket is never created.  Without ``-i`` the daemon binds 0.0.0.0:Q.
+  Unix socket is never created, and SIGTERM is ignored until the retries are
+  over (it then exits 1 all the same).  Without ``-i`` the daemon binds 0.0.0.0:Q.
 * The scheduler's delayed accept (reference 7.9) is real: after a daemon's
   connection was accepted, a new telnet connection got its greeting only after
   35 s.  Any datagram to its UDP port wakes the main loop (the UDP socket is
