@@ -159,8 +159,12 @@ class TelnetServer:
             reason = await self._serve(reader, writer)
         except asyncio.CancelledError:
             writer.transport.abort()
-            log.info("telnet_session_closed", peer=peer, reason="server_closing")
-            raise
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                log.info("telnet_session_closed", peer=peer, reason="server_closing")
+                raise
+            # Nobody cancelled us: the facade let a cancelled future's error escape.
+            log.exception("telnet_session_failed", peer=peer)
         except (ConnectionError, TimeoutError) as exc:
             writer.transport.abort()
             log.info("telnet_session_closed", peer=peer, reason=type(exc).__name__)

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Self
 
 import pytest
+import structlog
 from telnet.fakes import FakeControl, FakeHost, FakeJob
 
 from iceserv.telnet.commands import HELP
@@ -389,6 +390,32 @@ class TestHostileClients:
                 other = await Client.connect(server, greeting=None)
                 await other.read_until(b"quit.\n")
                 assert await other.command(b"help\n") == HELP_REPLY
+                other.close()
+
+        run(scenario)
+
+    def test_stray_cancelled_error_from_the_facade_closes_only_that_session(self):
+        """A CancelledError leaked by the facade is logged as a failed session, not a shutdown."""
+
+        class Leaky(FakeControl):
+            async def internals(self, _names: list[str], /) -> list[str]:
+                future = asyncio.get_running_loop().create_future()
+                future.cancel()
+                return [await future]
+
+        async def scenario() -> None:
+            async with serving(Leaky()) as server:
+                client = await Client.connect(server, greeting=None)
+                await client.read_until(b"quit.\n")
+                await client.send(b"internals\n")
+                with structlog.testing.capture_logs() as logs:
+                    assert await client.read_to_eof() == b""
+                    client.close()
+                    await until(lambda: server.session_count == 0)
+                assert [e["event"] for e in logs] == ["telnet_session_failed"]
+                other = await Client.connect(server, greeting=None)
+                await other.read_until(b"quit.\n")
+                assert await other.command(b"listblocks\n") == DONE
                 other.close()
 
         run(scenario)
