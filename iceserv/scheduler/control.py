@@ -15,7 +15,6 @@ the whole scheduler while it waits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Final, Protocol
 
 from iceserv.scheduler.placement import server_speed
@@ -155,12 +154,10 @@ class SchedulerControl:
             futures.append(future)
         self._shell.apply(effects)
         if futures:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._internals_timeout):
-                    await asyncio.gather(*futures)
+            await asyncio.wait(futures, timeout=self._internals_timeout)
         texts = []
         for host, future in zip(hosts, futures, strict=True):
-            if future.done():
+            if future.done() and not future.cancelled():
                 texts.append(future.result())
             else:
                 future.cancel()
