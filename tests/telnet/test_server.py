@@ -46,7 +46,7 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 
 @contextlib.asynccontextmanager
 async def serving(ctrl: FakeControl | None = None, **limits: float) -> AsyncIterator[TelnetServer]:
-    server = await serve_telnet(ctrl or control(), "127.0.0.1", 0, **limits)  # type: ignore[arg-type]
+    server = await serve_telnet(ctrl or control(), "127.0.0.1", 0, **limits)
     try:
         yield server
     finally:
@@ -467,7 +467,7 @@ class TestTelnetServer:
         """close() drops open sessions and refuses new connections."""
 
         async def scenario() -> None:
-            server = await serve_telnet(control(), "127.0.0.1", 0)  # type: ignore[arg-type]
+            server = await serve_telnet(control(), "127.0.0.1", 0)
             address = server.address
             assert address[1] > 0
             client = await Client.connect(server)
@@ -483,7 +483,7 @@ class TestTelnetServer:
         """A server can be started only once."""
 
         async def scenario() -> None:
-            server = TelnetServer(control())  # type: ignore[arg-type]
+            server = TelnetServer(control())
             await server.start("127.0.0.1", 0)
             try:
                 with pytest.raises(RuntimeError, match="twice"):
