@@ -1,0 +1,222 @@
+"""SchedulerServer in-process on 127.0.0.1: discovery layouts, time-outs, monitors, probes.
+
+The server runs on its own event loop in a thread; the tests play daemons and
+monitors with blocking sockets (``BlockingChannel``).  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from testbed import wait_for
+
+from iceserv.protocol import EnvEntry, GetCS, Login, MonLogin, MonStats, Stats, UseCS
+from iceserv.protocol.discovery import SchedulerInfo, decode_reply, encode_announcements
+from iceserv.scheduler import SchedulerServer, ServerSettings
+from iceserv.testing import BlockingChannel
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+class _WallClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class Running:
+    """A SchedulerServer on a private event loop in a thread."""
+
+    def __init__(self, **settings: object) -> None:
+        options: dict[str, object] = {"address": "127.0.0.1", "port": 0, "netname": "TESTNET",
+                                      "handshake_timeout": 0.5} | settings  # fmt: skip
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        rng = random.Random(1)  # noqa: S311 - seeded on purpose
+        self.server = self.call(self._make(ServerSettings(**options), rng))  # type: ignore[arg-type]
+        self.call(self.server.start())
+
+    @staticmethod
+    async def _make(settings: ServerSettings, rng: random.Random) -> SchedulerServer:
+        return SchedulerServer(settings, clock=_WallClock(), rng=rng)
+
+    def call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def connect(self) -> BlockingChannel:
+        return BlockingChannel.connect("127.0.0.1", self.port, timeout=5.0)
+
+    def close(self) -> None:
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    server = Running()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _login(running: Running, name: str, **fields: object) -> BlockingChannel:
+    channel = running.connect()
+    values: dict[str, object] = {"port": 1, "max_kids": 2, "nodename": name,
+                                 "host_platform": "x86_64", "chroot_possible": True}  # fmt: skip
+    values.update(fields)
+    channel.send(Login(**values))  # type: ignore[arg-type]
+    channel.receive()  # CS_CONF
+    return channel
+
+
+def _closed(channel: BlockingChannel, timeout: float = 5.0) -> bool:
+    channel.sock.settimeout(timeout)
+    try:
+        return channel.sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+class TestDiscovery:
+    @pytest.mark.parametrize(("version", "size"), [(43, 268), (38, 268), (37, 268), (35, 32),
+                                                   (33, 32), (32, 16), (21, 16)])  # fmt: skip
+    def test_every_reply_layout(self, running, version, size):
+        """A request of version v gets the layout a v requester accepts (reference 4.3)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto(bytes([version]), ("127.0.0.1", running.port))
+            reply, source = sock.recvfrom(1024)
+        assert source == ("127.0.0.1", running.port)
+        assert len(reply) == size
+        info = decode_reply(reply, own_version=version)
+        assert info is not None
+        assert info.netname == "TESTNET"
+        if version >= 33:
+            assert info == SchedulerInfo(43, running.server.core.config.start_time, "TESTNET")
+
+    def test_too_old_requests_unanswered(self, running):
+        """Requests below protocol 21 get no answer."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.5)
+            sock.sendto(bytes([20]), ("127.0.0.1", running.port))
+            with pytest.raises(TimeoutError):
+                sock.recvfrom(1024)
+
+    def test_better_scheduler_takes_our_daemons(self, running):
+        """An ICF announcement of an older scheduler of our net closes our daemons."""
+        daemon = _login(running, "d1")
+        start = running.server.core.config.start_time - 100
+        _, icf = encode_announcements(SchedulerInfo(43, start, "TESTNET"))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(icf, ("127.0.0.1", running.port))
+        assert _closed(daemon)
+
+
+class TestConnections:
+    def test_silent_peer_is_dropped_after_handshake_timeout(self, running):
+        """A peer that never shakes hands is closed after the handshake time-out."""
+        with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
+            assert sock.recv(4) == (43).to_bytes(4, "little")
+            started = time.monotonic()
+            assert sock.recv(4) == b""
+            assert time.monotonic() - started < 3
+
+    def test_bad_first_message_closes(self, running):
+        """A STATS before LOGIN is a protocol error: the connection is closed."""
+        channel = running.connect()
+        channel.send(Stats())
+        assert _closed(channel)
+
+    def test_keepalive_options(self, running):
+        """Accepted daemon sockets get 1.4's keepalive settings (reference 1.3)."""
+        daemon = _login(running, "ka")
+        wait_for(lambda: running.server.core.state.hosts, 5, "the login")
+        (peer,) = (p for p in running.server._peers.values() if not p.monitor)
+        sock = peer.writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 27
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 9000
+        daemon.close()
+
+    def test_job_through_the_server(self, running):
+        """GET_CS from one daemon is answered with USE_CS naming the other daemon."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        try:
+            server_port = listener.getsockname()[1]
+            submitter = _login(running, "sub", max_kids=0)
+            compiler = _login(running, "cs", port=server_port)
+            compiler.send(Stats(load=0))
+            wait_for(lambda: running.server.core.state.hosts[2].load == 0, 5, "the STATS")
+            request = GetCS(versions=(EnvEntry("x86_64", "n"),), filename="a.c",
+                            target="x86_64", client_id=3, minimal_host_version=21)  # fmt: skip
+            submitter.send(request)
+            answer = submitter.receive()
+            assert answer == UseCS(1, server_port, "127.0.0.1", "x86_64", got_env=False,
+                                   client_id=3)  # fmt: skip
+            probe = running.server.core.state.hosts[2].probe
+            wait_for(lambda: probe.next_at > time.time(), 10, "the reachability probe to succeed")
+            assert running.server.core.state.hosts[2].probe.accepting
+        finally:
+            listener.close()
+
+    def test_unreachable_daemon_is_excluded(self, running):
+        """A daemon whose compile port refuses connections fails the probe."""
+        with socket.create_server(("127.0.0.1", 0)) as gone:
+            dead_port = gone.getsockname()[1]
+        _login(running, "dead", port=dead_port)
+        wait_for(lambda: not running.server.core.state.hosts[1].probe.accepting, 10,
+                 "the probe to fail")  # fmt: skip
+
+
+class TestMonitors:
+    def test_monitor_gets_hosts_and_events(self, running):
+        """A monitor gets MON_STATS for existing and new daemons, and Offline when they go."""
+        first = _login(running, "one")
+        monitor = running.connect()
+        monitor.send(MonLogin())
+        assert monitor.receive() == MonStats(1, running_stats_text("one"))
+        second = _login(running, "two")
+        event = monitor.receive()
+        assert isinstance(event, MonStats)
+        assert event.statmsg.startswith("Name:two\n")
+        second.close()
+        assert monitor.receive() == MonStats(2, "State:Offline\n")
+        first.close()
+
+    def test_stalled_monitor_is_dropped(self):
+        """A monitor that does not read is dropped once its buffer passes the limit."""
+        running = Running(monitor_buffer_limit=0)
+        try:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills quickly
+            sock.connect(("127.0.0.1", running.port))
+            monitor = BlockingChannel(sock, timeout=5.0)
+            monitor.send(MonLogin())
+            wait_for(lambda: running.server.core.monitors, 5, "the monitor login")
+            daemon = _login(running, "busy")
+            for load in range(3000):  # about 600 kB of MON_STATS nobody reads
+                daemon.send(Stats(load=load % 1000))
+            wait_for(lambda: not running.server.core.monitors, 10, "the monitor to be dropped")
+            assert running.server.core.state.hosts  # the daemon is unaffected
+            monitor.close()
+        finally:
+            running.close()
+
+
+def running_stats_text(name: str) -> str:
+    return (f"Name:{name}\nIP:127.0.0.1\nMaxJobs:2\nNoRemote:false\nPlatform:x86_64\n"
+            "Version:43\nFeatures:--\nSpeed:0.000000\nLoad:1000\n")  # fmt: skip

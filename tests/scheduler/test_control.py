@@ -1,0 +1,105 @@
+"""Tests of the control facade: views, actions and internals over a fake shell."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from scheduler.builders import T0, get_cs, login, new_core
+
+from iceserv.protocol import StatusText
+from iceserv.scheduler import HostView, JobView, Scheduler, SchedulerControl
+from iceserv.scheduler.effects import Close, Effect, InternalsReply, Send
+
+
+@dataclass
+class FakeShell:
+    """Applies effects by recording them; routes internals answers to the control."""
+
+    core: Scheduler
+    clock: float = T0
+    applied: list[Effect] = field(default_factory=list)
+    control: SchedulerControl | None = None
+
+    def now(self) -> float:
+        return self.clock
+
+    def apply(self, effects: list[Effect]) -> None:
+        self.applied += effects
+        for effect in effects:
+            if isinstance(effect, InternalsReply) and self.control is not None:
+                self.control.deliver_internals(effect.host_id, effect.text)
+
+
+def make(timeout: float = 0.2) -> tuple[FakeShell, SchedulerControl]:
+    shell = FakeShell(new_core())
+    control = SchedulerControl(shell, internals_timeout=timeout)
+    shell.control = control
+    return shell, control
+
+
+class TestViews:
+    def test_numbers_and_lists(self):
+        """Greeting numbers, listcs and listjobs reflect the core's state."""
+        shell, control = make()
+        core = shell.core
+        login(core, 1, "sub", max_kids=0)
+        login(core, 2, "cs", max_kids=2)
+        get_cs(core, 1, filename="proj/src/a.c")
+        shell.clock = T0 + 12.7
+        assert (control.uptime_seconds(), control.host_count()) == (12, 2)
+        assert (control.job_count(), control.total_jobs()) == (1, 1)
+        job = JobView(1, "WAIT", "sub", "cs", "proj/src/a.c")
+        assert control.list_jobs() == [job]
+        sub, cs = control.list_hosts()
+        assert sub == HostView("sub", "10.0.0.1", 10245, "x86_64", 0.0, 0, 0, 0, None, [])
+        assert cs == HostView("cs", "10.0.0.2", 10245, "x86_64", 0.0, 1, 2, 0, 12, [job])
+
+    def test_queued_job_has_unknown_server(self):
+        """A PEND job shows '<unknown>' as its server."""
+        shell, control = make()
+        login(shell.core, 1, "sub", max_kids=0)
+        login(shell.core, 2, "cs", load=1000)
+        get_cs(shell.core, 1)
+        assert control.list_jobs() == [JobView(1, "PEND", "sub", "<unknown>", "proj/src/a.c")]
+
+
+class TestActions:
+    def test_remove_block_unblock(self):
+        """Actions return matched names and their effects reach the shell."""
+        shell, control = make()
+        login(shell.core, 1, "a")
+        login(shell.core, 2, "b")
+        assert control.remove_hosts(["a", "nope"]) == ["a"]
+        assert Close(1) in shell.applied
+        assert control.block_hosts(["b", "c"]) == ["b"]
+        assert control.blocked() == ["b", "c"]
+        control.unblock_hosts(["c"])
+        assert control.blocked() == ["b"]
+        assert control.host_count() == 0
+
+
+class TestInternals:
+    def test_answers_in_login_order_and_silence(self):
+        """Answers come back in login order; a silent daemon is 'not reporting'."""
+        shell, control = make(timeout=0.2)
+        login(shell.core, 1, "a")
+        login(shell.core, 2, "b")
+
+        async def scenario() -> list[str]:
+            task = asyncio.create_task(control.internals([]))
+            await asyncio.sleep(0)
+            sent = [e.conn_id for e in shell.applied if isinstance(e, Send)
+                    and type(e.message).__name__ == "GetInternalStatus"]  # fmt: skip
+            assert sent == [1, 2]
+            shell.apply(shell.core.handle_message(2, StatusText("Node Name: b\n"), T0))
+            return await task
+
+        assert asyncio.run(scenario()) == ["a not reporting\n", "Node Name: b\n"]
+
+    def test_only_matching_daemons(self):
+        """With names, only matching daemons are asked; none matching gives nothing."""
+        shell, control = make(timeout=0.05)
+        login(shell.core, 1, "a")
+        assert asyncio.run(control.internals(["zz"])) == []
+        assert asyncio.run(control.internals(["10.0.0.1"])) == ["a not reporting\n"]
