@@ -686,13 +686,6 @@ def assert_same(ours: list[str], real: list[str]) -> None:
         pytest.fail("transcripts differ:\n" + "\n".join(diff), pytrace=False)
 
 
-_HIGH_BYTES = pytest.mark.xfail(
-    strict=True,
-    reason="1.4 ends a telnet line at any byte >= 0x80 (signed char); iceserv's LineSplitter"
-    " follows reference §1.7 (bytes < 0x20 only)",
-)
-
-
 class TestTelnetTranscript:
     @pytest.mark.parametrize("name", ["empty", "cluster", "silent", "high_bytes"])
     def test_real_scheduler_behaves_as_the_script_expects(self, real_transcripts, name):
@@ -716,9 +709,7 @@ class TestTelnetTranscript:
             "< ",
         ]
 
-    @pytest.mark.parametrize(
-        "name", ["empty", "cluster", "silent", pytest.param("high_bytes", marks=_HIGH_BYTES)]
-    )
+    @pytest.mark.parametrize("name", ["empty", "cluster", "silent", "high_bytes"])
     def test_telnet_server_over_fake_facade(self, real_transcripts, scripts, name):
         """iceserv's telnet server over a facade in the same state answers byte for byte alike."""
         assert_same(fake_transcript(scripts[name]), real_transcripts[name])

@@ -29,12 +29,14 @@ class TestLineSplitter:
         """``\\r`` and ``\\n`` in separate reads make an extra empty line, as in 1.4."""
         assert feed_all(b"listcs\r", b"\n") == [["listcs"], [""]]
 
-    @pytest.mark.parametrize("end", [b"\0", b"\t", b"\x01", b"\x1f", b"\r", b"\n"])
+    @pytest.mark.parametrize(
+        "end", [b"\0", b"\t", b"\x01", b"\x1f", b"\r", b"\n", b"\x80", b"\xff"]
+    )
     def test_any_control_byte_ends_a_line(self, end):
-        """Every byte below 0x20, NUL and TAB included, ends a line."""
+        """Every byte below 0x20 (NUL and TAB included) or above 0x7f ends a line."""
         assert feed_all(b"a" + end + b"b\n") == [["a", "b"]]
 
-    @pytest.mark.parametrize("byte", [b" ", b"\x7f", b"\xff"])
+    @pytest.mark.parametrize("byte", [b" ", b"~", b"\x7f"])
     def test_other_bytes_do_not(self, byte):
         """Space, DEL and high bytes are part of the line."""
         (lines,) = feed_all(b"a" + byte + b"b\n")
@@ -57,9 +59,9 @@ class TestLineSplitter:
         """One read may finish several lines."""
         assert feed_all(b"a\nb\nc") == [["a", "b"]]
 
-    def test_undecodable_bytes_escaped(self):
-        """Bytes that are not UTF-8 come through as surrogate escapes."""
-        assert feed_all(b"\xff\xfe\n") == [["\udcff\udcfe"]]
+    def test_leading_non_ascii_makes_an_empty_line(self):
+        """Non-ASCII bytes first in a read end an empty line, as 1.4's Invalid command ''."""
+        assert feed_all(b"\xff\xfeab\n") == [["", "ab"]]
 
     def test_longest_line(self):
         """A line of exactly the limit is accepted, however it arrives."""
@@ -78,6 +80,10 @@ class TestLineSplitter:
         with pytest.raises(RemoteProtocolError):
             LineSplitter(8).feed(b"x" * 9 + b"\n")
 
+    def test_non_ascii_bytes_end_a_line_like_1_4(self):
+        """Bytes >= 0x80 end a line as in 1.4 (signed char): 'caf\\xc3\\xa9 x' is two commands."""
+        assert LineSplitter().feed(b"caf\xc3\xa9 x\r\n") == ["caf", " x"]
+
     def test_default_limit(self):
         """The default limit is MAX_LINE bytes."""
         with pytest.raises(RemoteProtocolError):
@@ -86,7 +92,7 @@ class TestLineSplitter:
     @settings(max_examples=200, deadline=None)
     @given(
         lines=st.lists(
-            st.binary(max_size=20).map(lambda b: bytes(c | 0x20 for c in b)), max_size=8
+            st.binary(max_size=20).map(lambda b: bytes((c & 0x5F) | 0x20 for c in b)), max_size=8
         ),
         ends=st.lists(st.sampled_from([b"\n", b"\r\n", b"\0", b"\t\n"]), min_size=8, max_size=8),
         cuts=st.lists(st.integers(0, 250), max_size=10),
