@@ -1,9 +1,10 @@
 """The scheduler core: messages and timer ticks in, effects out (reference §5.2, §5.5, §7).
 
 This module owns :class:`Scheduler`, the sans-I/O state machine of the whole
-scheduler: who is connected as what, what every daemon and monitor message
-does, when daemons are probed, pinged or dropped, and when the queue is
-served.  It returns :mod:`~iceserv.scheduler.effects` for the asyncio shell
+scheduler: who is connected as what, which handler each message goes to,
+logins, loads, blacklists and internals, when daemons are probed, pinged or
+dropped, and when the queue is served.  What happens to jobs is in
+:mod:`iceserv.scheduler.jobs`.  It returns :mod:`~iceserv.scheduler.effects` for the asyncio shell
 to carry out.  It must not do I/O, use asyncio, log, or read a clock: every
 entry point takes ``now`` and randomness comes from the ``random.Random`` it
 was given.
@@ -38,7 +39,7 @@ protocol 27.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
 from iceserv.errors import RemoteProtocolError
@@ -47,30 +48,18 @@ from iceserv.protocol import (
     BlacklistHostEnv,
     ConfCS,
     Feature,
-    GetCS,
     GetInternalStatus,
-    JobBegin,
-    JobDone,
-    JobDoneFlag,
-    JobLocalBegin,
-    JobLocalDone,
     Login,
-    MonGetCS,
-    MonJobBegin,
-    MonJobDone,
-    MonLocalJobBegin,
     MonStats,
     MsgType,
-    NoCS,
     Ping,
     Stats,
     StatusText,
-    UseCS,
 )
 from iceserv.protocol.constants import MAX_SCHEDULER_PING, MAX_SCHEDULER_PONG
 from iceserv.protocol.discovery import DEFAULT_NETNAME, SchedulerInfo, is_better
 from iceserv.protocol.features import supports
-from iceserv.scheduler import placement
+from iceserv.scheduler import jobs
 from iceserv.scheduler.effects import (
     Announce,
     Close,
@@ -81,8 +70,8 @@ from iceserv.scheduler.effects import (
     StopReading,
     ToMonitors,
 )
-from iceserv.scheduler.monitoring import OFFLINE, host_stats_text, shorten_filename
-from iceserv.scheduler.state import ClusterState, Host, Job, JobState
+from iceserv.scheduler.monitoring import OFFLINE, host_stats_text
+from iceserv.scheduler.state import ClusterState, Host
 
 if TYPE_CHECKING:
     import random
@@ -96,14 +85,6 @@ __all__ = ["Scheduler", "SchedulerConfig"]
 ANNOUNCE_PERIOD: Final = 120.0
 #: A daemon busy installing an environment this long is dropped (§7.8).
 MAX_BUSY_INSTALLING: Final = 120.0
-#: 1.4 raises minimal_host_version to 31 when the legacy ignore_unverified word is set.
-_IGNORE_UNVERIFIED_VERSION: Final = 31
-_MAX_NICENESS: Final = 20
-#: GET_CS asks for 1 job (3 for repeat jobs); more is a broken or hostile peer.
-_MAX_JOBS_PER_REQUEST: Final = 64
-#: Local jobs remembered per daemon (a daemon that never reports them done must not grow us).
-_MAX_LOCAL_JOBS: Final = 4096
-_ABORTED_EXITCODE: Final = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +134,11 @@ class Scheduler:
             MsgType.MON_LOGIN: self._on_mon_login,
         }
         self._daemon_table: dict[MsgType, Callable[[int, Message, float], list[Effect]]] = {
-            MsgType.GET_CS: self._on_get_cs,
-            MsgType.JOB_BEGIN: self._on_job_begin,
-            MsgType.JOB_DONE: self._on_job_done,
-            MsgType.JOB_LOCAL_BEGIN: self._on_job_local_begin,
-            MsgType.JOB_LOCAL_DONE: self._on_job_local_done,
+            MsgType.GET_CS: self._for_host(jobs.on_get_cs),
+            MsgType.JOB_BEGIN: self._for_host(jobs.on_job_begin),
+            MsgType.JOB_DONE: self._for_host(jobs.on_job_done),
+            MsgType.JOB_LOCAL_BEGIN: self._for_host(jobs.on_job_local_begin),
+            MsgType.JOB_LOCAL_DONE: self._for_host(jobs.on_job_local_done),
             MsgType.STATS: self._on_stats,
             MsgType.PING: self._on_ping,
             MsgType.LOGIN: self._on_relogin,
@@ -315,74 +296,6 @@ class Scheduler:
             host.internals_pending += 1
         return hosts, [Send(host.conn_id, GetInternalStatus()) for host in hosts]
 
-    # --- placement --------------------------------------------------------------------
-
-    def _place(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        for _ in range(len(self.state.queue)):
-            assignment = placement.empty_queue(self.state, self._rng)
-            if assignment is None:
-                break
-            effects.append(self._apply(assignment, now))
-        return effects
-
-    def _apply(self, assignment: placement.Assignment, now: float) -> Effect:
-        job, host = assignment.job, assignment.host
-        submitter = self.state.hosts[job.submitter]
-        self.state.queue.take(job)
-        job.state = JobState.WAIT
-        job.server = host.host_id
-        host.jobs.append(job.job_id)
-        host.last_picked_id = job.job_id
-        if not assignment.got_env:
-            host.busy_installing_since = now  # cleared by its re-LOGIN after the install
-        placement.restrict_siblings(self.state, assignment)
-        if host is submitter and supports(submitter.protocol, Feature.NO_CS):
-            return Send(submitter.conn_id, NoCS(job.job_id, job.client_id))
-        return Send(
-            submitter.conn_id,
-            UseCS(
-                job_id=job.job_id,
-                port=host.port,
-                hostname=host.ip,
-                host_platform=assignment.host_platform,
-                got_env=assignment.got_env,
-                client_id=job.client_id,
-                matched_job_id=assignment.matched_job_id,
-            ),
-        )
-
-    def _forget_job(self, job: Job) -> None:
-        del self.state.jobs[job.job_id]
-        submitter = self.state.hosts.get(job.submitter)
-        if submitter is not None:
-            submitter.submitted -= 1
-
-    def _remove_host(self, host: Host) -> list[Effect]:
-        """Drop *host*: abort its jobs, forget blacklists naming it, close its connection."""
-        state = self.state
-        del state.hosts[host.host_id]
-        self._peers.pop(host.conn_id, None)
-        effects: list[Effect] = [ToMonitors(MonStats(host.host_id, OFFLINE))]
-        for job in state.queue.drop_submitter(host.host_id):
-            effects.append(ToMonitors(MonJobDone(job.job_id, _ABORTED_EXITCODE)))
-            del state.jobs[job.job_id]
-        for job in list(state.jobs.values()):
-            if host.host_id not in (job.server, job.submitter):
-                continue
-            effects.append(ToMonitors(MonJobDone(job.job_id, _ABORTED_EXITCODE)))
-            server = state.hosts.get(job.server) if job.server is not None else None
-            if server is not None:
-                server.jobs.remove(job.job_id)
-                server.busy_installing_since = None  # as 1.4: it may have been installing for it
-            if job.state is JobState.PEND:
-                state.queue.discard(job)
-            self._forget_job(job)
-        for other in state.hosts.values():
-            other.blacklist.pop(host.host_id, None)
-        effects.append(Close(host.conn_id))
-        return effects
-
     # --- first message ----------------------------------------------------------------
 
     def _on_login(self, conn_id: int, msg: Message, now: float) -> list[Effect]:
@@ -434,122 +347,22 @@ class Scheduler:
     def _host(self, conn_id: int) -> Host:
         return self.state.hosts[self._peers[conn_id].host_id]
 
-    def _on_get_cs(self, conn_id: int, msg: Message, _now: float) -> list[Effect]:
-        request = cast("GetCS", msg)
-        host = self._host(conn_id)
-        if request.count > _MAX_JOBS_PER_REQUEST:
-            text = f"GET_CS asks for {request.count} jobs"
-            raise RemoteProtocolError(text, msg_type=int(MsgType.GET_CS))
-        host.client_count = request.client_count
-        minimal = request.minimal_host_version
-        if request.ignore_unverified:
-            minimal = max(minimal, _IGNORE_UNVERIFIED_VERSION)
-        effects: list[Effect] = []
-        master: Job | None = None
-        for _ in range(request.count):
-            job = Job(
-                job_id=self.state.new_job_id(),
-                submitter=host.host_id,
-                client_id=request.client_id,
-                envs=request.versions,
-                target=request.target,
-                filename=request.filename,
-                lang=request.lang,
-                arg_flags=request.arg_flags,
-                preferred_host=request.preferred_host,
-                minimal_host_version=minimal,
-                required_features=request.required_features,
-                niceness=max(0, min(_MAX_NICENESS, request.niceness)),
-            )
-            self.state.jobs[job.job_id] = job
-            host.submitted += 1
-            self.state.queue.enqueue(job)
-            effects.append(
-                ToMonitors(
-                    MonGetCS(
-                        filename=shorten_filename(request.filename),
-                        lang=request.lang,
-                        job_id=job.job_id,
-                        client_id=host.host_id,
-                    )
-                )
-            )
-            if master is None:
-                master = job
-            else:
-                master.siblings.append(job.job_id)
-        return effects
+    def _for_host(
+        self, handler: Callable[[ClusterState, Host, Message], list[Effect]]
+    ) -> Callable[[int, Message, float], list[Effect]]:
+        """Adapt a job handler of :mod:`~iceserv.scheduler.jobs` to the dispatch table."""
 
-    def _on_job_begin(self, conn_id: int, msg: Message, _now: float) -> list[Effect]:
-        begin = cast("JobBegin", msg)
-        host = self._host(conn_id)
-        job = self.state.jobs.get(begin.job_id)
-        if job is None or job.server != host.host_id:
-            return []  # 1.4 ignores a begin for a job this daemon does not serve
-        host.client_count = begin.client_count
-        job.state = JobState.COMP
-        job.stime = begin.stime
-        return [ToMonitors(MonJobBegin(begin.job_id, begin.stime, host.host_id))]
+        def handle(conn_id: int, msg: Message, _now: float) -> list[Effect]:
+            return handler(self.state, self._host(conn_id), msg)
 
-    def _find_unknown_job(self, host: Host, client_id: int) -> Job | None:
-        for job in self.state.jobs.values():
-            if job.server is None and job.submitter == host.host_id and job.client_id == client_id:
-                return job
-        return None
+        return handle
 
-    def _on_job_done(self, conn_id: int, msg: Message, _now: float) -> list[Effect]:
-        done = cast("JobDone", msg)
-        host = self._host(conn_id)
-        if done.flags & JobDoneFlag.UNKNOWN_JOB_ID:
-            # The submitter gave up before it learnt the job id: job_id is its client id.
-            job = self._find_unknown_job(host, done.job_id)
-        else:
-            job = self.state.jobs.get(done.job_id)
-        if job is None:
-            return []  # already aborted or finished; 1.4 ignores it too
-        if done.flags & JobDoneFlag.FROM_SUBMITTER:
-            if job.submitter != host.host_id:
-                text = f"JOB_DONE from a daemon that did not submit job {job.job_id}"
-                raise RemoteProtocolError(text, msg_type=int(MsgType.JOB_DONE))
-        elif job.server != host.host_id:
-            text = f"JOB_DONE from a daemon that does not serve job {job.job_id}"
-            raise RemoteProtocolError(text, msg_type=int(MsgType.JOB_DONE))
-        host.client_count = done.client_count
-        server = self.state.hosts.get(job.server) if job.server is not None else None
-        if server is not None:
-            server.jobs.remove(job.job_id)
-        if job.state is JobState.PEND:
-            self.state.queue.discard(job)
-        placement.record_job_stats(
-            self.state,
-            job,
-            exitcode=done.exitcode,
-            out_uncompressed=done.out_uncompressed,
-            user_msec=done.user_msec,
-        )
-        self._forget_job(job)
-        values = {f.name: getattr(done, f.name) for f in fields(done)}
-        values["job_id"] = job.job_id
-        return [ToMonitors(MonJobDone(**values))]
+    def _place(self, now: float) -> list[Effect]:
+        return jobs.place_jobs(self.state, self._rng, now)
 
-    def _on_job_local_begin(self, conn_id: int, msg: Message, _now: float) -> list[Effect]:
-        begin = cast("JobLocalBegin", msg)
-        host = self._host(conn_id)
-        job_id = self.state.new_job_id()
-        host.local_jobs.pop(begin.id, None)
-        host.local_jobs[begin.id] = job_id
-        if len(host.local_jobs) > _MAX_LOCAL_JOBS:
-            del host.local_jobs[next(iter(host.local_jobs))]
-        return [
-            ToMonitors(
-                MonLocalJobBegin(host.host_id, job_id, begin.stime, shorten_filename(begin.outfile))
-            )
-        ]
-
-    def _on_job_local_done(self, conn_id: int, msg: Message, _now: float) -> list[Effect]:
-        done = cast("JobLocalDone", msg)
-        job_id = self._host(conn_id).local_jobs.pop(done.job_id, 0)
-        return [ToMonitors(JobLocalDone(job_id))]
+    def _remove_host(self, host: Host) -> list[Effect]:
+        self._peers.pop(host.conn_id, None)
+        return jobs.remove_host(self.state, host)
 
     def _on_stats(self, conn_id: int, msg: Message, now: float) -> list[Effect]:
         stats = cast("Stats", msg)

@@ -302,6 +302,13 @@ class ClusterState:
         self.last_job_id += 1
         return self.last_job_id
 
+    def forget_job(self, job: Job) -> None:
+        """Remove a finished or aborted job (no longer counted for its submitter)."""
+        del self.jobs[job.job_id]
+        submitter = self.hosts.get(job.submitter)
+        if submitter is not None:
+            submitter.submitted -= 1
+
     def is_blocked(self, host: Host) -> bool:
         """Return whether *host*'s nodename or IP is on the block list."""
         return any(host.matches(name) for name in self.blocked)

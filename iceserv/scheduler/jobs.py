@@ -1,0 +1,251 @@
+"""Jobs: requests, begin and end reports, local jobs, placing the queue, dropping a daemon.
+
+This module owns what happens to jobs (reference §5.2, §7.6): GET_CS queues
+jobs, JOB_BEGIN/JOB_DONE move and finish them (feeding the speed statistics),
+JOB_LOCAL_BEGIN/JOB_LOCAL_DONE number local jobs, :func:`place_jobs` turns
+placement decisions into USE_CS/NO_CS, and :func:`remove_host` aborts
+everything a vanished daemon was part of.  Each function changes the
+:class:`~iceserv.scheduler.state.ClusterState` and returns effects.  It is
+pure (no I/O, asyncio, logging or clock) and must not know about
+connections; :mod:`iceserv.scheduler.handlers` finds the host for a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import TYPE_CHECKING, Final, cast
+
+from iceserv.errors import RemoteProtocolError
+from iceserv.protocol import (
+    Feature,
+    JobDoneFlag,
+    JobLocalDone,
+    MonGetCS,
+    MonJobBegin,
+    MonJobDone,
+    MonLocalJobBegin,
+    MonStats,
+    MsgType,
+    NoCS,
+    UseCS,
+)
+from iceserv.protocol.features import supports
+from iceserv.scheduler import placement
+from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
+from iceserv.scheduler.monitoring import OFFLINE, shorten_filename
+from iceserv.scheduler.state import Job, JobState
+
+if TYPE_CHECKING:
+    import random
+
+    from iceserv.protocol import GetCS, JobBegin, JobDone, JobLocalBegin, Message
+    from iceserv.scheduler.state import ClusterState, Host
+
+__all__ = [
+    "on_get_cs",
+    "on_job_begin",
+    "on_job_done",
+    "on_job_local_begin",
+    "on_job_local_done",
+    "place_jobs",
+    "remove_host",
+]
+
+#: 1.4 raises minimal_host_version to 31 when the legacy ignore_unverified word is set.
+_IGNORE_UNVERIFIED_VERSION: Final = 31
+_MAX_NICENESS: Final = 20
+#: GET_CS asks for 1 job (3 for repeat jobs); more is a broken or hostile peer.
+_MAX_JOBS_PER_REQUEST: Final = 64
+#: Local jobs remembered per daemon (a daemon that never reports them done must not grow us).
+_MAX_LOCAL_JOBS: Final = 4096
+_ABORTED_EXITCODE: Final = 255
+
+
+def on_get_cs(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+    """GET_CS: queue ``count`` jobs for *host* and tell the monitors (MON_GET_CS)."""
+    request = cast("GetCS", msg)
+    if request.count > _MAX_JOBS_PER_REQUEST:
+        text = f"GET_CS asks for {request.count} jobs"
+        raise RemoteProtocolError(text, msg_type=int(MsgType.GET_CS))
+    host.client_count = request.client_count
+    minimal = request.minimal_host_version
+    if request.ignore_unverified:
+        minimal = max(minimal, _IGNORE_UNVERIFIED_VERSION)
+    effects: list[Effect] = []
+    master: Job | None = None
+    for _ in range(request.count):
+        job = Job(
+            job_id=state.new_job_id(),
+            submitter=host.host_id,
+            client_id=request.client_id,
+            envs=request.versions,
+            target=request.target,
+            filename=request.filename,
+            lang=request.lang,
+            arg_flags=request.arg_flags,
+            preferred_host=request.preferred_host,
+            minimal_host_version=minimal,
+            required_features=request.required_features,
+            niceness=max(0, min(_MAX_NICENESS, request.niceness)),
+        )
+        state.jobs[job.job_id] = job
+        host.submitted += 1
+        state.queue.enqueue(job)
+        effects.append(
+            ToMonitors(
+                MonGetCS(
+                    filename=shorten_filename(request.filename),
+                    lang=request.lang,
+                    job_id=job.job_id,
+                    client_id=host.host_id,
+                )
+            )
+        )
+        if master is None:
+            master = job
+        else:
+            master.siblings.append(job.job_id)
+    return effects
+
+
+def on_job_begin(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+    """JOB_BEGIN: the server started compiling; the job is COMP (MON_JOB_BEGIN)."""
+    begin = cast("JobBegin", msg)
+    job = state.jobs.get(begin.job_id)
+    if job is None or job.server != host.host_id:
+        return []  # 1.4 ignores a begin for a job this daemon does not serve
+    host.client_count = begin.client_count
+    job.state = JobState.COMP
+    job.stime = begin.stime
+    return [ToMonitors(MonJobBegin(begin.job_id, begin.stime, host.host_id))]
+
+
+def _find_unknown_job(state: ClusterState, host: Host, client_id: int) -> Job | None:
+    for job in state.jobs.values():
+        if job.server is None and job.submitter == host.host_id and job.client_id == client_id:
+            return job
+    return None
+
+
+def on_job_done(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+    """JOB_DONE: the job is finished or cancelled; record its statistics (MON_JOB_DONE).
+
+    A server reporting a job it does not serve, or a daemon cancelling a job it
+    did not submit, breaks the protocol (1.4 kicks it).
+    """
+    done = cast("JobDone", msg)
+    if done.flags & JobDoneFlag.UNKNOWN_JOB_ID:
+        # The submitter gave up before it learnt the job id: job_id is its client id.
+        job = _find_unknown_job(state, host, done.job_id)
+    else:
+        job = state.jobs.get(done.job_id)
+    if job is None:
+        return []  # already aborted or finished; 1.4 ignores it too
+    if done.flags & JobDoneFlag.FROM_SUBMITTER:
+        if job.submitter != host.host_id:
+            text = f"JOB_DONE from a daemon that did not submit job {job.job_id}"
+            raise RemoteProtocolError(text, msg_type=int(MsgType.JOB_DONE))
+    elif job.server != host.host_id:
+        text = f"JOB_DONE from a daemon that does not serve job {job.job_id}"
+        raise RemoteProtocolError(text, msg_type=int(MsgType.JOB_DONE))
+    host.client_count = done.client_count
+    server = state.hosts.get(job.server) if job.server is not None else None
+    if server is not None:
+        server.jobs.remove(job.job_id)
+    if job.state is JobState.PEND:
+        state.queue.discard(job)
+    placement.record_job_stats(
+        state,
+        job,
+        exitcode=done.exitcode,
+        out_uncompressed=done.out_uncompressed,
+        user_msec=done.user_msec,
+    )
+    state.forget_job(job)
+    values = {f.name: getattr(done, f.name) for f in fields(done)}
+    values["job_id"] = job.job_id
+    return [ToMonitors(MonJobDone(**values))]
+
+
+def on_job_local_begin(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+    """JOB_LOCAL_BEGIN: number a local job from the shared counter (MON_LOCAL_JOB_BEGIN)."""
+    begin = cast("JobLocalBegin", msg)
+    job_id = state.new_job_id()
+    host.local_jobs.pop(begin.id, None)
+    host.local_jobs[begin.id] = job_id
+    if len(host.local_jobs) > _MAX_LOCAL_JOBS:
+        del host.local_jobs[next(iter(host.local_jobs))]
+    return [
+        ToMonitors(
+            MonLocalJobBegin(host.host_id, job_id, begin.stime, shorten_filename(begin.outfile))
+        )
+    ]
+
+
+def on_job_local_done(_state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+    """JOB_LOCAL_DONE: report the local job's scheduler id to the monitors."""
+    done = cast("JobLocalDone", msg)
+    job_id = host.local_jobs.pop(done.job_id, 0)
+    return [ToMonitors(JobLocalDone(job_id))]
+
+
+def place_jobs(state: ClusterState, rng: random.Random, now: float) -> list[Effect]:
+    """Place queued jobs until nothing more can be placed; return the USE_CS/NO_CS sends."""
+    effects: list[Effect] = []
+    for _ in range(len(state.queue)):
+        assignment = placement.empty_queue(state, rng)
+        if assignment is None:
+            break
+        effects.append(_apply(state, assignment, now))
+    return effects
+
+
+def _apply(state: ClusterState, assignment: placement.Assignment, now: float) -> Effect:
+    job, host = assignment.job, assignment.host
+    submitter = state.hosts[job.submitter]
+    state.queue.take(job)
+    job.state = JobState.WAIT
+    job.server = host.host_id
+    host.jobs.append(job.job_id)
+    host.last_picked_id = job.job_id
+    if not assignment.got_env:
+        host.busy_installing_since = now  # cleared by its re-LOGIN after the install
+    placement.restrict_siblings(state, assignment)
+    if host is submitter and supports(submitter.protocol, Feature.NO_CS):
+        return Send(submitter.conn_id, NoCS(job.job_id, job.client_id))
+    return Send(
+        submitter.conn_id,
+        UseCS(
+            job_id=job.job_id,
+            port=host.port,
+            hostname=host.ip,
+            host_platform=assignment.host_platform,
+            got_env=assignment.got_env,
+            client_id=job.client_id,
+            matched_job_id=assignment.matched_job_id,
+        ),
+    )
+
+
+def remove_host(state: ClusterState, host: Host) -> list[Effect]:
+    """Drop *host*: abort its jobs, forget blacklists naming it, close its connection."""
+    del state.hosts[host.host_id]
+    effects: list[Effect] = [ToMonitors(MonStats(host.host_id, OFFLINE))]
+    for job in state.queue.drop_submitter(host.host_id):
+        effects.append(ToMonitors(MonJobDone(job.job_id, _ABORTED_EXITCODE)))
+        del state.jobs[job.job_id]
+    for job in list(state.jobs.values()):
+        if host.host_id not in (job.server, job.submitter):
+            continue
+        effects.append(ToMonitors(MonJobDone(job.job_id, _ABORTED_EXITCODE)))
+        server = state.hosts.get(job.server) if job.server is not None else None
+        if server is not None:
+            server.jobs.remove(job.job_id)
+            server.busy_installing_since = None  # as 1.4: it may have been installing for it
+        if job.state is JobState.PEND:
+            state.queue.discard(job)
+        state.forget_job(job)
+    for other in state.hosts.values():
+        other.blacklist.pop(host.host_id, None)
+    effects.append(Close(host.conn_id))
+    return effects
