@@ -3,7 +3,8 @@
 Tests that use these fixtures are marked ``live`` (and ``netns`` for the
 namespace bed) automatically, so ``-m "not live"`` never starts a real
 program.  When such a test fails, the log tails of the programs it started
-are added to its report.  This file must not import iceserv.
+are added to its report.  This file must not import iceserv (the ``our_*``
+fixtures run its programs as subprocesses).
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import contextlib
 from typing import TYPE_CHECKING
 
 import pytest
-from testbed import NetnsBed, RealDaemon, RealScheduler, build_real_env
+from testbed import NetnsBed, OurScheduler, RealDaemon, RealScheduler, build_real_env
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from testbed import RealEnv
 
-_LIVE_FIXTURES = frozenset({"real_scheduler", "real_daemon_factory", "real_gcc_env", "netns_hosts"})
+_LIVE_FIXTURES = frozenset(
+    {"real_scheduler", "real_daemon_factory", "real_gcc_env", "netns_hosts", "our_scheduler"}
+)
 _LOGS: pytest.StashKey[list[tuple[str, Callable[[], str]]]] = pytest.StashKey()
 
 
@@ -88,3 +91,19 @@ def netns_hosts() -> Iterator[Callable[[int], NetnsBed]]:
 def real_gcc_env(tmp_path_factory: pytest.TempPathFactory) -> RealEnv:
     """The real icecc-create-env tarball of /usr/bin/gcc (gzip), built once per session."""
     return build_real_env("/usr/bin/gcc", dest_dir=tmp_path_factory.mktemp("real-gcc-env"))
+
+
+@pytest.fixture
+def our_scheduler(request: pytest.FixtureRequest) -> Iterator[OurScheduler]:
+    """iceserv's scheduler program on loopback (free port, ``-i lo``, ``ICECC_TESTS=1``).
+
+    It must exit 0 on SIGTERM at teardown.
+    """
+    scheduler = OurScheduler().start()
+    _watch_log(request, "iceserv scheduler", scheduler.log_tail)
+    try:
+        yield scheduler
+    finally:
+        tail = scheduler.log_tail()
+        code = scheduler.stop()
+        assert code == 0, f"our scheduler did not exit cleanly: {code}\n{tail}"

@@ -36,11 +36,8 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,8 +45,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import pytest
 from telnet.fakes import FakeControl, FakeHost, FakeJob
-from testbed import RealScheduler, WaitTimeoutError, free_scheduler_port, stop_process, wait_for
-from testbed.procs import clean_env
+from testbed import OurScheduler, RealScheduler, WaitTimeoutError, wait_for
 
 from iceserv.protocol import (
     ConfCS,
@@ -68,6 +64,7 @@ from iceserv.telnet import TelnetServer, serve_telnet
 from iceserv.testing import BlockingChannel
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
 
@@ -555,45 +552,16 @@ class OurTarget:
         return self.probe_session.answers(1).decode().splitlines()[:-1]
 
 
-def _accepts(proc: subprocess.Popen[bytes], address: tuple[str, int]) -> bool:
-    if proc.poll() is not None:
-        msg = f"iceserv's scheduler exited with status {proc.returncode}"
-        raise AssertionError(msg)
-    with contextlib.suppress(OSError), socket.create_connection(address, timeout=1.0):
-        return True
-    return False
-
-
 @contextlib.contextmanager
-def our_scheduler(tmp_path_log: str) -> Iterator[OurTarget]:
-    port = free_scheduler_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "iceserv.app.scheduler",
-        "-p",
-        str(port),
-        "-n",
-        f"ISTX{os.getpid()}",
-        "-i",
-        "lo",
-    ]
-    with open(tmp_path_log, "wb") as log:  # noqa: PTH123 - a log for the failure message
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=clean_env({"ICECC_TESTS": "1"})
-        )
-    target = OurTarget(port, proc)
+def our_scheduler() -> Iterator[OurTarget]:
+    scheduler = OurScheduler().start()
+    target = OurTarget(scheduler.port or 0, scheduler.proc)  # type: ignore[arg-type]
     try:
-        wait_for(
-            lambda: _accepts(proc, ("127.0.0.1", port + 1)),
-            STEP_TIMEOUT,
-            f"iceserv's scheduler to listen on {port + 1}",
-        )
         yield target
     finally:
         if target.probe_session is not None:
             target.probe_session.close()
-        stop_process(proc)
+        scheduler.stop()
 
 
 # --- the fake facade behind our telnet server ---------------------------------------------
@@ -714,8 +682,8 @@ class TestTelnetTranscript:
         """iceserv's telnet server over a facade in the same state answers byte for byte alike."""
         assert_same(fake_transcript(scripts[name]), real_transcripts[name])
 
-    @pytest.mark.parametrize("name", ["empty", "cluster", "silent"])
-    def test_our_scheduler(self, real_transcripts, scripts, name, tmp_path):
+    @pytest.mark.parametrize("name", ["empty", "cluster", "silent", "high_bytes"])
+    def test_our_scheduler(self, real_transcripts, scripts, name):
         """iceserv's scheduler with the same daemons gives the real scheduler's transcript."""
-        with our_scheduler(str(tmp_path / "scheduler.log")) as target:
+        with our_scheduler() as target:
             assert_same(cluster_transcript(scripts[name], target), real_transcripts[name])

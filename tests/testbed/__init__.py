@@ -7,6 +7,7 @@ What lives where:
   programs are written down in this module's docstring.
 * ``daemon``  - ``RealDaemon``: the real ``iceccd`` as a subprocess.
 * ``sundae``  - ``RealSundae``: the real ``icecream-sundae`` monitor in a pty.
+* ``ours``    - ``OurScheduler``: iceserv's scheduler program as a subprocess.
 * ``envs``    - ``build_real_env``: tarballs made by the real ``icecc-create-env``.
 * ``netns``   - ``NetnsBed``: N hosts as network namespaces on a private bridge.
 * ``hosts``   - the ``Host`` seam (loopback or a namespace host) and free ports.
@@ -23,6 +24,7 @@ from testbed.envs import RealEnv, build_real_env
 from testbed.errors import MissingProgramError, ProgramExitedError, TestbedError, WaitTimeoutError
 from testbed.hosts import LOOPBACK, Host, LoopbackHost, connect, free_port, free_scheduler_port
 from testbed.netns import NetnsBed, NetnsHost, list_netns, remove_stale_netns
+from testbed.ours import OurScheduler
 from testbed.procs import remove_stale_workdirs, stop_process
 from testbed.real import ListedHost, RealScheduler, parse_listcs
 from testbed.sundae import SUNDAE_PROTOCOL_VERSION, RealSundae
@@ -37,6 +39,7 @@ __all__ = [
     "MissingProgramError",
     "NetnsBed",
     "NetnsHost",
+    "OurScheduler",
     "ProgramExitedError",
     "RealDaemon",
     "RealEnv",
