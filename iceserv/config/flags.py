@@ -4,9 +4,10 @@ Owns parsing argv with 1.4's getopt strings (upstream ``daemon/main.cpp``:
 ``N:n:m:l:s:hvdb:u:i:p:``; ``scheduler/scheduler.cpp``: ``n:i:p:hl:vdru:``)
 and long options, with GNU ``getopt_long`` behaviour (options after
 operands, unique-prefix abbreviations, ``-vvv``, ``-m4``, ``--port=1``),
-plus iceserv's own ``--confd``, ``--config``, ``--foreground`` and
-``--check-config``.  It returns raw strings for the models to validate and
-must not validate values, print or exit.
+plus iceserv's own ``--confd``, ``--config``, ``--foreground``,
+``--log-format``, ``--stop-grace`` (daemon) and ``--check-config``.  It
+returns raw strings for the models to validate and must not validate
+values, print or exit.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ _DAEMON_ONLY: Final = (
     _Option("", "nice", _Action.VALUE, "nice_level", "LEVEL", "niceness (-20..19)"),
     _Option("", "cache-limit", _Action.VALUE, "cache_limit", "MB", "environment cache size"),
     _Option("", "no-remote", _Action.FALSE, "allow_remote", "", "accept no remote jobs"),
+    _Option("", "stop-grace", _Action.VALUE, "stop_grace", "SECONDS", "time jobs get on SIGTERM"),
 )
 _SCHEDULER_ONLY: Final = (
     _Option(
@@ -86,6 +88,7 @@ _ICESERV: Final = (
     _Option("", "confd", _Action.CONFD, "", "PATH", "conf.d file to read (repeatable)"),
     _Option("", "config", _Action.CONFIG, "", "PATH", "TOML file to read"),
     _Option("", "foreground", _Action.FOREGROUND, "", "", "never detach (overrides -d)"),
+    _Option("", "log-format", _Action.VALUE, "log_format", "FORMAT", "auto|console|json|journal"),
     _Option("", "check-config", _Action.CHECK, "", "", "validate the configuration and exit"),
 )
 _OPTIONS: Final = {

@@ -17,7 +17,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -136,6 +136,7 @@ AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
 OptionalPath = Annotated[AbsolutePath | None, BeforeValidator(_empty_is_none)]
 Verbosity = Annotated[int, Field(ge=0, le=3), BeforeValidator(_verbosity)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+LogFormat = Literal["auto", "console", "json", "journal"]
 SchedulerAddress = Annotated[
     HostPort | None,
     BeforeValidator(_parse_host_port),
@@ -189,6 +190,10 @@ class DaemonSettings(_Settings):
     """Log detail, 0 to 3 (``-v``, ``-vv``, ``-vvv``)."""
     log_file: OptionalPath = None
     """Log file; None logs to stderr or the journal (``-l``)."""
+    log_format: LogFormat = "auto"
+    """Log lines as console, json or journal; auto picks by where they go (``--log-format``)."""
+    stop_grace: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    """Seconds running jobs may take to finish after SIGTERM (``--stop-grace``)."""
     user: UserName = "icecream"
     """User that compile jobs run as when started as root (``-u``)."""
     interface: Interface = ""
@@ -212,6 +217,8 @@ class SchedulerSettings(_Settings):
     """Network interface to listen on; empty means all (``-i``)."""
     log_file: OptionalPath = None
     """Log file; None logs to stderr or the journal (``-l``)."""
+    log_format: LogFormat = "auto"
+    """Log lines as console, json or journal; auto picks by where they go (``--log-format``)."""
     port: Annotated[int, Field(ge=1, le=65534)] = DEFAULT_SCHEDULER_PORT
     """TCP and UDP port for daemons and clients; telnet uses port + 1 (``-p``)."""
     user: Annotated[str, AfterValidator(_no_blanks)] = ""

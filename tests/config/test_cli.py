@@ -42,6 +42,8 @@ ICECCD_USER="icecc"
 ICECCD_INTERFACE="eth1"
 ICECCD_PORT="10246"
 ICECCD_DAEMONIZE="yes"
+ICECCD_LOG_FORMAT="json"
+ICECCD_STOP_GRACE="5.5"
 """
 FULL_SCHEDULER = """\
 ICECC_SCHEDULER_NET_NAME="lab"
@@ -52,6 +54,7 @@ ICECREAM_SCHEDULER_LOG_FILE="/var/log/icecream/scheduler.log"
 ICECC_SCHEDULER_PORT="8800"
 ICECC_SCHEDULER_USER="icecream"
 ICECC_SCHEDULER_DAEMONIZE="no"
+ICECC_SCHEDULER_LOG_FORMAT="journal"
 """
 
 # fixture -> (line, the rest of the one error line after "path:line: ")
@@ -169,7 +172,7 @@ class TestShow:
         assert lines["max_processes"].split()[1:] == ["8", f"{path}:1:", "ICECCD_MAX_PROCESSES"]
         assert lines["nice_level"].split()[1:] == ["3", "env", "ICECCD_NICE_LEVEL"]
         assert lines["port"].split()[1:] == ["10245", "default"]
-        assert len(lines) == 14
+        assert len(lines) == 16
 
     def test_json(self, tmp_path):
         """JSON output maps each setting to its value and source."""

@@ -34,6 +34,8 @@ DAEMON_SAMPLES = {
     "interface": ("eth1", "eth1", "eth1"),
     "port": ("10246", 10246, 10246),
     "daemonize": ("yes", True, True),
+    "log_format": ("json", "json", "json"),
+    "stop_grace": ("2.5", 2.5, 2.5),
 }
 SCHEDULER_SAMPLES = {
     "net_name": ("lab", "lab", "lab"),
@@ -44,6 +46,7 @@ SCHEDULER_SAMPLES = {
     "port": ("8888", 8888, 8888),
     "user": ("icecream", "icecream", "icecream"),
     "daemonize": ("1", True, True),
+    "log_format": ("journal", "journal", "journal"),
 }
 SAMPLES = {"daemon": DAEMON_SAMPLES, "scheduler": SCHEDULER_SAMPLES}
 PREFIX = {"daemon": "ICECCD_", "scheduler": "ICECC_SCHEDULER_"}
