@@ -285,6 +285,26 @@ class Scheduler:
                 self.state.blocked.remove(name)
         return self._place(now)
 
+    def drain_hosts(self, names: Iterable[str], now: float) -> tuple[list[str], list[Effect]]:
+        """Put each name on the drain list: no new jobs from others; running jobs finish.
+
+        Returns the names that match a connected daemon, in order, and the effects.
+        """
+        matched: list[str] = []
+        for name in names:
+            if name not in self.state.drained:
+                self.state.drained.append(name)
+            if self.state.find_host(name) is not None:
+                matched.append(name)
+        return matched, self._place(now)
+
+    def resume_hosts(self, names: Iterable[str], now: float) -> list[Effect]:
+        """Take each name off the drain list; queued jobs may go to those daemons again."""
+        for name in names:
+            if name in self.state.drained:
+                self.state.drained.remove(name)
+        return self._place(now)
+
     def request_internals(self, names: Iterable[str]) -> tuple[list[Host], list[Effect]]:
         """Ask every daemon (or those matching *names*) for its internals text."""
         wanted = list(names)

@@ -133,7 +133,10 @@ def envs_match(host: Host, job: Job) -> str:
 
 
 def eligible_ever(state: ClusterState, host: Host, job: Job) -> bool:
-    """Return whether *host* could take *job* at all, now or later (§7.3)."""
+    """Return whether *host* could take *job* at all, now or later (§7.3).
+
+    A drained host (not in 1.4) takes only its own jobs, as with ``--no-remote``.
+    """
     own = job.submitter == host.host_id
     return (
         host.max_jobs > 0
@@ -144,6 +147,7 @@ def eligible_ever(state: ClusterState, host: Host, job: Job) -> bool:
         and host.probe.accepting
         and bool(can_install(state, host, job, ignore_installing=True))
         and (own or not host.noremote)
+        and (own or not state.is_drained(host))
     )
 
 

@@ -282,6 +282,10 @@ class ClusterState:
     ``hosts`` keeps login order (dict insertion order), which placement and the
     telnet ``listcs`` follow.  ``jobs`` holds PEND, WAIT and COMP jobs by id;
     local jobs only take an id.  ``blocked`` is the ``blockcs`` list.
+    ``drained`` lists the names (nodenames or IPs) of daemons being drained:
+    they get no new jobs from other daemons, and, like the block list, the
+    names outlive the connection, so a drained daemon that reconnects stays
+    drained.
     """
 
     hosts: dict[int, Host] = field(default_factory=dict)
@@ -289,6 +293,7 @@ class ClusterState:
     queue: JobQueue = field(default_factory=JobQueue)
     all_stats: StatWindow = field(default_factory=lambda: StatWindow(GLOBAL_STATS_LIMIT))
     blocked: list[str] = field(default_factory=list)
+    drained: list[str] = field(default_factory=list)
     last_host_id: int = 0
     last_job_id: int = 0
 
@@ -312,6 +317,10 @@ class ClusterState:
     def is_blocked(self, host: Host) -> bool:
         """Return whether *host*'s nodename or IP is on the block list."""
         return any(host.matches(name) for name in self.blocked)
+
+    def is_drained(self, host: Host) -> bool:
+        """Return whether *host*'s nodename or IP is on the drain list."""
+        return any(host.matches(name) for name in self.drained)
 
     def find_host(self, name: str) -> Host | None:
         """Return the first host (login order) whose nodename or IP is *name*."""

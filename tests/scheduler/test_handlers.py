@@ -449,3 +449,39 @@ class TestControlActions:
         core.remove_hosts(["x", "x"], T0, block=True)
         core.unblock_hosts(["x"], T0)
         assert core.state.blocked == ["x"]
+
+    def test_drain_lets_running_jobs_finish_and_sends_new_ones_elsewhere(self):
+        """A drained daemon keeps its job until JOB_DONE but is not given the next one."""
+        core = new_core()
+        login(core, 1, "sub", max_kids=0)
+        login(core, 2, "a")
+        login(core, 3, "b")
+        (first,) = sends(get_cs(core, 1, preferred_host="a"), 1)
+        assert first.hostname == "10.0.0.2"
+        matched, effects = core.drain_hosts(["a", "gone"], T0)
+        assert matched == ["a"]
+        assert not [e for e in effects if isinstance(e, Close)]
+        assert core.state.jobs[first.job_id].server == 2
+        for _ in range(5):
+            (msg,) = sends(get_cs(core, 1), 1)
+            assert msg.hostname == "10.0.0.3"
+            core.handle_message(3, JobDone(msg.job_id), T0)
+            core.handle_message(3, Login(envs=NATIVE), T0)  # its install is done
+        core.handle_message(2, JobBegin(first.job_id, 1, 1), T0)
+        core.handle_message(2, JobDone(first.job_id), T0)
+        assert first.job_id not in core.state.jobs
+
+    def test_drain_outlives_the_connection_and_resume_places_queued_jobs(self):
+        """A drained daemon stays drained when it reconnects; resuming it serves the queue."""
+        core = new_core()
+        login(core, 1, "sub", max_kids=0)
+        core.drain_hosts(["a"], T0)
+        login(core, 2, "a")
+        login(core, 3, "busy", load=1000)  # could take the job later: the job waits
+        assert sends(get_cs(core, 1)) == []
+        core.connection_lost(2, T0)
+        assert sends(login(core, 4, "a")) == [ConfCS()]
+        assert core.state.drained == ["a"]
+        effects = core.resume_hosts(["a", "never"], T0)
+        assert [(m.hostname, m.client_id) for m in sends(effects, 1)] == [("10.0.0.4", 7)]
+        assert core.state.drained == []

@@ -118,6 +118,44 @@ class TestEligibility:
         assert placement.envs_match(self.sub, self.job) == "x86_64"
 
 
+class TestDrain:
+    def test_drained_host_takes_only_its_own_jobs(self):
+        """A drained host is never eligible for another daemon's job, only for its own."""
+        state = ClusterState()
+        sub = add_host(state, "sub")
+        cs = add_host(state, "cs")
+        job = add_job(state, sub)
+        state.drained.append("cs")
+        assert not placement.eligible_ever(state, cs, job)
+        assert not placement.eligible_now(state, cs, job)
+        own = add_job(state, cs)
+        assert placement.eligible_now(state, cs, own)
+
+    def test_job_for_drained_host_goes_elsewhere(self):
+        """With the only other host drained, a job neither waits nor goes there: the submitter."""
+        state = ClusterState()
+        seed_global(state)
+        sub = add_host(state, "sub", max_jobs=0)
+        add_host(state, "cs")
+        job = add_job(state, sub)
+        state.drained.append("cs")
+        assert placement.pick_server(state, job, RNG) is None
+        assignment = placement.empty_queue(state, RNG)
+        assert assignment is not None
+        assert (assignment.job, assignment.host) == (job, sub)
+
+    def test_drained_preferred_host_is_not_used(self):
+        """ICECC_PREFERRED_HOST naming a drained host does not get the job there."""
+        state = ClusterState()
+        sub = add_host(state, "sub")
+        add_host(state, "pref")
+        job = add_job(state, sub, preferred_host="pref")
+        state.drained.append("pref")
+        assignment = placement.empty_queue(state, RNG)
+        assert assignment is not None
+        assert (assignment.job, assignment.host) == (job, sub)
+
+
 class TestSpeed:
     def test_no_stats_is_zero(self):
         """A host without statistics is rated 0."""

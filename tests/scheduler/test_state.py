@@ -148,3 +148,13 @@ class TestCounters:
         assert state.find_host("alpha") is host
         assert state.find_host("10.1.1.1") is host
         assert state.find_host("beta") is None
+
+    def test_drain_list_matches_name_or_ip(self):
+        """A host is drained when its nodename or IP is on the drain list."""
+        state = ClusterState()
+        host = add_host(state, "alpha", ip="10.1.1.1")
+        assert not state.is_drained(host)
+        state.drained.append("10.1.1.1")
+        assert state.is_drained(host)
+        state.drained[:] = ["alpha"]
+        assert state.is_drained(host)
