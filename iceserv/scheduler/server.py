@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import socket
 from dataclasses import dataclass, field
@@ -222,6 +223,19 @@ class SchedulerServer:
                 async with asyncio.timeout(self.settings.send_timeout):
                     await self._tcp.wait_closed()
         log.info("scheduler_stopped")
+
+    def reconfigure(self, *, netname: str, persistent_clients: bool) -> None:
+        """Apply a reloaded net name and ``-r`` without touching any connection.
+
+        Discovery replies and announcements use the new net name from now
+        on; daemons already logged in stay (the service layer's SIGHUP).
+        """
+        self.settings = dataclasses.replace(
+            self.settings, netname=netname, persistent_clients=persistent_clients
+        )
+        self._core.config = dataclasses.replace(
+            self._core.config, netname=netname, persistent_clients=persistent_clients
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
