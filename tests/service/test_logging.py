@@ -1,0 +1,242 @@
+"""Tests for iceserv.service.logging: format choice, the three renderings, levels, log files."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+
+import pytest
+import structlog
+
+from iceserv.service.logging import (
+    AppendFileHandler,
+    LogFormat,
+    choose_format,
+    configure_logging,
+    level_for,
+)
+
+
+@pytest.fixture
+def setups():
+    made = []
+    yield made
+    for setup in reversed(made):
+        setup.close()
+
+
+def _configure(setups, **kwargs):
+    setup = configure_logging(**kwargs)
+    setups.append(setup)
+    return setup
+
+
+def _identity(path):
+    info = path.stat()
+    return f"{info.st_dev}:{info.st_ino}"
+
+
+class TestChooseFormat:
+    def test_tty_is_console(self):
+        """On a terminal, auto means the console renderer."""
+        master, slave = os.openpty()
+        with os.fdopen(slave, "w") as stream:
+            assert choose_format(LogFormat.AUTO, stream, None) is LogFormat.CONSOLE
+        os.close(master)
+
+    def test_journal_when_journal_stream_is_our_stderr(self, tmp_path):
+        """auto is journal when $JOURNAL_STREAM names the very stream we write to."""
+        path = tmp_path / "stream"
+        with path.open("w") as stream:
+            assert choose_format(LogFormat.AUTO, stream, _identity(path)) is LogFormat.JOURNAL
+
+    def test_json_when_journal_stream_is_another_file(self, tmp_path):
+        """An inherited $JOURNAL_STREAM for a redirected stderr does not mean journal."""
+        other = tmp_path / "other"
+        other.write_text("")
+        with (tmp_path / "stream").open("w") as stream:
+            assert choose_format(LogFormat.AUTO, stream, _identity(other)) is LogFormat.JSON
+
+    def test_json_otherwise_and_for_files(self):
+        """A pipe or file gets JSON; -l FILE gets JSON even on a terminal."""
+        assert choose_format(LogFormat.AUTO, io.StringIO(), None) is LogFormat.JSON
+        master, slave = os.openpty()
+        with os.fdopen(slave, "w") as stream:
+            assert choose_format(LogFormat.AUTO, stream, None, to_file=True) is LogFormat.JSON
+        os.close(master)
+
+    def test_request_wins(self, tmp_path):
+        """An explicit --log-format is used as it is."""
+        path = tmp_path / "stream"
+        with path.open("w") as stream:
+            assert choose_format(LogFormat.JSON, stream, _identity(path)) is LogFormat.JSON
+            assert choose_format(LogFormat.CONSOLE, stream, None) is LogFormat.CONSOLE
+
+
+class TestRendering:
+    def test_json_lines(self, setups):
+        """JSON mode: one object per line with event, fields, logger, level and an ISO time."""
+        stream = io.StringIO()
+        _configure(setups, verbosity=1, fmt=LogFormat.JSON, stream=stream)
+        structlog.get_logger("iceserv.test").info("job_finished", job_id=17, exitcode=0)
+        record = json.loads(stream.getvalue())
+        assert record["event"] == "job_finished"
+        assert (record["job_id"], record["exitcode"]) == (17, 0)
+        assert (record["logger"], record["level"]) == ("iceserv.test", "info")
+        assert record["timestamp"].endswith("Z")
+
+    def test_journal_lines(self, setups):
+        """Journal mode: <N> priority, logfmt, no timestamp, logger and level last."""
+        stream = io.StringIO()
+        _configure(setups, verbosity=1, fmt=LogFormat.JOURNAL, stream=stream)
+        log = structlog.get_logger("iceserv.test")
+        log.info("job_assigned", host="node2", job_id=17, file="a b.c")
+        log.warning("monitor_dropped", peer="10.0.0.5")
+        log.error("reload_failed", error='/etc/conf.d/iceccd:3: X="y"')
+        assert stream.getvalue().splitlines() == [
+            (
+                '<6>event=job_assigned host=node2 job_id=17 file="a b.c" '
+                "logger=iceserv.test level=info"
+            ),
+            "<4>event=monitor_dropped peer=10.0.0.5 logger=iceserv.test level=warning",
+            (
+                '<3>event=reload_failed error="/etc/conf.d/iceccd:3: X=\\"y\\"" '
+                "logger=iceserv.test level=error"
+            ),
+        ]
+
+    def test_journal_traceback_stays_on_one_line(self, setups):
+        """An exception is rendered into the same journal line (journald splits on newlines)."""
+        stream = io.StringIO()
+        _configure(setups, verbosity=0, fmt=LogFormat.JOURNAL, stream=stream)
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            structlog.get_logger("iceserv.test").exception("connection_failed")
+        (line,) = stream.getvalue().splitlines()
+        assert line.startswith("<3>event=connection_failed exception=")
+        assert "ZeroDivisionError" in line
+
+    def test_console(self, setups):
+        """Console mode: the event name and key=value fields, readable."""
+        stream = io.StringIO()
+        _configure(setups, verbosity=1, fmt=LogFormat.CONSOLE, stream=stream)
+        structlog.get_logger("iceserv.test").info("daemon_logged_in", nodename="n1")
+        text = stream.getvalue()
+        assert "daemon_logged_in" in text
+        assert "nodename" in text
+        assert "n1" in text
+        assert not text.startswith("{")
+
+    def test_foreign_records_share_the_pipeline(self, setups):
+        """stdlib records from libraries (asyncio, dbus-fast) are rendered the same way."""
+        stream = io.StringIO()
+        _configure(setups, verbosity=0, fmt=LogFormat.JSON, stream=stream)
+        logging.getLogger("asyncio").warning("Executing %s took %.3f seconds", "x", 0.5)
+        record = json.loads(stream.getvalue())
+        assert record["event"] == "Executing x took 0.500 seconds"
+        assert (record["logger"], record["level"]) == ("asyncio", "warning")
+
+
+class TestVerbosity:
+    @pytest.mark.parametrize(
+        ("verbosity", "shown"),
+        [
+            (0, {"warning"}),
+            (1, {"warning", "info"}),
+            (2, {"warning", "info", "debug"}),
+            (3, {"warning", "info", "debug", "foreign-info"}),
+        ],
+    )
+    def test_levels(self, setups, verbosity, shown):
+        """-v adds info events, -vv debug events, -vvv the libraries' chatter."""
+        stream = io.StringIO()
+        _configure(setups, verbosity=verbosity, fmt=LogFormat.JSON, stream=stream)
+        log = structlog.get_logger("iceserv.test")
+        log.warning("warning")
+        log.info("info")
+        log.debug("debug")
+        logging.getLogger("asyncio").info("foreign-info")
+        events = {json.loads(line)["event"] for line in stream.getvalue().splitlines()}
+        assert events == shown
+
+    def test_level_for(self):
+        """The -v count maps to 1.4's levels; out-of-range counts are clamped."""
+        assert [level_for(v) for v in (-1, 0, 1, 2, 3, 9)] == [
+            logging.WARNING, logging.WARNING, logging.INFO, logging.DEBUG, logging.DEBUG,
+            logging.DEBUG,
+        ]  # fmt: skip
+
+    def test_reconfigure_changes_level_live(self, setups):
+        """A reload's new verbosity applies to loggers created before it."""
+        stream = io.StringIO()
+        setup = _configure(setups, verbosity=0, fmt=LogFormat.JSON, stream=stream)
+        log = structlog.get_logger("iceserv.test")
+        log.info("before")
+        setup.reconfigure(verbosity=1, fmt=LogFormat.JSON)
+        log.info("after")
+        assert [json.loads(x)["event"] for x in stream.getvalue().splitlines()] == ["after"]
+
+    def test_main_module_counts_as_ours(self, setups):
+        """Events of a program run with python -m (logger __main__) follow -v too."""
+        stream = io.StringIO()
+        _configure(setups, verbosity=1, fmt=LogFormat.JSON, stream=stream)
+        structlog.get_logger("__main__").info("scheduler_ready")
+        assert json.loads(stream.getvalue())["event"] == "scheduler_ready"
+
+
+class TestLogFile:
+    def test_survives_copytruncate(self, setups, tmp_path):
+        """After logrotate's copy + truncate, new lines start the file again: no NUL hole."""
+        path = tmp_path / "iceccd.log"
+        setup = _configure(setups, verbosity=1, log_file=path, stream=io.StringIO())
+        log = structlog.get_logger("iceserv.test")
+        for n in range(20):
+            log.info("before_rotation", n=n)
+        shutil.copyfile(path, tmp_path / "iceccd.log.1")
+        with path.open("r+") as f:
+            f.truncate(0)
+        log.info("after_rotation")
+        data = path.read_bytes()
+        assert b"\0" not in data
+        (line,) = data.decode().splitlines()
+        assert json.loads(line)["event"] == "after_rotation"
+        assert len((tmp_path / "iceccd.log.1").read_text().splitlines()) == 20
+        assert isinstance(setup.handler, AppendFileHandler)
+        assert setup.handler.truncations == 1
+
+    def test_reopens_after_rename(self, setups, tmp_path):
+        """A rotation that renames the file makes the handler create a new one at the path."""
+        path = tmp_path / "s.log"
+        _configure(setups, verbosity=1, log_file=path, stream=io.StringIO())
+        log = structlog.get_logger("iceserv.test")
+        log.info("one")
+        path.rename(tmp_path / "s.log.1")
+        log.info("two")
+        assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == ["two"]
+        assert "one" in (tmp_path / "s.log.1").read_text()
+
+    def test_appends_to_existing_file(self, setups, tmp_path):
+        """An existing log keeps its lines (append, never truncate on open)."""
+        path = tmp_path / "a.log"
+        path.write_text("old line\n")
+        _configure(setups, verbosity=1, log_file=path, stream=io.StringIO())
+        structlog.get_logger("iceserv.test").info("new_line")
+        assert path.read_text().splitlines()[0] == "old line"
+
+    def test_unwritable_file_raises(self, setups, tmp_path):
+        """A log file that cannot be opened is an OSError for the caller to report."""
+        with pytest.raises(OSError):
+            _configure(setups, verbosity=0, log_file=tmp_path / "missing" / "x.log")
+
+    def test_switch_file_on_reload(self, setups, tmp_path):
+        """reconfigure() can move logging from the stream to a file."""
+        stream = io.StringIO()
+        setup = _configure(setups, verbosity=1, fmt=LogFormat.JSON, stream=stream)
+        setup.reconfigure(verbosity=1, log_file=tmp_path / "new.log")
+        structlog.get_logger("iceserv.test").info("moved")
+        assert stream.getvalue() == ""
+        assert "moved" in (tmp_path / "new.log").read_text()
