@@ -6,25 +6,27 @@ This module owns the scheduler program: it loads :class:`~iceserv.config.Schedul
 port + 1 with ``server.control``, and returns an exit code.  It holds no
 scheduling logic.
 
-SEAMS: ``ICECC_TESTS`` (1.4's scheduler then announces itself on 127.0.0.1
-only) is not a setting yet, so :func:`server_settings` reads it from the
-environment mapping that ``main`` also hands to the loader; structlog is set
-up here until ``iceserv.service.logging`` exists; no ``sd_notify`` yet.
+Service integration: ``sd_notify`` through :mod:`iceserv.service.notify`
+(``READY=1`` once TCP, UDP and telnet are bound), logging through
+:mod:`iceserv.service.logging`, and SIGHUP/SIGTERM through
+:class:`~iceserv.service.Lifecycle`, to which :class:`SchedulerService`
+adapts the running scheduler.  ``ICECC_TESTS`` (1.4's scheduler then
+announces itself on 127.0.0.1 only) is read by :func:`server_settings`
+from the environment mapping that ``main`` also hands to the loader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import functools
 import os
 import pwd
 import random
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -34,14 +36,16 @@ from iceserv.errors import ConfigError
 from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, ServerSettings
 from iceserv.scheduler.netif import broadcast_addresses, interface_address
+from iceserv.service import Lifecycle, LogFormat, ServiceNotifier, configure_logging
 from iceserv.telnet import TelnetServer, serve_telnet
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
-    from iceserv.config import SchedulerSettings
+    from iceserv.config import Loaded, SchedulerSettings
+    from iceserv.service import LogSetup, Notifier
 
-__all__ = ["configure_logging", "main", "server_settings"]
+__all__ = ["SchedulerService", "main", "server_settings", "status_text"]
 
 log = structlog.get_logger()
 
@@ -49,6 +53,8 @@ _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_USAGE: Final = 1  # 1.4 exits 1 after printing its usage
 _EXIT_FAILURE: Final = 1
+#: Settings a reload cannot change while the sockets stay open.
+_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize")
 
 
 def server_settings(settings: SchedulerSettings, environ: Mapping[str, str]) -> ServerSettings:
@@ -70,25 +76,13 @@ def server_settings(settings: SchedulerSettings, environ: Mapping[str, str]) -> 
     )
 
 
-def configure_logging(verbosity: int, stream: TextIO) -> None:
-    """Set up structlog: console lines on a TTY, JSON lines otherwise."""
-    level = logging.INFO if verbosity < 2 else logging.DEBUG
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if stream.isatty()
-        else structlog.processors.JSONRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
-    )
+def status_text(server: SchedulerServer) -> str:
+    """Return the ``STATUS=`` line: ``3 hosts, 5/12 jobs running``."""
+    hosts = server.control.list_hosts()
+    running = sum(host.jobs_assigned for host in hosts)
+    slots = sum(host.max_jobs for host in hosts)
+    noun = "host" if len(hosts) == 1 else "hosts"
+    return f"{len(hosts)} {noun}, {running}/{slots} jobs running"
 
 
 class _WallClock:
@@ -120,7 +114,81 @@ def _drop_privileges(user: str) -> None:
     log.info("privileges_dropped", user=user)
 
 
-async def _run(settings: SchedulerSettings, server_conf: ServerSettings) -> int:
+class SchedulerService:
+    """The running scheduler as :class:`~iceserv.service.ManagedService` sees it.
+
+    A reload re-reads *argv*'s configuration sources with *environ* and
+    applies verbosity, log format and file, net name and ``-r`` at once;
+    port, interface, user and ``-d`` need a restart and are reported.  The
+    scheduler runs no jobs itself, so a stop just closes everything.
+    """
+
+    def __init__(  # noqa: PLR0913 - the parts app wired together
+        self,
+        server: SchedulerServer,
+        telnet: TelnetServer | None,
+        *,
+        settings: SchedulerSettings,
+        logs: LogSetup,
+        argv: Sequence[str],
+        environ: Mapping[str, str],
+    ) -> None:
+        self.server = server
+        self.telnet = telnet
+        self.settings = settings
+        self._logs = logs
+        self._argv = list(argv)
+        self._environ = environ
+
+    def status(self) -> str:
+        """Return :func:`status_text` of the server."""
+        return status_text(self.server)
+
+    async def reload(self) -> list[str]:
+        """Re-read the configuration and apply what can change live; return what changed."""
+        loaded = load_scheduler_settings(self._argv, self._environ)
+        new = loaded.settings
+        old = self.settings
+        changed = [
+            name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)
+        ]
+        fixed = [name for name in changed if name in _RESTART_ONLY]
+        if fixed:
+            log.warning("reload_needs_restart", settings=fixed)
+            new = new.model_copy(update={name: getattr(old, name) for name in fixed})
+        self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
+                               log_file=new.log_file)  # fmt: skip
+        for warning in loaded.warnings:
+            log.warning("config_warning", where=warning.where, message=warning.message)
+        self.server.reconfigure(netname=new.net_name or DEFAULT_NETNAME,
+                                persistent_clients=new.persistent_client_connection)  # fmt: skip
+        self.settings = new
+        return [name for name in changed if name not in fixed]
+
+    async def stop_accepting(self) -> None:
+        """Close the telnet listener and its sessions; daemons stay until :meth:`close`."""
+        if self.telnet is not None:
+            await self.telnet.close()
+            self.telnet = None
+
+    def in_flight(self) -> int:
+        """Return 0: compile jobs run on the daemons, not here."""
+        return 0
+
+    async def wait_idle(self) -> None:
+        """Return at once (nothing runs here)."""
+
+    async def close(self) -> None:
+        """Close the listeners and every daemon and monitor connection."""
+        await self.stop_accepting()
+        await self.server.stop()
+
+
+async def _run(
+    server_conf: ServerSettings,
+    notifier: Notifier,
+    make_service: Callable[[SchedulerServer, TelnetServer | None], SchedulerService],
+) -> int:
     rng = random.Random()  # noqa: S311 - placement randomness, not security
     server = SchedulerServer(server_conf, clock=_WallClock(), rng=rng)
     try:
@@ -129,17 +197,16 @@ async def _run(settings: SchedulerSettings, server_conf: ServerSettings) -> int:
         log.error("listener_failed", port=server_conf.port, error=str(exc))  # noqa: TRY400
         return _EXIT_FAILURE
     telnet = await _start_telnet(server)
-    _drop_privileges(settings.user)
-    stop = asyncio.Event()
+    service = make_service(server, telnet)
+    _drop_privileges(service.settings.user)
+    lifecycle = Lifecycle(service, notifier)
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
-        loop.add_signal_handler(signum, stop.set)
+    lifecycle.install_signal_handlers(loop)
     log.info("scheduler_ready", port=server.port, version=VERSION)
-    await stop.wait()
-    if telnet is not None:
-        await telnet.close()
-    await server.stop()
-    return 0
+    try:
+        return await lifecycle.run()
+    finally:
+        lifecycle.remove_signal_handlers(loop)
 
 
 def _daemonize() -> bool:
@@ -161,18 +228,29 @@ def _config_error(exc: ConfigError) -> int:
     return os.EX_CONFIG
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``icecc-scheduler`` with *argv* (default ``sys.argv[1:]``); return the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    environ = os.environ
+def _load(args: list[str], environ: Mapping[str, str]) -> Loaded[SchedulerSettings] | int:
+    """Return the loaded settings, or the exit code for --help and configuration errors."""
     try:
         if parse_command_line(Service.SCHEDULER, args).help:
             sys.stdout.write(f"ICECREAM scheduler {VERSION} (iceserv)\n")
             sys.stdout.write(usage(Service.SCHEDULER))
             return _EXIT_USAGE
-        loaded = load_scheduler_settings(args, environ)
+        return load_scheduler_settings(args, environ)
     except ConfigError as exc:
         return _config_error(exc)
+
+
+def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
+    """Run ``icecc-scheduler`` with *argv* (default ``sys.argv[1:]``); return the exit code.
+
+    *environ* defaults to ``os.environ``; the service manager's variables
+    are read from it and then removed (:mod:`iceserv.service.notify`).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    loaded = _load(args, environ)
+    if isinstance(loaded, int):
+        return loaded
     settings = loaded.settings
     if loaded.command_line.check_config:
         return 0
@@ -181,16 +259,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         sys.stderr.write(f"{_PROG}: interface {settings.interface!r}: {exc.strerror}\n")
         return _EXIT_FAILURE
-    if settings.daemonize and _daemonize():
+    managed = bool(environ.get("NOTIFY_SOCKET"))
+    journal_stream = environ.get("JOURNAL_STREAM")
+    notifier = ServiceNotifier.from_environ(environ)
+    if settings.daemonize and not managed and _daemonize():
         return 0
-    with contextlib.ExitStack() as stack:
-        stream: TextIO = sys.stderr
-        if settings.log_file is not None:
-            stream = stack.enter_context(Path(settings.log_file).open("a", buffering=1))
-        configure_logging(settings.verbosity, stream)
+    try:
+        logs = configure_logging(
+            verbosity=settings.verbosity,
+            fmt=LogFormat(settings.log_format),
+            log_file=settings.log_file,
+            journal_stream=journal_stream,
+        )
+    except OSError as exc:
+        sys.stderr.write(f"{_PROG}: cannot open log file: {exc}\n")
+        return os.EX_CANTCREAT
+    with contextlib.closing(logs):
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)
-        return asyncio.run(_run(settings, server_conf))
+        make_service = functools.partial(
+            SchedulerService, settings=settings, logs=logs, argv=args, environ=environ
+        )
+        return asyncio.run(_run(server_conf, notifier, make_service))
 
 
 if __name__ == "__main__":
