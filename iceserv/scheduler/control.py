@@ -3,7 +3,10 @@
 This module owns :class:`SchedulerControl`: the operations behind 1.4's
 telnet commands (``listcs``, ``listjobs``, ``listblocks``, ``removecs``,
 ``blockcs``, ``unblockcs``, ``internals``) and the greeting's numbers, as
-plain values (:mod:`iceserv.scheduler.views`).  It must not render text: the
+plain values (:mod:`iceserv.scheduler.views`), plus what D-Bus adds: queued
+and running counts, draining daemons, and observers of cluster events
+(:mod:`iceserv.scheduler.events`; the shell hands every applied batch of
+effects to :meth:`SchedulerControl.observe`).  It must not render text: the
 telnet package formats what it gets here.  Consumers declare the subset they
 need as a ``typing.Protocol`` and ``app`` passes this object in.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Final, Protocol
 
+from iceserv.scheduler.events import ClusterEvents
 from iceserv.scheduler.placement import server_speed
 from iceserv.scheduler.views import HostView, JobView
 
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from iceserv.scheduler.effects import Effect
+    from iceserv.scheduler.events import ClusterObserver
     from iceserv.scheduler.handlers import Scheduler
     from iceserv.scheduler.state import Job
 
@@ -57,6 +62,7 @@ class SchedulerControl:
         self._shell = shell
         self._internals_timeout = internals_timeout
         self._waiting: dict[int, list[asyncio.Future[str]]] = {}
+        self._events = ClusterEvents()
 
     # --- numbers ----------------------------------------------------------------------
 
@@ -76,18 +82,38 @@ class SchedulerControl:
         """Return the last job id handed out (remote and local jobs count)."""
         return self._shell.core.state.last_job_id
 
+    def jobs_queued(self) -> int:
+        """Return the number of jobs waiting for a compile server (PEND)."""
+        return len(self._shell.core.state.queue)
+
+    def jobs_running(self) -> int:
+        """Return the number of jobs assigned to a server or compiling (WAIT and COMP)."""
+        state = self._shell.core.state
+        return len(state.jobs) - len(state.queue)
+
+    def netname(self) -> str:
+        """Return the network name this scheduler serves."""
+        return self._shell.core.config.netname
+
+    def started_at(self) -> float:
+        """Return the clock time at which the scheduler started."""
+        return self._shell.core.started
+
     # --- lists ------------------------------------------------------------------------
 
     def _job_view(self, job: Job) -> JobView:
         hosts = self._shell.core.state.hosts
         submitter = hosts.get(job.submitter)
         server = hosts.get(job.server) if job.server is not None else None
+        queued_at, started_at = self._events.times(job.job_id)
         return JobView(
             id=job.job_id,
             state=job.state.value,
             submitter=submitter.nodename if submitter is not None else "<>",
             server=server.nodename if server is not None else "<unknown>",
             filename=job.filename,
+            queued_at=queued_at,
+            started_at=started_at,
         )
 
     def list_hosts(self) -> list[HostView]:
@@ -109,6 +135,11 @@ class SchedulerControl:
                     load=host.load,
                     busy_installing_since=None if busy is None else int(now - busy),
                     jobs=[self._job_view(state.jobs[job_id]) for job_id in host.jobs],
+                    protocol=host.protocol,
+                    no_remote=host.noremote,
+                    environments=tuple((env.platform, env.name) for env in host.envs),
+                    blocked=state.is_blocked(host),
+                    draining=state.is_drained(host),
                 )
             )
         return views
@@ -121,6 +152,10 @@ class SchedulerControl:
     def blocked(self) -> list[str]:
         """Return the block list in the order names were added."""
         return list(self._shell.core.state.blocked)
+
+    def drained(self) -> list[str]:
+        """Return the drain list in the order names were added."""
+        return list(self._shell.core.state.drained)
 
     # --- actions ----------------------------------------------------------------------
 
@@ -139,6 +174,37 @@ class SchedulerControl:
     def unblock_hosts(self, names: Iterable[str]) -> None:
         """Remove one exact occurrence of each name from the block list."""
         self._shell.apply(self._shell.core.unblock_hosts(names, self._shell.now()))
+        self._events.changed()
+
+    def drain_hosts(self, names: Iterable[str]) -> list[str]:
+        """Give the daemons of these names no new jobs (their running jobs finish).
+
+        Returns the names that match a connected daemon.  The names stay on the
+        drain list, also across reconnects, until :meth:`resume_hosts`.
+        """
+        matched, effects = self._shell.core.drain_hosts(names, self._shell.now())
+        self._shell.apply(effects)
+        self._events.changed()
+        return matched
+
+    def resume_hosts(self, names: Iterable[str]) -> None:
+        """Take each name off the drain list."""
+        self._shell.apply(self._shell.core.resume_hosts(names, self._shell.now()))
+        self._events.changed()
+
+    # --- events -----------------------------------------------------------------------
+
+    def add_observer(self, observer: ClusterObserver) -> None:
+        """Call *observer* on daemons joining and leaving, jobs starting and finishing."""
+        self._events.add_observer(observer)
+
+    def remove_observer(self, observer: ClusterObserver) -> None:
+        """Stop calling *observer*."""
+        self._events.remove_observer(observer)
+
+    def observe(self, effects: list[Effect]) -> None:
+        """Note a batch of effects the shell has just carried out (the shell calls this)."""
+        self._events.feed(self._shell.core.state, effects, self._shell.now())
 
     async def internals(self, names: Iterable[str]) -> list[str]:
         """Return each matching daemon's internals text, or ``<nodename> not reporting``.

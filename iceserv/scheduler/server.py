@@ -264,6 +264,7 @@ class SchedulerServer:
                     self._announce(encode_announcements(info))
                 case InternalsReply(host_id, text):
                     self.control.deliver_internals(host_id, text)
+        self.control.observe(effects)
         self._timer_wake.set()
 
     def _become_monitor(self, conn_id: int) -> None:

@@ -21,7 +21,9 @@ class JobView:
     """One known job: queued (``PEND``), assigned (``WAIT``) or compiling (``COMP``).
 
     ``server`` is the server's nodename, or ``"<unknown>"`` while the job is queued,
-    as 1.4's ``dump_job`` prints it.
+    as 1.4's ``dump_job`` prints it.  ``queued_at`` and ``started_at`` are the
+    scheduler's clock when GET_CS queued the job and when JOB_BEGIN arrived
+    (``None``: not seen).
     """
 
     id: int
@@ -29,6 +31,8 @@ class JobView:
     submitter: str
     server: str
     filename: str
+    queued_at: float | None
+    started_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +42,10 @@ class HostView:
     ``jobs_assigned`` counts its WAIT and COMP jobs, which ``jobs`` lists;
     ``busy_installing_since`` is how many whole seconds ago it started
     installing an environment, or ``None``.  (``jobs`` is a list, as the facade
-    promises; treat it as read-only.)
+    promises; treat it as read-only.)  ``protocol`` is the negotiated protocol
+    version, ``environments`` the installed ``(platform, name)`` pairs from its
+    LOGIN; ``blocked`` and ``draining`` say whether its nodename or IP is on
+    the block or drain list.
     """
 
     nodename: str
@@ -51,3 +58,8 @@ class HostView:
     load: int
     busy_installing_since: int | None
     jobs: list[JobView]
+    protocol: int
+    no_remote: bool
+    environments: tuple[tuple[str, str], ...]
+    blocked: bool
+    draining: bool

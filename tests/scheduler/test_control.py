@@ -29,6 +29,8 @@ class FakeShell:
         for effect in effects:
             if isinstance(effect, InternalsReply) and self.control is not None:
                 self.control.deliver_internals(effect.host_id, effect.text)
+        if self.control is not None:
+            self.control.observe(effects)
 
 
 def make(timeout: float = 0.2) -> tuple[FakeShell, SchedulerControl]:
@@ -49,11 +51,33 @@ class TestViews:
         shell.clock = T0 + 12.7
         assert (control.uptime_seconds(), control.host_count()) == (12, 2)
         assert (control.job_count(), control.total_jobs()) == (1, 1)
-        job = JobView(1, "WAIT", "sub", "cs", "proj/src/a.c")
+        assert (control.jobs_queued(), control.jobs_running()) == (0, 1)
+        assert (control.netname(), control.started_at()) == ("ICECREAM", T0)
+        job = JobView(1, "WAIT", "sub", "cs", "proj/src/a.c", queued_at=None, started_at=None)
         assert control.list_jobs() == [job]
         sub, cs = control.list_hosts()
-        assert sub == HostView("sub", "10.0.0.1", 10245, "x86_64", 0.0, 0, 0, 0, None, [])
-        assert cs == HostView("cs", "10.0.0.2", 10245, "x86_64", 0.0, 1, 2, 0, 12, [job])
+        common = {
+            "port": 10245,
+            "platform": "x86_64",
+            "speed": 0.0,
+            "load": 0,
+            "protocol": 43,
+            "no_remote": False,
+            "environments": (),
+            "blocked": False,
+            "draining": False,
+        }
+        assert sub == HostView(
+            nodename="sub",
+            ip="10.0.0.1",
+            jobs_assigned=0,
+            max_jobs=0,
+            busy_installing_since=None,
+            jobs=[],
+            **common,
+        )
+        assert cs == HostView(nodename="cs", ip="10.0.0.2", jobs_assigned=1, max_jobs=2,
+                              busy_installing_since=12, jobs=[job], **common)  # fmt: skip
 
     def test_queued_job_has_unknown_server(self):
         """A PEND job shows '<unknown>' as its server."""
@@ -61,7 +85,41 @@ class TestViews:
         login(shell.core, 1, "sub", max_kids=0)
         login(shell.core, 2, "cs", load=1000)
         get_cs(shell.core, 1)
-        assert control.list_jobs() == [JobView(1, "PEND", "sub", "<unknown>", "proj/src/a.c")]
+        assert control.list_jobs() == [
+            JobView(1, "PEND", "sub", "<unknown>", "proj/src/a.c", None, None)]  # fmt: skip
+        assert (control.jobs_queued(), control.jobs_running()) == (1, 0)
+
+
+class TestEvents:
+    def test_observers_hear_applied_effects_and_jobs_get_times(self):
+        """Effects applied through the shell reach observers; listed jobs carry their times."""
+        shell, control = make()
+        heard: list[str] = []
+
+        class Observer:
+            def host_joined(self, nodename, _ip, /):
+                heard.append(f"+{nodename}")
+
+            def host_left(self, nodename, _ip, /):
+                heard.append(f"-{nodename}")
+
+            def job_started(self, job, /):
+                heard.append(f"started {job.id}")
+
+            def job_finished(self, job, exitcode, /):
+                heard.append(f"finished {job.id} {exitcode}")
+
+            def cluster_changed(self):
+                heard.append("changed")
+
+        control.add_observer(Observer())
+        shell.apply(login(shell.core, 1, "sub", max_kids=0))
+        shell.clock = T0 + 5
+        shell.apply(get_cs(shell.core, 1))
+        (job,) = control.list_jobs()
+        assert (job.queued_at, job.started_at) == (T0 + 5, None)
+        control.drain_hosts(["x"])
+        assert heard == ["+sub", "changed", "changed", "changed"]
 
 
 class TestActions:
@@ -77,6 +135,19 @@ class TestActions:
         control.unblock_hosts(["c"])
         assert control.blocked() == ["b"]
         assert control.host_count() == 0
+
+    def test_drain_and_resume(self):
+        """Draining lists the names, marks matching daemons, keeps them; resume undoes it."""
+        shell, control = make()
+        login(shell.core, 1, "a")
+        assert control.drain_hosts(["a", "later"]) == ["a"]
+        assert control.drained() == ["a", "later"]
+        (host,) = control.list_hosts()
+        assert (host.draining, host.blocked) == (True, False)
+        assert control.host_count() == 1
+        control.resume_hosts(["a"])
+        assert control.drained() == ["later"]
+        assert not control.list_hosts()[0].draining
 
 
 class TestInternals:
