@@ -1,0 +1,72 @@
+"""What the daemon's I/O shell needs to know, as one immutable value built by ``iceserv.app``.
+
+This module owns :class:`ServerSettings`: the listening addresses, the
+identity announced in LOGIN, the limits and time-outs (reference §7.8) and
+the environment handed to compilers.  It reads nothing itself; the app maps
+the configuration layer's ``DaemonSettings`` and the few test variables
+(``ICECC_TEST_SOCKET``, ``ICECC_TESTS``) onto it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from iceserv.protocol import DAEMON_PORT, EnvFeature
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
+
+__all__ = ["ServerSettings"]
+
+
+def _no_broadcasts() -> tuple[str, ...]:
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The daemon's configuration as the shell uses it.
+
+    ``listen_addresses`` is empty when no TCP port is opened (``--no-remote``
+    or no chroot possible); ``port`` is still what LOGIN and USE_CS-to-self
+    announce (0 then).  ``scheduler`` is ``(host, port)`` from ``-s`` or None
+    for discovery on ``broadcasts()``.  ``nodename`` "" means the host name,
+    re-read at every login.
+    """
+
+    unix_socket: Path
+    env_basedir: Path
+    listen_addresses: tuple[str, ...] = ("0.0.0.0",)  # noqa: S104 - 1.4 binds all interfaces
+    port: int = DAEMON_PORT
+    nodename: str = ""
+    netname: str = ""
+    scheduler: tuple[str, int] | None = None
+    discovery_port: int = 8765
+    broadcasts: Callable[[], Sequence[str]] = _no_broadcasts
+    fast_reconnect: bool = False
+    max_kids: int = 1
+    nice: int = 5
+    cache_limit: int = 256 * 1024 * 1024
+    platform: str = "x86_64"
+    chroot_possible: bool = True
+    supported_features: int = int(EnvFeature.ENV_XZ | EnvFeature.ENV_ZSTD)
+    child_environ: Mapping[str, str] = field(default_factory=dict)
+    native_command: tuple[str, ...] = ("/usr/bin/icecc", "--build-native")
+    # Time-outs in seconds, then size and count limits.
+    handshake_timeout: float = 15.0
+    idle_timeout: float = 120.0
+    wait_timeout: float = 3600.0
+    local_job_timeout: float = 6 * 3600.0
+    first_env_chunk_timeout: float = 30.0
+    source_gap_timeout: float = 60.0
+    compile_timeout: float = 3600.0
+    write_timeout: float = 30.0
+    source_buffer_limit: int = 256 * 1024 * 1024
+    max_clients: int = 1024
+
+    @property
+    def remote_allowed(self) -> bool:
+        """Whether remote jobs are accepted (a TCP listener and chroot are both needed)."""
+        return bool(self.listen_addresses) and self.chroot_possible
