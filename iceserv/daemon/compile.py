@@ -1,0 +1,420 @@
+"""Remote compile jobs: the 1.4 compiler command line, running it chroot'ed, judging the result.
+
+This module owns what upstream ``daemon/workit.cpp`` (``work_it``) and
+``daemon/serve.cpp`` (``handle_connection``) do for one COMPILE_FILE: build
+the command line (§5.1.4), run it through :mod:`iceserv.daemon._jobexec`
+(chroot into the environment, job user, ``RLIMIT_AS``, ``nice``,
+``PATH=/usr/bin``) with the source on stdin, collect stdout, stderr, exit
+status and resource usage, recognise out-of-memory and out-of-disk failures,
+and pick up the object (and ``.dwo``) the compiler wrote below the
+environment's ``tmp``.  It knows nothing about connections or slots.
+
+Deliberate difference from 1.4: a compiler killed by a signal is reported
+with ``was_out_of_memory`` set, so the client rebuilds locally instead of
+failing with 1.4's odd status 105.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import posixpath
+import resource
+import shutil
+import signal
+import stat
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from iceserv.protocol import Lang
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from iceserv.daemon.sandbox import RunAs
+    from iceserv.protocol import CompileFile
+
+__all__ = [
+    "EXIT_CLIENT_KILLED",
+    "EXIT_COMPILER_MISSING",
+    "EXIT_IO_ERROR",
+    "EXIT_OUT_OF_MEMORY",
+    "CompileRun",
+    "JobOutcome",
+    "JobPaths",
+    "compiler_command",
+    "ggc_params",
+    "is_out_of_memory",
+    "job_paths",
+    "new_unique",
+]
+
+EXIT_OUT_OF_MEMORY: Final = 105
+EXIT_IO_ERROR: Final = 107
+EXIT_COMPILER_MISSING: Final = 110
+EXIT_CLIENT_KILLED: Final = 118
+
+_LANG_NAMES: Final = {
+    Lang.C: "c", Lang.CXX: "c++", Lang.OBJC: "objective-c", Lang.OBJCXX: "objective-c++",
+}  # fmt: skip
+#: stderr texts that mean "the compiler ran out of memory" (upstream ``work_it``).
+OOM_TEXTS: Final = (
+    "memory exhausted",
+    "out of memory",
+    "annot allocate memory",
+    "failed to map segment from shared object",
+    "Assertion `NewElts && \"Out of memory\"' failed",
+    "terminate called after throwing an instance of 'std::bad_alloc'",
+    "llvm::MallocSlabAllocator::Allocate",
+)
+_MIN_FREE_DISK: Final = 10 * 1024 * 1024
+#: stdout and stderr each stop growing here: COMPILE_RESULT must fit in one 1 MiB frame.
+OUTPUT_LIMIT: Final = 400_000
+_OBJECT_LIMIT: Final = 1 << 30
+_JOBEXEC: Final = Path(__file__).with_name("_jobexec.py")
+
+
+def ggc_params(mem_limit_mb: int) -> tuple[str, str, str, str]:
+    """Gcc's garbage-collector parameters for a memory limit (upstream ``services/gcc.cpp``)."""
+    expand = int(30 + min(70.0, mem_limit_mb / 1024 * 70))
+    heapsize = min(max(mem_limit_mb // 8, 4), 128) * 1024
+    return ("--param", f"ggc-min-expand={expand}", "--param", f"ggc-min-heapsize={heapsize}")
+
+
+@dataclass(frozen=True, slots=True)
+class JobPaths:
+    """Where a job runs and writes, as seen inside the chroot (``tmp_root`` "" without fission)."""
+
+    cwd: str
+    output: str
+    object_file: str
+    dwo_file: str
+    tmp_root: str = ""
+
+
+def job_paths(job: CompileFile, unique: str) -> JobPaths:
+    """Choose the working directory and output names of *job* (``unique`` makes them private).
+
+    Without split DWARF the object is ``/tmp/icecc-<job>-<unique>.o`` built from
+    ``/tmp``.  With it, the client's working directory and output directory are
+    recreated below a private ``/tmp`` directory so the ``.dwo`` path written
+    into the object matches the client's (upstream ``handle_connection``).
+    """
+    if not job.dwarf_fission:
+        name = f"icecc-{job.job_id}-{unique}.o"
+        return JobPaths("/tmp", name, f"/tmp/{name}", "")  # noqa: S108 - inside the chroot
+    tmp_root = f"/tmp/icecc-{job.job_id}-{unique}"  # noqa: S108 - inside the chroot
+    cwd = posixpath.normpath("/" + (job.working_dir or "/").lstrip("/"))
+    output = job.output_file or posixpath.basename(job.input_file).rsplit(".", 1)[0] + ".o"
+    absolute = posixpath.normpath(posixpath.join(cwd, output))
+    relative = posixpath.relpath(absolute, cwd)
+    object_file = tmp_root + absolute
+    return JobPaths(
+        cwd=tmp_root + cwd,
+        output=relative,
+        object_file=object_file,
+        dwo_file=object_file.rsplit(".", 1)[0] + ".dwo",
+        tmp_root=tmp_root,
+    )
+
+
+def compiler_command(
+    job: CompileFile,
+    paths: JobPaths,
+    *,
+    mem_limit_mb: int,
+    has_compiler_name: bool = True,
+    server_adds_split_dwarf: bool = False,
+) -> list[str]:
+    """Return the 1.4 remote compiler command line for *job* (reference §5.1.4).
+
+    ``has_compiler_name`` is False below protocol 30 (then gcc/g++ by
+    language); ``server_adds_split_dwarf`` is True below protocol 41, where
+    the server appends ``-gsplit-dwarf`` itself for a split-DWARF job.
+    """
+    if has_compiler_name and job.compiler_name:
+        name = job.compiler_name
+    else:
+        name = "g++" if job.lang == Lang.CXX else "gcc"
+    clang = "clang" in name
+    argv = [f"/usr/bin/{name}", "-x", _LANG_NAMES.get(Lang(job.lang), "c")]
+    if clang:
+        if job.input_file:
+            argv += ["-Xclang", "-main-file-name", "-Xclang", job.input_file]
+        if job.working_dir:
+            argv += ["-Xclang", "-fdebug-compilation-dir", "-Xclang", job.working_dir]
+    argv += job.args
+    if server_adds_split_dwarf and job.dwarf_fission:
+        argv.append("-gsplit-dwarf")
+    if not clang:
+        argv.append("-fpreprocessed")
+    argv += ["-", "-o", paths.output]
+    if clang:
+        argv.append("-no-canonical-prefixes")
+    else:
+        argv += ggc_params(mem_limit_mb)
+        if job.dwarf_fission and paths.tmp_root:
+            argv.append(f"-fdebug-prefix-map={paths.tmp_root}/=/")
+    return argv
+
+
+def is_out_of_memory(stderr: str, faults: int, mem_limit_mb: int, page_size: int = 4096) -> bool:
+    """Whether a failed compile ran out of memory (fault count near the limit, or its texts)."""
+    if faults * page_size * 100 > 85 * mem_limit_mb * 1024 * 1024:
+        return True
+    return any(text in stderr for text in OOM_TEXTS)
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    """What a compile produced; ``setup_failure`` is set when the compiler never started."""
+
+    status: int = 0
+    was_out_of_memory: bool = False
+    stdout: str = ""
+    stderr: str = ""
+    real_msec: int = 0
+    user_msec: int = 0
+    sys_msec: int = 0
+    pfaults: int = 0
+    setup_failure: str = ""
+    object_data: bytes = b""
+    dwo_data: bytes | None = None
+
+
+class CompileRun:
+    """One compiler process in an environment: start, feed stdin, wait, collect, clean up."""
+
+    def __init__(  # noqa: PLR0913 - everything a job needs, all keyword-only
+        self,
+        *,
+        env_root: Path,
+        argv: Sequence[str],
+        paths: JobPaths,
+        run_as: RunAs,
+        nice: int,
+        mem_limit_mb: int,
+        environ: Mapping[str, str],
+        write_timeout: float = 30.0,
+        run_timeout: float = 3600.0,
+    ) -> None:
+        self.env_root = env_root
+        self.write_timeout = write_timeout
+        self.run_timeout = run_timeout
+        self.argv = list(argv)
+        self.paths = paths
+        self.run_as = run_as
+        self.nice = nice
+        self.mem_limit_mb = mem_limit_mb
+        self.environ = dict(environ)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._stats_read = -1
+        self._readers: list[asyncio.Task[bytes]] = []
+        self._started = 0.0
+        self._input_broken = False
+
+    def _outside(self, inside: str) -> Path:
+        return self.env_root / inside.lstrip("/")
+
+    async def start(self) -> None:
+        """Create the job's directories and start the helper (and so the compiler)."""
+        if self.paths.tmp_root:
+            for directory in (self.paths.cwd, posixpath.dirname(self.paths.object_file)):
+                path = self._outside(directory)
+                path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            _chown_below(self._outside(self.paths.tmp_root), self.run_as)
+        spec = {"root": str(self.env_root), "cwd": self.paths.cwd, "switch": self.run_as.switch,
+                "uid": self.run_as.uid, "gid": self.run_as.gid, "nice": self.nice,
+                "as_limit": self.mem_limit_mb * 1024 * 1024, "env": self.environ}  # fmt: skip
+        self._stats_read, stats_write = os.pipe()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", str(_JOBEXEC), json.dumps(spec), str(stats_write),
+                "--", *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(stats_write,), start_new_session=True,
+                env={"PATH": "/usr/bin:/bin"},
+            )  # fmt: skip
+        finally:
+            os.close(stats_write)
+        self._started = time.monotonic()
+        assert self._proc.stdout is not None  # noqa: S101 - created with PIPE above
+        assert self._proc.stderr is not None  # noqa: S101
+        self._readers = [
+            asyncio.create_task(_read_capped(self._proc.stdout, OUTPUT_LIMIT)),
+            asyncio.create_task(_read_capped(self._proc.stderr, OUTPUT_LIMIT)),
+        ]
+
+    async def feed(self, pieces: Sequence[bytes]) -> None:
+        """Write source to the compiler; a compiler that stopped reading is not an error."""
+        proc = self._proc
+        if proc is None or proc.stdin is None or self._input_broken:
+            return
+        try:
+            for piece in pieces:
+                proc.stdin.write(piece)
+            async with asyncio.timeout(self.write_timeout):
+                await proc.stdin.drain()
+        except (ConnectionError, TimeoutError):
+            self._input_broken = True  # 1.4 keeps reading the client's data and drops it
+
+    async def close_input(self) -> None:
+        """Signal the end of the source."""
+        proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                proc.stdin.close()
+
+    def kill(self) -> None:
+        """Kill the helper and the compiler (their own process group)."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+
+    async def wait(self) -> JobOutcome:
+        """Wait for the compiler and collect everything; kill it after ``run_timeout`` s."""
+        proc = self._proc
+        if proc is None:
+            msg = "compile job not started"
+            raise RuntimeError(msg)
+        try:
+            async with asyncio.timeout(self.run_timeout):
+                out, err = await asyncio.gather(*self._readers)
+                await proc.wait()
+        except TimeoutError:
+            self.kill()
+            await proc.wait()
+            out, err = b"", b"compile job timed out\n"
+        real_ms = int((time.monotonic() - self._started) * 1000)
+        report = _read_report(self._stats_read)
+        self._stats_read = -1
+        outcome = JobOutcome(stdout=out.decode(errors="replace"),
+                             stderr=err.decode(errors="replace"), real_msec=real_ms)  # fmt: skip
+        if not report:
+            outcome.status, outcome.was_out_of_memory = EXIT_IO_ERROR, True
+            return outcome
+        if report.get("failure"):
+            outcome.setup_failure = str(report["failure"])
+            outcome.status = EXIT_COMPILER_MISSING
+            return outcome
+        outcome.user_msec = _number(report, "user_ms")
+        outcome.sys_msec = _number(report, "sys_ms")
+        outcome.pfaults = _number(report, "faults")
+        self._judge(outcome, _number(report, "status"))
+        if outcome.status == 0 and self.paths.object_file:
+            self._collect(outcome)
+        return outcome
+
+    def _judge(self, outcome: JobOutcome, wait_status: int) -> None:
+        if os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0:
+            return
+        if is_out_of_memory(outcome.stderr, outcome.pfaults, self.mem_limit_mb,
+                            resource.getpagesize()):  # fmt: skip
+            outcome.status, outcome.was_out_of_memory = EXIT_OUT_OF_MEMORY, True
+            return
+        disk = shutil.disk_usage(self.env_root)
+        if disk.free < _MIN_FREE_DISK or "o space left on device" in outcome.stderr:
+            outcome.status, outcome.was_out_of_memory = EXIT_OUT_OF_MEMORY, True
+            return
+        if os.WIFEXITED(wait_status):
+            outcome.status = os.WEXITSTATUS(wait_status)
+        else:
+            outcome.status, outcome.was_out_of_memory = EXIT_OUT_OF_MEMORY, True
+
+    def _collect(self, outcome: JobOutcome) -> None:
+        data = _read_job_file(self.env_root, self.paths.object_file)
+        if data is None:
+            outcome.status = 1
+            outcome.stderr += "ICECC: the compiler wrote no object file\n"
+            return
+        outcome.object_data = data
+        if self.paths.dwo_file:
+            outcome.dwo_data = _read_job_file(self.env_root, self.paths.dwo_file)
+
+    def cleanup(self) -> None:
+        """Remove what the job wrote below the environment's ``tmp``."""
+        if self._stats_read >= 0:
+            os.close(self._stats_read)
+            self._stats_read = -1
+        if self.paths.tmp_root:
+            shutil.rmtree(self._outside(self.paths.tmp_root), ignore_errors=True)
+        else:
+            self._outside(self.paths.object_file).unlink(missing_ok=True)
+
+
+def new_unique() -> str:
+    """Return a short random name part for a job's files."""
+    return uuid.uuid4().hex[:12]
+
+
+async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """Read to EOF, keeping at most *limit* bytes (the rest is drained and dropped)."""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        if len(kept) < limit:
+            kept += chunk[: limit - len(kept)]
+    return bytes(kept)
+
+
+def _read_report(fd: int) -> dict[str, object]:
+    """Read the helper's JSON line (its write end is closed once it exited)."""
+    if fd < 0:
+        return {}
+    try:
+        raw = os.read(fd, 4096)
+    except OSError:
+        raw = b""
+    finally:
+        os.close(fd)
+    try:
+        value = json.loads(raw.decode(errors="replace") or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _number(report: dict[str, object], key: str) -> int:
+    value = report.get(key, 0)
+    return value if isinstance(value, int) else 0
+
+
+def _read_job_file(root: Path, inside: str) -> bytes | None:
+    """Read a file the job wrote below *root*, never following a link on the way.
+
+    The job user owns the directories below ``tmp``; walking them component
+    by component with ``O_NOFOLLOW`` keeps a hostile compiler from making the
+    daemon read a file outside the environment.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    parts = [part for part in inside.split("/") if part]
+    try:
+        fd = os.open(root, flags | os.O_DIRECTORY)
+        for part in parts[:-1]:
+            next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        file_fd = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+        os.close(fd)
+    except (OSError, IndexError):
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.close(fd)
+        return None
+    with os.fdopen(file_fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _OBJECT_LIMIT:
+            return None
+        return handle.read(_OBJECT_LIMIT)
+
+
+def _chown_below(path: Path, run_as: RunAs) -> None:
+    """Give the job user the directories a split-DWARF job writes into."""
+    if not run_as.switch:
+        return
+    for dirpath, _, _ in os.walk(path):
+        os.lchown(dirpath, run_as.uid, run_as.gid)
+

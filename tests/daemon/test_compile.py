@@ -1,0 +1,142 @@
+"""Tests of the remote compiler command line (§5.1.4), job paths and out-of-memory judgement."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from iceserv.daemon.compile import (
+    OOM_TEXTS,
+    JobPaths,
+    compiler_command,
+    ggc_params,
+    is_out_of_memory,
+    job_paths,
+)
+from iceserv.protocol import CompileFile, Lang
+
+GCC_JOB = CompileFile(
+    lang=Lang.C, job_id=7, args=("-O2", "-DFOO=1", "-c", "-fdirectives-only"),
+    environment="env", target="x86_64", compiler_name="gcc", input_file="hello.c",
+    working_dir="/home/me/proj", output_file="hello.o",
+)  # fmt: skip
+PLAIN = JobPaths("/tmp", "icecc-7-u.o", "/tmp/icecc-7-u.o", "")
+GGC = ["--param", "ggc-min-expand=100", "--param", "ggc-min-heapsize=131072"]
+
+
+def _job(**changes: object) -> CompileFile:
+    return dataclasses.replace(GCC_JOB, **changes)  # type: ignore[arg-type]
+
+
+COMMAND_LINES = [
+    pytest.param(
+        GCC_JOB, {},
+        ["/usr/bin/gcc", "-x", "c", "-O2", "-DFOO=1", "-c", "-fdirectives-only",
+         "-fpreprocessed", "-", "-o", "icecc-7-u.o", *GGC],
+        id="gcc C (the line observed from a real 1.4 daemon)",
+    ),
+    pytest.param(
+        _job(lang=Lang.CXX, compiler_name="g++", args=("-c",)), {},
+        ["/usr/bin/g++", "-x", "c++", "-c", "-fpreprocessed", "-", "-o", "icecc-7-u.o", *GGC],
+        id="g++ C++",
+    ),
+    pytest.param(
+        _job(compiler_name="clang", args=("-target", "x86_64-pc-linux-gnu", "-c")), {},
+        ["/usr/bin/clang", "-x", "c", "-Xclang", "-main-file-name", "-Xclang", "hello.c",
+         "-Xclang", "-fdebug-compilation-dir", "-Xclang", "/home/me/proj",
+         "-target", "x86_64-pc-linux-gnu", "-c", "-", "-o", "icecc-7-u.o",
+         "-no-canonical-prefixes"],
+        id="clang: -Xclang extras, no -fpreprocessed, no ggc params",
+    ),
+    pytest.param(
+        _job(compiler_name="clang++", lang=Lang.CXX, input_file="", working_dir="", args=()), {},
+        ["/usr/bin/clang++", "-x", "c++", "-", "-o", "icecc-7-u.o", "-no-canonical-prefixes"],
+        id="clang++ without input file and working dir",
+    ),
+    pytest.param(
+        _job(lang=Lang.OBJC, args=()), {},
+        ["/usr/bin/gcc", "-x", "objective-c", "-fpreprocessed", "-", "-o", "icecc-7-u.o", *GGC],
+        id="Objective-C",
+    ),
+    pytest.param(
+        _job(lang=Lang.OBJCXX, args=()), {},
+        ["/usr/bin/gcc", "-x", "objective-c++", "-fpreprocessed", "-", "-o", "icecc-7-u.o",
+         *GGC],
+        id="Objective-C++",
+    ),
+    pytest.param(
+        _job(lang=Lang.CXX, compiler_name="", args=()), {"has_compiler_name": False},
+        ["/usr/bin/g++", "-x", "c++", "-fpreprocessed", "-", "-o", "icecc-7-u.o", *GGC],
+        id="protocol < 30: no compiler name, g++ by language",
+    ),
+    pytest.param(
+        _job(args=("-c",), dwarf_fission=True), {"server_adds_split_dwarf": True},
+        ["/usr/bin/gcc", "-x", "c", "-c", "-gsplit-dwarf", "-fpreprocessed", "-", "-o",
+         "icecc-7-u.o", *GGC],
+        id="protocol < 41: the server adds -gsplit-dwarf",
+    ),
+]  # fmt: skip
+
+
+class TestCompilerCommand:
+    @pytest.mark.parametrize(("job", "options", "expected"), COMMAND_LINES)
+    def test_command_line(self, job, options, expected):
+        """The command line has 1.4's order: compiler, -x, clang extras, args, gcc flags, -o."""
+        assert compiler_command(job, PLAIN, mem_limit_mb=2048, **options) == expected
+
+    def test_split_dwarf_maps_the_private_directory_away(self):
+        """gcc with split DWARF gets -fdebug-prefix-map for the job's private /tmp directory."""
+        job = _job(args=("-gsplit-dwarf", "-c"), dwarf_fission=True)
+        paths = job_paths(job, "u")
+        argv = compiler_command(job, paths, mem_limit_mb=2048)
+        assert argv[-1] == "-fdebug-prefix-map=/tmp/icecc-7-u/=/"
+        assert argv[argv.index("-o") + 1] == "hello.o"
+
+    @pytest.mark.parametrize(("mem", "expand", "heapsize"), [
+        (100, 36, 12 * 1024), (512, 65, 64 * 1024), (1024, 100, 128 * 1024),
+        (8192, 100, 128 * 1024), (16, 31, 4 * 1024),
+    ])  # fmt: skip
+    def test_ggc_params(self, mem, expand, heapsize):
+        """30 % + 70 % of RAM/1 GiB, and RAM/8 clamped to 4..128 MiB (gcc's own heuristics)."""
+        assert ggc_params(mem) == ("--param", f"ggc-min-expand={expand}",
+                                   "--param", f"ggc-min-heapsize={heapsize}")  # fmt: skip
+
+
+class TestJobPaths:
+    def test_without_split_dwarf(self):
+        """The object is a unique file in the environment's /tmp, built from /tmp."""
+        paths = job_paths(GCC_JOB, "abc")
+        assert paths == JobPaths("/tmp", "icecc-7-abc.o", "/tmp/icecc-7-abc.o", "")
+
+    @pytest.mark.parametrize(("output", "relative", "object_file"), [
+        ("hello.o", "hello.o", "/tmp/icecc-7-u/home/me/proj/hello.o"),
+        ("obj/hello.o", "obj/hello.o", "/tmp/icecc-7-u/home/me/proj/obj/hello.o"),
+        ("../build/h.o", "../build/h.o", "/tmp/icecc-7-u/home/me/build/h.o"),
+        ("/abs/out/h.o", "../../../abs/out/h.o", "/tmp/icecc-7-u/abs/out/h.o"),
+    ])  # fmt: skip
+    def test_split_dwarf_recreates_the_client_layout(self, output, relative, object_file):
+        """The client's cwd and output directory are rebuilt so the .dwo path matches."""
+        paths = job_paths(_job(dwarf_fission=True, output_file=output), "u")
+        assert paths.cwd == "/tmp/icecc-7-u/home/me/proj"
+        assert paths.output == relative
+        assert paths.object_file == object_file
+        assert paths.dwo_file == object_file[: -len(".o")] + ".dwo"
+        assert paths.tmp_root == "/tmp/icecc-7-u"
+
+
+class TestOutOfMemory:
+    @pytest.mark.parametrize("text", OOM_TEXTS)
+    def test_texts(self, text):
+        """Each of 1.4's out-of-memory texts in stderr marks the failure as out of memory."""
+        assert is_out_of_memory(f"cc1: {text} while compiling\n", 0, 1024)
+
+    def test_fault_count_near_the_limit(self):
+        """More than 85 % of the limit in page faults counts as out of memory."""
+        limit_pages = 1024 * 1024 * 1024 // 4096
+        assert is_out_of_memory("", limit_pages * 86 // 100, 1024)
+        assert not is_out_of_memory("", limit_pages * 84 // 100, 1024)
+
+    def test_ordinary_error(self):
+        """A syntax error is the compiler's verdict, not a memory problem."""
+        assert not is_out_of_memory("hello.c:1:1: error: expected ';'\n", 10, 1024)
