@@ -1,9 +1,32 @@
 """The compile daemon ``iceccd``: slots, environments, compile jobs, scheduler link, shell.
 
-``slots``, ``load`` and ``states`` are pure.  This package must not import
+``slots`` and ``load`` are pure; ``tarballs`` unpacks untrusted
+environment tarballs; ``environments`` and ``native`` own the env base dir;
+``compile`` and ``remote_job`` run compilers chroot'ed as the job user
+(through the helper programs ``_jobexec`` and ``_unpack``); ``sandbox``
+decides who runs them; ``scheduler_link`` is the scheduler connection;
+``session`` is one client connection; ``server`` is the asyncio shell and
+``control`` the read-only facade.  This package must not import
 ``scheduler``, ``config``, ``service``, ``telnet`` or ``app``.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from iceserv.daemon.control import DaemonControl, DaemonStatus, EnvironmentView
+from iceserv.daemon.sandbox import RunAs, can_chroot, child_environment, resolve_user
+from iceserv.daemon.scheduler_link import determine_platform
+from iceserv.daemon.server import Daemon
+from iceserv.daemon.settings import ServerSettings
+
+__all__ = [
+    "Daemon",
+    "DaemonControl",
+    "DaemonStatus",
+    "EnvironmentView",
+    "RunAs",
+    "ServerSettings",
+    "can_chroot",
+    "child_environment",
+    "determine_platform",
+    "resolve_user",
+]
