@@ -15,23 +15,30 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from testbed.hosts import LOOPBACK, Host, free_scheduler_port
 from testbed.procs import clean_env, log_tail, make_workdir, stop_process
 from testbed.wait import wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 _REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(eq=False)
 class OurScheduler:
-    """``python -m iceserv.app.scheduler`` as a subprocess (the user's way to start it)."""
+    """``python -m iceserv.app.scheduler`` as a subprocess (the user's way to start it).
+
+    ``extra_env`` is added to its environment (e.g. ``DBUS_SYSTEM_BUS_ADDRESS``).
+    """
 
     host: Host = LOOPBACK
     port: int | None = None
     netname: str = field(default_factory=lambda: f"IS{os.getpid()}")
     loopback_only: bool = True
+    extra_env: Mapping[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path | None = None
 
@@ -55,6 +62,7 @@ class OurScheduler:
                 "-n", self.netname, "-vv", "-l", str(self.log_path)]  # fmt: skip
         argv += ["-i", "lo"] if self.loopback_only else []
         env = clean_env({"ICECC_TESTS": "1"} if self.loopback_only else {})
+        env.update(self.extra_env)
         env["PYTHONPATH"] = str(_REPO)
         with (self.workdir / "scheduler.out").open("wb") as out:
             self.proc = self.host.popen(argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
