@@ -1,0 +1,469 @@
+"""The argument analysis of icecream 1.4's ``icecc``: local or remote, and what goes where.
+
+Owns :func:`analyse`, a faithful re-implementation of ``analyse_argv`` in
+1.4's ``client/arg.cpp`` (reference §8.4), including its quirks (listed in
+``tests/client/test_args.py`` next to the real client's observed decisions);
+the option tables are in :mod:`iceserv.client.options`.  Everything here
+is pure: the file system is reached only through the *readable*,
+*irregular* and *read* callables the caller passes.  Steps that must run
+the compiler (clang's ``-dumpmachine``, ``-march=native`` expansion) are
+reported in :class:`Analysis` and done by the caller (:mod:`main`) only when
+the job really goes remote.
+"""
+
+from __future__ import annotations
+
+from iceserv.client.job import (
+    LANG_CUSTOM,
+    LOCAL,
+    REMOTE,
+    REST,
+    Job,
+    absolute,
+    has_color_output,
+)
+from iceserv.client.options import (
+    CONFIGURE_PREFIXES,
+    COVERAGE,
+    EXT_LANGS,
+    FILE_PREFIXES,
+    LOCAL_EXTS,
+    NATIVE,
+    PATH_OPTIONS,
+    SAVE_TEMPS_QUIRK,
+    X_LANGS,
+    language_of,
+    needs_space,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Final
+
+    from iceserv.client.env import ClientEnv
+
+__all__ = ["Analysis", "analyse"]
+
+
+class Analysis:
+    """What :func:`analyse` found.
+
+    ``local_reason`` is None when the job may be distributed, else why not.
+    ``extrafiles`` are absolute paths for the environment (plugins, ``-Wa``
+    files).  ``clang_target`` says the caller must append ``-target
+    <clang -dumpmachine>`` before sending; ``native`` lists the
+    ``-march/-mcpu/-mtune=native`` flags whose expansion the caller owes.
+    """
+
+    __slots__ = ("clang_target", "extrafiles", "job", "local_reason", "native")
+
+    def __init__(self, job: Job, local_reason: str | None, extrafiles: tuple[str, ...], *,
+                 clang_target: bool, native: tuple[str, ...]) -> None:  # fmt: skip
+        self.job = job
+        self.local_reason = local_reason
+        self.extrafiles = extrafiles
+        self.clang_target = clang_target
+        self.native = native
+
+    def __repr__(self) -> str:
+        """All fields."""
+        return (f"Analysis({self.job!r}, local_reason={self.local_reason!r}, "
+                f"extrafiles={self.extrafiles!r}, clang_target={self.clang_target}, "
+                f"native={self.native!r})")  # fmt: skip
+
+
+def analyse(  # noqa: PLR0913 - the inputs of 1.4's analyse_argv, all explicit
+    args: Sequence[str],
+    *,
+    compiler_name: str,
+    compiler_path: str = "",
+    icerun: bool,
+    env: ClientEnv,
+    cwd: str,
+    readable: Callable[[str], bool],
+    irregular: Callable[[str], bool],
+    color_terminal: bool = False,
+) -> Analysis:
+    """Analyse the compiler arguments *args* (without the compiler itself).
+
+    *compiler_name* is the basename the job is known by; *readable(path)*
+    is ``access(R_OK)``; *irregular(path)* says a path exists and is not a
+    regular file; *color_terminal* is 1.4's ``color_output_possible``.
+    """
+    scan = _Scan(args, compiler_name, compiler_path, icerun=icerun, env=env, cwd=cwd,
+                 readable=readable, irregular=irregular, color_terminal=color_terminal)  # fmt: skip
+    return scan.run()
+
+
+class _Scan:
+    """One run of ``analyse_argv``: the state its long if-chain keeps."""
+
+    def __init__(  # noqa: PLR0913 - the inputs of analyse(), passed on
+        self, args: Sequence[str], compiler_name: str, compiler_path: str, *, icerun: bool,
+        env: ClientEnv, cwd: str, readable: Callable[[str], bool],
+        irregular: Callable[[str], bool], color_terminal: bool,
+    ) -> None:  # fmt: skip
+        self.argv = list(args)
+        self.i = 0
+        self.env, self.cwd = env, cwd
+        self.readable, self.irregular = readable, irregular
+        self.color_terminal = color_terminal
+        lang = LANG_CUSTOM if icerun else language_of(compiler_name)
+        self.icerun = icerun or lang == LANG_CUSTOM
+        self.job = Job(compiler_name=compiler_name, compiler_path=compiler_path, lang=lang)
+        self.out: list[tuple[str, int]] = []
+        self.reason: str | None = "custom command" if self.icerun else None
+        self.extrafiles: list[str] = []
+        self.ofile = ""
+        self.seen_c = self.seen_s = self.seen_md = self.seen_mf = False
+        self.seen_split_dwarf = self.seen_target = self.seen_pedantic = False
+        self.wunused_macros = self.explicit_color = self.explicit_no_caret = False
+        self.native: list[str] = []
+        self.as_skip_next = False  # the static second_option of analyze_assembler_arg
+        # Decided once, before -pedantic or -Wunused-macros are seen (as 1.4 does).
+        self.cpp_kind = REST if self.job.rewrite_includes(env) else LOCAL
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def local(self, why: str) -> None:
+        if self.reason is None:
+            self.reason = why
+
+    def add(self, arg: str, kind: int) -> None:
+        self.out.append((arg, kind))
+
+    def take(self, kind: int) -> str | None:
+        """Consume the next argument as the value of the current one (if there is one)."""
+        if self.i + 1 >= len(self.argv):
+            return None
+        self.i += 1
+        value = self.argv[self.i]
+        self.add(value, kind)
+        return value
+
+    # --- the scan --------------------------------------------------------------------
+
+    def run(self) -> Analysis:
+        while self.i < len(self.argv):
+            arg = self.argv[self.i]
+            if self.icerun:
+                self.add(arg, LOCAL)
+            elif arg.startswith("-"):
+                self.option(arg)
+            else:
+                self.add(arg, LOCAL if arg.startswith("@") else REST)
+            self.i += 1
+        return self.finish()
+
+    def option(self, a: str) -> None:
+        for matcher, handler in _RULES:
+            if a in matcher if isinstance(matcher, frozenset) else a.startswith(matcher):
+                handler(self, a)
+                return
+        self.add(a, REST)
+        if needs_space(a):
+            self.take(REST)
+
+    def finish(self) -> Analysis:
+        if not self.seen_c and not self.seen_s:
+            self.local("neither -c nor -S")
+        elif self.seen_s:
+            self.add("-S", REMOTE)
+        else:
+            self.add("-c", REMOTE)
+        dwarf = self.seen_c and not self.seen_s and self.seen_split_dwarf
+        lang = self.job.lang
+        ifile = ""
+        if self.reason is None:
+            ifile, lang = self.find_input(lang)
+        if self.reason is None and (not self.ofile or self.irregular(self.ofile)):
+            self.local("output file empty or not a regular file")
+        job = self.job.evolve(lang=lang)
+        if not self.icerun and not self.explicit_color and has_color_output(
+            job, self.env, color_terminal=self.color_terminal
+        ):
+            self.add("-fcolor-diagnostics" if job.is_clang else "-fdiagnostics-color", REST)
+        block = self.wunused_macros or (self.seen_pedantic and not job.is_clang)
+        job = job.evolve(block_rewrite_includes=block, explicit_color=self.explicit_color,
+                         explicit_no_caret=self.explicit_no_caret, dwarf_fission=dwarf)  # fmt: skip
+        if self.reason is None and job.rewrite_includes(self.env) and not job.is_clang:
+            self.add("-fdirectives-only", REMOTE)
+        job = job.evolve(args=tuple(self.out), input_file=ifile, output_file=self.ofile)
+        clang_target = self.reason is None and not self.seen_target and job.is_clang
+        native = tuple(self.native) if self.reason is None else ()
+        return Analysis(job, self.reason, tuple(self.extrafiles), clang_target=clang_target,
+                        native=native)  # fmt: skip
+
+    def find_input(self, lang: int) -> tuple[str, int]:
+        """Take the one non-option argument out as the input; refine the language.
+
+        Returns the job's input file ("" after two inputs) and language.
+        """
+        ifile, at, i, job_input = "", -1, 0, True
+        while i < len(self.out):
+            arg, kind = self.out[i]
+            if arg == "-":
+                self.local("stdin/stdout argument")
+                break
+            if arg in ("-Xclang", "-x") or needs_space(arg):
+                i += 2
+            elif kind != REST or arg[:1] in ("-", "@"):
+                i += 1
+            elif not ifile:
+                ifile, at = arg, i
+                if arg.rpartition("/")[2].startswith(CONFIGURE_PREFIXES):
+                    self.local("configure test")
+                i += 1
+            else:
+                self.local("two input files")
+                job_input = False
+                break
+        if at >= 0 and job_input:
+            del self.out[at]
+        lang = self.by_extension(ifile, lang)
+        return (ifile if job_input else ""), lang
+
+    def by_extension(self, ifile: str, lang: int) -> int:
+        """Language from the input's extension; output and ``-MD`` dependency names."""
+        dot = ifile.rfind(".")
+        if dot < 0:
+            return lang
+        ext = ifile[dot + 1 :]
+        if ext in EXT_LANGS:
+            lang = EXT_LANGS[ext]
+        elif ext in LOCAL_EXTS:
+            self.local(f"source file {ifile}")
+        elif ext not in ("c", "i"):
+            self.local(f"unknown extension {ext}")
+        if self.reason is None and not self.ofile:
+            self.ofile = (ifile[:dot] + (".s" if self.seen_s else ".o")).rpartition("/")[2]
+        if self.reason is None and self.seen_md and not self.seen_mf:
+            cut = self.ofile.rfind(".")
+            self.add("-MF", LOCAL)
+            self.add((self.ofile if cut < 0 else self.ofile[:cut]) + ".d", LOCAL)
+        return lang
+
+    # --- rule handlers, in 1.4's order (see _RULES) ------------------------------------
+
+    def r_local(self, a: str) -> None:
+        self.local(f"argument {a}")
+        self.add(a, LOCAL)
+
+    def r_md(self, a: str) -> None:
+        self.seen_md = True
+        self.add(a, LOCAL)
+
+    def r_keep_local(self, a: str) -> None:
+        self.add(a, LOCAL)
+
+    def r_mf(self, a: str) -> None:
+        self.seen_mf = True
+        self.add(a, LOCAL)
+        self.take(LOCAL)  # also after "-Wp,-MF,file" (1.4 quirk: eats the next argument)
+
+    def r_mt(self, a: str) -> None:
+        self.add(a, LOCAL)
+        self.take(LOCAL)  # likewise after "-Wp,-MT,x" / "-Wp,-MQ,x"
+
+    def r_param(self, a: str) -> None:
+        self.add(a, REMOTE)
+        self.take(REMOTE)
+
+    def r_b(self, a: str) -> None:
+        self.r_local(a)
+        if a == "-B":
+            self.take(LOCAL)
+
+    def r_wa(self, a: str) -> None:
+        parts, local = [], False
+        for part in a[4:].split(","):
+            keep, go_local = self.assembler_arg(part)
+            parts.append(keep)
+            local = go_local  # 1.4 keeps only the verdict on the last piece
+        if local:
+            self.r_local(a)
+        else:
+            self.add("-Wa," + ",".join(parts), REMOTE)
+
+    def assembler_arg(self, part: str) -> tuple[str, bool]:
+        """1.4 ``analyze_assembler_arg``: (the piece as sent, whether it forces local)."""
+        if self.as_skip_next:  # the value of --defsym / --debug-prefix-map
+            self.as_skip_next = False
+            verdict = False
+        elif part.startswith("-a"):  # -a[a-z]*=listing writes a local file
+            verdict = part[2:].lstrip("abcdefghijklmnopqrstuvwxyz")[:1] == "="
+        elif part in ("--debug-prefix-map", "--defsym"):
+            self.as_skip_next = True
+            verdict = False
+        elif part.startswith(("@", "-")):
+            verdict = part.startswith("@")  # an @file would need parsing: local
+        elif self.readable(part):  # an extra assembler input file: ship it
+            part = absolute(part, self.cwd)
+            self.extrafiles.append(part)
+            verdict = False
+        else:
+            verdict = True
+        return part, verdict
+
+    def r_s(self, _a: str) -> None:
+        self.seen_s = True
+
+    def r_c(self, _a: str) -> None:
+        self.seen_c = True
+
+    def r_split_dwarf(self, a: str) -> None:
+        self.seen_split_dwarf = True
+        self.add(a, REST)
+
+    def r_x(self, a: str) -> None:
+        self.add(a, REST)
+        value = self.take(REST)
+        if value in X_LANGS:
+            self.job = self.job.evolve(lang=X_LANGS[value])
+        else:
+            self.local(f"unsupported -x {value or '??'}")
+
+    def r_native(self, a: str) -> None:
+        self.native.append(a)
+        self.add(a, REST)
+
+    def r_output(self, a: str) -> None:
+        if a == "-o":
+            if self.i + 1 < len(self.argv):
+                self.i += 1
+                self.ofile = self.argv[self.i]
+        else:
+            self.ofile = a[2:]
+        if self.ofile == "-":
+            self.local("output to stdout")
+
+    def r_define(self, a: str) -> None:
+        self.add(a, self.cpp_kind)
+        self.take(self.cpp_kind)
+
+    def r_path(self, a: str) -> None:
+        self.add(a, LOCAL)
+        value = self.take(LOCAL)
+        if value is not None and value.startswith("-O"):
+            self.local(f"argument {a} {value}")
+
+    def r_cpp(self, a: str) -> None:
+        self.add(a, self.cpp_kind)
+
+    def r_color(self, a: str) -> None:
+        self.explicit_color = True
+        self.add(a, REST)
+
+    def r_color_auto(self, _a: str) -> None:
+        self.explicit_color = False  # dropped: the wrapper decides about colours itself
+
+    def r_caret(self, a: str) -> None:
+        self.explicit_no_caret = a == "-fno-diagnostics-show-caret"
+        self.add(a, REST)
+
+    def r_file_option(self, a: str) -> None:
+        prefix = next(p for p in FILE_PREFIXES if a.startswith(p))
+        path = a[len(prefix) :]
+        if self.readable(path):
+            path = absolute(path, self.cwd)
+            self.extrafiles.append(path)
+        else:
+            self.local(f"file for argument {a} missing")
+        self.add(prefix + path, REST)
+
+    def r_xclang(self, a: str) -> None:
+        if self.i + 1 >= len(self.argv):
+            return  # a trailing -Xclang is dropped
+        self.i += 1
+        p = self.argv[self.i]
+        if p == "-load":
+            rest = self.argv[self.i + 1 : self.i + 3]
+            if len(rest) == 2 and rest[0] == "-Xclang":
+                path = rest[1]
+                if self.readable(path):
+                    path = absolute(path, self.cwd)
+                    self.extrafiles.append(path)
+                else:
+                    self.local(f"plugin {path} missing")
+                for arg in (a, p, rest[0], path):
+                    self.add(arg, REST)
+                self.i += 2
+            return  # 1.4 drops a "-Xclang -load" that lacks its "-Xclang FILE"
+        if p == "-building-pch-with-obj":
+            self.local(f"argument {a} {p}")
+        self.add(a, REST)
+        self.add(p, REST)
+
+    def r_target(self, a: str) -> None:
+        self.seen_target = True
+        self.add(a, REST)
+        if a == "-target":
+            self.take(REST)
+
+    def r_unused_macros(self, a: str) -> None:
+        self.wunused_macros = a != "-Wno-unused-macros"
+        self.add(a, REST)
+
+    def r_pedantic(self, a: str) -> None:
+        self.seen_pedantic = True
+        self.add(a, REST)
+
+    def r_arch(self, a: str) -> None:
+        # 1.4 means to refuse several -arch but never records the first one.
+        self.add(a, REST)
+        self.take(REST)
+
+
+def _is(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+# 1.4's if-chain for arguments starting with "-", in its order: the first match wins.
+_RULES: Final[tuple[tuple[frozenset[str] | tuple[str, ...], Callable[[_Scan, str], None]], ...]] = (
+    (_is("-E"), _Scan.r_local),
+    (_is("-combine", "-fsyntax-only", "-ftime-trace"), _Scan.r_local),
+    (("-fdump", "-ftime-report"), _Scan.r_local),
+    (_is("-MD", "-MMD"), _Scan.r_md),
+    (("-Wp,-MD", "-Wp,-MMD"), _Scan.r_md),
+    (_is("-MG", "-MP"), _Scan.r_keep_local),
+    (_is("-MF"), _Scan.r_mf),
+    (("-Wp,-MF",), _Scan.r_mf),
+    (_is("-MT", "-MQ"), _Scan.r_mt),
+    (("-Wp,-MT", "-Wp,-MQ"), _Scan.r_mt),
+    (("-M",), _Scan.r_local),
+    (_is("--param"), _Scan.r_param),
+    (("-B",), _Scan.r_b),
+    (("-Wa,",), _Scan.r_wa),
+    (_is("-S"), _Scan.r_s),
+    (COVERAGE | SAVE_TEMPS_QUIRK, _Scan.r_local),
+    (_is("-gsplit-dwarf"), _Scan.r_split_dwarf),
+    (_is("-x"), _Scan.r_x),
+    (frozenset(NATIVE), _Scan.r_native),
+    (_is("-fexec-charset", "-fwide-exec-charset", "-finput-charset"), _Scan.r_local),
+    (_is("-c"), _Scan.r_c),
+    (("-o",), _Scan.r_output),
+    (_is("-D", "-U"), _Scan.r_define),
+    (PATH_OPTIONS, _Scan.r_path),
+    (_is("-fmodules", "-fcxx-modules", "-fmodules-ts"), _Scan.r_keep_local),
+    (("-fmodules-cache-path=",), _Scan.r_keep_local),
+    (("-Wp,", "-D", "-U"), _Scan.r_cpp),
+    (("-I", "-l", "-L"), _Scan.r_keep_local),
+    (_is("-undef"), _Scan.r_cpp),
+    (_is("-nostdinc", "-nostdinc++", "-Wmissing-include-dirs", "-Werror=missing-include-dirs"),
+     _Scan.r_keep_local),
+    (_is("-fno-color-diagnostics", "-fcolor-diagnostics", "-fno-diagnostics-color",
+         "-fdiagnostics-color=never", "-fdiagnostics-color", "-fdiagnostics-color=always"),
+     _Scan.r_color),
+    (_is("-fdiagnostics-color=auto"), _Scan.r_color_auto),
+    (_is("-fno-diagnostics-show-caret", "-fdiagnostics-show-caret"), _Scan.r_caret),
+    (FILE_PREFIXES, _Scan.r_file_option),
+    (_is("-Xclang"), _Scan.r_xclang),
+    (_is("-target"), _Scan.r_target),
+    (("--target=",), _Scan.r_target),
+    (_is("-Wunused-macros", "-Werror=unused-macros", "-Wno-unused-macros"), _Scan.r_unused_macros),
+    (_is("-pedantic", "-Wpedantic", "-pedantic-errors"), _Scan.r_pedantic),
+    (_is("-arch"), _Scan.r_arch),
+)  # fmt: skip
+
+
