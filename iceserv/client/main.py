@@ -1,0 +1,331 @@
+"""The ``icecc`` entry point: invocation modes and the local-or-remote flow of 1.4's client.
+
+Owns :func:`main` (console scripts ``icecc`` and ``icerun``, and every
+compiler symlink pointing at them; reference §8.1) and the order of 1.4's
+``client/main.cpp``: response files, ``--help``/``--version``/
+``--build-native``, the recursion guard, connecting to the local daemon
+*before* analysing the arguments (so the daemon counts us), ``ICECC=disable``
+and ``ICECC=no``, extra files, environments, the remote attempt and, on any
+cluster failure, a local build in a daemon slot (or under the lock files).
+
+The protocol is imported only once a daemon answered: with
+``ICECC=disable`` or no daemon the wrapper runs on the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from iceserv.client.env import ClientEnv
+from iceserv.client.log import ClientLog
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import _socket
+    from collections.abc import Sequence
+    from typing import Final
+
+    from iceserv.client.args import Analysis
+    from iceserv.client.environments import Environment
+    from iceserv.client.job import Job
+    from iceserv.client.remote import Channel
+
+__all__ = ["main"]
+
+ICECC_VERSION: Final = "1.4.0"  # what we are compatible with, as "icecc --version" says
+EXIT_TEST_SOCKET_ERROR: Final = 119
+LOCAL_GO_TIMEOUT: Final = 2400.0
+USAGE: Final = """\
+Usage:
+   icecc [compiler] [compile options] -o OBJECT -c SOURCE
+   icecc --build-native [compiler] [file...]
+   icecc --help
+
+Options:
+   --help                     explain usage and exit
+   --version                  show version and exit
+   --build-native             create icecc environment
+Environment Variables:
+   ICECC                      If set to "no", just exec the real compiler.
+                              If set to "disable", just exec the real compiler, but without
+                              notifying the daemon and only run one job at a time.
+   ICECC_VERSION              use a specific icecc environment, see icecc-create-env
+   ICECC_DEBUG                [info | warning | debug]
+   ICECC_LOGFILE              if set, additional debug information is logged to the specified file
+   ICECC_REPEAT_RATE          (read, not supported by iceserv: jobs are compiled once)
+   ICECC_PREFERRED_HOST       overrides scheduler decisions if set.
+   ICECC_CC                   set C compiler name (default gcc).
+   ICECC_CXX                  set C++ compiler name (default g++).
+   ICECC_REMOTE_CPP           set to 1 or 0 to override remote preprocessing
+   ICECC_CLANG_REMOTE_CPP     set to 1 or 0 to override remote preprocessing for clang
+   ICECC_IGNORE_UNVERIFIED    if set, hosts where environment cannot be verified are not used.
+   ICECC_EXTRAFILES           additional files used in the compilation.
+   ICECC_COLOR_DIAGNOSTICS    set to 1 or 0 to override color diagnostics support.
+   ICECC_CARET_WORKAROUND     set to 1 or 0 to override gcc show caret workaround.
+   ICECC_COMPRESSION          if set, the libzstd compression level (1 to 19, default: 1)
+   ICECC_ENV_COMPRESSION      compression type for icecc environments [none|gzip|bzip2|zstd|xz]
+   ICECC_SLOW_NETWORK         set to 1 to send network data in smaller chunks
+"""
+ICERUN_USAGE: Final = """\
+Usage:
+   icerun [command]
+   icerun --help
+
+Options:
+   --help                     explain usage and exit
+   --version                  show version and exit
+Environment Variables:
+   ICECC                      if set to "no", just exec the real command
+   ICECC_DEBUG                [info | warning | debug]
+   ICECC_LOGFILE              if set, additional debug information is logged to the specified file
+
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the wrapper for *argv* (default ``sys.argv``; ``argv[0]`` picks the mode)."""
+    env = ClientEnv.current()
+    diag = ClientLog(env.debug_level, env.logfile)
+    return _Run(list(sys.argv if argv is None else argv), env, diag).run()
+
+
+class _Run:
+    """One wrapper invocation."""
+
+    def __init__(self, argv: list[str], env: ClientEnv, diag: ClientLog) -> None:
+        self.argv, self.env, self.diag = argv, env, diag
+        self.own = argv[0] if "/" in argv[0] else None  # our own executable, to skip on PATH
+        try:
+            self.cwd = os.getcwd()  # noqa: PTH109 - pathlib costs import time
+        except OSError:
+            self.cwd = ""
+
+    def run(self) -> int:
+        from iceserv.client.local import read_response_file  # noqa: PLC0415
+        from iceserv.client.respfile import expand_response_files  # noqa: PLC0415
+
+        argv = self.argv = expand_response_files(self.argv, read_response_file)
+        self.diag.debug("invoked as: " + " ".join(argv))
+        prog = argv[0].rpartition("/")[2]
+        compiler, start, icerun = "", 1, False
+        if prog in ("icecc", "icerun"):
+            icerun = prog == "icerun"
+            first = argv[1] if len(argv) > 1 else ""
+            early = self.early_option(first, icerun=icerun)
+            if early is not None:
+                return early
+            if first:
+                compiler, start = first, 2
+        else:
+            icerun = _links_to_icerun(argv[0])
+        return self.compile(compiler, argv[start:], icerun=icerun, prog=prog)
+
+    def early_option(self, first: str, *, icerun: bool) -> int | None:
+        """``--help``, ``--version``, ``--build-native``: answered before anything else."""
+        if first == "--help":
+            sys.stdout.write(ICERUN_USAGE if icerun else USAGE)
+            return 0
+        if first == "--version":
+            from iceserv._version import VERSION  # noqa: PLC0415
+
+            name = "ICERUN" if icerun else "ICECC"
+            sys.stdout.write(f"{name} {ICECC_VERSION} (iceserv {VERSION})\n")
+            return 0
+        if first == "--build-native" and not icerun:
+            from iceserv.client.createenv import build_native  # noqa: PLC0415
+
+            return build_native(self.argv[2:], self.env, self.diag)
+        return None
+
+    def compile(self, compiler: str, args: list[str], *, icerun: bool, prog: str) -> int:
+        from iceserv.client.args import analyse  # noqa: PLC0415
+        from iceserv.client.local import (  # noqa: PLC0415
+            EXIT_RECURSION,
+            SAFEGUARD_MAX_LEVEL,
+            color_terminal,
+            irregular,
+            readable,
+        )
+        from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
+
+        env, diag = self.env, self.diag
+        if env.safeguard_level >= SAFEGUARD_MAX_LEVEL:
+            diag.error("icecream seems to have invoked itself recursively!")
+            return EXIT_RECURSION
+        sock = None
+        if not env.disabled:
+            try:
+                sock = find_local_daemon(env)
+            except TestSocketError:
+                diag.error("test socket error")
+                return EXIT_TEST_SOCKET_ERROR
+        analysis = analyse(
+            args, compiler_name=(compiler or prog).rpartition("/")[2], compiler_path=compiler,
+            icerun=icerun, env=env, cwd=self.cwd, readable=readable, irregular=irregular,
+            color_terminal=color_terminal(env),
+        )  # fmt: skip
+        if analysis.local_reason is not None:
+            diag.info(f"building locally: {analysis.local_reason}")
+        if sock is None:
+            if not env.disabled:
+                diag.warning("no local daemon found")
+            return self.local(analysis.job, daemon=None)
+        return self.with_daemon(sock, analysis)
+
+    def local(self, job: Job, daemon: Channel | None) -> int:
+        from iceserv.client.local import build_local  # noqa: PLC0415
+
+        return build_local(job, self.env, self.diag, daemon=daemon is not None, own=self.own)[0]
+
+    def with_daemon(self, sock: _socket.socket, analysis: Analysis) -> int:
+        """Build with the daemon that answered: remote unless told otherwise, else in a slot."""
+        from iceserv.client.remote import Channel, ClusterError  # noqa: PLC0415
+
+        daemon = Channel(sock, name="local daemon", env=self.env)
+        job = analysis.job
+        try:
+            local = analysis.local_reason is not None or self.env.local_only
+            if not local:
+                completed = self.complete(analysis)
+                local = completed is None
+                job = completed or job
+            if not local:
+                try:
+                    status = self.remote(job, analysis, daemon)
+                except ClusterError as exc:
+                    self.diag.warning(f"local build forced by remote exception: {exc}")
+                    fresh = self.reconnect(daemon)
+                    if fresh is None:
+                        return self.local(job, daemon=None)
+                    daemon = fresh
+                else:
+                    if status is not None:
+                        return status
+            return self.local_in_slot(job, daemon)
+        finally:
+            daemon.close()
+
+    def reconnect(self, spent: Channel) -> Channel | None:
+        """Open a new daemon connection for the local build (1.4 does not reuse the old one)."""
+        from iceserv.client.remote import Channel  # noqa: PLC0415
+        from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
+
+        spent.close()
+        try:
+            sock = find_local_daemon(self.env)
+        except TestSocketError:
+            sock = None
+        return None if sock is None else Channel(sock, name="local daemon", env=self.env)
+
+    def complete(self, analysis: Analysis) -> Job | None:
+        """Run the compiler for what the remote job still needs; None means build locally."""
+        from iceserv.client.job import REMOTE  # noqa: PLC0415
+        from iceserv.client.local import find_compiler, read_command_output  # noqa: PLC0415
+        from iceserv.client.native import arch_flags, replace_native  # noqa: PLC0415
+
+        job = analysis.job
+        compiler = find_compiler(job, self.env, self.own)
+        environ = self.env.child_environ(2)
+        if analysis.clang_target:
+            target = read_command_output([compiler, "-dumpmachine"], environ).partition("\n")[0]
+            if not target:
+                self.diag.error("failed to read default clang host platform, building locally")
+                return None
+            job = job.evolve(args=(*job.args, ("-target", REMOTE), (target, REMOTE)))
+        if analysis.native:
+            probe = [compiler, "-###", "-E", "-"]
+            normal = read_command_output(probe, environ, fd=2)
+            flagged = read_command_output([*probe, *analysis.native], environ, fd=2)
+            flags = arch_flags(normal, flagged, clang=job.is_clang)
+            if flags is None:
+                self.diag.error("failed to read -march/cpu/tune=native flags, building locally")
+                return None
+            job = replace_native(job, flags)
+        return job
+
+    def remote(self, job: Job, analysis: Analysis, daemon: Channel) -> int | None:
+        """Pick environments and build remotely; None when the job must be local after all."""
+        from iceserv.client.environments import host_platform  # noqa: PLC0415
+        from iceserv.client.remote import Remote  # noqa: PLC0415
+        from iceserv.protocol import End  # noqa: PLC0415
+
+        platform = host_platform()
+        extrafiles = self.extrafiles(analysis)
+        if extrafiles is None:
+            return None
+        envs = self.environments(job, daemon, extrafiles, platform)
+        if not envs:
+            return None
+        status = Remote(job, daemon, envs, env=self.env, diag=self.diag, cwd=self.cwd,
+                        platform=platform, own=self.own).run()  # fmt: skip
+        if status == 0:
+            daemon.send(End())  # "all fine": the server reports the job, not our daemon
+        return status
+
+    def extrafiles(self, analysis: Analysis) -> list[str] | None:
+        """Return the extra files plus ``ICECC_EXTRAFILES``; None if one of those is missing."""
+        from iceserv.client.environments import parse_extrafiles  # noqa: PLC0415
+        from iceserv.client.job import absolute  # noqa: PLC0415
+
+        files = list(analysis.extrafiles)
+        if self.env.extrafiles is None:
+            return files
+        more, missing = parse_extrafiles(self.env.extrafiles, lambda p: absolute(p, self.cwd),
+                                         os.path.exists)  # fmt: skip
+        if missing is not None:
+            self.diag.warning(f"File in ICECC_EXTRAFILES not found: {missing}")
+            return None
+        return files + more
+
+    def environments(self, job: Job, daemon: Channel, extrafiles: list[str],
+                     platform: str) -> list[Environment]:  # fmt: skip
+        """``ICECC_VERSION``'s environments, or the native one the daemon makes."""
+        from iceserv.client import environments as envs  # noqa: PLC0415
+        from iceserv.client.job import absolute  # noqa: PLC0415
+        from iceserv.client.local import find_compiler  # noqa: PLC0415
+        from iceserv.client.remote import ask_native_env  # noqa: PLC0415
+        from iceserv.protocol import Feature  # noqa: PLC0415
+
+        if self.env.version is not None:
+            return envs.parse_icecc_version(
+                self.env.version, platform=platform, prefix=envs.find_prefix(job.compiler_name),
+                usable=envs.usable_tarball, warn=self.diag.error,
+            )  # fmt: skip
+        if extrafiles and not daemon.supports(Feature.NATIVE_ENV_EXTRAFILES):
+            self.diag.warning("Local daemon is too old to handle extra files.")
+            return []
+        compiler = absolute(find_compiler(job, self.env, self.own), self.cwd)
+        native = ask_native_env(daemon, compiler, extrafiles, self.env)
+        if native is None:
+            self.diag.warning("daemon can't determine native environment. "
+                              "Set $ICECC_VERSION to an icecc environment.")  # fmt: skip
+            return []
+        return [envs.Environment(platform, envs.env_name(native) or "", native)]
+
+    def local_in_slot(self, job: Job, daemon: Channel) -> int:
+        """§5.1.3: JOB_LOCAL_BEGIN, wait for the go, compile; lock files if the daemon fails."""
+        import time  # noqa: PLC0415
+
+        from iceserv.client.job import absolute  # noqa: PLC0415
+        from iceserv.client.remote import ClusterError  # noqa: PLC0415
+        from iceserv.protocol import JobLocalBegin  # noqa: PLC0415
+
+        try:
+            outfile = absolute(job.output_file, self.cwd)
+            daemon.send(JobLocalBegin(stime=int(time.time()), outfile=outfile, id=0))
+            go = daemon.receive(LOCAL_GO_TIMEOUT)
+        except ClusterError:
+            go = None
+        if not isinstance(go, JobLocalBegin):
+            daemon.close()
+            return self.local(job, daemon=None)
+        return self.local(job, daemon=daemon)
+
+
+def _links_to_icerun(path: str) -> bool:
+    """Whether *path* is a symlink whose target is named ``icerun`` (1.4 ``resolve_link``)."""
+    try:
+        return os.readlink(path).rpartition("/")[2] == "icerun"  # noqa: PTH115 - import time
+    except OSError:
+        return False

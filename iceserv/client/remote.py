@@ -1,0 +1,447 @@
+"""The wrapper's protocol conversations: local daemon, scheduler answer, compile server.
+
+Owns :class:`Channel` (a :class:`~iceserv.protocol.Connection` over a
+blocking socket, every wait bounded by the §7.8 time-outs) and the remote
+side of 1.4's client (``client/remote.cpp``): asking for the native
+environment, GET_CS and its USE_CS answer, the "compile it yourself" path
+(USE_CS to 127.0.0.1, §5.1.2), and the remote job of §5.1.1 (environment
+transfer and verification, COMPILE_FILE, the preprocessed source, the result
+and the object and ``.dwo`` files, §8.7 result handling).
+
+Every failure that 1.4 answers with a local build raises
+:class:`ClusterError` (its 1.4 error number in ``code``); the caller then
+builds locally.  The only failure returned as a status is a preprocessor
+that failed for a reason other than gcc's ``-fdirectives-only``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+from iceserv.client.job import (
+    LANG_OBJC,
+    LANG_OBJCXX,
+    colorify,
+    colorify_wanted,
+    output_needs_workaround,
+)
+from iceserv.client.local import HostLock, build_local, color_terminal, spawn, wait
+from iceserv.client.sockets import connect_tcp
+from iceserv.errors import IceservError, ProtocolError
+from iceserv.protocol import (
+    CHUNK_SIZE,
+    NEED_DATA,
+    BlacklistHostEnv,
+    CompileFile,
+    CompileResult,
+    Connection,
+    ConnectionClosed,
+    ConnectionState,
+    End,
+    EnvEntry,
+    EnvTransfer,
+    Feature,
+    FileChunk,
+    GetCS,
+    GetNativeEnv,
+    Handshake,
+    JobDone,
+    JobDoneFlag,
+    Message,
+    StatusText,
+    UseCS,
+    UseNativeEnv,
+    VerifyEnv,
+    VerifyEnvResult,
+)
+from iceserv.protocol.compression import DEFAULT_LEVEL
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import _socket
+    from typing import BinaryIO, Final, NoReturn
+
+    from iceserv.client.env import ClientEnv
+    from iceserv.client.environments import Environment
+    from iceserv.client.job import Job
+    from iceserv.client.log import ClientLog
+
+__all__ = ["Channel", "ClusterError", "Remote", "ask_native_env"]
+
+# Time-outs in seconds (reference §7.8).
+HANDSHAKE_TIMEOUT: Final = 15.0
+NATIVE_ENV_TIMEOUT: Final = 240.0
+USE_CS_TIMEOUT: Final = 240.0
+USE_CS_NICED_TIMEOUT: Final = 3600.0
+CONNECT_TIMEOUT: Final = 10.0
+VERIFY_TIMEOUT: Final = 60.0
+RESULT_TIMEOUT: Final = 720.0
+CHUNK_TIMEOUT: Final = 40.0
+SEND_TIMEOUT: Final = 30.0
+_SLOW_WRITE: Final = 10 * 1024  # ICECC_SLOW_NETWORK: bytes per send()
+_MIN_PROTOCOL: Final = 21
+_SELF: Final = "127.0.0.1"
+
+
+class ClusterError(IceservError, RuntimeError):
+    """The cluster let the job down; build it locally.  ``code`` is 1.4's error number."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"Error {code} - {message}")
+        self.code = code
+
+
+class Channel:
+    """One blocking binary channel; *name* is the peer for messages."""
+
+    def __init__(self, sock: _socket.socket, *, name: str, env: ClientEnv) -> None:
+        self.sock = sock
+        self.name = name
+        level = env.compression_level if env.compression_level is not None else DEFAULT_LEVEL
+        self.conn = Connection(compression_level=level)
+        self._slow = env.slow_network
+        self._flush()  # our half of the handshake goes out at once
+
+    def _flush(self) -> None:
+        data = memoryview(self.conn.data_to_send())
+        step = _SLOW_WRITE if self._slow else len(data) or 1
+        self.sock.settimeout(SEND_TIMEOUT)
+        try:
+            for start in range(0, len(data), step):
+                self.sock.sendall(data[start : start + step])
+        except OSError as exc:
+            raise ClusterError(15, f"write to {self.name} failed: {exc}") from None
+
+    def open(self) -> None:
+        """Finish the version handshake (the peer answers within 15 s)."""
+        if self.conn.state is ConnectionState.AWAIT_PEER_VERSION or (
+            self.conn.state is ConnectionState.AWAIT_PEER_MINIMUM
+        ):
+            event = self._event(HANDSHAKE_TIMEOUT)
+            if not isinstance(event, Handshake):
+                raise ClusterError(13, f"no handshake from {self.name}")
+
+    def supports(self, feature: Feature) -> bool:
+        """Whether the negotiated protocol has *feature* (after :meth:`open`)."""
+        self.open()
+        return self.conn.supports(feature)
+
+    def send(self, *messages: Message) -> None:
+        """Send *messages* (opening the channel first if needed)."""
+        self.open()
+        try:
+            for msg in messages:
+                self.conn.send(msg)
+        except ProtocolError as exc:
+            raise ClusterError(9, f"cannot send to {self.name}: {exc}") from None
+        self._flush()
+
+    def _event(self, timeout: float) -> object:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.conn.next_event()
+            except ProtocolError as exc:
+                raise ClusterError(13, f"protocol error from {self.name}: {exc}") from None
+            self._flush()  # e.g. our handshake answer: the peer may wait for it
+            if event is not NEED_DATA:
+                return event
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ClusterError(14, f"timed out waiting for {self.name}")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(1 << 20)
+            except OSError as exc:
+                raise ClusterError(14, f"error reading from {self.name}: {exc}") from None
+            self.conn.receive_data(data)
+
+    def receive(self, timeout: float) -> Message:
+        """Return the next message; STATUS_TEXT (a remote failure), EOF and time-outs raise."""
+        self.open()
+        event = self._event(timeout)
+        if isinstance(event, ConnectionClosed):
+            raise ClusterError(19, f"{self.name} closed the connection")
+        if isinstance(event, StatusText):
+            raise ClusterError(23, f"remote status (compiled on {self.name}): {event.text}")
+        return event  # type: ignore[return-value]  # after the handshake only messages come
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+def ask_native_env(daemon: Channel, compiler: str, extrafiles: list[str],
+                   env: ClientEnv) -> str | None:  # fmt: skip
+    """GET_NATIVE_ENV: the daemon's tarball path for *compiler*, or None (§5.4).
+
+    *compiler* is the absolute compiler path; daemons older than protocol 41
+    only know "gcc" and "clang".  The daemon may take minutes to build it.
+    """
+    if not daemon.supports(Feature.NATIVE_ENV_FULL_PATH):
+        compiler = "clang" if "clang" in compiler.rpartition("/")[2] else "gcc"
+    daemon.send(GetNativeEnv(compiler, tuple(extrafiles), env.env_compression or ""))
+    try:
+        reply = daemon.receive(NATIVE_ENV_TIMEOUT)
+    except ClusterError:
+        return None
+    if not isinstance(reply, UseNativeEnv) or not os.access(reply.native_version, os.R_OK):
+        return None
+    return reply.native_version
+
+
+class Remote:
+    """One remote attempt of a job (1.4 ``build_remote`` with a repeat rate of 0)."""
+
+    def __init__(self, job: Job, daemon: Channel, envs: list[Environment], *,  # noqa: PLR0913
+                 env: ClientEnv, diag: ClientLog, cwd: str, platform: str,
+                 own: str | None) -> None:  # fmt: skip
+        self.job, self.daemon, self.envs = job, daemon, envs
+        self.env, self.diag, self.cwd, self.platform, self.own = env, diag, cwd, platform, own
+
+    def minimal_version(self, features: int) -> int:
+        """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise to 42 for xz/zstd envs."""
+        version = _MIN_PROTOCOL
+        if self.env.ignore_unverified:
+            version = max(version, 31)
+        if self.job.dwarf_fission:
+            version = max(version, 35)
+        if features:
+            version = max(version, 42)
+        return version
+
+    def get_cs(self) -> GetCS:
+        """Build the GET_CS for this job."""
+        from iceserv.client.environments import required_features  # noqa: PLC0415
+        from iceserv.client.job import absolute, shorten_filename  # noqa: PLC0415
+
+        features = required_features(self.env.env_compression)
+        minimal = self.minimal_version(features)
+        name = self.job.get_cs_filename(absolute(self.job.input_file, self.cwd))
+        try:
+            nice = max(0, min(20, os.getpriority(os.PRIO_PROCESS, 0)))
+        except OSError:
+            nice = 0
+        return GetCS(
+            versions=tuple(EnvEntry(e.platform, e.name) for e in self.envs if e.name),
+            filename=shorten_filename(name), lang=self.job.lang, count=1,
+            target=self.platform, arg_flags=self.job.arg_flags(), client_id=0,
+            preferred_host=self.env.preferred_host, ignore_unverified=int(minimal >= 31),
+            minimal_host_version=minimal, client_count=0, required_features=features,
+            niceness=nice,
+        )  # fmt: skip
+
+    def run(self) -> int:
+        """Ask for a server and compile there (or here, if told to); return the status."""
+        if not any(e.name for e in self.envs):
+            raise ClusterError(22, "$ICECC_VERSION needs to point to .tar files")
+        request = self.get_cs()
+        self.daemon.send(request)
+        timeout = USE_CS_NICED_TIMEOUT if request.niceness > 0 else USE_CS_TIMEOUT
+        use = self.daemon.receive(timeout)
+        if not isinstance(use, UseCS):
+            raise ClusterError(1, f"expected use_cs reply, but got {type(use).__name__}")
+        if use.hostname == _SELF and not (self.env.test_remotebuild and use.port != 0):
+            return self.compile_here(use)
+        return self.compile_there(use)
+
+    def compile_here(self, use: UseCS) -> int:
+        """§5.1.2: tell the daemon, compile locally in its slot, report JOB_DONE."""
+        job = self.job
+        self.daemon.send(self._compile_file(use.job_id, "__client", self.daemon))
+        start = time.monotonic()
+        status, user, system, faults = build_local(job, self.env, self.diag, daemon=True,
+                                                   own=self.own)  # fmt: skip
+        size = sum(_size(path) for path in (job.output_file, job.dwo_file()))
+        self.daemon.send(
+            JobDone(job_id=use.job_id, exitcode=status,
+                    real_msec=int((time.monotonic() - start) * 1000),
+                    user_msec=int(user * 1000), sys_msec=int(system * 1000), pfaults=faults,
+                    out_uncompressed=size, flags=JobDoneFlag.FROM_SUBMITTER)
+        )  # fmt: skip
+        return status
+
+    def _compile_file(self, job_id: int, environment: str, peer: Channel) -> CompileFile:
+        job, args = self.job, tuple(self.job.non_local_flags())
+        if job.lang in (LANG_OBJC, LANG_OBJCXX) and not peer.supports(Feature.OBJC_LANG):
+            args += ("-x", "objective-c" if job.lang == LANG_OBJC else "objective-c++")
+        if not peer.supports(Feature.COMPILER_NAME) and "clang" in job.compiler_name:
+            args = ("clang", *args)  # for the compilerwrapper of pre-30 servers
+        return CompileFile(lang=job.lang, job_id=job_id, args=args, environment=environment,
+                           target=self.platform, compiler_name=job.remote_compiler_name(),
+                           input_file=job.input_file, working_dir=self.cwd,
+                           output_file=job.output_file,
+                           dwarf_fission=job.dwarf_fission)  # fmt: skip
+
+    def compile_there(self, use: UseCS) -> int:
+        """§5.1.1 steps 9-14 against the compile server *use* names."""
+        envs = {e.platform: e for e in self.envs}
+        chosen = envs.get(use.host_platform)
+        if chosen is None:
+            raise ClusterError(2, f"no environment for platform {use.host_platform!r}")
+        sock = connect_tcp(use.hostname, use.port, CONNECT_TIMEOUT)
+        if sock is None:
+            raise ClusterError(2, f"no server found at {use.hostname}")
+        server = Channel(sock, name=use.hostname, env=self.env)
+        try:
+            server.open()
+            if not use.got_env:
+                self.transfer_env(server, chosen, use.hostname)
+            if not server.supports(Feature.VERIFY_ENV) and self.env.ignore_unverified:
+                raise ClusterError(26, f"environment on {use.hostname} cannot be verified")
+            server.send(self._compile_file(use.job_id, chosen.name, server))
+            status = self.send_source(server)
+            if status is not None:
+                return status
+            return self.receive_result(server)
+        finally:
+            server.close()
+
+    def transfer_env(self, server: Channel, chosen: Environment, hostname: str) -> None:
+        """TRANFER_ENV + the tarball, then VERIFY_ENV; blacklist the host if it refuses."""
+        server.send(EnvTransfer(chosen.name, self.platform))
+        try:
+            with open(chosen.path, "rb") as tarball:  # noqa: PTH123 - pathlib costs import time
+                while piece := tarball.read(CHUNK_SIZE):
+                    server.send(FileChunk(piece))
+        except OSError as exc:
+            raise ClusterError(5, f"unable to read {chosen.path}: {exc}") from None
+        server.send(End())
+        if not server.supports(Feature.VERIFY_ENV):
+            return
+        server.send(VerifyEnv(chosen.name, self.platform))
+        reply = server.receive(VERIFY_TIMEOUT)
+        if not isinstance(reply, VerifyEnvResult):
+            raise ClusterError(25, "other error verifying environment on remote")
+        if not reply.ok:
+            self.diag.warning(f"Host {hostname} did not successfully verify environment.")
+            self.daemon.send(BlacklistHostEnv(chosen.name, self.platform, hostname))
+            raise ClusterError(24, f"remote {hostname} unable to handle environment")
+
+    def send_source(self, server: Channel) -> int | None:
+        """Stream the preprocessor's output; None, or the status of a failed preprocessor."""
+        from iceserv.client.local import find_compiler  # noqa: PLC0415
+
+        job = self.job
+        argv = job.cpp_argv(find_compiler(job, self.env, self.own), self.env,
+                            lambda p: os.access(p, os.R_OK))  # fmt: skip
+        self.diag.debug("preparing source to send: " + " ".join(argv))
+        lock = HostLock()
+        if not lock.acquire():
+            self.diag.error("can't lock for local cpp")
+            return 100
+        try:
+            read_fd, write_fd = os.pipe()
+            try:
+                pid = spawn(argv, self.env.child_environ(2), stdout=write_fd)
+            except OSError:
+                os.close(read_fd)
+                raise ClusterError(18, "cannot start the preprocessor") from None
+            finally:
+                os.close(write_fd)
+            try:
+                self._stream(server, read_fd, lock)
+            except ClusterError:
+                os.kill(pid, 15)  # SIGTERM, as 1.4 does
+                wait(pid)
+                raise
+            finally:
+                os.close(read_fd)
+        finally:
+            lock.release()
+        status = wait(pid)[0]
+        if status != 0:
+            if not job.is_clang and job.rewrite_includes(self.env):
+                raise ClusterError(103, "local cpp invocation failed, trying to recompile locally")
+            return status
+        server.send(End())
+        return None
+
+    @staticmethod
+    def _stream(server: Channel, read_fd: int, lock: HostLock) -> None:
+        # Full 100 000-byte chunks as 1.4 sends them; the lock limits concurrent
+        # preprocessors, so it is given back while the network is busy.
+        buffer = bytearray()
+        while True:
+            data = os.read(read_fd, CHUNK_SIZE - len(buffer))
+            buffer += data
+            if buffer and (not data or len(buffer) == CHUNK_SIZE):
+                lock.release()
+                server.send(FileChunk(bytes(buffer)))
+                buffer.clear()
+                if not lock.acquire():
+                    raise ClusterError(32, "lock failed")
+            if not data:
+                return
+
+    def receive_result(self, server: Channel) -> int:
+        """COMPILE_RESULT and the files; §8.7's reasons to redo the job locally raise."""
+        job = self.job
+        result = server.receive(RESULT_TIMEOUT)
+        if not isinstance(result, CompileResult):
+            raise ClusterError(13, "did not get compile response message")
+        if result.status and result.was_out_of_memory:
+            raise ClusterError(101, "the server ran out of memory, recompiling locally")
+        if (result.out or result.err) and output_needs_workaround(job, self.env):
+            raise ClusterError(102, "command needs stdout/stderr workaround, recompiling locally")
+        if "file not found" in result.err:
+            raise ClusterError(104, "remote is missing file, recompiling locally")
+        _write(sys.stdout.buffer, result.out)
+        terminal = color_terminal(self.env)
+        err = result.err
+        if colorify_wanted(job, self.env, color_terminal=terminal):
+            err = colorify(err)
+        _write(sys.stderr.buffer, err)
+        if result.status == 0:
+            _receive_file(server, job.output_file)
+            if result.have_dwo:
+                _receive_file(server, job.dwo_file())
+        return result.status
+
+
+def _write(buffer: BinaryIO, text: str) -> None:
+    if text:
+        buffer.write(text.encode("utf-8", "surrogateescape"))
+        buffer.flush()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size  # noqa: PTH116 - pathlib costs import time
+    except OSError:
+        return 0
+
+
+def _receive_file(server: Channel, path: str) -> None:
+    """FILE_CHUNKs up to END into ``<path>_icetmp``, then renamed to *path*."""
+    temporary = path + "_icetmp"
+    try:
+        fd = os.open(temporary, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o666)
+    except OSError as exc:
+        raise ClusterError(31, f"can't create {temporary}: {exc}") from None
+    try:
+        while True:
+            msg = server.receive(CHUNK_TIMEOUT)
+            if isinstance(msg, End):
+                break
+            if not isinstance(msg, FileChunk):
+                _unexpected()
+            view = memoryview(msg.data)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.close(fd)
+        fd = -1
+        os.rename(temporary, path)  # noqa: PTH104 - pathlib costs import time
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)  # noqa: PTH108 - pathlib costs import time
+        raise
+
+
+def _unexpected() -> NoReturn:
+    raise ClusterError(20, "unexpected message")

@@ -1,0 +1,83 @@
+"""Reaching the local daemon and compile servers with plain blocking sockets.
+
+Owns the order in which 1.4's ``icecc`` looks for its local daemon
+(reference §1.2: ``ICECC_TEST_SOCKET`` only, else the two system sockets,
+``$HOME/.iceccd.socket`` and TCP 127.0.0.1:10245) and TCP connects with a
+time-out.  It uses ``_socket`` directly: ``socket`` would add ~12 ms of
+imports to every compiler call.  It must not speak the protocol (that is
+``remote``, which imports :mod:`iceserv.protocol` only once a daemon answered).
+"""
+
+from __future__ import annotations
+
+import _socket
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+    from iceserv.client.env import ClientEnv
+
+__all__ = ["TestSocketError", "connect_tcp", "connect_unix", "find_local_daemon"]
+
+DAEMON_PORT: Final = 10245  # iceserv.protocol.DAEMON_PORT, which is not imported yet
+_SYSTEM_SOCKETS: Final = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket")
+_LOCAL_CONNECT_TIMEOUT: Final = 10.0
+
+
+class TestSocketError(OSError):
+    """``ICECC_TEST_SOCKET`` is set but nothing answers there (1.4 exits 119)."""
+
+
+def connect_unix(path: str, timeout: float = _LOCAL_CONNECT_TIMEOUT) -> _socket.socket | None:
+    """Connect to a Unix stream socket; None if nobody listens there."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def connect_tcp(host: str, port: int, timeout: float) -> _socket.socket | None:
+    """Connect to an IPv4 *host* (name or dotted address) within *timeout*; None on failure.
+
+    Sets ``TCP_NODELAY`` and keepalive as 1.4's outgoing connections do (§1.3).
+    """
+    try:
+        address = _socket.gethostbyname(host)
+    except OSError:
+        return None
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((address, port))
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def find_local_daemon(env: ClientEnv) -> _socket.socket | None:
+    """1.4 ``get_local_daemon``: the first local daemon socket that accepts, or None.
+
+    Raises :class:`TestSocketError` when ``ICECC_TEST_SOCKET`` names a socket
+    nobody listens on: a test set-up error, not a reason to build locally.
+    """
+    if env.test_socket is not None:
+        sock = connect_unix(env.test_socket)
+        if sock is None:
+            raise TestSocketError(env.test_socket)
+        return sock
+    paths = list(_SYSTEM_SOCKETS)
+    if env.home is not None:
+        paths.append(env.home + "/.iceccd.socket")
+    for path in paths:
+        sock = connect_unix(path)
+        if sock is not None:
+            return sock
+    return connect_tcp("127.0.0.1", DAEMON_PORT, _LOCAL_CONNECT_TIMEOUT)
