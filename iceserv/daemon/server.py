@@ -80,11 +80,13 @@ class Daemon:
         )  # fmt: skip
         self.sessions: dict[int, ClientSession] = {}
         self.own_ip = ""
+        self.port = settings.port
         self.free_mem_mb = 0
         self._ids = itertools.count(1)
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._link_task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()  # set whenever a slot is released
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -103,28 +105,50 @@ class Daemon:
         finally:
             os.umask(old_umask)
         for address in self.settings.listen_addresses:
-            self._servers.append(await asyncio.start_server(
-                self._accept, address, self.settings.port, reuse_address=True, backlog=1024,
-                limit=_READ_LIMIT))  # fmt: skip
+            server = await asyncio.start_server(
+                self._accept, address, self.port, reuse_address=True, backlog=1024,
+                limit=_READ_LIMIT,
+            )
+            self.port = server.sockets[0].getsockname()[1]  # port 0: the one chosen
+            self._servers.append(server)
         self._link_task = asyncio.create_task(self.link.run())
-        log.info("daemon_started", socket=str(path), port=self.settings.port,
+        log.info("daemon_started", socket=str(path), port=self.port,
                  listen=list(self.settings.listen_addresses), max_kids=self.settings.max_kids,
                  chroot_possible=self.settings.chroot_possible, user=self.run_as.name)  # fmt: skip
 
-    async def stop(self) -> None:
-        """Stop accepting, end all clients, leave the scheduler."""
+    async def stop_accepting(self) -> None:
+        """Close the listeners, leave the scheduler, end every client not being compiled for."""
         for server in self._servers:
             server.close()
-        for session in list(self.sessions.values()):
-            session.close()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.settings.write_timeout)
-        for task in list(self._tasks):
-            task.cancel()
         if self._link_task is not None:
             self._link_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._link_task
+            self._link_task = None
+        for session in list(self.sessions.values()):
+            if not session.compiling:
+                session.drop(_EXIT_NO_HOSTS)
+
+    @property
+    def in_flight(self) -> int:
+        """Remote compiles and installs still running."""
+        return self.slots.children
+
+    async def wait_idle(self) -> None:
+        """Return once no compile or install runs (the caller bounds the wait)."""
+        while self.in_flight:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        """End every client (killing running compilers) and remove the Unix socket."""
+        await self.stop_accepting()
+        for session in list(self.sessions.values()):
+            session.drop(_EXIT_NO_HOSTS)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.settings.write_timeout)
+        for task in list(self._tasks):
+            task.cancel()
         for server in self._servers:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.write_timeout):
@@ -132,6 +156,10 @@ class Daemon:
         with contextlib.suppress(OSError):
             self.settings.unix_socket.unlink()
         log.info("daemon_stopped")
+
+    async def stop(self) -> None:
+        """Stop at once: :meth:`stop_accepting`, then :meth:`close`."""
+        await self.close()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self.sessions) >= self.settings.max_clients:
@@ -190,6 +218,7 @@ class Daemon:
 
     def schedule(self) -> None:
         """Start whatever the free slots allow (reference §5.3)."""
+        self._idle.set()
         for grant in self.slots.schedule(self.tracker.current_load):
             session = self.sessions.get(grant.client_id)
             if session is None:
@@ -208,7 +237,7 @@ class Daemon:
             return Login(port=0, envs=envs, nodename=nodename,
                          chroot_possible=self.settings.chroot_possible,
                          supported_features=features)  # fmt: skip
-        return Login(port=self.settings.port if self.settings.remote_allowed else 0,
+        return Login(port=self.port if self.settings.remote_allowed else 0,
                      max_kids=self.settings.max_kids, envs=envs, nodename=nodename,
                      host_platform=self.settings.platform,
                      chroot_possible=self.settings.chroot_possible,

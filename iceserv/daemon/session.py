@@ -91,6 +91,11 @@ class SessionHost(Protocol):
         ...
 
     @property
+    def port(self) -> int:
+        """Our TCP port (0 without one), for USE_CS to ourselves."""
+        ...
+
+    @property
     def scheduler_connected(self) -> bool:
         """Whether the daemon is logged in to a scheduler."""
         ...
@@ -280,7 +285,7 @@ class ClientSession:
         if not self.host.scheduler_connected:
             # No scheduler: nobody to ask, so the client compiles itself (1.4 does the same).
             self.job_id = self.client_id
-            self._pending(UseCS(job_id=self.client_id, port=self.host.settings.port,
+            self._pending(UseCS(job_id=self.client_id, port=self.host.port,
                                 hostname="127.0.0.1", host_platform=msg.target, got_env=True,
                                 client_id=1))  # fmt: skip
             return
@@ -295,7 +300,7 @@ class ClientSession:
             self._log.warning("unexpected_scheduler_answer", state=self.state.name)
             return
         self.job_id = msg.job_id
-        port = self.host.settings.port
+        port = self.host.port
         if isinstance(msg, NoCS):
             self._pending(UseCS(job_id=msg.job_id, port=port, hostname="127.0.0.1",
                                 got_env=True, client_id=1))  # fmt: skip

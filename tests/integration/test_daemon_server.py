@@ -1,0 +1,331 @@
+"""Our daemon in-process against a scripted scheduler and scripted clients (sockets on 127.0.0.1).
+
+Covers the local-client side of 1.4's daemon that the live tests only pass
+through on the happy path: GET_CS forwarding with client id and count,
+USE_CS/NO_CS routing (another host, ourselves, no scheduler), JOB_DONE from
+the submitter for abandoned requests, local jobs and their slot order,
+compile-yourself accounting, BLACKLIST_HOST_ENV, GET_INTERNALS, LOGIN
+contents, probes, and losing the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from iceserv.daemon import Daemon, RunAs, ServerSettings
+from iceserv.protocol import (
+    NEED_DATA,
+    BlacklistHostEnv,
+    CompileFile,
+    ConfCS,
+    Connection,
+    ConnectionClosed,
+    End,
+    GetCS,
+    GetInternalStatus,
+    Handshake,
+    JobBegin,
+    JobDone,
+    JobDoneFlag,
+    JobLocalBegin,
+    JobLocalDone,
+    Login,
+    Message,
+    NoCS,
+    Stats,
+    StatusText,
+    UseCS,
+)
+from iceserv.testing import FakeClock
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+WAIT = 10.0
+
+
+class Peer:
+    """One end of a binary channel in the test (a client, or the scheduler's side)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.conn = Connection()
+        self.writer.write(self.conn.data_to_send())
+
+    async def receive(self) -> Message | None:
+        """The next message (None when the other side closed); the handshake is skipped."""
+        async with asyncio.timeout(WAIT):
+            while True:
+                event = self.conn.next_event()
+                self.writer.write(self.conn.data_to_send())
+                if isinstance(event, ConnectionClosed):
+                    return None
+                if event is NEED_DATA:
+                    self.conn.receive_data(await self.reader.read(65536))
+                elif not isinstance(event, Handshake):
+                    return event
+
+    async def expect(self, kind: type) -> Any:
+        """Receive (skipping STATS unless that is wanted) and check the type."""
+        while True:
+            msg = await self.receive()
+            if kind is Stats or not isinstance(msg, Stats):
+                assert isinstance(msg, kind), msg
+                return msg
+
+    async def send(self, *messages: Message) -> None:
+        while self.conn.state.name != "OPEN":
+            event = self.conn.next_event()
+            self.writer.write(self.conn.data_to_send())
+            if event is NEED_DATA:
+                async with asyncio.timeout(WAIT):
+                    self.conn.receive_data(await self.reader.read(65536))
+        for msg in messages:
+            self.conn.send(msg)
+        self.writer.write(self.conn.data_to_send())
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class FakeScheduler:
+    """A TCP listener on 127.0.0.1 that hands out the daemon's connections."""
+
+    def __init__(self) -> None:
+        self.connections: asyncio.Queue[Peer] = asyncio.Queue()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self.connections.put(Peer(reader, writer))
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def daemon(self) -> tuple[Peer, Login]:
+        """Wait for the daemon's connection and its LOGIN; answer with CS_CONF."""
+        async with asyncio.timeout(WAIT):
+            peer = await self.connections.get()
+        login = await peer.expect(Login)
+        await peer.send(ConfCS())
+        return peer, login
+
+
+def _settings(tmp_path: Path, **changes: Any) -> ServerSettings:
+    options: dict[str, Any] = {
+        "unix_socket": tmp_path / "iceccd.socket", "env_basedir": tmp_path / "envs",
+        "listen_addresses": ("127.0.0.1",), "port": 0, "nodename": "testnode", "max_kids": 1,
+        "fast_reconnect": True,
+    }  # fmt: skip
+    options.update(changes)
+    return ServerSettings(**options)
+
+
+def run(tmp_path: Path, scenario: Callable[..., Awaitable[None]], *, scheduler: bool = True,
+        **changes: Any) -> None:  # fmt: skip
+    """Start a fake scheduler (optional) and our daemon, run *scenario*, stop everything."""
+
+    async def main() -> None:
+        fake = FakeScheduler()
+        await fake.start()
+        if scheduler:
+            changes.setdefault("scheduler", ("127.0.0.1", fake.port))
+        settings = _settings(tmp_path, **changes)
+        run_as = RunAs("me", os.getuid(), os.getgid(), switch=False)
+        daemon = Daemon(settings, run_as=run_as, clock=FakeClock())
+        await daemon.start()
+        try:
+            await scenario(daemon, fake, settings)
+        finally:
+            await daemon.stop()
+            assert fake.server is not None
+            fake.server.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+async def client(settings: ServerSettings) -> Peer:
+    reader, writer = await asyncio.open_unix_connection(str(settings.unix_socket))
+    return Peer(reader, writer)
+
+
+GET_CS = GetCS(filename="src/a.c", target="x86_64", minimal_host_version=21)
+
+
+class TestLogin:
+    def test_login_contents_and_internals(self, tmp_path):
+        """LOGIN carries port, slots, node, platform, chroot and features; internals answered."""
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, _: ServerSettings) -> None:
+            peer, login = await fake.daemon()
+            assert login.port == daemon.port > 0
+            assert (login.max_kids, login.nodename, login.supported_features) == (3, "testnode", 3)
+            assert login.chroot_possible is True
+            assert login.noremote is False
+            await peer.expect(Stats)
+            await peer.send(GetInternalStatus())
+            text = await peer.expect(StatusText)
+            assert "Node Name: testnode" in text.text
+
+        run(tmp_path, scenario, max_kids=3)
+
+    def test_no_remote_announces_port_zero(self, tmp_path):
+        """Without a TCP listener LOGIN says port 0 and noremote."""
+
+        async def scenario(_: Daemon, fake: FakeScheduler, __: ServerSettings) -> None:
+            _, login = await fake.daemon()
+            assert (login.port, login.noremote) == (0, True)
+
+        run(tmp_path, scenario, listen_addresses=())
+
+
+class TestGetCS:
+    def test_forwarded_and_answer_passed_back(self, tmp_path):
+        """GET_CS goes on with our client id and count; USE_CS for another host comes back."""
+
+        async def scenario(_: Daemon, fake: FakeScheduler, settings: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            first = await client(settings)
+            await first.send(GET_CS)
+            forwarded = await sched.expect(GetCS)
+            assert (forwarded.client_id, forwarded.client_count) == (1, 1)
+            assert forwarded.filename == "src/a.c"
+            use = UseCS(job_id=5, port=4242, hostname="10.0.0.9", host_platform="x86_64",
+                        client_id=1, matched_job_id=3)  # fmt: skip
+            await sched.send(use)
+            assert await first.expect(UseCS) == use
+            await first.send(End())  # good bye: nothing more for the scheduler
+            await sched.send(GetInternalStatus())
+            await sched.expect(StatusText)
+
+        run(tmp_path, scenario)
+
+    def test_no_scheduler_means_compile_yourself(self, tmp_path):
+        """Without a scheduler connection the client is told to use 127.0.0.1 at once."""
+
+        async def scenario(_: Daemon, __: FakeScheduler, settings: ServerSettings) -> None:
+            peer = await client(settings)
+            await peer.send(GET_CS)
+            use = await peer.expect(UseCS)
+            assert (use.hostname, use.job_id, use.host_platform, use.got_env) == (
+                "127.0.0.1", 1, "x86_64", True)  # fmt: skip
+
+        run(tmp_path, scenario, scheduler=False)
+
+    def test_no_cs_and_use_cs_to_ourselves(self, tmp_path):
+        """NO_CS, and USE_CS naming our own address and port, become USE_CS 127.0.0.1."""
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, settings: ServerSettings) -> None:
+            sched, login = await fake.daemon()
+            a, b = await client(settings), await client(settings)
+            await a.send(GET_CS)
+            await b.send(GET_CS)
+            await sched.expect(GetCS)
+            await sched.expect(GetCS)
+            await sched.send(NoCS(job_id=7, client_id=1))
+            use = await a.expect(UseCS)
+            assert (use.hostname, use.port, use.job_id, use.client_id) == (
+                "127.0.0.1", login.port, 7, 1)  # fmt: skip
+            await sched.send(UseCS(job_id=8, port=login.port, hostname=daemon.own_ip,
+                                   host_platform="x86_64", client_id=2))  # fmt: skip
+            # One slot (max_kids 1): b waits until a reports its job done.
+            await a.send(CompileFile(job_id=7, environment="__client"))
+            assert (await sched.expect(JobBegin)).job_id == 7
+            await a.send(JobDone(job_id=7, real_msec=10, out_uncompressed=99,
+                                 flags=JobDoneFlag.FROM_SUBMITTER))  # fmt: skip
+            done = await sched.expect(JobDone)
+            assert (done.job_id, done.out_uncompressed, done.client_count) == (7, 99, 2)
+            use_b = await b.expect(UseCS)
+            assert (use_b.hostname, use_b.job_id) == ("127.0.0.1", 8)
+
+        run(tmp_path, scenario)
+
+
+class TestAbandoned:
+    def test_answers_for_clients_that_left(self, tmp_path):
+        """Clients leaving in each waiting state are reported as 1.4 does."""
+
+        async def scenario(_: Daemon, fake: FakeScheduler, settings: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            waiting = await client(settings)
+            await waiting.send(GET_CS)
+            await sched.expect(GetCS)
+            waiting.close()  # before any answer: the scheduler only knows the client id
+            done = await sched.expect(JobDone)
+            assert (done.job_id, done.exitcode) == (1, 118)
+            assert done.flags == JobDoneFlag.FROM_SUBMITTER | JobDoneFlag.UNKNOWN_JOB_ID
+            await sched.send(UseCS(job_id=11, hostname="10.0.0.9", port=1, client_id=1))
+            late = await sched.expect(JobDone)  # nobody wants it any more
+            assert (late.job_id, late.exitcode, late.flags) == (11, 107, JobDoneFlag.FROM_SUBMITTER)
+            remote = await client(settings)
+            await remote.send(GET_CS)
+            await sched.expect(GetCS)
+            await sched.send(UseCS(job_id=12, hostname="10.0.0.9", port=1, client_id=2))
+            await remote.expect(UseCS)
+            remote.close()  # compiled elsewhere but vanished without END
+            gone = await sched.expect(JobDone)
+            assert (gone.job_id, gone.exitcode, gone.flags) == (12, 118, JobDoneFlag.FROM_SUBMITTER)
+
+        run(tmp_path, scenario)
+
+
+class TestLocalJobs:
+    def test_link_jobs_take_turns_and_report(self, tmp_path):
+        """JOB_LOCAL_BEGIN: go signal when a slot is free, JOB_LOCAL_DONE when the client goes."""
+
+        async def scenario(_: Daemon, fake: FakeScheduler, settings: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            a, b = await client(settings), await client(settings)
+            await a.send(JobLocalBegin(stime=1, outfile="/p/a.out"))
+            assert await a.expect(JobLocalBegin) == JobLocalBegin()
+            begin = await sched.expect(JobLocalBegin)
+            assert (begin.outfile, begin.id) == ("/p/a.out", 1)
+            await b.send(JobLocalBegin(stime=1, outfile="/p/b.out"))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await b.receive()
+                    raise AssertionError("b got a slot while a holds the only one")  # noqa: EM101, TRY003
+            a.close()
+            assert await sched.expect(JobLocalDone) == JobLocalDone(job_id=1)
+            assert await b.expect(JobLocalBegin) == JobLocalBegin()
+            await sched.expect(JobLocalBegin)
+
+        run(tmp_path, scenario)
+
+    def test_blacklist_forwarded(self, tmp_path):
+        """BLACKLIST_HOST_ENV goes to the scheduler unchanged."""
+
+        async def scenario(_: Daemon, fake: FakeScheduler, settings: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            peer = await client(settings)
+            msg = BlacklistHostEnv("env", "x86_64", "10.0.0.9")
+            await peer.send(msg)
+            assert await sched.expect(BlacklistHostEnv) == msg
+
+        run(tmp_path, scenario)
+
+
+class TestSchedulerLoss:
+    def test_clients_dropped_and_login_again(self, tmp_path):
+        """Losing the scheduler drops waiting clients; the daemon logs in again (3 s)."""
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, settings: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            probe = await asyncio.open_connection("127.0.0.1", daemon.port)
+            probe[1].close()  # a reachability probe: connect, send nothing, close
+            waiting = await client(settings)
+            await waiting.send(GET_CS)
+            await sched.expect(GetCS)
+            sched.close()
+            assert await waiting.receive() is None
+            again, login = await fake.daemon()
+            assert login.nodename == "testnode"
+            again.close()
+
+        run(tmp_path, scenario)
