@@ -1,0 +1,303 @@
+"""``iceccd``: load the settings, wire the daemon, run until SIGTERM/SIGINT.
+
+This module owns the daemon program: 1.4's command line through the
+configuration layer (flags > environment > conf.d > TOML; exit 78 on a
+configuration error), the decisions 1.4's ``main`` makes at start (who
+compile jobs run as, whether chroot is possible -- without it no remote
+jobs --, where the Unix socket lives, which addresses the TCP port binds),
+and the translation of :class:`~iceserv.config.DaemonSettings` plus the
+test variables ``ICECC_TEST_SOCKET`` and ``ICECC_TESTS`` into
+:class:`~iceserv.daemon.ServerSettings`.  It holds no daemon logic.
+
+Service integration as for the scheduler: ``sd_notify`` through
+:mod:`iceserv.service.notify` (whose constructor also removes
+``NOTIFY_SOCKET``, ``WATCHDOG_*`` and ``LISTEN_*`` from the environment
+before any compiler is started), logging through
+:mod:`iceserv.service.logging`, SIGHUP/SIGTERM through
+:class:`~iceserv.service.Lifecycle`, to which :class:`DaemonService` adapts
+the running daemon (running compiles get ``stop_grace`` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from iceserv._version import VERSION
+from iceserv.config import Service, load_daemon_settings, parse_command_line, render_text, usage
+from iceserv.daemon import (
+    Daemon,
+    DaemonControl,
+    RunAs,
+    ServerSettings,
+    can_chroot,
+    child_environment,
+    determine_platform,
+    resolve_user,
+)
+from iceserv.errors import ConfigError
+from iceserv.scheduler.netif import broadcast_addresses, interface_address
+from iceserv.service import Lifecycle, LogFormat, ServiceNotifier, configure_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, MutableMapping, Sequence
+
+    from iceserv.config import DaemonSettings, Loaded
+    from iceserv.service import LogSetup, Notifier
+
+__all__ = ["DaemonService", "main", "server_settings", "socket_path"]
+
+log = structlog.get_logger("iceserv.app.daemon")
+
+_PROG: Final = "iceccd"
+_EXIT_USAGE: Final = 1  # 1.4 exits 1 after printing its usage
+_EXIT_FAILURE: Final = 1
+_ROOT_SOCKET: Final = Path("/var/run/icecc/iceccd.socket")
+_LOOPBACK: Final = "127.0.0.1"
+_REAL_ICECC: Final = "/usr/bin/icecc"
+#: Reloading applies logging changes only; the rest needs a restart (and says so).
+_LIVE: Final = frozenset(("verbosity", "log_file", "log_format"))
+
+
+def socket_path(environ: Mapping[str, str], *, privileged: bool) -> Path:
+    """Where the Unix socket goes (reference §1.2): test socket, /var/run/icecc, or $HOME."""
+    if environ.get("ICECC_TEST_SOCKET"):
+        return Path(environ["ICECC_TEST_SOCKET"])
+    if privileged:
+        return _ROOT_SOCKET
+    return Path(environ.get("HOME") or "/") / ".iceccd.socket"
+
+
+def _listen_addresses(settings: DaemonSettings) -> tuple[str, ...]:
+    if not settings.interface:
+        return ("0.0.0.0",)  # noqa: S104 - 1.4 listens on every interface unless -i is given
+    address = interface_address(settings.interface)
+    # 1.4 also binds 127.0.0.1 (and fails for -i lo by binding it twice; we do not).
+    return tuple(dict.fromkeys((address, _LOOPBACK)))
+
+
+def _native_command() -> tuple[str, str]:
+    program = _REAL_ICECC if os.access(_REAL_ICECC, os.X_OK) else shutil.which("icecc")
+    return (program or _REAL_ICECC, "--build-native")
+
+
+def server_settings(
+    settings: DaemonSettings, environ: Mapping[str, str], *, chroot_possible: bool
+) -> ServerSettings:
+    """Map the settings (and ``ICECC_TEST_SOCKET``/``ICECC_TESTS``) to the daemon shell's.
+
+    Raises ``OSError`` if ``-i`` names an interface without an IPv4 address.
+    """
+    remote = settings.allow_remote and chroot_possible
+    tests = bool(environ.get("ICECC_TESTS"))
+    scheduler = settings.scheduler_host
+    max_kids = settings.max_processes
+    return ServerSettings(
+        unix_socket=socket_path(environ, privileged=chroot_possible),
+        env_basedir=settings.env_basedir,
+        listen_addresses=_listen_addresses(settings) if remote else (),
+        port=settings.port if remote else 0,
+        nodename=settings.host_name,
+        netname=settings.net_name,
+        scheduler=(scheduler.host, scheduler.port) if scheduler is not None else None,
+        broadcasts=(lambda: (_LOOPBACK,)) if tests else broadcast_addresses,
+        fast_reconnect=tests,
+        max_kids=max_kids if max_kids is not None else os.cpu_count() or 1,
+        nice=settings.nice_level,
+        cache_limit=settings.cache_limit * 1024 * 1024,
+        platform=determine_platform(),
+        chroot_possible=chroot_possible,
+        child_environ=child_environment(environ),
+        native_command=_native_command(),
+    )
+
+
+class _WallClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class DaemonService:
+    """The running daemon as :class:`~iceserv.service.ManagedService` sees it."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        *,
+        settings: DaemonSettings,
+        logs: LogSetup,
+        argv: Sequence[str],
+        environ: Mapping[str, str],
+    ) -> None:
+        self.daemon = daemon
+        self.settings = settings
+        self._logs = logs
+        self._argv = list(argv)
+        self._environ = environ
+
+    def status(self) -> str:
+        """Return e.g. ``1/4 jobs, scheduler 10.0.0.2:8765``."""
+        return DaemonControl(self.daemon).status().summary()
+
+    async def reload(self) -> list[str]:
+        """Re-read the configuration; apply logging changes, report what needs a restart."""
+        loaded = load_daemon_settings(self._argv, self._environ)
+        new, old = loaded.settings, self.settings
+        changed = [name for name in type(new).model_fields
+                   if getattr(new, name) != getattr(old, name)]  # fmt: skip
+        fixed = [name for name in changed if name not in _LIVE]
+        if fixed:
+            log.warning("reload_needs_restart", settings=fixed)
+        self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
+                               log_file=new.log_file)  # fmt: skip
+        for warning in loaded.warnings:
+            log.warning("config_warning", where=warning.where, message=warning.message)
+        self.settings = new.model_copy(update={name: getattr(old, name) for name in fixed})
+        return [name for name in changed if name in _LIVE]
+
+    async def stop_accepting(self) -> None:
+        """Close the listeners, leave the scheduler, end clients not being compiled for."""
+        await self.daemon.stop_accepting()
+
+    def in_flight(self) -> int:
+        """Return the number of remote compiles and installs still running."""
+        return self.daemon.in_flight
+
+    async def wait_idle(self) -> None:
+        """Return once they are done."""
+        await self.daemon.wait_idle()
+
+    async def close(self) -> None:
+        """Kill what is left and close everything."""
+        await self.daemon.close()
+
+
+def _prepare_socket_dir(path: Path, run_as: RunAs) -> None:
+    """Create ``/var/run/icecc`` (0755, owned by the job user) as 1.4 does as root."""
+    if path != _ROOT_SOCKET:
+        return
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.parent.chmod(0o755)
+    with contextlib.suppress(OSError):
+        os.chown(path.parent, run_as.uid, run_as.gid)
+
+
+async def _run(server: ServerSettings, run_as: RunAs, notifier: Notifier,
+               make_service: DaemonServiceFactory, grace: float) -> int:  # fmt: skip
+    daemon = Daemon(server, run_as=run_as, clock=_WallClock(), rng=random.Random())  # noqa: S311
+    try:
+        await daemon.start()
+    except OSError as exc:
+        log.error("listener_failed", port=server.port, socket=str(server.unix_socket),  # noqa: TRY400
+                  error=str(exc))  # fmt: skip
+        await daemon.close()
+        return _EXIT_FAILURE
+    lifecycle = Lifecycle(make_service(daemon), notifier, grace=grace)
+    loop = asyncio.get_running_loop()
+    lifecycle.install_signal_handlers(loop)
+    log.info("daemon_ready", version=VERSION, status=DaemonControl(daemon).status().summary())
+    try:
+        return await lifecycle.run()
+    finally:
+        lifecycle.remove_signal_handlers(loop)
+
+
+class DaemonServiceFactory:
+    """Builds the :class:`DaemonService` once the daemon runs."""
+
+    def __init__(self, loaded: Loaded[DaemonSettings], logs: LogSetup, argv: Sequence[str],
+                 environ: Mapping[str, str]) -> None:  # fmt: skip
+        self._args = (loaded.settings, logs, list(argv), environ)
+
+    def __call__(self, daemon: Daemon) -> DaemonService:
+        """Return the adapter for *daemon*."""
+        settings, logs, argv, environ = self._args
+        return DaemonService(daemon, settings=settings, logs=logs, argv=argv, environ=environ)
+
+
+def _daemonize() -> bool:
+    """Detach like 1.4's ``-d``; return True in the process that must exit."""
+    if os.fork():
+        return True
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    with Path(os.devnull).open("r+b") as null:
+        for fd in (0, 1, 2):
+            os.dup2(null.fileno(), fd)
+    return False
+
+
+def _load(args: list[str], environ: Mapping[str, str]) -> Loaded[DaemonSettings] | int:
+    """Return the loaded settings, or the exit code for --help and configuration errors."""
+    try:
+        if parse_command_line(Service.DAEMON, args).help:
+            sys.stdout.write(f"ICECREAM daemon {VERSION} (iceserv)\n")
+            sys.stdout.write(usage(Service.DAEMON))
+            return _EXIT_USAGE
+        return load_daemon_settings(args, environ)
+    except ConfigError as exc:
+        for line in exc.details:
+            sys.stderr.write(f"{_PROG}: {line}\n")
+        return os.EX_CONFIG
+
+
+def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
+    """Run ``iceccd`` with *argv* (default ``sys.argv[1:]``); return the exit code.
+
+    *environ* defaults to ``os.environ``; the service manager's variables
+    are read from it and then removed, so no compiler inherits them.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    loaded = _load(args, environ)
+    if isinstance(loaded, int):
+        return loaded
+    settings = loaded.settings
+    if loaded.command_line.check_config:
+        sys.stdout.write(render_text({Service.DAEMON: loaded}))
+        return 0
+    managed = bool(environ.get("NOTIFY_SOCKET"))
+    journal_stream = environ.get("JOURNAL_STREAM")
+    notifier = ServiceNotifier.from_environ(environ)
+    chroot = can_chroot()
+    try:
+        server = server_settings(settings, environ, chroot_possible=chroot)
+    except OSError as exc:
+        sys.stderr.write(f"{_PROG}: interface {settings.interface!r}: {exc.strerror}\n")
+        return _EXIT_FAILURE
+    if settings.daemonize and not managed and _daemonize():
+        return 0
+    try:
+        logs = configure_logging(
+            verbosity=settings.verbosity, fmt=LogFormat(settings.log_format),
+            log_file=settings.log_file, journal_stream=journal_stream,
+        )  # fmt: skip
+    except OSError as exc:
+        sys.stderr.write(f"{_PROG}: cannot open log file: {exc}\n")
+        return os.EX_CANTCREAT
+    with contextlib.closing(logs):
+        for warning in loaded.warnings:
+            log.warning("config_warning", where=warning.where, message=warning.message)
+        run_as, user_warning = resolve_user(settings.user)
+        if user_warning:
+            log.warning("job_user_fallback", message=user_warning)
+        if not chroot:
+            log.warning("chroot_impossible", message="Cannot use chroot, no remote jobs accepted.")
+        os.umask(0o022)
+        _prepare_socket_dir(server.unix_socket, run_as)
+        factory = DaemonServiceFactory(loaded, logs, args, environ)
+        return asyncio.run(_run(server, run_as, notifier, factory, settings.stop_grace))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Our ``iceccd`` (``python -m iceserv.app.daemon``) among the real icecream 1.4 programs.
+
+(a) it logs in to the real scheduler and is listed by ``listcs``; (b) a real
+``icecc`` client uses it as its local daemon (native environment built by
+it, GET_CS forwarded, USE_CS passed back) and a real ``iceccd`` compiles;
+(c) it is the remote compile server of a real client and real local daemon
+(environment transfer, VERIFY_ENV, chroot'ed compile as ``icecc``), and the
+real scheduler rates its speed from our JOB_DONE; (d) ``--no-remote`` opens
+no TCP port; (e) hostile peers (garbage, an oversized frame, a tarball
+escaping its directory) get an error while the daemon keeps serving.
+Objects are compared with a local ``gcc -c``.  Tests run as root; jobs run
+as the ``icecc`` user.  Every wait is bounded, every process stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from testbed import LOOPBACK, free_port, stop_process, wait_for
+from testbed.procs import (
+    clean_env,
+    listening_tcp_ports,
+    listening_unix_paths,
+    log_tail,
+    make_workdir,
+)
+
+from iceserv.protocol import (
+    ConnectionClosed,
+    EnvTransfer,
+    StatusText,
+    VerifyEnv,
+    VerifyEnvResult,
+)
+from iceserv.testing import BlockingChannel
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from testbed import ListedHost, RealScheduler
+
+pytestmark = pytest.mark.live
+
+HELLO_C = (
+    "#include <stdio.h>\n"
+    + "".join(f"int f{i}(int x) {{ return x * {i} + {i % 7}; }}\n" for i in range(200))
+    + 'int main(void) { puts("hello from iceserv"); return f3(2) == 0; }\n'
+)
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(eq=False)
+class OurDaemon:
+    """``python -m iceserv.app.daemon`` as a subprocess, with its own socket, port and env dir."""
+
+    name: str
+    scheduler: str | None = None
+    no_remote: bool = False
+    extra_args: tuple[str, ...] = ()
+    port: int | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    workdir: Path = field(default_factory=lambda: make_workdir("ours-d"))
+
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / "iceccd.socket"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "iceccd.log"
+
+    def start(self) -> OurDaemon:
+        argv = [sys.executable, "-m", "iceserv.app.daemon", "-N", self.name,
+                "-b", str(self.workdir / "envs"), "-m", "2", "-u", "icecc", "-vv",
+                "-l", str(self.log_path), *self.extra_args]  # fmt: skip
+        if self.no_remote:
+            argv.append("--no-remote")
+        else:
+            self.port = free_port(LOOPBACK)
+            argv += ["-p", str(self.port)]
+        argv += ["-s", self.scheduler] if self.scheduler else []
+        env = clean_env({"ICECC_TESTS": "1", "ICECC_TEST_SOCKET": str(self.socket_path),
+                         "PYTHONPATH": str(_REPO)})  # fmt: skip
+        with (self.workdir / "iceccd.out").open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_for(lambda: self.alive() and self.events("daemon_ready"), 20,
+                 f"our iceccd {self.name} to be ready", context=self.log_tail)  # fmt: skip
+        return self
+
+    def alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            msg = f"our iceccd exited with {self.proc.returncode}\n{self.log_tail()}"
+            raise AssertionError(msg)
+        return True
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("event") == name:
+                    found.append(record)
+        return found
+
+    def log_tail(self) -> str:
+        return log_tail(self.log_path, 40) + "\n" + log_tail(self.workdir / "iceccd.out", 20)
+
+    def wait_listed(self, scheduler: RealScheduler, *, loaded: bool = True) -> ListedHost:
+        """Wait until the real scheduler lists us (with our STATS if *loaded*)."""
+
+        def listed() -> ListedHost | None:
+            self.alive()
+            host = next((h for h in scheduler.listcs() if h.name == self.name), None)
+            return host if host is not None and (not loaded or host.load < 1000) else None
+
+        with scheduler.awake():
+            return wait_for(listed, 30, f"{self.name} in the real listcs", interval=0.3,
+                            context=lambda: self.log_tail() + scheduler.log_tail())  # fmt: skip
+
+    def stop(self) -> int | None:
+        code = stop_process(self.proc) if self.proc is not None else None
+        if self.proc is not None:
+            assert not _descendants_left(self.proc.pid)
+        return code
+
+
+def _descendants_left(pid: int) -> list[int]:
+    """Processes still in the daemon's session (helpers, compilers) after it stopped."""
+    left = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                if int(fields[3]) == pid and fields[0] != "Z":  # session id
+                    left.append(int(entry.name))
+    return left
+
+
+@pytest.fixture
+def our_daemon_factory() -> Iterator[Any]:
+    """``make(name, scheduler=None, **options)`` -> a started OurDaemon, stopped at teardown."""
+    made: list[OurDaemon] = []
+
+    def make(name: str, scheduler: str | None = None, **options: Any) -> OurDaemon:
+        daemon = OurDaemon(name, scheduler, **options)
+        made.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in made:
+        daemon.stop()
+
+
+def _compile_with_real_client(workdir: Path, env: dict[str, str]) -> tuple[bytes, bytes, str]:
+    """Run ``icecc gcc -c hello.c`` and a local ``gcc -c``; return both objects and the trace."""
+    (workdir / "hello.c").write_text(HELLO_C)
+    trace = workdir / "client.log"
+    env = {**env, "ICECC_DEBUG": "debug", "ICECC_LOGFILE": str(trace)}
+    subprocess.run(["/usr/bin/icecc", "gcc", "-O2", "-c", "hello.c", "-o", "hello.o"],
+                   cwd=workdir, env=env, check=True, timeout=120)  # fmt: skip
+    subprocess.run(["gcc", "-O2", "-c", "hello.c", "-o", "local.o"], cwd=workdir, check=True,
+                   timeout=60)  # fmt: skip
+    text = trace.read_text(errors="replace") if trace.exists() else ""
+    return (workdir / "hello.o").read_bytes(), (workdir / "local.o").read_bytes(), text
+
+
+def _speed(scheduler: RealScheduler, name: str) -> float:
+    host = next((h for h in scheduler.listcs() if h.name == name), None)
+    return host.speed if host is not None else 0.0
+
+
+class TestLogin:
+    def test_our_daemon_is_listed_by_the_real_scheduler(self, real_scheduler, our_daemon_factory):
+        """LOGIN and STATS reach the real scheduler: listcs shows our node, port and slots."""
+        ours = our_daemon_factory("ourlogin", real_scheduler.address)
+        host = ours.wait_listed(real_scheduler)
+        assert (host.ip, host.port, host.platform) == ("127.0.0.1", ours.port, os.uname().machine)
+        assert host.max_jobs == 2
+        assert 0 <= host.load < 1000
+        (login,) = ours.events("scheduler_logged_in")
+        assert login["protocol"] == 43
+        assert ours.stop() == 0  # SIGTERM: a clean stop
+        assert not ours.socket_path.exists()
+        assert ours.events("service_stopped")
+
+
+class TestLocalDaemon:
+    def test_real_client_compiles_through_us_on_a_real_remote(
+        self, real_scheduler, real_daemon_factory, our_daemon_factory, tmp_path
+    ):
+        """Native env built by us, GET_CS forwarded, USE_CS passed on, a real iceccd compiles."""
+        remote = real_daemon_factory("realremote", real_scheduler)
+        remote.wait_logged_in(real_scheduler)
+        ours = our_daemon_factory("ourlocal", real_scheduler.address)
+        ours.wait_listed(real_scheduler)
+        env = clean_env({
+            "ICECC_TEST_SOCKET": str(ours.socket_path),
+            "ICECC_PREFERRED_HOST": "realremote",
+            "ICECC_TEST_REMOTEBUILD": "1",
+        })
+        with real_scheduler.awake():
+            obj, local, trace = _compile_with_real_client(tmp_path, env)
+            assert obj == local
+            wait_for(lambda: _speed(real_scheduler, "realremote") > 0, 20,
+                     "the real remote's JOB_DONE to rate its speed")  # fmt: skip
+        (native,) = ours.events("native_env_sent")
+        assert Path(native["path"]).name.endswith(".tar.gz")
+        (assigned,) = ours.events("compile_server_assigned")
+        assert assigned["server"] == f"127.0.0.1:{remote.port}"
+        assert "local build" not in trace.lower()
+
+
+class TestRemoteServer:
+    def test_real_client_compiles_on_us(
+        self, real_scheduler, real_daemon_factory, our_daemon_factory, tmp_path
+    ):
+        """A real client and local iceccd ship the env to us; we compile; speed is rated."""
+        ours = our_daemon_factory("ourremote", real_scheduler.address)
+        ours.wait_listed(real_scheduler)
+        local = real_daemon_factory("reallocal", real_scheduler)
+        local.wait_logged_in(real_scheduler)
+        env = local.client_env({"ICECC_PREFERRED_HOST": "ourremote",
+                                "ICECC_TEST_REMOTEBUILD": "1"})  # fmt: skip
+        with real_scheduler.awake():
+            obj, local_obj, _ = _compile_with_real_client(tmp_path, env)
+            assert obj == local_obj
+            wait_for(lambda: _speed(real_scheduler, "ourremote") > 0, 20,
+                     "our JOB_DONE to rate our speed", context=ours.log_tail)  # fmt: skip
+        (installed,) = ours.events("env_installed")
+        assert installed["size"] > 1_000_000
+        assert ours.events("env_verified")[0]["ok"] is True
+        (job,) = [e for e in ours.events("job_finished") if e["where"] == "server"]
+        assert job["exitcode"] == 0
+        assert job["in_bytes"] > len(HELLO_C)
+        assert job["out_bytes"] == len(obj)
+        env_dirs = list((ours.workdir / "envs").glob("target=*/*"))
+        assert len(env_dirs) == 1
+        assert (env_dirs[0] / "tmp").stat().st_mode & 0o7777 == 0o1775
+        assert not list((env_dirs[0] / "tmp").iterdir())  # the job cleaned up
+
+
+class TestNoRemote:
+    def test_no_tcp_port_and_login_port_zero(self, real_scheduler, our_daemon_factory):
+        """--no-remote: no TCP listener at all; the scheduler lists us with port 0."""
+        ours = our_daemon_factory("ournoremote", real_scheduler.address, no_remote=True)
+        host = ours.wait_listed(real_scheduler)
+        assert ours.proc is not None
+        assert listening_tcp_ports(ours.proc.pid) == set()
+        assert str(ours.socket_path) in listening_unix_paths(ours.proc.pid)
+        assert host.port == 0
+
+
+def _tarball(*members: tuple[str, bytes | str]) -> bytes:
+    """A gzip tarball; a ``str`` value makes a symlink to that target."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                archive.addfile(info)
+            else:
+                info.size = len(content)
+                archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+class TestHostilePeers:
+    def test_garbage_oversize_and_malicious_tarball(self, our_daemon_factory, tmp_path):
+        """Each hostile peer gets an error or is dropped; nothing escapes; service goes on."""
+        ours = our_daemon_factory("ourhostile")
+        port = ours.port or 0
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n" * 10)
+            sock.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                while sock.recv(4096):
+                    pass  # the daemon closes after its own 4 handshake bytes
+        channel = BlockingChannel.connect("127.0.0.1", port, timeout=10)
+        channel.sock.sendall((64 << 20).to_bytes(4, "big") + b"XXXX")
+        assert isinstance(channel.receive(), ConnectionClosed)
+        channel.close()
+        escape = tmp_path / "escaped"
+        relative = os.path.relpath(escape, ours.workdir / "envs" / ".staging" / "x")
+        channel = BlockingChannel.connect("127.0.0.1", port, timeout=30)
+        channel.send(EnvTransfer("evil", "x86_64"))
+        channel.send_file(_tarball(("usr/bin/as", b"#!/bin/sh\n"), (relative, b"owned")))
+        reply = channel.receive()
+        assert isinstance(reply, StatusText)
+        assert "'..'" in reply.text
+        assert isinstance(channel.receive(), ConnectionClosed)
+        channel.close()
+        assert not escape.exists()
+        assert not list((ours.workdir / "envs").glob("target=*/evil"))
+        channel = BlockingChannel.connect("127.0.0.1", port, timeout=10)
+        channel.send(EnvTransfer("evil2", "x86_64"))
+        channel.send_file(_tarball(("lib", "../../../../../../../../../etc")))
+        reply = channel.receive()
+        assert isinstance(reply, StatusText)
+        assert "points outside" in reply.text
+        channel.close()
+        channel = BlockingChannel.connect("127.0.0.1", port, timeout=10)
+        channel.send(VerifyEnv("evil", "x86_64"))
+        assert channel.receive() == VerifyEnvResult(ok=False)
+        channel.close()
+        assert ours.alive()
+        assert len(ours.events("client_protocol_error")) >= 2
