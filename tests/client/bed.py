@@ -165,7 +165,7 @@ class WrapperBed:
         if server is not None:
             server.start()
             if daemon is not None and daemon.use_cs is not None and daemon.use_cs.port == -1:
-                daemon.use_cs = dataclasses.replace(server.use_cs(), got_env=daemon.use_cs.got_env)
+                daemon.use_cs = dataclasses.replace(daemon.use_cs, port=server.port)
         environ["ICECC_TEST_SOCKET"] = str(sock)
         for key, value in env.items():
             if value is None:
