@@ -3,9 +3,9 @@
 This module owns ``<basedir>/target=<target>/<name>/`` (received compiler
 environments), ``<basedir>/native/`` (tarballs built for local clients, see
 :mod:`iceserv.daemon.native`) and ``<basedir>/.staging/`` (installs in
-progress).  An install streams the TRANFER_ENV chunks into a separate
-unpacker process running as the job user (:mod:`iceserv.daemon._unpack`),
-then moves the finished tree into place, makes it read-only for that user
+progress).  An install (:class:`~iceserv.daemon.env_transfer.Installer`)
+unpacks into a staging directory; :meth:`EnvironmentCache.commit` then
+moves the finished tree into place, makes it read-only for that user
 (root daemon), adds ``tmp`` (mode 01775, the only place a job may write)
 and accounts its size.  Environments in use are never removed; beyond
 ``--cache-limit`` the least recently used ones go, as upstream
@@ -17,13 +17,10 @@ blank, no ``/``) and never ``.``/``..``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
 import shutil
 import stat
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +38,6 @@ __all__ = [
     "Clock",
     "EnvInstallError",
     "EnvironmentCache",
-    "Installer",
     "check_name",
 ]
 
@@ -50,9 +46,7 @@ TMP_MODE: Final = 0o1775
 KEEP_RECEIVED: Final = 200.0
 KEEP_NATIVE: Final = 24 * 3600.0
 _MANY_NATIVE: Final = 5
-_UNPACK_MEMORY: Final = 1 << 30
 _MAX_NAME: Final = 255
-_RESULT_LIMIT: Final = 4096
 
 
 class Clock(Protocol):
@@ -111,7 +105,7 @@ class EnvironmentCache:
     clock: Clock
     nice: int = 5
     unpack_limits: UnpackLimits = field(default_factory=UnpackLimits)
-    io_timeout: float = 60.0
+    io_timeout: float = 60.0  # for installs: one chunk, or the unpacker's verdict
     _envs: dict[str, _Env] = field(default_factory=dict, init=False)
 
     # --- layout ----------------------------------------------------------------------
@@ -253,16 +247,19 @@ class EnvironmentCache:
 
     # --- installing ------------------------------------------------------------------
 
-    def begin_install(self, target: str, name: str) -> Installer:
-        """Prepare an install of *name* for *target*; the caller feeds and finishes it."""
-        final = self.env_dir(target, name)
+    def new_staging(self) -> Path:
+        """Return a fresh empty directory for an install, writable by the job user."""
         staging_root = self.basedir / ".staging"
         staging_root.mkdir(mode=0o755, parents=True, exist_ok=True)
         staging = staging_root / uuid.uuid4().hex
         staging.mkdir(mode=0o755)
         if self.run_as.switch:
             os.chown(staging, self.run_as.uid, self.run_as.gid)
-        return Installer(self, f"{target}/{name}", final, staging)
+        return staging
+
+    def discard(self, staging: Path) -> None:
+        """Remove an abandoned staging directory."""
+        _remove_tree(staging)
 
     def commit(self, key: str, final: Path, staging: Path) -> int:
         """Move a finished staging tree into place; return its size."""
@@ -286,95 +283,6 @@ class EnvironmentCache:
         size = _tree_size(final)
         self._envs[key] = _Env(final, size, self.clock.now())
         return size
-
-
-class Installer:
-    """One environment install in progress: an unpacker process fed chunk by chunk."""
-
-    def __init__(self, cache: EnvironmentCache, key: str, final: Path, staging: Path) -> None:
-        self.cache = cache
-        self.key = key
-        self.final = final
-        self.staging = staging
-        self.received = 0
-        self._proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Start the unpacker process."""
-        limits = self.cache.unpack_limits
-        argv = [sys.executable, "-P", "-m", "iceserv.daemon._unpack", str(self.staging),
-                str(limits.max_bytes), str(limits.max_members), str(self.cache.nice),
-                str(_UNPACK_MEMORY), *self._identity()]  # fmt: skip
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self._proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, cwd=self.staging, env=env,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def _identity(self) -> tuple[str, str]:
-        run_as = self.cache.run_as
-        return (str(run_as.uid), str(run_as.gid)) if run_as.switch else ("-1", "-1")
-
-    async def feed(self, data: bytes) -> None:
-        """Pass one chunk of the tarball to the unpacker (bounded by the size limit)."""
-        proc = self._proc
-        if proc is None or proc.stdin is None:
-            msg = "installer not started"
-            raise EnvInstallError(msg)
-        self.received += len(data)
-        if self.received > self.cache.unpack_limits.max_bytes:
-            msg = f"environment tarball is larger than {self.cache.unpack_limits.max_bytes} bytes"
-            raise EnvInstallError(msg)
-        if proc.returncode is not None or proc.stdin.is_closing():
-            return  # the unpacker stopped early; finish() reports why
-        proc.stdin.write(data)
-        with contextlib.suppress(ConnectionError):
-            async with asyncio.timeout(self.cache.io_timeout):
-                await proc.stdin.drain()
-
-    async def finish(self) -> int:
-        """Close the stream, wait for the unpacker, install the tree; return its size."""
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdout is None:
-            msg = "installer not started"
-            raise EnvInstallError(msg)
-        with contextlib.suppress(ConnectionError):
-            proc.stdin.close()
-        try:
-            async with asyncio.timeout(self.cache.io_timeout):
-                line = await proc.stdout.read(_RESULT_LIMIT)
-                await proc.wait()
-        except TimeoutError:
-            msg = "unpacking the environment took too long"
-            raise EnvInstallError(msg) from None
-        result = _parse_result(line)
-        if "error" in result or proc.returncode != 0:
-            raise EnvInstallError(str(result.get("error") or "the environment unpacker failed"))
-        try:
-            return self.cache.commit(self.key, self.final, self.staging)
-        except OSError as exc:
-            msg = f"cannot install the environment: {exc.strerror}"
-            raise EnvInstallError(msg) from None
-
-    async def abort(self) -> None:
-        """Stop the unpacker (if running) and delete everything this install wrote."""
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await proc.wait()
-        _remove_tree(self.staging)
-
-
-def _parse_result(line: bytes) -> dict[str, object]:
-    try:
-        value = json.loads(line.decode(errors="replace"))
-    except ValueError:
-        return {"error": "the environment unpacker died"}
-    return value if isinstance(value, dict) else {"error": "the environment unpacker failed"}
 
 
 def _executable_inside(root: Path, relative: str) -> bool:

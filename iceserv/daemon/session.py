@@ -462,10 +462,11 @@ class ClientSession:
         if job is not None and job.running:
             job.abort(exit_code if exit_code != EXIT_GOOD_BYE else EXIT_CLIENT_KILLED)
         if self._task is not None and not self._task.done():
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                async with asyncio.timeout(self.host.settings.write_timeout):
-                    await asyncio.shield(self._task)
-            self._task.cancel()
+            if job is not None:  # a compile reports its own end: let it (bounded)
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    async with asyncio.timeout(self.host.settings.write_timeout):
+                        await asyncio.shield(self._task)
+            self._task.cancel()  # e.g. waiting for a native environment (the build goes on)
         await self._env.abort()
         self.host.slots.release(self.client_id)
         self._report_end(exit_code, job)

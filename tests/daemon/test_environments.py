@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 import zstandard
 
+from iceserv.daemon.env_transfer import Installer
 from iceserv.daemon.environments import TMP_MODE, EnvInstallError, EnvironmentCache, check_name
 from iceserv.daemon.sandbox import RunAs
 from iceserv.daemon.tarballs import TarballError, UnpackLimits, detect_compression, unpack
@@ -232,7 +233,7 @@ def _cache(tmp_path: Path, clock: FakeClock, *, limit: int = 1 << 30,
 
 def _place(cache: EnvironmentCache, name: str, size: int, *, broken: bool = False) -> None:
     """Install a fake environment of *size* bytes without the unpacker."""
-    installer = cache.begin_install("x86_64", name)
+    installer = Installer(cache, "x86_64", name)
     (installer.staging / "usr/bin").mkdir(parents=True)
     if not broken:
         (installer.staging / "usr/bin/as").write_bytes(SH)
@@ -241,12 +242,13 @@ def _place(cache: EnvironmentCache, name: str, size: int, *, broken: bool = Fals
     cache.commit(f"x86_64/{name}", installer.final, installer.staging)
 
 
-async def _install(cache: EnvironmentCache, name: str, data: bytes) -> int:
-    installer = cache.begin_install("x86_64", name)
+async def _install(cache: EnvironmentCache, name: str, data: bytes, pause: float = 0.0) -> int:
+    installer = Installer(cache, "x86_64", name)
     await installer.start()
     try:
         for start in range(0, len(data), 100_000):
             await installer.feed(data[start : start + 100_000])
+            await asyncio.sleep(pause)
         return await installer.finish()
     except EnvInstallError:
         await installer.abort()
@@ -278,6 +280,35 @@ class TestInstall:
         assert not (tmp_path / "evil").exists()
         assert not list((tmp_path / "envs" / ".staging").iterdir())
         assert not cache.usable("x86_64", "evil")
+
+    def test_data_after_the_end_of_the_archive_is_dropped(self, tmp_path):
+        """Record padding after the end marker is fine even when the unpacker already exited."""
+        cache = _cache(tmp_path, FakeClock())
+        data = _good("") + b"\0" * 500_000
+        assert asyncio.run(_install(cache, "padded", data, pause=0.1)) > 0
+        assert cache.usable("x86_64", "padded")
+
+    def test_refusal_stops_the_transfer_early(self, tmp_path):
+        """Once the unpacker refused the tarball, the next chunk fails: no need to take it all."""
+        cache = _cache(tmp_path, FakeClock())
+        data = _tar(_member("/abs", data=b"x"), _member("big", data=os.urandom(1_000_000)),
+                    compression="")  # fmt: skip
+
+        async def feed_all() -> int:
+            installer = Installer(cache, "x86_64", "early")
+            await installer.start()
+            fed = 0
+            try:
+                for start in range(0, len(data), 100_000):
+                    await installer.feed(data[start : start + 100_000])
+                    fed += 1
+                    await asyncio.sleep(0.1)
+            except EnvInstallError:
+                await installer.abort()
+                return fed
+            return -1
+
+        assert 0 < asyncio.run(feed_all()) < 10
 
     def test_wipe_removes_only_our_directories(self, tmp_path):
         """Start-up wipes target=*, native and .staging, and leaves other files alone."""
