@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from testbed import LOOPBACK, free_port, stop_process, wait_for
+from testbed import LOOPBACK, RealScheduler, free_port, stop_process, wait_for
 from testbed.procs import (
     clean_env,
     listening_tcp_ports,
@@ -48,7 +48,7 @@ from iceserv.testing import BlockingChannel
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from testbed import ListedHost, RealScheduler
+    from testbed import Host, ListedHost
 
 pytestmark = pytest.mark.live
 
@@ -68,6 +68,8 @@ class OurDaemon:
     scheduler: str | None = None
     no_remote: bool = False
     extra_args: tuple[str, ...] = ()
+    host: Host = LOOPBACK
+    netname: str | None = None
     port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     workdir: Path = field(default_factory=lambda: make_workdir("ours-d"))
@@ -87,13 +89,15 @@ class OurDaemon:
         if self.no_remote:
             argv.append("--no-remote")
         else:
-            self.port = free_port(LOOPBACK)
+            self.port = free_port(self.host) if self.host.is_loopback else 10245
             argv += ["-p", str(self.port)]
         argv += ["-s", self.scheduler] if self.scheduler else []
-        env = clean_env({"ICECC_TESTS": "1", "ICECC_TEST_SOCKET": str(self.socket_path),
-                         "PYTHONPATH": str(_REPO)})  # fmt: skip
+        argv += ["-n", self.netname] if self.netname else []
+        env = clean_env({"ICECC_TEST_SOCKET": str(self.socket_path), "PYTHONPATH": str(_REPO)})
+        if self.host.is_loopback:
+            env["ICECC_TESTS"] = "1"  # in a namespace discovery must cross the bridge
         with (self.workdir / "iceccd.out").open("wb") as out:
-            self.proc = subprocess.Popen(
+            self.proc = self.host.popen(
                 argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -268,6 +272,18 @@ class TestNoRemote:
         assert listening_tcp_ports(ours.proc.pid) == set()
         assert str(ours.socket_path) in listening_unix_paths(ours.proc.pid)
         assert host.port == 0
+
+
+class TestDiscovery:
+    def test_finds_the_real_scheduler_by_broadcast(self, netns_hosts, our_daemon_factory):
+        """Without -s our daemon broadcasts on its bridge and logs in to the real scheduler."""
+        h1, h2 = netns_hosts(2)
+        with RealScheduler(host=h1, netname="DISCO") as scheduler:
+            ours = our_daemon_factory("ourdisco", host=h2, netname="disco")
+            host = ours.wait_listed(scheduler)
+            assert (host.ip, host.port) == (h2.ip, 10245)
+            (login,) = ours.events("scheduler_logged_in")
+            assert login["address"] == f"{h1.ip}:8765"
 
 
 def _tarball(*members: tuple[str, bytes | str]) -> bytes:
