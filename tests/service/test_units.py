@@ -159,13 +159,15 @@ class TestEtcFiles:
         assert "error" not in proc.stderr.lower()
 
     def test_dbus_policy_is_well_formed(self):
-        """The D-Bus policy parses and lets only icecream and root own the scheduler's name."""
-        (path,) = (ROOT / "etc/dbus-1/system.d").glob("*.conf")
-        tree = ET.parse(path)  # noqa: S314 - our own file
-        owners = {
-            policy.get("user")
-            for policy in tree.getroot().iter("policy")
-            for allow in policy.iter("allow")
-            if allow.get("own") == path.stem
-        }
-        assert owners == {"icecream", "root"}
+        """Each D-Bus policy parses and lets only icecream and root own its service's name."""
+        paths = sorted((ROOT / "etc/dbus-1/system.d").glob("*.conf"))
+        assert [path.stem for path in paths] == ["org.icecream.Daemon1", "org.icecream.Scheduler1"]
+        for path in paths:
+            tree = ET.parse(path)  # noqa: S314 - our own file
+            owners = {
+                policy.get("user")
+                for policy in tree.getroot().iter("policy")
+                for allow in policy.iter("allow")
+                if allow.get("own") == path.stem
+            }
+            assert owners == {"icecream", "root"}, path.name
