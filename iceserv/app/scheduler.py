@@ -7,7 +7,10 @@ port + 1 with ``server.control``, and returns an exit code.  It holds no
 scheduling logic.
 
 Service integration: ``sd_notify`` through :mod:`iceserv.service.notify`
-(``READY=1`` once TCP, UDP and telnet are bound), logging through
+(``READY=1`` once TCP, UDP and telnet are bound and the D-Bus name is owned
+or found unavailable), ``org.icecream.Scheduler1`` on the system bus
+(``DBUS_SYSTEM_BUS_ADDRESS`` overrides its address) through
+:mod:`iceserv.service.dbus`, logging through
 :mod:`iceserv.service.logging`, and SIGHUP/SIGTERM through
 :class:`~iceserv.service.Lifecycle`, to which :class:`SchedulerService`
 adapts the running scheduler.  ``ICECC_TESTS`` (1.4's scheduler then
@@ -37,6 +40,13 @@ from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, ServerSettings
 from iceserv.scheduler.netif import broadcast_addresses, interface_address
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier, configure_logging
+from iceserv.service.dbus import (
+    DEFAULT_SYSTEM_BUS,
+    SCHEDULER_INTERFACE,
+    SCHEDULER_PATH,
+    SchedulerInterface,
+    export_on_bus,
+)
 from iceserv.telnet import TelnetServer, serve_telnet
 
 if TYPE_CHECKING:
@@ -188,6 +198,7 @@ async def _run(
     server_conf: ServerSettings,
     notifier: Notifier,
     make_service: Callable[[SchedulerServer, TelnetServer | None], SchedulerService],
+    bus_address: str,
 ) -> int:
     rng = random.Random()  # noqa: S311 - placement randomness, not security
     server = SchedulerServer(server_conf, clock=_WallClock(), rng=rng)
@@ -199,6 +210,10 @@ async def _run(
     telnet = await _start_telnet(server)
     service = make_service(server, telnet)
     _drop_privileges(service.settings.user)
+    dbus = SchedulerInterface(server.control, version=VERSION)
+    exported = await export_on_bus(bus_address, SCHEDULER_INTERFACE, SCHEDULER_PATH, dbus)
+    if exported is not None:
+        dbus.attach()
     lifecycle = Lifecycle(service, notifier)
     loop = asyncio.get_running_loop()
     lifecycle.install_signal_handlers(loop)
@@ -207,6 +222,9 @@ async def _run(
         return await lifecycle.run()
     finally:
         lifecycle.remove_signal_handlers(loop)
+        dbus.detach()
+        if exported is not None:
+            await exported.close()
 
 
 def _daemonize() -> bool:
@@ -280,7 +298,8 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         make_service = functools.partial(
             SchedulerService, settings=settings, logs=logs, argv=args, environ=environ
         )
-        return asyncio.run(_run(server_conf, notifier, make_service))
+        bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
+        return asyncio.run(_run(server_conf, notifier, make_service, bus_address))
 
 
 if __name__ == "__main__":

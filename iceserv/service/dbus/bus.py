@@ -1,0 +1,127 @@
+"""Putting an interface on the bus, and running on without one.
+
+This module owns :func:`export_on_bus`: connect to a bus address (the system
+bus in production, a private ``dbus-daemon`` in tests), export one
+``ServiceInterface`` at its object path and own its well-known name.  Many
+build hosts run no D-Bus at all, so every way this can fail (no socket,
+refused authentication, a policy that forbids owning the name, another
+process owning it) ends in one warning line and ``None``: the service then
+runs exactly as it would with D-Bus, only without this interface.  The same
+goes for losing the bus later (one warning; no reconnect).
+
+It must not know which interface it exports, nor read the environment: the
+caller passes the address (``app`` honours ``DBUS_SYSTEM_BUS_ADDRESS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, cast
+
+import structlog
+from dbus_fast import BusType, DBusError, NameFlag, RequestNameReply
+from dbus_fast.aio import MessageBus
+from dbus_fast.errors import AuthError, InvalidAddressError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from dbus_fast.service import ServiceInterface
+
+__all__ = ["CONNECT_TIMEOUT", "DEFAULT_SYSTEM_BUS", "BusExport", "export_on_bus"]
+
+log = structlog.get_logger()
+
+#: The system bus socket (freedesktop default; /var/run is a link to /run).
+DEFAULT_SYSTEM_BUS: Final = "unix:path=/run/dbus/system_bus_socket"
+#: Seconds for connecting, authenticating and owning the name: the bus is local.
+CONNECT_TIMEOUT: Final = 5.0
+_OWNED: Final = (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER)
+
+
+@dataclass(eq=False)
+class BusExport:
+    """An interface exported on a bus under its well-known name."""
+
+    bus: MessageBus
+    name: str
+    path: str
+    closing: bool = False
+    _watch: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def watch(self) -> None:
+        """Log once if the bus goes away before :meth:`close` (e.g. dbus was restarted)."""
+        self._watch = asyncio.get_running_loop().create_task(self._watch_disconnect())
+
+    async def close(self) -> None:
+        """Release the name and disconnect (a lost bus is fine)."""
+        self.closing = True
+        if self.bus.connected:
+            with contextlib.suppress(DBusError, OSError, TimeoutError, EOFError):
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await self.bus.release_name(self.name)
+        self.bus.disconnect()
+        if self._watch is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await self._watch
+
+    async def _watch_disconnect(self) -> None:
+        reason = "disconnected"
+        try:
+            await _disconnected(self.bus)
+        except Exception as exc:  # noqa: BLE001 - any reason is only logged
+            reason = str(exc) or type(exc).__name__
+        if not self.closing:
+            log.warning("dbus_disconnected", name=self.name, reason=reason,
+                        consequence="running without D-Bus")  # fmt: skip
+
+
+async def export_on_bus(
+    address: str,
+    name: str,
+    path: str,
+    interface: ServiceInterface,
+) -> BusExport | None:
+    """Export *interface* at *path* on the bus at *address* and own *name*.
+
+    Returns ``None`` after one ``dbus_unavailable`` warning when that is not
+    possible; the caller goes on without D-Bus.
+    """
+    try:
+        bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await bus.connect()
+    except (OSError, TimeoutError, AuthError, InvalidAddressError, EOFError) as exc:
+        _unavailable(name, address, exc)
+        return None
+    bus.export(path, interface)
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            reply = await bus.request_name(name, NameFlag.DO_NOT_QUEUE)
+    except (DBusError, OSError, TimeoutError, EOFError) as exc:
+        bus.disconnect()
+        _unavailable(name, address, exc)
+        return None
+    if reply not in _OWNED:
+        bus.disconnect()
+        _unavailable(name, address, f"the name is owned by another process ({reply.name})")
+        return None
+    log.info("dbus_name_acquired", name=name, path=path, address=address)
+    export = BusExport(bus, name, path)
+    export.watch()
+    return export
+
+
+def _disconnected(bus: MessageBus) -> Awaitable[None]:
+    """Return ``bus.wait_for_disconnect()`` (dbus-fast leaves it unannotated)."""
+    wait = cast("Callable[[], Awaitable[None]]", bus.wait_for_disconnect)
+    return wait()
+
+
+def _unavailable(name: str, address: str, reason: object) -> None:
+    text = reason.text if isinstance(reason, DBusError) else str(reason) or type(reason).__name__
+    log.warning("dbus_unavailable", name=name, address=address, reason=text,
+                consequence="running without D-Bus")  # fmt: skip
