@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from iceserv.protocol import Lang
+from iceserv.protocol.wire import decode_text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -293,8 +294,7 @@ class CompileRun:
         real_ms = int((time.monotonic() - self._started) * 1000)
         report = _read_report(self._stats_read)
         self._stats_read = -1
-        outcome = JobOutcome(stdout=out.decode(errors="replace"),
-                             stderr=err.decode(errors="replace"), real_msec=real_ms)  # fmt: skip
+        outcome = JobOutcome(stdout=_wire_text(out), stderr=_wire_text(err), real_msec=real_ms)
         if not report:
             outcome.status, outcome.was_out_of_memory = EXIT_IO_ERROR, True
             return outcome
@@ -350,6 +350,11 @@ class CompileRun:
 def new_unique() -> str:
     """Return a short random name part for a job's files."""
     return uuid.uuid4().hex[:12]
+
+
+def _wire_text(data: bytes) -> str:
+    """Compiler output as a wire string: bytes kept as they are, NULs dropped (cf. 1.4)."""
+    return decode_text(data.replace(b"\0", b""))
 
 
 async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:

@@ -1,20 +1,32 @@
-"""Tests of the remote compiler command line (§5.1.4), job paths and out-of-memory judgement."""
+"""Tests of the remote compiler command line (§5.1.4), job paths, running and judging a job."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import pwd
+import subprocess
 
 import pytest
 
 from iceserv.daemon.compile import (
+    EXIT_COMPILER_MISSING,
+    EXIT_OUT_OF_MEMORY,
     OOM_TEXTS,
+    CompileRun,
+    JobOutcome,
     JobPaths,
+    _wire_text,
     compiler_command,
     ggc_params,
     is_out_of_memory,
     job_paths,
+    new_unique,
 )
+from iceserv.daemon.sandbox import RunAs, child_environment
 from iceserv.protocol import CompileFile, Lang
+from iceserv.protocol.wire import encode_text
 
 GCC_JOB = CompileFile(
     lang=Lang.C, job_id=7, args=("-O2", "-DFOO=1", "-c", "-fdirectives-only"),
@@ -140,3 +152,123 @@ class TestOutOfMemory:
     def test_ordinary_error(self):
         """A syntax error is the compiler's verdict, not a memory problem."""
         assert not is_out_of_memory("hello.c:1:1: error: expected ';'\n", 10, 1024)
+
+
+FAKE_COMPILER = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    const char *out = 0, *mode = "ok";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (!strncmp(argv[i], "-mode=", 6)) mode = argv[i] + 6;
+    }
+    char buf[65536];
+    size_t n, total = 0;
+    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) total += n;
+    if (!strcmp(mode, "crash")) raise(SIGSEGV);
+    if (!strcmp(mode, "oom")) {
+        fputs("cc1: out of memory allocating 65536 bytes\n", stderr);
+        return 1;
+    }
+    if (!strcmp(mode, "error")) { fputs("x.c:1:1: error: nope\n", stderr); return 1; }
+    if (!strcmp(mode, "noout")) return 0;
+    printf("uid=%d gid=%d cwd=%s\n", (int)getuid(), (int)getgid(), getcwd(buf, sizeof buf));
+    FILE *f = fopen(out, "w");
+    if (!f) return 3;
+    fprintf(f, "OBJ %zu\n", total);
+    fclose(f);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_env(tmp_path_factory):
+    """An environment whose /usr/bin/gcc is a static fake compiler (needs root to chroot)."""
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    root = tmp_path_factory.mktemp("fakeenv")
+    root.chmod(0o755)  # the job user must be able to enter / of its chroot
+    source = root.parent / "fake.c"
+    source.write_text(FAKE_COMPILER)
+    (root / "usr/bin").mkdir(parents=True)
+    subprocess.run(["gcc", "-static", "-O1", str(source), "-o", str(root / "usr/bin/gcc")],
+                   check=True, timeout=60)  # fmt: skip
+    user = pwd.getpwnam("icecc")
+    (root / "tmp").mkdir(mode=0o1775)
+    os.chown(root / "tmp", user.pw_uid, user.pw_gid)
+    return root, RunAs("icecc", user.pw_uid, user.pw_gid, switch=True)
+
+
+def _run_fake(fake_env, mode: str, *, argv: list[str] | None = None) -> JobOutcome:
+    root, run_as = fake_env
+    job = _job(args=(f"-mode={mode}", "-c"))
+    paths = job_paths(job, new_unique())
+    command = argv or compiler_command(job, paths, mem_limit_mb=512)
+
+    async def scenario() -> JobOutcome:
+        run = CompileRun(env_root=root, argv=command, paths=paths, run_as=run_as, nice=5,
+                         mem_limit_mb=512, environ=child_environment({"NOTIFY_SOCKET": "/x"}),
+                         run_timeout=30)  # fmt: skip
+        await run.start()
+        await run.feed([b"int x;\n" * 1000, b"int y;\n"])
+        await run.close_input()
+        try:
+            return await run.wait()
+        finally:
+            run.cleanup()
+            assert not list((root / "tmp").iterdir())
+
+    return asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+class TestCompileRun:
+    def test_success_as_the_job_user_inside_the_chroot(self, fake_env):
+        """The compiler runs chroot'ed in /tmp as icecc, reads all source, leaves an object."""
+        _, run_as = fake_env
+        outcome = _run_fake(fake_env, "ok")
+        assert outcome.status == 0
+        assert outcome.stdout == f"uid={run_as.uid} gid={run_as.gid} cwd=/tmp\n"
+        assert outcome.object_data == f"OBJ {7 * 1001}\n".encode()
+        assert outcome.real_msec >= 0
+        assert outcome.pfaults > 0
+        assert not outcome.was_out_of_memory
+
+    def test_compile_error_is_the_compilers_verdict(self, fake_env):
+        """A failing compile returns its status and stderr, no object, no local retry."""
+        outcome = _run_fake(fake_env, "error")
+        assert (outcome.status, outcome.was_out_of_memory) == (1, False)
+        assert "error: nope" in outcome.stderr
+        assert outcome.object_data == b""
+
+    def test_out_of_memory_text(self, fake_env):
+        """1.4's memory texts make the client rebuild locally."""
+        outcome = _run_fake(fake_env, "oom")
+        assert (outcome.status, outcome.was_out_of_memory) == (EXIT_OUT_OF_MEMORY, True)
+
+    def test_crash_makes_the_client_rebuild_locally(self, fake_env):
+        """A compiler killed by a signal is reported as out of memory (our choice over 1.4's)."""
+        outcome = _run_fake(fake_env, "crash")
+        assert outcome.was_out_of_memory
+
+    def test_missing_object(self, fake_env):
+        """Exit 0 without an object file is a failure, not an empty object."""
+        outcome = _run_fake(fake_env, "noout")
+        assert outcome.status == 1
+        assert "no object file" in outcome.stderr
+
+    def test_compiler_that_cannot_start(self, fake_env):
+        """A missing compiler binary is a setup failure (the daemon then drops the env)."""
+        outcome = _run_fake(fake_env, "ok", argv=["/usr/bin/clang", "-c"])
+        assert outcome.setup_failure.startswith("exec:")
+        assert outcome.status == EXIT_COMPILER_MISSING
+
+
+class TestWireText:
+    def test_bytes_survive_and_nuls_go(self):
+        """Undecodable bytes reach the client unchanged; NULs (unsendable) are dropped."""
+        text = _wire_text(b"caf\xe9\0 ok")
+        assert encode_text(text) == b"caf\xe9 ok"
