@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import pwd
-import subprocess
 
 import pytest
+from daemon.fakes import build_fake_env
 
 from iceserv.daemon.compile import (
     EXIT_COMPILER_MISSING,
@@ -24,7 +22,7 @@ from iceserv.daemon.compile import (
     job_paths,
     new_unique,
 )
-from iceserv.daemon.sandbox import RunAs, child_environment
+from iceserv.daemon.sandbox import child_environment
 from iceserv.protocol import CompileFile, Lang
 from iceserv.protocol.wire import encode_text
 
@@ -154,53 +152,10 @@ class TestOutOfMemory:
         assert not is_out_of_memory("hello.c:1:1: error: expected ';'\n", 10, 1024)
 
 
-FAKE_COMPILER = r"""
-#include <signal.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    const char *out = 0, *mode = "ok";
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
-        else if (!strncmp(argv[i], "-mode=", 6)) mode = argv[i] + 6;
-    }
-    char buf[65536];
-    size_t n, total = 0;
-    while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) total += n;
-    if (!strcmp(mode, "crash")) raise(SIGSEGV);
-    if (!strcmp(mode, "oom")) {
-        fputs("cc1: out of memory allocating 65536 bytes\n", stderr);
-        return 1;
-    }
-    if (!strcmp(mode, "error")) { fputs("x.c:1:1: error: nope\n", stderr); return 1; }
-    if (!strcmp(mode, "noout")) return 0;
-    printf("uid=%d gid=%d cwd=%s\n", (int)getuid(), (int)getgid(), getcwd(buf, sizeof buf));
-    FILE *f = fopen(out, "w");
-    if (!f) return 3;
-    fprintf(f, "OBJ %zu\n", total);
-    fclose(f);
-    return 0;
-}
-"""
-
-
 @pytest.fixture(scope="module")
 def fake_env(tmp_path_factory):
     """An environment whose /usr/bin/gcc is a static fake compiler (needs root to chroot)."""
-    if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
-    root = tmp_path_factory.mktemp("fakeenv")
-    root.chmod(0o755)  # the job user must be able to enter / of its chroot
-    source = root.parent / "fake.c"
-    source.write_text(FAKE_COMPILER)
-    (root / "usr/bin").mkdir(parents=True)
-    subprocess.run(["gcc", "-static", "-O1", str(source), "-o", str(root / "usr/bin/gcc")],
-                   check=True, timeout=60)  # fmt: skip
-    user = pwd.getpwnam("icecc")
-    (root / "tmp").mkdir(mode=0o1775)
-    os.chown(root / "tmp", user.pw_uid, user.pw_gid)
-    return root, RunAs("icecc", user.pw_uid, user.pw_gid, switch=True)
+    return build_fake_env(tmp_path_factory.mktemp("fakeenv"))
 
 
 def _run_fake(fake_env, mode: str, *, argv: list[str] | None = None) -> JobOutcome:

@@ -13,17 +13,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
+
+import pytest
+from daemon.fakes import build_fake_env
 
 from iceserv.daemon import Daemon, RunAs, ServerSettings
 from iceserv.protocol import (
     NEED_DATA,
     BlacklistHostEnv,
     CompileFile,
+    CompileResult,
     ConfCS,
     Connection,
     ConnectionClosed,
     End,
+    FileChunk,
     GetCS,
     GetInternalStatus,
     Handshake,
@@ -38,6 +44,8 @@ from iceserv.protocol import (
     Stats,
     StatusText,
     UseCS,
+    VerifyEnv,
+    VerifyEnvResult,
 )
 from iceserv.testing import FakeClock
 
@@ -128,8 +136,12 @@ def _settings(tmp_path: Path, **changes: Any) -> ServerSettings:
 
 
 def run(tmp_path: Path, scenario: Callable[..., Awaitable[None]], *, scheduler: bool = True,
-        **changes: Any) -> None:  # fmt: skip
-    """Start a fake scheduler (optional) and our daemon, run *scenario*, stop everything."""
+        fake_env: tuple[Path, RunAs] | None = None, **changes: Any) -> None:  # fmt: skip
+    """Start a fake scheduler (optional) and our daemon, run *scenario*, stop everything.
+
+    With *fake_env* the daemon runs jobs as its user and has it installed as
+    ``x86_64/fake``.
+    """
 
     async def main() -> None:
         fake = FakeScheduler()
@@ -138,8 +150,14 @@ def run(tmp_path: Path, scenario: Callable[..., Awaitable[None]], *, scheduler: 
             changes.setdefault("scheduler", ("127.0.0.1", fake.port))
         settings = _settings(tmp_path, **changes)
         run_as = RunAs("me", os.getuid(), os.getgid(), switch=False)
+        if fake_env is not None:
+            run_as = fake_env[1]
         daemon = Daemon(settings, run_as=run_as, clock=FakeClock())
         await daemon.start()
+        if fake_env is not None:
+            staging = daemon.cache.new_staging()
+            shutil.copytree(fake_env[0], staging, symlinks=True, dirs_exist_ok=True)
+            daemon.cache.commit("x86_64/fake", daemon.cache.env_dir("x86_64", "fake"), staging)
         try:
             await scenario(daemon, fake, settings)
         finally:
@@ -290,7 +308,7 @@ class TestLocalJobs:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.3):
                     await b.receive()
-                    raise AssertionError("b got a slot while a holds the only one")  # noqa: EM101, TRY003
+                    raise AssertionError("b got a slot while a holds the only one")  # noqa: EM101
             a.close()
             assert await sched.expect(JobLocalDone) == JobLocalDone(job_id=1)
             assert await b.expect(JobLocalBegin) == JobLocalBegin()
@@ -329,3 +347,149 @@ class TestSchedulerLoss:
             again.close()
 
         run(tmp_path, scenario)
+
+
+@pytest.fixture(scope="module")
+def fake_env(tmp_path_factory):
+    """A chroot-able environment whose compiler is the static fake from tests/daemon/fakes.py."""
+    return build_fake_env(tmp_path_factory.mktemp("fakeenv"))
+
+
+SOURCE = b"int x;\n" * 20_000
+
+
+def _job(job_id: int, mode: str = "ok", env: str = "fake") -> CompileFile:
+    return CompileFile(job_id=job_id, args=(f"-mode={mode}", "-c"), environment=env,
+                       target="x86_64", compiler_name="gcc", input_file="a.c",
+                       working_dir="/src", output_file="a.o")  # fmt: skip
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT):
+        while not predicate():  # noqa: ASYNC110 - polls daemon internals from the outside
+            await asyncio.sleep(0.02)
+
+
+async def remote(daemon: Daemon) -> Peer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    return Peer(reader, writer)
+
+
+async def submit(daemon: Daemon, job: CompileFile, source: bytes = SOURCE) -> Peer:
+    peer = await remote(daemon)
+    await peer.send(job)
+    peer.conn.send_file(source)
+    peer.writer.write(peer.conn.data_to_send())
+    await peer.writer.drain()
+    return peer
+
+
+async def result(peer: Peer) -> tuple[CompileResult, bytes]:
+    answer = await peer.expect(CompileResult)
+    data = b""
+    if answer.status == 0:
+        while isinstance(chunk := await peer.receive(), FileChunk):
+            data += chunk.data
+        assert isinstance(chunk, End)
+    return answer, data
+
+
+class TestRemoteJobs:
+    def test_compile_and_statistics(self, tmp_path, fake_env):
+        """COMPILE_FILE + source: result and object to the client, JOB_BEGIN/JOB_DONE to S."""
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, _: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            peer = await submit(daemon, _job(21))
+            answer, obj = await result(peer)
+            assert (answer.status, answer.was_out_of_memory, answer.have_dwo) == (0, False, False)
+            assert obj == f"OBJ {len(SOURCE)}\n".encode()
+            begin = await sched.expect(JobBegin)
+            assert (begin.job_id, begin.client_count) == (21, 1)
+            done = await sched.expect(JobDone)
+            assert (done.job_id, done.exitcode, done.flags) == (21, 0, JobDoneFlag.FROM_SERVER)
+            assert done.in_uncompressed == len(SOURCE)
+            assert 0 < done.in_compressed < len(SOURCE)
+            assert done.out_uncompressed == done.out_compressed == len(obj)
+
+        run(tmp_path, scenario, fake_env=fake_env)
+
+    def test_queued_job_preloads_its_source(self, tmp_path, fake_env):
+        """With the only slot busy, a second client's source is read while it waits."""
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, _: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            slow = await submit(daemon, _job(31, mode="slow"))
+            assert (await sched.expect(JobBegin)).job_id == 31
+            big = b"int y;\n" * 600_000  # 4 MB: far more than socket buffers hold
+            queued = await submit(daemon, _job(32), big)  # returns once the daemon took it all
+
+            def preloaded() -> bool:
+                job = daemon.sessions[2]._job
+                return job is not None and job.source.in_uncompressed == len(big)
+
+            await until(preloaded)  # all of it read and buffered while it waits
+            assert daemon.slots.waiting() == 1
+            assert daemon.sessions[1].compiling
+            answer, _ = await result(slow)
+            assert answer.status == 0
+            assert (await sched.expect(JobDone)).job_id == 31
+            assert (await sched.expect(JobBegin)).job_id == 32
+            answer, obj = await result(queued)
+            assert obj == f"OBJ {len(big)}\n".encode()
+
+        run(tmp_path, scenario, fake_env=fake_env)
+
+    def test_client_gone_or_cancelling(self, tmp_path, fake_env):
+        """EOF before END, or any message after END, kills the job; the slot is free again."""
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, _: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            peer = await remote(daemon)
+            await peer.send(_job(41), FileChunk(b"int z;\n"))
+            await sched.expect(JobBegin)
+            peer.close()
+            done = await sched.expect(JobDone)
+            assert (done.job_id, done.flags) == (41, JobDoneFlag.FROM_SERVER)
+            assert done.exitcode != 0
+            cancel = await submit(daemon, _job(42, mode="slow"))
+            await sched.expect(JobBegin)
+            await cancel.send(End())  # a message after END: the client cancelled
+            assert await cancel.receive() is None  # closed without COMPILE_RESULT
+            assert (await sched.expect(JobDone)).exitcode == 118
+            answer, _ = await result(await submit(daemon, _job(43)))
+            assert answer.status == 0
+
+        run(tmp_path, scenario, fake_env=fake_env)
+
+    def test_queued_job_abandoned(self, tmp_path, fake_env):
+        """A client leaving while its job waits for a slot: JOB_DONE from the server, no begin."""
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, _: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            await submit(daemon, _job(51, mode="slow"))
+            await sched.expect(JobBegin)
+            queued = await submit(daemon, _job(52))
+            queued.close()
+            done = await sched.expect(JobDone)
+            assert (done.job_id, done.flags) == (52, JobDoneFlag.FROM_SERVER)
+
+        run(tmp_path, scenario, fake_env=fake_env)
+
+    def test_missing_environment_and_verify(self, tmp_path, fake_env):
+        """An unknown environment: STATUS_TEXT and exit 110; VERIFY_ENV runs bin/true."""
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, _: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            peer = await submit(daemon, _job(61, env="nope"))
+            text = await peer.expect(StatusText)
+            assert "usr/bin/as is not executable" in text.text
+            await sched.expect(JobBegin)
+            assert (await sched.expect(JobDone)).exitcode == 110
+            checker = await remote(daemon)
+            await checker.send(VerifyEnv("fake", "x86_64"))
+            assert await checker.expect(VerifyEnvResult) == VerifyEnvResult(ok=True)
+            await checker.send(VerifyEnv("nope", "x86_64"))
+            assert await checker.expect(VerifyEnvResult) == VerifyEnvResult(ok=False)
+
+        run(tmp_path, scenario, fake_env=fake_env)
