@@ -187,8 +187,6 @@ def create_env(  # noqa: PLR0913 - the tool's options
         write_tarball(files, str(Path(out_dir, name)), compression)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        os.write(5, (name + "\n").encode())  # for iceccd, which waits on descriptor 5
     return name
 
 
@@ -230,10 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         compiler, second, extras, compression = _parse(args)
-        create_env(compiler, extras, compression, second=second)
+        name = create_env(compiler, extras, compression, second=second)
     except (CreateEnvError, OSError, subprocess.SubprocessError) as exc:
         sys.stdout.write(f"{exc}\n")
         return 1
+    with contextlib.suppress(OSError):
+        os.write(5, (name + "\n").encode())  # for iceccd, which waits on descriptor 5
     return 0
 
 
