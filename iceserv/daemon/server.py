@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import random
@@ -40,7 +41,7 @@ from iceserv.daemon.slots import Slots
 from iceserv.protocol import JobDone, JobDoneFlag, Login, Stats
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from iceserv.daemon.environments import Clock
     from iceserv.daemon.remote_job import JobHost
@@ -128,6 +129,79 @@ class Daemon:
         for session in list(self.sessions.values()):
             if not session.compiling:
                 session.drop(_EXIT_NO_HOSTS)
+
+    async def reconfigure(self, settings: ServerSettings) -> None:
+        """Apply reloaded *settings* without touching running compiles (SIGHUP, issue 7).
+
+        Slots, niceness and the cache limit apply at once (waiting work is
+        granted if slots were added).  Changed TCP listeners (``--no-remote``,
+        port, interface) are closed and reopened; if the new ones cannot be
+        bound the old ones are restored and ``OSError`` is raised.  When what
+        the scheduler knows of us changed (slots, name, network, scheduler,
+        port), the daemon logs in again on a new connection, the only way a
+        1.4 scheduler learns it; as when a scheduler goes away, requests still
+        waiting for its answer are told to compile locally.  The Unix socket,
+        ``run_as``, the environment directory and connected clients stay.
+        """
+        old = self.settings
+        if (settings.listen_addresses, settings.port) != (old.listen_addresses, old.port):
+            await self._rebind(settings, old)
+        self.settings = settings
+        self.slots.max_kids = settings.max_kids
+        self.cache.nice = settings.nice
+        self.cache.limit = settings.cache_limit
+        seen_by_scheduler = ("max_kids", "nodename", "netname", "scheduler", "port",
+                             "listen_addresses", "discovery_port", "chroot_possible")  # fmt: skip
+        if any(getattr(settings, n) != getattr(old, n) for n in seen_by_scheduler):
+            await self._restart_link()
+        self.schedule()
+
+    async def _rebind(self, settings: ServerSettings, old: ServerSettings) -> None:
+        unix, tcp = self._servers[:1], self._servers[1:]
+        for server in tcp:
+            server.close()
+        for server in tcp:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.write_timeout):
+                    await server.wait_closed()
+        try:
+            opened, port = await self._listen(settings.listen_addresses, settings.port)
+        except OSError:
+            opened, self.port = await self._listen(old.listen_addresses, self.port)
+            self._servers = [*unix, *opened]
+            raise
+        self._servers = [*unix, *opened]
+        self.port = port
+
+    async def _listen(
+        self, addresses: Sequence[str], port: int
+    ) -> tuple[list[asyncio.Server], int]:
+        opened: list[asyncio.Server] = []
+        try:
+            for address in addresses:
+                server = await asyncio.start_server(self._accept, address, port,
+                                                    reuse_address=True, backlog=1024,
+                                                    limit=_READ_LIMIT)  # fmt: skip
+                port = server.sockets[0].getsockname()[1]
+                opened.append(server)
+        except OSError:
+            for server in opened:
+                server.close()
+            raise
+        return opened, port
+
+    async def _restart_link(self) -> None:
+        if self._link_task is None:
+            return  # stopping: no new login
+        self._link_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._link_task
+        self.scheduler_lost()
+        self.link.settings = dataclasses.replace(
+            self.link.settings, scheduler=self.settings.scheduler,
+            netname=self.settings.netname, discovery_port=self.settings.discovery_port,
+        )  # fmt: skip
+        self._link_task = asyncio.create_task(self.link.run())
 
     @property
     def in_flight(self) -> int:
