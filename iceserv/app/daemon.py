@@ -64,8 +64,8 @@ _EXIT_FAILURE: Final = 1
 _ROOT_SOCKET: Final = Path("/var/run/icecc/iceccd.socket")
 _LOOPBACK: Final = "127.0.0.1"
 _REAL_ICECC: Final = "/usr/bin/icecc"
-#: Reloading applies logging changes only; the rest needs a restart (and says so).
-_LIVE: Final = frozenset(("verbosity", "log_file", "log_format"))
+#: What a reload cannot change while the daemon runs (it says so and keeps the old value).
+_RESTART_ONLY: Final = frozenset(("user", "env_basedir", "daemonize"))
 
 
 def socket_path(environ: Mapping[str, str], *, privileged: bool) -> Path:
@@ -143,26 +143,38 @@ class DaemonService:
         self._logs = logs
         self._argv = list(argv)
         self._environ = environ
+        #: Set by ``_run`` so a reload can change the stop grace period.
+        self.lifecycle: Lifecycle | None = None
 
     def status(self) -> str:
         """Return e.g. ``1/4 jobs, scheduler 10.0.0.2:8765``."""
         return DaemonControl(self.daemon).status().summary()
 
     async def reload(self) -> list[str]:
-        """Re-read the configuration; apply logging changes, report what needs a restart."""
+        """Re-read the configuration and apply it to the running daemon; return what changed.
+
+        Limits, identity, listeners and logging change live
+        (:meth:`~iceserv.daemon.Daemon.reconfigure`); the job user, the
+        environment directory and ``-d`` need a restart and are reported.
+        """
         loaded = load_daemon_settings(self._argv, self._environ)
         new, old = loaded.settings, self.settings
         changed = [name for name in type(new).model_fields
                    if getattr(new, name) != getattr(old, name)]  # fmt: skip
-        fixed = [name for name in changed if name not in _LIVE]
+        fixed = [name for name in changed if name in _RESTART_ONLY]
         if fixed:
             log.warning("reload_needs_restart", settings=fixed)
+            new = new.model_copy(update={name: getattr(old, name) for name in fixed})
+        chroot = self.daemon.settings.chroot_possible
+        await self.daemon.reconfigure(server_settings(new, self._environ, chroot_possible=chroot))
         self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
                                log_file=new.log_file)  # fmt: skip
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)
-        self.settings = new.model_copy(update={name: getattr(old, name) for name in fixed})
-        return [name for name in changed if name in _LIVE]
+        if self.lifecycle is not None:
+            self.lifecycle.grace = new.stop_grace
+        self.settings = new
+        return [name for name in changed if name not in fixed]
 
     async def stop_accepting(self) -> None:
         """Close the listeners, leave the scheduler, end clients not being compiled for."""
@@ -201,7 +213,9 @@ async def _run(server: ServerSettings, run_as: RunAs, notifier: Notifier,
                   error=str(exc))  # fmt: skip
         await daemon.close()
         return _EXIT_FAILURE
-    lifecycle = Lifecycle(make_service(daemon), notifier, grace=grace)
+    service = make_service(daemon)
+    lifecycle = Lifecycle(service, notifier, grace=grace)
+    service.lifecycle = lifecycle
     loop = asyncio.get_running_loop()
     lifecycle.install_signal_handlers(loop)
     log.info("daemon_ready", version=VERSION, status=DaemonControl(daemon).status().summary())
