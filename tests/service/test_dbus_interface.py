@@ -1,0 +1,275 @@
+"""SchedulerInterface over a fake facade, exported on a private bus, called with dbus-fast.
+
+These check what busctl cannot show well: D-Bus error names, argument
+checks, the exact signal bodies for odd values, coalescing on a real bus,
+and the package's import boundary.  The fake is a real object satisfying
+``SchedulerFacade`` (mypy checks the real scheduler against it in ``app``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import structlog.testing
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from iceserv.service.dbus import (
+    SCHEDULER_INTERFACE,
+    SCHEDULER_PATH,
+    SchedulerInterface,
+    export_on_bus,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+N = SCHEDULER_INTERFACE
+P = SCHEDULER_PATH
+
+
+@dataclass(frozen=True)
+class FakeJob:
+    id: int
+    state: str
+    submitter: str
+    server: str
+    filename: str
+    queued_at: float | None = None
+    started_at: float | None = None
+
+
+@dataclass
+class FakeScheduler:
+    """A SchedulerFacade whose answers the test sets."""
+
+    hosts: int = 0
+    observers: list[Any] = field(default_factory=list)
+    block_list: list[str] = field(default_factory=list)
+
+    def started_at(self) -> float:
+        return 1_700_000_000.5
+
+    def uptime_seconds(self) -> int:
+        return 7
+
+    def netname(self) -> str:
+        return "TESTNET"
+
+    def host_count(self) -> int:
+        return self.hosts
+
+    def jobs_running(self) -> int:
+        return 0
+
+    def jobs_queued(self) -> int:
+        return 0
+
+    def total_jobs(self) -> int:
+        return 0
+
+    def list_hosts(self) -> list[Any]:
+        return []
+
+    def list_jobs(self) -> list[FakeJob]:
+        return [FakeJob(3, "PEND", "laptop", "<unknown>", "a.c", 1.5, None)]
+
+    def blocked(self) -> list[str]:
+        return self.block_list
+
+    def drained(self) -> list[str]:
+        return []
+
+    def remove_hosts(self, names: list[str], /) -> list[str]:
+        return [name for name in names if name == "known"]
+
+    def block_hosts(self, names: list[str], /) -> list[str]:
+        self.block_list += names
+        return []
+
+    def unblock_hosts(self, _names: list[str], /) -> None:
+        return None
+
+    def drain_hosts(self, _names: list[str], /) -> list[str]:
+        return []
+
+    def resume_hosts(self, _names: list[str], /) -> None:
+        return None
+
+    def add_observer(self, observer: Any, /) -> None:
+        self.observers.append(observer)
+
+    def remove_observer(self, observer: Any, /) -> None:
+        self.observers.remove(observer)
+
+
+@pytest.fixture(scope="module")
+def session_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private session-type bus that allows everything (services.md §5.4)."""
+    exe = shutil.which("dbus-daemon") or pytest.fail("dbus-daemon missing: run ./bin/setup")
+    directory: Path = tmp_path_factory.mktemp("bus")
+    conf = directory / "bus.conf"
+    conf.write_text(
+        '<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"\n'
+        ' "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">\n'
+        f"<busconfig><type>session</type><listen>unix:dir={directory}</listen>"
+        '<auth>EXTERNAL</auth><policy context="default"><allow send_destination="*"/>'
+        '<allow eavesdrop="true"/><allow own="*"/></policy></busconfig>'
+    )
+    proc = subprocess.Popen([exe, f"--config-file={conf}", "--nofork", "--nopidfile",
+                             "--print-address=1"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def run(scenario: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+async def exported(address: str, fake: FakeScheduler, interval: float = 0.2) -> Any:
+    interface = SchedulerInterface(fake, version="9.9", interval=interval)
+    export = await export_on_bus(address, N, P, interface)
+    assert export is not None
+    interface.attach()
+    client = await MessageBus(bus_address=address).connect()
+    return interface, export, client
+
+
+async def invoke(client: MessageBus, member: str, signature: str = "", *body: Any) -> Message:
+    reply = await client.call(Message(destination=N, path=P, interface=N, member=member,
+                                      signature=signature, body=list(body)))  # fmt: skip
+    assert reply is not None
+    return reply
+
+
+class TestMethods:
+    def test_error_names_and_argument_checks(self, session_bus):
+        """RemoveHost of an unknown host and empty or over-long names are typed errors."""
+
+        async def scenario():
+            interface, export, client = await exported(session_bus, FakeScheduler())
+            try:
+                unknown = await invoke(client, "RemoveHost", "s", "nobody-here")
+                ok = await invoke(client, "RemoveHost", "s", "known")
+                empty = await invoke(client, "BlockHost", "s", "")
+                long = await invoke(client, "DrainHost", "s", "x" * 256)
+                return unknown, ok, empty, long
+            finally:
+                interface.detach()
+                client.disconnect()
+                await export.close()
+
+        unknown, ok, empty, long = run(scenario)
+        assert (unknown.message_type, unknown.error_name) == (
+            MessageType.ERROR, f"{N}.Error.UnknownHost")  # fmt: skip
+        assert ok.message_type is MessageType.METHOD_RETURN
+        for reply in (empty, long):
+            assert reply.error_name == "org.freedesktop.DBus.Error.InvalidArgs"
+
+    def test_lists_and_constant_properties(self, session_bus):
+        """ListJobs maps states and times; StartTime is microseconds; Version as given."""
+
+        async def scenario():
+            interface, export, client = await exported(session_bus, FakeScheduler())
+            try:
+                jobs = await invoke(client, "ListJobs")
+                props = await client.call(Message(
+                    destination=N, path=P, interface="org.freedesktop.DBus.Properties",
+                    member="GetAll", signature="s", body=[N]))  # fmt: skip
+                return jobs, props
+            finally:
+                interface.detach()
+                client.disconnect()
+                await export.close()
+
+        jobs, props = run(scenario)
+        assert [list(row) for row in jobs.body[0]] == [
+            [3, "laptop", "", "a.c", "queued", 1_500_000, 0]
+        ]
+        values = {name: variant.value for name, variant in props.body[0].items()}
+        assert values["StartTime"] == 1_700_000_000_500_000
+        assert (values["Version"], values["NetName"], values["Uptime"]) == ("9.9", "TESTNET", 7)
+
+
+class TestSignals:
+    def test_observer_calls_become_signals_and_changes_are_coalesced(self, session_bus):
+        """Observer calls emit signals at once; 50 host-count changes are one PropertiesChanged."""
+
+        async def scenario():
+            fake = FakeScheduler()
+            interface, export, client = await exported(session_bus, fake, interval=0.3)
+            seen: list[Message] = []
+            client.add_message_handler(lambda m: seen.append(m) if m.message_type
+                                       is MessageType.SIGNAL else None)  # fmt: skip
+            await client.call(Message(
+                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                body=[f"type='signal',path='{P}'"]))  # fmt: skip
+            try:
+                (observer,) = fake.observers
+                observer.host_joined("farm1", "10.0.0.1")
+                observer.job_started(FakeJob(4, "COMP", "laptop", "farm1", "b.c"))
+                observer.job_finished(FakeJob(4, "COMP", "laptop", "<unknown>", "b.c"), -1)
+                for count in range(1, 51):
+                    fake.hosts = count
+                    observer.cluster_changed()
+                observer.host_left("farm1", "10.0.0.1")
+                await asyncio.sleep(0.5)
+            finally:
+                interface.detach()
+                client.disconnect()
+                await export.close()
+            return fake, seen
+
+        fake, seen = run(scenario)
+        assert fake.observers == []  # detached
+        bodies = [(m.member, m.body) for m in seen]
+        assert bodies[:3] == [
+            ("HostJoined", ["farm1", "10.0.0.1"]),
+            ("JobStarted", [4, "laptop", "farm1", "b.c"]),
+            ("JobFinished", [4, "laptop", "", "b.c", -1]),
+        ]
+        changes = [m.body for m in seen if m.member == "PropertiesChanged"]
+        assert len(changes) == 1
+        assert {k: v.value for k, v in changes[0][1].items()} == {"HostCount": 50}
+        assert ("HostLeft", ["farm1", "10.0.0.1"]) in bodies
+
+    def test_no_bus_is_none_and_one_warning(self):
+        """export_on_bus returns None, with one dbus_unavailable warning, when nobody listens."""
+
+        async def scenario():
+            interface = SchedulerInterface(FakeScheduler(), version="9.9")
+            return await export_on_bus("unix:path=/nonexistent/bus", N, P, interface)
+
+        with structlog.testing.capture_logs() as logs:
+            assert run(scenario) is None
+        (line,) = [entry for entry in logs if entry["event"].startswith("dbus")]
+        assert (line["event"], line["log_level"]) == ("dbus_unavailable", "warning")
+
+
+class TestPackage:
+    def test_does_not_import_scheduler_or_daemon_and_service_does_not_load_dbus(self):
+        """service.dbus imports neither scheduler nor daemon; iceserv.service loads no dbus_fast."""
+        code = (
+            "import sys, iceserv.service\n"
+            "print('dbus_fast' in sys.modules)\n"
+            "import iceserv.service.dbus\n"
+            "print([m for m in sys.modules if m.startswith(('iceserv.scheduler',"
+            " 'iceserv.daemon', 'iceserv.app', 'iceserv.config', 'iceserv.telnet'))])\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60, check=True)  # fmt: skip
+        assert proc.stdout.split("\n")[:2] == ["False", "[]"]
