@@ -182,8 +182,13 @@ class _Run:
         """Build with the daemon that answered: remote unless told otherwise, else in a slot."""
         from iceserv.client.remote import Channel, ClusterError  # noqa: PLC0415
 
-        daemon = Channel(sock, name="local daemon", env=self.env)
         job = analysis.job
+        try:
+            daemon = Channel(sock, name="local daemon", env=self.env)
+        except ClusterError as exc:
+            sock.close()
+            self.diag.warning(f"local daemon unusable: {exc}")
+            return self.local(job, daemon=None)
         try:
             local = analysis.local_reason is not None or self.env.local_only
             if not local:
@@ -208,15 +213,21 @@ class _Run:
 
     def reconnect(self, spent: Channel) -> Channel | None:
         """Open a new daemon connection for the local build (1.4 does not reuse the old one)."""
-        from iceserv.client.remote import Channel  # noqa: PLC0415
+        from iceserv.client.remote import Channel, ClusterError  # noqa: PLC0415
         from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
 
         spent.close()
         try:
             sock = find_local_daemon(self.env)
         except TestSocketError:
-            sock = None
-        return None if sock is None else Channel(sock, name="local daemon", env=self.env)
+            return None
+        if sock is None:
+            return None
+        try:
+            return Channel(sock, name="local daemon", env=self.env)
+        except ClusterError:
+            sock.close()
+            return None
 
     def complete(self, analysis: Analysis) -> Job | None:
         """Run the compiler for what the remote job still needs; None means build locally."""

@@ -250,6 +250,7 @@ class Remote:
 
     def compile_here(self, use: UseCS) -> int:
         """§5.1.2: tell the daemon, compile locally in its slot, report JOB_DONE."""
+        self.diag.debug("building myself, but telling localhost")
         job = self.job
         self.daemon.send(self._compile_file(use.job_id, "__client", self.daemon))
         start = time.monotonic()
@@ -278,6 +279,8 @@ class Remote:
 
     def compile_there(self, use: UseCS) -> int:
         """§5.1.1 steps 9-14 against the compile server *use* names."""
+        self.diag.debug(f"Have to use host {use.hostname}:{use.port} - Job ID: {use.job_id} - "
+                        f"env: {use.host_platform} - has env: {use.got_env}")  # fmt: skip
         envs = {e.platform: e for e in self.envs}
         chosen = envs.get(use.host_platform)
         if chosen is None:

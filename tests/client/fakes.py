@@ -157,7 +157,7 @@ class FakeDaemon:
     ``use_cs`` answers GET_CS (None: close the connection instead);
     ``native`` is the NATIVE_ENV path (None: answer END); ``go`` False makes
     it close instead of sending the JOB_LOCAL_BEGIN go signal;
-    ``reject_first`` closes the first connection right after the handshake.
+    ``reject_first`` closes the first connection at once, ``reject_all`` every one.
     """
 
     path: Path
@@ -165,6 +165,7 @@ class FakeDaemon:
     native: str | None = None
     go: bool = True
     reject_first: bool = False
+    reject_all: bool = False
     connections: list[list[Message]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _acceptor: _Acceptor | None = field(default=None, init=False)
@@ -181,7 +182,7 @@ class FakeDaemon:
             seen: list[Message] = []
             self.connections.append(seen)
             first = len(self.connections) == 1
-        if first and self.reject_first:
+        if self.reject_all or (first and self.reject_first):
             return
         channel = BlockingChannel(sock, timeout=TIMEOUT)
         while True:
