@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
+from client.fakes import FakeDaemon, FakeServer, write_launcher
 from testbed import RealDaemon, RealScheduler
 
-from client.fakes import FakeDaemon, FakeServer, write_launcher
 from iceserv.app.symlinks import DEFAULT_NAMES, install
 from iceserv.client.createenv import create_env
 from iceserv.client.envfiles import EnvFiles, write_tarball
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.live
 
 C_SOURCE = (
     "#include <stdio.h>\n#include <string.h>\n"
-    + "".join(f"int f{i}(int x) {{ return x * {i} + (int)strlen(\"{i}\"); }}\n" for i in range(200))
+    + "".join(f'int f{i}(int x) {{ return x * {i} + (int)strlen("{i}"); }}\n' for i in range(200))
     + 'int main(void) { printf("%d\\n", f7(6)); return 0; }\n'
 )
 CXX_SOURCE = (
