@@ -73,10 +73,6 @@ class JobHost(Protocol):
         """Return the address-space limit of one job now."""
         ...
 
-    def job_cpu(self, msec: int) -> None:
-        """Account CPU time our jobs used (it counts as idle for the load)."""
-        ...
-
     def reannounce(self) -> None:
         """Re-send LOGIN (an environment was removed)."""
         ...
@@ -171,7 +167,6 @@ class RemoteJob:
             host.cache.release(job.target, job.environment)
             exit_code = self._abort_code or outcome.status
             host.to_scheduler(self._job_done(exit_code, outcome))
-            host.job_cpu(outcome.user_msec + outcome.sys_msec)
             self._log.info(
                 "job_finished", where="server", exitcode=exit_code,
                 in_bytes=self.source.in_uncompressed, in_compressed=self.source.in_compressed,

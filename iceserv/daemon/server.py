@@ -21,7 +21,6 @@ import itertools
 import os
 import random
 import shutil
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -56,7 +55,6 @@ log = structlog.get_logger()
 _EXIT_IO_ERROR: Final = 107
 _EXIT_NO_HOSTS: Final = 116
 _READ_LIMIT: Final = 65536
-_PROC: Final = Path("/proc")
 
 
 class Daemon:
@@ -83,6 +81,7 @@ class Daemon:
         self.own_ip = ""
         self.port = settings.port
         self.free_mem_mb = 0
+        self._cpu_seen = 0.0
         self._ids = itertools.count(1)
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -287,8 +286,20 @@ class Daemon:
         return memory_limit_mb(self.free_mem_mb, self.settings.max_kids)
 
     def job_cpu(self, msec: int) -> None:
-        """CPU time of a finished job counts as ours (idle) in the load."""
+        """Count CPU time of a job a client ran under our slot as ours (idle) in the load."""
         self.tracker.add_job_cpu(msec)
+
+    def _our_cpu_ms(self) -> int:
+        """CPU ms used since the last call by this process and its reaped children.
+
+        Children are the compile helpers (with their compilers), unpackers and
+        native builds: 1.4 counts ``RUSAGE_CHILDREN`` the same way, and the
+        daemon's own work serving jobs is ours too.
+        """
+        times = os.times()
+        total = times.user + times.system + times.children_user + times.children_system
+        used, self._cpu_seen = total - self._cpu_seen, total
+        return max(0, int(used * 1000))
 
     def schedule(self) -> None:
         """Start whatever the free slots allow (reference §5.3)."""
@@ -329,12 +340,13 @@ class Daemon:
 
     def _sample_stats(self) -> Sample | None:
         try:
-            cpu = parse_proc_stat((_PROC / "stat").read_text())
-            mem = parse_meminfo((_PROC / "meminfo").read_text())
+            cpu = parse_proc_stat((self.settings.proc_dir / "stat").read_text())
+            mem = parse_meminfo((self.settings.proc_dir / "meminfo").read_text())
             disk_free = shutil.disk_usage(self.settings.env_basedir).free
         except (OSError, ValueError) as exc:
             log.warning("stats_unavailable", error=str(exc))
             return None
+        self.tracker.add_job_cpu(self._our_cpu_ms())
         free_slots = self.settings.max_kids + 1 - self.slots.children
         sample = self.tracker.evaluate(cpu=cpu, mem=mem, load_avg=os.getloadavg(),
                                        disk_free=disk_free, free_slots=free_slots)  # fmt: skip

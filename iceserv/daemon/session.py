@@ -116,6 +116,10 @@ class SessionHost(Protocol):
         """Re-send LOGIN (environments changed)."""
         ...
 
+    def job_cpu(self, msec: int) -> None:
+        """Count CPU time of a job a client ran under our slot as idle."""
+        ...
+
 
 class ClientSession:
     """One client connection; :meth:`run` serves it until it ends."""
@@ -352,6 +356,8 @@ class ClientSession:
         self.host.slots.release(self.client_id)
         self.state = State.JOB_DONE
         self.job_id = 0  # the scheduler will not need it any more
+        if msg.user_msec + msg.sys_msec <= msg.real_msec:  # plausible figures only, as 1.4
+            self.host.job_cpu(msg.user_msec + msg.sys_msec)
         self.host.to_scheduler(dataclasses.replace(msg, client_count=self.host.client_count))
         self._log.info("job_finished", job_id=msg.job_id, where="client", exitcode=msg.exitcode,
                        real_msec=msg.real_msec, out_bytes=msg.out_uncompressed)  # fmt: skip

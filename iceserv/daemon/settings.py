@@ -10,15 +10,17 @@ the configuration layer's ``DaemonSettings`` and the few test variables
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from iceserv.protocol import DAEMON_PORT, EnvFeature
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
-    from pathlib import Path
 
 __all__ = ["ServerSettings"]
+
+_PROC: Final = Path("/proc")
 
 
 def _no_broadcasts() -> tuple[str, ...]:
@@ -54,6 +56,7 @@ class ServerSettings:
     supported_features: int = int(EnvFeature.ENV_XZ | EnvFeature.ENV_ZSTD)
     child_environ: Mapping[str, str] = field(default_factory=dict)
     native_command: tuple[str, ...] = ("/usr/bin/icecc", "--build-native")
+    proc_dir: Path = field(default_factory=lambda: _PROC)  # where /proc/stat and meminfo are
     # Time-outs in seconds, then size and count limits.
     handshake_timeout: float = 15.0
     idle_timeout: float = 120.0

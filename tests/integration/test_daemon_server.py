@@ -126,7 +126,12 @@ class FakeScheduler:
 
 
 def _settings(tmp_path: Path, **changes: Any) -> ServerSettings:
+    proc = tmp_path / "proc"  # a machine that is idle whatever else runs here
+    proc.mkdir(exist_ok=True)
+    (proc / "stat").write_text("cpu  0 0 0 1000 0 0 0 0\n")
+    (proc / "meminfo").write_text("MemTotal: 8000000 kB\nMemFree: 7000000 kB\n")
     options: dict[str, Any] = {
+        "proc_dir": proc,
         "unix_socket": tmp_path / "iceccd.socket", "env_basedir": tmp_path / "envs",
         "listen_addresses": ("127.0.0.1",), "port": 0, "nodename": "testnode", "max_kids": 1,
         "fast_reconnect": True,
@@ -467,12 +472,13 @@ class TestRemoteJobs:
 
         async def scenario(daemon: Daemon, fake: FakeScheduler, _: ServerSettings) -> None:
             sched, _ = await fake.daemon()
-            await submit(daemon, _job(51, mode="slow"))
+            running = await submit(daemon, _job(51, mode="slow"))  # keep it: GC would close it
             await sched.expect(JobBegin)
             queued = await submit(daemon, _job(52))
             queued.close()
             done = await sched.expect(JobDone)
             assert (done.job_id, done.flags) == (52, JobDoneFlag.FROM_SERVER)
+            assert (await result(running))[0].status == 0
 
         run(tmp_path, scenario, fake_env=fake_env)
 
