@@ -23,13 +23,16 @@ The real 1.4 daemons and a real compile are in ``test_dbus_live.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import socket
+import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from service.dbusbed import NOBODY, Monitor, SystemBus, as_user, busctl, user_ids
+from service.dbusbed import NOBODY, ROOT, Monitor, SystemBus, as_user, busctl, user_ids
 from testbed import OurScheduler, wait_for
 
 from iceserv.protocol import (
@@ -421,3 +424,53 @@ class TestWithoutDBus:
             bus.close()
             tail = ours.log_tail()
             assert ours.stop() == 0, tail
+
+
+def dbus_section(page: str) -> str:
+    """The D-BUS section of a man page's scdoc source."""
+    text = (ROOT / "man" / f"{page}.scd").read_text()
+    return text[text.index("# D-BUS\n") : text.index("\n# ", text.index("# D-BUS\n") + 1)]
+
+
+def examples(section: str) -> list[str]:
+    """The busctl command lines of a section's literal blocks."""
+    return [line.strip() for line in section.splitlines() if line.strip().startswith("busctl ")]
+
+
+class TestManPage:
+    @pytest.mark.usefixtures("scheduler")
+    def test_every_member_is_documented_with_a_busctl_line(self, system_bus):
+        """icecc-scheduler(8) names every Scheduler1 member in bold and shows busctl for it."""
+        section = dbus_section("icecc-scheduler.8")
+        listing = busctl(system_bus.address, "introspect", N, P, N).stdout
+        members = [line.split()[0][1:] for line in listing.splitlines()[1:]]
+        lines = examples(section)
+        for member in members:
+            assert f"*{member}*" in section, f"{member} is not documented"
+            shown = [line for line in lines if line.split()[-1] == member
+                     or f"member={member}" in line or f" {member} " in line]  # fmt: skip
+            assert shown, f"no busctl line for {member}"
+
+    def test_every_example_works(self, system_bus, scheduler):
+        """Every busctl line of the D-BUS section runs against our scheduler on the bus."""
+        address = system_bus.address
+        for line in examples(dbus_section("icecc-scheduler.8")):
+            argv = shlex.split(line.replace("$N", N).replace("$P", P))[1:]
+            if argv[0] == "monitor":  # runs until stopped: it must start and keep running
+                proc = subprocess.Popen(["busctl", f"--address={address}", *argv],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        text=True)  # fmt: skip
+                try:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(0.3)
+                    assert proc.poll() is None, (line, proc.stderr and proc.stderr.read())
+                finally:
+                    proc.terminate()
+                    proc.communicate(timeout=5)
+                continue
+            result = busctl(address, *argv)
+            if "RemoveHost" in argv:  # the documented example names no connected daemon
+                assert "no daemon named" in result.stderr, (line, result.stderr)
+            else:
+                assert result.returncode == 0, (line, result.stderr)
+        assert scheduler.alive()
