@@ -1,0 +1,85 @@
+"""Tests of the iceccd program's start-up decisions: exit codes, socket path, listeners."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from iceserv.app.daemon import main, server_settings, socket_path
+from iceserv.config import Locations, load_daemon_settings
+
+NO_FILES = Locations(confd=(), toml=None, rc_conf=())
+
+
+def _settings(*argv: str):
+    return load_daemon_settings(list(argv), {}, locations=NO_FILES).settings
+
+
+class TestMain:
+    def test_help_exits_like_14(self, capsys):
+        """-h prints the usage and exits 1, as 1.4's iceccd does."""
+        assert main(["-h"], {}) == 1
+        assert "--no-remote" in capsys.readouterr().out
+
+    def test_configuration_error_exits_78(self, capsys):
+        """A bad value is one line on stderr and EX_CONFIG."""
+        assert main(["-m", "eight"], {}) == 78
+        assert capsys.readouterr().err.startswith("iceccd: ")
+
+    def test_check_config_prints_the_settings(self, capsys, tmp_path):
+        """--check-config shows every setting with its source and starts nothing."""
+        toml = tmp_path / "iceserv.toml"
+        toml.write_text("[daemon]\nmax_processes = 3\n")
+        assert main(["--check-config", "--config", str(toml), "-N", "box"], {}) == 0
+        out = capsys.readouterr().out
+        assert "max_processes" in out
+        assert "box" in out
+
+
+class TestSocketPath:
+    def test_test_socket_wins(self):
+        """ICECC_TEST_SOCKET is used whatever the privileges (reference §1.2)."""
+        assert socket_path({"ICECC_TEST_SOCKET": "/x/s"}, privileged=True) == Path("/x/s")
+
+    def test_privileged_and_user_paths(self):
+        """Root (or CAP_SYS_CHROOT) uses /var/run/icecc; anyone else $HOME/.iceccd.socket."""
+        assert socket_path({}, privileged=True) == Path("/var/run/icecc/iceccd.socket")
+        assert socket_path({"HOME": "/home/u"}, privileged=False) == Path(
+            "/home/u/.iceccd.socket"
+        )
+
+
+class TestServerSettings:
+    def test_defaults_and_tests_mode(self):
+        """All interfaces on 10245; ICECC_TESTS: loopback broadcasts and 3 s reconnects."""
+        server = server_settings(_settings("-N", "n1"), {"ICECC_TESTS": "1"},
+                                 chroot_possible=True)  # fmt: skip
+        assert (server.listen_addresses, server.port) == (("0.0.0.0",), 10245)  # noqa: S104
+        assert server.broadcasts() == ("127.0.0.1",)
+        assert server.fast_reconnect
+        assert server.nodename == "n1"
+        assert server.remote_allowed
+
+    @pytest.mark.parametrize(("argv", "chroot"), [(("--no-remote",), True), ((), False)])
+    def test_no_listener_without_remote_jobs(self, argv, chroot):
+        """--no-remote, or no way to chroot, opens no TCP port and announces port 0."""
+        server = server_settings(_settings(*argv), {}, chroot_possible=chroot)
+        assert (server.listen_addresses, server.port) == ((), 0)
+        assert not server.remote_allowed
+        assert server.chroot_possible is chroot
+
+    def test_scheduler_limits_and_child_environment(self):
+        """-s, -m, --cache-limit map through; the manager's variables never reach compilers."""
+        settings = _settings("-s", "10.0.0.2:9000", "-m", "0", "--cache-limit", "10")
+        server = server_settings(settings, {"NOTIFY_SOCKET": "/run/x", "LANG": "C"},
+                                 chroot_possible=True)  # fmt: skip
+        assert server.scheduler == ("10.0.0.2", 9000)
+        assert server.max_kids == 0
+        assert server.cache_limit == 10 * 1024 * 1024
+        assert server.child_environ == {"LANG": "C", "PATH": "/usr/bin"}
+
+    def test_interface_adds_loopback(self):
+        """-i binds that interface's address and 127.0.0.1 (once, even for lo)."""
+        server = server_settings(_settings("-i", "lo"), {}, chroot_possible=True)
+        assert server.listen_addresses == ("127.0.0.1",)
