@@ -36,7 +36,7 @@ from iceserv.daemon.load import (
 from iceserv.daemon.native import NativeEnvironments
 from iceserv.daemon.scheduler_link import LinkSettings, SchedulerLink, set_keepalive
 from iceserv.daemon.session import ClientSession
-from iceserv.daemon.slots import Slots
+from iceserv.daemon.slots import FULL_LOAD, Slots
 from iceserv.protocol import JobDone, JobDoneFlag, Login, Stats
 
 if TYPE_CHECKING:
@@ -87,6 +87,8 @@ class Daemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._link_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set whenever a slot is released
+        #: Draining (D-Bus ``Drain``): STATS report full load, so no new remote jobs come.
+        self.draining = False
 
     # --- life cycle ------------------------------------------------------------------
 
@@ -267,6 +269,25 @@ class Daemon:
         """Whether we are logged in to a scheduler."""
         return self.link.connected
 
+    def drain(self) -> None:
+        """Take no new remote jobs; nothing running is touched (D-Bus ``Drain``).
+
+        While draining, STATS tell the scheduler the load is full (1000), which
+        any scheduler, 1.4's too, reads as "give me no jobs"; jobs it already
+        assigned still arrive and run, and local clients are served as usual.
+        The new load goes out at once.
+        """
+        self._set_draining(draining=True)
+
+    def resume(self) -> None:
+        """Take remote jobs again after :meth:`drain`; the real load goes out at once."""
+        self._set_draining(draining=False)
+
+    def _set_draining(self, *, draining: bool) -> None:
+        self.draining = draining
+        self.tracker.reset()  # the next STATS is sent whatever the load did
+        self.link.send_stats()
+
     def to_scheduler(self, msg: Message) -> bool:
         """Send *msg* to the scheduler if connected."""
         return self.link.send(msg)
@@ -334,7 +355,8 @@ class Daemon:
         sample = self._sample_stats()
         if sample is None or not sample.send:
             return None
-        return Stats(load=sample.load, load_avg1=sample.load_avg[0],
+        return Stats(load=FULL_LOAD if self.draining else sample.load,
+                     load_avg1=sample.load_avg[0],
                      load_avg5=sample.load_avg[1], load_avg10=sample.load_avg[2],
                      free_mem=sample.free_mem_mb)  # fmt: skip
 

@@ -499,3 +499,25 @@ class TestRemoteJobs:
             assert await checker.expect(VerifyEnvResult) == VerifyEnvResult(ok=False)
 
         run(tmp_path, scenario, fake_env=fake_env)
+
+
+class TestDrain:
+    def test_drain_reports_full_load_at_once_and_resume_the_real_one(self, tmp_path):
+        """drain() sends STATS with load 1000 right away; resume() sends the real load again."""
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, settings: ServerSettings) -> None:
+            peer, _ = await fake.daemon()
+            first = await peer.expect(Stats)
+            assert first.load < 1000
+            daemon.drain()
+            assert (await peer.expect(Stats)).load == 1000
+            assert daemon.draining
+            local = await client(settings)  # local clients are still served
+            await local.send(GET_CS)
+            assert isinstance(await peer.expect(GetCS), GetCS)
+            local.close()
+            daemon.resume()
+            assert (await peer.expect(Stats)).load == first.load
+            assert not daemon.draining
+
+        run(tmp_path, scenario)
