@@ -316,11 +316,16 @@ class TestStop:
         )
         assert scheduler.proc.wait(WAIT) == 0
 
-    def test_daemon_finishes_the_running_job(self, daemon, fake_env_tarball):
-        """SIGTERM with a compile running: STOPPING=1, the job completes, then exit 0."""
+    def test_daemon_finishes_the_running_job(self, scheduler, daemon, fake_env_tarball):
+        """SIGTERM with a compile running: STOPPING=1, the scheduler sees the node leave at
+        once (no new jobs), the running job completes, then exit 0."""
         daemon.notifications("READY=1")
+        wait_for(lambda: scheduler.events("daemon_logged_in"), WAIT, "the daemon's login")
         job = _start_job(daemon, fake_env_tarball)
         daemon.signal(signal.SIGTERM)
+        wait_for(lambda: scheduler.events("daemon_logged_out"), WAIT,
+                 "the scheduler to see the daemon leave", context=daemon.tail)  # fmt: skip
+        assert daemon.proc.poll() is None
         stopping = daemon.notifications("STOPPING=1")
         assert stopping[-1] == "STOPPING=1\nSTATUS=stopping, 1 jobs running"
         extend = daemon.notifications("EXTEND_TIMEOUT_USEC=")
