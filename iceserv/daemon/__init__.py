@@ -1,13 +1,15 @@
 """The compile daemon ``iceccd``: slots, environments, compile jobs, scheduler link, shell.
 
-``slots`` and ``load`` are pure; ``tarballs`` unpacks untrusted
-environment tarballs; ``environments`` and ``native`` own the env base dir;
-``compile`` and ``remote_job`` run compilers chroot'ed as the job user
-(through the helper programs ``_jobexec`` and ``_unpack``); ``sandbox``
-decides who runs them; ``scheduler_link`` is the scheduler connection;
-``session`` is one client connection; ``server`` is the asyncio shell and
-``control`` the read-only facade.  This package must not import
-``scheduler``, ``config``, ``service``, ``telnet`` or ``app``.
+``slots``, ``load`` and ``states`` are pure (slot order, STATS figures,
+client states and what their end reports); ``tarballs`` unpacks untrusted
+environment tarballs; ``environments``, ``env_transfer`` and ``native`` own
+the env base dir; ``compile`` and ``remote_job`` run compilers chroot'ed as
+the job user (through the helper programs ``_jobexec`` and ``_unpack``);
+``sandbox`` decides who runs them; ``scheduler_link`` is the scheduler
+connection; ``session`` is one client connection; ``server`` is the asyncio
+shell, configured by ``settings``, and ``control`` the read-only facade.
+This package must not import ``scheduler``, ``config``, ``service``,
+``telnet`` or ``app``.
 """
 
 from __future__ import annotations
