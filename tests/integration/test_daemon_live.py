@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -146,6 +147,10 @@ class OurDaemon:
             assert not _descendants_left(self.proc.pid)
         return code
 
+    def remove(self) -> None:
+        """Delete the work directory (socket, env cache, log)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
 
 def _descendants_left(pid: int) -> list[int]:
     """Processes still in the daemon's session (helpers, compilers) after it stopped."""
@@ -172,7 +177,10 @@ def our_daemon_factory() -> Iterator[Any]:
 
     yield make
     for daemon in made:
-        daemon.stop()
+        try:
+            daemon.stop()
+        finally:
+            daemon.remove()
 
 
 def _compile_with_real_client(workdir: Path, env: dict[str, str]) -> tuple[bytes, bytes, str]:
