@@ -16,6 +16,10 @@ before any compiler is started), logging through
 :mod:`iceserv.service.logging`, SIGHUP/SIGTERM through
 :class:`~iceserv.service.Lifecycle`, to which :class:`DaemonService` adapts
 the running daemon (running compiles get ``stop_grace`` seconds).
+``org.icecream.Daemon1`` on the system bus (``DBUS_SYSTEM_BUS_ADDRESS``
+overrides its address) through :mod:`iceserv.service.dbus`, to which
+:class:`~iceserv.app.daemon_bus.DaemonBusControl` adapts the daemon; its setters take the reload
+path (:meth:`DaemonService.apply_settings`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from iceserv._version import VERSION
+from iceserv.app.daemon_bus import DaemonBusControl
 from iceserv.config import Service, load_daemon_settings, parse_command_line, render_text, usage
 from iceserv.daemon import (
     Daemon,
@@ -47,6 +52,13 @@ from iceserv.daemon import (
 from iceserv.errors import ConfigError
 from iceserv.scheduler.netif import broadcast_addresses, interface_address
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier, configure_logging
+from iceserv.service.dbus import (
+    DAEMON_INTERFACE,
+    DAEMON_PATH,
+    DEFAULT_SYSTEM_BUS,
+    DaemonInterface,
+    export_on_bus,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, MutableMapping, Sequence
@@ -165,8 +177,7 @@ class DaemonService:
         if fixed:
             log.warning("reload_needs_restart", settings=fixed)
             new = new.model_copy(update={name: getattr(old, name) for name in fixed})
-        chroot = self.daemon.settings.chroot_possible
-        await self.daemon.reconfigure(server_settings(new, self._environ, chroot_possible=chroot))
+        await self.apply_settings(new)
         self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
                                log_file=new.log_file)  # fmt: skip
         for warning in loaded.warnings:
@@ -175,6 +186,15 @@ class DaemonService:
             self.lifecycle.grace = new.stop_grace
         self.settings = new
         return [name for name in changed if name not in fixed]
+
+    async def apply_settings(self, new: DaemonSettings) -> None:
+        """Apply *new* to the running daemon as a reload does (also D-Bus's setters).
+
+        Raises ``OSError`` (and keeps the old settings) if a listener cannot be bound.
+        """
+        chroot = self.daemon.settings.chroot_possible
+        await self.daemon.reconfigure(server_settings(new, self._environ, chroot_possible=chroot))
+        self.settings = new
 
     async def stop_accepting(self) -> None:
         """Close the listeners, leave the scheduler, end clients not being compiled for."""
@@ -203,8 +223,15 @@ def _prepare_socket_dir(path: Path, run_as: RunAs) -> None:
         os.chown(path.parent, run_as.uid, run_as.gid)
 
 
-async def _run(server: ServerSettings, run_as: RunAs, notifier: Notifier,
-               make_service: DaemonServiceFactory, grace: float) -> int:  # fmt: skip
+async def _run(  # noqa: PLR0913 - the parts main prepared
+    server: ServerSettings,
+    run_as: RunAs,
+    notifier: Notifier,
+    make_service: DaemonServiceFactory,
+    grace: float,
+    *,
+    bus_address: str,
+) -> int:
     daemon = Daemon(server, run_as=run_as, clock=_WallClock(), rng=random.Random())  # noqa: S311
     try:
         await daemon.start()
@@ -214,6 +241,10 @@ async def _run(server: ServerSettings, run_as: RunAs, notifier: Notifier,
         await daemon.close()
         return _EXIT_FAILURE
     service = make_service(daemon)
+    dbus = DaemonInterface(DaemonBusControl(service), version=VERSION)
+    exported = await export_on_bus(bus_address, DAEMON_INTERFACE, DAEMON_PATH, dbus)
+    if exported is not None:
+        dbus.attach()
     lifecycle = Lifecycle(service, notifier, grace=grace)
     service.lifecycle = lifecycle
     loop = asyncio.get_running_loop()
@@ -223,6 +254,9 @@ async def _run(server: ServerSettings, run_as: RunAs, notifier: Notifier,
         return await lifecycle.run()
     finally:
         lifecycle.remove_signal_handlers(loop)
+        await dbus.detach()
+        if exported is not None:
+            await exported.close()
 
 
 class DaemonServiceFactory:
@@ -310,7 +344,9 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         os.umask(0o022)
         _prepare_socket_dir(server.unix_socket, run_as)
         factory = DaemonServiceFactory(loaded, logs, args, environ)
-        return asyncio.run(_run(server, run_as, notifier, factory, settings.stop_grace))
+        bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
+        return asyncio.run(_run(server, run_as, notifier, factory, settings.stop_grace,
+                                bus_address=bus_address))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -13,7 +13,22 @@ itself, so programs that do not use D-Bus never load dbus-fast.
 
 from iceserv.service.dbus.bus import DEFAULT_SYSTEM_BUS, BusExport, export_on_bus
 from iceserv.service.dbus.changes import DEFAULT_INTERVAL, ChangeCoalescer
-from iceserv.service.dbus.facades import ClusterObserver, HostLike, JobLike, SchedulerFacade
+from iceserv.service.dbus.daemon import (
+    CANNOT_APPLY_ERROR,
+    DAEMON_INTERFACE,
+    DAEMON_PATH,
+    DAEMON_READ_METHODS,
+    DaemonInterface,
+)
+from iceserv.service.dbus.facades import (
+    ClusterObserver,
+    DaemonFacade,
+    DaemonStatusLike,
+    EnvironmentLike,
+    HostLike,
+    JobLike,
+    SchedulerFacade,
+)
 from iceserv.service.dbus.scheduler import (
     SCHEDULER_INTERFACE,
     SCHEDULER_PATH,
@@ -22,6 +37,10 @@ from iceserv.service.dbus.scheduler import (
 )
 
 __all__ = [
+    "CANNOT_APPLY_ERROR",
+    "DAEMON_INTERFACE",
+    "DAEMON_PATH",
+    "DAEMON_READ_METHODS",
     "DEFAULT_INTERVAL",
     "DEFAULT_SYSTEM_BUS",
     "SCHEDULER_INTERFACE",
@@ -30,6 +49,10 @@ __all__ = [
     "BusExport",
     "ChangeCoalescer",
     "ClusterObserver",
+    "DaemonFacade",
+    "DaemonInterface",
+    "DaemonStatusLike",
+    "EnvironmentLike",
     "HostLike",
     "JobLike",
     "SchedulerFacade",

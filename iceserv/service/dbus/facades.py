@@ -4,7 +4,9 @@ This module owns the typing seam between :mod:`iceserv.service.dbus` and the
 programs it exposes: the scheduler's control object
 (:class:`SchedulerFacade`, satisfied by ``iceserv.scheduler.SchedulerControl``),
 the views it returns (:class:`HostLike`, :class:`JobLike`) and the observer
-it calls (:class:`ClusterObserver`).  They are structural
+it calls (:class:`ClusterObserver`); and the daemon's (:class:`DaemonFacade`,
+which ``app`` implements on top of ``iceserv.daemon`` and the configuration,
+with :class:`DaemonStatusLike` and :class:`EnvironmentLike`).  They are structural
 ``typing.Protocol`` types: ``app`` passes the concrete objects in and mypy
 checks them there.  This module must not import ``iceserv.scheduler`` or
 ``iceserv.daemon``, do I/O or hold state.
@@ -21,7 +23,15 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["ClusterObserver", "HostLike", "JobLike", "SchedulerFacade"]
+__all__ = [
+    "ClusterObserver",
+    "DaemonFacade",
+    "DaemonStatusLike",
+    "EnvironmentLike",
+    "HostLike",
+    "JobLike",
+    "SchedulerFacade",
+]
 
 
 class JobLike(Protocol):
@@ -229,4 +239,122 @@ class SchedulerFacade(Protocol):
 
     def remove_observer(self, observer: ClusterObserver, /) -> None:
         """Stop calling *observer*."""
+        ...
+
+
+class EnvironmentLike(Protocol):
+    """One environment in the daemon's cache."""
+
+    @property
+    def key(self) -> str:
+        """``target/name``, or ``native:<key>`` for a native environment."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk."""
+        ...
+
+    @property
+    def idle_seconds(self) -> int:
+        """Seconds since a job last used it."""
+        ...
+
+    @property
+    def in_use(self) -> int:
+        """Jobs using it now."""
+        ...
+
+    @property
+    def native(self) -> bool:
+        """Whether the daemon built it from its own compiler."""
+        ...
+
+
+class DaemonStatusLike(Protocol):
+    """A snapshot of the daemon."""
+
+    @property
+    def slots_used(self) -> int:
+        """Slots in use (remote compiles, installs and local jobs)."""
+        ...
+
+    @property
+    def waiting(self) -> int:
+        """Clients waiting for a slot."""
+        ...
+
+    @property
+    def clients(self) -> int:
+        """Connected clients."""
+        ...
+
+    @property
+    def scheduler(self) -> str | None:
+        """``host:port`` of the scheduler while logged in, else None."""
+        ...
+
+    @property
+    def scheduler_state(self) -> str:
+        """What the scheduler link is doing (``logged in``, ``discovering`` ...)."""
+        ...
+
+    @property
+    def load(self) -> int:
+        """The load last computed for STATS (0..1000)."""
+        ...
+
+    @property
+    def cache_size(self) -> int:
+        """Bytes of environments on disk."""
+        ...
+
+    @property
+    def environments(self) -> Sequence[EnvironmentLike]:
+        """The cached environments."""
+        ...
+
+
+class DaemonFacade(Protocol):
+    """The daemon operations the D-Bus interface exposes.
+
+    The setters take the same path as a configuration reload and last until
+    the next reload or restart; they raise ``ValueError`` for a value the
+    configuration would refuse and ``OSError`` when it cannot be applied.
+    """
+
+    def status(self) -> DaemonStatusLike:
+        """Return a snapshot of the daemon."""
+        ...
+
+    def max_processes(self) -> int:
+        """Return the configured number of parallel jobs (0: no remote jobs)."""
+        ...
+
+    def jobs_running(self) -> int:
+        """Return the remote compiles and environment installs running."""
+        ...
+
+    def allow_remote(self) -> bool:
+        """Return whether remote jobs are accepted (setting and chroot both allow it)."""
+        ...
+
+    def draining(self) -> bool:
+        """Return whether the daemon is draining."""
+        ...
+
+    async def set_max_processes(self, count: int, /) -> None:
+        """Change the number of parallel jobs as a reload would."""
+        ...
+
+    async def set_allow_remote(self, allow: bool, /) -> None:  # noqa: FBT001 - mirrors the setting
+        """Accept remote jobs or not, as a reload would."""
+        ...
+
+    def drain(self) -> None:
+        """Take no new remote jobs; running ones finish."""
+        ...
+
+    def resume(self) -> None:
+        """Take remote jobs again."""
         ...
