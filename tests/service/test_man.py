@@ -32,7 +32,8 @@ _FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 EVENT_SOURCES = {
     "icecc-scheduler.8": ("iceserv/scheduler", "iceserv/telnet", "iceserv/app/scheduler.py",
                           "iceserv/service"),
-    "iceccd.8": ("iceserv/daemon", "iceserv/app/daemon.py", "iceserv/service"),
+    "iceccd.8": ("iceserv/daemon", "iceserv/app/daemon.py", "iceserv/app/daemon_bus.py",
+                 "iceserv/service"),
 }  # fmt: skip
 
 
