@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from notifybed import FakeManager
 
 from iceserv.service.notify import (
     MANAGER_VARIABLES,
@@ -17,6 +18,24 @@ from iceserv.service.notify import (
     run_watchdog,
     scrub_environment,
 )
+
+
+@pytest.fixture
+def manager(tmp_path):
+    """A fake manager bound at a path; NOTIFY_SOCKET is its path."""
+    path = tmp_path / "notify.sock"
+    fake = FakeManager(str(path), str(path))
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def abstract_manager():
+    """A fake manager on an abstract socket; NOTIFY_SOCKET is ``@name``."""
+    name = f"iceserv-test-{os.getpid()}-{time.monotonic_ns()}"
+    fake = FakeManager("@" + name, b"\0" + name.encode())
+    yield fake
+    fake.close()
 
 
 def _notifier(monkeypatch, manager, **extra):
@@ -91,7 +110,6 @@ class TestMessages:
 
     def test_gone_manager_is_ignored(self, monkeypatch, tmp_path):
         """A manager socket that disappears does not make the service fail (debug off)."""
-        from conftest import FakeManager  # noqa: PLC0415
 
         path = tmp_path / "gone.sock"
         fake = FakeManager(str(path), str(path))
