@@ -19,27 +19,20 @@ from iceserv.client.job import (
     REMOTE,
     REST,
     Job,
-    absolute,
     has_color_output,
 )
 from iceserv.client.options import (
     CONFIGURE_PREFIXES,
-    COVERAGE,
     EXT_LANGS,
-    FILE_PREFIXES,
     LOCAL_EXTS,
-    NATIVE,
-    PATH_OPTIONS,
-    SAVE_TEMPS_QUIRK,
-    X_LANGS,
     language_of,
     needs_space,
 )
+from iceserv.client.rules import RULES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Final
 
     from iceserv.client.env import ClientEnv
 
@@ -91,12 +84,12 @@ def analyse(  # noqa: PLR0913 - the inputs of 1.4's analyse_argv, all explicit
     is ``access(R_OK)``; *irregular(path)* says a path exists and is not a
     regular file; *color_terminal* is 1.4's ``color_output_possible``.
     """
-    scan = _Scan(args, compiler_name, compiler_path, icerun=icerun, env=env, cwd=cwd,
+    scan = Scan(args, compiler_name, compiler_path, icerun=icerun, env=env, cwd=cwd,
                  readable=readable, irregular=irregular, color_terminal=color_terminal)  # fmt: skip
     return scan.run()
 
 
-class _Scan:
+class Scan:
     """One run of ``analyse_argv``: the state its long if-chain keeps."""
 
     def __init__(  # noqa: PLR0913 - the inputs of analyse(), passed on
@@ -157,7 +150,7 @@ class _Scan:
         return self.finish()
 
     def option(self, a: str) -> None:
-        for matcher, handler in _RULES:
+        for matcher, handler in RULES:
             if a in matcher if isinstance(matcher, frozenset) else a.startswith(matcher):
                 handler(self, a)
                 return
@@ -243,227 +236,3 @@ class _Scan:
             self.add("-MF", LOCAL)
             self.add((self.ofile if cut < 0 else self.ofile[:cut]) + ".d", LOCAL)
         return lang
-
-    # --- rule handlers, in 1.4's order (see _RULES) ------------------------------------
-
-    def r_local(self, a: str) -> None:
-        self.local(f"argument {a}")
-        self.add(a, LOCAL)
-
-    def r_md(self, a: str) -> None:
-        self.seen_md = True
-        self.add(a, LOCAL)
-
-    def r_keep_local(self, a: str) -> None:
-        self.add(a, LOCAL)
-
-    def r_mf(self, a: str) -> None:
-        self.seen_mf = True
-        self.add(a, LOCAL)
-        self.take(LOCAL)  # also after "-Wp,-MF,file" (1.4 quirk: eats the next argument)
-
-    def r_mt(self, a: str) -> None:
-        self.add(a, LOCAL)
-        self.take(LOCAL)  # likewise after "-Wp,-MT,x" / "-Wp,-MQ,x"
-
-    def r_param(self, a: str) -> None:
-        self.add(a, REMOTE)
-        self.take(REMOTE)
-
-    def r_b(self, a: str) -> None:
-        self.r_local(a)
-        if a == "-B":
-            self.take(LOCAL)
-
-    def r_wa(self, a: str) -> None:
-        parts, local = [], False
-        for part in a[4:].split(","):
-            keep, go_local = self.assembler_arg(part)
-            parts.append(keep)
-            local = go_local  # 1.4 keeps only the verdict on the last piece
-        if local:
-            self.r_local(a)
-        else:
-            self.add("-Wa," + ",".join(parts), REMOTE)
-
-    def assembler_arg(self, part: str) -> tuple[str, bool]:
-        """1.4 ``analyze_assembler_arg``: (the piece as sent, whether it forces local)."""
-        if self.as_skip_next:  # the value of --defsym / --debug-prefix-map
-            self.as_skip_next = False
-            verdict = False
-        elif part.startswith("-a"):  # -a[a-z]*=listing writes a local file
-            verdict = part[2:].lstrip("abcdefghijklmnopqrstuvwxyz")[:1] == "="
-        elif part in ("--debug-prefix-map", "--defsym"):
-            self.as_skip_next = True
-            verdict = False
-        elif part.startswith(("@", "-")):
-            verdict = part.startswith("@")  # an @file would need parsing: local
-        elif self.readable(part):  # an extra assembler input file: ship it
-            part = absolute(part, self.cwd)
-            self.extrafiles.append(part)
-            verdict = False
-        else:
-            verdict = True
-        return part, verdict
-
-    def r_s(self, _a: str) -> None:
-        self.seen_s = True
-
-    def r_c(self, _a: str) -> None:
-        self.seen_c = True
-
-    def r_split_dwarf(self, a: str) -> None:
-        self.seen_split_dwarf = True
-        self.add(a, REST)
-
-    def r_x(self, a: str) -> None:
-        self.add(a, REST)
-        value = self.take(REST)
-        if value in X_LANGS:
-            self.job = self.job.evolve(lang=X_LANGS[value])
-        else:
-            self.local(f"unsupported -x {value or '??'}")
-
-    def r_native(self, a: str) -> None:
-        self.native.append(a)
-        self.add(a, REST)
-
-    def r_output(self, a: str) -> None:
-        if a == "-o":
-            if self.i + 1 < len(self.argv):
-                self.i += 1
-                self.ofile = self.argv[self.i]
-        else:
-            self.ofile = a[2:]
-        if self.ofile == "-":
-            self.local("output to stdout")
-
-    def r_define(self, a: str) -> None:
-        self.add(a, self.cpp_kind)
-        self.take(self.cpp_kind)
-
-    def r_path(self, a: str) -> None:
-        self.add(a, LOCAL)
-        value = self.take(LOCAL)
-        if value is not None and value.startswith("-O"):
-            self.local(f"argument {a} {value}")
-
-    def r_cpp(self, a: str) -> None:
-        self.add(a, self.cpp_kind)
-
-    def r_color(self, a: str) -> None:
-        self.explicit_color = True
-        self.add(a, REST)
-
-    def r_color_auto(self, _a: str) -> None:
-        self.explicit_color = False  # dropped: the wrapper decides about colours itself
-
-    def r_caret(self, a: str) -> None:
-        self.explicit_no_caret = a == "-fno-diagnostics-show-caret"
-        self.add(a, REST)
-
-    def r_file_option(self, a: str) -> None:
-        prefix = next(p for p in FILE_PREFIXES if a.startswith(p))
-        path = a[len(prefix) :]
-        if self.readable(path):
-            path = absolute(path, self.cwd)
-            self.extrafiles.append(path)
-        else:
-            self.local(f"file for argument {a} missing")
-        self.add(prefix + path, REST)
-
-    def r_xclang(self, a: str) -> None:
-        if self.i + 1 >= len(self.argv):
-            return  # a trailing -Xclang is dropped
-        self.i += 1
-        p = self.argv[self.i]
-        if p == "-load":
-            rest = self.argv[self.i + 1 : self.i + 3]
-            if len(rest) == 2 and rest[0] == "-Xclang":
-                path = rest[1]
-                if self.readable(path):
-                    path = absolute(path, self.cwd)
-                    self.extrafiles.append(path)
-                else:
-                    self.local(f"plugin {path} missing")
-                for arg in (a, p, rest[0], path):
-                    self.add(arg, REST)
-                self.i += 2
-            return  # 1.4 drops a "-Xclang -load" that lacks its "-Xclang FILE"
-        if p == "-building-pch-with-obj":
-            self.local(f"argument {a} {p}")
-        self.add(a, REST)
-        self.add(p, REST)
-
-    def r_target(self, a: str) -> None:
-        self.seen_target = True
-        self.add(a, REST)
-        if a == "-target":
-            self.take(REST)
-
-    def r_unused_macros(self, a: str) -> None:
-        self.wunused_macros = a != "-Wno-unused-macros"
-        self.add(a, REST)
-
-    def r_pedantic(self, a: str) -> None:
-        self.seen_pedantic = True
-        self.add(a, REST)
-
-    def r_arch(self, a: str) -> None:
-        # 1.4 means to refuse several -arch but never records the first one.
-        self.add(a, REST)
-        self.take(REST)
-
-
-def _is(*names: str) -> frozenset[str]:
-    return frozenset(names)
-
-
-# 1.4's if-chain for arguments starting with "-", in its order: the first match wins.
-_RULES: Final[tuple[tuple[frozenset[str] | tuple[str, ...], Callable[[_Scan, str], None]], ...]] = (
-    (_is("-E"), _Scan.r_local),
-    (_is("-combine", "-fsyntax-only", "-ftime-trace"), _Scan.r_local),
-    (("-fdump", "-ftime-report"), _Scan.r_local),
-    (_is("-MD", "-MMD"), _Scan.r_md),
-    (("-Wp,-MD", "-Wp,-MMD"), _Scan.r_md),
-    (_is("-MG", "-MP"), _Scan.r_keep_local),
-    (_is("-MF"), _Scan.r_mf),
-    (("-Wp,-MF",), _Scan.r_mf),
-    (_is("-MT", "-MQ"), _Scan.r_mt),
-    (("-Wp,-MT", "-Wp,-MQ"), _Scan.r_mt),
-    (("-M",), _Scan.r_local),
-    (_is("--param"), _Scan.r_param),
-    (("-B",), _Scan.r_b),
-    (("-Wa,",), _Scan.r_wa),
-    (_is("-S"), _Scan.r_s),
-    (COVERAGE | SAVE_TEMPS_QUIRK, _Scan.r_local),
-    (_is("-gsplit-dwarf"), _Scan.r_split_dwarf),
-    (_is("-x"), _Scan.r_x),
-    (frozenset(NATIVE), _Scan.r_native),
-    (_is("-fexec-charset", "-fwide-exec-charset", "-finput-charset"), _Scan.r_local),
-    (_is("-c"), _Scan.r_c),
-    (("-o",), _Scan.r_output),
-    (_is("-D", "-U"), _Scan.r_define),
-    (PATH_OPTIONS, _Scan.r_path),
-    (_is("-fmodules", "-fcxx-modules", "-fmodules-ts"), _Scan.r_keep_local),
-    (("-fmodules-cache-path=",), _Scan.r_keep_local),
-    (("-Wp,", "-D", "-U"), _Scan.r_cpp),
-    (("-I", "-l", "-L"), _Scan.r_keep_local),
-    (_is("-undef"), _Scan.r_cpp),
-    (_is("-nostdinc", "-nostdinc++", "-Wmissing-include-dirs", "-Werror=missing-include-dirs"),
-     _Scan.r_keep_local),
-    (_is("-fno-color-diagnostics", "-fcolor-diagnostics", "-fno-diagnostics-color",
-         "-fdiagnostics-color=never", "-fdiagnostics-color", "-fdiagnostics-color=always"),
-     _Scan.r_color),
-    (_is("-fdiagnostics-color=auto"), _Scan.r_color_auto),
-    (_is("-fno-diagnostics-show-caret", "-fdiagnostics-show-caret"), _Scan.r_caret),
-    (FILE_PREFIXES, _Scan.r_file_option),
-    (_is("-Xclang"), _Scan.r_xclang),
-    (_is("-target"), _Scan.r_target),
-    (("--target=",), _Scan.r_target),
-    (_is("-Wunused-macros", "-Werror=unused-macros", "-Wno-unused-macros"), _Scan.r_unused_macros),
-    (_is("-pedantic", "-Wpedantic", "-pedantic-errors"), _Scan.r_pedantic),
-    (_is("-arch"), _Scan.r_arch),
-)  # fmt: skip
-
-

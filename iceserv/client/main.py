@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     from typing import Final
 
     from iceserv.client.args import Analysis
+    from iceserv.client.channel import Channel
     from iceserv.client.environments import Environment
     from iceserv.client.job import Job
-    from iceserv.client.remote import Channel
 
 __all__ = ["main"]
 
@@ -180,7 +180,7 @@ class _Run:
 
     def with_daemon(self, sock: _socket.socket, analysis: Analysis) -> int:
         """Build with the daemon that answered: remote unless told otherwise, else in a slot."""
-        from iceserv.client.remote import Channel, ClusterError  # noqa: PLC0415
+        from iceserv.client.channel import Channel, ClusterError  # noqa: PLC0415
 
         job = analysis.job
         try:
@@ -213,7 +213,7 @@ class _Run:
 
     def reconnect(self, spent: Channel) -> Channel | None:
         """Open a new daemon connection for the local build (1.4 does not reuse the old one)."""
-        from iceserv.client.remote import Channel, ClusterError  # noqa: PLC0415
+        from iceserv.client.channel import Channel, ClusterError  # noqa: PLC0415
         from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
 
         spent.close()
@@ -318,8 +318,8 @@ class _Run:
         """§5.1.3: JOB_LOCAL_BEGIN, wait for the go, compile; lock files if the daemon fails."""
         import time  # noqa: PLC0415
 
+        from iceserv.client.channel import ClusterError  # noqa: PLC0415
         from iceserv.client.job import absolute  # noqa: PLC0415
-        from iceserv.client.remote import ClusterError  # noqa: PLC0415
         from iceserv.protocol import JobLocalBegin  # noqa: PLC0415
 
         try:

@@ -1,15 +1,14 @@
 """The wrapper's protocol conversations: local daemon, scheduler answer, compile server.
 
-Owns :class:`Channel` (a :class:`~iceserv.protocol.Connection` over a
-blocking socket, every wait bounded by the §7.8 time-outs) and the remote
-side of 1.4's client (``client/remote.cpp``): asking for the native
+Owns the remote side of 1.4's client (``client/remote.cpp``): asking for the native
 environment, GET_CS and its USE_CS answer, the "compile it yourself" path
 (USE_CS to 127.0.0.1, §5.1.2), and the remote job of §5.1.1 (environment
 transfer and verification, COMPILE_FILE, the preprocessed source, the result
 and the object and ``.dwo`` files, §8.7 result handling).
 
 Every failure that 1.4 answers with a local build raises
-:class:`ClusterError` (its 1.4 error number in ``code``); the caller then
+:class:`~iceserv.client.channel.ClusterError` (its 1.4 error number in
+``code``); the caller then
 builds locally.  The only failure returned as a status is a preprocessor
 that failed for a reason other than gcc's ``-fdirectives-only``.
 """
@@ -21,6 +20,7 @@ import os
 import sys
 import time
 
+from iceserv.client.channel import Channel, ClusterError
 from iceserv.client.job import (
     LANG_OBJC,
     LANG_OBJCXX,
@@ -30,16 +30,11 @@ from iceserv.client.job import (
 )
 from iceserv.client.local import HostLock, build_local, color_terminal, spawn, wait
 from iceserv.client.sockets import connect_tcp
-from iceserv.errors import IceservError, ProtocolError
 from iceserv.protocol import (
     CHUNK_SIZE,
-    NEED_DATA,
     BlacklistHostEnv,
     CompileFile,
     CompileResult,
-    Connection,
-    ConnectionClosed,
-    ConnectionState,
     End,
     EnvEntry,
     EnvTransfer,
@@ -47,21 +42,16 @@ from iceserv.protocol import (
     FileChunk,
     GetCS,
     GetNativeEnv,
-    Handshake,
     JobDone,
     JobDoneFlag,
-    Message,
-    StatusText,
     UseCS,
     UseNativeEnv,
     VerifyEnv,
     VerifyEnvResult,
 )
-from iceserv.protocol.compression import DEFAULT_LEVEL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import _socket
     from typing import BinaryIO, Final, NoReturn
 
     from iceserv.client.env import ClientEnv
@@ -69,10 +59,9 @@ if TYPE_CHECKING:
     from iceserv.client.job import Job
     from iceserv.client.log import ClientLog
 
-__all__ = ["Channel", "ClusterError", "Remote", "ask_native_env"]
+__all__ = ["Remote", "ask_native_env"]
 
 # Time-outs in seconds (reference §7.8).
-HANDSHAKE_TIMEOUT: Final = 15.0
 NATIVE_ENV_TIMEOUT: Final = 240.0
 USE_CS_TIMEOUT: Final = 240.0
 USE_CS_NICED_TIMEOUT: Final = 3600.0
@@ -80,98 +69,8 @@ CONNECT_TIMEOUT: Final = 10.0
 VERIFY_TIMEOUT: Final = 60.0
 RESULT_TIMEOUT: Final = 720.0
 CHUNK_TIMEOUT: Final = 40.0
-SEND_TIMEOUT: Final = 30.0
-_SLOW_WRITE: Final = 10 * 1024  # ICECC_SLOW_NETWORK: bytes per send()
 _MIN_PROTOCOL: Final = 21
 _SELF: Final = "127.0.0.1"
-
-
-class ClusterError(IceservError, RuntimeError):
-    """The cluster let the job down; build it locally.  ``code`` is 1.4's error number."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"Error {code} - {message}")
-        self.code = code
-
-
-class Channel:
-    """One blocking binary channel; *name* is the peer for messages."""
-
-    def __init__(self, sock: _socket.socket, *, name: str, env: ClientEnv) -> None:
-        self.sock = sock
-        self.name = name
-        level = env.compression_level if env.compression_level is not None else DEFAULT_LEVEL
-        self.conn = Connection(compression_level=level)
-        self._slow = env.slow_network
-        self._flush()  # our half of the handshake goes out at once
-
-    def _flush(self) -> None:
-        data = memoryview(self.conn.data_to_send())
-        step = _SLOW_WRITE if self._slow else len(data) or 1
-        self.sock.settimeout(SEND_TIMEOUT)
-        try:
-            for start in range(0, len(data), step):
-                self.sock.sendall(data[start : start + step])
-        except OSError as exc:
-            raise ClusterError(15, f"write to {self.name} failed: {exc}") from None
-
-    def open(self) -> None:
-        """Finish the version handshake (the peer answers within 15 s)."""
-        if self.conn.state is ConnectionState.AWAIT_PEER_VERSION or (
-            self.conn.state is ConnectionState.AWAIT_PEER_MINIMUM
-        ):
-            event = self._event(HANDSHAKE_TIMEOUT)
-            if not isinstance(event, Handshake):
-                raise ClusterError(13, f"no handshake from {self.name}")
-
-    def supports(self, feature: Feature) -> bool:
-        """Whether the negotiated protocol has *feature* (after :meth:`open`)."""
-        self.open()
-        return self.conn.supports(feature)
-
-    def send(self, *messages: Message) -> None:
-        """Send *messages* (opening the channel first if needed)."""
-        self.open()
-        try:
-            for msg in messages:
-                self.conn.send(msg)
-        except ProtocolError as exc:
-            raise ClusterError(9, f"cannot send to {self.name}: {exc}") from None
-        self._flush()
-
-    def _event(self, timeout: float) -> object:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                event = self.conn.next_event()
-            except ProtocolError as exc:
-                raise ClusterError(13, f"protocol error from {self.name}: {exc}") from None
-            self._flush()  # e.g. our handshake answer: the peer may wait for it
-            if event is not NEED_DATA:
-                return event
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ClusterError(14, f"timed out waiting for {self.name}")
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(1 << 20)
-            except OSError as exc:
-                raise ClusterError(14, f"error reading from {self.name}: {exc}") from None
-            self.conn.receive_data(data)
-
-    def receive(self, timeout: float) -> Message:
-        """Return the next message; STATUS_TEXT (a remote failure), EOF and time-outs raise."""
-        self.open()
-        event = self._event(timeout)
-        if isinstance(event, ConnectionClosed):
-            raise ClusterError(19, f"{self.name} closed the connection")
-        if isinstance(event, StatusText):
-            raise ClusterError(23, f"remote status (compiled on {self.name}): {event.text}")
-        return event  # type: ignore[return-value]  # after the handshake only messages come
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close()
 
 
 def ask_native_env(daemon: Channel, compiler: str, extrafiles: list[str],

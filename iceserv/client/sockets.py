@@ -50,10 +50,14 @@ def connect_tcp(host: str, port: int, timeout: float) -> _socket.socket | None:
         _socket.inet_aton(host)  # dotted already: no resolver, no idna codec (5 ms of imports)
         address = host
     except OSError:
+        name = host.encode("ascii") if host.isascii() else host  # bytes skip the idna codec
         try:
-            address = _socket.gethostbyname(host.encode("ascii") if host.isascii() else host)
+            found = _socket.getaddrinfo(name, port, _socket.AF_INET, _socket.SOCK_STREAM)
         except (OSError, UnicodeError):
             return None
+        if not found:
+            return None
+        address = str(found[0][4][0])
     sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
