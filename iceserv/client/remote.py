@@ -24,6 +24,8 @@ from iceserv.client.channel import Channel, ClusterError
 from iceserv.client.job import (
     LANG_OBJC,
     LANG_OBJCXX,
+    REMOTE,
+    REST,
     colorify,
     colorify_wanted,
     output_needs_workaround,
@@ -166,6 +168,10 @@ class Remote:
 
     def _compile_file(self, job_id: int, environment: str, peer: Channel) -> CompileFile:
         job, args = self.job, tuple(self.job.non_local_flags())
+        if not peer.supports(Feature.SINGLE_ARGS_LIST):
+            # Below 41, 1.4 sends the remote and the rest arguments as two lists and the
+            # server runs remote + rest: the same order, as one list our codec sends.
+            args = (*job.flags(REMOTE), *job.flags(REST))
         if job.lang in (LANG_OBJC, LANG_OBJCXX) and not peer.supports(Feature.OBJC_LANG):
             args += ("-x", "objective-c" if job.lang == LANG_OBJC else "objective-c++")
         if not peer.supports(Feature.COMPILER_NAME) and "clang" in job.compiler_name:

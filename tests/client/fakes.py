@@ -231,6 +231,7 @@ class FakeServer:
     out: str = ""
     obj: bytes = b"object from the fake server\n"
     dwo: bytes | None = None
+    version: int = 43  # the protocol this server speaks
     jobs: list[dict[str, object]] = field(default_factory=list)
     port: int = 0
     _acceptor: _Acceptor | None = field(default=None, init=False)
@@ -249,7 +250,7 @@ class FakeServer:
                      got_env=got_env, client_id=1)  # fmt: skip
 
     def _handle(self, sock: socket.socket) -> None:
-        channel = BlockingChannel(sock, timeout=TIMEOUT)
+        channel = BlockingChannel(sock, timeout=TIMEOUT, version=self.version)
         job: dict[str, object] = {"source": b""}
         self.jobs.append(job)
         while True:
