@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from iceserv.client.channel import Channel
     from iceserv.client.environments import Environment
     from iceserv.client.job import Job
+    from iceserv.client.remote import Remote
 
 __all__ = ["main"]
 
@@ -52,8 +53,11 @@ Environment Variables:
                               notifying the daemon and only run one job at a time.
    ICECC_VERSION              use a specific icecc environment, see icecc-create-env
    ICECC_DEBUG                [info | warning | debug]
+                              sets verboseness of icecream client.
    ICECC_LOGFILE              if set, additional debug information is logged to the specified file
-   ICECC_REPEAT_RATE          (read, not supported by iceserv: jobs are compiled once)
+   ICECC_REPEAT_RATE          the number of jobs out of 1000 that should be
+                              compiled on multiple hosts to ensure that they're
+                              producing the same output.  The default is 0.
    ICECC_PREFERRED_HOST       overrides scheduler decisions if set.
    ICECC_CC                   set C compiler name (default gcc).
    ICECC_CXX                  set C++ compiler name (default g++).
@@ -268,11 +272,21 @@ class _Run:
         envs = self.environments(job, daemon, extrafiles, platform)
         if not envs:
             return None
-        status = Remote(job, daemon, envs, env=self.env, diag=self.diag, cwd=self.cwd,
-                        platform=platform, own=self.own).run()  # fmt: skip
+        remote = Remote(job, daemon, envs, env=self.env, diag=self.diag, cwd=self.cwd,
+                        platform=platform, own=self.own)  # fmt: skip
+        status = self.repeated(remote) if self.env.repeat_rate > 0 else remote.run()
         if status == 0:
             daemon.send(End())  # "all fine": the server reports the job, not our daemon
         return status
+
+    def repeated(self, remote: Remote) -> int:
+        """``ICECC_REPEAT_RATE``: maybe compile on three servers and compare."""
+        import random  # noqa: PLC0415 - only with a repeat rate
+
+        from iceserv.client.repeat import build_repeated, wants_repeat  # noqa: PLC0415
+
+        rng = random.Random()  # noqa: S311 - sampling, not secrecy
+        return build_repeated(remote, rng) if wants_repeat(remote, rng) else remote.run()
 
     def extrafiles(self, analysis: Analysis) -> list[str] | None:
         """Return the extra files plus ``ICECC_EXTRAFILES``; None if one of those is missing."""

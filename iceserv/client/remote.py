@@ -99,9 +99,12 @@ class Remote:
 
     def __init__(self, job: Job, daemon: Channel, envs: list[Environment], *,  # noqa: PLR0913
                  env: ClientEnv, diag: ClientLog, cwd: str, platform: str,
-                 own: str | None) -> None:  # fmt: skip
+                 own: str | None, source: str | None = None,
+                 output: bool = True) -> None:  # fmt: skip
         self.job, self.daemon, self.envs = job, daemon, envs
         self.env, self.diag, self.cwd, self.platform, self.own = env, diag, cwd, platform, own
+        self.source = source  # an already preprocessed file to send (repeated jobs)
+        self.output = output  # pass the server's stdout/stderr on (and check them)
 
     def minimal_version(self, features: int) -> int:
         """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise to 42 for xz/zstd envs."""
@@ -201,9 +204,12 @@ class Remote:
             if not server.supports(Feature.VERIFY_ENV) and self.env.ignore_unverified:
                 raise ClusterError(26, f"environment on {use.hostname} cannot be verified")
             server.send(self._compile_file(use.job_id, chosen.name, server))
-            status = self.send_source(server)
-            if status is not None:
-                return status
+            if self.source:
+                self.send_file(server)
+            else:
+                status = self.send_source(server)
+                if status is not None:
+                    return status
             return self.receive_result(server)
         finally:
             server.close()
@@ -268,6 +274,16 @@ class Remote:
         server.send(End())
         return None
 
+    def send_file(self, server: Channel) -> None:
+        """Send the already preprocessed source file, then END."""
+        try:
+            with open(self.source or "", "rb") as handle:  # noqa: PTH123 - import time
+                while piece := handle.read(CHUNK_SIZE):
+                    server.send(FileChunk(piece))
+        except OSError as exc:
+            raise ClusterError(11, f"unable to open preprocessed file: {exc}") from None
+        server.send(End())
+
     @staticmethod
     def _stream(server: Channel, read_fd: int, lock: HostLock) -> None:
         # Full 100 000-byte chunks as 1.4 sends them; the lock limits concurrent
@@ -293,21 +309,26 @@ class Remote:
             raise ClusterError(13, "did not get compile response message")
         if result.status and result.was_out_of_memory:
             raise ClusterError(101, "the server ran out of memory, recompiling locally")
-        if (result.out or result.err) and output_needs_workaround(job, self.env):
-            raise ClusterError(102, "command needs stdout/stderr workaround, recompiling locally")
-        if "file not found" in result.err:
-            raise ClusterError(104, "remote is missing file, recompiling locally")
-        _write(sys.stdout.buffer, result.out)
-        terminal = color_terminal(self.env)
-        err = result.err
-        if colorify_wanted(job, self.env, color_terminal=terminal):
-            err = colorify(err)
-        _write(sys.stderr.buffer, err)
+        if self.output:
+            self.pass_output(result)
         if result.status == 0:
             _receive_file(server, job.output_file)
             if result.have_dwo:
                 _receive_file(server, job.dwo_file())
         return result.status
+
+
+    def pass_output(self, result: CompileResult) -> None:
+        """§8.7: redo the job locally for the caret workaround or a missing file, else print."""
+        if (result.out or result.err) and output_needs_workaround(self.job, self.env):
+            raise ClusterError(102, "command needs stdout/stderr workaround, recompiling locally")
+        if "file not found" in result.err:
+            raise ClusterError(104, "remote is missing file, recompiling locally")
+        _write(sys.stdout.buffer, result.out)
+        err = result.err
+        if colorify_wanted(self.job, self.env, color_terminal=color_terminal(self.env)):
+            err = colorify(err)
+        _write(sys.stderr.buffer, err)
 
 
 def _write(buffer: BinaryIO, text: str) -> None:

@@ -14,6 +14,7 @@ is checked against the real client.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -21,7 +22,10 @@ from typing import TYPE_CHECKING
 
 from client.fakes import FakeCompiler, FakeDaemon, FakeServer, fake_tarball
 
-from iceserv.protocol import FileChunk, GetCS, JobDone, JobLocalBegin
+from iceserv.protocol import CompileFile, FileChunk, GetCS, JobDone, JobLocalBegin
+
+_RANDOM_SEED = re.compile(r"-frandom-seed=\d+")
+_TEMPORARY = re.compile(r"/tmp/icecc\w+")
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -77,6 +81,11 @@ class Transcript:
         return any(isinstance(m, JobLocalBegin) for c in self.daemon for m in c)
 
 
+def _job_order(job: dict[str, object]) -> int:
+    compile_file = job.get("compile_file")
+    return compile_file.job_id if isinstance(compile_file, CompileFile) else -1
+
+
 def _normalise(value: object, workdir: str) -> object:  # noqa: PLR0911 - one case per type
     if isinstance(value, JobLocalBegin):
         return dataclasses.replace(value, stime=0, outfile=value.outfile.replace(workdir, "<W>"))
@@ -89,7 +98,8 @@ def _normalise(value: object, workdir: str) -> object:  # noqa: PLR0911 - one ca
                    for f in dataclasses.fields(value) if f.init}  # fmt: skip
         return dataclasses.replace(value, **changes)
     if isinstance(value, str):
-        return value.replace(workdir, "<W>")
+        value = _RANDOM_SEED.sub("-frandom-seed=<N>", value.replace(workdir, "<W>"))
+        return _TEMPORARY.sub("<TMP>", value)
     if isinstance(value, tuple):
         return tuple(_normalise(v, workdir) for v in value)
     if isinstance(value, bytes):
@@ -188,9 +198,10 @@ class WrapperBed:
             status=done.returncode,
             daemon=[[_normalise(m, workdir) for m in c]
                     for c in (daemon.messages() if daemon else [])],
-            server=[{k: _normalise(v, workdir) for k, v in job.items()}
-                    for job in (server.jobs if server else [])],
-            calls=[(n, g, tuple(a.replace(workdir, "<W>") for a in args))
+            # Sorted by job: 1.4 sends ICECC_REPEAT_RATE's copies in parallel.
+            server=sorted(([{k: _normalise(v, workdir) for k, v in job.items()}
+                            for job in (server.jobs if server else [])]), key=_job_order),
+            calls=[(n, g, tuple(str(_normalise(a, workdir)) for a in args))
                    for n, g, args in self.compiler.calls()],
             files={k: v.replace(workdir.encode(), b"<W>") for k, v in made.items()},
             stdout=done.stdout, stderr=done.stderr,

@@ -18,6 +18,7 @@ Both network fakes are built from ``iceserv.testing.BlockingChannel`` and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import stat
@@ -193,7 +194,11 @@ class FakeDaemon:
             reply = self._reply(event)
             if reply is False:
                 return
-            if reply is not None:
+            if isinstance(event, GetCS) and isinstance(reply, UseCS):
+                # One USE_CS per requested copy (ICECC_REPEAT_RATE asks for three).
+                for copy in range(event.count):
+                    channel.send(dataclasses.replace(reply, job_id=reply.job_id + copy))
+            elif reply is not None:
                 channel.send(reply)
 
     def _reply(self, msg: object) -> Message | bool | None:
@@ -230,6 +235,7 @@ class FakeServer:
     err: str = ""
     out: str = ""
     obj: bytes = b"object from the fake server\n"
+    differ: bool = False  # each job id gets its own object (as a broken server would)
     dwo: bytes | None = None
     version: int = 43  # the protocol this server speaks
     jobs: list[dict[str, object]] = field(default_factory=list)
@@ -266,10 +272,10 @@ class FakeServer:
             elif isinstance(event, CompileFile):
                 job["compile_file"] = event
                 job["source"], _ = channel.receive_file()
-                self._answer(channel)
+                self._answer(channel, job)
                 return
 
-    def _answer(self, channel: BlockingChannel) -> None:
+    def _answer(self, channel: BlockingChannel, job: dict[str, object]) -> None:
         if self.mode == "close":
             return
         if self.mode == "garbage":
@@ -283,7 +289,8 @@ class FakeServer:
         channel.send(CompileResult(err=self.err, out=self.out, status=status,
                                    was_out_of_memory=oom, have_dwo=self.dwo is not None))
         if not oom and self.status == 0:
-            channel.send_file(self.obj)
+            job_id = job["compile_file"].job_id  # type: ignore[attr-defined]
+            channel.send_file(self.obj + (b"#%d" % job_id if self.differ else b""))
             if self.dwo is not None:
                 channel.send_file(self.dwo)
 
