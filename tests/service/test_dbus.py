@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import shlex
+import shutil
 import socket
 import subprocess
 import time
@@ -342,6 +344,33 @@ class TestAccessControl:
         assert '"NetName"' in result.stdout
         for member in SCHEDULER_READ_METHODS:
             call(address, member, prefix=nobody)
+
+    def test_everyone_may_follow_the_signals(self, system_bus, scheduler):
+        """nobody cannot become a monitor, but gdbus monitor (match rules) sees HostJoined."""
+        nobody = as_user(NOBODY, NOBODY)
+        address = system_bus.address
+        refused = busctl(address, "monitor", prefix=tuple(nobody))
+        assert "Access denied" in refused.stderr
+        gdbus = shutil.which("gdbus") or pytest.fail("gdbus missing (libglib2.0-bin)")
+        watcher = subprocess.Popen([*nobody, "stdbuf", "-oL", gdbus, "monitor", "--address",
+                                    address, "--dest", N], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        try:
+            assert watcher.stdout is not None
+            assert "Monitoring signals" in watcher.stdout.readline()
+            time.sleep(0.3)  # gdbus adds its match rule after printing that line
+            daemon = codec_daemon(scheduler, "watched")
+            seen = ""
+            deadline = time.monotonic() + 10
+            while "HostJoined" not in seen and time.monotonic() < deadline:
+                ready, _, _ = select.select([watcher.stdout], [], [], 0.5)
+                if ready:
+                    seen += watcher.stdout.readline()
+            daemon.close()
+            assert "HostJoined ('watched', '127.0.0.1')" in seen, seen
+        finally:
+            watcher.terminate()
+            watcher.communicate(timeout=5)
 
     @pytest.mark.usefixtures("scheduler")
     def test_only_root_and_the_admin_group_may_change_anything(self, system_bus):
