@@ -1,0 +1,354 @@
+"""Load on the scheduler: 2,000 concurrent jobs from simulated daemons, iceserv and real 1.4.
+
+Run: ``.venv/bin/python bench/load.py [--jobs 2000] [--daemons 20] [--slots 4]``
+(as root, like the test bed; the real scheduler is ``/usr/sbin/icecc-scheduler``).
+
+For each scheduler (ours: ``python -m iceserv.app.scheduler`` on loopback, with
+``org.icecream.Scheduler1`` on a private system bus; then the real 1.4 one) it
+logs in N simulated daemons (asyncio + ``iceserv.protocol.Connection``; each
+listens on a loopback port for the reachability probe), lets every daemon
+submit its share of the jobs at once as GET_CS, and plays the compile
+servers: on USE_CS/NO_CS the chosen daemon runs the job in one of its slots
+(JOB_BEGIN, a 100-300 ms "compile", JOB_DONE with statistics).  Meanwhile one
+telnet session alternates ``listcs``/``listjobs`` and, for ours, a D-Bus
+client alternates ``Properties.GetAll``/``ListJobs``; their latencies are
+reported as p50/p99.  At the end every job must have had exactly one
+USE_CS/NO_CS and one JOB_DONE, and ``listjobs`` must be empty.  The
+scheduler's RSS is read from ``/proc`` after the logins and after the run.
+Prints figures and ratios iceserv/1.4; with ``--json FILE`` writes them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from service.dbusbed import SystemBus  # noqa: E402
+from testbed import OurScheduler, RealScheduler  # noqa: E402
+
+from iceserv.protocol import (  # noqa: E402
+    NEED_DATA,
+    Connection,
+    EnvEntry,
+    GetCS,
+    Handshake,
+    JobBegin,
+    JobDone,
+    JobDoneFlag,
+    Login,
+    NoCS,
+    Stats,
+    UseCS,
+)
+from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH  # noqa: E402
+
+ENV = EnvEntry("x86_64", "load-gcc")
+TIMEOUT = 30.0
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """Return (VmRSS, VmHWM) of *pid* in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in status)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+@dataclass
+class Tally:
+    placed: dict[int, int] = field(default_factory=dict)  # job id -> USE_CS/NO_CS count
+    done: dict[int, int] = field(default_factory=dict)
+    clients_answered: int = 0
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    expected: int = 0
+
+
+class Daemon:
+    """One simulated iceccd: its scheduler link, its slots, its probe listener."""
+
+    def __init__(self, index: int, slots: int, tally: Tally, rng: random.Random) -> None:
+        self.name = f"load{index:02d}"
+        self.slots = asyncio.Semaphore(slots)
+        self.max_kids = slots
+        self.tally = tally
+        self.rng = rng
+        self.conn = Connection()
+        self.port = 0
+        self.peers: dict[int, Daemon] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.clients = 0
+
+    async def start(self, scheduler_port: int) -> None:
+        server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        self.probe_server = server
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", scheduler_port)
+        await self.flush()
+        while not isinstance(await self.next_event(), Handshake):
+            pass
+        await self.send(Login(port=self.port, max_kids=self.max_kids, envs=(ENV,),
+                              nodename=self.name, host_platform="x86_64", chroot_possible=True,
+                              supported_features=3), Stats(load=0))  # fmt: skip
+
+    async def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def send(self, *messages: object) -> None:
+        for msg in messages:
+            self.conn.send(msg)  # type: ignore[arg-type]
+        await self.flush()
+
+    async def next_event(self) -> object:
+        while (event := self.conn.next_event()) is NEED_DATA:
+            data = await asyncio.wait_for(self.reader.read(1 << 16), TIMEOUT)
+            self.conn.receive_data(data)
+            await self.flush()
+        return event
+
+    async def submit(self, first_client: int, count: int) -> None:
+        for client_id in range(first_client, first_client + count):
+            self.clients += 1
+            await self.send(GetCS(versions=(ENV,), filename=f"src/f{client_id}.c", lang=0,
+                                  count=1, target="x86_64", arg_flags=0x8, client_id=client_id,
+                                  client_count=self.clients))  # fmt: skip
+
+    async def listen(self) -> None:
+        while True:
+            event = await self.next_event()
+            if isinstance(event, UseCS | NoCS):
+                self.tally.clients_answered += 1
+                self.tally.placed[event.job_id] = self.tally.placed.get(event.job_id, 0) + 1
+                server = self if isinstance(event, NoCS) else self.peers[event.port]
+                task = asyncio.create_task(server.compile(event.job_id, own=server is self))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def compile(self, job_id: int, *, own: bool) -> None:
+        async with self.slots:
+            await self.send(JobBegin(job_id, int(time.time()), self.clients))
+            seconds = self.rng.uniform(0.1, 0.3)
+            await asyncio.sleep(seconds)
+            flags = JobDoneFlag.FROM_SUBMITTER if own else JobDoneFlag.FROM_SERVER
+            await self.send(JobDone(job_id=job_id, real_msec=int(seconds * 1000),
+                                    user_msec=int(seconds * 1000), out_uncompressed=20_000,
+                                    flags=int(flags), client_count=self.clients))  # fmt: skip
+        self.tally.done[job_id] = self.tally.done.get(job_id, 0) + 1
+        if sum(self.tally.done.values()) >= self.tally.expected:
+            self.tally.finished.set()
+
+
+async def telnet_command(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         command: str) -> list[str]:  # fmt: skip
+    writer.write(command.encode() + b"\n")
+    await writer.drain()
+    lines = []
+    while True:
+        line = (await asyncio.wait_for(reader.readline(), TIMEOUT)).decode(errors="replace")
+        if line.rstrip("\r\n") == "200 done":
+            return lines
+        lines.append(line)
+
+
+async def telnet_loop(port: int, stop: asyncio.Event, out: dict[str, list[float]]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(2):
+        await asyncio.wait_for(reader.readline(), TIMEOUT)  # the greeting
+    while not stop.is_set():
+        for command in ("listcs", "listjobs"):
+            start = time.perf_counter()
+            await telnet_command(reader, writer, command)
+            out[command].append(time.perf_counter() - start)
+        await asyncio.sleep(0.02)
+    writer.close()
+
+
+async def dbus_loop(address: str, stop: asyncio.Event, out: dict[str, list[float]]) -> None:
+    from dbus_fast import Message, MessageType  # noqa: PLC0415
+    from dbus_fast.aio import MessageBus  # noqa: PLC0415
+
+    bus = await MessageBus(bus_address=address).connect()
+    calls = {
+        "GetAll": Message(destination=SCHEDULER_INTERFACE, path=SCHEDULER_PATH,
+                          interface="org.freedesktop.DBus.Properties", member="GetAll",
+                          signature="s", body=[SCHEDULER_INTERFACE]),
+        "ListJobs": Message(destination=SCHEDULER_INTERFACE, path=SCHEDULER_PATH,
+                            interface=SCHEDULER_INTERFACE, member="ListJobs"),
+    }  # fmt: skip
+    while not stop.is_set():
+        for name, msg in calls.items():
+            start = time.perf_counter()
+            reply = await asyncio.wait_for(bus.call(msg), TIMEOUT)
+            out[name].append(time.perf_counter() - start)
+            if reply is None or reply.message_type is MessageType.ERROR:
+                text = f"D-Bus {name} failed: {reply and reply.body}"
+                raise RuntimeError(text)
+        await asyncio.sleep(0.02)
+    bus.disconnect()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] * 1000
+
+
+@dataclass(frozen=True)
+class Target:
+    """A running scheduler: binary and telnet port, pid, D-Bus address, 1.4's accept quirk."""
+
+    port: int
+    telnet_port: int
+    pid: int
+    dbus_address: str | None = None
+    slow_accept: bool = False
+
+
+async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
+    port, telnet_port, pid = target.port, target.telnet_port, target.pid
+    rng = random.Random(args.seed)  # noqa: S311 - simulated compile times
+    tally = Tally(expected=args.jobs)
+    daemons = [Daemon(i, args.slots, tally, rng) for i in range(args.daemons)]
+    for daemon in daemons:
+        await daemon.start(port)
+        if target.slow_accept:
+            await asyncio.sleep(1.1)  # 1.4 stops accepting for a second after each accept
+    peers = {d.port: d for d in daemons}
+    for daemon in daemons:
+        daemon.peers = peers
+    await asyncio.sleep(4.0)  # logins, the first STATS and the reachability probes settle
+    rss_before = rss_kib(pid)
+    listeners = [asyncio.create_task(d.listen()) for d in daemons]
+    stop = asyncio.Event()
+    latencies: dict[str, list[float]] = {"listcs": [], "listjobs": [], "GetAll": [], "ListJobs": []}
+    side = [asyncio.create_task(telnet_loop(telnet_port, stop, latencies))]
+    if target.dbus_address:
+        side.append(asyncio.create_task(dbus_loop(target.dbus_address, stop, latencies)))
+    start = time.perf_counter()
+    share = args.jobs // args.daemons
+    await asyncio.gather(*(d.submit(1 + i * share, share) for i, d in enumerate(daemons)))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(tally.finished.wait(), args.timeout)
+    elapsed = time.perf_counter() - start
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*side)
+    reader, writer = await asyncio.open_connection("127.0.0.1", telnet_port)
+    for _ in range(2):
+        await asyncio.wait_for(reader.readline(), TIMEOUT)
+    leftover = await telnet_command(reader, writer, "listjobs")
+    writer.close()
+    rss_after = rss_kib(pid)
+    for task in listeners:
+        task.cancel()
+    for daemon in daemons:
+        daemon.writer.close()
+        daemon.probe_server.close()
+    ids = range(1, args.jobs + 1)
+    lost = [j for j in ids if tally.placed.get(j) != 1 or tally.done.get(j) != 1]
+    return {
+        "jobs": args.jobs,
+        "answered": tally.clients_answered,
+        "done": sum(tally.done.values()),
+        "lost_or_duplicated": len(lost),
+        "listjobs_after": len(leftover),
+        "seconds": round(elapsed, 2),
+        "jobs_per_s": round(sum(tally.done.values()) / elapsed, 1),
+        "rss_kib_before": rss_before[0],
+        "rss_kib_after": rss_after[0],
+        "rss_kib_peak": rss_after[1],
+        "latency_ms": {
+            name: {"n": len(v), "p50": round(pct(v, 0.5), 2), "p99": round(pct(v, 0.99), 2)}
+            for name, v in latencies.items() if v
+        },
+    }
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, object]:
+    bus = SystemBus(user="daemon", group="staff").start()
+    ours = None
+    try:
+        ours = OurScheduler(extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus.address}).start()
+        if ours.proc is None or ours.port is None:
+            raise RuntimeError("our scheduler did not start")  # noqa: EM101
+        target = Target(ours.port, ours.port + 1, ours.proc.pid, dbus_address=bus.address)
+        return asyncio.run(load(target, args))
+    finally:
+        if ours is not None:
+            ours.stop()
+        bus.close()
+
+
+def run_real(args: argparse.Namespace) -> dict[str, object]:
+    with RealScheduler() as real, real.awake():
+        if real.proc is None or real.port is None:
+            raise RuntimeError("icecc-scheduler did not start")  # noqa: EM101
+        real.telnet("listcs")
+        target = Target(real.port, real.telnet_port, real.proc.pid, slow_accept=True)
+        return asyncio.run(load(target, args))
+
+
+def show(name: str, r: dict[str, object]) -> None:
+    lat = r["latency_ms"]
+    if not isinstance(lat, dict):
+        return
+    print(f"{name}: {r['done']}/{r['jobs']} jobs done in {r['seconds']} s "
+          f"({r['jobs_per_s']} jobs/s), answered {r['answered']}, "
+          f"lost or duplicated {r['lost_or_duplicated']}, "
+          f"listjobs afterwards {r['listjobs_after']} lines")
+    print(f"  RSS {r['rss_kib_before']} KiB after logins, {r['rss_kib_after']} KiB after the run "
+          f"(peak {r['rss_kib_peak']} KiB)")
+    for what, fig in lat.items():
+        print(f"  {what:<9} n={fig['n']:<5} p50 {fig['p50']:8.2f} ms   p99 {fig['p99']:8.2f} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--daemons", type=int, default=20)
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=300.0, help="per scheduler")
+    parser.add_argument("--only", choices=("iceserv", "1.4"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    args.jobs -= args.jobs % args.daemons
+    print(f"{args.jobs} jobs from {args.daemons} simulated daemons with {args.slots} slots each")
+    results: dict[str, dict[str, object]] = {}
+    if args.only != "1.4":
+        results["iceserv"] = run_ours(args)
+        show("iceserv", results["iceserv"])
+    if args.only != "iceserv":
+        results["1.4"] = run_real(args)
+        show("icecc-scheduler 1.4", results["1.4"])
+    if len(results) == 2:
+        ours, real = results["iceserv"], results["1.4"]
+        lo, lr = ours["latency_ms"], real["latency_ms"]
+        if not isinstance(lo, dict) or not isinstance(lr, dict):
+            return 1
+        print("ratios iceserv/1.4:")
+        print(f"  run time {float(ours['seconds']) / float(real['seconds']):.2f}, "
+              f"RSS after {int(ours['rss_kib_after']) / int(real['rss_kib_after']):.2f}")
+        for what in ("listcs", "listjobs"):
+            if what in lo and what in lr:
+                print(f"  {what} p50 {lo[what]['p50'] / max(lr[what]['p50'], 1e-3):.2f}, "
+                      f"p99 {lo[what]['p99'] / max(lr[what]['p99'], 1e-3):.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    ok = all(r["lost_or_duplicated"] == 0 and r["listjobs_after"] == 0 for r in results.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
