@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 # Modules under iceserv.app that provide a sub-command, in --help order.
-_SUBCOMMANDS: Final = ("selftest", "config_cli", "system_files", "symlinks", "sim")
+_SUBCOMMANDS: Final = ("demo", "selftest", "config_cli", "system_files", "symlinks", "sim")
 
 
 def build_parser() -> argparse.ArgumentParser:
