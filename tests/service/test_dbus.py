@@ -289,6 +289,7 @@ class TestClusterEvents:
             wait_for(lambda: get(address, "HostCount") == 2, 10, "two hosts")
             assert call(address, "BlockHost", "s", "farm1") == [True]
             monitor.wait_for("HostLeft", lambda d: d == ["farm1", "127.0.0.1"], 10, "farm1")
+            assert call(address, "BlockHost", "s", "farm1") == [False]  # listed once only
             assert get(address, "BlockedHosts") == ["farm1"]
             assert farm1.sock.recv(1) == b""  # the scheduler closed the connection
 
@@ -449,6 +450,9 @@ class TestWithoutDBus:
             wait_for(lambda: ours.events("daemon_logged_in"), 10, "the daemon's login")
             daemon.close()
             assert len(ours.events("dbus_disconnected")) == 1
+            time.sleep(1)  # a coalesced PropertiesChanged is due by now
+            assert not ours.events("observer_failed")  # signals after the loss are no errors
+            assert "Traceback" not in ours.log_path.read_text()
         finally:
             bus.close()
             tail = ours.log_tail()

@@ -216,8 +216,14 @@ class SchedulerInterface(ServiceInterface):
 
     @dbus_method(name="BlockHost")
     def block_host(self, name: DBusStr) -> DBusBool:
-        """Refuse *name* at login and disconnect it; return whether it was connected."""
-        matched = self._control.block_hosts([_check_name(name)])
+        """Refuse *name* at login and disconnect it; return whether it was connected.
+
+        Unlike telnet's ``blockcs``, blocking a blocked name does not list it twice.
+        """
+        if _check_name(name) in self._control.blocked():
+            matched = self._control.remove_hosts([name])
+        else:
+            matched = self._control.block_hosts([name])
         self._changes.poke()
         return bool(matched)
 
