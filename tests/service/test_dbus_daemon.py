@@ -151,7 +151,7 @@ class TestDaemonMethods:
                  "the scheduler to list the daemon as taking remote jobs")  # fmt: skip
 
     def test_drain_shows_full_load_at_the_scheduler(self, system_bus, cluster):
-        """Drain: Draining true and the scheduler sees load 1000; Resume: the real load."""
+        """Drain: the scheduler is told load 1000 at once; Resume: the real load again."""
         _, daemon = cluster
         address = system_bus.address
         call(address, "Drain")
@@ -162,8 +162,10 @@ class TestDaemonMethods:
         finally:
             call(address, "Resume")
         assert get(address, "Draining") is False
-        wait_for(lambda: (listed(address, daemon.name) or [0] * 8)[7] < 1000, 20,
-                 "the scheduler to see the real load")  # fmt: skip
+        # The real load is whatever this machine's CPUs say (1000 when they are saturated).
+        wait_for(lambda: abs((listed(address, daemon.name) or [0] * 8)[7]
+                             - get(address, "Load")) < 100, 20,
+                 "the scheduler to see the daemon's real load")  # fmt: skip
         assert daemon.events("daemon_draining")
         assert daemon.events("daemon_resumed")
 
