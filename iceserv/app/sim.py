@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "sim",
         help="replay a job trace on a simulated cluster (iceserv's placement and 1.4's)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description="Replay a job trace on a simulated cluster under iceserv's placement and "
+        "a model of icecream 1.4's, and compare them.",
     )
     parser.add_argument("trace", type=Path, help="job trace (JSON lines, see bench/traces)")
     parser.add_argument("--cluster", type=Path, help="cluster description (JSON)")
