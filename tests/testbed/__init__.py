@@ -7,7 +7,14 @@ What lives where:
   programs are written down in this module's docstring.
 * ``daemon``  - ``RealDaemon``: the real ``iceccd`` as a subprocess.
 * ``sundae``  - ``RealSundae``: the real ``icecream-sundae`` monitor in a pty.
-* ``ours``    - ``OurScheduler``: iceserv's scheduler program as a subprocess.
+* ``ours``    - ``OurScheduler``, ``OurDaemon``: iceserv's programs as subprocesses.
+* ``cluster`` - ``Cluster``: a scheduler and daemons (real or ours) on a
+  ``NetnsBed``, and ``make`` of a real project through it (``BuildResult``).
+* ``project`` - the zstd C library from a pinned PyPI sdist, its Makefile and
+  the local reference build.
+* ``monitor`` - ``SchedulerMonitor``: a monitor connection (own decoder) that
+  tells which daemons are logged in and where jobs ran.
+* ``idlecpu`` - ``IdleCpuHost``: programs on a host see a frozen ``/proc/stat``.
 * ``envs``    - ``build_real_env``: tarballs made by the real ``icecc-create-env``.
 * ``netns``   - ``NetnsBed``: N hosts as network namespaces on a private bridge.
 * ``hosts``   - the ``Host`` seam (loopback or a namespace host) and free ports.
@@ -19,13 +26,17 @@ The pytest fixtures built on this live in ``tests/conftest.py``.  Nothing here
 imports iceserv.
 """
 
+from testbed.cluster import BuildResult, ClientPlan, Cluster, DaemonPlan
 from testbed.daemon import RealDaemon
 from testbed.envs import RealEnv, build_real_env
 from testbed.errors import MissingProgramError, ProgramExitedError, TestbedError, WaitTimeoutError
 from testbed.hosts import LOOPBACK, Host, LoopbackHost, connect, free_port, free_scheduler_port
+from testbed.idlecpu import IdleCpuHost, freeze_proc_stat
+from testbed.monitor import MonitorEvent, Placement, SchedulerMonitor
 from testbed.netns import NetnsBed, NetnsHost, list_netns, remove_stale_netns
-from testbed.ours import OurScheduler
+from testbed.ours import OurDaemon, OurScheduler
 from testbed.procs import remove_stale_workdirs, stop_process
+from testbed.project import ZSTD_SDIST, Project, build_reference, fetch_sdist, unpack_project
 from testbed.real import ListedHost, RealScheduler, parse_listcs
 from testbed.sundae import SUNDAE_PROTOCOL_VERSION, RealSundae
 from testbed.wait import wait_for
@@ -33,28 +44,43 @@ from testbed.wait import wait_for
 __all__ = [
     "LOOPBACK",
     "SUNDAE_PROTOCOL_VERSION",
+    "ZSTD_SDIST",
+    "BuildResult",
+    "ClientPlan",
+    "Cluster",
+    "DaemonPlan",
     "Host",
+    "IdleCpuHost",
     "ListedHost",
     "LoopbackHost",
     "MissingProgramError",
+    "MonitorEvent",
     "NetnsBed",
     "NetnsHost",
+    "OurDaemon",
     "OurScheduler",
+    "Placement",
     "ProgramExitedError",
+    "Project",
     "RealDaemon",
     "RealEnv",
     "RealScheduler",
     "RealSundae",
+    "SchedulerMonitor",
     "TestbedError",
     "WaitTimeoutError",
     "build_real_env",
+    "build_reference",
     "connect",
+    "fetch_sdist",
     "free_port",
     "free_scheduler_port",
+    "freeze_proc_stat",
     "list_netns",
     "parse_listcs",
     "remove_stale_netns",
     "remove_stale_workdirs",
     "stop_process",
+    "unpack_project",
     "wait_for",
 ]

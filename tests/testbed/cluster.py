@@ -1,0 +1,340 @@
+"""A whole icecream cluster on a namespace bed, and a real project built through it.
+
+Owns ``Cluster``: on the hosts of a ``NetnsBed`` it starts one scheduler
+(the real ``icecc-scheduler`` or ours, on port 8765 of its host) and per
+host a daemon (real ``iceccd`` or ours, or none) that finds the scheduler by
+UDP broadcast across the bed's bridge (no ``-s``; the netname is unique per
+run), a ``SchedulerMonitor`` that records everything from the start, and
+waits until the scheduler lists every daemon with its first STATS.
+``Cluster.build`` then runs ``make -jN`` of a ``project.Project`` on one
+host with a chosen client (``ClientPlan``: the real ``/usr/bin/icecc`` or
+ours, directly as ``CC="icecc gcc"`` or through ccache with
+``CCACHE_PREFIX``), pointed at that host's daemon with
+``ICECC_TEST_SOCKET`` (every daemon has its own socket: all hosts share one
+filesystem), and returns a ``BuildResult``: make's status and output, the
+objects compared byte for byte with a reference build, and where each job
+ran according to the monitor (``monitor.Placement``).
+
+How to make jobs land on several hosts: give the client's host a small
+``DaemonPlan.max_jobs`` (its slots take "compile it yourself" jobs) and the
+others more.  Names are ``<label>-<kind>`` (``h1-real``, ``h2-ours``).
+
+It must not decide what a test expects (``BuildResult.check`` only applies
+what the caller asks for) and must not import iceserv: our programs run as
+subprocesses, and our client through a launcher script.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal, Self
+
+from testbed.daemon import RealDaemon
+from testbed.errors import TestbedError
+from testbed.idlecpu import IdleCpuHost, freeze_proc_stat
+from testbed.monitor import SchedulerMonitor
+from testbed.ours import OurDaemon, OurScheduler
+from testbed.procs import log_tail, make_workdir
+from testbed.project import build_env
+from testbed.real import RealScheduler
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from pathlib import Path
+    from types import TracebackType
+
+    from testbed.hosts import Host
+    from testbed.monitor import Placement
+    from testbed.netns import NetnsBed
+    from testbed.project import Project
+
+Kind = Literal["real", "ours"]
+SCHEDULER_PORT: Final = 8765
+REAL_CLIENT: Final = "/usr/bin/icecc"
+_LOGIN_TIMEOUT: Final = 60.0
+_SETTLE_TIMEOUT: Final = 20.0
+_OUR_CLIENT_LAUNCHER: Final = (
+    "#!{python}\nimport sys\nfrom iceserv.client.main import main\nsys.exit(main())\n"
+)
+
+
+@dataclass(frozen=True)
+class DaemonPlan:
+    """The daemon of one host: which program, how many slots, whether it takes remote jobs."""
+
+    kind: Kind
+    max_jobs: int = 2
+    no_remote: bool = False
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """Which ``icecc`` compiles, and whether ccache calls it (``CCACHE_PREFIX``)."""
+
+    kind: Kind = "real"
+    ccache: bool = False
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        """E.g. ``ours via ccache``."""
+        return self.kind + (" via ccache" if self.ccache else "")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What one ``make`` through the cluster did."""
+
+    host: str
+    client: str
+    returncode: int
+    seconds: float
+    output: str
+    units: int
+    different: tuple[str, ...]
+    missing: tuple[str, ...]
+    placement: Placement
+
+    def summary(self) -> str:
+        """A short human account: status, objects, placement, time."""
+        identical = self.units - len(self.different) - len(self.missing)
+        return (f"make on {self.host} with the {self.client} client: exit {self.returncode} "
+                f"in {self.seconds:.1f} s; {identical}/{self.units} objects identical "
+                f"(different {list(self.different)}, missing {list(self.missing)}); "
+                f"{self.placement}")  # fmt: skip
+
+    def problems(self, *, on: Iterable[str] = ()) -> list[str]:
+        """What is wrong with this build, given the hosts that must have compiled something."""
+        found = []
+        if self.returncode != 0:
+            found.append(f"make failed:\n{self.output[-3000:]}")
+        if self.different or self.missing:
+            found.append("objects differ from the local build or are missing")
+        if self.placement.requested != self.units or self.placement.total != self.units:
+            found.append(f"expected {self.units} jobs through the scheduler")
+        if self.placement.failed:
+            found.append("jobs failed in the cluster")
+        if self.placement.local:
+            found.append("jobs fell back to local-only builds")
+        found += [f"no job ran on {name}" for name in on if not self.placement.began[name]]
+        return found
+
+    def check(self, *, on: Iterable[str] = ()) -> None:
+        """Raise ``AssertionError`` (with the summary) unless the build was right.
+
+        Right means: make succeeded, every object is byte-identical to the
+        reference, every unit went through the scheduler exactly once with
+        exit 0 and no local-only fallback, and every host in ``on`` ran at
+        least one job.
+        """
+        found = self.problems(on=on)
+        if found:
+            raise AssertionError(self.summary() + "\n- " + "\n- ".join(found))
+
+
+@dataclass(eq=False)
+class Cluster:
+    """A scheduler and daemons on ``bed``; ``daemons[i]`` runs on ``bed[i]`` (None: nothing).
+
+    Use as a context manager or call ``start``/``stop``.  ``workdir`` holds
+    the client launcher, client logs and ccache directories.  With
+    ``idle_cpu`` (the default) each daemon sees a frozen ``/proc/stat``
+    (``idlecpu.IdleCpuHost``): the bed's hosts share the machine's CPUs, and
+    without it every host but the busy one reports load 1000 and gets no job.
+    """
+
+    bed: NetnsBed
+    scheduler_kind: Kind
+    daemon_plans: Sequence[DaemonPlan | None]
+    scheduler_host: int = 0
+    idle_cpu: bool = True
+    login_timeout: float = _LOGIN_TIMEOUT
+    scheduler: RealScheduler | OurScheduler | None = field(default=None, init=False)
+    daemons: dict[int, RealDaemon | OurDaemon] = field(default_factory=dict, init=False)
+    monitor: SchedulerMonitor | None = field(default=None, init=False)
+    workdir: Path | None = field(default=None, init=False)
+    exit_codes: dict[str, int | None] = field(default_factory=dict, init=False)
+    _builds: int = field(default=0, init=False)
+
+    def name(self, index: int) -> str:
+        """Node name of the daemon on host ``index``."""
+        plan = self.daemon_plans[index]
+        if plan is None:
+            msg = f"no daemon on host {index}"
+            raise TestbedError(msg)
+        return f"{self.bed[index].label}-{plan.kind}"
+
+    @property
+    def netname(self) -> str:
+        """The scheduler's netname (unique per run; every daemon asks for it)."""
+        if self.scheduler is None or self.scheduler.netname is None:
+            msg = "cluster not started"
+            raise TestbedError(msg)
+        return self.scheduler.netname
+
+    def start(self) -> Self:
+        """Start everything and wait until the scheduler lists every daemon with its STATS."""
+        if len(self.daemon_plans) > len(self.bed):
+            msg = f"{len(self.daemon_plans)} daemons for {len(self.bed)} hosts"
+            raise TestbedError(msg)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.workdir = make_workdir("cluster")
+        host = self.bed[self.scheduler_host]
+        if self.scheduler_kind == "real":
+            self.scheduler = RealScheduler(host=host, port=SCHEDULER_PORT).start()
+        else:
+            self.scheduler = OurScheduler(host=host, port=SCHEDULER_PORT, loopback_only=False)
+            self.scheduler.start()
+        self.monitor = SchedulerMonitor(host, (host.ip, SCHEDULER_PORT), awake=self._awake)
+        self.monitor.start()
+        for index, plan in enumerate(self.daemon_plans):
+            if plan is not None:
+                self.daemons[index] = self._start_daemon(self.bed[index], self.name(index), plan)
+        names = [daemon.name for daemon in self.daemons.values()]
+        with self._awake():
+            self.monitor.wait_online(names, self.login_timeout, between=self._poke_daemons,
+                                     context=self.log_tails)  # fmt: skip
+
+    def _start_daemon(self, host: Host, name: str, plan: DaemonPlan) -> RealDaemon | OurDaemon:
+        if self.idle_cpu:
+            assert self.workdir is not None
+            host = IdleCpuHost(host, freeze_proc_stat(self.workdir / f"stat-{name}"))
+        if plan.kind == "real":
+            return RealDaemon(name, host=host, max_jobs=plan.max_jobs, no_remote=plan.no_remote,
+                              netname=self.netname).start()  # fmt: skip
+        return OurDaemon(name, host=host, max_jobs=plan.max_jobs, no_remote=plan.no_remote,
+                         netname=self.netname).start()  # fmt: skip
+
+    def _awake(self) -> contextlib.AbstractContextManager[object]:
+        """Keep the real scheduler accepting while we wait for connections (reference §7.9)."""
+        if isinstance(self.scheduler, RealScheduler):
+            return self.scheduler.awake()
+        return contextlib.nullcontext()
+
+    def _poke_daemons(self) -> None:
+        for daemon in self.daemons.values():
+            if isinstance(daemon, RealDaemon):
+                daemon.poke()  # its main loop idles 3 s between turns; a client wakes it
+            else:
+                daemon.alive()
+
+    def daemon(self, index: int) -> RealDaemon | OurDaemon:
+        """The daemon on host ``index``."""
+        return self.daemons[index]
+
+    def client_command(self, client: ClientPlan, index: int) -> tuple[str, dict[str, str]]:
+        """``CC`` and the environment for ``client`` on host ``index`` (using its daemon)."""
+        assert self.workdir is not None
+        self._builds += 1
+        tag = f"{self.bed[index].label}-{self._builds}"
+        icecc = REAL_CLIENT if client.kind == "real" else str(self._our_launcher())
+        env = build_env({"HOME": str(self.workdir), "ICECC_TEST_SOCKET":
+                         str(self.daemon(index).socket_path), "ICECC_DEBUG": "debug",
+                         "ICECC_LOGFILE": str(self.workdir / f"icecc-{tag}.log")})  # fmt: skip
+        if not client.ccache:
+            cc = f"{icecc} gcc"
+        else:
+            cc = "ccache gcc"
+            env.update({"CCACHE_PREFIX": icecc, "CCACHE_DIR": str(self.workdir / f"ccache-{tag}")})
+        env.update(client.extra_env)
+        return cc, env
+
+    def _our_launcher(self) -> Path:
+        """An ``icecc`` console script for our client, as pip writes one (kept in ``workdir``)."""
+        assert self.workdir is not None
+        launcher = self.workdir / "bin" / "icecc"
+        if not launcher.exists():
+            launcher.parent.mkdir(exist_ok=True)
+            launcher.write_text(_OUR_CLIENT_LAUNCHER.format(python=sys.executable))
+            launcher.chmod(0o755)
+        return launcher
+
+    def client_log(self) -> str:
+        """The tail of the newest client debug log (for failure messages)."""
+        assert self.workdir is not None
+        logs = sorted(self.workdir.glob("icecc-*.log"), key=lambda p: p.stat().st_mtime)
+        return log_tail(logs[-1], 30) if logs else "(no client log)"
+
+    def build(  # noqa: PLR0913 - a build has this many knobs
+        self,
+        project: Project,
+        reference: Mapping[str, bytes],
+        client: ClientPlan,
+        *,
+        on: int = 0,
+        jobs: int = 4,
+        timeout: float = 300.0,
+    ) -> BuildResult:
+        """Clean ``project`` and build it with ``make -j<jobs>`` on host ``on``; report."""
+        assert self.monitor is not None
+        project.clean()
+        cc, env = self.client_command(client, on)
+        mark = self.monitor.mark()
+        started = time.monotonic()
+        done = self.bed[on].run(project.make_argv(cc, jobs), cwd=project.root, env=env,
+                                capture_output=True, text=True, timeout=timeout,
+                                check=False)  # fmt: skip
+        seconds = time.monotonic() - started
+        with contextlib.suppress(TestbedError):  # a failed build may leave jobs unfinished
+            self.monitor.wait_settled(mark, _SETTLE_TIMEOUT)
+        different, missing = project.compare(reference)
+        return BuildResult(
+            host=self.name(on),
+            client=str(client),
+            returncode=done.returncode,
+            seconds=seconds,
+            output=done.stdout + done.stderr,
+            units=len(project.sources),
+            different=tuple(different),
+            missing=tuple(missing),
+            placement=self.monitor.placement(since=mark),
+        )
+
+    def log_tails(self) -> str:
+        """Log tails of every program in the cluster, for failure messages."""
+        parts = []
+        if self.scheduler is not None:
+            parts.append(f"--- {self.scheduler_kind} scheduler\n{self.scheduler.log_tail()}")
+        parts += [f"--- {d.name}\n{d.log_tail()}" for d in self.daemons.values()]
+        if self.workdir is not None:
+            parts.append(f"--- client\n{self.client_log()}")
+        return "\n".join(parts)
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop the monitor, the daemons and the scheduler; return their exit codes by name."""
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
+        for daemon in self.daemons.values():
+            self.exit_codes[daemon.name] = daemon.stop()
+        self.daemons.clear()
+        if self.scheduler is not None:
+            self.exit_codes["scheduler"] = self.scheduler.stop()
+            self.scheduler = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        return self.exit_codes
+
+    def __enter__(self) -> Self:
+        """Start the cluster."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the cluster."""
+        self.stop()
