@@ -90,7 +90,21 @@ class Channel:
                 self.conn.send(msg)
         except ProtocolError as exc:
             raise ClusterError(9, f"cannot send to {self.name}: {exc}") from None
-        self._flush()
+        try:
+            self._flush()
+        except ClusterError:
+            # As 1.4's write_fd_to_server: a peer that hung up may have said why.
+            self._explain_failure()
+            raise
+
+    def _explain_failure(self) -> None:
+        """Raise the peer's STATUS_TEXT, if it sent one in the next 2 s, as error 23."""
+        try:
+            event = self._event(2.0)
+        except ClusterError:
+            return
+        if isinstance(event, StatusText):
+            raise ClusterError(23, f"remote status (compiled on {self.name}): {event.text}")
 
     def _event(self, timeout: float) -> object:
         deadline = time.monotonic() + timeout
