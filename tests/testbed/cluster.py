@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Self
 
 from testbed.daemon import RealDaemon
@@ -44,7 +45,6 @@ from testbed.real import RealScheduler
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from pathlib import Path
     from types import TracebackType
 
     from testbed.hosts import Host
@@ -57,8 +57,11 @@ SCHEDULER_PORT: Final = 8765
 REAL_CLIENT: Final = "/usr/bin/icecc"
 _LOGIN_TIMEOUT: Final = 60.0
 _SETTLE_TIMEOUT: Final = 20.0
+_REPO: Final = Path(__file__).resolve().parents[2]
+#: Our ``icecc`` console script, importing iceserv from this checkout (as ``OurDaemon`` does).
 _OUR_CLIENT_LAUNCHER: Final = (
-    "#!{python}\nimport sys\nfrom iceserv.client.main import main\nsys.exit(main())\n"
+    "#!{python}\nimport sys\nsys.path.insert(0, {repo!r})\n"
+    "from iceserv.client.main import main\nsys.exit(main())\n"
 )
 
 
@@ -245,7 +248,9 @@ class Cluster:
             cc = f"{icecc} gcc"
         else:
             cc = "ccache gcc"
-            env.update({"CCACHE_PREFIX": icecc, "CCACHE_DIR": str(self.workdir / f"ccache-{tag}")})
+            # One cache per host, kept across builds: a second build can be served from it.
+            cache = self.workdir / f"ccache-{self.bed[index].label}"
+            env.update({"CCACHE_PREFIX": icecc, "CCACHE_DIR": str(cache)})
         env.update(client.extra_env)
         return cc, env
 
@@ -255,7 +260,7 @@ class Cluster:
         launcher = self.workdir / "bin" / "icecc"
         if not launcher.exists():
             launcher.parent.mkdir(exist_ok=True)
-            launcher.write_text(_OUR_CLIENT_LAUNCHER.format(python=sys.executable))
+            launcher.write_text(_OUR_CLIENT_LAUNCHER.format(python=sys.executable, repo=str(_REPO)))
             launcher.chmod(0o755)
         return launcher
 
