@@ -16,7 +16,6 @@ compiles run one after the other.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import tempfile
@@ -26,6 +25,7 @@ from iceserv.client.job import REMOTE, absolute, shorten_filename
 from iceserv.client.local import HostLock, find_compiler, spawn, wait
 from iceserv.client.remote import USE_CS_TIMEOUT, Remote
 from iceserv.protocol import UseCS
+from iceserv.protocol.records import replace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def build_repeated(remote: Remote, rng: random.Random) -> int:
     first = Remote(job, remote.daemon, remote.envs, env=remote.env, diag=remote.diag,
                    cwd=remote.cwd, platform=remote.platform, own=remote.own)  # fmt: skip
     minimal = first.minimal_version(0)  # repeated jobs ask for no environment features
-    remote.daemon.send(dataclasses.replace(
+    remote.daemon.send(replace(
         first.get_cs(), filename=shorten_filename(absolute(job.input_file, remote.cwd)),
         count=COPIES, required_features=0, minimal_host_version=minimal,
         ignore_unverified=int(minimal >= 31),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -56,6 +55,7 @@ from iceserv.protocol import (
     VerifyEnv,
     VerifyEnvResult,
 )
+from iceserv.protocol.records import replace
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -293,9 +293,7 @@ class ClientSession:
                                 hostname="127.0.0.1", host_platform=msg.target, got_env=True,
                                 client_id=1))  # fmt: skip
             return
-        forwarded = dataclasses.replace(
-            msg, client_id=self.client_id, client_count=self.host.client_count
-        )
+        forwarded = replace(msg, client_id=self.client_id, client_count=self.host.client_count)
         self.host.to_scheduler(forwarded)
 
     def scheduler_answer(self, msg: UseCS | NoCS, own_ip: str) -> None:
@@ -358,7 +356,7 @@ class ClientSession:
         self.job_id = 0  # the scheduler will not need it any more
         if msg.user_msec + msg.sys_msec <= msg.real_msec:  # plausible figures only, as 1.4
             self.host.job_cpu(msg.user_msec + msg.sys_msec)
-        self.host.to_scheduler(dataclasses.replace(msg, client_count=self.host.client_count))
+        self.host.to_scheduler(replace(msg, client_count=self.host.client_count))
         self._log.info("job_finished", job_id=msg.job_id, where="client", exitcode=msg.exitcode,
                        real_msec=msg.real_msec, out_bytes=msg.out_uncompressed)  # fmt: skip
         self.host.schedule()

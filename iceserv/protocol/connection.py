@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 from typing import Final
 
 from iceserv.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -43,6 +42,7 @@ from iceserv.protocol.constants import (
 )
 from iceserv.protocol.features import Feature, supports
 from iceserv.protocol.messages import End, FileChunk, Message, decode, encode
+from iceserv.protocol.records import record
 
 __all__ = [
     "NEED_DATA",
@@ -69,7 +69,7 @@ class NeedData(enum.Enum):
 NEED_DATA: Final = NeedData.NEED_DATA
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Handshake:
     """The handshake finished: ``protocol`` is in force; the peer announced ``peer_version``."""
 
@@ -77,7 +77,7 @@ class Handshake:
     peer_version: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConnectionClosed:
     """The peer closed the channel cleanly (between messages)."""
 

@@ -13,12 +13,12 @@ on little-endian hosts in practice, so they are read and written little-endian.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from iceserv.errors import LocalProtocolError
 from iceserv.protocol.constants import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from iceserv.protocol.features import Feature, supports
+from iceserv.protocol.records import record
 from iceserv.protocol.wire import decode_text, encode_text
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ _LEGACY_VERSION: Final = 32
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SchedulerInfo:
     """What a discovery reply or announcement says about a scheduler."""
 

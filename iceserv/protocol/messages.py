@@ -16,10 +16,8 @@ decoded and are silently not sent when encoded, as 1.4 does.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import struct
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from iceserv.errors import LocalProtocolError, RemoteProtocolError
@@ -31,6 +29,7 @@ from iceserv.protocol.constants import (
     MsgType,
 )
 from iceserv.protocol.features import Feature, supports
+from iceserv.protocol.records import field, record, replace
 from iceserv.protocol.wire import EnvEntry, Reader, Writer
 
 if TYPE_CHECKING:
@@ -80,42 +79,42 @@ _HEADER: Final = struct.Struct(">II")
 # --- messages without payload -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Unknown:
     """Type ``'A'``: never valid; a connection refuses to send or accept it."""
 
     TYPE: ClassVar = MsgType.UNKNOWN
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ping:
     """scheduler → daemon (only protocol < 27), and the daemon's reply."""
 
     TYPE: ClassVar = MsgType.PING
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class End:
     """End of a FILE_CHUNK stream; client → local daemon "all fine"; a polite close."""
 
     TYPE: ClassVar = MsgType.END
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Timeout:
     """Type ``'D'``: unused by 1.4; a connection refuses to send or accept it."""
 
     TYPE: ClassVar = MsgType.TIMEOUT
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MonLogin:
     """monitor → scheduler: the monitor's first and only message."""
 
     TYPE: ClassVar = MsgType.MON_LOGIN
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GetInternalStatus:
     """scheduler → daemon: ask for the ``internals`` text (answered by STATUS_TEXT)."""
 
@@ -125,7 +124,7 @@ class GetInternalStatus:
 # --- client <-> local daemon ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GetNativeEnv:
     """client → local daemon: build (or find) the native environment for this compiler."""
 
@@ -135,7 +134,7 @@ class GetNativeEnv:
     compression: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UseNativeEnv:
     """local daemon → client: absolute path of the native environment tarball."""
 
@@ -143,7 +142,7 @@ class UseNativeEnv:
     native_version: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GetCS:
     """client → local daemon, local daemon → scheduler: ask for a compile server."""
 
@@ -163,7 +162,7 @@ class GetCS:
     niceness: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UseCS:
     """scheduler → local daemon, local daemon → client: compile job ``job_id`` there."""
 
@@ -177,7 +176,7 @@ class UseCS:
     matched_job_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NoCS:
     """scheduler → local daemon: compile job ``job_id`` yourself."""
 
@@ -186,7 +185,7 @@ class NoCS:
     client_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CompileFile:
     """client → remote daemon (or local daemon with environment ``__client``): the job.
 
@@ -208,7 +207,7 @@ class CompileFile:
     dwarf_fission: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class FileChunk:
     """One piece (<= 1 MiB, 1.4 sends <= 100 000 bytes) of a file stream, uncompressed.
 
@@ -221,7 +220,7 @@ class FileChunk:
     compressed_size: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CompileResult:
     """remote daemon → client: the compiler's output and status (files follow on success)."""
 
@@ -233,7 +232,7 @@ class CompileResult:
     have_dwo: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JobBegin:
     """daemon → scheduler: job ``job_id`` started compiling at ``stime``."""
 
@@ -243,7 +242,7 @@ class JobBegin:
     client_count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JobDone:
     """daemon → scheduler, client → local daemon: a job finished, with its statistics."""
 
@@ -262,7 +261,7 @@ class JobDone:
     client_count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JobLocalBegin:
     """client ↔ local daemon, local daemon → scheduler: a local job (link, -E, ...) starts."""
 
@@ -272,7 +271,7 @@ class JobLocalBegin:
     id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class JobLocalDone:
     """local daemon → scheduler, scheduler → monitor: a local job finished."""
 
@@ -283,7 +282,7 @@ class JobLocalDone:
 # --- daemon <-> scheduler -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Login:
     """daemon → scheduler: first message, and the re-announcement after an install."""
 
@@ -298,7 +297,7 @@ class Login:
     supported_features: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Stats:
     """daemon → scheduler: load (0..1000), load averages times 1000, free memory in MiB."""
 
@@ -310,7 +309,7 @@ class Stats:
     free_mem: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ConfCS:
     """scheduler → daemon: configuration, sent after every LOGIN (protocol >= 24)."""
 
@@ -320,7 +319,7 @@ class ConfCS:
     bench_source: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StatusText:
     """remote daemon → client (error text); daemon → scheduler (internals dump)."""
 
@@ -328,7 +327,7 @@ class StatusText:
     text: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Text:
     """A line of the telnet text channel; framed only for completeness (never sent framed)."""
 
@@ -339,7 +338,7 @@ class Text:
 # --- scheduler -> monitor -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MonGetCS:
     """scheduler → monitor: a job request was queued."""
 
@@ -350,7 +349,7 @@ class MonGetCS:
     client_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MonJobBegin:
     """scheduler → monitor: job ``job_id`` started on host ``host_id``."""
 
@@ -360,7 +359,7 @@ class MonJobBegin:
     host_id: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MonJobDone:
     """scheduler → monitor: a job finished or was aborted (JOB_DONE's layout)."""
 
@@ -379,7 +378,7 @@ class MonJobDone:
     client_count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MonLocalJobBegin:
     """scheduler → monitor: a local job started (note: host id first)."""
 
@@ -390,7 +389,7 @@ class MonLocalJobBegin:
     file: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MonStats:
     """scheduler → monitor: ``Key:Value`` lines describing host ``host_id``."""
 
@@ -402,7 +401,7 @@ class MonStats:
 # --- client <-> remote daemon ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EnvTransfer:
     """client → remote daemon: an environment tarball follows as FILE_CHUNKs + END."""
 
@@ -411,7 +410,7 @@ class EnvTransfer:
     target: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VerifyEnv:
     """client → remote daemon: check that the environment just sent works."""
 
@@ -420,7 +419,7 @@ class VerifyEnv:
     target: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class VerifyEnvResult:
     """remote daemon → client: the answer to VERIFY_ENV."""
 
@@ -428,7 +427,7 @@ class VerifyEnvResult:
     ok: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BlacklistHostEnv:
     """client → local daemon → scheduler: never use this environment on that host."""
 
@@ -604,7 +603,7 @@ def encode(msg: Message, version: int, *, level: int = DEFAULT_LEVEL) -> bytes:
             and not supports(version, Feature.CLIENT_COUNT)
             and msg.flags & JobDoneFlag.UNKNOWN_JOB_ID
         ):
-            msg = dataclasses.replace(msg, exitcode=LEGACY_UNKNOWN_JOB_ID_EXITCODE)
+            msg = replace(msg, exitcode=LEGACY_UNKNOWN_JOB_ID_EXITCODE)
         _write_fields(w, msg, cls, version, level)
     payload = w.getvalue()
     if len(payload) + 4 > MAX_MESSAGE_SIZE:

@@ -12,7 +12,6 @@ connections; :mod:`iceserv.scheduler.handlers` finds the host for a message.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import TYPE_CHECKING, Final, cast
 
 from iceserv.errors import RemoteProtocolError
@@ -30,6 +29,7 @@ from iceserv.protocol import (
     UseCS,
 )
 from iceserv.protocol.features import supports
+from iceserv.protocol.records import asdict
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
 from iceserv.scheduler.monitoring import OFFLINE, shorten_filename
@@ -162,7 +162,7 @@ def on_job_done(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
         user_msec=done.user_msec,
     )
     state.forget_job(job)
-    values = {f.name: getattr(done, f.name) for f in fields(done)}
+    values = asdict(done)
     values["job_id"] = job.job_id
     return [ToMonitors(MonJobDone(**values))]
 

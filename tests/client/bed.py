@@ -13,7 +13,6 @@ is checked against the real client.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from client.fakes import FakeCompiler, FakeDaemon, FakeServer, fake_tarball
 
-from iceserv.protocol import CompileFile, FileChunk, GetCS, JobDone, JobLocalBegin
+from iceserv.protocol import CompileFile, FileChunk, GetCS, JobDone, JobLocalBegin, records
 
 _RANDOM_SEED = re.compile(r"-frandom-seed=\d+")
 _TEMPORARY = re.compile(r"/tmp/icecc\w+")
@@ -57,7 +56,6 @@ SOURCES = {
 }
 
 
-
 @dataclass
 class Transcript:
     """Everything a wrapper run showed, with times and paths normalised."""
@@ -88,15 +86,14 @@ def _job_order(job: dict[str, object]) -> int:
 
 def _normalise(value: object, workdir: str) -> object:  # noqa: PLR0911 - one case per type
     if isinstance(value, JobLocalBegin):
-        return dataclasses.replace(value, stime=0, outfile=value.outfile.replace(workdir, "<W>"))
+        return records.replace(value, stime=0, outfile=value.outfile.replace(workdir, "<W>"))
     if isinstance(value, JobDone):
-        return dataclasses.replace(value, real_msec=0, user_msec=0, sys_msec=0, pfaults=0)
+        return records.replace(value, real_msec=0, user_msec=0, sys_msec=0, pfaults=0)
     if isinstance(value, FileChunk):
         return value.data
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: _normalise(getattr(value, f.name), workdir)
-                   for f in dataclasses.fields(value) if f.init}  # fmt: skip
-        return dataclasses.replace(value, **changes)
+    if records.is_record(value):
+        changes = {n: _normalise(getattr(value, n), workdir) for n in records.fields(value)}
+        return records.replace(value, **changes)
     if isinstance(value, str):
         value = _RANDOM_SEED.sub("-frandom-seed=<N>", value.replace(workdir, "<W>"))
         return _TEMPORARY.sub("<TMP>", value)
@@ -140,8 +137,12 @@ class WrapperBed:
             return REAL_ICERUN if mode == "icerun" else REAL_ICECC
         return str(self.wrappers / ("icerun" if mode == "icerun" else "icecc"))
 
-    def prepare(self, files: Mapping[str, str] = {}, dirs: tuple[str, ...] = (),
-                links: Mapping[str, str] = {}) -> None:
+    def prepare(
+        self,
+        files: Mapping[str, str] = {},
+        dirs: tuple[str, ...] = (),
+        links: Mapping[str, str] = {},
+    ) -> None:
         """Lay out a fresh work directory: the sources, *files*, *dirs* and symlinks."""
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir()
@@ -175,7 +176,7 @@ class WrapperBed:
         if server is not None:
             server.start()
             if daemon is not None and daemon.use_cs is not None and daemon.use_cs.port == -1:
-                daemon.use_cs = dataclasses.replace(daemon.use_cs, port=server.port)
+                daemon.use_cs = records.replace(daemon.use_cs, port=server.port)
         environ["ICECC_TEST_SOCKET"] = str(sock)
         for key, value in env.items():
             if value is None:

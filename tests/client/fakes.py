@@ -18,7 +18,6 @@ Both network fakes are built from ``iceserv.testing.BlockingChannel`` and
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import stat
@@ -40,6 +39,7 @@ from iceserv.protocol import (
     UseNativeEnv,
     VerifyEnv,
     VerifyEnvResult,
+    records,
 )
 from iceserv.testing import BlockingChannel
 
@@ -197,7 +197,7 @@ class FakeDaemon:
             if isinstance(event, GetCS) and isinstance(reply, UseCS):
                 # One USE_CS per requested copy (ICECC_REPEAT_RATE asks for three).
                 for copy in range(event.count):
-                    channel.send(dataclasses.replace(reply, job_id=reply.job_id + copy))
+                    channel.send(records.replace(reply, job_id=reply.job_id + copy))
             elif reply is not None:
                 channel.send(reply)
 
@@ -286,8 +286,15 @@ class FakeServer:
             return
         oom = self.mode == "oom"
         status = 1 if oom else self.status
-        channel.send(CompileResult(err=self.err, out=self.out, status=status,
-                                   was_out_of_memory=oom, have_dwo=self.dwo is not None))
+        channel.send(
+            CompileResult(
+                err=self.err,
+                out=self.out,
+                status=status,
+                was_out_of_memory=oom,
+                have_dwo=self.dwo is not None,
+            )
+        )
         if not oom and self.status == 0:
             job_id = job["compile_file"].job_id  # type: ignore[attr-defined]
             channel.send_file(self.obj + (b"#%d" % job_id if self.differ else b""))

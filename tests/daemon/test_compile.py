@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 from daemon.fakes import build_fake_env
@@ -23,7 +22,7 @@ from iceserv.daemon.compile import (
     new_unique,
 )
 from iceserv.daemon.sandbox import child_environment
-from iceserv.protocol import CompileFile, Lang
+from iceserv.protocol import CompileFile, Lang, records
 from iceserv.protocol.wire import encode_text
 
 GCC_JOB = CompileFile(
@@ -36,7 +35,7 @@ GGC = ["--param", "ggc-min-expand=100", "--param", "ggc-min-heapsize=131072"]
 
 
 def _job(**changes: object) -> CompileFile:
-    return dataclasses.replace(GCC_JOB, **changes)  # type: ignore[arg-type]
+    return records.replace(GCC_JOB, **changes)
 
 
 COMMAND_LINES = [

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import difflib
 import re
 import socket
@@ -59,6 +58,7 @@ from iceserv.protocol import (
     Stats,
     StatusText,
     UseCS,
+    records,
 )
 from iceserv.telnet import TelnetServer, serve_telnet
 from iceserv.testing import BlockingChannel
@@ -200,7 +200,7 @@ class ClusterScenario:
         f.total = 2
 
     def b_installed(self, c: Cluster) -> None:
-        c.send("nodeB", dataclasses.replace(self.login_b, envs=ENV_X))
+        c.send("nodeB", records.replace(self.login_b, envs=ENV_X))
         c.expect("nodeB", ConfCS())
         c.expect("nodeA", self.use_b(2, got_env=True))
         self.submit(c, 3, "e.c")

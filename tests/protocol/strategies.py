@@ -10,11 +10,9 @@ UNKNOWN_JOB_ID flag is set (the two are one thing on the wire).
 
 from __future__ import annotations
 
-import dataclasses
-
 from hypothesis import strategies as st
 
-from iceserv.protocol import messages
+from iceserv.protocol import messages, records
 from iceserv.protocol.wire import EnvEntry
 
 VERSIONS = range(21, 44)
@@ -68,9 +66,9 @@ def _fix_unknown_job_id(msg: messages.Message, version: int) -> messages.Message
     if version >= 39 or not isinstance(msg, messages.JobDone | messages.MonJobDone):
         return msg
     if msg.flags & UNKNOWN_JOB_ID:
-        return dataclasses.replace(msg, exitcode=200)
+        return records.replace(msg, exitcode=200)
     if msg.exitcode == 200:
-        return dataclasses.replace(msg, exitcode=201)
+        return records.replace(msg, exitcode=201)
     return msg
 
 

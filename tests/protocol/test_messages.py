@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iceserv.errors import LocalProtocolError, RemoteProtocolError
+from iceserv.protocol import records
 from iceserv.protocol.messages import (
     BlacklistHostEnv,
     CompileFile,
@@ -73,8 +74,8 @@ def h(text: str) -> bytes:
 
 def without(msg, *names):
     """*msg* with the named fields back at their class defaults (absent on the wire)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(msg)}
-    return dataclasses.replace(msg, **{n: defaults[n] for n in names})
+    defaults = records.asdict(type(msg)())
+    return records.replace(msg, **{n: defaults[n] for n in names})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,7 +372,7 @@ THRESHOLDS = [
     Fixture("COMPILE_FILE 41", (41,), COMPILE_FILE_FULL,
             f"00000055 00000049 {CF_HEAD} {CF_ARGS} {CF_ENV} {CF_30} {CF_34} {CF_35}"),
     Fixture("COMPILE_FILE 40, remote + rest joined", (35, 40),
-            dataclasses.replace(COMPILE_FILE_FULL, args=("-c", "-O2")),
+            records.replace(COMPILE_FILE_FULL, args=("-c", "-O2")),
             f"00000059 00000049 {CF_HEAD}"
             " 00000001 00000003 2d6300"  # remote ["-c"]
             " 00000001 00000004 2d4f3200"  # rest ["-O2"]
@@ -389,18 +390,18 @@ THRESHOLDS = [
     Fixture("JOB_BEGIN 39", (39,), JOB_BEGIN_FULL,
             f"00000010 0000004c 00000007 {STIME} 00000002"),
     # JOB_DONE: 39 client_count; below 39 exit code 200 is the UNKNOWN_JOB_ID flag.
-    Fixture("JOB_DONE 39 flags", (39,), dataclasses.replace(JOB_DONE_UNKNOWN_ID, exitcode=0),
+    Fixture("JOB_DONE 39 flags", (39,), records.replace(JOB_DONE_UNKNOWN_ID, exitcode=0),
             f"00000034 0000004d 00000004 00000000 {JOB_DONE_STATS} 00000003 00000001"),
     Fixture("JOB_DONE 38 flag sent as exit code 200", (21, 38),
-            dataclasses.replace(JOB_DONE_UNKNOWN_ID, exitcode=0),
+            records.replace(JOB_DONE_UNKNOWN_ID, exitcode=0),
             f"00000030 0000004d 00000004 000000c8 {JOB_DONE_STATS} 00000003",
             without(JOB_DONE_UNKNOWN_ID, "client_count")),
     Fixture("JOB_DONE 38 exit code 200 read as flag", (21, 38),
-            dataclasses.replace(JOB_DONE_UNKNOWN_ID, flags=1),
+            records.replace(JOB_DONE_UNKNOWN_ID, flags=1),
             f"00000030 0000004d 00000004 000000c8 {JOB_DONE_STATS} 00000001",
             without(JOB_DONE_UNKNOWN_ID, "client_count"), encode=False),
     Fixture("JOB_DONE 39 exit code 200 is just an exit code", (39,),
-            dataclasses.replace(JOB_DONE_UNKNOWN_ID, flags=1, client_count=0),
+            records.replace(JOB_DONE_UNKNOWN_ID, flags=1, client_count=0),
             f"00000034 0000004d 00000004 000000c8 {JOB_DONE_STATS} 00000001 00000000"),
     Fixture("JOB_DONE 38 plain", (38,), JobDone(job_id=4, exitcode=1),
             "00000030 0000004d 00000004 00000001" + " 00000000" * 9),
