@@ -53,7 +53,7 @@ from iceserv.protocol import (  # noqa: E402
 from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH  # noqa: E402
 
 ENV = EnvEntry("x86_64", "load-gcc")
-TIMEOUT = 30.0
+TIMEOUT = 120.0
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -110,9 +110,9 @@ class Daemon:
             self.conn.send(msg)  # type: ignore[arg-type]
         await self.flush()
 
-    async def next_event(self) -> object:
+    async def next_event(self, limit: float | None = TIMEOUT) -> object:
         while (event := self.conn.next_event()) is NEED_DATA:
-            data = await asyncio.wait_for(self.reader.read(1 << 16), TIMEOUT)
+            data = await asyncio.wait_for(self.reader.read(1 << 16), limit)
             self.conn.receive_data(data)
             await self.flush()
         return event
@@ -126,7 +126,7 @@ class Daemon:
 
     async def listen(self) -> None:
         while True:
-            event = await self.next_event()
+            event = await self.next_event(limit=None)  # the run's own timeout ends it
             if isinstance(event, UseCS | NoCS):
                 self.tally.clients_answered += 1
                 self.tally.placed[event.job_id] = self.tally.placed.get(event.job_id, 0) + 1
@@ -168,7 +168,13 @@ async def telnet_loop(port: int, stop: asyncio.Event, out: dict[str, list[float]
     while not stop.is_set():
         for command in ("listcs", "listjobs"):
             start = time.perf_counter()
-            await telnet_command(reader, writer, command)
+            try:
+                await telnet_command(reader, writer, command)
+            except TimeoutError:  # counted as a TIMEOUT-long answer; the session is gone
+                out[command].append(time.perf_counter() - start)
+                out["telnet timeouts"].append(TIMEOUT)
+                writer.close()
+                return
             out[command].append(time.perf_counter() - start)
         await asyncio.sleep(0.02)
     writer.close()
@@ -230,7 +236,9 @@ async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
     rss_before = rss_kib(pid)
     listeners = [asyncio.create_task(d.listen()) for d in daemons]
     stop = asyncio.Event()
-    latencies: dict[str, list[float]] = {"listcs": [], "listjobs": [], "GetAll": [], "ListJobs": []}
+    latencies: dict[str, list[float]] = {
+        "listcs": [], "listjobs": [], "GetAll": [], "ListJobs": [], "telnet timeouts": [],
+    }  # fmt: skip
     side = [asyncio.create_task(telnet_loop(telnet_port, stop, latencies))]
     if target.dbus_address:
         side.append(asyncio.create_task(dbus_loop(target.dbus_address, stop, latencies)))
@@ -318,7 +326,7 @@ def main() -> int:
     parser.add_argument("--daemons", type=int, default=20)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=300.0, help="per scheduler")
+    parser.add_argument("--timeout", type=float, default=900.0, help="per scheduler")
     parser.add_argument("--only", choices=("iceserv", "1.4"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
