@@ -26,7 +26,7 @@ The pytest fixtures built on this live in ``tests/conftest.py``.  Nothing here
 imports iceserv.
 """
 
-from testbed.cluster import BuildResult, ClientPlan, Cluster, DaemonPlan
+from testbed.cluster import BuildResult, ClientPlan, Cluster, DaemonPlan, RunningBuild
 from testbed.daemon import RealDaemon
 from testbed.envs import RealEnv, build_real_env
 from testbed.errors import MissingProgramError, ProgramExitedError, TestbedError, WaitTimeoutError
@@ -66,6 +66,7 @@ __all__ = [
     "RealEnv",
     "RealScheduler",
     "RealSundae",
+    "RunningBuild",
     "SchedulerMonitor",
     "TestbedError",
     "WaitTimeoutError",

@@ -13,7 +13,10 @@ ours, directly as ``CC="icecc gcc"`` or through ccache with
 ``ICECC_TEST_SOCKET`` (every daemon has its own socket: all hosts share one
 filesystem), and returns a ``BuildResult``: make's status and output, the
 objects compared byte for byte with a reference build, and where each job
-ran according to the monitor (``monitor.Placement``).
+ran according to the monitor (``monitor.Placement``).  ``Cluster.start_build``
+returns a ``RunningBuild`` instead, so a fault can be injected while make runs
+(``Cluster.daemons``, ``Cluster.scheduler`` are the programs; note that the
+monitor stops recording, and ``placement`` raises, once the scheduler is gone).
 
 How to make jobs land on several hosts: give the client's host a small
 ``DaemonPlan.max_jobs`` (its slots take "compile it yourself" jobs) and the
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,11 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Self
 
 from testbed.daemon import RealDaemon
-from testbed.errors import TestbedError
+from testbed.errors import TestbedError, WaitTimeoutError
 from testbed.idlecpu import IdleCpuHost, freeze_proc_stat
 from testbed.monitor import SchedulerMonitor
 from testbed.ours import OurDaemon, OurScheduler
-from testbed.procs import log_tail, make_workdir
+from testbed.procs import log_tail, make_workdir, stop_process
 from testbed.project import build_env
 from testbed.real import RealScheduler
 
@@ -136,6 +140,51 @@ class BuildResult:
         found = self.problems(on=on)
         if found:
             raise AssertionError(self.summary() + "\n- " + "\n- ".join(found))
+
+
+@dataclass(eq=False)
+class RunningBuild:
+    """A ``make`` started by ``Cluster.start_build``; ``finish`` waits and reports."""
+
+    cluster: Cluster
+    project: Project
+    reference: Mapping[str, bytes]
+    client: ClientPlan
+    on: int
+    proc: subprocess.Popen[bytes]
+    output_path: Path
+    mark: int
+    started: float = field(default_factory=time.monotonic)
+
+    def running(self) -> bool:
+        """True while make has not exited."""
+        return self.proc.poll() is None
+
+    def finish(self, timeout: float = 300.0) -> BuildResult:
+        """Wait for make (killing it and its compilers after ``timeout``) and report."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stop_process(self.proc)
+            msg = f"make did not finish within {timeout} s\n{self.cluster.log_tails()}"
+            raise WaitTimeoutError(msg) from None
+        seconds = time.monotonic() - self.started
+        monitor = self.cluster.monitor
+        assert monitor is not None
+        with contextlib.suppress(TestbedError):  # a failed build may leave jobs unfinished
+            monitor.wait_settled(self.mark, _SETTLE_TIMEOUT)
+        different, missing = self.project.compare(self.reference)
+        return BuildResult(
+            host=self.cluster.name(self.on),
+            client=str(self.client),
+            returncode=self.proc.returncode,
+            seconds=seconds,
+            output=self.output_path.read_text(errors="replace"),
+            units=len(self.project.sources),
+            different=tuple(different),
+            missing=tuple(missing),
+            placement=monitor.placement(since=self.mark),
+        )
 
 
 @dataclass(eq=False)
@@ -270,6 +319,32 @@ class Cluster:
         logs = sorted(self.workdir.glob("icecc-*.log"), key=lambda p: p.stat().st_mtime)
         return log_tail(logs[-1], 30) if logs else "(no client log)"
 
+    def start_build(
+        self,
+        project: Project,
+        reference: Mapping[str, bytes],
+        client: ClientPlan,
+        *,
+        on: int = 0,
+        jobs: int = 4,
+    ) -> RunningBuild:
+        """Clean ``project`` and start ``make -j<jobs>`` on host ``on``; return at once.
+
+        For fault injection: do something to the cluster while it runs, then
+        call ``RunningBuild.finish``.
+        """
+        assert self.monitor is not None
+        assert self.workdir is not None
+        project.clean()
+        cc, env = self.client_command(client, on)
+        output = self.workdir / f"make-{self._builds}.out"
+        mark = self.monitor.mark()
+        with output.open("wb") as sink:
+            proc = self.bed[on].popen(project.make_argv(cc, jobs), cwd=project.root, env=env,
+                                      stdin=subprocess.DEVNULL, stdout=sink,
+                                      stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        return RunningBuild(self, project, reference, client, on, proc, output, mark)
+
     def build(  # noqa: PLR0913 - a build has this many knobs
         self,
         project: Project,
@@ -280,30 +355,9 @@ class Cluster:
         jobs: int = 4,
         timeout: float = 300.0,
     ) -> BuildResult:
-        """Clean ``project`` and build it with ``make -j<jobs>`` on host ``on``; report."""
-        assert self.monitor is not None
-        project.clean()
-        cc, env = self.client_command(client, on)
-        mark = self.monitor.mark()
-        started = time.monotonic()
-        done = self.bed[on].run(project.make_argv(cc, jobs), cwd=project.root, env=env,
-                                capture_output=True, text=True, timeout=timeout,
-                                check=False)  # fmt: skip
-        seconds = time.monotonic() - started
-        with contextlib.suppress(TestbedError):  # a failed build may leave jobs unfinished
-            self.monitor.wait_settled(mark, _SETTLE_TIMEOUT)
-        different, missing = project.compare(reference)
-        return BuildResult(
-            host=self.name(on),
-            client=str(client),
-            returncode=done.returncode,
-            seconds=seconds,
-            output=done.stdout + done.stderr,
-            units=len(project.sources),
-            different=tuple(different),
-            missing=tuple(missing),
-            placement=self.monitor.placement(since=mark),
-        )
+        """Clean ``project``, build it with ``make -j<jobs>`` on host ``on`` and report."""
+        running = self.start_build(project, reference, client, on=on, jobs=jobs)
+        return running.finish(timeout)
 
     def log_tails(self) -> str:
         """Log tails of every program in the cluster, for failure messages."""

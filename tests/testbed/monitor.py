@@ -18,6 +18,7 @@ buffer fills (§5.5).  It must never send anything after ``MON_LOGIN``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import struct
 import threading
 import time
@@ -59,6 +60,7 @@ class MonitorEvent:
     job_id: int | None = None
     exitcode: int | None = None
     text: str = ""
+    at: float = field(default=0.0, compare=False)  # time.monotonic() when it was read
 
 
 class _Reader:
@@ -247,8 +249,9 @@ class SchedulerMonitor:
                     self.error = ConnectionError("the scheduler closed the monitor connection")
                     return
                 events, buffer = split_frames(buffer + chunk)
+                now = time.monotonic()
                 with self._lock:
-                    self.events.extend(events)
+                    self.events.extend(dataclasses.replace(e, at=now) for e in events)
         except (OSError, TestbedError, struct.error) as exc:
             if not self._stop.is_set():
                 self.error = exc
