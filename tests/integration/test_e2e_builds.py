@@ -29,10 +29,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import pytest
 from testbed import (
@@ -49,10 +51,14 @@ from testbed import (
     wait_for,
 )
 from testbed.netns import netns_pids
+from testbed.project import CFLAGS, CPPFLAGS
 
 from iceserv.protocol import (
+    CompileFile,
+    CompileResult,
     ConfCS,
     EnvEntry,
+    EnvTransfer,
     GetCS,
     JobBegin,
     JobDone,
@@ -61,6 +67,8 @@ from iceserv.protocol import (
     NoCS,
     Stats,
     UseCS,
+    VerifyEnv,
+    VerifyEnvResult,
 )
 from iceserv.testing import BlockingChannel
 
@@ -157,6 +165,30 @@ class TestOurScheduler:
         finished = scheduler.events("job_finished")
         assert len(finished) == 33
         assert {e["exitcode"] for e in finished} == {0}
+
+    def test_real_client_compiles_on_a_protocol_39_daemon(
+        self, our_scheduler, real_daemon_factory, project, zstd, tmp_path
+    ):
+        """Our scheduler sends a real client to a 39 daemon: LZO both ways, identical object."""
+        local = real_daemon_factory("client-host", our_scheduler.address, no_remote=True)
+        with OldCompileServer(our_scheduler.port or 0, tmp_path) as old:
+            unit = "lib/compress/zstd_compress.c"  # its source spans many 100 000-byte chunks
+            output = "obj/compress/zstd_compress.o"
+            (project.root / output).parent.mkdir(parents=True)
+            env = local.client_env({"ICECC_PREFERRED_HOST": "old39", "ICECC_TEST_REMOTEBUILD": "1",
+                                    "PATH": "/usr/bin:/bin"})  # fmt: skip
+            argv = ["/usr/bin/icecc", "gcc", *CPPFLAGS.split(), *CFLAGS.split(), "-c", unit,
+                    "-o", output]  # fmt: skip
+            done = subprocess.run(argv, cwd=project.root, env=env, capture_output=True, text=True,
+                                  timeout=180, check=False)  # fmt: skip
+            old.finished.wait(30)
+            assert done.returncode == 0, done.stderr + old.describe() + local.log_tail()
+            assert old.error is None, old.describe()
+            assert old.protocol == 39
+            assert old.tarball_size > 1_000_000
+            assert (project.root / output).read_bytes() == zstd.reference[output]
+        finished = our_scheduler.events("job_finished")
+        assert [(e["exitcode"], e["out_bytes"] > 0) for e in finished] == [(0, True)]
 
     @pytest.mark.parametrize("version", [39, 38])
     def test_old_protocol_daemon(self, our_scheduler, version):
@@ -258,6 +290,98 @@ def _old_daemon_cancels(old: BlockingChannel, busy: BlockingChannel, monitor: Sc
     old.sock.settimeout(2.0)
     with pytest.raises(TimeoutError):
         old.receive()
+
+
+class OldCompileServer:
+    """A compile server that speaks protocol 39, played with our codec on 127.0.0.1.
+
+    It logs in to the scheduler at ``port`` as ``old39`` (LOGIN without
+    features), serves one client on its own port -- TRANFER_ENV, VERIFY_ENV,
+    COMPILE_FILE with the two argument lists of protocol < 41, FILE_CHUNKs
+    that are LZO at 39 -- by running local gcc as a 1.4 daemon runs it in the
+    chroot, answers COMPILE_RESULT and the object (LZO), and reports
+    JOB_BEGIN/JOB_DONE.  Connections that send nothing (the scheduler's
+    reachability probes) are ignored.
+    """
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.workdir = workdir
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.5)
+        self.scheduler = BlockingChannel.connect("127.0.0.1", port, version=39, timeout=10.0)
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self.protocol = 0
+        self.tarball_size = 0
+        self.job: CompileFile | None = None
+        self.result: CompileResult | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="old39", daemon=True)
+
+    def __enter__(self) -> Self:
+        assert self.scheduler.handshake.protocol == 39
+        self.scheduler.send(_login("old39", self.listener.getsockname()[1]))
+        assert self.scheduler.receive() == ConfCS(3, 36, "")
+        self.scheduler.send(Stats(load=0, free_mem=4096))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.listener.close()
+        self.scheduler.close()
+
+    def describe(self) -> str:
+        """What the server saw, for failure messages."""
+        return f"\nold39: error={self.error!r} job={self.job!r} result={self.result!r}"
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set() and not self.finished.is_set():
+                with contextlib.suppress(TimeoutError):
+                    sock, _ = self.listener.accept()
+                    with sock:
+                        self._client(sock)
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+            self.error = exc
+            self.finished.set()
+
+    def _client(self, sock: socket.socket) -> None:
+        try:
+            channel = BlockingChannel(sock, version=39, timeout=60.0)
+        except (AssertionError, OSError):
+            return  # a reachability probe: connect and close without a word
+        self.protocol = channel.handshake.protocol
+        env = channel.receive()
+        assert isinstance(env, EnvTransfer), env
+        tarball, _ = channel.receive_file()
+        self.tarball_size = len(tarball)
+        verify = channel.receive()
+        assert isinstance(verify, VerifyEnv), verify
+        channel.send(VerifyEnvResult(ok=True))
+        job = channel.receive()
+        assert isinstance(job, CompileFile), job
+        self.job = job
+        source, _ = channel.receive_file()
+        self.scheduler.send(JobBegin(job.job_id, int(time.time()), client_count=1))
+        obj = self.workdir / "old39.o"
+        compiled = subprocess.run(
+            [f"/usr/bin/{job.compiler_name}", "-x", "c", *job.args, "-fpreprocessed", "-",
+             "-o", str(obj)], input=source, capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        data = obj.read_bytes() if compiled.returncode == 0 else b""
+        err, out = (text.decode(errors="replace") for text in (compiled.stderr, compiled.stdout))
+        self.result = CompileResult(err, out, compiled.returncode)
+        channel.send(self.result)
+        if compiled.returncode == 0:
+            channel.send_file(data)
+        self.scheduler.send(JobDone(job.job_id, compiled.returncode, real_msec=1000,
+                                    user_msec=900, in_compressed=len(source),
+                                    in_uncompressed=len(source), out_compressed=len(data),
+                                    out_uncompressed=len(data), flags=JobDoneFlag.FROM_SERVER,
+                                    client_count=1))  # fmt: skip
+        self.finished.set()
 
 
 @pytest.mark.netns
