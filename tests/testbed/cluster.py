@@ -21,6 +21,12 @@ monitor stops recording, and ``placement`` raises, once the scheduler is gone).
 How to make jobs land on several hosts: give the client's host a small
 ``DaemonPlan.max_jobs`` (its slots take "compile it yourself" jobs) and the
 others more.  Names are ``<label>-<kind>`` (``h1-real``, ``h2-ours``).
+Typical use (``tests/integration/test_e2e_builds.py``)::
+
+    with NetnsBed(2) as bed, Cluster(bed, "ours", [DaemonPlan("real", max_jobs=1),
+                                                   DaemonPlan("ours")]) as cluster:
+        result = cluster.build(project, reference, ClientPlan("real"), on=0, jobs=4)
+        result.check(on=["h1-real", "h2-ours"])   # or inspect result.placement
 
 It must not decide what a test expects (``BuildResult.check`` only applies
 what the caller asks for) and must not import iceserv: our programs run as
