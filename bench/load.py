@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -52,6 +53,9 @@ from iceserv.protocol import (  # noqa: E402
 )
 from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH  # noqa: E402
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 ENV = EnvEntry("x86_64", "load-gcc")
 TIMEOUT = 120.0
 
@@ -70,13 +74,17 @@ class Tally:
     clients_answered: int = 0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 0
+    done_total: int = 0
+    on_answer: Callable[[], None] | None = None  # called after each USE_CS/NO_CS (placement.py)
 
 
 class Daemon:
     """One simulated iceccd: its scheduler link, its slots, its probe listener."""
 
-    def __init__(self, index: int, slots: int, tally: Tally, rng: random.Random) -> None:
+    def __init__(self, index: int, slots: int, tally: Tally, rng: random.Random, *,
+                 time_scale: float = 1.0) -> None:  # fmt: skip
         self.name = f"load{index:02d}"
+        self.time_scale = time_scale  # 0: a job's "compile" takes no time (placement.py)
         self.slots = asyncio.Semaphore(slots)
         self.max_kids = slots
         self.tally = tally
@@ -134,18 +142,21 @@ class Daemon:
                 task = asyncio.create_task(server.compile(event.job_id, own=server is self))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+                if self.tally.on_answer is not None:
+                    self.tally.on_answer()
 
     async def compile(self, job_id: int, *, own: bool) -> None:
         async with self.slots:
             await self.send(JobBegin(job_id, int(time.time()), self.clients))
             seconds = self.rng.uniform(0.1, 0.3)
-            await asyncio.sleep(seconds)
+            await asyncio.sleep(seconds * self.time_scale)
             flags = JobDoneFlag.FROM_SUBMITTER if own else JobDoneFlag.FROM_SERVER
             await self.send(JobDone(job_id=job_id, real_msec=int(seconds * 1000),
                                     user_msec=int(seconds * 1000), out_uncompressed=20_000,
                                     flags=int(flags), client_count=self.clients))  # fmt: skip
         self.tally.done[job_id] = self.tally.done.get(job_id, 0) + 1
-        if sum(self.tally.done.values()) >= self.tally.expected:
+        self.tally.done_total += 1
+        if self.tally.done_total >= self.tally.expected:
             self.tally.finished.set()
 
 

@@ -1,0 +1,294 @@
+"""Placement throughput: GET_CS answered per second and memory with 100 and 1,000 daemons.
+
+Run (as root, like the test bed): ``.venv/bin/python bench/placement.py
+[--daemons 100 1000] [--outstanding 200] [--seconds 10] [--warmup 3] [--verbose 0]
+[--json FILE]``.
+
+For each daemon count, iceserv's scheduler (``python -m iceserv.app.scheduler``)
+and the real ``icecc-scheduler`` 1.4 run one after the other (order
+alternating), each fresh, on loopback with the same flags (``-p P -n NET -i lo
+-l LOG``, ``-v`` times ``--verbose``: none by default, as a production
+scheduler runs; the test bed's ``-vvv``/``-vv`` would mostly measure
+logging).  The simulated daemons are ``bench/load.py``'s (our codec; each
+has 4 slots and listens on a loopback port for the reachability probe).
+They log in all at once, in batches of 100 (against 1.4 a thread-free UDP
+poke every 0.3 s wakes its main loop, which otherwise re-arms its listening
+socket only after unrelated activity, reference 7.9), and the benchmark waits
+until telnet ``listcs`` lists every one of them.
+
+Then a closed loop keeps ``--outstanding`` GET_CS in flight: every USE_CS or
+NO_CS makes the next daemon in turn ask again, and the daemon the answer
+names runs the job at once (JOB_BEGIN, JOB_DONE reporting a 100-300 ms
+compile, no waiting: the scheduler, not the slots, is the limit).  After
+``--warmup`` seconds, answers are counted for ``--seconds``: GET_CS answered
+per second.  Over the same window the scheduler's CPU time (utime + stime from
+``/proc``) gives its CPU cost per 1,000 answers, and this driver's own CPU use
+shows whether it, not the scheduler, was the limit (it has one core of two).
+RSS (VmRSS) is read before any login, after the logins and after the run,
+with the peak (VmHWM).  Prints the figures and the ratios iceserv/1.4;
+``--json FILE`` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from load import Daemon, Tally, rss_kib  # noqa: E402
+from testbed.hosts import free_scheduler_port  # noqa: E402
+from testbed.procs import clean_env, listening_tcp_ports, make_workdir, stop_process  # noqa: E402
+from testbed.wait import wait_for  # noqa: E402
+
+REAL_SCHEDULER = "/usr/sbin/icecc-scheduler"
+LOGIN_BATCH = 100
+LOGIN_TIMEOUT = 300.0
+DRAIN_TIMEOUT = 60.0
+TICKS = os.sysconf("SC_CLK_TCK")
+LABEL = {"ours": "iceserv", "real": "1.4"}
+
+
+class Scheduler:
+    """One scheduler program on loopback, started with the same flags for both kinds."""
+
+    def __init__(self, kind: str, verbose: int) -> None:
+        self.kind = kind
+        self.workdir = make_workdir(f"place-{kind}")
+        self.port = free_scheduler_port()
+        self.netname = f"PL{os.getpid()}{kind.upper()}"
+        program = [REAL_SCHEDULER] if kind == "real" else [sys.executable, "-m",
+                                                            "iceserv.app.scheduler"]  # fmt: skip
+        argv = [*program, "-p", str(self.port), "-n", self.netname, "-i", "lo",
+                "-l", str(self.workdir / "scheduler.log")] + ["-v"] * verbose  # fmt: skip
+        env = clean_env({"ICECC_TESTS": "1", "PYTHONPATH": str(ROOT)})
+        with (self.workdir / "scheduler.out").open("wb") as out:
+            self.proc = subprocess.Popen(argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
+        wait_for(lambda: self.alive() and {self.port, self.port + 1} <= listening_tcp_ports(
+            self.proc.pid), 30, f"the {kind} scheduler to listen")  # fmt: skip
+
+    def alive(self) -> bool:
+        if self.proc.poll() is not None:
+            tail = (self.workdir / "scheduler.out").read_text(errors="replace")[-2000:]
+            msg = f"the {self.kind} scheduler exited with {self.proc.returncode}: {tail}"
+            raise RuntimeError(msg)
+        return True
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+    def stop(self) -> int | None:
+        code = stop_process(self.proc)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return code
+
+
+async def poke_loop(port: int, stop: asyncio.Event) -> None:
+    """Wake 1.4's main loop with a discovery byte every 0.3 s (reference 7.9)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)  # noqa: FBT003 - the socket API
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock.sendto(bytes([43]), ("127.0.0.1", port))
+                while True:
+                    sock.recv(512)  # drop the answers
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.3)
+
+
+async def listed_hosts(telnet_port: int) -> int:
+    """How many hosts telnet ``listcs`` shows (one bounded session)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", telnet_port), 30)
+    try:
+        for _ in range(2):
+            await asyncio.wait_for(reader.readline(), 30)  # the greeting
+        writer.write(b"listcs\n")
+        await writer.drain()
+        count = 0
+        while True:
+            line = (await asyncio.wait_for(reader.readline(), 60)).decode(errors="replace")
+            if not line or line.rstrip("\r\n") == "200 done":
+                return count
+            count += line.startswith(" load")
+    finally:
+        writer.close()
+
+
+async def log_in(daemons: list[Daemon], scheduler: Scheduler) -> float:
+    start = time.perf_counter()
+    for first in range(0, len(daemons), LOGIN_BATCH):
+        batch = daemons[first : first + LOGIN_BATCH]
+        await asyncio.wait_for(asyncio.gather(*(d.start(scheduler.port) for d in batch)),
+                               LOGIN_TIMEOUT)  # fmt: skip
+    deadline = time.monotonic() + LOGIN_TIMEOUT
+    while (listed := await listed_hosts(scheduler.port + 1)) < len(daemons):
+        scheduler.alive()
+        if time.monotonic() > deadline:
+            msg = f"only {listed} of {len(daemons)} daemons listed after {LOGIN_TIMEOUT} s"
+            raise TimeoutError(msg)
+        await asyncio.sleep(0.5)
+    return time.perf_counter() - start
+
+
+async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) -> dict[str, Any]:
+    pid = scheduler.proc.pid
+    rss_idle = rss_kib(pid)[0]
+    rng = random.Random(args.seed)  # noqa: S311 - simulated compile statistics
+    tally = Tally(expected=1 << 62)
+    daemons = [Daemon(i, args.slots, tally, rng, time_scale=0.0) for i in range(count)]
+    stop_poking = asyncio.Event()
+    poker = asyncio.create_task(poke_loop(scheduler.port, stop_poking))
+    try:
+        login_s = await log_in(daemons, scheduler)
+    finally:
+        stop_poking.set()
+        await poker
+    peers = {d.port: d for d in daemons}
+    for daemon in daemons:
+        daemon.peers = peers
+    await asyncio.sleep(2.0)  # the first STATS and the reachability probes settle
+    rss_logged_in = rss_kib(pid)[0]
+    listeners = [asyncio.create_task(d.listen()) for d in daemons]
+    client_ids = itertools.count(1)
+    submitters = itertools.cycle(daemons)
+    pending: set[asyncio.Task[None]] = set()
+    submitting = True
+
+    def ask() -> None:
+        task = asyncio.create_task(next(submitters).submit(next(client_ids), 1))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    def on_answer() -> None:
+        if submitting:
+            ask()
+
+    tally.on_answer = on_answer
+    for _ in range(args.outstanding):
+        ask()
+    await asyncio.sleep(args.warmup)
+    answered0, cpu0, own0 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
+    start = time.perf_counter()
+    await asyncio.sleep(args.seconds)
+    answered1, cpu1, own1 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
+    elapsed = time.perf_counter() - start
+    submitting = False
+    asked = next(client_ids) - 1
+    with contextlib.suppress(TimeoutError):  # let the last answers and JOB_DONEs arrive
+        await asyncio.wait_for(_settled(tally, asked), DRAIN_TIMEOUT)
+    scheduler.alive()
+    rss_after, rss_peak = rss_kib(pid)
+    for task in listeners:
+        task.cancel()
+    for daemon in daemons:
+        daemon.writer.close()
+        daemon.probe_server.close()
+    answered = answered1 - answered0
+    return {
+        "daemons": count,
+        "login_s": round(login_s, 1),
+        "get_cs_per_s": round(answered / elapsed, 1),
+        "answered_in_window": answered,
+        "window_s": round(elapsed, 2),
+        "scheduler_cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 1),
+        "scheduler_cpu_ms_per_1000": round(1e6 * (cpu1 - cpu0) / max(answered, 1), 1),
+        "driver_cpu_pct": round(100 * (own1 - own0) / elapsed, 1),
+        "asked": asked,
+        "answered": tally.clients_answered,
+        "done": tally.done_total,
+        "rss_kib_idle": rss_idle,
+        "rss_kib_logged_in": rss_logged_in,
+        "rss_kib_after": rss_after,
+        "rss_kib_peak": rss_peak,
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+async def _settled(tally: Tally, asked: int) -> None:
+    while tally.clients_answered < asked or tally.done_total < tally.clients_answered:  # noqa: ASYNC110 - load.py's Tally has no event for this
+        await asyncio.sleep(0.1)
+
+
+def raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need <= hard or (soft < need and hard == resource.RLIM_INFINITY):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    elif soft < need:
+        msg = f"need {need} file descriptors, the hard limit is {hard} (ulimit -Hn)"
+        raise SystemExit(msg)
+
+
+def show(kind: str, r: dict[str, Any]) -> None:
+    print(f"  {LABEL[kind]:<8} {r['daemons']:>5} daemons: {r['get_cs_per_s']:8.1f} GET_CS/s "
+          f"(scheduler CPU {r['scheduler_cpu_pct']:5.1f} %, "
+          f"{r['scheduler_cpu_ms_per_1000']:7.1f} ms per 1000; driver CPU "
+          f"{r['driver_cpu_pct']:5.1f} %)  RSS idle {r['rss_kib_idle'] / 1024:.1f} MiB, "
+          f"logged in {r['rss_kib_logged_in'] / 1024:.1f}, after {r['rss_kib_after'] / 1024:.1f}, "
+          f"peak {r['rss_kib_peak'] / 1024:.1f} MiB; logins {r['login_s']} s; "
+          f"{r['answered']}/{r['asked']} answered, {r['done']} done", flush=True)  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--daemons", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--outstanding", type=int, default=200, help="GET_CS kept in flight")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--verbose", type=int, default=0, help="-v count for both schedulers")
+    parser.add_argument("--only", choices=("ours", "real"))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    raise_fd_limit(4 * max(args.daemons) + 256)
+    kinds = [k for k in ("ours", "real") if args.only in (None, k)]
+    results: dict[str, dict[str, Any]] = {k: {} for k in kinds}
+    print(f"closed loop of {args.outstanding} GET_CS, {args.warmup:g} s warm-up, "
+          f"{args.seconds:g} s measured; schedulers with -v x{args.verbose}",
+          flush=True)  # fmt: skip
+    for number, count in enumerate(args.daemons):
+        for kind in kinds if number % 2 == 0 else kinds[::-1]:
+            scheduler = Scheduler(kind, args.verbose)
+            try:
+                results[kind][str(count)] = asyncio.run(measure(scheduler, args, count))
+            finally:
+                code = scheduler.stop()
+            results[kind][str(count)]["exit_code"] = code
+            show(kind, results[kind][str(count)])
+    ratios = {}
+    if len(kinds) == 2:
+        for count in map(str, args.daemons):
+            ours, real = results["ours"][count], results["real"][count]
+            ratios[count] = {key: round(ours[key] / real[key], 2) for key in
+                             ("get_cs_per_s", "scheduler_cpu_ms_per_1000", "rss_kib_logged_in",
+                              "rss_kib_peak")}  # fmt: skip
+            print(f"ratios iceserv/1.4 at {count} daemons: "
+                  + ", ".join(f"{k} {v}" for k, v in ratios[count].items()))  # fmt: skip
+    if args.json:
+        out = {"settings": {k: v for k, v in vars(args).items() if k != "json"},
+               "results": results, "ratios_iceserv_over_real": ratios}  # fmt: skip
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
