@@ -33,7 +33,6 @@ from iceserv.protocol import (
     Connection,
     ConnectionClosed,
     Handshake,
-    MonJobDone,
 )
 from iceserv.protocol.discovery import (
     DEFAULT_NETNAME,
@@ -54,6 +53,7 @@ from iceserv.scheduler.effects import (
     ToMonitors,
 )
 from iceserv.scheduler.handlers import Scheduler, SchedulerConfig
+from iceserv.scheduler.joblog import JobSummaries
 
 if TYPE_CHECKING:
     import random
@@ -159,6 +159,7 @@ class SchedulerServer:
         self._core = Scheduler(config, rng, self._start)
         self.control = SchedulerControl(self, internals_timeout=settings.internals_timeout)
         self._peers: dict[int, _Peer] = {}
+        self._summaries = JobSummaries()
         self._ids = itertools.count(1)
         self._tcp: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
@@ -286,10 +287,14 @@ class SchedulerServer:
         peer.writer.write(peer.conn.data_to_send())
         peer.wake.set()
 
+    def _host_name(self, host_id: int) -> str:
+        host = self._core.state.hosts.get(host_id)
+        return host.nodename if host is not None else f"host {host_id}"
+
     def _to_monitors(self, message: Message) -> None:
-        if isinstance(message, MonJobDone):
-            log.info("job_finished", job_id=message.job_id, exitcode=message.exitcode,
-                     real_msec=message.real_msec, out_bytes=message.out_uncompressed)  # fmt: skip
+        summary = self._summaries.observe(message, self._host_name, self.now())
+        if summary is not None:
+            log.info("job_finished", **summary)
         for conn_id in self._core.monitors:
             peer = self._peers.get(conn_id)
             if peer is None:
