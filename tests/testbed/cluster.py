@@ -77,11 +77,18 @@ _OUR_CLIENT_LAUNCHER: Final = (
 
 @dataclass(frozen=True)
 class DaemonPlan:
-    """The daemon of one host: which program, how many slots, whether it takes remote jobs."""
+    """The daemon of one host: which program, how many slots, whether it takes remote jobs.
+
+    ``extra_args`` and ``extra_env`` are passed to the program as they are
+    (e.g. ``-b DIR`` for another env directory, ``DBUS_SYSTEM_BUS_ADDRESS``
+    for a private bus).
+    """
 
     kind: Kind
     max_jobs: int = 2
     no_remote: bool = False
+    extra_args: Sequence[str] = ()
+    extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -269,9 +276,54 @@ class Cluster:
             host = IdleCpuHost(host, freeze_proc_stat(self.workdir / f"stat-{name}"))
         if plan.kind == "real":
             return RealDaemon(name, host=host, max_jobs=plan.max_jobs, no_remote=plan.no_remote,
-                              netname=self.netname).start()  # fmt: skip
+                              netname=self.netname, extra_args=plan.extra_args,
+                              extra_env=plan.extra_env).start()  # fmt: skip
         return OurDaemon(name, host=host, max_jobs=plan.max_jobs, no_remote=plan.no_remote,
-                         netname=self.netname).start()  # fmt: skip
+                         netname=self.netname, extra_args=plan.extra_args,
+                         extra_env=plan.extra_env).start()  # fmt: skip
+
+    def restart_daemon(self, index: int, plan: DaemonPlan | None = None) -> int | None:
+        """Stop the daemon on host ``index`` (if it still runs) and start it anew; return its code.
+
+        For fault injection: after a daemon was killed, or to give it another
+        ``plan`` (by default the one it had).  The new program has a fresh work
+        directory (an empty environment cache) and finds the scheduler by
+        itself; wait for that with ``monitor.wait_online``.
+        """
+        assert self.workdir is not None
+        old = self.daemons.pop(index)
+        code = old.stop()
+        plan = plan or self.daemon_plans[index]
+        assert plan is not None  # the host had a daemon: it was in self.daemons
+        plans = list(self.daemon_plans)
+        plans[index] = plan
+        self.daemon_plans = plans
+        self.daemons[index] = self._start_daemon(self.bed[index], self.name(index), plan)
+        return code
+
+    def restart_scheduler(self) -> int | None:
+        """Stop the scheduler (if it still runs), start the same kind again; return its code.
+
+        The new scheduler has the same host, port and netname, so the daemons
+        come back by themselves after their reconnect delay (20-51 s in 1.4
+        without ``ICECC_TESTS``).  The monitor is replaced by one logged in to
+        the new scheduler: positions from ``monitor.mark()`` taken before do
+        not apply to it.
+        """
+        assert self.scheduler is not None
+        assert self.monitor is not None
+        netname = self.netname
+        self.monitor.close()
+        code = self.scheduler.stop()
+        host = self.bed[self.scheduler_host]
+        if self.scheduler_kind == "real":
+            self.scheduler = RealScheduler(host=host, port=SCHEDULER_PORT, netname=netname).start()
+        else:
+            self.scheduler = OurScheduler(host=host, port=SCHEDULER_PORT, netname=netname,
+                                          loopback_only=False).start()  # fmt: skip
+        self.monitor = SchedulerMonitor(host, (host.ip, SCHEDULER_PORT), awake=self._awake)
+        self.monitor.start()
+        return code
 
     def _awake(self) -> contextlib.AbstractContextManager[object]:
         """Keep the real scheduler accepting while we wait for connections (reference §7.9)."""
