@@ -324,17 +324,11 @@ def empty_queue(state: ClusterState, rng: random.Random) -> Assignment | None:
     can be placed, the head job waits while some connected daemon could ever
     take it; otherwise it goes to its submitter, as nobody else ever will.
     """
-    for job in state.queue:
-        host = pick_server(state, job, rng)
-        if host is not None:
-            return _assign(state, job, host)
-        submitter = state.hosts[job.submitter]
-        if (
-            len(submitter.jobs) < submitter.max_jobs
-            and not job.preferred_host
-            and can_install(state, submitter, job)
-        ):
-            return _assign(state, job, submitter)
+    if any(_may_take_a_job(host) for host in state.hosts.values()):
+        for job in state.queue:
+            assignment = _place(state, job, rng)
+            if assignment is not None:
+                return assignment
     head = state.queue.first()
     if head is None:
         return None
@@ -344,6 +338,40 @@ def empty_queue(state: ClusterState, rng: random.Random) -> Assignment | None:
         if eligible_ever(state, host, head):
             return None  # "No suitable host found, delaying"
     return _assign(state, head, state.hosts[head.submitter])
+
+
+def _may_take_a_job(host: Host) -> bool:
+    """Whether *host* passes the job-independent parts of every way a job can be placed.
+
+    A job goes to a host that is eligible now (some slots, room within slots +
+    preload, load under 1000, not installing) or falls back to its submitter (a
+    free slot).
+    When no host passes either test, no queued job can be placed, and scanning
+    the queue -- queue length x hosts checks per event, seconds with thousands
+    of queued jobs -- is skipped.  This is an optimisation only: the outcome is
+    the same as 1.4's full scan.
+    """
+    return len(host.jobs) < host.max_jobs or (
+        host.max_jobs > 0
+        and len(host.jobs) < host.max_jobs + _preload_slots(host)
+        and host.load < FULL_LOAD
+        and host.busy_installing_since is None
+    )
+
+
+def _place(state: ClusterState, job: Job, rng: random.Random) -> Assignment | None:
+    """Place *job* on the best server, or on its submitter as a fallback, or not at all."""
+    host = pick_server(state, job, rng)
+    if host is not None:
+        return _assign(state, job, host)
+    submitter = state.hosts[job.submitter]
+    if (
+        len(submitter.jobs) < submitter.max_jobs
+        and not job.preferred_host
+        and can_install(state, submitter, job)
+    ):
+        return _assign(state, job, submitter)
+    return None
 
 
 def restrict_siblings(state: ClusterState, assignment: Assignment) -> None:

@@ -470,3 +470,49 @@ class TestEmptyQueue:
             assert host.host_id == job.submitter or placement.eligible_now(state, host, job)
             state.queue.take(job)
             host.jobs.append(job.job_id)
+
+
+class TestFullClusterShortcut:
+    def test_full_cluster_skips_the_queue_scan(self, monkeypatch):
+        """With every host at slots + preload, no queued job is examined, and the head waits."""
+        state = ClusterState()
+        sub = add_host(state, "sub", max_jobs=0)
+        for name in ("a", "b"):
+            add_host(state, name, max_jobs=4, jobs=list(range(100, 106)))  # 4 + preload 2
+        for _ in range(50):
+            add_job(state, sub)
+        calls = []
+        monkeypatch.setattr(placement, "pick_server", lambda *args: calls.append(args))
+        assert placement.empty_queue(state, RNG) is None
+        assert calls == []
+
+    @given(
+        loads=st.lists(st.sampled_from([0, 500, 1000]), min_size=1, max_size=4),
+        used=st.lists(st.integers(0, 7), min_size=4, max_size=4),
+        jobs=st.integers(1, 6),
+        seed=st.integers(0, 3),
+    )
+    def test_same_decision_as_the_full_scan(self, loads, used, jobs, seed):
+        """The shortcut never changes the outcome: it equals scanning every queued job."""
+
+        def build():
+            state = ClusterState()
+            sub = add_host(state, "sub", max_jobs=1, jobs=list(range(900, 900 + used[0] % 2)))
+            for i, load in enumerate(loads):
+                add_host(state, f"h{i}", max_jobs=4, load=load,
+                         jobs=list(range(100 * (i + 1), 100 * (i + 1) + used[i])))  # fmt: skip
+            for _ in range(jobs):
+                add_job(state, sub)
+            return state
+
+        fast = placement.empty_queue(build(), random.Random(seed))  # noqa: S311
+        state = build()
+        slow = None
+        for job in state.queue:  # the unconditional scan the shortcut may skip
+            slow = placement._place(state, job, random.Random(seed))  # noqa: S311
+            if slow is not None:
+                break
+        if slow is None:
+            slow = placement.empty_queue(state, random.Random(seed))  # noqa: S311
+        describe = lambda a: None if a is None else (a.job.job_id, a.host.nodename)  # noqa: E731
+        assert describe(fast) == describe(slow)
