@@ -44,6 +44,11 @@ _NOT_LITERAL: Final = frozenset("'\"\\$`~")
 _DQUOTE_ESCAPES: Final = frozenset('$`"\\')
 _CONTINUATION: Final = "\\\n"
 _BOM: Final = "\ufeff"
+#: Longest value an assignment may produce: `V=$V$V` doubles a value per line, so
+#: without a cap 30 short lines would ask for gigabytes (found by fuzzing).
+MAX_VALUE: Final = 64 * 1024
+#: Largest conf.d file read; real ones are a few kilobytes.
+MAX_FILE: Final = 1024 * 1024
 _COMMAND_HINTS: Final = {
     ".": "sourcing another file ('.') is not supported",
     "source": "sourcing another file ('source') is not supported",
@@ -106,10 +111,14 @@ def parse_confd(text: str, path: str, scope: Mapping[str, ConfdValue] | None = N
 def read_confd(path: Path, scope: Mapping[str, ConfdValue] | None = None) -> ConfdFile:
     """Read and parse the file at *path* (UTF-8, an optional BOM is skipped)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE + 1)
     except OSError as exc:
         msg = f"{path}: {exc.strerror or exc}"
         raise ConfigError(msg, source=str(path)) from None
+    if len(data) > MAX_FILE:
+        msg = f"{path}: larger than {MAX_FILE} bytes; not a conf.d file"
+        raise ConfigError(msg, source=str(path))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -269,6 +278,10 @@ class _Parser:
                 self._assign(name, value, line)
 
     def _assign(self, name: str, value: str, line: int) -> None:
+        if len(value) > MAX_VALUE:
+            where = f"{self._path}:{line}"
+            msg = f"{where}: {name} would be {len(value)} characters long (limit {MAX_VALUE})"
+            raise ConfigError(msg, source=where, name=name)
         self._scope[name] = value
         self._values[name] = ConfdValue(name, value, self._path, line)
 

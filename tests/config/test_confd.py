@@ -10,7 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iceserv.config.confd import ConfdValue, parse_confd, read_confd, read_confd_files
+from iceserv.config.confd import (
+    MAX_FILE,
+    ConfdValue,
+    parse_confd,
+    read_confd,
+    read_confd_files,
+)
 from iceserv.errors import ConfigError
 
 # services.md §2.4, one file holding these lines in this order (I and R use A, B, C).
@@ -401,3 +407,20 @@ class TestDashDifferential:
         """Variables we mark exported are exactly those dash puts in the environment."""
         parsed = parse_confd(text, "conf").values
         assert {n for n, v in parsed.items() if v.exported} == _dash_exported(text)
+
+
+class TestLimits:
+    def test_doubling_values_stop_at_the_cap(self):
+        """`V=$V$V` repeated cannot grow a value past MAX_VALUE: the line that would is an error."""
+        text = "V=xxxxxxxx\n" + "V=$V$V\n" * 20
+        with pytest.raises(ConfigError) as caught:
+            parse_confd(text, "bomb.conf")
+        # 8 * 2**13 = 65536 is allowed; line 15 would make 131072.
+        assert str(caught.value).startswith("bomb.conf:15: V would be 131072 characters long")
+
+    def test_huge_file_is_refused(self, tmp_path):
+        """A file over MAX_FILE bytes is refused before parsing."""
+        path = tmp_path / "huge"
+        path.write_bytes(b"# " + b"x" * MAX_FILE + b"\n")
+        with pytest.raises(ConfigError, match="larger than"):
+            read_confd(path)
