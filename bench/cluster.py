@@ -51,7 +51,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from provenance import provenance  # noqa: E402
 from testbed import (  # noqa: E402
     ClientPlan,
     Cluster,
@@ -215,8 +217,10 @@ def main() -> int:
         return 2
     print(f"zstd (33 units) through 3 hosts x {args.slots} slots, make -j{args.jobs}; "
           f"{args.cold} cold + {args.runs} warm rounds, order rotating", flush=True)  # fmt: skip
+    start_state = provenance()
     with tempfile.TemporaryDirectory(prefix="iceserv-bench-cluster-") as tmp:
         result = summarise(args, run_builds(args, Path(tmp)))
+    result["provenance"] = start_state
     report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from load import Daemon, Tally, rss_kib  # noqa: E402
+from provenance import provenance  # noqa: E402
 from testbed.hosts import free_scheduler_port  # noqa: E402
 from testbed.procs import clean_env, listening_tcp_ports, make_workdir, stop_process  # noqa: E402
 from testbed.wait import wait_for  # noqa: E402
@@ -259,6 +260,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     raise_fd_limit(4 * max(args.daemons) + 256)
+    start_state = provenance()
     kinds = [k for k in ("ours", "real") if args.only in (None, k)]
     results: dict[str, dict[str, Any]] = {k: {} for k in kinds}
     print(f"closed loop of {args.outstanding} GET_CS, {args.warmup:g} s warm-up, "
@@ -283,8 +285,9 @@ def main() -> int:
             print(f"ratios iceserv/1.4 at {count} daemons: "
                   + ", ".join(f"{k} {v}" for k, v in ratios[count].items()))  # fmt: skip
     if args.json:
-        out = {"settings": {k: v for k, v in vars(args).items() if k != "json"},
-               "results": results, "ratios_iceserv_over_real": ratios}  # fmt: skip
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        out = {"provenance": start_state, "settings": settings, "results": results,
+               "ratios_iceserv_over_real": ratios}  # fmt: skip
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 

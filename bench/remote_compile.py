@@ -62,7 +62,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from provenance import provenance  # noqa: E402
 from testbed import (  # noqa: E402
     Cluster,
     DaemonPlan,
@@ -385,6 +387,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    start_state = provenance()
     tarball = fetch_sdist()
     reference = build_reference(unpack_project(tarball, workdir / "reference"))
     units = preprocess(unpack_project(tarball, workdir / "zstd"))
@@ -404,6 +407,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 drive(args, (bed[0].ip, 8765), parts, log)), timeout=args.timeout)  # fmt: skip
         placement = cluster.monitor.placement() if cluster.monitor else None
     result = summarise(raw)
+    result["provenance"] = start_state
     result.update({"unit": args.unit, "unit_preprocessed_bytes": len(units[args.unit].preprocessed),
                    "units_in_mix": len(units), "slots": args.slots, "parallel": args.parallel,
                    "latency_jobs": args.latency_jobs, "unit_jobs": args.unit_jobs,
