@@ -31,7 +31,8 @@ byte-identical to a local gcc build (else the benchmark exits 1).
 Prints per build the wall time, where the jobs began (monitor
 ``MON_JOB_BEGIN`` per host; h1's count includes the "compile it yourself"
 jobs of its own daemon) and the load average, then medians and the ratio
-iceserv/real.  ``--json FILE`` writes everything.
+iceserv/real (of the medians, the median of the round-by-round ratios, and
+of the fastest builds).  ``--json FILE`` writes everything.
 """
 
 from __future__ import annotations
@@ -180,7 +181,13 @@ def summarise(args: argparse.Namespace, builds: dict[str, dict[str, list[Row]]])
                for phase, per_kind in builds.items()}  # fmt: skip
     ratios = {phase: round(s["ours"]["median"] / s["real"]["median"], 2)
               for phase, s in summary.items() if "real" in s and "ours" in s}  # fmt: skip
+    for phase, per_kind in builds.items():  # round by round: slow phases of the machine cancel
+        pairs = [o["seconds"] / r["seconds"] for r, o in zip(per_kind["real"], per_kind["ours"],
+                                                              strict=True)]  # fmt: skip
+        if pairs:
+            ratios[f"{phase} paired median"] = round(statistics.median(pairs), 2)
     warm = summary["warm"]
+    ratios["warm fastest"] = round(warm["ours"]["min"] / warm["real"]["min"], 2)
     if "local" in warm:
         for kind in KINDS:
             ratios[f"warm {kind}/local"] = round(warm[kind]["median"] / warm["local"]["median"], 2)
