@@ -38,6 +38,12 @@ Per round, measured:
   iceserv and bare gcc (``--parallel`` local compiles) take turns, the order
   rotating every round.
 
+For the throughput phases the CPU time of each server's whole process tree
+(``/proc/PID/stat`` utime + stime + cutime + cstime: the daemon, its job
+processes and the compilers, all reaped by the end of a phase) per job is
+reported too, against the bare compiles' (``getrusage(RUSAGE_CHILDREN)``):
+unlike wall time it does not depend on what else the machine runs.
+
 The first job on each server installs the environment; it is run first, timed
 apart ("first job") and left out of everything else.  Prints medians over the
 rounds and the ratios iceserv/1.4; ``--json FILE`` writes everything.
@@ -51,6 +57,7 @@ import contextlib
 import itertools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -101,6 +108,7 @@ from iceserv.protocol import (  # noqa: E402
 )
 
 TIMEOUT = 120.0
+TICKS = os.sysconf("SC_CLK_TCK")
 REMOTE_ARGS = ("-O2", "-c", "-fdirectives-only")
 SERVERS = {"real": 1, "ours": 2}  # bed index of each compile server
 LABEL = {"real": "1.4", "ours": "iceserv", "bare": "bare gcc"}
@@ -219,6 +227,7 @@ class Bench:
     env: RealEnv
     reference: dict[str, bytes]
     workdir: Path
+    server_pids: dict[str, int] = field(default_factory=dict)
     wrong: list[str] = field(default_factory=list)
     bare_outputs: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -293,10 +302,22 @@ class Bench:
                 else:
                     jobs.append(await self.job(server_name(who), unit))
 
+        cpu0 = self.cpu(who)
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(parallel)))
         out = {"jobs_per_s": round(len(units) / (time.perf_counter() - start), 3)}
+        await asyncio.sleep(0.2)  # the server reaps its last job's processes
+        out["cpu_ms_per_job"] = round((self.cpu(who) - cpu0) * 1000 / len(units), 1)
         return out | {f"median_{k}_s": median([j[k] for j in jobs]) for k in jobs[0]}
+
+    def cpu(self, who: str) -> float:
+        """CPU seconds so far of a server's process tree (reaped children included), or of the
+        bare compiles (this process's reaped children: nothing else ends during a phase)."""
+        if who == "bare":
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return usage.ru_utime + usage.ru_stime
+        fields = Path(f"/proc/{self.server_pids[who]}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / TICKS  # utime stime cutime cstime
 
 
 def server_name(kind: str) -> str:
@@ -324,7 +345,8 @@ async def drive(args: argparse.Namespace, scheduler: tuple[str, int], bench_part
     unit = units[args.unit]
     submitter = Submitter(bench_parts["env"])
     await submitter.start(*scheduler)
-    bench = Bench(submitter, bench_parts["env"], bench_parts["reference"], bench_parts["workdir"])
+    bench = Bench(submitter, bench_parts["env"], bench_parts["reference"], bench_parts["workdir"],
+                  bench_parts["server_pids"])  # fmt: skip
     out: dict[str, Any] = {"first_job": {}, "rounds": []}
     try:
         for kind in SERVERS:  # install the environment: not part of the figures
@@ -348,6 +370,8 @@ async def drive(args: argparse.Namespace, scheduler: tuple[str, int], bench_part
                       f"{median([j[key] for j in latencies[who]]) * 1000:7.1f} ms  unit "
                       f"{one['jobs_per_s']:6.2f} jobs/s  mix {mix['jobs_per_s']:6.2f} jobs/s  "
                       f"load {load:.2f}", flush=True)  # fmt: skip
+                print(f"    CPU per job: unit {one['cpu_ms_per_job']} ms, mix "
+                      f"{mix['cpu_ms_per_job']} ms", flush=True)  # fmt: skip
                 if who != "bare":
                     print(f"    mix phases (median): waiting for USE_CS "
                           f"{mix['median_scheduler_s'] * 1000:.1f} ms, on the server "
@@ -367,6 +391,8 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         fig: dict[str, Any] = {
             "unit_jobs_per_s": median([r[who]["unit_jobs_per_s"] for r in rounds]),
             "mix_jobs_per_s": median([r[who]["mix_jobs_per_s"] for r in rounds]),
+            "unit_cpu_ms_per_job": median([r[who]["unit"]["cpu_ms_per_job"] for r in rounds]),
+            "mix_cpu_ms_per_job": median([r[who]["mix"]["cpu_ms_per_job"] for r in rounds]),
         }
         if who != "bare":
             jobs = [j for r in rounds for j in r[who]["latency"]]
@@ -378,7 +404,9 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     real, ours = out["real"], out["ours"]
     out["ratios_iceserv_over_real"] = {
         key: round(ours[key] / real[key], 2) for key in ("unit_jobs_per_s", "mix_jobs_per_s",
-                                                         "server_s", "total_s")
+                                                         "server_s", "total_s",
+                                                         "unit_cpu_ms_per_job",
+                                                         "mix_cpu_ms_per_job")
     }  # fmt: skip
     # Added latencies can be near zero: their difference says more than their ratio.
     out["added_latency_iceserv_minus_real_ms"] = round(
@@ -402,6 +430,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         scheduler = cluster.scheduler
         awake = (scheduler.awake() if isinstance(scheduler, RealScheduler)
                  else contextlib.nullcontext())  # fmt: skip
+        parts["server_pids"] = {kind: cluster.daemon(index).proc.pid  # type: ignore[union-attr]
+                                for kind, index in SERVERS.items()}  # fmt: skip
         with awake:  # the real scheduler accepts our submitter late otherwise (reference 7.9)
             raw = run_in_netns(bed[0].name, lambda: asyncio.run(
                 drive(args, (bed[0].ip, 8765), parts, log)), timeout=args.timeout)  # fmt: skip
@@ -428,10 +458,12 @@ def report(r: dict[str, Any]) -> None:
         print(f"  {LABEL[who]:<8} server {f['server_s'] * 1000:7.1f} ms (added "
               f"{f['added_latency_ms']:6.1f} ms), with scheduler {f['total_s'] * 1000:7.1f} ms "
               f"(added {f['added_latency_with_scheduler_ms']:6.1f} ms); throughput unit "
-              f"{f['unit_jobs_per_s']:.2f}, mix {f['mix_jobs_per_s']:.2f} jobs/s")  # fmt: skip
+              f"{f['unit_jobs_per_s']:.2f}, mix {f['mix_jobs_per_s']:.2f} jobs/s; CPU per job "
+              f"unit {f['unit_cpu_ms_per_job']} ms, mix {f['mix_cpu_ms_per_job']} ms")  # fmt: skip
     b = r["bare"]
     print(f"  bare gcc  throughput unit {b['unit_jobs_per_s']:.2f} jobs/s, "
-          f"mix {b['mix_jobs_per_s']:.2f} jobs/s (same parallelism, no icecream)")  # fmt: skip
+          f"mix {b['mix_jobs_per_s']:.2f} jobs/s (same parallelism, no icecream); CPU per job "
+          f"unit {b['unit_cpu_ms_per_job']} ms, mix {b['mix_cpu_ms_per_job']} ms")  # fmt: skip
     ratios = ", ".join(f"{k} {v}" for k, v in r["ratios_iceserv_over_real"].items())
     more = r["added_latency_iceserv_minus_real_ms"]
     print(f"ratios iceserv/1.4: {ratios}; iceserv adds {more} ms more per job than 1.4")
