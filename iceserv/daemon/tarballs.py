@@ -32,7 +32,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Final, Protocol
+from typing import IO, TYPE_CHECKING, Final, Protocol, Self
 
 from iceserv.errors import IceservError
 
@@ -48,6 +48,8 @@ _MAGIC: Final = (
     (b"\x28\xb5\x2f\xfd", "zstd"),
 )
 _COPY_SIZE: Final = 1 << 16
+#: What ``tarfile`` raises for the zero block that ends an archive (typeshed omits the name).
+_END_MARKER: Final[type[Exception]] = vars(tarfile)["EOFHeaderError"]
 _DIR_MODE: Final = 0o755
 #: Permission bits kept from the archive: no setuid/setgid/sticky, no group/other write.
 _KEEP_MODE: Final = 0o755
@@ -154,8 +156,9 @@ def unpack(source: Readable, dest: Path, limits: UnpackLimits | None = None) -> 
     raw = io.BufferedReader(_Prefixed(head, source))
     try:
         stream = io.BufferedReader(_Counted(_decompressor(kind, raw), limits.max_bytes))
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
-            return _Unpacker(dest, limits).run(archive)
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictTarInfo) as archive:
+            size = _Unpacker(dest, limits).run(archive)
+        _check_end(stream)
     except TarballError:
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as exc:
@@ -167,6 +170,43 @@ def unpack(source: Readable, dest: Path, limits: UnpackLimits | None = None) -> 
             raise TarballError(msg) from None
         msg = f"environment is not a valid {kind if kind != 'none' else 'uncompressed'} tar: {exc}"
         raise TarballError(msg) from None
+    return size
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Headers as ``tarfile`` reads them, except that a damaged one after the first is an error.
+
+    ``tarfile`` takes a bad checksum, a short or a missing header after the
+    first member for the end of the archive and stops there, so a tarball
+    damaged in the middle would install as whatever came before the damage
+    (libarchive, and so 1.4, reports "Damaged tar archive").  Only the end
+    marker (a zero block) ends an archive here.  This is ``tarfile``'s own
+    hook for header parsing (``tarfile.open(tarinfo=...)``).
+    """
+
+    @classmethod
+    def fromtarfile(cls, archive: tarfile.TarFile) -> Self:
+        """Read the next header from *archive*; raise TarballError if it is damaged."""
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.HeaderError as exc:
+            if archive.offset == 0 or isinstance(exc, _END_MARKER):
+                raise  # not a tar at all (tarfile says so), or the end marker
+            msg = f"environment is damaged after {archive.offset} bytes: {exc}"
+            raise TarballError(msg) from None
+
+
+def _check_end(stream: Readable) -> None:
+    """Read the rest of the stream after the archive's end: only zero padding may follow.
+
+    Reading to the end also makes the decompressor check its trailer (gzip's
+    CRC and length, xz's and bzip2's checks), which catches corruption in file
+    data that the tar headers cannot show.
+    """
+    while piece := stream.read(_COPY_SIZE):
+        if piece.strip(b"\0"):
+            msg = "environment is damaged: data follows the end of the tar archive"
+            raise TarballError(msg)
 
 
 class _Unpacker:

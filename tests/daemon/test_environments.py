@@ -190,6 +190,22 @@ class TestUnpack:
         data = _tar(_member("big", data=os.urandom(50_000)))
         _refused(sandbox, data[: len(data) // 2], "not a valid gzip tar|truncated")
 
+    @pytest.mark.parametrize("compression", ["gz", ""])
+    def test_damaged_header_after_the_first_member(self, sandbox, compression):
+        """A damaged member header is refused, not taken for the end of the archive."""
+        data = bytearray(_tar(_member("usr/bin/as", data=SH), _member("usr/bin/gcc", data=SH),
+                              _member("bin/true", data=SH), compression=""))  # fmt: skip
+        data[1024:1124] = b"\xff" * 100  # the name field of the second member's header
+        damaged = gzip.compress(bytes(data)) if compression else bytes(data)
+        _refused(sandbox, damaged, "damaged")
+
+    def test_corrupt_compressed_data_is_refused(self, sandbox):
+        """Inverted bytes inside a member's data fail gzip's CRC check at the end of the stream."""
+        data = bytearray(_tar(_member("usr/bin/as", data=os.urandom(50_000))))
+        middle = len(data) // 2
+        data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+        _refused(sandbox, bytes(data), "not a valid gzip tar")
+
     def test_wrong_compression(self, sandbox):
         """Data behind a gzip magic that is not gzip, or no tar at all, is refused."""
         _refused(sandbox, b"\x1f\x8b" + os.urandom(2000), "not a valid gzip tar")
