@@ -7,6 +7,8 @@ monitors with blocking sockets (``BlockingChannel``).  Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import random
 import socket
 import threading
@@ -152,6 +154,25 @@ class TestConnections:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 9000
         daemon.close()
 
+    def test_socket_timeout_drops_the_daemon(self, running):
+        """A daemon whose socket fails with ETIMEDOUT is dropped, and the server serves on.
+
+        Found by the fault-injection link cut (tests/integration/test_faults.py):
+        the read loop took the socket's error (errno 110, a ``TimeoutError``
+        once keepalive gave up on an unreachable daemon) for its own idle read
+        time-out and retried at once, forever, at 100 % CPU.
+        """
+        _login(running, "unreachable")
+        wait_for(lambda: running.server.core.state.hosts, 5, "the login")
+        (peer,) = (p for p in running.server._peers.values() if not p.monitor)
+        error = TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
+        # What asyncio's socket transport does when recv() fails (selector_events).
+        running.loop.call_soon_threadsafe(peer.writer.transport._fatal_error, error,
+                                          "Fatal read error on socket transport")  # fmt: skip
+        wait_for(lambda: not running.server.core.state.hosts, 5, "the daemon to be dropped")
+        _login(running, "next")  # the event loop is free to serve a new daemon
+        assert [h.nodename for h in running.server.core.state.hosts.values()] == ["next"]
+
     def test_job_through_the_server(self, running):
         """GET_CS from one daemon is answered with USE_CS naming the other daemon."""
         listener = socket.create_server(("127.0.0.1", 0))
@@ -177,9 +198,12 @@ class TestConnections:
         """A daemon whose compile port refuses connections fails the probe."""
         with socket.create_server(("127.0.0.1", 0)) as gone:
             dead_port = gone.getsockname()[1]
-        _login(running, "dead", port=dead_port)
-        wait_for(lambda: not running.server.core.state.hosts[1].probe.accepting, 10,
-                 "the probe to fail")  # fmt: skip
+        channel = _login(running, "dead", port=dead_port)  # kept open: closing it logs out
+        try:
+            wait_for(lambda: not running.server.core.state.hosts[1].probe.accepting, 10,
+                     "the probe to fail")  # fmt: skip
+        finally:
+            channel.close()
 
 
 class TestMonitors:

@@ -277,6 +277,7 @@ class TestReload:
 
     def test_daemon_max_processes_reaches_the_scheduler(self, scheduler, daemon, fake_env_tarball):
         """SIGHUP with a new ICECCD_MAX_PROCESSES: listcs shows it; telnet and the job survive."""
+        scheduler.notifications("READY=1")  # the daemon can be ready first; telnet needs this
         daemon.notifications("READY=1")
         telnet = _telnet(scheduler.port + 1)
         wait_for(lambda: "svcnode" in _listcs(telnet), WAIT, "the daemon in listcs",
