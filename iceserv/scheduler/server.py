@@ -416,11 +416,14 @@ class SchedulerServer:
         while not peer.closed:
             timeout = _IDLE_READ if logged_in else self.settings.handshake_timeout
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as deadline:
                     data = await reader.read(_READ_SIZE)
             except TimeoutError:
-                if logged_in:
+                if logged_in and deadline.expired():
                     continue  # idle daemons are fine; keepalive finds dead ones
+                # Not our deadline: the socket itself failed with ETIMEDOUT (keepalive or
+                # the user timeout gave up on the peer).  The reader keeps raising that
+                # error, so going round again would spin forever.
                 raise
             peer.conn.receive_data(data)
             while (event := peer.conn.next_event()) is not NEED_DATA:
