@@ -238,7 +238,7 @@ class CompileRun:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-S", str(_JOBEXEC), json.dumps(spec), str(stats_write),
                 "--", *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(stats_write,), start_new_session=True,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(stats_write,), process_group=0,
                 env={"PATH": "/usr/bin:/bin"},
             )  # fmt: skip
         finally:

@@ -62,7 +62,7 @@ class Installer:
         self._proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL, cwd=self.staging, env=env,
-            start_new_session=True,
+            process_group=0,
         )  # fmt: skip
 
     def _identity(self) -> tuple[str, str]:

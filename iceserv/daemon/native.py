@@ -121,7 +121,7 @@ class NativeEnvironments:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, cwd=native_dir, env=env,
-                start_new_session=True, **self.run_as.popen_kwargs(),  # type: ignore[arg-type]
+                process_group=0, **self.run_as.popen_kwargs(),  # type: ignore[arg-type]
             )  # fmt: skip
             try:
                 async with asyncio.timeout(_BUILD_TIMEOUT):
