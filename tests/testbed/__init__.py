@@ -12,6 +12,8 @@ What lives where:
   ``NetnsBed``, and ``make`` of a real project through it (``BuildResult``).
 * ``project`` - the zstd C library from a pinned PyPI sdist, its Makefile and
   the local reference build.
+* ``faults``  - faults to inject into a cluster (kill, link down, tmpfs, broken and
+  crashing environments), when to strike, telnet ``listcs`` of any scheduler.
 * ``monitor`` - ``SchedulerMonitor``: a monitor connection (own decoder) that
   tells which daemons are logged in and where jobs ran.
 * ``idlecpu`` - ``IdleCpuHost``: programs on a host see a frozen ``/proc/stat``.
