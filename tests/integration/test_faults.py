@@ -271,20 +271,23 @@ class Case:
         """Wait until the scheduler lists these daemons with their STATS."""
         self.monitor.wait_online(names, timeout, context=self.cluster.log_tails)
 
-    def fresh_server(self, plan: DaemonPlan | None = None) -> None:
-        """Start h2's daemon anew (empty environment cache; ``plan``, else the usual one).
+    def fresh_server(self, plan: DaemonPlan | None = None) -> int | None:
+        """Stop h2's daemon, start it anew, return the old one's exit status (0 is right).
 
-        Also what a case does after h2 refused an environment: the scheduler
-        keeps a daemon "busy installing" after a job was sent to it without
-        its environment until it re-announces, which a failed install never
-        does, and drops it after 120 s (1.4's MAX_BUSY_INSTALLING) -- in the
-        middle of the next case.  A new daemon starts clean.
+        The new one has an empty environment cache and ``plan`` (else the
+        usual one).  Also what a case does after h2 refused an environment:
+        the scheduler keeps a daemon "busy installing" after a job was sent
+        to it without its environment until it re-announces, which a failed
+        install never does, and drops it after 120 s (1.4's
+        MAX_BUSY_INSTALLING) -- in the middle of the next case.  A new daemon
+        starts clean.
         """
-        self.cluster.restart_daemon(SERVER, plan or self.shared.plan(SERVER))
+        code = self.cluster.restart_daemon(SERVER, plan or self.shared.plan(SERVER))
         self.wait_online((SERVER_NAME,))
+        return code
 
     def recovered(self) -> None:
-        """Everything runs; every daemon is listed with no job and no slot (see below)."""
+        """Everything runs; every daemon is listed with no job, no slot (``assert_recovered``)."""
         assert_recovered(self.shared)
 
 
@@ -386,7 +389,7 @@ class TestSchedulerRestart:
 class TestLinkCut:
     def test_link_down_during_environment_transfer(self, case):
         """h2's link goes down for 40 s while it receives the environment, then comes back."""
-        case.fresh_server()  # no environment installed yet
+        assert case.fresh_server() == 0  # no environment installed yet
         victim = case.server()
         running = case.start()
         wait_for(lambda: victim.events("env_transfer_started"), JOBS_TIMEOUT,
@@ -414,7 +417,7 @@ class TestBrokenEnvironment:
             truncated_copy(gcc_env.path, broken, 64 * 1024)
         else:
             flipped_copy(gcc_env.path, broken, offset=gcc_env.path.stat().st_size // 2)
-        case.fresh_server()
+        assert case.fresh_server() == 0
         try:
             case.build(ClientPlan("ours", extra_env={"ICECC_VERSION": str(broken)}))
             victim = case.server()
@@ -422,7 +425,8 @@ class TestBrokenEnvironment:
             assert not victim.events("env_installed")
             case.recovered()
         finally:
-            case.fresh_server()  # see Case.fresh_server
+            code = case.fresh_server()  # see Case.fresh_server
+        assert code == 0
 
 
 class TestFullEnvDisk:
@@ -433,7 +437,8 @@ class TestFullEnvDisk:
         shared.mounts.append(cluster.workdir / "small-envs")
         with tmpfs(shared.mounts[-1], ENV_DISK_MIB) as envs:
             try:
-                case.fresh_server(shared.plan(SERVER, max_jobs=1, extra_args=("-b", str(envs))))
+                small = shared.plan(SERVER, max_jobs=1, extra_args=("-b", str(envs)))
+                assert case.fresh_server(small) == 0
                 victim = case.server()
                 case.build()
                 texts = [e["text"] for e in victim.events("client_error_sent")]
@@ -441,7 +446,8 @@ class TestFullEnvDisk:
                 assert not victim.events("env_installed")
                 case.recovered()
             finally:
-                case.fresh_server()  # off the tmpfs, before it is unmounted
+                code = case.fresh_server()  # off the tmpfs, before it is unmounted
+        assert code == 0
 
 
 class TestClientKilled:
