@@ -59,6 +59,7 @@ from iceserv.service.dbus import (
     DaemonInterface,
     export_on_bus,
 )
+from iceserv.service.lifecycle import daemonize
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, MutableMapping, Sequence
@@ -272,19 +273,6 @@ class DaemonServiceFactory:
         return DaemonService(daemon, settings=settings, logs=logs, argv=argv, environ=environ)
 
 
-def _daemonize() -> bool:
-    """Detach like 1.4's ``-d``; return True in the process that must exit."""
-    if os.fork():
-        return True
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    with Path(os.devnull).open("r+b") as null:
-        for fd in (0, 1, 2):
-            os.dup2(null.fileno(), fd)
-    return False
-
-
 def _load(args: list[str], environ: Mapping[str, str]) -> Loaded[DaemonSettings] | int:
     """Return the loaded settings, or the exit code for --help and configuration errors."""
     try:
@@ -323,7 +311,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     except OSError as exc:
         sys.stderr.write(f"{_PROG}: interface {settings.interface!r}: {exc.strerror}\n")
         return _EXIT_FAILURE
-    if settings.daemonize and not managed and _daemonize():
+    if settings.daemonize and not managed and daemonize():
         return 0
     try:
         logs = configure_logging(

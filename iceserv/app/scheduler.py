@@ -28,7 +28,6 @@ import pwd
 import random
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -47,6 +46,7 @@ from iceserv.service.dbus import (
     SchedulerInterface,
     export_on_bus,
 )
+from iceserv.service.lifecycle import daemonize
 from iceserv.telnet import TelnetServer, serve_telnet
 
 if TYPE_CHECKING:
@@ -227,19 +227,6 @@ async def _run(
             await exported.close()
 
 
-def _daemonize() -> bool:
-    """Detach like 1.4's ``-d``; return True in the process that must exit."""
-    if os.fork():
-        return True
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    with Path(os.devnull).open("r+b") as null:
-        for fd in (0, 1, 2):
-            os.dup2(null.fileno(), fd)
-    return False
-
-
 def _config_error(exc: ConfigError) -> int:
     for line in exc.details:
         sys.stderr.write(f"{_PROG}: {line}\n")
@@ -280,7 +267,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     managed = bool(environ.get("NOTIFY_SOCKET"))
     journal_stream = environ.get("JOURNAL_STREAM")
     notifier = ServiceNotifier.from_environ(environ)
-    if settings.daemonize and not managed and _daemonize():
+    if settings.daemonize and not managed and daemonize():
         return 0
     try:
         logs = configure_logging(

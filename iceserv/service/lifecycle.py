@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 
     from iceserv.service.notify import Notifier
 
-__all__ = ["DEFAULT_GRACE", "Lifecycle", "ManagedService"]
+__all__ = ["DEFAULT_GRACE", "Lifecycle", "ManagedService", "daemonize"]
 
 log = structlog.get_logger()
 
@@ -225,3 +227,16 @@ class Lifecycle:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(idle, forced, return_exceptions=True)
+
+
+def daemonize() -> bool:
+    """Detach like 1.4's ``-d``; return True in the process that must exit."""
+    if os.fork():
+        return True
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    with Path(os.devnull).open("r+b") as null:
+        for fd in (0, 1, 2):
+            os.dup2(null.fileno(), fd)
+    return False
