@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from daemon.fakes import build_fake_env
 
+from daemon.fakes import build_fake_env
 from iceserv.daemon.compile import (
     EXIT_COMPILER_MISSING,
     EXIT_OUT_OF_MEMORY,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from telnet.fakes import FakeControl, FakeHost, FakeJob
 
 from iceserv.telnet.commands import (
     DONE,
@@ -19,6 +18,7 @@ from iceserv.telnet.commands import (
     render_job,
     run_command,
 )
+from telnet.fakes import FakeControl, FakeHost, FakeJob
 
 
 def run(control: FakeControl, line: str) -> Reply:

@@ -8,11 +8,11 @@ import string
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from telnet.fakes import FakeControl, FakeHost, FakeJob
 
 from iceserv.errors import RemoteProtocolError
 from iceserv.protocol.text import LineSplitter, format_text
 from iceserv.telnet.commands import DONE, GOODBYE, parse, run_command
+from telnet.fakes import FakeControl, FakeHost, FakeJob
 
 _WORDS = st.sampled_from(["listcs", "LISTJOBS", "removecs", "blockcs", "unblockcs", "listblocks",
                           "internals", "help", "quit", "exit", "nodeA", "x", ""])  # fmt: skip
