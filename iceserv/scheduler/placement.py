@@ -172,9 +172,11 @@ def server_speed(host: Host, job: Job | None = None) -> float:
     With *job*, the rating is adjusted for taking that job now (load, busy
     slots, and whether *host* is the job's own submitter).
     """
-    if not len(host.compiled) or host.compiled.user_sum == 0:
+    compiled = host.compiled
+    rated = len(compiled)
+    if not rated or compiled.user_sum == 0:
         return 0.0
-    speed = host.compiled.output_sum / host.compiled.user_sum
+    speed = compiled.output_sum / compiled.user_sum
     if job is not None:
         if job.submitter == host.host_id:
             clients = host.client_count or host.submitted
@@ -188,8 +190,8 @@ def server_speed(host: Host, job: Job | None = None) -> float:
             speed *= (FULL_LOAD - host.load) / FULL_LOAD
         if host.max_jobs > 0:
             speed *= 1.0 - 0.5 * len(host.jobs) / host.max_jobs
-    if len(host.compiled) < _TRUSTED_STATS:
-        speed *= 4.5 - 0.5 * len(host.compiled)
+    if rated < _TRUSTED_STATS:
+        speed *= 4.5 - 0.5 * rated
     return speed
 
 
@@ -233,21 +235,6 @@ def record_job_stats(
     return stat
 
 
-def _usable(state: ClusterState, host: Host, job: Job) -> bool:
-    own = host.host_id == job.submitter
-    return (
-        eligible_now(state, host, job)
-        and bool(can_install(state, host, job))
-        and (host.chroot_possible or own)
-        and (not host.noremote or own)
-    )
-
-
-def _faster(leader: Host, host: Host, job: Job) -> bool:
-    # Only a leader with statistics can be beaten (1.4 compares nothing else).
-    return bool(len(leader.compiled)) and server_speed(leader, job) < server_speed(host, job)
-
-
 def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | None:
     """Return the best daemon for *job* now, or ``None`` (§7.5)."""
     hosts = list(state.hosts.values())
@@ -265,34 +252,114 @@ def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | Non
     return _pick_fastest(state, job, hosts)
 
 
+class _Fit:
+    """The job's side of :func:`eligible_now`, worked out once for a whole scan.
+
+    :meth:`usable` is the composition 1.4 applies to each host (eligible now,
+    can install, chroot or own, remote allowed or own) with every test inlined;
+    the full :func:`can_install` runs only for hosts the submitter blacklisted
+    something on.
+    """
+
+    __slots__ = ("blacklists", "job", "min_version", "own_id", "required", "runs_on", "state")
+
+    def __init__(self, state: ClusterState, job: Job) -> None:
+        self.state = state
+        self.job = job
+        self.own_id = job.submitter
+        submitter = state.hosts.get(job.submitter)
+        self.blacklists = submitter.blacklist if submitter is not None else {}
+        runs_on: set[str] = set()  # host platforms that can run one of the job's environments
+        for env in job.envs:
+            runs_on.add(env.platform)
+            runs_on.update(_COMPATIBLE.get(env.platform, ()))
+        self.runs_on = frozenset(runs_on)
+        self.min_version = job.minimal_host_version
+        self.required = job.required_features
+
+    def usable(self, host: Host) -> bool:
+        """Return whether *host* can take the job now."""
+        max_jobs = host.max_jobs
+        if (
+            max_jobs <= 0
+            or len(host.jobs) >= max_jobs + 1 + max_jobs // 4  # slots + _preload_slots
+            or host.load >= FULL_LOAD
+            or host.busy_installing_since is not None
+            or host.ping_deadline is not None
+            or host.version < self.min_version
+            or host.features & self.required != self.required
+            or not host.probe.accepting
+            or host.platform not in self.runs_on
+        ):
+            return False
+        if host.host_id != self.own_id and (
+            not host.chroot_possible
+            or host.noremote
+            or (self.state.drained and self.state.is_drained(host))
+        ):
+            return False
+        return host.host_id not in self.blacklists or bool(can_install(self.state, host, self.job))
+
+
 def _pick_fastest(state: ClusterState, job: Job, hosts: list[Host]) -> Host | None:
+    """1.4's scan for the fastest usable host, with its early returns (§7.5).
+
+    This runs over every host for every placement (a profile at 1,000 daemons
+    put two thirds of the scheduler's time here), so it is written for speed:
+    :class:`_Fit` inlines the eligibility tests and each host is rated at most
+    once per scan.  The decisions are exactly those of 1.4's loop over
+    :func:`eligible_now`, :func:`envs_match` and :func:`server_speed`, which
+    ``tests/scheduler/test_placement_scan.py`` checks.
+    """
+    fit = _Fit(state, job)
+    explore_after = _EXPLORE_IDS_PER_HOST * len(hosts)
     best: Host | None = None
     best_uninstalled: Host | None = None
     best_preload: Host | None = None
+    best_speed: float | None = None  # the leaders' ratings, once computed
+    uninstalled_speed: float | None = None
     for host in hosts:
-        if not _usable(state, host, job):
+        if not fit.usable(host):
             continue
-        installed = bool(envs_match(host, job))
+        installed = host.host_id == job.submitter or bool(host.envs and envs_match(host, job))
         if not host.last_picked_id:
             return host  # never picked: try it now, with or without the env (see above)
-        if not len(host.compiled) and not host.jobs and host.max_jobs > 0:
+        if not len(host.compiled) and not host.jobs:
             # Every host compiles at least once so that it gets a rating.
             return host if installed else best or host
-        if job.job_id - host.last_picked_id > _EXPLORE_IDS_PER_HOST * len(hosts):
+        if job.job_id - host.last_picked_id > explore_after:
             return host  # about 5 % of the jobs re-measure hosts nobody picked for long
-        leader = best if installed else best_uninstalled
-        if leader is None:
-            leader = host
-        elif _faster(leader, host, job):
-            if len(host.jobs) < host.max_jobs:
-                leader = host
-            else:
-                best_preload = host
         if installed:
-            best = leader
+            best, best_speed, preload = _challenge(best, best_speed, host, job)
         else:
-            best_uninstalled = leader
+            best_uninstalled, uninstalled_speed, preload = _challenge(
+                best_uninstalled, uninstalled_speed, host, job
+            )
+        best_preload = preload or best_preload
     return best or best_uninstalled or best_preload
+
+
+def _challenge(
+    leader: Host | None, leader_speed: float | None, host: Host, job: Job
+) -> tuple[Host, float | None, Host | None]:
+    """Let *host* challenge *leader*: return the leader, its rating, and a preload pick.
+
+    Only a leader with statistics can be beaten (as 1.4).  A faster host with a
+    free slot leads; a faster host with only a preload slot is remembered as
+    the last resort instead.
+    """
+    if leader is None:
+        return host, None, None
+    if not len(leader.compiled):
+        return leader, leader_speed, None
+    if leader_speed is None:
+        leader_speed = server_speed(leader, job)
+    speed = server_speed(host, job)
+    if leader_speed < speed:
+        if len(host.jobs) < host.max_jobs:
+            return host, speed, None
+        return leader, leader_speed, host
+    return leader, leader_speed, None
 
 
 def matched_job_id(submitter: Host, server: Host) -> int:
