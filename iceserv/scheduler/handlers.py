@@ -39,6 +39,7 @@ protocol 27.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
@@ -55,6 +56,7 @@ from iceserv.protocol import (
     Ping,
     Stats,
     StatusText,
+    UseCS,
 )
 from iceserv.protocol.constants import MAX_SCHEDULER_PING, MAX_SCHEDULER_PONG
 from iceserv.protocol.discovery import DEFAULT_NETNAME, SchedulerInfo, is_better
@@ -129,6 +131,7 @@ class Scheduler:
         self._peers: dict[int, _Peer] = {}
         self._monitors: list[int] = []
         self._next_announce = now
+        self._host_deadline: float | None = None  # get_timer's cache; None: recompute
         self._new_table: dict[MsgType, Callable[[int, Message, float], list[Effect]]] = {
             MsgType.LOGIN: self._on_login,
             MsgType.MON_LOGIN: self._on_mon_login,
@@ -194,8 +197,22 @@ class Scheduler:
     # --- timers -----------------------------------------------------------------------
 
     def get_timer(self) -> float:
-        """Return the absolute time at which :meth:`handle_timer` must run next."""
-        deadlines = [self._next_announce]
+        """Return the absolute time at which :meth:`handle_timer` must run next.
+
+        The shell asks after every event, and the hosts' deadlines take a scan
+        over every daemon, so their minimum is cached.  Between recomputations
+        deadlines only move later (a daemon talks, a probe starts, a daemon
+        leaves), except at the events that drop the cache: a login, a probe
+        result, a timer run and a job sent to a host that must install its
+        environment first.  So the cached time is never later than the true
+        one; a timer run it makes early finds nothing due and recomputes.
+        """
+        if self._host_deadline is None:
+            self._host_deadline = self._earliest_host_deadline()
+        return min(self._next_announce, self._host_deadline)
+
+    def _earliest_host_deadline(self) -> float:
+        deadlines = [math.inf]
         for host in self.state.hosts.values():
             if host.probed and not host.probe.in_progress:
                 deadlines.append(host.probe.next_at)
@@ -213,6 +230,7 @@ class Scheduler:
             self._next_announce = now + ANNOUNCE_PERIOD
         for host in list(self.state.hosts.values()):
             effects += self._host_timers(host, now)
+        self._host_deadline = None
         return effects + self._place(now)
 
     def _host_timers(self, host: Host, now: float) -> list[Effect]:
@@ -238,6 +256,7 @@ class Scheduler:
         if host is None:
             return []
         host.probe.record(ok=ok, now=now)
+        self._host_deadline = None
         return self._place(now)
 
     def handle_announcement(self, info: SchedulerInfo, now: float) -> list[Effect]:
@@ -338,6 +357,7 @@ class Scheduler:
             last_talk=now,
         )
         host.probe.next_at = now  # check its compile port right away
+        self._host_deadline = None
         if self.state.is_blocked(host):
             # As 1.4: the refused daemon used up a host id and is reported offline.
             del self._peers[conn_id]
@@ -378,7 +398,11 @@ class Scheduler:
         return handle
 
     def _place(self, now: float) -> list[Effect]:
-        return jobs.place_jobs(self.state, self._rng, now)
+        effects = jobs.place_jobs(self.state, self._rng, now)
+        if any(isinstance(e, Send) and isinstance(e.message, UseCS) and not e.message.got_env
+               for e in effects):  # fmt: skip
+            self._host_deadline = None  # its host is now busy installing (a new deadline)
+        return effects
 
     def _remove_host(self, host: Host) -> list[Effect]:
         self._peers.pop(host.conn_id, None)

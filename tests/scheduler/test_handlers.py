@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from scheduler.builders import NATIVE, T0, get_cs, login, new_core, sends, to_monitors
 
 from iceserv.errors import RemoteProtocolError
@@ -485,3 +487,79 @@ class TestControlActions:
         effects = core.resume_hosts(["a", "never"], T0)
         assert [(m.hostname, m.client_id) for m in sends(effects, 1)] == [("10.0.0.4", 7)]
         assert core.state.drained == []
+
+
+def _fresh_timer(core) -> float:
+    """get_timer's value recomputed from scratch: the announcement and every host's deadlines."""
+    deadlines = [core._next_announce]
+    for host in core.state.hosts.values():
+        if host.probed and not host.probe.in_progress:
+            deadlines.append(host.probe.next_at)
+        if host.busy_installing_since is not None:
+            deadlines.append(host.busy_installing_since + 120)
+        if host.protocol < 27:
+            deadlines.append(host.ping_deadline or host.last_talk + 36)
+    return min(deadlines)
+
+
+_TIMER_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["login", "old login", "get_cs", "done", "stats", "probe ok",
+                         "probe failed", "timer", "lost", "relogin"]),
+        st.integers(1, 4),
+        st.floats(0, 50),
+    ),
+    max_size=40,
+)  # fmt: skip
+
+
+def _job_done(core, conn: int, host, now: float) -> None:
+    if host.jobs:
+        done = JobDone(job_id=host.jobs[0], flags=int(JobDoneFlag.FROM_SERVER))
+        core.handle_message(conn, done, now)
+
+
+#: What each step of TestTimerCache's event sequences does on a logged-in daemon's connection.
+_HOST_OPS = {
+    "get_cs": lambda core, conn, _host, now: get_cs(core, conn, now),
+    "done": _job_done,
+    "stats": lambda core, conn, _host, now: core.handle_message(conn, Stats(load=0), now),
+    "probe ok": lambda core, _conn, host, now: core.probe_finished(host.host_id, ok=True, now=now),
+    "probe failed": lambda core, _conn, host, now: core.probe_finished(
+        host.host_id, ok=False, now=now
+    ),
+    "lost": lambda core, conn, _host, now: core.connection_lost(conn, now),
+    "relogin": lambda core, conn, _host, now: core.handle_message(
+        conn, Login(port=10245, max_kids=4, nodename=f"h{conn}", host_platform="x86_64"), now
+    ),
+}
+
+
+def _timer_op(core, op: str, conn: int, now: float) -> None:
+    """Carry out one step of TestTimerCache's event sequences on daemon connection *conn*."""
+    host = core.host_by_conn(conn)
+    if op in ("login", "old login"):
+        if conn not in core._peers:
+            version = 43 if op == "login" else 26
+            login(core, conn, f"h{conn}", now=now, protocol=version, version=version)
+    elif op == "timer":
+        core.handle_timer(now)
+    elif host is not None:
+        _HOST_OPS[op](core, conn, host, now)
+
+
+class TestTimerCache:
+    @settings(max_examples=400)
+    @given(ops=_TIMER_OPS)
+    @example(ops=[("login", 1, 1.0), ("timer", 1, 1.0), ("probe failed", 1, 1.0)])
+    @example(ops=[("login", 1, 1.0), ("timer", 1, 1.0), ("login", 2, 1.0)])
+    def test_never_later_than_the_truth_and_exact_after_a_run(self, ops):
+        """The cached deadline never misses one; after a timer run it is the exact minimum."""
+        core = new_core()
+        now = T0
+        for op, conn, step in ops:
+            now += step
+            _timer_op(core, op, conn, now)
+            if op == "timer":
+                assert core.get_timer() == _fresh_timer(core)
+            assert core.get_timer() <= _fresh_timer(core)
