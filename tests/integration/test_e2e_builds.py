@@ -162,7 +162,7 @@ class TestOurScheduler:
         assert scheduler is not None
         logins = {e["nodename"]: e["peer"] for e in scheduler.events("daemon_logged_in")}
         assert logins == {"h1-real": cluster.bed[0].ip, "h2-real": cluster.bed[1].ip}
-        finished = scheduler.events("job_finished")
+        finished = scheduler.wait_events("job_finished", 33)
         assert len(finished) == 33
         assert {e["exitcode"] for e in finished} == {0}
 
@@ -187,7 +187,7 @@ class TestOurScheduler:
             assert old.protocol == 39
             assert old.tarball_size > 1_000_000
             assert (project.root / output).read_bytes() == zstd.reference[output]
-        finished = our_scheduler.events("job_finished")
+        finished = our_scheduler.wait_events("job_finished", 1)
         assert [(e["exitcode"], e["out_bytes"] > 0) for e in finished] == [(0, True)]
 
     @pytest.mark.parametrize("version", [39, 38])
@@ -216,7 +216,7 @@ class TestOurScheduler:
             began = [names[e.host_id or 0] for e in monitor.snapshot() if e.kind == "MON_JOB_BEGIN"]
             assert began == [f"old{version}", f"old{version}"]
             assert our_scheduler.alive()
-        assert [e["exitcode"] for e in our_scheduler.events("job_finished")][:2] == [0, 0]
+        assert [e["exitcode"] for e in our_scheduler.wait_events("job_finished", 2)][:2] == [0, 0]
 
 
 def _daemon(stack: contextlib.ExitStack, port: int, version: int, login: Login) -> BlockingChannel:
@@ -391,8 +391,9 @@ class TestOurDaemon:
         cluster = cluster_of("real", DaemonPlan("real", max_jobs=1), DaemonPlan("ours"))
         result = _build(cluster, project, zstd, REAL)
         _check(cluster, result, "h1-real", "h2-ours")
-        served = cluster.daemon(1).events("job_finished")  # type: ignore[union-attr]
-        assert len(served) == result.placement.began["h2-ours"]
+        began = result.placement.began["h2-ours"]
+        served = cluster.daemon(1).wait_events("job_finished", began)  # type: ignore[union-attr]
+        assert len(served) == began
         assert {e["exitcode"] for e in served} == {0}
 
     def test_our_daemon_as_the_local_daemon(self, cluster_of, project, zstd):

@@ -196,7 +196,7 @@ class TestRealDaemonsWithOurScheduler:
             ("MON_JOB_BEGIN", "B"),
             ("MON_JOB_DONE", "0", "True"),
         ]
-        (finished,) = our_scheduler.events("job_finished")
+        (finished,) = our_scheduler.wait_events("job_finished", 1)
         assert finished["exitcode"] == 0
         real = _compile_scenario(real_scheduler.address, real_scheduler.port or 0,
                                  real_daemon_factory, _mkdir(tmp_path / "real"), "r",

@@ -24,7 +24,7 @@ from testbed.procs import clean_env, log_tail, make_workdir, stop_process
 from testbed.wait import wait_for
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -86,6 +86,11 @@ class OurScheduler:
         """The log records with event *name*."""
         return _read_events(self.log_path, name)
 
+    def wait_events(self, name: str, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        """The records with event *name* once there are *count* (a daemon's JOB_DONE can
+        reach the scheduler after the client that caused it has exited)."""
+        return _wait_events(self.events, name, count, timeout, self.log_tail)
+
     def log_tail(self) -> str:
         """Log tails for failure messages."""
         assert self.workdir is not None
@@ -97,6 +102,18 @@ class OurScheduler:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return code
+
+
+def _wait_events(
+    events: Callable[[str], list[dict[str, Any]]],
+    name: str,
+    count: int,
+    timeout: float,
+    context: Callable[[], str],
+) -> list[dict[str, Any]]:
+    wait_for(lambda: len(events(name)) >= count, timeout, f"{count} {name} log records",
+             context=context)  # fmt: skip
+    return events(name)
 
 
 def _read_events(path: Path, name: str) -> list[dict[str, Any]]:
@@ -221,6 +238,11 @@ class OurDaemon:
     def events(self, name: str) -> list[dict[str, Any]]:
         """The log records with event *name*."""
         return _read_events(self.log_path, name) if self.workdir is not None else []
+
+    def wait_events(self, name: str, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        """The records with event *name* once there are *count* (the daemon logs a job
+        after it has answered the client)."""
+        return _wait_events(self.events, name, count, timeout, self.log_tail)
 
     def client_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Environment for an ``icecc`` client that should use this daemon."""
