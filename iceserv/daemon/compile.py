@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import posixpath
 import resource
@@ -230,14 +229,15 @@ class CompileRun:
                 path = self._outside(directory)
                 path.mkdir(mode=0o755, parents=True, exist_ok=True)
             _chown_below(self._outside(self.paths.tmp_root), self.run_as)
-        spec = {"root": str(self.env_root), "cwd": self.paths.cwd, "switch": self.run_as.switch,
-                "uid": self.run_as.uid, "gid": self.run_as.gid, "nice": self.nice,
-                "as_limit": self.mem_limit_mb * 1024 * 1024, "env": self.environ}  # fmt: skip
         self._stats_read, stats_write = os.pipe()
+        spec = [str(stats_write), str(self.env_root), self.paths.cwd,
+                "1" if self.run_as.switch else "0", str(self.run_as.uid), str(self.run_as.gid),
+                str(self.nice), str(self.mem_limit_mb * 1024 * 1024),
+                *(f"{name}={value}" for name, value in self.environ.items()), "--"]  # fmt: skip
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", str(_JOBEXEC), json.dumps(spec), str(stats_write),
-                "--", *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                sys.executable, "-I", "-S", str(_JOBEXEC), *spec, *self.argv,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, pass_fds=(stats_write,), process_group=0,
                 env={"PATH": "/usr/bin:/bin"},
             )  # fmt: skip
@@ -367,7 +367,11 @@ async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
 
 
 def _read_report(fd: int) -> dict[str, object]:
-    """Read the helper's JSON line (its write end is closed once it exited)."""
+    """Read the helper's report line (its write end is closed once it exited).
+
+    ``ok STATUS USER_MS SYS_MS FAULTS`` or ``failed TEXT``, see
+    :mod:`iceserv.daemon._jobexec`; anything else (a helper that died) is ``{}``.
+    """
     if fd < 0:
         return {}
     try:
@@ -376,11 +380,13 @@ def _read_report(fd: int) -> dict[str, object]:
         raw = b""
     finally:
         os.close(fd)
-    try:
-        value = json.loads(raw.decode(errors="replace") or "{}")
-    except ValueError:
+    kind, _, rest = raw.decode(errors="replace").strip().partition(" ")
+    if kind == "failed":
+        return {"failure": rest or "unknown"}
+    fields = rest.split()
+    if kind != "ok" or len(fields) != 4 or not all(f.lstrip("-").isdigit() for f in fields):
         return {}
-    return value if isinstance(value, dict) else {}
+    return dict(zip(("status", "user_ms", "sys_ms", "faults"), map(int, fields), strict=True))
 
 
 def _number(report: dict[str, object], key: str) -> int:

@@ -25,6 +25,7 @@ FAKE_COMPILER = r"""
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+extern char **environ;
 int main(int argc, char **argv) {
     const char *out = 0, *mode = "ok";
     for (int i = 1; i < argc; i++) {
@@ -42,6 +43,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "error")) { fputs("x.c:1:1: error: nope\n", stderr); return 1; }
     if (!strcmp(mode, "noout")) return 0;
     if (!strcmp(mode, "slow")) sleep(2);
+    if (!strcmp(mode, "env")) { for (char **e = environ; *e; e++) puts(*e); return 0; }
     printf("uid=%d gid=%d cwd=%s\n", (int)getuid(), (int)getgid(), getcwd(buf, sizeof buf));
     if (!out) return 0; /* bin/true for VERIFY_ENV */
     FILE *f = fopen(out, "w");

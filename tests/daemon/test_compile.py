@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -14,6 +15,7 @@ from iceserv.daemon.compile import (
     CompileRun,
     JobOutcome,
     JobPaths,
+    _read_report,
     _wire_text,
     compiler_command,
     ggc_params,
@@ -157,7 +159,9 @@ def fake_env(tmp_path_factory):
     return build_fake_env(tmp_path_factory.mktemp("fakeenv"))
 
 
-def _run_fake(fake_env, mode: str, *, argv: list[str] | None = None) -> JobOutcome:
+def _run_fake(
+    fake_env, mode: str, *, argv: list[str] | None = None, environ: dict[str, str] | None = None
+) -> JobOutcome:
     root, run_as = fake_env
     job = _job(args=(f"-mode={mode}", "-c"))
     paths = job_paths(job, new_unique())
@@ -165,7 +169,8 @@ def _run_fake(fake_env, mode: str, *, argv: list[str] | None = None) -> JobOutco
 
     async def scenario() -> JobOutcome:
         run = CompileRun(env_root=root, argv=command, paths=paths, run_as=run_as, nice=5,
-                         mem_limit_mb=512, environ=child_environment({"NOTIFY_SOCKET": "/x"}),
+                         mem_limit_mb=512,
+                         environ=environ or child_environment({"NOTIFY_SOCKET": "/x"}),
                          run_timeout=30)  # fmt: skip
         await run.start()
         await run.feed([b"int x;\n" * 1000, b"int y;\n"])
@@ -219,6 +224,34 @@ class TestCompileRun:
         outcome = _run_fake(fake_env, "ok", argv=["/usr/bin/clang", "-c"])
         assert outcome.setup_failure.startswith("exec:")
         assert outcome.status == EXIT_COMPILER_MISSING
+
+
+    def test_the_compiler_gets_exactly_the_environment_given(self, fake_env):
+        """Every variable reaches the compiler as given ('=' and '--' in values too), no more."""
+        environ = {"PATH": "/usr/bin", "LANG": "C", "ODD": "a=b=c", "DASHES": "--", "EMPTY": ""}
+        outcome = _run_fake(fake_env, "env", environ=environ)  # prints it, writes no object
+        assert sorted(outcome.stdout.splitlines()) == sorted(f"{k}={v}" for k, v in environ.items())
+
+
+class TestHelperReport:
+    @pytest.mark.parametrize(
+        ("line", "expected"),
+        [
+            (b"ok 256 120 8 4100\n", {"status": 256, "user_ms": 120, "sys_ms": 8, "faults": 4100}),
+            (b"failed exec: No such file or directory\n",
+             {"failure": "exec: No such file or directory"}),
+            (b"", {}),  # the helper died before reporting
+            (b"ok 1 2\n", {}),
+            (b"ok x 1 2 3\n", {}),
+            (b'{"status": 0}\n', {}),
+        ],
+    )  # fmt: skip
+    def test_report_lines(self, line, expected):
+        """The helper's one report line is parsed, and anything malformed counts as no report."""
+        read, write = os.pipe()
+        os.write(write, line)
+        os.close(write)
+        assert _read_report(read) == expected
 
 
 class TestWireText:
