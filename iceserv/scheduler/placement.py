@@ -176,21 +176,30 @@ def server_speed(host: Host, job: Job | None = None) -> float:
         return 0.0
     speed = host.compiled.output_sum / host.compiled.user_sum
     if job is not None:
-        if job.submitter == host.host_id:
-            clients = host.client_count or host.submitted
-            if clients > host.max_jobs:
-                speed *= 0.1  # building all its jobs itself would overload it
-            elif clients == host.max_jobs:
-                speed *= 0.8
-            elif clients <= host.max_jobs // 2:
-                speed *= 1.1  # few jobs: save the transfer
-        else:
-            speed *= (FULL_LOAD - host.load) / FULL_LOAD
+        speed *= _circumstances(host, job)
         if host.max_jobs > 0:
             speed *= 1.0 - 0.5 * len(host.jobs) / host.max_jobs
     if len(host.compiled) < _TRUSTED_STATS:
         speed *= 4.5 - 0.5 * len(host.compiled)
     return speed
+
+
+def _circumstances(host: Host, job: Job) -> float:
+    """Return the factor by which taking *job* now changes *host*'s rating (§7.4).
+
+    A busy submitter should not build all its own jobs, an idle one saves the
+    transfer; another host's own load slows its compiles down.
+    """
+    if job.submitter == host.host_id:
+        clients = host.client_count or host.submitted
+        if clients > host.max_jobs:
+            return 0.1  # building all its jobs itself would overload it
+        if clients == host.max_jobs:
+            return 0.8
+        if clients <= host.max_jobs // 2:
+            return 1.1  # few jobs: save the transfer
+        return 1.0
+    return (FULL_LOAD - host.load) / FULL_LOAD
 
 
 def record_job_stats(
