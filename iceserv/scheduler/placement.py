@@ -22,6 +22,17 @@ loses to any earlier host that has it, and the submitter always "has" its
 own environment, so a host that logs in after a busy submitter may never be
 tried.  We pick a host that was never picked outright (1.4's
 ``!lastPickedId`` rule, moved ahead of the new-host rule).
+
+A second step beyond 1.4: there, a host with a free slot always beats a
+faster host that only has a preload slot, so while the fast servers are
+full every job goes to whatever slow host is free, even when a slot on a
+fast one frees within a fraction of a second; a long compile on a host
+three times slower then decides the build's makespan.  When the leader or
+the challenger would have to queue (and both have a rating), we compare
+when each would finish an average job instead: its compile time from the
+measured rating (with 1.4's own-host and load factors) plus, beyond the
+slots, a slot's share of a job for each job waiting ahead.  Between free
+slots, and for new, unrated or stale hosts, 1.4's rules stand.
 """
 
 from __future__ import annotations
@@ -257,6 +268,47 @@ def _faster(leader: Host, host: Host, job: Job) -> bool:
     return bool(len(leader.compiled)) and server_speed(leader, job) < server_speed(host, job)
 
 
+def _rated(host: Host) -> bool:
+    # Has a rating to estimate with (server_speed is 0 without one).
+    return host.compiled.output_sum > 0 and host.compiled.user_sum > 0
+
+
+def _expected_finish(host: Host, job: Job) -> float:
+    """Return when *host* would finish an average job given to it now, in relative units.
+
+    The time is measured in "average job output per unit of rating", so the
+    cluster's mean job size cancels out of any comparison.  The rating is the
+    measured one with 1.4's factors for the submitter's own jobs and for a
+    host's load; 1.4's crude allowance for busy slots is replaced by the
+    queue modelled here, and its boost of barely rated hosts (an incentive
+    to measure them, not a speed) is left out.  A job beyond the host's
+    slots waits at the daemon (preload); with every slot busy one frees on
+    average every 1/slots of a job, so the job waits a slot's share of a job
+    for itself and for each job queued ahead of it.
+    """
+    rating = host.compiled.output_sum / host.compiled.user_sum * _circumstances(host, job)
+    waiting = max(0, len(host.jobs) + 1 - host.max_jobs)
+    return (1.0 + waiting / host.max_jobs) / rating
+
+
+def _queues_at(host: Host) -> bool:
+    # A job given to *host* now would wait for a slot (eligible_now allows preload).
+    return len(host.jobs) >= host.max_jobs
+
+
+def _takes_lead(leader: Host, host: Host, job: Job) -> bool:
+    """Return whether *host* is a better place for *job* than the best one so far.
+
+    1.4 takes a faster host only if it has a free slot.  When either would
+    have to queue the job (and both have a rating), the sooner expected
+    finish decides instead: a free slot does not beat a short queue on a much
+    faster host (see the module docstring).
+    """
+    if _rated(leader) and _rated(host) and (_queues_at(leader) or _queues_at(host)):
+        return _expected_finish(host, job) < _expected_finish(leader, job)
+    return not _queues_at(host) and _faster(leader, host, job)
+
+
 def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | None:
     """Return the best daemon for *job* now, or ``None`` (§7.5)."""
     hosts = list(state.hosts.values())
@@ -290,13 +342,10 @@ def _pick_fastest(state: ClusterState, job: Job, hosts: list[Host]) -> Host | No
         if job.job_id - host.last_picked_id > _EXPLORE_IDS_PER_HOST * len(hosts):
             return host  # about 5 % of the jobs re-measure hosts nobody picked for long
         leader = best if installed else best_uninstalled
-        if leader is None:
+        if leader is None or _takes_lead(leader, host, job):
             leader = host
-        elif _faster(leader, host, job):
-            if len(host.jobs) < host.max_jobs:
-                leader = host
-            else:
-                best_preload = host
+        elif _queues_at(host) and _faster(leader, host, job):
+            best_preload = host
         if installed:
             best = leader
         else:
