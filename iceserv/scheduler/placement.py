@@ -22,6 +22,17 @@ loses to any earlier host that has it, and the submitter always "has" its
 own environment, so a host that logs in after a busy submitter may never be
 tried.  We pick a host that was never picked outright (1.4's
 ``!lastPickedId`` rule, moved ahead of the new-host rule).
+
+A second step beyond 1.4: there, a host with a free slot always beats a
+faster host that only has a preload slot, so while the fast servers are
+full every job goes to whatever slow host is free, even when a slot on a
+fast one frees within a fraction of a second; a long compile on a host
+three times slower then decides the build's makespan.  When the leader or
+the challenger would have to queue (and both have a rating), we compare
+when each would finish an average job instead: its compile time from the
+measured rating (with 1.4's own-host and load factors) plus, beyond the
+slots, a slot's share of a job for each job waiting ahead.  Between free
+slots, and for new, unrated or stale hosts, 1.4's rules stand.
 """
 
 from __future__ import annotations
@@ -178,21 +189,30 @@ def server_speed(host: Host, job: Job | None = None) -> float:
         return 0.0
     speed = compiled.output_sum / compiled.user_sum
     if job is not None:
-        if job.submitter == host.host_id:
-            clients = host.client_count or host.submitted
-            if clients > host.max_jobs:
-                speed *= 0.1  # building all its jobs itself would overload it
-            elif clients == host.max_jobs:
-                speed *= 0.8
-            elif clients <= host.max_jobs // 2:
-                speed *= 1.1  # few jobs: save the transfer
-        else:
-            speed *= (FULL_LOAD - host.load) / FULL_LOAD
+        speed *= _circumstances(host, job)
         if host.max_jobs > 0:
             speed *= 1.0 - 0.5 * len(host.jobs) / host.max_jobs
     if rated < _TRUSTED_STATS:
         speed *= 4.5 - 0.5 * rated
     return speed
+
+
+def _circumstances(host: Host, job: Job) -> float:
+    """Return the factor by which taking *job* now changes *host*'s rating (§7.4).
+
+    A busy submitter should not build all its own jobs, an idle one saves the
+    transfer; another host's own load slows its compiles down.
+    """
+    if job.submitter == host.host_id:
+        clients = host.client_count or host.submitted
+        if clients > host.max_jobs:
+            return 0.1  # building all its jobs itself would overload it
+        if clients == host.max_jobs:
+            return 0.8
+        if clients <= host.max_jobs // 2:
+            return 1.1  # few jobs: save the transfer
+        return 1.0
+    return (FULL_LOAD - host.load) / FULL_LOAD
 
 
 def record_job_stats(
@@ -233,6 +253,34 @@ def record_job_stats(
         submitter.requested.add(stat)
     state.all_stats.add(stat)
     return stat
+
+
+def _rated(host: Host) -> bool:
+    # Has a rating to estimate with (server_speed is 0 without one).
+    return host.compiled.output_sum > 0 and host.compiled.user_sum > 0
+
+
+def _expected_finish(host: Host, job: Job) -> float:
+    """Return when *host* would finish an average job given to it now, in relative units.
+
+    The time is measured in "average job output per unit of rating", so the
+    cluster's mean job size cancels out of any comparison.  The rating is the
+    measured one with 1.4's factors for the submitter's own jobs and for a
+    host's load; 1.4's crude allowance for busy slots is replaced by the
+    queue modelled here, and its boost of barely rated hosts (an incentive
+    to measure them, not a speed) is left out.  A job beyond the host's
+    slots waits at the daemon (preload); with every slot busy one frees on
+    average every 1/slots of a job, so the job waits a slot's share of a job
+    for itself and for each job queued ahead of it.
+    """
+    rating = host.compiled.output_sum / host.compiled.user_sum * _circumstances(host, job)
+    waiting = max(0, len(host.jobs) + 1 - host.max_jobs)
+    return (1.0 + waiting / host.max_jobs) / rating
+
+
+def _queues_at(host: Host) -> bool:
+    # A job given to *host* now would wait for a slot (eligible_now allows preload).
+    return len(host.jobs) >= host.max_jobs
 
 
 def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | None:
@@ -308,8 +356,10 @@ def _pick_fastest(state: ClusterState, job: Job, hosts: list[Host]) -> Host | No
     put two thirds of the scheduler's time here), so it is written for speed:
     :class:`_Fit` inlines the eligibility tests and each host is rated at most
     once per scan.  The decisions are exactly those of 1.4's loop over
-    :func:`eligible_now`, :func:`envs_match` and :func:`server_speed`, which
-    ``tests/scheduler/test_placement_scan.py`` checks.
+    :func:`eligible_now`, :func:`envs_match` and :func:`server_speed` with
+    :func:`_challenge`'s one change (the expected finish where a job would
+    queue), as ``tests/scheduler/test_placement_scan.py`` checks against the
+    plain statement of that rule.
     """
     fit = _Fit(state, job)
     explore_after = _EXPLORE_IDS_PER_HOST * len(hosts)
@@ -344,21 +394,29 @@ def _challenge(
 ) -> tuple[Host, float | None, Host | None]:
     """Let *host* challenge *leader*: return the leader, its rating, and a preload pick.
 
-    Only a leader with statistics can be beaten (as 1.4).  A faster host with a
-    free slot leads; a faster host with only a preload slot is remembered as
-    the last resort instead.
+    1.4: only a leader with statistics can be beaten, by a faster host with a
+    free slot; a faster host with only a preload slot is remembered as the last
+    resort instead.  iceserv: when either would have to queue the job and both
+    have a rating, the sooner :func:`_expected_finish` decides (see the module
+    docstring).  Ratings are computed only when needed, the leader's once.
     """
     if leader is None:
         return host, None, None
-    if not len(leader.compiled):
-        return leader, leader_speed, None
-    if leader_speed is None:
-        leader_speed = server_speed(leader, job)
-    speed = server_speed(host, job)
-    if leader_speed < speed:
-        if len(host.jobs) < host.max_jobs:
+    queues = len(host.jobs) >= host.max_jobs
+    speed: float | None = None
+    if _rated(leader) and _rated(host) and (queues or _queues_at(leader)):
+        if _expected_finish(host, job) < _expected_finish(leader, job):
+            return host, None, None
+    elif not queues and len(leader.compiled):
+        leader_speed = server_speed(leader, job) if leader_speed is None else leader_speed
+        speed = server_speed(host, job)
+        if leader_speed < speed:
             return host, speed, None
-        return leader, leader_speed, host
+    if queues and len(leader.compiled):
+        leader_speed = server_speed(leader, job) if leader_speed is None else leader_speed
+        speed = server_speed(host, job) if speed is None else speed
+        if leader_speed < speed:
+            return leader, leader_speed, host
     return leader, leader_speed, None
 
 

@@ -348,8 +348,12 @@ class TestPickServer:
         job = add_job(state, sub)
         assert placement.pick_server(state, job, RNG) is b
 
-    def test_full_faster_host_is_preload_only(self):
-        """A faster host without a free slot becomes 'best preload', not 'best'."""
+    def test_short_queue_on_much_faster_host_beats_free_slot(self):
+        """A full host that finishes an average job sooner, preload included, wins.
+
+        1.4 always preferred any free slot; with a 1000x faster host one queued
+        job's wait is nothing beside compiling on the slow host, in either order.
+        """
         state = ClusterState()
         seed_global(state)
         sub = add_host(state, "sub", max_jobs=0)
@@ -360,9 +364,59 @@ class TestPickServer:
         rate(fast, [(100_000, 10)] * 7)
         slow.last_picked_id = fast.last_picked_id = 1
         job = add_job(state, sub)
+        assert placement.pick_server(state, job, RNG) is fast
+        state.hosts = {h.host_id: h for h in (sub, fast, slow)}  # the full host leads
+        assert placement.pick_server(state, job, RNG) is fast
+
+    def test_free_slot_beats_deep_queue_on_slightly_faster_host(self):
+        """The estimate counts the jobs queued ahead: (1 + waiting / slots) / rating.
+
+        With rating 14 against 10 and 4 slots, one waiting job (itself) costs
+        1.25 / 14 < 1 / 10 of a job; two cost 1.5 / 14 > 1 / 10.
+        """
+        state = ClusterState()
+        seed_global(state)
+        sub = add_host(state, "sub", max_jobs=0)
+        env = (EnvEntry("x86_64", "native"),)
+        slow = add_host(state, "slow", envs=env)
+        fast = add_host(state, "fast", envs=env, jobs=[50, 51, 52, 53])
+        rate(slow, [(100, 10)] * 7)
+        rate(fast, [(140, 10)] * 7)
+        slow.last_picked_id = fast.last_picked_id = 1
+        job = add_job(state, sub)
+        assert placement.pick_server(state, job, RNG) is fast
+        fast.jobs.append(54)
         assert placement.pick_server(state, job, RNG) is slow
         slow.load = 1000
         assert placement.pick_server(state, job, RNG) is fast
+
+    def test_queue_estimate_keeps_the_submitters_own_factor(self):
+        """A busy submitter's free slot is worth a tenth (1.4's factor) against a queue."""
+        state = ClusterState()
+        seed_global(state)
+        env = (EnvEntry("x86_64", "native"),)
+        sub = add_host(state, "sub", client_count=10)
+        other = add_host(state, "other", envs=env, jobs=[50, 51, 52, 53])
+        rate(sub, [(100, 10)] * 7)
+        rate(other, [(100, 10)] * 7)
+        sub.last_picked_id = other.last_picked_id = 1
+        job = add_job(state, sub)
+        assert placement.pick_server(state, job, RNG) is other
+        sub.client_count = 1  # few jobs: its own free slot saves the transfer
+        assert placement.pick_server(state, job, RNG) is sub
+
+    def test_unrated_full_host_gets_no_queued_job(self):
+        """A busy host without statistics is not estimated: 1.4's rules keep the free slot."""
+        state = ClusterState()
+        seed_global(state)
+        sub = add_host(state, "sub", max_jobs=0)
+        env = (EnvEntry("x86_64", "native"),)
+        slow = add_host(state, "slow", envs=env)
+        busy = add_host(state, "busy", envs=env, max_jobs=2, jobs=[50, 51])
+        rate(slow, [(100, 10)] * 7)
+        slow.last_picked_id = busy.last_picked_id = 1
+        job = add_job(state, sub)
+        assert placement.pick_server(state, job, RNG) is slow
 
     def test_no_chroot_host_only_for_itself(self):
         """A host that cannot chroot never compiles others' jobs."""

@@ -1,12 +1,13 @@
-"""The fast host scan of pick_server decides exactly as 1.4's loop over the plain predicates.
+"""The fast host scan of pick_server decides exactly as the plain statement of its rule.
 
 ``placement._pick_fastest`` inlines the eligibility tests and rates each host
 once, because it runs over every daemon for every job (a profile at 1,000
 daemons put two thirds of the scheduler's time there).  ``reference_pick`` below
 is the readable statement of the rule it must keep: 1.4's ``pick_server`` loop
 (``scheduler.cpp``) written with :func:`eligible_now`, :func:`can_install`,
-:func:`envs_match` and :func:`server_speed`.  Hypothesis builds clusters in
-which every one of those tests can go either way.
+:func:`envs_match` and :func:`server_speed`, with iceserv's one change to it
+(``takes_lead``: where a job would queue, the sooner expected finish decides).
+Hypothesis builds clusters in which every one of those tests can go either way.
 """
 
 from __future__ import annotations
@@ -23,8 +24,35 @@ PLATFORMS = ("x86_64", "i686", "ppc", "ppc64")
 ENVS = tuple(EnvEntry(platform, name) for platform in PLATFORMS[:3] for name in ("a", "b"))
 
 
+def faster(leader: Host, host: Host, job: Job) -> bool:
+    """1.4: only a leader with statistics can be beaten, by a higher rating."""
+    return bool(len(leader.compiled)) and (
+        placement.server_speed(leader, job) < placement.server_speed(host, job)
+    )
+
+
+def queues_at(host: Host) -> bool:
+    """A job given to *host* now would wait for a slot (preload)."""
+    return len(host.jobs) >= host.max_jobs
+
+
+def rated(host: Host) -> bool:
+    """*host* has a rating to estimate with."""
+    return host.compiled.output_sum > 0 and host.compiled.user_sum > 0
+
+
+def takes_lead(leader: Host, host: Host, job: Job) -> bool:
+    """1.4 takes a faster host with a free slot; where either would queue, the sooner finish."""
+    if rated(leader) and rated(host) and (queues_at(leader) or queues_at(host)):
+        return placement._expected_finish(host, job) < placement._expected_finish(leader, job)
+    return not queues_at(host) and faster(leader, host, job)
+
+
 def reference_pick(state: ClusterState, job: Job, hosts: list[Host]) -> Host | None:
-    """1.4's scan, literally: usable hosts in login order, early returns, leaders by speed."""
+    """1.4's scan, literally: usable hosts in login order, early returns, leaders by speed.
+
+    The one change is iceserv's: ``takes_lead`` instead of "faster and a free slot".
+    """
     best = best_uninstalled = best_preload = None
     for host in hosts:
         own = host.host_id == job.submitter
@@ -44,15 +72,10 @@ def reference_pick(state: ClusterState, job: Job, hosts: list[Host]) -> Host | N
         if job.job_id - host.last_picked_id > 20 * len(hosts):
             return host
         leader = best if installed else best_uninstalled
-        if leader is None:
+        if leader is None or takes_lead(leader, host, job):
             leader = host
-        elif len(leader.compiled) and (
-            placement.server_speed(leader, job) < placement.server_speed(host, job)
-        ):
-            if len(host.jobs) < host.max_jobs:
-                leader = host
-            else:
-                best_preload = host
+        elif queues_at(host) and faster(leader, host, job):
+            best_preload = host
         if installed:
             best = leader
         else:
@@ -149,6 +172,23 @@ class TestFastScan:
         state, job = _build(data, steady=True)
         hosts = list(state.hosts.values())
         assert placement._pick_fastest(state, job, hosts) is reference_pick(state, job, hosts)
+
+    def test_a_higher_rating_that_would_finish_later_does_not_lead(self):
+        """A barely rated host's boosted rating beats the leader's, but its queue loses."""
+        state = ClusterState()
+        sub = add_host(state, "sub", max_jobs=0)
+        steady = add_host(state, "steady", max_jobs=1, last_picked_id=290)
+        boosted = add_host(state, "boosted", max_jobs=1, jobs=[7], last_picked_id=290)
+        for n in range(8):
+            steady.compiled.add(JobStat(n + 1, 1000, 10))  # rating 100
+        boosted.compiled.add(JobStat(9, 1000, 10))  # rating 100, x4 for one stat, x0.5 busy
+        state.all_stats.add(JobStat(1, 10_000, 10))
+        state.last_job_id = 300
+        job = add_job(state, sub)
+        assert placement.server_speed(boosted, job) > placement.server_speed(steady, job)
+        hosts = list(state.hosts.values())
+        assert placement._pick_fastest(state, job, hosts) is steady
+        assert reference_pick(state, job, hosts) is steady
 
     def test_the_generator_reaches_every_outcome(self):
         """The clusters above are not all trivial: each kind of answer occurs."""
