@@ -238,15 +238,29 @@ class EnvReceiver:
         return True
 
     async def abort(self) -> None:
-        """Stop the unpacker and remove its files (the client left)."""
+        """Stop the unpacker and remove its files (the client left), and tell the scheduler."""
         installer, self._installer = self._installer, None
         if installer is not None:
             await installer.abort()
             self._host.slots.release(self._client.client_id)
+            self._install_ended()
 
     async def fail(self, text: str) -> None:
-        """Give up: clean up, tell the client, end the connection."""
+        """Give up: clean up, tell the client and the scheduler, end the connection."""
+        if self._installer is None:
+            self._install_ended()  # refused before an unpacker started
         await self.abort()
         self._client.error_text(f"environment {self.key or '?'} not installed: {text}")
         await self._client.flush()
         self._client.close()
+
+    def _install_ended(self) -> None:
+        """Re-announce the environments after an install that did not complete.
+
+        The scheduler counts this host "busy installing" from the USE_CS that
+        sent the client here until it hears a LOGIN, and drops the host after
+        120 s of that; 1.4's daemon re-announces after every install, failed or
+        not (``handle_transfer_env_done``), and so do we.
+        """
+        self._host.reannounce()
+        self._host.schedule()

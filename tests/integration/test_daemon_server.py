@@ -29,6 +29,7 @@ from iceserv.protocol import (
     Connection,
     ConnectionClosed,
     End,
+    EnvTransfer,
     FileChunk,
     GetCS,
     GetInternalStatus,
@@ -499,6 +500,35 @@ class TestRemoteJobs:
             assert await checker.expect(VerifyEnvResult) == VerifyEnvResult(ok=False)
 
         run(tmp_path, scenario, fake_env=fake_env)
+
+
+class TestEnvironmentTransfer:
+    @pytest.mark.parametrize(
+        "chunks",
+        [[b"this is not a tarball" * 100], [b"\x1f\x8b\x08" + b"\xff" * 4000]],
+        ids=["garbage", "damaged-gzip"],
+    )
+    def test_refused_install_is_re_announced(self, tmp_path, chunks):
+        """A tarball the daemon refuses: the client hears why, the scheduler gets a LOGIN.
+
+        The scheduler counts the host busy installing until that LOGIN (and
+        drops it after 120 s), so without it the host would be lost to the
+        cluster; 1.4's daemon re-announces after every install, failed or not.
+        """
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, _: ServerSettings) -> None:
+            sched, first = await fake.daemon()
+            assert first.envs == ()
+            peer = await remote(daemon)
+            await peer.send(EnvTransfer("broken", "x86_64"), *(FileChunk(c) for c in chunks),
+                            End())  # fmt: skip
+            text = await peer.expect(StatusText)
+            assert "environment x86_64/broken not installed" in text.text
+            again = await sched.expect(Login)
+            assert again.envs == ()
+            assert daemon.slots.used == 0  # the install slot is free again
+
+        run(tmp_path, scenario)
 
 
 class TestDrain:
