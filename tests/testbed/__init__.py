@@ -8,6 +8,8 @@ What lives where:
 * ``daemon``  - ``RealDaemon``: the real ``iceccd`` as a subprocess.
 * ``sundae``  - ``RealSundae``: the real ``icecream-sundae`` monitor in a pty.
 * ``ours``    - ``OurScheduler``, ``OurDaemon``: iceserv's programs as subprocesses.
+* ``program`` - ``Program``: what the five classes above share: work directory,
+  start in a new session, bounded wait until ready, log tails, stop.
 * ``cluster`` - ``Cluster``: a scheduler and daemons (real or ours) on a
   ``NetnsBed``, and ``make`` of a real project through it (``BuildResult``).
 * ``project`` - the zstd C library from a pinned PyPI sdist, its Makefile and
@@ -38,6 +40,7 @@ from testbed.monitor import MonitorEvent, Placement, SchedulerMonitor
 from testbed.netns import NetnsBed, NetnsHost, list_netns, remove_stale_netns
 from testbed.ours import OurDaemon, OurScheduler
 from testbed.procs import remove_stale_workdirs, stop_process
+from testbed.program import Program
 from testbed.project import ZSTD_SDIST, Project, build_reference, fetch_sdist, unpack_project
 from testbed.real import ListedHost, RealScheduler, parse_listcs
 from testbed.sundae import SUNDAE_PROTOCOL_VERSION, RealSundae
@@ -62,6 +65,7 @@ __all__ = [
     "OurDaemon",
     "OurScheduler",
     "Placement",
+    "Program",
     "ProgramExitedError",
     "Project",
     "RealDaemon",

@@ -10,31 +10,26 @@ poke) is written down in ``real.py``.  This module must not depend on iceserv.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
-import subprocess
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, ClassVar, Final, Self
 
-from testbed.errors import ProgramExitedError, TestbedError
-from testbed.hosts import LOOPBACK, Host, free_port
+from testbed.errors import TestbedError
+from testbed.hosts import free_port
 from testbed.procs import (
     clean_env,
     listening_tcp_ports,
     listening_unix_paths,
-    log_tail,
     make_icecc_subdir,
-    make_workdir,
     require_program,
-    stop_process,
 )
+from testbed.program import Program
 from testbed.real import PROTOCOL_VERSION
 from testbed.wait import wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
-    from types import TracebackType
 
     from testbed.real import ListedHost, RealScheduler
 
@@ -44,7 +39,7 @@ _END_MESSAGE: Final = bytes.fromhex("0000000400000043")  # length 4, type 'C' (E
 
 
 @dataclass(eq=False)
-class RealDaemon:
+class RealDaemon(Program):
     """A real ``iceccd`` run as a subprocess on ``host``.
 
     ``scheduler`` is the ``-s`` value (``"ip:port"``, e.g.
@@ -57,9 +52,12 @@ class RealDaemon:
     ``icecc`` user and not shared with another daemon).
     """
 
+    program: ClassVar[str] = "iceccd"
+    log_name: ClassVar[str] = "iceccd.log"
+    out_name: ClassVar[str | None] = "iceccd.out"
+
     name: str
     scheduler: str | None = None
-    host: Host = LOOPBACK
     port: int | None = None
     no_remote: bool = False
     max_jobs: int = 2
@@ -67,11 +65,11 @@ class RealDaemon:
     icecc_tests: bool | None = None
     extra_args: Sequence[str] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
-    workdir: Path | None = None
-    keep_workdir: bool = False
-    start_timeout: float = 15.0
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
-    _owns_workdir: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def title(self) -> str:
+        """``iceccd <name>``."""
+        return f"iceccd {self.name}"
 
     @property
     def socket_path(self) -> Path:
@@ -84,11 +82,6 @@ class RealDaemon:
         return self._workdir / "envs"
 
     @property
-    def log_path(self) -> Path:
-        """The daemon's ``-l`` log file."""
-        return self._workdir / "iceccd.log"
-
-    @property
     def address(self) -> tuple[str, int]:
         """(ip, port) of the remote-compile TCP port."""
         if self.port is None:
@@ -96,22 +89,10 @@ class RealDaemon:
             raise TestbedError(msg)
         return (self.host.ip, self.port)
 
-    @property
-    def _workdir(self) -> Path:
-        if self.workdir is None:
-            msg = "daemon not started"
-            raise TestbedError(msg)
-        return self.workdir
-
     def start(self, *, wait: bool = True) -> Self:
         """Start iceccd; with ``wait``, return once its socket and port listen."""
         program = require_program(DAEMON_PROGRAM)
-        if self.proc is not None:
-            msg = f"daemon {self.name} already started"
-            raise TestbedError(msg)
-        if self.workdir is None:
-            self.workdir = make_workdir(f"d-{self.name}")
-            self._owns_workdir = True
+        self._prepare(f"d-{self.name}")
         make_icecc_subdir(self._workdir, "envs")
         if self.no_remote:
             self.port = None
@@ -129,52 +110,21 @@ class RealDaemon:
         env = clean_env({"ICECC_TEST_SOCKET": str(self.socket_path)})
         env.update({"ICECC_TESTS": "1"} if tests else {})
         env.update(self.extra_env)
-        with (self._workdir / "iceccd.out").open("wb") as out:
-            self.proc = self.host.popen(
-                argv,
-                env=env,
-                cwd=self._workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._launch(argv, env)
         if wait:
-            try:
+            with self._stopped_on_failure():
                 self.wait_ready()
-            except BaseException:
-                self.stop()
-                raise
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the Unix socket (and unless ``--no-remote`` the TCP port) listen."""
-        wait_for(
-            lambda: self.check_alive() and self._listening(),
-            timeout or self.start_timeout,
-            f"iceccd {self.name} to listen",
-            context=self.log_tail,
-        )
+        self._wait_ready(self._listening, f"iceccd {self.name} to listen", timeout)
 
     def _listening(self) -> bool:
         pid = self._pid
         if str(self.socket_path) not in listening_unix_paths(pid):
             return False
         return self.port is None or self.port in listening_tcp_ports(pid)
-
-    @property
-    def _pid(self) -> int:
-        if self.proc is None:
-            msg = f"daemon {self.name} not started"
-            raise TestbedError(msg)
-        return self.proc.pid
-
-    def check_alive(self) -> bool:
-        """Return True while iceccd runs, else raise ``ProgramExitedError`` with its log."""
-        if self.proc is not None and self.proc.poll() is not None:
-            msg = f"iceccd {self.name} exited with status {self.proc.returncode}\n{self.log_tail()}"
-            raise ProgramExitedError(msg)
-        return True
 
     def poke(self, timeout: float = 1.0) -> None:
         """Wake the daemon's main loop: a client connection that shakes hands and says END."""
@@ -207,43 +157,13 @@ class RealDaemon:
         """Environment for a real ``icecc`` client that should use this daemon."""
         return clean_env({"ICECC_TEST_SOCKET": str(self.socket_path), **(extra or {})})
 
-    def log_text(self) -> str:
-        """The daemon's log so far ("" before it exists)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        """Tail of the log and of stdout/stderr, for error messages."""
-        if self.workdir is None:
-            return f"(iceccd {self.name} not started)"
-        return log_tail(self.log_path, lines) + "\n" + log_tail(self._workdir / "iceccd.out", 10)
-
     def stop(self, grace: float = 5.0) -> int | None:
         """Terminate iceccd and its job children, reap, clean up; return the exit code.
 
         SIGKILL follows after ``grace`` seconds; a daemon still retrying a
         failed bind at start-up ignores SIGTERM.
         """
-        code = stop_process(self.proc, grace) if self.proc is not None else None
-        if self._owns_workdir and not self.keep_workdir and self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self._owns_workdir = False
-        return code
-
-    def __enter__(self) -> Self:
-        """Start the daemon and wait until it listens."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the daemon."""
-        self.stop()
+        return self._stop(grace)
 
 
 def _recv_exactly(sock: socket.socket, count: int) -> bytes:

@@ -7,8 +7,8 @@ environment without the caller's ``ICECC_*`` variables, work directories the
 finding a process's listening sockets through ``/proc``, and stopping a
 process together with all its descendants within a bounded time.
 
-It must not start the programs themselves (``real.py``, ``sundae.py``) nor
-touch network namespaces (``netns.py``).
+It must not start the programs themselves (``program.py`` and its
+subclasses) nor touch network namespaces (``netns.py``).
 """
 
 from __future__ import annotations

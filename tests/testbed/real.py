@@ -69,30 +69,19 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, ClassVar, Final, Self
 
-from testbed.errors import ProgramExitedError, TestbedError, WaitTimeoutError
-from testbed.hosts import LOOPBACK, Host, connect, free_scheduler_port
-from testbed.procs import (
-    clean_env,
-    listening_tcp_ports,
-    log_tail,
-    make_workdir,
-    require_program,
-    stop_process,
-)
-from testbed.wait import wait_for
+from testbed.errors import TestbedError, WaitTimeoutError
+from testbed.hosts import connect, free_scheduler_port
+from testbed.procs import clean_env, listening_tcp_ports, require_program
+from testbed.program import Program
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
-    from pathlib import Path
-    from types import TracebackType
 
 SCHEDULER_PROGRAM: Final = "/usr/sbin/icecc-scheduler"
 DEFAULT_SCHEDULER_PORT: Final = 8765
@@ -164,7 +153,7 @@ def _unique_netname() -> str:
 
 
 @dataclass(eq=False)
-class RealScheduler:
+class RealScheduler(Program):
     """A real ``icecc-scheduler`` run as a subprocess on ``host``.
 
     Options (all optional): ``port`` (None: a free port on loopback, 8765 in a
@@ -178,18 +167,16 @@ class RealScheduler:
     telnet greeting was read on the session this object keeps for ``telnet``.
     """
 
-    host: Host = LOOPBACK
+    program: ClassVar[str] = "icecc-scheduler"
+    log_name: ClassVar[str] = "scheduler.log"
+    out_name: ClassVar[str | None] = "scheduler.out"
+
     port: int | None = None
     netname: str | None = None
     interface: str | None = "auto"
     icecc_tests: bool | None = None
     extra_args: Sequence[str] = ()
-    workdir: Path | None = None
-    keep_workdir: bool = False
-    start_timeout: float = 15.0
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     greeting: list[str] = field(default_factory=list, init=False)
-    _owns_workdir: bool = field(default=False, init=False, repr=False)
     _telnet: socket.socket | None = field(default=None, init=False, repr=False)
     _telnet_buffer: bytearray = field(default_factory=bytearray, init=False, repr=False)
     _telnet_used: float = field(default=0.0, init=False, repr=False)
@@ -207,23 +194,11 @@ class RealScheduler:
         return f"{self.host.ip}:{self._port}"
 
     @property
-    def log_path(self) -> Path:
-        """The scheduler's ``-l`` log file."""
-        return self._workdir / "scheduler.log"
-
-    @property
     def _port(self) -> int:
         if self.port is None:
             msg = "scheduler not started"
             raise TestbedError(msg)
         return self.port
-
-    @property
-    def _workdir(self) -> Path:
-        if self.workdir is None:
-            msg = "scheduler not started"
-            raise TestbedError(msg)
-        return self.workdir
 
     @property
     def _local_ip(self) -> str:
@@ -233,12 +208,7 @@ class RealScheduler:
     def start(self) -> Self:
         """Start the scheduler and wait until it serves both TCP ports."""
         program = require_program(SCHEDULER_PROGRAM)
-        if self.proc is not None:
-            msg = "scheduler already started"
-            raise TestbedError(msg)
-        if self.workdir is None:
-            self.workdir = make_workdir("sched")
-            self._owns_workdir = True
+        self._prepare("sched")
         if self.port is None:
             self.port = (
                 free_scheduler_port(self.host) if self.host.is_loopback else DEFAULT_SCHEDULER_PORT
@@ -252,54 +222,14 @@ class RealScheduler:
         argv += list(self.extra_args)
         tests = self.host.is_loopback if self.icecc_tests is None else self.icecc_tests
         env = clean_env({"ICECC_TESTS": "1"} if tests else {})
-        with (self._workdir / "scheduler.out").open("wb") as out:
-            self.proc = self.host.popen(
-                argv,
-                env=env,
-                cwd=self._workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_for(
-                lambda: self._check_alive() and self._port in listening_tcp_ports(self._pid),
-                self.start_timeout,
+        self._launch(argv, env)
+        with self._stopped_on_failure():
+            self._wait_ready(
+                lambda: self._port in listening_tcp_ports(self._pid),
                 f"icecc-scheduler to listen on port {self.port}",
-                context=self.log_tail,
             )
             self._open_telnet(self.start_timeout)
-        except BaseException:
-            self.stop()
-            raise
         return self
-
-    @property
-    def _pid(self) -> int:
-        if self.proc is None:
-            msg = "scheduler not started"
-            raise TestbedError(msg)
-        return self.proc.pid
-
-    def _check_alive(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            msg = f"icecc-scheduler exited with status {self.proc.returncode}\n{self.log_tail()}"
-            raise ProgramExitedError(msg)
-        return True
-
-    def log_text(self) -> str:
-        """The scheduler's log so far ("" before it exists)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        """Tail of the log and of stdout/stderr, for error messages."""
-        if self.workdir is None:
-            return "(icecc-scheduler not started)"
-        return log_tail(self.log_path, lines) + "\n" + log_tail(self._workdir / "scheduler.out", 10)
 
     # --- waking the main loop ---------------------------------------------------------
 
@@ -393,7 +323,7 @@ class RealScheduler:
             try:
                 data = sock.recv(65536)
             except TimeoutError:
-                self._check_alive()
+                self.check_alive()
                 self.poke(timeout=0.2)  # a pending accept may be parked (reference 7.9)
                 continue
             if not data:
@@ -444,28 +374,11 @@ class RealScheduler:
 
     # --- lifetime ------------------------------------------------------------------------
 
-    def stop(self) -> int | None:
-        """Terminate (SIGTERM, then SIGKILL after 5 s), reap, clean up; return the exit code."""
+    def stop(self, grace: float = 5.0) -> int | None:
+        """Close the telnet session, then stop the scheduler as ``Program.stop`` does."""
         self._close_telnet()
         with self._poke_lock:
             if self._poke_sock is not None:
                 self._poke_sock.close()
                 self._poke_sock = None
-        code = stop_process(self.proc) if self.proc is not None else None
-        if self._owns_workdir and not self.keep_workdir and self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self._owns_workdir = False
-        return code
-
-    def __enter__(self) -> Self:
-        """Start the scheduler."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the scheduler."""
-        self.stop()
+        return self._stop(grace)

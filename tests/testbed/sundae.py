@@ -29,19 +29,14 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
-import subprocess
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Self
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Final, Self
 
-from testbed.errors import ProgramExitedError, TestbedError
-from testbed.hosts import LOOPBACK, Host
-from testbed.procs import clean_env, log_tail, make_workdir, require_program, stop_process
-from testbed.wait import wait_for
+from testbed.procs import clean_env, require_program
+from testbed.program import Program
 
 if TYPE_CHECKING:
     from pathlib import Path
-    from types import TracebackType
 
 SUNDAE_PROGRAM: Final = "/usr/bin/icecream-sundae"
 SCRIPT_PROGRAM: Final = "/usr/bin/script"
@@ -50,69 +45,52 @@ _ANSI_RE: Final = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>])")
 
 
 @dataclass(eq=False)
-class RealSundae:
-    """A real ``icecream-sundae`` watching ``scheduler`` (``"ip:port"``; None: discovery)."""
+class RealSundae(Program):
+    """A real ``icecream-sundae`` watching ``scheduler`` (``"ip:port"``; None: discovery).
+
+    Its "log" is the typescript of its screen; ``script`` writes nothing else.
+    """
+
+    program: ClassVar[str] = "icecream-sundae"
+    log_name: ClassVar[str] = "sundae.typescript"
+    out_name: ClassVar[str | None] = None
 
     scheduler: str | None = None
-    host: Host = LOOPBACK
     netname: str | None = None
-    workdir: Path | None = None
-    keep_workdir: bool = False
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
-    _owns_workdir: bool = field(default=False, init=False, repr=False)
 
     @property
     def typescript_path(self) -> Path:
         """The file ``script`` records the screen into."""
-        if self.workdir is None:
-            msg = "sundae not started"
-            raise TestbedError(msg)
-        return self.workdir / "sundae.typescript"
+        return self.log_path
 
     def start(self) -> Self:
         """Start sundae in a pseudo-terminal; returns at once (it connects on its own)."""
         sundae = require_program(SUNDAE_PROGRAM)
         script = require_program(SCRIPT_PROGRAM)
-        if self.workdir is None:
-            self.workdir = make_workdir("sundae")
-            self._owns_workdir = True
+        self._prepare("sundae")
         command = [sundae, *(["-n", self.netname] if self.netname else [])]
         env = clean_env({"TERM": "xterm"})
         if self.scheduler:
             env["ICECC_SCHEDULER"] = self.scheduler
-        self.proc = self.host.popen(
-            [script, "-qfc", shlex.join(command), str(self.typescript_path)],
-            env=env,
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self._launch([script, "-qfc", shlex.join(command), str(self.typescript_path)], env)
         return self
 
     def screen_text(self) -> str:
         """Everything sundae printed so far, with terminal escape sequences removed."""
-        try:
-            raw = self.typescript_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return _ANSI_RE.sub("", raw)
+        return _ANSI_RE.sub("", self.log_text())
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the screen so far (at most 2000 characters)."""
+        if self.workdir is None:
+            return f"({self.title} not started)"
+        tail = "\n".join(self.screen_text().splitlines()[-lines:])[-2000:]
+        return f"--- end of the screen in {self.typescript_path} ---\n{tail}"
 
     def wait_for_text(self, text: str, timeout: float = 10.0) -> None:
         """Wait until ``text`` appears on sundae's screen."""
-        wait_for(
-            lambda: self._check_alive() and text in self.screen_text(),
-            timeout,
-            f"icecream-sundae to show {text!r}",
-            context=lambda: log_tail(self.typescript_path),
+        self._wait_ready(
+            lambda: text in self.screen_text(), f"icecream-sundae to show {text!r}", timeout
         )
-
-    def _check_alive(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            msg = f"icecream-sundae exited ({self.proc.returncode})\n{self.screen_text()[-2000:]}"
-            raise ProgramExitedError(msg)
-        return True
 
     def stop(self, grace: float = 1.0) -> int | None:
         """Stop ``script`` and sundae, reap, clean up; return ``script``'s exit code.
@@ -120,23 +98,4 @@ class RealSundae:
         Sundae gets SIGTERM first and SIGKILL after ``grace`` seconds: once its
         scheduler connection is gone it ignores SIGTERM for several seconds.
         """
-        code = (
-            stop_process(self.proc, grace, children_first=True) if self.proc is not None else None
-        )
-        if self._owns_workdir and not self.keep_workdir and self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self._owns_workdir = False
-        return code
-
-    def __enter__(self) -> Self:
-        """Start sundae."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop sundae."""
-        self.stop()
+        return self._stop(grace, children_first=True)
