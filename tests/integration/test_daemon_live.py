@@ -16,26 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from testbed import LOOPBACK, RealScheduler, free_port, stop_process, wait_for
-from testbed.procs import (
-    clean_env,
-    listening_tcp_ports,
-    listening_unix_paths,
-    log_tail,
-    make_workdir,
-)
+from testbed import OurDaemon, RealScheduler, wait_for
+from testbed.procs import listening_tcp_ports, listening_unix_paths
 
 from iceserv.protocol import (
     ConnectionClosed,
@@ -49,8 +39,6 @@ from iceserv.testing import BlockingChannel
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from testbed import Host, ListedHost
-
 pytestmark = pytest.mark.live
 
 HELLO_C = (
@@ -58,102 +46,10 @@ HELLO_C = (
     + "".join(f"int f{i}(int x) {{ return x * {i} + {i % 7}; }}\n" for i in range(200))
     + 'int main(void) { puts("hello from iceserv"); return f3(2) == 0; }\n'
 )
-_REPO = Path(__file__).resolve().parents[2]
 
 
-@dataclass(eq=False)
-class OurDaemon:
-    """``python -m iceserv.app.daemon`` as a subprocess, with its own socket, port and env dir."""
-
-    name: str
-    scheduler: str | None = None
-    no_remote: bool = False
-    extra_args: tuple[str, ...] = ()
-    host: Host = LOOPBACK
-    netname: str | None = None
-    port: int | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    workdir: Path = field(default_factory=lambda: make_workdir("ours-d"))
-
-    @property
-    def socket_path(self) -> Path:
-        return self.workdir / "iceccd.socket"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "iceccd.log"
-
-    def start(self) -> OurDaemon:
-        argv = [sys.executable, "-m", "iceserv.app.daemon", "-N", self.name,
-                "-b", str(self.workdir / "envs"), "-m", "2", "-u", "icecc", "-vv",
-                "-l", str(self.log_path), *self.extra_args]  # fmt: skip
-        if self.no_remote:
-            argv.append("--no-remote")
-        else:
-            self.port = free_port(self.host) if self.host.is_loopback else 10245
-            argv += ["-p", str(self.port)]
-        argv += ["-s", self.scheduler] if self.scheduler else []
-        argv += ["-n", self.netname] if self.netname else []
-        env = clean_env({"ICECC_TEST_SOCKET": str(self.socket_path), "PYTHONPATH": str(_REPO)})
-        if self.host.is_loopback:
-            env["ICECC_TESTS"] = "1"  # in a namespace discovery must cross the bridge
-        with (self.workdir / "iceccd.out").open("wb") as out:
-            self.proc = self.host.popen(
-                argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        wait_for(lambda: self.alive() and self.events("daemon_ready"), 20,
-                 f"our iceccd {self.name} to be ready", context=self.log_tail)  # fmt: skip
-        return self
-
-    def alive(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            msg = f"our iceccd exited with {self.proc.returncode}\n{self.log_tail()}"
-            raise AssertionError(msg)
-        return True
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-        found = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("event") == name:
-                    found.append(record)
-        return found
-
-    def log_tail(self) -> str:
-        return log_tail(self.log_path, 40) + "\n" + log_tail(self.workdir / "iceccd.out", 20)
-
-    def wait_listed(self, scheduler: RealScheduler, *, loaded: bool = True) -> ListedHost:
-        """Wait until the real scheduler lists us (with our STATS if *loaded*)."""
-
-        def listed() -> ListedHost | None:
-            self.alive()
-            host = next((h for h in scheduler.listcs() if h.name == self.name), None)
-            return host if host is not None and (not loaded or host.load < 1000) else None
-
-        with scheduler.awake():
-            return wait_for(listed, 30, f"{self.name} in the real listcs", interval=0.3,
-                            context=lambda: self.log_tail() + scheduler.log_tail())  # fmt: skip
-
-    def stop(self) -> int | None:
-        code = stop_process(self.proc) if self.proc is not None else None
-        if self.proc is not None:
-            assert not _descendants_left(self.proc.pid)
-        return code
-
-    def remove(self) -> None:
-        """Delete the work directory (socket, env cache, log)."""
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _descendants_left(pid: int) -> list[int]:
-    """Processes still in the daemon's session (helpers, compilers) after it stopped."""
+def _session_members(pid: int) -> list[int]:
+    """Living processes in the session ``pid`` led (helpers, compilers) after it stopped."""
     left = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -167,11 +63,16 @@ def _descendants_left(pid: int) -> list[int]:
 
 @pytest.fixture
 def our_daemon_factory() -> Iterator[Any]:
-    """``make(name, scheduler=None, **options)`` -> a started OurDaemon, stopped at teardown."""
+    """``make(name, scheduler=None, **options)`` -> a started ``OurDaemon``, stopped at teardown.
+
+    The work directory outlives ``stop`` (tests read the log of a stopped
+    daemon) and goes at teardown, after checking that nothing of the daemon's
+    session is left.
+    """
     made: list[OurDaemon] = []
 
     def make(name: str, scheduler: str | None = None, **options: Any) -> OurDaemon:
-        daemon = OurDaemon(name, scheduler, **options)
+        daemon = OurDaemon(name, scheduler, keep_workdir=True, **options)
         made.append(daemon)
         return daemon.start()
 
@@ -179,8 +80,10 @@ def our_daemon_factory() -> Iterator[Any]:
     for daemon in made:
         try:
             daemon.stop()
+            if daemon.proc is not None:
+                assert not _session_members(daemon.proc.pid), daemon.log_tail()
         finally:
-            daemon.remove()
+            daemon.remove_workdir()
 
 
 def _compile_with_real_client(workdir: Path, env: dict[str, str]) -> tuple[bytes, bytes, str]:
@@ -225,11 +128,8 @@ class TestLocalDaemon:
         remote.wait_logged_in(real_scheduler)
         ours = our_daemon_factory("ourlocal", real_scheduler.address)
         ours.wait_listed(real_scheduler)
-        env = clean_env({
-            "ICECC_TEST_SOCKET": str(ours.socket_path),
-            "ICECC_PREFERRED_HOST": "realremote",
-            "ICECC_TEST_REMOTEBUILD": "1",
-        })
+        env = ours.client_env({"ICECC_PREFERRED_HOST": "realremote",
+                               "ICECC_TEST_REMOTEBUILD": "1"})  # fmt: skip
         with real_scheduler.awake():
             obj, local, trace = _compile_with_real_client(tmp_path, env)
             assert obj == local
@@ -265,7 +165,7 @@ class TestRemoteServer:
         assert job["exitcode"] == 0
         assert job["in_bytes"] > len(HELLO_C)
         assert job["out_bytes"] == len(obj)
-        env_dirs = list((ours.workdir / "envs").glob("target=*/*"))
+        env_dirs = list(ours.basedir.glob("target=*/*"))
         assert len(env_dirs) == 1
         assert (env_dirs[0] / "tmp").stat().st_mode & 0o7777 == 0o1775
         assert not list((env_dirs[0] / "tmp").iterdir())  # the job cleaned up
@@ -325,7 +225,7 @@ class TestHostilePeers:
         assert isinstance(channel.receive(), ConnectionClosed)
         channel.close()
         escape = tmp_path / "escaped"
-        relative = os.path.relpath(escape, ours.workdir / "envs" / ".staging" / "x")
+        relative = os.path.relpath(escape, ours.basedir / ".staging" / "x")
         channel = BlockingChannel.connect("127.0.0.1", port, timeout=30)
         channel.send(EnvTransfer("evil", "x86_64"))
         channel.send_file(_tarball(("usr/bin/as", b"#!/bin/sh\n"), (relative, b"owned")))
@@ -335,7 +235,7 @@ class TestHostilePeers:
         assert isinstance(channel.receive(), ConnectionClosed)
         channel.close()
         assert not escape.exists()
-        assert not list((ours.workdir / "envs").glob("target=*/evil"))
+        assert not list(ours.basedir.glob("target=*/evil"))
         channel = BlockingChannel.connect("127.0.0.1", port, timeout=10)
         channel.send(EnvTransfer("evil2", "x86_64"))
         channel.send_file(_tarball(("lib", "../../../../../../../../../etc")))

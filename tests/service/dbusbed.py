@@ -10,7 +10,8 @@ busctl can connect as ``nobody``.
 
 ``busctl`` runs the real busctl (optionally as another uid with ``setpriv``),
 ``Monitor`` runs ``busctl monitor --json=short`` and collects every message
-it prints, ``OurDaemon`` runs our ``iceccd`` on the bus.  Every wait is
+it prints, ``OurDaemon`` runs our ``iceccd`` on the bus (the test bed's
+``OurDaemon`` with the bus address in its environment).  Every wait is
 bounded; ``close``/``stop`` end the processes.
 """
 
@@ -22,16 +23,13 @@ import pwd
 import select
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from testbed import LOOPBACK, free_port, stop_process, wait_for
-from testbed.procs import clean_env, log_tail, make_workdir
+import testbed
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -221,68 +219,12 @@ def user_ids(name: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-@dataclass(eq=False)
-class OurDaemon:
-    """``python -m iceserv.app.daemon`` on loopback, on the bus at ``bus_address``."""
+class OurDaemon(testbed.OurDaemon):
+    """The test bed's ``OurDaemon`` on loopback, ``-s scheduler``, on the bus at ``bus_address``."""
 
-    name: str
-    scheduler: str
-    bus_address: str
-    extra_args: tuple[str, ...] = ()
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    workdir: Path = field(default_factory=lambda: make_workdir("dbus-d"))
-
-    @property
-    def log_path(self) -> Path:
-        """The JSON log."""
-        return self.workdir / "iceccd.log"
-
-    def start(self) -> OurDaemon:
-        """Start the program and wait until it says it is ready."""
-        self.port = free_port(LOOPBACK)
-        argv = [sys.executable, "-m", "iceserv.app.daemon", "-N", self.name, "-p", str(self.port),
-                "-b", str(self.workdir / "envs"), "-m", "2", "-u", "icecc", "-vv",
-                "-l", str(self.log_path), "-s", self.scheduler, *self.extra_args]  # fmt: skip
-        env = clean_env({"ICECC_TEST_SOCKET": str(self.workdir / "iceccd.socket"),
-                         "ICECC_TESTS": "1", "PYTHONPATH": str(ROOT),
-                         "DBUS_SYSTEM_BUS_ADDRESS": self.bus_address})  # fmt: skip
-        with (self.workdir / "iceccd.out").open("wb") as out:
-            self.proc = subprocess.Popen(argv, env=env, cwd=self.workdir, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)  # fmt: skip
-        wait_for(lambda: self.alive() and self.events("daemon_ready"), 20,
-                 f"our iceccd {self.name} to be ready", context=self.log_tail)  # fmt: skip
-        return self
-
-    def alive(self) -> bool:
-        """Raise if the program died."""
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            msg = f"our iceccd exited with {self.proc.returncode}\n{self.log_tail()}"
-            raise AssertionError(msg)
-        return True
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        """The log records with event *name*."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
-        found = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("event") == name:
-                    found.append(record)
-        return found
-
-    def log_tail(self) -> str:
-        """Log tails for failure messages."""
-        return log_tail(self.log_path) + "\n" + log_tail(self.workdir / "iceccd.out", 20)
-
-    def stop(self) -> int | None:
-        """Stop the program and remove its work directory; return its exit code."""
-        code = stop_process(self.proc) if self.proc is not None else None
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        return code
+    def __init__(
+        self, name: str, scheduler: str, bus_address: str, extra_args: Sequence[str] = ()
+    ) -> None:
+        super().__init__(name, scheduler, extra_args=extra_args,
+                         extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus_address})  # fmt: skip
+        self.bus_address = bus_address
