@@ -30,7 +30,6 @@ import os
 import random
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -38,7 +37,8 @@ import structlog
 
 from iceserv._version import VERSION
 from iceserv.app.daemon_bus import DaemonBusControl
-from iceserv.config import Service, load_daemon_settings, parse_command_line, render_text, usage
+from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
+from iceserv.config import Service, load_daemon_settings, render_text
 from iceserv.daemon import (
     Daemon,
     DaemonControl,
@@ -49,9 +49,8 @@ from iceserv.daemon import (
     determine_platform,
     resolve_user,
 )
-from iceserv.errors import ConfigError
 from iceserv.scheduler.netif import broadcast_addresses, interface_address
-from iceserv.service import Lifecycle, LogFormat, ServiceNotifier, configure_logging
+from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.dbus import (
     DAEMON_INTERFACE,
     DAEMON_PATH,
@@ -72,7 +71,6 @@ __all__ = ["DaemonService", "main", "server_settings", "socket_path"]
 log = structlog.get_logger("iceserv.app.daemon")
 
 _PROG: Final = "iceccd"
-_EXIT_USAGE: Final = 1  # 1.4 exits 1 after printing its usage
 _EXIT_FAILURE: Final = 1
 _ROOT_SOCKET: Final = Path("/var/run/icecc/iceccd.socket")
 _LOOPBACK: Final = "127.0.0.1"
@@ -134,11 +132,6 @@ def server_settings(
     )
 
 
-class _WallClock:
-    def now(self) -> float:
-        return time.time()
-
-
 class DaemonService:
     """The running daemon as :class:`~iceserv.service.ManagedService` sees it."""
 
@@ -171,13 +164,9 @@ class DaemonService:
         environment directory and ``-d`` need a restart and are reported.
         """
         loaded = load_daemon_settings(self._argv, self._environ)
-        new, old = loaded.settings, self.settings
-        changed = [name for name in type(new).model_fields
-                   if getattr(new, name) != getattr(old, name)]  # fmt: skip
-        fixed = [name for name in changed if name in _RESTART_ONLY]
+        new, live, fixed = reload_changes(loaded.settings, self.settings, _RESTART_ONLY)
         if fixed:
             log.warning("reload_needs_restart", settings=fixed)
-            new = new.model_copy(update={name: getattr(old, name) for name in fixed})
         await self.apply_settings(new)
         self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
                                log_file=new.log_file)  # fmt: skip
@@ -186,7 +175,7 @@ class DaemonService:
         if self.lifecycle is not None:
             self.lifecycle.grace = new.stop_grace
         self.settings = new
-        return [name for name in changed if name not in fixed]
+        return live
 
     async def apply_settings(self, new: DaemonSettings) -> None:
         """Apply *new* to the running daemon as a reload does (also D-Bus's setters).
@@ -233,7 +222,7 @@ async def _run(  # noqa: PLR0913 - the parts main prepared
     *,
     bus_address: str,
 ) -> int:
-    daemon = Daemon(server, run_as=run_as, clock=_WallClock(), rng=random.Random())  # noqa: S311
+    daemon = Daemon(server, run_as=run_as, clock=WallClock(), rng=random.Random())  # noqa: S311
     try:
         await daemon.start()
     except OSError as exc:
@@ -273,20 +262,6 @@ class DaemonServiceFactory:
         return DaemonService(daemon, settings=settings, logs=logs, argv=argv, environ=environ)
 
 
-def _load(args: list[str], environ: Mapping[str, str]) -> Loaded[DaemonSettings] | int:
-    """Return the loaded settings, or the exit code for --help and configuration errors."""
-    try:
-        if parse_command_line(Service.DAEMON, args).help:
-            sys.stdout.write(f"ICECREAM daemon {VERSION} (iceserv)\n")
-            sys.stdout.write(usage(Service.DAEMON))
-            return _EXIT_USAGE
-        return load_daemon_settings(args, environ)
-    except ConfigError as exc:
-        for line in exc.details:
-            sys.stderr.write(f"{_PROG}: {line}\n")
-        return os.EX_CONFIG
-
-
 def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
     """Run ``iceccd`` with *argv* (default ``sys.argv[1:]``); return the exit code.
 
@@ -295,7 +270,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     """
     args = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
-    loaded = _load(args, environ)
+    loaded = load_or_exit(Service.DAEMON, load_daemon_settings, args, environ, prog=_PROG)
     if isinstance(loaded, int):
         return loaded
     settings = loaded.settings
@@ -313,14 +288,9 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         return _EXIT_FAILURE
     if settings.daemonize and not managed and daemonize():
         return 0
-    try:
-        logs = configure_logging(
-            verbosity=settings.verbosity, fmt=LogFormat(settings.log_format),
-            log_file=settings.log_file, journal_stream=journal_stream,
-        )  # fmt: skip
-    except OSError as exc:
-        sys.stderr.write(f"{_PROG}: cannot open log file: {exc}\n")
-        return os.EX_CANTCREAT
+    logs = open_log(settings, journal_stream, prog=_PROG)
+    if isinstance(logs, int):
+        return logs
     with contextlib.closing(logs):
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)

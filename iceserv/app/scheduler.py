@@ -27,18 +27,17 @@ import os
 import pwd
 import random
 import sys
-import time
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from iceserv._version import VERSION
-from iceserv.config import Service, load_scheduler_settings, parse_command_line, usage
-from iceserv.errors import ConfigError
+from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
+from iceserv.config import Service, load_scheduler_settings
 from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, ServerSettings
 from iceserv.scheduler.netif import broadcast_addresses, interface_address
-from iceserv.service import Lifecycle, LogFormat, ServiceNotifier, configure_logging
+from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.dbus import (
     DEFAULT_SYSTEM_BUS,
     SCHEDULER_INTERFACE,
@@ -52,7 +51,7 @@ from iceserv.telnet import TelnetServer, serve_telnet
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
-    from iceserv.config import Loaded, SchedulerSettings
+    from iceserv.config import SchedulerSettings
     from iceserv.service import LogSetup, Notifier
 
 __all__ = ["SchedulerService", "main", "server_settings", "status_text"]
@@ -61,7 +60,6 @@ log = structlog.get_logger()
 
 _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
-_EXIT_USAGE: Final = 1  # 1.4 exits 1 after printing its usage
 _EXIT_FAILURE: Final = 1
 #: Settings a reload cannot change while the sockets stay open.
 _RESTART_ONLY: Final = ("port", "interface", "user", "daemonize")
@@ -93,11 +91,6 @@ def status_text(server: SchedulerServer) -> str:
     slots = sum(host.max_jobs for host in hosts)
     noun = "host" if len(hosts) == 1 else "hosts"
     return f"{len(hosts)} {noun}, {running}/{slots} jobs running"
-
-
-class _WallClock:
-    def now(self) -> float:
-        return time.time()
 
 
 async def _start_telnet(server: SchedulerServer) -> TelnetServer | None:
@@ -157,15 +150,9 @@ class SchedulerService:
     async def reload(self) -> list[str]:
         """Re-read the configuration and apply what can change live; return what changed."""
         loaded = load_scheduler_settings(self._argv, self._environ)
-        new = loaded.settings
-        old = self.settings
-        changed = [
-            name for name in type(new).model_fields if getattr(new, name) != getattr(old, name)
-        ]
-        fixed = [name for name in changed if name in _RESTART_ONLY]
+        new, live, fixed = reload_changes(loaded.settings, self.settings, _RESTART_ONLY)
         if fixed:
             log.warning("reload_needs_restart", settings=fixed)
-            new = new.model_copy(update={name: getattr(old, name) for name in fixed})
         self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
                                log_file=new.log_file)  # fmt: skip
         for warning in loaded.warnings:
@@ -173,7 +160,7 @@ class SchedulerService:
         self.server.reconfigure(netname=new.net_name or DEFAULT_NETNAME,
                                 persistent_clients=new.persistent_client_connection)  # fmt: skip
         self.settings = new
-        return [name for name in changed if name not in fixed]
+        return live
 
     async def stop_accepting(self) -> None:
         """Close the telnet listener and its sessions; daemons stay until :meth:`close`."""
@@ -201,7 +188,7 @@ async def _run(
     bus_address: str,
 ) -> int:
     rng = random.Random()  # noqa: S311 - placement randomness, not security
-    server = SchedulerServer(server_conf, clock=_WallClock(), rng=rng)
+    server = SchedulerServer(server_conf, clock=WallClock(), rng=rng)
     try:
         await server.start()
     except OSError as exc:
@@ -227,24 +214,6 @@ async def _run(
             await exported.close()
 
 
-def _config_error(exc: ConfigError) -> int:
-    for line in exc.details:
-        sys.stderr.write(f"{_PROG}: {line}\n")
-    return os.EX_CONFIG
-
-
-def _load(args: list[str], environ: Mapping[str, str]) -> Loaded[SchedulerSettings] | int:
-    """Return the loaded settings, or the exit code for --help and configuration errors."""
-    try:
-        if parse_command_line(Service.SCHEDULER, args).help:
-            sys.stdout.write(f"ICECREAM scheduler {VERSION} (iceserv)\n")
-            sys.stdout.write(usage(Service.SCHEDULER))
-            return _EXIT_USAGE
-        return load_scheduler_settings(args, environ)
-    except ConfigError as exc:
-        return _config_error(exc)
-
-
 def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
     """Run ``icecc-scheduler`` with *argv* (default ``sys.argv[1:]``); return the exit code.
 
@@ -253,7 +222,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     """
     args = list(sys.argv[1:] if argv is None else argv)
     environ = os.environ if environ is None else environ
-    loaded = _load(args, environ)
+    loaded = load_or_exit(Service.SCHEDULER, load_scheduler_settings, args, environ, prog=_PROG)
     if isinstance(loaded, int):
         return loaded
     settings = loaded.settings
@@ -269,16 +238,9 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     notifier = ServiceNotifier.from_environ(environ)
     if settings.daemonize and not managed and daemonize():
         return 0
-    try:
-        logs = configure_logging(
-            verbosity=settings.verbosity,
-            fmt=LogFormat(settings.log_format),
-            log_file=settings.log_file,
-            journal_stream=journal_stream,
-        )
-    except OSError as exc:
-        sys.stderr.write(f"{_PROG}: cannot open log file: {exc}\n")
-        return os.EX_CANTCREAT
+    logs = open_log(settings, journal_stream, prog=_PROG)
+    if isinstance(logs, int):
+        return logs
     with contextlib.closing(logs):
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)
