@@ -11,7 +11,9 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Self
 
 import pytest
 
@@ -19,6 +21,8 @@ from testbed import (
     SUNDAE_PROTOCOL_VERSION,
     MissingProgramError,
     NetnsBed,
+    Program,
+    ProgramExitedError,
     RealScheduler,
     RealSundae,
     WaitTimeoutError,
@@ -142,6 +146,54 @@ class TestProcs:
         finally:
             shutil.rmtree(dead, ignore_errors=True)
             shutil.rmtree(ours, ignore_errors=True)
+
+
+@dataclass(eq=False)
+class _Shell(Program):
+    """A ``Program`` that runs a shell snippet and is ready once ``ready`` exists."""
+
+    program: ClassVar[str] = "shell"
+    log_name: ClassVar[str] = "shell.log"
+    out_name: ClassVar[str | None] = "shell.out"
+
+    script: str = "sleep 60"
+
+    def start(self) -> Self:
+        self._prepare("shell")
+        self._launch(["sh", "-c", self.script], os.environ)
+        with self._stopped_on_failure():
+            self._wait_ready((self._workdir / "ready").exists, "the shell to be ready")
+        return self
+
+
+class TestProgram:
+    def test_start_waits_until_ready_and_stop_removes_the_workdir(self):
+        """start returns once ready; stop ends the program and deletes the directory it made."""
+        with _Shell(script="echo logged > shell.log; touch ready; sleep 60") as shell:
+            assert shell.log_text() == "logged\n"
+            assert shell.check_alive()
+            workdir = shell.workdir
+        assert shell.proc is not None
+        assert shell.proc.returncode is not None
+        assert workdir is not None
+        assert not workdir.exists()
+
+    def test_exit_before_ready_fails_with_the_log_tails(self):
+        """A program that dies while starting is reported with its exit status and output."""
+        shell = _Shell(script="echo in-the-log > shell.log; echo on-stderr >&2; exit 3")
+        pattern = r"(?s)shell exited with status 3\n.*in-the-log.*on-stderr"
+        with pytest.raises(ProgramExitedError, match=pattern):
+            shell.start()
+        assert shell.workdir is not None
+        assert not shell.workdir.exists()
+
+    def test_never_ready_times_out_and_stops_it(self):
+        """The ready wait is bounded; on timeout the program is stopped and cleaned up."""
+        shell = _Shell(script="echo waiting > shell.log; sleep 60", start_timeout=0.5)
+        with pytest.raises(WaitTimeoutError, match=r"(?s)the shell to be ready.*waiting"):
+            shell.start()
+        assert shell.proc is not None
+        assert shell.proc.returncode is not None
 
 
 @pytest.mark.live
