@@ -1,31 +1,33 @@
-"""Run one program chroot'ed into an environment as the unprivileged user, report its usage.
+"""Run compile jobs chroot'ed into an environment as the unprivileged user, report their usage.
 
-The daemon starts this file as ``python -I -S _jobexec.py STATS_FD ROOT CWD
-SWITCH UID GID NICE AS_LIMIT [NAME=VALUE...] -- PROGRAM ARGS...`` (never with
-``preexec_fn``: the daemon is an asyncio program with threads); the
-``NAME=VALUE`` words are the program's whole environment.  It owns the
-privilege boundary of a compile job: the forked child changes into and
-chroots to the environment, drops supplementary groups, switches to the job
-user (refusing uid or gid 0),
-sets ``RLIMIT_AS``, lowers its priority and execs the program with the
-given environment; stdin, stdout and stderr are the daemon's pipes.  The
-parent stays outside the chroot, waits with ``wait4`` and writes one line
-to ``STATS_FD``: ``ok STATUS USER_MS SYS_MS FAULTS`` (the wait status and the
-child's resource usage) or ``failed STEP: REASON`` (the setup step that
-failed).  It must stay stdlib-only and import nothing from iceserv, because
-it runs with ``-S``.
+The daemon starts this file once, as ``python -I -S _jobexec.py SOCK_FD`` (never
+with ``preexec_fn``: the daemon is an asyncio program with threads), and sends
+one request per job over that socket (see :func:`serve`): the words ``ROOT CWD
+SWITCH UID GID NICE AS_LIMIT [NAME=VALUE...] -- PROGRAM ARGS...`` (the
+``NAME=VALUE`` words are the program's whole environment) with the program's
+stdin, stdout, stderr and a report pipe.  For each it forks a process that
+owns the privilege boundary of that compile job: its forked child changes
+into and chroots to the environment, drops supplementary groups, switches to
+the job user (refusing uid or gid 0), sets ``RLIMIT_AS``, lowers its priority
+and execs the program with the given environment.  The job process stays
+outside the chroot, waits with ``wait4`` and writes one line to the report
+pipe: ``ok STATUS USER_MS SYS_MS FAULTS`` (the wait status and the child's
+resource usage) or ``failed STEP: REASON`` (the setup step that failed).  It
+must stay stdlib-only and import nothing from iceserv, because it runs with
+``-S``.
 
-It runs once per remote job, so its start-up is part of every job's
-latency: it imports only built-in modules (``json`` and ``signal`` would pull
-in ``re`` and ``enum``, 7 of its 15 ms), hence the plain argument list and
-report line, ``_signal`` instead of ``signal``, and ``ctypes`` only where used.
+Jobs are forked from this small, long-lived process rather than each started
+as a new interpreter: that start-up (7 ms, 16 ms with ``json``) was most of
+what a remote job cost on top of its compile.
 """
 
 from __future__ import annotations
 
-import _signal  # type: ignore[import-not-found]  # signal itself imports enum: 3 ms
+import ctypes
 import os
 import resource
+import signal
+import socket
 import sys
 
 _PR_CAP_AMBIENT = 47
@@ -62,8 +64,6 @@ def _child(spec: Spec, check_fd: int) -> None:
             os.setgid(spec.gid)
             os.setuid(spec.uid)
         else:
-            import ctypes  # noqa: PLC0415 - 1 ms of start-up, needed only without a user switch
-
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
         if os.getuid() == 0 or os.getgid() == 0:
@@ -81,10 +81,13 @@ def _child(spec: Spec, check_fd: int) -> None:
         os._exit(_SETUP_FAILED)
 
 
-def main() -> int:
-    """Fork the job, wait for it and report; see the module docstring."""
-    spec = Spec(sys.argv[1:])
-    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
+def run_job(spec: Spec) -> int:
+    """Fork the program, wait for it and report on ``spec.stats_fd``; see the module docstring.
+
+    Stdin, stdout and stderr (fds 0-2) are the program's pipes.
+    """
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(number, signal.SIG_DFL)  # as the server set them; wait4 needs SIGCHLD
     check_read, check_write = os.pipe()  # both close-on-exec
     pid = os.fork()
     if pid == 0:
@@ -108,5 +111,56 @@ def main() -> int:
     return 0
 
 
+def _start(words: list[str], fds: list[int]) -> None:
+    """In a child of the server: become the job's process-group leader and run it."""
+    stdin, stdout, stderr, stats = fds
+    os.setpgid(0, 0)  # the daemon kills a job with killpg(pid)
+    for target, fd in enumerate((stdin, stdout, stderr)):
+        os.dup2(fd, target)
+        os.close(fd)
+    os._exit(run_job(Spec([str(stats), *words])))
+
+
+def serve(sock_fd: int) -> int:
+    """Start one job per request on *sock_fd*, until the daemon closes its end.
+
+    A request is one SOCK_SEQPACKET datagram, the NUL-separated words of the
+    command line after ``STATS_FD``, carrying four descriptors: the program's
+    stdin, stdout, stderr and the report pipe.  The answer is the pid of the
+    process that runs the job (its process group), or ``0`` for a request that
+    could not be started.  Jobs are forked from this small process, so none
+    pays an interpreter's start-up; the kernel reaps them (SIGCHLD ignored).
+    """
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    sock = socket.socket(fileno=sock_fd)
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        except OSError:
+            return 0
+        if not data:
+            return 0  # the daemon closed its end
+        pid = -1
+        if len(fds) == 4:  # stdin, stdout, stderr, report
+            try:
+                pid = os.fork()
+            except OSError:
+                pid = -1
+            if pid == 0:
+                try:
+                    sock.close()
+                    _start(data.decode(errors="surrogateescape").split("\0"), fds)
+                finally:
+                    os._exit(_SETUP_FAILED)
+        for fd in fds:
+            os.close(fd)
+        try:
+            sock.send(str(max(pid, 0)).encode())
+        except OSError:
+            return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve(int(sys.argv[1])))

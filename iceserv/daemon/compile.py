@@ -24,19 +24,20 @@ import resource
 import shutil
 import signal
 import stat
-import sys
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from iceserv.daemon.jobstarter import JobStartError, start_job
 from iceserv.protocol import Lang
 from iceserv.protocol.wire import decode_text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
+    from iceserv.daemon.jobstarter import StartedJob
     from iceserv.daemon.sandbox import RunAs
     from iceserv.protocol import CompileFile
 
@@ -77,7 +78,6 @@ _MIN_FREE_DISK: Final = 10 * 1024 * 1024
 #: stdout and stderr each stop growing here: COMPILE_RESULT must fit in one 1 MiB frame.
 OUTPUT_LIMIT: Final = 400_000
 _OBJECT_LIMIT: Final = 1 << 30
-_JOBEXEC: Final = Path(__file__).with_name("_jobexec.py")
 
 
 def ggc_params(mem_limit_mb: int) -> tuple[str, str, str, str]:
@@ -188,6 +188,10 @@ class JobOutcome:
     dwo_data: bytes | None = None
 
 
+#: Seconds to wait for a killed job's report pipe to close.
+_KILLED_TIMEOUT: Final = 5.0
+
+
 class CompileRun:
     """One compiler process in an environment: start, feed stdin, wait, collect, clean up."""
 
@@ -213,8 +217,9 @@ class CompileRun:
         self.nice = nice
         self.mem_limit_mb = mem_limit_mb
         self.environ = dict(environ)
-        self._proc: asyncio.subprocess.Process | None = None
-        self._stats_read = -1
+        self._job: StartedJob | None = None
+        self._start_failure = ""
+        self._report_done = False
         self._readers: list[asyncio.Task[bytes]] = []
         self._started = 0.0
         self._input_broken = False
@@ -223,77 +228,82 @@ class CompileRun:
         return self.env_root / inside.lstrip("/")
 
     async def start(self) -> None:
-        """Create the job's directories and start the helper (and so the compiler)."""
+        """Create the job's directories and start the job (and so the compiler)."""
         if self.paths.tmp_root:
             for directory in (self.paths.cwd, posixpath.dirname(self.paths.object_file)):
                 path = self._outside(directory)
                 path.mkdir(mode=0o755, parents=True, exist_ok=True)
             _chown_below(self._outside(self.paths.tmp_root), self.run_as)
-        self._stats_read, stats_write = os.pipe()
-        spec = [str(stats_write), str(self.env_root), self.paths.cwd,
-                "1" if self.run_as.switch else "0", str(self.run_as.uid), str(self.run_as.gid),
-                str(self.nice), str(self.mem_limit_mb * 1024 * 1024),
-                *(f"{name}={value}" for name, value in self.environ.items()), "--"]  # fmt: skip
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", str(_JOBEXEC), *spec, *self.argv,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(stats_write,), process_group=0,
-                env={"PATH": "/usr/bin:/bin"},
-            )  # fmt: skip
-        finally:
-            os.close(stats_write)
+        words = [str(self.env_root), self.paths.cwd, "1" if self.run_as.switch else "0",
+                 str(self.run_as.uid), str(self.run_as.gid), str(self.nice),
+                 str(self.mem_limit_mb * 1024 * 1024),
+                 *(f"{name}={value}" for name, value in self.environ.items()), "--",
+                 *self.argv]  # fmt: skip
         self._started = time.monotonic()
-        assert self._proc.stdout is not None  # noqa: S101 - created with PIPE above
-        assert self._proc.stderr is not None  # noqa: S101
+        try:
+            self._job = job = await start_job(words)
+        except JobStartError as exc:
+            self._start_failure = f"start: {exc}"
+            return
         self._readers = [
-            asyncio.create_task(_read_capped(self._proc.stdout, OUTPUT_LIMIT)),
-            asyncio.create_task(_read_capped(self._proc.stderr, OUTPUT_LIMIT)),
+            asyncio.create_task(_read_capped(job.stdout, OUTPUT_LIMIT)),
+            asyncio.create_task(_read_capped(job.stderr, OUTPUT_LIMIT)),
+            asyncio.create_task(_read_capped(job.report, 4096)),
         ]
 
     async def feed(self, pieces: Sequence[bytes]) -> None:
         """Write source to the compiler; a compiler that stopped reading is not an error."""
-        proc = self._proc
-        if proc is None or proc.stdin is None or self._input_broken:
+        job = self._job
+        if job is None or self._input_broken:
             return
         try:
             for piece in pieces:
-                proc.stdin.write(piece)
+                job.stdin.write(piece)
             async with asyncio.timeout(self.write_timeout):
-                await proc.stdin.drain()
+                await job.stdin.drain()
         except (ConnectionError, TimeoutError):
             self._input_broken = True  # 1.4 keeps reading the client's data and drops it
 
     async def close_input(self) -> None:
         """Signal the end of the source."""
-        proc = self._proc
-        if proc is not None and proc.stdin is not None:
+        if self._job is not None:
             with contextlib.suppress(ConnectionError):
-                proc.stdin.close()
+                self._job.stdin.close()
 
     def kill(self) -> None:
-        """Kill the helper and the compiler (their own process group)."""
-        if self._proc is not None and self._proc.returncode is None:
+        """Kill the job process and the compiler (their own process group).
+
+        Only while the job has not reported: after that its process has exited
+        and, reaped by the job helper, its pid may already belong to another.
+        """
+        if self._job is not None and not self._report_done:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
+                os.killpg(self._job.pid, signal.SIGKILL)
 
     async def wait(self) -> JobOutcome:
         """Wait for the compiler and collect everything; kill it after ``run_timeout`` s."""
-        proc = self._proc
-        if proc is None:
-            msg = "compile job not started"
-            raise RuntimeError(msg)
+        if self._job is None:
+            if not self._start_failure:
+                msg = "compile job not started"
+                raise RuntimeError(msg)
+            return JobOutcome(setup_failure=self._start_failure, status=EXIT_COMPILER_MISSING)
+        reporting = self._readers[2]
         try:
             async with asyncio.timeout(self.run_timeout):
-                out, err = await asyncio.gather(*self._readers)
-                await proc.wait()
+                out, err = await asyncio.gather(*self._readers[:2])
+                raw = await asyncio.shield(reporting)
         except TimeoutError:
             self.kill()
-            await proc.wait()
             out, err = b"", b"compile job timed out\n"
+            raw = b""
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_KILLED_TIMEOUT):
+                    raw = await reporting  # EOF once the job process is dead
+        self._report_done = True
+        with contextlib.suppress(ConnectionError):
+            self._job.stdin.close()
         real_ms = int((time.monotonic() - self._started) * 1000)
-        report = _read_report(self._stats_read)
-        self._stats_read = -1
+        report = parse_report(raw)
         outcome = JobOutcome(stdout=_wire_text(out), stderr=_wire_text(err), real_msec=real_ms)
         if not report:
             outcome.status, outcome.was_out_of_memory = EXIT_IO_ERROR, True
@@ -338,9 +348,6 @@ class CompileRun:
 
     def cleanup(self) -> None:
         """Remove what the job wrote below the environment's ``tmp``."""
-        if self._stats_read >= 0:
-            os.close(self._stats_read)
-            self._stats_read = -1
         if self.paths.tmp_root:
             shutil.rmtree(self._outside(self.paths.tmp_root), ignore_errors=True)
         else:
@@ -366,20 +373,12 @@ async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
     return bytes(kept)
 
 
-def _read_report(fd: int) -> dict[str, object]:
-    """Read the helper's report line (its write end is closed once it exited).
+def parse_report(raw: bytes) -> dict[str, object]:
+    """Parse the job's report line.
 
     ``ok STATUS USER_MS SYS_MS FAULTS`` or ``failed TEXT``, see
-    :mod:`iceserv.daemon._jobexec`; anything else (a helper that died) is ``{}``.
+    :mod:`iceserv.daemon._jobexec`; anything else (a job process that died) is ``{}``.
     """
-    if fd < 0:
-        return {}
-    try:
-        raw = os.read(fd, 4096)
-    except OSError:
-        raw = b""
-    finally:
-        os.close(fd)
     kind, _, rest = raw.decode(errors="replace").strip().partition(" ")
     if kind == "failed":
         return {"failure": rest or "unknown"}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
+from typing import Any
 
 import pytest
 
 from daemon.fakes import build_fake_env
+from iceserv.daemon import jobstarter
 from iceserv.daemon.compile import (
     EXIT_COMPILER_MISSING,
     EXIT_OUT_OF_MEMORY,
@@ -15,13 +16,13 @@ from iceserv.daemon.compile import (
     CompileRun,
     JobOutcome,
     JobPaths,
-    _read_report,
     _wire_text,
     compiler_command,
     ggc_params,
     is_out_of_memory,
     job_paths,
     new_unique,
+    parse_report,
 )
 from iceserv.daemon.sandbox import child_environment
 from iceserv.protocol import CompileFile, Lang, records
@@ -159,29 +160,35 @@ def fake_env(tmp_path_factory):
     return build_fake_env(tmp_path_factory.mktemp("fakeenv"))
 
 
-def _run_fake(
-    fake_env, mode: str, *, argv: list[str] | None = None, environ: dict[str, str] | None = None
+async def _fake_job(
+    fake_env,
+    mode: str,
+    *,
+    argv: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+    run_timeout: float = 30,
 ) -> JobOutcome:
     root, run_as = fake_env
     job = _job(args=(f"-mode={mode}", "-c"))
     paths = job_paths(job, new_unique())
     command = argv or compiler_command(job, paths, mem_limit_mb=512)
+    run = CompileRun(env_root=root, argv=command, paths=paths, run_as=run_as, nice=5,
+                     mem_limit_mb=512,
+                     environ=environ or child_environment({"NOTIFY_SOCKET": "/x"}),
+                     run_timeout=run_timeout)  # fmt: skip
+    await run.start()
+    await run.feed([b"int x;\n" * 1000, b"int y;\n"])
+    await run.close_input()
+    try:
+        return await run.wait()
+    finally:
+        run.cleanup()
 
-    async def scenario() -> JobOutcome:
-        run = CompileRun(env_root=root, argv=command, paths=paths, run_as=run_as, nice=5,
-                         mem_limit_mb=512,
-                         environ=environ or child_environment({"NOTIFY_SOCKET": "/x"}),
-                         run_timeout=30)  # fmt: skip
-        await run.start()
-        await run.feed([b"int x;\n" * 1000, b"int y;\n"])
-        await run.close_input()
-        try:
-            return await run.wait()
-        finally:
-            run.cleanup()
-            assert not list((root / "tmp").iterdir())
 
-    return asyncio.run(asyncio.wait_for(scenario(), 60))
+def _run_fake(fake_env, mode: str, **options: Any) -> JobOutcome:
+    outcome = asyncio.run(asyncio.wait_for(_fake_job(fake_env, mode, **options), 60))
+    assert not list((fake_env[0] / "tmp").iterdir())
+    return outcome
 
 
 class TestCompileRun:
@@ -233,6 +240,33 @@ class TestCompileRun:
         assert sorted(outcome.stdout.splitlines()) == sorted(f"{k}={v}" for k, v in environ.items())
 
 
+    def test_a_job_past_its_time_is_killed(self, fake_env):
+        """A compiler still running at run_timeout is killed with its job process."""
+        outcome = _run_fake(fake_env, "slow", run_timeout=0.3)  # the fake sleeps 2 s
+        assert "compile job timed out" in outcome.stderr
+        assert outcome.status != 0
+
+    def test_jobs_run_side_by_side(self, fake_env):
+        """Eight jobs started at once each get their own pipes and their own result."""
+
+        async def many() -> list[JobOutcome]:
+            return await asyncio.gather(*(_fake_job(fake_env, "ok") for _ in range(8)))
+
+        outcomes = asyncio.run(asyncio.wait_for(many(), 60))
+        assert [o.status for o in outcomes] == [0] * 8
+        assert {o.object_data for o in outcomes} == {f"OBJ {7 * 1001}\n".encode()}
+
+    def test_the_job_helper_comes_back_after_it_died(self, fake_env):
+        """Killing the long-lived job helper costs nothing: the next job starts a new one."""
+        assert _run_fake(fake_env, "ok").status == 0
+        helper = jobstarter._SERVER._proc
+        assert helper is not None
+        helper.kill()
+        helper.wait()
+        assert _run_fake(fake_env, "ok").status == 0
+        assert jobstarter._SERVER._proc is not helper
+
+
 class TestHelperReport:
     @pytest.mark.parametrize(
         ("line", "expected"),
@@ -247,11 +281,8 @@ class TestHelperReport:
         ],
     )  # fmt: skip
     def test_report_lines(self, line, expected):
-        """The helper's one report line is parsed, and anything malformed counts as no report."""
-        read, write = os.pipe()
-        os.write(write, line)
-        os.close(write)
-        assert _read_report(read) == expected
+        """The job's one report line is parsed, and anything malformed counts as no report."""
+        assert parse_report(line) == expected
 
 
 class TestWireText:
