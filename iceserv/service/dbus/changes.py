@@ -8,6 +8,8 @@ signal, and emits only the values that differ from the last ones sent.  A
 busy cluster changes its job counts hundreds of times a second; listeners
 (``busctl monitor``, desktop applets) need the current value, not every
 step.  Pokes in one event-loop turn always collapse into one snapshot.
+A property left out of the snapshot says so in introspection
+(:func:`declare_emits_changed`), so proxies know not to wait for a signal.
 
 It must not know which interface it serves or hold a bus; the interface
 passes its snapshot and emit functions in.
@@ -16,15 +18,27 @@ passes its snapshot and emit functions in.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["DEFAULT_INTERVAL", "ChangeCoalescer"]
+    from dbus_fast.introspection import Property
+
+__all__ = ["DEFAULT_INTERVAL", "ChangeCoalescer", "declare_emits_changed"]
 
 #: Seconds between two ``PropertiesChanged`` signals of one interface.
 DEFAULT_INTERVAL: Final = 0.5
+_EMITS_CHANGED_SIGNAL: Final = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+
+
+def declare_emits_changed(prop: Property, emits: Literal["const", "false"]) -> None:
+    """Say in *prop*'s introspection that no ``PropertiesChanged`` carries it.
+
+    ``const``: the value never changes, busctl and proxies may cache it;
+    ``false``: it changes without a signal, so they must read it again.
+    """
+    prop.annotations[_EMITS_CHANGED_SIGNAL] = emits
 
 
 class ChangeCoalescer:

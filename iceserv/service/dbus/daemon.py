@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 from typing import Annotated, Any, Final
 
-from dbus_fast import DBusError, PropertyAccess
+from dbus_fast import DBusError, ErrorType, PropertyAccess
 from dbus_fast.annotations import (
     DBusBool,
     DBusSignature,
@@ -30,7 +30,7 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
-from iceserv.service.dbus.changes import DEFAULT_INTERVAL, ChangeCoalescer
+from iceserv.service.dbus.changes import DEFAULT_INTERVAL, ChangeCoalescer, declare_emits_changed
 from iceserv.service.dbus.facades import DaemonFacade
 
 __all__ = [
@@ -51,7 +51,6 @@ DAEMON_READ_METHODS: Final = ("ListEnvironments",)
 CANNOT_APPLY_ERROR: Final = f"{DAEMON_INTERFACE}.Error.CannotApply"
 #: Seconds between samples of the daemon's numbers for PropertiesChanged.
 DEFAULT_POLL: Final = 1.0
-_INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 
 #: (key, size in bytes, idle seconds, jobs using it, native)
 EnvironmentStruct = tuple[str, int, int, int, bool]
@@ -200,7 +199,7 @@ class DaemonInterface(ServiceInterface):
         try:
             await self._control.set_max_processes(count)
         except ValueError as exc:
-            raise DBusError(_INVALID_ARGS, str(exc)) from exc
+            raise DBusError(ErrorType.INVALID_ARGS, str(exc)) from exc
         except OSError as exc:
             raise DBusError(CANNOT_APPLY_ERROR, str(exc)) from exc
         self._changes.poke()
@@ -227,7 +226,4 @@ class DaemonInterface(ServiceInterface):
         self._changes.poke()
 
 
-# Never changes: busctl and proxies may cache it.
-DaemonInterface.version.introspection.annotations[
-    "org.freedesktop.DBus.Property.EmitsChangedSignal"
-] = "const"
+declare_emits_changed(DaemonInterface.version.introspection, "const")

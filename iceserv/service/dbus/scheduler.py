@@ -19,7 +19,7 @@ signatures from the annotations at class creation.
 
 from typing import Annotated, Any, Final
 
-from dbus_fast import DBusError, PropertyAccess
+from dbus_fast import DBusError, ErrorType, PropertyAccess
 from dbus_fast.annotations import (
     DBusBool,
     DBusSignature,
@@ -29,7 +29,7 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
-from iceserv.service.dbus.changes import DEFAULT_INTERVAL, ChangeCoalescer
+from iceserv.service.dbus.changes import DEFAULT_INTERVAL, ChangeCoalescer, declare_emits_changed
 from iceserv.service.dbus.facades import HostLike, JobLike, SchedulerFacade
 
 __all__ = [
@@ -47,7 +47,6 @@ SCHEDULER_PATH: Final = "/org/icecream/Scheduler1"
 SCHEDULER_READ_METHODS: Final = ("ListHosts", "ListJobs")
 #: RemoveHost found no daemon of that name.
 UNKNOWN_HOST_ERROR: Final = f"{SCHEDULER_INTERFACE}.Error.UnknownHost"
-_INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 _MAX_NAME: Final = 255
 _STATES: Final = {"PEND": "queued", "WAIT": "assigned", "COMP": "compiling"}
 
@@ -87,7 +86,9 @@ def _job_struct(job: JobLike) -> JobStruct:
 
 def _check_name(name: str) -> str:
     if not name or len(name) > _MAX_NAME:
-        raise DBusError(_INVALID_ARGS, f"a host name or IP address of 1 to {_MAX_NAME} characters")
+        raise DBusError(
+            ErrorType.INVALID_ARGS, f"a host name or IP address of 1 to {_MAX_NAME} characters"
+        )
     return name
 
 
@@ -278,8 +279,7 @@ class SchedulerInterface(ServiceInterface):
         return job_id, client, server, file, exit_code
 
 
-for _prop, _emits in ((SchedulerInterface.version, "const"), (SchedulerInterface.net_name, "const"),
-                      (SchedulerInterface.start_time, "const"),
-                      (SchedulerInterface.uptime, "false")):  # fmt: skip
-    # What busctl and proxies may cache: never changes / changes without a signal.
-    _prop.introspection.annotations["org.freedesktop.DBus.Property.EmitsChangedSignal"] = _emits
+for _const in (SchedulerInterface.version, SchedulerInterface.net_name,
+               SchedulerInterface.start_time):  # fmt: skip
+    declare_emits_changed(_const.introspection, "const")
+declare_emits_changed(SchedulerInterface.uptime.introspection, "false")
