@@ -39,8 +39,9 @@ Per round, measured:
   rotating every round.
 
 For the throughput phases the CPU time of each server's whole process tree
-(``/proc/PID/stat`` utime + stime + cutime + cstime: the daemon, its job
-processes and the compilers, all reaped by the end of a phase) per job is
+(``/proc/PID/stat`` utime + stime + cutime + cstime of the daemon and its
+living descendants, such as iceserv's job helper: with them the job processes
+and the compilers, all reaped by the end of a phase) per job is
 reported too, against the bare compiles' (``getrusage(RUSAGE_CHILDREN)``):
 unlike wall time it does not depend on what else the machine runs.
 
@@ -316,8 +317,7 @@ class Bench:
         if who == "bare":
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             return usage.ru_utime + usage.ru_stime
-        fields = Path(f"/proc/{self.server_pids[who]}/stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(f) for f in fields[11:15]) / TICKS  # utime stime cutime cstime
+        return sum(_own_and_reaped_cpu(pid) for pid in _tree(self.server_pids[who]))
 
 
 def server_name(kind: str) -> str:
@@ -499,3 +499,24 @@ def main() -> int:
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())
+
+
+def _tree(pid: int) -> list[int]:
+    """*pid* and its living descendants (iceserv's daemon keeps a job helper as a child)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def _own_and_reaped_cpu(pid: int) -> float:
+    """utime + stime + cutime + cstime of *pid* in seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / TICKS

@@ -33,6 +33,7 @@ import sys
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _SETUP_FAILED = 142
+_REAP_INTERVAL = 1.0
 
 
 class Spec:
@@ -87,7 +88,7 @@ def run_job(spec: Spec) -> int:
     Stdin, stdout and stderr (fds 0-2) are the program's pipes.
     """
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-        signal.signal(number, signal.SIG_DFL)  # as the server set them; wait4 needs SIGCHLD
+        signal.signal(number, signal.SIG_DFL)  # whatever the server or the daemon set
     check_read, check_write = os.pipe()  # both close-on-exec
     pid = os.fork()
     if pid == 0:
@@ -121,6 +122,17 @@ def _start(words: list[str], fds: list[int]) -> None:
     os._exit(run_job(Spec([str(stats), *words])))
 
 
+def _reap() -> None:
+    """Collect the jobs that ended (their CPU time then counts as ours, as a daemon's would)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def serve(sock_fd: int) -> int:
     """Start one job per request on *sock_fd*, until the daemon closes its end.
 
@@ -129,15 +141,18 @@ def serve(sock_fd: int) -> int:
     stdin, stdout, stderr and the report pipe.  The answer is the pid of the
     process that runs the job (its process group), or ``0`` for a request that
     could not be started.  Jobs are forked from this small process, so none
-    pays an interpreter's start-up; the kernel reaps them (SIGCHLD ignored).
+    pays an interpreter's start-up; ended ones are reaped at least once a second.
     """
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     sock = socket.socket(fileno=sock_fd)
+    sock.settimeout(_REAP_INTERVAL)
     while True:
+        _reap()
         try:
             data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+        except TimeoutError:
+            continue
         except OSError:
             return 0
         if not data:
