@@ -471,6 +471,26 @@ def report(r: dict[str, Any]) -> None:
         print(f"OBJECTS DIFFERING FROM THE LOCAL BUILD: {r['wrong_objects']}")
 
 
+def _tree(pid: int) -> list[int]:
+    """*pid* and its living descendants (iceserv's daemon keeps a job helper as a child)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(child) for child in task.read_text().split()]
+    return found
+
+
+def _own_and_reaped_cpu(pid: int) -> float:
+    """utime + stime + cutime + cstime of *pid* in seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / TICKS
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
@@ -500,23 +520,3 @@ if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())
 
-
-def _tree(pid: int) -> list[int]:
-    """*pid* and its living descendants (iceserv's daemon keeps a job helper as a child)."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                todo += [int(child) for child in task.read_text().split()]
-    return found
-
-
-def _own_and_reaped_cpu(pid: int) -> float:
-    """utime + stime + cutime + cstime of *pid* in seconds (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(f) for f in fields[11:15]) / TICKS
