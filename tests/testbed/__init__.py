@@ -9,7 +9,8 @@ What lives where:
 * ``sundae``  - ``RealSundae``: the real ``icecream-sundae`` monitor in a pty.
 * ``ours``    - ``OurScheduler``, ``OurDaemon``: iceserv's programs as subprocesses.
 * ``program`` - ``Program``: what the five classes above share: work directory,
-  start in a new session, bounded wait until ready, log tails, stop.
+  start in a new session, bounded wait until ready, log tails, stop;
+  ``DaemonProgram``: what both daemons add (options, socket, ``-b``, address).
 * ``cluster`` - ``Cluster``: a scheduler and daemons (real or ours) on a
   ``NetnsBed``, and ``make`` of a real project through it (``BuildResult``).
 * ``project`` - the zstd C library from a pinned PyPI sdist, its Makefile and

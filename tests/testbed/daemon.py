@@ -14,8 +14,6 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Final, Self
 
-from testbed.errors import TestbedError
-from testbed.hosts import free_port
 from testbed.procs import (
     clean_env,
     listening_tcp_ports,
@@ -23,89 +21,46 @@ from testbed.procs import (
     make_icecc_subdir,
     require_program,
 )
-from testbed.program import Program
+from testbed.program import DaemonProgram
 from testbed.real import PROTOCOL_VERSION
 from testbed.wait import wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from pathlib import Path
 
     from testbed.real import ListedHost, RealScheduler
 
 DAEMON_PROGRAM: Final = "/usr/sbin/iceccd"
-DEFAULT_DAEMON_PORT: Final = 10245
 _END_MESSAGE: Final = bytes.fromhex("0000000400000043")  # length 4, type 'C' (END)
 
 
 @dataclass(eq=False)
-class RealDaemon(Program):
+class RealDaemon(DaemonProgram):
     """A real ``iceccd`` run as a subprocess on ``host``.
 
-    ``scheduler`` is the ``-s`` value (``"ip:port"``, e.g.
-    ``RealScheduler.address``) or None for discovery.  ``port`` None picks a
-    free port on loopback and 10245 in a namespace; ``no_remote`` replaces it
-    with ``--no-remote``.  ``icecc_tests`` None means ``ICECC_TESTS=1`` on
-    loopback only.  The Unix socket (``ICECC_TEST_SOCKET``), the ``-b`` env
-    directory and the log live in ``workdir`` (None: a fresh one, removed by
-    ``stop`` unless ``keep_workdir``; a given one must be writable by the
-    ``icecc`` user and not shared with another daemon).
+    The options it shares with ours are ``DaemonProgram``'s (``scheduler``
+    e.g. ``RealScheduler.address``).  ``icecc_tests`` None means
+    ``ICECC_TESTS=1`` on loopback only.  The Unix socket, the ``-b`` env
+    directory (owned by ``icecc``; iceccd wipes it at start) and the log live
+    in ``workdir`` (None: a fresh one, removed by ``stop`` unless
+    ``keep_workdir``; a given one must be writable by the ``icecc`` user and
+    not shared with another daemon).
     """
 
     program: ClassVar[str] = "iceccd"
     log_name: ClassVar[str] = "iceccd.log"
     out_name: ClassVar[str | None] = "iceccd.out"
 
-    name: str
-    scheduler: str | None = None
-    port: int | None = None
-    no_remote: bool = False
-    max_jobs: int = 2
-    netname: str | None = None
     icecc_tests: bool | None = None
     extra_args: Sequence[str] = ()
     extra_env: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def title(self) -> str:
-        """``iceccd <name>``."""
-        return f"iceccd {self.name}"
-
-    @property
-    def socket_path(self) -> Path:
-        """The daemon's local Unix socket (what ``ICECC_TEST_SOCKET`` points clients to)."""
-        return self._workdir / "iceccd.socket"
-
-    @property
-    def basedir(self) -> Path:
-        """The ``-b`` environment directory (owned by ``icecc``; wiped by iceccd at start)."""
-        return self._workdir / "envs"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """(ip, port) of the remote-compile TCP port."""
-        if self.port is None:
-            msg = "daemon not started or started with --no-remote"
-            raise TestbedError(msg)
-        return (self.host.ip, self.port)
 
     def start(self, *, wait: bool = True) -> Self:
         """Start iceccd; with ``wait``, return once its socket and port listen."""
         program = require_program(DAEMON_PROGRAM)
         self._prepare(f"d-{self.name}")
         make_icecc_subdir(self._workdir, "envs")
-        if self.no_remote:
-            self.port = None
-            port_args = ["--no-remote"]
-        else:
-            if self.port is None:
-                self.port = free_port(self.host) if self.host.is_loopback else DEFAULT_DAEMON_PORT
-            port_args = ["-p", str(self.port)]
-        argv = [program, "-N", self.name, *port_args, "-b", str(self.basedir)]
-        argv += ["-m", str(self.max_jobs)]
-        argv += ["-s", self.scheduler] if self.scheduler else []
-        argv += ["-n", self.netname] if self.netname else []
-        argv += ["-vvv", "-l", str(self.log_path), *self.extra_args]
+        argv = [program, *self._daemon_args(), "-vvv", "-l", str(self.log_path), *self.extra_args]
         tests = self.host.is_loopback if self.icecc_tests is None else self.icecc_tests
         env = clean_env({"ICECC_TEST_SOCKET": str(self.socket_path)})
         env.update({"ICECC_TESTS": "1"} if tests else {})
@@ -152,10 +107,6 @@ class RealDaemon(Program):
             between=self.poke,
             context=lambda: self.log_tail() + "\n" + scheduler.log_tail(),
         )
-
-    def client_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """Environment for a real ``icecc`` client that should use this daemon."""
-        return clean_env({"ICECC_TEST_SOCKET": str(self.socket_path), **(extra or {})})
 
     def stop(self, grace: float = 5.0) -> int | None:
         """Terminate iceccd and its job children, reap, clean up; return the exit code.

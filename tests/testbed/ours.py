@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from testbed.errors import TestbedError
-from testbed.hosts import free_port, free_scheduler_port
+from testbed.hosts import free_scheduler_port
 from testbed.procs import clean_env
-from testbed.program import Program
+from testbed.program import DaemonProgram, Program
 from testbed.wait import wait_for
 
 if TYPE_CHECKING:
@@ -116,69 +115,27 @@ class OurScheduler(_OurProgram):
 
 
 @dataclass(eq=False)
-class OurDaemon(_OurProgram):
+class OurDaemon(_OurProgram, DaemonProgram):
     """``python -m iceserv.app.daemon`` as a subprocess, shaped like ``RealDaemon``.
 
-    ``scheduler`` is the ``-s`` value or None for discovery (in a namespace:
-    by broadcast across the bed's bridge).  ``port`` None picks a free port
-    on loopback and 10245 in a namespace; ``no_remote`` replaces it with
-    ``--no-remote``.  Jobs run as ``user`` (``-u``).  The Unix socket
-    (``ICECC_TEST_SOCKET``), the ``-b`` env directory and the JSON log live
-    in the work directory (a fresh one unless ``workdir`` is given, removed
-    by ``stop`` unless ``keep_workdir``).  ``ICECC_TESTS=1`` is set on
-    loopback only, as for the real programs.
+    The options it shares with the real one are ``DaemonProgram``'s.  Jobs
+    run as ``user`` (``-u``).  The Unix socket, the ``-b`` env directory and
+    the JSON log live in the work directory (a fresh one unless ``workdir``
+    is given, removed by ``stop`` unless ``keep_workdir``).  ``ICECC_TESTS=1``
+    is set on loopback only, as for the real programs.
     """
 
     program: ClassVar[str] = "our iceccd"
     log_name: ClassVar[str] = "iceccd.log"
     out_name: ClassVar[str | None] = "iceccd.out"
 
-    name: str
-    scheduler: str | None = None
-    port: int | None = None
-    no_remote: bool = False
-    max_jobs: int = 2
-    netname: str | None = None
     user: str = "icecc"
     extra_args: Sequence[str] = ()
-
-    @property
-    def title(self) -> str:
-        """``our iceccd <name>``."""
-        return f"our iceccd {self.name}"
-
-    @property
-    def socket_path(self) -> Path:
-        """The daemon's local Unix socket (what ``ICECC_TEST_SOCKET`` points clients to)."""
-        return self._workdir / "iceccd.socket"
-
-    @property
-    def basedir(self) -> Path:
-        """The ``-b`` environment directory."""
-        return self._workdir / "envs"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """(ip, port) of the remote-compile TCP port."""
-        if self.port is None:
-            msg = "daemon not started or started with --no-remote"
-            raise TestbedError(msg)
-        return (self.host.ip, self.port)
 
     def start(self) -> Self:
         """Start the program and wait until it says it is ready (listeners bound)."""
         self._prepare(f"ours-d-{self.name}")
-        args = ["-N", self.name, "-b", str(self.basedir), "-m", str(self.max_jobs),
-                "-u", self.user, "-vv", "-l", str(self.log_path)]  # fmt: skip
-        if self.no_remote:
-            self.port = None
-            args.append("--no-remote")
-        else:
-            if self.port is None:
-                self.port = free_port(self.host) if self.host.is_loopback else 10245
-            args += ["-p", str(self.port)]
-        args += ["-s", self.scheduler] if self.scheduler else []
-        args += ["-n", self.netname] if self.netname else []
+        args = [*self._daemon_args(), "-u", self.user, "-vv", "-l", str(self.log_path)]
         args += list(self.extra_args)
         env = clean_env({"ICECC_TEST_SOCKET": str(self.socket_path)})
         env.update({"ICECC_TESTS": "1"} if self.host.is_loopback else {})
@@ -200,7 +157,3 @@ class OurDaemon(_OurProgram):
         with scheduler.awake():
             return wait_for(listed, timeout, f"{self.name} in the real listcs", interval=0.3,
                             context=context)  # fmt: skip
-
-    def client_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """Environment for an ``icecc`` client that should use this daemon."""
-        return clean_env({"ICECC_TEST_SOCKET": str(self.socket_path), **(extra or {})})

@@ -8,7 +8,9 @@ stderr in a file there, the bounded wait until the program is ready (which
 stops it again if the wait fails), the check that it still runs, the log
 tails every failure message carries, and the stop of the program with all its
 descendants.  Which command line to run and what "ready" means stays with the
-subclass.  This module must not depend on iceserv.
+subclass.  ``DaemonProgram`` adds what the real ``iceccd`` and ours share:
+the options, the command line they have in common, the socket, ``-b``
+directory and address.  This module must not depend on iceserv.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ import contextlib
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 from testbed.errors import ProgramExitedError, TestbedError
-from testbed.hosts import LOOPBACK, Host
-from testbed.procs import log_tail, make_workdir, stop_process
+from testbed.hosts import LOOPBACK, Host, free_port
+from testbed.procs import clean_env, log_tail, make_workdir, stop_process
 from testbed.wait import wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
     from pathlib import Path
     from types import TracebackType
+
+DEFAULT_DAEMON_PORT: Final = 10245
 
 
 @dataclass(eq=False, kw_only=True)
@@ -186,3 +190,63 @@ class Program:
     ) -> None:
         """Stop the program."""
         self.stop()
+
+
+@dataclass(eq=False)
+class DaemonProgram(Program):
+    """An ``iceccd`` (real or ours) with node name ``name``.
+
+    ``scheduler`` is the ``-s`` value (``"ip:port"``) or None for discovery
+    (in a namespace: by broadcast across the bed's bridge).  ``port`` None
+    picks a free port on loopback and 10245 in a namespace; ``no_remote``
+    replaces it with ``--no-remote``.  The Unix socket (``ICECC_TEST_SOCKET``)
+    and the ``-b`` env directory live in the work directory.
+    """
+
+    name: str
+    scheduler: str | None = None
+    port: int | None = None
+    no_remote: bool = False
+    max_jobs: int = 2
+    netname: str | None = None
+
+    @property
+    def title(self) -> str:
+        """``<program> <name>``."""
+        return f"{self.program} {self.name}"
+
+    @property
+    def socket_path(self) -> Path:
+        """The daemon's local Unix socket (what ``ICECC_TEST_SOCKET`` points clients to)."""
+        return self._workdir / "iceccd.socket"
+
+    @property
+    def basedir(self) -> Path:
+        """The ``-b`` environment directory."""
+        return self._workdir / "envs"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(ip, port) of the remote-compile TCP port."""
+        if self.port is None:
+            msg = "daemon not started or started with --no-remote"
+            raise TestbedError(msg)
+        return (self.host.ip, self.port)
+
+    def _daemon_args(self) -> list[str]:
+        """``-N``, the port (picked now) or ``--no-remote``, ``-b``, ``-m``, ``-s``, ``-n``."""
+        if self.no_remote:
+            self.port = None
+            port_args = ["--no-remote"]
+        else:
+            if self.port is None:
+                self.port = free_port(self.host) if self.host.is_loopback else DEFAULT_DAEMON_PORT
+            port_args = ["-p", str(self.port)]
+        args = ["-N", self.name, *port_args, "-b", str(self.basedir), "-m", str(self.max_jobs)]
+        args += ["-s", self.scheduler] if self.scheduler else []
+        args += ["-n", self.netname] if self.netname else []
+        return args
+
+    def client_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment for an ``icecc`` client that should use this daemon."""
+        return clean_env({"ICECC_TEST_SOCKET": str(self.socket_path), **(extra or {})})
