@@ -141,10 +141,12 @@ def serve(sock_fd: int) -> int:
     stdin, stdout, stderr and the report pipe.  The answer is the pid of the
     process that runs the job (its process group), or ``0`` for a request that
     could not be started.  Jobs are forked from this small process, so none
-    pays an interpreter's start-up; ended ones are reaped at least once a second.
+    pays an interpreter's start-up; ended ones are reaped at once (SIGCHLD), and
+    at least once a second in case a signal was missed.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    signal.signal(signal.SIGCHLD, lambda _number, _frame: _reap())
     sock = socket.socket(fileno=sock_fd)
     sock.settimeout(_REAP_INTERVAL)
     while True:
