@@ -4,7 +4,8 @@
 client states and what their end reports); ``tarballs`` unpacks untrusted
 environment tarballs; ``environments``, ``env_transfer`` and ``native`` own
 the env base dir; ``compile`` and ``remote_job`` run compilers chroot'ed as
-the job user (through the helper programs ``_jobexec`` and ``_unpack``);
+the job user (through the helper programs ``_jobexec``, a fork server that
+``jobstarter`` talks to, and ``_unpack``);
 ``sandbox`` decides who runs them; ``scheduler_link`` is the scheduler
 connection; ``session`` is one client connection; ``server`` is the asyncio
 shell, configured by ``settings``, and ``control`` the read-only facade.
