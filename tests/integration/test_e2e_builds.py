@@ -32,7 +32,6 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
@@ -43,11 +42,9 @@ from testbed import (
     Cluster,
     DaemonPlan,
     NetnsBed,
+    Reference,
     SchedulerMonitor,
-    build_reference,
-    fetch_sdist,
     list_netns,
-    unpack_project,
     wait_for,
 )
 from testbed.netns import netns_pids
@@ -73,7 +70,7 @@ from iceserv.protocol import (
 from iceserv.testing import BlockingChannel
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterator
 
     from testbed import BuildResult, MonitorEvent, Project
     from testbed.cluster import Kind
@@ -84,28 +81,6 @@ log = logging.getLogger(__name__)
 REAL = ClientPlan("real")
 OURS = ClientPlan("ours")
 OURS_VIA_CCACHE = ClientPlan("ours", ccache=True)
-
-
-@dataclass(frozen=True)
-class Zstd:
-    """The pinned sdist and the objects of the local reference build."""
-
-    tarball: Path
-    reference: Mapping[str, bytes]
-
-
-@pytest.fixture(scope="module")
-def zstd(tmp_path_factory: pytest.TempPathFactory) -> Zstd:
-    """Fetch (or reuse) the sdist and build the reference once for the module."""
-    tarball = fetch_sdist()
-    tree = unpack_project(tarball, tmp_path_factory.mktemp("zstd-reference") / "zstd")
-    return Zstd(tarball, build_reference(tree))
-
-
-@pytest.fixture
-def project(zstd: Zstd, tmp_path: Path) -> Project:
-    """A fresh copy of the project tree for this test."""
-    return unpack_project(zstd.tarball, tmp_path / "zstd")
 
 
 def _stop_and_check(bed: NetnsBed, cluster: Cluster) -> None:
@@ -139,7 +114,7 @@ def cluster_of() -> Iterator[Callable[..., Cluster]]:
         assert not any(name in mounts for name in bed.netns_names)
 
 
-def _build(cluster: Cluster, project: Project, zstd: Zstd, client: ClientPlan) -> BuildResult:
+def _build(cluster: Cluster, project: Project, zstd: Reference, client: ClientPlan) -> BuildResult:
     result = cluster.build(project, zstd.reference, client, on=0, jobs=4)
     log.info("%s", result.summary())
     return result

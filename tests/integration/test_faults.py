@@ -70,11 +70,9 @@ from testbed import (
     NetnsBed,
     OurDaemon,
     OurScheduler,
+    Reference,
     build_real_env,
-    build_reference,
-    fetch_sdist,
     list_netns,
-    unpack_project,
     wait_for,
 )
 from testbed.cluster import SCHEDULER_PORT
@@ -128,28 +126,6 @@ EXIT_CLIENT_KILLED: Final = 118  # a daemon's JOB_DONE status for a job whose cl
 EXIT_OUT_OF_MEMORY: Final = 105  # ... for a compiler killed by a signal (rebuilt by the client)
 D: Final = "org.icecream.Daemon1"
 DP: Final = "/org/icecream/Daemon1"
-
-
-@dataclass(frozen=True)
-class Zstd:
-    """The pinned sdist and the objects of the local reference build."""
-
-    tarball: Path
-    reference: Mapping[str, bytes]
-
-
-@pytest.fixture(scope="module")
-def zstd(tmp_path_factory: pytest.TempPathFactory) -> Zstd:
-    """Fetch (or reuse) the sdist and build the reference once for the module."""
-    tarball = fetch_sdist()
-    tree = unpack_project(tarball, tmp_path_factory.mktemp("zstd-reference") / "zstd")
-    return Zstd(tarball, build_reference(tree))
-
-
-@pytest.fixture
-def project(zstd: Zstd, tmp_path: Path) -> Project:
-    """A fresh copy of the project tree for this test."""
-    return unpack_project(zstd.tarball, tmp_path / "zstd")
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +268,7 @@ class Case:
 
 
 @pytest.fixture
-def case(shared: Shared, project: Project, zstd: Zstd,
+def case(shared: Shared, project: Project, zstd: Reference,
          request: pytest.FixtureRequest) -> Iterator[Case]:  # fmt: skip
     """The shared cluster, healthy; retired after a failed test so the next one starts clean."""
     failed_before = request.session.testsfailed

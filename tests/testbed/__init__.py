@@ -42,7 +42,15 @@ from testbed.netns import NetnsBed, NetnsHost, list_netns, remove_stale_netns
 from testbed.ours import OurDaemon, OurScheduler
 from testbed.procs import remove_stale_workdirs, stop_process
 from testbed.program import Program
-from testbed.project import ZSTD_SDIST, Project, build_reference, fetch_sdist, unpack_project
+from testbed.project import (
+    ZSTD_SDIST,
+    Project,
+    Reference,
+    build_reference,
+    fetch_sdist,
+    reference_build,
+    unpack_project,
+)
 from testbed.real import ListedHost, RealScheduler, parse_listcs
 from testbed.sundae import SUNDAE_PROTOCOL_VERSION, RealSundae
 from testbed.wait import wait_for
@@ -73,6 +81,7 @@ __all__ = [
     "RealEnv",
     "RealScheduler",
     "RealSundae",
+    "Reference",
     "RunningBuild",
     "SchedulerMonitor",
     "TestbedError",
@@ -86,6 +95,7 @@ __all__ = [
     "freeze_proc_stat",
     "list_netns",
     "parse_listcs",
+    "reference_build",
     "remove_stale_netns",
     "remove_stale_workdirs",
     "stop_process",

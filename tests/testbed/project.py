@@ -16,7 +16,8 @@ obvious choice, ``zstandard``, ships a single amalgamated ``zstd.c`` since
 * ``build_reference``: the same Makefile with plain ``gcc`` in a tree of the
   same layout.  No ``-g``, so objects carry only relative paths and a
   build through icecream, which compiles ``-fdirectives-only`` output with
-  ``-fpreprocessed`` elsewhere, must be byte-identical.
+  ``-fpreprocessed`` elsewhere, must be byte-identical.  ``reference_build``
+  fetches, unpacks and builds in one go (``Reference``).
 
 It must not start icecream programs (``cluster.py`` does).
 """
@@ -206,3 +207,17 @@ def build_reference(project: Project, jobs: int = 2) -> dict[str, bytes]:
         msg = f"the local reference build failed ({done.returncode}):\n{done.stderr[-3000:]}"
         raise TestbedError(msg)
     return objects
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The pinned sdist and the objects of its local reference build."""
+
+    tarball: Path
+    reference: Mapping[str, bytes]
+
+
+def reference_build(workdir: Path, sdist: Sdist = ZSTD_SDIST) -> Reference:
+    """Fetch (or reuse) *sdist*, unpack it below *workdir* and build the reference there."""
+    tarball = fetch_sdist(sdist)
+    return Reference(tarball, build_reference(unpack_project(tarball, workdir / "zstd", sdist)))
