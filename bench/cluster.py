@@ -61,8 +61,7 @@ from testbed import (  # noqa: E402
     DaemonPlan,
     NetnsBed,
     Project,
-    build_reference,
-    fetch_sdist,
+    reference_build,
     unpack_project,
 )
 from testbed.project import build_env  # noqa: E402
@@ -145,8 +144,8 @@ def figures(builds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_builds(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, list[Row]]]:
     """All builds: cold rounds on fresh clusters, then warm rounds; order rotating."""
-    tarball = fetch_sdist()
-    reference = build_reference(unpack_project(tarball, workdir / "reference"))
+    built = reference_build(workdir / "reference")
+    tarball, reference = built.tarball, built.reference
     projects = {kind: unpack_project(tarball, workdir / kind) for kind in (*KINDS, "local")}
     builds: dict[str, dict[str, list[Row]]] = {
         "cold": {k: [] for k in KINDS}, "warm": {k: [] for k in (*KINDS, "local")},

@@ -81,8 +81,7 @@ from testbed import (  # noqa: E402
     RealEnv,
     RealScheduler,
     build_real_env,
-    build_reference,
-    fetch_sdist,
+    reference_build,
     unpack_project,
 )
 from testbed.netns import run_in_netns  # noqa: E402
@@ -416,8 +415,8 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     start_state = provenance()
-    tarball = fetch_sdist()
-    reference = build_reference(unpack_project(tarball, workdir / "reference"))
+    built = reference_build(workdir / "reference")
+    tarball, reference = built.tarball, built.reference
     units = preprocess(unpack_project(tarball, workdir / "zstd"))
     if args.unit not in units:
         msg = f"--unit must be one of {sorted(units)}"

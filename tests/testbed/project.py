@@ -214,7 +214,7 @@ class Reference:
     """The pinned sdist and the objects of its local reference build."""
 
     tarball: Path
-    reference: Mapping[str, bytes]
+    reference: dict[str, bytes]
 
 
 def reference_build(workdir: Path, sdist: Sdist = ZSTD_SDIST) -> Reference:
