@@ -330,7 +330,7 @@ class _Fit:
         max_jobs = host.max_jobs
         if (
             max_jobs <= 0
-            or len(host.jobs) >= max_jobs + 1 + max_jobs // 4  # slots + _preload_slots
+            or len(host.jobs) >= max_jobs + _preload_slots(host)
             or host.load >= FULL_LOAD
             or host.busy_installing_since is not None
             or host.ping_deadline is not None
@@ -402,7 +402,7 @@ def _challenge(
     """
     if leader is None:
         return host, None, None
-    queues = len(host.jobs) >= host.max_jobs
+    queues = _queues_at(host)
     speed: float | None = None
     if _rated(leader) and _rated(host) and (queues or _queues_at(leader)):
         if _expected_finish(host, job) < _expected_finish(leader, job):
