@@ -6,7 +6,8 @@ configuration error), the decisions 1.4's ``main`` makes at start (who
 compile jobs run as, whether chroot is possible -- without it no remote
 jobs --, where the Unix socket lives, which addresses the TCP port binds),
 and the translation of :class:`~iceserv.config.DaemonSettings` plus the
-test variables ``ICECC_TEST_SOCKET`` and ``ICECC_TESTS`` into
+test variables ``ICECC_TEST_SOCKET``, ``ICECC_TESTS`` and (with it)
+``ICECC_TEST_SCHEDULER_IDLE`` into
 :class:`~iceserv.daemon.ServerSettings`.  It holds no daemon logic.
 
 Service integration as for the scheduler: ``sd_notify`` through
@@ -76,6 +77,7 @@ _ROOT_SOCKET: Final = Path("/var/run/icecc/iceccd.socket")
 _LOOPBACK: Final = "127.0.0.1"
 _REAL_ICECC: Final = "/usr/bin/icecc"
 #: What a reload cannot change while the daemon runs (it says so and keeps the old value).
+_SCHEDULER_IDLE: Final = 300.0
 _RESTART_ONLY: Final = frozenset(("user", "env_basedir", "daemonize"))
 
 
@@ -110,6 +112,7 @@ def server_settings(
     """
     remote = settings.allow_remote and chroot_possible
     tests = bool(environ.get("ICECC_TESTS"))
+    idle = environ.get("ICECC_TEST_SCHEDULER_IDLE", "")  # seconds; shortens a 5-minute test
     scheduler = settings.scheduler_host
     max_kids = settings.max_processes
     return ServerSettings(
@@ -129,7 +132,15 @@ def server_settings(
         chroot_possible=chroot_possible,
         child_environ=child_environment(environ),
         native_command=_native_command(),
+        scheduler_idle=float(idle) if tests and _is_number(idle) else _SCHEDULER_IDLE,
     )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 class DaemonService:

@@ -76,7 +76,6 @@ __all__ = [
 log = structlog.get_logger()
 
 _READ_SIZE: Final = 65536
-_IDLE_READ: Final = 300.0
 _MAX_PONG: Final = 60
 _WAKE_INTERVAL: Final = 1.0
 
@@ -98,8 +97,8 @@ class LinkOwner(Protocol):
         """Return the LOGIN to send (first login, or the re-announcement after an install)."""
         ...
 
-    def stats(self) -> Stats | None:
-        """STATS to send now, or None when the load did not change enough."""
+    def stats(self, *, force: bool = False) -> Stats | None:
+        """STATS to send now, or None when the load did not change enough (and not *force*)."""
         ...
 
     def scheduler_login(self, own_ip: str) -> None:
@@ -125,7 +124,10 @@ class LinkSettings:
 
     ``scheduler`` is ``(host, port)`` from ``-s`` (None: discovery, sending to
     ``broadcasts()`` on ``discovery_port``); ``fast_reconnect`` is
-    ``ICECC_TESTS``' 3 s delay instead of 20..51 s.
+    ``ICECC_TESTS``' 3 s delay instead of 20..51 s.  ``idle_read`` is how
+    long a silent scheduler is left alone before we send STATS anyway (a
+    quiet cluster is normal: that write, TCP keepalive and the user time-out
+    find a dead peer; silence alone never ends the link).
     """
 
     scheduler: tuple[str, int] | None = None
@@ -137,6 +139,7 @@ class LinkSettings:
     handshake_timeout: float = 15.0
     send_timeout: float = 30.0
     discovery_wait: float = 3.0
+    idle_read: float = 300.0
 
 
 def set_keepalive(sock: socket.socket | None) -> None:
@@ -352,8 +355,14 @@ class SchedulerLink:
                 return None
             if event is not NEED_DATA:
                 return event
-            async with asyncio.timeout(_IDLE_READ):
-                data = await reader.read(_READ_SIZE)
+            try:
+                async with asyncio.timeout(self.settings.idle_read):
+                    data = await reader.read(_READ_SIZE)
+            except TimeoutError:
+                if self.state is not LinkState.LOGGED_IN:
+                    raise  # the handshake has its own, outer, limit
+                self._keepalive()
+                continue
             conn.receive_data(data)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -373,6 +382,19 @@ class SchedulerLink:
             handler(msg)
             async with asyncio.timeout(self.settings.send_timeout):
                 await writer.drain()
+
+    def _keepalive(self) -> None:
+        """Prove a link silent for ``idle_read`` s (normal on a quiet cluster) with STATS.
+
+        1.4 keeps an idle link open too (its scheduler answers nothing to
+        STATS; TCP keepalive finds a dead peer).  Sending the current load
+        unconditionally makes a dead peer fail the write (TCP_USER_TIMEOUT).
+        """
+        log.debug("scheduler_link_idle", seconds=self.settings.idle_read)
+        if self.connected:
+            stats = self._owner.stats(force=True)
+            if stats is not None:
+                self.send(stats)
 
     def _job_answer(self, msg: Message) -> None:
         assert isinstance(msg, UseCS | NoCS)  # noqa: S101 - dispatched by type

@@ -74,7 +74,8 @@ class Daemon:
         self.link = SchedulerLink(
             LinkSettings(scheduler=settings.scheduler, netname=settings.netname,
                          discovery_port=settings.discovery_port, broadcasts=settings.broadcasts,
-                         fast_reconnect=settings.fast_reconnect),
+                         fast_reconnect=settings.fast_reconnect,
+                         idle_read=settings.scheduler_idle),
             self, rng or random.Random(),  # noqa: S311 - reconnect jitter, not security
         )  # fmt: skip
         self.sessions: dict[int, ClientSession] = {}
@@ -108,7 +109,11 @@ class Daemon:
             os.umask(old_umask)
         for address in self.settings.listen_addresses:
             server = await asyncio.start_server(
-                self._accept, address, self.port, reuse_address=True, backlog=1024,
+                self._accept,
+                address,
+                self.port,
+                reuse_address=True,
+                backlog=1024,
                 limit=_READ_LIMIT,
             )
             self.port = server.sockets[0].getsockname()[1]  # port 0: the one chosen
@@ -350,10 +355,10 @@ class Daemon:
                      noremote=not self.settings.remote_allowed,
                      supported_features=features)  # fmt: skip
 
-    def stats(self) -> Stats | None:
-        """STATS from ``/proc`` if the load changed enough (§5.2.4)."""
+    def stats(self, *, force: bool = False) -> Stats | None:
+        """STATS from ``/proc`` if the load changed enough (§5.2.4) or *force*."""
         sample = self._sample_stats()
-        if sample is None or not sample.send:
+        if sample is None or not (sample.send or force):
             return None
         return Stats(load=FULL_LOAD if self.draining else sample.load,
                      load_avg1=sample.load_avg[0],
@@ -410,4 +415,3 @@ class Daemon:
         for session in list(self.sessions.values()):
             if not session.compiling:
                 session.drop(_EXIT_NO_HOSTS)
-

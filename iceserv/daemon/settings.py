@@ -66,6 +66,7 @@ class ServerSettings:
     source_gap_timeout: float = 60.0
     compile_timeout: float = 3600.0
     write_timeout: float = 30.0
+    scheduler_idle: float = 300.0  # a silent scheduler link gets a STATS, never a close
     source_buffer_limit: int = 256 * 1024 * 1024
     max_clients: int = 1024
 

@@ -148,6 +148,17 @@ class TestLogin:
         host = ours.wait_listed(real_scheduler, loaded=False, timeout=5.0)
         assert host.port == ours.port
 
+    def test_an_idle_link_stays_up(self, real_scheduler, our_daemon_factory):
+        """A silent scheduler for many idle periods (1 s here, 300 s normally) costs no re-login."""
+        ours = our_daemon_factory("ouridle", real_scheduler.address,
+                                  extra_env={"ICECC_TEST_SCHEDULER_IDLE": "1"})  # fmt: skip
+        ours.wait_listed(real_scheduler)
+        ours.wait_events("scheduler_link_idle", 4, timeout=30)
+        assert len(ours.events("scheduler_logged_in")) == 1
+        assert not ours.events("scheduler_connection_lost")
+        assert not ours.events("scheduler_reconnect_scheduled")
+        assert any(h.name == "ouridle" for h in real_scheduler.listcs())
+
 
 class TestLocalDaemon:
     def test_real_client_compiles_through_us_on_a_real_remote(
