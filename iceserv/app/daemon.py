@@ -43,6 +43,7 @@ from iceserv.config import Service, load_daemon_settings, render_text
 from iceserv.daemon import (
     Daemon,
     DaemonControl,
+    JobStarter,
     RunAs,
     ServerSettings,
     can_chroot,
@@ -233,7 +234,26 @@ async def _run(  # noqa: PLR0913 - the parts main prepared
     *,
     bus_address: str,
 ) -> int:
-    daemon = Daemon(server, run_as=run_as, clock=WallClock(), rng=random.Random())  # noqa: S311
+    starter = JobStarter()  # the fork server of compile jobs; stopped when we stop
+    try:
+        return await _serve(server, run_as, notifier, make_service, grace=grace, starter=starter,
+                            bus_address=bus_address)  # fmt: skip
+    finally:
+        starter.stop()
+
+
+async def _serve(  # noqa: PLR0913 - the parts main prepared
+    server: ServerSettings,
+    run_as: RunAs,
+    notifier: Notifier,
+    make_service: DaemonServiceFactory,
+    *,
+    grace: float,
+    starter: JobStarter,
+    bus_address: str,
+) -> int:
+    daemon = Daemon(server, run_as=run_as, clock=WallClock(), starter=starter,
+                    rng=random.Random())  # noqa: S311  # fmt: skip
     try:
         await daemon.start()
     except OSError as exc:

@@ -9,30 +9,45 @@ or with the daemon's own drain switch.  It holds no daemon logic.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from iceserv.daemon import DaemonControl
 
 if TYPE_CHECKING:
-    from iceserv.app.daemon import DaemonService
-    from iceserv.daemon import DaemonStatus
+    from iceserv.config import DaemonSettings
+    from iceserv.daemon import Daemon, DaemonStatus
 
-__all__ = ["DaemonBusControl"]
+__all__ = ["DaemonBusControl", "ReloadableDaemon"]
 
 log = structlog.get_logger("iceserv.app.daemon")
+
+
+class ReloadableDaemon(Protocol):
+    """What the adapter needs of the running service (``app.daemon.DaemonService``).
+
+    Declared here so that this module does not import ``app.daemon``, which
+    imports this one.
+    """
+
+    daemon: Daemon
+    settings: DaemonSettings
+
+    async def apply_settings(self, new: DaemonSettings) -> None:
+        """Apply *new* to the running daemon as a reload does."""
+        ...
 
 
 class DaemonBusControl:
     """The running daemon as :class:`~iceserv.service.dbus.DaemonFacade` sees it (D-Bus).
 
     ``SetMaxProcesses`` and ``SetAllowRemote`` change the loaded settings and
-    apply them through :meth:`DaemonService.apply_settings`, the reload path;
+    apply them through ``DaemonService.apply_settings``, the reload path;
     the next reload or restart reads the configuration again.
     """
 
-    def __init__(self, service: DaemonService) -> None:
+    def __init__(self, service: ReloadableDaemon) -> None:
         self._service = service
 
     def status(self) -> DaemonStatus:

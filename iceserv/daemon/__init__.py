@@ -1,21 +1,25 @@
-"""The compile daemon ``iceccd``: slots, environments, compile jobs, scheduler link, shell.
+"""The compile daemon ``iceccd``: a pure core and the asyncio shell that carries it out.
 
-``slots``, ``load`` and ``states`` are pure (slot order, STATS figures,
-client states and what their end reports); ``tarballs`` unpacks untrusted
-environment tarballs; ``environments``, ``env_transfer`` and ``native`` own
-the env base dir; ``compile`` and ``remote_job`` run compilers chroot'ed as
-the job user (through the helper programs ``_jobexec``, a fork server that
-``jobstarter`` talks to, and ``_unpack``);
-``sandbox`` decides who runs them; ``scheduler_link`` is the scheduler
-connection; ``session`` is one client connection; ``server`` is the asyncio
-shell, configured by ``settings``, and ``control`` the read-only facade.
-This package must not import ``scheduler``, ``config``, ``service``,
-``telnet`` or ``app``.
+``core`` is the daemon's state machine: every client's state, the slots,
+environment transfers, compile jobs and the scheduler link's state, as
+events in and :mod:`effects` out; it uses ``slots``, ``states`` and ``load``
+(pure: slot order, client states and their end reports, STATS figures).
+``server`` is the asyncio shell (listeners, read loops, timers, carrying out
+effects), configured by ``settings``; it runs compiles (``remote_job``,
+``compile``: chroot'ed as the job user through ``_jobexec``, a fork server
+that ``jobstarter`` talks to), environment installs (``env_transfer`` with
+the ``_unpack`` helper; ``tarballs`` checks untrusted tarballs), native
+environments (``native``) and the scheduler connection's I/O
+(``scheduler_link``); ``environments`` owns the env base dir, ``sandbox``
+decides who runs jobs, and ``control`` is the read-only facade.  This
+package must not import ``scheduler``, ``config``, ``service``, ``telnet``
+or ``app``.
 """
 
 from __future__ import annotations
 
 from iceserv.daemon.control import DaemonControl, DaemonStatus, EnvironmentView
+from iceserv.daemon.jobstarter import JobStarter
 from iceserv.daemon.sandbox import RunAs, can_chroot, child_environment, resolve_user
 from iceserv.daemon.scheduler_link import determine_platform
 from iceserv.daemon.server import Daemon
@@ -26,6 +30,7 @@ __all__ = [
     "DaemonControl",
     "DaemonStatus",
     "EnvironmentView",
+    "JobStarter",
     "RunAs",
     "ServerSettings",
     "can_chroot",

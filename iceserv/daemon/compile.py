@@ -29,7 +29,13 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from iceserv.daemon.jobstarter import JobStartError, start_job
+from iceserv.daemon.jobstarter import JobStartError
+from iceserv.daemon.states import (
+    EXIT_CLIENT_KILLED,
+    EXIT_COMPILER_MISSING,
+    EXIT_IO_ERROR,
+    EXIT_OUT_OF_MEMORY,
+)
 from iceserv.protocol import Lang
 from iceserv.protocol.wire import decode_text
 
@@ -37,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from pathlib import Path
 
-    from iceserv.daemon.jobstarter import StartedJob
+    from iceserv.daemon.jobstarter import JobStarter, StartedJob
     from iceserv.daemon.sandbox import RunAs
     from iceserv.protocol import CompileFile
 
@@ -56,10 +62,6 @@ __all__ = [
     "new_unique",
 ]
 
-EXIT_OUT_OF_MEMORY: Final = 105
-EXIT_IO_ERROR: Final = 107
-EXIT_COMPILER_MISSING: Final = 110
-EXIT_CLIENT_KILLED: Final = 118
 
 _LANG_NAMES: Final = {
     Lang.C: "c", Lang.CXX: "c++", Lang.OBJC: "objective-c", Lang.OBJCXX: "objective-c++",
@@ -205,9 +207,11 @@ class CompileRun:
         nice: int,
         mem_limit_mb: int,
         environ: Mapping[str, str],
+        starter: JobStarter,
         write_timeout: float = 30.0,
         run_timeout: float = 3600.0,
     ) -> None:
+        self.starter = starter
         self.env_root = env_root
         self.write_timeout = write_timeout
         self.run_timeout = run_timeout
@@ -241,7 +245,7 @@ class CompileRun:
                  *self.argv]  # fmt: skip
         self._started = time.monotonic()
         try:
-            self._job = job = await start_job(words)
+            self._job = job = await self.starter.start(words)
         except JobStartError as exc:
             self._start_failure = f"start: {exc}"
             return

@@ -1,9 +1,10 @@
 """A read-only facade over a running daemon, for D-Bus, status lines and tests.
 
 This module owns :class:`DaemonControl` and the immutable views it returns
-(:class:`DaemonStatus`, :class:`EnvironmentView`).  Callers (the future
-``service.dbus``, sd_notify ``STATUS=`` lines) depend on these values, never
-on the daemon's internals; the facade changes nothing.
+(:class:`DaemonStatus`, :class:`EnvironmentView`).  Callers (the D-Bus
+adapter in ``iceserv.app.daemon_bus``, sd_notify ``STATUS=`` lines, tests)
+depend on these values, never on the daemon's internals; the facade changes
+nothing.
 """
 
 from __future__ import annotations

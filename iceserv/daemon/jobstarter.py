@@ -1,11 +1,13 @@
 """Starting compile jobs: the daemon's end of the long-lived job helper.
 
-This module owns :func:`start_job`, which hands a job's command line and its
-four pipes to :mod:`iceserv.daemon._jobexec` running as a fork server (one
-per daemon process, started on the first job and again if it dies; it exits
-when the daemon does) and wraps the daemon's ends of the pipes as asyncio
-streams.  Asking the server is a
-blocking round trip of well under a millisecond (it forks and answers a pid);
+This module owns :class:`JobStarter`, which hands a job's command line and
+its four pipes to :mod:`iceserv.daemon._jobexec` running as a fork server
+(started on the first job and again if it dies; it exits when the daemon
+closes the socket) and wraps the daemon's ends of the pipes as asyncio
+streams.  One ``JobStarter`` is built by ``iceserv.app`` per daemon and
+passed down; :meth:`JobStarter.stop` ends the helper.  Asking the server is
+a round trip of well under a millisecond (it forks and answers a pid), done
+on the event loop without blocking it (the answer is awaited with a bound);
 starting a Python interpreter per job cost 7-16 ms.  It knows nothing about
 what a job runs; :mod:`iceserv.daemon.compile` does.
 """
@@ -13,21 +15,21 @@ what a job runs; :mod:`iceserv.daemon.compile` does.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import os
 import socket
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from iceserv.errors import IceservError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["JobStartError", "StartedJob", "start_job", "stop_job_server"]
+__all__ = ["JobStartError", "JobStarter", "StartedJob"]
 
 _JOBEXEC: Final = Path(__file__).with_name("_jobexec.py")
 #: The longest command line plus environment a request may carry.
@@ -35,7 +37,7 @@ MAX_REQUEST: Final = 1 << 20
 _ANSWER_TIMEOUT: Final = 10.0
 
 
-class JobStartError(OSError):
+class JobStartError(IceservError, OSError):
     """The job helper could not start a job (the client then builds locally)."""
 
 
@@ -50,27 +52,64 @@ class StartedJob:
     report: asyncio.StreamReader
 
 
-class _JobServer:
-    """The fork server process and the socket to it; thread-safe."""
+class JobStarter:
+    """The fork server process and the socket to it; one request at a time."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, answer_timeout: float = _ANSWER_TIMEOUT) -> None:
+        self._answer_timeout = answer_timeout
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None  # per loop
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
-        atexit.register(self.stop)  # it would also go on its own, at EOF when we are gone
 
-    def spawn(self, request: bytes, fds: Sequence[int]) -> int:
+    @property
+    def helper_pid(self) -> int | None:
+        """The helper's pid while one runs (tests kill it to check it comes back)."""
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self, words: Sequence[str]) -> StartedJob:
+        """Start a job: ``ROOT CWD SWITCH UID GID NICE AS_LIMIT [K=V...] -- PROGRAM ARGS...``.
+
+        Raises :class:`JobStartError` when it cannot be started.
+        """
+        request = "\0".join(words).encode(errors="surrogateescape")
+        pipes = [os.pipe() for _ in range(4)]  # stdin, stdout, stderr, report; close-on-exec
+        theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
+        ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
+        try:
+            pid = await self._spawn(request, theirs)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        loop = asyncio.get_running_loop()
+        readers = [await _read_end(loop, fd) for fd in ours[1:]]
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(ours[0], "wb", buffering=0)
+        )
+        stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+        return StartedJob(pid, stdin, readers[0], readers[1], readers[2])
+
+    async def _spawn(self, request: bytes, fds: Sequence[int]) -> int:
         """Send one request with *fds*; return the job's pid.  One restart is tried."""
         if len(request) > MAX_REQUEST:
             msg = f"job command line and environment too long ({len(request)} bytes)"
             raise JobStartError(msg)
-        with self._lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:
+            self._lock = (loop, asyncio.Lock())
+        async with self._lock[1]:
             for _ in range(2):
                 try:
                     sock = self._sock or self._start()
+                    # A SEQPACKET send of one small request does not block in practice; if
+                    # the buffer is ever full, the send fails and the helper is restarted.
                     socket.send_fds(sock, [request], list(fds))
-                    answer = sock.recv(32)
-                except OSError:
+                    async with asyncio.timeout(self._answer_timeout):
+                        answer = await loop.sock_recv(sock, 32)
+                except (OSError, TimeoutError):
                     self._stop()
                     continue
                 pid = int(answer) if answer.isdigit() else 0
@@ -88,15 +127,17 @@ class _JobServer:
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - our own helper, no shell
                 [sys.executable, "-I", "-S", str(_JOBEXEC), str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
-            )  # fmt: skip
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env={"PATH": "/usr/bin:/bin"},
+            )
         except OSError:
             ours.close()
             raise
         finally:
             theirs.close()
-        ours.settimeout(_ANSWER_TIMEOUT)
+        ours.setblocking(False)  # noqa: FBT003 - socket API
         self._sock = ours
         return ours
 
@@ -113,44 +154,8 @@ class _JobServer:
                 proc.wait()
 
     def stop(self) -> None:
-        """Stop the server (running jobs go on to their end)."""
-        with self._lock:
-            self._stop()
-
-
-_SERVER: Final = _JobServer()
-
-
-def stop_job_server() -> None:
-    """Stop this process's job helper, if one runs (the daemon calls this when it stops)."""
-    _SERVER.stop()
-
-
-async def start_job(words: Sequence[str]) -> StartedJob:
-    """Start a job: ``ROOT CWD SWITCH UID GID NICE AS_LIMIT [K=V...] -- PROGRAM ARGS...``.
-
-    Raises :class:`JobStartError` when it cannot be started.
-    """
-    request = "\0".join(words).encode(errors="surrogateescape")
-    pipes = [os.pipe() for _ in range(4)]  # stdin, stdout, stderr, report; close-on-exec
-    theirs = [pipes[0][0], pipes[1][1], pipes[2][1], pipes[3][1]]
-    ours = [pipes[0][1], pipes[1][0], pipes[2][0], pipes[3][0]]
-    try:
-        pid = _SERVER.spawn(request, theirs)
-    except BaseException:
-        for fd in ours:
-            os.close(fd)
-        raise
-    finally:
-        for fd in theirs:
-            os.close(fd)
-    loop = asyncio.get_running_loop()
-    readers = [await _read_end(loop, fd) for fd in ours[1:]]
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(ours[0], "wb", buffering=0)
-    )
-    stdin = asyncio.StreamWriter(transport, protocol, None, loop)
-    return StartedJob(pid, stdin, readers[0], readers[1], readers[2])
+        """Stop the helper (running jobs go on to their end); the next job starts a new one."""
+        self._stop()
 
 
 async def _read_end(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:

@@ -1,11 +1,14 @@
-"""The daemon's one connection to the scheduler: discovery, login, STATS, reconnects.
+"""The I/O of the daemon's one connection to the scheduler: discovery, connect, read, send.
 
 This module owns finding the scheduler (UDP broadcast on the given
-addresses, or a fixed ``-s host[:port]``), the TCP connection with 1.4's
-keepalive options, the LOGIN, periodic STATS, and the messages the scheduler
-sends to a daemon.  What to log in with, what the load is and what to do
-with USE_CS/NO_CS is the owner's business (:class:`LinkOwner`, the daemon
-in :mod:`iceserv.daemon.server`).
+addresses, or a fixed ``-s host[:port]``, which is woken with discovery
+datagrams as 1.4's daemon does), the TCP connection with 1.4's keepalive
+options, its handshake, and reading and writing messages.  What the link's
+state means (LOGIN, STATS every ``max_scheduler_pong`` seconds, what to do
+with USE_CS, NO_CS, CS_CONF, GET_INTERNALS, PING, the loss of the link) is
+the core's (:mod:`iceserv.daemon.core`): the link reports ``SchedulerUp``,
+``FromScheduler`` and ``SchedulerDown`` to its owner (the shell,
+:mod:`iceserv.daemon.server`), which feeds them to the core.
 
 Theory of operation
 -------------------
@@ -17,14 +20,14 @@ Theory of operation
          +------------- WAITING (20..51 s; 3 s with ICECC_TESTS) <---------+
 
 In DISCOVERING one request byte goes to every broadcast address and the
-replies of the next ``max_scheduler_pong`` seconds are judged with
+replies of the next ``discovery_wait`` seconds are judged with
 :func:`~iceserv.protocol.discovery.choose_scheduler`; without a suitable one
-the round repeats.  LOGGED_IN sends LOGIN at once, then every
-``max_scheduler_pong`` seconds (3, or what CS_CONF says) asks the owner for
-STATS, which it sends only on a significant change (so the first one goes out
-right after LOGIN).  Losing the connection tells the owner, which drops its
-clients as 1.4 does, and waits before starting over.  Every network wait is
-bounded.
+the round repeats.  With ``-s`` a discovery datagram goes to the scheduler
+every second until its handshake arrives (1.4's scheduler may not accept
+otherwise, reference 7.9).  Connecting and the handshake are bounded; once
+logged in the link reads without a time-out (a quiet scheduler is normal),
+and a dead peer is found by TCP keepalive and by the STATS the core sends.
+Losing the connection tells the owner and waits before starting over.
 """
 
 from __future__ import annotations
@@ -39,22 +42,15 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 
+from iceserv.daemon.effects import FromScheduler, SchedulerDown, SchedulerUp
 from iceserv.errors import ProtocolError, RemoteProtocolError
 from iceserv.protocol import (
     NEED_DATA,
     SCHEDULER_PORT,
-    ConfCS,
     Connection,
     ConnectionClosed,
     Feature,
-    GetInternalStatus,
     Handshake,
-    Login,
-    NoCS,
-    Ping,
-    Stats,
-    StatusText,
-    UseCS,
 )
 from iceserv.protocol.discovery import choose_scheduler, decode_reply, encode_request
 
@@ -76,7 +72,6 @@ __all__ = [
 log = structlog.get_logger()
 
 _READ_SIZE: Final = 65536
-_MAX_PONG: Final = 60
 _WAKE_INTERVAL: Final = 1.0
 
 
@@ -91,30 +86,10 @@ class LinkState(enum.Enum):
 
 
 class LinkOwner(Protocol):
-    """What the link needs from the daemon."""
+    """What the link needs from the daemon: somewhere to report what happens."""
 
-    def login(self, *, reannounce: bool) -> Login:
-        """Return the LOGIN to send (first login, or the re-announcement after an install)."""
-        ...
-
-    def stats(self, *, force: bool = False) -> Stats | None:
-        """STATS to send now, or None when the load did not change enough (and not *force*)."""
-        ...
-
-    def scheduler_login(self, own_ip: str) -> None:
-        """Note the login; *own_ip* is our address on that connection (for USE_CS-to-self)."""
-        ...
-
-    def scheduler_message(self, msg: UseCS | NoCS) -> None:
-        """Route a job answer to one of our clients."""
-        ...
-
-    def internals(self) -> str:
-        """Return the text for GET_INTERNALS."""
-        ...
-
-    def scheduler_lost(self) -> None:
-        """Drop the clients that depended on the connection that is gone."""
+    async def scheduler_event(self, event: SchedulerUp | SchedulerDown | FromScheduler) -> None:
+        """Handle the login, the loss of the link, or a message from the scheduler."""
         ...
 
 
@@ -124,10 +99,7 @@ class LinkSettings:
 
     ``scheduler`` is ``(host, port)`` from ``-s`` (None: discovery, sending to
     ``broadcasts()`` on ``discovery_port``); ``fast_reconnect`` is
-    ``ICECC_TESTS``' 3 s delay instead of 20..51 s.  ``idle_read`` is how
-    long a silent scheduler is left alone before we send STATS anyway (a
-    quiet cluster is normal: that write, TCP keepalive and the user time-out
-    find a dead peer; silence alone never ends the link).
+    ``ICECC_TESTS``' 3 s delay instead of 20..51 s.
     """
 
     scheduler: tuple[str, int] | None = None
@@ -139,7 +111,6 @@ class LinkSettings:
     handshake_timeout: float = 15.0
     send_timeout: float = 30.0
     discovery_wait: float = 3.0
-    idle_read: float = 300.0
 
 
 def set_keepalive(sock: socket.socket | None) -> None:
@@ -170,7 +141,6 @@ class SchedulerLink:
         self.protocol = 0
         self._conn: Connection | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._pong = 3.0
         self._waking: asyncio.Task[None] | None = None
 
     @property
@@ -197,17 +167,22 @@ class SchedulerLink:
         """Whether the negotiated scheduler protocol has *feature* (False when disconnected)."""
         return self._conn is not None and self.connected and self._conn.supports(feature)
 
-    def reannounce(self) -> None:
-        """Send the re-announcement LOGIN (after an environment was installed or removed)."""
-        if self.send(self._owner.login(reannounce=True)):
-            self.send_stats()
+    def drop(self, reason: str) -> None:
+        """Close the connection (the scheduler broke the protocol); the loop reconnects."""
+        log.warning("scheduler_connection_dropped", reason=reason)
+        if self._writer is not None:
+            self._writer.close()
 
-    def send_stats(self) -> None:
-        """Evaluate the load now and send STATS if it changed enough."""
-        if self.connected:
-            stats = self._owner.stats()
-            if stats is not None:
-                self.send(stats)
+    async def flush(self) -> None:
+        """Wait until what was queued left (bounded); a stuck scheduler is dropped."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        try:
+            async with asyncio.timeout(self.settings.send_timeout):
+                await writer.drain()
+        except (OSError, TimeoutError):
+            writer.close()  # the read loop sees the end and reconnects
 
     # --- the loop --------------------------------------------------------------------
 
@@ -218,7 +193,7 @@ class SchedulerLink:
                 target = await self._find()
                 if target is not None:
                     await self._session(target)
-                    self._owner.scheduler_lost()
+                    await self._owner.scheduler_event(SchedulerDown())
                 self.state = LinkState.WAITING
                 delay = 3.0 if self.settings.fast_reconnect else 20.0 + self._rng.randint(0, 31)
                 log.info("scheduler_reconnect_scheduled", delay=delay)
@@ -314,7 +289,6 @@ class SchedulerLink:
         own_ip = str(writer.get_extra_info("sockname")[0])
         conn = Connection()
         self._conn, self._writer, self.address = conn, writer, target
-        stats_task: asyncio.Task[None] | None = None
         try:
             writer.write(conn.data_to_send())
             async with asyncio.timeout(self.settings.handshake_timeout):
@@ -324,20 +298,13 @@ class SchedulerLink:
             self._stop_waking()
             self.protocol = event.protocol
             self.state = LinkState.LOGGED_IN
-            self._owner.scheduler_login(own_ip)
-            self.send(self._owner.login(reannounce=False))
             log.info("scheduler_logged_in", address=f"{target[0]}:{target[1]}",
                      protocol=event.protocol, own_ip=own_ip)  # fmt: skip
-            self.send_stats()
-            stats_task = asyncio.create_task(self._stats_loop())
-            await self._serve(reader, writer)
+            await self._owner.scheduler_event(SchedulerUp(own_ip, event.protocol))
+            await self._serve(reader)
         except (OSError, TimeoutError, ProtocolError) as exc:
             log.warning("scheduler_connection_lost", error=str(exc) or type(exc).__name__)
         finally:
-            if stats_task is not None:
-                stats_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await stats_task
             self.state = LinkState.WAITING
             self._close()
 
@@ -355,73 +322,22 @@ class SchedulerLink:
                 return None
             if event is not NEED_DATA:
                 return event
-            try:
-                async with asyncio.timeout(self.settings.idle_read):
-                    data = await reader.read(_READ_SIZE)
-            except TimeoutError:
-                if self.state is not LinkState.LOGGED_IN:
-                    raise  # the handshake has its own, outer, limit
-                self._keepalive()
-                continue
-            conn.receive_data(data)
+            # No time-out on this read once logged in: a quiet scheduler is normal (1.4's
+            # answers nothing to STATS).  TCP keepalive, TCP_USER_TIMEOUT and the STATS the
+            # core forces every ``scheduler_idle`` seconds find a dead peer.
+            conn.receive_data(await reader.read(_READ_SIZE))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handlers: dict[type, Callable[[Message], None]] = {
-            UseCS: self._job_answer, NoCS: self._job_answer, ConfCS: self._conf,
-            GetInternalStatus: self._internals, Ping: self._ping,
-        }  # fmt: skip
+    async def _serve(self, reader: asyncio.StreamReader) -> None:
         while True:
             msg = await self._next(reader)
             if msg is None:
                 log.warning("scheduler_closed_connection")
                 return
-            handler = None if isinstance(msg, Handshake) else handlers.get(type(msg))
-            if handler is None or isinstance(msg, Handshake):
-                text = f"unexpected {type(msg).__name__} from the scheduler"
-                raise RemoteProtocolError(text, msg_type=int(getattr(msg, "TYPE", 0)))
-            handler(msg)
-            async with asyncio.timeout(self.settings.send_timeout):
-                await writer.drain()
-
-    def _keepalive(self) -> None:
-        """Prove a link silent for ``idle_read`` s (normal on a quiet cluster) with STATS.
-
-        1.4 keeps an idle link open too (its scheduler answers nothing to
-        STATS; TCP keepalive finds a dead peer).  Sending the current load
-        unconditionally makes a dead peer fail the write (TCP_USER_TIMEOUT).
-        """
-        log.debug("scheduler_link_idle", seconds=self.settings.idle_read)
-        if self.connected:
-            stats = self._owner.stats(force=True)
-            if stats is not None:
-                self.send(stats)
-
-    def _job_answer(self, msg: Message) -> None:
-        assert isinstance(msg, UseCS | NoCS)  # noqa: S101 - dispatched by type
-        self._owner.scheduler_message(msg)
-
-    def _conf(self, msg: Message) -> None:
-        assert isinstance(msg, ConfCS)  # noqa: S101
-        self._pong = float(min(max(msg.max_scheduler_pong, 1), _MAX_PONG))
-
-    def _internals(self, _: Message) -> None:
-        self.send(StatusText(self._owner.internals()))
-
-    def _ping(self, _: Message) -> None:
-        if self._conn is not None and not self._conn.supports(Feature.NO_PINGS):
-            self.send(Ping())
-
-    async def _stats_loop(self) -> None:
-        writer = self._writer
-        while writer is not None and not writer.is_closing():
-            await asyncio.sleep(self._pong)
-            self.send_stats()
-            try:
-                async with asyncio.timeout(self.settings.send_timeout):
-                    await writer.drain()
-            except (OSError, TimeoutError):
-                writer.close()  # the read loop sees the end and reconnects
-                return
+            if isinstance(msg, Handshake):
+                text = "a second handshake from the scheduler"
+                raise RemoteProtocolError(text, msg_type=0)
+            await self._owner.scheduler_event(FromScheduler(msg))
+            await self.flush()
 
     def _close(self) -> None:
         writer = self._writer

@@ -88,6 +88,11 @@ class Slots:
         return sum(1 for work in self._running.values() if work in (Work.COMPILE, Work.INSTALL))
 
     @property
+    def installs(self) -> int:
+        """Environment installs running (they start at once, as 1.4's, even on a full host)."""
+        return sum(1 for work in self._running.values() if work is Work.INSTALL)
+
+    @property
     def active(self) -> int:
         """Clients compiling locally with a slot (1.4's ``active_processes``)."""
         return self.used - self.children

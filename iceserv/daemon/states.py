@@ -41,10 +41,40 @@ from iceserv.protocol import JobDone, JobDoneFlag, JobLocalDone
 if TYPE_CHECKING:
     from iceserv.daemon.settings import ServerSettings
 
-__all__ = ["EXIT_GOOD_BYE", "State", "end_report", "read_timeout"]
+__all__ = [
+    "EXIT_CLIENT_KILLED",
+    "EXIT_COMPILER_MISSING",
+    "EXIT_ENV_FAILED",
+    "EXIT_GOOD_BYE",
+    "EXIT_IO_ERROR",
+    "EXIT_NATIVE_FAILED",
+    "EXIT_NO_HOSTS",
+    "EXIT_OUT_OF_MEMORY",
+    "EXIT_PROTOCOL",
+    "State",
+    "end_report",
+    "read_timeout",
+]
 
-#: The exit code 1.4 records when a client ends with END (a "real good bye").
+# The exit codes 1.4 reports in JOB_DONE (and records per client).
+#: The compiler ran out of memory.
+EXIT_OUT_OF_MEMORY: Final = 105
+#: Input failed (no source in time, EOF or a stray message before END): the client rebuilds.
+EXIT_IO_ERROR: Final = 107
+#: The environment has no usable compiler.
+EXIT_COMPILER_MISSING: Final = 110
+#: The scheduler went away: clients depending on it are dropped.
+EXIT_NO_HOSTS: Final = 116
+#: The client cancelled or left.
+EXIT_CLIENT_KILLED: Final = 118
+#: A client ended with END (a "real good bye").
 EXIT_GOOD_BYE: Final = 119
+#: The client broke the protocol.
+EXIT_PROTOCOL: Final = 120
+#: Building the native environment failed.
+EXIT_NATIVE_FAILED: Final = 121
+#: An environment transfer failed.
+EXIT_ENV_FAILED: Final = 137
 
 
 class State(enum.Enum):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from typing import Any
 
 import pytest
 
 from daemon.fakes import build_fake_env
-from iceserv.daemon import jobstarter
 from iceserv.daemon.compile import (
     EXIT_COMPILER_MISSING,
     EXIT_OUT_OF_MEMORY,
@@ -24,6 +25,7 @@ from iceserv.daemon.compile import (
     new_unique,
     parse_report,
 )
+from iceserv.daemon.jobstarter import JobStarter
 from iceserv.daemon.sandbox import child_environment
 from iceserv.protocol import CompileFile, Lang, records
 from iceserv.protocol.wire import encode_text
@@ -160,6 +162,16 @@ def fake_env(tmp_path_factory):
     return build_fake_env(tmp_path_factory.mktemp("fakeenv"))
 
 
+#: One job helper for the module's jobs, as a daemon has one (stopped at the end).
+_STARTER = JobStarter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_starter():
+    yield
+    _STARTER.stop()
+
+
 async def _fake_job(
     fake_env,
     mode: str,
@@ -173,7 +185,7 @@ async def _fake_job(
     paths = job_paths(job, new_unique())
     command = argv or compiler_command(job, paths, mem_limit_mb=512)
     run = CompileRun(env_root=root, argv=command, paths=paths, run_as=run_as, nice=5,
-                     mem_limit_mb=512,
+                     mem_limit_mb=512, starter=_STARTER,
                      environ=environ or child_environment({"NOTIFY_SOCKET": "/x"}),
                      run_timeout=run_timeout)  # fmt: skip
     await run.start()
@@ -259,12 +271,11 @@ class TestCompileRun:
     def test_the_job_helper_comes_back_after_it_died(self, fake_env):
         """Killing the long-lived job helper costs nothing: the next job starts a new one."""
         assert _run_fake(fake_env, "ok").status == 0
-        helper = jobstarter._SERVER._proc
+        helper = _STARTER.helper_pid
         assert helper is not None
-        helper.kill()
-        helper.wait()
+        os.kill(helper, signal.SIGKILL)
         assert _run_fake(fake_env, "ok").status == 0
-        assert jobstarter._SERVER._proc is not helper
+        assert _STARTER.helper_pid not in (None, helper)
 
 
 class TestHelperReport:

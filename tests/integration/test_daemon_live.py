@@ -149,11 +149,14 @@ class TestLogin:
         assert host.port == ours.port
 
     def test_an_idle_link_stays_up(self, real_scheduler, our_daemon_factory):
-        """A silent scheduler for many idle periods (1 s here, 300 s normally) costs no re-login."""
+        """A silent scheduler for many idle periods (1 s here, 300 s normally) costs no re-login.
+
+        Each period ends with a forced STATS (the proof the peer is alive), never a close.
+        """
         ours = our_daemon_factory("ouridle", real_scheduler.address,
                                   extra_env={"ICECC_TEST_SCHEDULER_IDLE": "1"})  # fmt: skip
         ours.wait_listed(real_scheduler)
-        ours.wait_events("scheduler_link_idle", 4, timeout=30)
+        ours.wait_events("scheduler_stats_forced", 4, timeout=30)
         assert len(ours.events("scheduler_logged_in")) == 1
         assert not ours.events("scheduler_connection_lost")
         assert not ours.events("scheduler_reconnect_scheduled")

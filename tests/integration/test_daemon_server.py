@@ -20,6 +20,8 @@ import pytest
 from daemon.fakes import build_fake_env
 
 from iceserv.daemon import Daemon, RunAs, ServerSettings
+from iceserv.daemon.jobstarter import JobStarter
+from iceserv.daemon.states import State
 from iceserv.protocol import (
     NEED_DATA,
     BlacklistHostEnv,
@@ -158,7 +160,8 @@ def run(tmp_path: Path, scenario: Callable[..., Awaitable[None]], *, scheduler: 
         run_as = RunAs("me", os.getuid(), os.getgid(), switch=False)
         if fake_env is not None:
             run_as = fake_env[1]
-        daemon = Daemon(settings, run_as=run_as, clock=FakeClock())
+        starter = JobStarter()
+        daemon = Daemon(settings, run_as=run_as, clock=FakeClock(), starter=starter)
         await daemon.start()
         if fake_env is not None:
             staging = daemon.cache.new_staging()
@@ -168,6 +171,7 @@ def run(tmp_path: Path, scenario: Callable[..., Awaitable[None]], *, scheduler: 
             await scenario(daemon, fake, settings)
         finally:
             await daemon.stop()
+            starter.stop()
             assert fake.server is not None
             fake.server.close()
 
@@ -431,12 +435,11 @@ class TestRemoteJobs:
             queued = await submit(daemon, _job(32), big)  # returns once the daemon took it all
 
             def preloaded() -> bool:
-                job = daemon.sessions[2]._job
-                return job is not None and job.source.in_uncompressed == len(big)
+                return daemon.core.source_received(2) == len(big)
 
             await until(preloaded)  # all of it read and buffered while it waits
             assert daemon.slots.waiting() == 1
-            assert daemon.sessions[1].compiling
+            assert daemon.core.state_of(1) is State.COMPILING
             answer, _ = await result(slow)
             assert answer.status == 0
             assert (await sched.expect(JobDone)).job_id == 31

@@ -1,0 +1,997 @@
+"""The daemon core: every client's state, the slots, transfers, jobs and the scheduler link's state.
+
+This module owns :class:`DaemonCore`, the sans-I/O state machine of
+``iceccd`` (upstream ``daemon/main.cpp``: ``Daemon::handle_*``,
+``handle_old_request``, ``handle_end``).  ``handle(event, now)`` takes one
+:mod:`~iceserv.daemon.effects` event and returns the effects the asyncio
+shell (:mod:`iceserv.daemon.server`) carries out.  It must not do I/O, use
+asyncio, log (it returns ``Log`` effects), read a clock or the environment.
+
+Theory of operation
+-------------------
+A client exists for the core once the shell completed its version
+handshake (``ClientConnected``, with the connection's kind: Unix socket or
+TCP, loopback or not).  Each client is in one :class:`~iceserv.daemon.states.State`::
+
+    NEW --GET_NATIVE_ENV--> WAIT_NATIVE --built--> NEW (USE_NATIVE_ENV sent)
+    NEW|JOB_DONE --GET_CS--> WAIT_FOR_CS --USE_CS (other host)--> WAIT_COMPILE --END--> (bye)
+                           |--NO_CS / USE_CS (us) / no scheduler--> PENDING_USE_CS
+    PENDING_USE_CS --slot--> CLIENT_WORK (USE_CS 127.0.0.1 sent) --JOB_DONE--> JOB_DONE
+    NEW|JOB_DONE --JOB_LOCAL_BEGIN--> LINK_WAIT --slot--> CLIENT_WORK (go sent)
+    NEW --TRANFER_ENV--> INSTALLING --END, unpacked--> NEW (LOGIN re-sent)
+    NEW --VERIFY_ENV--> NEW (VERIFY_ENV_RESULT sent)
+    NEW --COMPILE_FILE--> TO_COMPILE --slot--> COMPILING --result sent--> NEW
+
+What each message does in each state (any cell not listed: the peer broke
+the protocol; the client is ended with exit 120)::
+
+    message           state(s)                       what the daemon does
+    ----------------  -----------------------------  ----------------------------------------
+    GET_NATIVE_ENV    NEW                            BuildNative -> USE_NATIVE_ENV, or END and
+                                                     close (121)
+    GET_CS            NEW, JOB_DONE                  forward to the scheduler (our client id,
+                                                     client count); no scheduler: compile
+                                                     yourself
+    JOB_LOCAL_BEGIN   NEW, JOB_DONE                  queue for a LINK slot; then "go", and
+                                                     JOB_LOCAL_BEGIN to the scheduler
+    JOB_DONE          CLIENT_WORK                    free the slot, count the CPU, forward
+    BLACKLIST_HOST_ENV any                           forward to the scheduler
+    END               INSTALLING                     finish the install
+                      TO_COMPILE, COMPILING          end of the source; a second END cancels (118)
+                      any other                      good bye (119): end the client
+    TRANFER_ENV       NEW                            refuse without chroot; check names, unpack
+                                                     (an install slot, never queued)
+    FILE_CHUNK        INSTALLING                     to the unpacker
+                      TO_COMPILE, COMPILING          to the job's source (bounded while queued:
+                                                     overflow -> STATUS_TEXT, 107, close)
+    VERIFY_ENV        NEW                            refuse without chroot; run /bin/true there
+    COMPILE_FILE      NEW                            refuse without chroot; hold the environment,
+                                                     queue for a COMPILE slot
+                      CLIENT_WORK ("__client" env)   the client compiles itself: JOB_BEGIN
+    (scheduler) USE_CS, NO_CS  client in WAIT_FOR_CS  pass on (other host) or compile yourself
+                               client gone            JOB_DONE 107 for the job; else ignored
+
+Slots (:class:`~iceserv.daemon.slots.Slots`, reference §5.3): after every
+event the core hands out what the free slots and the load allow: LINK, then
+USE_CS_SELF, then COMPILE (only below full load).  Installs take a slot at
+once.  A granted COMPILE sends JOB_BEGIN and ``StartCompile`` with the
+source buffered so far; later chunks go out as ``FeedCompile``.
+
+When a client ends (END, EOF, failed socket, protocol error, its read timer,
+scheduler loss, stop) the core reports it exactly once, as 1.4's
+``handle_end``: :func:`~iceserv.daemon.states.end_report` (JOB_DONE from
+the submitter, JOB_LOCAL_DONE, or nothing); a queued compile reports its own
+JOB_DONE from the server; an install is aborted and LOGIN re-sent (the
+scheduler counts us "busy installing" until then).  A running compile is
+killed and the client is kept until ``CompileFinished``: the compile then
+sends its JOB_DONE and frees the slot.
+
+Timers: each client has a read deadline that depends on its state
+(:func:`~iceserv.daemon.states.read_timeout`); a message moves it, and
+``ArmTimer`` goes out only when the state changed (an expiry of a moved
+deadline re-arms).  The scheduler link's timer (:data:`LINK_TIMER`) sends
+STATS every ``max_scheduler_pong`` seconds (3, or CS_CONF's), forced at
+least every ``scheduler_idle`` seconds: a quiet scheduler is normal, never a
+reason to drop the link (TCP keepalive and that write find a dead peer).
+Losing the scheduler ends every client but running compiles (116), as 1.4.
+
+Places prepared for later limits: :meth:`DaemonCore._admit` sees each
+client's kind before a message is handled (local-only requests),
+``_buffered`` is the source held by queued jobs (a global budget), and
+installs and native builds start in ``_begin_install`` and
+``_get_native_env`` (a cap with a queue).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+from iceserv.daemon.effects import (
+    LINK_TIMER,
+    AbortUnpack,
+    AnnounceLogin,
+    AnswerInternals,
+    ArmTimer,
+    BuildNative,
+    ClientConnected,
+    ClientGone,
+    Close,
+    CompileFinished,
+    CompileReport,
+    CountJobCpu,
+    DropScheduler,
+    Effect,
+    EnvVerified,
+    Event,
+    FeedCompile,
+    FeedUnpack,
+    FinishUnpack,
+    FromScheduler,
+    GoneReason,
+    HoldEnv,
+    KillCompile,
+    LoadSampled,
+    Log,
+    NativeEnvBuilt,
+    Received,
+    ReleaseEnv,
+    SchedulerDown,
+    SchedulerUp,
+    Send,
+    SendFile,
+    SendStats,
+    StartCompile,
+    StartUnpack,
+    Stop,
+    TimerExpired,
+    ToScheduler,
+    Unpacked,
+    UnpackFailed,
+    VerifyEnvironment,
+)
+from iceserv.daemon.environments import EnvInstallError, check_name
+from iceserv.daemon.slots import Slots, SourceBuffer, SourceTooLargeError, Work
+from iceserv.daemon.states import (
+    EXIT_CLIENT_KILLED,
+    EXIT_ENV_FAILED,
+    EXIT_GOOD_BYE,
+    EXIT_IO_ERROR,
+    EXIT_NATIVE_FAILED,
+    EXIT_NO_HOSTS,
+    EXIT_PROTOCOL,
+    State,
+    end_report,
+    read_timeout,
+)
+from iceserv.protocol import (
+    BlacklistHostEnv,
+    CompileFile,
+    CompileResult,
+    ConfCS,
+    End,
+    EnvTransfer,
+    Feature,
+    FileChunk,
+    GetCS,
+    GetInternalStatus,
+    GetNativeEnv,
+    JobBegin,
+    JobDone,
+    JobDoneFlag,
+    JobLocalBegin,
+    NoCS,
+    Ping,
+    StatusText,
+    UseCS,
+    UseNativeEnv,
+    VerifyEnv,
+    VerifyEnvResult,
+)
+from iceserv.protocol.features import supports
+from iceserv.protocol.records import replace
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from iceserv.daemon.effects import ConnKind
+    from iceserv.daemon.settings import ServerSettings
+    from iceserv.protocol import Message
+
+__all__ = ["DaemonCore"]
+
+#: COMPILE_FILE's environment name when the client compiles itself under our slot.
+_CLIENT_ENV: Final = "__client"
+#: Bounds of CS_CONF's ``max_scheduler_pong`` (seconds between STATS).
+_MIN_PONG: Final = 1.0
+_MAX_PONG: Final = 60.0
+_DEFAULT_PONG: Final = 3.0
+
+_C = TypeVar("_C")
+_M = TypeVar("_M")
+
+
+class _Dispatch(Generic[_C]):
+    """A typed table from message class to handler ``(context, message, now) -> effects``.
+
+    ``add`` ties each handler's message parameter to its class, so ``get``
+    returns a handler that accepts exactly that message: no ``isinstance``
+    after dispatch.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[type, Callable[..., list[Effect]]] = {}
+
+    def add(self, cls: type[_M], handler: Callable[[_C, _M, float], list[Effect]]) -> None:
+        """Route messages of class *cls* to *handler*."""
+        self._handlers[cls] = handler
+
+    def get(self, msg: _M) -> Callable[[_C, _M, float], list[Effect]] | None:
+        """Return the handler of *msg*'s class, or None when the table has none."""
+        return self._handlers.get(type(msg))
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    """What the client is answered: status, out-of-memory flag, object and ``.dwo``."""
+
+    status: int
+    was_out_of_memory: bool = False
+    object_data: bytes = b""
+    dwo_data: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.object_data) + len(self.dwo_data or b"")
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """A COMPILE_FILE from a client: its source stream and how it was stopped."""
+
+    msg: CompileFile
+    source: SourceBuffer
+    abort_code: int = 0
+    close_after: bool = False  # timed out: answer (107), then end the client
+
+
+@dataclass(slots=True, eq=False)
+class _Client:
+    conn_id: int
+    peer: str
+    kind: ConnKind
+    protocol: int
+    state: State = State.NEW
+    job_id: int = 0
+    use_cs: UseCS | None = None
+    outfile: str = ""
+    job: _Job | None = None
+    install: str = ""  # "target/name" while an install runs
+    last_read: float = 0.0
+    deadline: float = 0.0
+    gone: bool = False  # ended while its compile runs; forgotten at CompileFinished
+    exit_override: int = 0
+
+    def supports(self, feature: Feature) -> bool:
+        return supports(self.protocol, feature)
+
+
+class DaemonCore:
+    """The daemon's state machine; see the module docstring for the theory of operation."""
+
+    def __init__(self, settings: ServerSettings, *, port: int) -> None:
+        self.settings = settings
+        self.port = port
+        self.slots = Slots(settings.max_kids)
+        self.load = 0
+        self.scheduler_up = False
+        self.scheduler_protocol = 0
+        self.own_ip = ""
+        self.pong = _DEFAULT_PONG
+        self._next_forced = 0.0
+        self._clients: dict[int, _Client] = {}
+        self._buffered = 0  # source bytes held by queued jobs (a global budget goes here)
+        self._events: dict[type, Callable[[Any, float], list[Effect]]] = {
+            ClientConnected: self._on_connected,
+            Received: self._on_received,
+            ClientGone: self._on_gone,
+            TimerExpired: self._on_timer,
+            NativeEnvBuilt: self._on_native,
+            UnpackFailed: self._on_unpack_failed,
+            Unpacked: self._on_unpacked,
+            EnvVerified: self._on_verified,
+            CompileFinished: self._on_compile_finished,
+            SchedulerUp: self._on_scheduler_up,
+            SchedulerDown: self._on_scheduler_down,
+            FromScheduler: self._on_from_scheduler,
+            LoadSampled: self._on_load,
+            Stop: self._on_stop,
+        }
+        self._messages: _Dispatch[_Client] = _Dispatch()
+        self._messages.add(GetNativeEnv, self._get_native_env)
+        self._messages.add(GetCS, self._get_cs)
+        self._messages.add(JobLocalBegin, self._job_local_begin)
+        self._messages.add(JobDone, self._job_done)
+        self._messages.add(BlacklistHostEnv, self._blacklist)
+        self._messages.add(End, self._end)
+        self._messages.add(EnvTransfer, self._transfer_env)
+        self._messages.add(FileChunk, self._file_chunk)
+        self._messages.add(VerifyEnv, self._verify_env)
+        self._messages.add(CompileFile, self._compile_file)
+        self._from_scheduler: _Dispatch[None] = _Dispatch()
+        self._from_scheduler.add(UseCS, self._scheduler_answer)
+        self._from_scheduler.add(NoCS, self._scheduler_answer)
+        self._from_scheduler.add(ConfCS, self._conf_cs)
+        self._from_scheduler.add(GetInternalStatus, self._internals)
+        self._from_scheduler.add(Ping, self._ping)
+
+    # --- queries ---------------------------------------------------------------------
+
+    @property
+    def client_count(self) -> int:
+        """Connected clients (1.4's ``clients.size()``), counting ended ones still compiling."""
+        return len(self._clients)
+
+    def state_of(self, conn_id: int) -> State | None:
+        """Return client *conn_id*'s state (None: not a client, or already ended)."""
+        client = self._clients.get(conn_id)
+        return None if client is None or client.gone else client.state
+
+    def source_received(self, conn_id: int) -> int:
+        """Source bytes client *conn_id*'s compile job received so far (0 without a job)."""
+        client = self._clients.get(conn_id)
+        job = client.job if client is not None else None
+        return job.source.in_uncompressed if job is not None else 0
+
+    def describe(self) -> tuple[str, ...]:
+        """One line per client, for GET_INTERNALS."""
+        return tuple(
+            f"client {c.conn_id}: {c.peer} {c.state.value}" for c in self._clients.values()
+        )
+
+    def reconfigure(self, settings: ServerSettings, *, port: int, now: float) -> list[Effect]:
+        """Apply reloaded *settings* (slots at once); return the grants that became possible."""
+        self.settings = settings
+        self.port = port
+        self.slots.max_kids = settings.max_kids
+        return self._schedule(now)
+
+    # --- the entry point -------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        """Apply *event* at time *now*; return what the shell must do, in order."""
+        return self._events[type(event)](event, now)
+
+    # --- connections -----------------------------------------------------------------
+
+    def _on_connected(self, event: ClientConnected, now: float) -> list[Effect]:
+        client = _Client(event.conn_id, event.peer, event.kind, event.protocol, last_read=now)
+        self._clients[event.conn_id] = client
+        return self._arm(client, now)
+
+    def _on_received(self, event: Received, now: float) -> list[Effect]:
+        client = self._clients.get(event.conn_id)
+        if client is None or client.gone:
+            return []  # read after the core ended it (the shell closes it)
+        client.last_read = now
+        handler = self._messages.get(event.message)
+        if handler is None or not self._admit(client, event.message):
+            return self._protocol_error(client, event.message, now)
+        before = client.state
+        effects = handler(client, event.message, now)
+        if client.conn_id in self._clients and client.state is not before and not client.gone:
+            effects += self._arm(client, now)
+        return effects
+
+    def _admit(self, client: _Client, msg: Message) -> bool:
+        """Whether *client* (by its connection kind) may send *msg* at all.
+
+        Every message is admitted today, as in 1.4; local-only requests
+        (GET_NATIVE_ENV, JOB_LOCAL_BEGIN, GET_CS from TCP peers) get their
+        rule here.
+        """
+        del client, msg
+        return True
+
+    def _on_gone(self, event: ClientGone, now: float) -> list[Effect]:
+        client = self._clients.get(event.conn_id)
+        if client is None or client.gone:
+            return []
+        if event.reason is GoneReason.EOF:
+            return self._finish_client(client, EXIT_CLIENT_KILLED, now)
+        protocol = event.reason is GoneReason.PROTOCOL_ERROR
+        fields = {"client_id": client.conn_id, "error": event.detail, "state": client.state.name}
+        effects: list[Effect] = [
+            Log("warning", "client_protocol_error", fields)
+            if protocol
+            else Log("info", "client_connection_failed", fields)
+        ]
+        return effects + self._finish_client(
+            client, EXIT_PROTOCOL if protocol else EXIT_CLIENT_KILLED, now
+        )
+
+    def _on_timer(self, event: TimerExpired, now: float) -> list[Effect]:
+        if event.key == LINK_TIMER:
+            return self._link_tick(now)
+        client = self._clients.get(event.key)
+        if client is None or client.gone:
+            return []
+        deadline = client.last_read + self._timeout(client)
+        if now < deadline:
+            client.deadline = deadline
+            return [ArmTimer(client.conn_id, deadline)]
+        effects: list[Effect] = [
+            Log(
+                "warning",
+                "client_timed_out",
+                {"client_id": client.conn_id, "state": client.state.name},
+            )
+        ]
+        job = client.job
+        if client.state is State.COMPILING and job is not None and not job.source.ended:
+            # No input for the gap time-out while compiling: kill, answer 107 (1.4: out of memory).
+            job.abort_code = job.abort_code or EXIT_IO_ERROR
+            job.close_after = True
+            return [*effects, KillCompile(client.conn_id)]
+        return effects + self._finish_client(client, EXIT_IO_ERROR, now)
+
+    def _timeout(self, client: _Client) -> float:
+        ended = client.job is not None and client.job.source.ended
+        return read_timeout(client.state, self.settings, stream_ended=ended)
+
+    def _arm(self, client: _Client, now: float) -> list[Effect]:
+        client.deadline = max(client.last_read, now) + self._timeout(client)
+        return [ArmTimer(client.conn_id, client.deadline)]
+
+    # --- local clients ---------------------------------------------------------------
+
+    def _get_native_env(self, client: _Client, msg: GetNativeEnv, _: float) -> list[Effect]:
+        if client.state is not State.NEW:
+            return self._wrong_state(client, msg)
+        client.state = State.WAIT_NATIVE
+        return [BuildNative(client.conn_id, msg.compiler, tuple(msg.extrafiles), msg.compression)]
+
+    def _on_native(self, event: NativeEnvBuilt, now: float) -> list[Effect]:
+        client = self._clients.get(event.conn_id)
+        if client is None or client.gone or client.state is not State.WAIT_NATIVE:
+            return []
+        if not event.path:
+            client.exit_override = EXIT_NATIVE_FAILED
+            effects: list[Effect] = [
+                Log(
+                    "warning",
+                    "native_env_failed",
+                    {"client_id": client.conn_id, "error": event.error},
+                ),
+                Send(client.conn_id, End()),
+            ]
+            return effects + self._finish_client(client, EXIT_NATIVE_FAILED, now)
+        client.state = State.NEW
+        return [
+            Log("info", "native_env_sent", {"client_id": client.conn_id, "path": event.path}),
+            Send(client.conn_id, UseNativeEnv(event.path)),
+            *self._arm(client, now),
+        ]
+
+    def _get_cs(self, client: _Client, msg: GetCS, now: float) -> list[Effect]:
+        if client.state not in (State.NEW, State.JOB_DONE):
+            return self._wrong_state(client, msg)
+        client.state = State.WAIT_FOR_CS
+        if not self.scheduler_up:
+            # No scheduler: nobody to ask, so the client compiles itself (1.4 does the same).
+            client.job_id = client.conn_id
+            return self._pending(
+                client,
+                UseCS(
+                    job_id=client.conn_id,
+                    port=self.port,
+                    hostname="127.0.0.1",
+                    host_platform=msg.target,
+                    got_env=True,
+                    client_id=1,
+                ),
+                now,
+            )
+        forwarded = replace(msg, client_id=client.conn_id, client_count=self.client_count)
+        return [ToScheduler(forwarded)]
+
+    def _scheduler_answer(self, _: None, msg: UseCS | NoCS, now: float) -> list[Effect]:
+        client = self._clients.get(msg.client_id)
+        if client is None or client.gone:
+            return self._to_scheduler(
+                JobDone(
+                    job_id=msg.job_id,
+                    exitcode=EXIT_IO_ERROR,
+                    flags=JobDoneFlag.FROM_SUBMITTER,
+                    client_count=self.client_count,
+                )
+            )
+        if client.state is not State.WAIT_FOR_CS:
+            return [
+                Log(
+                    "warning",
+                    "unexpected_scheduler_answer",
+                    {"client_id": client.conn_id, "state": client.state.name},
+                )
+            ]
+        client.job_id = msg.job_id
+        if isinstance(msg, NoCS):
+            return self._pending(
+                client,
+                UseCS(
+                    job_id=msg.job_id,
+                    port=self.port,
+                    hostname="127.0.0.1",
+                    got_env=True,
+                    client_id=1,
+                ),
+                now,
+            )
+        if msg.hostname == self.own_ip and msg.port == self.port:
+            return self._pending(
+                client,
+                UseCS(
+                    job_id=msg.job_id,
+                    port=self.port,
+                    hostname="127.0.0.1",
+                    host_platform=msg.host_platform,
+                    got_env=True,
+                    client_id=1,
+                    matched_job_id=msg.matched_job_id,
+                ),
+                now,
+            )
+        client.state = State.WAIT_COMPILE
+        return [
+            Send(client.conn_id, msg),
+            Log(
+                "info",
+                "compile_server_assigned",
+                {
+                    "client_id": client.conn_id,
+                    "job_id": msg.job_id,
+                    "server": f"{msg.hostname}:{msg.port}",
+                },
+            ),
+            *self._arm(client, now),
+        ]
+
+    def _pending(self, client: _Client, use_cs: UseCS, now: float) -> list[Effect]:
+        client.use_cs = use_cs
+        client.state = State.PENDING_USE_CS
+        self.slots.enqueue(client.conn_id, Work.USE_CS_SELF)
+        return self._arm(client, now) + self._schedule(now)
+
+    def _job_local_begin(self, client: _Client, msg: JobLocalBegin, now: float) -> list[Effect]:
+        if client.state not in (State.NEW, State.JOB_DONE):
+            return self._wrong_state(client, msg)
+        client.outfile = msg.outfile
+        client.state = State.LINK_WAIT
+        self.slots.enqueue(client.conn_id, Work.LINK)
+        return self._schedule(now)
+
+    def _job_done(self, client: _Client, msg: JobDone, now: float) -> list[Effect]:
+        if client.state is not State.CLIENT_WORK:
+            return self._wrong_state(client, msg)
+        self.slots.release(client.conn_id)
+        client.state = State.JOB_DONE
+        client.job_id = 0  # the scheduler will not need it any more
+        effects: list[Effect] = []
+        if msg.user_msec + msg.sys_msec <= msg.real_msec:  # plausible figures only, as 1.4
+            effects.append(CountJobCpu(msg.user_msec + msg.sys_msec))
+        effects += self._to_scheduler(replace(msg, client_count=self.client_count))
+        effects.append(
+            Log(
+                "info",
+                "job_finished",
+                {
+                    "client_id": client.conn_id,
+                    "job_id": msg.job_id,
+                    "where": "client",
+                    "exitcode": msg.exitcode,
+                    "real_msec": msg.real_msec,
+                    "out_bytes": msg.out_uncompressed,
+                },
+            )
+        )
+        return effects + self._schedule(now)
+
+    def _blacklist(self, _: _Client, msg: BlacklistHostEnv, __: float) -> list[Effect]:
+        return self._to_scheduler(msg)
+
+    def _end(self, client: _Client, _: End, now: float) -> list[Effect]:
+        if client.state is State.INSTALLING:
+            return [FinishUnpack(client.conn_id)]
+        job = client.job
+        if client.state in (State.TO_COMPILE, State.COMPILING) and job is not None:
+            if job.source.ended:  # any message after END: the client cancelled
+                return self._finish_client(client, EXIT_CLIENT_KILLED, now)
+            job.source.end()
+            if client.state is State.COMPILING:
+                return [FeedCompile(client.conn_id, ended=True), *self._arm(client, now)]
+            return self._arm(client, now)
+        return self._finish_client(client, EXIT_GOOD_BYE, now)
+
+    # --- remote clients --------------------------------------------------------------
+
+    def _refuse_remote(self, client: _Client, now: float) -> list[Effect] | None:
+        if self.settings.chroot_possible:
+            return None
+        return [
+            *self._error_text(client, "this daemon cannot chroot and accepts no remote jobs"),
+            *self._finish_client(client, EXIT_GOOD_BYE, now),
+        ]
+
+    def _transfer_env(self, client: _Client, msg: EnvTransfer, now: float) -> list[Effect]:
+        if client.state is not State.NEW:
+            return self._wrong_state(client, msg)
+        refused = self._refuse_remote(client, now)
+        if refused is not None:
+            return refused
+        return self._begin_install(client, msg.target or self.settings.platform, msg.name, now)
+
+    def _begin_install(self, client: _Client, target: str, name: str, now: float) -> list[Effect]:
+        key = f"{target}/{name}"
+        try:
+            check_name(target, "target")
+            check_name(name, "name")
+        except EnvInstallError as exc:
+            # Refused before an unpacker started: the scheduler still waits for our LOGIN.
+            return [*self._reannounce(now), *self._install_failed(client, key, str(exc), now)]
+        self.slots.start_install(client.conn_id)
+        client.install = key
+        client.state = State.INSTALLING
+        return [
+            StartUnpack(client.conn_id, target, name),
+            Log("info", "env_transfer_started", {"client_id": client.conn_id, "env": key}),
+        ]
+
+    def _on_unpack_failed(self, event: UnpackFailed, now: float) -> list[Effect]:
+        client = self._clients.get(event.conn_id)
+        if client is None or client.gone or not client.install:
+            return []
+        key, client.install = client.install, ""
+        self.slots.release(client.conn_id)
+        return [*self._reannounce(now), *self._install_failed(client, key, event.error, now)]
+
+    def _install_failed(self, client: _Client, key: str, error: str, now: float) -> list[Effect]:
+        client.exit_override = EXIT_ENV_FAILED
+        text = f"environment {key or '?'} not installed: {error}"
+        return [*self._error_text(client, text), *self._finish_client(client, EXIT_ENV_FAILED, now)]
+
+    def _on_unpacked(self, event: Unpacked, now: float) -> list[Effect]:
+        client = self._clients.get(event.conn_id)
+        if client is None or client.gone or not client.install:
+            return []
+        key, client.install = client.install, ""
+        self.slots.release(client.conn_id)
+        client.state = State.NEW
+        return [
+            Log(
+                "info",
+                "env_installed",
+                {
+                    "client_id": client.conn_id,
+                    "env": key,
+                    "size": event.size,
+                    "cache_size": event.cache_size,
+                    "evicted": list(event.evicted),
+                },
+            ),
+            *self._arm(client, now),
+            *self._reannounce(now),
+        ]
+
+    def _reannounce(self, now: float) -> list[Effect]:
+        effects: list[Effect] = [AnnounceLogin(reannounce=True)] if self.scheduler_up else []
+        return effects + self._schedule(now)
+
+    def _verify_env(self, client: _Client, msg: VerifyEnv, now: float) -> list[Effect]:
+        if client.state is not State.NEW:
+            return self._wrong_state(client, msg)
+        refused = self._refuse_remote(client, now)
+        if refused is not None:
+            return refused
+        return [VerifyEnvironment(client.conn_id, msg.target, msg.environment)]
+
+    def _on_verified(self, event: EnvVerified, _: float) -> list[Effect]:
+        client = self._clients.get(event.conn_id)
+        if client is None or client.gone:
+            return []
+        return [
+            Log("info", "env_verified", {"client_id": client.conn_id, "ok": event.ok}),
+            Send(client.conn_id, VerifyEnvResult(ok=event.ok)),
+        ]
+
+    def _compile_file(self, client: _Client, msg: CompileFile, now: float) -> list[Effect]:
+        if msg.environment == _CLIENT_ENV:
+            if client.state is not State.CLIENT_WORK:
+                return self._wrong_state(client, msg)
+            # The client compiles itself under our slot: tell the scheduler it began.
+            return self._to_scheduler(
+                JobBegin(job_id=msg.job_id, stime=int(now), client_count=self.client_count)
+            )
+        if client.state is not State.NEW:
+            return self._wrong_state(client, msg)
+        refused = self._refuse_remote(client, now)
+        if refused is not None:
+            return refused
+        client.job = _Job(msg, SourceBuffer(self.settings.source_buffer_limit))
+        client.state = State.TO_COMPILE
+        self.slots.enqueue(client.conn_id, Work.COMPILE)
+        return [HoldEnv(msg.target, msg.environment), *self._schedule(now)]
+
+    def _file_chunk(self, client: _Client, msg: FileChunk, now: float) -> list[Effect]:
+        if client.state is State.INSTALLING:
+            return [FeedUnpack(client.conn_id, msg.data)]
+        job = client.job
+        if job is None or client.state not in (State.TO_COMPILE, State.COMPILING):
+            return self._wrong_state(client, msg)
+        try:
+            job.source.push(msg.data, msg.compressed_size)
+        except (SourceTooLargeError, ValueError) as exc:
+            job.abort_code = job.abort_code or EXIT_IO_ERROR  # a running compile reports 107
+            return [
+                *self._error_text(client, str(exc)),
+                *self._finish_client(client, EXIT_CLIENT_KILLED, now),
+            ]
+        if client.state is State.COMPILING:
+            return [FeedCompile(client.conn_id, tuple(job.source.take()))]
+        return []
+
+    def _start_compile(self, client: _Client, now: float) -> list[Effect]:
+        job = client.job
+        if job is None:
+            self.slots.release(client.conn_id)
+            return []
+        client.state = State.COMPILING
+        msg = job.msg
+        return [
+            *self._to_scheduler(
+                JobBegin(job_id=msg.job_id, stime=int(now), client_count=self.client_count)
+            ),
+            StartCompile(
+                client.conn_id,
+                msg,
+                client.protocol,
+                tuple(job.source.take()),
+                ended=job.source.ended,
+            ),
+            *self._arm(client, now),
+        ]
+
+    def _on_compile_finished(self, event: CompileFinished, now: float) -> list[Effect]:
+        client = self._clients.get(event.conn_id)
+        if client is None or client.job is None or client.state is not State.COMPILING:
+            return []
+        job, report = client.job, event.report
+        client.job = None
+        effects: list[Effect] = (
+            [AnnounceLogin(reannounce=True)] if (report.env_removed and self.scheduler_up) else []
+        )
+        result = _Result(
+            report.status, report.was_out_of_memory, report.object_data, report.dwo_data
+        )
+        if report.give_up:
+            job.abort_code = job.abort_code or report.give_up_code
+            result = _Result(report.give_up_code, report.was_out_of_memory)
+            if not client.gone:
+                effects += self._error_text(client, report.give_up)
+        elif job.abort_code and job.abort_code != EXIT_CLIENT_KILLED:
+            result = _Result(job.abort_code, was_out_of_memory=True)
+        if not client.gone and not report.give_up and job.abort_code != EXIT_CLIENT_KILLED:
+            effects += self._answer(client, report, result)
+        exit_code = job.abort_code or result.status
+        effects += [
+            ReleaseEnv(job.msg.target, job.msg.environment),
+            *self._to_scheduler(self._server_job_done(job, exit_code, report, result)),
+            Log(
+                "info",
+                "job_finished",
+                {
+                    "client_id": client.conn_id,
+                    "job_id": job.msg.job_id,
+                    "where": "server",
+                    "exitcode": exit_code,
+                    "in_bytes": job.source.in_uncompressed,
+                    "in_compressed": job.source.in_compressed,
+                    "out_bytes": result.size,
+                    "real_msec": report.real_msec,
+                    "user_msec": report.user_msec,
+                    "sys_msec": report.sys_msec,
+                    "oom": result.was_out_of_memory,
+                },
+            ),
+        ]
+        self.slots.release(client.conn_id)
+        if client.gone:
+            del self._clients[client.conn_id]
+        elif report.give_up or job.close_after:
+            effects += self._finish_client(client, exit_code, now)
+            return effects
+        else:
+            client.state = State.NEW
+            effects += self._arm(client, now)
+        return effects + self._schedule(now)
+
+    def _answer(self, client: _Client, report: CompileReport, result: _Result) -> list[Effect]:
+        dwo = result.dwo_data
+        have_dwo = dwo is not None and client.supports(Feature.COMPILE_RESULT_DWO)
+        ok = result.status == 0
+        effects: list[Effect] = [
+            Send(
+                client.conn_id,
+                CompileResult(
+                    err=report.stderr,
+                    out=report.stdout,
+                    status=result.status,
+                    was_out_of_memory=result.was_out_of_memory,
+                    have_dwo=have_dwo and ok,
+                ),
+            )
+        ]
+        if ok:
+            effects.append(SendFile(client.conn_id, result.object_data))
+            if have_dwo and dwo is not None:
+                effects.append(SendFile(client.conn_id, dwo))
+        return effects
+
+    def _server_job_done(
+        self, job: _Job, exit_code: int, report: CompileReport, result: _Result
+    ) -> JobDone:
+        size = result.size
+        return JobDone(
+            job_id=job.msg.job_id,
+            exitcode=exit_code,
+            real_msec=report.real_msec,
+            user_msec=report.user_msec,
+            sys_msec=report.sys_msec,
+            pfaults=report.pfaults,
+            in_compressed=job.source.in_compressed,
+            in_uncompressed=job.source.in_uncompressed,
+            out_compressed=size,
+            out_uncompressed=size,
+            flags=JobDoneFlag.FROM_SERVER,
+            client_count=self.client_count,
+        )
+
+    # --- slots -----------------------------------------------------------------------
+
+    def _schedule(self, now: float) -> list[Effect]:
+        """Start whatever the free slots allow (reference §5.3)."""
+        effects: list[Effect] = []
+        for grant in self.slots.schedule(self.load):
+            client = self._clients.get(grant.client_id)
+            if client is None or client.gone:
+                self.slots.release(grant.client_id)
+                continue
+            effects += self._granted(client, grant.work, now)
+        return effects
+
+    def _granted(self, client: _Client, work: Work, now: float) -> list[Effect]:
+        if work is Work.USE_CS_SELF and client.use_cs is not None:
+            client.state = State.CLIENT_WORK
+            return [Send(client.conn_id, client.use_cs), *self._arm(client, now)]
+        if work is Work.LINK:
+            client.state = State.CLIENT_WORK
+            return [
+                Send(client.conn_id, JobLocalBegin()),
+                *self._to_scheduler(
+                    JobLocalBegin(stime=int(now), outfile=client.outfile, id=client.conn_id)
+                ),
+                *self._arm(client, now),
+            ]
+        if work is Work.COMPILE:
+            return self._start_compile(client, now)
+        self.slots.release(client.conn_id)
+        return []
+
+    def _on_load(self, event: LoadSampled, now: float) -> list[Effect]:
+        self.load = event.load
+        return self._schedule(now)  # a lower load may admit waiting compiles
+
+    # --- the end of a client ---------------------------------------------------------
+
+    def _wrong_state(self, client: _Client, msg: Message) -> list[Effect]:
+        return self._protocol_error(client, msg, client.last_read)
+
+    def _protocol_error(self, client: _Client, msg: Message, now: float) -> list[Effect]:
+        text = f"unexpected {type(msg).__name__} in state {client.state.name}"
+        return [
+            Log(
+                "warning",
+                "client_protocol_error",
+                {"client_id": client.conn_id, "error": text, "state": client.state.name},
+            ),
+            *self._finish_client(client, EXIT_PROTOCOL, now),
+        ]
+
+    def _error_text(self, client: _Client, text: str) -> list[Effect]:
+        """Tell the client why we give up (STATUS_TEXT, protocol >= 23), as 1.4 does."""
+        effects: list[Effect] = [
+            Log("warning", "client_error_sent", {"client_id": client.conn_id, "text": text})
+        ]
+        if client.supports(Feature.STATUS_TEXT_FROM_JOB):
+            effects.append(Send(client.conn_id, StatusText(text)))
+        return effects
+
+    def _finish_client(self, client: _Client, exit_code: int, now: float) -> list[Effect]:
+        """End *client* as 1.4's ``handle_end``: report once, free what it held, close."""
+        exit_code = client.exit_override or exit_code
+        effects: list[Effect] = [Close(client.conn_id)]
+        job = client.job
+        if client.state is State.COMPILING and job is not None:
+            # The compile reports its own end; keep the client until CompileFinished.
+            code = exit_code if exit_code != EXIT_GOOD_BYE else EXIT_CLIENT_KILLED
+            job.abort_code = job.abort_code or code
+            client.gone = True
+            return [*effects, KillCompile(client.conn_id)]
+        if client.install:
+            client.install = ""
+            effects += [AbortUnpack(client.conn_id), *self._reannounce_only()]
+        self.slots.release(client.conn_id)
+        # Reported while still counted, as 1.4 does (client_count includes the one ending).
+        if client.state is State.TO_COMPILE and job is not None:
+            effects += [
+                ReleaseEnv(job.msg.target, job.msg.environment),
+                *self._to_scheduler(
+                    self._server_job_done(job, exit_code, CompileReport(), _Result(exit_code))
+                ),
+            ]
+        else:
+            report = end_report(
+                client.state,
+                exit_code,
+                job_id=client.job_id,
+                client_id=client.conn_id,
+                client_count=self.client_count,
+            )
+            if report is not None:
+                effects += self._to_scheduler(report)
+        del self._clients[client.conn_id]
+        return effects + self._schedule(now)
+
+    def _reannounce_only(self) -> list[Effect]:
+        return [AnnounceLogin(reannounce=True)] if self.scheduler_up else []
+
+    def _on_stop(self, event: Stop, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for client in list(self._clients.values()):
+            if client.gone or (client.state is State.COMPILING and not event.compiles_too):
+                continue
+            effects += self._finish_client(client, event.exit_code, now)
+        return effects
+
+    # --- the scheduler link ----------------------------------------------------------
+
+    def _to_scheduler(self, msg: Message) -> list[Effect]:
+        return [ToScheduler(msg)] if self.scheduler_up else []
+
+    def _on_scheduler_up(self, event: SchedulerUp, now: float) -> list[Effect]:
+        self.scheduler_up = True
+        self.scheduler_protocol = event.protocol
+        self.own_ip = event.own_ip
+        self.pong = _DEFAULT_PONG
+        self._next_forced = now + self.settings.scheduler_idle
+        return [AnnounceLogin(reannounce=False), ArmTimer(LINK_TIMER, now + self.pong)]
+
+    def _on_scheduler_down(self, _: SchedulerDown, now: float) -> list[Effect]:
+        if not self.scheduler_up:
+            return []
+        self.scheduler_up = False
+        self.own_ip = ""
+        # As 1.4: drop every client except running compiles (they finish on their own).
+        return self._on_stop(Stop(EXIT_NO_HOSTS), now)
+
+    def _link_tick(self, now: float) -> list[Effect]:
+        """Every ``pong`` seconds: STATS if the load changed, and always after a quiet period."""
+        if not self.scheduler_up:
+            return []
+        effects: list[Effect] = []
+        force = now >= self._next_forced
+        if force:
+            self._next_forced = now + self.settings.scheduler_idle
+            effects.append(Log("debug", "scheduler_stats_forced",
+                               {"period": self.settings.scheduler_idle}))  # fmt: skip
+        return [*effects, SendStats(force=force), ArmTimer(LINK_TIMER, now + self.pong)]
+
+    def _on_from_scheduler(self, event: FromScheduler, now: float) -> list[Effect]:
+        if not self.scheduler_up:
+            return []
+        handler = self._from_scheduler.get(event.message)
+        if handler is None:
+            text = f"unexpected {type(event.message).__name__} from the scheduler"
+            return [DropScheduler(text)]
+        return handler(None, event.message, now)
+
+    def _conf_cs(self, _: None, msg: ConfCS, __: float) -> list[Effect]:
+        self.pong = min(max(float(msg.max_scheduler_pong), _MIN_PONG), _MAX_PONG)
+        return []
+
+    def _internals(self, _: None, __: GetInternalStatus, ___: float) -> list[Effect]:
+        return [AnswerInternals(self.describe())]
+
+    def _ping(self, _: None, __: Ping, ___: float) -> list[Effect]:
+        if supports(self.scheduler_protocol, Feature.NO_PINGS):
+            return []
+        return [ToScheduler(Ping())]

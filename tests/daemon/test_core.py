@@ -1,0 +1,914 @@
+"""The daemon core without sockets: every message in every client state, jobs, installs, the link.
+
+Events go in with an explicit ``now``; the effects that come out are
+checked as plain records.  A Hypothesis state machine drives random
+interleavings of clients, jobs, disconnects, timers and scheduler loss and
+checks the slot and reporting invariants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from iceserv.daemon.core import DaemonCore
+from iceserv.daemon.effects import (
+    LINK_TIMER,
+    AbortUnpack,
+    AnnounceLogin,
+    AnswerInternals,
+    ArmTimer,
+    BuildNative,
+    ClientConnected,
+    ClientGone,
+    Close,
+    CompileFinished,
+    CompileReport,
+    ConnKind,
+    CountJobCpu,
+    DropScheduler,
+    EnvVerified,
+    FeedCompile,
+    FeedUnpack,
+    FinishUnpack,
+    FromScheduler,
+    GoneReason,
+    HoldEnv,
+    KillCompile,
+    LoadSampled,
+    Log,
+    NativeEnvBuilt,
+    Received,
+    ReleaseEnv,
+    SchedulerDown,
+    SchedulerUp,
+    Send,
+    SendFile,
+    SendStats,
+    StartCompile,
+    StartUnpack,
+    Stop,
+    TimerExpired,
+    ToScheduler,
+    Unpacked,
+    UnpackFailed,
+    VerifyEnvironment,
+)
+from iceserv.daemon.settings import ServerSettings
+from iceserv.daemon.states import (
+    EXIT_CLIENT_KILLED,
+    EXIT_IO_ERROR,
+    EXIT_NO_HOSTS,
+    EXIT_PROTOCOL,
+    State,
+)
+from iceserv.protocol import (
+    BlacklistHostEnv,
+    CompileFile,
+    CompileResult,
+    ConfCS,
+    End,
+    EnvTransfer,
+    FileChunk,
+    GetCS,
+    GetInternalStatus,
+    GetNativeEnv,
+    JobBegin,
+    JobDone,
+    JobDoneFlag,
+    JobLocalBegin,
+    JobLocalDone,
+    Login,
+    NoCS,
+    Ping,
+    StatusText,
+    UseCS,
+    UseNativeEnv,
+    VerifyEnv,
+    VerifyEnvResult,
+)
+
+T0 = 1_000.0
+OWN_IP = "10.0.0.5"
+PORT = 10245
+LOCAL = ConnKind(unix=True, loopback=False)
+REMOTE = ConnKind(unix=False, loopback=False)
+
+
+def _settings(**changes: Any) -> ServerSettings:
+    base = ServerSettings(
+        unix_socket=Path("/nonexistent/sock"),
+        env_basedir=Path("/nonexistent"),
+        max_kids=1,
+        port=PORT,
+        source_buffer_limit=1000,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _core(*, scheduler: bool = True, **changes: Any) -> DaemonCore:
+    core = DaemonCore(_settings(**changes), port=PORT)
+    if scheduler:
+        core.handle(SchedulerUp(OWN_IP, 43), T0)
+    return core
+
+
+def _connect(core: DaemonCore, conn_id: int, kind: ConnKind = LOCAL, protocol: int = 43) -> None:
+    core.handle(ClientConnected(conn_id, f"peer{conn_id}", kind, protocol), T0)
+
+
+def _send(core: DaemonCore, conn_id: int, msg: Any, now: float = T0) -> list[Any]:
+    return core.handle(Received(conn_id, msg), now)
+
+
+def _of(effects: list[Any], kind: type) -> list[Any]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def _to_scheduler(effects: list[Any]) -> list[Any]:
+    return [e.message for e in _of(effects, ToScheduler)]
+
+
+def _sent(effects: list[Any], conn_id: int) -> list[Any]:
+    return [e.message for e in _of(effects, Send) if e.conn_id == conn_id]
+
+
+def _job(job_id: int = 5, env: str = "gcc") -> CompileFile:
+    return CompileFile(job_id=job_id, environment=env, target="x86_64", args=("-c",))
+
+
+BUSY = 99  # a client holding the only slot with a local job
+
+
+def _occupy(core: DaemonCore) -> None:
+    _connect(core, BUSY)
+    _send(core, BUSY, JobLocalBegin(outfile="x.o"))
+    assert core.state_of(BUSY) is State.CLIENT_WORK
+
+
+def _drive(core: DaemonCore, state: State, conn_id: int = 1) -> None:
+    """Bring client *conn_id* of *core* (scheduler up, one slot) into *state*."""
+    if state in (State.PENDING_USE_CS, State.LINK_WAIT, State.TO_COMPILE):
+        _occupy(core)
+    _connect(core, conn_id)
+    steps: dict[State, list[Any]] = {
+        State.NEW: [],
+        State.WAIT_NATIVE: [GetNativeEnv(compiler="gcc")],
+        State.WAIT_FOR_CS: [GetCS(target="x86_64")],
+        State.PENDING_USE_CS: [GetCS(target="x86_64")],
+        State.CLIENT_WORK: [JobLocalBegin(outfile="a.o")],
+        State.WAIT_COMPILE: [GetCS(target="x86_64")],
+        State.LINK_WAIT: [JobLocalBegin(outfile="a.o")],
+        State.INSTALLING: [EnvTransfer(name="gcc", target="x86_64")],
+        State.TO_COMPILE: [_job()],
+        State.COMPILING: [_job()],
+        State.JOB_DONE: [JobLocalBegin(outfile="a.o"), JobDone(job_id=0, real_msec=5)],
+    }
+    for msg in steps[state]:
+        _send(core, conn_id, msg)
+    if state is State.PENDING_USE_CS:
+        core.handle(FromScheduler(NoCS(job_id=70, client_id=conn_id)), T0)
+    if state is State.WAIT_COMPILE:
+        core.handle(
+            FromScheduler(UseCS(job_id=71, hostname="10.0.0.9", port=PORT, client_id=conn_id)), T0
+        )
+    assert core.state_of(conn_id) is state
+
+
+# --- every message in every state ------------------------------------------------------
+
+_MESSAGES: dict[str, Any] = {
+    "GET_NATIVE_ENV": GetNativeEnv(compiler="gcc"),
+    "GET_CS": GetCS(target="x86_64"),
+    "JOB_LOCAL_BEGIN": JobLocalBegin(outfile="b.o"),
+    "JOB_DONE": JobDone(job_id=0, real_msec=5),
+    "BLACKLIST_HOST_ENV": BlacklistHostEnv(environment="gcc", target="x86_64", hostname="h"),
+    "END": End(),
+    "TRANFER_ENV": EnvTransfer(name="gcc2", target="x86_64"),
+    "FILE_CHUNK": FileChunk(b"int x;", 6),
+    "VERIFY_ENV": VerifyEnv(environment="gcc", target="x86_64"),
+    "COMPILE_FILE": _job(8),
+    "COMPILE_FILE(__client)": _job(9, env="__client"),
+    "USE_CS": UseCS(job_id=1),  # a scheduler's message from a client: never valid
+}
+
+ERR = "protocol error"
+GONE = "good bye"
+SAME = "unchanged"
+
+
+def _expected(name: str, state: State) -> State | str:
+    """The state table of core.py's docstring, written out independently."""
+    table: dict[str, dict[State, State | str]] = {
+        "GET_NATIVE_ENV": {State.NEW: State.WAIT_NATIVE},
+        "GET_CS": {State.NEW: State.WAIT_FOR_CS, State.JOB_DONE: State.WAIT_FOR_CS},
+        "JOB_LOCAL_BEGIN": {State.NEW: State.CLIENT_WORK, State.JOB_DONE: State.CLIENT_WORK},
+        "JOB_DONE": {State.CLIENT_WORK: State.JOB_DONE},
+        "BLACKLIST_HOST_ENV": dict.fromkeys(State, SAME),
+        "END": {
+            **dict.fromkeys(State, GONE),
+            State.INSTALLING: SAME,
+            State.TO_COMPILE: SAME,
+            State.COMPILING: SAME,
+        },
+        "TRANFER_ENV": {State.NEW: State.INSTALLING},
+        "FILE_CHUNK": {State.INSTALLING: SAME, State.TO_COMPILE: SAME, State.COMPILING: SAME},
+        "VERIFY_ENV": {State.NEW: SAME},
+        "COMPILE_FILE": {State.NEW: State.COMPILING},
+        "COMPILE_FILE(__client)": {State.CLIENT_WORK: SAME},
+        "USE_CS": {},
+    }
+    return table[name].get(state, ERR)
+
+
+@pytest.mark.parametrize("state", list(State), ids=lambda s: s.name)
+@pytest.mark.parametrize("name", list(_MESSAGES))
+def test_every_message_in_every_state(name: str, state: State) -> None:
+    """Each message moves a client as the state table says; any other is a protocol error."""
+    core = _core()
+    _drive(core, state)
+    effects = _send(core, 1, _MESSAGES[name], T0 + 1)
+    expected = _expected(name, state)
+    if expected == ERR:
+        assert Close(1) in effects
+        assert [e for e in _of(effects, Log) if e.event == "client_protocol_error"]
+        assert core.state_of(1) is None
+    elif expected == GONE:
+        assert Close(1) in effects
+        assert core.state_of(1) is None
+        assert not [e for e in _of(effects, Log) if e.event == "client_protocol_error"]
+    else:
+        assert Close(1) not in effects
+        assert core.state_of(1) is (state if expected == SAME else expected)
+    assert core.slots.used <= core.slots.capacity
+
+
+class TestLocalClients:
+    def test_get_cs_is_forwarded_with_our_client_id_and_count(self):
+        """GET_CS goes to the scheduler with the connection id and the client count."""
+        core = _core()
+        _connect(core, 3)
+        (forwarded,) = _to_scheduler(_send(core, 3, GetCS(target="x86_64", client_id=77)))
+        assert (forwarded.client_id, forwarded.client_count) == (3, 1)
+
+    def test_use_cs_for_another_host_is_passed_on(self):
+        """USE_CS naming another host goes to the client unchanged; it compiles remotely."""
+        core = _core()
+        _drive(core, State.WAIT_FOR_CS)
+        use = UseCS(job_id=4, hostname="10.0.0.9", port=PORT, client_id=1)
+        effects = core.handle(FromScheduler(use), T0)
+        assert _sent(effects, 1) == [use]
+        assert core.state_of(1) is State.WAIT_COMPILE
+
+    @pytest.mark.parametrize(
+        "answer",
+        [
+            NoCS(job_id=4, client_id=1),
+            UseCS(job_id=4, hostname=OWN_IP, port=PORT, client_id=1, host_platform="x86_64"),
+        ],
+        ids=["NO_CS", "USE_CS-to-us"],
+    )
+    def test_compile_yourself_waits_for_a_slot(self, answer):
+        """NO_CS or USE_CS to ourselves: a slot, then USE_CS 127.0.0.1 with client id 1."""
+        core = _core()
+        _occupy(core)
+        _drive(core, State.WAIT_FOR_CS)
+        effects = core.handle(FromScheduler(answer), T0)
+        assert not _sent(effects, 1)
+        assert core.state_of(1) is State.PENDING_USE_CS
+        effects = _send(core, BUSY, JobDone(job_id=0, real_msec=5))
+        (use,) = _sent(effects, 1)
+        assert (use.hostname, use.port, use.job_id, use.client_id) == ("127.0.0.1", PORT, 4, 1)
+        assert core.state_of(1) is State.CLIENT_WORK
+
+    def test_without_scheduler_the_client_compiles_itself(self):
+        """No scheduler: GET_CS is answered at once with a USE_CS to ourselves."""
+        core = _core(scheduler=False)
+        _connect(core, 2)
+        effects = _send(core, 2, GetCS(target="armv7"))
+        (use,) = _sent(effects, 2)
+        assert (use.hostname, use.job_id, use.host_platform) == ("127.0.0.1", 2, "armv7")
+        assert not _to_scheduler(effects)
+
+    def test_answer_for_a_client_that_left(self):
+        """USE_CS for a client that is gone: JOB_DONE 107 from the submitter, as 1.4."""
+        core = _core()
+        effects = core.handle(FromScheduler(UseCS(job_id=12, client_id=55)), T0)
+        (done,) = _to_scheduler(effects)
+        assert (done.job_id, done.exitcode, done.flags) == (
+            12,
+            EXIT_IO_ERROR,
+            JobDoneFlag.FROM_SUBMITTER,
+        )
+
+    def test_late_answer_in_another_state_is_ignored(self):
+        """An answer for a client that is not waiting for one changes nothing."""
+        core = _core()
+        _drive(core, State.CLIENT_WORK)
+        effects = core.handle(FromScheduler(NoCS(job_id=3, client_id=1)), T0)
+        assert core.state_of(1) is State.CLIENT_WORK
+        assert [e.event for e in _of(effects, Log)] == ["unexpected_scheduler_answer"]
+
+    def test_local_job_go_and_job_done(self):
+        """JOB_LOCAL_BEGIN: go to the client and JOB_LOCAL_BEGIN to the scheduler; JOB_DONE ends."""
+        core = _core()
+        _connect(core, 1)
+        effects = _send(core, 1, JobLocalBegin(outfile="a.o"), T0 + 5)
+        assert _sent(effects, 1) == [JobLocalBegin()]
+        (begin,) = _to_scheduler(effects)
+        assert (begin.outfile, begin.id, begin.stime) == ("a.o", 1, int(T0 + 5))
+        effects = _send(core, 1, JobDone(job_id=0, real_msec=100, user_msec=30, sys_msec=10))
+        assert CountJobCpu(40) in effects
+        (done,) = _to_scheduler(effects)
+        assert done.client_count == 1
+        assert core.slots.used == 0
+
+    def test_implausible_cpu_figures_are_not_counted(self):
+        """user + sys above real: the figures are not counted in the load (1.4)."""
+        core = _core()
+        _drive(core, State.CLIENT_WORK)
+        effects = _send(core, 1, JobDone(job_id=0, real_msec=10, user_msec=30))
+        assert not _of(effects, CountJobCpu)
+
+    def test_client_compiling_itself_announces_its_job(self):
+        """COMPILE_FILE with the __client environment: JOB_BEGIN to the scheduler."""
+        core = _core()
+        _drive(core, State.CLIENT_WORK)
+        effects = _send(core, 1, _job(9, env="__client"), T0 + 3)
+        assert _to_scheduler(effects) == [JobBegin(job_id=9, stime=int(T0 + 3), client_count=1)]
+
+    def test_native_environment(self):
+        """GET_NATIVE_ENV: build it; USE_NATIVE_ENV with the path, back to NEW."""
+        core = _core()
+        _connect(core, 1)
+        effects = _send(core, 1, GetNativeEnv(compiler="gcc", extrafiles=("/x",)))
+        assert effects[0] == BuildNative(1, "gcc", ("/x",), "")
+        effects = core.handle(NativeEnvBuilt(1, path="/envs/native/a.tar.gz"), T0)
+        assert _sent(effects, 1) == [UseNativeEnv("/envs/native/a.tar.gz")]
+        assert core.state_of(1) is State.NEW
+
+    def test_native_environment_failure(self):
+        """A failed native build: END and the client is closed."""
+        core = _core()
+        _drive(core, State.WAIT_NATIVE)
+        effects = core.handle(NativeEnvBuilt(1, error="no compiler"), T0)
+        assert _sent(effects, 1) == [End()]
+        assert Close(1) in effects
+
+    def test_blacklist_is_forwarded(self):
+        """BLACKLIST_HOST_ENV goes to the scheduler as it is."""
+        core = _core()
+        _connect(core, 1)
+        msg = BlacklistHostEnv(environment="e", target="t", hostname="h")
+        assert _to_scheduler(_send(core, 1, msg)) == [msg]
+
+
+class TestEndReports:
+    @pytest.mark.parametrize(
+        ("state", "reason", "expected"),
+        [
+            (
+                State.WAIT_FOR_CS,
+                GoneReason.EOF,
+                JobDone(
+                    job_id=1,
+                    exitcode=EXIT_CLIENT_KILLED,
+                    client_count=1,
+                    flags=JobDoneFlag.FROM_SUBMITTER | JobDoneFlag.UNKNOWN_JOB_ID,
+                ),
+            ),
+            (
+                State.WAIT_COMPILE,
+                GoneReason.EOF,
+                JobDone(
+                    job_id=71,
+                    exitcode=EXIT_CLIENT_KILLED,
+                    client_count=1,
+                    flags=JobDoneFlag.FROM_SUBMITTER,
+                ),
+            ),
+            (
+                State.PENDING_USE_CS,
+                GoneReason.PROTOCOL_ERROR,
+                JobDone(
+                    job_id=70,
+                    exitcode=EXIT_PROTOCOL,
+                    client_count=2,
+                    flags=JobDoneFlag.FROM_SUBMITTER,
+                ),
+            ),
+            (State.CLIENT_WORK, GoneReason.IO_ERROR, JobLocalDone(job_id=1)),
+            (State.NEW, GoneReason.EOF, None),
+            (State.JOB_DONE, GoneReason.EOF, None),
+            (State.LINK_WAIT, GoneReason.EOF, None),
+        ],
+    )
+    def test_what_the_scheduler_hears(self, state, reason, expected):
+        """A client that goes is reported once, as 1.4's handle_end does."""
+        core = _core()
+        _drive(core, state)
+        effects = core.handle(ClientGone(1, reason), T0)
+        reports = [m for m in _to_scheduler(effects) if isinstance(m, JobDone | JobLocalDone)]
+        assert reports == ([expected] if expected else [])
+        assert core.state_of(1) is None
+        assert core.slots.running(1) is None
+        assert not core.slots.is_waiting(1)
+
+    def test_good_bye_after_a_remote_compile_is_silent(self):
+        """END after compiling remotely: nothing to report."""
+        core = _core()
+        _drive(core, State.WAIT_COMPILE)
+        effects = _send(core, 1, End())
+        assert not _to_scheduler(effects)
+        assert Close(1) in effects
+
+    def test_a_gone_client_is_never_reported_twice(self):
+        """EOF after the core already ended the client adds nothing."""
+        core = _core()
+        _drive(core, State.WAIT_FOR_CS)
+        core.handle(ClientGone(1, GoneReason.EOF), T0)
+        assert core.handle(ClientGone(1, GoneReason.EOF), T0) == []
+        assert _send(core, 1, End()) == []
+
+
+class TestRemoteCompile:
+    def test_life_of_a_job(self):
+        """COMPILE_FILE, source, END, compile, answer: JOB_BEGIN, result, object, JOB_DONE."""
+        core = _core()
+        _connect(core, 1, REMOTE)
+        effects = _send(core, 1, _job(5), T0 + 1)
+        assert HoldEnv("x86_64", "gcc") in effects
+        assert _to_scheduler(effects) == [JobBegin(job_id=5, stime=int(T0 + 1), client_count=1)]
+        (start,) = _of(effects, StartCompile)
+        assert (start.pieces, start.ended) == ((), False)
+        assert _send(core, 1, FileChunk(b"int a;", 3)) == [FeedCompile(1, (b"int a;",))]
+        assert FeedCompile(1, ended=True) in _send(core, 1, End())
+        report = CompileReport(
+            status=0, stdout="o", stderr="e", real_msec=50, user_msec=40, object_data=b"OBJ"
+        )
+        effects = core.handle(CompileFinished(1, report), T0 + 2)
+        (answer,) = _sent(effects, 1)
+        assert answer == CompileResult(err="e", out="o", status=0, was_out_of_memory=False)
+        assert SendFile(1, b"OBJ") in effects
+        assert ReleaseEnv("x86_64", "gcc") in effects
+        (done,) = _to_scheduler(effects)
+        assert (done.job_id, done.exitcode, done.flags) == (5, 0, JobDoneFlag.FROM_SERVER)
+        assert (done.in_uncompressed, done.in_compressed, done.out_uncompressed) == (6, 3, 3)
+        assert core.state_of(1) is State.NEW
+        assert core.slots.used == 0
+
+    def test_queued_job_preloads_and_starts_with_its_source(self):
+        """A queued job buffers its source; the grant hands it over in one StartCompile."""
+        core = _core()
+        _drive(core, State.TO_COMPILE)
+        _send(core, 1, FileChunk(b"abc", 3))
+        _send(core, 1, End())
+        assert core.source_received(1) == 3
+        effects = _send(core, BUSY, JobDone(job_id=0, real_msec=1))
+        (start,) = _of(effects, StartCompile)
+        assert (start.pieces, start.ended) == ((b"abc",), True)
+
+    def test_too_much_source_while_queued(self):
+        """More than the buffer limit while waiting: STATUS_TEXT, the client is dropped."""
+        core = _core()
+        _drive(core, State.TO_COMPILE)
+        effects = _send(core, 1, FileChunk(b"x" * 1001, 10))
+        assert isinstance(_sent(effects, 1)[0], StatusText)
+        assert Close(1) in effects
+        (done,) = [m for m in _to_scheduler(effects) if isinstance(m, JobDone)]
+        assert (done.job_id, done.exitcode, done.flags) == (
+            8 - 3,
+            EXIT_CLIENT_KILLED,
+            JobDoneFlag.FROM_SERVER,
+        )
+        assert ReleaseEnv("x86_64", "gcc") in effects
+
+    def test_client_gone_while_compiling(self):
+        """EOF during the compile: kill it, answer nobody, the compile reports 118 itself."""
+        core = _core()
+        _drive(core, State.COMPILING)
+        effects = core.handle(ClientGone(1, GoneReason.EOF), T0)
+        assert KillCompile(1) in effects
+        assert not [m for m in _to_scheduler(effects) if isinstance(m, JobDone)]
+        assert core.slots.running(1) is not None  # still held until the compile ends
+        assert core.client_count == 1
+        effects = core.handle(CompileFinished(1, CompileReport(status=1)), T0)
+        assert not _of(effects, Send)
+        (done,) = _to_scheduler(effects)
+        assert done.exitcode == EXIT_CLIENT_KILLED
+        assert core.client_count == 0
+        assert core.slots.used == 0
+
+    def test_second_end_cancels(self):
+        """Any message after END cancels the job (118), as 1.4."""
+        core = _core()
+        _drive(core, State.COMPILING)
+        _send(core, 1, End())
+        effects = _send(core, 1, End())
+        assert KillCompile(1) in effects
+
+    def test_environment_missing(self):
+        """A job whose environment is gone: STATUS_TEXT, close, JOB_DONE 110, LOGIN again."""
+        core = _core()
+        _drive(core, State.COMPILING)
+        report = CompileReport(give_up="no compiler", give_up_code=110, env_removed=True)
+        effects = core.handle(CompileFinished(1, report), T0)
+        assert AnnounceLogin(reannounce=True) in effects
+        assert _sent(effects, 1) == [StatusText("no compiler")]
+        assert Close(1) in effects
+        (done,) = [m for m in _to_scheduler(effects) if isinstance(m, JobDone)]
+        assert done.exitcode == 110
+
+    def test_no_input_in_time_kills_and_answers_107(self):
+        """No source for the gap time-out: the compile is killed, the client told 107."""
+        core = _core()
+        _drive(core, State.COMPILING)
+        gap = core.settings.source_gap_timeout
+        effects = core.handle(TimerExpired(1), T0 + gap + 1)
+        assert KillCompile(1) in effects
+        effects = core.handle(CompileFinished(1, CompileReport(status=-9)), T0 + gap + 2)
+        (answer,) = _sent(effects, 1)
+        assert (answer.status, answer.was_out_of_memory) == (EXIT_IO_ERROR, True)
+        assert Close(1) in effects
+        (done,) = [m for m in _to_scheduler(effects) if isinstance(m, JobDone)]
+        assert done.exitcode == EXIT_IO_ERROR
+
+    def test_full_load_holds_compiles_back(self):
+        """At load 1000 a COMPILE waits; a lower load starts it."""
+        core = _core()
+        core.handle(LoadSampled(1000), T0)
+        _connect(core, 1)
+        assert not _of(_send(core, 1, _job()), StartCompile)
+        assert core.state_of(1) is State.TO_COMPILE
+        assert _of(core.handle(LoadSampled(200), T0), StartCompile)
+
+    def test_verify_env(self):
+        """VERIFY_ENV: run the check, answer VERIFY_ENV_RESULT, stay NEW."""
+        core = _core()
+        _connect(core, 1)
+        assert _send(core, 1, VerifyEnv(environment="e", target="t")) == [
+            VerifyEnvironment(1, "t", "e")
+        ]
+        effects = core.handle(EnvVerified(1, ok=True), T0)
+        assert _sent(effects, 1) == [VerifyEnvResult(ok=True)]
+
+    @pytest.mark.parametrize("msg", [_job(), EnvTransfer(name="e"), VerifyEnv(environment="e")])
+    def test_without_chroot_remote_work_is_refused(self, msg):
+        """A daemon that cannot chroot refuses remote work with STATUS_TEXT and closes."""
+        core = _core(chroot_possible=False)
+        _connect(core, 1)
+        effects = _send(core, 1, msg)
+        assert isinstance(_sent(effects, 1)[0], StatusText)
+        assert Close(1) in effects
+        assert not _of(effects, StartCompile | StartUnpack | VerifyEnvironment)
+
+    def test_status_text_only_for_clients_that_know_it(self):
+        """Protocol 22 predates STATUS_TEXT from jobs: the client is just closed."""
+        core = _core(chroot_possible=False)
+        _connect(core, 1, protocol=22)
+        effects = _send(core, 1, _job())
+        assert not _sent(effects, 1)
+        assert Close(1) in effects
+
+
+class TestInstall:
+    def test_install(self):
+        """TRANFER_ENV, chunks, END: unpack, install, LOGIN again; the slot is held meanwhile."""
+        core = _core()
+        _connect(core, 1, REMOTE)
+        effects = _send(core, 1, EnvTransfer(name="gcc", target=""))
+        assert StartUnpack(1, "x86_64", "gcc") in effects
+        assert core.slots.children == 1
+        assert _send(core, 1, FileChunk(b"tar", 3)) == [FeedUnpack(1, b"tar")]
+        assert _send(core, 1, End()) == [FinishUnpack(1)]
+        effects = core.handle(Unpacked(1, size=10, cache_size=10), T0)
+        assert AnnounceLogin(reannounce=True) in effects
+        assert core.state_of(1) is State.NEW
+        assert core.slots.children == 0
+
+    def test_failed_install(self):
+        """An unpacker that refuses: STATUS_TEXT, close, LOGIN again (no 'busy installing')."""
+        core = _core()
+        _drive(core, State.INSTALLING)
+        effects = core.handle(UnpackFailed(1, "escapes its directory"), T0)
+        assert AnnounceLogin(reannounce=True) in effects
+        (text,) = _sent(effects, 1)
+        assert "escapes its directory" in text.text
+        assert Close(1) in effects
+        assert core.slots.used == 0
+
+    def test_bad_name(self):
+        """A name with a slash is refused before any unpacker starts."""
+        core = _core()
+        _connect(core, 1)
+        effects = _send(core, 1, EnvTransfer(name="../x", target="x86_64"))
+        assert not _of(effects, StartUnpack)
+        assert AnnounceLogin(reannounce=True) in effects
+        assert Close(1) in effects
+
+    def test_client_gone_during_install(self):
+        """EOF while installing: the unpacker is aborted, the slot freed, LOGIN re-sent."""
+        core = _core()
+        _drive(core, State.INSTALLING)
+        effects = core.handle(ClientGone(1, GoneReason.EOF), T0)
+        assert AbortUnpack(1) in effects
+        assert AnnounceLogin(reannounce=True) in effects
+        assert core.slots.used == 0
+
+
+class TestTimers:
+    def test_idle_client_times_out(self):
+        """A client silent in NEW for the idle time-out is dropped (107)."""
+        core = _core()
+        _connect(core, 1)
+        idle = core.settings.idle_timeout
+        assert core.handle(TimerExpired(1), T0 + idle - 1) == [ArmTimer(1, T0 + idle)]
+        effects = core.handle(TimerExpired(1), T0 + idle)
+        assert Close(1) in effects
+
+    def test_a_message_moves_the_deadline(self):
+        """An expiry after a later message re-arms at that message's deadline."""
+        core = _core()
+        _connect(core, 1)
+        _send(core, 1, BlacklistHostEnv(), T0 + 50)
+        idle = core.settings.idle_timeout
+        assert core.handle(TimerExpired(1), T0 + idle) == [ArmTimer(1, T0 + 50 + idle)]
+
+    def test_state_change_arms_the_state_timeout(self):
+        """Entering CLIENT_WORK arms its (long) local-job time-out."""
+        core = _core()
+        _connect(core, 1)
+        effects = _send(core, 1, JobLocalBegin(), T0 + 1)
+        assert ArmTimer(1, T0 + 1 + core.settings.local_job_timeout) in effects
+
+
+class TestSchedulerLink:
+    def test_login_and_stats_period(self):
+        """Logged in: LOGIN; STATS every 3 s (or CS_CONF's period)."""
+        core = _core(scheduler=False)
+        effects = core.handle(SchedulerUp(OWN_IP, 43), T0)
+        assert effects == [AnnounceLogin(reannounce=False), ArmTimer(LINK_TIMER, T0 + 3)]
+        core.handle(FromScheduler(ConfCS(max_scheduler_pong=7)), T0)
+        effects = core.handle(TimerExpired(LINK_TIMER), T0 + 3)
+        assert effects == [SendStats(force=False), ArmTimer(LINK_TIMER, T0 + 10)]
+
+    def test_an_idle_link_is_kept_for_hours(self):
+        """Hours without a word from the scheduler: STATS go out, forced every idle period,
+        and the link is never dropped (1.4 keeps an idle link; only TCP finds a dead peer)."""
+        core = _core(scheduler=False, scheduler_idle=300.0)
+        effects = core.handle(SchedulerUp(OWN_IP, 43), T0)
+        now, forced = T0, []
+        for _ in range(4000):  # 4000 ticks of 3 s: 3 h 20 min
+            (arm,) = _of(effects, ArmTimer)
+            now = arm.deadline
+            effects = core.handle(TimerExpired(LINK_TIMER), now)
+            assert not _of(effects, DropScheduler)
+            forced += [now for e in _of(effects, SendStats) if e.force]
+        assert core.scheduler_up
+        gaps = [b - a for a, b in zip([T0, *forced], forced, strict=False)]
+        assert len(forced) >= 3 * 3600 // 300
+        assert max(gaps) <= 300 + 3
+
+    def test_scheduler_loss_drops_all_but_running_compiles(self):
+        """As 1.4: clients waiting on the scheduler are ended (116); a compile goes on."""
+        core = _core(max_kids=2)
+        _drive(core, State.COMPILING, 1)
+        _drive(core, State.WAIT_FOR_CS, 2)
+        effects = core.handle(SchedulerDown(), T0)
+        assert Close(2) in effects
+        assert Close(1) not in effects
+        assert core.state_of(1) is State.COMPILING
+        assert not _to_scheduler(effects)  # nobody to tell
+        effects = core.handle(CompileFinished(1, CompileReport(object_data=b"O")), T0)
+        assert _of(effects, SendFile)
+        assert not _to_scheduler(effects)
+
+    def test_ping_answered_only_below_protocol_27(self):
+        """PING is answered on old schedulers only (newer ones rely on TCP keepalive)."""
+        old = _core(scheduler=False)
+        old.handle(SchedulerUp(OWN_IP, 26), T0)
+        assert old.handle(FromScheduler(Ping()), T0) == [ToScheduler(Ping())]
+        assert _core().handle(FromScheduler(Ping()), T0) == []
+
+    def test_internals(self):
+        """GET_INTERNALS lists the clients with their states."""
+        core = _core()
+        _drive(core, State.WAIT_FOR_CS)
+        (answer,) = core.handle(FromScheduler(GetInternalStatus()), T0)
+        assert answer == AnswerInternals(("client 1: peer1 waiting for the scheduler",))
+
+    def test_unexpected_scheduler_message_drops_the_link(self):
+        """A message the scheduler never sends a daemon: the link is dropped (and rebuilt)."""
+        (effect,) = _core().handle(FromScheduler(Login()), T0)
+        assert isinstance(effect, DropScheduler)
+
+    def test_stop_ends_everyone_but_compiles_then_compiles_too(self):
+        """Graceful stop: Stop ends all but compiles; Stop(compiles_too) kills those."""
+        core = _core(max_kids=2)
+        _drive(core, State.COMPILING, 1)
+        _drive(core, State.NEW, 2)
+        effects = core.handle(Stop(EXIT_NO_HOSTS), T0)
+        assert Close(2) in effects
+        assert KillCompile(1) not in effects
+        assert KillCompile(1) in core.handle(Stop(EXIT_NO_HOSTS, compiles_too=True), T0)
+
+
+# --- random interleavings -----------------------------------------------------------------
+
+
+class DaemonMachine(RuleBasedStateMachine):
+    """Random clients, jobs, disconnects, timers and scheduler loss against the invariants.
+
+    The model plays the shell: it finishes compiles and unpacks the core
+    started, and counts every report.  Invariants: granted slots never exceed
+    the capacity (installs, which 1.4 starts at once, aside); no job is
+    reported twice; once everything ended, every job the scheduler placed
+    while it stayed connected was reported exactly once, and no slot or queue
+    entry is left.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = DaemonCore(_settings(max_kids=2, source_buffer_limit=50), port=PORT)
+        self.now = T0
+        self.next_id = 1
+        self.open: set[int] = set()
+        self.compiling: set[int] = set()
+        self.unpacking: set[int] = set()
+        self.submitter_reports: dict[int, int] = {}
+        self.server_reports: dict[int, int] = {}
+        self.expected_submitter: set[int] = set()
+        self.expected_server: set[int] = set()
+        self.next_job = 1000
+        self.job_of: dict[int, int] = {}  # the job id the scheduler gave each client
+        self._do(SchedulerUp(OWN_IP, 43))
+
+    def _do(self, event: Any) -> None:
+        self.now += 0.5
+        for effect in self.core.handle(event, self.now):
+            if isinstance(effect, StartCompile):
+                assert effect.conn_id not in self.compiling
+                self.compiling.add(effect.conn_id)
+            elif isinstance(effect, StartUnpack):
+                self.unpacking.add(effect.conn_id)
+            elif isinstance(effect, AbortUnpack):
+                self.unpacking.discard(effect.conn_id)
+            elif isinstance(effect, Close):
+                self.open.discard(effect.conn_id)
+            elif isinstance(effect, ToScheduler) and isinstance(effect.message, JobDone):
+                self._count(effect.message)
+
+    def _count(self, done: JobDone) -> None:
+        if done.flags & JobDoneFlag.UNKNOWN_JOB_ID:
+            return
+        book = (
+            self.server_reports
+            if done.flags == JobDoneFlag.FROM_SERVER
+            else (self.submitter_reports)
+        )
+        if done.job_id:
+            book[done.job_id] = book.get(done.job_id, 0) + 1
+            assert book[done.job_id] == 1, f"job {done.job_id} reported twice"
+
+    @rule()
+    def connect(self) -> None:
+        conn_id, self.next_id = self.next_id, self.next_id + 1
+        self.open.add(conn_id)
+        self._do(ClientConnected(conn_id, "p", LOCAL, 43))
+
+    @precondition(lambda self: self.open)
+    @rule(
+        data=st.data(),
+        which=st.sampled_from(
+            ["GET_CS", "LOCAL", "COMPILE", "DONE", "END", "CHUNK", "ENV", "NATIVE"]
+        ),
+    )
+    def client_sends(self, data: st.DataObject, which: str) -> None:
+        conn_id = data.draw(st.sampled_from(sorted(self.open)))
+        state = self.core.state_of(conn_id)
+        if which == "COMPILE":
+            job_id, self.next_job = self.next_job, self.next_job + 1
+            if state is State.NEW and self.core.scheduler_up:
+                self.expected_server.add(job_id)
+            msg: Any = _job(job_id)
+        else:
+            msg = {
+                "GET_CS": GetCS(target="x86_64"),
+                "LOCAL": JobLocalBegin(),
+                "DONE": JobDone(
+                    job_id=self.job_of.get(conn_id, 0),
+                    real_msec=1,
+                    flags=JobDoneFlag.FROM_SUBMITTER,
+                ),
+                "END": End(),
+                "CHUNK": FileChunk(b"x" * 20, 20),
+                "ENV": EnvTransfer(name="e"),
+                "NATIVE": GetNativeEnv(compiler="gcc"),
+            }[which]
+        self._do(Received(conn_id, msg))
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), reason=st.sampled_from(list(GoneReason)))
+    def client_goes(self, data: st.DataObject, reason: GoneReason) -> None:
+        conn_id = data.draw(st.sampled_from(sorted(self.open)))
+        self.open.discard(conn_id)
+        self._do(ClientGone(conn_id, reason))
+
+    def _waiting_for_cs(self) -> list[int]:
+        return [c for c in sorted(self.open) if self.core.state_of(c) is State.WAIT_FOR_CS]
+
+    @precondition(lambda self: self._waiting_for_cs())
+    @rule(data=st.data(), use_us=st.booleans())
+    def scheduler_answers(self, data: st.DataObject, *, use_us: bool) -> None:
+        conn_id = data.draw(st.sampled_from(self._waiting_for_cs()))
+        job_id, self.next_job = self.next_job, self.next_job + 1
+        self.expected_submitter.add(job_id)
+        self.job_of[conn_id] = job_id
+        answer = (
+            UseCS(job_id=job_id, hostname=OWN_IP, port=PORT, client_id=conn_id)
+            if use_us
+            else NoCS(job_id=job_id, client_id=conn_id)
+        )
+        self._do(FromScheduler(answer))
+
+    @precondition(lambda self: self.core.scheduler_up)
+    @rule()
+    def answer_for_nobody(self) -> None:
+        job_id, self.next_job = self.next_job, self.next_job + 1
+        self.expected_submitter.add(job_id)  # answered at once: JOB_DONE 107
+        self._do(FromScheduler(NoCS(job_id=job_id, client_id=self.next_id + 50)))
+
+    @precondition(lambda self: self.compiling)
+    @rule(data=st.data(), ok=st.booleans())
+    def compile_ends(self, data: st.DataObject, *, ok: bool) -> None:
+        conn_id = data.draw(st.sampled_from(sorted(self.compiling)))
+        self.compiling.discard(conn_id)
+        report = CompileReport(status=0 if ok else 1, object_data=b"O" if ok else b"")
+        self._do(CompileFinished(conn_id, report))
+
+    @precondition(lambda self: self.unpacking)
+    @rule(data=st.data(), ok=st.booleans())
+    def unpack_ends(self, data: st.DataObject, *, ok: bool) -> None:
+        conn_id = data.draw(st.sampled_from(sorted(self.unpacking)))
+        self.unpacking.discard(conn_id)
+        self._do(Unpacked(conn_id, 1, 1) if ok else UnpackFailed(conn_id, "bad"))
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), ok=st.booleans())
+    def native_ends(self, data: st.DataObject, *, ok: bool) -> None:
+        conn_id = data.draw(st.sampled_from(sorted(self.open)))
+        self._do(NativeEnvBuilt(conn_id, path="/n.tgz" if ok else "", error="" if ok else "x"))
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), seconds=st.sampled_from([1.0, 61.0, 130.0, 4000.0]))
+    def time_passes(self, data: st.DataObject, seconds: float) -> None:
+        conn_id = data.draw(st.sampled_from(sorted(self.open)))
+        self.now += seconds
+        self._do(TimerExpired(conn_id))
+
+    @rule(up=st.booleans())
+    def scheduler(self, *, up: bool) -> None:
+        if up and not self.core.scheduler_up:
+            self._do(SchedulerUp(OWN_IP, 43))
+        elif not up and self.core.scheduler_up:
+            self.expected_submitter.clear()  # its reports are lost with it, legitimately
+            self.expected_server.clear()
+            self._do(SchedulerDown())
+
+    @rule(load=st.sampled_from([0, 500, 1000]))
+    def load(self, load: int) -> None:
+        self._do(LoadSampled(load))
+
+    @invariant()
+    def slots_within_capacity(self) -> None:
+        # Installs start at once, as 1.4 forks its unpacker without waiting (a later cap
+        # with a queue goes in core._begin_install); everything granted stays within capacity.
+        slots = self.core.slots
+        assert slots.used - slots.installs <= slots.capacity
+
+    def teardown(self) -> None:
+        for conn_id in sorted(self.open):
+            self._do(ClientGone(conn_id, GoneReason.EOF))
+        self.open.clear()
+        while self.compiling:
+            self._do(CompileFinished(self.compiling.pop(), CompileReport(status=1)))
+        assert self.core.client_count == 0
+        assert self.core.slots.used == 0
+        assert self.core.slots.waiting() == 0
+        if self.core.scheduler_up:
+            for job_id in self.expected_submitter:
+                assert self.submitter_reports.get(job_id) == 1, f"submitter job {job_id}"
+            for job_id in self.expected_server:
+                assert self.server_reports.get(job_id) == 1, f"server job {job_id}"
+
+
+DaemonMachine.TestCase.settings = hypothesis_settings(
+    max_examples=250, stateful_step_count=40, deadline=None
+)
+TestDaemonMachine = DaemonMachine.TestCase
