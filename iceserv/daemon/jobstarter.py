@@ -141,21 +141,24 @@ class JobStarter:
         self._sock = ours
         return ours
 
-    def _stop(self) -> None:
+    def _stop(self, *, kill: bool = True) -> None:
+        """Forget the helper: kill it at once (it failed us), or let it exit at EOF (stop)."""
         sock, self._sock = self._sock, None
         proc, self._proc = self._proc, None
         if sock is not None:
             sock.close()  # the server exits when it reads EOF
-        if proc is not None:
+        if proc is None:
+            return
+        if not kill:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-            if proc.returncode is None:
-                proc.kill()
-                proc.wait()
+        if proc.returncode is None:
+            proc.kill()  # reaping a killed process takes no time: the event loop is not held
+            proc.wait()
 
     def stop(self) -> None:
         """Stop the helper (running jobs go on to their end); the next job starts a new one."""
-        self._stop()
+        self._stop(kill=False)
 
 
 async def _read_end(loop: asyncio.AbstractEventLoop, fd: int) -> asyncio.StreamReader:

@@ -32,6 +32,8 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
+from iceserv.errors import IceservError
+
 __all__ = ["FULL_LOAD", "Grant", "Slots", "SourceBuffer", "SourceTooLargeError", "Work"]
 
 #: STATS load meaning "give me no jobs"; COMPILE waiters are not started at or above it.
@@ -162,7 +164,7 @@ class Slots:
         return None
 
 
-class SourceTooLargeError(ValueError):
+class SourceTooLargeError(IceservError, ValueError):
     """A client sent more source than the daemon buffers for one job."""
 
 

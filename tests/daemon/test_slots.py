@@ -60,7 +60,7 @@ class TestSlots:
         slots = Slots(1)
         slots.enqueue(1, Work.COMPILE)
         slots.start_install(2)
-        assert (slots.children, slots.active) == (1, 0)
+        assert (slots.children, slots.active, slots.installs) == (1, 0, 1)
         assert slots.schedule(0) == []
         slots.release(2)
         assert slots.schedule(0) == [Grant(1, Work.COMPILE)]
