@@ -180,8 +180,9 @@ class DaemonService:
         if fixed:
             log.warning("reload_needs_restart", settings=fixed)
         await self.apply_settings(new)
-        self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
-                               log_file=new.log_file)  # fmt: skip
+        self._logs.reconfigure(
+            verbosity=new.verbosity, fmt=LogFormat(new.log_format), log_file=new.log_file
+        )
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)
         if self.lifecycle is not None:
@@ -236,8 +237,15 @@ async def _run(  # noqa: PLR0913 - the parts main prepared
 ) -> int:
     starter = JobStarter()  # the fork server of compile jobs; stopped when we stop
     try:
-        return await _serve(server, run_as, notifier, make_service, grace=grace, starter=starter,
-                            bus_address=bus_address)  # fmt: skip
+        return await _serve(
+            server,
+            run_as,
+            notifier,
+            make_service,
+            grace=grace,
+            starter=starter,
+            bus_address=bus_address,
+        )
     finally:
         starter.stop()
 
@@ -252,13 +260,13 @@ async def _serve(  # noqa: PLR0913 - the parts main prepared
     starter: JobStarter,
     bus_address: str,
 ) -> int:
-    daemon = Daemon(server, run_as=run_as, clock=WallClock(), starter=starter,
-                    rng=random.Random())  # noqa: S311  # fmt: skip
+    daemon = Daemon(server, run_as=run_as, clock=WallClock(), starter=starter, rng=random.Random())  # noqa: S311
     try:
         await daemon.start()
     except OSError as exc:
-        log.error("listener_failed", port=server.port, socket=str(server.unix_socket),  # noqa: TRY400
-                  error=str(exc))  # fmt: skip
+        log.error(  # noqa: TRY400 - the cause is in the message; no traceback wanted
+            "listener_failed", port=server.port, socket=str(server.unix_socket), error=str(exc)
+        )
         await daemon.close()
         return _EXIT_FAILURE
     service = make_service(daemon)
@@ -283,8 +291,13 @@ async def _serve(  # noqa: PLR0913 - the parts main prepared
 class DaemonServiceFactory:
     """Builds the :class:`DaemonService` once the daemon runs."""
 
-    def __init__(self, loaded: Loaded[DaemonSettings], logs: LogSetup, argv: Sequence[str],
-                 environ: Mapping[str, str]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        loaded: Loaded[DaemonSettings],
+        logs: LogSetup,
+        argv: Sequence[str],
+        environ: Mapping[str, str],
+    ) -> None:
         self._args = (loaded.settings, logs, list(argv), environ)
 
     def __call__(self, daemon: Daemon) -> DaemonService:
@@ -334,8 +347,9 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         _prepare_socket_dir(server.unix_socket, run_as)
         factory = DaemonServiceFactory(loaded, logs, args, environ)
         bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
-        return asyncio.run(_run(server, run_as, notifier, factory, settings.stop_grace,
-                                bus_address=bus_address))  # fmt: skip
+        return asyncio.run(
+            _run(server, run_as, notifier, factory, settings.stop_grace, bus_address=bus_address)
+        )
 
 
 if __name__ == "__main__":

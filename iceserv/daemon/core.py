@@ -43,7 +43,8 @@ the protocol; the client is ended with exit 120)::
                                                      (an install slot, never queued)
     FILE_CHUNK        INSTALLING                     to the unpacker
                       TO_COMPILE, COMPILING          to the job's source (bounded while queued:
-                                                     overflow -> STATUS_TEXT, 107, close)
+                                                     overflow -> STATUS_TEXT, close; JOB_DONE
+                                                     118 if queued, 107 if running)
     VERIFY_ENV        NEW                            refuse without chroot; run /bin/true there
     COMPILE_FILE      NEW                            refuse without chroot; hold the environment,
                                                      queue for a COMPILE slot
@@ -75,9 +76,15 @@ least every ``scheduler_idle`` seconds: a quiet scheduler is normal, never a
 reason to drop the link (TCP keepalive and that write find a dead peer).
 Losing the scheduler ends every client but running compiles (116), as 1.4.
 
+The module is longer than the house's 800 lines on purpose: the brief is
+one object from which a reader can name what the daemon does with each
+message in each state, so the table, the handlers and the end rules stay
+together (events and effects are in :mod:`~iceserv.daemon.effects`).
+
 Places prepared for later limits: :meth:`DaemonCore._admit` sees each
 client's kind before a message is handled (local-only requests),
-``_buffered`` is the source held by queued jobs (a global budget), and
+:attr:`DaemonCore.buffered` is the source held by queued jobs (a global
+budget checks it in ``_file_chunk``), and
 installs and native builds start in ``_begin_install`` and
 ``_get_native_env`` (a cap with a queue).
 """
@@ -256,6 +263,10 @@ class _Client:
         return supports(self.protocol, feature)
 
 
+def _log(level: str, event: str, **fields: object) -> Log:
+    return Log(level, event, fields)
+
+
 class DaemonCore:
     """The daemon's state machine; see the module docstring for the theory of operation."""
 
@@ -270,7 +281,6 @@ class DaemonCore:
         self.pong = _DEFAULT_PONG
         self._next_forced = 0.0
         self._clients: dict[int, _Client] = {}
-        self._buffered = 0  # source bytes held by queued jobs (a global budget goes here)
         self._events: dict[type, Callable[[Any, float], list[Effect]]] = {
             ClientConnected: self._on_connected,
             Received: self._on_received,
@@ -316,6 +326,11 @@ class DaemonCore:
         """Return client *conn_id*'s state (None: not a client, or already ended)."""
         client = self._clients.get(conn_id)
         return None if client is None or client.gone else client.state
+
+    @property
+    def buffered(self) -> int:
+        """Source bytes received for compile jobs and not yet handed to a compiler."""
+        return sum(c.job.source.pending for c in self._clients.values() if c.job is not None)
 
     def source_received(self, conn_id: int) -> int:
         """Source bytes client *conn_id*'s compile job received so far (0 without a job)."""
@@ -401,11 +416,7 @@ class DaemonCore:
             client.deadline = deadline
             return [ArmTimer(client.conn_id, deadline)]
         effects: list[Effect] = [
-            Log(
-                "warning",
-                "client_timed_out",
-                {"client_id": client.conn_id, "state": client.state.name},
-            )
+            _log("warning", "client_timed_out", client_id=client.conn_id, state=client.state.name)
         ]
         job = client.job
         if client.state is State.COMPILING and job is not None and not job.source.ended:
@@ -438,17 +449,13 @@ class DaemonCore:
         if not event.path:
             client.exit_override = EXIT_NATIVE_FAILED
             effects: list[Effect] = [
-                Log(
-                    "warning",
-                    "native_env_failed",
-                    {"client_id": client.conn_id, "error": event.error},
-                ),
+                _log("warning", "native_env_failed", client_id=client.conn_id, error=event.error),
                 Send(client.conn_id, End()),
             ]
             return effects + self._finish_client(client, EXIT_NATIVE_FAILED, now)
         client.state = State.NEW
         return [
-            Log("info", "native_env_sent", {"client_id": client.conn_id, "path": event.path}),
+            _log("info", "native_env_sent", client_id=client.conn_id, path=event.path),
             Send(client.conn_id, UseNativeEnv(event.path)),
             *self._arm(client, now),
         ]
@@ -488,10 +495,11 @@ class DaemonCore:
             )
         if client.state is not State.WAIT_FOR_CS:
             return [
-                Log(
+                _log(
                     "warning",
                     "unexpected_scheduler_answer",
-                    {"client_id": client.conn_id, "state": client.state.name},
+                    client_id=client.conn_id,
+                    state=client.state.name,
                 )
             ]
         client.job_id = msg.job_id
@@ -524,14 +532,12 @@ class DaemonCore:
         client.state = State.WAIT_COMPILE
         return [
             Send(client.conn_id, msg),
-            Log(
+            _log(
                 "info",
                 "compile_server_assigned",
-                {
-                    "client_id": client.conn_id,
-                    "job_id": msg.job_id,
-                    "server": f"{msg.hostname}:{msg.port}",
-                },
+                client_id=client.conn_id,
+                job_id=msg.job_id,
+                server=f"{msg.hostname}:{msg.port}",
             ),
             *self._arm(client, now),
         ]
@@ -561,17 +567,15 @@ class DaemonCore:
             effects.append(CountJobCpu(msg.user_msec + msg.sys_msec))
         effects += self._to_scheduler(replace(msg, client_count=self.client_count))
         effects.append(
-            Log(
+            _log(
                 "info",
                 "job_finished",
-                {
-                    "client_id": client.conn_id,
-                    "job_id": msg.job_id,
-                    "where": "client",
-                    "exitcode": msg.exitcode,
-                    "real_msec": msg.real_msec,
-                    "out_bytes": msg.out_uncompressed,
-                },
+                client_id=client.conn_id,
+                job_id=msg.job_id,
+                where="client",
+                exitcode=msg.exitcode,
+                real_msec=msg.real_msec,
+                out_bytes=msg.out_uncompressed,
             )
         )
         return effects + self._schedule(now)
@@ -623,7 +627,7 @@ class DaemonCore:
         client.state = State.INSTALLING
         return [
             StartUnpack(client.conn_id, target, name),
-            Log("info", "env_transfer_started", {"client_id": client.conn_id, "env": key}),
+            _log("info", "env_transfer_started", client_id=client.conn_id, env=key),
         ]
 
     def _on_unpack_failed(self, event: UnpackFailed, now: float) -> list[Effect]:
@@ -647,16 +651,14 @@ class DaemonCore:
         self.slots.release(client.conn_id)
         client.state = State.NEW
         return [
-            Log(
+            _log(
                 "info",
                 "env_installed",
-                {
-                    "client_id": client.conn_id,
-                    "env": key,
-                    "size": event.size,
-                    "cache_size": event.cache_size,
-                    "evicted": list(event.evicted),
-                },
+                client_id=client.conn_id,
+                env=key,
+                size=event.size,
+                cache_size=event.cache_size,
+                evicted=list(event.evicted),
             ),
             *self._arm(client, now),
             *self._reannounce(now),
@@ -679,7 +681,7 @@ class DaemonCore:
         if client is None or client.gone:
             return []
         return [
-            Log("info", "env_verified", {"client_id": client.conn_id, "ok": event.ok}),
+            _log("info", "env_verified", client_id=client.conn_id, ok=event.ok),
             Send(client.conn_id, VerifyEnvResult(ok=event.ok)),
         ]
 
@@ -765,22 +767,20 @@ class DaemonCore:
         effects += [
             ReleaseEnv(job.msg.target, job.msg.environment),
             *self._to_scheduler(self._server_job_done(job, exit_code, report, result)),
-            Log(
+            _log(
                 "info",
                 "job_finished",
-                {
-                    "client_id": client.conn_id,
-                    "job_id": job.msg.job_id,
-                    "where": "server",
-                    "exitcode": exit_code,
-                    "in_bytes": job.source.in_uncompressed,
-                    "in_compressed": job.source.in_compressed,
-                    "out_bytes": result.size,
-                    "real_msec": report.real_msec,
-                    "user_msec": report.user_msec,
-                    "sys_msec": report.sys_msec,
-                    "oom": result.was_out_of_memory,
-                },
+                client_id=client.conn_id,
+                job_id=job.msg.job_id,
+                where="server",
+                exitcode=exit_code,
+                in_bytes=job.source.in_uncompressed,
+                in_compressed=job.source.in_compressed,
+                out_bytes=result.size,
+                real_msec=report.real_msec,
+                user_msec=report.user_msec,
+                sys_msec=report.sys_msec,
+                oom=result.was_out_of_memory,
             ),
         ]
         self.slots.release(client.conn_id)
@@ -878,10 +878,12 @@ class DaemonCore:
     def _protocol_error(self, client: _Client, msg: Message, now: float) -> list[Effect]:
         text = f"unexpected {type(msg).__name__} in state {client.state.name}"
         return [
-            Log(
+            _log(
                 "warning",
                 "client_protocol_error",
-                {"client_id": client.conn_id, "error": text, "state": client.state.name},
+                client_id=client.conn_id,
+                error=text,
+                state=client.state.name,
             ),
             *self._finish_client(client, EXIT_PROTOCOL, now),
         ]
@@ -889,7 +891,7 @@ class DaemonCore:
     def _error_text(self, client: _Client, text: str) -> list[Effect]:
         """Tell the client why we give up (STATUS_TEXT, protocol >= 23), as 1.4 does."""
         effects: list[Effect] = [
-            Log("warning", "client_error_sent", {"client_id": client.conn_id, "text": text})
+            _log("warning", "client_error_sent", client_id=client.conn_id, text=text)
         ]
         if client.supports(Feature.STATUS_TEXT_FROM_JOB):
             effects.append(Send(client.conn_id, StatusText(text)))
@@ -971,8 +973,9 @@ class DaemonCore:
         force = now >= self._next_forced
         if force:
             self._next_forced = now + self.settings.scheduler_idle
-            effects.append(Log("debug", "scheduler_stats_forced",
-                               {"period": self.settings.scheduler_idle}))  # fmt: skip
+            effects.append(
+                _log("debug", "scheduler_stats_forced", period=self.settings.scheduler_idle)
+            )
         return [*effects, SendStats(force=force), ArmTimer(LINK_TIMER, now + self.pong)]
 
     def _on_from_scheduler(self, event: FromScheduler, now: float) -> list[Effect]:

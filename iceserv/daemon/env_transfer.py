@@ -47,15 +47,28 @@ class Installer:
     async def start(self) -> None:
         """Start the unpacker process."""
         limits = self.cache.unpack_limits
-        argv = [sys.executable, "-P", "-m", "iceserv.daemon._unpack", str(self.staging),
-                str(limits.max_bytes), str(limits.max_members), str(self.cache.nice),
-                str(_UNPACK_MEMORY), *self._identity()]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-P",
+            "-m",
+            "iceserv.daemon._unpack",
+            str(self.staging),
+            str(limits.max_bytes),
+            str(limits.max_members),
+            str(self.cache.nice),
+            str(_UNPACK_MEMORY),
+            *self._identity(),
+        ]
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, cwd=self.staging, env=env,
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            cwd=self.staging,
+            env=env,
             process_group=0,
-        )  # fmt: skip
+        )
 
     def _identity(self) -> tuple[str, str]:
         run_as = self.cache.run_as

@@ -52,7 +52,12 @@ from iceserv.protocol import (
     Feature,
     Handshake,
 )
-from iceserv.protocol.discovery import choose_scheduler, decode_reply, encode_request
+from iceserv.protocol.discovery import (
+    SchedulerInfo,
+    choose_scheduler,
+    decode_reply,
+    encode_request,
+)
 
 if TYPE_CHECKING:
     import random
@@ -235,20 +240,24 @@ class SchedulerLink:
                         await loop.sock_sendto(sock, encode_request(), address)
                     await asyncio.sleep(_WAKE_INTERVAL)
         except (OSError, TimeoutError, IndexError) as exc:
-            log.info("scheduler_wake_failed", address=f"{target[0]}:{target[1]}",
-                     error=str(exc) or type(exc).__name__)  # fmt: skip
+            log.info(
+                "scheduler_wake_failed",
+                address=f"{target[0]}:{target[1]}",
+                error=str(exc) or type(exc).__name__,
+            )
 
     async def _discover_once(self) -> tuple[str, int] | None:
         loop = asyncio.get_running_loop()
-        replies: list[tuple[tuple[str, int], object]] = []
+        replies: list[tuple[tuple[str, int], SchedulerInfo]] = []
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.setblocking(False)  # noqa: FBT003 - socket API
             sock.bind(("", 0))
             for address in self.settings.broadcasts():
                 with contextlib.suppress(OSError):
-                    await loop.sock_sendto(sock, encode_request(),
-                                           (address, self.settings.discovery_port))  # fmt: skip
+                    await loop.sock_sendto(
+                        sock, encode_request(), (address, self.settings.discovery_port)
+                    )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.discovery_wait):
                     while True:
@@ -256,7 +265,7 @@ class SchedulerLink:
                         info = decode_reply(data)
                         if info is not None:
                             replies.append(((str(origin[0]), int(origin[1])), info))
-        chosen = choose_scheduler(replies, self.settings.netname)  # type: ignore[arg-type]
+        chosen = choose_scheduler(replies, self.settings.netname)
         if chosen is None:
             log.info("scheduler_not_found", replies=len(replies), netname=self.settings.netname)
             return None
@@ -281,8 +290,11 @@ class SchedulerLink:
             async with asyncio.timeout(self.settings.connect_timeout):
                 reader, writer = await asyncio.open_connection(*target, limit=_READ_SIZE)
         except (OSError, TimeoutError) as exc:
-            log.warning("scheduler_connect_failed", address=f"{target[0]}:{target[1]}",
-                        error=str(exc) or type(exc).__name__)  # fmt: skip
+            log.warning(
+                "scheduler_connect_failed",
+                address=f"{target[0]}:{target[1]}",
+                error=str(exc) or type(exc).__name__,
+            )
             return
         sock = writer.get_extra_info("socket")
         set_keepalive(sock)
@@ -298,8 +310,12 @@ class SchedulerLink:
             self._stop_waking()
             self.protocol = event.protocol
             self.state = LinkState.LOGGED_IN
-            log.info("scheduler_logged_in", address=f"{target[0]}:{target[1]}",
-                     protocol=event.protocol, own_ip=own_ip)  # fmt: skip
+            log.info(
+                "scheduler_logged_in",
+                address=f"{target[0]}:{target[1]}",
+                protocol=event.protocol,
+                own_ip=own_ip,
+            )
             await self._owner.scheduler_event(SchedulerUp(own_ip, event.protocol))
             await self._serve(reader)
         except (OSError, TimeoutError, ProtocolError) as exc:

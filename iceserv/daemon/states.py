@@ -119,13 +119,21 @@ def end_report(
     statistics), so it is not covered here.
     """
     if state is State.WAIT_FOR_CS:
-        return JobDone(job_id=client_id, exitcode=exit_code, client_count=client_count,
-                       flags=JobDoneFlag.FROM_SUBMITTER | JobDoneFlag.UNKNOWN_JOB_ID)  # fmt: skip
+        return JobDone(
+            job_id=client_id,
+            exitcode=exit_code,
+            client_count=client_count,
+            flags=JobDoneFlag.FROM_SUBMITTER | JobDoneFlag.UNKNOWN_JOB_ID,
+        )
     if state is State.WAIT_COMPILE and exit_code == EXIT_GOOD_BYE:
         return None  # the client compiled remotely and said good bye: all fine
     if state in (State.WAIT_COMPILE, State.PENDING_USE_CS, State.CLIENT_WORK) and job_id:
-        return JobDone(job_id=job_id, exitcode=exit_code, flags=JobDoneFlag.FROM_SUBMITTER,
-                       client_count=client_count)  # fmt: skip
+        return JobDone(
+            job_id=job_id,
+            exitcode=exit_code,
+            flags=JobDoneFlag.FROM_SUBMITTER,
+            client_count=client_count,
+        )
     if state is State.CLIENT_WORK:
         return JobLocalDone(job_id=client_id)  # a local job (link, icerun) without a job id
     return None

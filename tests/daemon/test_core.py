@@ -470,9 +470,11 @@ class TestRemoteCompile:
         _send(core, 1, FileChunk(b"abc", 3))
         _send(core, 1, End())
         assert core.source_received(1) == 3
+        assert core.buffered == 3
         effects = _send(core, BUSY, JobDone(job_id=0, real_msec=1))
         (start,) = _of(effects, StartCompile)
         assert (start.pieces, start.ended) == ((b"abc",), True)
+        assert core.buffered == 0
 
     def test_too_much_source_while_queued(self):
         """More than the buffer limit while waiting: STATUS_TEXT, the client is dropped."""

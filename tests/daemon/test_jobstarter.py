@@ -16,8 +16,18 @@ from iceserv.daemon.jobstarter import MAX_REQUEST, JobStarter, JobStartError
 def _words(*argv: str) -> list[str]:
     """A job running *argv* in ``/`` as ``nobody`` (jobs never run as root), 1 GiB of memory."""
     nobody = pwd.getpwnam("nobody")
-    return ["/", "/", "1", str(nobody.pw_uid), str(nobody.pw_gid), "0", str(1 << 30),
-            "PATH=/usr/bin:/bin", "--", *argv]  # fmt: skip
+    return [
+        "/",
+        "/",
+        "1",
+        str(nobody.pw_uid),
+        str(nobody.pw_gid),
+        "0",
+        str(1 << 30),
+        "PATH=/usr/bin:/bin",
+        "--",
+        *argv,
+    ]
 
 
 async def _run(starter: JobStarter, *argv: str) -> tuple[bytes, bytes]:
