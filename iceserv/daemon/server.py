@@ -118,6 +118,7 @@ class _Peer:
     """One accepted connection: its stream, its codec, and whether the core closed it."""
 
     conn_id: int
+    peer: str
     writer: asyncio.StreamWriter
     conn: Connection
     closing: bool = False
@@ -406,7 +407,7 @@ class Daemon:
         tcp = isinstance(peername, tuple)
         peer = f"{peername[0]}:{peername[1]}" if tcp else "local"
         kind = ConnKind(unix=not tcp, loopback=tcp and _is_loopback(str(peername[0])))
-        item = _Peer(next(self._ids), writer, Connection())
+        item = _Peer(next(self._ids), peer, writer, Connection())
         self._peers[item.conn_id] = item
         task = asyncio.current_task()
         if task is not None:
@@ -557,7 +558,7 @@ class Daemon:
 
     def _start_compile(self, effect: StartCompile) -> None:
         item = self._peers.get(effect.conn_id)
-        peer = str(item.writer.get_extra_info("peername")) if item is not None else "?"
+        peer = item.peer if item is not None else "?"
         job = CompileJob(self.jobs, effect.job, effect.protocol, peer)
         job.feed(effect.pieces, ended=effect.ended)
         self._compiles[effect.conn_id] = job
