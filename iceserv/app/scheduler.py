@@ -97,13 +97,14 @@ def fit_budgets(
 ) -> tuple[ServerSettings, int]:
     """Lower the connection budgets so that, when full, they leave descriptors to spare.
 
-    Telnet sessions get their share first (at most half the limit); the
-    scheduler port gets what is left after :data:`DESCRIPTOR_RESERVE`.  A
-    full budget then refuses connections, and ``accept()`` never meets
-    ``EMFILE`` on the port's account.
+    Telnet sessions get at most a quarter of the limit, the process's own
+    files a reserve of :data:`DESCRIPTOR_RESERVE` (at most a quarter), and
+    the scheduler port the rest.  A full budget then refuses connections,
+    and ``accept()`` never meets ``EMFILE`` on the port's account.
     """
-    telnet = fit_budget(telnet_sessions, limit.soft // 2, 0)
-    total = fit_budget(server.max_connections, limit.soft - telnet, DESCRIPTOR_RESERVE)
+    reserve = min(DESCRIPTOR_RESERVE, limit.soft // 4)
+    telnet = fit_budget(telnet_sessions, limit.soft // 4, 0)
+    total = fit_budget(server.max_connections, limit.soft - telnet, reserve)
     if (total, telnet) != (server.max_connections, telnet_sessions):
         log.warning("connection_budget_lowered", nofile=limit.soft,
                     max_connections=total, max_telnet_sessions=telnet)  # fmt: skip

@@ -22,8 +22,13 @@ Connection budgets: the listener (:class:`~iceserv.netio.Listener`, which
 pauses with back-off when descriptors run out) admits a connection only
 while its source host holds fewer than ``max_connections_per_host`` and
 everyone fewer than ``max_connections``; a MON_LOGIN also needs a place in
-the monitor budget.  A connection that does not fit is reset at once, and
-refusals are logged at most once per ``_REFUSAL_LOG_INTERVAL``.
+the monitor budget.  When a new connection does not fit, the oldest
+connection still in its handshake (of the same host when that host is
+full) makes room: a real peer finishes its handshake within a round trip,
+so held or dripping connections cannot keep daemons out.  Logged-in
+daemons and monitors are never closed for room.  A connection that still
+does not fit is reset at once; refusals and evictions are logged at most
+once per ``_REFUSAL_LOG_INTERVAL``.
 """
 
 from __future__ import annotations
@@ -153,6 +158,17 @@ class _Peer:
     drainer: asyncio.Task[None] | None = None
 
 
+@dataclass(eq=False)
+class _Pending:
+    """A connection still in its handshake, in accept order: the first to make room."""
+
+    key: str
+    sock: socket.socket
+    task: asyncio.Task[None] | None = None
+    peer: _Peer | None = None
+    evicted: bool = False
+
+
 def _set_keepalive(sock: socket.socket | None, *, bulk: bool = False) -> None:
     """Apply 1.4's socket options (§1.3): keepalive 27 s + 3 x 3 s, 9 s user timeout."""
     if sock is None:
@@ -207,6 +223,8 @@ class SchedulerServer:
             total=settings.max_monitors, per_host=settings.max_monitors_per_host
         )
         self._refusals = Throttle(_REFUSAL_LOG_INTERVAL)
+        self._evictions = Throttle(_REFUSAL_LOG_INTERVAL)
+        self._pending: dict[int, _Pending] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._timer_wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -364,6 +382,7 @@ class SchedulerServer:
             return
         peer.closed = True
         self._peers.pop(peer.conn_id, None)
+        self._pending.pop(peer.conn_id, None)
         self._connections.release(peer.key)
         if peer.monitor_admitted:
             self._monitor_budget.release(peer.key)
@@ -444,27 +463,63 @@ class SchedulerServer:
         ip = address[0]
         key = host_key(ip)
         answer = self._connections.admit(key)
+        if answer is not Admission.ADMITTED and self._evict_pending(key, answer):
+            answer = self._connections.admit(key)
         if answer is not Admission.ADMITTED:
             self._refused(ip, answer.value)
             with contextlib.suppress(OSError):  # reset: no TIME_WAIT left behind
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             sock.close()
             return
-        deadline = asyncio.get_running_loop().time() + self.settings.handshake_timeout
-        task = asyncio.get_running_loop().create_task(self._serve(sock, ip, key, deadline))
-        self._readers.add(task)
-        task.add_done_callback(self._readers.discard)
+        loop = asyncio.get_running_loop()
+        conn_id = next(self._ids)
+        pending = _Pending(key, sock)
+        self._pending[conn_id] = pending
+        deadline = loop.time() + self.settings.handshake_timeout
+        pending.task = loop.create_task(self._serve(conn_id, pending, ip, deadline))
+        self._readers.add(pending.task)
+        pending.task.add_done_callback(self._readers.discard)
 
-    async def _serve(self, sock: socket.socket, ip: str, key: str, deadline: float) -> None:
+    def _evict_pending(self, key: str, answer: Admission) -> bool:
+        """Close the oldest connection in its handshake (of *key* if that host is full)."""
+        victim = next(
+            (item for item in self._pending.items()
+             if answer is Admission.TOTAL_FULL or item[1].key == key),
+            None,
+        )  # fmt: skip
+        if victim is None:
+            return False
+        conn_id, pending = victim
+        del self._pending[conn_id]
+        pending.evicted = True
+        count = self._evictions.note(time.monotonic())
+        if count:
+            log.warning("connection_evicted", reason=answer.value, evictions=count,
+                        connections=self._connections.count)  # fmt: skip
+        if pending.peer is not None:
+            self._finish(pending.peer, "evicted for a new connection")
+        else:  # not started: a task cancelled before its first step never runs
+            self._connections.release(pending.key)
+            pending.sock.close()
+            if pending.task is not None:
+                pending.task.cancel()
+        return True
+
+    async def _serve(self, conn_id: int, pending: _Pending, ip: str, deadline: float) -> None:
+        sock = pending.sock
         try:
             reader, writer = await open_stream(sock, limit=_READ_SIZE)
-        except OSError:
-            sock.close()
-            self._connections.release(key)
+        except (OSError, asyncio.CancelledError) as exc:
+            if not pending.evicted:
+                self._pending.pop(conn_id, None)
+                sock.close()
+                self._connections.release(pending.key)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
             return
         _set_keepalive(sock)
-        conn_id = next(self._ids)
-        peer = _Peer(conn_id, ip, key, writer, Connection())
+        peer = _Peer(conn_id, ip, pending.key, writer, Connection())
+        pending.peer = peer
         self._peers[conn_id] = peer
         peer.drainer = self._spawn(self._drain(peer))
         reason = "closed"
@@ -561,8 +616,10 @@ class SchedulerServer:
                 return "monitor budget full", events
             self.apply(self._core.handle_message(peer.conn_id, event, self.now()))
             if peer.monitor:
+                self._pending.pop(peer.conn_id, None)
                 return "monitor", events  # never read from a monitor again (§5.5)
             if not peer.logged_in and (host := self._core.host_by_conn(peer.conn_id)):
+                self._pending.pop(peer.conn_id, None)
                 peer.logged_in = True
                 peer.nodename, peer.host_id = host.nodename, host.host_id
                 log.info("daemon_logged_in", peer=peer.ip, host_id=host.host_id,

@@ -84,14 +84,19 @@ _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 @dataclass(eq=False)
 class _Session:
-    """One session's bookkeeping: who, and since when idle (loop time of its last line)."""
+    """One session's bookkeeping: who, and since when idle (loop time of its last line).
+
+    ``busy`` is set while a command runs and its answer is written; a new
+    session sending its greeting counts as idle.
+    """
 
     key: str
     peer: object
+    sock: socket.socket
     writer: asyncio.StreamWriter | None = None
     task: asyncio.Task[None] | None = None
     last_line: float = 0.0
-    busy: bool = True
+    busy: bool = False
     evicted: bool = False
     released: bool = False
 
@@ -191,7 +196,7 @@ class TelnetServer:
             return
         # Our own task rather than the one asyncio would make for a coroutine callback:
         # close() cancels it, and asyncio 3.11 logs the cancellation of its own as an error.
-        session = _Session(key, address, last_line=asyncio.get_running_loop().time())
+        session = _Session(key, address, sock, last_line=asyncio.get_running_loop().time())
         task = asyncio.get_running_loop().create_task(self._run_session(sock, session))
         session.task = task
         self._sessions[task] = session
@@ -220,6 +225,10 @@ class TelnetServer:
         oldest = min(candidates, key=lambda session: session.last_line)
         oldest.evicted = True
         self._release(oldest)
+        if oldest.writer is None:
+            # Not started yet: a task cancelled before its first step never runs, so
+            # nothing else would close the socket.
+            oldest.sock.close()
         if oldest.task is not None:
             oldest.task.cancel()
         return True
@@ -228,8 +237,11 @@ class TelnetServer:
         peer = session.peer
         try:
             reader, writer = await _open_stream(sock, limit=self._max_line)
-        except OSError:
+        except (OSError, asyncio.CancelledError):
             sock.close()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() and not session.evicted:
+                raise
             return
         session.writer = writer
         log.info("telnet_session_opened", peer=peer)

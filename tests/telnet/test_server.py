@@ -479,7 +479,7 @@ class TestTelnetServer:
         async def scenario() -> None:
             async with serving(max_sessions=1) as server:
                 first = await Client.connect(server)
-                for session in server._sessions.values():  # noqa: SLF001 - white-box: as if busy
+                for session in server._sessions.values():
                     session.busy = True
                 try:  # the reset can come before connect() returns
                     second = await Client.connect(server, greeting=None)
