@@ -561,7 +561,7 @@ class SchedulerServer:
         Before login every read shares *handshake_deadline*; after it a read
         with no message under way may wait forever (in :data:`_IDLE_READ`
         rounds), while one in the middle of a message shares that message's
-        deadline, set when the first read that completed nothing came.
+        deadline, set when its first bytes came.
         """
         loop = asyncio.get_running_loop()
         self._flush(peer)
@@ -585,9 +585,9 @@ class SchedulerServer:
                 return ended
             if not data:
                 return "closed by peer"
-            if events:
-                peer.message_deadline = None  # a message ended here; a new one may have begun
-            elif peer.logged_in and peer.message_deadline is None:
+            if events or not peer.conn.buffered:
+                peer.message_deadline = None  # a message ended here
+            if peer.conn.buffered and peer.message_deadline is None and peer.logged_in:
                 peer.message_deadline = loop.time() + self.settings.message_timeout
         return "closed"
 
