@@ -493,3 +493,42 @@ class TestTelnet:
                 for sock in (other, first, second, third):
                     sock.close()
 
+
+
+class TestCombined:
+    def test_a_real_daemon_logs_in_under_every_attack(self, real_daemon_factory,
+                                                      record_property: Recorder):  # fmt: skip
+        """Held, monitor and telnet floods at once (256 fds): a real 1.4 iceccd still logs in."""
+        env = {"ICECC_SCHEDULER_HANDSHAKE_TIMEOUT": "600"}  # held ones are evicted, not timed out
+        with scheduler(env, nofile_at_start=256) as ours:
+            pid = _pid(ours)
+            base_rss, cpu = rss_kib(pid), cpu_seconds(pid)
+            attackers: list[socket.socket] = []
+            try:
+                for index in range(400):  # held from five hosts: the port is full
+                    with contextlib.suppress(OSError):
+                        attackers.append(connect(ours.port, f"127.0.2.{index % 5 + 1}"))  # type: ignore[arg-type]
+                for _ in range(100):  # MON_LOGINs that never read
+                    with contextlib.suppress(OSError):
+                        peer = Peer(ours.port, "127.0.3.1", rcvbuf=4096)  # type: ignore[arg-type]
+                        peer.send(MonLogin())
+                        attackers.append(peer.sock)
+                for index in range(80):  # telnet sessions from five hosts: that port is full
+                    with contextlib.suppress(OSError):
+                        sock = connect(ours.port + 1, f"127.0.4.{index % 5 + 1}")  # type: ignore[operator]
+                        sock.sendall(b"\n")
+                        attackers.append(sock)
+                daemon = real_daemon_factory(f"c{os.getpid()}", ours.address)
+                wait_for(lambda: listed(ours, daemon.name), 2 * WAIT, "the real daemon in listcs")
+                fds, grown = fd_count(pid), rss_kib(pid) - base_rss
+                spent = cpu_seconds(pid) - cpu
+                record_property("fds", fds)
+                record_property("rss_growth_kib", grown)
+                record_property("cpu_s", round(spent, 2))
+            finally:
+                for sock in attackers:
+                    sock.close()
+            assert fds < 256, fds
+            assert grown < 32 * 1024, grown
+            (login,) = ours.events("daemon_logged_in")
+            assert login["nodename"] == daemon.name
