@@ -7,15 +7,18 @@ process out of descriptors spins a core and writes megabytes of log per
 second.  :class:`Listener` owns the accept loop instead.
 
 Theory of operation: the listening socket is non-blocking and watched with
-``loop.add_reader``.  When it is readable, up to *batch* connections are
-accepted and handed to *on_accept* (which owns them from then on).  On
+``loop.add_reader``.  When it is readable, up to *batch* (16) connections are
+accepted and handed to *on_accept* (which owns them from then on); a small
+batch bounds how many sockets a caller that evicts older connections (whose
+close completes on the next loop iteration) can hold beyond its budget.  On
 ``EMFILE``, ``ENFILE``, ``ENOBUFS`` or ``ENOMEM`` the reader is removed and
 put back after a delay that doubles from *min_delay* to *max_delay*; the
 connections wait in the kernel's backlog meanwhile.  The first pause logs
 ``accept_paused`` (no traceback); further failures are counted and logged
 at most once per *log_interval*; the first accept after a pause logs
-``accept_resumed`` with the count.  Any other ``accept()`` error is
-treated the same way, so no error can make the loop spin.
+``accept_resumed`` with the count (also at most once per *log_interval*).
+Any other ``accept()`` error is treated the same way, so no error can make
+the loop spin.
 
 :func:`open_stream` wraps an accepted socket in asyncio streams, as
 ``asyncio.start_server`` would.
@@ -89,7 +92,7 @@ class Listener:
         on_accept: Callable[[socket.socket, tuple[str, int]], None],
         *,
         name: str,
-        batch: int = 64,
+        batch: int = 16,
         min_delay: float = 0.05,
         max_delay: float = 2.0,
         log_interval: float = 10.0,
@@ -109,6 +112,7 @@ class Listener:
         self._failures = 0
         self._unlogged = 0
         self._logged_at = -float("inf")
+        self._resumed_at = -float("inf")
         self._closed = False
 
     @property
@@ -156,8 +160,11 @@ class Listener:
                 self._pause(exc)
                 return
             if self._failures:
-                log.info("accept_resumed", listener=self._name, failures=self._failures)
-                self._failures = self._unlogged = 0
+                now = self._monotonic()
+                if now - self._resumed_at >= self._log_interval:
+                    self._resumed_at = now
+                    log.info("accept_resumed", listener=self._name, failures=self._failures)
+                self._failures = 0
                 self._delay = 0.0
             conn.setblocking(False)  # noqa: FBT003 - the socket API's spelling
             self._on_accept(conn, (str(address[0]), int(address[1])))

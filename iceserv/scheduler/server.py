@@ -12,9 +12,13 @@ arrive within ``handshake_timeout`` of the accept, and once a logged-in
 daemon has started a message the whole of it must arrive within
 ``message_timeout``; every write to a daemon is followed by a bounded
 ``drain()`` in that connection's writer task; monitors are never read from
-again (their socket stops being polled) and are written without waiting,
-and one that falls more than ``monitor_buffer_limit`` bytes behind is
-dropped (1.4 drops a monitor whose socket would block); accepted sockets
+again (their socket stops being polled) and are written without waiting;
+what the kernel does not take is queued in user space, at most
+``monitor_buffer_limit`` (64 KiB) for one monitor and
+``monitor_buffer_total`` (2 MiB) for all of them together, beyond which the
+monitors furthest behind are dropped (1.4 drops a monitor whose socket
+would block; a small queue lets a reading monitor survive a burst, such as
+one 64 KiB read of STATS fanned out at once); accepted sockets
 get 1.4's keepalive options (reference §1.3), which is how dead daemons are
 noticed.
 
@@ -132,7 +136,8 @@ class ServerSettings:
     send_timeout: float = 30.0
     probe_timeout: float = 5.0
     internals_timeout: float = INTERNALS_TIMEOUT
-    monitor_buffer_limit: int = 1 << 14
+    monitor_buffer_limit: int = 1 << 16
+    monitor_buffer_total: int = 1 << 21
     daemon_buffer_limit: int = 1 << 22
     max_connections: int = 4096
     max_connections_per_host: int = 64
@@ -165,6 +170,7 @@ class _Pending:
     key: str
     sock: socket.socket
     task: asyncio.Task[None] | None = None
+    started: bool = False
     peer: _Peer | None = None
     evicted: bool = False
 
@@ -272,6 +278,13 @@ class SchedulerServer:
             self._udp.close()
         for peer in list(self._peers.values()):
             self._close(peer)
+        for pending in list(self._pending.values()):  # accepted, no reader loop yet
+            if pending.peer is None and pending.task is not None:
+                pending.evicted = True  # its task must not release the budget again
+                if not pending.started:
+                    pending.sock.close()
+                pending.task.cancel()
+        self._pending.clear()
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
@@ -358,6 +371,7 @@ class SchedulerServer:
         if summary is not None:
             log.info("job_finished", **summary)
         encoded: dict[int, bytes] = {}  # one encoding per protocol version, not per monitor
+        behind: list[tuple[int, _Peer]] = []
         for conn_id in self._core.monitors:
             peer = self._peers.get(conn_id)
             if peer is None:
@@ -370,12 +384,23 @@ class SchedulerServer:
                     peer.conn.send(message)
                     data = encoded[version] = peer.conn.data_to_send()
                 peer.writer.write(data)
-            if transport.is_closing() or (
-                transport.get_write_buffer_size() > self.settings.monitor_buffer_limit
-            ):
-                log.info("monitor_dropped", peer=peer.ip, conn_id=conn_id)
-                self._close(peer)
-                self.apply(self._core.connection_lost(conn_id, self.now()))
+            queued = transport.get_write_buffer_size()
+            if transport.is_closing() or queued > self.settings.monitor_buffer_limit:
+                self._drop_monitor(peer)
+            elif queued:
+                behind.append((queued, peer))
+        # All monitors together hold at most monitor_buffer_total: the furthest behind go first.
+        total = sum(queued for queued, _ in behind)
+        for queued, peer in sorted(behind, key=lambda item: item[0], reverse=True):
+            if total <= self.settings.monitor_buffer_total:
+                break
+            total -= queued
+            self._drop_monitor(peer)
+
+    def _drop_monitor(self, peer: _Peer) -> None:
+        log.info("monitor_dropped", peer=peer.ip, conn_id=peer.conn_id)
+        self._close(peer)
+        self.apply(self._core.connection_lost(peer.conn_id, self.now()))
 
     def _close(self, peer: _Peer) -> None:
         if peer.closed:
@@ -496,23 +521,26 @@ class SchedulerServer:
         if count:
             log.warning("connection_evicted", reason=answer.value, evictions=count,
                         connections=self._connections.count)  # fmt: skip
-        if pending.peer is not None:
-            self._finish(pending.peer, "evicted for a new connection")
-        else:  # not started: a task cancelled before its first step never runs
+        if pending.peer is not None:  # no record per connection: connection_evicted counts
+            self._close(pending.peer)
+            self.apply(self._core.connection_lost(conn_id, self.now()))
+        else:
             self._connections.release(pending.key)
-            pending.sock.close()
-            if pending.task is not None:
+            if not pending.started:  # a task cancelled before its first step never runs
+                pending.sock.close()
+            if pending.task is not None:  # a started one closes the socket itself
                 pending.task.cancel()
         return True
 
     async def _serve(self, conn_id: int, pending: _Pending, ip: str, deadline: float) -> None:
         sock = pending.sock
+        pending.started = True
         try:
             reader, writer = await open_stream(sock, limit=_READ_SIZE)
         except (OSError, asyncio.CancelledError) as exc:
+            sock.close()  # asyncio closed the transport it may have made
             if not pending.evicted:
                 self._pending.pop(conn_id, None)
-                sock.close()
                 self._connections.release(pending.key)
                 if isinstance(exc, asyncio.CancelledError):
                     raise

@@ -97,6 +97,7 @@ class _Session:
     task: asyncio.Task[None] | None = None
     last_line: float = 0.0
     busy: bool = False
+    started: bool = False
     evicted: bool = False
     released: bool = False
 
@@ -225,9 +226,9 @@ class TelnetServer:
         oldest = min(candidates, key=lambda session: session.last_line)
         oldest.evicted = True
         self._release(oldest)
-        if oldest.writer is None:
-            # Not started yet: a task cancelled before its first step never runs, so
-            # nothing else would close the socket.
+        if not oldest.started:
+            # A task cancelled before its first step never runs, so nothing else would
+            # close the socket; a started one closes it itself.
             oldest.sock.close()
         if oldest.task is not None:
             oldest.task.cancel()
@@ -235,10 +236,11 @@ class TelnetServer:
 
     async def _run_session(self, sock: socket.socket, session: _Session) -> None:
         peer = session.peer
+        session.started = True
         try:
             reader, writer = await _open_stream(sock, limit=self._max_line)
         except (OSError, asyncio.CancelledError):
-            sock.close()
+            sock.close()  # asyncio closed the transport it may have made
             task = asyncio.current_task()
             if task is not None and task.cancelling() and not session.evicted:
                 raise
