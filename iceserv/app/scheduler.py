@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import pwd
@@ -34,6 +35,7 @@ import structlog
 from iceserv._version import VERSION
 from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
 from iceserv.config import Service, load_scheduler_settings
+from iceserv.netio import DESCRIPTOR_RESERVE, NofileLimit, fit_budget, raise_nofile_limit
 from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, ServerSettings
 from iceserv.scheduler.netif import broadcast_addresses, interface_address
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
     from iceserv.config import SchedulerSettings
     from iceserv.service import LogSetup, Notifier
 
-__all__ = ["SchedulerService", "main", "server_settings", "status_text"]
+__all__ = ["SchedulerService", "fit_budgets", "main", "server_settings", "status_text"]
 
 log = structlog.get_logger()
 
@@ -81,7 +83,37 @@ def server_settings(settings: SchedulerSettings, environ: Mapping[str, str]) -> 
         netname=settings.net_name or DEFAULT_NETNAME,
         persistent_clients=settings.persistent_client_connection,
         announce_to=announce_to,
+        handshake_timeout=settings.handshake_timeout,
+        message_timeout=settings.message_timeout,
+        max_connections=settings.max_connections,
+        max_connections_per_host=settings.max_connections_per_host,
+        max_monitors=settings.max_monitors,
+        max_monitors_per_host=settings.max_monitors_per_host,
     )
+
+
+def fit_budgets(
+    server: ServerSettings, telnet_sessions: int, limit: NofileLimit
+) -> tuple[ServerSettings, int]:
+    """Lower the connection budgets so that, when full, they leave descriptors to spare.
+
+    Telnet sessions get at most a quarter of the limit, the process's own
+    files a reserve of :data:`DESCRIPTOR_RESERVE` (at most a quarter), and
+    the scheduler port the rest.  A full budget then refuses connections,
+    and ``accept()`` never meets ``EMFILE`` on the port's account.
+    """
+    reserve = min(DESCRIPTOR_RESERVE, limit.soft // 4)
+    telnet = fit_budget(telnet_sessions, limit.soft // 4, 0)
+    total = fit_budget(server.max_connections, limit.soft - telnet, reserve)
+    if (total, telnet) != (server.max_connections, telnet_sessions):
+        log.warning("connection_budget_lowered", nofile=limit.soft,
+                    max_connections=total, max_telnet_sessions=telnet)  # fmt: skip
+    return dataclasses.replace(
+        server,
+        max_connections=total,
+        max_connections_per_host=min(server.max_connections_per_host, total),
+        max_monitors=min(server.max_monitors, total),
+    ), telnet
 
 
 def status_text(server: SchedulerServer) -> str:
@@ -93,13 +125,27 @@ def status_text(server: SchedulerServer) -> str:
     return f"{len(hosts)} {noun}, {running}/{slots} jobs running"
 
 
-async def _start_telnet(server: SchedulerServer) -> TelnetServer | None:
+async def _start_telnet(
+    server: SchedulerServer, sessions: int, sessions_per_host: int
+) -> TelnetServer | None:
     """Start the telnet interface on ``server.port + 1`` with ``server.control``."""
     try:
-        return await serve_telnet(server.control, server.settings.address, server.port + 1)
+        return await serve_telnet(server.control, server.settings.address, server.port + 1,
+                                  max_sessions=sessions,
+                                  max_sessions_per_host=sessions_per_host)  # fmt: skip
     except OSError as exc:
         log.error("telnet_listener_failed", port=server.port + 1, error=str(exc))  # noqa: TRY400
         return None
+
+
+def _raise_nofile_limit() -> NofileLimit:
+    """Raise the soft descriptor limit to the hard one and log the outcome."""
+    limit = raise_nofile_limit()
+    if limit.error:
+        log.warning("nofile_limit_kept", soft=limit.soft, hard=limit.hard, error=limit.error)
+    else:
+        log.info("nofile_limit_set", soft=limit.soft, hard=limit.hard, before=limit.before)
+    return limit
 
 
 def _drop_privileges(user: str) -> None:
@@ -186,6 +232,7 @@ async def _run(
     notifier: Notifier,
     make_service: Callable[[SchedulerServer, TelnetServer | None], SchedulerService],
     bus_address: str,
+    telnet_budget: tuple[int, int],
 ) -> int:
     rng = random.Random()  # noqa: S311 - placement randomness, not security
     server = SchedulerServer(server_conf, clock=WallClock(), rng=rng)
@@ -194,7 +241,7 @@ async def _run(
     except OSError as exc:
         log.error("listener_failed", port=server_conf.port, error=str(exc))  # noqa: TRY400
         return _EXIT_FAILURE
-    telnet = await _start_telnet(server)
+    telnet = await _start_telnet(server, *telnet_budget)
     service = make_service(server, telnet)
     _drop_privileges(service.settings.user)
     dbus = SchedulerInterface(server.control, version=VERSION)
@@ -248,7 +295,10 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
             SchedulerService, settings=settings, logs=logs, argv=args, environ=environ
         )
         bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
-        return asyncio.run(_run(server_conf, notifier, make_service, bus_address))
+        limit = _raise_nofile_limit()
+        server_conf, telnet_sessions = fit_budgets(server_conf, settings.max_telnet_sessions, limit)
+        telnet_budget = (telnet_sessions, settings.max_telnet_sessions_per_host)
+        return asyncio.run(_run(server_conf, notifier, make_service, bus_address, telnet_budget))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Owns parsing argv with 1.4's getopt strings (upstream ``daemon/main.cpp``:
 and long options, with GNU ``getopt_long`` behaviour (options after
 operands, unique-prefix abbreviations, ``-vvv``, ``-m4``, ``--port=1``),
 plus iceserv's own ``--confd``, ``--config``, ``--foreground``,
-``--log-format``, ``--stop-grace`` (daemon) and ``--check-config``.  It
+``--log-format``, ``--stop-grace`` (daemon), the scheduler's connection
+budgets and deadlines (``--max-connections`` ..., ``--handshake-timeout``,
+``--message-timeout``) and ``--check-config``.  It
 returns raw strings for the models to validate and must not validate
 values, print or exit.
 """
@@ -83,6 +85,21 @@ _SCHEDULER_ONLY: Final = (
         "",
         "keep daemons even when a better scheduler appears",
     ),
+    _Option("", "handshake-timeout", _Action.VALUE, "handshake_timeout", "SECONDS",
+            "time for a handshake and first message"),
+    _Option("", "message-timeout", _Action.VALUE, "message_timeout", "SECONDS",
+            "time to finish a started message"),
+    _Option("", "max-connections", _Action.VALUE, "max_connections", "N",
+            "connections on the scheduler port"),
+    _Option("", "max-connections-per-host", _Action.VALUE, "max_connections_per_host", "N",
+            "connections from one host"),
+    _Option("", "max-monitors", _Action.VALUE, "max_monitors", "N", "monitors at once"),
+    _Option("", "max-monitors-per-host", _Action.VALUE, "max_monitors_per_host", "N",
+            "monitors from one host"),
+    _Option("", "max-telnet-sessions", _Action.VALUE, "max_telnet_sessions", "N",
+            "telnet sessions at once"),
+    _Option("", "max-telnet-sessions-per-host", _Action.VALUE, "max_telnet_sessions_per_host",
+            "N", "telnet sessions from one host"),
 )
 _ICESERV: Final = (
     _Option("", "confd", _Action.CONFD, "", "PATH", "conf.d file to read (repeatable)"),

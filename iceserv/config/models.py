@@ -225,6 +225,25 @@ class SchedulerSettings(_Settings):
     """User to switch to when started as root; empty keeps the current user (``-u``)."""
     daemonize: bool = False
     """Detach from the terminal (``-d``); ignored under systemd or ``--foreground``."""
+    handshake_timeout: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    """Seconds a new connection has for its handshake and first message, in all
+    (``--handshake-timeout``)."""
+    message_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Seconds a daemon has to finish a message it has started (``--message-timeout``)."""
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    """Connections on the scheduler port at once: daemons, monitors, handshakes
+    (``--max-connections``)."""
+    max_connections_per_host: Annotated[int, Field(ge=1)] = 64
+    """Connections on the scheduler port from one host (``--max-connections-per-host``)."""
+    max_monitors: Annotated[int, Field(ge=0)] = 256
+    """Monitors at once; they also count as connections (``--max-monitors``)."""
+    max_monitors_per_host: Annotated[int, Field(ge=0)] = 16
+    """Monitors from one host (``--max-monitors-per-host``)."""
+    max_telnet_sessions: Annotated[int, Field(ge=1)] = 64
+    """Telnet sessions at once; when full, the oldest idle one makes room
+    (``--max-telnet-sessions``)."""
+    max_telnet_sessions_per_host: Annotated[int, Field(ge=1)] = 16
+    """Telnet sessions from one host (``--max-telnet-sessions-per-host``)."""
 
     @property
     def text_port(self) -> int:

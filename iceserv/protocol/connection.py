@@ -150,6 +150,11 @@ class Connection:
             raise LocalProtocolError(msg)
         return self._peer_version
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as an event (part of a message under way)."""
+        return len(self._in)
+
     def supports(self, feature: Feature) -> bool:
         """Return whether the negotiated protocol has *feature*."""
         return supports(self.protocol, feature)

@@ -6,12 +6,33 @@ one :class:`~iceserv.protocol.Connection` per peer, hands events to the pure
 :class:`~iceserv.scheduler.handlers.Scheduler`, and carries out the effects
 it returns.  It holds no scheduling logic of its own.
 
-Rules kept here: every read runs under ``asyncio.timeout()`` (15 s for the
-handshake and the first message); every write to a daemon is followed by a
-bounded ``drain()`` in that connection's writer task; monitors are written
-without waiting and are dropped when their buffer passes a limit (1.4 drops
-a monitor whose socket would block); accepted sockets get 1.4's keepalive
-options (reference §1.3), which is how dead daemons are noticed.
+Rules kept here: every read runs under a deadline that more bytes cannot
+move: the handshake and the first message (LOGIN or MON_LOGIN) must all
+arrive within ``handshake_timeout`` of the accept, and once a logged-in
+daemon has started a message the whole of it must arrive within
+``message_timeout``; every write to a daemon is followed by a bounded
+``drain()`` in that connection's writer task; monitors are never read from
+again (their socket stops being polled) and are written without waiting;
+what the kernel does not take is queued in user space, at most
+``monitor_buffer_limit`` (64 KiB) for one monitor and
+``monitor_buffer_total`` (2 MiB) for all of them together, beyond which the
+monitors furthest behind are dropped (1.4 drops a monitor whose socket
+would block; a small queue lets a reading monitor survive a burst, such as
+one 64 KiB read of STATS fanned out at once); accepted sockets
+get 1.4's keepalive options (reference §1.3), which is how dead daemons are
+noticed.
+
+Connection budgets: the listener (:class:`~iceserv.netio.Listener`, which
+pauses with back-off when descriptors run out) admits a connection only
+while its source host holds fewer than ``max_connections_per_host`` and
+everyone fewer than ``max_connections``; a MON_LOGIN also needs a place in
+the monitor budget.  When a new connection does not fit, the oldest
+connection still in its handshake (of the same host when that host is
+full) makes room: a real peer finishes its handshake within a round trip,
+so held or dripping connections cannot keep daemons out.  Logged-in
+daemons and monitors are never closed for room.  A connection that still
+does not fit is reset at once; refusals and evictions are logged at most
+once per ``_REFUSAL_LOG_INTERVAL``.
 """
 
 from __future__ import annotations
@@ -21,18 +42,30 @@ import contextlib
 import dataclasses
 import itertools
 import socket
+import struct
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 
 from iceserv.errors import ProtocolError
+from iceserv.netio import (
+    Admission,
+    ConnectionBudget,
+    Listener,
+    Throttle,
+    bind_tcp,
+    host_key,
+    open_stream,
+)
 from iceserv.protocol import (
     NEED_DATA,
     SCHEDULER_PORT,
     Connection,
     ConnectionClosed,
     Handshake,
+    MonLogin,
 )
 from iceserv.protocol.discovery import (
     DEFAULT_NETNAME,
@@ -70,6 +103,8 @@ _READ_SIZE: Final = 65536
 #: liveness is TCP keepalive's job (§5.2 step 6), the timeout only bounds the await.
 _IDLE_READ: Final = 300.0
 _MONITOR_SNDBUF: Final = 65536
+_REFUSAL_LOG_INTERVAL: Final = 10.0
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 
 class Clock(Protocol):
@@ -86,6 +121,9 @@ class ServerSettings:
 
     ``announce_to`` lists the addresses the scheduler announcements go to
     (the interfaces' broadcast addresses, or 127.0.0.1 under ``ICECC_TESTS``).
+    ``handshake_timeout`` bounds the handshake and first message together,
+    ``message_timeout`` any later message from its first byte; the
+    ``max_*`` fields are the connection budgets (the module docstring).
     """
 
     address: str = "0.0.0.0"  # noqa: S104 - 1.4 listens on every interface unless -i is given
@@ -94,25 +132,47 @@ class ServerSettings:
     persistent_clients: bool = False
     announce_to: tuple[str, ...] = ()
     handshake_timeout: float = 15.0
+    message_timeout: float = 30.0
     send_timeout: float = 30.0
     probe_timeout: float = 5.0
     internals_timeout: float = INTERNALS_TIMEOUT
-    monitor_buffer_limit: int = 1 << 18
+    monitor_buffer_limit: int = 1 << 16
+    monitor_buffer_total: int = 1 << 21
     daemon_buffer_limit: int = 1 << 22
+    max_connections: int = 4096
+    max_connections_per_host: int = 64
+    max_monitors: int = 256
+    max_monitors_per_host: int = 16
 
 
 @dataclass(eq=False)
 class _Peer:
     conn_id: int
     ip: str
+    key: str
     writer: asyncio.StreamWriter
     conn: Connection
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     monitor: bool = False
+    monitor_admitted: bool = False
+    logged_in: bool = False
+    message_deadline: float | None = None
     closed: bool = False
     nodename: str | None = None
     host_id: int = 0
     drainer: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A connection still in its handshake, in accept order: the first to make room."""
+
+    key: str
+    sock: socket.socket
+    task: asyncio.Task[None] | None = None
+    started: bool = False
+    peer: _Peer | None = None
+    evicted: bool = False
 
 
 def _set_keepalive(sock: socket.socket | None, *, bulk: bool = False) -> None:
@@ -161,7 +221,16 @@ class SchedulerServer:
         self._peers: dict[int, _Peer] = {}
         self._summaries = JobSummaries()
         self._ids = itertools.count(1)
-        self._tcp: asyncio.Server | None = None
+        self._listener: Listener | None = None
+        self._connections = ConnectionBudget(
+            total=settings.max_connections, per_host=settings.max_connections_per_host
+        )
+        self._monitor_budget = ConnectionBudget(
+            total=settings.max_monitors, per_host=settings.max_monitors_per_host
+        )
+        self._refusals = Throttle(_REFUSAL_LOG_INTERVAL)
+        self._evictions = Throttle(_REFUSAL_LOG_INTERVAL)
+        self._pending: dict[int, _Pending] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._timer_wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -181,11 +250,9 @@ class SchedulerServer:
 
     async def start(self) -> None:
         """Bind the TCP and UDP listeners and start the timer task."""
-        self._tcp = await asyncio.start_server(
-            self._serve, self.settings.address, self.settings.port, reuse_address=True,
-            backlog=1024, limit=_READ_SIZE,
-        )  # fmt: skip
-        self.port = self._tcp.sockets[0].getsockname()[1]
+        tcp = bind_tcp(self.settings.address, self.settings.port, backlog=1024)
+        self._listener = Listener(tcp, self._accepted, name="scheduler")
+        self.port = self._listener.address[1]
         loop = asyncio.get_running_loop()
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -194,22 +261,30 @@ class SchedulerServer:
             udp.bind((self.settings.address, self.port))
         except OSError:
             udp.close()
-            self._tcp.close()
+            self._listener.close()
             raise
         transport, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp)
         self._udp = transport
+        self._listener.start()
         self._spawn(self._timers())
         log.info("scheduler_started", address=self.settings.address, port=self.port,
                  netname=self.settings.netname)  # fmt: skip
 
     async def stop(self) -> None:
         """Stop listening and close every daemon and monitor connection (1.4's clean exit)."""
-        if self._tcp is not None:
-            self._tcp.close()
+        if self._listener is not None:
+            self._listener.close()
         if self._udp is not None:
             self._udp.close()
         for peer in list(self._peers.values()):
             self._close(peer)
+        for pending in list(self._pending.values()):  # accepted, no reader loop yet
+            if pending.peer is None and pending.task is not None:
+                pending.evicted = True  # its task must not release the budget again
+                if not pending.started:
+                    pending.sock.close()
+                pending.task.cancel()
+        self._pending.clear()
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
@@ -219,10 +294,6 @@ class SchedulerServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.send_timeout):
                     await asyncio.gather(*readers, return_exceptions=True)
-        if self._tcp is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.send_timeout):
-                    await self._tcp.wait_closed()
         log.info("scheduler_stopped")
 
     def reconfigure(self, *, netname: str, persistent_clients: bool) -> None:
@@ -272,6 +343,10 @@ class SchedulerServer:
         peer = self._peers.get(conn_id)
         if peer is not None:
             peer.monitor = True
+            # 1.4 stops polling a monitor's socket: whatever it sends stays in the kernel.
+            transport = peer.writer.transport
+            if isinstance(transport, asyncio.ReadTransport):
+                transport.pause_reading()
             _set_keepalive(peer.writer.get_extra_info("socket"), bulk=True)
             log.info("monitor_logged_in", peer=peer.ip, conn_id=conn_id)
 
@@ -295,26 +370,47 @@ class SchedulerServer:
         summary = self._summaries.observe(message, self._host_name, self.now())
         if summary is not None:
             log.info("job_finished", **summary)
+        encoded: dict[int, bytes] = {}  # one encoding per protocol version, not per monitor
+        behind: list[tuple[int, _Peer]] = []
         for conn_id in self._core.monitors:
             peer = self._peers.get(conn_id)
             if peer is None:
                 continue
             transport = peer.writer.transport
-            if transport.is_closing() or (
-                transport.get_write_buffer_size() > self.settings.monitor_buffer_limit
-            ):
-                log.info("monitor_dropped", peer=peer.ip, conn_id=conn_id)
-                self._close(peer)
-                self.apply(self._core.connection_lost(conn_id, self.now()))
-                continue
-            peer.conn.send(message)
-            peer.writer.write(peer.conn.data_to_send())
+            if not transport.is_closing():
+                version = peer.conn.protocol
+                data = encoded.get(version)
+                if data is None:
+                    peer.conn.send(message)
+                    data = encoded[version] = peer.conn.data_to_send()
+                peer.writer.write(data)
+            queued = transport.get_write_buffer_size()
+            if transport.is_closing() or queued > self.settings.monitor_buffer_limit:
+                self._drop_monitor(peer)
+            elif queued:
+                behind.append((queued, peer))
+        # All monitors together hold at most monitor_buffer_total: the furthest behind go first.
+        total = sum(queued for queued, _ in behind)
+        for queued, peer in sorted(behind, key=lambda item: item[0], reverse=True):
+            if total <= self.settings.monitor_buffer_total:
+                break
+            total -= queued
+            self._drop_monitor(peer)
+
+    def _drop_monitor(self, peer: _Peer) -> None:
+        log.info("monitor_dropped", peer=peer.ip, conn_id=peer.conn_id)
+        self._close(peer)
+        self.apply(self._core.connection_lost(peer.conn_id, self.now()))
 
     def _close(self, peer: _Peer) -> None:
         if peer.closed:
             return
         peer.closed = True
         self._peers.pop(peer.conn_id, None)
+        self._pending.pop(peer.conn_id, None)
+        self._connections.release(peer.key)
+        if peer.monitor_admitted:
+            self._monitor_budget.release(peer.key)
         peer.writer.close()  # the reader task sees end of file and finishes by itself
         if peer.drainer is not None and peer.drainer is not asyncio.current_task():
             peer.drainer.cancel()
@@ -375,21 +471,88 @@ class SchedulerServer:
 
     # --- TCP peers --------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        _set_keepalive(sock)
-        peername = writer.get_extra_info("peername") or ("?", 0)
+    @property
+    def connection_count(self) -> int:
+        """Connections on the scheduler port now (daemons, monitors, handshakes)."""
+        return self._connections.count
+
+    def _refused(self, ip: str, reason: str) -> None:
+        count = self._refusals.note(time.monotonic())
+        if count:
+            log.warning("connection_refused", peer=ip, reason=reason, refusals=count,
+                        connections=self._connections.count,
+                        monitors=self._monitor_budget.count)  # fmt: skip
+
+    def _accepted(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Admit a new connection within the budgets (the listener's callback)."""
+        ip = address[0]
+        key = host_key(ip)
+        answer = self._connections.admit(key)
+        if answer is not Admission.ADMITTED and self._evict_pending(key, answer):
+            answer = self._connections.admit(key)
+        if answer is not Admission.ADMITTED:
+            self._refused(ip, answer.value)
+            with contextlib.suppress(OSError):  # reset: no TIME_WAIT left behind
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.close()
+            return
+        loop = asyncio.get_running_loop()
         conn_id = next(self._ids)
-        peer = _Peer(conn_id, str(peername[0]), writer, Connection())
+        pending = _Pending(key, sock)
+        self._pending[conn_id] = pending
+        deadline = loop.time() + self.settings.handshake_timeout
+        pending.task = loop.create_task(self._serve(conn_id, pending, ip, deadline))
+        self._readers.add(pending.task)
+        pending.task.add_done_callback(self._readers.discard)
+
+    def _evict_pending(self, key: str, answer: Admission) -> bool:
+        """Close the oldest connection in its handshake (of *key* if that host is full)."""
+        victim = next(
+            (item for item in self._pending.items()
+             if answer is Admission.TOTAL_FULL or item[1].key == key),
+            None,
+        )  # fmt: skip
+        if victim is None:
+            return False
+        conn_id, pending = victim
+        del self._pending[conn_id]
+        pending.evicted = True
+        count = self._evictions.note(time.monotonic())
+        if count:
+            log.warning("connection_evicted", reason=answer.value, evictions=count,
+                        connections=self._connections.count)  # fmt: skip
+        if pending.peer is not None:  # no record per connection: connection_evicted counts
+            self._close(pending.peer)
+            self.apply(self._core.connection_lost(conn_id, self.now()))
+        else:
+            self._connections.release(pending.key)
+            if not pending.started:  # a task cancelled before its first step never runs
+                pending.sock.close()
+            if pending.task is not None:  # a started one closes the socket itself
+                pending.task.cancel()
+        return True
+
+    async def _serve(self, conn_id: int, pending: _Pending, ip: str, deadline: float) -> None:
+        sock = pending.sock
+        pending.started = True
+        try:
+            reader, writer = await open_stream(sock, limit=_READ_SIZE)
+        except (OSError, asyncio.CancelledError) as exc:
+            sock.close()  # asyncio closed the transport it may have made
+            if not pending.evicted:
+                self._pending.pop(conn_id, None)
+                self._connections.release(pending.key)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            return
+        _set_keepalive(sock)
+        peer = _Peer(conn_id, ip, pending.key, writer, Connection())
+        pending.peer = peer
         self._peers[conn_id] = peer
-        current = asyncio.current_task()
-        if current is not None:
-            self._readers.add(current)
-            current.add_done_callback(self._readers.discard)
         peer.drainer = self._spawn(self._drain(peer))
         reason = "closed"
         try:
-            reason = await self._read_loop(peer, reader)
+            reason = await self._read_loop(peer, reader, deadline)
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
         except TimeoutError:
@@ -410,44 +573,88 @@ class SchedulerServer:
         self._close(peer)
         self.apply(self._core.connection_lost(peer.conn_id, self.now()))
 
-    async def _read_loop(self, peer: _Peer, reader: asyncio.StreamReader) -> str:
+    def _admit_monitor(self, peer: _Peer) -> bool:
+        answer = self._monitor_budget.admit(peer.key)
+        if answer is not Admission.ADMITTED:
+            self._refused(peer.ip, f"monitor_{answer.value}")
+            return False
+        peer.monitor_admitted = True
+        return True
+
+    async def _read_loop(
+        self, peer: _Peer, reader: asyncio.StreamReader, handshake_deadline: float
+    ) -> str:
+        """Read and handle *peer*'s messages until it closes; return why it ended.
+
+        Before login every read shares *handshake_deadline*; after it a read
+        with no message under way may wait forever (in :data:`_IDLE_READ`
+        rounds), while one in the middle of a message shares that message's
+        deadline, set when its first bytes came.
+        """
+        loop = asyncio.get_running_loop()
         self._flush(peer)
-        logged_in = False
         while not peer.closed:
-            timeout = _IDLE_READ if logged_in else self.settings.handshake_timeout
+            at = self._read_deadline(peer, handshake_deadline, loop.time())
             try:
-                async with asyncio.timeout(timeout) as deadline:
+                async with asyncio.timeout_at(at) as deadline:
                     data = await reader.read(_READ_SIZE)
             except TimeoutError:
-                if logged_in and deadline.expired():
+                if not deadline.expired():
+                    # Not our deadline: the socket itself failed with ETIMEDOUT (keepalive
+                    # or the user timeout gave up on the peer).  The reader keeps raising
+                    # that error, so going round again would spin forever.
+                    raise
+                if peer.logged_in and peer.message_deadline is None:
                     continue  # idle daemons are fine; keepalive finds dead ones
-                # Not our deadline: the socket itself failed with ETIMEDOUT (keepalive or
-                # the user timeout gave up on the peer).  The reader keeps raising that
-                # error, so going round again would spin forever.
-                raise
+                return "message deadline passed" if peer.logged_in else "handshake deadline passed"
             peer.conn.receive_data(data)
-            while (event := peer.conn.next_event()) is not NEED_DATA:
-                self._flush(peer)
-                if isinstance(event, ConnectionClosed):
-                    return "closed by peer"
-                if isinstance(event, Handshake):
-                    self._core.peer_connected(
-                        peer.conn_id, peer.ip, event.protocol, event.peer_version
-                    )
-                    continue
-                self.apply(self._core.handle_message(peer.conn_id, event, self.now()))
-                if peer.monitor:
-                    return "monitor"  # never read from a monitor again (§5.5)
-                if not logged_in and (host := self._core.host_by_conn(peer.conn_id)):
-                    logged_in = True
-                    peer.nodename, peer.host_id = host.nodename, host.host_id
-                    log.info("daemon_logged_in", peer=peer.ip, host_id=host.host_id,
-                             nodename=host.nodename, max_jobs=host.max_jobs,
-                             protocol=host.protocol)  # fmt: skip
-            self._flush(peer)
+            ended, events = self._handle_events(peer)
+            if ended:
+                return ended
             if not data:
                 return "closed by peer"
+            if events or not peer.conn.buffered:
+                peer.message_deadline = None  # a message ended here
+            if peer.conn.buffered and peer.message_deadline is None and peer.logged_in:
+                peer.message_deadline = loop.time() + self.settings.message_timeout
         return "closed"
+
+    @staticmethod
+    def _read_deadline(peer: _Peer, handshake_deadline: float, now: float) -> float:
+        if not peer.logged_in:
+            return handshake_deadline
+        if peer.message_deadline is not None:
+            return peer.message_deadline
+        return now + _IDLE_READ
+
+    def _handle_events(self, peer: _Peer) -> tuple[str, int]:
+        """Handle every complete event *peer* sent; return (why it ended or "", events)."""
+        events = 0
+        while (event := peer.conn.next_event()) is not NEED_DATA:
+            events += 1
+            self._flush(peer)
+            if isinstance(event, ConnectionClosed):
+                return "closed by peer", events
+            if isinstance(event, Handshake):
+                self._core.peer_connected(
+                    peer.conn_id, peer.ip, event.protocol, event.peer_version
+                )
+                continue
+            if isinstance(event, MonLogin) and not self._admit_monitor(peer):
+                return "monitor budget full", events
+            self.apply(self._core.handle_message(peer.conn_id, event, self.now()))
+            if peer.monitor:
+                self._pending.pop(peer.conn_id, None)
+                return "monitor", events  # never read from a monitor again (§5.5)
+            if not peer.logged_in and (host := self._core.host_by_conn(peer.conn_id)):
+                self._pending.pop(peer.conn_id, None)
+                peer.logged_in = True
+                peer.nodename, peer.host_id = host.nodename, host.host_id
+                log.info("daemon_logged_in", peer=peer.ip, host_id=host.host_id,
+                         nodename=host.nodename, max_jobs=host.max_jobs,
+                         protocol=host.protocol)  # fmt: skip
+        self._flush(peer)
+        return "", events
 
     def _flush(self, peer: _Peer) -> None:
         data = peer.conn.data_to_send()

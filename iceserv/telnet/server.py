@@ -18,17 +18,34 @@ dropped.  The line buffer is capped at *max_line* bytes: a longer line gets
 input is treated as in 1.4: an unfinished last line is dropped and the peer
 gets ``200 Good Bye!``.  A session that fails in any way is closed and logged;
 it never stops the listener or other sessions.
+
+Budgets: at most *max_sessions* sessions, and *max_sessions_per_host* from
+one source host (:func:`~iceserv.netio.host_key`).  When a new connection
+does not fit, the idle session (one waiting for input, not running a
+command) whose last complete line is oldest makes room: of the same host
+when that host is full, of anyone when the port is full.  It gets
+``200 Good Bye!`` and is closed.  So sessions that send an empty line every
+20 s cannot lock the port out, as they could with a plain limit; 1.4 has no
+limit at all.  Only when every session is busy is the new connection
+reset.  Accepting runs on :class:`~iceserv.netio.Listener`, which pauses
+with back-off when descriptors run out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
 import structlog
 
 from iceserv.errors import RemoteProtocolError
+from iceserv.netio import Admission, ConnectionBudget, Listener, Throttle, bind_tcp, host_key
+from iceserv.netio import open_stream as _open_stream
 from iceserv.protocol.text import MAX_LINE, LineSplitter, format_text
 from iceserv.telnet.commands import GOODBYE, greeting, run_command
 
@@ -42,6 +59,7 @@ __all__ = [
     "IDLE_TIMEOUT",
     "LINE_TOO_LONG",
     "MAX_SESSIONS",
+    "MAX_SESSIONS_PER_HOST",
     "WRITE_TIMEOUT",
     "TelnetServer",
     "serve_telnet",
@@ -53,18 +71,43 @@ log = structlog.get_logger()
 IDLE_TIMEOUT: Final = 36.0
 #: Seconds a write may wait for the peer to read before the session is dropped.
 WRITE_TIMEOUT: Final = 30.0
-#: Sessions served at once; further connections are closed at once.
+#: Sessions served at once; beyond it the oldest idle session makes room.
 MAX_SESSIONS: Final = 64
+#: Sessions served at once for one source host (an IPv4 address or an IPv6 /64).
+MAX_SESSIONS_PER_HOST: Final = 16
 #: Sent, before closing, to a peer whose line exceeds the limit (1.4 has no limit).
 LINE_TOO_LONG: Final = "500 Line too long."
 _READ_SIZE: Final = 4096
+_REFUSAL_LOG_INTERVAL: Final = 10.0
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+
+@dataclass(eq=False)
+class _Session:
+    """One session's bookkeeping: who, and since when idle (loop time of its last line).
+
+    ``busy`` is set while a command runs and its answer is written; a new
+    session sending its greeting counts as idle.
+    """
+
+    key: str
+    peer: object
+    sock: socket.socket
+    writer: asyncio.StreamWriter | None = None
+    task: asyncio.Task[None] | None = None
+    last_line: float = 0.0
+    busy: bool = False
+    started: bool = False
+    evicted: bool = False
+    released: bool = False
 
 
 class TelnetServer:
     """Serves the telnet interface of *control* on one listening socket.
 
     *idle_timeout*, *write_timeout* and *max_line* bound every session as the
-    module docstring describes; *max_sessions* bounds how many run at once.
+    module docstring describes; *max_sessions* and *max_sessions_per_host*
+    bound how many run at once.
     Use :func:`serve_telnet`, or ``start()`` and ``close()`` (also as an async
     context manager).
     """
@@ -77,35 +120,36 @@ class TelnetServer:
         write_timeout: float = WRITE_TIMEOUT,
         max_line: int = MAX_LINE,
         max_sessions: int = MAX_SESSIONS,
+        max_sessions_per_host: int = MAX_SESSIONS_PER_HOST,
         read_size: int = _READ_SIZE,
     ) -> None:
         self._control = control
         self._idle_timeout = idle_timeout
         self._write_timeout = write_timeout
         self._max_line = max_line
-        self._max_sessions = max_sessions
+        self._budget = ConnectionBudget(total=max_sessions, per_host=max_sessions_per_host)
         self._read_size = read_size
-        self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._listener: Listener | None = None
+        self._sessions: dict[asyncio.Task[None], _Session] = {}
+        self._refusals = Throttle(_REFUSAL_LOG_INTERVAL)
 
     async def start(self, host: str, port: int) -> None:
         """Bind *host*:*port* (0 picks a free port) and start accepting."""
-        if self._server is not None:
+        if self._listener is not None:
             msg = "TelnetServer.start() called twice"
             raise RuntimeError(msg)
-        self._server = await asyncio.start_server(
-            self._on_connect, host, port, limit=self._max_line
-        )
+        self._listener = Listener(bind_tcp(host, port, backlog=128), self._on_connect,
+                                  name="telnet")  # fmt: skip
+        self._listener.start()
         log.info("telnet_listener_started", address=self.address)
 
     @property
     def address(self) -> tuple[str, int]:
         """The (host, port) the server listens on."""
-        if self._server is None or not self._server.sockets:
+        if self._listener is None:
             msg = "TelnetServer is not listening"
             raise RuntimeError(msg)
-        name = self._server.sockets[0].getsockname()
-        return str(name[0]), int(name[1])
+        return self._listener.address
 
     @property
     def session_count(self) -> int:
@@ -114,17 +158,14 @@ class TelnetServer:
 
     async def close(self) -> None:
         """Stop accepting, end every session and wait (bounded) until they are gone."""
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
         sessions = list(self._sessions)
         for task in sessions:
             task.cancel()
         if sessions:
             async with asyncio.timeout(self._write_timeout):
                 await asyncio.gather(*sessions, return_exceptions=True)
-        if self._server is not None:
-            async with asyncio.timeout(self._write_timeout):
-                await self._server.wait_closed()
 
     async def __aenter__(self) -> Self:
         """Return the server; it must already be started."""
@@ -139,27 +180,85 @@ class TelnetServer:
         """Close the server."""
         await self.close()
 
-    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _on_connect(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Admit a connection, making room if needed (the listener's callback)."""
+        key = host_key(address[0])
+        answer = self._budget.admit(key)
+        if answer is not Admission.ADMITTED and self._evict(key, answer):
+            answer = self._budget.admit(key)
+        if answer is not Admission.ADMITTED:
+            count = self._refusals.note(time.monotonic())
+            if count:
+                log.warning("telnet_session_refused", peer=address, reason=answer.value,
+                            sessions=len(self._sessions), refusals=count)  # fmt: skip
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.close()
+            return
         # Our own task rather than the one asyncio would make for a coroutine callback:
         # close() cancels it, and asyncio 3.11 logs the cancellation of its own as an error.
-        peer = writer.get_extra_info("peername")
-        if len(self._sessions) >= self._max_sessions:
-            log.warning("telnet_session_refused", peer=peer, sessions=len(self._sessions))
-            writer.transport.abort()
-            return
-        task = asyncio.create_task(self._run_session(reader, writer, peer))
-        self._sessions.add(task)
-        task.add_done_callback(self._sessions.discard)
+        session = _Session(key, address, sock, last_line=asyncio.get_running_loop().time())
+        task = asyncio.get_running_loop().create_task(self._run_session(sock, session))
+        session.task = task
+        self._sessions[task] = session
+        task.add_done_callback(self._session_done)
 
-    async def _run_session(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object
-    ) -> None:
+    def _session_done(self, task: asyncio.Task[None]) -> None:
+        session = self._sessions.pop(task, None)
+        if session is not None:
+            self._release(session)
+
+    def _release(self, session: _Session) -> None:
+        if not session.released:
+            session.released = True
+            self._budget.release(session.key)
+
+    def _evict(self, key: str, answer: Admission) -> bool:
+        """End the oldest idle session (of *key* when that host is full); False if none."""
+        candidates = [
+            session
+            for session in self._sessions.values()
+            if not session.busy and not session.evicted
+            and (answer is Admission.TOTAL_FULL or session.key == key)
+        ]  # fmt: skip
+        if not candidates:
+            return False
+        oldest = min(candidates, key=lambda session: session.last_line)
+        oldest.evicted = True
+        self._release(oldest)
+        if not oldest.started:
+            # A task cancelled before its first step never runs, so nothing else would
+            # close the socket; a started one closes it itself.
+            oldest.sock.close()
+        if oldest.task is not None:
+            oldest.task.cancel()
+        return True
+
+    async def _run_session(self, sock: socket.socket, session: _Session) -> None:
+        peer = session.peer
+        session.started = True
+        try:
+            reader, writer = await _open_stream(sock, limit=self._max_line)
+        except (OSError, asyncio.CancelledError):
+            sock.close()  # asyncio closed the transport it may have made
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() and not session.evicted:
+                raise
+            return
+        session.writer = writer
         log.info("telnet_session_opened", peer=peer)
         try:
-            reason = await self._serve(reader, writer)
+            reason = await self._serve(reader, writer, session)
         except asyncio.CancelledError:
-            writer.transport.abort()
             task = asyncio.current_task()
+            if session.evicted and task is not None:
+                task.uncancel()
+                # Never blocks: the goodbye goes into the buffer, close() flushes it.
+                writer.write(format_text(GOODBYE))
+                writer.close()
+                log.info("telnet_session_closed", peer=peer, reason="evicted")
+                return
+            writer.transport.abort()
             if task is not None and task.cancelling():
                 log.info("telnet_session_closed", peer=peer, reason="server_closing")
                 raise
@@ -175,19 +274,24 @@ class TelnetServer:
             await self._close_gracefully(writer)
             log.info("telnet_session_closed", peer=peer, reason=reason)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: _Session
+    ) -> str:
         """Run one session; return why it ended."""
         loop = asyncio.get_running_loop()
         splitter = LineSplitter(self._max_line)
         await self._send(writer, greeting(self._control))
         deadline = loop.time() + self._idle_timeout
         while True:
+            session.busy = False
             try:
                 async with asyncio.timeout_at(deadline):
                     data = await reader.read(self._read_size)
             except TimeoutError:
+                session.busy = True
                 await self._send(writer, [GOODBYE])
                 return "idle"
+            session.busy = True
             if not data:
                 with contextlib.suppress(ConnectionError, TimeoutError):
                     await self._send(writer, [GOODBYE])
@@ -198,7 +302,8 @@ class TelnetServer:
                 await self._send(writer, [LINE_TOO_LONG])
                 return "line_too_long"
             for line in lines:
-                deadline = loop.time() + self._idle_timeout
+                session.last_line = loop.time()
+                deadline = session.last_line + self._idle_timeout
                 reply = await run_command(self._control, line)
                 await self._send(writer, reply.texts)
                 if reply.close:
@@ -227,6 +332,7 @@ async def serve_telnet(  # noqa: PLR0913 - the limits are keyword-only, as on Te
     write_timeout: float = WRITE_TIMEOUT,
     max_line: int = MAX_LINE,
     max_sessions: int = MAX_SESSIONS,
+    max_sessions_per_host: int = MAX_SESSIONS_PER_HOST,
 ) -> TelnetServer:
     """Start serving *control*'s telnet interface on *host*:*port* and return the server."""
     server = TelnetServer(
@@ -235,6 +341,7 @@ async def serve_telnet(  # noqa: PLR0913 - the limits are keyword-only, as on Te
         write_timeout=write_timeout,
         max_line=max_line,
         max_sessions=max_sessions,
+        max_sessions_per_host=max_sessions_per_host,
     )
     await server.start(host, port)
     return server

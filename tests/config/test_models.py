@@ -36,6 +36,14 @@ SCHEDULER_DEFAULTS = {
     "port": 8765,
     "user": "",
     "daemonize": False,
+    "handshake_timeout": 15.0,
+    "message_timeout": 30.0,
+    "max_connections": 4096,
+    "max_connections_per_host": 64,
+    "max_monitors": 256,
+    "max_monitors_per_host": 16,
+    "max_telnet_sessions": 64,
+    "max_telnet_sessions_per_host": 16,
 }
 
 

@@ -47,6 +47,14 @@ SCHEDULER_SAMPLES = {
     "user": ("icecream", "icecream", "icecream"),
     "daemonize": ("1", True, True),
     "log_format": ("journal", "journal", "journal"),
+    "handshake_timeout": ("2.5", 2.5, 2.5),
+    "message_timeout": ("45", 45.0, 45.0),
+    "max_connections": ("1000", 1000, 1000),
+    "max_connections_per_host": ("4", 4, 4),
+    "max_monitors": ("0", 0, 0),
+    "max_monitors_per_host": ("1", 1, 1),
+    "max_telnet_sessions": ("8", 8, 8),
+    "max_telnet_sessions_per_host": ("2", 2, 2),
 }
 SAMPLES = {"daemon": DAEMON_SAMPLES, "scheduler": SCHEDULER_SAMPLES}
 PREFIX = {"daemon": "ICECCD_", "scheduler": "ICECC_SCHEDULER_"}

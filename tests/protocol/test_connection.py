@@ -218,6 +218,17 @@ class TestFraming:
         conn.receive_data(raw[-1:])
         assert drain(conn) == [NoCS(job_id=1, client_id=3)]
 
+    def test_buffered_counts_a_message_under_way(self):
+        """buffered is what arrived and is not yet an event: 0 between messages."""
+        conn = opened()
+        assert conn.buffered == 0
+        conn.receive_data(h("00000004 00000042 0000"))
+        assert drain(conn) == [Ping()]
+        assert conn.buffered == 2
+        conn.receive_data(h("0004 00000043"))
+        assert drain(conn) == [End()]
+        assert conn.buffered == 0
+
     def test_frames_across_reads(self):
         """Frames split across reads at odd places all come out, in order."""
         conn = opened()

@@ -31,7 +31,7 @@ _EVENT = re.compile(r"[a-z]+(?:_[a-z0-9]+)+")
 _FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 EVENT_SOURCES = {
     "icecc-scheduler.8": ("iceserv/scheduler", "iceserv/telnet", "iceserv/app/scheduler.py",
-                          "iceserv/service"),
+                          "iceserv/service", "iceserv/netio"),
     "iceccd.8": ("iceserv/daemon", "iceserv/app/daemon.py", "iceserv/app/daemon_bus.py",
                  "iceserv/service"),
 }  # fmt: skip

@@ -103,6 +103,10 @@ class TestStubHarness:
         assert f"--bounding-set={caps}" in words
         assert f"--ambient-caps={caps}" in words
 
+    def test_descriptor_limit(self, shell, name):
+        """rc_ulimit gives the service 65536 descriptors (a conf.d rc_ulimit, read first, wins)."""
+        assert self._run(shell, name, 'echo "$rc_ulimit"').stdout == "-n 65536\n"
+
     def test_reload_sends_hup(self, shell, name):
         """reload checks the configuration, then signals the supervised program with HUP."""
         body = "checkconfig() { echo checkconfig; }; reload"

@@ -97,6 +97,11 @@ class TestUnits:
         assert "EnvironmentFile" not in directives
         assert "DynamicUser" not in directives
 
+    @pytest.mark.parametrize("name", UNITS)
+    def test_descriptor_limit(self, name):
+        """Both services get 65536 descriptors, soft and hard (the default soft limit is 1024)."""
+        assert dict(_directives(name))["LimitNOFILE"] == "65536"
+
     def test_daemon_keeps_only_cap_sys_chroot(self):
         """iceccd may chroot (and nothing else); chroot(2) is allowed past @system-service."""
         directives = dict(_directives("iceccd.service"))

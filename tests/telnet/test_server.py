@@ -435,31 +435,62 @@ class TestTelnetServer:
 
         async def scenario() -> None:
             ctrl = control()
-            async with serving(ctrl) as server:
+            async with serving(ctrl, max_sessions_per_host=64) as server:
                 await asyncio.gather(*(one(server, i) for i in range(50)))
                 assert sorted(ctrl.blocks) == sorted(f"c{i}" for i in range(50))
                 await until(lambda: server.session_count == 0)
 
         run(scenario)
 
-    def test_sessions_beyond_the_limit_are_closed_at_once(self):
-        """Over max_sessions a new connection is closed without a greeting; later ones work."""
+    def test_full_port_closes_the_oldest_idle_session(self):
+        """Over max_sessions the idle session with the oldest last line says goodbye."""
 
         async def scenario() -> None:
             async with serving(max_sessions=2) as server:
                 first = await Client.connect(server)
                 second = await Client.connect(server)
-                third = await Client.connect(server, greeting=None)
-                with contextlib.suppress(ConnectionError):
-                    assert await third.read_to_eof() == b""
-                third.close()
-                await first.send(b"quit\n")
+                assert await first.command(b"listblocks\n") == DONE  # first is now the newer
+                third = await Client.connect(server)
+                assert await second.read_to_eof() == BYE
+                assert await first.command(b"listblocks\n") == DONE
+                await until(lambda: server.session_count == 2)
+                for client in (first, second, third):
+                    client.close()
+
+        run(scenario)
+
+    def test_full_host_makes_room_from_its_own_sessions(self):
+        """Over max_sessions_per_host the host's own oldest idle session goes, not another's."""
+
+        async def scenario() -> None:
+            async with serving(max_sessions=8, max_sessions_per_host=1) as server:
+                first = await Client.connect(server)
+                second = await Client.connect(server)
                 assert await first.read_to_eof() == BYE
+                assert await second.command(b"listblocks\n") == DONE
                 first.close()
-                await until(lambda: server.session_count == 1)
-                fourth = await Client.connect(server)
-                fourth.close()
                 second.close()
+
+        run(scenario)
+
+    def test_busy_sessions_are_never_closed_for_room(self):
+        """When no session is idle a new connection is reset without a greeting."""
+
+        async def scenario() -> None:
+            async with serving(max_sessions=1) as server:
+                first = await Client.connect(server)
+                for session in server._sessions.values():
+                    session.busy = True
+                try:  # the reset can come before connect() returns
+                    second = await Client.connect(server, greeting=None)
+                except ConnectionError:
+                    pass
+                else:
+                    with contextlib.suppress(ConnectionError):
+                        assert await second.read_to_eof() == b""
+                    second.close()
+                assert await first.command(b"listblocks\n") == DONE
+                first.close()
 
         run(scenario)
 

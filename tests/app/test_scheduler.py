@@ -1,0 +1,45 @@
+"""Tests for iceserv.app.scheduler: settings to server settings, budgets fitted to the fd limit."""
+
+from __future__ import annotations
+
+import pytest
+from structlog.testing import capture_logs
+
+from iceserv.app.scheduler import fit_budgets, server_settings
+from iceserv.config import SchedulerSettings
+from iceserv.netio import NofileLimit
+from iceserv.scheduler import ServerSettings
+
+
+class TestServerSettings:
+    def test_budgets_and_deadlines_are_passed_on(self):
+        """Every budget and deadline setting reaches the server's settings."""
+        settings = SchedulerSettings(
+            handshake_timeout=3, message_timeout=4, max_connections=100,
+            max_connections_per_host=5, max_monitors=6, max_monitors_per_host=2,
+        )  # fmt: skip
+        server = server_settings(settings, {"ICECC_TESTS": "1"})
+        assert (server.handshake_timeout, server.message_timeout) == (3, 4)
+        assert (server.max_connections, server.max_connections_per_host) == (100, 5)
+        assert (server.max_monitors, server.max_monitors_per_host) == (6, 2)
+
+
+class TestFitBudgets:
+    def test_a_large_limit_changes_nothing(self):
+        """With 65536 descriptors the defaults fit and nothing is logged."""
+        with capture_logs() as logs:
+            server, telnet = fit_budgets(ServerSettings(), 64, NofileLimit(1024, 65536, 65536))
+        assert (server, telnet) == (ServerSettings(), 64)
+        assert logs == []
+
+    @pytest.mark.parametrize(
+        ("soft", "connections", "telnet"), [(1024, 896, 64), (128, 64, 32), (8, 4, 2)]
+    )
+    def test_a_small_limit_lowers_the_budgets(self, soft, connections, telnet):
+        """Telnet gets at most a quarter, a reserve stays free, the port gets the rest."""
+        with capture_logs() as logs:
+            server, sessions = fit_budgets(ServerSettings(), 64, NofileLimit(soft, soft, soft))
+        assert (server.max_connections, sessions) == (connections, telnet)
+        assert server.max_connections_per_host <= server.max_connections
+        assert server.max_monitors <= server.max_connections
+        assert [e["event"] for e in logs] == ["connection_budget_lowered"]

@@ -1,0 +1,542 @@
+"""A hostile host on the LAN against a live scheduler (issue 20): held, dripped and flooded.
+
+Each test starts iceserv's scheduler program (``python -m iceserv.app.scheduler``,
+loopback, JSON log) and attacks its scheduler port or telnet port from this
+process with plain sockets, from several loopback source addresses
+(127.0.0.x) so that per-host budgets can be told from the total.  Every
+test asserts bounds read from ``/proc`` (descriptors, RSS, CPU seconds in
+``/proc/<pid>/stat``), the number of log records, and that the scheduler
+still answers a real peer afterwards; none asserts a duration.  Where a
+window of observation is needed (CPU spent while connections are held)
+its length only scales the bound.  The telnet lock-out is also run
+against the real icecream 1.4 scheduler, which has no session limit.
+
+Descriptor exhaustion uses ``prlimit`` on the running scheduler (a
+limit of 128) rather than a thousand sockets.  Settings are given as
+``ICECC_SCHEDULER_*`` environment variables, as a service manager would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from testbed import OurScheduler, RealScheduler
+from testbed.wait import wait_for
+
+from iceserv.protocol import NEED_DATA, Connection, Handshake, Login, MonLogin, MonStats, Stats
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
+    #: pytest's record_property: the figures go to ``--junitxml`` reports.
+    Recorder = Callable[[str, object], None]
+
+WAIT = 20.0  # bound on any single awaited event
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- the scheduler under attack and what /proc says about it --------------------------
+
+
+@dataclass(eq=False)
+class LimitedScheduler(OurScheduler):
+    """Our scheduler started under ``prlimit --nofile=N:N`` (which execs it: same pid)."""
+
+    nofile: int | None = None
+
+    def _launch(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        if self.nofile is not None:
+            argv = ["prlimit", f"--nofile={self.nofile}:{self.nofile}", "--", *argv]
+        super()._launch(argv, env)
+
+
+@contextlib.contextmanager
+def scheduler(env: Mapping[str, str] | None = None, *, nofile_at_start: int | None = None,
+              nofile_later: int | None = None) -> Iterator[OurScheduler]:  # fmt: skip
+    """Our scheduler with *env* settings and, if given, a lower descriptor limit.
+
+    *nofile_at_start* is the limit it starts with (it fits its budgets
+    under it); *nofile_later* is set with ``prlimit --pid`` once it runs.
+    """
+    ours = LimitedScheduler(extra_env=dict(env or {}), nofile=nofile_at_start).start()
+    try:
+        if nofile_later is not None:
+            limit = f"--nofile={nofile_later}:{nofile_later}"
+            subprocess.run(["prlimit", f"--pid={_pid(ours)}", limit], check=True, timeout=30)
+        yield ours
+    finally:
+        tail = ours.log_tail()
+        code = ours.stop()
+        assert code == 0, f"our scheduler did not exit cleanly: {code}\n{tail}"
+
+
+def _pid(program: OurScheduler | RealScheduler) -> int:
+    assert program.proc is not None
+    return program.proc.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size in KiB (``VmRSS`` of ``/proc/<pid>/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(pid)
+
+
+def fd_count(pid: int) -> int:
+    """Descriptors the process holds now."""
+    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+
+
+def log_records(program: OurScheduler) -> int:
+    """Lines in the program's JSON log."""
+    return len(program.log_text().splitlines())
+
+
+def connect(port: int, source: str = "127.0.0.1", rcvbuf: int | None = None,
+            timeout: float = WAIT) -> socket.socket:  # fmt: skip
+    """A TCP connection to 127.0.0.1:*port* from *source* (any 127.0.0.0/8 address)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.bind((source, 0))
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = WAIT) -> bool:
+    """Read and discard until end of file or reset; False if the peer keeps it open."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+# --- protocol peers ------------------------------------------------------------------
+
+
+class Peer:
+    """A binary-protocol peer on a blocking socket (a fake daemon or monitor)."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1", rcvbuf: int | None = None) -> None:
+        self.sock = connect(port, source, rcvbuf)
+        self.conn = Connection()
+        self.flush()
+        if not isinstance(self.next_event(), Handshake):
+            self.sock.close()
+            raise ConnectionResetError
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def send(self, *messages: object) -> None:
+        for message in messages:
+            self.conn.send(message)  # type: ignore[arg-type]
+        self.flush()
+
+    def next_event(self) -> object:
+        while (event := self.conn.next_event()) is NEED_DATA:
+            self.conn.receive_data(self.sock.recv(65536))
+            self.flush()
+        return event
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class FakeDaemon(Peer):
+    """Logs in as a daemon; a listening socket answers the scheduler's reachability probe."""
+
+    def __init__(self, port: int, name: str, source: str = "127.0.0.1") -> None:
+        self.probe = socket.create_server((source, 0))
+        super().__init__(port, source)
+        self.send(Login(port=self.probe.getsockname()[1], max_kids=2, nodename=name,
+                        host_platform="x86_64", supported_features=3), Stats(load=0))  # fmt: skip
+
+    def close(self) -> None:
+        super().close()
+        self.probe.close()
+
+
+def listed(program: OurScheduler | RealScheduler, name: str) -> bool:
+    """True once the scheduler's telnet ``listcs`` shows daemon *name*."""
+    return any(line.split()[:1] == [name] for line in telnet(program.port, "listcs"))
+
+
+def telnet(port: int | None, command: str, source: str = "127.0.0.1") -> list[str]:
+    """One telnet session on port + 1: greeting, *command*, answer lines up to ``200 done``."""
+    assert port is not None
+    with connect(port + 1, source) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"200-")  # greeting
+        assert reader.readline().startswith(b"200 ")
+        sock.sendall(command.encode() + b"\n")
+        lines = []
+        while (line := reader.readline()) and not line.startswith(b"200 done"):
+            lines.append(line.decode().rstrip("\n"))
+        assert line.startswith(b"200 done"), lines
+        return lines
+
+
+def still_serves(program: OurScheduler, name: str) -> None:
+    """A daemon can log in and telnet lists it: the scheduler is not locked out."""
+    daemon = FakeDaemon(program.port, name)  # type: ignore[arg-type]
+    try:
+        wait_for(lambda: listed(program, name), WAIT, f"{name} in listcs")
+    finally:
+        daemon.close()
+
+
+# --- the attacks ---------------------------------------------------------------------
+
+
+def _observe(program: OurScheduler, window: float) -> tuple[float, int, float]:
+    """Watch *program* for *window* seconds: (CPU seconds used, log records written, seconds).
+
+    The window only scales the CPU bound; nothing waits for an event here.
+    """
+    pid = _pid(program)
+    cpu, records, start = cpu_seconds(pid), log_records(program), time.monotonic()
+    while time.monotonic() - start < window:
+        time.sleep(0.1)
+    return cpu_seconds(pid) - cpu, log_records(program) - records, time.monotonic() - start
+
+
+class TestDescriptorExhaustion:
+    def test_held_connections_within_a_fitted_budget(self, record_property: Recorder):
+        """Started with 128 descriptors, 300 held connections: logins and telnet still work."""
+        with scheduler(nofile_at_start=128) as ours:
+            pid = _pid(ours)
+            base_rss = rss_kib(pid)
+            held = []
+            try:
+                for index in range(300):  # five hosts, 60 each: within the per-host budget
+                    with contextlib.suppress(OSError):
+                        held.append(connect(ours.port, f"127.0.1.{index % 5 + 1}"))  # type: ignore[arg-type]
+                spent, logged, elapsed = _observe(ours, 3.0)
+                fds = fd_count(pid)
+                record_property("fds", fds)
+                record_property("cpu_s", round(spent, 2))
+                record_property("window_s", round(elapsed, 1))
+                record_property("log_records", logged)
+                record_property("rss_growth_kib", rss_kib(pid) - base_rss)
+                still_serves(ours, "while-held")
+            finally:
+                for sock in held:
+                    sock.close()
+            assert fds < 128, fds
+            assert spent < 0.25 * elapsed, f"{spent:.2f} CPU s in {elapsed:.1f} s"
+            assert logged <= 5, ours.log_tail()
+            assert ours.events("connection_budget_lowered")
+
+    def test_running_out_of_descriptors_pauses_accepting(self, record_property: Recorder):
+        """Out of descriptors (limit lowered while running) it pauses: little CPU, few records."""
+        budgets = {"ICECC_SCHEDULER_MAX_CONNECTIONS": "100000",
+                   "ICECC_SCHEDULER_MAX_CONNECTIONS_PER_HOST": "100000",
+                   "ICECC_SCHEDULER_HANDSHAKE_TIMEOUT": "600"}  # fmt: skip
+        with scheduler(budgets, nofile_later=128) as ours:
+            pid = _pid(ours)
+            held = [connect(ours.port) for _ in range(300)]  # type: ignore[arg-type]
+            try:
+                wait_for(lambda: fd_count(pid) >= 120, WAIT, "the scheduler to run out of fds")
+                spent, logged, elapsed = _observe(ours, 3.0)
+            finally:
+                for sock in held:
+                    sock.close()
+            record_property("cpu_s", round(spent, 2))
+            record_property("window_s", round(elapsed, 1))
+            record_property("log_records", logged)
+            assert spent < 0.25 * elapsed, f"{spent:.2f} CPU s in {elapsed:.1f} s"
+            assert logged <= 5, ours.log_tail()
+            wait_for(lambda: fd_count(pid) < 64, WAIT, "the held connections to be closed")
+            still_serves(ours, "after-exhaustion")
+            assert ours.events("accept_paused")
+            assert ours.events("accept_resumed")
+
+    def test_a_flooding_host_gets_only_its_share(self, record_property: Recorder):
+        """500 connections from one host hold at most its per-host budget; others still get in."""
+        with scheduler({"ICECC_SCHEDULER_MAX_CONNECTIONS_PER_HOST": "32"}) as ours:
+            pid = _pid(ours)
+            base_fds, base_rss, cpu = fd_count(pid), rss_kib(pid), cpu_seconds(pid)
+            held = []
+            try:
+                for _ in range(500):
+                    with contextlib.suppress(OSError):
+                        held.append(connect(ours.port, "127.0.0.2"))  # type: ignore[arg-type]
+                fds = fd_count(pid)
+                spent, grown = cpu_seconds(pid) - cpu, rss_kib(pid) - base_rss
+                records = len(ours.events("connection_refused") + ours.events("connection_evicted"))
+                for name, value in (("fds_held", fds - base_fds), ("rss_growth_kib", grown),
+                                    ("cpu_s", round(spent, 2)), ("log_records", records)):
+                    record_property(name, value)
+                still_serves(ours, "beside-the-flood")
+                assert telnet(ours.port, "listblocks", "127.0.0.3") == []
+            finally:
+                for sock in held:
+                    sock.close()
+            assert fds <= base_fds + 32 + 8, fds
+            assert grown < 16 * 1024
+            assert spent < 3.0
+            assert records <= 4
+
+
+def _login_bytes() -> bytes:
+    """What a daemon sends first: its version, the confirmed version, a LOGIN frame."""
+    conn = Connection()
+    conn.receive_data((43).to_bytes(4, "little") * 2)  # the scheduler's side of the handshake
+    assert isinstance(conn.next_event(), Handshake)
+    conn.send(Login(port=1, max_kids=1, nodename="dripper", host_platform="x86_64"))
+    return conn.data_to_send()
+
+
+class TestDeadlines:
+    def test_drip_cannot_extend_the_handshake(self, record_property: Recorder):
+        """A valid handshake and LOGIN, one byte every 0.2 s: closed by the 1 s deadline."""
+        with scheduler({"ICECC_SCHEDULER_HANDSHAKE_TIMEOUT": "1"}) as ours:
+            sock = connect(ours.port)  # type: ignore[arg-type]
+            sent = 0
+            try:
+                sock.settimeout(0.2)
+                for byte in _login_bytes():
+                    sock.send(bytes([byte]))
+                    sent += 1
+                    with contextlib.suppress(TimeoutError):
+                        if sock.recv(4096) == b"":
+                            break
+            except ConnectionError:
+                pass
+            finally:
+                sock.close()
+            record_property("bytes_dripped", sent)
+            assert sent <= 15, f"still open after {sent} dripped bytes"
+            still_serves(ours, "after-drip")
+
+    def test_drip_cannot_extend_a_message(self, record_property: Recorder):
+        """A logged-in daemon that drips a message is dropped by the message deadline (1 s)."""
+        with scheduler({"ICECC_SCHEDULER_MESSAGE_TIMEOUT": "1"}) as ours:
+            daemon = FakeDaemon(ours.port, "dripper")  # type: ignore[arg-type]
+            try:
+                wait_for(lambda: listed(ours, "dripper"), WAIT, "the dripper to log in")
+                daemon.conn.send(Stats(load=1))
+                frame = daemon.conn.data_to_send()
+                daemon.sock.settimeout(0.2)
+                sent = 0
+                with contextlib.suppress(ConnectionError):
+                    for byte in frame[:-1] * 4:
+                        daemon.sock.send(bytes([byte]))
+                        sent += 1
+                        with contextlib.suppress(TimeoutError):
+                            if daemon.sock.recv(4096) == b"":
+                                break
+            finally:
+                daemon.close()
+            record_property("bytes_dripped", sent)
+            assert sent <= 15, f"still open after {sent} dripped bytes"
+            (record,) = ours.wait_events("daemon_logged_out", 1)
+            assert record["reason"] == "message deadline passed"
+
+
+class TestMonitors:
+    def test_mon_login_flood_is_capped(self, record_property: Recorder):
+        """300 MON_LOGINs from one host: 16 monitors stay; STATS fan-out stays cheap."""
+        with scheduler() as ours:
+            pid = _pid(ours)
+            base_fds, base_rss = fd_count(pid), rss_kib(pid)
+            monitors = []
+            for _ in range(300):
+                with contextlib.suppress(OSError):
+                    peer = Peer(ours.port, "127.0.0.4")  # type: ignore[arg-type]
+                    peer.send(MonLogin())
+                    monitors.append(peer)
+            daemon = FakeDaemon(ours.port, "chatty", "127.0.0.5")  # type: ignore[arg-type]
+            try:
+                with contextlib.suppress(AssertionError):  # main's code never gets there
+                    wait_for(lambda: fd_count(pid) <= base_fds + 16 + 4, WAIT,
+                             "monitors over the budget to be closed")  # fmt: skip
+                cpu = cpu_seconds(pid)
+                for load in range(500):
+                    daemon.send(Stats(load=load % 1000))
+                fds = fd_count(pid)
+                still_serves(ours, "beside-the-monitors")
+                spent, grown = cpu_seconds(pid) - cpu, rss_kib(pid) - base_rss
+                for name, value in (("fds_held", fds - base_fds), ("rss_growth_kib", grown),
+                                    ("cpu_s_500_stats", round(spent, 2))):
+                    record_property(name, value)
+            finally:
+                daemon.close()
+                for peer in monitors:
+                    peer.close()
+            assert fds <= base_fds + 16 + 8, fds
+            assert spent < 3.0, spent
+            assert grown < 16 * 1024
+            assert len(ours.events("connection_refused")) <= 3
+
+    def test_slow_monitors_are_dropped_not_buffered(self, record_property: Recorder):
+        """Monitors that never read are dropped (2 MiB queued at most); one that reads stays."""
+        with scheduler() as ours:
+            pid = _pid(ours)
+            base_rss = rss_kib(pid)
+            slow = []
+            for index in range(100):  # ten hosts, ten monitors each: within the budgets
+                peer = Peer(ours.port, f"127.0.0.{10 + index // 10}", rcvbuf=4096)  # type: ignore[arg-type]
+                peer.send(MonLogin())
+                slow.append(peer)
+            reader = Peer(ours.port, "127.0.0.6")  # type: ignore[arg-type]
+            reader.send(MonLogin())
+            stop = threading.Event()
+            seen: list[int] = []
+            thread = threading.Thread(target=_count_stats, args=(reader, seen, stop), daemon=True)
+            thread.start()  # reads all the time, as a real monitor does
+            daemon = FakeDaemon(ours.port, "chatty", "127.0.0.5")  # type: ignore[arg-type]
+            try:
+                for batch in range(30):  # 1,500 STATS; the reader is never 50 behind
+                    for load in range(50):
+                        daemon.send(Stats(load=load, free_mem=batch))
+                    wait_for(lambda sent=50 * (batch + 1): len(seen) >= sent, WAIT,
+                             "the reading monitor to keep up")  # fmt: skip
+                grown = rss_kib(pid) - base_rss
+                record_property("rss_growth_kib", grown)
+                wait_for(lambda: ours.events("monitor_dropped"), WAIT,
+                         "slow monitors to be dropped")  # fmt: skip
+            finally:
+                stop.set()
+                thread.join(WAIT)
+                daemon.close()
+                reader.close()
+                for peer in slow:
+                    peer.close()
+            record_property("monitors_dropped", len(ours.events("monitor_dropped")))
+            assert grown < 12 * 1024, grown
+            dropped = {record["peer"] for record in ours.events("monitor_dropped")}
+            assert "127.0.0.6" not in dropped
+
+
+def _count_stats(peer: Peer, seen: list[int], stop: threading.Event) -> None:
+    """Thread body: read *peer* until *stop*, appending 1 per MON_STATS with load details."""
+    peer.sock.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            data = peer.sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        peer.conn.receive_data(data)
+        while (event := peer.conn.next_event()) is not NEED_DATA:
+            if isinstance(event, MonStats) and "LoadAvg1:" in event.statmsg:
+                seen.append(1)
+
+
+class TestTelnet:
+    def _lock_out(self, port: int) -> list[str]:
+        """Fill 4 x 16 sessions from four hosts, each sends an empty line; then ask listcs."""
+        sessions = []
+        try:
+            for host in range(4):
+                for _ in range(16):
+                    sock = connect(port + 1, f"127.0.0.{20 + host}")
+                    sock.sendall(b"\n")
+                    sessions.append(sock)
+            for sock in sessions:  # greeting and the empty line's answer have been read
+                sock.settimeout(WAIT)
+                with contextlib.suppress(TimeoutError):
+                    sock.recv(4096)
+            return telnet(port, "listcs", "127.0.0.30")
+        finally:
+            for sock in sessions:
+                sock.close()
+
+    def test_full_telnet_port_still_answers(self):
+        """64 idle sessions that keep pinging cannot lock the telnet port out (nor 1.4's)."""
+        with scheduler() as ours:
+            assert self._lock_out(ours.port) == []  # type: ignore[arg-type]
+            assert ours.events("telnet_session_closed")
+
+    def test_real_scheduler_answers_too(self, real_scheduler: RealScheduler):
+        """The same against 1.4: it has no limit and answers."""
+        assert self._lock_out(real_scheduler.port) == []  # type: ignore[arg-type]
+
+    def test_one_host_cannot_take_the_port(self):
+        """A host over its share loses its own oldest idle session, not another host's."""
+        with scheduler({"ICECC_SCHEDULER_MAX_TELNET_SESSIONS_PER_HOST": "2"}) as ours:
+            other = connect(ours.port + 1, "127.0.0.41")  # type: ignore[operator]
+            first = connect(ours.port + 1, "127.0.0.40")  # type: ignore[operator]
+            second = connect(ours.port + 1, "127.0.0.40")  # type: ignore[operator]
+            third = connect(ours.port + 1, "127.0.0.40")  # type: ignore[operator]
+            try:
+                assert closed_by_peer(first)
+                assert telnet(ours.port, "listcs", "127.0.0.40") == []
+                other.sendall(b"listcs\n")
+                data = b""
+                other.settimeout(WAIT)
+                while b"200 done" not in data:
+                    chunk = other.recv(4096)
+                    assert chunk, data
+                    data += chunk
+            finally:
+                for sock in (other, first, second, third):
+                    sock.close()
+
+
+
+class TestCombined:
+    def test_a_real_daemon_logs_in_under_every_attack(self, real_daemon_factory,
+                                                      record_property: Recorder):  # fmt: skip
+        """Held, monitor and telnet floods at once (256 fds): a real 1.4 iceccd still logs in."""
+        env = {"ICECC_SCHEDULER_HANDSHAKE_TIMEOUT": "600"}  # held ones are evicted, not timed out
+        with scheduler(env, nofile_at_start=256) as ours:
+            pid = _pid(ours)
+            base_rss, cpu = rss_kib(pid), cpu_seconds(pid)
+            attackers: list[socket.socket] = []
+            try:
+                for index in range(400):  # held from five hosts: the port is full
+                    with contextlib.suppress(OSError):
+                        attackers.append(connect(ours.port, f"127.0.2.{index % 5 + 1}"))  # type: ignore[arg-type]
+                for _ in range(100):  # MON_LOGINs that never read
+                    with contextlib.suppress(OSError):
+                        peer = Peer(ours.port, "127.0.3.1", rcvbuf=4096)  # type: ignore[arg-type]
+                        peer.send(MonLogin())
+                        attackers.append(peer.sock)
+                for index in range(80):  # telnet sessions from five hosts: that port is full
+                    with contextlib.suppress(OSError):
+                        sock = connect(ours.port + 1, f"127.0.4.{index % 5 + 1}")  # type: ignore[operator]
+                        sock.sendall(b"\n")
+                        attackers.append(sock)
+                daemon = real_daemon_factory(f"c{os.getpid()}", ours.address)
+                wait_for(lambda: listed(ours, daemon.name), 2 * WAIT, "the real daemon in listcs")
+                fds, grown = fd_count(pid), rss_kib(pid) - base_rss
+                spent = cpu_seconds(pid) - cpu
+                record_property("fds", fds)
+                record_property("rss_growth_kib", grown)
+                record_property("cpu_s", round(spent, 2))
+            finally:
+                for sock in attackers:
+                    sock.close()
+            assert fds < 256, fds
+            assert grown < 32 * 1024, grown
+            (login,) = ours.events("daemon_logged_in")
+            assert login["nodename"] == daemon.name
