@@ -18,7 +18,7 @@ TCP, loopback or not).  Each client is in one :class:`~iceserv.daemon.states.Sta
                            |--NO_CS / USE_CS (us) / no scheduler--> PENDING_USE_CS
     PENDING_USE_CS --slot--> CLIENT_WORK (USE_CS 127.0.0.1 sent) --JOB_DONE--> JOB_DONE
     NEW|JOB_DONE --JOB_LOCAL_BEGIN--> LINK_WAIT --slot--> CLIENT_WORK (go sent)
-    NEW --TRANFER_ENV--> INSTALLING --END, unpacked--> NEW (LOGIN re-sent)
+    NEW --TRANFER_ENV--> [INSTALL_WAIT --transfer slot-->] INSTALLING --END, unpacked--> NEW
     NEW --VERIFY_ENV--> NEW (VERIFY_ENV_RESULT sent)
     NEW --COMPILE_FILE--> TO_COMPILE --slot--> COMPILING --result sent--> NEW
 
@@ -27,6 +27,8 @@ the protocol; the client is ended with exit 120)::
 
     message           state(s)                       what the daemon does
     ----------------  -----------------------------  ----------------------------------------
+    (local only: from a TCP peer that is not on loopback, GET_NATIVE_ENV,
+    GET_CS and JOB_LOCAL_BEGIN end the client with exit 120)
     GET_NATIVE_ENV    NEW                            BuildNative -> USE_NATIVE_ENV, or END and
                                                      close (121)
     GET_CS            NEW, JOB_DONE                  forward to the scheduler (our client id,
@@ -40,11 +42,12 @@ the protocol; the client is ended with exit 120)::
                       TO_COMPILE, COMPILING          end of the source; a second END cancels (118)
                       any other                      good bye (119): end the client
     TRANFER_ENV       NEW                            refuse without chroot; check names, unpack
-                                                     (an install slot, never queued)
+                                                     (an install slot at once) when fewer than
+                                                     max_env_transfers run, else wait unread
+                                                     (INSTALL_WAIT; a full queue: refused, 137)
     FILE_CHUNK        INSTALLING                     to the unpacker
                       TO_COMPILE, COMPILING          to the job's source (bounded while queued:
-                                                     overflow -> STATUS_TEXT, close; JOB_DONE
-                                                     118 if queued, 107 if running)
+                                                     see "Memory" below)
     VERIFY_ENV        NEW                            refuse without chroot; run /bin/true there
     COMPILE_FILE      NEW                            refuse without chroot; hold the environment,
                                                      queue for a COMPILE slot
@@ -67,6 +70,17 @@ scheduler counts us "busy installing" until then).  A running compile is
 killed and the client is kept until ``CompileFinished``: the compile then
 sends its JOB_DONE and frees the slot.
 
+Memory (issue 20): a queued job's source is buffered ("preloaded") only
+up to ``source_buffer_limit`` for that job and ``source_budget`` for all
+queued jobs together.  When either is reached the core stops reading the
+client (``PauseReading``: its bytes stay in the kernel and TCP slows the
+sender, as 1.4, which reads nothing before the job runs) and reads it again
+(``ResumeReading``) when its job starts or the budget has room.  So at most
+one chunk (<= 1 MiB) crosses either limit; a paused client that still sends
+past its limit plus one chunk is dropped.  Environment transfers run at most
+``max_env_transfers`` at once; others wait unread in FIFO order
+(``INSTALL_WAIT``), at most ``env_transfer_queue`` of them.
+
 Timers: each client has a read deadline that depends on its state
 (:func:`~iceserv.daemon.states.read_timeout`); a message moves it, and
 ``ArmTimer`` goes out only when the state changed (an expiry of a moved
@@ -81,16 +95,15 @@ one object from which a reader can name what the daemon does with each
 message in each state, so the table, the handlers and the end rules stay
 together (events and effects are in :mod:`~iceserv.daemon.effects`).
 
-Places prepared for later limits: :meth:`DaemonCore._admit` sees each
-client's kind before a message is handled (local-only requests),
-:attr:`DaemonCore.buffered` is the source held by queued jobs (a global
-budget checks it in ``_file_chunk``), and
-installs and native builds start in ``_begin_install`` and
-``_get_native_env`` (a cap with a queue).
+Local-only requests: :meth:`DaemonCore._admit` refuses GET_NATIVE_ENV,
+JOB_LOCAL_BEGIN and GET_CS from a client that is neither on the Unix socket
+nor on a loopback address (1.4's clients send them only to their own
+daemon).
 """
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
@@ -121,8 +134,10 @@ from iceserv.daemon.effects import (
     LoadSampled,
     Log,
     NativeEnvBuilt,
+    PauseReading,
     Received,
     ReleaseEnv,
+    ResumeReading,
     SchedulerDown,
     SchedulerUp,
     Send,
@@ -152,6 +167,7 @@ from iceserv.daemon.states import (
     read_timeout,
 )
 from iceserv.protocol import (
+    MAX_MESSAGE_SIZE,
     BlacklistHostEnv,
     CompileFile,
     CompileResult,
@@ -193,6 +209,8 @@ _CLIENT_ENV: Final = "__client"
 _MIN_PONG: Final = 1.0
 _MAX_PONG: Final = 60.0
 _DEFAULT_PONG: Final = 3.0
+#: Requests a client sends only to the daemon on its own host.
+_LOCAL_ONLY: Final = (GetNativeEnv, JobLocalBegin, GetCS)
 
 _C = TypeVar("_C")
 _M = TypeVar("_M")
@@ -253,7 +271,9 @@ class _Client:
     use_cs: UseCS | None = None
     outfile: str = ""
     job: _Job | None = None
-    install: str = ""  # "target/name" while an install runs
+    install: str = ""  # "target/name" while an install runs or waits
+    install_target: tuple[str, str] = ("", "")  # (target, name) of a waiting install
+    paused: bool = False  # the shell stopped reading it (PauseReading sent)
     last_read: float = 0.0
     deadline: float = 0.0
     gone: bool = False  # ended while its compile runs; forgotten at CompileFinished
@@ -281,6 +301,8 @@ class DaemonCore:
         self.pong = _DEFAULT_PONG
         self._next_forced = 0.0
         self._clients: dict[int, _Client] = {}
+        self._install_queue: collections.deque[int] = collections.deque()
+        self._flow_dirty = False  # a queued job's buffer changed: check pauses
         self._events: dict[type, Callable[[Any, float], list[Effect]]] = {
             ClientConnected: self._on_connected,
             Received: self._on_received,
@@ -355,7 +377,46 @@ class DaemonCore:
 
     def handle(self, event: Event, now: float) -> list[Effect]:
         """Apply *event* at time *now*; return what the shell must do, in order."""
-        return self._events[type(event)](event, now)
+        effects = self._events[type(event)](event, now)
+        if self._flow_dirty:
+            self._flow_dirty = False
+            effects += self._flow(now)
+        return effects
+
+    # --- memory: how much queued source the daemon reads -----------------------------
+
+    def _flow(self, now: float) -> list[Effect]:
+        """Pause the clients whose queued source reached a limit, resume the others."""
+        over = self.buffered >= self.settings.source_budget
+        effects: list[Effect] = []
+        for client in self._clients.values():
+            job = client.job
+            if client.gone or job is None:
+                continue
+            pause = (
+                client.state is State.TO_COMPILE
+                and not job.source.ended
+                and (over or job.source.pending >= self.settings.source_buffer_limit)
+            )
+            if pause is client.paused:
+                continue
+            client.paused = pause
+            if pause:
+                effects.append(PauseReading(client.conn_id))
+                effects.append(
+                    _log(
+                        "debug",
+                        "client_read_paused",
+                        client_id=client.conn_id,
+                        buffered=job.source.pending,
+                        total=self.buffered,
+                    )
+                )
+            else:
+                effects.append(ResumeReading(client.conn_id))
+            client.last_read = max(client.last_read, now)
+            effects += self._arm(client, now)
+        return effects
 
     # --- connections -----------------------------------------------------------------
 
@@ -370,8 +431,20 @@ class DaemonCore:
             return []  # read after the core ended it (the shell closes it)
         client.last_read = now
         handler = self._messages.get(event.message)
-        if handler is None or not self._admit(client, event.message):
+        if handler is None:
             return self._protocol_error(client, event.message, now)
+        if not self._admit(client, event.message):
+            return [
+                _log(
+                    "warning",
+                    "client_request_refused",
+                    client_id=client.conn_id,
+                    peer=client.peer,
+                    request=type(event.message).__name__,
+                    reason="local-only request from a remote peer",
+                ),
+                *self._finish_client(client, EXIT_PROTOCOL, now),
+            ]
         before = client.state
         effects = handler(client, event.message, now)
         if client.conn_id in self._clients and client.state is not before and not client.gone:
@@ -381,12 +454,12 @@ class DaemonCore:
     def _admit(self, client: _Client, msg: Message) -> bool:
         """Whether *client* (by its connection kind) may send *msg* at all.
 
-        Every message is admitted today, as in 1.4; local-only requests
-        (GET_NATIVE_ENV, JOB_LOCAL_BEGIN, GET_CS from TCP peers) get their
-        rule here.
+        GET_NATIVE_ENV, JOB_LOCAL_BEGIN and GET_CS are a local client's
+        requests: from a TCP peer not on loopback they would let any host
+        start native builds (which run a compiler it names), hold our slots
+        or submit jobs in our name (issue 20).
         """
-        del client, msg
-        return True
+        return client.kind.local or not isinstance(msg, _LOCAL_ONLY)
 
     def _on_gone(self, event: ClientGone, now: float) -> list[Effect]:
         client = self._clients.get(event.conn_id)
@@ -428,7 +501,7 @@ class DaemonCore:
 
     def _timeout(self, client: _Client) -> float:
         ended = client.job is not None and client.job.source.ended
-        return read_timeout(client.state, self.settings, stream_ended=ended)
+        return read_timeout(client.state, self.settings, stream_ended=ended, paused=client.paused)
 
     def _arm(self, client: _Client, now: float) -> list[Effect]:
         client.deadline = max(client.last_read, now) + self._timeout(client)
@@ -623,13 +696,44 @@ class DaemonCore:
         except EnvInstallError as exc:
             # Refused before an unpacker started: the scheduler still waits for our LOGIN.
             return [*self._reannounce(now), *self._install_failed(client, key, str(exc), now)]
-        self.slots.start_install(client.conn_id)
         client.install = key
+        if self.slots.installs >= max(1, self.settings.max_env_transfers):
+            if len(self._install_queue) >= self.settings.env_transfer_queue:
+                return [
+                    *self._reannounce(now),
+                    *self._install_failed(client, key, "too many transfers waiting", now),
+                ]
+            # Wait unread: the tarball stays in the kernel (and the sender) meanwhile.
+            client.install_target = (target, name)
+            client.state = State.INSTALL_WAIT
+            self._install_queue.append(client.conn_id)
+            return [
+                PauseReading(client.conn_id),
+                _log(
+                    "info",
+                    "env_transfer_queued",
+                    client_id=client.conn_id,
+                    env=key,
+                    waiting=len(self._install_queue),
+                ),
+            ]
+        return self._start_install(client, target, name)
+
+    def _start_install(self, client: _Client, target: str, name: str) -> list[Effect]:
+        self.slots.start_install(client.conn_id)
         client.state = State.INSTALLING
         return [
             StartUnpack(client.conn_id, target, name),
-            _log("info", "env_transfer_started", client_id=client.conn_id, env=key),
+            _log("info", "env_transfer_started", client_id=client.conn_id, env=client.install),
         ]
+
+    def _next_install(self) -> list[Effect]:
+        """An install ended: start the oldest waiting one, if any (and read it again)."""
+        if self._install_queue and self.slots.installs < max(1, self.settings.max_env_transfers):
+            client = self._clients[self._install_queue.popleft()]
+            target, name = client.install_target
+            return [ResumeReading(client.conn_id), *self._start_install(client, target, name)]
+        return []
 
     def _on_unpack_failed(self, event: UnpackFailed, now: float) -> list[Effect]:
         client = self._clients.get(event.conn_id)
@@ -637,7 +741,11 @@ class DaemonCore:
             return []
         key, client.install = client.install, ""
         self.slots.release(client.conn_id)
-        return [*self._reannounce(now), *self._install_failed(client, key, event.error, now)]
+        return [
+            *self._reannounce(now),
+            *self._install_failed(client, key, event.error, now),
+            *self._next_install(),
+        ]
 
     def _install_failed(self, client: _Client, key: str, error: str, now: float) -> list[Effect]:
         client.exit_override = EXIT_ENV_FAILED
@@ -663,6 +771,7 @@ class DaemonCore:
             ),
             *self._arm(client, now),
             *self._reannounce(now),
+            *self._next_install(),
         ]
 
     def _reannounce(self, now: float) -> list[Effect]:
@@ -699,8 +808,10 @@ class DaemonCore:
         refused = self._refuse_remote(client, now)
         if refused is not None:
             return refused
-        client.job = _Job(msg, SourceBuffer(self.settings.source_buffer_limit))
+        # Reading pauses at source_buffer_limit; one more chunk may be on its way then.
+        client.job = _Job(msg, SourceBuffer(self.settings.source_buffer_limit + MAX_MESSAGE_SIZE))
         client.state = State.TO_COMPILE
+        self._flow_dirty = True
         self.slots.enqueue(client.conn_id, Work.COMPILE)
         return [HoldEnv(msg.target, msg.environment), *self._schedule(now)]
 
@@ -720,6 +831,7 @@ class DaemonCore:
             ]
         if client.state is State.COMPILING:
             return [FeedCompile(client.conn_id, tuple(job.source.take()))]
+        self._flow_dirty = True
         return []
 
     def _start_compile(self, client: _Client, now: float) -> list[Effect]:
@@ -728,6 +840,7 @@ class DaemonCore:
             self.slots.release(client.conn_id)
             return []
         client.state = State.COMPILING
+        self._flow_dirty = True  # its buffer is handed over: room for the others
         msg = job.msg
         return [
             *self._to_scheduler(
@@ -904,6 +1017,7 @@ class DaemonCore:
         """End *client* as 1.4's ``handle_end``: report once, free what it held, close."""
         exit_code = client.exit_override or exit_code
         effects: list[Effect] = [Close(client.conn_id)]
+        self._flow_dirty = self._flow_dirty or client.job is not None
         job = client.job
         if client.state is State.COMPILING and job is not None:
             # The compile reports its own end; keep the client until CompileFinished.
@@ -911,9 +1025,14 @@ class DaemonCore:
             job.abort_code = job.abort_code or code
             client.gone = True
             return [*effects, KillCompile(client.conn_id)]
-        if client.install:
+        if client.state is State.INSTALL_WAIT:
             client.install = ""
-            effects += [AbortUnpack(client.conn_id), *self._reannounce_only()]
+            self._install_queue.remove(client.conn_id)
+            effects += self._reannounce_only()
+        elif client.install:
+            client.install = ""
+            self.slots.release(client.conn_id)
+            effects += [AbortUnpack(client.conn_id), *self._reannounce_only(), *self._next_install()]
         self.slots.release(client.conn_id)
         # Reported while still counted, as 1.4 does (client_count includes the one ending).
         if client.state is State.TO_COMPILE and job is not None:

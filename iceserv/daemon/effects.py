@@ -52,8 +52,10 @@ __all__ = [
     "LoadSampled",
     "Log",
     "NativeEnvBuilt",
+    "PauseReading",
     "Received",
     "ReleaseEnv",
+    "ResumeReading",
     "SchedulerDown",
     "SchedulerUp",
     "Send",
@@ -80,8 +82,8 @@ LINK_TIMER = 0
 class ConnKind:
     """How a client reached us: the Unix socket or TCP, from this host or not.
 
-    Later hardening makes GET_NATIVE_ENV, JOB_LOCAL_BEGIN and GET_CS
-    local-only; the core already knows each client's kind.
+    GET_NATIVE_ENV, JOB_LOCAL_BEGIN and GET_CS are served only to local
+    clients (:attr:`local`).
     """
 
     unix: bool
@@ -286,6 +288,20 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
+class PauseReading:
+    """Stop decoding client *conn_id*'s input: what it sends stays in the kernel (back-pressure)."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeReading:
+    """Decode client *conn_id*'s input again after :class:`PauseReading`."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class ToScheduler:
     """Send *message* to the scheduler (only emitted while logged in)."""
 
@@ -445,6 +461,8 @@ Effect = (
     Send
     | SendFile
     | Close
+    | PauseReading
+    | ResumeReading
     | ToScheduler
     | AnnounceLogin
     | DropScheduler

@@ -67,8 +67,18 @@ class ServerSettings:
     compile_timeout: float = 3600.0
     write_timeout: float = 30.0
     scheduler_idle: float = 300.0  # a silent scheduler link gets a STATS, never a close
-    source_buffer_limit: int = 256 * 1024 * 1024
+    message_timeout: float = 30.0  # a started message must be complete within this
+    # Memory a peer can make the daemon hold (issue 20): source of queued jobs is read
+    # only up to these (then the client is not read from, as 1.4 does not read it at all).
+    source_buffer_limit: int = 16 * 1024 * 1024  # one queued job
+    source_budget: int = 64 * 1024 * 1024  # all queued jobs together
+    max_env_transfers: int = 2  # unpackers at once; more transfers wait (not read)
+    env_transfer_queue: int = 16  # transfers waiting; more are refused
+    max_native_builds: int = 1  # ``icecc --build-native`` at once
+    # Connection budgets: TCP (all, and per source host) and, separately, the Unix socket.
     max_clients: int = 1024
+    max_clients_per_host: int = 64
+    max_local_clients: int = 1024
 
     @property
     def remote_allowed(self) -> bool:

@@ -15,7 +15,7 @@ Theory of operation
                          |--NO_CS / USE_CS (us) / no scheduler--> PENDING_USE_CS
     PENDING_USE_CS --slot--> CLIENT_WORK (USE_CS 127.0.0.1 sent) --JOB_DONE--> JOB_DONE
     NEW --JOB_LOCAL_BEGIN--> LINK_WAIT --slot--> CLIENT_WORK (go sent) --EOF--> (gone)
-    NEW --TRANFER_ENV--> INSTALLING --END, unpacked--> NEW (LOGIN re-sent)
+    NEW --TRANFER_ENV--> [INSTALL_WAIT --transfer slot-->] INSTALLING --END, unpacked--> NEW
     NEW --VERIFY_ENV--> NEW (VERIFY_ENV_RESULT sent)
     NEW --COMPILE_FILE--> TO_COMPILE --slot--> COMPILING --result sent--> NEW
 
@@ -87,6 +87,7 @@ class State(enum.Enum):
     CLIENT_WORK = "compiling locally"
     WAIT_COMPILE = "compiling remotely"
     LINK_WAIT = "waiting for a slot for a local job"
+    INSTALL_WAIT = "waiting to receive an environment"
     INSTALLING = "receiving an environment"
     TO_COMPILE = "waiting for a slot to compile"
     COMPILING = "compiling for the client"
@@ -96,9 +97,15 @@ class State(enum.Enum):
 _STREAMING: Final = frozenset((State.INSTALLING, State.TO_COMPILE, State.COMPILING))
 
 
-def read_timeout(state: State, settings: ServerSettings, *, stream_ended: bool) -> float:
-    """How long a client in *state* may stay silent before the daemon gives up on it."""
-    if state in _STREAMING and not stream_ended:
+def read_timeout(
+    state: State, settings: ServerSettings, *, stream_ended: bool, paused: bool = False
+) -> float:
+    """How long a client in *state* may stay silent before the daemon gives up on it.
+
+    A client whose input the daemon stopped reading (*paused*: its queued
+    job's buffer is full) waits as if its stream had ended.
+    """
+    if state in _STREAMING and not stream_ended and not paused:
         return settings.source_gap_timeout
     if state in (State.TO_COMPILE, State.COMPILING):
         return settings.compile_timeout + settings.source_gap_timeout

@@ -44,7 +44,9 @@ from iceserv.daemon.effects import (
     LoadSampled,
     Log,
     NativeEnvBuilt,
+    PauseReading,
     Received,
+    ResumeReading,
     ReleaseEnv,
     SchedulerDown,
     SchedulerUp,
@@ -69,6 +71,7 @@ from iceserv.daemon.states import (
     State,
 )
 from iceserv.protocol import (
+    MAX_MESSAGE_SIZE,
     BlacklistHostEnv,
     CompileFile,
     CompileResult,
@@ -152,10 +155,22 @@ def _occupy(core: DaemonCore) -> None:
     assert core.state_of(BUSY) is State.CLIENT_WORK
 
 
+TRANSFERS = (97, 98)  # clients holding both environment transfers (max_env_transfers 2)
+
+
+def _fill_transfers(core: DaemonCore) -> None:
+    for conn_id in TRANSFERS:
+        _connect(core, conn_id, REMOTE)
+        _send(core, conn_id, EnvTransfer(name=f"env{conn_id}", target="x86_64"))
+        assert core.state_of(conn_id) is State.INSTALLING
+
+
 def _drive(core: DaemonCore, state: State, conn_id: int = 1) -> None:
     """Bring client *conn_id* of *core* (scheduler up, one slot) into *state*."""
     if state in (State.PENDING_USE_CS, State.LINK_WAIT, State.TO_COMPILE):
         _occupy(core)
+    if state is State.INSTALL_WAIT:
+        _fill_transfers(core)
     _connect(core, conn_id)
     steps: dict[State, list[Any]] = {
         State.NEW: [],
@@ -166,6 +181,7 @@ def _drive(core: DaemonCore, state: State, conn_id: int = 1) -> None:
         State.WAIT_COMPILE: [GetCS(target="x86_64")],
         State.LINK_WAIT: [JobLocalBegin(outfile="a.o")],
         State.INSTALLING: [EnvTransfer(name="gcc", target="x86_64")],
+        State.INSTALL_WAIT: [EnvTransfer(name="gcc", target="x86_64")],
         State.TO_COMPILE: [_job()],
         State.COMPILING: [_job()],
         State.JOB_DONE: [JobLocalBegin(outfile="a.o"), JobDone(job_id=0, real_msec=5)],
@@ -246,7 +262,8 @@ def test_every_message_in_every_state(name: str, state: State) -> None:
     else:
         assert Close(1) not in effects
         assert core.state_of(1) is (state if expected == SAME else expected)
-    assert core.slots.used <= core.slots.capacity
+    installs = core.slots.installs if state is State.INSTALL_WAIT else 0  # they start at once
+    assert core.slots.used - installs <= core.slots.capacity
 
 
 class TestLocalClients:
@@ -477,10 +494,13 @@ class TestRemoteCompile:
         assert core.buffered == 0
 
     def test_too_much_source_while_queued(self):
-        """More than the buffer limit while waiting: STATUS_TEXT, the client is dropped."""
+        """Past the buffer limit plus one chunk while paused: STATUS_TEXT, the client is dropped."""
         core = _core()
         _drive(core, State.TO_COMPILE)
         effects = _send(core, 1, FileChunk(b"x" * 1001, 10))
+        assert PauseReading(1) in effects
+        assert core.state_of(1) is State.TO_COMPILE
+        effects = _send(core, 1, FileChunk(b"x" * MAX_MESSAGE_SIZE, 10))
         assert isinstance(_sent(effects, 1)[0], StatusText)
         assert Close(1) in effects
         (done,) = [m for m in _to_scheduler(effects) if isinstance(m, JobDone)]
@@ -719,6 +739,168 @@ class TestSchedulerLink:
         assert Close(2) in effects
         assert KillCompile(1) not in effects
         assert KillCompile(1) in core.handle(Stop(EXIT_NO_HOSTS, compiles_too=True), T0)
+
+
+# --- limits a hostile peer meets (issue 20) ----------------------------------------------
+
+LOOPBACK = ConnKind(unix=False, loopback=True)
+
+
+class TestLocalOnlyRequests:
+    @pytest.mark.parametrize(
+        "msg",
+        [GetNativeEnv(compiler="/usr/bin/gcc"), JobLocalBegin(outfile="a.o"), GetCS(target="x")],
+        ids=["GET_NATIVE_ENV", "JOB_LOCAL_BEGIN", "GET_CS"],
+    )
+    def test_refused_from_a_remote_peer(self, msg):
+        """A local client's request from a TCP peer off loopback ends it (120): nothing starts."""
+        core = _core()
+        _connect(core, 1, REMOTE)
+        effects = _send(core, 1, msg)
+        assert Close(1) in effects
+        assert core.state_of(1) is None
+        assert not _of(effects, BuildNative)
+        assert not _to_scheduler(effects)
+        assert core.slots.used == 0
+        (refused,) = [e for e in _of(effects, Log) if e.event == "client_request_refused"]
+        assert refused.fields["request"] == type(msg).__name__
+
+    @pytest.mark.parametrize("kind", [LOCAL, LOOPBACK], ids=["unix", "loopback"])
+    def test_served_on_the_unix_socket_and_loopback(self, kind):
+        """The same requests from the Unix socket or 127.0.0.1 are served."""
+        core = _core()
+        _connect(core, 1, kind)
+        assert _of(_send(core, 1, GetNativeEnv(compiler="/usr/bin/gcc")), BuildNative)
+        _connect(core, 2, kind)
+        _send(core, 2, JobLocalBegin(outfile="a.o"))
+        assert core.state_of(2) is State.CLIENT_WORK
+        _connect(core, 3, kind)
+        assert _to_scheduler(_send(core, 3, GetCS(target="x86_64")))
+
+    def test_remote_jobs_still_come_over_tcp(self):
+        """COMPILE_FILE, TRANFER_ENV and VERIFY_ENV stay open to remote peers."""
+        core = _core()
+        _connect(core, 1, REMOTE)
+        assert _of(_send(core, 1, _job()), StartCompile)
+        _connect(core, 2, REMOTE)
+        assert _of(_send(core, 2, EnvTransfer(name="e", target="x86_64")), StartUnpack)
+        _connect(core, 3, REMOTE)
+        assert _of(_send(core, 3, VerifyEnv(environment="e", target="x86_64")), VerifyEnvironment)
+
+
+MIB = 1 << 20
+
+
+class TestSourceBudget:
+    def _queued(self, core: DaemonCore, ids: range) -> None:
+        for conn_id in ids:
+            _connect(core, conn_id, REMOTE)
+            _send(core, conn_id, _job(conn_id, env="nosuchenv"))
+            assert core.state_of(conn_id) is State.TO_COMPILE
+
+    def test_the_issue_attack_is_held_to_the_budget(self):
+        """8 queued jobs sending 1 MiB chunks: reading pauses, at most budget + one chunk held."""
+        core = _core(source_buffer_limit=16 * MIB, source_budget=64 * MIB)
+        _occupy(core)
+        self._queued(core, range(1, 9))
+        paused: set[int] = set()
+        for _ in range(255):
+            for conn_id in range(1, 9):
+                if conn_id in paused:
+                    continue  # the shell no longer reads it
+                effects = _send(core, conn_id, FileChunk(b"\0" * MIB, 70))
+                paused |= {e.conn_id for e in _of(effects, PauseReading)}
+            if len(paused) == 8:
+                break
+        assert len(paused) == 8
+        assert core.buffered <= 64 * MIB + MIB
+        assert all(core.state_of(i) is State.TO_COMPILE for i in range(1, 9))
+
+    def test_one_job_pauses_at_its_own_limit(self):
+        """A queued job alone is paused at source_buffer_limit; its job's start resumes it."""
+        core = _core(source_buffer_limit=10, source_budget=1000)
+        _occupy(core)
+        self._queued(core, range(1, 2))
+        assert PauseReading(1) not in _send(core, 1, FileChunk(b"x" * 9, 9))
+        assert PauseReading(1) in _send(core, 1, FileChunk(b"x" * 2, 2))
+        effects = _send(core, BUSY, JobDone(job_id=0, real_msec=1))
+        (start,) = _of(effects, StartCompile)
+        assert start.pieces == (b"x" * 9, b"x" * 2)
+        assert ResumeReading(1) in effects
+        assert core.buffered == 0
+
+    def test_room_in_the_budget_resumes_the_others(self):
+        """When a queued client leaves, the budget has room: the paused ones are read again."""
+        core = _core(source_buffer_limit=100, source_budget=10)
+        _occupy(core)
+        self._queued(core, range(1, 3))
+        assert PauseReading(1) not in _send(core, 1, FileChunk(b"x" * 6, 6))
+        effects = _send(core, 2, FileChunk(b"x" * 6, 6))
+        assert {PauseReading(1), PauseReading(2)} <= set(_of(effects, PauseReading))
+        effects = core.handle(ClientGone(1, GoneReason.EOF), T0)
+        assert ResumeReading(2) in effects
+
+    def test_a_paused_client_waits_without_a_gap_timeout(self):
+        """A client we stopped reading is not timed out for the silence we imposed."""
+        core = _core(source_buffer_limit=10, source_budget=1000)
+        _occupy(core)
+        self._queued(core, range(1, 2))
+        effects = _send(core, 1, FileChunk(b"x" * 11, 11))
+        (timer,) = [e for e in _of(effects, ArmTimer) if e.key == 1]
+        assert timer.deadline >= T0 + core.settings.compile_timeout
+        assert not _of(core.handle(TimerExpired(1), T0 + 61), Close)
+
+
+class TestTransferQueue:
+    def test_third_transfer_waits_unread_and_starts_when_one_ends(self):
+        """Over max_env_transfers a transfer waits paused; a finished install starts it."""
+        core = _core()
+        _fill_transfers(core)
+        _connect(core, 1, REMOTE)
+        effects = _send(core, 1, EnvTransfer(name="gcc", target="x86_64"))
+        assert PauseReading(1) in effects
+        assert not _of(effects, StartUnpack)
+        assert core.state_of(1) is State.INSTALL_WAIT
+        effects = core.handle(Unpacked(TRANSFERS[0], 10, 10), T0)
+        assert ResumeReading(1) in effects
+        assert StartUnpack(1, "x86_64", "gcc") in effects
+        assert core.state_of(1) is State.INSTALLING
+        assert core.slots.installs == 2
+
+    def test_a_failed_or_aborted_install_starts_the_next(self):
+        """An unpacker failing, or a transferring client leaving, frees its place too."""
+        core = _core()
+        _fill_transfers(core)
+        for conn_id in (1, 2):
+            _connect(core, conn_id, REMOTE)
+            _send(core, conn_id, EnvTransfer(name=f"e{conn_id}", target="x86_64"))
+        assert StartUnpack(1, "x86_64", "e1") in core.handle(UnpackFailed(TRANSFERS[0], "bad"), T0)
+        effects = core.handle(ClientGone(TRANSFERS[1], GoneReason.EOF), T0)
+        assert AbortUnpack(TRANSFERS[1]) in effects
+        assert StartUnpack(2, "x86_64", "e2") in effects
+
+    def test_a_full_queue_refuses(self):
+        """Beyond env_transfer_queue waiting transfers, a new one is refused (137)."""
+        core = _core(env_transfer_queue=1)
+        _fill_transfers(core)
+        _connect(core, 1, REMOTE)
+        _send(core, 1, EnvTransfer(name="a", target="x86_64"))
+        _connect(core, 2, REMOTE)
+        effects = _send(core, 2, EnvTransfer(name="b", target="x86_64"))
+        assert Close(2) in effects
+        assert core.state_of(2) is None
+        assert core.state_of(1) is State.INSTALL_WAIT
+
+    def test_a_waiting_client_that_leaves_is_forgotten(self):
+        """A client leaving while it waits is taken out of the queue; LOGIN is re-sent."""
+        core = _core()
+        _fill_transfers(core)
+        _connect(core, 1, REMOTE)
+        _send(core, 1, EnvTransfer(name="a", target="x86_64"))
+        effects = core.handle(ClientGone(1, GoneReason.EOF), T0)
+        assert AnnounceLogin(reannounce=True) in effects
+        effects = core.handle(Unpacked(TRANSFERS[0], 10, 10), T0)
+        assert not _of(effects, StartUnpack)
 
 
 # --- random interleavings -----------------------------------------------------------------
