@@ -728,7 +728,7 @@ class DaemonCore:
         ]
 
     def _next_install(self) -> list[Effect]:
-        """An install ended: start the oldest waiting one, if any (and read it again)."""
+        """Start the oldest waiting install (and read it again) when an install ended."""
         if self._install_queue and self.slots.installs < max(1, self.settings.max_env_transfers):
             client = self._clients[self._install_queue.popleft()]
             target, name = client.install_target
@@ -1032,7 +1032,11 @@ class DaemonCore:
         elif client.install:
             client.install = ""
             self.slots.release(client.conn_id)
-            effects += [AbortUnpack(client.conn_id), *self._reannounce_only(), *self._next_install()]
+            effects += [
+                AbortUnpack(client.conn_id),
+                *self._reannounce_only(),
+                *self._next_install(),
+            ]
         self.slots.release(client.conn_id)
         # Reported while still counted, as 1.4 does (client_count includes the one ending).
         if client.state is State.TO_COMPILE and job is not None:

@@ -14,18 +14,33 @@ environments.  Every decision is the core's
 Empty connections (the scheduler's reachability probes) never reach the
 core.  Graceful stop: stop accepting, end every client (killing running
 compilers), leave the scheduler.
+
+Hostile peers (issue 20): both listeners accept through
+:class:`~iceserv.netio.Listener` (a pause with back-off when descriptors
+run out, no traceback per attempt); TCP connections count against
+``max_clients`` and ``max_clients_per_host``, the Unix socket against its
+own ``max_local_clients``, so a remote flood never refuses a local client.
+The handshake has ``handshake_timeout`` in all from the accept, and a
+message that has started must be complete within ``message_timeout``: a
+drip of bytes extends neither.  A client the core paused is not read from
+(``PauseReading``): its input stays in the kernel.  When a client that sent
+more than a MiB goes, freed heap is handed back to the system
+(``malloc_trim``), or the RSS it cost would stay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import itertools
 import os
 import random
 import shutil
 import socket
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -54,8 +69,10 @@ from iceserv.daemon.effects import (
     LoadSampled,
     Log,
     NativeEnvBuilt,
+    PauseReading,
     Received,
     ReleaseEnv,
+    ResumeReading,
     SchedulerDown,
     SchedulerUp,
     Send,
@@ -85,6 +102,8 @@ from iceserv.daemon.scheduler_link import LinkSettings, SchedulerLink, set_keepa
 from iceserv.daemon.slots import FULL_LOAD
 from iceserv.daemon.states import EXIT_NO_HOSTS
 from iceserv.errors import ProtocolError
+from iceserv.netio import Admission, ConnectionBudget, Listener, Throttle, bind_tcp, host_key
+from iceserv.netio import open_stream as _open_stream
 from iceserv.protocol import (
     NEED_DATA,
     Connection,
@@ -111,6 +130,12 @@ __all__ = ["Daemon"]
 log = structlog.get_logger()
 
 _READ_LIMIT: Final = 65536
+#: A client that sent more than this leaves freed heap worth handing back (malloc_trim).
+_TRIM_AFTER: Final = 1 << 20
+_TRIM_DELAY: Final = 0.5
+_REFUSAL_LOG_INTERVAL: Final = 10.0
+_LINGER_RESET: Final = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {1, 0}
+_LOCAL_KEY: Final = "local"
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -122,6 +147,11 @@ class _Peer:
     writer: asyncio.StreamWriter
     conn: Connection
     closing: bool = False
+    received: int = 0
+    readable: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.readable.set()
 
 
 class Daemon:
@@ -175,7 +205,17 @@ class Daemon:
         self._compiles: dict[int, CompileJob] = {}
         self._installers: dict[int, Installer] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._servers: list[asyncio.Server] = []
+        self._unix: Listener | None = None
+        self._servers: list[Listener] = []  # the TCP listeners
+        self._tcp_budget = ConnectionBudget(
+            total=settings.max_clients, per_host=settings.max_clients_per_host
+        )
+        self._local_budget = ConnectionBudget(
+            total=settings.max_local_clients, per_host=settings.max_local_clients
+        )
+        self._refusals = Throttle(_REFUSAL_LOG_INTERVAL)
+        self._trim: asyncio.TimerHandle | None = None
+        self._libc = _libc()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._link_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set after every event: a slot may have been freed
@@ -185,6 +225,8 @@ class Daemon:
             Send: self._send,
             SendFile: self._send_file,
             Close: self._close,
+            PauseReading: self._pause_reading,
+            ResumeReading: self._resume_reading,
             ToScheduler: self._to_scheduler,
             AnnounceLogin: self._announce,
             DropScheduler: self._drop_scheduler,
@@ -243,15 +285,21 @@ class Daemon:
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0)  # world-connectable, as 1.4 binds it
         try:
-            self._servers.append(
-                await asyncio.start_unix_server(self._accept, path=str(path), limit=_READ_LIMIT)
-            )
+            unix.bind(str(path))
+            unix.listen(1024)
+            unix.setblocking(False)  # noqa: FBT003 - the socket API's spelling
+        except OSError:
+            unix.close()
+            raise
         finally:
             os.umask(old_umask)
+        self._unix = Listener(unix, self._accepted_unix, name="daemon-unix")
+        self._unix.start()
         opened, self.port = await self._listen(self.settings.listen_addresses, self.port)
-        self._servers += opened
+        self._servers = opened
         await self._carry_out(
             self.core.reconfigure(self.settings, port=self.port, now=self.clock.now())
         )
@@ -270,6 +318,8 @@ class Daemon:
         """Close the listeners, leave the scheduler, end every client not being compiled for."""
         for server in self._servers:
             server.close()
+        if self._unix is not None:
+            self._unix.close()
         await self._stop_link()
         await self._feed(Stop(EXIT_NO_HOSTS))
 
@@ -298,6 +348,9 @@ class Daemon:
         if (settings.listen_addresses, settings.port) != (old.listen_addresses, old.port):
             await self._rebind(settings, old)
         self.settings = settings
+        self._tcp_budget.total = settings.max_clients
+        self._tcp_budget.per_host = settings.max_clients_per_host
+        self._local_budget.total = self._local_budget.per_host = settings.max_local_clients
         self.jobs.settings = settings
         self.cache.nice = settings.nice
         self.cache.limit = settings.cache_limit
@@ -316,42 +369,31 @@ class Daemon:
             await self._restart_link()
 
     async def _rebind(self, settings: ServerSettings, old: ServerSettings) -> None:
-        unix, tcp = self._servers[:1], self._servers[1:]
-        for server in tcp:
+        for server in self._servers:
             server.close()
-        for server in tcp:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.write_timeout):
-                    await server.wait_closed()
         try:
             opened, port = await self._listen(settings.listen_addresses, settings.port)
         except OSError:
-            opened, self.port = await self._listen(old.listen_addresses, self.port)
-            self._servers = [*unix, *opened]
+            self._servers, self.port = await self._listen(old.listen_addresses, self.port)
             raise
-        self._servers = [*unix, *opened]
+        self._servers = opened
         self.port = port
 
-    async def _listen(
-        self, addresses: Sequence[str], port: int
-    ) -> tuple[list[asyncio.Server], int]:
-        opened: list[asyncio.Server] = []
+    async def _listen(self, addresses: Sequence[str], port: int) -> tuple[list[Listener], int]:
+        opened: list[Listener] = []
         try:
             for address in addresses:
-                server = await asyncio.start_server(
-                    self._accept,
-                    address,
-                    port,
-                    reuse_address=True,
-                    backlog=1024,
-                    limit=_READ_LIMIT,
+                listener = Listener(
+                    bind_tcp(address, port, backlog=1024), self._accepted_tcp, name="daemon"
                 )
-                port = server.sockets[0].getsockname()[1]  # port 0: the one chosen
-                opened.append(server)
+                port = listener.address[1]  # port 0: the one chosen
+                opened.append(listener)
         except OSError:
-            for server in opened:
-                server.close()
+            for listener in opened:
+                listener.close()
             raise
+        for listener in opened:
+            listener.start()
         return opened, port
 
     async def _restart_link(self) -> None:
@@ -383,10 +425,8 @@ class Daemon:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for server in self._servers:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.write_timeout):
-                    await server.wait_closed()
+        if self._trim is not None:
+            self._trim.cancel()
         with contextlib.suppress(OSError):
             self.settings.unix_socket.unlink()
         log.info("daemon_stopped")
@@ -397,39 +437,100 @@ class Daemon:
 
     # --- connections -----------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._peers) >= self.settings.max_clients:
-            writer.close()
+    def _accepted_tcp(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Admit a TCP connection within the TCP budgets (the listener's callback)."""
+        ip = address[0]
+        key = host_key(ip)
+        answer = self._tcp_budget.admit(key)
+        if answer is not Admission.ADMITTED:
+            self._refuse(sock, ip, answer)
             return
-        sock = writer.get_extra_info("socket")
-        set_keepalive(sock)
-        peername = writer.get_extra_info("peername")
-        tcp = isinstance(peername, tuple)
-        peer = f"{peername[0]}:{peername[1]}" if tcp else "local"
-        kind = ConnKind(unix=not tcp, loopback=tcp and _is_loopback(str(peername[0])))
-        item = _Peer(next(self._ids), peer, writer, Connection())
-        self._peers[item.conn_id] = item
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
+        kind = ConnKind(unix=False, loopback=_is_loopback(ip))
+        self._start_serving(sock, f"{ip}:{address[1]}", kind, self._tcp_budget, key)
+
+    def _accepted_unix(self, sock: socket.socket, _: tuple[str, int]) -> None:
+        """Admit a Unix-socket connection within its own budget, never spent by TCP peers."""
+        answer = self._local_budget.admit(_LOCAL_KEY)
+        if answer is not Admission.ADMITTED:
+            self._refuse(sock, "local", answer)
+            return
+        kind = ConnKind(unix=True, loopback=False)
+        self._start_serving(sock, "local", kind, self._local_budget, _LOCAL_KEY)
+
+    def _refuse(self, sock: socket.socket, peer: str, answer: Admission) -> None:
+        count = self._refusals.note(time.monotonic())
+        if count:
+            log.warning(
+                "connection_refused",
+                peer=peer,
+                reason=answer.value,
+                refusals=count,
+                tcp=self._tcp_budget.count,
+                local=self._local_budget.count,
+            )
+        with contextlib.suppress(OSError):  # reset: no TIME_WAIT left behind
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        sock.close()
+
+    def _start_serving(
+        self, sock: socket.socket, peer: str, kind: ConnKind, budget: ConnectionBudget, key: str
+    ) -> None:
+        deadline = asyncio.get_running_loop().time() + self.settings.handshake_timeout
+        self._spawn(self._accept(sock, peer, kind, deadline, lambda: budget.release(key)))
+
+    async def _accept(
+        self,
+        sock: socket.socket,
+        peer: str,
+        kind: ConnKind,
+        deadline: float,
+        release: Callable[[], None],
+    ) -> None:
         try:
-            await self._serve(item, reader, peer, kind)
+            try:
+                reader, writer = await _open_stream(sock, limit=_READ_LIMIT)
+            except OSError:
+                sock.close()
+                return
+            if not kind.unix:
+                set_keepalive(sock)
+            item = _Peer(next(self._ids), peer, writer, Connection())
+            self._peers[item.conn_id] = item
+            try:
+                await self._serve(item, reader, peer, kind, deadline)
+            finally:
+                self._peers.pop(item.conn_id, None)
+                timer = self._timers.pop(item.conn_id, None)
+                if timer is not None:
+                    timer.cancel()
+                writer.close()
+                if item.received > _TRIM_AFTER:
+                    self._trim_soon()
         finally:
-            self._peers.pop(item.conn_id, None)
-            timer = self._timers.pop(item.conn_id, None)
-            if timer is not None:
-                timer.cancel()
-            writer.close()
-            if task is not None:
-                self._tasks.discard(task)
+            release()
+
+    def _trim_soon(self) -> None:
+        """Hand freed heap back to the system shortly (once for a burst of departures)."""
+        if self._trim is None and self._libc is not None:
+            self._trim = asyncio.get_running_loop().call_later(_TRIM_DELAY, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
 
     async def _serve(
-        self, item: _Peer, reader: asyncio.StreamReader, peer: str, kind: ConnKind
+        self,
+        item: _Peer,
+        reader: asyncio.StreamReader,
+        peer: str,
+        kind: ConnKind,
+        deadline: float,
     ) -> None:
         """Handshake, then pass every message to the core until it or the client ends."""
         item.writer.write(item.conn.data_to_send())
         try:
-            async with asyncio.timeout(self.settings.handshake_timeout):
+            async with asyncio.timeout_at(deadline):
                 first = await self._read_event(item, reader)
         except ProtocolError as exc:
             log.warning("client_protocol_error", peer=peer, error=str(exc), state="handshake")
@@ -453,7 +554,7 @@ class Daemon:
                 await self._feed(Received(item.conn_id, event), reader=item.conn_id)
         except ProtocolError as exc:
             reason, detail = GoneReason.PROTOCOL_ERROR, str(exc)
-        except OSError as exc:
+        except OSError as exc:  # TimeoutError too: a message missed its deadline
             reason, detail = GoneReason.IO_ERROR, str(exc) or type(exc).__name__
         if not item.closing:
             await self._feed(ClientGone(item.conn_id, reason, detail))
@@ -461,8 +562,15 @@ class Daemon:
     async def _read_event(
         self, item: _Peer, reader: asyncio.StreamReader
     ) -> Message | Handshake | None:
+        """Return the next message; one under way must be complete within ``message_timeout``.
+
+        Nothing is decoded while the core has paused the client.
+        """
         conn = item.conn
+        started: float | None = None
         while True:
+            if not item.readable.is_set():
+                await item.readable.wait()
             event = conn.next_event()
             out = conn.data_to_send()
             if out:
@@ -471,7 +579,22 @@ class Daemon:
                 return None
             if event is not NEED_DATA:
                 return event
-            conn.receive_data(await reader.read(_READ_LIMIT))
+            loop = asyncio.get_running_loop()
+            if conn.buffered and started is None:
+                started = loop.time()
+            if started is None:
+                data = await reader.read(_READ_LIMIT)
+            else:
+                try:
+                    async with asyncio.timeout_at(started + self.settings.message_timeout):
+                        data = await reader.read(_READ_LIMIT)
+                except TimeoutError:
+                    msg = f"a message took over {self.settings.message_timeout:g} s to arrive"
+                    raise TimeoutError(msg) from None
+            if data and started is None:
+                started = loop.time()
+            item.received += len(data)
+            conn.receive_data(data)
 
     # --- the core --------------------------------------------------------------------
 
@@ -537,7 +660,18 @@ class Daemon:
         item = self._peers.get(effect.conn_id)
         if item is not None:
             item.closing = True
+            item.readable.set()  # a paused read loop wakes up and sees the end
             item.writer.close()  # what was queued still goes out first
+
+    def _pause_reading(self, effect: PauseReading) -> None:
+        item = self._peers.get(effect.conn_id)
+        if item is not None:
+            item.readable.clear()
+
+    def _resume_reading(self, effect: ResumeReading) -> None:
+        item = self._peers.get(effect.conn_id)
+        if item is not None:
+            item.readable.set()
 
     def _arm(self, effect: ArmTimer) -> None:
         old = self._timers.pop(effect.key, None)
@@ -786,6 +920,17 @@ class Daemon:
         lines.append(f"  Current kids: {self.core.slots.children} (max: {self.settings.max_kids})")
         lines.append(f"  load: {self.tracker.current_load}")
         return "\n".join(lines) + "\n"
+
+
+def _libc() -> Any:  # noqa: ANN401 - a ctypes library handle
+    """glibc, for ``malloc_trim`` (None elsewhere: then freed heap stays with the process)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        _ = libc.malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
 
 
 def _is_loopback(address: str) -> bool:

@@ -167,7 +167,10 @@ class Listener:
                 self._failures = 0
                 self._delay = 0.0
             conn.setblocking(False)  # noqa: FBT003 - the socket API's spelling
-            self._on_accept(conn, (str(address[0]), int(address[1])))
+            if isinstance(address, tuple):
+                self._on_accept(conn, (str(address[0]), int(address[1])))
+            else:  # a Unix socket: the peer has no address (the daemon's local clients)
+                self._on_accept(conn, (str(address or ""), 0))
 
     def _pause(self, exc: OSError) -> None:
         assert self._loop is not None  # noqa: S101 - only called from the loop's reader
