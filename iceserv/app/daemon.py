@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -51,6 +52,7 @@ from iceserv.daemon import (
     determine_platform,
     resolve_user,
 )
+from iceserv.netio import DESCRIPTOR_RESERVE, NofileLimit, fit_budget, raise_nofile_limit
 from iceserv.scheduler.netif import broadcast_addresses, interface_address
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.dbus import (
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
     from iceserv.config import DaemonSettings, Loaded
     from iceserv.service import LogSetup, Notifier
 
-__all__ = ["DaemonService", "main", "server_settings", "socket_path"]
+__all__ = ["DaemonService", "fit_budgets", "main", "server_settings", "socket_path"]
 
 log = structlog.get_logger("iceserv.app.daemon")
 
@@ -79,6 +81,9 @@ _LOOPBACK: Final = "127.0.0.1"
 _REAL_ICECC: Final = "/usr/bin/icecc"
 #: What a reload cannot change while the daemon runs (it says so and keeps the old value).
 _SCHEDULER_IDLE: Final = 300.0
+_MB: Final = 1024 * 1024
+#: Descriptors one running compile or install holds (its pipes, the helper's socket pair).
+_FDS_PER_JOB: Final = 8
 _RESTART_ONLY: Final = frozenset(("user", "env_basedir", "daemonize"))
 
 
@@ -134,7 +139,50 @@ def server_settings(
         child_environ=child_environment(environ),
         native_command=_native_command(),
         scheduler_idle=float(idle) if tests and _is_number(idle) else _SCHEDULER_IDLE,
+        handshake_timeout=settings.handshake_timeout,
+        message_timeout=settings.message_timeout,
+        max_clients=settings.max_clients,
+        max_clients_per_host=min(settings.max_clients_per_host, settings.max_clients),
+        max_local_clients=settings.max_local_clients,
+        source_buffer_limit=settings.source_buffer_limit * _MB,
+        source_budget=settings.source_budget * _MB,
+        max_env_transfers=settings.max_env_transfers,
+        env_transfer_queue=settings.env_transfer_queue,
+        max_native_builds=settings.max_native_builds,
     )
+
+
+def fit_budgets(server: ServerSettings, limit: NofileLimit) -> ServerSettings:
+    """Lower the connection budgets so that, when full, they leave descriptors to spare.
+
+    The Unix socket gets at most a quarter of the descriptor limit, running
+    jobs and installs :data:`_FDS_PER_JOB` each, the process's own files a
+    reserve, and the TCP port the rest: a full budget then refuses
+    connections, and ``accept()`` never meets ``EMFILE`` on their account.
+    """
+    reserve = min(DESCRIPTOR_RESERVE, limit.soft // 4)
+    jobs = _FDS_PER_JOB * (server.max_kids + server.max_env_transfers + server.max_native_builds)
+    local = fit_budget(server.max_local_clients, limit.soft // 4, 0)
+    tcp = fit_budget(server.max_clients, limit.soft - local - jobs, reserve)
+    if (tcp, local) != (server.max_clients, server.max_local_clients):
+        log.warning("connection_budget_lowered", nofile=limit.soft,
+                    max_clients=tcp, max_local_clients=local)  # fmt: skip
+    return dataclasses.replace(
+        server,
+        max_clients=tcp,
+        max_clients_per_host=min(server.max_clients_per_host, tcp),
+        max_local_clients=local,
+    )
+
+
+def _raise_nofile_limit() -> NofileLimit:
+    """Raise the soft descriptor limit to the hard one and log the outcome."""
+    limit = raise_nofile_limit()
+    if limit.error:
+        log.warning("nofile_limit_kept", soft=limit.soft, hard=limit.hard, error=limit.error)
+    else:
+        log.info("nofile_limit_set", soft=limit.soft, hard=limit.hard, before=limit.before)
+    return limit
 
 
 def _is_number(text: str) -> bool:
@@ -196,7 +244,8 @@ class DaemonService:
         Raises ``OSError`` (and keeps the old settings) if a listener cannot be bound.
         """
         chroot = self.daemon.settings.chroot_possible
-        await self.daemon.reconfigure(server_settings(new, self._environ, chroot_possible=chroot))
+        server = server_settings(new, self._environ, chroot_possible=chroot)
+        await self.daemon.reconfigure(fit_budgets(server, raise_nofile_limit()))
         self.settings = new
 
     async def stop_accepting(self) -> None:
@@ -338,6 +387,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     with contextlib.closing(logs):
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)
+        server = fit_budgets(server, _raise_nofile_limit())
         run_as, user_warning = resolve_user(settings.user)
         if user_warning:
             log.warning("job_user_fallback", message=user_warning)

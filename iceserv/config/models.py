@@ -202,6 +202,29 @@ class DaemonSettings(_Settings):
     """TCP port for clients and other daemons (``-p``)."""
     daemonize: bool = False
     """Detach from the terminal (``-d``); ignored under systemd or ``--foreground``."""
+    handshake_timeout: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    """Seconds a new client connection has for its version handshake, in all
+    (``--handshake-timeout``)."""
+    message_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Seconds a client has to finish a message it has started (``--message-timeout``)."""
+    max_clients: Annotated[int, Field(ge=1)] = 1024
+    """Client connections on the TCP port at once (``--tcp-clients``)."""
+    max_clients_per_host: Annotated[int, Field(ge=1)] = 64
+    """Client connections on the TCP port from one host (``--tcp-clients-per-host``)."""
+    max_local_clients: Annotated[int, Field(ge=1)] = 1024
+    """Client connections on the Unix socket at once; TCP peers never use them up
+    (``--local-clients``)."""
+    source_buffer_limit: Annotated[int, Field(ge=1, le=4096)] = 16
+    """MB of source read ahead for one job waiting for a slot; then the client
+    is not read until the job starts (``--source-buffer-limit``)."""
+    source_budget: Annotated[int, Field(ge=1, le=65536)] = 64
+    """MB of source read ahead for all waiting jobs together (``--source-budget``)."""
+    max_env_transfers: Annotated[int, Field(ge=1, le=1024)] = 2
+    """Environment transfers unpacked at once; more wait unread (``--unpack-limit``)."""
+    env_transfer_queue: Annotated[int, Field(ge=0, le=65536)] = 16
+    """Environment transfers waiting; more are refused (``--unpack-queue``)."""
+    max_native_builds: Annotated[int, Field(ge=1, le=64)] = 1
+    """Native environments (``icecc --build-native``) built at once (``--build-limit``)."""
 
 
 class SchedulerSettings(_Settings):

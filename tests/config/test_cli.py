@@ -44,6 +44,16 @@ ICECCD_PORT="10246"
 ICECCD_DAEMONIZE="yes"
 ICECCD_LOG_FORMAT="json"
 ICECCD_STOP_GRACE="5.5"
+ICECCD_HANDSHAKE_TIMEOUT="5"
+ICECCD_MESSAGE_TIMEOUT="12.5"
+ICECCD_MAX_CLIENTS="500"
+ICECCD_MAX_CLIENTS_PER_HOST="8"
+ICECCD_MAX_LOCAL_CLIENTS="300"
+ICECCD_SOURCE_BUFFER_LIMIT="8"
+ICECCD_SOURCE_BUDGET="32"
+ICECCD_MAX_ENV_TRANSFERS="3"
+ICECCD_ENV_TRANSFER_QUEUE="4"
+ICECCD_MAX_NATIVE_BUILDS="2"
 """
 FULL_SCHEDULER = """\
 ICECC_SCHEDULER_NET_NAME="lab"
@@ -180,7 +190,7 @@ class TestShow:
         assert lines["max_processes"].split()[1:] == ["8", f"{path}:1:", "ICECCD_MAX_PROCESSES"]
         assert lines["nice_level"].split()[1:] == ["3", "env", "ICECCD_NICE_LEVEL"]
         assert lines["port"].split()[1:] == ["10245", "default"]
-        assert len(lines) == 16
+        assert len(lines) == 26
 
     def test_json(self, tmp_path):
         """JSON output maps each setting to its value and source."""

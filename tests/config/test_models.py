@@ -25,6 +25,16 @@ DAEMON_DEFAULTS = {
     "interface": "",
     "port": 10245,
     "daemonize": False,
+    "handshake_timeout": 15.0,
+    "message_timeout": 30.0,
+    "max_clients": 1024,
+    "max_clients_per_host": 64,
+    "max_local_clients": 1024,
+    "source_buffer_limit": 16,
+    "source_budget": 64,
+    "max_env_transfers": 2,
+    "env_transfer_queue": 16,
+    "max_native_builds": 1,
 }
 SCHEDULER_DEFAULTS = {
     "net_name": "",

@@ -36,6 +36,16 @@ DAEMON_SAMPLES = {
     "daemonize": ("yes", True, True),
     "log_format": ("json", "json", "json"),
     "stop_grace": ("2.5", 2.5, 2.5),
+    "handshake_timeout": ("4", 4.0, 4.0),
+    "message_timeout": ("9.5", 9.5, 9.5),
+    "max_clients": ("100", 100, 100),
+    "max_clients_per_host": ("4", 4, 4),
+    "max_local_clients": ("50", 50, 50),
+    "source_buffer_limit": ("8", 8, 8),
+    "source_budget": ("128", 128, 128),
+    "max_env_transfers": ("4", 4, 4),
+    "env_transfer_queue": ("0", 0, 0),
+    "max_native_builds": ("2", 2, 2),
 }
 SCHEDULER_SAMPLES = {
     "net_name": ("lab", "lab", "lab"),
