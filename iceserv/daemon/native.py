@@ -9,13 +9,28 @@ mtime changed or the tarball vanished, and build with ``icecc --build-native
 COMPILER [EXTRA...]`` (ours or the real one) as the job user in
 ``<basedir>/native/``, reading the tarball's name from file descriptor 5.
 Clients asking for the same key while it is built share that one build.
+
+Hardening (issue 20, item 4: 1.4 builds whatever compiler a client names, so
+a peer that shipped an executable ``usr/bin/gcc`` in an environment could
+have it run): every path a client names is looked at by
+:class:`PathVetter`, whose one thread has the job user's filesystem
+identity (``setfsuid``/``setfsgid``), so nothing is ``stat``'ed as root.
+A compiler must be a regular, executable file owned by root and writable
+by nobody else, outside the environment cache, and every directory on the
+way to it (as named and as resolved) must be owned by root and writable by
+nobody else; extra files likewise, without the executable bit.  At most
+``max_builds`` native environments are built at once; other requests wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import ctypes
+import ctypes.util
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -28,7 +43,7 @@ if TYPE_CHECKING:
     from iceserv.daemon.environments import EnvironmentCache
     from iceserv.daemon.sandbox import RunAs
 
-__all__ = ["NativeEnvError", "NativeEnvironments", "compiler_pair"]
+__all__ = ["NativeEnvError", "NativeEnvironments", "PathVetter", "compiler_pair"]
 
 _COUNTERPARTS: Final = (("clang++", "clang"), ("g++", "gcc"), ("c++", "cc"))
 _BUILD_TIMEOUT: Final = 300.0
@@ -53,6 +68,113 @@ def compiler_pair(compiler: str) -> tuple[str, str]:
     return compiler, compiler
 
 
+_WRITABLE_BY_OTHERS: Final = stat.S_IWGRP | stat.S_IWOTH
+_EXECUTABLE: Final = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+
+class PathVetter:
+    """Checks the paths a client names from a thread with the job user's filesystem identity.
+
+    *forbidden* is the environment cache: nothing in it may be a compiler or
+    an extra file.  Without a user switch (a non-root daemon) the thread
+    keeps the daemon's identity, which is not root either.
+    """
+
+    def __init__(self, run_as: RunAs, forbidden: Path) -> None:
+        self.run_as = run_as
+        self.forbidden = Path(os.path.realpath(forbidden))
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._identity_error = ""
+
+    def _become_job_user(self) -> None:
+        """Run in the vetting thread: switch its filesystem uid and gid (per thread on Linux)."""
+        if not self.run_as.switch:
+            return
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.setfsgid(self.run_as.gid)
+        libc.setfsuid(self.run_as.uid)
+        # Both calls return the previous id; asking again with -1 reads the current one.
+        if libc.setfsuid(-1) != self.run_as.uid or libc.setfsgid(-1) != self.run_as.gid:
+            self._identity_error = "cannot take the job user's identity to check paths"
+
+    async def mtimes(
+        self, c_compiler: str, cxx_compiler: str, extrafiles: Sequence[str]
+    ) -> dict[str, float]:
+        """Vet the compilers and extra files; return their mtimes (the cache's key check)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="iceccd-paths", initializer=self._become_job_user
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._mtimes, c_compiler, cxx_compiler, tuple(extrafiles)
+        )
+
+    def close(self) -> None:
+        """Stop the vetting thread."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    def _mtimes(
+        self, c_compiler: str, cxx_compiler: str, extrafiles: Sequence[str]
+    ) -> dict[str, float]:
+        if self._identity_error:
+            raise NativeEnvError(self._identity_error)
+        times = {c_compiler: self.vet(c_compiler, "compiler", executable=True)}
+        if cxx_compiler != c_compiler and os.path.lexists(cxx_compiler):
+            times[cxx_compiler] = self.vet(cxx_compiler, "compiler", executable=True)
+        for extra in extrafiles:
+            times[extra] = self.vet(extra, "extra file", executable=False)
+        return times
+
+    def vet(self, path: str, what: str, *, executable: bool) -> float:
+        """Return *path*'s mtime if it is safe to hand to ``icecc --build-native``.
+
+        Raises :class:`NativeEnvError` saying why not.  Called in the
+        vetting thread (tests call it directly).
+        """
+        if not path.startswith("/"):
+            msg = f"{what} {path} is not an absolute path"
+            raise NativeEnvError(msg)
+        named = Path(os.path.normpath(path))
+        real = Path(os.path.realpath(named))
+        if real == self.forbidden or self.forbidden in real.parents:
+            msg = f"{what} {path} is inside the environment cache"
+            raise NativeEnvError(msg)
+        try:
+            info = real.stat()
+        except OSError as exc:
+            msg = f"{what} {path} for the native environment not found: {exc.strerror}"
+            raise NativeEnvError(msg) from None
+        problem = ""
+        if not stat.S_ISREG(info.st_mode):
+            problem = "not a regular file"
+        elif info.st_uid != 0:
+            problem = "not owned by root"
+        elif info.st_mode & _WRITABLE_BY_OTHERS:
+            problem = "writable by group or others"
+        elif executable and not info.st_mode & _EXECUTABLE:
+            problem = "not executable"
+        if problem:
+            msg = f"{what} {path} refused: {problem}"
+            raise NativeEnvError(msg)
+        for directory in sorted({*named.parents, *real.parents}, key=lambda d: len(d.parts)):
+            self._check_directory(directory, path, what)
+        return info.st_mtime
+
+    @staticmethod
+    def _check_directory(directory: Path, path: str, what: str) -> None:
+        try:
+            info = directory.stat()
+        except OSError as exc:
+            msg = f"{what} {path} for the native environment not found: {exc.strerror}"
+            raise NativeEnvError(msg) from None
+        if info.st_uid != 0 or info.st_mode & _WRITABLE_BY_OTHERS:
+            msg = f"{what} {path} refused: {directory} can be changed by users other than root"
+            raise NativeEnvError(msg)
+
+
 @dataclass(slots=True)
 class _Native:
     path: Path
@@ -70,8 +192,16 @@ class NativeEnvironments:
     command: Sequence[str]
     run_as: RunAs
     base_environ: dict[str, str] = field(default_factory=dict)
+    max_builds: int = 1
     _built: dict[str, _Native] = field(default_factory=dict, init=False)
     _building: dict[str, asyncio.Task[Path]] = field(default_factory=dict, init=False)
+    _vetter: PathVetter | None = field(default=None, init=False)
+    _slots: asyncio.Semaphore | None = field(default=None, init=False)
+
+    def close(self) -> None:
+        """Stop the path-vetting thread."""
+        if self._vetter is not None:
+            self._vetter.close()
 
     async def get(self, compiler: str, extrafiles: Sequence[str], compression: str) -> Path:
         """Return the tarball for this compiler, building it (once) if needed."""
@@ -81,7 +211,9 @@ class NativeEnvironments:
         if not compiler.startswith("/"):
             compiler = "/usr/bin/" + compiler  # clients before protocol 41 send a bare name
         c_compiler, cxx_compiler = compiler_pair(compiler)
-        mtimes = _mtimes(c_compiler, cxx_compiler, extrafiles)
+        if self._vetter is None:
+            self._vetter = PathVetter(self.run_as, self.cache.basedir)
+        mtimes = await self._vetter.mtimes(c_compiler, cxx_compiler, extrafiles)
         key = ":".join((compression, c_compiler, *extrafiles))
         known = self._built.get(key)
         if known is not None and (known.mtimes != mtimes or not known.path.is_file()):
@@ -101,6 +233,14 @@ class NativeEnvironments:
         return path
 
     async def _build(
+        self, key: str, compiler: str, extrafiles: Sequence[str], compression: str
+    ) -> Path:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(max(1, self.max_builds))
+        async with self._slots:  # at most max_builds at once; the others wait their turn
+            return await self._build_now(key, compiler, extrafiles, compression)
+
+    async def _build_now(
         self, key: str, compiler: str, extrafiles: Sequence[str], compression: str
     ) -> Path:
         native_dir = self.cache.native_dir
@@ -152,20 +292,3 @@ class NativeEnvironments:
         path.chmod(0o644)
         self.cache.add_native(key, path)
         return path
-
-
-def _mtimes(c_compiler: str, cxx_compiler: str, extrafiles: Sequence[str]) -> dict[str, float]:
-    try:
-        times = {c_compiler: Path(c_compiler).stat().st_mtime}
-    except OSError:
-        msg = f"compiler {c_compiler} for the native environment not found"
-        raise NativeEnvError(msg) from None
-    with contextlib.suppress(OSError):
-        times[cxx_compiler] = Path(cxx_compiler).stat().st_mtime  # optional, as in 1.4
-    for extra in extrafiles:
-        try:
-            times[extra] = Path(extra).stat().st_mtime
-        except OSError:
-            msg = f"extra file {extra} for the native environment not found"
-            raise NativeEnvError(msg) from None
-    return times

@@ -174,7 +174,11 @@ class Daemon:
             settings.env_basedir, settings.cache_limit, run_as, clock, nice=settings.nice
         )
         self.native = NativeEnvironments(
-            self.cache, settings.native_command, run_as, dict(settings.child_environ)
+            self.cache,
+            settings.native_command,
+            run_as,
+            dict(settings.child_environ),
+            max_builds=settings.max_native_builds,
         )
         self.tracker = LoadTracker(os.cpu_count() or 1)
         self.link = SchedulerLink(
@@ -427,6 +431,7 @@ class Daemon:
         self._timers.clear()
         if self._trim is not None:
             self._trim.cancel()
+        self.native.close()
         with contextlib.suppress(OSError):
             self.settings.unix_socket.unlink()
         log.info("daemon_stopped")
