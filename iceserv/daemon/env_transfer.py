@@ -4,8 +4,11 @@ This module owns :class:`Installer`, what the shell runs for the core's
 ``StartUnpack``/``FeedUnpack``/``FinishUnpack``/``AbortUnpack`` (upstream
 ``daemon/main.cpp``: ``handle_transfer_env``, ``handle_file_chunk_env``,
 ``finish_transfer_env``): it streams the chunks into a separate unpacker
-process running as the job user (:mod:`iceserv.daemon._unpack`), and on
-the end installs the finished tree in the cache.  Any failure raises
+process running as the job user (a child of the unpackers' fork server,
+:mod:`iceserv.daemon._unpack`, started through a
+:class:`~iceserv.daemon.jobstarter.JobStarter` made by
+:func:`unpack_server`), and on the end installs the finished tree in the
+cache.  Any failure raises
 :class:`~iceserv.daemon.environments.EnvInstallError`; the caller then
 aborts, which removes what was written.  Whether a transfer may start, the
 slot it holds, what the client and the scheduler hear: that is the core's
@@ -22,36 +25,48 @@ import sys
 from typing import TYPE_CHECKING, Final
 
 from iceserv.daemon.environments import EnvInstallError
+from iceserv.daemon.jobstarter import JobStarter, JobStartError
 
 if TYPE_CHECKING:
     from iceserv.daemon.environments import EnvironmentCache
+    from iceserv.daemon.jobstarter import StartedJob
 
-__all__ = ["Installer"]
+__all__ = ["Installer", "unpack_server"]
 
 _UNPACK_MEMORY: Final = 1 << 30
 _RESULT_LIMIT: Final = 4096
 
 
+def unpack_server() -> JobStarter:
+    """Return the (not yet started) fork server of environment unpackers."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    command = (sys.executable, "-P", "-m", "iceserv.daemon._unpack", "--serve")
+    return JobStarter(command=command, env=env)
+
+
 class Installer:
     """One environment install in progress: an unpacker process fed chunk by chunk."""
 
-    def __init__(self, cache: EnvironmentCache, target: str, name: str) -> None:
+    def __init__(
+        self, cache: EnvironmentCache, target: str, name: str, starter: JobStarter | None = None
+    ) -> None:
         self.cache = cache
         self.key = f"{target}/{name}"
         self.final = cache.env_dir(target, name)
         self.staging = cache.new_staging()
         self.received = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self.starter = starter
+        self._proc: StartedJob | None = None
+        self._returncode: int | None = None
         self._verdict: dict[str, object] | None = None
 
     async def start(self) -> None:
-        """Start the unpacker process."""
+        """Start the unpacker process (a child of the unpackers' fork server)."""
+        if self.starter is None:
+            msg = "no unpacker server"
+            raise EnvInstallError(msg)
         limits = self.cache.unpack_limits
-        argv = [
-            sys.executable,
-            "-P",
-            "-m",
-            "iceserv.daemon._unpack",
+        words = [
             str(self.staging),
             str(limits.max_bytes),
             str(limits.max_members),
@@ -59,16 +74,10 @@ class Installer:
             str(_UNPACK_MEMORY),
             *self._identity(),
         ]
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self._proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            cwd=self.staging,
-            env=env,
-            process_group=0,
-        )
+        try:
+            self._proc = await self.starter.start(words)
+        except JobStartError as exc:
+            raise EnvInstallError(str(exc)) from None
 
     def _identity(self) -> tuple[str, str]:
         run_as = self.cache.run_as
@@ -86,20 +95,25 @@ class Installer:
         if self.received > self.cache.unpack_limits.max_bytes:
             msg = f"environment tarball is larger than {self.cache.unpack_limits.max_bytes} bytes"
             raise EnvInstallError(msg)
-        if proc.returncode is not None:
+        if proc.report.at_eof() or proc.stdout.at_eof() or self._verdict is not None:
             _raise_on_error(await self._result())
             return
-        assert proc.stdin is not None  # noqa: S101 - checked by _process
         if proc.stdin.is_closing():
+            _raise_on_error(await self._result())
             return
         proc.stdin.write(data)
-        with contextlib.suppress(ConnectionError):
+        try:
             async with asyncio.timeout(self.cache.io_timeout):
                 await proc.stdin.drain()
+        except ConnectionError:
+            _raise_on_error(await self._result())  # it stopped reading: its verdict says why
+        except TimeoutError:
+            msg = "the environment unpacker stopped reading"
+            raise EnvInstallError(msg) from None
 
-    def _process(self) -> asyncio.subprocess.Process:
+    def _process(self) -> StartedJob:
         proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdout is None:
+        if proc is None:
             msg = "installer not started"
             raise EnvInstallError(msg)
         return proc
@@ -109,19 +123,19 @@ class Installer:
         if self._verdict is not None:
             return self._verdict
         proc = self._process()
-        assert proc.stdin is not None  # noqa: S101 - checked by _process
-        assert proc.stdout is not None  # noqa: S101
         with contextlib.suppress(ConnectionError):
             proc.stdin.close()
         try:
             async with asyncio.timeout(self.cache.io_timeout):
                 line = await proc.stdout.read(_RESULT_LIMIT)
-                await proc.wait()
+                status = await proc.report.read(64)  # the child's exit code, at its exit
         except TimeoutError:
             msg = "unpacking the environment took too long"
             raise EnvInstallError(msg) from None
+        text = status.decode(errors="replace").strip()
+        self._returncode = int(text) if text.isdigit() else -1
         verdict = _parse_result(line)
-        if proc.returncode != 0 and "error" not in verdict:
+        if self._returncode != 0 and "error" not in verdict:
             verdict = {"error": "the environment unpacker failed"}
         self._verdict = verdict
         return verdict
@@ -138,12 +152,14 @@ class Installer:
     async def abort(self) -> None:
         """Stop the unpacker (if running) and delete everything this install wrote."""
         proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
+        if proc is not None and self._returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, 9)
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, ConnectionError):
                 async with asyncio.timeout(5):
-                    await proc.wait()
+                    await proc.report.read()  # EOF: the child is gone
+        if proc is not None:
+            proc.stdin.close()
         self.cache.discard(self.staging)
 
 

@@ -9,7 +9,9 @@ passed down; :meth:`JobStarter.stop` ends the helper.  Asking the server is
 a round trip of well under a millisecond (it forks and answers a pid), done
 on the event loop without blocking it (the answer is awaited with a bound);
 starting a Python interpreter per job cost 7-16 ms.  It knows nothing about
-what a job runs; :mod:`iceserv.daemon.compile` does.
+what a job runs; :mod:`iceserv.daemon.compile` does.  The same class, given
+another *command*, drives the environment unpackers' fork server
+(:func:`iceserv.daemon._unpack.serve`), which speaks the same protocol.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Final
 from iceserv.errors import IceservError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 __all__ = ["JobStartError", "JobStarter", "StartedJob"]
 
@@ -55,8 +57,19 @@ class StartedJob:
 class JobStarter:
     """The fork server process and the socket to it; one request at a time."""
 
-    def __init__(self, answer_timeout: float = _ANSWER_TIMEOUT) -> None:
+    def __init__(
+        self,
+        answer_timeout: float = _ANSWER_TIMEOUT,
+        *,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """*command* starts the server (its socket's fd is appended); default: the job helper."""
         self._answer_timeout = answer_timeout
+        self._command = (
+            tuple(command) if command else (sys.executable, "-I", "-S", str(_JOBEXEC))
+        )
+        self._env = dict(env) if env is not None else {"PATH": "/usr/bin:/bin"}
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None  # per loop
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -126,11 +139,11 @@ class JobStarter:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - our own helper, no shell
-                [sys.executable, "-I", "-S", str(_JOBEXEC), str(theirs.fileno())],
+                [*self._command, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                env={"PATH": "/usr/bin:/bin"},
+                env=self._env,
             )
         except OSError:
             ours.close()

@@ -87,7 +87,7 @@ from iceserv.daemon.effects import (
     UnpackFailed,
     VerifyEnvironment,
 )
-from iceserv.daemon.env_transfer import Installer
+from iceserv.daemon.env_transfer import Installer, unpack_server
 from iceserv.daemon.environments import EnvInstallError, EnvironmentCache
 from iceserv.daemon.load import (
     LoadTracker,
@@ -180,6 +180,7 @@ class Daemon:
             dict(settings.child_environ),
             max_builds=settings.max_native_builds,
         )
+        self.unpackers = unpack_server()  # the fork server of unpackers; started on first use
         self.tracker = LoadTracker(os.cpu_count() or 1)
         self.link = SchedulerLink(
             LinkSettings(
@@ -432,6 +433,7 @@ class Daemon:
         if self._trim is not None:
             self._trim.cancel()
         self.native.close()
+        self.unpackers.stop()
         with contextlib.suppress(OSError):
             self.settings.unix_socket.unlink()
         log.info("daemon_stopped")
@@ -748,7 +750,7 @@ class Daemon:
 
     async def _start_unpack(self, effect: StartUnpack) -> None:
         try:
-            installer = Installer(self.cache, effect.target, effect.name)
+            installer = Installer(self.cache, effect.target, effect.name, self.unpackers)
             self._installers[effect.conn_id] = installer
             await installer.start()
         except (EnvInstallError, OSError) as exc:

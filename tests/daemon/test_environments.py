@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 import zstandard
 
-from iceserv.daemon.env_transfer import Installer
+from iceserv.daemon.env_transfer import Installer, unpack_server
 from iceserv.daemon.environments import TMP_MODE, EnvInstallError, EnvironmentCache, check_name
 from iceserv.daemon.sandbox import RunAs
 from iceserv.daemon.tarballs import TarballError, UnpackLimits, detect_compression, unpack
@@ -258,8 +258,11 @@ def _place(cache: EnvironmentCache, name: str, size: int, *, broken: bool = Fals
     cache.commit(f"x86_64/{name}", installer.final, installer.staging)
 
 
+_UNPACKERS = unpack_server()
+
+
 async def _install(cache: EnvironmentCache, name: str, data: bytes, pause: float = 0.0) -> int:
-    installer = Installer(cache, "x86_64", name)
+    installer = Installer(cache, "x86_64", name, _UNPACKERS)
     await installer.start()
     try:
         for start in range(0, len(data), 100_000):
@@ -311,7 +314,7 @@ class TestInstall:
                     compression="")  # fmt: skip
 
         async def feed_all() -> int:
-            installer = Installer(cache, "x86_64", "early")
+            installer = Installer(cache, "x86_64", "early", _UNPACKERS)
             await installer.start()
             fed = 0
             try:
