@@ -20,7 +20,7 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 class TestQuality:
     def test_ruff_is_clean(self):
         """ruff (every rule, ignores commented in pyproject.toml) finds nothing."""
-        proc = _run("ruff", "check", "--no-cache", "iceserv", "tests", "bench", "fuzz")
+        proc = _run("ruff", "check", "--no-cache", "iceserv", "tests", "testbed", "bench", "fuzz")
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
     def test_mypy_strict_is_clean(self):

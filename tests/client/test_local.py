@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FAKE_CC, FakeDaemon
+from testbed.client_fakes import FAKE_CC, FakeDaemon
 
 from iceserv.client import local
 from iceserv.client.env import ClientEnv
@@ -217,7 +217,7 @@ class TestSignals:
         """SIGTERM to the wrapper reaches the compiler; the wrapper then dies of it too."""
         script = make_exe(tmp_path / "bin/slowcc", "#!/bin/sh\ntrap 'echo got-term > "
                           f"{tmp_path}/mark; exit 3' TERM\nsleep 10 & wait\n")  # fmt: skip
-        from client.fakes import write_launcher  # noqa: PLC0415
+        from testbed.client_fakes import write_launcher  # noqa: PLC0415
 
         icecc = write_launcher(tmp_path / "icecc", __import__("sys").executable)
         proc = subprocess.Popen([str(icecc), str(script)],
