@@ -1,20 +1,80 @@
-"""Static checks the project promises: ruff, mypy --strict and the import contracts."""
+"""Static checks the project promises: ruff, mypy --strict, the import contracts, and no
+integer protocol-version comparisons outside ``iceserv/protocol/`` (STYLE.md convention 4)."""
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from iceserv.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+PACKAGE = ROOT / "iceserv"
+#: Names that say a value is a protocol version (``version``, ``peer.protocol``, ``minimal``).
+_VERSION_NAME = re.compile(r"version|protocol|minimal", re.IGNORECASE)
+#: Files allowed to compare versions as integers for now, each with the reason.  Empty today;
+#: an entry is a debt, to be paid by moving the threshold into protocol/features.py.
+KNOWN_VERSION_COMPARISONS: frozenset[str] = frozenset()
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / argv[0]), *argv[1:]], cwd=ROOT, capture_output=True, text=True,
-        timeout=600, check=False,
-    )  # fmt: skip
+        [str(BIN / argv[0]), *argv[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _is_version_number(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Constant)
+        and type(node.value) is int
+        and MIN_PROTOCOL_VERSION <= node.value <= PROTOCOL_VERSION
+    )
+
+
+def _names_a_version(node: ast.AST) -> bool:
+    for sub in ast.walk(node):
+        name = sub.id if isinstance(sub, ast.Name) else getattr(sub, "attr", None)
+        if isinstance(name, str) and _VERSION_NAME.search(name):
+            return True
+    return False
+
+
+def version_thresholds(source: str) -> list[int]:
+    """Return the lines where an integer protocol version is compared, clamped or named.
+
+    A comparison (``peer.protocol >= 31``), a ``max``/``min`` call
+    (``max(version, 35)``) or an assignment (``_MIN_PROTOCOL = 21``) counts when
+    one operand is an integer in the protocol-version range and another names a
+    version.
+    """
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("max", "min"):
+            operands = list(node.args)
+        elif isinstance(node, ast.Assign):
+            operands = [*node.targets, node.value]
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            operands = [node.target, node.value]
+        else:
+            continue
+        numbers = [op for op in operands if _is_version_number(op)]
+        others = [op for op in operands if not _is_version_number(op)]
+        if numbers and any(_names_a_version(op) for op in others):
+            lines.append(node.lineno)
+    return lines
 
 
 class TestQuality:
@@ -32,3 +92,46 @@ class TestQuality:
         """import-linter's contracts (protocol is stdlib-only, layers independent) are kept."""
         proc = _run("lint-imports")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class TestVersionsAreFeatures:
+    def test_no_integer_version_comparisons_outside_protocol(self):
+        """Outside protocol/, code asks for a Feature instead of comparing version numbers."""
+        offenders = []
+        for path in sorted(PACKAGE.rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative.startswith("iceserv/protocol/"):
+                continue
+            lines = version_thresholds(path.read_text(encoding="utf-8"))
+            if lines and relative not in KNOWN_VERSION_COMPARISONS:
+                offenders += [f"{relative}:{line}" for line in lines]
+        assert not offenders, "use protocol.features (supports, min_version): " + ", ".join(
+            offenders
+        )
+
+    def test_known_exceptions_still_offend(self):
+        """An entry of the exception list is removed as soon as its file is clean."""
+        clean = [
+            name
+            for name in KNOWN_VERSION_COMPARISONS
+            if not version_thresholds((ROOT / name).read_text(encoding="utf-8"))
+        ]
+        assert not clean
+
+    @pytest.mark.parametrize(
+        ("source", "found"),
+        [
+            ("if peer.protocol >= 31:\n    pass\n", [1]),
+            ("v = max(version, 35)\n", [1]),
+            ("_MIN_PROTOCOL: Final = 21\n", [1]),
+            ("ok = int(minimal >= 31)\n", [1]),
+            ("if 27 > conn.peer_version:\n    pass\n", [1]),
+            ("if supports(version, Feature.NO_PINGS):\n    pass\n", []),
+            ("if len(data) >= 24:\n    pass\n", []),
+            ("version = 7\n", []),
+            ("if exitcode == 31:\n    pass\n", []),
+        ],
+    )
+    def test_the_check_sees_thresholds(self, source, found):
+        """The checker flags version thresholds in each form and nothing else."""
+        assert version_thresholds(source) == found

@@ -34,9 +34,9 @@ import structlog
 from iceserv._version import VERSION
 from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
 from iceserv.config import Service, load_scheduler_settings
+from iceserv.hostfacts import broadcast_addresses, interface_address
 from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, ServerSettings
-from iceserv.scheduler.netif import broadcast_addresses, interface_address
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.dbus import (
     DEFAULT_SYSTEM_BUS,

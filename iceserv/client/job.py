@@ -34,7 +34,6 @@ __all__ = [
     "colorify_wanted",
     "has_color_output",
     "output_needs_workaround",
-    "shorten_filename",
 ]
 
 # Argument classes (1.4 ``Argument_Type``).
@@ -49,13 +48,6 @@ LANG_CXX: Final = 1
 LANG_OBJC: Final = 2
 LANG_OBJCXX: Final = 3
 LANG_CUSTOM: Final = 4
-
-# GET_CS arg_flags bits (1.4 ``CompileJob::Flag_*``).
-FLAG_G: Final = 0x1
-FLAG_G3: Final = 0x2
-FLAG_O: Final = 0x4
-FLAG_O2: Final = 0x8
-FLAG_OL2: Final = 0x10
 
 # Flags dropped from the preprocessor command line (1.4 ``call_cpp``).
 _MODULE_FLAGS: Final = frozenset({"-fmodules", "-fcxx-modules", "-fmodules-ts"})
@@ -145,26 +137,31 @@ class Job:
         return not self.is_custom and "clang" in self.compiler_name
 
     def arg_flags(self) -> int:
-        """GET_CS ``arg_flags`` (1.4 ``CompileJob::argumentFlags``), over every argument."""
-        result = 0
+        """GET_CS ``arg_flags`` (1.4 ``CompileJob::argumentFlags``), over every argument.
+
+        Only the remote path asks, and it has loaded the protocol already.
+        """
+        from iceserv.protocol import ArgFlag  # noqa: PLC0415 - see above
+
+        result = ArgFlag.NONE
         for arg, _ in self.args:
             if len(arg) < 2 or arg[0] != "-":
                 continue
             if arg[1] == "g":
                 if arg[2:3] == "3":
-                    result = (result & ~FLAG_G) | FLAG_G3
+                    result = (result & ~ArgFlag.G) | ArgFlag.G3
                 else:
-                    result = (result & ~FLAG_G3) | FLAG_G
+                    result = (result & ~ArgFlag.G3) | ArgFlag.G
             elif arg[1] == "O":
-                result &= ~(FLAG_O | FLAG_O2 | FLAG_OL2)
+                result &= ~(ArgFlag.O | ArgFlag.O2 | ArgFlag.OL2)
                 level = arg[2:3]
                 if level in ("", "1"):
-                    result |= FLAG_O
+                    result |= ArgFlag.O
                 elif level == "2":
-                    result |= FLAG_O2
+                    result |= ArgFlag.O2
                 elif level != "0":
-                    result |= FLAG_OL2
-        return result
+                    result |= ArgFlag.OL2
+        return int(result)
 
     def remote_compiler_name(self) -> str:
         """COMPILE_FILE ``compiler_name``: the fixed names inside environments."""
@@ -274,21 +271,6 @@ def colorify(text: str) -> str:
     out.append(lines[-1])
     return "".join(out)
 
-
-def shorten_filename(name: str) -> str:
-    """Keep the last three "/"-separated components, as 1.4's GET_CS sender does.
-
-    Faithful to ``shorten_filename`` in 1.4's ``comm.cpp``, including its
-    unsigned wrap-around: a search that reaches a slash at position 0 starts
-    over from the end, so ``"/a/b"`` becomes ``"b"``.
-    """
-    cut = name.rfind("/")
-    for _ in range(2):
-        if cut > 0:
-            cut = name.rfind("/", 0, cut)
-        elif cut == 0:
-            cut = name.rfind("/")
-    return name[cut + 1 :]
 
 def absolute(path: str, cwd: str) -> str:
     """1.4 ``get_absfilename``: prefix *cwd*, fold ``/../``, ``/./`` and ``//`` textually."""

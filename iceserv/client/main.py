@@ -261,8 +261,8 @@ class _Run:
 
     def remote(self, job: Job, analysis: Analysis, daemon: Channel) -> int | None:
         """Pick environments and build remotely; None when the job must be local after all."""
-        from iceserv.client.environments import host_platform  # noqa: PLC0415
         from iceserv.client.remote import Remote  # noqa: PLC0415
+        from iceserv.hostfacts import host_platform  # noqa: PLC0415
         from iceserv.protocol import End  # noqa: PLC0415
 
         platform = host_platform()

@@ -51,6 +51,8 @@ from iceserv.protocol import (
     VerifyEnv,
     VerifyEnvResult,
 )
+from iceserv.protocol.features import required_version, supports
+from iceserv.protocol.filenames import shorten_filename
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +73,6 @@ CONNECT_TIMEOUT: Final = 10.0
 VERIFY_TIMEOUT: Final = 60.0
 RESULT_TIMEOUT: Final = 720.0
 CHUNK_TIMEOUT: Final = 40.0
-_MIN_PROTOCOL: Final = 21
 _SELF: Final = "127.0.0.1"
 
 
@@ -107,20 +108,20 @@ class Remote:
         self.output = output  # pass the server's stdout/stderr on (and check them)
 
     def minimal_version(self, features: int) -> int:
-        """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise to 42 for xz/zstd envs."""
-        version = _MIN_PROTOCOL
+        """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise for xz/zstd environments."""
+        needed: list[Feature] = []
         if self.env.ignore_unverified:
-            version = max(version, 31)
+            needed.append(Feature.VERIFY_ENV)
         if self.job.dwarf_fission:
-            version = max(version, 35)
+            needed.append(Feature.SPLIT_DWARF)
         if features:
-            version = max(version, 42)
-        return version
+            needed.append(Feature.ENV_FEATURES)
+        return required_version(*needed)
 
     def get_cs(self) -> GetCS:
         """Build the GET_CS for this job."""
         from iceserv.client.environments import required_features  # noqa: PLC0415
-        from iceserv.client.job import absolute, shorten_filename  # noqa: PLC0415
+        from iceserv.client.job import absolute  # noqa: PLC0415
 
         features = required_features(self.env.env_compression)
         minimal = self.minimal_version(features)
@@ -131,12 +132,19 @@ class Remote:
             nice = 0
         return GetCS(
             versions=tuple(EnvEntry(e.platform, e.name) for e in self.envs if e.name),
-            filename=shorten_filename(name), lang=self.job.lang, count=1,
-            target=self.platform, arg_flags=self.job.arg_flags(), client_id=0,
-            preferred_host=self.env.preferred_host, ignore_unverified=int(minimal >= 31),
-            minimal_host_version=minimal, client_count=0, required_features=features,
+            filename=shorten_filename(name),
+            lang=self.job.lang,
+            count=1,
+            target=self.platform,
+            arg_flags=self.job.arg_flags(),
+            client_id=0,
+            preferred_host=self.env.preferred_host,
+            ignore_unverified=int(supports(minimal, Feature.VERIFY_ENV)),
+            minimal_host_version=minimal,
+            client_count=0,
+            required_features=features,
             niceness=nice,
-        )  # fmt: skip
+        )
 
     def run(self) -> int:
         """Ask for a server and compile there (or here, if told to); return the status."""

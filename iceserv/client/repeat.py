@@ -21,10 +21,12 @@ import os
 import tempfile
 
 from iceserv.client.channel import ClusterError
-from iceserv.client.job import REMOTE, absolute, shorten_filename
+from iceserv.client.job import REMOTE, absolute
 from iceserv.client.local import HostLock, find_compiler, spawn, wait
 from iceserv.client.remote import USE_CS_TIMEOUT, Remote
-from iceserv.protocol import UseCS
+from iceserv.protocol import Feature, UseCS
+from iceserv.protocol.features import supports
+from iceserv.protocol.filenames import shorten_filename
 from iceserv.protocol.records import replace
 
 TYPE_CHECKING = False
@@ -98,7 +100,7 @@ def build_repeated(remote: Remote, rng: random.Random) -> int:
     remote.daemon.send(replace(
         first.get_cs(), filename=shorten_filename(absolute(job.input_file, remote.cwd)),
         count=COPIES, required_features=0, minimal_host_version=minimal,
-        ignore_unverified=int(minimal >= 31),
+        ignore_unverified=int(supports(minimal, Feature.VERIFY_ENV)),
     ))  # fmt: skip
     jobs = [job] + [job.evolve(output_file=_temporary(".o")) for _ in range(COPIES - 1)]
     codes: list[int] = []

@@ -28,11 +28,12 @@ from iceserv.protocol import (
     NoCS,
     UseCS,
 )
-from iceserv.protocol.features import supports
+from iceserv.protocol.features import min_version, supports
+from iceserv.protocol.filenames import shorten_filename
 from iceserv.protocol.records import asdict
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
-from iceserv.scheduler.monitoring import OFFLINE, shorten_filename
+from iceserv.scheduler.monitoring import OFFLINE
 from iceserv.scheduler.state import Job, JobState
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ __all__ = [
     "remove_host",
 ]
 
-#: 1.4 raises minimal_host_version to 31 when the legacy ignore_unverified word is set.
-_IGNORE_UNVERIFIED_VERSION: Final = 31
 _MAX_NICENESS: Final = 20
 #: GET_CS asks for 1 job (3 for repeat jobs); more is a broken or hostile peer.
 _MAX_JOBS_PER_REQUEST: Final = 64
@@ -70,7 +69,8 @@ def on_get_cs(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
     host.client_count = request.client_count
     minimal = request.minimal_host_version
     if request.ignore_unverified:
-        minimal = max(minimal, _IGNORE_UNVERIFIED_VERSION)
+        # 1.4 raises it to the first version that verifies environments.
+        minimal = max(minimal, min_version(Feature.VERIFY_ENV))
     effects: list[Effect] = []
     master: Job | None = None
     for _ in range(request.count):

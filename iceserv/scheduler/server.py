@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import structlog
 
 from iceserv.errors import ProtocolError
+from iceserv.hostfacts import set_keepalive
 from iceserv.protocol import (
     NEED_DATA,
     SCHEDULER_PORT,
@@ -115,23 +116,11 @@ class _Peer:
     drainer: asyncio.Task[None] | None = None
 
 
-def _set_keepalive(sock: socket.socket | None, *, bulk: bool = False) -> None:
-    """Apply 1.4's socket options (§1.3): keepalive 27 s + 3 x 3 s, 9 s user timeout."""
-    if sock is None:
-        return
-    options = [
-        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 27),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
-        (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 9000),
-    ]
-    if bulk:
-        options += [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0),
-                    (socket.SOL_SOCKET, socket.SO_SNDBUF, _MONITOR_SNDBUF)]  # fmt: skip
-    for level, name, value in options:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(level, name, value)
+#: A monitor's socket (bulk): no TCP_NODELAY, and a big send buffer (1.4 ``MsgChannel``).
+_BULK_OPTIONS: Final = (
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 0),
+    (socket.SOL_SOCKET, socket.SO_SNDBUF, _MONITOR_SNDBUF),
+)
 
 
 class _Discovery(asyncio.DatagramProtocol):
@@ -272,7 +261,7 @@ class SchedulerServer:
         peer = self._peers.get(conn_id)
         if peer is not None:
             peer.monitor = True
-            _set_keepalive(peer.writer.get_extra_info("socket"), bulk=True)
+            set_keepalive(peer.writer.get_extra_info("socket"), *_BULK_OPTIONS)
             log.info("monitor_logged_in", peer=peer.ip, conn_id=conn_id)
 
     def _send(self, conn_id: int, message: Message) -> None:
@@ -377,7 +366,7 @@ class SchedulerServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
-        _set_keepalive(sock)
+        set_keepalive(sock)
         peername = writer.get_extra_info("peername") or ("?", 0)
         conn_id = next(self._ids)
         peer = _Peer(conn_id, str(peername[0]), writer, Connection())

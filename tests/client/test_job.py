@@ -18,7 +18,6 @@ from iceserv.client.job import (
     colorify_wanted,
     has_color_output,
     output_needs_workaround,
-    shorten_filename,
 )
 
 
@@ -51,14 +50,6 @@ class TestNames:
     def test_remote_compiler_name(self, name, lang, remote):
         """Environments hold gcc, g++ and clang under fixed names."""
         assert job(name=name, lang=lang).remote_compiler_name() == remote
-
-    @pytest.mark.parametrize(("name", "short"), [
-        ("/-c/-O2/home/me/proj/src/a.c", "proj/src/a.c"), ("a.c", "a.c"), ("x/a.c", "x/a.c"),
-        ("/a/b", "b"), ("/-c/x.c", "x.c"), ("/-c/d/x.c", "-c/d/x.c"),
-    ])  # fmt: skip
-    def test_shorten_filename(self, name, short):
-        """Three components, with 1.4's wrap-around when the search reaches position 0."""
-        assert shorten_filename(name) == short
 
     def test_get_cs_filename(self):
         """Remote args, then rest args, then the absolute input, each after a slash."""

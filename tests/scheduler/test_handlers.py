@@ -40,7 +40,7 @@ from iceserv.scheduler.effects import (
     StartProbe,
     StopReading,
 )
-from iceserv.scheduler.monitoring import features_text, shorten_filename
+from iceserv.scheduler.monitoring import features_text
 from iceserv.scheduler.state import JobState
 
 STATS_A = (
@@ -145,15 +145,6 @@ class TestMonitors:
     def test_features_text(self, bits, text):
         """Features: as 1.4 prints them."""
         assert features_text(bits) == text
-
-    @pytest.mark.parametrize(
-        ("path", "short"),
-        [("hello.c", "hello.c"), ("a/b.c", "a/b.c"), ("a/b/c/d.c", "b/c/d.c"),
-         ("/p/q/r/s.o", "q/r/s.o"), ("/a/b/c.o", "a/b/c.o"), ("/x/y.c", "y.c")],
-    )  # fmt: skip
-    def test_shorten_filename(self, path, short):
-        """Last three path components, including 1.4's quirk for two leading components."""
-        assert shorten_filename(path) == short
 
 
 class TestJobs:
