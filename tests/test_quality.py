@@ -4,6 +4,9 @@ integer protocol-version comparisons outside ``iceserv/protocol/`` (STYLE.md con
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
+import pkgutil
 import re
 import subprocess
 import sys
@@ -11,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import iceserv
+from iceserv.errors import IceservError
 from iceserv.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +26,31 @@ _VERSION_NAME = re.compile(r"version|protocol|minimal", re.IGNORECASE)
 #: Files allowed to compare versions as integers for now, each with the reason.  Empty today;
 #: an entry is a debt, to be paid by moving the threshold into protocol/features.py.
 KNOWN_VERSION_COMPARISONS: frozenset[str] = frozenset()
+#: Exception classes not (yet) deriving from IceservError.  Both are in daemon/, which issue 12's
+#: daemon core rewrites; it removes these entries.
+KNOWN_FOREIGN_ERRORS: frozenset[str] = frozenset(
+    {"iceserv.daemon.jobstarter.JobStartError", "iceserv.daemon.slots.SourceTooLargeError"}
+)
+
+
+_BUILTIN_ERRORS = (OSError, ValueError, RuntimeError, LookupError, TypeError, TimeoutError)
+
+
+def _exception_classes() -> dict[str, type[BaseException]]:
+    """Every exception class defined in an iceserv module, by qualified name."""
+    found: dict[str, type[BaseException]] = {}
+    for info in pkgutil.walk_packages(iceserv.__path__, "iceserv."):
+        if info.name.endswith("__main__"):
+            continue  # running it is the program
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == info.name
+            ):
+                found[f"{info.name}.{name}"] = value
+    return found
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -92,6 +122,33 @@ class TestQuality:
         """import-linter's contracts (protocol is stdlib-only, layers independent) are kept."""
         proc = _run("lint-imports")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class TestErrors:
+    def test_every_error_is_an_iceserv_error(self):
+        """Each exception class derives from IceservError and from the builtin it is."""
+        classes = _exception_classes()
+        assert len(classes) > 10  # the walk found the package's errors
+        foreign = {
+            name
+            for name, cls in classes.items()
+            if not issubclass(cls, IceservError) and name not in KNOWN_FOREIGN_ERRORS
+        }
+        assert not foreign
+        # The two roots stand for no builtin of their own; their subclasses do.
+        roots = {"iceserv.errors.IceservError", "iceserv.errors.ProtocolError"}
+        without_builtin = {
+            name
+            for name, cls in classes.items()
+            if name not in roots and not issubclass(cls, _BUILTIN_ERRORS)
+        }
+        assert not without_builtin
+
+    def test_known_exceptions_still_foreign(self):
+        """An entry of the exception list is removed as soon as its class is fixed."""
+        classes = _exception_classes()
+        fixed = {n for n in KNOWN_FOREIGN_ERRORS if issubclass(classes[n], IceservError)}
+        assert not fixed
 
 
 class TestVersionsAreFeatures:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
+from iceserv.errors import IceservError
 from iceserv.protocol import (
     NEED_DATA,
     Connection,
@@ -56,7 +57,7 @@ _BUILD_TIMEOUT: Final = 600.0
 _NODES: Final = (("demo-client", 0), ("demo-server", 4))
 
 
-class DemoError(Exception):
+class DemoError(IceservError, RuntimeError):
     """A step of the demo failed; the message says which."""
 
 

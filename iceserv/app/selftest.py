@@ -1,8 +1,8 @@
 """``iceserv selftest``: talk to a real icecream 1.4 scheduler through iceserv's codec.
 
-Until iceserv's own scheduler and daemon exist, this is the README's main job.
-It starts the real ``icecc-scheduler`` on loopback (a free port, its own net
-name), then, using only :mod:`iceserv.protocol` for the bytes:
+It checks the codec against the real thing on the user's machine: it starts
+the real ``icecc-scheduler`` on loopback (a free port, its own net name),
+then, using only :mod:`iceserv.protocol` for the bytes:
 
 1. broadcasts-equivalent discovery: a 1-byte request to the UDP port, and
    decodes the reply (version, start time, net name);
@@ -28,6 +28,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Final, TextIO
 
+from iceserv.errors import IceservError
 from iceserv.protocol import NEED_DATA, ConfCS, Connection, Handshake, Login, Stats
 from iceserv.protocol.discovery import decode_reply, encode_request
 
@@ -41,7 +42,7 @@ NODE_NAME: Final = "iceserv-selftest"
 _STEP_TIMEOUT: Final = 10.0
 
 
-class SelftestError(Exception):
+class SelftestError(IceservError, RuntimeError):
     """A selftest step failed; the message says which and why."""
 
 

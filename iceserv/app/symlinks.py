@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from iceserv.errors import IceservError
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable
@@ -40,7 +42,7 @@ _AUTO_NAMES: Final = re.compile(
 )
 
 
-class SymlinkError(Exception):
+class SymlinkError(IceservError, OSError):
     """The links cannot be made or removed; the message says why."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from iceserv.client.envfiles import EnvFiles, elf_machine
+from iceserv.errors import IceservError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -48,7 +49,7 @@ _PROBE: Final = b"clang __clang__ gcc __GNUC__\n"
 _RUN_TIMEOUT: Final = 120.0
 
 
-class CreateEnvError(Exception):
+class CreateEnvError(IceservError, RuntimeError):
     """The environment cannot be built; the message says why (exit status 1)."""
 
 
