@@ -37,7 +37,7 @@ S = TypeVar("S", DaemonSettings, SchedulerSettings)
 
 
 class WallClock:
-    """The ``Clock`` of a running program: seconds since the epoch."""
+    """The :class:`~iceserv.clock.Clock` of a running program: seconds since the epoch."""
 
     def now(self) -> float:
         """Return ``time.time()``."""

@@ -18,7 +18,7 @@ from iceserv.client.job import (
     LOCAL,
     REMOTE,
     REST,
-    Job,
+    CompileJob,
     has_color_output,
 )
 from iceserv.client.options import (
@@ -51,7 +51,7 @@ class Analysis:
 
     __slots__ = ("clang_target", "extrafiles", "job", "local_reason", "native")
 
-    def __init__(self, job: Job, local_reason: str | None, extrafiles: tuple[str, ...], *,
+    def __init__(self, job: CompileJob, local_reason: str | None, extrafiles: tuple[str, ...], *,
                  clang_target: bool, native: tuple[str, ...]) -> None:  # fmt: skip
         self.job = job
         self.local_reason = local_reason
@@ -104,7 +104,7 @@ class Scan:
         self.color_terminal = color_terminal
         lang = LANG_CUSTOM if icerun else language_of(compiler_name)
         self.icerun = icerun or lang == LANG_CUSTOM
-        self.job = Job(compiler_name=compiler_name, compiler_path=compiler_path, lang=lang)
+        self.job = CompileJob(compiler_name=compiler_name, compiler_path=compiler_path, lang=lang)
         self.out: list[tuple[str, int]] = []
         self.reason: str | None = "custom command" if self.icerun else None
         self.extrafiles: list[str] = []

@@ -1,6 +1,6 @@
 """One compile job as the argument analysis leaves it, and what is derived from it.
 
-Owns :class:`Job` (1.4's ``CompileJob`` as far as the client fills it): the
+Owns :class:`CompileJob` (1.4's ``CompileJob`` as far as the client fills it): the
 compiler name, the language, every argument tagged *local* (only for
 preprocessing), *remote* (only for the compile server) or *rest* (both), the
 input and output files, and the flags the analysis noticed.  Also the pure
@@ -28,7 +28,7 @@ __all__ = [
     "LOCAL",
     "REMOTE",
     "REST",
-    "Job",
+    "CompileJob",
     "absolute",
     "colorify",
     "colorify_wanted",
@@ -53,7 +53,7 @@ LANG_CUSTOM: Final = 4
 _MODULE_FLAGS: Final = frozenset({"-fmodules", "-fcxx-modules", "-fmodules-ts"})
 
 
-class Job:
+class CompileJob:
     """A compile job; treat it as immutable and derive changed copies with :meth:`evolve`."""
 
     __slots__ = (
@@ -94,15 +94,15 @@ class Job:
         self.explicit_no_caret = explicit_no_caret
         self.block_rewrite_includes = block_rewrite_includes
 
-    def evolve(self, **changes: object) -> Job:
+    def evolve(self, **changes: object) -> CompileJob:
         """Return a copy with *changes* applied."""
         values = {name: getattr(self, name) for name in self.__slots__}
         values.update(changes)
-        return Job(**values)
+        return CompileJob(**values)
 
     def __eq__(self, other: object) -> bool:
         """Field-wise equality."""
-        if not isinstance(other, Job):
+        if not isinstance(other, CompileJob):
             return NotImplemented
         return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
 
@@ -110,7 +110,7 @@ class Job:
 
     def __repr__(self) -> str:
         """All fields."""
-        return "Job(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+        return "CompileJob(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
     # --- views of the arguments -----------------------------------------------------
 
@@ -218,7 +218,7 @@ class Job:
         return argv
 
 
-def has_color_output(job: Job, env: ClientEnv, *, color_terminal: bool) -> bool:
+def has_color_output(job: CompileJob, env: ClientEnv, *, color_terminal: bool) -> bool:
     """1.4 ``compiler_has_color_output``: the compiler colours its own diagnostics.
 
     *color_terminal* is 1.4's ``color_output_possible`` (stderr is a
@@ -236,7 +236,7 @@ def has_color_output(job: Job, env: ClientEnv, *, color_terminal: bool) -> bool:
     return bool(env.gcc_colors)
 
 
-def colorify_wanted(job: Job, env: ClientEnv, *, color_terminal: bool) -> bool:
+def colorify_wanted(job: CompileJob, env: ClientEnv, *, color_terminal: bool) -> bool:
     """1.4 ``colorify_wanted``: the wrapper colours ``error:``/``warning:`` lines itself."""
     if job.is_custom or has_color_output(job, env, color_terminal=color_terminal):
         return False
@@ -245,7 +245,7 @@ def colorify_wanted(job: Job, env: ClientEnv, *, color_terminal: bool) -> bool:
     return color_terminal
 
 
-def output_needs_workaround(job: Job, env: ClientEnv) -> bool:
+def output_needs_workaround(job: CompileJob, env: ClientEnv) -> bool:
     """1.4 ``output_needs_workaround``: redo a gcc job locally if it printed anything.
 
     gcc's caret lines need the source file, which the server does not have;

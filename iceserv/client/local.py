@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from typing import Final
 
     from iceserv.client.env import ClientEnv
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
     from iceserv.client.log import ClientLog
 
 __all__ = [
@@ -132,7 +132,7 @@ def path_lookup(name: str, env: ClientEnv, given: str = "", own: str | None = No
     return best
 
 
-def find_compiler(job: Job, env: ClientEnv, own: str | None = None) -> str:
+def find_compiler(job: CompileJob, env: ClientEnv, own: str | None = None) -> str:
     """1.4 ``find_compiler``: ``ICECC_CC``/``ICECC_CXX`` verbatim, else :func:`path_lookup`."""
     if job.lang == LANG_CXX and env.cxx is not None:
         return env.cxx
@@ -304,7 +304,7 @@ def read_command_output(argv: Sequence[str], environ: dict[str, str], *, fd: int
     return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 
-def build_local(job: Job, env: ClientEnv, diag: ClientLog, *, daemon: bool,
+def build_local(job: CompileJob, env: ClientEnv, diag: ClientLog, *, daemon: bool,
                 own: str | None = None) -> tuple[int, float, float, int]:  # fmt: skip
     """1.4 ``build_local``: run the job's compiler here; (status, user s, system s, faults).
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from iceserv.client.args import Analysis
     from iceserv.client.channel import Channel
     from iceserv.client.environments import Environment
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
     from iceserv.client.remote import Remote
 
 __all__ = ["main"]
@@ -177,7 +177,7 @@ class _Run:
             return self.local(analysis.job, daemon=None)
         return self.with_daemon(sock, analysis)
 
-    def local(self, job: Job, daemon: Channel | None) -> int:
+    def local(self, job: CompileJob, daemon: Channel | None) -> int:
         from iceserv.client.local import build_local  # noqa: PLC0415
 
         return build_local(job, self.env, self.diag, daemon=daemon is not None, own=self.own)[0]
@@ -233,7 +233,7 @@ class _Run:
             sock.close()
             return None
 
-    def complete(self, analysis: Analysis) -> Job | None:
+    def complete(self, analysis: Analysis) -> CompileJob | None:
         """Run the compiler for what the remote job still needs; None means build locally."""
         from iceserv.client.job import REMOTE  # noqa: PLC0415
         from iceserv.client.local import find_compiler, read_command_output  # noqa: PLC0415
@@ -259,7 +259,7 @@ class _Run:
             job = replace_native(job, flags)
         return job
 
-    def remote(self, job: Job, analysis: Analysis, daemon: Channel) -> int | None:
+    def remote(self, job: CompileJob, analysis: Analysis, daemon: Channel) -> int | None:
         """Pick environments and build remotely; None when the job must be local after all."""
         from iceserv.client.remote import Remote  # noqa: PLC0415
         from iceserv.hostfacts import host_platform  # noqa: PLC0415
@@ -303,7 +303,7 @@ class _Run:
             return None
         return files + more
 
-    def environments(self, job: Job, daemon: Channel, extrafiles: list[str],
+    def environments(self, job: CompileJob, daemon: Channel, extrafiles: list[str],
                      platform: str) -> list[Environment]:  # fmt: skip
         """``ICECC_VERSION``'s environments, or the native one the daemon makes."""
         from iceserv.client import environments as envs  # noqa: PLC0415
@@ -328,7 +328,7 @@ class _Run:
             return []
         return [envs.Environment(platform, envs.env_name(native) or "", native)]
 
-    def local_in_slot(self, job: Job, daemon: Channel) -> int:
+    def local_in_slot(self, job: CompileJob, daemon: Channel) -> int:
         """§5.1.3: JOB_LOCAL_BEGIN, wait for the go, compile; lock files if the daemon fails."""
         import time  # noqa: PLC0415
 

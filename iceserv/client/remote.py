@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
     from iceserv.client.env import ClientEnv
     from iceserv.client.environments import Environment
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
     from iceserv.client.log import ClientLog
 
 __all__ = ["Remote", "ask_native_env"]
@@ -98,7 +98,7 @@ def ask_native_env(daemon: Channel, compiler: str, extrafiles: list[str],
 class Remote:
     """One remote attempt of a job (1.4 ``build_remote`` with a repeat rate of 0)."""
 
-    def __init__(self, job: Job, daemon: Channel, envs: list[Environment], *,  # noqa: PLR0913
+    def __init__(self, job: CompileJob, daemon: Channel, envs: list[Environment], *,  # noqa: PLR0913
                  env: ClientEnv, diag: ClientLog, cwd: str, platform: str,
                  own: str | None, source: str | None = None,
                  output: bool = True) -> None:  # fmt: skip

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import random
     from typing import Final
 
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
 
 __all__ = ["build_repeated", "wants_repeat"]
 
@@ -122,7 +122,7 @@ def build_repeated(remote: Remote, rng: random.Random) -> int:
     return _compare(jobs, codes, source, remote)
 
 
-def _compare(jobs: list[Job], codes: list[int], source: str, remote: Remote) -> int:
+def _compare(jobs: list[CompileJob], codes: list[int], source: str, remote: Remote) -> int:
     """1.4's check of the copies against the first; the first one's status or -1."""
     result, digest = codes[0], _md5(jobs[0].output_file)
     for each, code in zip(jobs[1:], codes[1:], strict=True):

@@ -22,7 +22,7 @@ import dataclasses
 import itertools
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -42,7 +42,7 @@ from iceserv.protocol.discovery import (
     encode_announcements,
     encode_reply,
 )
-from iceserv.scheduler.control import INTERNALS_TIMEOUT, SchedulerControl
+from iceserv.scheduler.control import INTERNALS_TIMEOUT, ClusterControl
 from iceserv.scheduler.effects import (
     Announce,
     Close,
@@ -60,9 +60,10 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Coroutine
 
+    from iceserv.clock import Clock
     from iceserv.protocol import Message
 
-__all__ = ["Clock", "SchedulerServer", "ServerSettings"]
+__all__ = ["SchedulerServer", "SchedulerServerSettings"]
 
 log = structlog.get_logger()
 
@@ -73,16 +74,8 @@ _IDLE_READ: Final = 300.0
 _MONITOR_SNDBUF: Final = 65536
 
 
-class Clock(Protocol):
-    """Wall-clock seconds (``time.time`` or ``testing.FakeClock``)."""
-
-    def now(self) -> float:
-        """Return the current time in seconds."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
-class ServerSettings:
+class SchedulerServerSettings:
     """How the scheduler listens; built by ``app`` from the configuration.
 
     ``announce_to`` lists the addresses the scheduler announcements go to
@@ -136,7 +129,9 @@ class _Discovery(asyncio.DatagramProtocol):
 class SchedulerServer:
     """A running scheduler: listeners, peer connections and the core's timers."""
 
-    def __init__(self, settings: ServerSettings, *, clock: Clock, rng: random.Random) -> None:
+    def __init__(
+        self, settings: SchedulerServerSettings, *, clock: Clock, rng: random.Random
+    ) -> None:
         self.settings = settings
         self._clock = clock
         self._start = clock.now()
@@ -146,7 +141,7 @@ class SchedulerServer:
             persistent_clients=settings.persistent_clients,
         )
         self._core = Scheduler(config, rng, self._start)
-        self.control = SchedulerControl(self, internals_timeout=settings.internals_timeout)
+        self.control = ClusterControl(self, internals_timeout=settings.internals_timeout)
         self._peers: dict[int, _Peer] = {}
         self._summaries = JobSummaries()
         self._ids = itertools.count(1)

@@ -1,4 +1,4 @@
-"""Job: what 1.4 derives from an analysed job (arg_flags, names, command lines, colours)."""
+"""CompileJob: what 1.4 derives from an analysed job (arg_flags, names, command lines, colours)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from iceserv.client.job import (
     LOCAL,
     REMOTE,
     REST,
-    Job,
+    CompileJob,
     absolute,
     colorify,
     colorify_wanted,
@@ -21,8 +21,8 @@ from iceserv.client.job import (
 )
 
 
-def job(*args: tuple[str, int], name: str = "gcc", lang: int = LANG_C, **kw: object) -> Job:
-    return Job(compiler_name=name, lang=lang, args=tuple(args), **kw)  # type: ignore[arg-type]
+def job(*args: tuple[str, int], name: str = "gcc", lang: int = LANG_C, **kw: object) -> CompileJob:
+    return CompileJob(compiler_name=name, lang=lang, args=tuple(args), **kw)  # type: ignore[arg-type]
 
 
 class TestArgFlags:

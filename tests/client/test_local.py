@@ -13,7 +13,7 @@ from testbed.client_fakes import FAKE_CC, FakeDaemon
 
 from iceserv.client import local
 from iceserv.client.env import ClientEnv
-from iceserv.client.job import LANG_C, LANG_CXX, LANG_OBJC, Job
+from iceserv.client.job import LANG_C, LANG_CXX, LANG_OBJC, CompileJob
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -86,7 +86,7 @@ class TestPathLookup:
     def test_icecc_cc_and_cxx(self, lang, expected):
         """ICECC_CC serves C jobs, ICECC_CXX C++ jobs, neither Objective-C."""
         env = ClientEnv.from_mapping({"PATH": "/usr/bin", "ICECC_CC": "/cc", "ICECC_CXX": "/cxx"})
-        job = Job(compiler_name="gcc", lang=lang)
+        job = CompileJob(compiler_name="gcc", lang=lang)
         assert local.find_compiler(job, env) == expected
 
 
