@@ -1,6 +1,8 @@
 """The 32 icecream message types as typed, immutable objects, and their codec.
 
-Each message is a frozen, slotted dataclass named after upstream's class
+Each message is a frozen, slotted record (:func:`~iceserv.protocol.records.record`,
+which builds what ``@dataclass(frozen=True, slots=True)`` would, without
+importing :mod:`dataclasses`) named after upstream's class
 (``GetCS`` for ``GetCSMsg``; ``UseNativeEnv``, ``EnvTransfer``, ``ConfCS`` and
 ``GetInternalStatus`` keep upstream's names while :class:`MsgType` keeps the
 enum spelling).  A table lists each message's fields in wire order with the

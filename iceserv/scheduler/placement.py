@@ -6,7 +6,8 @@ This module owns the rules of icecream 1.4's ``scheduler.cpp`` (``pick_server``,
 as pure functions over :class:`~iceserv.scheduler.state.ClusterState`.
 Randomness comes in as a :class:`random.Random`; nothing here does I/O,
 logs or reads a clock.  Deciding is separate from doing: :func:`empty_queue`
-returns an :class:`Assignment` and :mod:`iceserv.scheduler.handlers` applies it.
+returns an :class:`Assignment` and :func:`iceserv.scheduler.jobs.place_jobs`
+applies it.
 
 Probing hosts (deliberately as 1.4, not as upstream master): a host that has
 never compiled anything is tried as soon as it is free, and any host not
