@@ -33,6 +33,14 @@ KNOWN_FOREIGN_ERRORS: frozenset[str] = frozenset(
 )
 
 
+#: Files the formatter does not own yet: issue 12's daemon core rewrites them (and removes this).
+NOT_YET_FORMATTED: tuple[str, ...] = (
+    "iceserv/daemon",
+    "iceserv/app/daemon.py",
+    "iceserv/app/daemon_bus.py",
+)
+_FMT_MARKER = re.compile(r"#\s*fmt:\s*(skip|off)")
+
 _BUILTIN_ERRORS = (OSError, ValueError, RuntimeError, LookupError, TypeError, TimeoutError)
 
 
@@ -112,6 +120,20 @@ class TestQuality:
         """ruff (every rule, ignores commented in pyproject.toml) finds nothing."""
         proc = _run("ruff", "check", "--no-cache", "iceserv", "tests", "testbed", "bench", "fuzz")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def test_formatter_decides_the_layout(self):
+        """`ruff format` leaves the package as it is, and no `fmt: skip`/`fmt: off` overrides it."""
+        excluded = [arg for path in NOT_YET_FORMATTED for arg in ("--exclude", path)]
+        proc = _run("ruff", "format", "--check", "--no-cache", *excluded, "iceserv")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        markers = [
+            f"{path.relative_to(ROOT)}:{number}"
+            for path in sorted(PACKAGE.rglob("*.py"))
+            if not path.relative_to(ROOT).as_posix().startswith(NOT_YET_FORMATTED)
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if _FMT_MARKER.search(line)
+        ]
+        assert not markers
 
     def test_mypy_strict_is_clean(self):
         """mypy --strict accepts the whole package."""

@@ -79,9 +79,11 @@ def open_log(
     """
     try:
         return configure_logging(
-            verbosity=settings.verbosity, fmt=LogFormat(settings.log_format),
-            log_file=settings.log_file, journal_stream=journal_stream,
-        )  # fmt: skip
+            verbosity=settings.verbosity,
+            fmt=LogFormat(settings.log_format),
+            log_file=settings.log_file,
+            journal_stream=journal_stream,
+        )
     except OSError as exc:
         sys.stderr.write(f"{prog}: cannot open log file: {exc}\n")
         return os.EX_CANTCREAT

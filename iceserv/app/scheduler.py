@@ -155,12 +155,15 @@ class SchedulerService:
         new, live, fixed = reload_changes(loaded.settings, self.settings, _RESTART_ONLY)
         if fixed:
             log.warning("reload_needs_restart", settings=fixed)
-        self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
-                               log_file=new.log_file)  # fmt: skip
+        self._logs.reconfigure(
+            verbosity=new.verbosity, fmt=LogFormat(new.log_format), log_file=new.log_file
+        )
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)
-        self.server.reconfigure(netname=new.net_name or DEFAULT_NETNAME,
-                                persistent_clients=new.persistent_client_connection)  # fmt: skip
+        self.server.reconfigure(
+            netname=new.net_name or DEFAULT_NETNAME,
+            persistent_clients=new.persistent_client_connection,
+        )
         self.settings = new
         return live
 

@@ -125,8 +125,9 @@ def required_features(env_compression: str | None) -> int:
     return {"xz": _ENV_XZ, "zstd": _ENV_ZSTD}.get(env_compression or "", 0)
 
 
-def parse_extrafiles(value: str, absolute: Callable[[str], str],
-                     exists: Callable[[str], bool]) -> tuple[list[str], str | None]:  # fmt: skip
+def parse_extrafiles(
+    value: str, absolute: Callable[[str], str], exists: Callable[[str], bool]
+) -> tuple[list[str], str | None]:
     """1.4's ``ICECC_EXTRAFILES``: colon-separated; returns (files, first missing or None)."""
     files: list[str] = []
     for part in value.split(":"):

@@ -165,10 +165,16 @@ class _Run:
                 diag.error("test socket error")
                 return EXIT_TEST_SOCKET_ERROR
         analysis = analyse(
-            args, compiler_name=(compiler or prog).rpartition("/")[2], compiler_path=compiler,
-            icerun=icerun, env=env, cwd=self.cwd, readable=readable, irregular=irregular,
+            args,
+            compiler_name=(compiler or prog).rpartition("/")[2],
+            compiler_path=compiler,
+            icerun=icerun,
+            env=env,
+            cwd=self.cwd,
+            readable=readable,
+            irregular=irregular,
             color_terminal=color_terminal(env),
-        )  # fmt: skip
+        )
         if analysis.local_reason is not None:
             diag.info(f"building locally: {analysis.local_reason}")
         if sock is None:
@@ -272,8 +278,16 @@ class _Run:
         envs = self.environments(job, daemon, extrafiles, platform)
         if not envs:
             return None
-        remote = Remote(job, daemon, envs, env=self.env, diag=self.diag, cwd=self.cwd,
-                        platform=platform, own=self.own)  # fmt: skip
+        remote = Remote(
+            job,
+            daemon,
+            envs,
+            env=self.env,
+            diag=self.diag,
+            cwd=self.cwd,
+            platform=platform,
+            own=self.own,
+        )
         status = self.repeated(remote) if self.env.repeat_rate > 0 else remote.run()
         if status == 0:
             daemon.send(End())  # "all fine": the server reports the job, not our daemon
@@ -296,15 +310,17 @@ class _Run:
         files = list(analysis.extrafiles)
         if self.env.extrafiles is None:
             return files
-        more, missing = parse_extrafiles(self.env.extrafiles, lambda p: absolute(p, self.cwd),
-                                         os.path.exists)  # fmt: skip
+        more, missing = parse_extrafiles(
+            self.env.extrafiles, lambda p: absolute(p, self.cwd), os.path.exists
+        )
         if missing is not None:
             self.diag.warning(f"File in ICECC_EXTRAFILES not found: {missing}")
             return None
         return files + more
 
-    def environments(self, job: CompileJob, daemon: Channel, extrafiles: list[str],
-                     platform: str) -> list[Environment]:  # fmt: skip
+    def environments(
+        self, job: CompileJob, daemon: Channel, extrafiles: list[str], platform: str
+    ) -> list[Environment]:
         """``ICECC_VERSION``'s environments, or the native one the daemon makes."""
         from iceserv.client import environments as envs  # noqa: PLC0415
         from iceserv.client.job import absolute  # noqa: PLC0415
@@ -314,17 +330,22 @@ class _Run:
 
         if self.env.version is not None:
             return envs.parse_icecc_version(
-                self.env.version, platform=platform, prefix=envs.find_prefix(job.compiler_name),
-                usable=envs.usable_tarball, warn=self.diag.error,
-            )  # fmt: skip
+                self.env.version,
+                platform=platform,
+                prefix=envs.find_prefix(job.compiler_name),
+                usable=envs.usable_tarball,
+                warn=self.diag.error,
+            )
         if extrafiles and not daemon.supports(Feature.NATIVE_ENV_EXTRAFILES):
             self.diag.warning("Local daemon is too old to handle extra files.")
             return []
         compiler = absolute(find_compiler(job, self.env, self.own), self.cwd)
         native = ask_native_env(daemon, compiler, extrafiles, self.env)
         if native is None:
-            self.diag.warning("daemon can't determine native environment. "
-                              "Set $ICECC_VERSION to an icecc environment.")  # fmt: skip
+            self.diag.warning(
+                "daemon can't determine native environment. "
+                "Set $ICECC_VERSION to an icecc environment."
+            )
             return []
         return [envs.Environment(platform, envs.env_name(native) or "", native)]
 

@@ -338,9 +338,10 @@ class Scheduler:
         """Ask every daemon (or those matching *names*) for its internals text."""
         wanted = list(names)
         hosts = [
-            host for host in self.state.hosts.values()
+            host
+            for host in self.state.hosts.values()
             if not wanted or any(host.matches(name) for name in wanted)
-        ]  # fmt: skip
+        ]
         for host in hosts:
             host.internals_pending += 1
         return hosts, [Send(host.conn_id, GetInternalStatus()) for host in hosts]
@@ -408,8 +409,10 @@ class Scheduler:
 
     def _place(self, now: float) -> list[Effect]:
         effects = jobs.place_jobs(self.state, self._rng, now)
-        if any(isinstance(e, Send) and isinstance(e.message, UseCS) and not e.message.got_env
-               for e in effects):  # fmt: skip
+        if any(
+            isinstance(e, Send) and isinstance(e.message, UseCS) and not e.message.got_env
+            for e in effects
+        ):
             self._host_deadline = None  # its host is now busy installing (a new deadline)
         return effects
 

@@ -57,4 +57,3 @@ def host_stats_text(host: Host, stats: Stats | None = None) -> str:
             f"FreeMem:{stats.free_mem}",
         ]
     return "".join(line + "\n" for line in lines)
-

@@ -286,10 +286,13 @@ def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | Non
     hosts = list(state.hosts.values())
     if job.preferred_host:
         return next(
-            (host for host in hosts
-             if host.matches(job.preferred_host) and eligible_now(state, host, job)),
+            (
+                host
+                for host in hosts
+                if host.matches(job.preferred_host) and eligible_now(state, host, job)
+            ),
             None,
-        )  # fmt: skip
+        )
     if not len(state.all_stats):
         # No statistics yet: choose at random, so one broken host cannot
         # starve the cluster of the statistics that would expose it.

@@ -166,9 +166,13 @@ class SchedulerServer:
     async def start(self) -> None:
         """Bind the TCP and UDP listeners and start the timer task."""
         self._tcp = await asyncio.start_server(
-            self._serve, self.settings.address, self.settings.port, reuse_address=True,
-            backlog=1024, limit=_READ_SIZE,
-        )  # fmt: skip
+            self._serve,
+            self.settings.address,
+            self.settings.port,
+            reuse_address=True,
+            backlog=1024,
+            limit=_READ_SIZE,
+        )
         self.port = self._tcp.sockets[0].getsockname()[1]
         loop = asyncio.get_running_loop()
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -183,8 +187,12 @@ class SchedulerServer:
         transport, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp)
         self._udp = transport
         self._spawn(self._timers())
-        log.info("scheduler_started", address=self.settings.address, port=self.port,
-                 netname=self.settings.netname)  # fmt: skip
+        log.info(
+            "scheduler_started",
+            address=self.settings.address,
+            port=self.port,
+            netname=self.settings.netname,
+        )
 
     async def stop(self) -> None:
         """Stop listening and close every daemon and monitor connection (1.4's clean exit)."""
@@ -386,8 +394,13 @@ class SchedulerServer:
 
     def _finish(self, peer: _Peer, reason: str) -> None:
         if peer.nodename is not None:
-            log.info("daemon_logged_out", peer=peer.ip, host_id=peer.host_id,
-                     nodename=peer.nodename, reason=reason)  # fmt: skip
+            log.info(
+                "daemon_logged_out",
+                peer=peer.ip,
+                host_id=peer.host_id,
+                nodename=peer.nodename,
+                reason=reason,
+            )
             peer.nodename = None
         elif not peer.closed:
             log.debug("connection_closed", peer=peer.ip, conn_id=peer.conn_id, reason=reason)
@@ -425,9 +438,14 @@ class SchedulerServer:
                 if not logged_in and (host := self._core.host_by_conn(peer.conn_id)):
                     logged_in = True
                     peer.nodename, peer.host_id = host.nodename, host.host_id
-                    log.info("daemon_logged_in", peer=peer.ip, host_id=host.host_id,
-                             nodename=host.nodename, max_jobs=host.max_jobs,
-                             protocol=host.protocol)  # fmt: skip
+                    log.info(
+                        "daemon_logged_in",
+                        peer=peer.ip,
+                        host_id=host.host_id,
+                        nodename=host.nodename,
+                        max_jobs=host.max_jobs,
+                        protocol=host.protocol,
+                    )
             self._flush(peer)
             if not data:
                 return "closed by peer"

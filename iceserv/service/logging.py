@@ -60,10 +60,17 @@ _OWN_PREFIX: Final = "iceserv."
 _LEVELS: Final = (logging.WARNING, logging.INFO, logging.DEBUG, logging.DEBUG)
 #: syslog priorities (sd-daemon(3) prefixes) by stdlib level name.
 _PRIORITIES: Final = {
-    "critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7,
-}  # fmt: skip
-_LOGFMT_PLAIN: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                 "0123456789-_.:/@+,[]()")  # fmt: skip
+    "critical": 2,
+    "exception": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "info": 6,
+    "debug": 7,
+}
+_LOGFMT_PLAIN: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@+,[]()"
+)
 
 
 class LogFormat(enum.StrEnum):
@@ -128,8 +135,11 @@ def render_journal(_logger: WrappedLogger, _name: str, event_dict: EventDict) ->
     level = str(event_dict.get("level", "info"))
     priority = _PRIORITIES.get(level, 6)
     head = [f"event={_logfmt_value(event_dict.pop('event', ''))}"]
-    tail = [f"{key}={_logfmt_value(event_dict.pop(key))}" for key in ("logger", "level")
-            if key in event_dict]  # fmt: skip
+    tail = [
+        f"{key}={_logfmt_value(event_dict.pop(key))}"
+        for key in ("logger", "level")
+        if key in event_dict
+    ]
     body = [f"{key}={_logfmt_value(value)}" for key, value in event_dict.items()]
     return f"<{priority}>" + " ".join(head + body + tail)
 
@@ -154,8 +164,9 @@ class AppendFileHandler(logging.Handler):
         self._open()
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                           self._mode)  # fmt: skip
+        self._fd = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._mode
+        )
         self._end = os.fstat(self._fd).st_size
 
     def _check_rotation(self) -> None:
@@ -259,9 +270,10 @@ class LogSetup:
         resolved = choose_format(fmt, self._stream, self._journal_stream, to_file=to_file)
         if (resolved, log_file) != (self.format, self.log_file) or self.handler is None:
             handler: logging.Handler = (
-                AppendFileHandler(log_file) if log_file is not None
+                AppendFileHandler(log_file)
+                if log_file is not None
                 else logging.StreamHandler(self._stream)
-            )  # fmt: skip
+            )
             colors = not to_file and resolved is LogFormat.CONSOLE and _isatty(self._stream)
             handler.setFormatter(
                 structlog.stdlib.ProcessorFormatter(

@@ -50,9 +50,16 @@ DONE: Final = "200 done"
 GOODBYE: Final = "200 Good Bye!"
 #: The commands ``help`` lists, in 1.4's order.
 HELP: Final = (
-    "listcs", "listblocks", "listjobs", "removecs", "blockcs", "unblockcs", "internals", "help",
+    "listcs",
+    "listblocks",
+    "listjobs",
+    "removecs",
+    "blockcs",
+    "unblockcs",
+    "internals",
+    "help",
     "quit",
-)  # fmt: skip
+)
 
 _NO_HOSTS: Final = "401 Sure. But which hosts?"
 _NO_HOST: Final = "401 Sure. But which host?"
