@@ -41,6 +41,10 @@ NOT_YET_FORMATTED: tuple[str, ...] = (
 )
 _FMT_MARKER = re.compile(r"#\s*fmt:\s*(skip|off)")
 
+#: Packages whose every module has a test file of its own or a line in tests/README.md.
+MIRRORED = ("protocol", "scheduler", "config", "daemon")
+_LISTED_MODULE = re.compile(r"^\| `(iceserv/[\w/]+\.py)` \|", re.MULTILINE)
+
 _BUILTIN_ERRORS = (OSError, ValueError, RuntimeError, LookupError, TypeError, TimeoutError)
 
 
@@ -171,6 +175,25 @@ class TestErrors:
         classes = _exception_classes()
         fixed = {n for n in KNOWN_FOREIGN_ERRORS if issubclass(classes[n], IceservError)}
         assert not fixed
+
+
+class TestMirroredTests:
+    def test_every_module_has_a_test_file_or_a_reason(self):
+        """Each module of protocol/, scheduler/, config/, daemon/ has tests/<pkg>/test_<mod>.py."""
+        listed = set(_LISTED_MODULE.findall((ROOT / "tests" / "README.md").read_text()))
+        missing, needless = [], []
+        for package in MIRRORED:
+            for path in sorted((PACKAGE / package).glob("*.py")):
+                name = "package" if path.stem == "__init__" else path.stem
+                has_test = (ROOT / "tests" / package / f"test_{name}.py").exists()
+                relative = path.relative_to(ROOT).as_posix()
+                if not has_test and relative not in listed:
+                    missing.append(relative)
+                if has_test and relative in listed:
+                    needless.append(relative)
+        assert not missing, "add a test file or a line in tests/README.md"
+        assert not needless, "remove these lines from tests/README.md"
+        assert all((ROOT / name).exists() for name in listed)
 
 
 class TestVersionsAreFeatures:
