@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from config.conftest import DEFAULT_NAMES
+
 from iceserv.config import (
     HostPort,
     Locations,
