@@ -67,11 +67,12 @@ def _need(*tools):
             pytest.skip(f"{tool} is not installed (bin/setup installs it)")
 
 
-def _build(source, outdir, version=None):
-    argv = [str(BUILD_DEB), "--source", str(source), "--outdir", str(outdir)]
+def _build(source, outdir, version=None, *, cache="pip"):
+    argv = [str(BUILD_DEB), "--fast", "--source", str(source), "--outdir", str(outdir)]
     if version:
         argv += ["--version", version]
-    env = dict(os.environ, PIP_CACHE_DIR=str(CACHE / "pip"))
+    # One pip cache per concurrent build: two pips filling one wheel cache race.
+    env = dict(os.environ, PIP_CACHE_DIR=str(CACHE / cache))
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=1500, env=env,
                           check=False)  # fmt: skip
     assert proc.returncode == 0, f"build-deb failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
@@ -93,7 +94,7 @@ def debs(tmp_path_factory):
     (base / "v2").mkdir()
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(_build, ROOT, base / "v1")
-        second = pool.submit(_build, changed, base / "v2", UPGRADE_VERSION)
+        second = pool.submit(_build, changed, base / "v2", UPGRADE_VERSION, cache="pip-2")
         return first.result(), second.result()
 
 
