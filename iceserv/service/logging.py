@@ -9,14 +9,15 @@ one of three formats (services.md §8):
     structlog's console renderer, coloured on a TTY.
 ``journal``
     for stderr connected to journald (``$JOURNAL_STREAM`` equals stderr's
-    ``dev:inode``): each record goes to journald's native socket
-    (``/run/systemd/journal/socket``, systemd's ``sd_journal_send``
-    protocol, stdlib only) with its key/value pairs as journal fields
-    (``EVENT=``, ``JOB_ID=``, ... next to ``MESSAGE=`` and ``PRIORITY=``), so
-    ``journalctl -u iceccd EVENT=job_done`` and ``-o json`` see them.
-    Without a journal socket (or with ``--log-format journal`` outside
-    journald) it is logfmt with a ``<N>`` syslog priority prefix and no
-    timestamp on the stream, so ``journalctl -p warning`` still works.
+    ``dev:inode``).  When stderr is that socket and journald's native socket
+    (``/run/systemd/journal/socket``) exists, each record goes there by
+    systemd's ``sd_journal_send`` protocol (stdlib only) with its key/value
+    pairs as journal fields (``EVENT=``, ``JOB_ID=``, ... next to
+    ``MESSAGE=`` and ``PRIORITY=``), so ``journalctl -u iceccd
+    EVENT=job_done`` and ``-o json`` see them.  Otherwise (no socket, or
+    ``--log-format journal`` outside journald) it is logfmt with a ``<N>``
+    syslog priority prefix and no timestamp on the stream, so
+    ``journalctl -p warning`` still works.
 ``json``
     one JSON object per line, for log pipelines, OpenRC's ``output_log``
     and ``-l FILE``.
@@ -45,6 +46,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import struct
 import sys
 from pathlib import Path
@@ -396,9 +398,12 @@ class LogSetup:
         """
         to_file = log_file is not None
         resolved = choose_format(fmt, self._stream, self._journal_stream, to_file=to_file)
-        # The native protocol only under journald: $JOURNAL_STREAM says we run there.
+        # The native protocol only under journald: $JOURNAL_STREAM names our stream, and
+        # that stream is a socket (journald's stdout stream), not a file that merely matches.
         native = (
             resolved is LogFormat.JOURNAL and not to_file and self._journal_stream is not None
+            and _stream_identity(self._stream) == self._journal_stream
+            and _is_socket(self._stream)
             and self._journal_socket is not None and self._journal_socket.exists()
         )  # fmt: skip
         if (resolved, log_file) != (self.format, self.log_file) or self.handler is None:
@@ -440,6 +445,13 @@ class LogSetup:
             self.handler.close()
             self.handler = None
         structlog.reset_defaults()
+
+
+def _is_socket(stream: TextIO) -> bool:
+    try:
+        return stat.S_ISSOCK(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _isatty(stream: TextIO) -> bool:

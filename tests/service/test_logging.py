@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -274,6 +275,15 @@ def journald(tmp_path):
     sock.close()
 
 
+@contextlib.contextmanager
+def _journal_stream():
+    """A stream like journald's stdout stream: a socket whose dev:inode is $JOURNAL_STREAM."""
+    ours, peer = socket.socketpair()
+    with ours, peer, ours.makefile("w") as stream:
+        info = os.fstat(stream.fileno())
+        yield stream, f"{info.st_dev}:{info.st_ino}", peer
+
+
 class TestJournalNative:
     def test_encoding_of_multiline_values(self):
         """A value with a newline uses the length-prefixed form; others NAME=value."""
@@ -281,17 +291,18 @@ class TestJournalNative:
         assert data == b"MESSAGE=one\nTRACE\n" + struct.pack("<Q", 3) + b"a\nb\n"
         assert _parse_journal(data) == {"MESSAGE": "one", "TRACE": "a\nb"}
 
-    def test_fields_reach_the_journal_socket(self, setups, journald, tmp_path):
+    def test_fields_reach_the_journal_socket(self, setups, journald):
         """Under journald ($JOURNAL_STREAM is our stream) each key is a journal field."""
         path, sock = journald
-        stream_path = tmp_path / "stderr"
-        with stream_path.open("w") as stream:
-            _configure(setups, verbosity=1, stream=stream, journal_stream=_identity(stream_path),
+        with _journal_stream() as (stream, identity, peer):
+            _configure(setups, verbosity=1, stream=stream, journal_stream=identity,
                        journal_socket=path, identifier="iceccd")  # fmt: skip
             log = structlog.get_logger("iceserv.test")
             log.info("job_done", job_id=17, host="node 2", message="clash", ok=True)
             fields = _parse_journal(sock.recv(65536))
-        assert stream_path.read_text() == ""  # nothing on stderr
+            peer.settimeout(0)
+            with pytest.raises(BlockingIOError):
+                peer.recv(1)  # nothing on stderr
         assert fields["EVENT"] == "job_done"
         assert (fields["JOB_ID"], fields["HOST"], fields["OK"]) == ("17", "node 2", "true")
         assert fields["ICESERV_MESSAGE"] == "clash"  # journald's own names are not overwritten
@@ -301,12 +312,11 @@ class TestJournalNative:
         assert fields["MESSAGE"].startswith("event=job_done job_id=17 ")
         assert "TIMESTAMP" not in fields
 
-    def test_traceback_is_one_field(self, setups, journald, tmp_path):
+    def test_traceback_is_one_field(self, setups, journald):
         """An exception travels as a multi-line EXCEPTION field, priority 3."""
         path, sock = journald
-        stream_path = tmp_path / "stderr"
-        with stream_path.open("w") as stream:
-            _configure(setups, verbosity=0, stream=stream, journal_stream=_identity(stream_path),
+        with _journal_stream() as (stream, identity, _peer):
+            _configure(setups, verbosity=0, stream=stream, journal_stream=identity,
                        journal_socket=path)  # fmt: skip
             try:
                 1 / 0  # noqa: B018
@@ -335,14 +345,28 @@ class TestJournalNative:
         assert fields["MESSAGE"] == "x" * 300_000
         assert fields["SYSLOG_IDENTIFIER"] == "t"
 
-    def test_no_socket_falls_back_to_prefixed_lines(self, setups, tmp_path):
-        """Without a journal socket the stream gets the <N> logfmt line instead."""
-        stream = io.StringIO()
-        setup = _configure(setups, verbosity=1, stream=stream, journal_stream="1:2",
-                           fmt=LogFormat.JOURNAL, journal_socket=tmp_path / "absent")  # fmt: skip
-        structlog.get_logger("iceserv.test").info("job_done", job_id=3)
+    def test_a_file_named_by_journal_stream_is_not_journald(self, setups, journald, tmp_path):
+        """$JOURNAL_STREAM naming a regular file (a test, a redirect) keeps the stream format."""
+        path, _sock = journald
+        stream_path = tmp_path / "stderr"
+        with stream_path.open("w") as stream:
+            setup = _configure(setups, verbosity=1, stream=stream, journal_socket=path,
+                               journal_stream=_identity(stream_path))  # fmt: skip
+            structlog.get_logger("iceserv.test").info("job_done", job_id=4)
         assert not isinstance(setup.handler, JournalHandler)
-        assert stream.getvalue().startswith("<6>event=job_done job_id=3 ")
+        assert stream_path.read_text().startswith("<6>event=job_done job_id=4 ")
+
+    def test_no_socket_falls_back_to_prefixed_lines(self, setups, tmp_path):
+        """Under journald but without its native socket, stderr gets the <N> logfmt line."""
+        with _journal_stream() as (stream, identity, peer):
+            setup = _configure(setups, verbosity=1, stream=stream, journal_stream=identity,
+                               journal_socket=tmp_path / "absent")  # fmt: skip
+            structlog.get_logger("iceserv.test").info("job_done", job_id=3)
+            stream.flush()
+            peer.settimeout(5)
+            line = peer.recv(65536).decode()
+        assert not isinstance(setup.handler, JournalHandler)
+        assert line.startswith("<6>event=job_done job_id=3 ")
 
     def test_socket_gone_later_falls_back(self, journald):
         """If journald goes away, records still reach the stream."""
