@@ -14,7 +14,7 @@ one of three formats (services.md §8):
     systemd's ``sd_journal_send`` protocol (stdlib only) with its key/value
     pairs as journal fields (``EVENT=``, ``JOB_ID=``, ... next to
     ``MESSAGE=`` and ``PRIORITY=``), so ``journalctl -u iceccd
-    EVENT=job_done`` and ``-o json`` see them.  Otherwise (no socket, or
+    EVENT=job_finished`` and ``-o json`` see them.  Otherwise (no socket, or
     ``--log-format journal`` outside journald) it is logfmt with a ``<N>``
     syslog priority prefix and no timestamp on the stream, so
     ``journalctl -p warning`` still works.
