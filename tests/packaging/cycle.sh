@@ -229,8 +229,11 @@ cp "$0" "$M/root/cycle.sh"
 # The fake compiler environment of the drain job: static, so the chroot needs nothing else.
 cp "$FAKEENV" "$M/root/fakeenv.tar.gz"
 
+# A unique machine name: nspawn keeps /run/systemd/nspawn/propagate/NAME on the host
+# ($$ is 1 in this pid namespace, so it cannot tell parallel runs apart).
+machine=iceserv-pkg-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
 systemd-nspawn --quiet --register=no --keep-unit --private-network -D "$M" \
-	--machine="iceserv-pkg-$$" --boot --console=pipe </dev/null >"$WORK/boot.log" 2>&1 &
+	--machine="$machine" --boot --console=pipe </dev/null >"$WORK/boot.log" 2>&1 &
 nspawn=$!
 init=""
 n=0
@@ -257,4 +260,11 @@ for f in apt.log journal.json job.out src/icecc.out; do
 done
 in_container journalctl --no-pager -u iceccd -u icecc-scheduler 2>/dev/null | tail -n 40 | sed 's/^/LOG journal: /'
 in_container systemctl poweroff 2>/dev/null || kill "$nspawn"
+n=0
+while kill -0 "$nspawn" 2>/dev/null && [ "$n" -lt 150 ]; do
+	n=$((n + 1))
+	sleep 0.2
+done
+kill -9 "$nspawn" 2>/dev/null || true
 wait "$nspawn" || true
+rm -rf "/run/systemd/nspawn/propagate/$machine"
