@@ -89,6 +89,7 @@ inner() {
 		say "start.state.$svc" "$(prop "$svc" ActiveState)/$(prop "$svc" SubState)"
 		say "start.type.$svc" "$(prop "$svc" Type)"
 		say "start.user.$svc" "$(ps -o user= -p "$(prop "$svc" MainPID)")"
+		say "start.syslogid.$svc" "$(prop "$svc" SyslogIdentifier)"
 	done
 	say start.daemon_status "$(prop iceccd StatusText)"
 	until_true 60 listcs_has bootnode || say listcs.timeout yes

@@ -231,6 +231,7 @@ class TestSystemd:
             assert checks[f"start.state.{svc}"] == "active/running", detail
             assert checks[f"start.type.{svc}"] == "notify", detail
             assert checks[f"start.user.{svc}"] == "icecream", detail
+            assert checks[f"start.syslogid.{svc}"] == svc, detail  # not "sh" (the drop-in)
         assert "jobs" in checks["start.daemon_status"], detail
 
     def test_reload_shows_new_limit(self, cycle):
