@@ -183,8 +183,13 @@ class Listener:
             self._logged_at = now
             code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
             event = "accept_paused" if exc.errno in _RESOURCE_ERRORS else "accept_failed"
-            log.warning(event, listener=self._name, error=code, failures=self._unlogged,
-                        retry_in=self._delay)  # fmt: skip
+            log.warning(
+                event,
+                listener=self._name,
+                error=code,
+                failures=self._unlogged,
+                retry_in=self._delay,
+            )
             self._unlogged = 0
         self._retry = self._loop.call_later(self._delay, self._resume)
 

@@ -45,11 +45,12 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from iceserv.errors import ProtocolError
+from iceserv.hostfacts import set_keepalive
 from iceserv.netio import (
     Admission,
     ConnectionBudget,
@@ -74,7 +75,7 @@ from iceserv.protocol.discovery import (
     encode_announcements,
     encode_reply,
 )
-from iceserv.scheduler.control import INTERNALS_TIMEOUT, SchedulerControl
+from iceserv.scheduler.control import INTERNALS_TIMEOUT, ClusterControl
 from iceserv.scheduler.effects import (
     Announce,
     Close,
@@ -92,9 +93,10 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Coroutine
 
+    from iceserv.clock import Clock
     from iceserv.protocol import Message
 
-__all__ = ["Clock", "SchedulerServer", "ServerSettings"]
+__all__ = ["SchedulerServer", "SchedulerServerSettings"]
 
 log = structlog.get_logger()
 
@@ -107,16 +109,8 @@ _REFUSAL_LOG_INTERVAL: Final = 10.0
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 
-class Clock(Protocol):
-    """Wall-clock seconds (``time.time`` or ``testing.FakeClock``)."""
-
-    def now(self) -> float:
-        """Return the current time in seconds."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
-class ServerSettings:
+class SchedulerServerSettings:
     """How the scheduler listens; built by ``app`` from the configuration.
 
     ``announce_to`` lists the addresses the scheduler announcements go to
@@ -175,23 +169,11 @@ class _Pending:
     evicted: bool = False
 
 
-def _set_keepalive(sock: socket.socket | None, *, bulk: bool = False) -> None:
-    """Apply 1.4's socket options (§1.3): keepalive 27 s + 3 x 3 s, 9 s user timeout."""
-    if sock is None:
-        return
-    options = [
-        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 27),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
-        (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 9000),
-    ]
-    if bulk:
-        options += [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0),
-                    (socket.SOL_SOCKET, socket.SO_SNDBUF, _MONITOR_SNDBUF)]  # fmt: skip
-    for level, name, value in options:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(level, name, value)
+#: A monitor's socket (bulk): no TCP_NODELAY, and a big send buffer (1.4 ``MsgChannel``).
+_BULK_OPTIONS: Final = (
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 0),
+    (socket.SOL_SOCKET, socket.SO_SNDBUF, _MONITOR_SNDBUF),
+)
 
 
 class _Discovery(asyncio.DatagramProtocol):
@@ -207,7 +189,9 @@ class _Discovery(asyncio.DatagramProtocol):
 class SchedulerServer:
     """A running scheduler: listeners, peer connections and the core's timers."""
 
-    def __init__(self, settings: ServerSettings, *, clock: Clock, rng: random.Random) -> None:
+    def __init__(
+        self, settings: SchedulerServerSettings, *, clock: Clock, rng: random.Random
+    ) -> None:
         self.settings = settings
         self._clock = clock
         self._start = clock.now()
@@ -217,7 +201,7 @@ class SchedulerServer:
             persistent_clients=settings.persistent_clients,
         )
         self._core = Scheduler(config, rng, self._start)
-        self.control = SchedulerControl(self, internals_timeout=settings.internals_timeout)
+        self.control = ClusterControl(self, internals_timeout=settings.internals_timeout)
         self._peers: dict[int, _Peer] = {}
         self._summaries = JobSummaries()
         self._ids = itertools.count(1)
@@ -267,8 +251,12 @@ class SchedulerServer:
         self._udp = transport
         self._listener.start()
         self._spawn(self._timers())
-        log.info("scheduler_started", address=self.settings.address, port=self.port,
-                 netname=self.settings.netname)  # fmt: skip
+        log.info(
+            "scheduler_started",
+            address=self.settings.address,
+            port=self.port,
+            netname=self.settings.netname,
+        )
 
     async def stop(self) -> None:
         """Stop listening and close every daemon and monitor connection (1.4's clean exit)."""
@@ -347,7 +335,7 @@ class SchedulerServer:
             transport = peer.writer.transport
             if isinstance(transport, asyncio.ReadTransport):
                 transport.pause_reading()
-            _set_keepalive(peer.writer.get_extra_info("socket"), bulk=True)
+            set_keepalive(peer.writer.get_extra_info("socket"), *_BULK_OPTIONS)
             log.info("monitor_logged_in", peer=peer.ip, conn_id=conn_id)
 
     def _send(self, conn_id: int, message: Message) -> None:
@@ -479,9 +467,14 @@ class SchedulerServer:
     def _refused(self, ip: str, reason: str) -> None:
         count = self._refusals.note(time.monotonic())
         if count:
-            log.warning("connection_refused", peer=ip, reason=reason, refusals=count,
-                        connections=self._connections.count,
-                        monitors=self._monitor_budget.count)  # fmt: skip
+            log.warning(
+                "connection_refused",
+                peer=ip,
+                reason=reason,
+                refusals=count,
+                connections=self._connections.count,
+                monitors=self._monitor_budget.count,
+            )
 
     def _accepted(self, sock: socket.socket, address: tuple[str, int]) -> None:
         """Admit a new connection within the budgets (the listener's callback)."""
@@ -508,10 +501,13 @@ class SchedulerServer:
     def _evict_pending(self, key: str, answer: Admission) -> bool:
         """Close the oldest connection in its handshake (of *key* if that host is full)."""
         victim = next(
-            (item for item in self._pending.items()
-             if answer is Admission.TOTAL_FULL or item[1].key == key),
+            (
+                item
+                for item in self._pending.items()
+                if answer is Admission.TOTAL_FULL or item[1].key == key
+            ),
             None,
-        )  # fmt: skip
+        )
         if victim is None:
             return False
         conn_id, pending = victim
@@ -519,8 +515,12 @@ class SchedulerServer:
         pending.evicted = True
         count = self._evictions.note(time.monotonic())
         if count:
-            log.warning("connection_evicted", reason=answer.value, evictions=count,
-                        connections=self._connections.count)  # fmt: skip
+            log.warning(
+                "connection_evicted",
+                reason=answer.value,
+                evictions=count,
+                connections=self._connections.count,
+            )
         if pending.peer is not None:  # no record per connection: connection_evicted counts
             self._close(pending.peer)
             self.apply(self._core.connection_lost(conn_id, self.now()))
@@ -545,7 +545,7 @@ class SchedulerServer:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             return
-        _set_keepalive(sock)
+        set_keepalive(sock)
         peer = _Peer(conn_id, ip, pending.key, writer, Connection())
         pending.peer = peer
         self._peers[conn_id] = peer
@@ -565,8 +565,13 @@ class SchedulerServer:
 
     def _finish(self, peer: _Peer, reason: str) -> None:
         if peer.nodename is not None:
-            log.info("daemon_logged_out", peer=peer.ip, host_id=peer.host_id,
-                     nodename=peer.nodename, reason=reason)  # fmt: skip
+            log.info(
+                "daemon_logged_out",
+                peer=peer.ip,
+                host_id=peer.host_id,
+                nodename=peer.nodename,
+                reason=reason,
+            )
             peer.nodename = None
         elif not peer.closed:
             log.debug("connection_closed", peer=peer.ip, conn_id=peer.conn_id, reason=reason)
@@ -636,9 +641,7 @@ class SchedulerServer:
             if isinstance(event, ConnectionClosed):
                 return "closed by peer", events
             if isinstance(event, Handshake):
-                self._core.peer_connected(
-                    peer.conn_id, peer.ip, event.protocol, event.peer_version
-                )
+                self._core.peer_connected(peer.conn_id, peer.ip, event.protocol, event.peer_version)
                 continue
             if isinstance(event, MonLogin) and not self._admit_monitor(peer):
                 return "monitor budget full", events
@@ -650,9 +653,14 @@ class SchedulerServer:
                 self._pending.pop(peer.conn_id, None)
                 peer.logged_in = True
                 peer.nodename, peer.host_id = host.nodename, host.host_id
-                log.info("daemon_logged_in", peer=peer.ip, host_id=host.host_id,
-                         nodename=host.nodename, max_jobs=host.max_jobs,
-                         protocol=host.protocol)  # fmt: skip
+                log.info(
+                    "daemon_logged_in",
+                    peer=peer.ip,
+                    host_id=host.host_id,
+                    nodename=host.nodename,
+                    max_jobs=host.max_jobs,
+                    protocol=host.protocol,
+                )
         self._flush(peer)
         return "", events
 

@@ -138,8 +138,9 @@ class TelnetServer:
         if self._listener is not None:
             msg = "TelnetServer.start() called twice"
             raise RuntimeError(msg)
-        self._listener = Listener(bind_tcp(host, port, backlog=128), self._on_connect,
-                                  name="telnet")  # fmt: skip
+        self._listener = Listener(
+            bind_tcp(host, port, backlog=128), self._on_connect, name="telnet"
+        )
         self._listener.start()
         log.info("telnet_listener_started", address=self.address)
 
@@ -189,8 +190,13 @@ class TelnetServer:
         if answer is not Admission.ADMITTED:
             count = self._refusals.note(time.monotonic())
             if count:
-                log.warning("telnet_session_refused", peer=address, reason=answer.value,
-                            sessions=len(self._sessions), refusals=count)  # fmt: skip
+                log.warning(
+                    "telnet_session_refused",
+                    peer=address,
+                    reason=answer.value,
+                    sessions=len(self._sessions),
+                    refusals=count,
+                )
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             sock.close()
@@ -218,9 +224,10 @@ class TelnetServer:
         candidates = [
             session
             for session in self._sessions.values()
-            if not session.busy and not session.evicted
+            if not session.busy
+            and not session.evicted
             and (answer is Admission.TOTAL_FULL or session.key == key)
-        ]  # fmt: skip
+        ]
         if not candidates:
             return False
         oldest = min(candidates, key=lambda session: session.last_line)

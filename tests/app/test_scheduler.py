@@ -8,7 +8,7 @@ from structlog.testing import capture_logs
 from iceserv.app.scheduler import fit_budgets, server_settings
 from iceserv.config import SchedulerSettings
 from iceserv.netio import NofileLimit
-from iceserv.scheduler import ServerSettings
+from iceserv.scheduler import SchedulerServerSettings
 
 
 class TestServerSettings:
@@ -28,8 +28,9 @@ class TestFitBudgets:
     def test_a_large_limit_changes_nothing(self):
         """With 65536 descriptors the defaults fit and nothing is logged."""
         with capture_logs() as logs:
-            server, telnet = fit_budgets(ServerSettings(), 64, NofileLimit(1024, 65536, 65536))
-        assert (server, telnet) == (ServerSettings(), 64)
+            limit = NofileLimit(1024, 65536, 65536)
+            server, telnet = fit_budgets(SchedulerServerSettings(), 64, limit)
+        assert (server, telnet) == (SchedulerServerSettings(), 64)
         assert logs == []
 
     @pytest.mark.parametrize(
@@ -38,7 +39,8 @@ class TestFitBudgets:
     def test_a_small_limit_lowers_the_budgets(self, soft, connections, telnet):
         """Telnet gets at most a quarter, a reserve stays free, the port gets the rest."""
         with capture_logs() as logs:
-            server, sessions = fit_budgets(ServerSettings(), 64, NofileLimit(soft, soft, soft))
+            limit = NofileLimit(soft, soft, soft)
+            server, sessions = fit_budgets(SchedulerServerSettings(), 64, limit)
         assert (server.max_connections, sessions) == (connections, telnet)
         assert server.max_connections_per_host <= server.max_connections
         assert server.max_monitors <= server.max_connections
