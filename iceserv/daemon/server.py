@@ -500,7 +500,7 @@ class Daemon:
             else:
                 self._spawn(self._flush(conn_id))
         if any(isinstance(e, ToScheduler | AnnounceLogin | SendStats) for e in effects):
-            await self.link.flush()
+            self._spawn(self.link.flush())  # a slow scheduler never holds a client's reads
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
