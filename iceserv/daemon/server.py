@@ -98,8 +98,8 @@ from iceserv.protocol import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
 
+    from iceserv.clock import Clock
     from iceserv.daemon.effects import Effect, Event, FromScheduler
-    from iceserv.daemon.environments import Clock
     from iceserv.daemon.jobstarter import JobStarter
     from iceserv.daemon.sandbox import RunAs
     from iceserv.daemon.settings import ServerSettings
