@@ -28,17 +28,12 @@ _VERSION_NAME = re.compile(r"version|protocol|minimal", re.IGNORECASE)
 KNOWN_VERSION_COMPARISONS: frozenset[str] = frozenset()
 #: Exception classes not (yet) deriving from IceservError.  Both are in daemon/, which issue 12's
 #: daemon core rewrites; it removes these entries.
-KNOWN_FOREIGN_ERRORS: frozenset[str] = frozenset(
-    {"iceserv.daemon.jobstarter.JobStartError", "iceserv.daemon.slots.SourceTooLargeError"}
-)
+KNOWN_FOREIGN_ERRORS: frozenset[str] = frozenset()
 
 
-#: Files the formatter does not own yet: issue 12's daemon core rewrites them (and removes this).
-NOT_YET_FORMATTED: tuple[str, ...] = (
-    "iceserv/daemon",
-    "iceserv/app/daemon.py",
-    "iceserv/app/daemon_bus.py",
-)
+#: Files the formatter does not own yet: compile.py's command line is being changed on another
+#: branch (reproducible -g objects); it is formatted once that lands.
+NOT_YET_FORMATTED: tuple[str, ...] = ("iceserv/daemon/compile.py",)
 _FMT_MARKER = re.compile(r"#\s*fmt:\s*(skip|off)")
 
 #: Packages whose every module has a test file of its own or a line in tests/README.md.

@@ -39,8 +39,18 @@ _REAP_INTERVAL = 1.0
 class Spec:
     """The job as the daemon gave it on the command line (see the module docstring)."""
 
-    __slots__ = ("argv", "as_limit", "cwd", "env", "gid", "nice", "root", "stats_fd", "switch",
-                 "uid")  # fmt: skip
+    __slots__ = (
+        "argv",
+        "as_limit",
+        "cwd",
+        "env",
+        "gid",
+        "nice",
+        "root",
+        "stats_fd",
+        "switch",
+        "uid",
+    )
 
     def __init__(self, args: list[str]) -> None:
         """Parse ``STATS_FD ROOT CWD SWITCH UID GID NICE AS_LIMIT [K=V...] -- ARGV...``."""
@@ -105,8 +115,7 @@ def run_job(spec: Spec) -> int:
         report = "failed " + " ".join(failure.split())
     else:
         faults = usage.ru_minflt + usage.ru_majflt + usage.ru_nswap
-        report = (f"ok {status} {int(usage.ru_utime * 1000)} {int(usage.ru_stime * 1000)} "
-                  f"{faults}")  # fmt: skip
+        report = f"ok {status} {int(usage.ru_utime * 1000)} {int(usage.ru_stime * 1000)} {faults}"
     os.write(spec.stats_fd, report.encode() + b"\n")
     os.close(spec.stats_fd)
     return 0

@@ -105,7 +105,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from iceserv.daemon.effects import (
     LINK_TIMER,
@@ -191,6 +191,7 @@ from iceserv.protocol import (
     VerifyEnv,
     VerifyEnvResult,
 )
+from iceserv.protocol.dispatch import Dispatch
 from iceserv.protocol.features import supports
 from iceserv.protocol.records import replace
 
@@ -211,29 +212,6 @@ _MAX_PONG: Final = 60.0
 _DEFAULT_PONG: Final = 3.0
 #: Requests a client sends only to the daemon on its own host.
 _LOCAL_ONLY: Final = (GetNativeEnv, JobLocalBegin, GetCS)
-
-_C = TypeVar("_C")
-_M = TypeVar("_M")
-
-
-class _Dispatch(Generic[_C]):
-    """A typed table from message class to handler ``(context, message, now) -> effects``.
-
-    ``add`` ties each handler's message parameter to its class, so ``get``
-    returns a handler that accepts exactly that message: no ``isinstance``
-    after dispatch.
-    """
-
-    def __init__(self) -> None:
-        self._handlers: dict[type, Callable[..., list[Effect]]] = {}
-
-    def add(self, cls: type[_M], handler: Callable[[_C, _M, float], list[Effect]]) -> None:
-        """Route messages of class *cls* to *handler*."""
-        self._handlers[cls] = handler
-
-    def get(self, msg: _M) -> Callable[[_C, _M, float], list[Effect]] | None:
-        """Return the handler of *msg*'s class, or None when the table has none."""
-        return self._handlers.get(type(msg))
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,23 +297,27 @@ class DaemonCore:
             LoadSampled: self._on_load,
             Stop: self._on_stop,
         }
-        self._messages: _Dispatch[_Client] = _Dispatch()
-        self._messages.add(GetNativeEnv, self._get_native_env)
-        self._messages.add(GetCS, self._get_cs)
-        self._messages.add(JobLocalBegin, self._job_local_begin)
-        self._messages.add(JobDone, self._job_done)
-        self._messages.add(BlacklistHostEnv, self._blacklist)
-        self._messages.add(End, self._end)
-        self._messages.add(EnvTransfer, self._transfer_env)
-        self._messages.add(FileChunk, self._file_chunk)
-        self._messages.add(VerifyEnv, self._verify_env)
-        self._messages.add(CompileFile, self._compile_file)
-        self._from_scheduler: _Dispatch[None] = _Dispatch()
-        self._from_scheduler.add(UseCS, self._scheduler_answer)
-        self._from_scheduler.add(NoCS, self._scheduler_answer)
-        self._from_scheduler.add(ConfCS, self._conf_cs)
-        self._from_scheduler.add(GetInternalStatus, self._internals)
-        self._from_scheduler.add(Ping, self._ping)
+        self._messages = (
+            Dispatch[[_Client, float], list[Effect]]("client")
+            .on(GetNativeEnv, self._get_native_env)
+            .on(GetCS, self._get_cs)
+            .on(JobLocalBegin, self._job_local_begin)
+            .on(JobDone, self._job_done)
+            .on(BlacklistHostEnv, self._blacklist)
+            .on(End, self._end)
+            .on(EnvTransfer, self._transfer_env)
+            .on(FileChunk, self._file_chunk)
+            .on(VerifyEnv, self._verify_env)
+            .on(CompileFile, self._compile_file)
+        )
+        self._from_scheduler = (
+            Dispatch[[float], list[Effect]]("scheduler")
+            .on(UseCS, self._scheduler_answer)
+            .on(NoCS, self._scheduler_answer)
+            .on(ConfCS, self._conf_cs)
+            .on(GetInternalStatus, self._internals)
+            .on(Ping, self._ping)
+        )
 
     # --- queries ---------------------------------------------------------------------
 
@@ -430,23 +412,23 @@ class DaemonCore:
         if client is None or client.gone:
             return []  # read after the core ended it (the shell closes it)
         client.last_read = now
-        handler = self._messages.get(event.message)
-        if handler is None:
-            return self._protocol_error(client, event.message, now)
-        if not self._admit(client, event.message):
+        msg = event.message
+        if type(msg) not in self._messages:
+            return self._protocol_error(client, msg, now)
+        if not self._admit(client, msg):
             return [
                 _log(
                     "warning",
                     "client_request_refused",
                     client_id=client.conn_id,
                     peer=client.peer,
-                    request=type(event.message).__name__,
+                    request=type(msg).__name__,
                     reason="local-only request from a remote peer",
                 ),
                 *self._finish_client(client, EXIT_PROTOCOL, now),
             ]
         before = client.state
-        effects = handler(client, event.message, now)
+        effects = self._messages(msg, client, now)
         if client.conn_id in self._clients and client.state is not before and not client.gone:
             effects += self._arm(client, now)
         return effects
@@ -509,7 +491,7 @@ class DaemonCore:
 
     # --- local clients ---------------------------------------------------------------
 
-    def _get_native_env(self, client: _Client, msg: GetNativeEnv, _: float) -> list[Effect]:
+    def _get_native_env(self, msg: GetNativeEnv, client: _Client, _: float, /) -> list[Effect]:
         if client.state is not State.NEW:
             return self._wrong_state(client, msg)
         client.state = State.WAIT_NATIVE
@@ -533,7 +515,7 @@ class DaemonCore:
             *self._arm(client, now),
         ]
 
-    def _get_cs(self, client: _Client, msg: GetCS, now: float) -> list[Effect]:
+    def _get_cs(self, msg: GetCS, client: _Client, now: float, /) -> list[Effect]:
         if client.state not in (State.NEW, State.JOB_DONE):
             return self._wrong_state(client, msg)
         client.state = State.WAIT_FOR_CS
@@ -555,7 +537,7 @@ class DaemonCore:
         forwarded = replace(msg, client_id=client.conn_id, client_count=self.client_count)
         return [ToScheduler(forwarded)]
 
-    def _scheduler_answer(self, _: None, msg: UseCS | NoCS, now: float) -> list[Effect]:
+    def _scheduler_answer(self, msg: UseCS | NoCS, now: float, /) -> list[Effect]:
         client = self._clients.get(msg.client_id)
         if client is None or client.gone:
             return self._to_scheduler(
@@ -621,7 +603,7 @@ class DaemonCore:
         self.slots.enqueue(client.conn_id, Work.USE_CS_SELF)
         return self._arm(client, now) + self._schedule(now)
 
-    def _job_local_begin(self, client: _Client, msg: JobLocalBegin, now: float) -> list[Effect]:
+    def _job_local_begin(self, msg: JobLocalBegin, client: _Client, now: float, /) -> list[Effect]:
         if client.state not in (State.NEW, State.JOB_DONE):
             return self._wrong_state(client, msg)
         client.outfile = msg.outfile
@@ -629,7 +611,7 @@ class DaemonCore:
         self.slots.enqueue(client.conn_id, Work.LINK)
         return self._schedule(now)
 
-    def _job_done(self, client: _Client, msg: JobDone, now: float) -> list[Effect]:
+    def _job_done(self, msg: JobDone, client: _Client, now: float, /) -> list[Effect]:
         if client.state is not State.CLIENT_WORK:
             return self._wrong_state(client, msg)
         self.slots.release(client.conn_id)
@@ -654,10 +636,10 @@ class DaemonCore:
         )
         return effects + self._schedule(now)
 
-    def _blacklist(self, _: _Client, msg: BlacklistHostEnv, __: float) -> list[Effect]:
+    def _blacklist(self, msg: BlacklistHostEnv, _: _Client, __: float, /) -> list[Effect]:
         return self._to_scheduler(msg)
 
-    def _end(self, client: _Client, _: End, now: float) -> list[Effect]:
+    def _end(self, _: End, client: _Client, now: float, /) -> list[Effect]:
         if client.state is State.INSTALLING:
             return [FinishUnpack(client.conn_id)]
         job = client.job
@@ -680,7 +662,7 @@ class DaemonCore:
             *self._finish_client(client, EXIT_GOOD_BYE, now),
         ]
 
-    def _transfer_env(self, client: _Client, msg: EnvTransfer, now: float) -> list[Effect]:
+    def _transfer_env(self, msg: EnvTransfer, client: _Client, now: float, /) -> list[Effect]:
         if client.state is not State.NEW:
             return self._wrong_state(client, msg)
         refused = self._refuse_remote(client, now)
@@ -778,7 +760,7 @@ class DaemonCore:
         effects: list[Effect] = [AnnounceLogin(reannounce=True)] if self.scheduler_up else []
         return effects + self._schedule(now)
 
-    def _verify_env(self, client: _Client, msg: VerifyEnv, now: float) -> list[Effect]:
+    def _verify_env(self, msg: VerifyEnv, client: _Client, now: float, /) -> list[Effect]:
         if client.state is not State.NEW:
             return self._wrong_state(client, msg)
         refused = self._refuse_remote(client, now)
@@ -795,7 +777,7 @@ class DaemonCore:
             Send(client.conn_id, VerifyEnvResult(ok=event.ok)),
         ]
 
-    def _compile_file(self, client: _Client, msg: CompileFile, now: float) -> list[Effect]:
+    def _compile_file(self, msg: CompileFile, client: _Client, now: float, /) -> list[Effect]:
         if msg.environment == _CLIENT_ENV:
             if client.state is not State.CLIENT_WORK:
                 return self._wrong_state(client, msg)
@@ -815,7 +797,7 @@ class DaemonCore:
         self.slots.enqueue(client.conn_id, Work.COMPILE)
         return [HoldEnv(msg.target, msg.environment), *self._schedule(now)]
 
-    def _file_chunk(self, client: _Client, msg: FileChunk, now: float) -> list[Effect]:
+    def _file_chunk(self, msg: FileChunk, client: _Client, now: float, /) -> list[Effect]:
         if client.state is State.INSTALLING:
             return [FeedUnpack(client.conn_id, msg.data)]
         job = client.job
@@ -1107,20 +1089,19 @@ class DaemonCore:
     def _on_from_scheduler(self, event: FromScheduler, now: float) -> list[Effect]:
         if not self.scheduler_up:
             return []
-        handler = self._from_scheduler.get(event.message)
-        if handler is None:
-            text = f"unexpected {type(event.message).__name__} from the scheduler"
-            return [DropScheduler(text)]
-        return handler(None, event.message, now)
+        msg = event.message
+        if type(msg) not in self._from_scheduler:
+            return [DropScheduler(f"unexpected {type(msg).__name__} from the scheduler")]
+        return self._from_scheduler(msg, now)
 
-    def _conf_cs(self, _: None, msg: ConfCS, __: float) -> list[Effect]:
+    def _conf_cs(self, msg: ConfCS, _: float, /) -> list[Effect]:
         self.pong = min(max(float(msg.max_scheduler_pong), _MIN_PONG), _MAX_PONG)
         return []
 
-    def _internals(self, _: None, __: GetInternalStatus, ___: float) -> list[Effect]:
+    def _internals(self, _: GetInternalStatus, __: float, /) -> list[Effect]:
         return [AnswerInternals(self.describe())]
 
-    def _ping(self, _: None, __: Ping, ___: float) -> list[Effect]:
+    def _ping(self, _: Ping, __: float, /) -> list[Effect]:
         if supports(self.scheduler_protocol, Feature.NO_PINGS):
             return []
         return [ToScheduler(Ping())]

@@ -24,18 +24,18 @@ import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from iceserv.daemon.tarballs import UnpackLimits
 from iceserv.errors import IceservError
 from iceserv.protocol import EnvEntry
 
 if TYPE_CHECKING:
+    from iceserv.clock import Clock
     from iceserv.daemon.sandbox import RunAs
 
 __all__ = [
     "CachedEnvironment",
-    "Clock",
     "EnvInstallError",
     "EnvironmentCache",
     "check_name",
@@ -47,14 +47,6 @@ KEEP_RECEIVED: Final = 200.0
 KEEP_NATIVE: Final = 24 * 3600.0
 _MANY_NATIVE: Final = 5
 _MAX_NAME: Final = 255
-
-
-class Clock(Protocol):
-    """Wall-clock seconds (``time.time`` or ``testing.FakeClock``)."""
-
-    def now(self) -> float:
-        """Return the current time in seconds."""
-        ...
 
 
 class EnvInstallError(IceservError, ValueError):
@@ -157,8 +149,11 @@ class EnvironmentCache:
         now = self.clock.now()
         return tuple(
             CachedEnvironment(
-                key=key, size=env.size, idle_seconds=round(now - env.last_use),
-                in_use=env.in_use, native=env.native,
+                key=key,
+                size=env.size,
+                idle_seconds=round(now - env.last_use),
+                in_use=env.in_use,
+                native=env.native,
             )
             for key, env in sorted(self._envs.items())
         )
@@ -194,8 +189,9 @@ class EnvironmentCache:
     def add_native(self, key: str, path: Path, *, building: bool = False) -> None:
         """Account a native tarball (size 0 while it is being built)."""
         size = path.stat().st_size if not building and path.is_file() else 0
-        self._envs[f"native:{key}"] = _Env(path, size, self.clock.now(), native=True,
-                                           building=building)  # fmt: skip
+        self._envs[f"native:{key}"] = _Env(
+            path, size, self.clock.now(), native=True, building=building
+        )
 
     def drop_native(self, key: str) -> None:
         """Forget (and delete) a native tarball."""
@@ -326,4 +322,3 @@ def _remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
     else:
         shutil.rmtree(path, ignore_errors=True)
-

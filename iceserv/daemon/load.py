@@ -166,9 +166,8 @@ class LoadTracker:
         if disk_free < max(free_slots, 0) * DISK_PER_JOB:
             load = FULL_LOAD
         previous = self.current_load
-        send = (
-            abs(load - previous) >= _SIGNIFICANT
-            or (load == FULL_LOAD) != (previous == FULL_LOAD)
+        send = abs(load - previous) >= _SIGNIFICANT or (load == FULL_LOAD) != (
+            previous == FULL_LOAD
         )
         self.current_load = load
         averages = tuple(max(0, int(value * 1000)) for value in load_avg)

@@ -259,10 +259,15 @@ class NativeEnvironments:
         self.cache.add_native(key, native_dir / "building", building=True)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, cwd=native_dir, env=env,
-                process_group=0, **self.run_as.popen_kwargs(),  # type: ignore[arg-type]
-            )  # fmt: skip
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=native_dir,
+                env=env,
+                process_group=0,
+                **self.run_as.popen_kwargs(),  # type: ignore[arg-type]
+            )
             try:
                 async with asyncio.timeout(_BUILD_TIMEOUT):
                     out, err = await proc.communicate()

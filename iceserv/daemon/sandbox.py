@@ -30,9 +30,8 @@ _NOBODY_UID: Final = 65534
 _NOBODY_GID: Final = 65533
 #: Variables a service manager hands the daemon that must never reach a compiler.
 _MANAGER_VARIABLES: Final = frozenset(
-    ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
-     "LISTEN_FDNAMES")
-)  # fmt: skip
+    ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+)
 
 
 @dataclass(frozen=True, slots=True)

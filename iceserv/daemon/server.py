@@ -117,8 +117,8 @@ from iceserv.protocol import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
 
+    from iceserv.clock import Clock
     from iceserv.daemon.effects import Effect, Event, FromScheduler
-    from iceserv.daemon.environments import Clock
     from iceserv.daemon.jobstarter import JobStarter
     from iceserv.daemon.sandbox import RunAs
     from iceserv.daemon.settings import ServerSettings
@@ -630,7 +630,7 @@ class Daemon:
             else:
                 self._spawn(self._flush(conn_id))
         if any(isinstance(e, ToScheduler | AnnounceLogin | SendStats) for e in effects):
-            await self.link.flush()
+            self._spawn(self.link.flush())  # a slow scheduler never holds a client's reads
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

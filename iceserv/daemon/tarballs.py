@@ -218,9 +218,11 @@ class _Unpacker:
 
     def run(self, archive: tarfile.TarFile) -> int:
         handlers: dict[str, Callable[[tarfile.TarInfo, Path, IO[bytes] | None], None]] = {
-            "dir": self._directory, "file": self._file, "symlink": self._symlink,
+            "dir": self._directory,
+            "file": self._file,
+            "symlink": self._symlink,
             "hardlink": self._hardlink,
-        }  # fmt: skip
+        }
         for member in archive:
             self.members += 1
             if self.members > self.limits.max_members:
