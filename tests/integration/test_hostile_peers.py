@@ -19,19 +19,41 @@ limit of 128) rather than a thousand sockets.  Settings are given as
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import os
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from testbed import OurScheduler, RealScheduler
+import pytest
+from testbed import OurDaemon, OurScheduler, RealScheduler
 from testbed.wait import wait_for
 
-from iceserv.protocol import NEED_DATA, Connection, Handshake, Login, MonLogin, MonStats, Stats
+from iceserv.protocol import (
+    NEED_DATA,
+    CompileFile,
+    Connection,
+    ConnectionClosed,
+    End,
+    EnvTransfer,
+    FileChunk,
+    GetCS,
+    GetNativeEnv,
+    Handshake,
+    JobLocalBegin,
+    Login,
+    MonLogin,
+    MonStats,
+    Stats,
+    UseNativeEnv,
+)
+from iceserv.testing import BlockingChannel
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -78,7 +100,7 @@ def scheduler(env: Mapping[str, str] | None = None, *, nofile_at_start: int | No
         assert code == 0, f"our scheduler did not exit cleanly: {code}\n{tail}"
 
 
-def _pid(program: OurScheduler | RealScheduler) -> int:
+def _pid(program: OurScheduler | RealScheduler | OurDaemon) -> int:
     assert program.proc is not None
     return program.proc.pid
 
@@ -540,3 +562,292 @@ class TestCombined:
             assert grown < 32 * 1024, grown
             (login,) = ours.events("daemon_logged_in")
             assert login["nodename"] == daemon.name
+
+
+# === the daemon (issue 20, daemon side) ================================================
+#
+# One of our daemons (``python -m iceserv.app.daemon``, 2 slots, no scheduler, jobs as the
+# ``icecc`` user) is shared by these tests; each measures growth from its own start.  Its
+# budgets are lowered by flags so that the floods stay small.  Peers on 127.0.0.x are
+# local (loopback); a peer on this host's own LAN address is "remote".
+
+MIB = 1 << 20
+DAEMON_FLAGS = (
+    "--tcp-clients", "40", "--tcp-clients-per-host", "30", "--local-clients", "64",
+    "--handshake-timeout", "2", "--message-timeout", "2",
+)  # fmt: skip
+HELLO = "int f(int x) { return x * 3; }\nint main(void) { return f(0); }\n"
+
+
+@pytest.fixture(scope="module")
+def hostile_daemon() -> Iterator[OurDaemon]:
+    """Our daemon with lowered budgets, for the whole module's daemon tests."""
+    daemon = OurDaemon("hostiled", None, max_jobs=2, extra_args=DAEMON_FLAGS)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def _own_lan_address() -> str:
+    """An address of this host that is not loopback (traffic to it stays on the host)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], check=True,
+                         capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    for line in out.splitlines():
+        address = line.split()[3].split("/")[0]
+        if not address.startswith("127."):
+            return address
+    pytest.skip("this host has no non-loopback IPv4 address to play a remote peer from")
+    raise AssertionError  # unreachable
+
+
+def channel(daemon: OurDaemon, source: str = "127.0.0.1",
+            dest: str = "127.0.0.1") -> BlockingChannel:  # fmt: skip
+    """A handshaken protocol connection to *daemon*'s TCP port from *source*."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.settimeout(WAIT)
+    sock.connect((dest, daemon.port or 0))
+    return BlockingChannel(sock, timeout=WAIT)
+
+
+def unix_channel(daemon: OurDaemon) -> BlockingChannel:
+    """A handshaken protocol connection on *daemon*'s Unix socket (a local client)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(WAIT)
+    sock.connect(str(daemon.socket_path))
+    return BlockingChannel(sock, timeout=WAIT)
+
+
+def real_icecc_builds(daemon: OurDaemon, workdir: Path) -> None:
+    """A real 1.4 ``icecc gcc -c`` through *daemon*'s Unix socket succeeds."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "hello.c").write_text(HELLO)
+    result = subprocess.run(["/usr/bin/icecc", "gcc", "-c", "hello.c", "-o", "hello.o"],
+                            cwd=workdir, env=daemon.client_env(), capture_output=True,
+                            text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, f"{result.stderr}\n{daemon.log_tail()}"
+    assert (workdir / "hello.o").stat().st_size > 0
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of *pid*."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return ""
+
+
+def private_kib(pid: int) -> int:
+    """Memory only *pid* holds (``Private_Clean`` + ``Private_Dirty`` of smaps_rollup)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total
+
+
+def unpackers(daemon_pid: int) -> list[int]:
+    """The environment unpackers running now (children of the unpackers' fork server)."""
+    servers = [p for p in children(daemon_pid) if "iceserv.daemon._unpack" in cmdline(p)]
+    return [child for server in servers for child in children(server)]
+
+
+def _exactly(items: list[int], count: int) -> list[int] | None:
+    return items if len(items) == count else None
+
+
+def flood_source(daemon: OurDaemon, jobs: int = 8, chunks: int = 255) -> list[BlockingChannel]:
+    """The issue's attack: 2 local jobs hold both slots; *jobs* queued jobs send zeros.
+
+    Each FILE_CHUNK is 1 MiB of zeros, zstd-compressed to ~70 bytes on the wire.
+    """
+    peers = []
+    for i in range(2):
+        holder = channel(daemon)
+        holder.send(JobLocalBegin(outfile=f"hold{i}.o"))
+        assert isinstance(holder.receive(), JobLocalBegin)  # "go": it holds a slot
+        peers.append(holder)
+    zero = FileChunk(b"\0" * MIB)
+    for i in range(jobs):
+        peer = channel(daemon, source=f"127.0.1.{i + 1}")
+        peer.send(CompileFile(job_id=500 + i, environment="nosuchenv", target="x86_64",
+                              args=("-c",), lang=0))  # fmt: skip
+        for _ in range(chunks):
+            peer.conn.send(zero)
+        peer.sock.sendall(peer.conn.data_to_send())  # ~18 KB: the kernel takes it all
+        peers.append(peer)
+    return peers
+
+
+class TestDaemonMemory:
+    def test_queued_source_is_bounded_and_given_back(self, hostile_daemon: OurDaemon,
+                                                     record_property: Recorder):  # fmt: skip
+        """8 queued jobs x 255 MiB of zeros: at most the 64 MiB budget is read, RSS goes back."""
+        pid = _pid(hostile_daemon)
+        base = rss_kib(pid)
+        paused_before = len(hostile_daemon.events("client_read_paused"))
+        peers = flood_source(hostile_daemon)
+        try:
+            hostile_daemon.wait_events("client_read_paused", paused_before + 8, timeout=60)
+            peak = rss_kib(pid) - base
+            record_property("rss_growth_kib_under_attack", peak)
+            assert peak < (64 + 1 + 40) * 1024, f"RSS grew by {peak} KiB"
+        finally:
+            for peer in peers:
+                peer.close()
+        wait_for(lambda: rss_kib(pid) - base < 16 * 1024, WAIT,
+                 "the daemon to give the memory back", context=lambda: f"{rss_kib(pid) - base} KiB")
+        record_property("rss_growth_kib_after_close", rss_kib(pid) - base)
+
+    def test_environment_transfers_are_capped_and_cheap(self, hostile_daemon: OurDaemon,
+                                                        record_property: Recorder):  # fmt: skip
+        """12 stalled TRANSFER_ENVs: 2 unpackers (forked, a few MB each), 10 wait unread."""
+        pid = _pid(hostile_daemon)
+        base = rss_kib(pid)
+        queued_before = len(hostile_daemon.events("env_transfer_queued"))
+        header = tarfile.TarInfo("usr/bin/big")
+        header.size = 50 * MIB
+        start = gzip.compress(header.tobuf(tarfile.GNU_FORMAT) + b"\0" * 4096)
+        peers = []
+        try:
+            for i in range(12):
+                peer = channel(hostile_daemon, source=f"127.0.2.{i + 1}")
+                peer.send(EnvTransfer(name=f"stall{i}", target="x86_64"), FileChunk(start))
+                peers.append(peer)
+            hostile_daemon.wait_events("env_transfer_queued", queued_before + 10)
+            running = wait_for(lambda: _exactly(unpackers(pid), 2), WAIT, "two unpackers")
+            private = max(private_kib(p) for p in running)
+            record_property("unpackers", len(unpackers(pid)))
+            record_property("unpacker_private_kib", private)
+            record_property("rss_growth_kib", rss_kib(pid) - base)
+            assert len(unpackers(pid)) == 2
+            assert private < 12 * 1024, f"an unpacker holds {private} KiB of its own"
+            assert rss_kib(pid) - base < 32 * 1024
+        finally:
+            for peer in peers:
+                peer.close()
+        wait_for(lambda: not unpackers(pid), WAIT, "the unpackers to be gone")
+
+
+class TestDaemonLocalOnly:
+    def test_remote_peer_cannot_use_local_requests(self, hostile_daemon: OurDaemon,
+                                                   tmp_path: Path):  # fmt: skip
+        """From a LAN address: GET_NATIVE_ENV, JOB_LOCAL_BEGIN, GET_CS end the connection."""
+        lan = _own_lan_address()
+        refused_before = len(hostile_daemon.events("client_request_refused"))
+        for request in (GetNativeEnv(compiler="/usr/bin/gcc"), JobLocalBegin(outfile="x.o"),
+                        GetCS(target="x86_64")):  # fmt: skip
+            peer = channel(hostile_daemon, source=lan, dest=lan)
+            peer.send(request)
+            assert isinstance(peer.receive(), ConnectionClosed)
+            peer.close()
+        hostile_daemon.wait_events("client_request_refused", refused_before + 3)
+        real_icecc_builds(hostile_daemon, tmp_path / "build")
+
+    def test_shipped_compiler_is_never_run(self, hostile_daemon: OurDaemon, tmp_path: Path):
+        """Issue item 4: an env with an executable usr/bin/gcc, then GET_NATIVE_ENV naming it."""
+        lan = _own_lan_address()
+        marker = tmp_path / "owned"
+        script = f"#!/bin/sh\ntouch {marker}\nexit 1\n".encode()
+        peer = channel(hostile_daemon, source=lan, dest=lan)
+        peer.send(EnvTransfer(name="evilgcc", target="x86_64"))
+        peer.send_file(_env_tarball({"usr/bin/gcc": script, "usr/bin/g++": script}))
+        hostile_daemon.wait_events("env_installed", 1 + sum(
+            1 for e in hostile_daemon.events("env_installed") if e["env"] != "x86_64/evilgcc"))
+        compiler = str(hostile_daemon.basedir / "target=x86_64" / "evilgcc" / "usr/bin/gcc")
+        peer.send(GetNativeEnv(compiler=compiler))  # remote: refused outright
+        assert isinstance(peer.receive(), ConnectionClosed)
+        peer.close()
+        failed_before = len(hostile_daemon.events("native_env_failed"))
+        local = unix_channel(hostile_daemon)  # local: the path is refused
+        local.send(GetNativeEnv(compiler=compiler))
+        assert isinstance(local.receive(), End)
+        local.close()
+        (failed,) = hostile_daemon.wait_events("native_env_failed", failed_before + 1)[-1:]
+        assert "inside the environment cache" in failed["error"]
+        assert not marker.exists()
+        local = unix_channel(hostile_daemon)  # the system compiler is still served
+        local.send(GetNativeEnv(compiler="/usr/bin/gcc"))
+        reply = local.receive()
+        local.close()
+        assert isinstance(reply, UseNativeEnv), reply
+        assert not marker.exists()
+
+
+def _env_tarball(files: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o755
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+class TestDaemonConnections:
+    def test_tcp_flood_never_refuses_a_local_client(self, hostile_daemon: OurDaemon,
+                                                    tmp_path: Path,
+                                                    record_property: Recorder):  # fmt: skip
+        """80 idle, handshaken TCP clients (budget 40, 30 per host): a real icecc still builds."""
+        pid = _pid(hostile_daemon)
+        fds = fd_count(pid)
+        held: list[BlockingChannel] = []
+        refused = 0
+        try:
+            for i in range(80):
+                try:
+                    held.append(channel(hostile_daemon, source=f"127.0.3.{1 + i // 40}"))
+                except (ConnectionError, AssertionError, TimeoutError):
+                    refused += 1  # reset before the handshake
+            record_property("tcp_clients_held", len(held))
+            record_property("fds_growth", fd_count(pid) - fds)
+            assert len(held) == 40
+            assert refused == 40
+            real_icecc_builds(hostile_daemon, tmp_path / "build")
+            assert fd_count(pid) - fds <= 40 + 8
+        finally:
+            for peer in held:
+                peer.close()
+        wait_for(lambda: fd_count(pid) <= fds + 2, WAIT, "the daemon to let them go")
+
+    def test_drip_cannot_extend_a_handshake_or_a_message(self, hostile_daemon: OurDaemon,
+                                                         record_property: Recorder):  # fmt: skip
+        """One byte every 0.3 s: the 2 s deadlines close the handshake, then a message."""
+        sock = connect(hostile_daemon.port or 0)
+        version = sock.recv(4)
+        sent = _drip(sock, version * 8)  # the handshake, then what looks like a message
+        record_property("handshake_bytes_dripped", sent)
+        assert sent <= 16, f"still open after {sent} dripped bytes"
+        peer = channel(hostile_daemon)
+        peer.conn.send(GetCS(target="x86_64", filename="a" * 200))
+        sent = _drip(peer.sock, peer.conn.data_to_send())
+        record_property("message_bytes_dripped", sent)
+        assert sent <= 10, f"still open after {sent} dripped bytes"
+
+
+def _drip(sock: socket.socket, data: bytes) -> int:
+    """Send *data* one byte every 0.3 s until the peer closes; return the bytes sent."""
+    sent = 0
+    sock.settimeout(0.3)
+    try:
+        for byte in data:
+            sock.send(bytes([byte]))
+            sent += 1
+            with contextlib.suppress(TimeoutError):
+                if sock.recv(4096) == b"":
+                    break
+    except ConnectionError:
+        pass
+    finally:
+        sock.close()
+    return sent
