@@ -33,7 +33,7 @@ EVENT_SOURCES = {
     "icecc-scheduler.8": ("iceserv/scheduler", "iceserv/telnet", "iceserv/app/scheduler.py",
                           "iceserv/service", "iceserv/netio"),
     "iceccd.8": ("iceserv/daemon", "iceserv/app/daemon.py", "iceserv/app/daemon_bus.py",
-                 "iceserv/service"),
+                 "iceserv/service", "iceserv/netio"),
 }  # fmt: skip
 
 
