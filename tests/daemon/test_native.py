@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from iceserv.daemon.native import NativeEnvError, PathVetter
+from iceserv.daemon.environments import EnvironmentCache
+from iceserv.daemon.native import NativeEnvError, NativeEnvironments, PathVetter
 from iceserv.daemon.sandbox import RunAs
+from iceserv.testing import FakeClock
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch identities")
 NOBODY = pwd.getpwnam("nobody")
@@ -95,3 +97,42 @@ class TestPathVetter:
         (tmp_path / "f").write_text("x")
         tmp_path.chmod(0o700)
         assert (tmp_path / "f").read_text() == "x"
+
+
+_FAKE_BUILD = """#!/bin/sh
+# A stand-in for icecc --build-native: counts the builds running beside it.
+touch "$COUNT_DIR/running.$$"
+ls "$COUNT_DIR" | grep -c '^running\\.' >> "$COUNT_DIR/seen"
+sleep 0.3
+rm -f "$COUNT_DIR/running.$$"
+name="native-$$.tar.gz"
+: > "$name"
+echo "$name" >&5
+"""
+
+
+class TestNativeBuilds:
+    def test_builds_run_one_at_a_time(self, tmp_path):
+        """Four requests for four different environments: never two builds at once."""
+        script = tmp_path / "fake-build"
+        script.write_text(_FAKE_BUILD)
+        script.chmod(0o755)
+        count_dir = tmp_path / "count"
+        count_dir.mkdir()
+        cache = EnvironmentCache(tmp_path / "envs", 1 << 30, AS_DAEMON, FakeClock())
+        cache.wipe()
+        native = NativeEnvironments(cache, (str(script),), AS_DAEMON,
+                                    {"COUNT_DIR": str(count_dir)}, max_builds=1)  # fmt: skip
+        extras = ((), ("/etc/passwd",), ("/etc/group",), ("/etc/passwd", "/etc/group"))
+
+        async def run() -> list[Path]:
+            try:
+                return await asyncio.gather(*(native.get("/usr/bin/gcc", e, "") for e in extras))
+            finally:
+                native.close()
+
+        paths = asyncio.run(run())
+        assert len(set(paths)) == 4
+        seen = [int(n) for n in (count_dir / "seen").read_text().split()]
+        assert len(seen) == 4
+        assert max(seen) == 1
