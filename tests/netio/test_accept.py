@@ -101,6 +101,30 @@ class TestListener:
 
         run(scenario)
 
+    def test_unix_socket_connections_have_an_empty_address(self, tmp_path):
+        """A Unix listening socket works too: its peers come with the address ("", 0)."""
+
+        async def scenario() -> None:
+            got: list[tuple[str, int]] = []
+            path = tmp_path / "sock"
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(str(path))
+            server.listen(8)
+            server.setblocking(False)  # noqa: FBT003 - the socket API's spelling
+            listener = Listener(server, lambda sock, address: (got.append(address), sock.close()),
+                                name="unix")  # fmt: skip
+            listener.start()
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.connect(str(path))
+            try:
+                await _until(lambda: bool(got))
+            finally:
+                client.close()
+                listener.close()
+            assert got == [("", 0)]
+
+        run(scenario)
+
     def test_emfile_pauses_with_back_off_and_one_log_record(self):
         """EMFILE stops accepting; retries back off and log once per interval, no traceback."""
 
