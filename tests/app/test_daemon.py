@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
-from iceserv.app.daemon import main, server_settings, socket_path
+from iceserv.app.daemon import fit_budgets, main, server_settings, socket_path
 from iceserv.config import Locations, load_daemon_settings
+from iceserv.netio import NofileLimit
 
 NO_FILES = Locations(confd=(), toml=None, rc_conf=())
 
@@ -83,3 +85,39 @@ class TestServerSettings:
         """-i binds that interface's address and 127.0.0.1 (once, even for lo)."""
         server = server_settings(_settings("-i", "lo"), {}, chroot_possible=True)
         assert server.listen_addresses == ("127.0.0.1",)
+
+
+class TestHostileLimits:
+    def test_limits_are_passed_on_in_bytes(self):
+        """Every budget, deadline and memory limit reaches the daemon's settings (MB -> bytes)."""
+        settings = _settings(
+            "--tcp-clients", "100", "--tcp-clients-per-host", "200", "--local-clients", "50",
+            "--source-buffer-limit", "8", "--source-budget", "32", "--unpack-limit", "3",
+            "--unpack-queue", "5", "--build-limit", "2", "--handshake-timeout", "4",
+            "--message-timeout", "6",
+        )  # fmt: skip
+        server = server_settings(settings, {}, chroot_possible=True)
+        assert (server.max_clients, server.max_clients_per_host) == (100, 100)
+        assert server.max_local_clients == 50
+        assert (server.source_buffer_limit, server.source_budget) == (8 << 20, 32 << 20)
+        assert (server.max_env_transfers, server.env_transfer_queue) == (3, 5)
+        assert server.max_native_builds == 2
+        assert (server.handshake_timeout, server.message_timeout) == (4, 6)
+
+    def test_a_large_descriptor_limit_changes_nothing(self):
+        """With 65536 descriptors the default budgets fit and nothing is logged."""
+        server = server_settings(_settings(), {}, chroot_possible=True)
+        with capture_logs() as logs:
+            fitted = fit_budgets(server, NofileLimit(1024, 65536, 65536))
+        assert fitted == server
+        assert logs == []
+
+    def test_a_small_limit_lowers_the_budgets(self):
+        """The Unix socket gets at most a quarter, jobs and a reserve stay free, TCP the rest."""
+        server = server_settings(_settings("-m", "4"), {}, chroot_possible=True)
+        with capture_logs() as logs:
+            fitted = fit_budgets(server, NofileLimit(1024, 1024, 1024))
+        assert fitted.max_local_clients == 256
+        assert fitted.max_clients + fitted.max_local_clients + 8 * (4 + 2 + 1) < 1024
+        assert fitted.max_clients_per_host <= fitted.max_clients
+        assert [e["event"] for e in logs] == ["connection_budget_lowered"]
