@@ -409,13 +409,16 @@ class TestMonitors:
             seen: list[int] = []
             thread = threading.Thread(target=_count_stats, args=(reader, seen, stop), daemon=True)
             thread.start()  # reads all the time, as a real monitor does
+            # The daemon's first STATS must not overtake the reading monitor's MON_LOGIN.
+            wait_for(lambda: len(ours.events("monitor_logged_in")) >= 101, WAIT,
+                     "the monitors to be logged in")
             daemon = FakeDaemon(ours.port, "chatty", "127.0.0.5")  # type: ignore[arg-type]
             try:
                 for batch in range(30):  # 1,500 STATS; the reader is never 50 behind
                     for load in range(50):
                         daemon.send(Stats(load=load, free_mem=batch))
                     wait_for(lambda sent=50 * (batch + 1): len(seen) >= sent, WAIT,
-                             "the reading monitor to keep up")  # fmt: skip
+                             "the reading monitor to keep up", context=ours.log_tail)
                 grown = rss_kib(pid) - base_rss
                 record_property("rss_growth_kib", grown)
                 wait_for(lambda: ours.events("monitor_dropped"), WAIT,
