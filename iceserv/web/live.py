@@ -124,6 +124,10 @@ class LiveFeed:
         self._subscribers.add(subscriber)
         return subscriber
 
+    def subscribers(self) -> int:
+        """Return how many streams are open."""
+        return len(self._subscribers)
+
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Forget *subscriber*."""
         self._subscribers.discard(subscriber)

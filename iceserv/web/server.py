@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from importlib import resources
@@ -71,18 +72,100 @@ def _read_static() -> dict[str, tuple[bytes, str]]:
             _STATIC.items()}  # fmt: skip
 
 
+class _Connection(asyncio.Protocol):
+    """aiohttp's protocol for one connection, plus whether the client has sent anything.
+
+    It passes every call on to aiohttp's handler and keeps itself in *table*
+    (in connection order) from its creation until the connection is lost.
+    """
+
+    def __init__(self, handler: RequestHandler, table: dict[_Connection, None]) -> None:
+        self._handler = handler
+        self._table = table
+        self.transport: asyncio.BaseTransport | None = None
+        self.heard = False
+        self._refused = False
+        table[self] = None  # counted from now on, so a burst of accepts cannot overfill
+
+    def closing(self) -> bool:
+        """Return whether the connection is being closed."""
+        return self.transport is not None and self.transport.is_closing()
+
+    def silent(self) -> bool:
+        """Return whether the client has sent nothing, not even bytes still unread."""
+        if self.heard:
+            return False
+        if self.transport is None:
+            return True  # accepted in this same burst: not even made yet
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+                self.heard = bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return not self.heard
+
+    def refuse(self) -> None:
+        """Close the connection as soon as it is made."""
+        self._refused = True
+
+    def close(self) -> None:
+        """Close the connection now (or as soon as it is made)."""
+        self._refused = True
+        self._handler.force_close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._handler.connection_made(transport)
+        if self._refused:
+            self._table.pop(self, None)
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._table.pop(self, None)
+        self._handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = True
+        self._handler.data_received(data)
+
+    def eof_received(self) -> None:
+        self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+
 class HttpEndpoint:
     """The running HTTP endpoint of a scheduler; see the module docstring."""
 
     def __init__(
-        self, control: SchedulerLike, *, version: str, clock: Callable[[], float] = time.time
+        self,
+        control: SchedulerLike,
+        *,
+        version: str,
+        clock: Callable[[], float] = time.time,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._control = control
+        self._idle_timeout = idle_timeout
+        self._max_connections = max_connections
         self._clock = clock
         self._registry = make_registry(control, version=version)
         self.feed = LiveFeed(control, clock=clock)
         self._static = _read_static()
         self._busy: dict[object, int] = {}
+        self._conns: dict[_Connection, None] = {}
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] = ("", 0)
@@ -98,9 +181,9 @@ class HttpEndpoint:
         app.router.add_get("/events", self._events)
         app.router.add_get("/api/cluster", self._cluster)
         self._runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, keepalive_timeout=IDLE_TIMEOUT,
+            app, handle_signals=False, access_log=None, keepalive_timeout=self._idle_timeout,
             max_line_size=MAX_LINE, max_field_size=MAX_LINE, max_headers=MAX_HEADERS,
-            shutdown_timeout=1.0,
+            shutdown_timeout=1.0, handler_cancellation=True,
         )  # fmt: skip
         await self._runner.setup()
         factory = self._runner.server
@@ -116,6 +199,10 @@ class HttpEndpoint:
         self._control.add_observer(self.feed)
         log.info("http_listening", address=self.address[0], port=self.address[1])
 
+    def open_connections(self) -> int:
+        """Return how many HTTP connections are open."""
+        return len(self._conns)
+
     async def close(self) -> None:
         """Stop listening, end the event streams and close every connection."""
         self._control.remove_observer(self.feed)
@@ -128,20 +215,29 @@ class HttpEndpoint:
                     await self._runner.cleanup()
         self._server = self._runner = None
 
-    def _admit(self, factory: web.Server) -> RequestHandler:
-        """Make the protocol for a new connection, closing the oldest idle one when full."""
-        connections = factory.connections
-        if len(connections) >= MAX_CONNECTIONS:
-            for handler in connections:
-                if handler.transport is not None and handler.transport not in self._busy:
-                    handler.force_close()
-                    break
-        handler = factory()
-        if len(connections) >= MAX_CONNECTIONS and all(
-            c.transport is None or c.transport in self._busy for c in connections
-        ):
-            handler.force_close()  # every slot is serving a request: refuse this one
-        return handler
+    def _admit(self, factory: web.Server) -> asyncio.Protocol:
+        """Make the protocol for a new connection; when full, close a connection to make room.
+
+        The first to go is the oldest that never sent a byte, then the oldest
+        idle one; when every connection is serving a request the new one is
+        closed at once.  (A client that sent its request is never the one
+        closed, so a flood of silent connections cannot push it out.)
+        """
+        if len(self._conns) >= self._max_connections:
+            for closing in [c for c in self._conns if c.closing()]:
+                self._conns.pop(closing, None)  # on its way out: its place is free
+        if len(self._conns) >= self._max_connections:
+            victim = next((c for c in self._conns if c.silent()), None)
+            if victim is None:
+                victim = next((c for c in self._conns if c.transport not in self._busy), None)
+            if victim is not None:
+                self._conns.pop(victim, None)
+                victim.close()
+        full = len(self._conns) >= self._max_connections
+        conn = _Connection(factory(), self._conns)
+        if full:
+            conn.refuse()
+        return conn
 
     # --- handlers ---------------------------------------------------------------------
 

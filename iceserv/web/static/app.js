@@ -1,7 +1,7 @@
 // iceserv web view: renders the scheduler's event stream (/events).  No framework, no build.
 "use strict";
 (() => {
-  const SPAN = 300;            // timeline seconds
+  const MAX_SPAN = 300;        // timeline seconds at most (it starts at one minute)
   const STALE = 40000;         // ms without any event before reconnecting (heartbeat is 15 s)
   const $ = (id) => document.getElementById(id);
   const root = document.documentElement;
@@ -84,7 +84,7 @@
     $("t-hosts").textContent = hosts.length;
     $("t-slots").textContent = `${used} / ${total}`;
     $("t-slots-bar").style.width = total ? `${Math.min(100, (100 * used) / total)}%` : "0";
-    $("t-running").textContent = state.running;
+    $("t-running").textContent = hosts.reduce((a, h) => a + h.jobs.length, 0);
     $("t-queued").textContent = state.queued;
     const t = state.totals;
     $("t-rate").textContent = t.jobs_per_second != null ? t.jobs_per_second.toFixed(1) : "–";
@@ -103,6 +103,7 @@
     }
     const loadPct = Math.min(100, host.load / 10);
     const jobs = el("ul", { class: "jobs" });
+    if (!host.jobs.length) jobs.append(el("li", { class: "idle" }, host.no_remote ? "takes no remote jobs" : "idle"));
     for (const job of [...host.jobs].sort((a, b) => a.id - b.id)) {
       const fresh = !seenJobs.has(job.id); seenJobs.add(job.id);
       const started = job.started_at ?? job.queued_at ?? now();
@@ -145,7 +146,7 @@
     const style = getComputedStyle(root);
     const names = state.order.filter((n) => state.hosts.has(n));
     for (const job of state.timeline) if (!names.includes(job.host)) names.push(job.host);
-    const lane = 22, pad = 6, left = 130;
+    const lane = 26, pad = 6, left = 130;
     const cssWidth = canvas.clientWidth || 800, cssHeight = Math.max(120, names.length * lane + 28);
     const dpr = window.devicePixelRatio || 1;
     canvas.style.height = cssHeight + "px";
@@ -153,14 +154,21 @@
     const g = canvas.getContext("2d");
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.clearRect(0, 0, cssWidth, cssHeight);
-    const t1 = now(), t0 = t1 - SPAN, width = cssWidth - left - 8;
+    const t1 = now();
+    const oldest = state.timeline.reduce((a, j) => Math.min(a, j.start), t1);
+    const SPAN = Math.min(MAX_SPAN, Math.max(60, Math.ceil((t1 - oldest + 5) / 60) * 60));
+    const step = SPAN <= 60 ? 10 : SPAN <= 180 ? 30 : 60;
+    $("tl-span").textContent = SPAN === 60 ? "minute" : `${SPAN / 60} minutes`;
+    const t0 = t1 - SPAN, width = cssWidth - left - 8;
     const x = (t) => left + ((Math.max(t0, t) - t0) / SPAN) * width;
     g.font = `12px ${style.fontFamily}`;
     g.textBaseline = "middle";
     g.strokeStyle = style.getPropertyValue("--line"); g.fillStyle = style.getPropertyValue("--muted");
-    for (let s = 0; s <= SPAN; s += 60) {
-      const gx = x(t0 + s); g.beginPath(); g.moveTo(gx, 0); g.lineTo(gx, cssHeight - 18); g.stroke();
-      g.fillText(s === SPAN ? "now" : `-${(SPAN - s) / 60}m`, gx - (s === SPAN ? 22 : 10), cssHeight - 8);
+    for (let s = 0; s <= SPAN; s += step) {
+      const gx = x(t0 + s), ago = SPAN - s;
+      g.beginPath(); g.moveTo(gx, 0); g.lineTo(gx, cssHeight - 18); g.stroke();
+      const label = ago === 0 ? "now" : ago % 60 === 0 ? `-${ago / 60}m` : `-${ago}s`;
+      g.fillText(label, gx - (ago === 0 ? 22 : 12), cssHeight - 8);
     }
     names.forEach((name, i) => {
       const y = i * lane + pad;
@@ -171,11 +179,13 @@
       if (host) for (const j of host.jobs) if (j.started_at != null) bars.push({ ...j, start: j.started_at, end: t1, live: true });
       for (const j of bars) {
         const bx = x(j.start), bw = Math.max(2, x(j.end) - bx);
-        g.fillStyle = j.exitcode ? style.getPropertyValue("--bad") : colour(j.submitter, j.live ? 1 : 0.75);
+        g.fillStyle = j.exitcode ? style.getPropertyValue("--bad") : colour(j.submitter, j.live ? 1 : 0.55 + 0.15 * (j.id % 3));
         g.fillRect(bx, y + 3, bw, lane - 10);
+        if (j.live) { g.fillStyle = style.getPropertyValue("--ink"); g.fillRect(bx + bw - 2, y + 3, 2, lane - 10); }
       }
     });
     state.timeline = state.timeline.filter((j) => j.end >= t0);
+    document.body.dataset.timeline = String(state.timeline.length);
   }
 
   // --- the event stream ---------------------------------------------------------------
@@ -194,7 +204,10 @@
       setConn("down", "reconnecting");
       if (source.readyState === EventSource.CLOSED && retry === null) retry = setTimeout(connect, 1000);
     };
-    on("hello", (data) => { takeSnapshot(data); state.timeline = data.timeline; setConn("live", "live"); });
+    on("hello", (data) => {
+      takeSnapshot(data); state.timeline = data.timeline; setConn("live", "live");
+      document.body.dataset.hellos = String(Number(document.body.dataset.hellos || 0) + 1);
+    });
     on("snapshot", takeSnapshot);
     on("job_started", jobStarted);
     on("job_finished", jobFinished);
