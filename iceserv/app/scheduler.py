@@ -64,7 +64,7 @@ _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
 #: Settings a reload cannot change while the sockets stay open.
-_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize")
+_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize", "http")
 
 
 def server_settings(settings: SchedulerSettings, environ: Mapping[str, str]) -> ServerSettings:

@@ -187,10 +187,17 @@ class TestWebEndpointLive:
     def test_totals_agree_with_telnet_and_dbus(self, web: Web) -> None:
         """After the build /metrics, the telnet greeting and D-Bus report the same totals."""
         assert web.during, "needs the build of the test before"
-        samples = metrics(get(web.forward.base + "/metrics")[1].decode())
-        telnet = _telnet_greeting(web)
         props = {name: _property(web, name) for name in
                  ("HostCount", "TotalJobs", "JobsRunning", "JobsQueued")}  # fmt: skip
+        telnet = _telnet_greeting(web)
+
+        def settled() -> Samples | None:  # a rendering is reused for up to a second
+            samples = metrics(get(web.forward.base + "/metrics")[1].decode())
+            placed = value(samples, "iceserv_jobs_placed_total")
+            local = value(samples, "iceserv_local_jobs_total")
+            return samples if placed + local == props["TotalJobs"] else None
+
+        samples = wait_for(settled, 10, "/metrics to catch up with D-Bus")
         placed = value(samples, "iceserv_jobs_placed_total")
         local = value(samples, "iceserv_local_jobs_total")
         assert value(samples, "iceserv_hosts", state="connected") == props["HostCount"] == 3
@@ -243,8 +250,12 @@ class TestWebEndpointLive:
         WebDriverWait(web.driver, 20).until(lambda d: gone in _shown_hosts(d))
         web.cluster.daemons.pop(2).stop()
         WebDriverWait(web.driver, 30).until(lambda d: gone not in _shown_hosts(d))
-        samples = metrics(get(web.forward.base + "/metrics")[1].decode())
-        assert value(samples, "iceserv_hosts", state="connected") == 2
+
+        def without() -> Samples | None:  # a rendering is reused for up to a second
+            samples = metrics(get(web.forward.base + "/metrics")[1].decode())
+            return samples if value(samples, "iceserv_hosts", state="connected") == 2 else None
+
+        samples = wait_for(without, 10, "/metrics without the host")
         assert not any(dict(labels).get("host") == gone for _name, labels in samples)
 
     def test_the_page_reconnects_after_a_scheduler_restart(self, web: Web) -> None:
