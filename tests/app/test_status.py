@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -78,6 +79,24 @@ class TestStatus:
         assert json.loads(done.stdout)["hosts"] == []
         text = _status("--scheduler", f"127.0.0.1:{scheduler}").stdout
         assert "0 hosts, 0/0 slots busy, 0 running, 0 queued" in text
+
+    def test_watch_refreshes_until_interrupted(self, scheduler: int):
+        """--watch prints the view again and again; Ctrl-C ends it with status 0."""
+        argv = [sys.executable, "-m", "iceserv.app.cli", "status", "--scheduler",
+                f"127.0.0.1:{scheduler}", "--watch", "0.2"]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            headlines = 0
+            while headlines < 2:
+                line = proc.stdout.readline()
+                assert line, "status --watch ended"
+                headlines += line.startswith("0 hosts, 0/0 slots busy")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+        finally:
+            proc.kill()
+            proc.wait(10)
 
     def test_nothing_answers(self, tmp_path):
         """No bus and no telnet port: exit 69 with one line naming both tries."""
