@@ -11,8 +11,10 @@ from iceserv.scheduler.views import HostView, JobView
 from iceserv.web.live import MAX_SUBSCRIBERS, QUEUE_LIMIT, SNAPSHOT_INTERVAL, LiveFeed
 
 JOB = JobView(7, "COMP", "laptop", "farm1", "src/a.c", 10.0, 11.0)
-HOST = HostView("farm1", "10.0.0.2", 10245, "x86_64", 1.5, 1, 4, 120, None, [JOB], 43, False,
-                (), False, False)  # fmt: skip
+HOST = HostView(nodename="farm1", ip="10.0.0.2", port=10245, platform="x86_64", speed=1.5,
+                jobs_assigned=1, max_jobs=4, load=120, busy_installing_since=None, jobs=[JOB],
+                protocol=43, no_remote=False, environments=(), blocked=False,
+                draining=False)  # fmt: skip
 
 
 class _Control:
