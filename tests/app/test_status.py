@@ -23,7 +23,7 @@ from iceserv.app.status import (
     collect,
     render_text,
 )
-from iceserv.scheduler import SchedulerServer, ServerSettings
+from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.telnet import serve_telnet
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def scheduler() -> Iterator[int]:
     thread.start()
 
     async def start() -> tuple[Any, Any]:
-        settings = ServerSettings(address="127.0.0.1", port=0, netname="statustest")
+        settings = SchedulerServerSettings(address="127.0.0.1", port=0, netname="statustest")
         server = SchedulerServer(settings, clock=_Clock(), rng=random.Random(1))  # noqa: S311
         await server.start()
         telnet = await serve_telnet(server.control, "127.0.0.1", server.port + 1)

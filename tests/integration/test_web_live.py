@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from service.dbusbed import SystemBus, busctl
 from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, wait_for
+from testbed.dbusbed import SystemBus, busctl
 from web.webbed import Forward, browser, check_png, get, metrics, value
 
 if TYPE_CHECKING:

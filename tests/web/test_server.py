@@ -23,7 +23,7 @@ import pytest
 from testbed import wait_for
 from web.webbed import metrics, value
 
-from iceserv.scheduler import SchedulerServer, ServerSettings
+from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.web.live import MAX_SUBSCRIBERS
 from iceserv.web.server import HttpEndpoint
 
@@ -56,7 +56,7 @@ class Bed:
 
     @staticmethod
     async def _make() -> SchedulerServer:
-        settings = ServerSettings(address="127.0.0.1", port=0, netname="webtest")
+        settings = SchedulerServerSettings(address="127.0.0.1", port=0, netname="webtest")
         server = SchedulerServer(settings, clock=_Clock(), rng=random.Random(1))  # noqa: S311 - placement
         await server.start()
         return server
