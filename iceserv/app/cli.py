@@ -22,8 +22,15 @@ __all__ = ["main"]
 
 # Modules under iceserv.app that provide a sub-command, in --help order.
 _SUBCOMMANDS: Final = (
-    "demo", "status", "summary", "selftest", "config_cli", "system_files", "symlinks", "sim",
-)  # fmt: skip
+    "demo",
+    "status",
+    "summary",
+    "selftest",
+    "config_cli",
+    "system_files",
+    "symlinks",
+    "sim",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

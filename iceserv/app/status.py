@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from iceserv.errors import IceservError
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
@@ -45,7 +47,7 @@ _JOB_LINE: Final = re.compile(
 )
 
 
-class StatusError(Exception):
+class StatusError(IceservError, ConnectionError):
     """No scheduler answered; the message says what was tried."""
 
 
@@ -104,8 +106,14 @@ async def _dbus_status(address: str) -> ClusterStatus:
         try:
 
             async def call(member: str, interface: str = name, *body: str) -> list[Any]:
-                message = Message(destination=name, path=path, interface=interface, member=member,
-                                  signature="s" * len(body), body=list(body))  # fmt: skip
+                message = Message(
+                    destination=name,
+                    path=path,
+                    interface=interface,
+                    member=member,
+                    signature="s" * len(body),
+                    body=list(body),
+                )
                 reply = await bus.call(message)
                 if reply is None or reply.message_type is MessageType.ERROR:
                     detail = reply.error_name if reply is not None else "no reply"
@@ -120,8 +128,14 @@ async def _dbus_status(address: str) -> ClusterStatus:
             bus.disconnect()
     by_server: dict[str, list[StatusJob]] = {}
     for job_id, client, server, file, state, _queued, started in jobs:
-        job = StatusJob(job_id, _STATES.get(state, state), client, server or "<unknown>", file,
-                        started / 1e6 if started else None)  # fmt: skip
+        job = StatusJob(
+            job_id,
+            _STATES.get(state, state),
+            client,
+            server or "<unknown>",
+            file,
+            started / 1e6 if started else None,
+        )
         by_server.setdefault(server, []).append(job)
     listed = [_dbus_host(h, by_server.get(h[0], [])) for h in hosts]
     return ClusterStatus(
@@ -135,9 +149,19 @@ async def _dbus_status(address: str) -> ClusterStatus:
 
 def _dbus_host(h: list[Any], jobs: list[StatusJob]) -> StatusHost:
     return StatusHost(
-        name=h[0], ip=h[1], platform=h[3], protocol=h[4], slots=h[5], used=h[6], load=h[7],
-        speed=h[8], no_remote=h[9], blocked=h[10], draining=h[11], jobs=jobs,
-    )  # fmt: skip
+        name=h[0],
+        ip=h[1],
+        platform=h[3],
+        protocol=h[4],
+        slots=h[5],
+        used=h[6],
+        load=h[7],
+        speed=h[8],
+        no_remote=h[9],
+        blocked=h[10],
+        draining=h[11],
+        jobs=jobs,
+    )
 
 
 # --- telnet ---------------------------------------------------------------------------
@@ -180,17 +204,29 @@ def _telnet_status(host: str, port: int) -> ClusterStatus:
     hosts: list[StatusHost] = []
     for line in hosts_lines:
         if (match := _HOST_LINE.match(line)) is not None:
-            hosts.append(StatusHost(
-                name=match["name"], ip=match["ip"], platform=match["platform"],
-                slots=int(match["slots"]), used=int(match["used"]), load=int(match["load"]),
-                speed=float(match["speed"]), blocked=match["name"] in blocked,
-            ))  # fmt: skip
+            hosts.append(
+                StatusHost(
+                    name=match["name"],
+                    ip=match["ip"],
+                    platform=match["platform"],
+                    slots=int(match["slots"]),
+                    used=int(match["used"]),
+                    load=int(match["load"]),
+                    speed=float(match["speed"]),
+                    blocked=match["name"] in blocked,
+                )
+            )
         elif (job := _JOB_LINE.match(line)) is not None and hosts:
             hosts[-1].jobs.append(_telnet_job(job))
     jobs = [_telnet_job(match) for line in job_lines if (match := _JOB_LINE.match(line))]
     queued = sum(job.state == "PEND" for job in jobs)
-    return ClusterStatus(source=f"telnet {host}:{port + 1}", netname="", hosts=hosts,
-                         queued=queued, running=len(jobs) - queued)  # fmt: skip
+    return ClusterStatus(
+        source=f"telnet {host}:{port + 1}",
+        netname="",
+        hosts=hosts,
+        queued=queued,
+        running=len(jobs) - queued,
+    )
 
 
 def _telnet_job(match: re.Match[str]) -> StatusJob:
@@ -272,11 +308,19 @@ def render_text(status: ClusterStatus, *, colour: bool = False, now: float | Non
     ]
     if status.hosts:
         width = max(len(host.name) for host in status.hosts)
-        lines.append(paint(f"{'HOST':<{width}}  {'SLOTS':<16}  {'LOAD':>5}  {'SPEED':>7}  "
-                           "ADDRESS", "2"))  # fmt: skip
+        lines.append(
+            paint(f"{'HOST':<{width}}  {'SLOTS':<16}  {'LOAD':>5}  {'SPEED':>7}  ADDRESS", "2")
+        )
     for host in status.hosts:
-        flags = [name for name, on in (("blocked", host.blocked), ("draining", host.draining),
-                                       ("no-remote", host.no_remote)) if on]  # fmt: skip
+        flags = [
+            name
+            for name, on in (
+                ("blocked", host.blocked),
+                ("draining", host.draining),
+                ("no-remote", host.no_remote),
+            )
+            if on
+        ]
         load_colour = "32" if host.load < 500 else "33" if host.load < 900 else "31"
         bar = paint(_bar(host.used, host.slots), "36")
         lines.append(
@@ -286,8 +330,11 @@ def render_text(status: ClusterStatus, *, colour: bool = False, now: float | Non
         )
         for job in host.jobs:
             since = f"{now - job.started_at:5.1f}s" if job.started_at else "     "
-            lines.append(paint(f"{'':<{width}}    {job.id:>6} {job.state} {since} ", "2")
-                         + f"{job.file} " + paint(f"from {job.submitter}", "2"))  # fmt: skip
+            lines.append(
+                paint(f"{'':<{width}}    {job.id:>6} {job.state} {since} ", "2")
+                + f"{job.file} "
+                + paint(f"from {job.submitter}", "2")
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -302,11 +349,20 @@ def to_json(status: ClusterStatus) -> str:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``status`` sub-command."""
     parser = subparsers.add_parser("status", help="show the cluster's hosts, slots and jobs")
-    parser.add_argument("--scheduler", metavar="HOST[:PORT]",
-                        help="ask this scheduler's telnet port (default: local D-Bus)")  # fmt: skip
+    parser.add_argument(
+        "--scheduler",
+        metavar="HOST[:PORT]",
+        help="ask this scheduler's telnet port (default: local D-Bus)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    parser.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
-                        help="refresh in place every SECONDS (default 2)")  # fmt: skip
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (default 2)",
+    )
     parser.set_defaults(func=_main)
 
 

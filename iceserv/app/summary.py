@@ -53,8 +53,10 @@ def _main(args: argparse.Namespace) -> int:
     try:
         entries = read_record(path)
     except OSError as exc:
-        sys.stderr.write(f"iceserv summary: {path}: {exc.strerror} (set ICECC_SUMMARY=1 "
-                         "for a build, or run it as 'icecc --summary make ...')\n")  # fmt: skip
+        sys.stderr.write(
+            f"iceserv summary: {path}: {exc.strerror} (set ICECC_SUMMARY=1 "
+            "for a build, or run it as 'icecc --summary make ...')\n"
+        )
         return _EX_NOINPUT
     if args.json:
         sys.stdout.write(json.dumps(entries, indent=1) + "\n")

@@ -49,8 +49,24 @@ if TYPE_CHECKING:
 __all__ = ["default_record", "read_record", "recorded", "render"]
 
 _VARIABLE = "ICECC_SUMMARY"
-_SOURCES = (".c", ".cc", ".cpp", ".cxx", ".c++", ".cp", ".C", ".m", ".mm", ".M", ".i", ".ii",
-            ".s", ".S", ".sx", ".cu")  # fmt: skip
+_SOURCES = (
+    ".c",
+    ".cc",
+    ".cpp",
+    ".cxx",
+    ".c++",
+    ".cp",
+    ".C",
+    ".m",
+    ".mm",
+    ".M",
+    ".i",
+    ".ii",
+    ".s",
+    ".S",
+    ".sx",
+    ".cu",
+)
 _LINE_LIMIT = 3500  # below PIPE_BUF (4096): appends of parallel compiles never interleave
 _FIELD_LIMIT = 600
 
@@ -76,8 +92,9 @@ class _Recorder:
             self.host = text[len("Have to use host ") :].partition(" ")[0].rpartition(":")[0]
         elif text.startswith("building myself"):
             self.host, self.why = "", self.why or "the scheduler chose the local host"
-        elif text.startswith(("building locally: ", "local build forced", "no local daemon",
-                              "local daemon unusable")):  # fmt: skip
+        elif text.startswith(
+            ("building locally: ", "local build forced", "no local daemon", "local daemon unusable")
+        ):
             self.host, self.why = "", text
 
     def error(self, text: str) -> None:
@@ -127,17 +144,22 @@ def recorded(run: _Runnable) -> int:
     return status
 
 
-def _append(target: str, argv: Sequence[str], recorder: _Recorder, started: float,
-            status: int) -> None:  # fmt: skip
+def _append(
+    target: str, argv: Sequence[str], recorder: _Recorder, started: float, status: int
+) -> None:
     import json  # noqa: PLC0415 - only when recording
 
     source, output = _source(argv)
     entry = {
-        "t": round(started, 3), "dur": round(time.time() - started, 4),
-        "src": source[-_FIELD_LIMIT:], "out": output[-_FIELD_LIMIT:],
-        "where": recorder.host or "local", "why": recorder.why[:_FIELD_LIMIT],
-        "rc": status, "cwd": os.getcwd()[-_FIELD_LIMIT:],  # noqa: PTH109 - pathlib costs import time
-    }  # fmt: skip
+        "t": round(started, 3),
+        "dur": round(time.time() - started, 4),
+        "src": source[-_FIELD_LIMIT:],
+        "out": output[-_FIELD_LIMIT:],
+        "where": recorder.host or "local",
+        "why": recorder.why[:_FIELD_LIMIT],
+        "rc": status,
+        "cwd": os.getcwd()[-_FIELD_LIMIT:],  # noqa: PTH109 - pathlib costs import time
+    }
     line = json.dumps(entry, separators=(",", ":"))[:_LINE_LIMIT] + "\n"
     path = default_record(os.environ) if target == "1" else target
     try:

@@ -66,9 +66,10 @@ class SchedulerCollector:
         info.add_metric([], {"version": self._version, "netname": control.netname()})
         yield info
         yield GaugeMetricFamily(
-            "iceserv_scheduler_uptime_seconds", "Seconds since the scheduler started",
+            "iceserv_scheduler_uptime_seconds",
+            "Seconds since the scheduler started",
             value=control.uptime_seconds(),
-        )  # fmt: skip
+        )
         yield from self._hosts(hosts)
         jobs = GaugeMetricFamily("iceserv_jobs", "Jobs queued and running", labels=["state"])
         jobs.add_metric(["queued"], control.jobs_queued())
@@ -78,9 +79,10 @@ class SchedulerCollector:
 
     def _hosts(self, hosts: list[HostLike]) -> Iterator[Metric]:
         counts = GaugeMetricFamily(
-            "iceserv_hosts", "Daemons connected, names on the block list, daemons draining",
+            "iceserv_hosts",
+            "Daemons connected, names on the block list, daemons draining",
             labels=["state"],
-        )  # fmt: skip
+        )
         counts.add_metric(["connected"], len(hosts))
         counts.add_metric(["blocked"], len(self._control.blocked()))
         counts.add_metric(["draining"], sum(host.draining for host in hosts))
@@ -110,11 +112,16 @@ class SchedulerCollector:
             speed.add_metric([name], host.speed)
             load.add_metric([name], host.load)
             protocol.add_metric([name], host.protocol)
-            info.add_metric([name], {
-                "ip": host.ip, "platform": host.platform,
-                "no_remote": str(host.no_remote).lower(),
-                "blocked": str(host.blocked).lower(), "draining": str(host.draining).lower(),
-            })  # fmt: skip
+            info.add_metric(
+                [name],
+                {
+                    "ip": host.ip,
+                    "platform": host.platform,
+                    "no_remote": str(host.no_remote).lower(),
+                    "blocked": str(host.blocked).lower(),
+                    "draining": str(host.draining).lower(),
+                },
+            )
         yield from (per_host, speed, load, protocol, info)
 
     def _totals(self) -> Iterator[Metric]:
@@ -132,20 +139,23 @@ class SchedulerCollector:
             failed.add_metric([reason], count)
         yield failed
         yield CounterMetricFamily(
-            "iceserv_local_jobs", "Local compiles reported by daemons (JOB_LOCAL_BEGIN)",
+            "iceserv_local_jobs",
+            "Local compiles reported by daemons (JOB_LOCAL_BEGIN)",
             value=totals.local_jobs,
-        )  # fmt: skip
+        )
         transfer = CounterMetricFamily(
-            "iceserv_job_bytes", "Compressed bytes of remote jobs: in to servers, out from them",
+            "iceserv_job_bytes",
+            "Compressed bytes of remote jobs: in to servers, out from them",
             labels=["direction"],
-        )  # fmt: skip
+        )
         transfer.add_metric(["in"], totals.bytes_in)
         transfer.add_metric(["out"], totals.bytes_out)
         yield transfer
         yield CounterMetricFamily(
-            "iceserv_environment_transfers", "Placements on a server without the environment",
+            "iceserv_environment_transfers",
+            "Placements on a server without the environment",
             value=totals.env_transfers,
-        )  # fmt: skip
+        )
         yield _histogram(
             "iceserv_placement_wait_seconds", "GET_CS to USE_CS", totals.placement_wait
         )
@@ -153,9 +163,10 @@ class SchedulerCollector:
             "iceserv_compile_seconds", "Compile time the servers reported", totals.compile_time
         )
         yield _histogram(
-            "iceserv_job_turnaround_seconds", "GET_CS to JOB_DONE of successful jobs",
+            "iceserv_job_turnaround_seconds",
+            "GET_CS to JOB_DONE of successful jobs",
             totals.turnaround,
-        )  # fmt: skip
+        )
 
 
 def make_registry(control: SchedulerLike, *, version: str) -> CollectorRegistry:

@@ -45,19 +45,31 @@ QUEUE_SHOWN: Final = 50
 
 def _job(job: JobLike) -> dict[str, Any]:
     return {
-        "id": job.id, "state": job.state, "file": job.filename, "submitter": job.submitter,
-        "server": job.server, "queued_at": job.queued_at, "started_at": job.started_at,
-    }  # fmt: skip
+        "id": job.id,
+        "state": job.state,
+        "file": job.filename,
+        "submitter": job.submitter,
+        "server": job.server,
+        "queued_at": job.queued_at,
+        "started_at": job.started_at,
+    }
 
 
 def _host(host: HostLike) -> dict[str, Any]:
     return {
-        "name": host.nodename, "ip": host.ip, "platform": host.platform,
-        "speed": round(host.speed, 3), "load": host.load, "max_jobs": host.max_jobs,
-        "used": host.jobs_assigned, "protocol": host.protocol, "no_remote": host.no_remote,
-        "blocked": host.blocked, "draining": host.draining,
+        "name": host.nodename,
+        "ip": host.ip,
+        "platform": host.platform,
+        "speed": round(host.speed, 3),
+        "load": host.load,
+        "max_jobs": host.max_jobs,
+        "used": host.jobs_assigned,
+        "protocol": host.protocol,
+        "no_remote": host.no_remote,
+        "blocked": host.blocked,
+        "draining": host.draining,
         "jobs": [_job(job) for job in host.jobs],
-    }  # fmt: skip
+    }
 
 
 def snapshot(control: SchedulerLike, now: float) -> dict[str, Any]:
@@ -180,9 +192,15 @@ class LiveFeed:
         """Remember the job for the timeline and send ``job_finished``."""
         now = self._clock()
         if job.started_at is not None and job.server != "<unknown>":
-            record = {"id": job.id, "host": job.server, "file": job.filename,
-                      "submitter": job.submitter, "start": job.started_at, "end": now,
-                      "exitcode": exitcode}  # fmt: skip
+            record = {
+                "id": job.id,
+                "host": job.server,
+                "file": job.filename,
+                "submitter": job.submitter,
+                "start": job.started_at,
+                "end": now,
+                "exitcode": exitcode,
+            }
             self._timeline.append(record)
         if self._subscribers:
             self._send(encode("job_finished", {**_job(job), "exitcode": exitcode, "now": now}))

@@ -72,8 +72,9 @@ _SECURITY_HEADERS: Final = {
 
 def _read_static() -> dict[str, tuple[bytes, str]]:
     files = resources.files("iceserv.web").joinpath("static")
-    return {path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in
-            _STATIC.items()}  # fmt: skip
+    return {
+        path: (files.joinpath(name).read_bytes(), kind) for path, (name, kind) in _STATIC.items()
+    }
 
 
 class _Connection(asyncio.Protocol):
@@ -186,19 +187,29 @@ class HttpEndpoint:
         app.router.add_get("/events", self._events)
         app.router.add_get("/api/cluster", self._cluster)
         self._runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, keepalive_timeout=self._idle_timeout,
-            max_line_size=MAX_LINE, max_field_size=MAX_LINE, max_headers=MAX_HEADERS,
-            shutdown_timeout=1.0, handler_cancellation=True,
-        )  # fmt: skip
+            app,
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=self._idle_timeout,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_LINE,
+            max_headers=MAX_HEADERS,
+            shutdown_timeout=1.0,
+            handler_cancellation=True,
+        )
         await self._runner.setup()
         factory = self._runner.server
         assert factory is not None  # noqa: S101 - setup() made it
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._server = await loop.create_server(
-            lambda: self._admit(factory), host, port, family=family, reuse_address=True,
+            lambda: self._admit(factory),
+            host,
+            port,
+            family=family,
+            reuse_address=True,
             backlog=128,
-        )  # fmt: skip
+        )
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
         self._control.add_observer(self.feed)
@@ -283,10 +294,13 @@ class HttpEndpoint:
         subscriber = self.feed.subscribe()
         if subscriber is None:
             raise web.HTTPServiceUnavailable(text="too many event streams\n")
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        })  # fmt: skip
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await response.prepare(request)
