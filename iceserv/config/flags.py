@@ -142,6 +142,7 @@ _SCHEDULER_ONLY: Final = (
         "N",
         "telnet sessions from one host",
     ),
+    _Option("", "http", _Action.VALUE, "http", "HOST[:PORT]", "serve /metrics and the web view"),
 )
 _ICESERV: Final = (
     _Option("", "confd", _Action.CONFD, "", "PATH", "conf.d file to read (repeatable)"),

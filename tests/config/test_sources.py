@@ -55,6 +55,7 @@ SCHEDULER_SAMPLES = {
     "max_monitors_per_host": ("1", 1, 1),
     "max_telnet_sessions": ("8", 8, 8),
     "max_telnet_sessions_per_host": ("2", 2, 2),
+    "http": ("127.0.0.1", HostPort("127.0.0.1", 8767), "127.0.0.1:8767"),
 }
 SAMPLES = {"daemon": DAEMON_SAMPLES, "scheduler": SCHEDULER_SAMPLES}
 PREFIX = {"daemon": "ICECCD_", "scheduler": "ICECC_SCHEDULER_"}
