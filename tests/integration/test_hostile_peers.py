@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     Recorder = Callable[[str, object], None]
 
 WAIT = 20.0  # bound on any single awaited event
+#: Descriptors over a budget for a moment: up to one accept batch (16) of evicted or refused
+#: sockets whose close completes on the next loop iteration, and a few of the program's own.
+_SLACK = 16 + 8
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -296,7 +299,7 @@ class TestDescriptorExhaustion:
             finally:
                 for sock in held:
                     sock.close()
-            assert fds <= base_fds + 32 + 8, fds
+            assert fds <= base_fds + 32 + _SLACK, fds
             assert grown < 16 * 1024
             assert spent < 3.0
             assert records <= 4
@@ -388,7 +391,7 @@ class TestMonitors:
                 daemon.close()
                 for peer in monitors:
                     peer.close()
-            assert fds <= base_fds + 16 + 8, fds
+            assert fds <= base_fds + 16 + _SLACK, fds
             assert spent < 3.0, spent
             assert grown < 16 * 1024
             assert len(ours.events("connection_refused")) <= 3
