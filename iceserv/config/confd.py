@@ -227,8 +227,9 @@ class _Parser:
         if errors:
             details = tuple(line for error in errors for line in error.details)
             first = errors[0]
-            raise ConfigError("\n".join(details), source=first.source, name=first.name,
-                              details=details)  # fmt: skip
+            raise ConfigError(
+                "\n".join(details), source=first.source, name=first.name, details=details
+            )
         for name in self._exported:
             if name in self._values:
                 self._values[name] = dataclasses.replace(self._values[name], exported=True)

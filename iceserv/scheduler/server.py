@@ -482,9 +482,13 @@ class SchedulerServer:
 
 def _log_waiting(report: JobsWaiting) -> None:
     """Say why jobs wait: info at first, a warning once the oldest waited 10 s."""
-    fields = {"count": report.count, "job_id": report.job_id, "filename": report.filename,
-              "waited": round(report.waited, 1),
-              "reasons": [f"{name}: {why}" for name, why in report.reasons]}  # fmt: skip
+    fields = {
+        "count": report.count,
+        "job_id": report.job_id,
+        "filename": report.filename,
+        "waited": round(report.waited, 1),
+        "reasons": [f"{name}: {why}" for name, why in report.reasons],
+    }
     if report.waited >= _WAIT_WARNING:
         log.warning("jobs_waiting", **fields)
     else:

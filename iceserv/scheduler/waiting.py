@@ -29,21 +29,29 @@ _PRELOAD_PER_SLOTS: Final = 4
 def _why_not_ever(state: ClusterState, host: Host, job: Job, *, own: bool) -> str | None:
     """Return the first rule that keeps *host* from ever taking *job*, or None."""
     checks = (
-        (job.preferred_host and not host.matches(job.preferred_host),
-         f"not the preferred host {job.preferred_host}"),
+        (
+            job.preferred_host and not host.matches(job.preferred_host),
+            f"not the preferred host {job.preferred_host}",
+        ),
         (host.max_jobs <= 0, "has no job slots (-m 0)"),
         (not own and host.noremote, "takes no remote jobs (--no-remote)"),
         (not own and state.is_drained(host), "is drained"),
         (not own and not host.chroot_possible, "cannot chroot, so takes only its own jobs"),
         (host.ping_deadline is not None, "does not answer the scheduler's ping"),
-        (job.minimal_host_version > host.version,
-         f"speaks protocol {host.version}, the job needs {job.minimal_host_version}"),
-        (host.features & job.required_features != job.required_features,
-         "lacks the environment compression the job needs"),
+        (
+            job.minimal_host_version > host.version,
+            f"speaks protocol {host.version}, the job needs {job.minimal_host_version}",
+        ),
+        (
+            host.features & job.required_features != job.required_features,
+            "lacks the environment compression the job needs",
+        ),
         (not host.probe.accepting, f"its compile port {host.ip}:{host.port} does not answer"),
-        (not can_install(state, host, job, ignore_installing=True),
-         f"runs {host.platform}, no environment of the job fits (or it is blacklisted)"),
-    )  # fmt: skip
+        (
+            not can_install(state, host, job, ignore_installing=True),
+            f"runs {host.platform}, no environment of the job fits (or it is blacklisted)",
+        ),
+    )
     return next((text for failed, text in checks if failed), None)
 
 
