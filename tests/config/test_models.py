@@ -54,6 +54,7 @@ SCHEDULER_DEFAULTS = {
     "max_monitors_per_host": 16,
     "max_telnet_sessions": 64,
     "max_telnet_sessions_per_host": 16,
+    "http": None,
 }
 
 

@@ -62,6 +62,9 @@ if TYPE_CHECKING:
     Recorder = Callable[[str, object], None]
 
 WAIT = 20.0  # bound on any single awaited event
+#: Descriptors over a budget for a moment: up to one accept batch (16) of evicted or refused
+#: sockets whose close completes on the next loop iteration, and a few of the program's own.
+_SLACK = 16 + 8
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -318,7 +321,7 @@ class TestDescriptorExhaustion:
             finally:
                 for sock in held:
                     sock.close()
-            assert fds <= base_fds + 32 + 8, fds
+            assert fds <= base_fds + 32 + _SLACK, fds
             assert grown < 16 * 1024
             assert spent < 3.0
             assert records <= 4
@@ -410,7 +413,7 @@ class TestMonitors:
                 daemon.close()
                 for peer in monitors:
                     peer.close()
-            assert fds <= base_fds + 16 + 8, fds
+            assert fds <= base_fds + 16 + _SLACK, fds
             assert spent < 3.0, spent
             assert grown < 16 * 1024
             assert len(ours.events("connection_refused")) <= 3
@@ -431,13 +434,16 @@ class TestMonitors:
             seen: list[int] = []
             thread = threading.Thread(target=_count_stats, args=(reader, seen, stop), daemon=True)
             thread.start()  # reads all the time, as a real monitor does
+            # The daemon's first STATS must not overtake the reading monitor's MON_LOGIN.
+            wait_for(lambda: len(ours.events("monitor_logged_in")) >= 101, WAIT,
+                     "the monitors to be logged in")
             daemon = FakeDaemon(ours.port, "chatty", "127.0.0.5")  # type: ignore[arg-type]
             try:
                 for batch in range(30):  # 1,500 STATS; the reader is never 50 behind
                     for load in range(50):
                         daemon.send(Stats(load=load, free_mem=batch))
                     wait_for(lambda sent=50 * (batch + 1): len(seen) >= sent, WAIT,
-                             "the reading monitor to keep up")  # fmt: skip
+                             "the reading monitor to keep up", context=ours.log_tail)
                 grown = rss_kib(pid) - base_rss
                 record_property("rss_growth_kib", grown)
                 wait_for(lambda: ours.events("monitor_dropped"), WAIT,
