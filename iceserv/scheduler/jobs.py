@@ -152,6 +152,7 @@ def on_job_done(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
     server = state.hosts.get(job.server) if job.server is not None else None
     if server is not None:
         server.jobs.remove(job.job_id)
+        state.touch(server)
     if job.state is JobState.PEND:
         state.queue.discard(job)
     placement.record_job_stats(
@@ -208,6 +209,7 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
     job.server = host.host_id
     host.jobs.append(job.job_id)
     host.last_picked_id = job.job_id
+    state.touch(host)
     if not assignment.got_env:
         host.busy_installing_since = now  # cleared by its re-LOGIN after the install
     placement.restrict_siblings(state, assignment)
@@ -229,7 +231,7 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
 
 def remove_host(state: ClusterState, host: Host) -> list[Effect]:
     """Drop *host*: abort its jobs, forget blacklists naming it, close its connection."""
-    del state.hosts[host.host_id]
+    state.drop_host(host)
     effects: list[Effect] = [ToMonitors(MonStats(host.host_id, OFFLINE))]
     for job in state.queue.drop_submitter(host.host_id):
         effects.append(ToMonitors(MonJobDone(job.job_id, _ABORTED_EXITCODE)))
@@ -242,6 +244,7 @@ def remove_host(state: ClusterState, host: Host) -> list[Effect]:
         if server is not None:
             server.jobs.remove(job.job_id)
             server.busy_installing_since = None  # as 1.4: it may have been installing for it
+            state.touch(server)
         if job.state is JobState.PEND:
             state.queue.discard(job)
         state.forget_job(job)
