@@ -190,7 +190,8 @@ class _Class:
     features: int
     envs: tuple[EnvEntry, ...]
     tree: _Tree
-    members: list[int] = field(default_factory=list)
+    everyone: list[int] = field(default_factory=list)  # ids, sorted
+    members: list[int] = field(default_factory=list)  # those not special
     queueing: list[int] = field(default_factory=list)
     unrated: int = 0
 
@@ -269,18 +270,19 @@ class HostIndex:
         filed.key = key
         filed.pick_key = (host.last_picked_id, host_id)
         insort(self._by_pick, filed.pick_key)
-        if not host.last_picked_id or (not len(host.compiled) and not host.jobs):
-            filed.special = True  # an early return of the scan when usable
-            insort(self._specials, host_id)
-            return
-        self._file_member(host, filed, key)
-
-    def _file_member(self, host: Host, filed: _Filed, key: _ClassKey) -> None:
-        host_id = host.host_id
         cls = self._classes.get(key)
         if cls is None:
             cls = self._classes[key] = _Class(host.platform, host.version, host.features,
                                               host.envs, _Tree(self._capacity))  # fmt: skip
+        insort(cls.everyone, host_id)
+        if not host.last_picked_id or (not len(host.compiled) and not host.jobs):
+            filed.special = True  # an early return of the scan when usable
+            insort(self._specials, host_id)
+            return
+        self._file_member(host, filed, cls)
+
+    def _file_member(self, host: Host, filed: _Filed, cls: _Class) -> None:
+        host_id = host.host_id
         insort(cls.members, host_id)
         if not len(host.compiled):
             filed.state = "statless"  # leads only as the first usable host
@@ -304,11 +306,14 @@ class HostIndex:
         if filed.pick_key is not None:
             _remove_sorted(self._by_pick, filed.pick_key)
             filed.pick_key = None
+        cls = self._classes[key]
+        _remove_sorted(cls.everyone, host_id)
         if filed.special:
             _remove_sorted(self._specials, host_id)
             filed.special = False
+            if not cls.everyone:
+                del self._classes[key]
             return
-        cls = self._classes[key]
         _remove_sorted(cls.members, host_id)
         if filed.state == "queues":
             _remove_sorted(cls.queueing, host_id)
@@ -317,7 +322,7 @@ class HostIndex:
         elif filed.state == "free":
             cls.tree.set(filed.slot, -_INF, _INF)
         filed.state = ""
-        if not cls.members:
+        if not cls.everyone:
             del self._classes[key]
 
     def _new_slot(self, host_id: int) -> int:
@@ -368,6 +373,13 @@ class HostIndex:
             text = (f"job {job.job_id}: the index picked "
                     f"{picked.host_id if picked else None}, the scan "
                     f"{scanned.host_id if scanned else None}")  # fmt: skip
+            raise IndexMismatchError(text)
+
+    def compare_all(self, job: Job, listed: list[Host], scanned: list[Host]) -> None:
+        """Raise :class:`IndexMismatchError` unless both list the same usable hosts (``check``)."""
+        if listed != scanned:
+            text = (f"job {job.job_id}: the index lists {[h.host_id for h in listed]}, "
+                    f"the scan {[h.host_id for h in scanned]}")  # fmt: skip
             raise IndexMismatchError(text)
 
     # --- timers -------------------------------------------------------------------------
@@ -429,11 +441,31 @@ class HostIndex:
         installed: list[_Class] = []
         uninstalled: list[_Class] = []
         for cls in self._classes.values():
-            if self._compatible(cls, fit):
+            if cls.members and self._compatible(cls, fit):
                 (installed if _installed(cls, job) else uninstalled).append(cls)
         if own_usable or installed:
             return self._leader(installed, job, own if own_usable else None)
         return self._leader(uninstalled, job, None)
+
+    def usable_hosts(self, job: Job) -> list[Host] | None:
+        """Return the hosts that can take *job* now in login order, or ``None``: scan.
+
+        Those are the ``ok`` hosts of the classes that fit the job, and the
+        submitter if it can take its own job; a blacklist makes it scan.
+        """
+        self.refresh()
+        state = self.state
+        own = state.hosts[job.submitter]
+        if own.blacklist:
+            return None
+        fit = placement.JobFit(state, job)
+        ids: list[int] = []
+        for cls in self._classes.values():
+            if self._compatible(cls, fit):
+                ids += cls.everyone
+        if fit.usable(own):
+            ids.append(own.host_id)
+        return [state.hosts[host_id] for host_id in sorted(set(ids))]
 
     def _early(
         self, fit: placement.JobFit, own: Host, *, own_usable: bool, stale_before: int

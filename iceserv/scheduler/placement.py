@@ -321,12 +321,17 @@ def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | Non
              if host.matches(job.preferred_host) and eligible_now(state, host, job)),
             None,
         )  # fmt: skip
+    index = state.index
     if not len(state.all_stats):
         # No statistics yet: choose at random, so one broken host cannot
         # starve the cluster of the statistics that would expose it.
-        candidates = [host for host in hosts if eligible_now(state, host, job)]
+        candidates = index.usable_hosts(job) if index is not None else None
+        if candidates is None:
+            candidates = [host for host in hosts if eligible_now(state, host, job)]
+        elif index is not None and index.check:
+            index.compare_all(job, candidates,
+                              [host for host in hosts if eligible_now(state, host, job)])
         return rng.choice(candidates) if candidates else None
-    index = state.index
     if index is None:
         return _pick_fastest(state, job, hosts)
     answered, host = index.pick(job)
