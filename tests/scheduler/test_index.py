@@ -47,7 +47,7 @@ def _index_answer(state: ClusterState, job: Any) -> tuple[bool, Any]:
 
 
 class TestRandomClusters:
-    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(data=st.data())
     def test_same_host_as_the_scan(self, data):
         """Whenever the index answers, it names the very host the scan returns."""
@@ -56,7 +56,7 @@ class TestRandomClusters:
         if answered:
             assert host is placement._pick_fastest(state, job, list(state.hosts.values()))
 
-    @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(data=st.data())
     def test_same_host_in_a_steady_cluster(self, data):
         """In a steady cluster (all rated and recently picked) the index agrees too."""
@@ -272,7 +272,7 @@ class _Farm:
 
 
 class TestEventStreams:
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(logins=st.lists(_LOGIN, min_size=2, max_size=10),
            ops=st.lists(_STREAM_OP, min_size=20, max_size=160))  # fmt: skip
     def test_every_placement_agrees_with_the_scan(self, logins, ops):
