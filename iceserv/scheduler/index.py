@@ -272,8 +272,9 @@ class HostIndex:
         insort(self._by_pick, filed.pick_key)
         cls = self._classes.get(key)
         if cls is None:
-            cls = self._classes[key] = _Class(host.platform, host.version, host.features,
-                                              host.envs, _Tree(self._capacity))  # fmt: skip
+            cls = self._classes[key] = _Class(
+                host.platform, host.version, host.features, host.envs, _Tree(self._capacity)
+            )
         insort(cls.everyone, host_id)
         if not host.last_picked_id or (not len(host.compiled) and not host.jobs):
             filed.special = True  # an early return of the scan when usable
@@ -294,8 +295,9 @@ class HostIndex:
             insort(cls.queueing, host_id)
         else:
             filed.state = "free"
-            cls.tree.set(filed.slot, placement.server_rating(host),
-                         placement.finish_as_server(host))  # fmt: skip
+            cls.tree.set(
+                filed.slot, placement.server_rating(host), placement.finish_as_server(host)
+            )
 
     def _unfile(self, host_id: int, filed: _Filed) -> None:
         self._may_take -= filed.may_take
@@ -349,8 +351,9 @@ class HostIndex:
                 filed = self._filed[host_id]
                 if filed.state == "free":
                     host = self.state.hosts[host_id]
-                    cls.tree.set(filed.slot, placement.server_rating(host),
-                                 placement.finish_as_server(host))  # fmt: skip
+                    cls.tree.set(
+                        filed.slot, placement.server_rating(host), placement.finish_as_server(host)
+                    )
         return bisect_left(ids, new_id)
 
     def _ok(self, host: Host) -> bool:
@@ -370,16 +373,20 @@ class HostIndex:
     def compare(self, job: Job, picked: Host | None, scanned: Host | None) -> None:
         """Raise :class:`IndexMismatchError` unless the index and the scan agree (``check``)."""
         if picked is not scanned:
-            text = (f"job {job.job_id}: the index picked "
-                    f"{picked.host_id if picked else None}, the scan "
-                    f"{scanned.host_id if scanned else None}")  # fmt: skip
+            text = (
+                f"job {job.job_id}: the index picked "
+                f"{picked.host_id if picked else None}, the scan "
+                f"{scanned.host_id if scanned else None}"
+            )
             raise IndexMismatchError(text)
 
     def compare_all(self, job: Job, listed: list[Host], scanned: list[Host]) -> None:
         """Raise :class:`IndexMismatchError` unless both list the same usable hosts (``check``)."""
         if listed != scanned:
-            text = (f"job {job.job_id}: the index lists {[h.host_id for h in listed]}, "
-                    f"the scan {[h.host_id for h in scanned]}")  # fmt: skip
+            text = (
+                f"job {job.job_id}: the index lists {[h.host_id for h in listed]}, "
+                f"the scan {[h.host_id for h in scanned]}"
+            )
             raise IndexMismatchError(text)
 
     # --- timers -------------------------------------------------------------------------
@@ -486,10 +493,14 @@ class HostIndex:
             host = hosts[host_id]
             if fit.usable(host):
                 first = host
-        if own_usable and (first is None or own.host_id < first.host_id) and (
-            not own.last_picked_id
-            or (not len(own.compiled) and not own.jobs)
-            or own.last_picked_id < stale_before
+        if (
+            own_usable
+            and (first is None or own.host_id < first.host_id)
+            and (
+                not own.last_picked_id
+                or (not len(own.compiled) and not own.jobs)
+                or own.last_picked_id < stale_before
+            )
         ):
             first = own
         return first
@@ -519,8 +530,10 @@ class HostIndex:
         """Replay the scan's leader walk over *category* (and the submitter); see the docstring."""
         hosts = self.state.hosts
         own_id = own.host_id if own is not None else -1
-        firsts = [cls.members[0] if cls.members[0] != own_id or len(cls.members) == 1
-                  else cls.members[1] for cls in category]  # fmt: skip
+        firsts = [
+            cls.members[0] if cls.members[0] != own_id or len(cls.members) == 1 else cls.members[1]
+            for cls in category
+        ]
         if own is not None:
             firsts.append(own_id)
         if not firsts:
@@ -530,8 +543,10 @@ class HostIndex:
             return True, first  # an unrated first leader is never beaten
         if any(cls.unrated for cls in category) or (own is not None and not placement.rated(own)):
             return False, None
-        points = sorted({host_id for cls in category for host_id in cls.queueing} | (
-            {own_id} if own is not None else set()))  # fmt: skip
+        points = sorted(
+            {host_id for cls in category for host_id in cls.queueing}
+            | ({own_id} if own is not None else set())
+        )
         walk = _Walk(self, category, job)
         for host_id in points:
             slot = self._filed[host_id].slot
