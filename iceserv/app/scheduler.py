@@ -41,13 +41,13 @@ from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.lifecycle import daemonize
 from iceserv.telnet import TelnetServer, serve_telnet
-from iceserv.web import HttpEndpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
     from iceserv.config import SchedulerSettings
     from iceserv.service import LogSetup, Notifier
+    from iceserv.web import HttpEndpoint
 
 __all__ = ["SchedulerService", "main", "server_settings", "status_text"]
 
@@ -127,6 +127,9 @@ async def _start_http(server: SchedulerServer, settings: SchedulerSettings) -> H
     """Start the opt-in HTTP endpoint (``/metrics``, the web view) when ``http`` is set."""
     if settings.http is None:
         return None
+    # Imported only when asked for: aiohttp and prometheus_client are megabytes of memory.
+    from iceserv.web import HttpEndpoint  # noqa: PLC0415
+
     endpoint = HttpEndpoint(server.control, version=VERSION, clock=server.now)
     try:
         await endpoint.start(settings.http.host, settings.http.port)
