@@ -270,7 +270,7 @@ async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
         "metrics": [],
     }  # fmt: skip
     side = [asyncio.create_task(telnet_loop(telnet_port, stop, latencies))]
-    if target.dbus_address:
+    if target.dbus_address and not args.no_dbus:
         side.append(asyncio.create_task(dbus_loop(target.dbus_address, stop, latencies)))
     if target.http_port:
         side.append(asyncio.create_task(metrics_loop(target.http_port, stop, latencies)))
@@ -364,6 +364,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900.0, help="per scheduler")
     parser.add_argument("--only", choices=("iceserv", "1.4"))
+    parser.add_argument("--no-dbus", action="store_true",
+                        help="leave the D-Bus client out (ours still runs on a private bus)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.jobs -= args.jobs % args.daemons

@@ -309,7 +309,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    raise_fd_limit(4 * max(args.daemons) + 256)
+    raise_fd_limit(3 * max(args.daemons) + 256)  # per daemon: its link, its probe listener, a probe
     start_state = provenance()
     kinds = [k for k in ("ours", "real") if args.only in (None, k)]
     if args.http_scrape:

@@ -41,26 +41,43 @@ from iceserv.netio import DESCRIPTOR_RESERVE, NofileLimit, fit_budget, raise_nof
 from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
-from iceserv.service.dbus import (
-    DEFAULT_SYSTEM_BUS,
-    SCHEDULER_INTERFACE,
-    SCHEDULER_PATH,
-    SchedulerInterface,
-    export_on_bus,
-)
 from iceserv.service.lifecycle import daemonize
 from iceserv.telnet import TelnetServer, serve_telnet
-from iceserv.web import HttpEndpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
     from iceserv.config import SchedulerSettings
     from iceserv.service import LogSetup, Notifier
+    from iceserv.web import HttpEndpoint
 
 __all__ = ["SchedulerService", "fit_budgets", "main", "server_settings", "status_text"]
 
 log = structlog.get_logger()
+
+#: The system bus socket when ``DBUS_SYSTEM_BUS_ADDRESS`` is unset (freedesktop default).
+_SYSTEM_BUS: Final = "unix:path=/run/dbus/system_bus_socket"
+#: Our name on the system bus (``iceserv.service.dbus.SCHEDULER_INTERFACE``).
+_BUS_NAME: Final = "org.icecream.Scheduler1"
+
+
+def _missing_bus(address: str) -> str:
+    """Return why no bus can be at *address* (only ``unix:path=`` sockets that are absent), or "".
+
+    ``iceserv.service.dbus`` and ``dbus_fast`` are imported only when a bus
+    may be there: on a farm scheduler without one they are megabytes of
+    memory and tens of milliseconds of start-up for nothing.
+    """
+    parts = [part for part in address.split(";") if part]
+    paths = [
+        part.removeprefix("unix:path=").split(",")[0]
+        for part in parts
+        if part.startswith("unix:path=")
+    ]
+    if not parts or len(paths) != len(parts) or any(os.path.exists(p) for p in paths):  # noqa: PTH110 - pathlib is not imported here
+        return ""
+    return f"no socket at {', '.join(paths)}"
+
 
 _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
@@ -154,6 +171,9 @@ async def _start_http(server: SchedulerServer, settings: SchedulerSettings) -> H
     """Start the opt-in HTTP endpoint (``/metrics``, the web view) when ``http`` is set."""
     if settings.http is None:
         return None
+    # Imported only when asked for: aiohttp and prometheus_client are megabytes of memory.
+    from iceserv.web import HttpEndpoint  # noqa: PLC0415
+
     endpoint = HttpEndpoint(server.control, version=VERSION, clock=server.now)
     try:
         await endpoint.start(settings.http.host, settings.http.port)
@@ -274,10 +294,28 @@ async def _run(
     service = make_service(server, telnet)
     http = await _start_http(server, service.settings)
     _drop_privileges(service.settings.user)
-    dbus = SchedulerInterface(server.control, version=VERSION)
-    exported = await export_on_bus(bus_address, SCHEDULER_INTERFACE, SCHEDULER_PATH, dbus)
-    if exported is not None:
-        dbus.attach()
+    missing = _missing_bus(bus_address)
+    if missing:
+        log.warning(
+            "dbus_unavailable",
+            name=_BUS_NAME,
+            address=bus_address,
+            reason=missing,
+            consequence="running without D-Bus",
+        )
+        dbus = exported = None
+    else:
+        from iceserv.service.dbus import (  # noqa: PLC0415 - only with a bus (see _missing_bus)
+            SCHEDULER_INTERFACE,
+            SCHEDULER_PATH,
+            SchedulerInterface,
+            export_on_bus,
+        )
+
+        dbus = SchedulerInterface(server.control, version=VERSION)
+        exported = await export_on_bus(bus_address, SCHEDULER_INTERFACE, SCHEDULER_PATH, dbus)
+        if exported is not None:
+            dbus.attach()
     lifecycle = Lifecycle(service, notifier)
     loop = asyncio.get_running_loop()
     lifecycle.install_signal_handlers(loop)
@@ -288,7 +326,8 @@ async def _run(
         lifecycle.remove_signal_handlers(loop)
         if http is not None:
             await http.close()
-        dbus.detach()
+        if dbus is not None:
+            dbus.detach()
         if exported is not None:
             await exported.close()
 
@@ -326,7 +365,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         make_service = functools.partial(
             SchedulerService, settings=settings, logs=logs, argv=args, environ=environ
         )
-        bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
+        bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or _SYSTEM_BUS
         limit = _raise_nofile_limit()
         server_conf, telnet_sessions = fit_budgets(server_conf, settings.max_telnet_sessions, limit)
         telnet_budget = (telnet_sessions, settings.max_telnet_sessions_per_host)

@@ -66,6 +66,8 @@ class ClusterControl:
         self._waiting: dict[int, list[asyncio.Future[str]]] = {}
         self._events = ClusterEvents()
         self._metrics = ClusterMetrics()
+        # list_jobs' views by job id, with the (state, server) they were made for.
+        self._job_views: dict[int, tuple[object, int | None, JobView]] = {}
 
     # --- numbers ----------------------------------------------------------------------
 
@@ -148,9 +150,25 @@ class ClusterControl:
         return views
 
     def list_jobs(self) -> list[JobView]:
-        """Return every known job ordered by id."""
+        """Return every known job ordered by id.
+
+        A view is made again only for a job whose state or server changed since
+        the last call (its other fields never change), so that listing 20,000
+        queued jobs does not rebuild 20,000 views on the event loop each time.
+        """
         jobs = self._shell.core.state.jobs
-        return [self._job_view(jobs[job_id]) for job_id in sorted(jobs)]
+        old = self._job_views
+        new: dict[int, tuple[object, int | None, JobView]] = {}
+        views = []
+        for job_id in sorted(jobs):
+            job = jobs[job_id]
+            hit = old.get(job_id)
+            if hit is None or hit[0] is not job.state or hit[1] != job.server:
+                hit = (job.state, job.server, self._job_view(job))
+            new[job_id] = hit
+            views.append(hit[2])
+        self._job_views = new
+        return views
 
     def blocked(self) -> list[str]:
         """Return the block list in the order names were added."""

@@ -159,6 +159,7 @@ def on_job_done(state: ClusterState, host: Host, done: JobDone) -> list[Effect]:
             # it was to install never happened (or was abandoned), so nothing is installing.
             server.busy_installing_since = None
             server.installing_for = None
+        state.touch(server)
     if job.state is JobState.PEND:
         state.queue.discard(job)
     placement.record_job_stats(
@@ -213,6 +214,7 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
     job.server = host.host_id
     host.jobs.append(job.job_id)
     host.last_picked_id = job.job_id
+    state.touch(host)
     if not assignment.got_env:
         host.busy_installing_since = now  # cleared by its re-LOGIN after the install
         host.installing_for = job.job_id  # ... or by the end of this job, if it never came
@@ -240,7 +242,7 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
 
 def remove_host(state: ClusterState, host: Host) -> list[Effect]:
     """Drop *host*: abort its jobs, forget blacklists naming it, close its connection."""
-    del state.hosts[host.host_id]
+    state.drop_host(host)
     effects: list[Effect] = [ToMonitors(MonStats(host.host_id, OFFLINE))]
     for job in state.queue.drop_submitter(host.host_id):
         effects.append(ToMonitors(MonJobDone(job.job_id, _ABORTED_EXITCODE)))
@@ -254,6 +256,7 @@ def remove_host(state: ClusterState, host: Host) -> list[Effect]:
             server.jobs.remove(job.job_id)
             server.busy_installing_since = None  # as 1.4: it may have been installing for it
             server.installing_for = None
+            state.touch(server)
         if job.state is JobState.PEND:
             state.queue.discard(job)
         state.forget_job(job)
