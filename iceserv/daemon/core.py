@@ -584,6 +584,10 @@ class DaemonCore:
                 ),
                 now,
             )
+        if msg.hostname == "127.0.0.1":
+            # Another daemon on this host (under a 1.4 scheduler on the same machine): clients
+            # read 127.0.0.1 as "compile it yourself", so name it in a way they connect to.
+            msg = replace(msg, hostname="localhost")
         client.state = State.WAIT_COMPILE
         return [
             Send(client.conn_id, msg),

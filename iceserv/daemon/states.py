@@ -3,7 +3,7 @@
 This module owns the client state machine's vocabulary, the read time-out
 of each state and 1.4's rule (upstream ``daemon/main.cpp``,
 ``Daemon::handle_end``) for what the scheduler is told when a client goes
-away in each state.  :mod:`iceserv.daemon.session` drives the machine; this
+away in each state.  :mod:`iceserv.daemon.core` drives the machine; this
 module does no I/O and does not log.
 
 Theory of operation

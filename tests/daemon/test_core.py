@@ -283,6 +283,15 @@ class TestLocalClients:
         assert _sent(effects, 1) == [use]
         assert core.state_of(1) is State.WAIT_COMPILE
 
+    def test_use_cs_for_another_daemon_on_this_host_names_localhost(self):
+        """USE_CS 127.0.0.1 with another port (a daemon beside us): forwarded as localhost."""
+        core = _core()
+        _drive(core, State.WAIT_FOR_CS)
+        use = UseCS(job_id=4, hostname="127.0.0.1", port=PORT + 1, client_id=1)
+        (sent,) = _sent(core.handle(FromScheduler(use), T0), 1)
+        assert (sent.hostname, sent.port) == ("localhost", PORT + 1)
+        assert core.state_of(1) is State.WAIT_COMPILE
+
     @pytest.mark.parametrize(
         "answer",
         [
