@@ -511,6 +511,11 @@ class DaemonCore:
                 ),
                 now,
             )
+        if msg.hostname == "127.0.0.1":
+            # Another daemon on this host (a 1.4 scheduler here sees every daemon at
+            # 127.0.0.1): clients read that address as "compile it yourself", so name
+            # the same address in a way they connect to (issue 13).
+            msg = replace(msg, hostname="localhost")
         client.state = State.WAIT_COMPILE
         return [
             Send(client.conn_id, msg),

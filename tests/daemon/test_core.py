@@ -266,6 +266,20 @@ class TestLocalClients:
         assert _sent(effects, 1) == [use]
         assert core.state_of(1) is State.WAIT_COMPILE
 
+    def test_use_cs_for_another_daemon_at_loopback_names_localhost(self):
+        """A 1.4 scheduler on this host names another daemon 127.0.0.1: forwarded as localhost.
+
+        Clients read 127.0.0.1 as "compile it yourself" (issue 13, one-host clusters).
+        """
+        core = _core()
+        _drive(core, State.WAIT_FOR_CS)
+        use = UseCS(job_id=4, hostname="127.0.0.1", port=PORT + 1, client_id=1)
+        effects = core.handle(FromScheduler(use), T0)
+        assert _sent(effects, 1) == [
+            UseCS(job_id=4, hostname="localhost", port=PORT + 1, client_id=1)
+        ]
+        assert core.state_of(1) is State.WAIT_COMPILE
+
     @pytest.mark.parametrize(
         "answer",
         [
