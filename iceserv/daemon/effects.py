@@ -26,6 +26,7 @@ from iceserv.protocol import CompileFile, Message  # noqa: TC001 - dataclass fie
 
 __all__ = [
     "LINK_TIMER",
+    "WAKE_TIMER",
     "AbortUnpack",
     "AnnounceLogin",
     "AnswerInternals",
@@ -54,6 +55,7 @@ __all__ = [
     "NativeEnvBuilt",
     "Received",
     "ReleaseEnv",
+    "SchedulerConnecting",
     "SchedulerDown",
     "SchedulerUp",
     "Send",
@@ -67,10 +69,13 @@ __all__ = [
     "UnpackFailed",
     "Unpacked",
     "VerifyEnvironment",
+    "WakeScheduler",
 ]
 
 #: The timer key of the scheduler link (client timers use their connection id, >= 1).
 LINK_TIMER = 0
+#: The timer key of the wake datagrams to the scheduler being connected to.
+WAKE_TIMER = -1
 
 
 # --- connections -----------------------------------------------------------------------
@@ -207,6 +212,18 @@ class CompileFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulerConnecting:
+    """The link is about to connect to the scheduler at *host*:*port* (numeric address).
+
+    Whether it was named (``-s``) or discovered; the core answers with
+    ``WakeScheduler`` datagrams to it (1.4's scheduler accepts late without them).
+    """
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerUp:
     """The scheduler handshake completed; *own_ip* is our address on that connection."""
 
@@ -251,6 +268,7 @@ Event = (
     | Unpacked
     | EnvVerified
     | CompileFinished
+    | SchedulerConnecting
     | SchedulerUp
     | SchedulerDown
     | FromScheduler
@@ -311,6 +329,14 @@ class SendStats:
     """Sample ``/proc`` and send STATS if the load changed enough, or always if *force*."""
 
     force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WakeScheduler:
+    """Send one discovery datagram to the scheduler at *host*:*port* (its answer is ignored)."""
+
+    host: str
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +475,7 @@ Effect = (
     | AnnounceLogin
     | DropScheduler
     | SendStats
+    | WakeScheduler
     | AnswerInternals
     | ArmTimer
     | StartCompile

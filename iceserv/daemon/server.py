@@ -56,6 +56,7 @@ from iceserv.daemon.effects import (
     NativeEnvBuilt,
     Received,
     ReleaseEnv,
+    SchedulerConnecting,
     SchedulerDown,
     SchedulerUp,
     Send,
@@ -69,6 +70,7 @@ from iceserv.daemon.effects import (
     Unpacked,
     UnpackFailed,
     VerifyEnvironment,
+    WakeScheduler,
 )
 from iceserv.daemon.env_transfer import Installer
 from iceserv.daemon.environments import EnvInstallError, EnvironmentCache
@@ -189,6 +191,7 @@ class Daemon:
             AnnounceLogin: self._announce,
             DropScheduler: self._drop_scheduler,
             SendStats: self._send_stats,
+            WakeScheduler: self._wake_scheduler,
             AnswerInternals: self._answer_internals,
             ArmTimer: self._arm,
             StartCompile: self._start_compile,
@@ -667,10 +670,15 @@ class Daemon:
     def _drop_scheduler(self, effect: DropScheduler) -> None:
         self.link.drop(effect.reason)
 
+    def _wake_scheduler(self, effect: WakeScheduler) -> None:
+        self.link.wake(effect.host, effect.port)
+
     def _answer_internals(self, effect: AnswerInternals) -> None:
         self.link.send(StatusText(self.internals(effect.clients)))
 
-    async def scheduler_event(self, event: SchedulerUp | SchedulerDown | FromScheduler) -> None:
+    async def scheduler_event(
+        self, event: SchedulerConnecting | SchedulerUp | SchedulerDown | FromScheduler
+    ) -> None:
         """Feed what the link reports to the core (the link's ``LinkOwner``)."""
         if isinstance(event, SchedulerUp):
             self.tracker.reset()  # logged in: the first STATS goes out whatever the load
