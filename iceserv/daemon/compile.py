@@ -72,7 +72,7 @@ OOM_TEXTS: Final = (
     "out of memory",
     "annot allocate memory",
     "failed to map segment from shared object",
-    "Assertion `NewElts && \"Out of memory\"' failed",
+    'Assertion `NewElts && "Out of memory"\' failed',
     "terminate called after throwing an instance of 'std::bad_alloc'",
     "llvm::MallocSlabAllocator::Allocate",
 )
@@ -431,4 +431,3 @@ def _chown_below(path: Path, run_as: RunAs) -> None:
         return
     for dirpath, _, _ in os.walk(path):
         os.lchown(dirpath, run_as.uid, run_as.gid)
-

@@ -90,6 +90,14 @@ least every ``scheduler_idle`` seconds: a quiet scheduler is normal, never a
 reason to drop the link (TCP keepalive and that write find a dead peer).
 Losing the scheduler ends every client but running compiles (116), as 1.4.
 
+Waking the scheduler (:data:`WAKE_TIMER`): from ``SchedulerConnecting``
+(named or discovered) a ``WakeScheduler`` datagram goes to it every second
+until 2 s after ``SchedulerUp`` (or at once to ``SchedulerDown``).  1.4's
+scheduler polls its listening socket again only when its loop wakes a second
+or more after its last accept (scheduler.cpp, main loop's ``next_listen``):
+our own connect may be parked behind another daemon's accept, and another
+daemon's connect behind ours, each for up to ~35 s, unless something wakes it.
+
 The module is longer than the house's 800 lines on purpose: the brief is
 one object from which a reader can name what the daemon does with each
 message in each state, so the table, the handlers and the end rules stay
@@ -109,6 +117,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from iceserv.daemon.effects import (
     LINK_TIMER,
+    WAKE_TIMER,
     AbortUnpack,
     AnnounceLogin,
     AnswerInternals,
@@ -138,6 +147,7 @@ from iceserv.daemon.effects import (
     Received,
     ReleaseEnv,
     ResumeReading,
+    SchedulerConnecting,
     SchedulerDown,
     SchedulerUp,
     Send,
@@ -151,6 +161,7 @@ from iceserv.daemon.effects import (
     Unpacked,
     UnpackFailed,
     VerifyEnvironment,
+    WakeScheduler,
 )
 from iceserv.daemon.environments import EnvInstallError, check_name
 from iceserv.daemon.slots import Slots, SourceBuffer, SourceTooLargeError, Work
@@ -212,6 +223,9 @@ _MAX_PONG: Final = 60.0
 _DEFAULT_PONG: Final = 3.0
 #: Requests a client sends only to the daemon on its own host.
 _LOCAL_ONLY: Final = (GetNativeEnv, JobLocalBegin, GetCS)
+#: Wake datagrams to a scheduler being connected to: every second, until 2 s after the login.
+_WAKE_INTERVAL: Final = 1.0
+_WAKE_AFTER_LOGIN: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +292,9 @@ class DaemonCore:
         self.own_ip = ""
         self.pong = _DEFAULT_PONG
         self._next_forced = 0.0
+        #: The scheduler being woken, and until when (None: until the handshake + 2 s).
+        self._waking: tuple[str, int] | None = None
+        self._wake_until: float | None = None
         self._clients: dict[int, _Client] = {}
         self._install_queue: collections.deque[int] = collections.deque()
         self._flow_dirty = False  # a queued job's buffer changed: check pauses
@@ -291,6 +308,7 @@ class DaemonCore:
             Unpacked: self._on_unpacked,
             EnvVerified: self._on_verified,
             CompileFinished: self._on_compile_finished,
+            SchedulerConnecting: self._on_scheduler_connecting,
             SchedulerUp: self._on_scheduler_up,
             SchedulerDown: self._on_scheduler_down,
             FromScheduler: self._on_from_scheduler,
@@ -463,6 +481,8 @@ class DaemonCore:
     def _on_timer(self, event: TimerExpired, now: float) -> list[Effect]:
         if event.key == LINK_TIMER:
             return self._link_tick(now)
+        if event.key == WAKE_TIMER:
+            return self._wake_tick(now)
         client = self._clients.get(event.key)
         if client is None or client.gone:
             return []
@@ -585,8 +605,9 @@ class DaemonCore:
                 now,
             )
         if msg.hostname == "127.0.0.1":
-            # Another daemon on this host (under a 1.4 scheduler on the same machine): clients
-            # read 127.0.0.1 as "compile it yourself", so name it in a way they connect to.
+            # Another daemon on this host (a 1.4 scheduler here sees every daemon at
+            # 127.0.0.1): clients read that address as "compile it yourself", so name
+            # the same address in a way they connect to (issue 13).
             msg = replace(msg, hostname="localhost")
         client.state = State.WAIT_COMPILE
         return [
@@ -1061,7 +1082,24 @@ class DaemonCore:
     def _to_scheduler(self, msg: Message) -> list[Effect]:
         return [ToScheduler(msg)] if self.scheduler_up else []
 
+    def _on_scheduler_connecting(self, event: SchedulerConnecting, now: float) -> list[Effect]:
+        self._waking = (event.host, event.port)
+        self._wake_until = None
+        return self._wake_tick(now)
+
+    def _wake_tick(self, now: float) -> list[Effect]:
+        """One datagram to the scheduler being connected to, and the next in a second."""
+        if self._waking is None:
+            return []
+        if self._wake_until is not None and now > self._wake_until:
+            self._waking = None
+            return []
+        host, port = self._waking
+        return [WakeScheduler(host, port), ArmTimer(WAKE_TIMER, now + _WAKE_INTERVAL)]
+
     def _on_scheduler_up(self, event: SchedulerUp, now: float) -> list[Effect]:
+        if self._waking is not None:
+            self._wake_until = now + _WAKE_AFTER_LOGIN
         self.scheduler_up = True
         self.scheduler_protocol = event.protocol
         self.own_ip = event.own_ip
@@ -1070,6 +1108,7 @@ class DaemonCore:
         return [AnnounceLogin(reannounce=False), ArmTimer(LINK_TIMER, now + self.pong)]
 
     def _on_scheduler_down(self, _: SchedulerDown, now: float) -> list[Effect]:
+        self._waking = None  # the next connect starts its own
         if not self.scheduler_up:
             return []
         self.scheduler_up = False

@@ -26,6 +26,7 @@ from iceserv.protocol import CompileFile, Message  # noqa: TC001 - dataclass fie
 
 __all__ = [
     "LINK_TIMER",
+    "WAKE_TIMER",
     "AbortUnpack",
     "AnnounceLogin",
     "AnswerInternals",
@@ -56,6 +57,7 @@ __all__ = [
     "Received",
     "ReleaseEnv",
     "ResumeReading",
+    "SchedulerConnecting",
     "SchedulerDown",
     "SchedulerUp",
     "Send",
@@ -69,10 +71,13 @@ __all__ = [
     "UnpackFailed",
     "Unpacked",
     "VerifyEnvironment",
+    "WakeScheduler",
 ]
 
 #: The timer key of the scheduler link (client timers use their connection id, >= 1).
 LINK_TIMER = 0
+#: The timer key of the wake datagrams to the scheduler being connected to.
+WAKE_TIMER = -1
 
 
 # --- connections -----------------------------------------------------------------------
@@ -209,6 +214,18 @@ class CompileFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulerConnecting:
+    """The link is about to connect to the scheduler at *host*:*port* (numeric address).
+
+    Whether it was named (``-s``) or discovered; the core answers with
+    ``WakeScheduler`` datagrams to it (1.4's scheduler accepts late without them).
+    """
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerUp:
     """The scheduler handshake completed; *own_ip* is our address on that connection."""
 
@@ -253,6 +270,7 @@ Event = (
     | Unpacked
     | EnvVerified
     | CompileFinished
+    | SchedulerConnecting
     | SchedulerUp
     | SchedulerDown
     | FromScheduler
@@ -327,6 +345,14 @@ class SendStats:
     """Sample ``/proc`` and send STATS if the load changed enough, or always if *force*."""
 
     force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WakeScheduler:
+    """Send one discovery datagram to the scheduler at *host*:*port* (its answer is ignored)."""
+
+    host: str
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +493,7 @@ Effect = (
     | AnnounceLogin
     | DropScheduler
     | SendStats
+    | WakeScheduler
     | AnswerInternals
     | ArmTimer
     | StartCompile

@@ -66,9 +66,7 @@ class JobStarter:
     ) -> None:
         """*command* starts the server (its socket's fd is appended); default: the job helper."""
         self._answer_timeout = answer_timeout
-        self._command = (
-            tuple(command) if command else (sys.executable, "-I", "-S", str(_JOBEXEC))
-        )
+        self._command = tuple(command) if command else (sys.executable, "-I", "-S", str(_JOBEXEC))
         self._env = dict(env) if env is not None else {"PATH": "/usr/bin:/bin"}
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None  # per loop
         self._proc: subprocess.Popen[bytes] | None = None

@@ -1,13 +1,13 @@
 """The I/O of the daemon's one connection to the scheduler: discovery, connect, read, send.
 
 This module owns finding the scheduler (UDP broadcast on the given
-addresses, or a fixed ``-s host[:port]``, which is woken with discovery
-datagrams as 1.4's daemon does), the TCP connection with 1.4's keepalive
+addresses, or a fixed ``-s host[:port]``), sending the wake datagrams the
+core asks for (:meth:`SchedulerLink.wake`), the TCP connection with 1.4's keepalive
 options, its handshake, and reading and writing messages.  What the link's
 state means (LOGIN, STATS every ``max_scheduler_pong`` seconds, what to do
 with USE_CS, NO_CS, CS_CONF, GET_INTERNALS, PING, the loss of the link) is
 the core's (:mod:`iceserv.daemon.core`): the link reports ``SchedulerUp``,
-``FromScheduler`` and ``SchedulerDown`` to its owner (the shell,
+``SchedulerConnecting``, ``FromScheduler`` and ``SchedulerDown`` to its owner (the shell,
 :mod:`iceserv.daemon.server`), which feeds them to the core.
 
 Theory of operation
@@ -22,9 +22,11 @@ Theory of operation
 In DISCOVERING one request byte goes to every broadcast address and the
 replies of the next ``discovery_wait`` seconds are judged with
 :func:`~iceserv.protocol.discovery.choose_scheduler`; without a suitable one
-the round repeats.  With ``-s`` a discovery datagram goes to the scheduler
-every second until its handshake arrives (1.4's scheduler may not accept
-otherwise, reference 7.9).  Connecting and the handshake are bounded; once
+the round repeats.  Before connecting, the scheduler's address is resolved
+and reported (``SchedulerConnecting``): the core then has a discovery
+datagram sent to it every second until shortly after the handshake, named
+or discovered (1.4's scheduler may not accept otherwise, reference 7.9).
+Connecting and the handshake are bounded; once
 logged in the link reads without a time-out (a quiet scheduler is normal),
 and a dead peer is found by TCP keepalive and by the STATS the core sends.
 Losing the connection tells the owner and waits before starting over.
@@ -42,7 +44,12 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 
-from iceserv.daemon.effects import FromScheduler, SchedulerDown, SchedulerUp
+from iceserv.daemon.effects import (
+    FromScheduler,
+    SchedulerConnecting,
+    SchedulerDown,
+    SchedulerUp,
+)
 from iceserv.errors import ProtocolError, RemoteProtocolError
 from iceserv.protocol import (
     NEED_DATA,
@@ -77,7 +84,6 @@ __all__ = [
 log = structlog.get_logger()
 
 _READ_SIZE: Final = 65536
-_WAKE_INTERVAL: Final = 1.0
 
 
 class LinkState(enum.Enum):
@@ -93,8 +99,10 @@ class LinkState(enum.Enum):
 class LinkOwner(Protocol):
     """What the link needs from the daemon: somewhere to report what happens."""
 
-    async def scheduler_event(self, event: SchedulerUp | SchedulerDown | FromScheduler) -> None:
-        """Handle the login, the loss of the link, or a message from the scheduler."""
+    async def scheduler_event(
+        self, event: SchedulerConnecting | SchedulerUp | SchedulerDown | FromScheduler
+    ) -> None:
+        """Handle the connect, the login, the loss of the link, or a message from the scheduler."""
         ...
 
 
@@ -146,7 +154,7 @@ class SchedulerLink:
         self.protocol = 0
         self._conn: Connection | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._waking: asyncio.Task[None] | None = None
+        self._wake_socks: dict[socket.AddressFamily, socket.socket] = {}
 
     @property
     def connected(self) -> bool:
@@ -206,6 +214,9 @@ class SchedulerLink:
         finally:
             self.state = LinkState.STOPPED
             self._close()
+            for sock in self._wake_socks.values():
+                sock.close()
+            self._wake_socks.clear()
 
     async def _find(self) -> tuple[str, int] | None:
         if self.settings.scheduler is not None:
@@ -216,35 +227,6 @@ class SchedulerLink:
             if found is not None:
                 return found
         return None
-
-    async def _wake(self, target: tuple[str, int]) -> None:
-        """Send discovery datagrams to a fixed scheduler until cancelled (handshake done).
-
-        A real iceccd sends one with ``-s`` too (1.4's scheduler logs
-        ``broadcast from <ip>``), and 1.4's scheduler needs it: after an
-        accept its main loop stops polling the listening sockets for at least
-        a second and re-arms them only when something else wakes it
-        (reference 7.9), so a plain TCP connect can wait 20-35 s.  One
-        datagram that arrives within that second is not enough, hence one
-        every :data:`_WAKE_INTERVAL` while we wait.  The answers do not matter.
-        """
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                infos = await loop.getaddrinfo(*target, type=socket.SOCK_DGRAM)
-            family, kind, proto, _, address = infos[0]
-            with socket.socket(family, kind, proto) as sock:
-                sock.setblocking(False)  # noqa: FBT003 - socket API
-                while True:
-                    with contextlib.suppress(OSError):  # e.g. ICMP unreachable from the last one
-                        await loop.sock_sendto(sock, encode_request(), address)
-                    await asyncio.sleep(_WAKE_INTERVAL)
-        except (OSError, TimeoutError, IndexError) as exc:
-            log.info(
-                "scheduler_wake_failed",
-                address=f"{target[0]}:{target[1]}",
-                error=str(exc) or type(exc).__name__,
-            )
 
     async def _discover_once(self) -> tuple[str, int] | None:
         loop = asyncio.get_running_loop()
@@ -271,21 +253,43 @@ class SchedulerLink:
             return None
         return chosen[0]
 
+    def wake(self, host: str, port: int) -> None:
+        """Send one discovery datagram to the scheduler at *host*:*port* (a numeric address).
+
+        A real iceccd sends them to the scheduler it connects to (1.4's
+        scheduler logs ``broadcast from <ip>``), and 1.4's scheduler needs
+        them: after an accept its main loop polls the listening sockets again
+        only once it wakes a second later (reference 7.9).  The answers are
+        read and ignored; errors (an ICMP unreachable from the last one) too.
+        """
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = self._wake_socks.get(family)
+            if sock is None:
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                sock.setblocking(False)  # noqa: FBT003 - socket API
+                self._wake_socks[family] = sock
+            with contextlib.suppress(OSError):  # drop the answers to the earlier ones
+                while sock.recv(1024):
+                    pass
+            sock.sendto(encode_request(), (host, port))
+        except OSError as exc:
+            log.debug("scheduler_wake_failed", address=f"{host}:{port}", error=str(exc))
+
     async def _session(self, target: tuple[str, int]) -> None:
         self.state = LinkState.CONNECTING
-        if self.settings.scheduler is not None:  # discovery already woke it
-            self._waking = asyncio.create_task(self._wake(target))
+        loop = asyncio.get_running_loop()
         try:
-            await self._connected_session(target)
-        finally:
-            self._stop_waking()
-
-    def _stop_waking(self) -> None:
-        if self._waking is not None:
-            self._waking.cancel()
-            self._waking = None
-
-    async def _connected_session(self, target: tuple[str, int]) -> None:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                infos = await loop.getaddrinfo(*target, type=socket.SOCK_DGRAM)
+            address = infos[0][4]
+            await self._owner.scheduler_event(SchedulerConnecting(str(address[0]), int(address[1])))
+        except (OSError, TimeoutError, IndexError) as exc:
+            log.info(
+                "scheduler_wake_failed",
+                address=f"{target[0]}:{target[1]}",
+                error=str(exc) or type(exc).__name__,
+            )
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 reader, writer = await asyncio.open_connection(*target, limit=_READ_SIZE)
@@ -307,7 +311,6 @@ class SchedulerLink:
                 event = await self._next(reader)
             if not isinstance(event, Handshake):
                 return
-            self._stop_waking()
             self.protocol = event.protocol
             self.state = LinkState.LOGGED_IN
             log.info(

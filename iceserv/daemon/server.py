@@ -73,6 +73,7 @@ from iceserv.daemon.effects import (
     Received,
     ReleaseEnv,
     ResumeReading,
+    SchedulerConnecting,
     SchedulerDown,
     SchedulerUp,
     Send,
@@ -86,6 +87,7 @@ from iceserv.daemon.effects import (
     Unpacked,
     UnpackFailed,
     VerifyEnvironment,
+    WakeScheduler,
 )
 from iceserv.daemon.env_transfer import Installer, unpack_server
 from iceserv.daemon.environments import EnvInstallError, EnvironmentCache
@@ -236,6 +238,7 @@ class Daemon:
             AnnounceLogin: self._announce,
             DropScheduler: self._drop_scheduler,
             SendStats: self._send_stats,
+            WakeScheduler: self._wake_scheduler,
             AnswerInternals: self._answer_internals,
             ArmTimer: self._arm,
             StartCompile: self._start_compile,
@@ -808,10 +811,15 @@ class Daemon:
     def _drop_scheduler(self, effect: DropScheduler) -> None:
         self.link.drop(effect.reason)
 
+    def _wake_scheduler(self, effect: WakeScheduler) -> None:
+        self.link.wake(effect.host, effect.port)
+
     def _answer_internals(self, effect: AnswerInternals) -> None:
         self.link.send(StatusText(self.internals(effect.clients)))
 
-    async def scheduler_event(self, event: SchedulerUp | SchedulerDown | FromScheduler) -> None:
+    async def scheduler_event(
+        self, event: SchedulerConnecting | SchedulerUp | SchedulerDown | FromScheduler
+    ) -> None:
         """Feed what the link reports to the core (the link's ``LinkOwner``)."""
         if isinstance(event, SchedulerUp):
             self.tracker.reset()  # logged in: the first STATS goes out whatever the load

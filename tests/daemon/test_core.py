@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from iceserv.daemon.core import DaemonCore
 from iceserv.daemon.effects import (
     LINK_TIMER,
+    WAKE_TIMER,
     AbortUnpack,
     AnnounceLogin,
     AnswerInternals,
@@ -48,6 +49,7 @@ from iceserv.daemon.effects import (
     Received,
     ReleaseEnv,
     ResumeReading,
+    SchedulerConnecting,
     SchedulerDown,
     SchedulerUp,
     Send,
@@ -61,6 +63,7 @@ from iceserv.daemon.effects import (
     Unpacked,
     UnpackFailed,
     VerifyEnvironment,
+    WakeScheduler,
 )
 from iceserv.daemon.settings import ServerSettings
 from iceserv.daemon.states import (
@@ -283,13 +286,18 @@ class TestLocalClients:
         assert _sent(effects, 1) == [use]
         assert core.state_of(1) is State.WAIT_COMPILE
 
-    def test_use_cs_for_another_daemon_on_this_host_names_localhost(self):
-        """USE_CS 127.0.0.1 with another port (a daemon beside us): forwarded as localhost."""
+    def test_use_cs_for_another_daemon_at_loopback_names_localhost(self):
+        """A 1.4 scheduler on this host names another daemon 127.0.0.1: forwarded as localhost.
+
+        Clients read 127.0.0.1 as "compile it yourself" (issue 13, one-host clusters).
+        """
         core = _core()
         _drive(core, State.WAIT_FOR_CS)
         use = UseCS(job_id=4, hostname="127.0.0.1", port=PORT + 1, client_id=1)
-        (sent,) = _sent(core.handle(FromScheduler(use), T0), 1)
-        assert (sent.hostname, sent.port) == ("localhost", PORT + 1)
+        effects = core.handle(FromScheduler(use), T0)
+        assert _sent(effects, 1) == [
+            UseCS(job_id=4, hostname="localhost", port=PORT + 1, client_id=1)
+        ]
         assert core.state_of(1) is State.WAIT_COMPILE
 
     @pytest.mark.parametrize(
@@ -910,6 +918,73 @@ class TestTransferQueue:
         assert AnnounceLogin(reannounce=True) in effects
         effects = core.handle(Unpacked(TRANSFERS[0], 10, 10), T0)
         assert not _of(effects, StartUnpack)
+class TestWakingTheScheduler:
+    """Wake datagrams from the connect until 2 s after the handshake (1.4's delayed accept)."""
+
+    SCHED = ("10.0.0.1", 8765)
+
+    @staticmethod
+    def _run(core, effects, until):
+        """Follow the wake timer up to *until*: the times at which a datagram went out."""
+        sent = [T0] if WakeScheduler(*TestWakingTheScheduler.SCHED) in effects else []
+        arms = [e for e in effects if isinstance(e, ArmTimer) and e.key == WAKE_TIMER]
+        while arms and arms[-1].deadline <= until:
+            now = arms[-1].deadline
+            effects = core.handle(TimerExpired(WAKE_TIMER), now)
+            sent += [now] * len(_of(effects, WakeScheduler))
+            arms = [e for e in effects if isinstance(e, ArmTimer) and e.key == WAKE_TIMER]
+        return sent, arms
+
+    def test_one_a_second_until_two_seconds_after_the_handshake(self):
+        """Connect at T0, handshake at T0 + 4.5: datagrams at T0 .. T0 + 6, then none."""
+        core = _core(scheduler=False)
+        effects = core.handle(SchedulerConnecting(*self.SCHED), T0)
+        assert effects == [WakeScheduler(*self.SCHED), ArmTimer(WAKE_TIMER, T0 + 1)]
+        sent, _ = self._run(core, effects, T0 + 4.5)
+        assert sent == [T0, T0 + 1, T0 + 2, T0 + 3, T0 + 4]
+        up = core.handle(SchedulerUp(OWN_IP, 43), T0 + 4.5)
+        assert not _of(up, WakeScheduler)  # the timer goes on as armed
+        more = core.handle(TimerExpired(WAKE_TIMER), T0 + 5)
+        assert more == [WakeScheduler(*self.SCHED), ArmTimer(WAKE_TIMER, T0 + 6)]
+        last = core.handle(TimerExpired(WAKE_TIMER), T0 + 6)
+        assert last == [WakeScheduler(*self.SCHED), ArmTimer(WAKE_TIMER, T0 + 7)]
+        assert core.handle(TimerExpired(WAKE_TIMER), T0 + 7) == []
+        assert core.handle(TimerExpired(WAKE_TIMER), T0 + 8) == []
+
+    def test_a_wake_lands_a_second_after_our_accept(self):
+        """Whenever the handshake comes, a datagram follows it by >= 1 s (re-arms the accept)."""
+        for offset in (0.0, 0.01, 0.5, 0.99, 1.0, 2.3):
+            core = _core(scheduler=False)
+            effects = core.handle(SchedulerConnecting(*self.SCHED), T0)
+            _, arms = self._run(core, effects, T0 + offset)
+            core.handle(SchedulerUp(OWN_IP, 43), T0 + offset)
+            after, _ = self._run(core, arms, T0 + 100)
+            assert after, offset
+            assert max(after) >= T0 + offset + 1.0
+            assert max(after) <= T0 + offset + 2.0
+
+    def test_loss_before_the_handshake_stops_it(self):
+        """A failed connect or handshake: no more datagrams until the next connect."""
+        core = _core(scheduler=False)
+        core.handle(SchedulerConnecting(*self.SCHED), T0)
+        assert core.handle(SchedulerDown(), T0 + 0.5) == []
+        assert core.handle(TimerExpired(WAKE_TIMER), T0 + 1) == []
+        again = core.handle(SchedulerConnecting("10.0.0.2", 8766), T0 + 30)
+        assert again == [WakeScheduler("10.0.0.2", 8766), ArmTimer(WAKE_TIMER, T0 + 31)]
+
+    def test_loss_after_the_handshake_stops_it(self):
+        """Logged in and lost within the 2 s: nothing more goes to the old scheduler."""
+        core = _core(scheduler=False)
+        core.handle(SchedulerConnecting(*self.SCHED), T0)
+        core.handle(SchedulerUp(OWN_IP, 43), T0 + 0.2)
+        core.handle(SchedulerDown(), T0 + 0.7)
+        assert core.handle(TimerExpired(WAKE_TIMER), T0 + 1) == []
+
+    def test_no_wake_without_a_connect(self):
+        """A login the link did not announce (nothing to wake) sends none; a stray timer neither."""
+        core = _core(scheduler=False)
+        assert not _of(core.handle(SchedulerUp(OWN_IP, 43), T0), WakeScheduler)
+        assert core.handle(TimerExpired(WAKE_TIMER), T0 + 1) == []
 
 
 # --- random interleavings -----------------------------------------------------------------
