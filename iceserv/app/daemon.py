@@ -165,8 +165,9 @@ def fit_budgets(server: ServerSettings, limit: NofileLimit) -> ServerSettings:
     local = fit_budget(server.max_local_clients, limit.soft // 4, 0)
     tcp = fit_budget(server.max_clients, limit.soft - local - jobs, reserve)
     if (tcp, local) != (server.max_clients, server.max_local_clients):
-        log.warning("connection_budget_lowered", nofile=limit.soft,
-                    max_clients=tcp, max_local_clients=local)  # fmt: skip
+        log.warning(
+            "connection_budget_lowered", nofile=limit.soft, max_clients=tcp, max_local_clients=local
+        )
     return dataclasses.replace(
         server,
         max_clients=tcp,
