@@ -3,7 +3,8 @@
 This module owns the scheduler program: it loads :class:`~iceserv.config.SchedulerSettings`
 (1.4's flags, conf.d, TOML, environment), sets up logging, starts
 :class:`~iceserv.scheduler.SchedulerServer` and the telnet interface on
-port + 1 with ``server.control``, and returns an exit code.  It holds no
+port + 1 with ``server.control``, the opt-in HTTP endpoint (:mod:`iceserv.web`)
+when ``http`` is set, and returns an exit code.  It holds no
 scheduling logic.
 
 Service integration: ``sd_notify`` through :mod:`iceserv.service.notify`
@@ -47,6 +48,7 @@ from iceserv.service.dbus import (
 )
 from iceserv.service.lifecycle import daemonize
 from iceserv.telnet import TelnetServer, serve_telnet
+from iceserv.web import HttpEndpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -62,7 +64,7 @@ _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
 #: Settings a reload cannot change while the sockets stay open.
-_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize")
+_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize", "http")
 
 
 def server_settings(
@@ -102,6 +104,20 @@ async def _start_telnet(server: SchedulerServer) -> TelnetServer | None:
     except OSError as exc:
         log.error("telnet_listener_failed", port=server.port + 1, error=str(exc))  # noqa: TRY400
         return None
+
+
+async def _start_http(server: SchedulerServer, settings: SchedulerSettings) -> HttpEndpoint | None:
+    """Start the opt-in HTTP endpoint (``/metrics``, the web view) when ``http`` is set."""
+    if settings.http is None:
+        return None
+    endpoint = HttpEndpoint(server.control, version=VERSION, clock=server.now)
+    try:
+        await endpoint.start(settings.http.host, settings.http.port)
+    except OSError as exc:
+        log.error("http_listener_failed", address=str(settings.http), error=str(exc))  # noqa: TRY400
+        await endpoint.close()
+        return None
+    return endpoint
 
 
 def _drop_privileges(user: str) -> None:
@@ -201,6 +217,7 @@ async def _run(
         return _EXIT_FAILURE
     telnet = await _start_telnet(server)
     service = make_service(server, telnet)
+    http = await _start_http(server, service.settings)
     _drop_privileges(service.settings.user)
     dbus = SchedulerInterface(server.control, version=VERSION)
     exported = await export_on_bus(bus_address, SCHEDULER_INTERFACE, SCHEDULER_PATH, dbus)
@@ -214,6 +231,8 @@ async def _run(
         return await lifecycle.run()
     finally:
         lifecycle.remove_signal_handlers(loop)
+        if http is not None:
+            await http.close()
         dbus.detach()
         if exported is not None:
             await exported.close()

@@ -83,6 +83,7 @@ _SCHEDULER_ONLY: Final = (
         "",
         "keep daemons even when a better scheduler appears",
     ),
+    _Option("", "http", _Action.VALUE, "http", "HOST[:PORT]", "serve /metrics and the web view"),
 )
 _ICESERV: Final = (
     _Option("", "confd", _Action.CONFD, "", "PATH", "conf.d file to read (repeatable)"),

@@ -21,6 +21,7 @@ import asyncio
 from typing import TYPE_CHECKING, Final, Protocol
 
 from iceserv.scheduler.events import ClusterEvents
+from iceserv.scheduler.metrics import ClusterMetrics
 from iceserv.scheduler.placement import server_speed
 from iceserv.scheduler.views import HostView, JobView
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from iceserv.scheduler.effects import Effect
     from iceserv.scheduler.events import ClusterObserver
     from iceserv.scheduler.handlers import Scheduler
+    from iceserv.scheduler.metrics import MetricsView
     from iceserv.scheduler.state import Job
 
 __all__ = ["INTERNALS_TIMEOUT", "ClusterControl", "Shell"]
@@ -63,6 +65,7 @@ class ClusterControl:
         self._internals_timeout = internals_timeout
         self._waiting: dict[int, list[asyncio.Future[str]]] = {}
         self._events = ClusterEvents()
+        self._metrics = ClusterMetrics()
 
     # --- numbers ----------------------------------------------------------------------
 
@@ -204,7 +207,13 @@ class ClusterControl:
 
     def observe(self, effects: list[Effect]) -> None:
         """Note a batch of effects the shell has just carried out (the shell calls this)."""
-        self._events.feed(self._shell.core.state, effects, self._shell.now())
+        now = self._shell.now()
+        self._events.feed(self._shell.core.state, effects, now)
+        self._metrics.feed(effects, now)
+
+    def metrics(self) -> MetricsView:
+        """Return the running totals (counters and histograms) for ``/metrics``."""
+        return self._metrics.view(self._shell.now())
 
     async def internals(self, names: Iterable[str]) -> list[str]:
         """Return each matching daemon's internals text, or ``<nodename> not reporting``.

@@ -55,6 +55,7 @@ ICECC_SCHEDULER_PORT="8800"
 ICECC_SCHEDULER_USER="icecream"
 ICECC_SCHEDULER_DAEMONIZE="no"
 ICECC_SCHEDULER_LOG_FORMAT="journal"
+ICECC_SCHEDULER_HTTP="127.0.0.1:8767"
 """
 
 # fixture -> (line, the rest of the one error line after "path:line: ")

@@ -47,6 +47,7 @@ SCHEDULER_SAMPLES = {
     "user": ("icecream", "icecream", "icecream"),
     "daemonize": ("1", True, True),
     "log_format": ("journal", "journal", "journal"),
+    "http": ("127.0.0.1", HostPort("127.0.0.1", 8767), "127.0.0.1:8767"),
 }
 SAMPLES = {"daemon": DAEMON_SAMPLES, "scheduler": SCHEDULER_SAMPLES}
 PREFIX = {"daemon": "ICECCD_", "scheduler": "ICECC_SCHEDULER_"}
