@@ -20,7 +20,8 @@ the running daemon (running compiles get ``stop_grace`` seconds).
 ``org.icecream.Daemon1`` on the system bus (``DBUS_SYSTEM_BUS_ADDRESS``
 overrides its address) through :mod:`iceserv.service.dbus`, to which
 :class:`~iceserv.app.daemon_bus.DaemonBusControl` adapts the daemon; its setters take the reload
-path (:meth:`DaemonService.apply_settings`).
+path (:meth:`DaemonService.apply_settings`).  With ``http`` set, the daemon's
+``/metrics`` (:mod:`iceserv.web`) is served on that address.
 """
 
 from __future__ import annotations
@@ -61,11 +62,12 @@ from iceserv.service.dbus import (
     export_on_bus,
 )
 from iceserv.service.lifecycle import daemonize
+from iceserv.web import HttpEndpoint, make_daemon_registry
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, MutableMapping, Sequence
 
-    from iceserv.config import DaemonSettings, Loaded
+    from iceserv.config import DaemonSettings, HostPort, Loaded
     from iceserv.service import LogSetup, Notifier
 
 __all__ = ["DaemonService", "main", "server_settings", "socket_path"]
@@ -79,7 +81,7 @@ _LOOPBACK: Final = "127.0.0.1"
 _REAL_ICECC: Final = "/usr/bin/icecc"
 #: What a reload cannot change while the daemon runs (it says so and keeps the old value).
 _SCHEDULER_IDLE: Final = 300.0
-_RESTART_ONLY: Final = frozenset(("user", "env_basedir", "daemonize"))
+_RESTART_ONLY: Final = frozenset(("user", "env_basedir", "daemonize", "http"))
 
 
 def socket_path(environ: Mapping[str, str], *, privileged: bool) -> Path:
@@ -226,6 +228,21 @@ def _prepare_socket_dir(path: Path, run_as: RunAs) -> None:
         os.chown(path.parent, run_as.uid, run_as.gid)
 
 
+async def _start_http(daemon: Daemon, address: HostPort | None) -> HttpEndpoint | None:
+    """Start the opt-in ``/metrics`` endpoint when ``http`` is set (a failure is logged)."""
+    if address is None:
+        return None
+    registry = make_daemon_registry(DaemonControl(daemon), version=VERSION)
+    endpoint = HttpEndpoint.metrics_only(registry)
+    try:
+        await endpoint.start(address.host, address.port)
+    except OSError as exc:
+        log.error("http_listener_failed", address=str(address), error=str(exc))  # noqa: TRY400
+        await endpoint.close()
+        return None
+    return endpoint
+
+
 async def _run(  # noqa: PLR0913 - the parts main prepared
     server: ServerSettings,
     run_as: RunAs,
@@ -270,6 +287,7 @@ async def _serve(  # noqa: PLR0913 - the parts main prepared
         await daemon.close()
         return _EXIT_FAILURE
     service = make_service(daemon)
+    http = await _start_http(daemon, service.settings.http)
     dbus = DaemonInterface(DaemonBusControl(service), version=VERSION)
     exported = await export_on_bus(bus_address, DAEMON_INTERFACE, DAEMON_PATH, dbus)
     if exported is not None:
@@ -286,6 +304,8 @@ async def _serve(  # noqa: PLR0913 - the parts main prepared
         await dbus.detach()
         if exported is not None:
             await exported.close()
+        if http is not None:
+            await http.close()
 
 
 class DaemonServiceFactory:

@@ -73,6 +73,7 @@ _DAEMON_ONLY: Final = (
     _Option("", "cache-limit", _Action.VALUE, "cache_limit", "MB", "environment cache size"),
     _Option("", "no-remote", _Action.FALSE, "allow_remote", "", "accept no remote jobs"),
     _Option("", "stop-grace", _Action.VALUE, "stop_grace", "SECONDS", "time jobs get on SIGTERM"),
+    _Option("", "http", _Action.VALUE, "http", "HOST[:PORT]", "serve /metrics"),
 )
 _SCHEDULER_ONLY: Final = (
     _Option(

@@ -44,6 +44,7 @@ ICECCD_PORT="10246"
 ICECCD_DAEMONIZE="yes"
 ICECCD_LOG_FORMAT="json"
 ICECCD_STOP_GRACE="5.5"
+ICECCD_HTTP="127.0.0.1:9768"
 """
 FULL_SCHEDULER = """\
 ICECC_SCHEDULER_NET_NAME="lab"
@@ -173,7 +174,7 @@ class TestShow:
         assert lines["max_processes"].split()[1:] == ["8", f"{path}:1:", "ICECCD_MAX_PROCESSES"]
         assert lines["nice_level"].split()[1:] == ["3", "env", "ICECCD_NICE_LEVEL"]
         assert lines["port"].split()[1:] == ["10245", "default"]
-        assert len(lines) == 16
+        assert len(lines) == 17
 
     def test_json(self, tmp_path):
         """JSON output maps each setting to its value and source."""

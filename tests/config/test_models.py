@@ -25,6 +25,7 @@ DAEMON_DEFAULTS = {
     "interface": "",
     "port": 10245,
     "daemonize": False,
+    "http": None,
 }
 SCHEDULER_DEFAULTS = {
     "net_name": "",

@@ -36,6 +36,7 @@ DAEMON_SAMPLES = {
     "daemonize": ("yes", True, True),
     "log_format": ("json", "json", "json"),
     "stop_grace": ("2.5", 2.5, 2.5),
+    "http": ("[::1]", HostPort("::1", 8768), "[::1]:8768"),
 }
 SCHEDULER_SAMPLES = {
     "net_name": ("lab", "lab", "lab"),
