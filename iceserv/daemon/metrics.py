@@ -46,6 +46,7 @@ __all__ = [
     "INSTALL_BUCKETS",
     "INSTALL_RESULTS",
     "JOB_KINDS",
+    "MAX_OPEN",
     "DaemonMetrics",
     "HistogramView",
     "TotalsView",
@@ -67,7 +68,7 @@ INSTALL_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
 #: The address a "compile it yourself" USE_CS names (the core's ``_pending``).
 _SELF_HOST: Final = "127.0.0.1"
 #: Open records are pruned to the newest this many (a leak guard; far above any slot count).
-_MAX_OPEN: Final = 10_000
+MAX_OPEN: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,7 @@ class _Histogram:
 
 
 def _bounded_put(table: dict[int, float], key: int, value: float) -> None:
-    if len(table) >= _MAX_OPEN:
+    if len(table) >= MAX_OPEN:
         del table[next(iter(table))]
     table[key] = value
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["SERIES", "DaemonCollector", "make_daemon_registry"]
 
 #: Series per scrape from :class:`DaemonCollector` (histograms count buckets, sum and count).
-SERIES: Final = 76
+SERIES: Final = 60
 
 
 def _labelled(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMetricFamily:
