@@ -27,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from testbed import OurDaemon, wait_for
 from testbed.hosts import free_port
+from testbed.procs import listening_tcp_ports
 
 from iceserv._version import VERSION
 from iceserv.web.daemon_exposition import SERIES
@@ -244,3 +245,28 @@ class TestBadHttp:
         assert status == 200
         assert len([k for k in _parse(body.decode()) if "_process_" not in k[0]]) == SERIES
         ours.check_alive()
+
+
+class TestOffByDefault:
+    def test_no_http_listener_unless_asked_and_a_taken_address_is_survived(self):
+        """Without --http only the daemon's port listens; a taken --http address is logged."""
+        plain = OurDaemon("ournohttp", None).start()
+        try:
+            assert plain.proc is not None
+            assert listening_tcp_ports(plain.proc.pid) == {plain.port}
+        finally:
+            plain.stop()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            busy = OurDaemon("ourbusyhttp", None, extra_args=["--http", f"127.0.0.1:{port}"])
+            busy.start()
+            try:
+                (failed,) = busy.events("http_listener_failed")
+                assert failed["address"] == f"127.0.0.1:{port}"
+                busy.check_alive()
+                assert busy.proc is not None
+                assert listening_tcp_ports(busy.proc.pid) == {busy.port}
+            finally:
+                assert busy.stop() == 0
