@@ -11,10 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
 from iceserv.daemon.core import DaemonCore
 from iceserv.daemon.effects import (
     ClientConnected,
     ClientGone,
+    Close,
     CompileFinished,
     CompileReport,
     ConnKind,
@@ -24,6 +29,7 @@ from iceserv.daemon.effects import (
     NativeEnvBuilt,
     Received,
     SchedulerUp,
+    StartCompile,
     StartUnpack,
     Unpacked,
     UnpackFailed,
@@ -212,3 +218,98 @@ class TestBounded:
             metrics.effects([StartUnpack(conn_id, "t", "n"), KillCompile(conn_id)], T0)
         assert len(metrics._unpacking) == MAX_OPEN
         assert len(metrics._killed) == MAX_OPEN
+
+
+_REPORTS = (
+    CompileReport(status=0, real_msec=20, object_data=b"o"),
+    CompileReport(status=1, real_msec=30),
+    CompileReport(status=1, was_out_of_memory=True, real_msec=40),
+    CompileReport(give_up="environment gone", give_up_code=107),
+)
+
+
+class MetricsMachine(RuleBasedStateMachine):
+    """Random compiles, installs, disconnects and results; the tally must match the core.
+
+    The model plays the shell (it finishes what the core started).  At every
+    step: remote compiles started minus finished equals the compiles the core
+    runs (its slots), failures never exceed finishes, and every install
+    started is either still running or counted under one result.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bed = _Bed(max_kids=2)
+        self.now = T0
+        self.next_id = 1
+        self.open: set[int] = set()
+        self.compiling: set[int] = set()
+        self.unpacking: set[int] = set()
+        self.install_starts = 0
+
+    def _do(self, event: Any) -> None:
+        self.now += 0.25
+        for effect in self.bed.feed(event, self.now):
+            if isinstance(effect, StartCompile):
+                self.compiling.add(effect.conn_id)
+            elif isinstance(effect, StartUnpack):
+                self.unpacking.add(effect.conn_id)
+                self.install_starts += 1
+            elif isinstance(effect, Close):
+                self.open.discard(effect.conn_id)
+
+    def _new(self) -> int:
+        conn_id, self.next_id = self.next_id, self.next_id + 1
+        self.open.add(conn_id)
+        self._do(ClientConnected(conn_id, "p", REMOTE, 43))
+        return conn_id
+
+    @rule()
+    def compile_job(self) -> None:
+        conn_id = self._new()
+        for msg in (CompileFile(job_id=conn_id, environment="gcc", target="x86_64"), End()):
+            if conn_id in self.open:
+                self._do(Received(conn_id, msg))
+
+    @rule()
+    def install(self) -> None:
+        conn_id = self._new()
+        self._do(Received(conn_id, EnvTransfer(name=f"e{conn_id}", target="x86_64")))
+
+    @precondition(lambda self: self.compiling)
+    @rule(data=st.data(), report=st.sampled_from(_REPORTS))
+    def compile_ends(self, data: st.DataObject, report: CompileReport) -> None:
+        conn_id = data.draw(st.sampled_from(sorted(self.compiling)))
+        self.compiling.discard(conn_id)
+        self._do(CompileFinished(conn_id, report))
+
+    @precondition(lambda self: self.unpacking)
+    @rule(data=st.data(), ok=st.booleans())
+    def install_ends(self, data: st.DataObject, ok: bool) -> None:  # noqa: FBT001 - a rule's draw
+        conn_id = data.draw(st.sampled_from(sorted(self.unpacking)))
+        self.unpacking.discard(conn_id)
+        self._do(Unpacked(conn_id, 10, 10) if ok else UnpackFailed(conn_id, "bad"))
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data())
+    def client_leaves(self, data: st.DataObject) -> None:
+        conn_id = data.draw(st.sampled_from(sorted(self.open)))
+        self.unpacking.discard(conn_id)  # the core aborts the install (AbortUnpack)
+        self._do(ClientGone(conn_id, GoneReason.EOF))
+
+    @invariant()
+    def totals_match_the_core(self) -> None:
+        view = self.bed.metrics.view()
+        slots = self.bed.core.slots
+        running = view.jobs_started["remote"] - view.jobs_finished
+        assert running == len(self.compiling) == slots.children - slots.installs
+        assert sum(view.jobs_failed.values()) <= view.jobs_finished
+        assert view.compile_time.count <= view.jobs_finished
+        assert sum(view.installs.values()) + len(self.unpacking) == self.install_starts
+        assert view.install_time.count == view.installs["ok"]
+
+
+TestMetricsMachine = MetricsMachine.TestCase
+TestMetricsMachine.settings = hypothesis_settings(
+    max_examples=100, stateful_step_count=30, deadline=None
+)
