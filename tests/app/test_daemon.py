@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,16 @@ class TestServerSettings:
         """-i binds that interface's address and 127.0.0.1 (once, even for lo)."""
         server = server_settings(_settings("-i", "lo"), {}, chroot_possible=True)
         assert server.listen_addresses == ("127.0.0.1",)
+
+
+class TestHttpIsLazy:
+    def test_the_daemon_loads_no_http_stack_without_http(self):
+        """aiohttp and prometheus_client are imported only when ``http`` is set (1 s, 11 MiB)."""
+        code = (
+            "import sys, iceserv.app.daemon\n"
+            "print(sorted(m for m in ('aiohttp', 'prometheus_client', 'iceserv.web')"
+            " if m in sys.modules))"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True, timeout=120)  # fmt: skip
+        assert result.stdout.strip() == "[]"
