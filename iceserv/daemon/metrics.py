@@ -65,7 +65,8 @@ INSTALL_RESULTS: Final = ("ok", "failed", "aborted")
 #: Histogram bucket upper bounds in seconds (``+Inf`` is implied).
 COMPILE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 INSTALL_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-#: The address a "compile it yourself" USE_CS names (the core's ``_pending``).
+#: The address a "compile it yourself" USE_CS names (the core's ``_pending``); a USE_CS the
+#: core passes on never names it (another daemon on this host is named ``localhost``).
 _SELF_HOST: Final = "127.0.0.1"
 #: Open records are pruned to the newest this many (a leak guard; far above any slot count).
 MAX_OPEN: Final = 10_000

@@ -33,8 +33,17 @@ exit code 255).  Monitors hear about all of it as it happens.
 Timers (:meth:`Scheduler.get_timer` / :meth:`Scheduler.handle_timer`): the
 scheduler announcement every 120 s, the reachability probe of each daemon's
 compile port (every 60 s, back-off 2…4096 s after failures), dropping a
-daemon busy installing for 120 s, and application pings for daemons below
-protocol 27.
+daemon busy installing for 120 s, application pings for daemons below
+protocol 27, and the report of jobs that wait (``JobsWaiting``: the oldest
+queued job, once it waited 2 s, and then at most every 10 s, with each
+daemon's reason from :mod:`~iceserv.scheduler.waiting`).
+
+A daemon is busy installing from the USE_CS that sends it a job without its
+environment until it logs in again with the new environment, or until that
+job ends first (the transfer never happened: e.g. the client compiled
+itself), or until it is dropped.  A USE_CS naming a server that logged in
+from 127.0.0.1, for another daemon, says ``localhost`` instead: clients
+read "127.0.0.1" as "compile it yourself" (one-host clusters).
 """
 
 from __future__ import annotations
@@ -70,12 +79,13 @@ from iceserv.protocol.constants import MAX_SCHEDULER_PING, MAX_SCHEDULER_PONG
 from iceserv.protocol.discovery import DEFAULT_NETNAME, SchedulerInfo, is_better
 from iceserv.protocol.dispatch import Dispatch
 from iceserv.protocol.features import supports
-from iceserv.scheduler import jobs
+from iceserv.scheduler import jobs, waiting
 from iceserv.scheduler.effects import (
     Announce,
     Close,
     Effect,
     InternalsReply,
+    JobsWaiting,
     Send,
     StartProbe,
     StopReading,
@@ -100,6 +110,10 @@ _Table = Dispatch[[int, float], list[Effect]]
 ANNOUNCE_PERIOD: Final = 120.0
 #: A daemon busy installing an environment this long is dropped (§7.8).
 MAX_BUSY_INSTALLING: Final = 120.0
+#: The oldest queued job is reported (JobsWaiting) once it waited this long ...
+WAIT_REPORT_AFTER: Final = 2.0
+#: ... and again at most this often while jobs keep waiting.
+WAIT_REPORT_PERIOD: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +159,14 @@ class Scheduler:
         self._monitors: list[int] = []
         self._next_announce = now
         self._host_deadline: float | None = None  # get_timer's cache; None: recompute
+        self._next_wait_report = now  # no JobsWaiting before this time
         # Monitors are never read from: anything they send is unexpected.
         self._tables: dict[_Kind, _Table] = {
             _Kind.NEW: _Table("new peer")
             .on(Login, self._on_login)
             .on(MonLogin, self._on_mon_login),
             _Kind.DAEMON: _Table("daemon peer")
-            .on(GetCS, self._for_host(jobs.on_get_cs))
+            .on(GetCS, self._on_get_cs)
             .on(JobBegin, self._for_host(jobs.on_job_begin))
             .on(JobDone, self._for_host(jobs.on_job_done))
             .on(JobLocalBegin, self._for_host(jobs.on_job_local_begin))
@@ -219,7 +234,13 @@ class Scheduler:
         """
         if self._host_deadline is None:
             self._host_deadline = self._earliest_host_deadline()
-        return min(self._next_announce, self._host_deadline)
+        return min(self._next_announce, self._host_deadline, self._wait_report_due())
+
+    def _wait_report_due(self) -> float:
+        head = self.state.queue.first()
+        if head is None:
+            return math.inf
+        return max(head.queued_at + WAIT_REPORT_AFTER, self._next_wait_report)
 
     def _earliest_host_deadline(self) -> float:
         deadlines = [math.inf]
@@ -408,12 +429,33 @@ class Scheduler:
         return handle
 
     def _place(self, now: float) -> list[Effect]:
-        effects = jobs.place_jobs(self.state, self._rng, now)
+        effects: list[Effect] = jobs.place_jobs(self.state, self._rng, now)
         if any(
             isinstance(e, Send) and isinstance(e.message, UseCS) and not e.message.got_env
             for e in effects
         ):
             self._host_deadline = None  # its host is now busy installing (a new deadline)
+        if now >= self._wait_report_due():
+            effects.append(self._wait_report(now))
+        return effects
+
+    def _wait_report(self, now: float) -> JobsWaiting:
+        head = self.state.queue.first()
+        assert head is not None  # noqa: S101 - _wait_report_due is finite only with a queue
+        self._next_wait_report = now + WAIT_REPORT_PERIOD
+        return JobsWaiting(
+            count=len(self.state.queue),
+            job_id=head.job_id,
+            filename=head.filename,
+            waited=now - head.queued_at,
+            reasons=waiting.reasons(self.state, head, now),
+        )
+
+    def _on_get_cs(self, msg: GetCS, conn_id: int, now: float) -> list[Effect]:
+        first_new = self.state.last_job_id + 1
+        effects = jobs.on_get_cs(self.state, self._host(conn_id), msg)
+        for job_id in range(first_new, self.state.last_job_id + 1):
+            self.state.jobs[job_id].queued_at = now
         return effects
 
     def _remove_host(self, host: Host) -> list[Effect]:
@@ -440,6 +482,7 @@ class Scheduler:
         host = self._host(conn_id)
         host.envs = login.envs
         host.busy_installing_since = None
+        host.installing_for = None
         if supports(host.protocol, Feature.CS_CONF):
             return [Send(conn_id, ConfCS())]
         return []
@@ -447,8 +490,9 @@ class Scheduler:
     def _on_blacklist(self, request: BlacklistHostEnv, conn_id: int, _now: float) -> list[Effect]:
         host = self._host(conn_id)
         entry = (request.target, request.environment)
+        named = jobs.LOOPBACK_IP if request.hostname == jobs.LOOPBACK_NAME else request.hostname
         for server in self.state.hosts.values():
-            if server.ip == request.hostname:
+            if server.ip == named:
                 entries = host.blacklist.setdefault(server.host_id, [])
                 if entry not in entries:
                     entries.append(entry)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pwd
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,8 +19,6 @@ from iceserv.client.env import ClientEnv
 from iceserv.client.job import LANG_C, LANG_CXX, LANG_OBJC, CompileJob
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from client.bed import WrapperBed
 
 
@@ -159,6 +160,27 @@ def hold_slot(seconds: float, program: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([program, "sleep", str(seconds)], env=env)
 
 
+def _every_slot_held(slots: int) -> bool:
+    """Whether another process holds every /tmp/.icecream-<user>/local_lock* (fcntl probe)."""
+    base = Path("/tmp/.icecream-" + pwd.getpwuid(os.getuid()).pw_name)
+    for slot in range(slots):
+        path = base / ("local_lock" + (str(slot) if slot else ""))
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held by a holder
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+    return True
+
+
 class TestLockFiles:
     """Without a daemon we hold one of /tmp/.icecream-<user>/local_lock* (ncpu slots).
 
@@ -172,9 +194,13 @@ class TestLockFiles:
     def test_a_build_waits_while_we_hold_every_slot(self, bed: WrapperBed, waiter):
         """While our builds hold every slot, the real client's and ours wait."""
         slots = os.sysconf("SC_NPROCESSORS_ONLN")
-        holders = [hold_slot(1.5, bed.program("ours", "icecc")) for _ in range(slots)]
+        holders = [hold_slot(3.0, bed.program("ours", "icecc")) for _ in range(slots)]
         try:
-            time.sleep(0.7)  # let them take their slots
+            deadline = time.monotonic() + 20
+            while not _every_slot_held(slots):  # they have taken their slots
+                assert time.monotonic() < deadline, "the holders never took every slot"
+                assert all(proc.poll() is None for proc in holders), "a holder ended early"
+                time.sleep(0.02)
             start = time.monotonic()
             waited = subprocess.run([bed.program(waiter, "icecc"), "true"], timeout=30,
                                     env={"PATH": "/usr/bin:/bin", "ICECC": "disable"},

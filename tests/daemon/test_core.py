@@ -266,6 +266,18 @@ class TestLocalClients:
         assert _sent(effects, 1) == [use]
         assert core.state_of(1) is State.WAIT_COMPILE
 
+    def test_use_cs_for_another_daemon_on_this_host_names_localhost(self):
+        """127.0.0.1 and another port: passed on as ``localhost`` (not "compile it yourself")."""
+        core = _core()
+        _drive(core, State.WAIT_FOR_CS)
+        use = UseCS(job_id=4, hostname="127.0.0.1", port=PORT + 1, client_id=1)
+        effects = core.handle(FromScheduler(use), T0)
+        (sent,) = _sent(effects, 1)
+        assert (sent.hostname, sent.port, sent.job_id) == ("localhost", PORT + 1, 4)
+        assert core.state_of(1) is State.WAIT_COMPILE
+        (assigned,) = [e for e in _of(effects, Log) if e.event == "compile_server_assigned"]
+        assert assigned.fields["server"] == f"127.0.0.1:{PORT + 1}"  # as the scheduler named it
+
     @pytest.mark.parametrize(
         "answer",
         [
