@@ -140,6 +140,7 @@ _DAEMON_ONLY: Final = (
         "N",
         "native environments built at once",
     ),
+    _Option("", "http", _Action.VALUE, "http", "HOST[:PORT]", "serve /metrics"),
 )
 _SCHEDULER_ONLY: Final = (
     _Option(

@@ -34,6 +34,8 @@ DEFAULT_DAEMON_PORT: Final = 10245
 DEFAULT_SCHEDULER_PORT: Final = 8765
 #: Port of the scheduler's opt-in HTTP endpoint (``/metrics`` and the web view).
 DEFAULT_HTTP_PORT: Final = 8767
+#: Port of the daemon's opt-in HTTP endpoint (its ``/metrics``).
+DEFAULT_DAEMON_HTTP_PORT: Final = 8768
 # Linux IFNAMSIZ is 16 including the terminating NUL.
 _MAX_INTERFACE_NAME: Final = 15
 _HOST_NAME: Final = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
@@ -53,14 +55,19 @@ class HostPort:
         return f"{host}:{self.port}"
 
 
-def _parse_http_address(value: object) -> object:
+def _parse_http_address(value: object, default_port: int = DEFAULT_HTTP_PORT) -> object:
     """Turn ``host``, ``host:port`` or ``[v6]:port`` into the HTTP listen address (8767)."""
     parsed = _parse_host_port(value)
     if isinstance(parsed, HostPort) and isinstance(value, str):
         text = value.strip()
         if not text.endswith(f":{parsed.port}") or (text.count(":") > 1 and "]" not in text):
-            parsed = HostPort(parsed.host, DEFAULT_HTTP_PORT)
+            parsed = HostPort(parsed.host, default_port)
     return parsed
+
+
+def _parse_daemon_http_address(value: object) -> object:
+    """As :func:`_parse_http_address`, with the daemon's default port (8768)."""
+    return _parse_http_address(value, DEFAULT_DAEMON_HTTP_PORT)
 
 
 def _parse_host_port(value: object) -> object:
@@ -161,6 +168,12 @@ HttpAddress = Annotated[
     BeforeValidator(_empty_is_none),
     PlainSerializer(_host_port_text, return_type=str | None),
 ]
+DaemonHttpAddress = Annotated[
+    HostPort | None,
+    BeforeValidator(_parse_daemon_http_address),
+    BeforeValidator(_empty_is_none),
+    PlainSerializer(_host_port_text, return_type=str | None),
+]
 
 
 class _Settings(BaseSettings):
@@ -243,6 +256,8 @@ class DaemonSettings(_Settings):
     """Environment transfers waiting; more are refused (``--unpack-queue``)."""
     max_native_builds: Annotated[int, Field(ge=1, le=64)] = 1
     """Native environments (``icecc --build-native``) built at once (``--build-limit``)."""
+    http: DaemonHttpAddress = None
+    """Serve the daemon's ``/metrics`` on HOST[:PORT] (port 8768); unset: off (``--http``)."""
 
 
 class SchedulerSettings(_Settings):

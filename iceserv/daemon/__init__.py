@@ -11,7 +11,8 @@ that ``jobstarter`` talks to), environment installs (``env_transfer`` with
 the ``_unpack`` helper; ``tarballs`` checks untrusted tarballs), native
 environments (``native``) and the scheduler connection's I/O
 (``scheduler_link``); ``environments`` owns the env base dir, ``sandbox``
-decides who runs jobs, and ``control`` is the read-only facade.  This
+decides who runs jobs, ``metrics`` keeps the running totals of ``/metrics``
+(fed by the shell), and ``control`` is the read-only facade.  This
 package must not import ``scheduler``, ``config``, ``service``, ``telnet``
 or ``app``.
 """

@@ -52,7 +52,8 @@ the protocol; the client is ended with exit 120)::
     COMPILE_FILE      NEW                            refuse without chroot; hold the environment,
                                                      queue for a COMPILE slot
                       CLIENT_WORK ("__client" env)   the client compiles itself: JOB_BEGIN
-    (scheduler) USE_CS, NO_CS  client in WAIT_FOR_CS  pass on (other host) or compile yourself
+    (scheduler) USE_CS, NO_CS  client in WAIT_FOR_CS  pass on (other host; 127.0.0.1 named
+                                                     localhost) or compile yourself
                                client gone            JOB_DONE 107 for the job; else ignored
 
 Slots (:class:`~iceserv.daemon.slots.Slots`, reference §5.3): after every
@@ -217,6 +218,8 @@ __all__ = ["DaemonCore"]
 
 #: COMPILE_FILE's environment name when the client compiles itself under our slot.
 _CLIENT_ENV: Final = "__client"
+#: The address a USE_CS names for "compile it yourself" (clients read it so).
+_SELF_ADDRESS: Final = "127.0.0.1"
 #: Bounds of CS_CONF's ``max_scheduler_pong`` (seconds between STATS).
 _MIN_PONG: Final = 1.0
 _MAX_PONG: Final = 60.0
@@ -604,12 +607,12 @@ class DaemonCore:
                 ),
                 now,
             )
-        if msg.hostname == "127.0.0.1":
-            # Another daemon on this host (a 1.4 scheduler here sees every daemon at
-            # 127.0.0.1): clients read that address as "compile it yourself", so name
-            # the same address in a way they connect to (issue 13).
-            msg = replace(msg, hostname="localhost")
         client.state = State.WAIT_COMPILE
+        named = msg
+        if msg.hostname == _SELF_ADDRESS:
+            # Another daemon on this host: clients read 127.0.0.1 as "compile it yourself",
+            # so name the same address in a way they connect to (issue 13, one-host clusters).
+            msg = replace(msg, hostname="localhost")
         return [
             Send(client.conn_id, msg),
             _log(
@@ -617,7 +620,7 @@ class DaemonCore:
                 "compile_server_assigned",
                 client_id=client.conn_id,
                 job_id=msg.job_id,
-                server=f"{msg.hostname}:{msg.port}",
+                server=f"{named.hostname}:{named.port}",
             ),
             *self._arm(client, now),
         ]

@@ -98,6 +98,7 @@ from iceserv.daemon.load import (
     parse_meminfo,
     parse_proc_stat,
 )
+from iceserv.daemon.metrics import DaemonMetrics
 from iceserv.daemon.native import NativeEnvError, NativeEnvironments
 from iceserv.daemon.remote_job import CompileJob, JobContext, verify_environment
 from iceserv.daemon.scheduler_link import LinkSettings, SchedulerLink, set_keepalive
@@ -196,6 +197,8 @@ class Daemon:
             rng or random.Random(),  # noqa: S311 - reconnect jitter, not security
         )
         self.core = DaemonCore(settings, port=settings.port)
+        #: Running totals for ``/metrics``: fed every event and every batch of effects.
+        self.metrics = DaemonMetrics()
         self.jobs = JobContext(
             settings=settings,
             cache=self.cache,
@@ -616,10 +619,14 @@ class Daemon:
         the write); other clients' writes drain in the background, so one
         slow client never stalls the scheduler link or another client.
         """
-        await self._carry_out(self.core.handle(event, self.clock.now()), reader=reader)
+        now = self.clock.now()
+        effects = self.core.handle(event, now)
+        self.metrics.event(event, now)
+        await self._carry_out(effects, reader=reader)
         self._idle.set()
 
     async def _carry_out(self, effects: list[Effect], *, reader: int = 0) -> None:
+        self.metrics.effects(effects, self.clock.now())
         touched: set[int] = set()
         for effect in effects:
             if isinstance(effect, Send | SendFile):

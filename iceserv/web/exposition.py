@@ -30,7 +30,14 @@ if TYPE_CHECKING:
 
     from iceserv.web.facade import HistogramLike, HostLike, SchedulerLike
 
-__all__ = ["CONTENT_TYPE", "MAX_HOST_SERIES", "SchedulerCollector", "make_registry", "render"]
+__all__ = [
+    "CONTENT_TYPE",
+    "MAX_HOST_SERIES",
+    "SchedulerCollector",
+    "histogram_family",
+    "make_registry",
+    "render",
+]
 
 #: The text exposition format's content type.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -38,7 +45,8 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HOST_SERIES: Final = 1000
 
 
-def _histogram(name: str, doc: str, histogram: HistogramLike) -> HistogramMetricFamily:
+def histogram_family(name: str, doc: str, histogram: HistogramLike) -> HistogramMetricFamily:
+    """Return *histogram* as a Prometheus histogram family (bucket bounds in seconds)."""
     buckets = [
         (format(bound, "g"), count)
         for bound, count in zip(histogram.bounds, histogram.cumulative, strict=False)
@@ -156,13 +164,13 @@ class SchedulerCollector:
             "Placements on a server without the environment",
             value=totals.env_transfers,
         )
-        yield _histogram(
+        yield histogram_family(
             "iceserv_placement_wait_seconds", "GET_CS to USE_CS", totals.placement_wait
         )
-        yield _histogram(
+        yield histogram_family(
             "iceserv_compile_seconds", "Compile time the servers reported", totals.compile_time
         )
-        yield _histogram(
+        yield histogram_family(
             "iceserv_job_turnaround_seconds",
             "GET_CS to JOB_DONE of successful jobs",
             totals.turnaround,

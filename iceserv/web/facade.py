@@ -1,9 +1,10 @@
-"""What the HTTP endpoint needs from the scheduler: read-only views, totals and observers.
+"""What the HTTP endpoints need from the scheduler and the daemon: views, totals, observers.
 
 This module owns the typing seam between :mod:`iceserv.web` and the
-scheduler's control facade, as structural ``typing.Protocol`` types: the
-scheduler satisfies them without importing anything from here.  It must not
-import ``iceserv.scheduler``, do I/O or hold state.
+scheduler's and the daemon's control facades, as structural
+``typing.Protocol`` types: they satisfy them without importing anything from
+here.  It must not import ``iceserv.scheduler`` or ``iceserv.daemon``, do I/O
+or hold state.
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-__all__ = ["HistogramLike", "HostLike", "JobLike", "MetricsLike", "Observer", "SchedulerLike"]
+__all__ = [
+    "DaemonLike",
+    "DaemonMetricsLike",
+    "DaemonTotalsLike",
+    "HistogramLike",
+    "HostLike",
+    "JobLike",
+    "MetricsLike",
+    "Observer",
+    "SchedulerLike",
+]
 
 
 class JobLike(Protocol):
@@ -262,4 +273,150 @@ class SchedulerLike(Protocol):
 
     def remove_observer(self, observer: Observer, /) -> None:
         """Stop calling *observer*."""
+        ...
+
+
+class DaemonTotalsLike(Protocol):
+    """The daemon's running totals (every count only grows)."""
+
+    @property
+    def jobs_started(self) -> Mapping[str, int]:
+        """Slots granted by kind (``remote``, ``local``, ``self``)."""
+        ...
+
+    @property
+    def jobs_finished(self) -> int:
+        """Remote compiles that ended."""
+        ...
+
+    @property
+    def jobs_failed(self) -> Mapping[str, int]:
+        """Remote compiles that failed, by reason."""
+        ...
+
+    @property
+    def installs(self) -> Mapping[str, int]:
+        """Environment installs by result (``ok``, ``failed``, ``aborted``)."""
+        ...
+
+    @property
+    def evictions(self) -> int:
+        """Environments evicted from the cache."""
+        ...
+
+    @property
+    def native_builds(self) -> Mapping[str, int]:
+        """Native environments made for local clients, by result (``ok``, ``failed``)."""
+        ...
+
+    @property
+    def compile_time(self) -> HistogramLike:
+        """Compile time of remote compiles that ran."""
+        ...
+
+    @property
+    def install_time(self) -> HistogramLike:
+        """First tarball byte to the environment in the cache."""
+        ...
+
+
+class DaemonMetricsLike(Protocol):
+    """The daemon's state now and its totals."""
+
+    @property
+    def nodename(self) -> str:
+        """The daemon's node name."""
+        ...
+
+    @property
+    def platform(self) -> str:
+        """Its platform (``x86_64``)."""
+        ...
+
+    @property
+    def slots_total(self) -> int:
+        """Its slots."""
+        ...
+
+    @property
+    def slots_used(self) -> int:
+        """Slots in use (jobs and installs)."""
+        ...
+
+    @property
+    def remote_running(self) -> int:
+        """Remote compiles running."""
+        ...
+
+    @property
+    def local_running(self) -> int:
+        """Clients running a job themselves under a slot."""
+        ...
+
+    @property
+    def installs_running(self) -> int:
+        """Environment installs running."""
+        ...
+
+    @property
+    def remote_waiting(self) -> int:
+        """Remote compiles waiting for a slot."""
+        ...
+
+    @property
+    def local_waiting(self) -> int:
+        """Local jobs waiting for a slot."""
+        ...
+
+    @property
+    def clients(self) -> int:
+        """Connected clients."""
+        ...
+
+    @property
+    def load(self) -> int:
+        """Its load as sent in STATS (0 to 1000)."""
+        ...
+
+    @property
+    def scheduler_connected(self) -> bool:
+        """Whether it is logged in to a scheduler."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """Whether it takes no new remote jobs."""
+        ...
+
+    @property
+    def environments(self) -> int:
+        """Environments received from clients in the cache."""
+        ...
+
+    @property
+    def native_environments(self) -> int:
+        """Native environments made for local clients."""
+        ...
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the cached environments use."""
+        ...
+
+    @property
+    def cache_limit_bytes(self) -> int:
+        """The cache's size limit in bytes."""
+        ...
+
+    @property
+    def totals(self) -> DaemonTotalsLike:
+        """The running totals."""
+        ...
+
+
+class DaemonLike(Protocol):
+    """The daemon's control facade as its ``/metrics`` uses it."""
+
+    def metrics(self) -> DaemonMetricsLike:
+        """Return the state now and the totals."""
         ...

@@ -7,6 +7,8 @@ scrape for :data:`METRICS_TTL` seconds), ``/events`` (Server-Sent
 Events from :class:`~iceserv.web.live.LiveFeed`) and ``/api/cluster`` (the
 snapshot the page starts from, as JSON).  aiohttp parses HTTP; unknown paths
 get 404, other methods 405, oversized request lines or headers 400/431.
+:meth:`HttpEndpoint.metrics_only` serves just ``/metrics`` from a given
+registry (the daemon's), with the same bounds.
 
 Bounds, so no client can make the scheduler hold unbounded descriptors or
 memory: a connection must send a whole request within :data:`IDLE_TIMEOUT`
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from aiohttp.web_protocol import RequestHandler
+    from prometheus_client import CollectorRegistry
 
     from iceserv.web.facade import SchedulerLike
 
@@ -153,28 +156,51 @@ class _Connection(asyncio.Protocol):
 class HttpEndpoint:
     """The running HTTP endpoint of a scheduler; see the module docstring."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the scheduler's parts, or a registry alone
         self,
-        control: SchedulerLike,
+        control: SchedulerLike | None,
         *,
         version: str,
         clock: Callable[[], float] = time.time,
         idle_timeout: float = IDLE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._control = control
         self._idle_timeout = idle_timeout
         self._max_connections = max_connections
         self._clock = clock
-        self._registry = make_registry(control, version=version)
-        self.feed = LiveFeed(control, clock=clock)
-        self._static = _read_static()
+        if registry is None:
+            if control is None:
+                msg = "an HTTP endpoint needs a scheduler or a registry"
+                raise ValueError(msg)
+            registry = make_registry(control, version=version)
+        self._registry = registry
+        self.feed = LiveFeed(control, clock=clock) if control is not None else None
+        self._static = _read_static() if control is not None else {}
         self._busy: dict[object, int] = {}
         self._conns: dict[_Connection, None] = {}
         self._rendered: tuple[float, bytes] = (-METRICS_TTL, b"")
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] = ("", 0)
+
+    @classmethod
+    def metrics_only(
+        cls,
+        registry: CollectorRegistry,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> HttpEndpoint:
+        """Return an endpoint that serves only ``/metrics`` from *registry* (the daemon's)."""
+        return cls(
+            None,
+            version="",
+            registry=registry,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+        )
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -184,8 +210,9 @@ class HttpEndpoint:
         for path in self._static:
             app.router.add_get(path, self._static_file)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/events", self._events)
-        app.router.add_get("/api/cluster", self._cluster)
+        if self._control is not None:
+            app.router.add_get("/events", self._events)
+            app.router.add_get("/api/cluster", self._cluster)
         self._runner = web.AppRunner(
             app,
             handle_signals=False,
@@ -212,7 +239,8 @@ class HttpEndpoint:
         )
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
-        self._control.add_observer(self.feed)
+        if self._control is not None and self.feed is not None:
+            self._control.add_observer(self.feed)
         log.info("http_listening", address=self.address[0], port=self.address[1])
 
     def open_connections(self) -> int:
@@ -221,8 +249,9 @@ class HttpEndpoint:
 
     async def close(self) -> None:
         """Stop listening, end the event streams and close every connection."""
-        self._control.remove_observer(self.feed)
-        self.feed.close()
+        if self._control is not None and self.feed is not None:
+            self._control.remove_observer(self.feed)
+            self.feed.close()
         if self._server is not None:
             self._server.close()
         if self._runner is not None:
@@ -288,9 +317,11 @@ class HttpEndpoint:
         return response
 
     async def _cluster(self, _request: web.Request) -> web.Response:
+        assert self._control is not None  # noqa: S101 - routed only with a scheduler
         return web.json_response(snapshot(self._control, self._clock()))
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        assert self.feed is not None  # noqa: S101 - routed only with a scheduler
         subscriber = self.feed.subscribe()
         if subscriber is None:
             raise web.HTTPServiceUnavailable(text="too many event streams\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,14 @@ class TestHostileLimits:
         assert fitted.max_clients + fitted.max_local_clients + 8 * (4 + 2 + 1) < 1024
         assert fitted.max_clients_per_host <= fitted.max_clients
         assert [e["event"] for e in logs] == ["connection_budget_lowered"]
+class TestHttpIsLazy:
+    def test_the_daemon_loads_no_http_stack_without_http(self):
+        """aiohttp and prometheus_client are imported only when ``http`` is set (1 s, 11 MiB)."""
+        code = (
+            "import sys, iceserv.app.daemon\n"
+            "print(sorted(m for m in ('aiohttp', 'prometheus_client', 'iceserv.web')"
+            " if m in sys.modules))"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=True, timeout=120)  # fmt: skip
+        assert result.stdout.strip() == "[]"

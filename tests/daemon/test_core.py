@@ -299,6 +299,8 @@ class TestLocalClients:
             UseCS(job_id=4, hostname="localhost", port=PORT + 1, client_id=1)
         ]
         assert core.state_of(1) is State.WAIT_COMPILE
+        (assigned,) = [e for e in _of(effects, Log) if e.event == "compile_server_assigned"]
+        assert assigned.fields["server"] == f"127.0.0.1:{PORT + 1}"  # as the scheduler named it
 
     @pytest.mark.parametrize(
         "answer",
