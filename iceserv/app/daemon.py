@@ -86,6 +86,8 @@ _SCHEDULER_IDLE: Final = 300.0
 _MB: Final = 1024 * 1024
 #: Descriptors one running compile or install holds (its pipes, the helper's socket pair).
 _FDS_PER_JOB: Final = 8
+#: Descriptors the opt-in /metrics endpoint may hold (its connection cap and listeners).
+_HTTP_FDS: Final = 260
 _RESTART_ONLY: Final = frozenset(("user", "env_basedir", "daemonize", "http"))
 
 
@@ -154,15 +156,18 @@ def server_settings(
     )
 
 
-def fit_budgets(server: ServerSettings, limit: NofileLimit) -> ServerSettings:
+def fit_budgets(
+    server: ServerSettings, limit: NofileLimit, *, http: bool = False
+) -> ServerSettings:
     """Lower the connection budgets so that, when full, they leave descriptors to spare.
 
     The Unix socket gets at most a quarter of the descriptor limit, running
     jobs and installs :data:`_FDS_PER_JOB` each, the process's own files a
-    reserve, and the TCP port the rest: a full budget then refuses
-    connections, and ``accept()`` never meets ``EMFILE`` on their account.
+    reserve (grown by the HTTP endpoint's connection cap when *http* is on),
+    and the TCP port the rest: a full budget then refuses connections, and
+    ``accept()`` never meets ``EMFILE`` on their account.
     """
-    reserve = min(DESCRIPTOR_RESERVE, limit.soft // 4)
+    reserve = min(DESCRIPTOR_RESERVE + (_HTTP_FDS if http else 0), limit.soft // 4)
     jobs = _FDS_PER_JOB * (server.max_kids + server.max_env_transfers + server.max_native_builds)
     local = fit_budget(server.max_local_clients, limit.soft // 4, 0)
     tcp = fit_budget(server.max_clients, limit.soft - local - jobs, reserve)
@@ -248,7 +253,8 @@ class DaemonService:
         """
         chroot = self.daemon.settings.chroot_possible
         server = server_settings(new, self._environ, chroot_possible=chroot)
-        await self.daemon.reconfigure(fit_budgets(server, raise_nofile_limit()))
+        limit = raise_nofile_limit()
+        await self.daemon.reconfigure(fit_budgets(server, limit, http=new.http is not None))
         self.settings = new
 
     async def stop_accepting(self) -> None:
@@ -412,7 +418,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     with contextlib.closing(logs):
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)
-        server = fit_budgets(server, _raise_nofile_limit())
+        server = fit_budgets(server, _raise_nofile_limit(), http=settings.http is not None)
         run_as, user_warning = resolve_user(settings.user)
         if user_warning:
             log.warning("job_user_fallback", message=user_warning)

@@ -123,6 +123,16 @@ class TestHostileLimits:
         assert fitted.max_clients + fitted.max_local_clients + 8 * (4 + 2 + 1) < 1024
         assert fitted.max_clients_per_host <= fitted.max_clients
         assert [e["event"] for e in logs] == ["connection_budget_lowered"]
+
+    def test_the_http_endpoint_takes_its_share(self):
+        """With --http the endpoint's connections are kept out of the TCP budget."""
+        server = server_settings(_settings("-m", "4"), {}, chroot_possible=True)
+        limit = NofileLimit(1536, 1536, 1536)
+        without = fit_budgets(server, limit)
+        with_http = fit_budgets(server, limit, http=True)
+        assert with_http.max_clients < without.max_clients
+        jobs = 8 * (4 + 2 + 1)
+        assert with_http.max_clients + with_http.max_local_clients + jobs + 260 < limit.soft
 class TestHttpIsLazy:
     def test_the_daemon_loads_no_http_stack_without_http(self):
         """aiohttp and prometheus_client are imported only when ``http`` is set (1 s, 11 MiB)."""
