@@ -162,8 +162,6 @@ class HostLock:
 
     def acquire(self) -> bool:
         """Take a free slot (a random one first), else wait for one; False on errors."""
-        import fcntl  # noqa: PLC0415 - only local builds need it
-
         base = self._directory()
         if base is None:
             return False
@@ -177,8 +175,8 @@ class HostLock:
                     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
                 except OSError:
                     return False
-                try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+                try:  # glibc lockf is a whole-file fcntl write lock, as 1.4 takes it
+                    os.lockf(fd, os.F_LOCK if block else os.F_TLOCK, 0)
                 except OSError:
                     os.close(fd)
                     continue
@@ -228,11 +226,13 @@ def spawn(argv: Sequence[str], environ: dict[str, str], *, stdout: int | None = 
                           setsigdef=(sig.SIGPIPE, sig.SIGXFSZ))  # fmt: skip
 
 
-def wait(pid: int) -> tuple[int, float, float, int]:
+def wait(pid: int, *, usage: bool = True) -> tuple[int, float, float, int]:
     """Reap *pid* forwarding SIGINT/TERM/QUIT/HUP to it; return shell status and usage.
 
-    The usage is (user seconds, system seconds, page faults).  A signal we
-    forwarded is raised on ourselves afterwards, as 1.4 does.
+    The usage is (user seconds, system seconds, page faults), zeros without
+    *usage* (``os.wait4`` imports ``resource``, which a plain local build
+    does not need).  A signal we forwarded is raised on ourselves
+    afterwards, as 1.4 does.
     """
     sig = _signals()
     caught: list[int] = []
@@ -242,8 +242,13 @@ def wait(pid: int) -> tuple[int, float, float, int]:
         os.kill(pid, signum)  # not reaped yet, so the pid is still the child's
 
     previous = {num: sig.signal(num, forward) for num in (getattr(sig, n) for n in _FORWARDED)}
+    times = (0.0, 0.0, 0)
     try:
-        _, status, usage = os.wait4(pid, 0)
+        if usage:
+            _, status, used = os.wait4(pid, 0)
+            times = (used.ru_utime, used.ru_stime, used.ru_majflt + used.ru_minflt + used.ru_nswap)
+        else:
+            _, status = os.waitpid(pid, 0)
     finally:
         for num, handler in previous.items():
             sig.signal(num, handler)
@@ -251,12 +256,11 @@ def wait(pid: int) -> tuple[int, float, float, int]:
         sig.signal(caught[0], sig.SIG_DFL)
         os.kill(os.getpid(), caught[0])
     code = os.waitstatus_to_exitcode(status)
-    faults = usage.ru_majflt + usage.ru_minflt + usage.ru_nswap
-    return (128 - code if code < 0 else code), usage.ru_utime, usage.ru_stime, faults
+    return (128 - code if code < 0 else code, *times)
 
 
 def run(argv: Sequence[str], environ: dict[str, str], diag: ClientLog, *,
-        colour: bool = False) -> tuple[int, float, float, int]:  # fmt: skip
+        colour: bool = False, usage: bool = True) -> tuple[int, float, float, int]:  # fmt: skip
     """Run *argv* to completion (see :func:`wait`); 127/126 if it cannot be started.
 
     With *colour*, its stderr is collected and coloured as 1.4's ``colorify_output``.
@@ -280,7 +284,7 @@ def run(argv: Sequence[str], environ: dict[str, str], diag: ClientLog, *,
         text = b"".join(chunks).decode("utf-8", "surrogateescape")
         sys.stderr.buffer.write(colorify(text).encode("utf-8", "surrogateescape"))
         sys.stderr.flush()
-    return wait(pid)
+    return wait(pid, usage=usage)
 
 
 def read_command_output(argv: Sequence[str], environ: dict[str, str], *, fd: int = 1) -> str:
@@ -304,8 +308,9 @@ def read_command_output(argv: Sequence[str], environ: dict[str, str], *, fd: int
     return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 
-def build_local(job: Job, env: ClientEnv, diag: ClientLog, *, daemon: bool,
-                own: str | None = None) -> tuple[int, float, float, int]:  # fmt: skip
+def build_local(job: Job, env: ClientEnv, diag: ClientLog, *, daemon: bool,  # noqa: PLR0913
+                own: str | None = None,
+                usage: bool = True) -> tuple[int, float, float, int]:  # fmt: skip
     """1.4 ``build_local``: run the job's compiler here; (status, user s, system s, faults).
 
     Without a daemon slot (*daemon* False) one of the lock-file slots is
@@ -324,6 +329,6 @@ def build_local(job: Job, env: ClientEnv, diag: ClientLog, *, daemon: bool,
     try:
         step = STEP_CUSTOM if job.is_custom else STEP_COMPILER
         colour = colorify_wanted(job, env, color_terminal=color_terminal(env))
-        return run(argv, env.child_environ(step), diag, colour=colour)
+        return run(argv, env.child_environ(step), diag, colour=colour, usage=usage)
     finally:
         lock.release()

@@ -151,7 +151,6 @@ class _Run:
             irregular,
             readable,
         )
-        from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
 
         env, diag = self.env, self.diag
         if env.safeguard_level >= SAFEGUARD_MAX_LEVEL:
@@ -159,6 +158,8 @@ class _Run:
             return EXIT_RECURSION
         sock = None
         if not env.disabled:
+            from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
+
             try:
                 sock = find_local_daemon(env)
             except TestSocketError:
@@ -180,13 +181,16 @@ class _Run:
     def local(self, job: Job, daemon: Channel | None) -> int:
         from iceserv.client.local import build_local  # noqa: PLC0415
 
-        return build_local(job, self.env, self.diag, daemon=daemon is not None, own=self.own)[0]
+        return build_local(job, self.env, self.diag, daemon=daemon is not None, own=self.own,
+                           usage=False)[0]  # fmt: skip
 
     def with_daemon(self, sock: _socket.socket, analysis: Analysis) -> int:
         """Build with the daemon that answered: remote unless told otherwise, else in a slot."""
+        job = analysis.job
+        if analysis.local_reason is not None or self.env.local_only:
+            return self.light_slot(sock, job)
         from iceserv.client.channel import Channel, ClusterError  # noqa: PLC0415
 
-        job = analysis.job
         try:
             daemon = Channel(sock, name="local daemon", env=self.env)
         except ClusterError as exc:
@@ -194,11 +198,9 @@ class _Run:
             self.diag.warning(f"local daemon unusable: {exc}")
             return self.local(job, daemon=None)
         try:
-            local = analysis.local_reason is not None or self.env.local_only
-            if not local:
-                completed = self.complete(analysis)
-                local = completed is None
-                job = completed or job
+            completed = self.complete(analysis)
+            local = completed is None
+            job = completed or job
             if not local:
                 try:
                     status = self.remote(job, analysis, daemon)
@@ -327,6 +329,26 @@ class _Run:
                               "Set $ICECC_VERSION to an icecc environment.")  # fmt: skip
             return []
         return [envs.Environment(platform, envs.env_name(native) or "", native)]
+
+    def light_slot(self, sock: _socket.socket, job: Job) -> int:
+        """Build a job that stays local in a slot, asked for without the protocol package."""
+        from iceserv.client.job import absolute  # noqa: PLC0415
+        from iceserv.client.slot import local_slot  # noqa: PLC0415
+
+        try:
+            granted = local_slot(sock, absolute(job.output_file, self.cwd), LOCAL_GO_TIMEOUT)
+            if not granted:
+                sock.close()
+                return self.local(job, daemon=None)
+            return self.local_granted(job)
+        finally:
+            sock.close()
+
+    def local_granted(self, job: Job) -> int:
+        """Compile in the slot the daemon granted (no lock file: the daemon counts us)."""
+        from iceserv.client.local import build_local  # noqa: PLC0415
+
+        return build_local(job, self.env, self.diag, daemon=True, own=self.own, usage=False)[0]
 
     def local_in_slot(self, job: Job, daemon: Channel) -> int:
         """§5.1.3: JOB_LOCAL_BEGIN, wait for the go, compile; lock files if the daemon fails."""

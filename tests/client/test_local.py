@@ -159,6 +159,32 @@ def hold_slot(seconds: float, program: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([program, "sleep", str(seconds)], env=env)
 
 
+def wait_until_slots_held(slots: int, timeout: float) -> bool:
+    """Wait (bounded) until another process holds every lock slot; probes do not block."""
+    import pwd  # noqa: PLC0415
+
+    base = "/tmp/.icecream-" + pwd.getpwuid(os.getuid()).pw_name
+    names = [base + "/local_lock" + (str(n) if n else "") for n in range(slots)]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = 0
+        for name in names:
+            try:
+                fd = os.open(name, os.O_WRONLY)
+            except OSError:
+                break
+            try:
+                os.lockf(fd, os.F_TLOCK, 0)
+            except OSError:
+                held += 1
+            finally:
+                os.close(fd)  # drops a lock we took ourselves at once
+        if held == slots:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 class TestLockFiles:
     """Without a daemon we hold one of /tmp/.icecream-<user>/local_lock* (ncpu slots).
 
@@ -172,9 +198,9 @@ class TestLockFiles:
     def test_a_build_waits_while_we_hold_every_slot(self, bed: WrapperBed, waiter):
         """While our builds hold every slot, the real client's and ours wait."""
         slots = os.sysconf("SC_NPROCESSORS_ONLN")
-        holders = [hold_slot(1.5, bed.program("ours", "icecc")) for _ in range(slots)]
+        holders = [hold_slot(3.0, bed.program("ours", "icecc")) for _ in range(slots)]
         try:
-            time.sleep(0.7)  # let them take their slots
+            assert wait_until_slots_held(slots, timeout=10.0)
             start = time.monotonic()
             waited = subprocess.run([bed.program(waiter, "icecc"), "true"], timeout=30,
                                     env={"PATH": "/usr/bin:/bin", "ICECC": "disable"},
