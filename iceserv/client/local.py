@@ -162,7 +162,7 @@ class HostLock:
 
     def acquire(self) -> bool:
         """Take a free slot (a random one first), else wait for one; False on errors."""
-        base = self._directory()
+        base = self.directory()
         if base is None:
             return False
         slots = max(1, os.sysconf("SC_NPROCESSORS_ONLN"))
@@ -185,7 +185,8 @@ class HostLock:
         return False
 
     @staticmethod
-    def _directory() -> str | None:
+    def directory() -> str | None:
+        """``/tmp/.icecream-<user>``, made if missing; None if it cannot be."""
         import pwd  # noqa: PLC0415 - only local builds need it
 
         try:

@@ -36,6 +36,10 @@ __all__ = ["main"]
 
 ICECC_VERSION: Final = "1.4.0"  # what we are compatible with, as "icecc --version" says
 EXIT_TEST_SOCKET_ERROR: Final = 119
+EXIT_CLUSTER_FAILURE: Final = 1  # ICECC_FALLBACK=fail
+#: 1.4 error numbers that send a job home for the job's own sake, not the cluster's:
+#: the caret workaround (102), a failed -fdirectives-only cpp (103), a missing file (104).
+_NOT_CLUSTER_FAILURES: Final = frozenset({102, 103, 104})
 LOCAL_GO_TIMEOUT: Final = 2400.0
 USAGE: Final = """\
 Usage:
@@ -175,8 +179,24 @@ class _Run:
         if sock is None:
             if not env.disabled:
                 diag.warning("no local daemon found")
+                if analysis.local_reason is None and not env.local_only:
+                    failed = self.cluster_failure("no daemon", "no local iceccd answered")
+                    if failed is not None:
+                        return failed
             return self.local(analysis.job, daemon=None)
         return self.with_daemon(sock, analysis)
+
+    def cluster_failure(self, kind: str, detail: str) -> int | None:
+        """``ICECC_FALLBACK=fail``: say what failed in one line and return 1; else None.
+
+        *kind* is one of "no daemon", "no environment", "no host", "environment
+        refused" and "remote failure" (icecc(1)).
+        """
+        if not self.env.fail_on_cluster_errors:
+            return None
+        sys.stderr.write(f"icecc: cluster failure ({kind}): {detail}\n")
+        sys.stderr.flush()
+        return EXIT_CLUSTER_FAILURE
 
     def local(self, job: Job, daemon: Channel | None) -> int:
         from iceserv.client.local import build_local  # noqa: PLC0415
@@ -196,7 +216,8 @@ class _Run:
         except ClusterError as exc:
             sock.close()
             self.diag.warning(f"local daemon unusable: {exc}")
-            return self.local(job, daemon=None)
+            failed = self.cluster_failure("no daemon", f"local daemon unusable: {exc}")
+            return failed if failed is not None else self.local(job, daemon=None)
         try:
             completed = self.complete(analysis)
             local = completed is None
@@ -206,6 +227,10 @@ class _Run:
                     status = self.remote(job, analysis, daemon)
                 except ClusterError as exc:
                     self.diag.warning(f"local build forced by remote exception: {exc}")
+                    if exc.code not in _NOT_CLUSTER_FAILURES:
+                        failed = self.cluster_failure(_failure_kind(exc.code), str(exc))
+                        if failed is not None:
+                            return failed
                     fresh = self.reconnect(daemon)
                     if fresh is None:
                         return self.local(job, daemon=None)
@@ -272,14 +297,25 @@ class _Run:
         if extrafiles is None:
             return None
         envs = self.environments(job, daemon, extrafiles, platform)
-        if not envs:
-            return None
+        if not envs:  # 1.4: build locally, in a slot of the same daemon connection
+            return self.cluster_failure("no environment", "no environment to compile with "
+                                        "(ICECC_VERSION, or the daemon's native one)")  # fmt: skip
         remote = Remote(job, daemon, envs, env=self.env, diag=self.diag, cwd=self.cwd,
                         platform=platform, own=self.own)  # fmt: skip
         status = self.repeated(remote) if self.env.repeat_rate > 0 else remote.run()
         if status == 0:
             daemon.send(End())  # "all fine": the server reports the job, not our daemon
+            if self.env.verify and remote.server is not None:
+                status = self.verified(job, remote.server)
         return status
+
+    def verified(self, job: Job, server: str) -> int:
+        """``ICECC_VERIFY=N``: on every Nth remote job, compile here too and compare."""
+        from iceserv.client import verify  # noqa: PLC0415
+
+        if not verify.due(self.env.verify):
+            return 0
+        return verify.check(job, self.env, self.diag, server=server, own=self.own)
 
     def repeated(self, remote: Remote) -> int:
         """``ICECC_REPEAT_RATE``: maybe compile on three servers and compare."""
@@ -368,6 +404,17 @@ class _Run:
             daemon.close()
             return self.local(job, daemon=None)
         return self.local(job, daemon=daemon)
+
+
+def _failure_kind(code: int) -> str:
+    """Name what failed, for ``ICECC_FALLBACK=fail``, from 1.4's error number."""
+    if code in (24, 25, 26):
+        return "environment refused"
+    if code == 22:
+        return "no environment"
+    if code in (1, 2):
+        return "no host"
+    return "remote failure"
 
 
 def _links_to_icerun(path: str) -> bool:

@@ -105,6 +105,7 @@ class Remote:
         self.env, self.diag, self.cwd, self.platform, self.own = env, diag, cwd, platform, own
         self.source = source  # an already preprocessed file to send (repeated jobs)
         self.output = output  # pass the server's stdout/stderr on (and check them)
+        self.server: str | None = None  # the compile server that built it, once one did
 
     def minimal_version(self, features: int) -> int:
         """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise to 42 for xz/zstd envs."""
@@ -197,6 +198,7 @@ class Remote:
         if sock is None:
             raise ClusterError(2, f"no server found at {use.hostname}")
         server = Channel(sock, name=use.hostname, env=self.env)
+        self.server = use.hostname
         try:
             server.open()
             if not use.got_env:
