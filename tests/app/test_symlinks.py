@@ -123,7 +123,7 @@ class TestCommandLine:
 
 
 class TestLauncher:
-    def test_install_launcher_replaces_pip_scripts(self, tmp_path, icecc, capsys):
+    def test_install_launcher_replaces_pip_scripts(self, icecc, capsys):
         """install-launcher writes #!python -IS launchers over pip's icecc and icerun."""
         from iceserv.client.launcher import is_launcher  # noqa: PLC0415
 
@@ -143,9 +143,9 @@ class TestLauncher:
             (bin_dir / name).write_text(LAUNCHER.format(python=sys.executable))
             (bin_dir / name).chmod(0o755)
         directory = tmp_path / "icecc-bin"
-        done = subprocess.run([sys.executable, "-c", "import sys; from iceserv.app.cli import "
-                               "main; sys.argv[0] = sys.argv[1]; sys.exit(main(sys.argv[2:]))",
-                               str(bin_dir / "iceserv"), "install-symlinks", "--dir",
+        code = ("import sys; from iceserv.app.cli import main; "
+                "sys.argv[0] = sys.argv[1]; sys.exit(main(sys.argv[2:]))")
+        done = subprocess.run([sys.executable, "-c", code, str(bin_dir / "iceserv"), "install-symlinks", "--dir",
                                str(directory), "--names", "gcc"],
                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert done.returncode == 0, done.stderr
