@@ -145,8 +145,8 @@ class TestLauncher:
         directory = tmp_path / "icecc-bin"
         code = ("import sys; from iceserv.app.cli import main; "
                 "sys.argv[0] = sys.argv[1]; sys.exit(main(sys.argv[2:]))")
-        done = subprocess.run([sys.executable, "-c", code, str(bin_dir / "iceserv"), "install-symlinks", "--dir",
-                               str(directory), "--names", "gcc"],
+        done = subprocess.run([sys.executable, "-c", code, str(bin_dir / "iceserv"),
+                               "install-symlinks", "--dir", str(directory), "--names", "gcc"],
                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert is_launcher(str(bin_dir / "icecc"))
