@@ -192,7 +192,11 @@ def _reproducible_command(argv: list[str], job: CompileFile, paths: JobPaths, *,
     argv += [arg for arg in job.args if arg != reproducible.DIRECTIVES_ONLY]
     if split and job.dwarf_fission:
         argv.append("-gsplit-dwarf")
-    return [*argv, paths.input_arg, "-o", paths.output, f"-fdebug-prefix-map={paths.tmp_root}/=/"]
+    # -nostdinc: the stream holds every header already, and in the chroot (no /usr/include)
+    # gcc would fail to find stdc-predef.h for its implicit pre-include.  gcc does not
+    # record -nostdinc or -fdebug-prefix-map in DW_AT_producer.
+    return [*argv, "-nostdinc", paths.input_arg, "-o", paths.output,
+            f"-fdebug-prefix-map={paths.tmp_root}/=/"]
 
 
 def is_out_of_memory(stderr: str, faults: int, mem_limit_mb: int, page_size: int = 4096) -> bool:

@@ -25,6 +25,9 @@ directives-only stream as an *ordinary* source file, with
   directory that mirrors the client's working directory, compiled from
   there, and ``-fdebug-prefix-map=<jobdir>/=/`` (which gcc does not record)
   mapping ``DW_AT_comp_dir`` and absolute names back to the client's;
+* ``-nostdinc`` (the stream holds every header; in the chroot, without
+  ``/usr/include``, gcc would otherwise fail on its implicit
+  ``stdc-predef.h``), which gcc does not record either;
 * no ``-fpreprocessed``, no ``-fdirectives-only``, no ggc parameters: the
   compiler's memory is bounded by the job's ``RLIMIT_AS`` instead (the job
   runner sets it from the same memory limit), which is what the ggc

@@ -86,7 +86,8 @@ class TestLayout:
         paths = job_paths(JOB, "u")
         assert paths.source_file == "/tmp/icecc-7-u/home/me/proj/src/hello.c"
         assert compiler_command(JOB, paths, mem_limit_mb=1024) == [
-            "/usr/bin/gcc", "-x", "c", "-g", "-O2", "-c", "src/hello.c", "-o", "obj/hello.o",
+            "/usr/bin/gcc", "-x", "c", "-g", "-O2", "-c", "-nostdinc", "src/hello.c", "-o",
+            "obj/hello.o",
             "-fdebug-prefix-map=/tmp/icecc-7-u/=/",
         ]  # fmt: skip
 
