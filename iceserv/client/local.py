@@ -160,14 +160,19 @@ class HostLock:
         """Whether a slot is held."""
         return self._fd is not None
 
-    def acquire(self) -> bool:
+    def try_acquire(self) -> bool:
+        """Take a slot only if one is free right now; never waits."""
+        return self.acquire(wait=False)
+
+    def acquire(self, *, wait: bool = True) -> bool:
         """Take a free slot (a random one first), else wait for one; False on errors."""
         base = self.directory()
         if base is None:
             return False
         slots = max(1, os.sysconf("SC_NPROCESSORS_ONLN"))
         start = os.getpid()
-        for block, order in ((False, range(slots)), (True, range(1))):
+        rounds = ((False, range(slots)), (True, range(1))) if wait else ((False, range(slots)),)
+        for block, order in rounds:
             for step in order:
                 slot = (start + step) % slots
                 name = base + "/local_lock" + (str(slot) if slot else "")
@@ -242,7 +247,10 @@ def wait(pid: int, *, usage: bool = True) -> tuple[int, float, float, int]:
         caught.append(signum)
         os.kill(pid, signum)  # not reaped yet, so the pid is still the child's
 
-    previous = {num: sig.signal(num, forward) for num in (getattr(sig, n) for n in _FORWARDED)}
+    try:
+        previous = {num: sig.signal(num, forward) for num in (getattr(sig, n) for n in _FORWARDED)}
+    except ValueError:  # not the main thread (ICECC_RACE's remote side): nothing to forward
+        previous = {}
     times = (0.0, 0.0, 0)
     try:
         if usage:

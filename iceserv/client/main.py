@@ -103,6 +103,7 @@ class _Run:
 
     def __init__(self, argv: list[str], env: ClientEnv, diag: ClientLog) -> None:
         self.argv, self.env, self.diag = argv, env, diag
+        self.local_status = 0  # a job built here while racing the cluster (ICECC_RACE)
         self.own = argv[0] if "/" in argv[0] else None  # our own executable, to skip on PATH
         try:
             self.cwd = os.getcwd()  # noqa: PTH109 - pathlib costs import time
@@ -302,12 +303,37 @@ class _Run:
                                         "(ICECC_VERSION, or the daemon's native one)")  # fmt: skip
         remote = Remote(job, daemon, envs, env=self.env, diag=self.diag, cwd=self.cwd,
                         platform=platform, own=self.own)  # fmt: skip
-        status = self.repeated(remote) if self.env.repeat_rate > 0 else remote.run()
+        if self.env.repeat_rate > 0:
+            status = self.repeated(remote)
+        elif self.env.race and not job.dwarf_fission:
+            raced = self.raced(remote)
+            if raced is None:
+                return self.finished_locally()
+            status = raced
+        else:
+            status = remote.run()
         if status == 0:
             daemon.send(End())  # "all fine": the server reports the job, not our daemon
             if self.env.verify and remote.server is not None:
                 status = self.verified(job, remote.server)
         return status
+
+    def raced(self, remote: Remote) -> int | None:
+        """``ICECC_RACE=1``: race local and remote if a local slot is free; None: local won."""
+        from iceserv.client.race import free_slot, race  # noqa: PLC0415
+
+        lock = free_slot()
+        if lock is None:
+            return remote.run()
+        status, remote_won = race(remote, lock)
+        if not remote_won:
+            self.local_status = status
+            return None
+        return status
+
+    def finished_locally(self) -> int:
+        """Return the status of the job built here during a race."""
+        return self.local_status
 
     def verified(self, job: Job, server: str) -> int:
         """``ICECC_VERIFY=N``: on every Nth remote job, compile here too and compare."""

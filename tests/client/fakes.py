@@ -67,6 +67,7 @@ for a in "$@"; do
   prev="$a"
 done
 if [ "$pre" = 1 ]; then printf 'int preprocessed_by_fake;\n'; exit "${FAKE_CC_CPP_STATUS:-0}"; fi
+[ -n "${FAKE_CC_SLEEP:-}" ] && sleep "$FAKE_CC_SLEEP"
 [ -n "$out" ] && printf 'fake object of %s\n' "$name" > "$out"
 exit "${FAKE_CC_STATUS:-0}"
 """

@@ -110,3 +110,29 @@ class TestVerify:
         assert done.status == 0
         assert b"ICECC_VERIFY" not in done.stderr
         assert SERVER_OBJ not in done.files.values()
+
+
+class TestRace:
+    """Races need a free lock slot of this user; without one the job simply goes remote."""
+
+    def test_the_remote_wins_over_a_slow_local_compiler(self, bed: WrapperBed):
+        """A slow local compiler is killed when the server's object arrives; it is the output."""
+        done = run_case(bed, "ours", case("remote-ok", ICECC_RACE="1", FAKE_CC_SLEEP="20"))
+        assert done.status == 0
+        assert done.files == {"hello.o": SERVER_OBJ}  # nothing else left beside it
+
+    def test_the_local_build_wins_when_the_server_fails(self, bed: WrapperBed):
+        """The server hangs up: the local object counts, without a second local compile."""
+        done = run_case(bed, "ours", case("server-hangs-up", ICECC_RACE="1"))
+        assert done.status == 0
+        assert done.files == {"hello.o": LOCAL_OBJ}
+        # Raced, it is compiled here once; when every lock slot of this user was busy (other
+        # builds on the machine) there was no race and 1.4's fallback compiled it instead.
+        assert len([c for c in done.calls if "-E" not in c[2]]) == 1
+
+    def test_a_compile_error_is_the_local_compilers(self, bed: WrapperBed):
+        """Both sides fail: the status and messages are the local compiler's."""
+        job = case("remote-compile-error-is-final", ICECC_RACE="1", FAKE_CC_STATUS="1")
+        done = run_case(bed, "ours", job)
+        assert done.status == 1
+        assert "hello.o" not in done.files

@@ -196,7 +196,8 @@ class TestWithRealPeers:
                                                "ICECC_PREFERRED_HOST": "h2-real"})  # fmt: skip
         result = build(mixed_cluster, project, reference, client)
         assert result.returncode == 0, result.output
-        assert not result.different and not result.missing  # the local objects won
+        assert not result.different  # the local objects won
+        assert not result.missing
         reported = [line for line in result.output.splitlines()
                     if line.startswith("icecc: ICECC_VERIFY: ")]  # fmt: skip
         assert reported, result.output
@@ -219,7 +220,8 @@ class TestWithRealPeers:
                    for line in lines), lines  # fmt: skip
         fallback = build(mixed_cluster, project, reference, ClientPlan("ours", extra_env=env))
         assert fallback.returncode == 0, fallback.output
-        assert not fallback.different and not fallback.missing
+        assert not fallback.different
+        assert not fallback.missing
 
     def test_a_compile_error_stays_the_compilers(self, mixed_cluster, tmp_path):
         """In fail mode a real compile error through the cluster is gcc's own message."""
