@@ -204,34 +204,41 @@ class TestWithRealPeers:
         h2 = mixed_cluster.bed[1].ip
         assert all(f"remote object from {h2}" in line for line in reported), reported
 
-    def test_fail_mode_on_a_refused_environment(self, mixed_cluster, c_tree, tmp_path):
-        """h2 (real 1.4) refuses a broken environment: fail mode fails the build in one line."""
-        project, reference = c_tree
+    def test_fail_mode_on_a_refused_environment(self, mixed_cluster, tmp_path):
+        """h2 (real 1.4) refuses a broken environment: fail mode fails the job in one line."""
+        (tmp_path / "hello.c").write_text("int main(void) { return 0; }\n")
         broken = truncated_copy(build_real_env(dest_dir=tmp_path).path,
                                 tmp_path / "broken.tar.gz", 64 * 1024)  # fmt: skip
-        env = {"ICECC_VERSION": str(broken), "ICECC_PREFERRED_HOST": "h2-real"}
-        failing = build(mixed_cluster, project, reference,
-                        ClientPlan("ours", extra_env={**env, "ICECC_FALLBACK": "fail"}))
-        assert failing.returncode != 0
-        lines = [line for line in failing.output.splitlines() if "cluster failure" in line]
-        assert lines, failing.output
-        assert all(line.startswith("icecc: cluster failure (") for line in lines), lines
-        assert any("(environment refused)" in line or "(remote failure)" in line
-                   for line in lines), lines  # fmt: skip
-        fallback = build(mixed_cluster, project, reference, ClientPlan("ours", extra_env=env))
-        assert fallback.returncode == 0, fallback.output
-        assert not fallback.different
-        assert not fallback.missing
+        plain = {"ICECC_VERSION": str(broken), "ICECC_PREFERRED_HOST": "h2-real"}
+        failing = compile_on_h1(mixed_cluster, tmp_path, {**plain, "ICECC_FALLBACK": "fail"})
+        assert failing.returncode == 1, failing.stderr
+        assert failing.stderr.startswith("icecc: cluster failure (")
+        assert failing.stderr.count("\n") == 1, failing.stderr
+        assert "(environment refused)" in failing.stderr or "(remote failure)" in failing.stderr
+        assert not (tmp_path / "hello.o").exists()
+        fallback = compile_on_h1(mixed_cluster, tmp_path, plain)
+        assert fallback.returncode == 0, fallback.stderr
+        assert fallback.stderr == ""
+        assert (tmp_path / "hello.o").read_bytes()[:4] == b"\x7fELF"
 
     def test_a_compile_error_stays_the_compilers(self, mixed_cluster, tmp_path):
         """In fail mode a real compile error through the cluster is gcc's own message."""
         (tmp_path / "bad.c").write_text("int f(void) { return undeclared; }\n")
-        cc, env = mixed_cluster.client_command(
-            ClientPlan("ours", extra_env={"ICECC_FALLBACK": "fail",
-                                          "ICECC_PREFERRED_HOST": "h2-real"}), 0)  # fmt: skip
-        done = mixed_cluster.bed[0].run([*cc.split(), "-c", "bad.c", "-o", "bad.o"],
-                                        cwd=tmp_path, env=env, capture_output=True, text=True,
-                                        timeout=300, check=False)  # fmt: skip
+        done = compile_on_h1(mixed_cluster, tmp_path, {"ICECC_FALLBACK": "fail",
+                                                       "ICECC_PREFERRED_HOST": "h2-real"},
+                             source="bad.c")  # fmt: skip
         assert done.returncode == 1
         assert "'undeclared' undeclared" in done.stderr
         assert "cluster failure" not in done.stderr
+
+
+def compile_on_h1(cluster: Cluster, work: Path, env: Mapping[str, str],
+                  source: str = "hello.c") -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``icecc gcc -c SOURCE`` with our client on h1 (its daemon), *env* added."""
+    cc, environ = cluster.client_command(ClientPlan("ours", extra_env=env), 0)
+    environ.pop("ICECC_LOGFILE", None)  # the one line must reach stderr, not the log
+    environ.pop("ICECC_DEBUG", None)
+    output = source.rsplit(".", 1)[0] + ".o"
+    return cluster.bed[0].run([*cc.split(), "-c", source, "-o", output], cwd=work, env=environ,
+                              capture_output=True, text=True, timeout=240,
+                              check=False)  # fmt: skip
