@@ -108,6 +108,9 @@ def report(title: str, measured: tuple[dict[str, float], dict[str, float]],
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40, help="runs per variant (default 40)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a source tree of an older iceserv (e.g. 'git archive REV iceserv'"
+                             " unpacked): adds it through a pip-style console script")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="icecc-bench-") as tmp:
         work = Path(tmp)
@@ -116,6 +119,14 @@ def main() -> int:
         (work / "pip").mkdir()
         pip_script = str(write_pip_script(work / "pip" / "icecc", sys.executable))
         python = os.path.realpath(sys.executable)
+        before = None
+        if args.before is not None:
+            (work / "before").mkdir()
+            before = work / "before" / "icecc"  # the name picks the mode
+            before.write_text(f"#!{sys.executable}\nimport sys\n"
+                              f"sys.path.insert(0, {str(args.before.resolve())!r})\n"
+                              "from iceserv.client.main import main\nsys.exit(main())\n")
+            before.chmod(0o755)
         base = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C"}
 
         bare = work / "bare-python-wrapper"
@@ -124,7 +135,9 @@ def main() -> int:
 
         def variants(env: dict[str, str], *extra: str) -> dict[str, tuple[list[str], Env]]:
             compile_args = ["-c", "hello.c", *extra]
-            return {
+            older = {} if before is None else {"before (pip)": ([str(before), "gcc",
+                                                                 *compile_args], env)}
+            return {**older,
                 "gcc": ([GCC, *compile_args], base),
                 "real icecc": ([REAL_ICECC, "gcc", *compile_args], env),
                 "our icecc": ([ours, "gcc", *compile_args], env),

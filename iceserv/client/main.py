@@ -111,10 +111,12 @@ class _Run:
             self.cwd = ""
 
     def run(self) -> int:
-        from iceserv.client.local import read_response_file  # noqa: PLC0415
-        from iceserv.client.respfile import expand_response_files  # noqa: PLC0415
+        if any(arg.startswith("@") for arg in self.argv[1:]):  # rare: import only then
+            from iceserv.client.local import read_response_file  # noqa: PLC0415
+            from iceserv.client.respfile import expand_response_files  # noqa: PLC0415
 
-        argv = self.argv = expand_response_files(self.argv, read_response_file)
+            self.argv = expand_response_files(self.argv, read_response_file)
+        argv = self.argv
         self.diag.debug("invoked as: " + " ".join(argv))
         prog = argv[0].rpartition("/")[2]
         compiler, start, icerun = "", 1, False

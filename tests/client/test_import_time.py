@@ -103,15 +103,17 @@ class TestImports:
 
 #: What the launcher may import beyond ``python -I -S -c "import os"`` on the light paths.
 LIGHT = {"__future__", "pwd", "iceserv", "iceserv.client", "iceserv.client.main",
-         "iceserv.client.env", "iceserv.client.log", "iceserv.client.respfile",
+         "iceserv.client.env", "iceserv.client.log",
          "iceserv.client.args", "iceserv.client.rules", "iceserv.client.options",
          "iceserv.client.job", "iceserv.client.local"}  # fmt: skip
 #: The local-slot path adds the daemon socket and the hand-written slot conversation.
 SLOT = LIGHT | {"_socket", "iceserv.client.sockets", "iceserv.client.slot"}
 #: Summed "self" import microseconds beyond the bare interpreter: ~2 ms on an idle
 #: machine; the margin absorbs a loaded CI host.  Not a wall-clock assertion on the
-#: compile: it only grows if someone adds imports to the light path.
+#: compile: it only grows if someone adds imports to the light path.  The least of
+#: TRIES runs counts: a preempted import on a busy machine is not the code's cost.
 BUDGET_US = 25_000
+TRIES = 5
 
 
 def import_times(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, int]:
@@ -143,8 +145,12 @@ class TestLauncherBudget:
         script, python = launcher
         floor = import_times([python, "-I", "-S", "-X", "importtime", "-c", "import os"],
                              env, work)  # fmt: skip
-        ours = import_times([python, "-I", "-S", "-X", "importtime", script, *args], env, work)
-        return {name: us for name, us in ours.items() if name not in floor}
+        runs = []
+        for _ in range(TRIES):
+            ours = import_times([python, "-I", "-S", "-X", "importtime", script, *args], env,
+                                work)  # fmt: skip
+            runs.append({name: us for name, us in ours.items() if name not in floor})
+        return min(runs, key=lambda extra: sum(extra.values()))
 
     def test_disabled_build(self, launcher, work):
         """ICECC=disable: only the light modules load, within the summed import budget."""
@@ -163,6 +169,6 @@ class TestLauncherBudget:
         finally:
             daemon.close()
         assert (work / "hello.i").exists()
-        assert [type(m).__name__ for m in daemon.messages()[0]] == ["JobLocalBegin"]
+        assert {type(m).__name__ for c in daemon.messages() for m in c} == {"JobLocalBegin"}
         assert set(extra) <= SLOT, set(extra) - SLOT
         assert sum(extra.values()) < BUDGET_US, extra
