@@ -69,9 +69,13 @@ int main(int argc, char **argv) {
     size_t kept = 0;
     ssize_t got;
     int fd = mkstemp(path);
-    for (int i = 1; i < argc; i++)
-        if (strstr(argv[i], CRASH_ON) != NULL)
+    /* CRASH_ON is the quoted name ("lib/x.c"): an argument ending in the name inside counts. */
+    size_t name_len = strlen(CRASH_ON) - 2;
+    for (int i = 1; i < argc; i++) {
+        size_t len = strlen(argv[i]);
+        if (len >= name_len && strncmp(argv[i] + len - name_len, CRASH_ON + 1, name_len) == 0)
             raise(SIGSEGV);
+    }
     if (fd < 0)
         return 100;
     unlink(path);
