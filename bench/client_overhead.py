@@ -32,9 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from client.fakes import FakeDaemon, write_launcher, write_pip_script
+from testbed.client_fakes import FakeDaemon, write_launcher, write_pip_script
 
 Env = dict[str, str]
 REAL_ICECC = "/usr/bin/icecc"

@@ -31,13 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from testbed import OurScheduler, RealScheduler
+from testbed.dbusbed import SystemBus
 
-from service.dbusbed import SystemBus  # noqa: E402
-from testbed import OurScheduler, RealScheduler  # noqa: E402
-
-from iceserv.protocol import (  # noqa: E402
+from iceserv.protocol import (
     NEED_DATA,
     Connection,
     EnvEntry,
@@ -51,7 +48,9 @@ from iceserv.protocol import (  # noqa: E402
     Stats,
     UseCS,
 )
-from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH  # noqa: E402
+from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH
+
+ROOT = Path(__file__).resolve().parents[1]
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -47,15 +47,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
+from load import Daemon, Tally, rss_kib
+from provenance import provenance
+from testbed.hosts import free_scheduler_port
+from testbed.procs import clean_env, listening_tcp_ports, make_workdir, stop_process
+from testbed.wait import wait_for
 
-from load import Daemon, Tally, rss_kib  # noqa: E402
-from provenance import provenance  # noqa: E402
-from testbed.hosts import free_scheduler_port  # noqa: E402
-from testbed.procs import clean_env, listening_tcp_ports, make_workdir, stop_process  # noqa: E402
-from testbed.wait import wait_for  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 REAL_SCHEDULER = "/usr/sbin/icecc-scheduler"
 LOGIN_BATCH = 100

@@ -37,7 +37,7 @@ S = TypeVar("S", DaemonSettings, SchedulerSettings)
 
 
 class WallClock:
-    """The ``Clock`` of a running program: seconds since the epoch."""
+    """The :class:`~iceserv.clock.Clock` of a running program: seconds since the epoch."""
 
     def now(self) -> float:
         """Return ``time.time()``."""
@@ -79,9 +79,11 @@ def open_log(
     """
     try:
         return configure_logging(
-            verbosity=settings.verbosity, fmt=LogFormat(settings.log_format),
-            log_file=settings.log_file, journal_stream=journal_stream,
-        )  # fmt: skip
+            verbosity=settings.verbosity,
+            fmt=LogFormat(settings.log_format),
+            log_file=settings.log_file,
+            journal_stream=journal_stream,
+        )
     except OSError as exc:
         sys.stderr.write(f"{prog}: cannot open log file: {exc}\n")
         return os.EX_CANTCREAT

@@ -34,9 +34,9 @@ import structlog
 from iceserv._version import VERSION
 from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
 from iceserv.config import Service, load_scheduler_settings
+from iceserv.hostfacts import broadcast_addresses, interface_address
 from iceserv.protocol.discovery import DEFAULT_NETNAME
-from iceserv.scheduler import SchedulerServer, ServerSettings
-from iceserv.scheduler.netif import broadcast_addresses, interface_address
+from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.dbus import (
     DEFAULT_SYSTEM_BUS,
@@ -65,7 +65,9 @@ _EXIT_FAILURE: Final = 1
 _RESTART_ONLY: Final = ("port", "interface", "user", "daemonize")
 
 
-def server_settings(settings: SchedulerSettings, environ: Mapping[str, str]) -> ServerSettings:
+def server_settings(
+    settings: SchedulerSettings, environ: Mapping[str, str]
+) -> SchedulerServerSettings:
     """Map the scheduler's settings (and ``ICECC_TESTS``) to the server's.
 
     Raises ``OSError`` if the interface does not exist or has no IPv4 address.
@@ -75,7 +77,7 @@ def server_settings(settings: SchedulerSettings, environ: Mapping[str, str]) -> 
         announce_to: tuple[str, ...] = (_LOOPBACK,)
     else:
         announce_to = tuple(broadcast_addresses())
-    return ServerSettings(
+    return SchedulerServerSettings(
         address=address,
         port=settings.port,
         netname=settings.net_name or DEFAULT_NETNAME,
@@ -153,12 +155,15 @@ class SchedulerService:
         new, live, fixed = reload_changes(loaded.settings, self.settings, _RESTART_ONLY)
         if fixed:
             log.warning("reload_needs_restart", settings=fixed)
-        self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
-                               log_file=new.log_file)  # fmt: skip
+        self._logs.reconfigure(
+            verbosity=new.verbosity, fmt=LogFormat(new.log_format), log_file=new.log_file
+        )
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)
-        self.server.reconfigure(netname=new.net_name or DEFAULT_NETNAME,
-                                persistent_clients=new.persistent_client_connection)  # fmt: skip
+        self.server.reconfigure(
+            netname=new.net_name or DEFAULT_NETNAME,
+            persistent_clients=new.persistent_client_connection,
+        )
         self.settings = new
         return live
 
@@ -182,7 +187,7 @@ class SchedulerService:
 
 
 async def _run(
-    server_conf: ServerSettings,
+    server_conf: SchedulerServerSettings,
     notifier: Notifier,
     make_service: Callable[[SchedulerServer, TelnetServer | None], SchedulerService],
     bus_address: str,

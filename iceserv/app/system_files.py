@@ -18,6 +18,13 @@ copies them from the installed package (``iceserv/_data``, see the
 
 ``--root`` is a staging directory (DESTDIR) prepended to every target;
 paths written into files never include it.  ``--dry-run`` prints the plan.
+
+The units run with ``PrivateTmp=yes`` (``/tmp`` and ``/var/tmp`` are
+private) and ``ProtectHome=`` (``/home``, ``/root`` and ``/run/user``
+hidden from the scheduler): a venv there cannot be the units' ``ExecStart=``.
+Without ``--bindir`` such a default (this Python's own bin directory) is
+refused; an explicit ``--bindir`` there, or a default one under ``--root``
+(a staging tree, whose programs live elsewhere), gets a warning.
 The module never starts, enables or reloads services: it prints what to run.
 """
 
@@ -36,13 +43,30 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
 
-__all__ = ["Action", "Kind", "Options", "data_root", "execute", "plan", "register"]
+__all__ = [
+    "Action",
+    "Kind",
+    "Options",
+    "data_root",
+    "execute",
+    "hidden_by_sandbox",
+    "plan",
+    "register",
+]
 
 _SOURCE_TREE: Final = Path(__file__).resolve().parents[2]
 _PROGRAMS: Final = ("iceccd", "icecc-scheduler")
 _PROGRAM_PATH: Final = re.compile(r"/usr/bin/(iceccd|icecc-scheduler)(?![\w.-])")
 _DEFAULT_BINDIR: Final = Path("/usr/bin")
 _COMPILERS: Final = ("cc", "c++", "gcc", "g++", "clang", "clang++")
+#: Directories the units' sandbox hides, and the setting that hides them.
+_HIDDEN: Final = (
+    (Path("/tmp"), "PrivateTmp=yes"),  # noqa: S108 - a path we warn about, not one we use
+    (Path("/var/tmp"), "PrivateTmp=yes"),  # noqa: S108 - likewise
+    (Path("/home"), "ProtectHome=yes"),
+    (Path("/root"), "ProtectHome=yes"),
+    (Path("/run/user"), "ProtectHome=yes"),
+)
 _NEXT_STEPS: Final = {
     "systemd": (
         "systemctl daemon-reload",
@@ -113,6 +137,18 @@ def default_bindir() -> Path:
     """Return where the running installation's ``iceccd`` lives, else ``/usr/bin``."""
     here = Path(sys.executable).parent
     return here if (here / "iceccd").exists() else _DEFAULT_BINDIR
+
+
+def hidden_by_sandbox(bindir: Path) -> str | None:
+    """Return why the units cannot run programs in *bindir* (e.g. ``PrivateTmp=yes``), or None.
+
+    Both the path as given and with symlinks resolved are checked.
+    """
+    for path in (bindir, bindir.resolve()):
+        for top, setting in _HIDDEN:
+            if path.is_relative_to(top):
+                return f"{setting} hides {top}"
+    return None
 
 
 def _under(root: Path, path: Path) -> Path:
@@ -223,24 +259,71 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(never over existing files), D-Bus policy, sysusers/tmpfiles/logrotate entries and "
         "man pages to where the system looks for them.",
     )
-    parser.add_argument("--root", type=Path, default=Path("/"),
-                        help="staging directory prepended to every target (DESTDIR)")  # fmt: skip
-    parser.add_argument("--prefix", type=Path, default=Path("/usr/local"),
-                        help="prefix for units, sysusers/tmpfiles and man pages (default: "
-                        "/usr/local; distributions use /usr)")  # fmt: skip
-    parser.add_argument("--bindir", type=Path, default=None,
-                        help="where iceccd and icecc-scheduler are (default: next to this "
-                        "Python if they are there, else /usr/bin)")  # fmt: skip
-    parser.add_argument("--init", choices=("auto", "systemd", "openrc", "both"), default="auto",
-                        help="auto: OpenRC if openrc-run exists, else systemd")  # fmt: skip
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="staging directory prepended to every target (DESTDIR)",
+    )
+    parser.add_argument(
+        "--prefix",
+        type=Path,
+        default=Path("/usr/local"),
+        help="prefix for units, sysusers/tmpfiles and man pages (default: "
+        "/usr/local; distributions use /usr)",
+    )
+    parser.add_argument(
+        "--bindir",
+        type=Path,
+        default=None,
+        help="where iceccd and icecc-scheduler are (default: next to this "
+        "Python if they are there, else /usr/bin)",
+    )
+    parser.add_argument(
+        "--init",
+        choices=("auto", "systemd", "openrc", "both"),
+        default="auto",
+        help="auto: OpenRC if openrc-run exists, else systemd",
+    )
     parser.add_argument("--no-man", dest="man", action="store_false", help="skip the man pages")
-    parser.add_argument("--symlinks", action="store_true",
-                        help="also link gcc, g++, cc, c++, clang and clang++ to icecc")  # fmt: skip
-    parser.add_argument("--symlink-dir", type=Path, default=None,
-                        help="directory for --symlinks (default PREFIX/libexec/icecc/bin; "
-                        "Debian uses /usr/lib/icecc/bin)")  # fmt: skip
+    parser.add_argument(
+        "--symlinks",
+        action="store_true",
+        help="also link gcc, g++, cc, c++, clang and clang++ to icecc",
+    )
+    parser.add_argument(
+        "--symlink-dir",
+        type=Path,
+        default=None,
+        help="directory for --symlinks (default PREFIX/libexec/icecc/bin; "
+        "Debian uses /usr/lib/icecc/bin)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.set_defaults(func=_run)
+
+
+def _check_bindir(args: argparse.Namespace, bindir: Path) -> int:
+    """Refuse a default *bindir* the units cannot reach, warn about doubtful ones; 0 if fine."""
+    reason = hidden_by_sandbox(bindir) if args.init != "openrc" else None
+    if reason and args.bindir is None:
+        sys.stderr.write(
+            f"iceserv: install-system-files: the units would run {bindir}/iceccd, but {reason} "
+            "from the services: install iceserv outside /tmp, /var/tmp and home directories "
+            "(e.g. python3 -m venv /opt/iceserv), or pass --bindir with the programs' path on "
+            "the target system\n"
+        )
+        return os.EX_USAGE
+    if reason:
+        sys.stderr.write(
+            f"iceserv: warning: --bindir {bindir}: {reason} from the services; "
+            "the units will not find their programs there\n"
+        )
+    elif args.bindir is None and args.root != Path("/") and bindir != _DEFAULT_BINDIR:
+        sys.stderr.write(
+            f"iceserv: warning: ExecStart= will point to {bindir} (this Python's environment); "
+            "under --root, pass --bindir with the programs' path on the target system\n"
+        )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -248,10 +331,14 @@ def _run(args: argparse.Namespace) -> int:
         if not getattr(args, name).is_absolute():
             sys.stderr.write(f"iceserv: --{name} must be an absolute path\n")
             return os.EX_USAGE
+    bindir = args.bindir or default_bindir()
+    problem = _check_bindir(args, bindir)
+    if problem:
+        return problem
     options = Options(
         root=args.root,
         prefix=args.prefix,
-        bindir=args.bindir or default_bindir(),
+        bindir=bindir,
         init=args.init,
         man=args.man,
         symlinks=args.symlinks,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from iceserv.client.args import Analysis
     from iceserv.client.channel import Channel
     from iceserv.client.environments import Environment
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
     from iceserv.client.remote import Remote
 
 __all__ = ["main"]
@@ -173,10 +173,16 @@ class _Run:
                 diag.error("test socket error")
                 return EXIT_TEST_SOCKET_ERROR
         analysis = analyse(
-            args, compiler_name=(compiler or prog).rpartition("/")[2], compiler_path=compiler,
-            icerun=icerun, env=env, cwd=self.cwd, readable=readable, irregular=irregular,
+            args,
+            compiler_name=(compiler or prog).rpartition("/")[2],
+            compiler_path=compiler,
+            icerun=icerun,
+            env=env,
+            cwd=self.cwd,
+            readable=readable,
+            irregular=irregular,
             color_terminal=color_terminal(env),
-        )  # fmt: skip
+        )
         if analysis.local_reason is not None:
             diag.info(f"building locally: {analysis.local_reason}")
         if sock is None:
@@ -201,7 +207,7 @@ class _Run:
         sys.stderr.flush()
         return EXIT_CLUSTER_FAILURE
 
-    def local(self, job: Job, daemon: Channel | None) -> int:
+    def local(self, job: CompileJob, daemon: Channel | None) -> int:
         from iceserv.client.local import build_local  # noqa: PLC0415
 
         return build_local(job, self.env, self.diag, daemon=daemon is not None, own=self.own,
@@ -263,7 +269,7 @@ class _Run:
             sock.close()
             return None
 
-    def complete(self, analysis: Analysis) -> Job | None:
+    def complete(self, analysis: Analysis) -> CompileJob | None:
         """Run the compiler for what the remote job still needs; None means build locally."""
         from iceserv.client.job import REMOTE  # noqa: PLC0415
         from iceserv.client.local import find_compiler, read_command_output  # noqa: PLC0415
@@ -289,10 +295,10 @@ class _Run:
             job = replace_native(job, flags)
         return job
 
-    def remote(self, job: Job, analysis: Analysis, daemon: Channel) -> int | None:
+    def remote(self, job: CompileJob, analysis: Analysis, daemon: Channel) -> int | None:
         """Pick environments and build remotely; None when the job must be local after all."""
-        from iceserv.client.environments import host_platform  # noqa: PLC0415
         from iceserv.client.remote import Remote  # noqa: PLC0415
+        from iceserv.hostfacts import host_platform  # noqa: PLC0415
         from iceserv.protocol import End  # noqa: PLC0415
 
         platform = host_platform()
@@ -337,7 +343,7 @@ class _Run:
         """Return the status of the job built here during a race."""
         return self.local_status
 
-    def verified(self, job: Job, server: str) -> int:
+    def verified(self, job: CompileJob, server: str) -> int:
         """``ICECC_VERIFY=N``: on every Nth remote job, compile here too and compare."""
         from iceserv.client import verify  # noqa: PLC0415
 
@@ -362,15 +368,17 @@ class _Run:
         files = list(analysis.extrafiles)
         if self.env.extrafiles is None:
             return files
-        more, missing = parse_extrafiles(self.env.extrafiles, lambda p: absolute(p, self.cwd),
-                                         os.path.exists)  # fmt: skip
+        more, missing = parse_extrafiles(
+            self.env.extrafiles, lambda p: absolute(p, self.cwd), os.path.exists
+        )
         if missing is not None:
             self.diag.warning(f"File in ICECC_EXTRAFILES not found: {missing}")
             return None
         return files + more
 
-    def environments(self, job: Job, daemon: Channel, extrafiles: list[str],
-                     platform: str) -> list[Environment]:  # fmt: skip
+    def environments(
+        self, job: CompileJob, daemon: Channel, extrafiles: list[str], platform: str
+    ) -> list[Environment]:
         """``ICECC_VERSION``'s environments, or the native one the daemon makes."""
         from iceserv.client import environments as envs  # noqa: PLC0415
         from iceserv.client.job import absolute  # noqa: PLC0415
@@ -380,21 +388,26 @@ class _Run:
 
         if self.env.version is not None:
             return envs.parse_icecc_version(
-                self.env.version, platform=platform, prefix=envs.find_prefix(job.compiler_name),
-                usable=envs.usable_tarball, warn=self.diag.error,
-            )  # fmt: skip
+                self.env.version,
+                platform=platform,
+                prefix=envs.find_prefix(job.compiler_name),
+                usable=envs.usable_tarball,
+                warn=self.diag.error,
+            )
         if extrafiles and not daemon.supports(Feature.NATIVE_ENV_EXTRAFILES):
             self.diag.warning("Local daemon is too old to handle extra files.")
             return []
         compiler = absolute(find_compiler(job, self.env, self.own), self.cwd)
         native = ask_native_env(daemon, compiler, extrafiles, self.env)
         if native is None:
-            self.diag.warning("daemon can't determine native environment. "
-                              "Set $ICECC_VERSION to an icecc environment.")  # fmt: skip
+            self.diag.warning(
+                "daemon can't determine native environment. "
+                "Set $ICECC_VERSION to an icecc environment."
+            )
             return []
         return [envs.Environment(platform, envs.env_name(native) or "", native)]
 
-    def light_slot(self, sock: _socket.socket, job: Job) -> int:
+    def light_slot(self, sock: _socket.socket, job: CompileJob) -> int:
         """Build a job that stays local in a slot, asked for without the protocol package."""
         from iceserv.client.job import absolute  # noqa: PLC0415
         from iceserv.client.slot import local_slot  # noqa: PLC0415
@@ -408,13 +421,13 @@ class _Run:
         finally:
             sock.close()
 
-    def local_granted(self, job: Job) -> int:
+    def local_granted(self, job: CompileJob) -> int:
         """Compile in the slot the daemon granted (no lock file: the daemon counts us)."""
         from iceserv.client.local import build_local  # noqa: PLC0415
 
         return build_local(job, self.env, self.diag, daemon=True, own=self.own, usage=False)[0]
 
-    def local_in_slot(self, job: Job, daemon: Channel) -> int:
+    def local_in_slot(self, job: CompileJob, daemon: Channel) -> int:
         """§5.1.3: JOB_LOCAL_BEGIN, wait for the go, compile; lock files if the daemon fails."""
         import time  # noqa: PLC0415
 

@@ -51,6 +51,8 @@ from iceserv.protocol import (
     VerifyEnv,
     VerifyEnvResult,
 )
+from iceserv.protocol.features import required_version, supports
+from iceserv.protocol.filenames import shorten_filename
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
 
     from iceserv.client.env import ClientEnv
     from iceserv.client.environments import Environment
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
     from iceserv.client.log import ClientLog
 
 __all__ = ["Remote", "ask_native_env"]
@@ -71,12 +73,12 @@ CONNECT_TIMEOUT: Final = 10.0
 VERIFY_TIMEOUT: Final = 60.0
 RESULT_TIMEOUT: Final = 720.0
 CHUNK_TIMEOUT: Final = 40.0
-_MIN_PROTOCOL: Final = 21
 _SELF: Final = "127.0.0.1"
 
 
-def ask_native_env(daemon: Channel, compiler: str, extrafiles: list[str],
-                   env: ClientEnv) -> str | None:  # fmt: skip
+def ask_native_env(
+    daemon: Channel, compiler: str, extrafiles: list[str], env: ClientEnv
+) -> str | None:
     """GET_NATIVE_ENV: the daemon's tarball path for *compiler*, or None (§5.4).
 
     *compiler* is the absolute compiler path; daemons older than protocol 41
@@ -97,10 +99,20 @@ def ask_native_env(daemon: Channel, compiler: str, extrafiles: list[str],
 class Remote:
     """One remote attempt of a job (1.4 ``build_remote`` with a repeat rate of 0)."""
 
-    def __init__(self, job: Job, daemon: Channel, envs: list[Environment], *,  # noqa: PLR0913
-                 env: ClientEnv, diag: ClientLog, cwd: str, platform: str,
-                 own: str | None, source: str | None = None,
-                 output: bool = True) -> None:  # fmt: skip
+    def __init__(  # noqa: PLR0913
+        self,
+        job: CompileJob,
+        daemon: Channel,
+        envs: list[Environment],
+        *,
+        env: ClientEnv,
+        diag: ClientLog,
+        cwd: str,
+        platform: str,
+        own: str | None,
+        source: str | None = None,
+        output: bool = True,
+    ) -> None:
         self.job, self.daemon, self.envs = job, daemon, envs
         self.env, self.diag, self.cwd, self.platform, self.own = env, diag, cwd, platform, own
         self.source = source  # an already preprocessed file to send (repeated jobs)
@@ -111,20 +123,20 @@ class Remote:
         self.may_compile_here = True  # False while racing: this host builds the job already
 
     def minimal_version(self, features: int) -> int:
-        """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise to 42 for xz/zstd envs."""
-        version = _MIN_PROTOCOL
+        """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise for xz/zstd environments."""
+        needed: list[Feature] = []
         if self.env.ignore_unverified:
-            version = max(version, 31)
+            needed.append(Feature.VERIFY_ENV)
         if self.job.dwarf_fission:
-            version = max(version, 35)
+            needed.append(Feature.SPLIT_DWARF)
         if features:
-            version = max(version, 42)
-        return version
+            needed.append(Feature.ENV_FEATURES)
+        return required_version(*needed)
 
     def get_cs(self) -> GetCS:
         """Build the GET_CS for this job."""
         from iceserv.client.environments import required_features  # noqa: PLC0415
-        from iceserv.client.job import absolute, shorten_filename  # noqa: PLC0415
+        from iceserv.client.job import absolute  # noqa: PLC0415
 
         features = required_features(self.env.env_compression)
         minimal = self.minimal_version(features)
@@ -135,12 +147,19 @@ class Remote:
             nice = 0
         return GetCS(
             versions=tuple(EnvEntry(e.platform, e.name) for e in self.envs if e.name),
-            filename=shorten_filename(name), lang=self.job.lang, count=1,
-            target=self.platform, arg_flags=self.job.arg_flags(), client_id=0,
-            preferred_host=self.env.preferred_host, ignore_unverified=int(minimal >= 31),
-            minimal_host_version=minimal, client_count=0, required_features=features,
+            filename=shorten_filename(name),
+            lang=self.job.lang,
+            count=1,
+            target=self.platform,
+            arg_flags=self.job.arg_flags(),
+            client_id=0,
+            preferred_host=self.env.preferred_host,
+            ignore_unverified=int(supports(minimal, Feature.VERIFY_ENV)),
+            minimal_host_version=minimal,
+            client_count=0,
+            required_features=features,
             niceness=nice,
-        )  # fmt: skip
+        )
 
     def run(self) -> int:
         """Ask for a server and compile there (or here, if told to); return the status."""
@@ -164,15 +183,22 @@ class Remote:
         job = self.job
         self.daemon.send(self._compile_file(use.job_id, "__client", self.daemon))
         start = time.monotonic()
-        status, user, system, faults = build_local(job, self.env, self.diag, daemon=True,
-                                                   own=self.own)  # fmt: skip
+        status, user, system, faults = build_local(
+            job, self.env, self.diag, daemon=True, own=self.own
+        )
         size = sum(_size(path) for path in (job.output_file, job.dwo_file()))
         self.daemon.send(
-            JobDone(job_id=use.job_id, exitcode=status,
-                    real_msec=int((time.monotonic() - start) * 1000),
-                    user_msec=int(user * 1000), sys_msec=int(system * 1000), pfaults=faults,
-                    out_uncompressed=size, flags=JobDoneFlag.FROM_SUBMITTER)
-        )  # fmt: skip
+            JobDone(
+                job_id=use.job_id,
+                exitcode=status,
+                real_msec=int((time.monotonic() - start) * 1000),
+                user_msec=int(user * 1000),
+                sys_msec=int(system * 1000),
+                pfaults=faults,
+                out_uncompressed=size,
+                flags=JobDoneFlag.FROM_SUBMITTER,
+            )
+        )
         return status
 
     def _compile_file(self, job_id: int, environment: str, peer: Channel) -> CompileFile:
@@ -185,16 +211,25 @@ class Remote:
             args += ("-x", "objective-c" if job.lang == LANG_OBJC else "objective-c++")
         if not peer.supports(Feature.COMPILER_NAME) and "clang" in job.compiler_name:
             args = ("clang", *args)  # for the compilerwrapper of pre-30 servers
-        return CompileFile(lang=job.lang, job_id=job_id, args=args, environment=environment,
-                           target=self.platform, compiler_name=job.remote_compiler_name(),
-                           input_file=job.input_file, working_dir=self.cwd,
-                           output_file=job.output_file,
-                           dwarf_fission=job.dwarf_fission)  # fmt: skip
+        return CompileFile(
+            lang=job.lang,
+            job_id=job_id,
+            args=args,
+            environment=environment,
+            target=self.platform,
+            compiler_name=job.remote_compiler_name(),
+            input_file=job.input_file,
+            working_dir=self.cwd,
+            output_file=job.output_file,
+            dwarf_fission=job.dwarf_fission,
+        )
 
     def compile_there(self, use: UseCS) -> int:
         """§5.1.1 steps 9-14 against the compile server *use* names."""
-        self.diag.debug(f"Have to use host {use.hostname}:{use.port} - Job ID: {use.job_id} - "
-                        f"env: {use.host_platform} - has env: {use.got_env}")  # fmt: skip
+        self.diag.debug(
+            f"Have to use host {use.hostname}:{use.port} - Job ID: {use.job_id} - "
+            f"env: {use.host_platform} - has env: {use.got_env}"
+        )
         envs = {e.platform: e for e in self.envs}
         chosen = envs.get(use.host_platform)
         if chosen is None:
@@ -247,8 +282,9 @@ class Remote:
         from iceserv.client.local import find_compiler  # noqa: PLC0415
 
         job = self.job
-        argv = job.cpp_argv(find_compiler(job, self.env, self.own), self.env,
-                            lambda p: os.access(p, os.R_OK))  # fmt: skip
+        argv = job.cpp_argv(
+            find_compiler(job, self.env, self.own), self.env, lambda p: os.access(p, os.R_OK)
+        )
         self.diag.debug("preparing source to send: " + " ".join(argv))
         lock = HostLock()
         if not lock.acquire():
@@ -324,7 +360,6 @@ class Remote:
             if result.have_dwo:
                 _receive_file(server, job.dwo_file())
         return result.status
-
 
     def pass_output(self, result: CompileResult) -> None:
         """§8.7: redo the job locally for the caret workaround or a missing file, else print."""

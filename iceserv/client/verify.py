@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from typing import Final
 
     from iceserv.client.env import ClientEnv
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
     from iceserv.client.log import ClientLog
 
 __all__ = ["check", "due"]
@@ -66,7 +66,7 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def check(job: Job, env: ClientEnv, diag: ClientLog, *, server: str,
+def check(job: CompileJob, env: ClientEnv, diag: ClientLog, *, server: str,
           own: str | None) -> int:  # fmt: skip
     """Compile *job* here too and compare with the remote object from *server*.
 

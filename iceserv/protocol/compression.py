@@ -33,8 +33,15 @@ _FILE_CHUNK: Final = int(MsgType.FILE_CHUNK)
 def _import(name: str) -> Any:  # noqa: ANN401 - the bindings ship without type stubs
     try:
         return importlib.import_module(name)
-    except ImportError as exc:  # pragma: no cover - both are dependencies of the package
+    except ImportError as exc:
         msg = f"compression needs the Python module {name!r}: {exc}"
+        if name == "lzo":
+            msg = (
+                "this peer speaks a protocol older than 40 (icecream 1.2 or older), which "
+                f"compresses with LZO, but the Python module 'lzo' is missing ({exc}): install "
+                "iceserv's lzo extra, pip install 'iceserv[lzo]' (it builds python-lzo, which "
+                "needs liblzo2-dev and a C compiler), or the iceserv .deb, which includes it"
+            )
         raise LocalProtocolError(msg) from None
 
 

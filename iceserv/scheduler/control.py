@@ -1,12 +1,12 @@
 """The scheduler's control facade, used by the telnet interface and D-Bus.
 
-This module owns :class:`SchedulerControl`: the operations behind 1.4's
+This module owns :class:`ClusterControl`: the operations behind 1.4's
 telnet commands (``listcs``, ``listjobs``, ``listblocks``, ``removecs``,
 ``blockcs``, ``unblockcs``, ``internals``) and the greeting's numbers, as
 plain values (:mod:`iceserv.scheduler.views`), plus what D-Bus adds: queued
 and running counts, draining daemons, and observers of cluster events
 (:mod:`iceserv.scheduler.events`; the shell hands every applied batch of
-effects to :meth:`SchedulerControl.observe`).  It must not render text: the
+effects to :meth:`ClusterControl.observe`).  It must not render text: the
 telnet package formats what it gets here.  Consumers declare the subset they
 need as a ``typing.Protocol`` and ``app`` passes this object in.
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from iceserv.scheduler.handlers import Scheduler
     from iceserv.scheduler.state import Job
 
-__all__ = ["INTERNALS_TIMEOUT", "SchedulerControl", "Shell"]
+__all__ = ["INTERNALS_TIMEOUT", "ClusterControl", "Shell"]
 
 #: Seconds ``internals`` waits for the daemons' STATUS_TEXT answers (1.4: 10 s).
 INTERNALS_TIMEOUT: Final = 10.0
@@ -55,7 +55,7 @@ class Shell(Protocol):
         ...
 
 
-class SchedulerControl:
+class ClusterControl:
     """Cluster queries and administrative actions of a running scheduler."""
 
     def __init__(self, shell: Shell, *, internals_timeout: float = INTERNALS_TIMEOUT) -> None:

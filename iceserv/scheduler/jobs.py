@@ -12,7 +12,7 @@ connections; :mod:`iceserv.scheduler.handlers` finds the host for a message.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
 from iceserv.errors import RemoteProtocolError
 from iceserv.protocol import (
@@ -28,17 +28,18 @@ from iceserv.protocol import (
     NoCS,
     UseCS,
 )
-from iceserv.protocol.features import supports
+from iceserv.protocol.features import min_version, supports
+from iceserv.protocol.filenames import shorten_filename
 from iceserv.protocol.records import asdict
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
-from iceserv.scheduler.monitoring import OFFLINE, shorten_filename
+from iceserv.scheduler.monitoring import OFFLINE
 from iceserv.scheduler.state import Job, JobState
 
 if TYPE_CHECKING:
     import random
 
-    from iceserv.protocol import GetCS, JobBegin, JobDone, JobLocalBegin, Message
+    from iceserv.protocol import GetCS, JobBegin, JobDone, JobLocalBegin
     from iceserv.scheduler.state import ClusterState, Host
 
 __all__ = [
@@ -51,8 +52,6 @@ __all__ = [
     "remove_host",
 ]
 
-#: 1.4 raises minimal_host_version to 31 when the legacy ignore_unverified word is set.
-_IGNORE_UNVERIFIED_VERSION: Final = 31
 _MAX_NICENESS: Final = 20
 #: GET_CS asks for 1 job (3 for repeat jobs); more is a broken or hostile peer.
 _MAX_JOBS_PER_REQUEST: Final = 64
@@ -61,16 +60,16 @@ _MAX_LOCAL_JOBS: Final = 4096
 _ABORTED_EXITCODE: Final = 255
 
 
-def on_get_cs(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_get_cs(state: ClusterState, host: Host, request: GetCS) -> list[Effect]:
     """GET_CS: queue ``count`` jobs for *host* and tell the monitors (MON_GET_CS)."""
-    request = cast("GetCS", msg)
     if request.count > _MAX_JOBS_PER_REQUEST:
         text = f"GET_CS asks for {request.count} jobs"
         raise RemoteProtocolError(text, msg_type=int(MsgType.GET_CS))
     host.client_count = request.client_count
     minimal = request.minimal_host_version
     if request.ignore_unverified:
-        minimal = max(minimal, _IGNORE_UNVERIFIED_VERSION)
+        # 1.4 raises it to the first version that verifies environments.
+        minimal = max(minimal, min_version(Feature.VERIFY_ENV))
     effects: list[Effect] = []
     master: Job | None = None
     for _ in range(request.count):
@@ -108,9 +107,8 @@ def on_get_cs(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
     return effects
 
 
-def on_job_begin(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_job_begin(state: ClusterState, host: Host, begin: JobBegin) -> list[Effect]:
     """JOB_BEGIN: the server started compiling; the job is COMP (MON_JOB_BEGIN)."""
-    begin = cast("JobBegin", msg)
     job = state.jobs.get(begin.job_id)
     if job is None or job.server != host.host_id:
         return []  # 1.4 ignores a begin for a job this daemon does not serve
@@ -127,13 +125,12 @@ def _find_unknown_job(state: ClusterState, host: Host, client_id: int) -> Job | 
     return None
 
 
-def on_job_done(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_job_done(state: ClusterState, host: Host, done: JobDone) -> list[Effect]:
     """JOB_DONE: the job is finished or cancelled; record its statistics (MON_JOB_DONE).
 
     A server reporting a job it does not serve, or a daemon cancelling a job it
     did not submit, breaks the protocol (1.4 kicks it).
     """
-    done = cast("JobDone", msg)
     if done.flags & JobDoneFlag.UNKNOWN_JOB_ID:
         # The submitter gave up before it learnt the job id: job_id is its client id.
         job = _find_unknown_job(state, host, done.job_id)
@@ -167,9 +164,8 @@ def on_job_done(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
     return [ToMonitors(MonJobDone(**values))]
 
 
-def on_job_local_begin(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_job_local_begin(state: ClusterState, host: Host, begin: JobLocalBegin) -> list[Effect]:
     """JOB_LOCAL_BEGIN: number a local job from the shared counter (MON_LOCAL_JOB_BEGIN)."""
-    begin = cast("JobLocalBegin", msg)
     job_id = state.new_job_id()
     host.local_jobs.pop(begin.id, None)
     host.local_jobs[begin.id] = job_id
@@ -182,9 +178,8 @@ def on_job_local_begin(state: ClusterState, host: Host, msg: Message) -> list[Ef
     ]
 
 
-def on_job_local_done(_state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_job_local_done(_state: ClusterState, host: Host, done: JobLocalDone) -> list[Effect]:
     """JOB_LOCAL_DONE: report the local job's scheduler id to the monitors."""
-    done = cast("JobLocalDone", msg)
     job_id = host.local_jobs.pop(done.job_id, 0)
     return [ToMonitors(JobLocalDone(job_id))]
 

@@ -262,8 +262,9 @@ class JobQueue:
 
     def drop_submitter(self, submitter: int) -> list[Job]:
         """Remove and return every queued job of *submitter* (the daemon went away)."""
-        dropped = [job for group in self._groups if group.submitter == submitter
-                   for job in group.jobs]  # fmt: skip
+        dropped = [
+            job for group in self._groups if group.submitter == submitter for job in group.jobs
+        ]
         self._groups = [group for group in self._groups if group.submitter != submitter]
         return dropped
 

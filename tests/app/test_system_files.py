@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
+from iceserv.app import system_files
 from iceserv.app.cli import main
-from iceserv.app.system_files import Kind, Options, data_root, plan
+from iceserv.app.system_files import Kind, Options, data_root, hidden_by_sandbox, plan
 
 
 def _install(tmp_path, *extra, capsys=None):
@@ -96,3 +98,47 @@ class TestInstall:
         for action in plan(Options(root=tmp_path, init="both", symlinks=True)):
             assert action.kind in set(Kind)
             assert action.dest.is_relative_to(tmp_path)
+
+
+class TestSandboxedBindir:
+    """ExecStart= must name programs the units' PrivateTmp=/ProtectHome= leave visible."""
+
+    @pytest.mark.parametrize(("path", "setting"), [
+        ("/tmp/x/.venv/bin", "PrivateTmp=yes"), ("/var/tmp/v/bin", "PrivateTmp=yes"),
+        ("/home/ann/.venv/bin", "ProtectHome=yes"), ("/root/venv/bin", "ProtectHome=yes"),
+        ("/run/user/1000/v/bin", "ProtectHome=yes"),
+    ])  # fmt: skip
+    def test_hidden(self, path, setting):
+        assert setting in hidden_by_sandbox(Path(path))
+
+    @pytest.mark.parametrize("path", ["/usr/bin", "/opt/iceserv/bin", "/usr/local/bin",
+                                      "/homework/bin"])  # fmt: skip
+    def test_visible(self, path):
+        assert hidden_by_sandbox(Path(path)) is None
+
+    def test_default_bindir_in_tmp_is_refused(self, tmp_path, monkeypatch, capsys):
+        """Without --bindir, a venv under /tmp is refused with the reason and the fix."""
+        monkeypatch.setattr(system_files, "default_bindir", lambda: Path("/tmp/v/.venv/bin"))
+        code = main(["install-system-files", "--root", str(tmp_path), "--init", "systemd"])
+        assert code == os.EX_USAGE
+        err = capsys.readouterr().err
+        assert "PrivateTmp=yes hides /tmp" in err
+        assert "--bindir" in err
+        assert not (tmp_path / "usr").exists()
+
+    def test_explicit_bindir_in_home_warns(self, tmp_path, capsys):
+        """An explicit --bindir under /home is written, with a warning."""
+        code = main(["install-system-files", "--root", str(tmp_path), "--init", "systemd",
+                     "--bindir", "/home/ann/.venv/bin", "--no-man"])  # fmt: skip
+        assert code == 0
+        assert "ProtectHome=yes hides /home" in capsys.readouterr().err
+        unit = (tmp_path / "usr/local/lib/systemd/system/iceccd.service").read_text()
+        assert "ExecStart=/home/ann/.venv/bin/iceccd " in unit
+
+    def test_default_bindir_under_root_warns(self, tmp_path, monkeypatch, capsys):
+        """--root with this Python's venv as the default bindir: a warning to pass --bindir."""
+        monkeypatch.setattr(system_files, "default_bindir", lambda: Path("/srv/build/venv/bin"))
+        code = main(["install-system-files", "--root", str(tmp_path), "--init", "systemd",
+                     "--no-man"])  # fmt: skip
+        assert code == 0
+        assert "pass --bindir" in capsys.readouterr().err

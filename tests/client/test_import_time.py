@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FakeDaemon
+from testbed.client_fakes import FakeDaemon
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -132,7 +132,7 @@ def import_times(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, i
 @pytest.fixture(scope="module")
 def launcher(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """Our launcher and the interpreter its shebang names."""
-    from client.fakes import write_launcher  # noqa: PLC0415
+    from testbed.client_fakes import write_launcher  # noqa: PLC0415
 
     path = write_launcher(tmp_path_factory.mktemp("launcher") / "icecc", sys.executable)
     python = path.read_text().partition("\n")[0].removeprefix("#!").split()[0]

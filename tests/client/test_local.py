@@ -9,11 +9,11 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FAKE_CC, FakeDaemon
+from testbed.client_fakes import FAKE_CC, FakeDaemon
 
 from iceserv.client import local
 from iceserv.client.env import ClientEnv
-from iceserv.client.job import LANG_C, LANG_CXX, LANG_OBJC, Job
+from iceserv.client.job import LANG_C, LANG_CXX, LANG_OBJC, CompileJob
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -86,7 +86,7 @@ class TestPathLookup:
     def test_icecc_cc_and_cxx(self, lang, expected):
         """ICECC_CC serves C jobs, ICECC_CXX C++ jobs, neither Objective-C."""
         env = ClientEnv.from_mapping({"PATH": "/usr/bin", "ICECC_CC": "/cc", "ICECC_CXX": "/cxx"})
-        job = Job(compiler_name="gcc", lang=lang)
+        job = CompileJob(compiler_name="gcc", lang=lang)
         assert local.find_compiler(job, env) == expected
 
 
@@ -243,7 +243,7 @@ class TestSignals:
         """SIGTERM to the wrapper reaches the compiler; the wrapper then dies of it too."""
         script = make_exe(tmp_path / "bin/slowcc", "#!/bin/sh\ntrap 'echo got-term > "
                           f"{tmp_path}/mark; exit 3' TERM\nsleep 10 & wait\n")  # fmt: skip
-        from client.fakes import write_launcher  # noqa: PLC0415
+        from testbed.client_fakes import write_launcher  # noqa: PLC0415
 
         icecc = write_launcher(tmp_path / "icecc", __import__("sys").executable)
         proc = subprocess.Popen([str(icecc), str(script)],

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FakeDaemon, FakeServer
+from testbed.client_fakes import FakeDaemon, FakeServer
 
 from iceserv.protocol import BlacklistHostEnv, CompileFile, End, EnvTransfer, JobDone, UseCS
 

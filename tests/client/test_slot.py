@@ -7,9 +7,9 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FakeDaemon
 from hypothesis import given
 from hypothesis import strategies as st
+from testbed.client_fakes import FakeDaemon
 
 from iceserv.client.slot import job_local_begin, local_slot
 from iceserv.protocol import PROTOCOL_VERSION, JobLocalBegin, MsgType

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_NAMES
+from config.conftest import DEFAULT_NAMES
 
 from iceserv.config import (
     HostPort,

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FakeDaemon, FakeServer, write_launcher
 from testbed import RealDaemon, RealScheduler, wait_for
+from testbed.client_fakes import FakeDaemon, FakeServer, write_launcher
 
 from iceserv.app.symlinks import DEFAULT_NAMES, install
 from iceserv.client.createenv import create_env

@@ -20,7 +20,7 @@ from testbed import wait_for
 
 from iceserv.protocol import EnvEntry, GetCS, Login, MonLogin, MonStats, Stats, UseCS
 from iceserv.protocol.discovery import SchedulerInfo, decode_reply, encode_announcements
-from iceserv.scheduler import SchedulerServer, ServerSettings
+from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.testing import BlockingChannel
 
 if TYPE_CHECKING:
@@ -42,11 +42,11 @@ class Running:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         rng = random.Random(1)  # noqa: S311 - seeded on purpose
-        self.server = self.call(self._make(ServerSettings(**options), rng))  # type: ignore[arg-type]
+        self.server = self.call(self._make(SchedulerServerSettings(**options), rng))  # type: ignore[arg-type]
         self.call(self.server.start())
 
     @staticmethod
-    async def _make(settings: ServerSettings, rng: random.Random) -> SchedulerServer:
+    async def _make(settings: SchedulerServerSettings, rng: random.Random) -> SchedulerServer:
         return SchedulerServer(settings, clock=_WallClock(), rng=rng)
 
     def call(self, coro):

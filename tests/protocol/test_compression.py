@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 
 import lzo
 import pytest
@@ -83,6 +84,12 @@ class TestWriteBlob:
         assert words(raw, 2) == [len(TEXT), len(expected)]
         assert raw[8:] == expected
         assert lzo.decompress(raw[8:], False, len(TEXT)) == TEXT  # noqa: FBT003
+
+    def test_missing_lzo_names_the_extra(self, monkeypatch):
+        """Without python-lzo, an old peer's blob fails with the extra to install, not a trace."""
+        monkeypatch.setitem(sys.modules, "lzo", None)  # import lzo now raises ImportError
+        with pytest.raises(LocalProtocolError, match=r"pip install 'iceserv\[lzo\]'"):
+            blob(TEXT, 39)
 
     def test_level_is_honoured(self):
         """The zstd level the sender asks for is the one used."""

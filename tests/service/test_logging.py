@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import shutil
+import socket
+import struct
 
 import pytest
 import structlog
 
 from iceserv.service.logging import (
     AppendFileHandler,
+    JournalHandler,
     LogFormat,
     choose_format,
     configure_logging,
+    encode_journal,
     level_for,
 )
 
@@ -240,3 +245,148 @@ class TestLogFile:
         structlog.get_logger("iceserv.test").info("moved")
         assert stream.getvalue() == ""
         assert "moved" in (tmp_path / "new.log").read_text()
+
+
+def _parse_journal(data):
+    """Decode one native-protocol datagram into {field: value} (as journald does)."""
+    fields, rest = {}, data
+    while rest:
+        line, _, after = rest.partition(b"\n")
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            fields[name.decode()] = value.decode()
+            rest = after
+        else:
+            (size,) = struct.unpack("<Q", after[:8])
+            fields[line.decode()] = after[8 : 8 + size].decode()
+            assert after[8 + size : 9 + size] == b"\n"
+            rest = after[9 + size :]
+    return fields
+
+
+@pytest.fixture
+def journald(tmp_path):
+    """A datagram socket standing in for /run/systemd/journal/socket."""
+    path = tmp_path / "journal.socket"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    yield path, sock
+    sock.close()
+
+
+@contextlib.contextmanager
+def _journal_stream():
+    """A stream like journald's stdout stream: a socket whose dev:inode is $JOURNAL_STREAM."""
+    ours, peer = socket.socketpair()
+    with ours, peer, ours.makefile("w") as stream:
+        info = os.fstat(stream.fileno())
+        yield stream, f"{info.st_dev}:{info.st_ino}", peer
+
+
+class TestJournalNative:
+    def test_encoding_of_multiline_values(self):
+        """A value with a newline uses the length-prefixed form; others NAME=value."""
+        data = encode_journal({"MESSAGE": "one", "TRACE": "a\nb"})
+        assert data == b"MESSAGE=one\nTRACE\n" + struct.pack("<Q", 3) + b"a\nb\n"
+        assert _parse_journal(data) == {"MESSAGE": "one", "TRACE": "a\nb"}
+
+    def test_fields_reach_the_journal_socket(self, setups, journald):
+        """Under journald ($JOURNAL_STREAM is our stream) each key is a journal field."""
+        path, sock = journald
+        with _journal_stream() as (stream, identity, peer):
+            _configure(setups, verbosity=1, stream=stream, journal_stream=identity,
+                       journal_socket=path, identifier="iceccd")  # fmt: skip
+            log = structlog.get_logger("iceserv.test")
+            log.info("job_done", job_id=17, host="node 2", message="clash", ok=True)
+            fields = _parse_journal(sock.recv(65536))
+            peer.settimeout(0)
+            with pytest.raises(BlockingIOError):
+                peer.recv(1)  # nothing on stderr
+        assert fields["EVENT"] == "job_done"
+        assert (fields["JOB_ID"], fields["HOST"], fields["OK"]) == ("17", "node 2", "true")
+        assert fields["ICESERV_MESSAGE"] == "clash"  # journald's own names are not overwritten
+        assert (fields["LOGGER"], fields["LEVEL"], fields["PRIORITY"]) == ("iceserv.test", "info",
+                                                                          "6")  # fmt: skip
+        assert fields["SYSLOG_IDENTIFIER"] == "iceccd"
+        assert fields["MESSAGE"].startswith("event=job_done job_id=17 ")
+        assert "TIMESTAMP" not in fields
+
+    def test_traceback_is_one_field(self, setups, journald):
+        """An exception travels as a multi-line EXCEPTION field, priority 3."""
+        path, sock = journald
+        with _journal_stream() as (stream, identity, _peer):
+            _configure(setups, verbosity=0, stream=stream, journal_stream=identity,
+                       journal_socket=path)  # fmt: skip
+            try:
+                1 / 0  # noqa: B018
+            except ZeroDivisionError:
+                structlog.get_logger("iceserv.test").exception("connection_failed")
+            fields = _parse_journal(sock.recv(65536))
+        assert fields["PRIORITY"] == "3"
+        assert "ZeroDivisionError" in fields["EXCEPTION"]
+        assert "\n" in fields["EXCEPTION"]
+
+    def test_large_record_goes_in_a_memfd(self, journald):
+        """A record bigger than a datagram is passed as a sealed memfd, as sd_journal_send does."""
+        path, sock = journald
+        handler = JournalHandler(path, io.StringIO(), identifier="t")
+        handler._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        record = logging.LogRecord("iceserv.t", logging.INFO, __file__, 1, "m", None, None)
+        handler.setFormatter(_FieldsFormatter({"MESSAGE": "x" * 300_000, "PRIORITY": "6"}))
+        handler.emit(record)
+        msg, fds, _, _ = socket.recv_fds(sock, 16, 1)
+        handler.close()
+        assert msg == b""
+        (fd,) = fds
+        with os.fdopen(fd, "rb") as memfd:
+            memfd.seek(0)  # the offset is shared with the sender (journald mmaps it)
+            fields = _parse_journal(memfd.read())
+        assert fields["MESSAGE"] == "x" * 300_000
+        assert fields["SYSLOG_IDENTIFIER"] == "t"
+
+    def test_a_file_named_by_journal_stream_is_not_journald(self, setups, journald, tmp_path):
+        """$JOURNAL_STREAM naming a regular file (a test, a redirect) keeps the stream format."""
+        path, _sock = journald
+        stream_path = tmp_path / "stderr"
+        with stream_path.open("w") as stream:
+            setup = _configure(setups, verbosity=1, stream=stream, journal_socket=path,
+                               journal_stream=_identity(stream_path))  # fmt: skip
+            structlog.get_logger("iceserv.test").info("job_done", job_id=4)
+        assert not isinstance(setup.handler, JournalHandler)
+        assert stream_path.read_text().startswith("<6>event=job_done job_id=4 ")
+
+    def test_no_socket_falls_back_to_prefixed_lines(self, setups, tmp_path):
+        """Under journald but without its native socket, stderr gets the <N> logfmt line."""
+        with _journal_stream() as (stream, identity, peer):
+            setup = _configure(setups, verbosity=1, stream=stream, journal_stream=identity,
+                               journal_socket=tmp_path / "absent")  # fmt: skip
+            structlog.get_logger("iceserv.test").info("job_done", job_id=3)
+            stream.flush()
+            peer.settimeout(5)
+            line = peer.recv(65536).decode()
+        assert not isinstance(setup.handler, JournalHandler)
+        assert line.startswith("<6>event=job_done job_id=3 ")
+
+    def test_socket_gone_later_falls_back(self, journald):
+        """If journald goes away, records still reach the stream."""
+        path, sock = journald
+        stream = io.StringIO()
+        handler = JournalHandler(path, stream, identifier="t")
+        handler.setFormatter(_FieldsFormatter({"MESSAGE": "event=x", "PRIORITY": "4"}))
+        sock.close()
+        path.unlink()
+        handler.emit(logging.LogRecord("iceserv.t", logging.WARNING, __file__, 1, "m", None, None))
+        handler.close()
+        assert stream.getvalue() == "<4>event=x\n"
+
+
+class _FieldsFormatter(logging.Formatter):
+    """Formats every record as the given journal fields (what journal_fields() returns)."""
+
+    def __init__(self, fields):
+        super().__init__()
+        self._text = json.dumps(fields)
+
+    def format(self, _record):
+        return self._text

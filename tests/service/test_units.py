@@ -105,6 +105,8 @@ class TestUnits:
         assert directives["SystemCallFilter"] == "@system-service chroot"
         assert directives["CacheDirectory"] == "icecream"
         assert directives["RuntimeDirectory"] == "icecc"
+        # stop drains: SIGTERM to iceccd only, not to the compilers it waits for
+        assert directives["KillMode"] == "mixed"
 
     def test_scheduler_has_no_capabilities(self):
         """The scheduler needs no capability at all."""

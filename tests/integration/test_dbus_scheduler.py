@@ -34,8 +34,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from service.dbusbed import NOBODY, ROOT, Monitor, SystemBus, as_user, busctl, user_ids
 from testbed import OurScheduler, wait_for
+from testbed.dbusbed import NOBODY, ROOT, Monitor, SystemBus, as_user, busctl, user_ids
 
 from iceserv.protocol import (
     PROTOCOL_VERSION,

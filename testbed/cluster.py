@@ -67,7 +67,7 @@ SCHEDULER_PORT: Final = 8765
 REAL_CLIENT: Final = "/usr/bin/icecc"
 _LOGIN_TIMEOUT: Final = 60.0
 _SETTLE_TIMEOUT: Final = 20.0
-_REPO: Final = Path(__file__).resolve().parents[2]
+_REPO: Final = Path(__file__).resolve().parents[1]
 #: Our ``icecc`` console script, importing iceserv from this checkout (as ``OurDaemon`` does).
 _OUR_CLIENT_LAUNCHER: Final = (
     "#!{python}\nimport sys\nsys.path.insert(0, {repo!r})\n"
