@@ -97,18 +97,26 @@ def report(title: str, measured: tuple[dict[str, float], dict[str, float]],
     above = ours - gcc - floor
     above_cpu = cpu["our icecc"] - cpu["gcc"] - cpu["python -IS"]
     verdict = "meets" if above <= target else "misses"
-    print(f"  ours above gcc + bare interpreter: {above:.1f} ms wall ({verdict} the {target:g} ms "
-          f"target), {above_cpu:.1f} ms cpu")
-    print(f"  ours / real: {ours / real:.2f}x per call, "
-          f"{(ours - gcc) / max(real - gcc, 0.01):.1f}x the wrapper overhead")
+    print(
+        f"  ours above gcc + bare interpreter: {above:.1f} ms wall ({verdict} the {target:g} ms "
+        f"target), {above_cpu:.1f} ms cpu"
+    )
+    print(
+        f"  ours / real: {ours / real:.2f}x per call, "
+        f"{(ours - gcc) / max(real - gcc, 0.01):.1f}x the wrapper overhead"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40, help="runs per variant (default 40)")
-    parser.add_argument("--before", type=Path, default=None,
-                        help="a source tree of an older iceserv (e.g. 'git archive REV iceserv'"
-                             " unpacked): adds it through a pip-style console script")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a source tree of an older iceserv (e.g. 'git archive REV iceserv'"
+        " unpacked): adds it through a pip-style console script",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="icecc-bench-") as tmp:
         work = Path(tmp)
@@ -121,9 +129,11 @@ def main() -> int:
         if args.before is not None:
             (work / "before").mkdir()
             before = work / "before" / "icecc"  # the name picks the mode
-            before.write_text(f"#!{sys.executable}\nimport sys\n"
-                              f"sys.path.insert(0, {str(args.before.resolve())!r})\n"
-                              "from iceserv.client.main import main\nsys.exit(main())\n")
+            before.write_text(
+                f"#!{sys.executable}\nimport sys\n"
+                f"sys.path.insert(0, {str(args.before.resolve())!r})\n"
+                "from iceserv.client.main import main\nsys.exit(main())\n"
+            )
             before.chmod(0o755)
         base = {"PATH": "/usr/bin:/bin", "HOME": str(work), "LANG": "C"}
 
@@ -133,9 +143,13 @@ def main() -> int:
 
         def variants(env: dict[str, str], *extra: str) -> dict[str, tuple[list[str], Env]]:
             compile_args = ["-c", "hello.c", *extra]
-            older = {} if before is None else {"before (pip)": ([str(before), "gcc",
-                                                                 *compile_args], env)}
-            return {**older,
+            older = (
+                {}
+                if before is None
+                else {"before (pip)": ([str(before), "gcc", *compile_args], env)}
+            )
+            return {
+                **older,
                 "gcc": ([GCC, *compile_args], base),
                 "real icecc": ([REAL_ICECC, "gcc", *compile_args], env),
                 "our icecc": ([ours, "gcc", *compile_args], env),
@@ -145,17 +159,28 @@ def main() -> int:
             }
 
         load = os.getloadavg()[0]
-        print(f"{args.runs} runs per variant, median wall time per call ({os.cpu_count()} CPUs, "
-              f"load average {load:.2f})")
-        report("ICECC=disable (local, no daemon contacted):",
-               measure(variants({**base, "ICECC": "disable"}), args.runs, tmp), 3.0)
-        report("no daemon running (looked for, then local):",
-               measure(variants(base), args.runs, tmp), 5.0)
+        print(
+            f"{args.runs} runs per variant, median wall time per call ({os.cpu_count()} CPUs, "
+            f"load average {load:.2f})"
+        )
+        report(
+            "ICECC=disable (local, no daemon contacted):",
+            measure(variants({**base, "ICECC": "disable"}), args.runs, tmp),
+            3.0,
+        )
+        report(
+            "no daemon running (looked for, then local):",
+            measure(variants(base), args.runs, tmp),
+            5.0,
+        )
         daemon = FakeDaemon(work / "daemon.sock").start()
         try:
             slot_env = {**base, "ICECC_TEST_SOCKET": str(work / "daemon.sock")}
-            report("daemon slot for a local job (-E, JOB_LOCAL_BEGIN):",
-                   measure(variants(slot_env, "-E", "-o", "hello.i"), args.runs, tmp), 5.0)
+            report(
+                "daemon slot for a local job (-E, JOB_LOCAL_BEGIN):",
+                measure(variants(slot_env, "-E", "-o", "hello.i"), args.runs, tmp),
+                5.0,
+            )
         finally:
             daemon.close()
     return 0

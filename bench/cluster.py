@@ -231,8 +231,9 @@ def main() -> int:
     parser.add_argument("--cold", type=int, default=1, help="cold rounds, fresh clusters each")
     parser.add_argument("--jobs", type=int, default=6, help="make -jN (default 6)")
     parser.add_argument("--slots", type=int, default=2, help="daemon slots per host (default 2)")
-    parser.add_argument("--race", action="store_true",
-                        help="also build warm with our client and ICECC_RACE=1")
+    parser.add_argument(
+        "--race", action="store_true", help="also build warm with our client and ICECC_RACE=1"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if os.geteuid() != 0:

@@ -92,16 +92,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     uninstall_parser.set_defaults(func=_uninstall_main)
     launcher_parser = subparsers.add_parser(
-        "install-launcher", help="make icecc/icerun start Python isolated (python -I -S)",
+        "install-launcher",
+        help="make icecc/icerun start Python isolated (python -I -S)",
         description="Write the fast icecc and icerun launchers (#!python -IS), replacing the "
-                    "console scripts pip made.",
-    )  # fmt: skip
-    launcher_parser.add_argument("--dir", type=Path, default=None,
-                                 help="where to write them (default: where this iceserv's "
-                                      "icecc is, else next to the iceserv command)")  # fmt: skip
-    launcher_parser.add_argument("--python", default=None,
-                                 help="the interpreter the launchers name (default: this one, "
-                                      "resolved)")  # fmt: skip
+        "console scripts pip made.",
+    )
+    launcher_parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to write them (default: where this iceserv's "
+        "icecc is, else next to the iceserv command)",
+    )
+    launcher_parser.add_argument(
+        "--python",
+        default=None,
+        help="the interpreter the launchers name (default: this one, resolved)",
+    )
     launcher_parser.set_defaults(func=_launcher_main)
 
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import os
 import sys
 
+from iceserv.errors import IceservError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -54,7 +56,7 @@ sys.exit(main())
 """
 
 
-class LauncherError(Exception):
+class LauncherError(IceservError, ValueError):
     """A launcher cannot be written; the message says why."""
 
 
@@ -100,9 +102,13 @@ def is_launcher(path: str) -> bool:
     return len(lines) > 1 and lines[0].startswith(b"#!") and lines[1].startswith(MARKER.encode())
 
 
-def write_launchers(directory: str, *, python: str | None = None,
-                    paths: Sequence[str] | None = None,
-                    names: Sequence[str] = NAMES) -> list[str]:  # fmt: skip
+def write_launchers(
+    directory: str,
+    *,
+    python: str | None = None,
+    paths: Sequence[str] | None = None,
+    names: Sequence[str] = NAMES,
+) -> list[str]:
     """Write (atomically replace) ``icecc`` and ``icerun`` launchers in *directory*.
 
     Returns the paths written.  Raises :class:`LauncherError` or OSError.
@@ -137,8 +143,7 @@ def console() -> int:
     # A compiler symlink leads here too: judge the script it resolves to.
     script = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     directory, _, name = script.rpartition("/")
-    if (name in NAMES and directory and not is_launcher(script)
-            and os.access(directory, os.W_OK)):  # fmt: skip
+    if name in NAMES and directory and not is_launcher(script) and os.access(directory, os.W_OK):
         try:  # noqa: SIM105 - best-effort; contextlib costs import time
             write_launchers(directory)
         except (LauncherError, OSError):

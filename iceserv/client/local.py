@@ -280,7 +280,11 @@ def wait(pid: int, *, usage: bool = True) -> tuple[int, float, float, int]:
 
 
 def run(
-    argv: Sequence[str], environ: dict[str, str], diag: ClientLog, *, colour: bool = False,
+    argv: Sequence[str],
+    environ: dict[str, str],
+    diag: ClientLog,
+    *,
+    colour: bool = False,
     usage: bool = True,
 ) -> tuple[int, float, float, int]:
     """Run *argv* to completion (see :func:`wait`); 127/126 if it cannot be started.
@@ -331,7 +335,12 @@ def read_command_output(argv: Sequence[str], environ: dict[str, str], *, fd: int
 
 
 def build_local(  # noqa: PLR0913
-    job: CompileJob, env: ClientEnv, diag: ClientLog, *, daemon: bool, own: str | None = None,
+    job: CompileJob,
+    env: ClientEnv,
+    diag: ClientLog,
+    *,
+    daemon: bool,
+    own: str | None = None,
     usage: bool = True,
 ) -> tuple[int, float, float, int]:
     """1.4 ``build_local``: run the job's compiler here; (status, user s, system s, faults).

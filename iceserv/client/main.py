@@ -210,8 +210,9 @@ class _Run:
     def local(self, job: CompileJob, daemon: Channel | None) -> int:
         from iceserv.client.local import build_local  # noqa: PLC0415
 
-        return build_local(job, self.env, self.diag, daemon=daemon is not None, own=self.own,
-                           usage=False)[0]  # fmt: skip
+        return build_local(
+            job, self.env, self.diag, daemon=daemon is not None, own=self.own, usage=False
+        )[0]
 
     def with_daemon(self, sock: _socket.socket, analysis: Analysis) -> int:
         """Build with the daemon that answered: remote unless told otherwise, else in a slot."""
@@ -307,10 +308,20 @@ class _Run:
             return None
         envs = self.environments(job, daemon, extrafiles, platform)
         if not envs:  # 1.4: build locally, in a slot of the same daemon connection
-            return self.cluster_failure("no environment", "no environment to compile with "
-                                        "(ICECC_VERSION, or the daemon's native one)")  # fmt: skip
-        remote = Remote(job, daemon, envs, env=self.env, diag=self.diag, cwd=self.cwd,
-                        platform=platform, own=self.own)  # fmt: skip
+            return self.cluster_failure(
+                "no environment",
+                "no environment to compile with (ICECC_VERSION, or the daemon's native one)",
+            )
+        remote = Remote(
+            job,
+            daemon,
+            envs,
+            env=self.env,
+            diag=self.diag,
+            cwd=self.cwd,
+            platform=platform,
+            own=self.own,
+        )
         if self.env.repeat_rate > 0:
             status = self.repeated(remote)
         elif self.env.race and not job.dwarf_fission:

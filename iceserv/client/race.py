@@ -72,10 +72,16 @@ class _Race:
         self.local_obj = f"{self.output}.race-local-{pid}"
         self.remote_obj = f"{self.output}.race-remote-{pid}"
         self.runner = remote.__class__(
-            job.evolve(output_file=self.remote_obj), remote.daemon, remote.envs, env=remote.env,
-            diag=remote.diag, cwd=remote.cwd, platform=remote.platform, own=remote.own,
+            job.evolve(output_file=self.remote_obj),
+            remote.daemon,
+            remote.envs,
+            env=remote.env,
+            diag=remote.diag,
+            cwd=remote.cwd,
+            platform=remote.platform,
+            own=remote.own,
             output=False,
-        )  # fmt: skip
+        )
         self.runner.may_compile_here = False  # this host already builds it
         self.wake = threading.Event()
         self.mine, self.theirs = _Outcome(), _Outcome()
@@ -84,17 +90,23 @@ class _Race:
     def run(self) -> tuple[int, bool]:
         job, env = self.remote.job, self.remote.env
         argv = job.evolve(output_file=self.local_obj).local_argv(
-            find_compiler(job, env, self.remote.own))
-        actions = [(os.POSIX_SPAWN_DUP2, self.messages[0].fileno(), 1),
-                   (os.POSIX_SPAWN_DUP2, self.messages[1].fileno(), 2)]  # fmt: skip
+            find_compiler(job, env, self.remote.own)
+        )
+        actions = [
+            (os.POSIX_SPAWN_DUP2, self.messages[0].fileno(), 1),
+            (os.POSIX_SPAWN_DUP2, self.messages[1].fileno(), 2),
+        ]
         try:
-            self.pid = os.posix_spawn(argv[0], argv, env.child_environ(2), setpgroup=0,
-                                      file_actions=actions)  # fmt: skip
+            self.pid = os.posix_spawn(
+                argv[0], argv, env.child_environ(2), setpgroup=0, file_actions=actions
+            )
         except OSError:
             self.lock.release()
             return self.remote.run(), True
-        threads = [threading.Thread(target=self.local_side, daemon=True),
-                   threading.Thread(target=self.remote_side, daemon=True)]  # fmt: skip
+        threads = [
+            threading.Thread(target=self.local_side, daemon=True),
+            threading.Thread(target=self.remote_side, daemon=True),
+        ]
         for thread in threads:
             thread.start()
         try:

@@ -40,9 +40,10 @@ def job_local_begin(stime: int, outfile: str) -> bytes:
     payload = (
         JOB_LOCAL_BEGIN.to_bytes(4, "big")
         + (stime & 0xFFFFFFFF).to_bytes(4, "big")
-        + len(name).to_bytes(4, "big") + name
+        + len(name).to_bytes(4, "big")
+        + name
         + (0).to_bytes(4, "big")
-    )  # fmt: skip
+    )
     return len(payload).to_bytes(4, "big") + payload
 
 

@@ -66,8 +66,7 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def check(job: CompileJob, env: ClientEnv, diag: ClientLog, *, server: str,
-          own: str | None) -> int:  # fmt: skip
+def check(job: CompileJob, env: ClientEnv, diag: ClientLog, *, server: str, own: str | None) -> int:
     """Compile *job* here too and compare with the remote object from *server*.
 
     Returns the job's final status: 0 when the objects match or the local
@@ -94,15 +93,19 @@ def check(job: CompileJob, env: ClientEnv, diag: ClientLog, *, server: str,
     here = os.uname().nodename
     try:
         if status != 0:
-            _say(f"{job.output_file}: compiled on {server} but the local compiler on {here} "
-                 f"failed with status {status}; the local result counts")  # fmt: skip
+            _say(
+                f"{job.output_file}: compiled on {server} but the local compiler on {here} "
+                f"failed with status {status}; the local result counts"
+            )
             return status
         remote, local = _read(job.output_file), _read(scratch)
         if local is None:
             return 0
         if remote != local:
-            _say(f"{job.output_file} differs: remote object from {server}, local object from "
-                 f"{here}; keeping the local object")  # fmt: skip
+            _say(
+                f"{job.output_file} differs: remote object from {server}, local object from "
+                f"{here}; keeping the local object"
+            )
             os.replace(scratch, job.output_file)  # noqa: PTH105 - pathlib costs import time
         return 0
     finally:

@@ -143,8 +143,10 @@ class TestLauncher:
             (bin_dir / name).write_text(LAUNCHER.format(python=sys.executable))
             (bin_dir / name).chmod(0o755)
         directory = tmp_path / "icecc-bin"
-        code = ("import sys; from iceserv.app.cli import main; "
-                "sys.argv[0] = sys.argv[1]; sys.exit(main(sys.argv[2:]))")
+        code = (
+            "import sys; from iceserv.app.cli import main; "
+            "sys.argv[0] = sys.argv[1]; sys.exit(main(sys.argv[2:]))"
+        )
         done = subprocess.run([sys.executable, "-c", code, str(bin_dir / "iceserv"),
                                "install-symlinks", "--dir", str(directory), "--names", "gcc"],
                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip

@@ -102,7 +102,7 @@ class TestImports:
 # --- the launcher's import budget (issue 17, P2) ------------------------------------------
 
 #: What the launcher may import beyond ``python -I -S -c "import os"`` on the light paths.
-LIGHT = {"__future__", "pwd", "iceserv", "iceserv.client", "iceserv.client.main",
+LIGHT = {"__future__", "pwd", "iceserv", "iceserv.errors", "iceserv.client", "iceserv.client.main",
          "iceserv.client.env", "iceserv.client.log",
          "iceserv.client.args", "iceserv.client.rules", "iceserv.client.options",
          "iceserv.client.job", "iceserv.client.local"}  # fmt: skip
@@ -164,8 +164,12 @@ class TestLauncherBudget:
         """A local job with a daemon (-E): no protocol package, within the same budget."""
         daemon = FakeDaemon(work / "d.sock").start()
         try:
-            extra = self.run_budget(launcher, work, ["gcc", "-E", "hello.c", "-o", "hello.i"],
-                                    base_env(work, ICECC_TEST_SOCKET=str(work / "d.sock")))
+            extra = self.run_budget(
+                launcher,
+                work,
+                ["gcc", "-E", "hello.c", "-o", "hello.i"],
+                base_env(work, ICECC_TEST_SOCKET=str(work / "d.sock")),
+            )
         finally:
             daemon.close()
         assert (work / "hello.i").exists()

@@ -198,7 +198,8 @@ class TestLockFiles:
     def test_a_build_waits_while_we_hold_every_slot(self, bed: WrapperBed, waiter):
         """While our builds hold every slot, the real client's and ours wait."""
         slots = os.sysconf("SC_NPROCESSORS_ONLN")
-        holders = [hold_slot(3.0, bed.program("ours", "icecc")) for _ in range(slots)]
+        # Held long enough that a busy machine's delay in noticing them cannot eat it all.
+        holders = [hold_slot(10.0, bed.program("ours", "icecc")) for _ in range(slots)]
         try:
             assert wait_until_slots_held(slots, timeout=10.0)
             start = time.monotonic()

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 
 class TestFrame:
-    @given(stime=st.integers(0, 2**32 - 1),
-           outfile=st.text(st.characters(blacklist_characters="\0"), max_size=300))
+    @given(
+        stime=st.integers(0, 2**32 - 1),
+        outfile=st.text(st.characters(blacklist_characters="\0"), max_size=300),
+    )
     def test_same_bytes_as_the_protocol_encoder(self, stime, outfile):
         """job_local_begin() writes exactly what iceserv.protocol encodes (paths hold no NUL)."""
         for version in (21, 35, PROTOCOL_VERSION):
