@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 
     from testbed import BuildResult
 
-pytestmark = pytest.mark.live
+# A -g build of 33 units through a cold cluster (the native environment is built and sent
+# first) takes minutes on a loaded two-core machine: more than the suite's 300 s default.
+pytestmark = [pytest.mark.live, pytest.mark.timeout(900)]
 log = logging.getLogger(__name__)
 
 #: Google's double-conversion, the C++ library ujson bundles (9 units, no dependencies).
