@@ -13,6 +13,8 @@ obvious choice, ``zstandard``, ships a single amalgamated ``zstd.c`` since
 * ``unpack_project``: the library sources under ``lib/`` plus a generated
   ``Makefile`` that compiles each ``.c`` with ``$(CC) -O2 -c`` into
   ``obj/`` (no link step: every job is a compile job).
+* ``restrict``: the same tree with a Makefile for a subset of the units
+  (for tests that build through many clusters and need a shorter build).
 * ``build_reference``: the same Makefile with plain ``gcc`` in a tree of the
   same layout.  No ``-g``, so objects carry only relative paths and a
   build through icecream, which compiles ``-fdirectives-only`` output with
@@ -189,6 +191,17 @@ def unpack_project(tarball: Path, dest: Path, sdist: Sdist = ZSTD_SDIST) -> Proj
     sources.sort()
     (dest / "Makefile").write_text(_makefile(sources))
     return Project(dest, tuple(sources))
+
+
+def restrict(project: Project, sources: Sequence[str]) -> Project:
+    """The same tree building only ``sources`` (a subset of its units): a new Makefile."""
+    unknown = sorted(set(sources) - set(project.sources))
+    if unknown:
+        msg = f"not units of {project.root}: {unknown}"
+        raise TestbedError(msg)
+    chosen = tuple(sorted(sources))
+    (project.root / "Makefile").write_text(_makefile(chosen))
+    return Project(project.root, chosen)
 
 
 def build_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

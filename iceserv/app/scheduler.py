@@ -3,7 +3,8 @@
 This module owns the scheduler program: it loads :class:`~iceserv.config.SchedulerSettings`
 (1.4's flags, conf.d, TOML, environment), sets up logging, starts
 :class:`~iceserv.scheduler.SchedulerServer` and the telnet interface on
-port + 1 with ``server.control``, and returns an exit code.  It holds no
+port + 1 with ``server.control``, the opt-in HTTP endpoint (:mod:`iceserv.web`)
+when ``http`` is set, and returns an exit code.  It holds no
 scheduling logic.
 
 Service integration: ``sd_notify`` through :mod:`iceserv.service.notify`
@@ -38,13 +39,6 @@ from iceserv.hostfacts import broadcast_addresses, interface_address
 from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
-from iceserv.service.dbus import (
-    DEFAULT_SYSTEM_BUS,
-    SCHEDULER_INTERFACE,
-    SCHEDULER_PATH,
-    SchedulerInterface,
-    export_on_bus,
-)
 from iceserv.service.lifecycle import daemonize
 from iceserv.telnet import TelnetServer, serve_telnet
 
@@ -53,16 +47,41 @@ if TYPE_CHECKING:
 
     from iceserv.config import SchedulerSettings
     from iceserv.service import LogSetup, Notifier
+    from iceserv.web import HttpEndpoint
 
 __all__ = ["SchedulerService", "main", "server_settings", "status_text"]
 
 log = structlog.get_logger()
 
+#: The system bus socket when ``DBUS_SYSTEM_BUS_ADDRESS`` is unset (freedesktop default).
+_SYSTEM_BUS: Final = "unix:path=/run/dbus/system_bus_socket"
+#: Our name on the system bus (``iceserv.service.dbus.SCHEDULER_INTERFACE``).
+_BUS_NAME: Final = "org.icecream.Scheduler1"
+
+
+def _missing_bus(address: str) -> str:
+    """Return why no bus can be at *address* (only ``unix:path=`` sockets that are absent), or "".
+
+    ``iceserv.service.dbus`` and ``dbus_fast`` are imported only when a bus
+    may be there: on a farm scheduler without one they are megabytes of
+    memory and tens of milliseconds of start-up for nothing.
+    """
+    parts = [part for part in address.split(";") if part]
+    paths = [
+        part.removeprefix("unix:path=").split(",")[0]
+        for part in parts
+        if part.startswith("unix:path=")
+    ]
+    if not parts or len(paths) != len(parts) or any(os.path.exists(p) for p in paths):  # noqa: PTH110 - pathlib is not imported here
+        return ""
+    return f"no socket at {', '.join(paths)}"
+
+
 _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
 #: Settings a reload cannot change while the sockets stay open.
-_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize")
+_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize", "http")
 
 
 def server_settings(
@@ -102,6 +121,23 @@ async def _start_telnet(server: SchedulerServer) -> TelnetServer | None:
     except OSError as exc:
         log.error("telnet_listener_failed", port=server.port + 1, error=str(exc))  # noqa: TRY400
         return None
+
+
+async def _start_http(server: SchedulerServer, settings: SchedulerSettings) -> HttpEndpoint | None:
+    """Start the opt-in HTTP endpoint (``/metrics``, the web view) when ``http`` is set."""
+    if settings.http is None:
+        return None
+    # Imported only when asked for: aiohttp and prometheus_client are megabytes of memory.
+    from iceserv.web import HttpEndpoint  # noqa: PLC0415
+
+    endpoint = HttpEndpoint(server.control, version=VERSION, clock=server.now)
+    try:
+        await endpoint.start(settings.http.host, settings.http.port)
+    except OSError as exc:
+        log.error("http_listener_failed", address=str(settings.http), error=str(exc))  # noqa: TRY400
+        await endpoint.close()
+        return None
+    return endpoint
 
 
 def _drop_privileges(user: str) -> None:
@@ -201,11 +237,30 @@ async def _run(
         return _EXIT_FAILURE
     telnet = await _start_telnet(server)
     service = make_service(server, telnet)
+    http = await _start_http(server, service.settings)
     _drop_privileges(service.settings.user)
-    dbus = SchedulerInterface(server.control, version=VERSION)
-    exported = await export_on_bus(bus_address, SCHEDULER_INTERFACE, SCHEDULER_PATH, dbus)
-    if exported is not None:
-        dbus.attach()
+    missing = _missing_bus(bus_address)
+    if missing:
+        log.warning(
+            "dbus_unavailable",
+            name=_BUS_NAME,
+            address=bus_address,
+            reason=missing,
+            consequence="running without D-Bus",
+        )
+        dbus = exported = None
+    else:
+        from iceserv.service.dbus import (  # noqa: PLC0415 - only with a bus (see _missing_bus)
+            SCHEDULER_INTERFACE,
+            SCHEDULER_PATH,
+            SchedulerInterface,
+            export_on_bus,
+        )
+
+        dbus = SchedulerInterface(server.control, version=VERSION)
+        exported = await export_on_bus(bus_address, SCHEDULER_INTERFACE, SCHEDULER_PATH, dbus)
+        if exported is not None:
+            dbus.attach()
     lifecycle = Lifecycle(service, notifier)
     loop = asyncio.get_running_loop()
     lifecycle.install_signal_handlers(loop)
@@ -214,7 +269,10 @@ async def _run(
         return await lifecycle.run()
     finally:
         lifecycle.remove_signal_handlers(loop)
-        dbus.detach()
+        if http is not None:
+            await http.close()
+        if dbus is not None:
+            dbus.detach()
         if exported is not None:
             await exported.close()
 
@@ -252,7 +310,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         make_service = functools.partial(
             SchedulerService, settings=settings, logs=logs, argv=args, environ=environ
         )
-        bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
+        bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or _SYSTEM_BUS
         return asyncio.run(_run(server_conf, notifier, make_service, bus_address))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
+from iceserv.client.buildsummary import recorded
 from iceserv.client.env import ClientEnv
 from iceserv.client.log import ClientLog
 
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the wrapper for *argv* (default ``sys.argv``; ``argv[0]`` picks the mode)."""
     env = ClientEnv.current()
     diag = ClientLog(env.debug_level, env.logfile)
-    return _Run(list(sys.argv if argv is None else argv), env, diag).run()
+    return recorded(_Run(list(sys.argv if argv is None else argv), env, diag))
 
 
 class _Run:

@@ -62,18 +62,18 @@ if TYPE_CHECKING:
     from iceserv.client.environments import Environment
     from iceserv.client.job import CompileJob
     from iceserv.client.log import ClientLog
+    from iceserv.protocol import Message
 
 __all__ = ["Remote", "ask_native_env"]
 
 # Time-outs in seconds (reference §7.8).
 NATIVE_ENV_TIMEOUT: Final = 240.0
-USE_CS_TIMEOUT: Final = 240.0
-USE_CS_NICED_TIMEOUT: Final = 3600.0
 CONNECT_TIMEOUT: Final = 10.0
 VERIFY_TIMEOUT: Final = 60.0
 RESULT_TIMEOUT: Final = 720.0
 CHUNK_TIMEOUT: Final = 40.0
 _SELF: Final = "127.0.0.1"
+_TIMED_OUT: Final = 14  # ClusterError code of a receive time-out
 
 
 def ask_native_env(
@@ -167,8 +167,7 @@ class Remote:
             raise ClusterError(22, "$ICECC_VERSION needs to point to .tar files")
         request = self.get_cs()
         self.daemon.send(request)
-        timeout = USE_CS_NICED_TIMEOUT if request.niceness > 0 else USE_CS_TIMEOUT
-        use = self.daemon.receive(timeout)
+        use = self.wait_for_server()
         if not isinstance(use, UseCS):
             raise ClusterError(1, f"expected use_cs reply, but got {type(use).__name__}")
         if use.hostname == _SELF and not (self.env.test_remotebuild and use.port != 0):
@@ -176,6 +175,22 @@ class Remote:
                 raise ClusterError(2, "the scheduler gave the job back to this host")
             return self.compile_here(use)
         return self.compile_there(use)
+
+    def wait_for_server(self) -> Message:
+        """Return the daemon's answer to GET_CS within ``ICECC_SERVER_WAIT`` s (else error 14).
+
+        1.4 waits 240 s (an hour for niced jobs), silently, for a job no host can
+        take; after the bound we compile locally instead (issue 13).
+        """
+        wait = self.env.server_wait
+        deadline = time.monotonic() + wait
+        try:
+            return self.daemon.receive(wait)
+        except ClusterError as exc:
+            if exc.code == _TIMED_OUT and time.monotonic() >= deadline:
+                text = f"no compile server within {wait:g} s (ICECC_SERVER_WAIT), compiling here"
+                raise ClusterError(_TIMED_OUT, text) from None
+            raise
 
     def compile_here(self, use: UseCS) -> int:
         """§5.1.2: tell the daemon, compile locally in its slot, report JOB_DONE."""

@@ -23,7 +23,7 @@ import tempfile
 from iceserv.client.channel import ClusterError
 from iceserv.client.job import REMOTE, absolute
 from iceserv.client.local import HostLock, find_compiler, spawn, wait
-from iceserv.client.remote import USE_CS_TIMEOUT, Remote
+from iceserv.client.remote import Remote
 from iceserv.protocol import Feature, UseCS
 from iceserv.protocol.features import supports
 from iceserv.protocol.filenames import shorten_filename
@@ -121,7 +121,7 @@ def build_repeated(remote: Remote, rng: random.Random) -> int:
     codes: list[int] = []
     try:
         for index, each in enumerate(jobs):
-            use = remote.daemon.receive(USE_CS_TIMEOUT)
+            use = remote.wait_for_server()
             if not isinstance(use, UseCS):
                 raise ClusterError(1, "expected use_cs reply")  # noqa: TRY301 - as in run()
             worker = Remote(

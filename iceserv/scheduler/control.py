@@ -21,6 +21,7 @@ import asyncio
 from typing import TYPE_CHECKING, Final, Protocol
 
 from iceserv.scheduler.events import ClusterEvents
+from iceserv.scheduler.metrics import ClusterMetrics
 from iceserv.scheduler.placement import server_speed
 from iceserv.scheduler.views import HostView, JobView
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from iceserv.scheduler.effects import Effect
     from iceserv.scheduler.events import ClusterObserver
     from iceserv.scheduler.handlers import Scheduler
+    from iceserv.scheduler.metrics import MetricsView
     from iceserv.scheduler.state import Job
 
 __all__ = ["INTERNALS_TIMEOUT", "ClusterControl", "Shell"]
@@ -63,6 +65,9 @@ class ClusterControl:
         self._internals_timeout = internals_timeout
         self._waiting: dict[int, list[asyncio.Future[str]]] = {}
         self._events = ClusterEvents()
+        self._metrics = ClusterMetrics()
+        # list_jobs' views by job id, with the (state, server) they were made for.
+        self._job_views: dict[int, tuple[object, int | None, JobView]] = {}
 
     # --- numbers ----------------------------------------------------------------------
 
@@ -145,9 +150,25 @@ class ClusterControl:
         return views
 
     def list_jobs(self) -> list[JobView]:
-        """Return every known job ordered by id."""
+        """Return every known job ordered by id.
+
+        A view is made again only for a job whose state or server changed since
+        the last call (its other fields never change), so that listing 20,000
+        queued jobs does not rebuild 20,000 views on the event loop each time.
+        """
         jobs = self._shell.core.state.jobs
-        return [self._job_view(jobs[job_id]) for job_id in sorted(jobs)]
+        old = self._job_views
+        new: dict[int, tuple[object, int | None, JobView]] = {}
+        views = []
+        for job_id in sorted(jobs):
+            job = jobs[job_id]
+            hit = old.get(job_id)
+            if hit is None or hit[0] is not job.state or hit[1] != job.server:
+                hit = (job.state, job.server, self._job_view(job))
+            new[job_id] = hit
+            views.append(hit[2])
+        self._job_views = new
+        return views
 
     def blocked(self) -> list[str]:
         """Return the block list in the order names were added."""
@@ -204,7 +225,13 @@ class ClusterControl:
 
     def observe(self, effects: list[Effect]) -> None:
         """Note a batch of effects the shell has just carried out (the shell calls this)."""
-        self._events.feed(self._shell.core.state, effects, self._shell.now())
+        now = self._shell.now()
+        self._events.feed(self._shell.core.state, effects, now)
+        self._metrics.feed(effects, now)
+
+    def metrics(self) -> MetricsView:
+        """Return the running totals (counters and histograms) for ``/metrics``."""
+        return self._metrics.view(self._shell.now())
 
     async def internals(self, names: Iterable[str]) -> list[str]:
         """Return each matching daemon's internals text, or ``<nodename> not reporting``.

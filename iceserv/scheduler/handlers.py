@@ -33,8 +33,17 @@ exit code 255).  Monitors hear about all of it as it happens.
 Timers (:meth:`Scheduler.get_timer` / :meth:`Scheduler.handle_timer`): the
 scheduler announcement every 120 s, the reachability probe of each daemon's
 compile port (every 60 s, back-off 2…4096 s after failures), dropping a
-daemon busy installing for 120 s, and application pings for daemons below
-protocol 27.
+daemon busy installing for 120 s, application pings for daemons below
+protocol 27, and the report of jobs that wait (``JobsWaiting``: the oldest
+queued job, once it waited 2 s, and then at most every 10 s, with each
+daemon's reason from :mod:`~iceserv.scheduler.waiting`).
+
+A daemon is busy installing from the USE_CS that sends it a job without its
+environment until it logs in again with the new environment, or until that
+job ends first (the transfer never happened: e.g. the client compiled
+itself), or until it is dropped.  A USE_CS naming a server that logged in
+from 127.0.0.1, for another daemon, says ``localhost`` instead: clients
+read "127.0.0.1" as "compile it yourself" (one-host clusters).
 """
 
 from __future__ import annotations
@@ -64,23 +73,24 @@ from iceserv.protocol import (
     Ping,
     Stats,
     StatusText,
-    UseCS,
 )
 from iceserv.protocol.constants import MAX_SCHEDULER_PING, MAX_SCHEDULER_PONG
 from iceserv.protocol.discovery import DEFAULT_NETNAME, SchedulerInfo, is_better
 from iceserv.protocol.dispatch import Dispatch
 from iceserv.protocol.features import supports
-from iceserv.scheduler import jobs
+from iceserv.scheduler import jobs, waiting
 from iceserv.scheduler.effects import (
     Announce,
     Close,
     Effect,
     InternalsReply,
+    JobsWaiting,
     Send,
     StartProbe,
     StopReading,
     ToMonitors,
 )
+from iceserv.scheduler.index import HostIndex
 from iceserv.scheduler.monitoring import OFFLINE, host_stats_text
 from iceserv.scheduler.state import ClusterState, Host
 
@@ -100,6 +110,10 @@ _Table = Dispatch[[int, float], list[Effect]]
 ANNOUNCE_PERIOD: Final = 120.0
 #: A daemon busy installing an environment this long is dropped (§7.8).
 MAX_BUSY_INSTALLING: Final = 120.0
+#: The oldest queued job is reported (JobsWaiting) once it waited this long ...
+WAIT_REPORT_AFTER: Final = 2.0
+#: ... and again at most this often while jobs keep waiting.
+WAIT_REPORT_PERIOD: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,19 +153,21 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, rng: random.Random, now: float) -> None:
         self.config = config
         self.state = ClusterState()
+        self._index = HostIndex(self.state, self._host_deadline)
+        self.state.index = self._index
         self.started = now
         self._rng = rng
         self._peers: dict[int, _Peer] = {}
         self._monitors: list[int] = []
         self._next_announce = now
-        self._host_deadline: float | None = None  # get_timer's cache; None: recompute
+        self._next_wait_report = now  # no JobsWaiting before this time
         # Monitors are never read from: anything they send is unexpected.
         self._tables: dict[_Kind, _Table] = {
             _Kind.NEW: _Table("new peer")
             .on(Login, self._on_login)
             .on(MonLogin, self._on_mon_login),
             _Kind.DAEMON: _Table("daemon peer")
-            .on(GetCS, self._for_host(jobs.on_get_cs))
+            .on(GetCS, self._on_get_cs)
             .on(JobBegin, self._for_host(jobs.on_job_begin))
             .on(JobDone, self._for_host(jobs.on_job_done))
             .on(JobLocalBegin, self._for_host(jobs.on_job_local_begin))
@@ -209,27 +225,28 @@ class Scheduler:
     def get_timer(self) -> float:
         """Return the absolute time at which :meth:`handle_timer` must run next.
 
-        The shell asks after every event, and the hosts' deadlines take a scan
-        over every daemon, so their minimum is cached.  Between recomputations
-        deadlines only move later (a daemon talks, a probe starts, a daemon
-        leaves), except at the events that drop the cache: a login, a probe
-        result, a timer run and a job sent to a host that must install its
-        environment first.  So the cached time is never later than the true
-        one; a timer run it makes early finds nothing due and recomputes.
+        The shell asks after every event; the host index keeps every host's
+        deadline in a heap (re-filed whenever the host is touched), so this
+        costs no scan.
         """
-        if self._host_deadline is None:
-            self._host_deadline = self._earliest_host_deadline()
-        return min(self._next_announce, self._host_deadline)
+        return min(self._next_announce, self._index.next_deadline(), self._wait_report_due())
 
-    def _earliest_host_deadline(self) -> float:
+    def _wait_report_due(self) -> float:
+        head = self.state.queue.first()
+        if head is None:
+            return math.inf
+        return max(head.queued_at + WAIT_REPORT_AFTER, self._next_wait_report)
+
+    @staticmethod
+    def _host_deadline(host: Host) -> float:
+        """When :meth:`_host_timers` has something to do for *host* (``inf``: never)."""
         deadlines = [math.inf]
-        for host in self.state.hosts.values():
-            if host.probed and not host.probe.in_progress:
-                deadlines.append(host.probe.next_at)
-            if host.busy_installing_since is not None:
-                deadlines.append(host.busy_installing_since + MAX_BUSY_INSTALLING)
-            if not supports(host.protocol, Feature.NO_PINGS):
-                deadlines.append(host.ping_deadline or host.last_talk + MAX_SCHEDULER_PING)
+        if host.probed and not host.probe.in_progress:
+            deadlines.append(host.probe.next_at)
+        if host.busy_installing_since is not None:
+            deadlines.append(host.busy_installing_since + MAX_BUSY_INSTALLING)
+        if not supports(host.protocol, Feature.NO_PINGS):
+            deadlines.append(host.ping_deadline or host.last_talk + MAX_SCHEDULER_PING)
         return min(deadlines)
 
     def handle_timer(self, now: float) -> list[Effect]:
@@ -238,9 +255,11 @@ class Scheduler:
         if now >= self._next_announce:
             effects.append(Announce(self.config.info))
             self._next_announce = now + ANNOUNCE_PERIOD
-        for host in list(self.state.hosts.values()):
-            effects += self._host_timers(host, now)
-        self._host_deadline = None
+        for host_id in self._index.due(now):
+            host = self.state.hosts.get(host_id)
+            if host is not None:
+                effects += self._host_timers(host, now)
+                self.state.touch(host)
         return effects + self._place(now)
 
     def _host_timers(self, host: Host, now: float) -> list[Effect]:
@@ -254,6 +273,7 @@ class Scheduler:
             elif now - host.last_talk >= MAX_SCHEDULER_PING:
                 # While the ping is out the daemon gets no jobs (1.4 negates max jobs).
                 host.ping_deadline = now + 2 * MAX_SCHEDULER_PONG
+                self.state.touch(host)
                 return [Send(host.conn_id, Ping())]
         if host.probed and not host.probe.in_progress and now >= host.probe.next_at:
             host.probe.in_progress = True
@@ -266,7 +286,7 @@ class Scheduler:
         if host is None:
             return []
         host.probe.record(ok=ok, now=now)
-        self._host_deadline = None
+        self.state.touch(host)
         return self._place(now)
 
     def handle_announcement(self, info: SchedulerInfo, now: float) -> list[Effect]:
@@ -325,6 +345,7 @@ class Scheduler:
                 self.state.drained.append(name)
             if self.state.find_host(name) is not None:
                 matched.append(name)
+        self.state.touch_all()
         return matched, self._place(now)
 
     def resume_hosts(self, names: Iterable[str], now: float) -> list[Effect]:
@@ -332,6 +353,7 @@ class Scheduler:
         for name in names:
             if name in self.state.drained:
                 self.state.drained.remove(name)
+        self.state.touch_all()
         return self._place(now)
 
     def request_internals(self, names: Iterable[str]) -> tuple[list[Host], list[Effect]]:
@@ -367,16 +389,14 @@ class Scheduler:
             last_talk=now,
         )
         host.probe.next_at = now  # check its compile port right away
-        self._host_deadline = None
         if self.state.is_blocked(host):
             # As 1.4: the refused daemon used up a host id and is reported offline.
             del self._peers[conn_id]
             return [ToMonitors(MonStats(host.host_id, OFFLINE)), Close(conn_id)]
         effects: list[Effect] = [ToMonitors(MonStats(host.host_id, host_stats_text(host)))]
-        for old in list(self.state.hosts.values()):
-            if old.ip == host.ip and old.nodename == host.nodename:
-                effects += self._remove_host(old)  # a stale connection of the same daemon
-        self.state.hosts[host.host_id] = host
+        for old in self.state.hosts_at(host.ip, host.nodename):
+            effects += self._remove_host(old)  # a stale connection of the same daemon
+        self.state.add_host(host)
         peer.kind, peer.host_id = _Kind.DAEMON, host.host_id
         if supports(peer.protocol, Feature.CS_CONF):
             effects.append(Send(conn_id, ConfCS()))
@@ -408,12 +428,28 @@ class Scheduler:
         return handle
 
     def _place(self, now: float) -> list[Effect]:
-        effects = jobs.place_jobs(self.state, self._rng, now)
-        if any(
-            isinstance(e, Send) and isinstance(e.message, UseCS) and not e.message.got_env
-            for e in effects
-        ):
-            self._host_deadline = None  # its host is now busy installing (a new deadline)
+        effects: list[Effect] = jobs.place_jobs(self.state, self._rng, now)
+        if now >= self._wait_report_due():
+            effects.append(self._wait_report(now))
+        return effects
+
+    def _wait_report(self, now: float) -> JobsWaiting:
+        head = self.state.queue.first()
+        assert head is not None  # noqa: S101 - _wait_report_due is finite only with a queue
+        self._next_wait_report = now + WAIT_REPORT_PERIOD
+        return JobsWaiting(
+            count=len(self.state.queue),
+            job_id=head.job_id,
+            filename=head.filename,
+            waited=now - head.queued_at,
+            reasons=waiting.reasons(self.state, head, now),
+        )
+
+    def _on_get_cs(self, msg: GetCS, conn_id: int, now: float) -> list[Effect]:
+        first_new = self.state.last_job_id + 1
+        effects = jobs.on_get_cs(self.state, self._host(conn_id), msg)
+        for job_id in range(first_new, self.state.last_job_id + 1):
+            self.state.jobs[job_id].queued_at = now
         return effects
 
     def _remove_host(self, host: Host) -> list[Effect]:
@@ -423,6 +459,7 @@ class Scheduler:
     def _on_stats(self, stats: Stats, conn_id: int, now: float) -> list[Effect]:
         host = self._host(conn_id)
         host.load = stats.load
+        self.state.touch(host)
         host.client_count = 0  # as 1.4: STATS carries no client count, yet resets it
         if not supports(host.protocol, Feature.STATS_NOT_PONG):
             self._answered_ping(host, now)
@@ -431,6 +468,7 @@ class Scheduler:
     def _answered_ping(self, host: Host, now: float) -> None:
         host.last_talk = now
         host.ping_deadline = None
+        self.state.touch(host)
 
     def _on_ping(self, _msg: Ping, conn_id: int, now: float) -> list[Effect]:
         self._answered_ping(self._host(conn_id), now)
@@ -440,6 +478,8 @@ class Scheduler:
         host = self._host(conn_id)
         host.envs = login.envs
         host.busy_installing_since = None
+        host.installing_for = None
+        self.state.touch(host)
         if supports(host.protocol, Feature.CS_CONF):
             return [Send(conn_id, ConfCS())]
         return []
@@ -447,8 +487,9 @@ class Scheduler:
     def _on_blacklist(self, request: BlacklistHostEnv, conn_id: int, _now: float) -> list[Effect]:
         host = self._host(conn_id)
         entry = (request.target, request.environment)
+        named = jobs.LOOPBACK_IP if request.hostname == jobs.LOOPBACK_NAME else request.hostname
         for server in self.state.hosts.values():
-            if server.ip == request.hostname:
+            if server.ip == named:
                 entries = host.blacklist.setdefault(server.host_id, [])
                 if entry not in entries:
                     entries.append(entry)

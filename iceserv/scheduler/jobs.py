@@ -58,6 +58,11 @@ _MAX_JOBS_PER_REQUEST: Final = 64
 #: Local jobs remembered per daemon (a daemon that never reports them done must not grow us).
 _MAX_LOCAL_JOBS: Final = 4096
 _ABORTED_EXITCODE: Final = 255
+#: A daemon logged in from here shares the submitter's host when the submitter did too.
+LOOPBACK_IP: Final = "127.0.0.1"
+#: What USE_CS names such a server instead (reference §5.1.2: clients never connect to
+#: "127.0.0.1"; they resolve any other name, IPv4 only, and connect).
+LOOPBACK_NAME: Final = "localhost"
 
 
 def on_get_cs(state: ClusterState, host: Host, request: GetCS) -> list[Effect]:
@@ -149,6 +154,12 @@ def on_job_done(state: ClusterState, host: Host, done: JobDone) -> list[Effect]:
     server = state.hosts.get(job.server) if job.server is not None else None
     if server is not None:
         server.jobs.remove(job.job_id)
+        if server.installing_for == job.job_id:
+            # The job ended before the server re-announced its environments: the transfer
+            # it was to install never happened (or was abandoned), so nothing is installing.
+            server.busy_installing_since = None
+            server.installing_for = None
+        state.touch(server)
     if job.state is JobState.PEND:
         state.queue.discard(job)
     placement.record_job_stats(
@@ -203,17 +214,24 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
     job.server = host.host_id
     host.jobs.append(job.job_id)
     host.last_picked_id = job.job_id
+    state.touch(host)
     if not assignment.got_env:
         host.busy_installing_since = now  # cleared by its re-LOGIN after the install
+        host.installing_for = job.job_id  # ... or by the end of this job, if it never came
     placement.restrict_siblings(state, assignment)
     if host is submitter and supports(submitter.protocol, Feature.NO_CS):
         return Send(submitter.conn_id, NoCS(job.job_id, job.client_id))
+    hostname = host.ip
+    if hostname == LOOPBACK_IP and host is not submitter:
+        # Every client (1.4's too) reads USE_CS to 127.0.0.1 as "compile it yourself" and
+        # never contacts the server; a name for the same address makes it connect.
+        hostname = LOOPBACK_NAME
     return Send(
         submitter.conn_id,
         UseCS(
             job_id=job.job_id,
             port=host.port,
-            hostname=host.ip,
+            hostname=hostname,
             host_platform=assignment.host_platform,
             got_env=assignment.got_env,
             client_id=job.client_id,
@@ -224,7 +242,7 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
 
 def remove_host(state: ClusterState, host: Host) -> list[Effect]:
     """Drop *host*: abort its jobs, forget blacklists naming it, close its connection."""
-    del state.hosts[host.host_id]
+    state.drop_host(host)
     effects: list[Effect] = [ToMonitors(MonStats(host.host_id, OFFLINE))]
     for job in state.queue.drop_submitter(host.host_id):
         effects.append(ToMonitors(MonJobDone(job.job_id, _ABORTED_EXITCODE)))
@@ -237,6 +255,8 @@ def remove_host(state: ClusterState, host: Host) -> list[Effect]:
         if server is not None:
             server.jobs.remove(job.job_id)
             server.busy_installing_since = None  # as 1.4: it may have been installing for it
+            server.installing_for = None
+            state.touch(server)
         if job.state is JobState.PEND:
             state.queue.discard(job)
         state.forget_job(job)

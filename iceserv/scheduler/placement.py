@@ -46,6 +46,7 @@ from iceserv.scheduler.state import JobStat
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Collection
 
     from iceserv.scheduler.state import ClusterState, Host, Job
 
@@ -65,7 +66,7 @@ __all__ = [
 ]
 
 #: Host platforms that can also run environments built for another (1.4's table).
-_COMPATIBLE: Final = {
+COMPATIBLE: Final = {
     "i386": frozenset({"i486", "i586", "i686", "x86_64"}),
     "i486": frozenset({"i586", "i686", "x86_64"}),
     "i586": frozenset({"i686", "x86_64"}),
@@ -80,7 +81,7 @@ _TRUSTED_STATS: Final = 7
 #: JOB_DONE output smaller than this says nothing about speed.
 _MIN_OUTPUT: Final = 4096
 #: Hosts unpicked for this many job ids per host are picked again (exploration).
-_EXPLORE_IDS_PER_HOST: Final = 20
+EXPLORE_IDS_PER_HOST: Final = 20
 #: matched_job_id compares this many statistics of submitter and server.
 _MATCH_SCAN: Final = 17
 
@@ -98,7 +99,7 @@ class Assignment:
 
 def platforms_compatible(host: Host, platform: str) -> bool:
     """Return whether *host* can run an environment built to run on *platform*."""
-    return platform == host.platform or host.platform in _COMPATIBLE.get(platform, ())
+    return platform == host.platform or host.platform in COMPATIBLE.get(platform, ())
 
 
 def _blacklisted(state: ClusterState, host: Host, job: Job, env: EnvEntry) -> bool:
@@ -160,7 +161,7 @@ def eligible_ever(state: ClusterState, host: Host, job: Job) -> bool:
     )
 
 
-def _preload_slots(host: Host) -> int:
+def preload_slots(host: Host) -> int:
     # One job may always wait at a busy server, plus one per four slots.
     return 1 + host.max_jobs // 4
 
@@ -169,7 +170,7 @@ def eligible_now(state: ClusterState, host: Host, job: Job) -> bool:
     """Return whether *host* can take *job* right now: free (preload) slot, load, not installing."""
     return (
         eligible_ever(state, host, job)
-        and len(host.jobs) < host.max_jobs + _preload_slots(host)
+        and len(host.jobs) < host.max_jobs + preload_slots(host)
         and host.load < FULL_LOAD
         and bool(can_install(state, host, job))
     )
@@ -181,13 +182,26 @@ def server_speed(host: Host, job: Job | None = None) -> float:
     With *job*, the rating is adjusted for taking that job now (load, busy
     slots, and whether *host* is the job's own submitter).
     """
+    return _speed(host, None if job is None else _circumstances(host, job))
+
+
+def server_rating(host: Host) -> float:
+    """Return ``server_speed(host, job)`` for any *job* that *host* did not submit.
+
+    That rating does not depend on the job, so :mod:`iceserv.scheduler.index`
+    can keep hosts ordered by it; it is computed by the very same steps.
+    """
+    return _speed(host, (FULL_LOAD - host.load) / FULL_LOAD)
+
+
+def _speed(host: Host, circumstances: float | None) -> float:
     compiled = host.compiled
     rated = len(compiled)
     if not rated or compiled.user_sum == 0:
         return 0.0
     speed = compiled.output_sum / compiled.user_sum
-    if job is not None:
-        speed *= _circumstances(host, job)
+    if circumstances is not None:
+        speed *= circumstances
         if host.max_jobs > 0:
             speed *= 1.0 - 0.5 * len(host.jobs) / host.max_jobs
     if rated < _TRUSTED_STATS:
@@ -253,9 +267,12 @@ def record_job_stats(
     return stat
 
 
-def _rated(host: Host) -> bool:
-    # Has a rating to estimate with (server_speed is 0 without one).
+def rated(host: Host) -> bool:
+    """Whether *host* has a rating to estimate with (``server_speed`` is 0 without one)."""
     return host.compiled.output_sum > 0 and host.compiled.user_sum > 0
+
+
+_rated = rated
 
 
 def _expected_finish(host: Host, job: Job) -> float:
@@ -271,19 +288,31 @@ def _expected_finish(host: Host, job: Job) -> float:
     average every 1/slots of a job, so the job waits a slot's share of a job
     for itself and for each job queued ahead of it.
     """
-    rating = host.compiled.output_sum / host.compiled.user_sum * _circumstances(host, job)
+    return _finish(host, _circumstances(host, job))
+
+
+def finish_as_server(host: Host) -> float:
+    """Return ``_expected_finish(host, job)`` for any *job* that *host* did not submit."""
+    return _finish(host, (FULL_LOAD - host.load) / FULL_LOAD)
+
+
+def _finish(host: Host, circumstances: float) -> float:
+    rating = host.compiled.output_sum / host.compiled.user_sum * circumstances
     waiting = max(0, len(host.jobs) + 1 - host.max_jobs)
     return (1.0 + waiting / host.max_jobs) / rating
 
 
-def _queues_at(host: Host) -> bool:
+expected_finish = _expected_finish
+
+
+def queues_at(host: Host) -> bool:
     # A job given to *host* now would wait for a slot (eligible_now allows preload).
     return len(host.jobs) >= host.max_jobs
 
 
 def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | None:
     """Return the best daemon for *job* now, or ``None`` (§7.5)."""
-    hosts = list(state.hosts.values())
+    hosts = state.hosts.values()
     if job.preferred_host:
         return next(
             (
@@ -293,15 +322,31 @@ def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | Non
             ),
             None,
         )
+    index = state.index
     if not len(state.all_stats):
         # No statistics yet: choose at random, so one broken host cannot
         # starve the cluster of the statistics that would expose it.
-        candidates = [host for host in hosts if eligible_now(state, host, job)]
+        candidates = index.usable_hosts(job) if index is not None else None
+        if candidates is None:
+            candidates = [host for host in hosts if eligible_now(state, host, job)]
+        elif index is not None and index.check:
+            index.compare_all(
+                job, candidates, [host for host in hosts if eligible_now(state, host, job)]
+            )
         return rng.choice(candidates) if candidates else None
-    return _pick_fastest(state, job, hosts)
+    if index is None:
+        return _pick_fastest(state, job, hosts)
+    answered, host = index.pick(job)
+    if not answered:
+        index.scans += 1
+        return _pick_fastest(state, job, hosts)
+    index.picks += 1
+    if index.check:
+        index.compare(job, host, _pick_fastest(state, job, hosts))
+    return host
 
 
-class _Fit:
+class JobFit:
     """The job's side of :func:`eligible_now`, worked out once for a whole scan.
 
     :meth:`usable` is the composition 1.4 applies to each host (eligible now,
@@ -321,7 +366,7 @@ class _Fit:
         runs_on: set[str] = set()  # host platforms that can run one of the job's environments
         for env in job.envs:
             runs_on.add(env.platform)
-            runs_on.update(_COMPATIBLE.get(env.platform, ()))
+            runs_on.update(COMPATIBLE.get(env.platform, ()))
         self.runs_on = frozenset(runs_on)
         self.min_version = job.minimal_host_version
         self.required = job.required_features
@@ -331,7 +376,7 @@ class _Fit:
         max_jobs = host.max_jobs
         if (
             max_jobs <= 0
-            or len(host.jobs) >= max_jobs + _preload_slots(host)
+            or len(host.jobs) >= max_jobs + preload_slots(host)
             or host.load >= FULL_LOAD
             or host.busy_installing_since is not None
             or host.ping_deadline is not None
@@ -350,20 +395,20 @@ class _Fit:
         return host.host_id not in self.blacklists or bool(can_install(self.state, host, self.job))
 
 
-def _pick_fastest(state: ClusterState, job: Job, hosts: list[Host]) -> Host | None:
+def _pick_fastest(state: ClusterState, job: Job, hosts: Collection[Host]) -> Host | None:
     """1.4's scan for the fastest usable host, with its early returns (§7.5).
 
     This runs over every host for every placement (a profile at 1,000 daemons
     put two thirds of the scheduler's time here), so it is written for speed:
-    :class:`_Fit` inlines the eligibility tests and each host is rated at most
+    :class:`JobFit` inlines the eligibility tests and each host is rated at most
     once per scan.  The decisions are exactly those of 1.4's loop over
     :func:`eligible_now`, :func:`envs_match` and :func:`server_speed` with
     :func:`_challenge`'s one change (the expected finish where a job would
     queue), as ``tests/scheduler/test_placement_scan.py`` checks against the
     plain statement of that rule.
     """
-    fit = _Fit(state, job)
-    explore_after = _EXPLORE_IDS_PER_HOST * len(hosts)
+    fit = JobFit(state, job)
+    explore_after = EXPLORE_IDS_PER_HOST * len(hosts)
     best: Host | None = None
     best_uninstalled: Host | None = None
     best_preload: Host | None = None
@@ -403,9 +448,9 @@ def _challenge(
     """
     if leader is None:
         return host, None, None
-    queues = _queues_at(host)
+    queues = queues_at(host)
     speed: float | None = None
-    if _rated(leader) and _rated(host) and (queues or _queues_at(leader)):
+    if _rated(leader) and _rated(host) and (queues or queues_at(leader)):
         if _expected_finish(host, job) < _expected_finish(leader, job):
             return host, None, None
     elif not queues and len(leader.compiled):
@@ -450,7 +495,12 @@ def empty_queue(state: ClusterState, rng: random.Random) -> Assignment | None:
     can be placed, the head job waits while some connected daemon could ever
     take it; otherwise it goes to its submitter, as nobody else ever will.
     """
-    if any(_may_take_a_job(host) for host in state.hosts.values()):
+    index = state.index
+    if (
+        index.any_may_take()
+        if index is not None
+        else any(may_take_a_job(host) for host in state.hosts.values())
+    ):
         for job in state.queue:
             assignment = _place(state, job, rng)
             if assignment is not None:
@@ -466,7 +516,7 @@ def empty_queue(state: ClusterState, rng: random.Random) -> Assignment | None:
     return _assign(state, head, state.hosts[head.submitter])
 
 
-def _may_take_a_job(host: Host) -> bool:
+def may_take_a_job(host: Host) -> bool:
     """Whether *host* passes the job-independent parts of every way a job can be placed.
 
     A job goes to a host that is eligible now (some slots, room within slots +
@@ -479,7 +529,7 @@ def _may_take_a_job(host: Host) -> bool:
     """
     return len(host.jobs) < host.max_jobs or (
         host.max_jobs > 0
-        and len(host.jobs) < host.max_jobs + _preload_slots(host)
+        and len(host.jobs) < host.max_jobs + preload_slots(host)
         and host.load < FULL_LOAD
         and host.busy_installing_since is None
     )

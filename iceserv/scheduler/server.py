@@ -48,6 +48,7 @@ from iceserv.scheduler.effects import (
     Close,
     Effect,
     InternalsReply,
+    JobsWaiting,
     Send,
     StartProbe,
     StopReading,
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
 __all__ = ["SchedulerServer", "SchedulerServerSettings"]
 
 log = structlog.get_logger()
+#: A job waiting this long (seconds) is logged as a warning: a client gives up after 10 s.
+_WAIT_WARNING: Final = 10.0
 
 _READ_SIZE: Final = 65536
 #: A read on a logged-in daemon that sees nothing for this long just starts again:
@@ -238,7 +241,7 @@ class SchedulerServer:
 
     # --- effects ----------------------------------------------------------------------
 
-    def apply(self, effects: list[Effect]) -> None:
+    def apply(self, effects: list[Effect]) -> None:  # noqa: C901 - one case per effect type
         """Carry out the core's *effects* in order."""
         for effect in effects:
             match effect:
@@ -257,6 +260,8 @@ class SchedulerServer:
                     self._announce(encode_announcements(info))
                 case InternalsReply(host_id, text):
                     self.control.deliver_internals(host_id, text)
+                case JobsWaiting():
+                    _log_waiting(effect)
         self.control.observe(effects)
         self._timer_wake.set()
 
@@ -473,3 +478,18 @@ class SchedulerServer:
             except (OSError, TimeoutError):
                 self._finish(peer, "send failed")
                 return
+
+
+def _log_waiting(report: JobsWaiting) -> None:
+    """Say why jobs wait: info at first, a warning once the oldest waited 10 s."""
+    fields = {
+        "count": report.count,
+        "job_id": report.job_id,
+        "filename": report.filename,
+        "waited": round(report.waited, 1),
+        "reasons": [f"{name}: {why}" for name, why in report.reasons],
+    }
+    if report.waited >= _WAIT_WARNING:
+        log.warning("jobs_waiting", **fields)
+    else:
+        log.info("jobs_waiting", **fields)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from iceserv.protocol import EnvEntry
+    from iceserv.scheduler.index import HostIndex
 
 __all__ = [
     "COMPILED_STATS_LIMIT",
@@ -65,28 +66,34 @@ class StatWindow:
     __slots__ = ("_items", "limit", "output_sum", "user_sum")
 
     def __init__(self, limit: int) -> None:
-        self._items: deque[JobStat] = deque()
+        # Made at the first record: an empty deque is ~600 bytes, times two per daemon.
+        self._items: deque[JobStat] | None = None
         self.limit = limit
         self.output_sum = 0
         self.user_sum = 0
 
     def add(self, stat: JobStat) -> None:
         """Append *stat*, forgetting the oldest record beyond the limit."""
-        self._items.append(stat)
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(stat)
         self.output_sum += stat.output_size
         self.user_sum += stat.user_msec
-        if len(self._items) > self.limit:
-            old = self._items.popleft()
+        if len(items) > self.limit:
+            old = items.popleft()
             self.output_sum -= old.output_size
             self.user_sum -= old.user_msec
 
     def oldest_ids(self, count: int) -> list[int]:
         """Return the job ids of the *count* oldest records (1.4 scans from the front)."""
+        if self._items is None:
+            return []
         return [stat.job_id for _, stat in zip(range(count), self._items, strict=False)]
 
     def __len__(self) -> int:
         """Return how many records are kept."""
-        return len(self._items)
+        return 0 if self._items is None else len(self._items)
 
 
 #: Reachability-probe back-off after failures, in seconds (§5.2 step 3).  1.4
@@ -151,6 +158,7 @@ class Host:
     submitted: int = 0
     jobs: list[int] = field(default_factory=list)
     busy_installing_since: float | None = None
+    installing_for: int | None = None  # the job whose USE_CS (no env yet) made it busy installing
     last_picked_id: int = 0
     probe: ProbeState = field(default_factory=ProbeState)
     blacklist: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
@@ -190,6 +198,7 @@ class Job:
     server: int | None = None
     stime: int = 0
     siblings: list[int] = field(default_factory=list)
+    queued_at: float = 0.0  # when its GET_CS arrived (the waiting report says how long)
 
 
 @dataclass(eq=False, slots=True)
@@ -297,6 +306,43 @@ class ClusterState:
     drained: list[str] = field(default_factory=list)
     last_host_id: int = 0
     last_job_id: int = 0
+    index: HostIndex | None = None
+    by_address: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def add_host(self, host: Host) -> None:
+        """Log *host* in (last in login order)."""
+        self.hosts[host.host_id] = host
+        self.by_address.setdefault((host.ip, host.nodename), []).append(host.host_id)
+        self.touch(host)
+
+    def drop_host(self, host: Host) -> None:
+        """Forget *host* (logged out, lost or kicked)."""
+        del self.hosts[host.host_id]
+        ids = self.by_address.get((host.ip, host.nodename), [])
+        if host.host_id in ids:
+            ids.remove(host.host_id)
+            if not ids:
+                del self.by_address[(host.ip, host.nodename)]
+        self.touch(host)
+
+    def hosts_at(self, ip: str, nodename: str) -> list[Host]:
+        """Return the hosts logged in from *ip* as *nodename* (stale connections of one daemon)."""
+        return [self.hosts[i] for i in self.by_address.get((ip, nodename), ()) if i in self.hosts]
+
+    def touch(self, host: Host) -> None:
+        """Note that *host* changed in a way placement reads (or logged in, or left).
+
+        Whoever changes a host's jobs, load, installing or ping state, probe
+        result, statistics, last pick or environments, or adds or removes it,
+        calls this, so that :attr:`index` re-files it before the next pick.
+        """
+        if self.index is not None:
+            self.index.dirty.add(host.host_id)
+
+    def touch_all(self) -> None:
+        """Note that every host may have changed (the drain list changed)."""
+        if self.index is not None:
+            self.index.dirty.update(self.hosts)
 
     def new_host_id(self) -> int:
         """Return a host id never handed out before."""

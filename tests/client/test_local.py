@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pwd
 import subprocess
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,8 +18,6 @@ from iceserv.client.env import ClientEnv
 from iceserv.client.job import LANG_C, LANG_CXX, LANG_OBJC, CompileJob
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from client.bed import WrapperBed
 
 
@@ -158,30 +159,25 @@ def hold_slot(seconds: float, program: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([program, "sleep", str(seconds)], env=env)
 
 
-def wait_until_slots_held(slots: int, timeout: float) -> bool:
-    """Wait (bounded) until another process holds every lock slot; probes do not block."""
-    import pwd  # noqa: PLC0415
-
-    base = "/tmp/.icecream-" + pwd.getpwuid(os.getuid()).pw_name
-    names = [base + "/local_lock" + (str(n) if n else "") for n in range(slots)]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        held = 0
-        for name in names:
-            try:
-                fd = os.open(name, os.O_WRONLY)
-            except OSError:
-                break
-            try:
-                os.lockf(fd, os.F_TLOCK, 0)
-            except OSError:
-                held += 1
-            finally:
-                os.close(fd)  # drops a lock we took ourselves at once
-        if held == slots:
-            return True
-        time.sleep(0.02)
-    return False
+def _every_slot_held(slots: int) -> bool:
+    """Whether another process holds every /tmp/.icecream-<user>/local_lock* (fcntl probe)."""
+    base = Path("/tmp/.icecream-" + pwd.getpwuid(os.getuid()).pw_name)
+    for slot in range(slots):
+        path = base / ("local_lock" + (str(slot) if slot else ""))
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held by a holder
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+    return True
 
 
 class TestLockFiles:
@@ -200,7 +196,11 @@ class TestLockFiles:
         # Held long enough that a busy machine's delay in noticing them cannot eat it all.
         holders = [hold_slot(10.0, bed.program("ours", "icecc")) for _ in range(slots)]
         try:
-            assert wait_until_slots_held(slots, timeout=10.0)
+            deadline = time.monotonic() + 20
+            while not _every_slot_held(slots):  # they have taken their slots
+                assert time.monotonic() < deadline, "the holders never took every slot"
+                assert all(proc.poll() is None for proc in holders), "a holder ended early"
+                time.sleep(0.02)
             start = time.monotonic()
             waited = subprocess.run([bed.program(waiter, "icecc"), "true"], timeout=30,
                                     env={"PATH": "/usr/bin:/bin", "ICECC": "disable"},

@@ -174,7 +174,7 @@ class TestConnections:
         assert [h.nodename for h in running.server.core.state.hosts.values()] == ["next"]
 
     def test_job_through_the_server(self, running):
-        """GET_CS from one daemon is answered with USE_CS naming the other daemon."""
+        """GET_CS from one daemon gets USE_CS naming the other (on 127.0.0.1 too: localhost)."""
         listener = socket.create_server(("127.0.0.1", 0))
         try:
             server_port = listener.getsockname()[1]
@@ -186,7 +186,7 @@ class TestConnections:
                             target="x86_64", client_id=3, minimal_host_version=21)  # fmt: skip
             submitter.send(request)
             answer = submitter.receive()
-            assert answer == UseCS(1, server_port, "127.0.0.1", "x86_64", got_env=False,
+            assert answer == UseCS(1, server_port, "localhost", "x86_64", got_env=False,
                                    client_id=3)  # fmt: skip
             probe = running.server.core.state.hosts[2].probe
             wait_for(lambda: probe.next_at > time.time(), 10, "the reachability probe to succeed")

@@ -9,6 +9,7 @@ from scheduler.builders import NATIVE, T0, get_cs, login, new_core, sends, to_mo
 
 from iceserv.errors import RemoteProtocolError
 from iceserv.protocol import (
+    BlacklistHostEnv,
     ConfCS,
     GetInternalStatus,
     JobBegin,
@@ -27,6 +28,7 @@ from iceserv.scheduler.effects import (
     Announce,
     Close,
     InternalsReply,
+    JobsWaiting,
     StartProbe,
     StopReading,
 )
@@ -127,6 +129,96 @@ class TestMonitors:
         text = to_monitors(effects)[0].statmsg
         assert text.endswith("Speed:0.000000\nLoad:120\nLoadAvg1:1500\nLoadAvg5:1200\n"
                              "LoadAvg10:900\nFreeMem:2048\n")  # fmt: skip
+
+
+class TestOneHost:
+    """Several daemons logged in from 127.0.0.1 (scheduler and daemons on one host)."""
+
+    def setup_method(self):
+        self.core = new_core()
+        login(self.core, 1, "nodeA", ip="127.0.0.1", max_kids=0)
+        login(self.core, 2, "nodeB", ip="127.0.0.1", port=10246, max_kids=3)
+
+    def test_use_cs_names_another_daemon_on_127_0_0_1_localhost(self):
+        """Clients read USE_CS to 127.0.0.1 as "compile it yourself": the server is localhost."""
+        (use,) = sends(get_cs(self.core, 1), 1)
+        assert use == UseCS(1, 10246, "localhost", "x86_64", got_env=False, client_id=7)
+
+    def test_own_job_keeps_127_0_0_1(self):
+        """A daemon told about itself below protocol 37 still hears its own address."""
+        core = new_core()
+        login(core, 1, "old", ip="127.0.0.1", protocol=36, version=36)
+        (use,) = sends(get_cs(core, 1))
+        assert use.hostname == "127.0.0.1"
+
+    def test_blacklist_by_localhost_names_the_127_0_0_1_server(self):
+        """BLACKLIST_HOST_ENV with the name the client was given applies to that server."""
+        self.core.handle_message(1, BlacklistHostEnv("native", "x86_64", "localhost"), T0)
+        assert self.core.state.hosts[1].blacklist[2] == [("x86_64", "native")]
+
+    def test_a_transfer_that_never_happened_leaves_no_host_installing(self):
+        """The job ends before the server re-announces its environments: not installing."""
+        get_cs(self.core, 1)
+        node_b = self.core.state.hosts[2]
+        assert node_b.busy_installing_since == T0
+        cancel = JobDone(1, 0, flags=int(JobDoneFlag.FROM_SUBMITTER))
+        self.core.handle_message(1, cancel, T0 + 1)
+        assert (node_b.busy_installing_since, node_b.installing_for) == (None, None)
+        assert node_b.jobs == []
+        (use,) = sends(get_cs(self.core, 1, now=T0 + 2), 1)  # placed again at once
+        assert use.hostname == "localhost"
+
+    def test_the_install_of_another_job_is_kept(self):
+        """Only the job that made the server install clears it; another job's end does not."""
+        get_cs(self.core, 1)  # job 1: nodeB installs for it
+        self.core.handle_message(2, Login(envs=NATIVE), T0)  # installed
+        get_cs(self.core, 1, client_id=8)  # job 2 has the environment there
+        self.core.state.hosts[2].busy_installing_since = T0 + 5  # pretend another install runs
+        self.core.handle_message(1, JobDone(2, 0, flags=int(JobDoneFlag.FROM_SUBMITTER)), T0 + 6)
+        assert self.core.state.hosts[2].busy_installing_since == T0 + 5
+
+
+FULL_LOAD_TEXT = "reports full load (1000; before its first STATS too)"
+
+
+class TestWaitingReport:
+    def test_a_waiting_job_is_reported_after_2_s_then_every_10_s(self):
+        """The oldest job's wait is reported with every daemon's reason, at most every 10 s."""
+        core = new_core()
+        login(core, 1, "nodeA", max_kids=0)
+        login(core, 2, "nodeB", max_kids=3, load=None)  # no STATS yet
+        login(core, 3, "nodeC", max_kids=3, noremote=True)
+        assert not [e for e in get_cs(core, 1) if isinstance(e, JobsWaiting)]
+        assert not [e for e in core.handle_timer(T0 + 1.9) if isinstance(e, JobsWaiting)]
+        assert core.get_timer() == T0 + 2
+        (report,) = [e for e in core.handle_timer(T0 + 2) if isinstance(e, JobsWaiting)]
+        assert report == JobsWaiting(count=1, job_id=1, filename="proj/src/a.c", waited=2.0,
+                                     reasons=(("nodeA", "has no job slots (-m 0)"),
+                                              ("nodeB", FULL_LOAD_TEXT),
+                                              ("nodeC", "takes no remote jobs (--no-remote)")),
+                                     )  # fmt: skip
+        assert core.get_timer() == T0 + 12
+        assert not [e for e in core.handle_timer(T0 + 11) if isinstance(e, JobsWaiting)]
+        assert [e for e in core.handle_timer(T0 + 12) if isinstance(e, JobsWaiting)]
+
+    def test_a_busy_installing_server_is_named(self):
+        """A job waiting for a server that installs an environment says so."""
+        core = new_core()
+        login(core, 1, "sub", max_kids=0)
+        login(core, 2, "cs", max_kids=1)
+        get_cs(core, 1)  # cs installs for job 1
+        get_cs(core, 1, client_id=8)
+        (report,) = [e for e in core.handle_timer(T0 + 3) if isinstance(e, JobsWaiting)]
+        assert report.job_id == 2
+        assert dict(report.reasons)["cs"] == "is busy installing an environment (since 3 s)"
+
+    def test_no_report_once_the_queue_is_empty(self):
+        """Nothing is reported while every job is placed."""
+        core = new_core()
+        login(core, 1, "sub")
+        login(core, 2, "cs")
+        get_cs(core, 1)
+        assert not [e for e in core.handle_timer(T0 + 30) if isinstance(e, JobsWaiting)]
 
 
 class TestInternals:
@@ -300,6 +392,8 @@ def _fresh_timer(core) -> float:
             deadlines.append(host.busy_installing_since + 120)
         if host.protocol < 27:
             deadlines.append(host.ping_deadline or host.last_talk + 36)
+    if (head := core.state.queue.first()) is not None:  # the report of waiting jobs
+        deadlines.append(max(head.queued_at + 2, core._next_wait_report))
     return min(deadlines)
 
 

@@ -1,0 +1,645 @@
+"""An index of the daemons so that placing a job does not scan every one of them.
+
+This module owns :class:`HostIndex`: the hosts filed by what placement asks of
+them (reference §7.5), kept up to date from the hosts the core *touches*, and
+:meth:`HostIndex.pick`, which answers :func:`~iceserv.scheduler.placement.pick_server`
+in O(log n) per host that would queue the job, and says "scan" for the rare
+rest.  It must decide exactly as the scan does; the scan stays the oracle
+(``tests/scheduler/test_index.py`` compares them on random clusters and on
+random event streams through the real core).  It is pure: no I/O, logging or
+clock.
+
+Theory of operation
+-------------------
+The scan (``placement._pick_fastest``) walks the usable hosts in login order
+(host ids only grow, so login order is id order) and
+
+1. returns the first one that was never picked, or has neither statistics nor
+   jobs, or was not picked for ``20 * hosts`` job ids (the early returns);
+2. otherwise keeps a leader among hosts that have the job's environment
+   ("installed"; the submitter always counts as such), and one among the
+   others, and returns the installed leader if there is one.  A challenger
+   takes the lead from a rated leader by a strictly higher 1.4 rating
+   (:func:`~iceserv.scheduler.placement.server_speed`) when neither would
+   queue the job, and by a strictly sooner expected finish when one of them
+   would (both rated).  A leader without statistics is never beaten, and a
+   host without statistics never takes the lead.
+
+Every host is filed by the job-independent half of "usable": it has slots,
+is not full (slots + preload), load under 1000, not installing, not pinged,
+reachable, can chroot, takes remote jobs and is not drained (``ok``).  ``ok``
+hosts are grouped in *classes* of equal platform, protocol version, features
+and installed environments, so that the job-dependent half of "usable"
+(platform, minimal version, required features) and "installed" are one test
+per class.  Only the submitter's own host and a submitter's blacklist make
+usability depend on more: the submitter is handled on its own, and a
+submitter with a blacklist is scanned.
+
+* Early returns: ``ok`` hosts never picked or without statistics and jobs are
+  kept sorted by id (``_specials``), and every ``ok`` host sorted by its last
+  pick (``_by_pick``), whose prefix is the stale ones.  The first usable of
+  those (and the submitter, if it qualifies) is where the scan returns.
+* Leaders: each class keeps its other hosts sorted by id (``members``), the
+  ids of those that would queue, and a segment tree over login order of
+  those with a free slot holding their rating (maximum) and expected finish
+  (minimum).  The scan's walk is replayed over the hosts that would queue
+  (and the submitter) one by one; between two of them every host has a free
+  slot, so a free leader keeps the lead unless the run's highest rating beats
+  it (the first such host in login order takes it), and a queueing leader
+  loses it to the run's first host with a sooner finish, after which the rest
+  of the run is again a maximum.  Both are tree queries.  A host with
+  statistics but no rating makes the index hand over to the scan.
+
+Keeping it current: whoever changes a field placement reads (jobs, load,
+installing, ping, probe, statistics, last pick, environments, drain list,
+login and logout) calls :meth:`ClusterState.touch` (or ``touch_all``).
+Touched hosts are re-filed at the next pick, so an event costs O(log n) per
+host it changed.  Login positions ("slots") are handed out in id order and
+re-packed when they run out.
+
+The timers: with a *deadline* function (the core's), each host is also filed
+by its next deadline (probe, ping, installing) in a heap, so the earliest
+deadline and the hosts due are found without a scan.  Entries carry the
+host's filing version; an older entry is dropped when it reaches the top.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from bisect import bisect_left, insort
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from iceserv.errors import IceservError
+from iceserv.scheduler import placement
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from iceserv.protocol import EnvEntry
+    from iceserv.scheduler.state import ClusterState, Host, Job
+
+__all__ = ["HostIndex", "IndexMismatchError"]
+
+_MIN_SLOTS: Final = 64
+_INF: Final = math.inf
+
+_ClassKey = tuple[str, int, int, tuple["EnvEntry", ...]]
+
+
+class IndexMismatchError(IceservError, RuntimeError):
+    """The index picked another host than the scan (only raised with ``check`` on)."""
+
+
+class _Tree:
+    """Free hosts of one class over login slots: maximum rating and minimum finish."""
+
+    __slots__ = ("finish", "size", "speed")
+
+    def __init__(self, capacity: int) -> None:
+        size = 1
+        while size < capacity:
+            size *= 2
+        self.size = size
+        self.speed = [-_INF] * (2 * size)
+        self.finish = [_INF] * (2 * size)
+
+    def set(self, slot: int, speed: float, finish: float) -> None:
+        i = slot + self.size
+        sp, fi = self.speed, self.finish
+        sp[i], fi[i] = speed, finish
+        i >>= 1
+        while i:
+            left, right = 2 * i, 2 * i + 1
+            sp[i] = max(sp[left], sp[right])
+            fi[i] = min(fi[left], fi[right])
+            i >>= 1
+
+    def max_speed(self, lo: int, hi: int) -> float:
+        """Return the highest rating in slots [lo, hi) (-inf if none)."""
+        sp = self.speed
+        best = -_INF
+        lo += self.size
+        hi += self.size
+        while lo < hi:
+            if lo & 1:
+                best = max(best, sp[lo])
+                lo += 1
+            if hi & 1:
+                hi -= 1
+                best = max(best, sp[hi])
+            lo >>= 1
+            hi >>= 1
+        return best
+
+    def first_speed_at_least(self, lo: int, hi: int, value: float) -> int:
+        """Return the first slot in [lo, hi) rated *value* or more, or -1."""
+        return self._first(self.speed, lo, hi, lambda v: v >= value)
+
+    def first_finish_below(self, lo: int, hi: int, value: float) -> int:
+        """Return the first slot in [lo, hi) finishing sooner than *value*, or -1."""
+        return self._first(self.finish, lo, hi, lambda v: v < value)
+
+    def _first(self, tree: list[float], lo: int, hi: int, good: Callable[[float], bool]) -> int:
+        # *good* holds for a node iff it holds for some leaf below it.
+        size = self.size
+        # Collect the canonical nodes of [lo, hi) in left-to-right order.
+        left_nodes: list[int] = []
+        right_nodes: list[int] = []
+        a, b = lo + size, hi + size
+        while a < b:
+            if a & 1:
+                left_nodes.append(a)
+                a += 1
+            if b & 1:
+                b -= 1
+                right_nodes.append(b)
+            a >>= 1
+            b >>= 1
+        for top in left_nodes + right_nodes[::-1]:
+            if good(tree[top]):
+                node = top
+                while node < size:
+                    node *= 2
+                    if not good(tree[node]):
+                        node += 1
+                return node - size
+        return -1
+
+
+@dataclass(slots=True)
+class _Filed:
+    """Where one host is filed, as of its last re-filing."""
+
+    slot: int
+    key: _ClassKey | None = None  # its class, when ``ok``
+    special: bool = False
+    pick_key: tuple[int, int] | None = None  # (last_picked_id, host_id) in _by_pick
+    version: int = 0  # of the timer entry
+    state: str = ""  # for a member: "free", "queues", "statless" or "unrated"
+    may_take: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Class:
+    """The ``ok`` hosts of one (platform, version, features, environments) that are not special."""
+
+    platform: str
+    version: int
+    features: int
+    envs: tuple[EnvEntry, ...]
+    tree: _Tree
+    everyone: list[int] = field(default_factory=list)  # ids, sorted
+    members: list[int] = field(default_factory=list)  # those not special
+    queueing: list[int] = field(default_factory=list)
+    unrated: int = 0
+
+
+class HostIndex:
+    """The hosts of one :class:`ClusterState`, filed for placement (see the module docstring)."""
+
+    __slots__ = (
+        "_by_pick",
+        "_capacity",
+        "_classes",
+        "_filed",
+        "_may_take",
+        "_next_slot",
+        "_slot_host",
+        "_specials",
+        "_timers",
+        "check",
+        "deadline",
+        "dirty",
+        "picks",
+        "scans",
+        "state",
+    )
+
+    def __init__(
+        self, state: ClusterState, deadline: Callable[[Host], float] | None = None
+    ) -> None:
+        self.state = state
+        self.deadline = deadline
+        self._timers: list[tuple[float, int, int]] = []  # (deadline, host id, version)
+        self.dirty: set[int] = set(state.hosts)
+        self.check = False  # tests: compare every answer with the scan
+        self.picks = 0  # answered from the index
+        self.scans = 0  # handed back to the scan
+        self._filed: dict[int, _Filed] = {}
+        self._classes: dict[_ClassKey, _Class] = {}
+        self._specials: list[int] = []
+        self._by_pick: list[tuple[int, int]] = []
+        self._may_take = 0
+        self._capacity = _MIN_SLOTS
+        self._next_slot = 0
+        self._slot_host: list[int] = [0] * _MIN_SLOTS
+
+    # --- filing -------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-file every touched host (in id order, so new hosts get slots in login order)."""
+        if not self.dirty:
+            return
+        dirty = sorted(self.dirty)
+        self.dirty.clear()
+        for host_id in dirty:
+            self._refile(host_id)
+
+    def _refile(self, host_id: int) -> None:
+        filed = self._filed.get(host_id)
+        if filed is not None:
+            self._unfile(host_id, filed)
+        host = self.state.hosts.get(host_id)
+        if host is None:
+            self._filed.pop(host_id, None)
+            return
+        if filed is None:
+            filed = self._filed[host_id] = _Filed(self._new_slot(host_id))
+        filed.version += 1
+        if self.deadline is not None:
+            when = self.deadline(host)
+            if when < _INF:
+                heapq.heappush(self._timers, (when, host_id, filed.version))
+        filed.may_take = placement.may_take_a_job(host)
+        self._may_take += filed.may_take
+        if not self._ok(host):
+            return
+        key: _ClassKey = (host.platform, host.version, host.features, host.envs)
+        filed.key = key
+        filed.pick_key = (host.last_picked_id, host_id)
+        insort(self._by_pick, filed.pick_key)
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = _Class(
+                host.platform, host.version, host.features, host.envs, _Tree(self._capacity)
+            )
+        insort(cls.everyone, host_id)
+        if not host.last_picked_id or (not len(host.compiled) and not host.jobs):
+            filed.special = True  # an early return of the scan when usable
+            insort(self._specials, host_id)
+            return
+        self._file_member(host, filed, cls)
+
+    def _file_member(self, host: Host, filed: _Filed, cls: _Class) -> None:
+        host_id = host.host_id
+        insort(cls.members, host_id)
+        if not len(host.compiled):
+            filed.state = "statless"  # leads only as the first usable host
+        elif not placement.rated(host):
+            filed.state = "unrated"
+            cls.unrated += 1
+        elif placement.queues_at(host):
+            filed.state = "queues"
+            insort(cls.queueing, host_id)
+        else:
+            filed.state = "free"
+            cls.tree.set(
+                filed.slot, placement.server_rating(host), placement.finish_as_server(host)
+            )
+
+    def _unfile(self, host_id: int, filed: _Filed) -> None:
+        self._may_take -= filed.may_take
+        filed.may_take = False
+        key, filed.key = filed.key, None
+        if key is None:
+            return
+        if filed.pick_key is not None:
+            _remove_sorted(self._by_pick, filed.pick_key)
+            filed.pick_key = None
+        cls = self._classes[key]
+        _remove_sorted(cls.everyone, host_id)
+        if filed.special:
+            _remove_sorted(self._specials, host_id)
+            filed.special = False
+            if not cls.everyone:
+                del self._classes[key]
+            return
+        _remove_sorted(cls.members, host_id)
+        if filed.state == "queues":
+            _remove_sorted(cls.queueing, host_id)
+        elif filed.state == "unrated":
+            cls.unrated -= 1
+        elif filed.state == "free":
+            cls.tree.set(filed.slot, -_INF, _INF)
+        filed.state = ""
+        if not cls.everyone:
+            del self._classes[key]
+
+    def _new_slot(self, host_id: int) -> int:
+        slot = self._next_slot
+        if slot < self._capacity and (not slot or host_id > self._slot_host[slot - 1]):
+            self._slot_host[slot] = host_id
+            self._next_slot += 1
+            return slot
+        return self._repack(host_id)
+
+    def _repack(self, new_id: int) -> int:
+        """Give every filed host and *new_id* a slot again, in id order; return *new_id*'s."""
+        ids = sorted([*self._filed, new_id])
+        self._capacity = max(_MIN_SLOTS, 2 * len(ids))
+        self._slot_host = [0] * self._capacity
+        self._slot_host[: len(ids)] = ids
+        self._next_slot = len(ids)
+        for slot, host_id in enumerate(ids):
+            if host_id != new_id:
+                self._filed[host_id].slot = slot
+        for cls in self._classes.values():
+            cls.tree = _Tree(self._capacity)
+            for host_id in cls.members:
+                filed = self._filed[host_id]
+                if filed.state == "free":
+                    host = self.state.hosts[host_id]
+                    cls.tree.set(
+                        filed.slot, placement.server_rating(host), placement.finish_as_server(host)
+                    )
+        return bisect_left(ids, new_id)
+
+    def _ok(self, host: Host) -> bool:
+        """Return the job-independent half of usable, for a host that is not the submitter."""
+        return (
+            host.max_jobs > 0
+            and len(host.jobs) < host.max_jobs + placement.preload_slots(host)
+            and host.load < placement.FULL_LOAD
+            and host.busy_installing_since is None
+            and host.ping_deadline is None
+            and host.probe.accepting
+            and host.chroot_possible
+            and not host.noremote
+            and not (self.state.drained and self.state.is_drained(host))
+        )
+
+    def compare(self, job: Job, picked: Host | None, scanned: Host | None) -> None:
+        """Raise :class:`IndexMismatchError` unless the index and the scan agree (``check``)."""
+        if picked is not scanned:
+            text = (
+                f"job {job.job_id}: the index picked "
+                f"{picked.host_id if picked else None}, the scan "
+                f"{scanned.host_id if scanned else None}"
+            )
+            raise IndexMismatchError(text)
+
+    def compare_all(self, job: Job, listed: list[Host], scanned: list[Host]) -> None:
+        """Raise :class:`IndexMismatchError` unless both list the same usable hosts (``check``)."""
+        if listed != scanned:
+            text = (
+                f"job {job.job_id}: the index lists {[h.host_id for h in listed]}, "
+                f"the scan {[h.host_id for h in scanned]}"
+            )
+            raise IndexMismatchError(text)
+
+    # --- timers -------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        """Return the earliest host deadline (``inf`` if none)."""
+        self.refresh()
+        timers, filed = self._timers, self._filed
+        while timers:
+            _, host_id, version = timers[0]
+            f = filed.get(host_id)
+            if f is not None and f.version == version:
+                return timers[0][0]
+            heapq.heappop(timers)
+        return _INF
+
+    def due(self, now: float) -> list[int]:
+        """Remove and return, in login order, the hosts whose deadline is *now* or earlier.
+
+        The caller runs their timers and touches them, which files their next deadline.
+        """
+        self.refresh()
+        timers, filed = self._timers, self._filed
+        found: set[int] = set()
+        while timers and timers[0][0] <= now:
+            _, host_id, version = heapq.heappop(timers)
+            f = filed.get(host_id)
+            if f is not None and f.version == version:
+                found.add(host_id)
+        if len(timers) > 4 * len(filed) + _MIN_SLOTS:
+            self._timers = [e for e in timers if (f := filed.get(e[1])) and f.version == e[2]]
+            heapq.heapify(self._timers)
+        return sorted(found)
+
+    # --- answers ------------------------------------------------------------------------
+
+    def any_may_take(self) -> bool:
+        """Whether some host passes ``placement.may_take_a_job`` (O(1))."""
+        self.refresh()
+        return self._may_take > 0
+
+    def pick(self, job: Job) -> tuple[bool, Host | None]:
+        """Return ``(True, host)`` as the scan would decide, or ``(False, None)``: scan.
+
+        For a job with statistics in the cluster and no preferred host (the
+        caller handles those cases).
+        """
+        self.refresh()
+        state = self.state
+        own = state.hosts[job.submitter]
+        if own.blacklist:
+            return False, None
+        fit = placement.JobFit(state, job)
+        own_usable = fit.usable(own)
+        stale_before = job.job_id - placement.EXPLORE_IDS_PER_HOST * len(state.hosts)
+        early = self._early(fit, own, own_usable=own_usable, stale_before=stale_before)
+        if early is not None:
+            return self._early_answer(early, job)
+        installed: list[_Class] = []
+        uninstalled: list[_Class] = []
+        for cls in self._classes.values():
+            if cls.members and self._compatible(cls, fit):
+                (installed if _installed(cls, job) else uninstalled).append(cls)
+        if own_usable or installed:
+            return self._leader(installed, job, own if own_usable else None)
+        return self._leader(uninstalled, job, None)
+
+    def usable_hosts(self, job: Job) -> list[Host] | None:
+        """Return the hosts that can take *job* now in login order, or ``None``: scan.
+
+        Those are the ``ok`` hosts of the classes that fit the job, and the
+        submitter if it can take its own job; a blacklist makes it scan.
+        """
+        self.refresh()
+        state = self.state
+        own = state.hosts[job.submitter]
+        if own.blacklist:
+            return None
+        fit = placement.JobFit(state, job)
+        ids: list[int] = []
+        for cls in self._classes.values():
+            if self._compatible(cls, fit):
+                ids += cls.everyone
+        if fit.usable(own):
+            ids.append(own.host_id)
+        return [state.hosts[host_id] for host_id in sorted(set(ids))]
+
+    def _early(
+        self, fit: placement.JobFit, own: Host, *, own_usable: bool, stale_before: int
+    ) -> Host | None:
+        """Return the first usable host in login order where the scan returns early, if any."""
+        hosts = self.state.hosts
+        first: Host | None = None
+        for host_id in self._specials:
+            host = hosts[host_id]
+            if fit.usable(host):
+                first = host
+                break
+        for last_picked, host_id in self._by_pick:
+            if last_picked >= stale_before:
+                break
+            if first is not None and host_id > first.host_id:
+                continue
+            host = hosts[host_id]
+            if fit.usable(host):
+                first = host
+        if (
+            own_usable
+            and (first is None or own.host_id < first.host_id)
+            and (
+                not own.last_picked_id
+                or (not len(own.compiled) and not own.jobs)
+                or own.last_picked_id < stale_before
+            )
+        ):
+            first = own
+        return first
+
+    @staticmethod
+    def _early_answer(host: Host, job: Job) -> tuple[bool, Host | None]:
+        if not host.last_picked_id:
+            return True, host
+        if not len(host.compiled) and not host.jobs:
+            # The scan returns it if installed, else the installed leader so far: scan.
+            if host.host_id == job.submitter or (host.envs and placement.envs_match(host, job)):
+                return True, host
+            return False, None
+        return True, host  # stale: picked again to refresh its rating
+
+    @staticmethod
+    def _compatible(group: _Class, fit: placement.JobFit) -> bool:
+        return (
+            group.platform in fit.runs_on
+            and group.version >= fit.min_version
+            and group.features & fit.required == fit.required
+        )
+
+    def _leader(
+        self, category: list[_Class], job: Job, own: Host | None
+    ) -> tuple[bool, Host | None]:
+        """Replay the scan's leader walk over *category* (and the submitter); see the docstring."""
+        hosts = self.state.hosts
+        own_id = own.host_id if own is not None else -1
+        firsts = [
+            cls.members[0] if cls.members[0] != own_id or len(cls.members) == 1 else cls.members[1]
+            for cls in category
+        ]
+        if own is not None:
+            firsts.append(own_id)
+        if not firsts:
+            return True, None
+        first = hosts[min(firsts)]
+        if not len(first.compiled):
+            return True, first  # an unrated first leader is never beaten
+        if any(cls.unrated for cls in category) or (own is not None and not placement.rated(own)):
+            return False, None
+        points = sorted(
+            {host_id for cls in category for host_id in cls.queueing}
+            | ({own_id} if own is not None else set())
+        )
+        walk = _Walk(self, category, job)
+        for host_id in points:
+            slot = self._filed[host_id].slot
+            walk.run_to(slot)
+            walk.challenge(hosts[host_id], own=host_id == own_id)
+            walk.pos = slot + 1
+        walk.run_to(self._next_slot)
+        return True, walk.leader
+
+
+class _Walk:
+    """The scan's leader, replayed over runs of free hosts (tree queries) and single hosts."""
+
+    __slots__ = ("category", "finish", "index", "job", "leader", "pos", "queues", "speed")
+
+    def __init__(self, index: HostIndex, category: list[_Class], job: Job) -> None:
+        self.index = index
+        self.category = category
+        self.job = job
+        self.leader: Host | None = None
+        self.speed = 0.0  # the leader's rating for this job
+        self.finish = 0.0  # and its expected finish
+        self.queues = False
+        self.pos = 0  # the next slot to walk
+
+    def _host_at(self, slot: int) -> Host:
+        return self.index.state.hosts[self.index._slot_host[slot]]  # noqa: SLF001 - same module
+
+    def run_to(self, end: int) -> None:
+        """Walk the free hosts in slots [pos, end)."""
+        trees = [cls.tree for cls in self.category]
+        lo = self.pos
+        while lo < end:
+            if self.leader is None or self.queues:
+                # The first free host (with no leader) or the first to finish sooner leads.
+                bound = _INF if self.leader is None else self.finish
+                found = [s for t in trees if (s := t.first_finish_below(lo, end, bound)) >= 0]
+                if not found:
+                    return
+                slot = min(found)
+                self._lead(self._host_at(slot), free=True)
+                lo = slot + 1
+                continue
+            best = max((t.max_speed(lo, end) for t in trees), default=-_INF)
+            if best > self.speed:
+                slot = min(s for t in trees if (s := t.first_speed_at_least(lo, end, best)) >= 0)
+                self._lead(self._host_at(slot), free=True)
+            return
+
+    def _lead(self, host: Host, *, free: bool, own: bool = False) -> None:
+        self.leader = host
+        self.queues = not free
+        if own:
+            self.speed = placement.server_speed(host, self.job)
+            self.finish = placement.expected_finish(host, self.job)
+        else:
+            self.speed = placement.server_rating(host)
+            self.finish = placement.finish_as_server(host)
+
+    def challenge(self, host: Host, *, own: bool) -> None:
+        """Let a single host (one that would queue, or the submitter) challenge the leader."""
+        if own:
+            speed = placement.server_speed(host, self.job)
+            finish = placement.expected_finish(host, self.job)
+        else:
+            speed = placement.server_rating(host)
+            finish = placement.finish_as_server(host)
+        queues = placement.queues_at(host)
+        if self.leader is None:
+            take = True
+        elif queues or self.queues:
+            take = finish < self.finish
+        else:
+            take = self.speed < speed
+        if take:
+            self.leader, self.speed, self.finish, self.queues = host, speed, finish, queues
+
+
+def _installed(cls: _Class, job: Job) -> bool:
+    """Whether a host of *cls* (not the submitter) has one of the job's environments."""
+    for installed in cls.envs:
+        if installed.platform != job.target:
+            continue
+        for env in job.envs:
+            if env.name == installed.name and (
+                env.platform == cls.platform
+                or cls.platform in placement.COMPATIBLE.get(env.platform, ())
+            ):
+                return True
+    return False
+
+
+def _remove_sorted(items: list[Any], item: object) -> None:
+    i = bisect_left(items, item)
+    if i < len(items) and items[i] == item:
+        del items[i]
