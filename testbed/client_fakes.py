@@ -73,6 +73,7 @@ for a in "$@"; do
   prev="$a"
 done
 if [ "$pre" = 1 ]; then printf 'int preprocessed_by_fake;\n'; exit "${FAKE_CC_CPP_STATUS:-0}"; fi
+[ -n "${FAKE_CC_SLEEP:-}" ] && sleep "$FAKE_CC_SLEEP"
 [ -n "$out" ] && printf 'fake object of %s\n' "$name" > "$out"
 exit "${FAKE_CC_STATUS:-0}"
 """
@@ -319,7 +320,16 @@ class FakeServer:
 
 
 def write_launcher(path: Path, python: str) -> Path:
-    """An ``icecc`` console-script launcher for our wrapper, as pip would write it."""
+    """Our ``icecc`` launcher (``#!python -IS``), as ``iceserv install-launcher`` writes it."""
+    from iceserv.client.launcher import default_paths, render  # noqa: PLC0415
+
+    path.write_text(render(os.path.realpath(python), default_paths()))
+    path.chmod(0o755)
+    return path
+
+
+def write_pip_script(path: Path, python: str) -> Path:
+    """The console script pip writes for ``icecc`` (site, ``.pth`` files): the slow start."""
     path.write_text(
         f"#!{python}\nimport sys\nfrom iceserv.client.main import main\nsys.exit(main())\n"
     )

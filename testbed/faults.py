@@ -55,7 +55,8 @@ _TCP_ESTABLISHED: Final = "01"
 #: The wrapper's C source; CRASH_ON is a C string literal such as "\"lib/a.c\"".
 _WRAPPER_SOURCE: Final = r"""
 /* /usr/bin/gcc of a test environment (testbed/faults.py, crashing_env): reads the
- * preprocessed source from stdin; if its first line names CRASH_ON, dies of SIGSEGV,
+ * preprocessed source from stdin; if its first line (or, for iceserv's reproducible jobs,
+ * which name the source file instead, an argument) names CRASH_ON, dies of SIGSEGV,
  * else runs the real gcc (gcc.real) on the same input and arguments. */
 #include <signal.h>
 #include <stdlib.h>
@@ -68,7 +69,13 @@ int main(int argc, char **argv) {
     size_t kept = 0;
     ssize_t got;
     int fd = mkstemp(path);
-    (void)argc;
+    /* CRASH_ON is the quoted name ("lib/x.c"): an argument ending in the name inside counts. */
+    size_t name_len = strlen(CRASH_ON) - 2;
+    for (int i = 1; i < argc; i++) {
+        size_t len = strlen(argv[i]);
+        if (len >= name_len && strncmp(argv[i] + len - name_len, CRASH_ON + 1, name_len) == 0)
+            raise(SIGSEGV);
+    }
     if (fd < 0)
         return 100;
     unlink(path);

@@ -13,6 +13,12 @@ recorded links that still point where we pointed them: links made by
 shadowman (``eselect compiler-shadow``) or by hand are never touched, and an
 existing file is only replaced with ``--force``.  ``--names auto`` links
 every compiler on ``PATH`` the way shadowman's icecc module selects them.
+
+``iceserv install-launcher`` (also here) writes the ``icecc``/``icerun``
+launchers of :mod:`iceserv.client.launcher` (``#!python -IS``: the wrapper
+at the interpreter's floor) over the console scripts pip made, or into
+``--dir``; ``install-symlinks`` does the same for the ``icecc`` it links to
+when that is still pip's script, so the symlinks always start fast.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from iceserv.client.launcher import LauncherError, is_launcher, write_launchers
 from iceserv.errors import IceservError
 
 if TYPE_CHECKING:
@@ -84,6 +91,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--dir", type=Path, default=DEFAULT_DIR, help="the symlink directory (default %(default)s)"
     )
     uninstall_parser.set_defaults(func=_uninstall_main)
+    launcher_parser = subparsers.add_parser(
+        "install-launcher",
+        help="make icecc/icerun start Python isolated (python -I -S)",
+        description="Write the fast icecc and icerun launchers (#!python -IS), replacing the "
+        "console scripts pip made.",
+    )
+    launcher_parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to write them (default: where this iceserv's "
+        "icecc is, else next to the iceserv command)",
+    )
+    launcher_parser.add_argument(
+        "--python",
+        default=None,
+        help="the interpreter the launchers name (default: this one, resolved)",
+    )
+    launcher_parser.set_defaults(func=_launcher_main)
 
 
 def default_target() -> Path | None:
@@ -174,6 +200,11 @@ def _install_main(args: argparse.Namespace) -> int:
     if target is None:
         sys.stderr.write("iceserv: cannot find iceserv's icecc; pass --target\n")
         return 1
+    if args.target is None and not is_launcher(str(target)):
+        try:
+            write_launchers(str(Path(target).parent))
+        except (LauncherError, OSError) as exc:
+            sys.stderr.write(f"iceserv: {target} stays pip's slower console script: {exc}\n")
     names = (
         auto_names(os.environ.get("PATH", ""), args.dir)
         if args.names == "auto"
@@ -201,4 +232,19 @@ def _uninstall_main(args: argparse.Namespace) -> int:
         return 1
     for name in removed:
         sys.stdout.write(f"removed {args.dir / name}\n")
+    return 0
+
+
+def _launcher_main(args: argparse.Namespace) -> int:
+    directory = args.dir
+    if directory is None:
+        found = default_target()
+        directory = found.parent if found is not None else Path(sys.argv[0]).parent
+    try:
+        written = write_launchers(str(directory), python=args.python)
+    except (LauncherError, OSError) as exc:
+        sys.stderr.write(f"iceserv: {exc}\n")
+        return 1
+    for path in written:
+        sys.stdout.write(f"{path}\n")
     return 0

@@ -11,7 +11,6 @@ nothing heavy from it: it runs on every compiler call.
 
 from __future__ import annotations
 
-import math
 import os
 
 TYPE_CHECKING = False
@@ -91,6 +90,7 @@ class ClientEnv:
         "env_compression",
         "environ",
         "extrafiles",
+        "fallback",
         "gcc_colors",
         "home",
         "icecc",
@@ -98,6 +98,7 @@ class ClientEnv:
         "logfile",
         "path",
         "preferred_host",
+        "race",
         "remote_cpp",
         "repeat_rate",
         "safeguard_level",
@@ -106,6 +107,7 @@ class ClientEnv:
         "term",
         "test_remotebuild",
         "test_socket",
+        "verify",
         "version",
     )
 
@@ -135,6 +137,9 @@ class ClientEnv:
     gcc_colors: str | None
     home: str | None
     path: str
+    fallback: str
+    verify: int
+    race: bool
     environ: Mapping[str, str]
 
     @classmethod
@@ -174,6 +179,11 @@ class ClientEnv:
             "gcc_colors": get("GCC_COLORS"),
             "home": get("HOME"),
             "path": get("PATH") or "",
+            # iceserv's own (icecc(1)): what a cluster failure does, every Nth remote job
+            # checked against a local build, local and remote builds racing.
+            "fallback": _fallback(get("ICECC_FALLBACK")),
+            "verify": max(0, atoi(get("ICECC_VERIFY"))),
+            "race": truthy(get("ICECC_RACE")) is True,
             "environ": dict(environ),
         }
         env = object.__new__(cls)
@@ -202,6 +212,11 @@ class ClientEnv:
         return self.icecc == "disable"
 
     @property
+    def fail_on_cluster_errors(self) -> bool:
+        """``ICECC_FALLBACK=fail``: a cluster failure is a compile failure, not a local build."""
+        return self.fallback == FALLBACK_FAIL
+
+    @property
     def local_only(self) -> bool:
         """``ICECC=no``: build locally, but in a slot of the local daemon."""
         return self.icecc == "no"
@@ -214,6 +229,14 @@ class ClientEnv:
         child = dict(self.environ)
         child[SAFEGUARD_VARIABLE] = chr(self.safeguard_level + step + ord("0"))
         return child
+
+
+#: ``ICECC_FALLBACK`` values; anything else (or unset) is "local", 1.4's behaviour.
+FALLBACK_LOCAL, FALLBACK_FAIL = "local", "fail"
+
+
+def _fallback(value: str | None) -> str:
+    return FALLBACK_FAIL if (value or "").strip().lower() == FALLBACK_FAIL else FALLBACK_LOCAL
 
 
 def _debug_level(value: str | None) -> int:
@@ -238,7 +261,7 @@ def _server_wait(value: str | None) -> float:
         seconds = float(value or "")
     except ValueError:
         return DEFAULT_SERVER_WAIT
-    return seconds if 0 < seconds < math.inf else DEFAULT_SERVER_WAIT
+    return seconds if 0 < seconds < float("inf") else DEFAULT_SERVER_WAIT
 
 
 def _compression_level(value: str | None) -> int | None:

@@ -162,16 +162,19 @@ class HostLock:
         """Whether a slot is held."""
         return self._fd is not None
 
-    def acquire(self) -> bool:
-        """Take a free slot (a random one first), else wait for one; False on errors."""
-        import fcntl  # noqa: PLC0415 - only local builds need it
+    def try_acquire(self) -> bool:
+        """Take a slot only if one is free right now; never waits."""
+        return self.acquire(wait=False)
 
-        base = self._directory()
+    def acquire(self, *, wait: bool = True) -> bool:
+        """Take a free slot (a random one first), else wait for one; False on errors."""
+        base = self.directory()
         if base is None:
             return False
         slots = max(1, os.sysconf("SC_NPROCESSORS_ONLN"))
         start = os.getpid()
-        for block, order in ((False, range(slots)), (True, range(1))):
+        rounds = ((False, range(slots)), (True, range(1))) if wait else ((False, range(slots)),)
+        for block, order in rounds:
             for step in order:
                 slot = (start + step) % slots
                 name = base + "/local_lock" + (str(slot) if slot else "")
@@ -179,8 +182,8 @@ class HostLock:
                     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
                 except OSError:
                     return False
-                try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+                try:  # glibc lockf is a whole-file fcntl write lock, as 1.4 takes it
+                    os.lockf(fd, os.F_LOCK if block else os.F_TLOCK, 0)
                 except OSError:
                     os.close(fd)
                     continue
@@ -189,7 +192,8 @@ class HostLock:
         return False
 
     @staticmethod
-    def _directory() -> str | None:
+    def directory() -> str | None:
+        """``/tmp/.icecream-<user>``, made if missing; None if it cannot be."""
         import pwd  # noqa: PLC0415 - only local builds need it
 
         try:
@@ -239,11 +243,13 @@ def spawn(
     )
 
 
-def wait(pid: int) -> tuple[int, float, float, int]:
+def wait(pid: int, *, usage: bool = True) -> tuple[int, float, float, int]:
     """Reap *pid* forwarding SIGINT/TERM/QUIT/HUP to it; return shell status and usage.
 
-    The usage is (user seconds, system seconds, page faults).  A signal we
-    forwarded is raised on ourselves afterwards, as 1.4 does.
+    The usage is (user seconds, system seconds, page faults), zeros without
+    *usage* (``os.wait4`` imports ``resource``, which a plain local build
+    does not need).  A signal we forwarded is raised on ourselves
+    afterwards, as 1.4 does.
     """
     sig = _signals()
     caught: list[int] = []
@@ -252,9 +258,17 @@ def wait(pid: int) -> tuple[int, float, float, int]:
         caught.append(signum)
         os.kill(pid, signum)  # not reaped yet, so the pid is still the child's
 
-    previous = {num: sig.signal(num, forward) for num in (getattr(sig, n) for n in _FORWARDED)}
     try:
-        _, status, usage = os.wait4(pid, 0)
+        previous = {num: sig.signal(num, forward) for num in (getattr(sig, n) for n in _FORWARDED)}
+    except ValueError:  # not the main thread (ICECC_RACE's remote side): nothing to forward
+        previous = {}
+    times = (0.0, 0.0, 0)
+    try:
+        if usage:
+            _, status, used = os.wait4(pid, 0)
+            times = (used.ru_utime, used.ru_stime, used.ru_majflt + used.ru_minflt + used.ru_nswap)
+        else:
+            _, status = os.waitpid(pid, 0)
     finally:
         for num, handler in previous.items():
             sig.signal(num, handler)
@@ -262,12 +276,16 @@ def wait(pid: int) -> tuple[int, float, float, int]:
         sig.signal(caught[0], sig.SIG_DFL)
         os.kill(os.getpid(), caught[0])
     code = os.waitstatus_to_exitcode(status)
-    faults = usage.ru_majflt + usage.ru_minflt + usage.ru_nswap
-    return (128 - code if code < 0 else code), usage.ru_utime, usage.ru_stime, faults
+    return (128 - code if code < 0 else code, *times)
 
 
 def run(
-    argv: Sequence[str], environ: dict[str, str], diag: ClientLog, *, colour: bool = False
+    argv: Sequence[str],
+    environ: dict[str, str],
+    diag: ClientLog,
+    *,
+    colour: bool = False,
+    usage: bool = True,
 ) -> tuple[int, float, float, int]:
     """Run *argv* to completion (see :func:`wait`); 127/126 if it cannot be started.
 
@@ -292,7 +310,7 @@ def run(
         text = b"".join(chunks).decode("utf-8", "surrogateescape")
         sys.stderr.buffer.write(colorify(text).encode("utf-8", "surrogateescape"))
         sys.stderr.flush()
-    return wait(pid)
+    return wait(pid, usage=usage)
 
 
 def read_command_output(argv: Sequence[str], environ: dict[str, str], *, fd: int = 1) -> str:
@@ -316,8 +334,14 @@ def read_command_output(argv: Sequence[str], environ: dict[str, str], *, fd: int
     return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 
-def build_local(
-    job: CompileJob, env: ClientEnv, diag: ClientLog, *, daemon: bool, own: str | None = None
+def build_local(  # noqa: PLR0913
+    job: CompileJob,
+    env: ClientEnv,
+    diag: ClientLog,
+    *,
+    daemon: bool,
+    own: str | None = None,
+    usage: bool = True,
 ) -> tuple[int, float, float, int]:
     """1.4 ``build_local``: run the job's compiler here; (status, user s, system s, faults).
 
@@ -337,6 +361,6 @@ def build_local(
     try:
         step = STEP_CUSTOM if job.is_custom else STEP_COMPILER
         colour = colorify_wanted(job, env, color_terminal=color_terminal(env))
-        return run(argv, env.child_environ(step), diag, colour=colour)
+        return run(argv, env.child_environ(step), diag, colour=colour, usage=usage)
     finally:
         lock.release()

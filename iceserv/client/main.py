@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 
-from iceserv.client.buildsummary import recorded
 from iceserv.client.env import ClientEnv
 from iceserv.client.log import ClientLog
 
@@ -37,6 +36,10 @@ __all__ = ["main"]
 
 ICECC_VERSION: Final = "1.4.0"  # what we are compatible with, as "icecc --version" says
 EXIT_TEST_SOCKET_ERROR: Final = 119
+EXIT_CLUSTER_FAILURE: Final = 1  # ICECC_FALLBACK=fail
+#: 1.4 error numbers that send a job home for the job's own sake, not the cluster's:
+#: the caret workaround (102), a failed -fdirectives-only cpp (103), a missing file (104).
+_NOT_CLUSTER_FAILURES: Final = frozenset({102, 103, 104})
 LOCAL_GO_TIMEOUT: Final = 2400.0
 USAGE: Final = """\
 Usage:
@@ -92,7 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the wrapper for *argv* (default ``sys.argv``; ``argv[0]`` picks the mode)."""
     env = ClientEnv.current()
     diag = ClientLog(env.debug_level, env.logfile)
-    return recorded(_Run(list(sys.argv if argv is None else argv), env, diag))
+    run = _Run(list(sys.argv if argv is None else argv), env, diag)
+    if run.argv[1:2] == ["--summary"] or os.environ.get("ICECC_SUMMARY", "0") not in ("", "0"):
+        # Only then: the build summary is off the wrapper's light path.
+        from iceserv.client.buildsummary import recorded  # noqa: PLC0415
+
+        return recorded(run)
+    return run.run()
 
 
 class _Run:
@@ -100,6 +109,7 @@ class _Run:
 
     def __init__(self, argv: list[str], env: ClientEnv, diag: ClientLog) -> None:
         self.argv, self.env, self.diag = argv, env, diag
+        self.local_status = 0  # a job built here while racing the cluster (ICECC_RACE)
         self.own = argv[0] if "/" in argv[0] else None  # our own executable, to skip on PATH
         try:
             self.cwd = os.getcwd()  # noqa: PTH109 - pathlib costs import time
@@ -107,10 +117,12 @@ class _Run:
             self.cwd = ""
 
     def run(self) -> int:
-        from iceserv.client.local import read_response_file  # noqa: PLC0415
-        from iceserv.client.respfile import expand_response_files  # noqa: PLC0415
+        if any(arg.startswith("@") for arg in self.argv[1:]):  # rare: import only then
+            from iceserv.client.local import read_response_file  # noqa: PLC0415
+            from iceserv.client.respfile import expand_response_files  # noqa: PLC0415
 
-        argv = self.argv = expand_response_files(self.argv, read_response_file)
+            self.argv = expand_response_files(self.argv, read_response_file)
+        argv = self.argv
         self.diag.debug("invoked as: " + " ".join(argv))
         prog = argv[0].rpartition("/")[2]
         compiler, start, icerun = "", 1, False
@@ -152,7 +164,6 @@ class _Run:
             irregular,
             readable,
         )
-        from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
 
         env, diag = self.env, self.diag
         if env.safeguard_level >= SAFEGUARD_MAX_LEVEL:
@@ -160,6 +171,8 @@ class _Run:
             return EXIT_RECURSION
         sock = None
         if not env.disabled:
+            from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
+
             try:
                 sock = find_local_daemon(env)
             except TestSocketError:
@@ -181,36 +194,59 @@ class _Run:
         if sock is None:
             if not env.disabled:
                 diag.warning("no local daemon found")
+                if analysis.local_reason is None and not env.local_only:
+                    failed = self.cluster_failure("no daemon", "no local iceccd answered")
+                    if failed is not None:
+                        return failed
             return self.local(analysis.job, daemon=None)
         return self.with_daemon(sock, analysis)
+
+    def cluster_failure(self, kind: str, detail: str) -> int | None:
+        """``ICECC_FALLBACK=fail``: say what failed in one line and return 1; else None.
+
+        *kind* is one of "no daemon", "no environment", "no host", "environment
+        refused" and "remote failure" (icecc(1)).
+        """
+        if not self.env.fail_on_cluster_errors:
+            return None
+        sys.stderr.write(f"icecc: cluster failure ({kind}): {detail}\n")
+        sys.stderr.flush()
+        return EXIT_CLUSTER_FAILURE
 
     def local(self, job: CompileJob, daemon: Channel | None) -> int:
         from iceserv.client.local import build_local  # noqa: PLC0415
 
-        return build_local(job, self.env, self.diag, daemon=daemon is not None, own=self.own)[0]
+        return build_local(
+            job, self.env, self.diag, daemon=daemon is not None, own=self.own, usage=False
+        )[0]
 
     def with_daemon(self, sock: _socket.socket, analysis: Analysis) -> int:
         """Build with the daemon that answered: remote unless told otherwise, else in a slot."""
+        job = analysis.job
+        if analysis.local_reason is not None or self.env.local_only:
+            return self.light_slot(sock, job)
         from iceserv.client.channel import Channel, ClusterError  # noqa: PLC0415
 
-        job = analysis.job
         try:
             daemon = Channel(sock, name="local daemon", env=self.env)
         except ClusterError as exc:
             sock.close()
             self.diag.warning(f"local daemon unusable: {exc}")
-            return self.local(job, daemon=None)
+            failed = self.cluster_failure("no daemon", f"local daemon unusable: {exc}")
+            return failed if failed is not None else self.local(job, daemon=None)
         try:
-            local = analysis.local_reason is not None or self.env.local_only
-            if not local:
-                completed = self.complete(analysis)
-                local = completed is None
-                job = completed or job
+            completed = self.complete(analysis)
+            local = completed is None
+            job = completed or job
             if not local:
                 try:
                     status = self.remote(job, analysis, daemon)
                 except ClusterError as exc:
                     self.diag.warning(f"local build forced by remote exception: {exc}")
+                    if exc.code not in _NOT_CLUSTER_FAILURES:
+                        failed = self.cluster_failure(_failure_kind(exc.code), str(exc))
+                        if failed is not None:
+                            return failed
                     fresh = self.reconnect(daemon)
                     if fresh is None:
                         return self.local(job, daemon=None)
@@ -277,8 +313,11 @@ class _Run:
         if extrafiles is None:
             return None
         envs = self.environments(job, daemon, extrafiles, platform)
-        if not envs:
-            return None
+        if not envs:  # 1.4: build locally, in a slot of the same daemon connection
+            return self.cluster_failure(
+                "no environment",
+                "no environment to compile with (ICECC_VERSION, or the daemon's native one)",
+            )
         remote = Remote(
             job,
             daemon,
@@ -289,10 +328,45 @@ class _Run:
             platform=platform,
             own=self.own,
         )
-        status = self.repeated(remote) if self.env.repeat_rate > 0 else remote.run()
+        if self.env.repeat_rate > 0:
+            status = self.repeated(remote)
+        elif self.env.race and not job.dwarf_fission:
+            raced = self.raced(remote)
+            if raced is None:
+                return self.finished_locally()
+            status = raced
+        else:
+            status = remote.run()
         if status == 0:
             daemon.send(End())  # "all fine": the server reports the job, not our daemon
+            if self.env.verify and remote.server is not None:
+                status = self.verified(job, remote.server)
         return status
+
+    def raced(self, remote: Remote) -> int | None:
+        """``ICECC_RACE=1``: race local and remote if a local slot is free; None: local won."""
+        from iceserv.client.race import free_slot, race  # noqa: PLC0415
+
+        lock = free_slot()
+        if lock is None:
+            return remote.run()
+        status, remote_won = race(remote, lock)
+        if not remote_won:
+            self.local_status = status
+            return None
+        return status
+
+    def finished_locally(self) -> int:
+        """Return the status of the job built here during a race."""
+        return self.local_status
+
+    def verified(self, job: CompileJob, server: str) -> int:
+        """``ICECC_VERIFY=N``: on every Nth remote job, compile here too and compare."""
+        from iceserv.client import verify  # noqa: PLC0415
+
+        if not verify.due(self.env.verify):
+            return 0
+        return verify.check(job, self.env, self.diag, server=server, own=self.own)
 
     def repeated(self, remote: Remote) -> int:
         """``ICECC_REPEAT_RATE``: maybe compile on three servers and compare."""
@@ -350,6 +424,26 @@ class _Run:
             return []
         return [envs.Environment(platform, envs.env_name(native) or "", native)]
 
+    def light_slot(self, sock: _socket.socket, job: CompileJob) -> int:
+        """Build a job that stays local in a slot, asked for without the protocol package."""
+        from iceserv.client.job import absolute  # noqa: PLC0415
+        from iceserv.client.slot import local_slot  # noqa: PLC0415
+
+        try:
+            granted = local_slot(sock, absolute(job.output_file, self.cwd), LOCAL_GO_TIMEOUT)
+            if not granted:
+                sock.close()
+                return self.local(job, daemon=None)
+            return self.local_granted(job)
+        finally:
+            sock.close()
+
+    def local_granted(self, job: CompileJob) -> int:
+        """Compile in the slot the daemon granted (no lock file: the daemon counts us)."""
+        from iceserv.client.local import build_local  # noqa: PLC0415
+
+        return build_local(job, self.env, self.diag, daemon=True, own=self.own, usage=False)[0]
+
     def local_in_slot(self, job: CompileJob, daemon: Channel) -> int:
         """§5.1.3: JOB_LOCAL_BEGIN, wait for the go, compile; lock files if the daemon fails."""
         import time  # noqa: PLC0415
@@ -368,6 +462,17 @@ class _Run:
             daemon.close()
             return self.local(job, daemon=None)
         return self.local(job, daemon=daemon)
+
+
+def _failure_kind(code: int) -> str:
+    """Name what failed, for ``ICECC_FALLBACK=fail``, from 1.4's error number."""
+    if code in (24, 25, 26):
+        return "environment refused"
+    if code == 22:
+        return "no environment"
+    if code in (1, 2):
+        return "no host"
+    return "remote failure"
 
 
 def _links_to_icerun(path: str) -> bool:

@@ -117,6 +117,10 @@ class Remote:
         self.env, self.diag, self.cwd, self.platform, self.own = env, diag, cwd, platform, own
         self.source = source  # an already preprocessed file to send (repeated jobs)
         self.output = output  # pass the server's stdout/stderr on (and check them)
+        self.server: str | None = None  # the compile server that built it, once one did
+        self.channel: Channel | None = None  # the open compile-server channel (ICECC_RACE)
+        self.result: CompileResult | None = None  # its COMPILE_RESULT, once received
+        self.may_compile_here = True  # False while racing: this host builds the job already
 
     def minimal_version(self, features: int) -> int:
         """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise for xz/zstd environments."""
@@ -167,6 +171,8 @@ class Remote:
         if not isinstance(use, UseCS):
             raise ClusterError(1, f"expected use_cs reply, but got {type(use).__name__}")
         if use.hostname == _SELF and not (self.env.test_remotebuild and use.port != 0):
+            if not self.may_compile_here:
+                raise ClusterError(2, "the scheduler gave the job back to this host")
             return self.compile_here(use)
         return self.compile_there(use)
 
@@ -247,6 +253,7 @@ class Remote:
         if sock is None:
             raise ClusterError(2, f"no server found at {use.hostname}")
         server = Channel(sock, name=use.hostname, env=self.env)
+        self.server, self.channel = use.hostname, server
         try:
             server.open()
             if not use.got_env:
@@ -358,6 +365,7 @@ class Remote:
         result = server.receive(RESULT_TIMEOUT)
         if not isinstance(result, CompileResult):
             raise ClusterError(13, "did not get compile response message")
+        self.result = result
         if result.status and result.was_out_of_memory:
             raise ClusterError(101, "the server ran out of memory, recompiling locally")
         if self.output:

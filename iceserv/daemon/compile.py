@@ -29,6 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from iceserv.daemon import reproducible
 from iceserv.daemon.jobstarter import JobStartError
 from iceserv.daemon.states import (
     EXIT_CLIENT_KILLED,
@@ -98,16 +99,29 @@ class JobPaths:
     object_file: str
     dwo_file: str
     tmp_root: str = ""
+    #: Reproducible jobs (:mod:`iceserv.daemon.reproducible`): where the source is
+    #: written and how the compiler names it; "" for 1.4's source on stdin.
+    source_file: str = ""
+    input_arg: str = ""
 
 
 def job_paths(job: CompileFile, unique: str) -> JobPaths:
     """Choose the working directory and output names of *job* (``unique`` makes them private).
 
-    Without split DWARF the object is ``/tmp/icecc-<job>-<unique>.o`` built from
-    ``/tmp``.  With it, the client's working directory and output directory are
-    recreated below a private ``/tmp`` directory so the ``.dwo`` path written
-    into the object matches the client's (upstream ``handle_connection``).
+    A gcc job whose objects can be made identical to local ones is laid out
+    by :func:`iceserv.daemon.reproducible.layout`: the client's working
+    directory, source and output recreated below a private ``/tmp``
+    directory.  Otherwise, without split DWARF the object is
+    ``/tmp/icecc-<job>-<unique>.o`` built from ``/tmp``; with it, the
+    client's working directory and output directory are recreated below a
+    private ``/tmp`` directory so the ``.dwo`` path written into the object
+    matches the client's (upstream ``handle_connection``).
     """
+    if reproducible.applies(job, job.compiler_name or (job.args[:1] or ("",))[0]):
+        found = reproducible.layout(job, f"/tmp/icecc-{job.job_id}-{unique}")  # noqa: S108
+        return JobPaths(cwd=found.cwd, output=found.output, object_file=found.object_file,
+                        dwo_file=found.dwo_file, tmp_root=found.tmp_root,
+                        source_file=found.source, input_arg=found.input_arg)  # fmt: skip
     if not job.dwarf_fission:
         name = f"icecc-{job.job_id}-{unique}.o"
         return JobPaths("/tmp", name, f"/tmp/{name}", "")  # noqa: S108 - inside the chroot
@@ -134,7 +148,13 @@ def compiler_command(
     has_compiler_name: bool = True,
     server_adds_split_dwarf: bool = False,
 ) -> list[str]:
-    """Return the 1.4 remote compiler command line for *job* (reference §5.1.4).
+    """Return the remote compiler command line for *job* (reference §5.1.4).
+
+    1.4's, unless *paths* is a reproducible layout (``source_file`` set):
+    then the source file is compiled as an ordinary one, without
+    ``-fpreprocessed``, ``-fdirectives-only`` or the ggc parameters (the
+    job's ``RLIMIT_AS`` bounds the memory), and the job directory is mapped
+    back to ``/`` in the debug information (:mod:`iceserv.daemon.reproducible`).
 
     ``has_compiler_name`` is False below protocol 30 (then gcc/g++ by
     language); ``server_adds_split_dwarf`` is True below protocol 41, where
@@ -146,6 +166,8 @@ def compiler_command(
         name = "g++" if job.lang == Lang.CXX else "gcc"
     clang = "clang" in name
     argv = [f"/usr/bin/{name}", "-x", _LANG_NAMES.get(Lang(job.lang), "c")]
+    if paths.source_file and not clang:
+        return _reproducible_command(argv, job, paths, split=server_adds_split_dwarf)
     if clang:
         if job.input_file:
             argv += ["-Xclang", "-main-file-name", "-Xclang", job.input_file]
@@ -164,6 +186,25 @@ def compiler_command(
         if job.dwarf_fission and paths.tmp_root:
             argv.append(f"-fdebug-prefix-map={paths.tmp_root}/=/")
     return argv
+
+
+def _reproducible_command(argv: list[str], job: CompileFile, paths: JobPaths, *,
+                          split: bool) -> list[str]:  # fmt: skip
+    """Finish a reproducible job's command line (see :mod:`iceserv.daemon.reproducible`)."""
+    argv += [arg for arg in job.args if arg != reproducible.DIRECTIVES_ONLY]
+    if split and job.dwarf_fission:
+        argv.append("-gsplit-dwarf")
+    # -nostdinc: the stream holds every header already, and in the chroot (no /usr/include)
+    # gcc would fail to find stdc-predef.h for its implicit pre-include.  gcc does not
+    # record -nostdinc or -fdebug-prefix-map in DW_AT_producer.
+    return [
+        *argv,
+        "-nostdinc",
+        paths.input_arg,
+        "-o",
+        paths.output,
+        f"-fdebug-prefix-map={paths.tmp_root}/=/",
+    ]
 
 
 def is_out_of_memory(stderr: str, faults: int, mem_limit_mb: int, page_size: int = 4096) -> bool:
@@ -227,17 +268,41 @@ class CompileRun:
         self._readers: list[asyncio.Task[bytes]] = []
         self._started = 0.0
         self._input_broken = False
+        self._source_fd: int | None = None
+        self._filter = reproducible.SourceFilter()
 
     def _outside(self, inside: str) -> Path:
         return self.env_root / inside.lstrip("/")
 
     async def start(self) -> None:
-        """Create the job's directories and start the job (and so the compiler)."""
+        """Create the job's directories and start the job (and so the compiler).
+
+        A reproducible job (``paths.source_file``) creates its source file
+        instead; its compiler starts in :meth:`close_input`, once the file is whole.
+        """
         if self.paths.tmp_root:
-            for directory in (self.paths.cwd, posixpath.dirname(self.paths.object_file)):
+            directories = [self.paths.cwd, posixpath.dirname(self.paths.object_file)]
+            if self.paths.source_file:
+                directories.append(posixpath.dirname(self.paths.source_file))
+            for directory in directories:
                 path = self._outside(directory)
                 path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if self.paths.source_file:
+                try:  # a fresh private directory: O_EXCL and O_NOFOLLOW keep it ours
+                    self._source_fd = os.open(
+                        self._outside(self.paths.source_file),
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        0o644,
+                    )  # fmt: skip
+                except OSError as exc:
+                    self._start_failure = f"source file: {exc}"
+                    return
             _chown_below(self._outside(self.paths.tmp_root), self.run_as)
+        if self.paths.source_file:
+            return
+        await self._start_job()
+
+    async def _start_job(self) -> None:
         words = [str(self.env_root), self.paths.cwd, "1" if self.run_as.switch else "0",
                  str(self.run_as.uid), str(self.run_as.gid), str(self.nice),
                  str(self.mem_limit_mb * 1024 * 1024),
@@ -257,6 +322,13 @@ class CompileRun:
 
     async def feed(self, pieces: Sequence[bytes]) -> None:
         """Write source to the compiler; a compiler that stopped reading is not an error."""
+        if self._source_fd is not None:
+            try:
+                for piece in pieces:
+                    _write_all(self._source_fd, self._filter.feed(piece))
+            except OSError:
+                self._input_broken = True
+            return
         job = self._job
         if job is None or self._input_broken:
             return
@@ -269,7 +341,19 @@ class CompileRun:
             self._input_broken = True  # 1.4 keeps reading the client's data and drops it
 
     async def close_input(self) -> None:
-        """Signal the end of the source."""
+        """Signal the end of the source (a reproducible job's compiler starts now)."""
+        if self._source_fd is not None:
+            try:
+                _write_all(self._source_fd, self._filter.finish())
+            except OSError:
+                self._input_broken = True
+            finally:
+                os.close(self._source_fd)
+                self._source_fd = None
+            if self._input_broken:
+                self._start_failure = "cannot write the source file"
+                return
+            await self._start_job()
         if self._job is not None:
             with contextlib.suppress(ConnectionError):
                 self._job.stdin.close()
@@ -356,6 +440,12 @@ class CompileRun:
             shutil.rmtree(self._outside(self.paths.tmp_root), ignore_errors=True)
         else:
             self._outside(self.paths.object_file).unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def new_unique() -> str:

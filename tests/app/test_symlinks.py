@@ -120,3 +120,36 @@ class TestCommandLine:
                                capture_output=True, timeout=60, check=False)  # fmt: skip
         assert built.returncode == 0, built.stderr
         assert (tmp_path / "hello.o").read_bytes()[:4] == b"\x7fELF"
+
+
+class TestLauncher:
+    def test_install_launcher_replaces_pip_scripts(self, icecc, capsys):
+        """install-launcher writes #!python -IS launchers over pip's icecc and icerun."""
+        from iceserv.client.launcher import is_launcher  # noqa: PLC0415
+
+        assert not is_launcher(str(icecc))
+        assert iceserv_main(["install-launcher", "--dir", str(icecc.parent)]) == 0
+        assert capsys.readouterr().out.split() == [str(icecc), str(icecc.with_name("icerun"))]
+        assert is_launcher(str(icecc))
+        assert icecc.read_text().partition("\n")[0].endswith(" -IS")
+
+    def test_install_symlinks_upgrades_the_default_target(self, tmp_path):
+        """Without --target, the icecc the links point at becomes a launcher first."""
+        from iceserv.client.launcher import is_launcher  # noqa: PLC0415
+
+        bin_dir = tmp_path / "venv-bin"
+        bin_dir.mkdir()
+        for name in ("iceserv", "icecc"):
+            (bin_dir / name).write_text(LAUNCHER.format(python=sys.executable))
+            (bin_dir / name).chmod(0o755)
+        directory = tmp_path / "icecc-bin"
+        code = (
+            "import sys; from iceserv.app.cli import main; "
+            "sys.argv[0] = sys.argv[1]; sys.exit(main(sys.argv[2:]))"
+        )
+        done = subprocess.run([sys.executable, "-c", code, str(bin_dir / "iceserv"),
+                               "install-symlinks", "--dir", str(directory), "--names", "gcc"],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert is_launcher(str(bin_dir / "icecc"))
+        assert (directory / "gcc").readlink() == (bin_dir / "icecc").resolve()

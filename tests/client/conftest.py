@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def wrappers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with our ``icecc`` and ``icerun`` launchers (as pip would install them)."""
+    """A directory with our ``icecc`` and ``icerun`` launchers (as install-launcher writes them)."""
     bin_dir = tmp_path_factory.mktemp("ourbin")
     write_launcher(bin_dir / "icecc", sys.executable)
     write_launcher(bin_dir / "icerun", sys.executable)

@@ -97,3 +97,84 @@ class TestImports:
             assert status == 0
             assert tops(modules) & SERVICE_STACK == set()
             assert "iceserv.protocol" not in modules
+
+
+# --- the launcher's import budget (issue 17, P2) ------------------------------------------
+
+#: What the launcher may import beyond ``python -I -S -c "import os"`` on the light paths.
+LIGHT = {"__future__", "pwd", "iceserv", "iceserv.errors", "iceserv.client", "iceserv.client.main",
+         "iceserv.client.env", "iceserv.client.log",
+         "iceserv.client.args", "iceserv.client.rules", "iceserv.client.options",
+         "iceserv.client.job", "iceserv.client.local"}  # fmt: skip
+#: The local-slot path adds the daemon socket and the hand-written slot conversation.
+SLOT = LIGHT | {"_socket", "iceserv.client.sockets", "iceserv.client.slot"}
+#: Summed "self" import microseconds beyond the bare interpreter: ~2 ms on an idle
+#: machine; the margin absorbs a loaded CI host.  Not a wall-clock assertion on the
+#: compile: it only grows if someone adds imports to the light path.  Each module counts
+#: with its least time over TRIES runs: a preempted import is not the code's cost.
+BUDGET_US = 25_000
+TRIES = 5
+
+
+def import_times(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, int]:
+    """``-X importtime``'s self microseconds per module for *argv* run by the launcher's python."""
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
+                          check=True)  # fmt: skip
+    times = {}
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        own, _, name = line.removeprefix("import time:").split("|")
+        times[name.strip()] = int(own)
+    return times
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Our launcher and the interpreter its shebang names."""
+    from testbed.client_fakes import write_launcher  # noqa: PLC0415
+
+    path = write_launcher(tmp_path_factory.mktemp("launcher") / "icecc", sys.executable)
+    python = path.read_text().partition("\n")[0].removeprefix("#!").split()[0]
+    return str(path), python
+
+
+class TestLauncherBudget:
+    def run_budget(self, launcher: tuple[str, str], work: Path, args: list[str],
+                   env: dict[str, str]) -> dict[str, int]:  # fmt: skip
+        script, python = launcher
+        floor = import_times([python, "-I", "-S", "-X", "importtime", "-c", "import os"],
+                             env, work)  # fmt: skip
+        runs = []
+        for _ in range(TRIES):
+            ours = import_times([python, "-I", "-S", "-X", "importtime", script, *args], env,
+                                work)  # fmt: skip
+            runs.append({name: us for name, us in ours.items() if name not in floor})
+        # Per module, its least time over the runs: a preempted import is not the code's cost.
+        names = set().union(*runs)
+        return {name: min(run.get(name, 0) for run in runs) for name in names}
+
+    def test_disabled_build(self, launcher, work):
+        """ICECC=disable: only the light modules load, within the summed import budget."""
+        extra = self.run_budget(launcher, work, ["gcc", "-c", "hello.c"],
+                                base_env(work, ICECC="disable"))  # fmt: skip
+        assert (work / "hello.o").exists()
+        assert set(extra) <= LIGHT, set(extra) - LIGHT
+        assert sum(extra.values()) < BUDGET_US, extra
+
+    def test_local_slot_from_a_daemon(self, launcher, work):
+        """A local job with a daemon (-E): no protocol package, within the same budget."""
+        daemon = FakeDaemon(work / "d.sock").start()
+        try:
+            extra = self.run_budget(
+                launcher,
+                work,
+                ["gcc", "-E", "hello.c", "-o", "hello.i"],
+                base_env(work, ICECC_TEST_SOCKET=str(work / "d.sock")),
+            )
+        finally:
+            daemon.close()
+        assert (work / "hello.i").exists()
+        assert {type(m).__name__ for c in daemon.messages() for m in c} == {"JobLocalBegin"}
+        assert set(extra) <= SLOT, set(extra) - SLOT
+        assert sum(extra.values()) < BUDGET_US, extra

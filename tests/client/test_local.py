@@ -6,7 +6,6 @@ import fcntl
 import os
 import pwd
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -194,7 +193,8 @@ class TestLockFiles:
     def test_a_build_waits_while_we_hold_every_slot(self, bed: WrapperBed, waiter):
         """While our builds hold every slot, the real client's and ours wait."""
         slots = os.sysconf("SC_NPROCESSORS_ONLN")
-        holders = [hold_slot(3.0, bed.program("ours", "icecc")) for _ in range(slots)]
+        # Held long enough that a busy machine's delay in noticing them cannot eat it all.
+        holders = [hold_slot(10.0, bed.program("ours", "icecc")) for _ in range(slots)]
         try:
             deadline = time.monotonic() + 20
             while not _every_slot_held(slots):  # they have taken their slots
@@ -241,18 +241,26 @@ class TestLockFiles:
 class TestSignals:
     def test_sigterm_is_forwarded_to_the_compiler(self, tmp_path):
         """SIGTERM to the wrapper reaches the compiler; the wrapper then dies of it too."""
-        script = make_exe(tmp_path / "bin/slowcc", "#!/bin/sh\ntrap 'echo got-term > "
-                          f"{tmp_path}/mark; exit 3' TERM\nsleep 10 & wait\n")  # fmt: skip
+        script = make_exe(
+            tmp_path / "bin/slowcc",
+            f"#!/bin/sh\ntrap 'echo got-term > {tmp_path}/mark; exit 3' TERM\n"
+            f": > {tmp_path}/started\nsleep 10 & wait\n",
+        )
         from testbed.client_fakes import write_launcher  # noqa: PLC0415
 
         icecc = write_launcher(tmp_path / "icecc", __import__("sys").executable)
-        proc = subprocess.Popen([str(icecc), str(script)],
-                                env={"PATH": "/usr/bin:/bin", "ICECC": "disable"})  # fmt: skip
-        killer = threading.Timer(1.0, proc.terminate)
-        killer.start()
+        proc = subprocess.Popen(
+            [str(icecc), str(script)], env={"PATH": "/usr/bin:/bin", "ICECC": "disable"}
+        )
         try:
+            # The compiler runs (and so the wrapper is waiting for it): now the signal.
+            deadline = time.monotonic() + 20
+            while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.terminate()
             status = proc.wait(timeout=20)
         finally:
-            killer.cancel()
+            if proc.poll() is None:
+                proc.kill()
         assert (tmp_path / "mark").read_text() == "got-term\n"
         assert status == -15
