@@ -32,6 +32,7 @@ report() {  # report SERVICE STEP: one CHECK line per fact about the running pro
 	echo "CHECK $1.$2.pid $pid"
 	echo "CHECK $1.$2.user $(ps -o user= -p "$pid")"
 	echo "CHECK $1.$2.comm $(cat "/proc/$pid/comm")"
+	echo "CHECK $1.$2.args $(tr '\0' ' ' < "/proc/$pid/cmdline" | sed -e 's/^.* --foreground/--foreground/' -e 's/ $//')"
 	echo "CHECK $1.$2.capeff $(sed -n 's/^CapEff:[[:space:]]*//p' "/proc/$pid/status")"
 	echo "CHECK $1.$2.nonewprivs $(sed -n 's/^NoNewPrivs:[[:space:]]*//p' "/proc/$pid/status")"
 	echo "CHECK $1.$2.status $(rc-service "$1" status >/dev/null 2>&1 && echo started || echo stopped)"
