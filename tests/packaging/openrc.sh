@@ -45,7 +45,8 @@ exists() { [ -e "$1" ] || [ -L "$1" ] && echo yes || echo no; }
 status() { rc-service "$1" status >/dev/null 2>&1 && echo started || echo stopped; }
 main_pid() { pgrep -P "$(cat "/run/$1.pid" 2>/dev/null || echo 0)"; }
 logged() {  # logged SERVICE EVENT COUNT: the service's log has COUNT records of EVENT
-	[ "$(grep -c "\"event\": \"$2\"" "/var/log/icecream/$1.log" 2>/dev/null || true)" -ge "$3" ]
+	c=$(grep -c "\"event\": \"$2\"" "/var/log/icecream/$1.log" 2>/dev/null) || c=0
+	[ "${c:-0}" -ge "$3" ]
 }
 args_of() {  # args_of PID: the program's arguments from --foreground on
 	tr '\0' ' ' < "/proc/$1/cmdline" | sed -e 's/^.* --foreground/--foreground/' -e 's/ $//'

@@ -13,9 +13,15 @@
 # Environment: ROOT WORK PY BINDS SERVICES SCHEDULER_PORT DAEMON_PORT NETNAME.
 set -eu
 
+count_events() {  # count_events LOG EVENT: records of EVENT in LOG (0 while LOG does not exist)
+	c=$(grep -c "\"event\": \"$2\"" "$1" 2>/dev/null) || c=0  # grep: 1 no match, 2 no file
+	echo "${c:-0}"
+}
+
 wait_for_event() {  # wait_for_event LOG EVENT COUNT: until LOG has COUNT records of EVENT
+	# (A missing LOG counts 0: "[ '' -lt 1 ]" would fail, end the loop and not wait at all.)
 	n=0
-	while [ "$(grep -c "\"event\": \"$2\"" "$1" 2>/dev/null || true)" -lt "$3" ]; do
+	while [ "$(count_events "$1" "$2")" -lt "$3" ]; do
 		n=$((n + 1))
 		[ "$n" -gt 300 ] && return 1
 		sleep 0.1
