@@ -28,9 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from client.fakes import FakeDaemon, write_launcher
+from testbed.client_fakes import FakeDaemon, write_launcher
 
 Env = dict[str, str]
 REAL_ICECC = "/usr/bin/icecc"

@@ -3,7 +3,7 @@
 Run (as root, like the test bed): ``.venv/bin/python bench/cluster.py [--runs 3]
 [--cold 1] [--jobs 6] [--slots 2] [--json FILE]``.
 
-The project is ``tests/testbed/project.py``'s: zstd's C library, 33 units,
+The project is ``testbed/project.py``'s: zstd's C library, 33 units,
 from the ``zstd`` sdist on PyPI pinned by sha256 (fetched with pip on first
 use, cached in ``/var/cache/iceserv-test``), compiled ``-O2`` one object per
 unit.  Two namespace beds of three hosts each (``testbed.NetnsBed``) hold two
@@ -50,12 +50,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from provenance import provenance  # noqa: E402
-from testbed import (  # noqa: E402
+from provenance import provenance
+from testbed import (
     ClientPlan,
     Cluster,
     DaemonPlan,
@@ -64,7 +60,9 @@ from testbed import (  # noqa: E402
     reference_build,
     unpack_project,
 )
-from testbed.project import build_env  # noqa: E402
+from testbed.project import build_env
+
+ROOT = Path(__file__).resolve().parents[1]
 
 Row = dict[str, Any]
 KINDS = ("real", "ours")

@@ -11,8 +11,9 @@ submit its share of the jobs at once as GET_CS, and plays the compile
 servers: on USE_CS/NO_CS the chosen daemon runs the job in one of its slots
 (JOB_BEGIN, a 100-300 ms "compile", JOB_DONE with statistics).  Meanwhile one
 telnet session alternates ``listcs``/``listjobs`` and, for ours, a D-Bus
-client alternates ``Properties.GetAll``/``ListJobs``; their latencies are
-reported as p50/p99.  At the end every job must have had exactly one
+client alternates ``Properties.GetAll``/``ListJobs`` and a scraper fetches the
+HTTP endpoint's ``/metrics`` 10 times a second (``ICECC_SCHEDULER_HTTP``);
+their latencies are reported as p50/p99.  At the end every job must have had exactly one
 USE_CS/NO_CS and one JOB_DONE, and ``listjobs`` must be empty.  The
 scheduler's RSS is read from ``/proc`` after the logins and after the run.
 Prints figures and ratios iceserv/1.4; with ``--json FILE`` writes them too.
@@ -31,13 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from testbed import OurScheduler, RealScheduler, free_port
+from testbed.dbusbed import SystemBus
 
-from service.dbusbed import SystemBus  # noqa: E402
-from testbed import OurScheduler, RealScheduler  # noqa: E402
-
-from iceserv.protocol import (  # noqa: E402
+from iceserv.protocol import (
     NEED_DATA,
     Connection,
     EnvEntry,
@@ -51,7 +49,9 @@ from iceserv.protocol import (  # noqa: E402
     Stats,
     UseCS,
 )
-from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH  # noqa: E402
+from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH
+
+ROOT = Path(__file__).resolve().parents[1]
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -191,6 +191,23 @@ async def telnet_loop(port: int, stop: asyncio.Event, out: dict[str, list[float]
     writer.close()
 
 
+async def metrics_loop(port: int, stop: asyncio.Event, out: dict[str, list[float]]) -> None:
+    """Scrape our scheduler's /metrics 10 times a second (a new connection each time)."""
+    while not stop.is_set():
+        start = time.perf_counter()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+        if not reply.startswith(b"HTTP/1.1 200"):
+            msg = f"/metrics: {reply[:80]!r}"
+            raise RuntimeError(msg)
+        out["metrics"].append(time.perf_counter() - start)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
+
+
 async def dbus_loop(address: str, stop: asyncio.Event, out: dict[str, list[float]]) -> None:
     from dbus_fast import Message, MessageType  # noqa: PLC0415
     from dbus_fast.aio import MessageBus  # noqa: PLC0415
@@ -229,6 +246,7 @@ class Target:
     pid: int
     dbus_address: str | None = None
     slow_accept: bool = False
+    http_port: int | None = None
 
 
 async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
@@ -249,10 +267,13 @@ async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
     stop = asyncio.Event()
     latencies: dict[str, list[float]] = {
         "listcs": [], "listjobs": [], "GetAll": [], "ListJobs": [], "telnet timeouts": [],
+        "metrics": [],
     }  # fmt: skip
     side = [asyncio.create_task(telnet_loop(telnet_port, stop, latencies))]
     if target.dbus_address:
         side.append(asyncio.create_task(dbus_loop(target.dbus_address, stop, latencies)))
+    if target.http_port:
+        side.append(asyncio.create_task(metrics_loop(target.http_port, stop, latencies)))
     start = time.perf_counter()
     share = args.jobs // args.daemons
     await asyncio.gather(*(d.submit(1 + i * share, share) for i, d in enumerate(daemons)))
@@ -297,10 +318,14 @@ def run_ours(args: argparse.Namespace) -> dict[str, object]:
     bus = SystemBus(user="daemon", group="staff").start()
     ours = None
     try:
-        ours = OurScheduler(extra_env={"DBUS_SYSTEM_BUS_ADDRESS": bus.address}).start()
+        http_port = free_port()
+        env = {"DBUS_SYSTEM_BUS_ADDRESS": bus.address,
+               "ICECC_SCHEDULER_HTTP": f"127.0.0.1:{http_port}"}  # fmt: skip
+        ours = OurScheduler(extra_env=env).start()
         if ours.proc is None or ours.port is None:
             raise RuntimeError("our scheduler did not start")  # noqa: EM101
-        target = Target(ours.port, ours.port + 1, ours.proc.pid, dbus_address=bus.address)
+        target = Target(ours.port, ours.port + 1, ours.proc.pid, dbus_address=bus.address,
+                        http_port=http_port)  # fmt: skip
         return asyncio.run(load(target, args))
     finally:
         if ours is not None:

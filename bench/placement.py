@@ -27,6 +27,11 @@ shows whether it, not the scheduler, was the limit (it has one core of two).
 RSS (VmRSS) is read before any login, after the logins and after the run,
 with the peak (VmHWM).  Prints the figures and the ratios iceserv/1.4;
 ``--json FILE`` writes them.
+
+``--http-scrape`` compares ours with itself instead: once plain and once with
+``--http`` (the web endpoint on) while the driver scrapes ``/metrics`` 10
+times a second over the measured window (alternating which goes first per
+daemon count); it prints the ratio of GET_CS/s and the scrapes' p50/p99.
 """
 
 from __future__ import annotations
@@ -47,29 +52,56 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
+from load import Daemon, Tally, rss_kib
+from provenance import provenance
+from testbed.hosts import free_scheduler_port
+from testbed.procs import clean_env, listening_tcp_ports, make_workdir, stop_process
+from testbed.wait import wait_for
 
-from load import Daemon, Tally, rss_kib  # noqa: E402
-from provenance import provenance  # noqa: E402
-from testbed.hosts import free_scheduler_port  # noqa: E402
-from testbed.procs import clean_env, listening_tcp_ports, make_workdir, stop_process  # noqa: E402
-from testbed.wait import wait_for  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 REAL_SCHEDULER = "/usr/sbin/icecc-scheduler"
 LOGIN_BATCH = 100
 LOGIN_TIMEOUT = 300.0
 DRAIN_TIMEOUT = 60.0
 TICKS = os.sysconf("SC_CLK_TCK")
-LABEL = {"ours": "iceserv", "real": "1.4"}
+LABEL = {"ours": "iceserv", "real": "1.4", "ours+http": "iceserv+http"}
+
+
+async def http_get(port: int, path: str) -> float:
+    """GET *path* from 127.0.0.1:*port* (Connection: close); return seconds taken."""
+    start = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    connected = time.perf_counter() - start
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    if not reply.startswith(b"HTTP/1.1 200"):
+        msg = f"GET {path}: {reply[:80]!r}"
+        raise RuntimeError(msg)
+    if os.environ.get("BENCH_DEBUG"):
+        print(f"connect {connected:.3f} total {time.perf_counter() - start:.3f}", flush=True)
+    return time.perf_counter() - start
+
+
+async def scrape_loop(port: int, stop: asyncio.Event, seconds: list[float]) -> None:
+    """Scrape /metrics 10 times a second until *stop*, as a Prometheus would (faster)."""
+    while not stop.is_set():
+        seconds.append(await http_get(port, "/metrics"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
 
 
 class Scheduler:
-    """One scheduler program on loopback, started with the same flags for both kinds."""
+    """One scheduler program on loopback, started with the same flags for both kinds.
+
+    Kind ``ours+http`` is ours with ``--http 127.0.0.1:PORT`` (the endpoint on).
+    """
 
     def __init__(self, kind: str, verbose: int) -> None:
         self.kind = kind
+        self.http_port = free_scheduler_port() if kind == "ours+http" else None
         self.workdir = make_workdir(f"place-{kind}")
         self.port = free_scheduler_port()
         self.netname = f"PL{os.getpid()}{kind.upper()}"
@@ -77,6 +109,8 @@ class Scheduler:
                                                             "iceserv.app.scheduler"]  # fmt: skip
         argv = [*program, "-p", str(self.port), "-n", self.netname, "-i", "lo",
                 "-l", str(self.workdir / "scheduler.log")] + ["-v"] * verbose  # fmt: skip
+        if self.http_port is not None:
+            argv += ["--http", f"127.0.0.1:{self.http_port}"]
         env = clean_env({"ICECC_TESTS": "1", "PYTHONPATH": str(ROOT)})
         with (self.workdir / "scheduler.out").open("wb") as out:
             self.proc = subprocess.Popen(argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
@@ -149,7 +183,7 @@ async def log_in(daemons: list[Daemon], scheduler: Scheduler) -> float:
     return time.perf_counter() - start
 
 
-async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) -> dict[str, Any]:
+async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) -> dict[str, Any]:  # noqa: PLR0915
     pid = scheduler.proc.pid
     rss_idle = rss_kib(pid)[0]
     rng = random.Random(args.seed)  # noqa: S311 - simulated compile statistics
@@ -186,10 +220,18 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
     for _ in range(args.outstanding):
         ask()
     await asyncio.sleep(args.warmup)
+    scrapes: list[float] = []
+    stop_scraping = asyncio.Event()
+    scraper = None
+    if scheduler.http_port is not None:
+        scraper = asyncio.create_task(scrape_loop(scheduler.http_port, stop_scraping, scrapes))
     answered0, cpu0, own0 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
     start = time.perf_counter()
     await asyncio.sleep(args.seconds)
     answered1, cpu1, own1 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
+    stop_scraping.set()
+    if scraper is not None:
+        await scraper
     elapsed = time.perf_counter() - start
     submitting = False
     asked = next(client_ids) - 1
@@ -220,6 +262,10 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         "rss_kib_after": rss_after,
         "rss_kib_peak": rss_peak,
         "loadavg": os.getloadavg()[0],
+        "scrapes": len(scrapes),
+        "scrape_ms_p50": round(1000 * sorted(scrapes)[len(scrapes) // 2], 2) if scrapes else None,
+        "scrape_ms_p99": round(1000 * sorted(scrapes)[int(len(scrapes) * 0.99)], 2)
+        if scrapes else None,
     }
 
 
@@ -244,7 +290,9 @@ def show(kind: str, r: dict[str, Any]) -> None:
           f"{r['driver_cpu_pct']:5.1f} %)  RSS idle {r['rss_kib_idle'] / 1024:.1f} MiB, "
           f"logged in {r['rss_kib_logged_in'] / 1024:.1f}, after {r['rss_kib_after'] / 1024:.1f}, "
           f"peak {r['rss_kib_peak'] / 1024:.1f} MiB; logins {r['login_s']} s; "
-          f"{r['answered']}/{r['asked']} answered, {r['done']} done", flush=True)  # fmt: skip
+          f"{r['answered']}/{r['asked']} answered, {r['done']} done"
+          + (f"; {r['scrapes']} scrapes of /metrics, p50 {r['scrape_ms_p50']} ms, "
+             f"p99 {r['scrape_ms_p99']} ms" if r["scrapes"] else ""), flush=True)  # fmt: skip
 
 
 def main() -> int:
@@ -256,28 +304,46 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--verbose", type=int, default=0, help="-v count for both schedulers")
     parser.add_argument("--only", choices=("ours", "real"))
+    parser.add_argument("--http-scrape", action="store_true",
+                        help="ours with and without /metrics scraped 10x/s")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     raise_fd_limit(4 * max(args.daemons) + 256)
     start_state = provenance()
     kinds = [k for k in ("ours", "real") if args.only in (None, k)]
+    if args.http_scrape:
+        kinds = ["ours", "ours+http"]
     results: dict[str, dict[str, Any]] = {k: {} for k in kinds}
     print(f"closed loop of {args.outstanding} GET_CS, {args.warmup:g} s warm-up, "
           f"{args.seconds:g} s measured; schedulers with -v x{args.verbose}",
           flush=True)  # fmt: skip
-    for number, count in enumerate(args.daemons):
+    keys = [str(c) if args.daemons.count(c) == 1 else f"{c}#{n}" for n, c in
+            enumerate(args.daemons)]  # fmt: skip
+    for number, (key, count) in enumerate(zip(keys, args.daemons, strict=True)):
         for kind in kinds if number % 2 == 0 else kinds[::-1]:
             scheduler = Scheduler(kind, args.verbose)
             try:
-                results[kind][str(count)] = asyncio.run(measure(scheduler, args, count))
+                results[kind][key] = asyncio.run(measure(scheduler, args, count))
             finally:
                 code = scheduler.stop()
-            results[kind][str(count)]["exit_code"] = code
-            show(kind, results[kind][str(count)])
+            results[kind][key]["exit_code"] = code
+            show(kind, results[kind][key])
     ratios = {}
-    if len(kinds) == 2:
-        for count in map(str, args.daemons):
+    if args.http_scrape:
+        for key in keys:
+            plain, scraped = results["ours"][key], results["ours+http"][key]
+            ratios[key] = {"get_cs_per_s": round(scraped["get_cs_per_s"] /
+                                                 plain["get_cs_per_s"], 3)}  # fmt: skip
+            print(f"with /metrics scraped 10x/s over without, run {key}: "
+                  f"GET_CS/s {ratios[key]['get_cs_per_s']}", flush=True)  # fmt: skip
+        total = {kind: sum(r["answered_in_window"] for r in results[kind].values()) /
+                 sum(r["window_s"] for r in results[kind].values()) for kind in kinds}  # fmt: skip
+        ratios["all"] = {"get_cs_per_s": round(total["ours+http"] / total["ours"], 3)}
+        print(f"over all runs: {total['ours']:.1f} GET_CS/s without, {total['ours+http']:.1f} "
+              f"with scraping: ratio {ratios['all']['get_cs_per_s']}", flush=True)  # fmt: skip
+    elif len(kinds) == 2:
+        for count in keys:
             ours, real = results["ours"][count], results["real"][count]
             ratios[count] = {key: round(ours[key] / real[key], 2) for key in
                              ("get_cs_per_s", "scheduler_cpu_ms_per_1000", "rss_kib_logged_in",

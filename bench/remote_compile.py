@@ -68,12 +68,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from provenance import provenance  # noqa: E402
-from testbed import (  # noqa: E402
+from provenance import provenance
+from testbed import (
     Cluster,
     DaemonPlan,
     NetnsBed,
@@ -84,10 +80,10 @@ from testbed import (  # noqa: E402
     reference_build,
     unpack_project,
 )
-from testbed.netns import run_in_netns  # noqa: E402
-from testbed.project import CFLAGS, CPPFLAGS, build_env  # noqa: E402
+from testbed.netns import run_in_netns
+from testbed.project import CFLAGS, CPPFLAGS, build_env
 
-from iceserv.protocol import (  # noqa: E402
+from iceserv.protocol import (
     NEED_DATA,
     CompileFile,
     CompileResult,
@@ -106,6 +102,8 @@ from iceserv.protocol import (  # noqa: E402
     VerifyEnv,
     VerifyEnvResult,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TIMEOUT = 120.0
 TICKS = os.sysconf("SC_CLK_TCK")

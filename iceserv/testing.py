@@ -99,8 +99,9 @@ class BlockingChannel:
     Every read is bounded by *timeout*; the handshake runs on construction.
     """
 
-    def __init__(self, sock: socket.socket, *, version: int = PROTOCOL_VERSION,
-                 timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self, sock: socket.socket, *, version: int = PROTOCOL_VERSION, timeout: float = 30.0
+    ) -> None:
         self.sock = sock
         self.sock.settimeout(timeout)
         self.conn = Connection(version=version)

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real icecream 1.4 programs and the namespace bed (see tests/testbed).
+"""Shared fixtures: the real icecream 1.4 programs and the namespace bed (see testbed/).
 
 Tests that use these fixtures are marked ``live`` (and ``netns`` for the
 namespace bed) automatically, so ``-m "not live"`` never starts a real

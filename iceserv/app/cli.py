@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 # Modules under iceserv.app that provide a sub-command, in --help order.
-_SUBCOMMANDS: Final = ("demo", "selftest", "config_cli", "system_files", "symlinks", "sim")
+_SUBCOMMANDS: Final = (
+    "demo",
+    "status",
+    "summary",
+    "selftest",
+    "config_cli",
+    "system_files",
+    "symlinks",
+    "sim",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
+from iceserv.errors import IceservError
 from iceserv.protocol import (
     NEED_DATA,
     Connection,
@@ -56,7 +57,7 @@ _BUILD_TIMEOUT: Final = 600.0
 _NODES: Final = (("demo-client", 0), ("demo-server", 4))
 
 
-class DemoError(Exception):
+class DemoError(IceservError, RuntimeError):
     """A step of the demo failed; the message says which."""
 
 
@@ -138,9 +139,13 @@ class _Programs:
         argv = [sys.executable, "-m", *module_argv, "--log-format", "json", "-l", str(log)]
         with (self.workdir / f"{name}.out").open("wb") as output:
             proc = subprocess.Popen(  # noqa: S603 - our own programs, fixed argv
-                argv, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+                argv,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
         self.procs.append((name, proc))
         _wait(name, lambda: self.alive() and _connects(ready))
 
@@ -233,8 +238,12 @@ def _make(project: Path, cc: str, env: dict[str, str], jobs: int) -> float:
     start = time.monotonic()
     proc = subprocess.run(  # noqa: S603 - make with a fixed argv
         [shutil.which("make") or "make", f"-j{jobs}", f"CC={cc}", "demo"],
-        cwd=project, env=env, capture_output=True, timeout=_BUILD_TIMEOUT, check=False,
-    )  # fmt: skip
+        cwd=project,
+        env=env,
+        capture_output=True,
+        timeout=_BUILD_TIMEOUT,
+        check=False,
+    )
     if proc.returncode != 0:
         out = (proc.stdout + proc.stderr).decode(errors="replace")[-3000:]
         msg = f"make failed in {project} ({proc.returncode}):\n{out}"
@@ -264,9 +273,19 @@ def _cluster(workdir: Path, out: TextIO) -> Iterator[tuple[_Programs, int, Path]
         out.write(f"scheduler   127.0.0.1:{sched_port} (telnet {sched_port + 1}), net {netname}\n")
         for (node, slots), port in zip(_NODES, daemon_ports, strict=True):
             sock = workdir / f"{node}.socket"
-            argv = ["iceserv.app.daemon", "-N", node, "-p", str(port), "-m", str(slots),
-                    "-s", f"127.0.0.1:{sched_port}",
-                    "-b", str(workdir / f"envs-{node}")]  # fmt: skip
+            argv = [
+                "iceserv.app.daemon",
+                "-N",
+                node,
+                "-p",
+                str(port),
+                "-m",
+                str(slots),
+                "-s",
+                f"127.0.0.1:{sched_port}",
+                "-b",
+                str(workdir / f"envs-{node}"),
+            ]
             programs.start_and_wait(node, argv, dict(base, ICECC_TEST_SOCKET=str(sock)), str(sock))
             out.write(f"daemon      {node}: 127.0.0.1:{port}, {slots} slots\n")
         yield programs, sched_port, workdir / f"{_NODES[0][0]}.socket"
@@ -307,16 +326,23 @@ def run(out: TextIO, *, jobs: int = 4, keep: bool = False) -> dict[str, int]:
                     env.update(ICECC_DEBUG="debug", ICECC_LOGFILE=str(workdir / "icecc.log"))
                 cluster_time = _make(project, f"{icecc} gcc", env, jobs)
                 programs.alive()
-                _wait("the scheduler to report every job done",
-                      lambda: monitor.finished >= sum((monitor.remote + monitor.local).values()),
-                      timeout=10)  # fmt: skip
+                _wait(
+                    "the scheduler to report every job done",
+                    lambda: monitor.finished >= sum((monitor.remote + monitor.local).values()),
+                    timeout=10,
+                )
             finally:
                 monitor.close()
         if _objects(project) != _objects(reference):
             msg = "objects built through the cluster differ from the local build"
             raise DemoError(msg)
-        ran = subprocess.run([str(project / "demo")], capture_output=True, text=True,  # noqa: S603
-                             timeout=60, check=False)  # fmt: skip
+        ran = subprocess.run(  # noqa: S603 - the program the demo just built
+            [str(project / "demo")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if ran.stdout.strip() != "demo OK":
             msg = f"the built program failed: {ran.stdout}{ran.stderr}"
             raise DemoError(msg)
@@ -333,9 +359,11 @@ def _report(
     out: TextIO, monitor: _Monitor, objects: int, cluster_time: float, local_time: float
 ) -> dict[str, int]:
     placed = dict(monitor.remote + monitor.local)
-    out.write(f"\nbuilt {objects} objects through the cluster in {cluster_time:.2f} s "
-              f"(plain local make: {local_time:.2f} s); all identical to the local build; "
-              "./demo says: demo OK\n")  # fmt: skip
+    out.write(
+        f"\nbuilt {objects} objects through the cluster in {cluster_time:.2f} s "
+        f"(plain local make: {local_time:.2f} s); all identical to the local build; "
+        "./demo says: demo OK\n"
+    )
     out.write(f"{'host':<14}{'compile jobs':>14}{'local jobs (links)':>20}\n")
     out.writelines(
         f"{name:<14}{monitor.remote[name]:>14}{monitor.local[name]:>20}\n"

@@ -37,7 +37,7 @@ S = TypeVar("S", DaemonSettings, SchedulerSettings)
 
 
 class WallClock:
-    """The ``Clock`` of a running program: seconds since the epoch."""
+    """The :class:`~iceserv.clock.Clock` of a running program: seconds since the epoch."""
 
     def now(self) -> float:
         """Return ``time.time()``."""
@@ -55,19 +55,32 @@ def load_or_exit(
     """Return *service*'s settings from *load*, or the exit code for --help and config errors.
 
     ``--help`` prints ``ICECREAM <service> <version> (iceserv)`` and the
-    usage and gives :data:`EXIT_USAGE`; a configuration error prints each
-    problem as ``<prog>: <line>`` on stderr and gives ``EX_CONFIG``.
+    usage and gives :data:`EXIT_USAGE` (1, as 1.4); ``--version`` prints that
+    first line and gives 0; a configuration error prints each problem as
+    ``<prog>: <line>`` on stderr (a bad flag adds a pointer to ``--help``)
+    and gives ``EX_CONFIG``.  With ``--check-config`` the warnings are
+    printed on stderr as ``<prog>: warning: ...``, as ``iceserv config
+    check`` prints them.
     """
     try:
-        if parse_command_line(service, args).help:
+        command_line = parse_command_line(service, args)
+        if command_line.help or command_line.version:
             sys.stdout.write(f"ICECREAM {service} {VERSION} (iceserv)\n")
+            if command_line.version:
+                return 0
             sys.stdout.write(usage(service))
             return EXIT_USAGE
-        return load(args, environ)
+        loaded = load(args, environ)
     except ConfigError as exc:
         for line in exc.details:
             sys.stderr.write(f"{prog}: {line}\n")
+        if exc.source.startswith("flag"):
+            sys.stderr.write(f"{prog}: see '{prog} --help' for the options\n")
         return os.EX_CONFIG
+    if command_line.check_config:
+        for warning in loaded.warnings:
+            sys.stderr.write(f"{prog}: warning: {warning}\n")
+    return loaded
 
 
 def open_log(
@@ -79,9 +92,11 @@ def open_log(
     """
     try:
         return configure_logging(
-            verbosity=settings.verbosity, fmt=LogFormat(settings.log_format),
-            log_file=settings.log_file, journal_stream=journal_stream,
-        )  # fmt: skip
+            verbosity=settings.verbosity,
+            fmt=LogFormat(settings.log_format),
+            log_file=settings.log_file,
+            journal_stream=journal_stream,
+        )
     except OSError as exc:
         sys.stderr.write(f"{prog}: cannot open log file: {exc}\n")
         return os.EX_CANTCREAT

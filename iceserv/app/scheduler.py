@@ -3,7 +3,8 @@
 This module owns the scheduler program: it loads :class:`~iceserv.config.SchedulerSettings`
 (1.4's flags, conf.d, TOML, environment), sets up logging, starts
 :class:`~iceserv.scheduler.SchedulerServer` and the telnet interface on
-port + 1 with ``server.control``, and returns an exit code.  It holds no
+port + 1 with ``server.control``, the opt-in HTTP endpoint (:mod:`iceserv.web`)
+when ``http`` is set, and returns an exit code.  It holds no
 scheduling logic.
 
 Service integration: ``sd_notify`` through :mod:`iceserv.service.notify`
@@ -34,9 +35,9 @@ import structlog
 from iceserv._version import VERSION
 from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
 from iceserv.config import Service, load_scheduler_settings
+from iceserv.hostfacts import broadcast_addresses, interface_address
 from iceserv.protocol.discovery import DEFAULT_NETNAME
-from iceserv.scheduler import SchedulerServer, ServerSettings
-from iceserv.scheduler.netif import broadcast_addresses, interface_address
+from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.dbus import (
     DEFAULT_SYSTEM_BUS,
@@ -47,6 +48,7 @@ from iceserv.service.dbus import (
 )
 from iceserv.service.lifecycle import daemonize
 from iceserv.telnet import TelnetServer, serve_telnet
+from iceserv.web import HttpEndpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -62,10 +64,12 @@ _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
 #: Settings a reload cannot change while the sockets stay open.
-_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize")
+_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize", "http")
 
 
-def server_settings(settings: SchedulerSettings, environ: Mapping[str, str]) -> ServerSettings:
+def server_settings(
+    settings: SchedulerSettings, environ: Mapping[str, str]
+) -> SchedulerServerSettings:
     """Map the scheduler's settings (and ``ICECC_TESTS``) to the server's.
 
     Raises ``OSError`` if the interface does not exist or has no IPv4 address.
@@ -75,7 +79,7 @@ def server_settings(settings: SchedulerSettings, environ: Mapping[str, str]) -> 
         announce_to: tuple[str, ...] = (_LOOPBACK,)
     else:
         announce_to = tuple(broadcast_addresses())
-    return ServerSettings(
+    return SchedulerServerSettings(
         address=address,
         port=settings.port,
         netname=settings.net_name or DEFAULT_NETNAME,
@@ -100,6 +104,20 @@ async def _start_telnet(server: SchedulerServer) -> TelnetServer | None:
     except OSError as exc:
         log.error("telnet_listener_failed", port=server.port + 1, error=str(exc))  # noqa: TRY400
         return None
+
+
+async def _start_http(server: SchedulerServer, settings: SchedulerSettings) -> HttpEndpoint | None:
+    """Start the opt-in HTTP endpoint (``/metrics``, the web view) when ``http`` is set."""
+    if settings.http is None:
+        return None
+    endpoint = HttpEndpoint(server.control, version=VERSION, clock=server.now)
+    try:
+        await endpoint.start(settings.http.host, settings.http.port)
+    except OSError as exc:
+        log.error("http_listener_failed", address=str(settings.http), error=str(exc))  # noqa: TRY400
+        await endpoint.close()
+        return None
+    return endpoint
 
 
 def _drop_privileges(user: str) -> None:
@@ -153,12 +171,15 @@ class SchedulerService:
         new, live, fixed = reload_changes(loaded.settings, self.settings, _RESTART_ONLY)
         if fixed:
             log.warning("reload_needs_restart", settings=fixed)
-        self._logs.reconfigure(verbosity=new.verbosity, fmt=LogFormat(new.log_format),
-                               log_file=new.log_file)  # fmt: skip
+        self._logs.reconfigure(
+            verbosity=new.verbosity, fmt=LogFormat(new.log_format), log_file=new.log_file
+        )
         for warning in loaded.warnings:
             log.warning("config_warning", where=warning.where, message=warning.message)
-        self.server.reconfigure(netname=new.net_name or DEFAULT_NETNAME,
-                                persistent_clients=new.persistent_client_connection)  # fmt: skip
+        self.server.reconfigure(
+            netname=new.net_name or DEFAULT_NETNAME,
+            persistent_clients=new.persistent_client_connection,
+        )
         self.settings = new
         return live
 
@@ -182,7 +203,7 @@ class SchedulerService:
 
 
 async def _run(
-    server_conf: ServerSettings,
+    server_conf: SchedulerServerSettings,
     notifier: Notifier,
     make_service: Callable[[SchedulerServer, TelnetServer | None], SchedulerService],
     bus_address: str,
@@ -196,6 +217,7 @@ async def _run(
         return _EXIT_FAILURE
     telnet = await _start_telnet(server)
     service = make_service(server, telnet)
+    http = await _start_http(server, service.settings)
     _drop_privileges(service.settings.user)
     dbus = SchedulerInterface(server.control, version=VERSION)
     exported = await export_on_bus(bus_address, SCHEDULER_INTERFACE, SCHEDULER_PATH, dbus)
@@ -209,6 +231,8 @@ async def _run(
         return await lifecycle.run()
     finally:
         lifecycle.remove_signal_handlers(loop)
+        if http is not None:
+            await http.close()
         dbus.detach()
         if exported is not None:
             await exported.close()

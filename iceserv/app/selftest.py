@@ -1,8 +1,8 @@
 """``iceserv selftest``: talk to a real icecream 1.4 scheduler through iceserv's codec.
 
-Until iceserv's own scheduler and daemon exist, this is the README's main job.
-It starts the real ``icecc-scheduler`` on loopback (a free port, its own net
-name), then, using only :mod:`iceserv.protocol` for the bytes:
+It checks the codec against the real thing on the user's machine: it starts
+the real ``icecc-scheduler`` on loopback (a free port, its own net name),
+then, using only :mod:`iceserv.protocol` for the bytes:
 
 1. broadcasts-equivalent discovery: a 1-byte request to the UDP port, and
    decodes the reply (version, start time, net name);
@@ -28,6 +28,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Final, TextIO
 
+from iceserv.errors import IceservError
 from iceserv.protocol import NEED_DATA, ConfCS, Connection, Handshake, Login, Stats
 from iceserv.protocol.discovery import decode_reply, encode_request
 
@@ -41,7 +42,7 @@ NODE_NAME: Final = "iceserv-selftest"
 _STEP_TIMEOUT: Final = 10.0
 
 
-class SelftestError(Exception):
+class SelftestError(IceservError, RuntimeError):
     """A selftest step failed; the message says which and why."""
 
 
@@ -75,8 +76,11 @@ def _free_port() -> int:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
         try:
-            for kind, p in ((socket.SOCK_STREAM, port), (socket.SOCK_STREAM, port + 1),
-                            (socket.SOCK_DGRAM, port)):  # fmt: skip
+            for kind, p in (
+                (socket.SOCK_STREAM, port),
+                (socket.SOCK_STREAM, port + 1),
+                (socket.SOCK_DGRAM, port),
+            ):
                 with socket.socket(socket.AF_INET, kind) as s:
                     s.bind(("127.0.0.1", p))
         except OSError:
@@ -95,8 +99,10 @@ def _real_scheduler(binary: str, port: int, netname: str) -> Iterator[subprocess
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(  # noqa: S603 - fixed argv of a known binary
             [binary, "-p", str(port), "-n", netname, "-vv"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             _wait_listening(port, proc)
             yield proc
@@ -175,8 +181,15 @@ def _login(link: _DaemonLink, out: TextIO) -> None:
         msg = f"expected the version handshake, got {event!r}"
         raise SelftestError(msg)
     out.write(f"handshake: scheduler announced {event.peer_version}, negotiated {event.protocol}\n")
-    login = Login(port=0, max_kids=2, nodename=NODE_NAME, host_platform=os.uname().machine,
-                  chroot_possible=False, noremote=True, supported_features=3)  # fmt: skip
+    login = Login(
+        port=0,
+        max_kids=2,
+        nodename=NODE_NAME,
+        host_platform=os.uname().machine,
+        chroot_possible=False,
+        noremote=True,
+        supported_features=3,
+    )
     link.conn.send(login)
     link.conn.send(Stats(load=250, load_avg1=500, load_avg5=400, load_avg10=300, free_mem=2048))
     event = link.next_event()
@@ -196,8 +209,9 @@ def _telnet(port: int, link: _DaemonLink, out: TextIO) -> list[str]:
                 chunk = tel.recv(65536)
             except TimeoutError:
                 # Wake the scheduler's main loop so it accepts us (reference §7.9).
-                link.conn.send(Stats(load=250, load_avg1=500, load_avg5=400, load_avg10=300,
-                                     free_mem=2048))  # fmt: skip
+                link.conn.send(
+                    Stats(load=250, load_avg1=500, load_avg5=400, load_avg10=300, free_mem=2048)
+                )
                 link.flush()
                 continue
             if not chunk:

@@ -51,18 +51,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("trace", type=Path, help="job trace (JSON lines, see bench/traces)")
     parser.add_argument("--cluster", type=Path, help="cluster description (JSON)")
     parser.add_argument(
-        "--host", action="append", default=[], metavar="NAME:SPEED:SLOTS[@JOIN]",
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME:SPEED:SLOTS[@JOIN]",
         help="a simulated host (repeat; added after --cluster's hosts)",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=1, help="random seed (default: %(default)s)")
     parser.add_argument(
-        "--make-jobs", type=int, metavar="N",
+        "--make-jobs",
+        type=int,
+        metavar="N",
         help="each submitter keeps N jobs in flight (make -jN) instead of the recorded times",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--placement", choices=(_BOTH, *PLACEMENTS), default=_BOTH,
+        "--placement",
+        choices=(_BOTH, *PLACEMENTS),
+        default=_BOTH,
         help="which placement to run (default: both)",
-    )  # fmt: skip
+    )
     parser.add_argument("--svg", type=Path, help="write the per-host timeline picture here")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     parser.set_defaults(func=_main)
@@ -91,13 +98,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     trace = read_trace(args.trace)
     cluster = _cluster(args)
     names = list(PLACEMENTS) if args.placement == _BOTH else [args.placement]
-    results = [replay(trace, cluster, placement=name, seed=args.seed,
-                      make_jobs=args.make_jobs) for name in names]  # fmt: skip
+    results = [
+        replay(trace, cluster, placement=name, seed=args.seed, make_jobs=args.make_jobs)
+        for name in names
+    ]
     summaries = [summarize(result) for result in results]
-    sys.stdout.write(f"{args.trace}: {len(trace)} jobs, {sum(j.cpu for j in trace):.1f} CPU s; "
-                     f"{len(cluster.hosts)} hosts; "
-                     f"{'make -j' + str(args.make_jobs) if args.make_jobs else 'recorded times'}"
-                     f"; seed {args.seed}\n")  # fmt: skip
+    sys.stdout.write(
+        f"{args.trace}: {len(trace)} jobs, {sum(j.cpu for j in trace):.1f} CPU s; "
+        f"{len(cluster.hosts)} hosts; "
+        f"{'make -j' + str(args.make_jobs) if args.make_jobs else 'recorded times'}"
+        f"; seed {args.seed}\n"
+    )
     sys.stdout.write(format_comparison(summaries) + "\n")
     figures: dict[str, object] = {
         "trace": str(args.trace),

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from iceserv.errors import IceservError
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable
@@ -40,34 +42,47 @@ _AUTO_NAMES: Final = re.compile(
 )
 
 
-class SymlinkError(Exception):
+class SymlinkError(IceservError, OSError):
     """The links cannot be made or removed; the message says why."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``install-symlinks`` and ``uninstall-symlinks`` to *subparsers*."""
     install_parser = subparsers.add_parser(
-        "install-symlinks", help="create compiler symlinks to icecc (shadowman layout)",
+        "install-symlinks",
+        help="create compiler symlinks to icecc (shadowman layout)",
         description="Create gcc/g++/cc/c++/clang/clang++ symlinks to iceserv's icecc.",
-    )  # fmt: skip
-    install_parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                                help="the symlink directory (default %(default)s; "
-                                     "Debian uses /usr/lib/icecc/bin)")  # fmt: skip
-    install_parser.add_argument("--names", default=",".join(DEFAULT_NAMES),
-                                help="comma-separated compiler names, or 'auto' for every "
-                                     "compiler on PATH (default %(default)s)")  # fmt: skip
-    install_parser.add_argument("--target", type=Path, default=None,
-                                help="the icecc to link to (default: the icecc installed next "
-                                     "to this iceserv)")  # fmt: skip
-    install_parser.add_argument("--force", action="store_true",
-                                help="replace files and foreign links of the same names")
+    )
+    install_parser.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_DIR,
+        help="the symlink directory (default %(default)s; Debian uses /usr/lib/icecc/bin)",
+    )
+    install_parser.add_argument(
+        "--names",
+        default=",".join(DEFAULT_NAMES),
+        help="comma-separated compiler names, or 'auto' for every "
+        "compiler on PATH (default %(default)s)",
+    )
+    install_parser.add_argument(
+        "--target",
+        type=Path,
+        default=None,
+        help="the icecc to link to (default: the icecc installed next to this iceserv)",
+    )
+    install_parser.add_argument(
+        "--force", action="store_true", help="replace files and foreign links of the same names"
+    )
     install_parser.set_defaults(func=_install_main)
     uninstall_parser = subparsers.add_parser(
-        "uninstall-symlinks", help="remove the compiler symlinks install-symlinks made",
+        "uninstall-symlinks",
+        help="remove the compiler symlinks install-symlinks made",
         description="Remove only the symlinks 'iceserv install-symlinks' recorded.",
-    )  # fmt: skip
-    uninstall_parser.add_argument("--dir", type=Path, default=DEFAULT_DIR,
-                                  help="the symlink directory (default %(default)s)")
+    )
+    uninstall_parser.add_argument(
+        "--dir", type=Path, default=DEFAULT_DIR, help="the symlink directory (default %(default)s)"
+    )
     uninstall_parser.set_defaults(func=_uninstall_main)
 
 
@@ -105,8 +120,9 @@ def _read_manifest(directory: Path) -> tuple[str, list[str], bool]:
         raise SymlinkError(msg) from None
 
 
-def install(directory: Path, names: Iterable[str], target: Path, *,
-            force: bool = False) -> tuple[list[str], list[str]]:  # fmt: skip
+def install(
+    directory: Path, names: Iterable[str], target: Path, *, force: bool = False
+) -> tuple[list[str], list[str]]:
     """Link each name in *directory* to *target*; return (made, skipped) names."""
     resolved = target.resolve()
     if not resolved.is_file():
@@ -158,8 +174,11 @@ def _install_main(args: argparse.Namespace) -> int:
     if target is None:
         sys.stderr.write("iceserv: cannot find iceserv's icecc; pass --target\n")
         return 1
-    names = (auto_names(os.environ.get("PATH", ""), args.dir) if args.names == "auto"
-             else [n for n in args.names.split(",") if n])  # fmt: skip
+    names = (
+        auto_names(os.environ.get("PATH", ""), args.dir)
+        if args.names == "auto"
+        else [n for n in args.names.split(",") if n]
+    )
     try:
         made, skipped = install(args.dir, names, Path(target), force=args.force)
     except (SymlinkError, OSError) as exc:
@@ -168,8 +187,9 @@ def _install_main(args: argparse.Namespace) -> int:
     for name in made:
         sys.stdout.write(f"{args.dir / name} -> {Path(target).resolve()}\n")
     for name in skipped:
-        sys.stderr.write(f"iceserv: {args.dir / name} exists and is not ours; "
-                         "kept (use --force to replace)\n")  # fmt: skip
+        sys.stderr.write(
+            f"iceserv: {args.dir / name} exists and is not ours; kept (use --force to replace)\n"
+        )
     return 0 if not skipped else 1
 
 

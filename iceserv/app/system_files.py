@@ -44,7 +44,14 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
-    "Action", "Kind", "Options", "data_root", "execute", "hidden_by_sandbox", "plan", "register",
+    "Action",
+    "Kind",
+    "Options",
+    "data_root",
+    "execute",
+    "hidden_by_sandbox",
+    "plan",
+    "register",
 ]
 
 _SOURCE_TREE: Final = Path(__file__).resolve().parents[2]
@@ -252,22 +259,45 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(never over existing files), D-Bus policy, sysusers/tmpfiles/logrotate entries and "
         "man pages to where the system looks for them.",
     )
-    parser.add_argument("--root", type=Path, default=Path("/"),
-                        help="staging directory prepended to every target (DESTDIR)")  # fmt: skip
-    parser.add_argument("--prefix", type=Path, default=Path("/usr/local"),
-                        help="prefix for units, sysusers/tmpfiles and man pages (default: "
-                        "/usr/local; distributions use /usr)")  # fmt: skip
-    parser.add_argument("--bindir", type=Path, default=None,
-                        help="where iceccd and icecc-scheduler are (default: next to this "
-                        "Python if they are there, else /usr/bin)")  # fmt: skip
-    parser.add_argument("--init", choices=("auto", "systemd", "openrc", "both"), default="auto",
-                        help="auto: OpenRC if openrc-run exists, else systemd")  # fmt: skip
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/"),
+        help="staging directory prepended to every target (DESTDIR)",
+    )
+    parser.add_argument(
+        "--prefix",
+        type=Path,
+        default=Path("/usr/local"),
+        help="prefix for units, sysusers/tmpfiles and man pages (default: "
+        "/usr/local; distributions use /usr)",
+    )
+    parser.add_argument(
+        "--bindir",
+        type=Path,
+        default=None,
+        help="where iceccd and icecc-scheduler are (default: next to this "
+        "Python if they are there, else /usr/bin)",
+    )
+    parser.add_argument(
+        "--init",
+        choices=("auto", "systemd", "openrc", "both"),
+        default="auto",
+        help="auto: OpenRC if openrc-run exists, else systemd",
+    )
     parser.add_argument("--no-man", dest="man", action="store_false", help="skip the man pages")
-    parser.add_argument("--symlinks", action="store_true",
-                        help="also link gcc, g++, cc, c++, clang and clang++ to icecc")  # fmt: skip
-    parser.add_argument("--symlink-dir", type=Path, default=None,
-                        help="directory for --symlinks (default PREFIX/libexec/icecc/bin; "
-                        "Debian uses /usr/lib/icecc/bin)")  # fmt: skip
+    parser.add_argument(
+        "--symlinks",
+        action="store_true",
+        help="also link gcc, g++, cc, c++, clang and clang++ to icecc",
+    )
+    parser.add_argument(
+        "--symlink-dir",
+        type=Path,
+        default=None,
+        help="directory for --symlinks (default PREFIX/libexec/icecc/bin; "
+        "Debian uses /usr/lib/icecc/bin)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.set_defaults(func=_run)
 
@@ -284,8 +314,10 @@ def _check_bindir(args: argparse.Namespace, bindir: Path) -> int:
         )
         return os.EX_USAGE
     if reason:
-        sys.stderr.write(f"iceserv: warning: --bindir {bindir}: {reason} from the services; "
-                         "the units will not find their programs there\n")  # fmt: skip
+        sys.stderr.write(
+            f"iceserv: warning: --bindir {bindir}: {reason} from the services; "
+            "the units will not find their programs there\n"
+        )
     elif args.bindir is None and args.root != Path("/") and bindir != _DEFAULT_BINDIR:
         sys.stderr.write(
             f"iceserv: warning: ExecStart= will point to {bindir} (this Python's environment); "

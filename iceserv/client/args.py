@@ -18,7 +18,7 @@ from iceserv.client.job import (
     LOCAL,
     REMOTE,
     REST,
-    Job,
+    CompileJob,
     has_color_output,
 )
 from iceserv.client.options import (
@@ -51,8 +51,15 @@ class Analysis:
 
     __slots__ = ("clang_target", "extrafiles", "job", "local_reason", "native")
 
-    def __init__(self, job: Job, local_reason: str | None, extrafiles: tuple[str, ...], *,
-                 clang_target: bool, native: tuple[str, ...]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        job: CompileJob,
+        local_reason: str | None,
+        extrafiles: tuple[str, ...],
+        *,
+        clang_target: bool,
+        native: tuple[str, ...],
+    ) -> None:
         self.job = job
         self.local_reason = local_reason
         self.extrafiles = extrafiles
@@ -61,9 +68,11 @@ class Analysis:
 
     def __repr__(self) -> str:
         """All fields."""
-        return (f"Analysis({self.job!r}, local_reason={self.local_reason!r}, "
-                f"extrafiles={self.extrafiles!r}, clang_target={self.clang_target}, "
-                f"native={self.native!r})")  # fmt: skip
+        return (
+            f"Analysis({self.job!r}, local_reason={self.local_reason!r}, "
+            f"extrafiles={self.extrafiles!r}, clang_target={self.clang_target}, "
+            f"native={self.native!r})"
+        )
 
 
 def analyse(  # noqa: PLR0913 - the inputs of 1.4's analyse_argv, all explicit
@@ -84,8 +93,17 @@ def analyse(  # noqa: PLR0913 - the inputs of 1.4's analyse_argv, all explicit
     is ``access(R_OK)``; *irregular(path)* says a path exists and is not a
     regular file; *color_terminal* is 1.4's ``color_output_possible``.
     """
-    scan = Scan(args, compiler_name, compiler_path, icerun=icerun, env=env, cwd=cwd,
-                 readable=readable, irregular=irregular, color_terminal=color_terminal)  # fmt: skip
+    scan = Scan(
+        args,
+        compiler_name,
+        compiler_path,
+        icerun=icerun,
+        env=env,
+        cwd=cwd,
+        readable=readable,
+        irregular=irregular,
+        color_terminal=color_terminal,
+    )
     return scan.run()
 
 
@@ -93,10 +111,18 @@ class Scan:
     """One run of ``analyse_argv``: the state its long if-chain keeps."""
 
     def __init__(  # noqa: PLR0913 - the inputs of analyse(), passed on
-        self, args: Sequence[str], compiler_name: str, compiler_path: str, *, icerun: bool,
-        env: ClientEnv, cwd: str, readable: Callable[[str], bool],
-        irregular: Callable[[str], bool], color_terminal: bool,
-    ) -> None:  # fmt: skip
+        self,
+        args: Sequence[str],
+        compiler_name: str,
+        compiler_path: str,
+        *,
+        icerun: bool,
+        env: ClientEnv,
+        cwd: str,
+        readable: Callable[[str], bool],
+        irregular: Callable[[str], bool],
+        color_terminal: bool,
+    ) -> None:
         self.argv = list(args)
         self.i = 0
         self.env, self.cwd = env, cwd
@@ -104,7 +130,7 @@ class Scan:
         self.color_terminal = color_terminal
         lang = LANG_CUSTOM if icerun else language_of(compiler_name)
         self.icerun = icerun or lang == LANG_CUSTOM
-        self.job = Job(compiler_name=compiler_name, compiler_path=compiler_path, lang=lang)
+        self.job = CompileJob(compiler_name=compiler_name, compiler_path=compiler_path, lang=lang)
         self.out: list[tuple[str, int]] = []
         self.reason: str | None = "custom command" if self.icerun else None
         self.extrafiles: list[str] = []
@@ -173,20 +199,27 @@ class Scan:
         if self.reason is None and (not self.ofile or self.irregular(self.ofile)):
             self.local("output file empty or not a regular file")
         job = self.job.evolve(lang=lang)
-        if not self.icerun and not self.explicit_color and has_color_output(
-            job, self.env, color_terminal=self.color_terminal
+        if (
+            not self.icerun
+            and not self.explicit_color
+            and has_color_output(job, self.env, color_terminal=self.color_terminal)
         ):
             self.add("-fcolor-diagnostics" if job.is_clang else "-fdiagnostics-color", REST)
         block = self.wunused_macros or (self.seen_pedantic and not job.is_clang)
-        job = job.evolve(block_rewrite_includes=block, explicit_color=self.explicit_color,
-                         explicit_no_caret=self.explicit_no_caret, dwarf_fission=dwarf)  # fmt: skip
+        job = job.evolve(
+            block_rewrite_includes=block,
+            explicit_color=self.explicit_color,
+            explicit_no_caret=self.explicit_no_caret,
+            dwarf_fission=dwarf,
+        )
         if self.reason is None and job.rewrite_includes(self.env) and not job.is_clang:
             self.add("-fdirectives-only", REMOTE)
         job = job.evolve(args=tuple(self.out), input_file=ifile, output_file=self.ofile)
         clang_target = self.reason is None and not self.seen_target and job.is_clang
         native = tuple(self.native) if self.reason is None else ()
-        return Analysis(job, self.reason, tuple(self.extrafiles), clang_target=clang_target,
-                        native=native)  # fmt: skip
+        return Analysis(
+            job, self.reason, tuple(self.extrafiles), clang_target=clang_target, native=native
+        )
 
     def find_input(self, lang: int) -> tuple[str, int]:
         """Take the one non-option argument out as the input; refine the language.

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from iceserv.client.envfiles import EnvFiles, elf_machine
+from iceserv.errors import IceservError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,21 +43,32 @@ if TYPE_CHECKING:
 __all__ = ["CreateEnvError", "build_native", "create_env", "main"]
 
 COMPILERWRAPPER: Final = "/usr/lib/icecc/compilerwrapper"
-COMPRESSIONS: Final = {"none": "", "gzip": ".gz", "gz": ".gz", "bzip2": ".bz2", "bz2": ".bz2",
-                       "zstd": ".zst", "xz": ".xz"}  # fmt: skip
+COMPRESSIONS: Final = {
+    "none": "",
+    "gzip": ".gz",
+    "gz": ".gz",
+    "bzip2": ".bz2",
+    "bz2": ".bz2",
+    "zstd": ".zst",
+    "xz": ".xz",
+}
 _PROBE: Final = b"clang __clang__ gcc __GNUC__\n"
 _RUN_TIMEOUT: Final = 120.0
 
 
-class CreateEnvError(Exception):
+class CreateEnvError(IceservError, RuntimeError):
     """The environment cannot be built; the message says why (exit status 1)."""
 
 
 def _run(argv: Sequence[str], *, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - argv is built from the compiler we were given
-        list(argv), input=stdin.decode() if stdin else None, capture_output=True, text=True,
-        timeout=_RUN_TIMEOUT, check=False,
-    )  # fmt: skip
+        list(argv),
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=_RUN_TIMEOUT,
+        check=False,
+    )
 
 
 def _is_binary(path: str) -> bool:
@@ -77,8 +89,14 @@ def detect(compiler: str) -> tuple[str, str, str]:
     if any(line.startswith("clang __clang__ gcc") for line in lines):
         # gcc's own argv[0] appears as COLLECT_GCC in "gcc -v".
         verbose = _run([compiler, "-v"]).stderr
-        gcc = next((line.partition("=")[2] for line in verbose.splitlines()
-                    if line.startswith("COLLECT_GCC=")), "")  # fmt: skip
+        gcc = next(
+            (
+                line.partition("=")[2]
+                for line in verbose.splitlines()
+                if line.startswith("COLLECT_GCC=")
+            ),
+            "",
+        )
         if not gcc:
             msg = "Failed to find gcc location."
             raise CreateEnvError(msg)
@@ -105,8 +123,13 @@ def _search_addfile(files: EnvFiles, compiler: str, name: str, installdir: str =
 
 
 def _collect(  # noqa: PLR0913, PLR0917 - what the script keeps in shell variables
-    kind: str, first: str, second: str, extrafiles: Sequence[str], files: EnvFiles, scratch: str,
-) -> None:  # fmt: skip
+    kind: str,
+    first: str,
+    second: str,
+    extrafiles: Sequence[str],
+    files: EnvFiles,
+    scratch: str,
+) -> None:
     """Add every file of the environment, in the script's order."""
     if os.access("/bin/true", os.X_OK):
         files.add("/bin/true")
@@ -156,9 +179,14 @@ def _collect(  # noqa: PLR0913, PLR0917 - what the script keeps in shell variabl
 
 
 def create_env(  # noqa: PLR0913 - the tool's options
-    compiler: str, extrafiles: Sequence[str] = (), compression: str = "gzip", *,
-    second: str = "", out_dir: str = ".", echo: bool = True,
-) -> str:  # fmt: skip
+    compiler: str,
+    extrafiles: Sequence[str] = (),
+    compression: str = "gzip",
+    *,
+    second: str = "",
+    out_dir: str = ".",
+    echo: bool = True,
+) -> str:
     """Build the environment of *compiler* in *out_dir*; return the tarball's file name."""
     from iceserv.client.envfiles import write_tarball  # noqa: PLC0415
 
@@ -201,8 +229,10 @@ def _parse(argv: Sequence[str]) -> tuple[str, str, list[str], str]:
         if args and not args[0].startswith("--") and Path(args[0]).exists():
             args = args[1:]  # a compilerwrapper path: we always use the installed one
     elif not args or args[0].startswith("--"):
-        msg = ("Usage: icecc-create-env <compiler_binary> [--addfile <file>]... "
-               "[--compression none|gzip|bzip2|zstd|xz]")  # fmt: skip
+        msg = (
+            "Usage: icecc-create-env <compiler_binary> [--addfile <file>]... "
+            "[--compression none|gzip|bzip2|zstd|xz]"
+        )
         raise CreateEnvError(msg)
     else:
         compiler, args = args[0], args[1:]

@@ -11,6 +11,7 @@ nothing heavy from it: it runs on every compiler call.
 
 from __future__ import annotations
 
+import math
 import os
 
 TYPE_CHECKING = False
@@ -100,6 +101,7 @@ class ClientEnv:
         "remote_cpp",
         "repeat_rate",
         "safeguard_level",
+        "server_wait",
         "slow_network",
         "term",
         "test_remotebuild",
@@ -124,6 +126,7 @@ class ClientEnv:
     compression_level: int | None
     env_compression: str | None
     slow_network: bool
+    server_wait: float
     test_socket: str | None
     test_remotebuild: bool
     safeguard_level: int
@@ -162,6 +165,7 @@ class ClientEnv:
             "compression_level": _compression_level(get("ICECC_COMPRESSION")),
             "env_compression": get("ICECC_ENV_COMPRESSION"),
             "slow_network": (get("ICECC_SLOW_NETWORK") or "")[:1] == "1",
+            "server_wait": _server_wait(get("ICECC_SERVER_WAIT")),
             "test_socket": get("ICECC_TEST_SOCKET"),
             "test_remotebuild": get("ICECC_TEST_REMOTEBUILD") is not None,
             "safeguard_level": _safeguard_level(get(SAFEGUARD_VARIABLE)),
@@ -221,6 +225,20 @@ def _debug_level(value: str | None) -> int:
     if lowered in ("warning", "warnings"):
         return WARNING
     return DEBUG  # any other value, even "error" (reference §8.6)
+
+
+#: Seconds the client waits for the daemon to name a compile server (not in 1.4, which
+#: waits 240 s, an hour for niced jobs): then it compiles locally (issue 13).
+DEFAULT_SERVER_WAIT: Final = 10.0
+
+
+def _server_wait(value: str | None) -> float:
+    # ICECC_SERVER_WAIT: seconds (a decimal number > 0); unset or not that -> the default.
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        return DEFAULT_SERVER_WAIT
+    return seconds if 0 < seconds < math.inf else DEFAULT_SERVER_WAIT
 
 
 def _compression_level(value: str | None) -> int | None:

@@ -76,8 +76,9 @@ class EnvFiles:
         self.generated: set[str] = set()
         self._seen: set[str] = set()  # names already requested (1.4 add_file_duplicates)
 
-    def add(self, path: str, name: str = "", *, skip_ldd: bool = False,
-            generated: bool = False) -> None:  # fmt: skip
+    def add(
+        self, path: str, name: str = "", *, skip_ldd: bool = False, generated: bool = False
+    ) -> None:
         """1.4 ``add_file``: add *path* as *name* (default: itself), and its libraries."""
         name = name or path
         if not name or name in self._seen:
@@ -103,8 +104,12 @@ class EnvFiles:
     @staticmethod
     def _libraries(path: str) -> list[str]:
         done = subprocess.run(  # noqa: S603 - fixed program, a file we chose
-            ["ldd", path], capture_output=True, text=True, timeout=_TIMEOUT, check=False,  # noqa: S607
-        )  # fmt: skip
+            ["ldd", path],  # noqa: S607 - ldd from PATH, as 1.4's icecc-create-env
+            capture_output=True,
+            text=True,
+            timeout=_TIMEOUT,
+            check=False,
+        )
         if done.returncode != 0:
             return []  # static, or not something the loader understands
         return [lib for lib in _LDD_PATH.findall(done.stdout) if Path(lib).is_file()]
@@ -171,8 +176,10 @@ def _normalise(name: str) -> str:
 def _objcopy(options: list[str], source: str, target: str) -> bool:
     done = subprocess.run(  # noqa: S603 - fixed program, files we chose
         ["objcopy", "-p", *options, source, target],  # noqa: S607 - the toolchain's objcopy
-        capture_output=True, timeout=_TIMEOUT, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        timeout=_TIMEOUT,
+        check=False,
+    )
     return done.returncode == 0
 
 

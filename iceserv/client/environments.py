@@ -4,9 +4,9 @@ Owns the parsing of ``ICECC_VERSION`` (1.4 ``parse_icecc_version``:
 comma-separated ``[platform:]tarball[=compiler-prefix]`` entries), the
 environment names derived from tarball paths (``rip_out_paths``), the
 compiler-name prefix used for ``=prefix`` selection (``find_prefix``), the
-host platform string (``determine_platform``), the GET_CS feature bits an
-environment compression requires, and the ``ICECC_EXTRAFILES`` list.  Pure
-apart from :func:`host_platform` (``uname``); files are probed through
+GET_CS feature bits an environment compression requires, and the
+``ICECC_EXTRAFILES`` list.  The host platform string is
+:func:`iceserv.hostfacts.host_platform`.  Pure: files are probed through
 callables the caller passes.
 """
 
@@ -23,7 +23,6 @@ __all__ = [
     "TARBALL_SUFFIXES",
     "Environment",
     "find_prefix",
-    "host_platform",
     "parse_extrafiles",
     "parse_icecc_version",
     "required_features",
@@ -57,16 +56,6 @@ class Environment:
     def __repr__(self) -> str:
         """All fields."""
         return f"Environment({self.platform!r}, {self.name!r}, {self.path!r})"
-
-
-def host_platform() -> str:
-    """1.4 ``determine_platform``: ``uname -m`` on Linux, else ``<sysname>_<machine>``."""
-    uts = os.uname()
-    system = uts.sysname
-    if system == "Darwin":
-        system += uts.release.partition(".")[0]
-    platform = uts.machine if system == "Linux" else f"{system}_{uts.machine}"
-    return platform.replace(" ", "")
 
 
 def find_prefix(compiler_name: str) -> str:
@@ -136,8 +125,9 @@ def required_features(env_compression: str | None) -> int:
     return {"xz": _ENV_XZ, "zstd": _ENV_ZSTD}.get(env_compression or "", 0)
 
 
-def parse_extrafiles(value: str, absolute: Callable[[str], str],
-                     exists: Callable[[str], bool]) -> tuple[list[str], str | None]:  # fmt: skip
+def parse_extrafiles(
+    value: str, absolute: Callable[[str], str], exists: Callable[[str], bool]
+) -> tuple[list[str], str | None]:
     """1.4's ``ICECC_EXTRAFILES``: colon-separated; returns (files, first missing or None)."""
     files: list[str] = []
     for part in value.split(":"):

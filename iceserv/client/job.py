@@ -1,6 +1,6 @@
 """One compile job as the argument analysis leaves it, and what is derived from it.
 
-Owns :class:`Job` (1.4's ``CompileJob`` as far as the client fills it): the
+Owns :class:`CompileJob` (1.4's ``CompileJob`` as far as the client fills it): the
 compiler name, the language, every argument tagged *local* (only for
 preprocessing), *remote* (only for the compile server) or *rest* (both), the
 input and output files, and the flags the analysis noticed.  Also the pure
@@ -28,13 +28,12 @@ __all__ = [
     "LOCAL",
     "REMOTE",
     "REST",
-    "Job",
+    "CompileJob",
     "absolute",
     "colorify",
     "colorify_wanted",
     "has_color_output",
     "output_needs_workaround",
-    "shorten_filename",
 ]
 
 # Argument classes (1.4 ``Argument_Type``).
@@ -50,18 +49,11 @@ LANG_OBJC: Final = 2
 LANG_OBJCXX: Final = 3
 LANG_CUSTOM: Final = 4
 
-# GET_CS arg_flags bits (1.4 ``CompileJob::Flag_*``).
-FLAG_G: Final = 0x1
-FLAG_G3: Final = 0x2
-FLAG_O: Final = 0x4
-FLAG_O2: Final = 0x8
-FLAG_OL2: Final = 0x10
-
 # Flags dropped from the preprocessor command line (1.4 ``call_cpp``).
 _MODULE_FLAGS: Final = frozenset({"-fmodules", "-fcxx-modules", "-fmodules-ts"})
 
 
-class Job:
+class CompileJob:
     """A compile job; treat it as immutable and derive changed copies with :meth:`evolve`."""
 
     __slots__ = (
@@ -102,15 +94,15 @@ class Job:
         self.explicit_no_caret = explicit_no_caret
         self.block_rewrite_includes = block_rewrite_includes
 
-    def evolve(self, **changes: object) -> Job:
+    def evolve(self, **changes: object) -> CompileJob:
         """Return a copy with *changes* applied."""
         values = {name: getattr(self, name) for name in self.__slots__}
         values.update(changes)
-        return Job(**values)
+        return CompileJob(**values)
 
     def __eq__(self, other: object) -> bool:
         """Field-wise equality."""
-        if not isinstance(other, Job):
+        if not isinstance(other, CompileJob):
             return NotImplemented
         return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
 
@@ -118,7 +110,7 @@ class Job:
 
     def __repr__(self) -> str:
         """All fields."""
-        return "Job(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
+        return "CompileJob(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
 
     # --- views of the arguments -----------------------------------------------------
 
@@ -145,26 +137,31 @@ class Job:
         return not self.is_custom and "clang" in self.compiler_name
 
     def arg_flags(self) -> int:
-        """GET_CS ``arg_flags`` (1.4 ``CompileJob::argumentFlags``), over every argument."""
-        result = 0
+        """GET_CS ``arg_flags`` (1.4 ``CompileJob::argumentFlags``), over every argument.
+
+        Only the remote path asks, and it has loaded the protocol already.
+        """
+        from iceserv.protocol import ArgFlag  # noqa: PLC0415 - see above
+
+        result = ArgFlag.NONE
         for arg, _ in self.args:
             if len(arg) < 2 or arg[0] != "-":
                 continue
             if arg[1] == "g":
                 if arg[2:3] == "3":
-                    result = (result & ~FLAG_G) | FLAG_G3
+                    result = (result & ~ArgFlag.G) | ArgFlag.G3
                 else:
-                    result = (result & ~FLAG_G3) | FLAG_G
+                    result = (result & ~ArgFlag.G3) | ArgFlag.G
             elif arg[1] == "O":
-                result &= ~(FLAG_O | FLAG_O2 | FLAG_OL2)
+                result &= ~(ArgFlag.O | ArgFlag.O2 | ArgFlag.OL2)
                 level = arg[2:3]
                 if level in ("", "1"):
-                    result |= FLAG_O
+                    result |= ArgFlag.O
                 elif level == "2":
-                    result |= FLAG_O2
+                    result |= ArgFlag.O2
                 elif level != "0":
-                    result |= FLAG_OL2
-        return result
+                    result |= ArgFlag.OL2
+        return int(result)
 
     def remote_compiler_name(self) -> str:
         """COMPILE_FILE ``compiler_name``: the fixed names inside environments."""
@@ -221,7 +218,7 @@ class Job:
         return argv
 
 
-def has_color_output(job: Job, env: ClientEnv, *, color_terminal: bool) -> bool:
+def has_color_output(job: CompileJob, env: ClientEnv, *, color_terminal: bool) -> bool:
     """1.4 ``compiler_has_color_output``: the compiler colours its own diagnostics.
 
     *color_terminal* is 1.4's ``color_output_possible`` (stderr is a
@@ -239,7 +236,7 @@ def has_color_output(job: Job, env: ClientEnv, *, color_terminal: bool) -> bool:
     return bool(env.gcc_colors)
 
 
-def colorify_wanted(job: Job, env: ClientEnv, *, color_terminal: bool) -> bool:
+def colorify_wanted(job: CompileJob, env: ClientEnv, *, color_terminal: bool) -> bool:
     """1.4 ``colorify_wanted``: the wrapper colours ``error:``/``warning:`` lines itself."""
     if job.is_custom or has_color_output(job, env, color_terminal=color_terminal):
         return False
@@ -248,7 +245,7 @@ def colorify_wanted(job: Job, env: ClientEnv, *, color_terminal: bool) -> bool:
     return color_terminal
 
 
-def output_needs_workaround(job: Job, env: ClientEnv) -> bool:
+def output_needs_workaround(job: CompileJob, env: ClientEnv) -> bool:
     """1.4 ``output_needs_workaround``: redo a gcc job locally if it printed anything.
 
     gcc's caret lines need the source file, which the server does not have;
@@ -274,21 +271,6 @@ def colorify(text: str) -> str:
     out.append(lines[-1])
     return "".join(out)
 
-
-def shorten_filename(name: str) -> str:
-    """Keep the last three "/"-separated components, as 1.4's GET_CS sender does.
-
-    Faithful to ``shorten_filename`` in 1.4's ``comm.cpp``, including its
-    unsigned wrap-around: a search that reaches a slash at position 0 starts
-    over from the end, so ``"/a/b"`` becomes ``"b"``.
-    """
-    cut = name.rfind("/")
-    for _ in range(2):
-        if cut > 0:
-            cut = name.rfind("/", 0, cut)
-        elif cut == 0:
-            cut = name.rfind("/")
-    return name[cut + 1 :]
 
 def absolute(path: str, cwd: str) -> str:
     """1.4 ``get_absfilename``: prefix *cwd*, fold ``/../``, ``/./`` and ``//`` textually."""

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from typing import Final
 
     from iceserv.client.env import ClientEnv
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
     from iceserv.client.log import ClientLog
 
 __all__ = [
@@ -119,8 +119,10 @@ def path_lookup(name: str, env: ClientEnv, given: str = "", own: str | None = No
                 target = os.readlink(candidate).rpartition("/")[2]  # noqa: PTH115
             except OSError:
                 continue
-            if target == "icecc" or (after_self and target in _OTHER_WRAPPERS) or (
-                own is not None and os.path.realpath(candidate) == own
+            if (
+                target == "icecc"
+                or (after_self and target in _OTHER_WRAPPERS)
+                or (own is not None and os.path.realpath(candidate) == own)
             ):
                 after_self = True
                 continue
@@ -132,7 +134,7 @@ def path_lookup(name: str, env: ClientEnv, given: str = "", own: str | None = No
     return best
 
 
-def find_compiler(job: Job, env: ClientEnv, own: str | None = None) -> str:
+def find_compiler(job: CompileJob, env: ClientEnv, own: str | None = None) -> str:
     """1.4 ``find_compiler``: ``ICECC_CC``/``ICECC_CXX`` verbatim, else :func:`path_lookup`."""
     if job.lang == LANG_CXX and env.cxx is not None:
         return env.cxx
@@ -218,14 +220,23 @@ def _signals() -> ModuleType:
     return sys.modules["_signal"]
 
 
-def spawn(argv: Sequence[str], environ: dict[str, str], *, stdout: int | None = None,
-          stderr: int | None = None) -> int:  # fmt: skip
+def spawn(
+    argv: Sequence[str],
+    environ: dict[str, str],
+    *,
+    stdout: int | None = None,
+    stderr: int | None = None,
+) -> int:
     """Start *argv* (``argv[0]`` an absolute path) and return its pid; OSError if impossible."""
     sig = _signals()
-    actions = [(os.POSIX_SPAWN_DUP2, fd, target)
-               for fd, target in ((stdout, 1), (stderr, 2)) if fd is not None]  # fmt: skip
-    return os.posix_spawn(argv[0], list(argv), environ, file_actions=actions,
-                          setsigdef=(sig.SIGPIPE, sig.SIGXFSZ))  # fmt: skip
+    actions = [
+        (os.POSIX_SPAWN_DUP2, fd, target)
+        for fd, target in ((stdout, 1), (stderr, 2))
+        if fd is not None
+    ]
+    return os.posix_spawn(
+        argv[0], list(argv), environ, file_actions=actions, setsigdef=(sig.SIGPIPE, sig.SIGXFSZ)
+    )
 
 
 def wait(pid: int) -> tuple[int, float, float, int]:
@@ -255,8 +266,9 @@ def wait(pid: int) -> tuple[int, float, float, int]:
     return (128 - code if code < 0 else code), usage.ru_utime, usage.ru_stime, faults
 
 
-def run(argv: Sequence[str], environ: dict[str, str], diag: ClientLog, *,
-        colour: bool = False) -> tuple[int, float, float, int]:  # fmt: skip
+def run(
+    argv: Sequence[str], environ: dict[str, str], diag: ClientLog, *, colour: bool = False
+) -> tuple[int, float, float, int]:
     """Run *argv* to completion (see :func:`wait`); 127/126 if it cannot be started.
 
     With *colour*, its stderr is collected and coloured as 1.4's ``colorify_output``.
@@ -304,8 +316,9 @@ def read_command_output(argv: Sequence[str], environ: dict[str, str], *, fd: int
     return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 
-def build_local(job: Job, env: ClientEnv, diag: ClientLog, *, daemon: bool,
-                own: str | None = None) -> tuple[int, float, float, int]:  # fmt: skip
+def build_local(
+    job: CompileJob, env: ClientEnv, diag: ClientLog, *, daemon: bool, own: str | None = None
+) -> tuple[int, float, float, int]:
     """1.4 ``build_local``: run the job's compiler here; (status, user s, system s, faults).
 
     Without a daemon slot (*daemon* False) one of the lock-file slots is

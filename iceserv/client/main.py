@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
+from iceserv.client.buildsummary import recorded
 from iceserv.client.env import ClientEnv
 from iceserv.client.log import ClientLog
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from iceserv.client.args import Analysis
     from iceserv.client.channel import Channel
     from iceserv.client.environments import Environment
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
     from iceserv.client.remote import Remote
 
 __all__ = ["main"]
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the wrapper for *argv* (default ``sys.argv``; ``argv[0]`` picks the mode)."""
     env = ClientEnv.current()
     diag = ClientLog(env.debug_level, env.logfile)
-    return _Run(list(sys.argv if argv is None else argv), env, diag).run()
+    return recorded(_Run(list(sys.argv if argv is None else argv), env, diag))
 
 
 class _Run:
@@ -165,10 +166,16 @@ class _Run:
                 diag.error("test socket error")
                 return EXIT_TEST_SOCKET_ERROR
         analysis = analyse(
-            args, compiler_name=(compiler or prog).rpartition("/")[2], compiler_path=compiler,
-            icerun=icerun, env=env, cwd=self.cwd, readable=readable, irregular=irregular,
+            args,
+            compiler_name=(compiler or prog).rpartition("/")[2],
+            compiler_path=compiler,
+            icerun=icerun,
+            env=env,
+            cwd=self.cwd,
+            readable=readable,
+            irregular=irregular,
             color_terminal=color_terminal(env),
-        )  # fmt: skip
+        )
         if analysis.local_reason is not None:
             diag.info(f"building locally: {analysis.local_reason}")
         if sock is None:
@@ -177,7 +184,7 @@ class _Run:
             return self.local(analysis.job, daemon=None)
         return self.with_daemon(sock, analysis)
 
-    def local(self, job: Job, daemon: Channel | None) -> int:
+    def local(self, job: CompileJob, daemon: Channel | None) -> int:
         from iceserv.client.local import build_local  # noqa: PLC0415
 
         return build_local(job, self.env, self.diag, daemon=daemon is not None, own=self.own)[0]
@@ -233,7 +240,7 @@ class _Run:
             sock.close()
             return None
 
-    def complete(self, analysis: Analysis) -> Job | None:
+    def complete(self, analysis: Analysis) -> CompileJob | None:
         """Run the compiler for what the remote job still needs; None means build locally."""
         from iceserv.client.job import REMOTE  # noqa: PLC0415
         from iceserv.client.local import find_compiler, read_command_output  # noqa: PLC0415
@@ -259,10 +266,10 @@ class _Run:
             job = replace_native(job, flags)
         return job
 
-    def remote(self, job: Job, analysis: Analysis, daemon: Channel) -> int | None:
+    def remote(self, job: CompileJob, analysis: Analysis, daemon: Channel) -> int | None:
         """Pick environments and build remotely; None when the job must be local after all."""
-        from iceserv.client.environments import host_platform  # noqa: PLC0415
         from iceserv.client.remote import Remote  # noqa: PLC0415
+        from iceserv.hostfacts import host_platform  # noqa: PLC0415
         from iceserv.protocol import End  # noqa: PLC0415
 
         platform = host_platform()
@@ -272,8 +279,16 @@ class _Run:
         envs = self.environments(job, daemon, extrafiles, platform)
         if not envs:
             return None
-        remote = Remote(job, daemon, envs, env=self.env, diag=self.diag, cwd=self.cwd,
-                        platform=platform, own=self.own)  # fmt: skip
+        remote = Remote(
+            job,
+            daemon,
+            envs,
+            env=self.env,
+            diag=self.diag,
+            cwd=self.cwd,
+            platform=platform,
+            own=self.own,
+        )
         status = self.repeated(remote) if self.env.repeat_rate > 0 else remote.run()
         if status == 0:
             daemon.send(End())  # "all fine": the server reports the job, not our daemon
@@ -296,15 +311,17 @@ class _Run:
         files = list(analysis.extrafiles)
         if self.env.extrafiles is None:
             return files
-        more, missing = parse_extrafiles(self.env.extrafiles, lambda p: absolute(p, self.cwd),
-                                         os.path.exists)  # fmt: skip
+        more, missing = parse_extrafiles(
+            self.env.extrafiles, lambda p: absolute(p, self.cwd), os.path.exists
+        )
         if missing is not None:
             self.diag.warning(f"File in ICECC_EXTRAFILES not found: {missing}")
             return None
         return files + more
 
-    def environments(self, job: Job, daemon: Channel, extrafiles: list[str],
-                     platform: str) -> list[Environment]:  # fmt: skip
+    def environments(
+        self, job: CompileJob, daemon: Channel, extrafiles: list[str], platform: str
+    ) -> list[Environment]:
         """``ICECC_VERSION``'s environments, or the native one the daemon makes."""
         from iceserv.client import environments as envs  # noqa: PLC0415
         from iceserv.client.job import absolute  # noqa: PLC0415
@@ -314,21 +331,26 @@ class _Run:
 
         if self.env.version is not None:
             return envs.parse_icecc_version(
-                self.env.version, platform=platform, prefix=envs.find_prefix(job.compiler_name),
-                usable=envs.usable_tarball, warn=self.diag.error,
-            )  # fmt: skip
+                self.env.version,
+                platform=platform,
+                prefix=envs.find_prefix(job.compiler_name),
+                usable=envs.usable_tarball,
+                warn=self.diag.error,
+            )
         if extrafiles and not daemon.supports(Feature.NATIVE_ENV_EXTRAFILES):
             self.diag.warning("Local daemon is too old to handle extra files.")
             return []
         compiler = absolute(find_compiler(job, self.env, self.own), self.cwd)
         native = ask_native_env(daemon, compiler, extrafiles, self.env)
         if native is None:
-            self.diag.warning("daemon can't determine native environment. "
-                              "Set $ICECC_VERSION to an icecc environment.")  # fmt: skip
+            self.diag.warning(
+                "daemon can't determine native environment. "
+                "Set $ICECC_VERSION to an icecc environment."
+            )
             return []
         return [envs.Environment(platform, envs.env_name(native) or "", native)]
 
-    def local_in_slot(self, job: Job, daemon: Channel) -> int:
+    def local_in_slot(self, job: CompileJob, daemon: Channel) -> int:
         """§5.1.3: JOB_LOCAL_BEGIN, wait for the go, compile; lock files if the daemon fails."""
         import time  # noqa: PLC0415
 

@@ -10,7 +10,7 @@ arguments; the caller runs the compiler.  Pure.
 
 from __future__ import annotations
 
-from iceserv.client.job import REST, Job
+from iceserv.client.job import REST, CompileJob
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def _tokens(text: str, start: int, end: int, *, clang: bool) -> list[str]:
     return out
 
 
-def replace_native(job: Job, flags: Sequence[str]) -> Job:
+def replace_native(job: CompileJob, flags: Sequence[str]) -> CompileJob:
     """Put *flags* where the first ``-m...=native`` was and drop every other one."""
     out: list[tuple[str, int]] = []
     done = False

@@ -51,6 +51,8 @@ from iceserv.protocol import (
     VerifyEnv,
     VerifyEnvResult,
 )
+from iceserv.protocol.features import required_version, supports
+from iceserv.protocol.filenames import shorten_filename
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,25 +60,25 @@ if TYPE_CHECKING:
 
     from iceserv.client.env import ClientEnv
     from iceserv.client.environments import Environment
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
     from iceserv.client.log import ClientLog
+    from iceserv.protocol import Message
 
 __all__ = ["Remote", "ask_native_env"]
 
 # Time-outs in seconds (reference §7.8).
 NATIVE_ENV_TIMEOUT: Final = 240.0
-USE_CS_TIMEOUT: Final = 240.0
-USE_CS_NICED_TIMEOUT: Final = 3600.0
 CONNECT_TIMEOUT: Final = 10.0
 VERIFY_TIMEOUT: Final = 60.0
 RESULT_TIMEOUT: Final = 720.0
 CHUNK_TIMEOUT: Final = 40.0
-_MIN_PROTOCOL: Final = 21
 _SELF: Final = "127.0.0.1"
+_TIMED_OUT: Final = 14  # ClusterError code of a receive time-out
 
 
-def ask_native_env(daemon: Channel, compiler: str, extrafiles: list[str],
-                   env: ClientEnv) -> str | None:  # fmt: skip
+def ask_native_env(
+    daemon: Channel, compiler: str, extrafiles: list[str], env: ClientEnv
+) -> str | None:
     """GET_NATIVE_ENV: the daemon's tarball path for *compiler*, or None (§5.4).
 
     *compiler* is the absolute compiler path; daemons older than protocol 41
@@ -97,30 +99,40 @@ def ask_native_env(daemon: Channel, compiler: str, extrafiles: list[str],
 class Remote:
     """One remote attempt of a job (1.4 ``build_remote`` with a repeat rate of 0)."""
 
-    def __init__(self, job: Job, daemon: Channel, envs: list[Environment], *,  # noqa: PLR0913
-                 env: ClientEnv, diag: ClientLog, cwd: str, platform: str,
-                 own: str | None, source: str | None = None,
-                 output: bool = True) -> None:  # fmt: skip
+    def __init__(  # noqa: PLR0913
+        self,
+        job: CompileJob,
+        daemon: Channel,
+        envs: list[Environment],
+        *,
+        env: ClientEnv,
+        diag: ClientLog,
+        cwd: str,
+        platform: str,
+        own: str | None,
+        source: str | None = None,
+        output: bool = True,
+    ) -> None:
         self.job, self.daemon, self.envs = job, daemon, envs
         self.env, self.diag, self.cwd, self.platform, self.own = env, diag, cwd, platform, own
         self.source = source  # an already preprocessed file to send (repeated jobs)
         self.output = output  # pass the server's stdout/stderr on (and check them)
 
     def minimal_version(self, features: int) -> int:
-        """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise to 42 for xz/zstd envs."""
-        version = _MIN_PROTOCOL
+        """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise for xz/zstd environments."""
+        needed: list[Feature] = []
         if self.env.ignore_unverified:
-            version = max(version, 31)
+            needed.append(Feature.VERIFY_ENV)
         if self.job.dwarf_fission:
-            version = max(version, 35)
+            needed.append(Feature.SPLIT_DWARF)
         if features:
-            version = max(version, 42)
-        return version
+            needed.append(Feature.ENV_FEATURES)
+        return required_version(*needed)
 
     def get_cs(self) -> GetCS:
         """Build the GET_CS for this job."""
         from iceserv.client.environments import required_features  # noqa: PLC0415
-        from iceserv.client.job import absolute, shorten_filename  # noqa: PLC0415
+        from iceserv.client.job import absolute  # noqa: PLC0415
 
         features = required_features(self.env.env_compression)
         minimal = self.minimal_version(features)
@@ -131,12 +143,19 @@ class Remote:
             nice = 0
         return GetCS(
             versions=tuple(EnvEntry(e.platform, e.name) for e in self.envs if e.name),
-            filename=shorten_filename(name), lang=self.job.lang, count=1,
-            target=self.platform, arg_flags=self.job.arg_flags(), client_id=0,
-            preferred_host=self.env.preferred_host, ignore_unverified=int(minimal >= 31),
-            minimal_host_version=minimal, client_count=0, required_features=features,
+            filename=shorten_filename(name),
+            lang=self.job.lang,
+            count=1,
+            target=self.platform,
+            arg_flags=self.job.arg_flags(),
+            client_id=0,
+            preferred_host=self.env.preferred_host,
+            ignore_unverified=int(supports(minimal, Feature.VERIFY_ENV)),
+            minimal_host_version=minimal,
+            client_count=0,
+            required_features=features,
             niceness=nice,
-        )  # fmt: skip
+        )
 
     def run(self) -> int:
         """Ask for a server and compile there (or here, if told to); return the status."""
@@ -144,13 +163,28 @@ class Remote:
             raise ClusterError(22, "$ICECC_VERSION needs to point to .tar files")
         request = self.get_cs()
         self.daemon.send(request)
-        timeout = USE_CS_NICED_TIMEOUT if request.niceness > 0 else USE_CS_TIMEOUT
-        use = self.daemon.receive(timeout)
+        use = self.wait_for_server()
         if not isinstance(use, UseCS):
             raise ClusterError(1, f"expected use_cs reply, but got {type(use).__name__}")
         if use.hostname == _SELF and not (self.env.test_remotebuild and use.port != 0):
             return self.compile_here(use)
         return self.compile_there(use)
+
+    def wait_for_server(self) -> Message:
+        """Return the daemon's answer to GET_CS within ``ICECC_SERVER_WAIT`` s (else error 14).
+
+        1.4 waits 240 s (an hour for niced jobs), silently, for a job no host can
+        take; after the bound we compile locally instead (issue 13).
+        """
+        wait = self.env.server_wait
+        deadline = time.monotonic() + wait
+        try:
+            return self.daemon.receive(wait)
+        except ClusterError as exc:
+            if exc.code == _TIMED_OUT and time.monotonic() >= deadline:
+                text = f"no compile server within {wait:g} s (ICECC_SERVER_WAIT), compiling here"
+                raise ClusterError(_TIMED_OUT, text) from None
+            raise
 
     def compile_here(self, use: UseCS) -> int:
         """§5.1.2: tell the daemon, compile locally in its slot, report JOB_DONE."""
@@ -158,15 +192,22 @@ class Remote:
         job = self.job
         self.daemon.send(self._compile_file(use.job_id, "__client", self.daemon))
         start = time.monotonic()
-        status, user, system, faults = build_local(job, self.env, self.diag, daemon=True,
-                                                   own=self.own)  # fmt: skip
+        status, user, system, faults = build_local(
+            job, self.env, self.diag, daemon=True, own=self.own
+        )
         size = sum(_size(path) for path in (job.output_file, job.dwo_file()))
         self.daemon.send(
-            JobDone(job_id=use.job_id, exitcode=status,
-                    real_msec=int((time.monotonic() - start) * 1000),
-                    user_msec=int(user * 1000), sys_msec=int(system * 1000), pfaults=faults,
-                    out_uncompressed=size, flags=JobDoneFlag.FROM_SUBMITTER)
-        )  # fmt: skip
+            JobDone(
+                job_id=use.job_id,
+                exitcode=status,
+                real_msec=int((time.monotonic() - start) * 1000),
+                user_msec=int(user * 1000),
+                sys_msec=int(system * 1000),
+                pfaults=faults,
+                out_uncompressed=size,
+                flags=JobDoneFlag.FROM_SUBMITTER,
+            )
+        )
         return status
 
     def _compile_file(self, job_id: int, environment: str, peer: Channel) -> CompileFile:
@@ -179,16 +220,25 @@ class Remote:
             args += ("-x", "objective-c" if job.lang == LANG_OBJC else "objective-c++")
         if not peer.supports(Feature.COMPILER_NAME) and "clang" in job.compiler_name:
             args = ("clang", *args)  # for the compilerwrapper of pre-30 servers
-        return CompileFile(lang=job.lang, job_id=job_id, args=args, environment=environment,
-                           target=self.platform, compiler_name=job.remote_compiler_name(),
-                           input_file=job.input_file, working_dir=self.cwd,
-                           output_file=job.output_file,
-                           dwarf_fission=job.dwarf_fission)  # fmt: skip
+        return CompileFile(
+            lang=job.lang,
+            job_id=job_id,
+            args=args,
+            environment=environment,
+            target=self.platform,
+            compiler_name=job.remote_compiler_name(),
+            input_file=job.input_file,
+            working_dir=self.cwd,
+            output_file=job.output_file,
+            dwarf_fission=job.dwarf_fission,
+        )
 
     def compile_there(self, use: UseCS) -> int:
         """§5.1.1 steps 9-14 against the compile server *use* names."""
-        self.diag.debug(f"Have to use host {use.hostname}:{use.port} - Job ID: {use.job_id} - "
-                        f"env: {use.host_platform} - has env: {use.got_env}")  # fmt: skip
+        self.diag.debug(
+            f"Have to use host {use.hostname}:{use.port} - Job ID: {use.job_id} - "
+            f"env: {use.host_platform} - has env: {use.got_env}"
+        )
         envs = {e.platform: e for e in self.envs}
         chosen = envs.get(use.host_platform)
         if chosen is None:
@@ -240,8 +290,9 @@ class Remote:
         from iceserv.client.local import find_compiler  # noqa: PLC0415
 
         job = self.job
-        argv = job.cpp_argv(find_compiler(job, self.env, self.own), self.env,
-                            lambda p: os.access(p, os.R_OK))  # fmt: skip
+        argv = job.cpp_argv(
+            find_compiler(job, self.env, self.own), self.env, lambda p: os.access(p, os.R_OK)
+        )
         self.diag.debug("preparing source to send: " + " ".join(argv))
         lock = HostLock()
         if not lock.acquire():
@@ -316,7 +367,6 @@ class Remote:
             if result.have_dwo:
                 _receive_file(server, job.dwo_file())
         return result.status
-
 
     def pass_output(self, result: CompileResult) -> None:
         """§8.7: redo the job locally for the caret workaround or a missing file, else print."""

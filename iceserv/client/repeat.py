@@ -21,10 +21,12 @@ import os
 import tempfile
 
 from iceserv.client.channel import ClusterError
-from iceserv.client.job import REMOTE, absolute, shorten_filename
+from iceserv.client.job import REMOTE, absolute
 from iceserv.client.local import HostLock, find_compiler, spawn, wait
-from iceserv.client.remote import USE_CS_TIMEOUT, Remote
-from iceserv.protocol import UseCS
+from iceserv.client.remote import Remote
+from iceserv.protocol import Feature, UseCS
+from iceserv.protocol.features import supports
+from iceserv.protocol.filenames import shorten_filename
 from iceserv.protocol.records import replace
 
 TYPE_CHECKING = False
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     import random
     from typing import Final
 
-    from iceserv.client.job import Job
+    from iceserv.client.job import CompileJob
 
 __all__ = ["build_repeated", "wants_repeat"]
 
@@ -49,8 +51,9 @@ def _preprocess(remote: Remote) -> tuple[str, int]:
     """Preprocess the job into a temporary file; return its path and the status."""
     job = remote.job
     fd, path = tempfile.mkstemp(prefix="icecc", suffix=".ix")
-    argv = job.cpp_argv(find_compiler(job, remote.env, remote.own), remote.env,
-                        lambda p: os.access(p, os.R_OK))  # fmt: skip
+    argv = job.cpp_argv(
+        find_compiler(job, remote.env, remote.own), remote.env, lambda p: os.access(p, os.R_OK)
+    )
     lock = HostLock()
     if not lock.acquire():
         os.close(fd)
@@ -90,26 +93,49 @@ def build_repeated(remote: Remote, rng: random.Random) -> int:
     if status != 0:
         _remove(source)
         return status
-    job = remote.job.evolve(args=(*remote.job.args, (f"-frandom-seed={rng.getrandbits(31)}",
-                                                     REMOTE)))  # fmt: skip
-    first = Remote(job, remote.daemon, remote.envs, env=remote.env, diag=remote.diag,
-                   cwd=remote.cwd, platform=remote.platform, own=remote.own)  # fmt: skip
+    job = remote.job.evolve(
+        args=(*remote.job.args, (f"-frandom-seed={rng.getrandbits(31)}", REMOTE))
+    )
+    first = Remote(
+        job,
+        remote.daemon,
+        remote.envs,
+        env=remote.env,
+        diag=remote.diag,
+        cwd=remote.cwd,
+        platform=remote.platform,
+        own=remote.own,
+    )
     minimal = first.minimal_version(0)  # repeated jobs ask for no environment features
-    remote.daemon.send(replace(
-        first.get_cs(), filename=shorten_filename(absolute(job.input_file, remote.cwd)),
-        count=COPIES, required_features=0, minimal_host_version=minimal,
-        ignore_unverified=int(minimal >= 31),
-    ))  # fmt: skip
+    remote.daemon.send(
+        replace(
+            first.get_cs(),
+            filename=shorten_filename(absolute(job.input_file, remote.cwd)),
+            count=COPIES,
+            required_features=0,
+            minimal_host_version=minimal,
+            ignore_unverified=int(supports(minimal, Feature.VERIFY_ENV)),
+        )
+    )
     jobs = [job] + [job.evolve(output_file=_temporary(".o")) for _ in range(COPIES - 1)]
     codes: list[int] = []
     try:
         for index, each in enumerate(jobs):
-            use = remote.daemon.receive(USE_CS_TIMEOUT)
+            use = remote.wait_for_server()
             if not isinstance(use, UseCS):
                 raise ClusterError(1, "expected use_cs reply")  # noqa: TRY301 - as in run()
-            worker = Remote(each, remote.daemon, remote.envs, env=remote.env, diag=remote.diag,
-                            cwd=remote.cwd, platform=remote.platform, own=remote.own,
-                            source=source, output=index == 0)  # fmt: skip
+            worker = Remote(
+                each,
+                remote.daemon,
+                remote.envs,
+                env=remote.env,
+                diag=remote.diag,
+                cwd=remote.cwd,
+                platform=remote.platform,
+                own=remote.own,
+                source=source,
+                output=index == 0,
+            )
             here = use.hostname == _SELF and not (remote.env.test_remotebuild and use.port)
             codes.append(worker.compile_here(use) if here else worker.compile_there(use))
     except ClusterError as exc:
@@ -120,18 +146,20 @@ def build_repeated(remote: Remote, rng: random.Random) -> int:
     return _compare(jobs, codes, source, remote)
 
 
-def _compare(jobs: list[Job], codes: list[int], source: str, remote: Remote) -> int:
+def _compare(jobs: list[CompileJob], codes: list[int], source: str, remote: Remote) -> int:
     """1.4's check of the copies against the first; the first one's status or -1."""
     result, digest = codes[0], _md5(jobs[0].output_file)
     for each, code in zip(jobs[1:], codes[1:], strict=True):
         if result == 0 and code != 0:
-            remote.diag.error(f"a copy compiled with exit code {code} and the first with 0 "
-                              "- aborting!")  # fmt: skip
+            remote.diag.error(
+                f"a copy compiled with exit code {code} and the first with 0 - aborting!"
+            )
             _remove(jobs[0].output_file, jobs[0].dwo_file())
             result = -1
         elif result == 0 and _md5(each.output_file) != digest:
-            remote.diag.error(f"{jobs[0].output_file} compiled differently on another server "
-                              "- aborting!")  # fmt: skip
+            remote.diag.error(
+                f"{jobs[0].output_file} compiled differently on another server - aborting!"
+            )
             for path in (jobs[0].output_file, source, jobs[0].dwo_file()):
                 with contextlib.suppress(OSError):
                     os.rename(path, path + ".caught")  # noqa: PTH104

@@ -33,30 +33,37 @@ def r_local(scan: Scan, a: str) -> None:
     scan.local(f"argument {a}")
     scan.add(a, LOCAL)
 
+
 def r_md(scan: Scan, a: str) -> None:
     scan.seen_md = True
     scan.add(a, LOCAL)
 
+
 def r_keep_local(scan: Scan, a: str) -> None:
     scan.add(a, LOCAL)
+
 
 def r_mf(scan: Scan, a: str) -> None:
     scan.seen_mf = True
     scan.add(a, LOCAL)
     scan.take(LOCAL)  # also after "-Wp,-MF,file" (1.4 quirk: eats the next argument)
 
+
 def r_mt(scan: Scan, a: str) -> None:
     scan.add(a, LOCAL)
     scan.take(LOCAL)  # likewise after "-Wp,-MT,x" / "-Wp,-MQ,x"
+
 
 def r_param(scan: Scan, a: str) -> None:
     scan.add(a, REMOTE)
     scan.take(REMOTE)
 
+
 def r_b(scan: Scan, a: str) -> None:
     r_local(scan, a)
     if a == "-B":
         scan.take(LOCAL)
+
 
 def r_wa(scan: Scan, a: str) -> None:
     parts, local = [], False
@@ -68,6 +75,7 @@ def r_wa(scan: Scan, a: str) -> None:
         r_local(scan, a)
     else:
         scan.add("-Wa," + ",".join(parts), REMOTE)
+
 
 def _assembler_arg(scan: Scan, part: str) -> tuple[str, bool]:
     """1.4 ``analyze_assembler_arg``: (the piece as sent, whether it forces local)."""
@@ -89,15 +97,19 @@ def _assembler_arg(scan: Scan, part: str) -> tuple[str, bool]:
         verdict = True
     return part, verdict
 
+
 def r_s(scan: Scan, _a: str) -> None:
     scan.seen_s = True
+
 
 def r_c(scan: Scan, _a: str) -> None:
     scan.seen_c = True
 
+
 def r_split_dwarf(scan: Scan, a: str) -> None:
     scan.seen_split_dwarf = True
     scan.add(a, REST)
+
 
 def r_x(scan: Scan, a: str) -> None:
     scan.add(a, REST)
@@ -107,9 +119,11 @@ def r_x(scan: Scan, a: str) -> None:
     else:
         scan.local(f"unsupported -x {value or '??'}")
 
+
 def r_native(scan: Scan, a: str) -> None:
     scan.native.append(a)
     scan.add(a, REST)
+
 
 def r_output(scan: Scan, a: str) -> None:
     if a == "-o":
@@ -121,9 +135,11 @@ def r_output(scan: Scan, a: str) -> None:
     if scan.ofile == "-":
         scan.local("output to stdout")
 
+
 def r_define(scan: Scan, a: str) -> None:
     scan.add(a, scan.cpp_kind)
     scan.take(scan.cpp_kind)
+
 
 def r_path(scan: Scan, a: str) -> None:
     scan.add(a, LOCAL)
@@ -131,19 +147,24 @@ def r_path(scan: Scan, a: str) -> None:
     if value is not None and value.startswith("-O"):
         scan.local(f"argument {a} {value}")
 
+
 def r_cpp(scan: Scan, a: str) -> None:
     scan.add(a, scan.cpp_kind)
+
 
 def r_color(scan: Scan, a: str) -> None:
     scan.explicit_color = True
     scan.add(a, REST)
 
+
 def r_color_auto(scan: Scan, _a: str) -> None:
     scan.explicit_color = False  # dropped: the wrapper decides about colours itself
+
 
 def r_caret(scan: Scan, a: str) -> None:
     scan.explicit_no_caret = a == "-fno-diagnostics-show-caret"
     scan.add(a, REST)
+
 
 def r_file_option(scan: Scan, a: str) -> None:
     prefix = next(p for p in FILE_PREFIXES if a.startswith(p))
@@ -154,6 +175,7 @@ def r_file_option(scan: Scan, a: str) -> None:
     else:
         scan.local(f"file for argument {a} missing")
     scan.add(prefix + path, REST)
+
 
 def r_xclang(scan: Scan, a: str) -> None:
     if scan.i + 1 >= len(scan.argv):
@@ -178,19 +200,23 @@ def r_xclang(scan: Scan, a: str) -> None:
     scan.add(a, REST)
     scan.add(p, REST)
 
+
 def r_target(scan: Scan, a: str) -> None:
     scan.seen_target = True
     scan.add(a, REST)
     if a == "-target":
         scan.take(REST)
 
+
 def r_unused_macros(scan: Scan, a: str) -> None:
     scan.wunused_macros = a != "-Wno-unused-macros"
     scan.add(a, REST)
 
+
 def r_pedantic(scan: Scan, a: str) -> None:
     scan.seen_pedantic = True
     scan.add(a, REST)
+
 
 def r_arch(scan: Scan, a: str) -> None:
     # 1.4 means to refuse several -arch but never records the first one.
@@ -233,11 +259,21 @@ RULES: Final[tuple[tuple[frozenset[str] | tuple[str, ...], Callable[[Scan, str],
     (("-Wp,", "-D", "-U"), r_cpp),
     (("-I", "-l", "-L"), r_keep_local),
     (_is("-undef"), r_cpp),
-    (_is("-nostdinc", "-nostdinc++", "-Wmissing-include-dirs", "-Werror=missing-include-dirs"),
-     r_keep_local),
-    (_is("-fno-color-diagnostics", "-fcolor-diagnostics", "-fno-diagnostics-color",
-         "-fdiagnostics-color=never", "-fdiagnostics-color", "-fdiagnostics-color=always"),
-     r_color),
+    (
+        _is("-nostdinc", "-nostdinc++", "-Wmissing-include-dirs", "-Werror=missing-include-dirs"),
+        r_keep_local,
+    ),
+    (
+        _is(
+            "-fno-color-diagnostics",
+            "-fcolor-diagnostics",
+            "-fno-diagnostics-color",
+            "-fdiagnostics-color=never",
+            "-fdiagnostics-color",
+            "-fdiagnostics-color=always",
+        ),
+        r_color,
+    ),
     (_is("-fdiagnostics-color=auto"), r_color_auto),
     (_is("-fno-diagnostics-show-caret", "-fdiagnostics-show-caret"), r_caret),
     (FILE_PREFIXES, r_file_option),
@@ -247,6 +283,4 @@ RULES: Final[tuple[tuple[frozenset[str] | tuple[str, ...], Callable[[Scan, str],
     (_is("-Wunused-macros", "-Werror=unused-macros", "-Wno-unused-macros"), r_unused_macros),
     (_is("-pedantic", "-Wpedantic", "-pedantic-errors"), r_pedantic),
     (_is("-arch"), r_arch),
-)  # fmt: skip
-
-
+)

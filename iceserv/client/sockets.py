@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import _socket
 
+from iceserv.errors import IceservError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
@@ -25,7 +27,7 @@ _SYSTEM_SOCKETS: Final = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socke
 _LOCAL_CONNECT_TIMEOUT: Final = 10.0
 
 
-class TestSocketError(OSError):
+class TestSocketError(IceservError, OSError):
     """``ICECC_TEST_SOCKET`` is set but nothing answers there (1.4 exits 119)."""
 
 

@@ -49,6 +49,8 @@ _BOM: Final = "\ufeff"
 MAX_VALUE: Final = 64 * 1024
 #: Largest conf.d file read; real ones are a few kilobytes.
 MAX_FILE: Final = 1024 * 1024
+#: Parse errors reported for one file at most (the rest of a garbage file is not read).
+MAX_ERRORS: Final = 20
 _COMMAND_HINTS: Final = {
     ".": "sourcing another file ('.') is not supported",
     "source": "sourcing another file ('source') is not supported",
@@ -206,27 +208,55 @@ class _Parser:
     # -- statements ----------------------------------------------------------
 
     def parse(self) -> dict[str, ConfdValue]:
-        """Parse the whole text and return the assignments it made."""
-        while True:
+        """Parse the whole text and return the assignments it made.
+
+        A command that cannot be parsed is skipped to the end of its line
+        and parsing goes on, so one :class:`ConfigError` lists every bad line
+        (up to :data:`MAX_ERRORS`), as validation lists every bad value.
+        """
+        errors: list[ConfigError] = []
+        while len(errors) < MAX_ERRORS:
             self._skip_blanks()
-            char = self._peek()
-            if not char:
-                break
-            if char == "#":
-                end = self._text.find("\n", self._pos)
-                self._pos = len(self._text) if end < 0 else end
-            elif char == "\n":
-                self._pos += 1
-            elif char == ";":
-                raise self._error(self._pos, "unexpected ';'")
-            else:
-                self._command()
+            start = self._pos
+            try:
+                if not self._statement():
+                    break
+            except ConfigError as exc:
+                errors.append(exc)
+                self._skip_line(start)
+        if errors:
+            details = tuple(line for error in errors for line in error.details)
+            first = errors[0]
+            raise ConfigError(
+                "\n".join(details), source=first.source, name=first.name, details=details
+            )
         for name in self._exported:
             if name in self._values:
                 self._values[name] = dataclasses.replace(self._values[name], exported=True)
             elif name in self._outer:
                 self._values[name] = dataclasses.replace(self._outer[name], exported=True)
         return self._values
+
+    def _statement(self) -> bool:
+        """Parse a comment, an empty line or a command; return False at the end of the text."""
+        char = self._peek()
+        if not char:
+            return False
+        if char == "#":
+            end = self._text.find("\n", self._pos)
+            self._pos = len(self._text) if end < 0 else end
+        elif char == "\n":
+            self._pos += 1
+        elif char == ";":
+            raise self._error(self._pos, "unexpected ';'")
+        else:
+            self._command()
+        return True
+
+    def _skip_line(self, start: int) -> None:
+        """Go past the end of the line on which parsing stopped (at least past *start*)."""
+        end = self._text.find("\n", max(self._pos, start + 1))
+        self._pos = len(self._text) if end < 0 else end + 1
 
     def _command(self) -> None:
         start = self._pos

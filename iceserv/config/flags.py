@@ -35,6 +35,7 @@ class _Action(enum.Enum):
     FALSE = enum.auto()
     COUNT = enum.auto()
     HELP = enum.auto()
+    VERSION = enum.auto()
     CONFD = enum.auto()
     CONFIG = enum.auto()
     FOREGROUND = enum.auto()
@@ -63,6 +64,7 @@ _COMMON_HEAD: Final = (
     _Option("u", "user-uid", _Action.VALUE, "user", "USER", "user to run as when root"),
     _Option("v", "", _Action.COUNT, "verbosity", "", "more log detail (-v, -vv, -vvv)"),
     _Option("h", "help", _Action.HELP, "", "", "show this help and exit"),
+    _Option("", "version", _Action.VERSION, "", "", "print the version and exit"),
 )
 _DAEMON_ONLY: Final = (
     _Option("N", "name", _Action.VALUE, "host_name", "NODE", "name of this node"),
@@ -83,6 +85,7 @@ _SCHEDULER_ONLY: Final = (
         "",
         "keep daemons even when a better scheduler appears",
     ),
+    _Option("", "http", _Action.VALUE, "http", "HOST[:PORT]", "serve /metrics and the web view"),
 )
 _ICESERV: Final = (
     _Option("", "confd", _Action.CONFD, "", "PATH", "conf.d file to read (repeatable)"),
@@ -114,6 +117,7 @@ class CommandLine:
     confd_paths: tuple[Path, ...] = ()
     config_path: Path | None = None
     help: bool = False
+    version: bool = False
     check_config: bool = False
 
 
@@ -176,6 +180,7 @@ def _collect(options: Sequence[_Option], pairs: Sequence[tuple[str, str]]) -> Co
         confd_paths=tuple(paths[_Action.CONFD]),
         config_path=configs[-1] if configs else None,
         help=_Action.HELP in seen,
+        version=_Action.VERSION in seen,
         check_config=_Action.CHECK in seen,
     )
 

@@ -32,6 +32,8 @@ __all__ = [
 
 DEFAULT_DAEMON_PORT: Final = 10245
 DEFAULT_SCHEDULER_PORT: Final = 8765
+#: Port of the scheduler's opt-in HTTP endpoint (``/metrics`` and the web view).
+DEFAULT_HTTP_PORT: Final = 8767
 # Linux IFNAMSIZ is 16 including the terminating NUL.
 _MAX_INTERFACE_NAME: Final = 15
 _HOST_NAME: Final = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
@@ -49,6 +51,16 @@ class HostPort:
         """Return ``host:port`` (``[v6]:port`` for IPv6 literals)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def _parse_http_address(value: object) -> object:
+    """Turn ``host``, ``host:port`` or ``[v6]:port`` into the HTTP listen address (8767)."""
+    parsed = _parse_host_port(value)
+    if isinstance(parsed, HostPort) and isinstance(value, str):
+        text = value.strip()
+        if not text.endswith(f":{parsed.port}") or (text.count(":") > 1 and "]" not in text):
+            parsed = HostPort(parsed.host, DEFAULT_HTTP_PORT)
+    return parsed
 
 
 def _parse_host_port(value: object) -> object:
@@ -143,6 +155,12 @@ SchedulerAddress = Annotated[
     BeforeValidator(_empty_is_none),
     PlainSerializer(_host_port_text, return_type=str | None),
 ]
+HttpAddress = Annotated[
+    HostPort | None,
+    BeforeValidator(_parse_http_address),
+    BeforeValidator(_empty_is_none),
+    PlainSerializer(_host_port_text, return_type=str | None),
+]
 
 
 class _Settings(BaseSettings):
@@ -225,6 +243,8 @@ class SchedulerSettings(_Settings):
     """User to switch to when started as root; empty keeps the current user (``-u``)."""
     daemonize: bool = False
     """Detach from the terminal (``-d``); ignored under systemd or ``--foreground``."""
+    http: HttpAddress = None
+    """Serve ``/metrics`` and the web view on HOST[:PORT] (port 8767); unset: off (``--http``)."""
 
     @property
     def text_port(self) -> int:

@@ -295,7 +295,7 @@ def _confd_layer(
             if var.value.strip().lower() in _TRUE_WORDS:
                 message = f"{var.name} is ignored: {names.unsupported[var.name]}"
                 warnings.append(ConfigWarning(where, message))
-        elif var.name not in names.foreign and (unknown := _unknown(var.name, known)):
+        elif var.name not in names.foreign and (unknown := _unknown(var.name, known, names)):
             warnings.append(ConfigWarning(where, unknown))
     return {**from_alias, **from_max_jobs, **from_primary}
 
@@ -321,11 +321,17 @@ def _is_zero(value: str) -> bool:
         return False
 
 
-def _unknown(name: str, known: Sequence[str]) -> str:
-    """Return a warning for an unknown variable, or "" for an unrelated helper variable."""
+def _unknown(name: str, known: Sequence[str], names: ServiceNames) -> str:
+    """Return a warning for an unknown variable, or "" for an unrelated helper variable.
+
+    A name closest to a deprecated alias gets the alias's current name
+    suggested (ICECCD_MAX_JOBZ: ICECCD_MAX_PROCESSES, not ICECC_MAX_JOBS).
+    """
     close = difflib.get_close_matches(name, known, n=1)
     if close:
-        return f"unknown variable {name}; did you mean {close[0]}?"
+        alias = names.aliases.get(close[0])
+        suggestion = names.primary(alias.field) if alias is not None else close[0]
+        return f"unknown variable {name}; did you mean {suggestion}?"
     if name.startswith(_FAMILIES):
         return f"unknown variable {name} is ignored"
     return ""
@@ -391,4 +397,6 @@ def _reason(kind: str, message: str, context: Mapping[str, object] | None) -> st
     """Return pydantic's message, without the "Value error, " prefix of our validators."""
     if kind == "value_error" and context is not None and "error" in context:
         return str(context["error"])
+    if kind == "bool_parsing":  # pydantic: "Input should be a valid boolean, unable to ..."
+        return "expected yes or no (also true/false, on/off, 1/0)"
     return message

@@ -78,6 +78,7 @@ log = structlog.get_logger()
 _READ_SIZE: Final = 65536
 _IDLE_READ: Final = 300.0
 _MAX_PONG: Final = 60
+_WAKE_INTERVAL: Final = 1.0
 
 
 class LinkState(enum.Enum):
@@ -167,6 +168,7 @@ class SchedulerLink:
         self._conn: Connection | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pong = 3.0
+        self._waking: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -232,6 +234,32 @@ class SchedulerLink:
                 return found
         return None
 
+    async def _wake(self, target: tuple[str, int]) -> None:
+        """Send discovery datagrams to a fixed scheduler until cancelled (handshake done).
+
+        A real iceccd sends one with ``-s`` too (1.4's scheduler logs
+        ``broadcast from <ip>``), and 1.4's scheduler needs it: after an
+        accept its main loop stops polling the listening sockets for at least
+        a second and re-arms them only when something else wakes it
+        (reference 7.9), so a plain TCP connect can wait 20-35 s.  One
+        datagram that arrives within that second is not enough, hence one
+        every :data:`_WAKE_INTERVAL` while we wait.  The answers do not matter.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                infos = await loop.getaddrinfo(*target, type=socket.SOCK_DGRAM)
+            family, kind, proto, _, address = infos[0]
+            with socket.socket(family, kind, proto) as sock:
+                sock.setblocking(False)  # noqa: FBT003 - socket API
+                while True:
+                    with contextlib.suppress(OSError):  # e.g. ICMP unreachable from the last one
+                        await loop.sock_sendto(sock, encode_request(), address)
+                    await asyncio.sleep(_WAKE_INTERVAL)
+        except (OSError, TimeoutError, IndexError) as exc:
+            log.info("scheduler_wake_failed", address=f"{target[0]}:{target[1]}",
+                     error=str(exc) or type(exc).__name__)  # fmt: skip
+
     async def _discover_once(self) -> tuple[str, int] | None:
         loop = asyncio.get_running_loop()
         replies: list[tuple[tuple[str, int], object]] = []
@@ -258,6 +286,19 @@ class SchedulerLink:
 
     async def _session(self, target: tuple[str, int]) -> None:
         self.state = LinkState.CONNECTING
+        if self.settings.scheduler is not None:  # discovery already woke it
+            self._waking = asyncio.create_task(self._wake(target))
+        try:
+            await self._connected_session(target)
+        finally:
+            self._stop_waking()
+
+    def _stop_waking(self) -> None:
+        if self._waking is not None:
+            self._waking.cancel()
+            self._waking = None
+
+    async def _connected_session(self, target: tuple[str, int]) -> None:
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 reader, writer = await asyncio.open_connection(*target, limit=_READ_SIZE)
@@ -277,6 +318,7 @@ class SchedulerLink:
                 event = await self._next(reader)
             if not isinstance(event, Handshake):
                 return
+            self._stop_waking()
             self.protocol = event.protocol
             self.state = LinkState.LOGGED_IN
             self._owner.scheduler_login(own_ip)
@@ -376,4 +418,3 @@ def determine_platform() -> str:
     if uname.sysname == "Darwin":
         return f"Darwin{uname.release.split('.')[0]}_{uname.machine}".replace(" ", "")
     return f"{uname.sysname}_{uname.machine}".replace(" ", "")
-

@@ -311,6 +311,10 @@ class ClientSession:
                                 host_platform=msg.host_platform, got_env=True, client_id=1,
                                 matched_job_id=msg.matched_job_id))  # fmt: skip
         else:
+            if msg.hostname == "127.0.0.1":
+                # Another daemon on this host: clients read 127.0.0.1 as "compile it
+                # yourself", so name the same address in a way they connect to (issue 13).
+                msg = replace(msg, hostname="localhost")
             self.state = State.WAIT_COMPILE
             self.send(msg)
             self._log.info("compile_server_assigned", job_id=msg.job_id,

@@ -19,6 +19,7 @@ __all__ = [
     "MIN_PROTOCOL_VERSION",
     "PROTOCOL_VERSION",
     "SCHEDULER_PORT",
+    "ArgFlag",
     "Compression",
     "EnvFeature",
     "JobDoneFlag",
@@ -108,6 +109,22 @@ class JobDoneFlag(enum.IntFlag):
 
 #: Below protocol 39 this exit code stands for the UNKNOWN_JOB_ID flag (§2.2 JOB_DONE).
 LEGACY_UNKNOWN_JOB_ID_EXITCODE: Final = 200
+
+
+class ArgFlag(enum.IntFlag):
+    """Bits of GET_CS's ``arg_flags``: 1.4 ``CompileJob::Flag_*``, set from the compiler arguments.
+
+    The client sets at most one of ``G``/``G3`` and one of ``O``/``O2``/``OL2``
+    (1.4 ``CompileJob::argumentFlags``); the scheduler's speed estimate and the
+    simulator's placement read them (1.4 ``scheduler.cpp``, ``pick_server``).
+    """
+
+    NONE = 0
+    G = 0x1
+    G3 = 0x2
+    O = 0x4  # noqa: E741 - upstream's name (Flag_O)
+    O2 = 0x8
+    OL2 = 0x10
 
 
 class EnvFeature(enum.IntFlag):

@@ -12,7 +12,16 @@ import enum
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["MIN_VERSION", "Feature", "features_of", "supports"]
+from iceserv.protocol.constants import MIN_PROTOCOL_VERSION
+
+__all__ = [
+    "MIN_VERSION",
+    "Feature",
+    "features_of",
+    "min_version",
+    "required_version",
+    "supports",
+]
 
 
 class Feature(enum.Enum):
@@ -81,6 +90,21 @@ MIN_VERSION: Final = MappingProxyType(
         Feature.GET_CS_NICENESS: 43,
     }
 )
+
+
+def min_version(feature: Feature) -> int:
+    """Return the first negotiated protocol version with *feature*."""
+    return MIN_VERSION[feature]
+
+
+def required_version(*features: Feature) -> int:
+    """Return the oldest protocol version that has every one of *features*.
+
+    With no features it is :data:`~iceserv.protocol.constants.MIN_PROTOCOL_VERSION`,
+    the oldest version 1.4 speaks.  The client fills GET_CS's
+    ``minimal_host_version`` this way (1.4 ``minimalRemoteVersion``).
+    """
+    return max((MIN_VERSION[f] for f in features), default=MIN_PROTOCOL_VERSION)
 
 
 def supports(version: int, feature: Feature) -> bool:

@@ -1,6 +1,8 @@
 """The 32 icecream message types as typed, immutable objects, and their codec.
 
-Each message is a frozen, slotted dataclass named after upstream's class
+Each message is a frozen, slotted record (:func:`~iceserv.protocol.records.record`,
+which builds what ``@dataclass(frozen=True, slots=True)`` would, without
+importing :mod:`dataclasses`) named after upstream's class
 (``GetCS`` for ``GetCSMsg``; ``UseNativeEnv``, ``EnvTransfer``, ``ConfCS`` and
 ``GetInternalStatus`` keep upstream's names while :class:`MsgType` keeps the
 enum spelling).  A table lists each message's fields in wire order with the
@@ -438,12 +440,39 @@ class BlacklistHostEnv:
 
 
 Message = (
-    Unknown | Ping | End | Timeout | GetNativeEnv | UseNativeEnv | GetCS | UseCS
-    | CompileFile | FileChunk | CompileResult | JobBegin | JobDone | JobLocalBegin
-    | JobLocalDone | Login | Stats | MonLogin | MonGetCS | MonJobBegin | MonJobDone
-    | MonLocalJobBegin | MonStats | EnvTransfer | Text | StatusText | GetInternalStatus
-    | ConfCS | VerifyEnv | VerifyEnvResult | BlacklistHostEnv | NoCS
-)  # fmt: skip
+    Unknown
+    | Ping
+    | End
+    | Timeout
+    | GetNativeEnv
+    | UseNativeEnv
+    | GetCS
+    | UseCS
+    | CompileFile
+    | FileChunk
+    | CompileResult
+    | JobBegin
+    | JobDone
+    | JobLocalBegin
+    | JobLocalDone
+    | Login
+    | Stats
+    | MonLogin
+    | MonGetCS
+    | MonJobBegin
+    | MonJobDone
+    | MonLocalJobBegin
+    | MonStats
+    | EnvTransfer
+    | Text
+    | StatusText
+    | GetInternalStatus
+    | ConfCS
+    | VerifyEnv
+    | VerifyEnvResult
+    | BlacklistHostEnv
+    | NoCS
+)
 
 
 # --- layouts --------------------------------------------------------------------------
@@ -465,81 +494,128 @@ F = Feature
 _Field = tuple[str, _Kind, Feature | None]
 
 _JOB_DONE_FIELDS: Final[tuple[_Field, ...]] = (
-    ("job_id", U, None), ("exitcode", N, None), ("real_msec", U, None),
-    ("user_msec", U, None), ("sys_msec", U, None), ("pfaults", U, None),
-    ("in_compressed", U, None), ("in_uncompressed", U, None),
-    ("out_compressed", U, None), ("out_uncompressed", U, None),
-    ("flags", U, None), ("client_count", U, F.CLIENT_COUNT),
-)  # fmt: skip
+    ("job_id", U, None),
+    ("exitcode", N, None),
+    ("real_msec", U, None),
+    ("user_msec", U, None),
+    ("sys_msec", U, None),
+    ("pfaults", U, None),
+    ("in_compressed", U, None),
+    ("in_uncompressed", U, None),
+    ("out_compressed", U, None),
+    ("out_uncompressed", U, None),
+    ("flags", U, None),
+    ("client_count", U, F.CLIENT_COUNT),
+)
 
 _GET_CS_FIELDS: Final[tuple[_Field, ...]] = (
-    ("versions", E, None), ("filename", S, None), ("lang", U, None), ("count", U, None),
-    ("target", S, None), ("arg_flags", U, None), ("client_id", U, None),
+    ("versions", E, None),
+    ("filename", S, None),
+    ("lang", U, None),
+    ("count", U, None),
+    ("target", S, None),
+    ("arg_flags", U, None),
+    ("client_id", U, None),
     ("preferred_host", S, F.GET_CS_PREFERRED_HOST),
     ("ignore_unverified", U, F.GET_CS_IGNORE_UNVERIFIED),
     ("minimal_host_version", N, F.GET_CS_MINIMAL_HOST_VERSION),
-    ("client_count", U, F.CLIENT_COUNT), ("required_features", U, F.ENV_FEATURES),
+    ("client_count", U, F.CLIENT_COUNT),
+    ("required_features", U, F.ENV_FEATURES),
     ("niceness", N, F.GET_CS_NICENESS),
-)  # fmt: skip
+)
 
 _LAYOUTS: Final[Mapping[type, tuple[_Field, ...]]] = {
-    Unknown: (), Ping: (), End: (), Timeout: (), MonLogin: (), GetInternalStatus: (),
+    Unknown: (),
+    Ping: (),
+    End: (),
+    Timeout: (),
+    MonLogin: (),
+    GetInternalStatus: (),
     GetNativeEnv: (
-        ("compiler", S, F.NATIVE_ENV_EXTRAFILES), ("extrafiles", L, F.NATIVE_ENV_EXTRAFILES),
+        ("compiler", S, F.NATIVE_ENV_EXTRAFILES),
+        ("extrafiles", L, F.NATIVE_ENV_EXTRAFILES),
         ("compression", S, F.ENV_FEATURES),
     ),
     UseNativeEnv: (("native_version", S, None),),
     GetCS: _GET_CS_FIELDS,
     UseCS: (
-        ("job_id", U, None), ("port", U, None), ("hostname", S, None),
-        ("host_platform", S, None), ("got_env", B, None), ("client_id", U, None),
+        ("job_id", U, None),
+        ("port", U, None),
+        ("hostname", S, None),
+        ("host_platform", S, None),
+        ("got_env", B, None),
+        ("client_id", U, None),
         ("matched_job_id", U, F.USE_CS_MATCHED_JOB_ID),
     ),
     NoCS: (("job_id", U, None), ("client_id", U, None)),
     CompileFile: (
-        ("lang", U, None), ("job_id", U, None), ("args", _Kind.ARGS, None),
-        ("environment", S, None), ("target", S, None), ("compiler_name", S, F.COMPILER_NAME),
-        ("input_file", S, F.COMPILE_FILE_PATHS), ("working_dir", S, F.COMPILE_FILE_PATHS),
-        ("output_file", S, F.SPLIT_DWARF), ("dwarf_fission", B, F.SPLIT_DWARF),
+        ("lang", U, None),
+        ("job_id", U, None),
+        ("args", _Kind.ARGS, None),
+        ("environment", S, None),
+        ("target", S, None),
+        ("compiler_name", S, F.COMPILER_NAME),
+        ("input_file", S, F.COMPILE_FILE_PATHS),
+        ("working_dir", S, F.COMPILE_FILE_PATHS),
+        ("output_file", S, F.SPLIT_DWARF),
+        ("dwarf_fission", B, F.SPLIT_DWARF),
     ),
     FileChunk: (("data", _Kind.BLOB, None),),
     CompileResult: (
-        ("err", S, None), ("out", S, None), ("status", N, None),
-        ("was_out_of_memory", B, None), ("have_dwo", B, F.COMPILE_RESULT_DWO),
+        ("err", S, None),
+        ("out", S, None),
+        ("status", N, None),
+        ("was_out_of_memory", B, None),
+        ("have_dwo", B, F.COMPILE_RESULT_DWO),
     ),
     JobBegin: (("job_id", U, None), ("stime", U, None), ("client_count", U, F.CLIENT_COUNT)),
     JobDone: _JOB_DONE_FIELDS,
     JobLocalBegin: (("stime", U, None), ("outfile", S, None), ("id", U, None)),
     JobLocalDone: (("job_id", U, None),),
     Login: (
-        ("port", U, None), ("max_kids", U, None), ("envs", E, None), ("nodename", S, None),
-        ("host_platform", S, None), ("chroot_possible", B, None),
-        ("noremote", B, F.LOGIN_NOREMOTE), ("supported_features", U, F.ENV_FEATURES),
+        ("port", U, None),
+        ("max_kids", U, None),
+        ("envs", E, None),
+        ("nodename", S, None),
+        ("host_platform", S, None),
+        ("chroot_possible", B, None),
+        ("noremote", B, F.LOGIN_NOREMOTE),
+        ("supported_features", U, F.ENV_FEATURES),
     ),
     Stats: (
-        ("load", U, None), ("load_avg1", U, None), ("load_avg5", U, None),
-        ("load_avg10", U, None), ("free_mem", U, None),
+        ("load", U, None),
+        ("load_avg1", U, None),
+        ("load_avg5", U, None),
+        ("load_avg10", U, None),
+        ("free_mem", U, None),
     ),
     ConfCS: (
-        ("max_scheduler_pong", U, None), ("max_scheduler_ping", U, None),
+        ("max_scheduler_pong", U, None),
+        ("max_scheduler_ping", U, None),
         ("bench_source", S, None),
     ),
     StatusText: (("text", S, None),),
     Text: (("text", S, None),),
     MonGetCS: (
-        ("filename", S, None), ("lang", U, None), ("job_id", U, None), ("client_id", U, None),
+        ("filename", S, None),
+        ("lang", U, None),
+        ("job_id", U, None),
+        ("client_id", U, None),
     ),
     MonJobBegin: (("job_id", U, None), ("stime", U, None), ("host_id", U, None)),
     MonJobDone: _JOB_DONE_FIELDS,
     MonLocalJobBegin: (
-        ("host_id", U, None), ("job_id", U, None), ("stime", U, None), ("file", S, None),
+        ("host_id", U, None),
+        ("job_id", U, None),
+        ("stime", U, None),
+        ("file", S, None),
     ),
     MonStats: (("host_id", U, None), ("statmsg", S, None)),
     EnvTransfer: (("name", S, None), ("target", S, None)),
     VerifyEnv: (("environment", S, None), ("target", S, None)),
     VerifyEnvResult: (("ok", B, None),),
     BlacklistHostEnv: (("environment", S, None), ("target", S, None), ("hostname", S, None)),
-}  # fmt: skip
+}
 
 _BY_TYPE: Final[Mapping[int, type]] = {
     int(cls.TYPE): cls  # type: ignore[attr-defined]
@@ -663,9 +739,11 @@ def decode(msg_type: int, payload: bytes | memoryview, version: int) -> Message:
     if cls is MonGetCS and not supports(version, Feature.MON_GET_CS_SHORT):
         body = _read_fields(r, GetCS, version)
         values: dict[str, object] = {
-            "filename": body["filename"], "lang": body["lang"],
-            "job_id": r.u32(), "client_id": r.u32(),
-        }  # fmt: skip
+            "filename": body["filename"],
+            "lang": body["lang"],
+            "job_id": r.u32(),
+            "client_id": r.u32(),
+        }
     else:
         values = _read_fields(r, cls, version)
         if (

@@ -109,10 +109,16 @@ def record(cls: type[T]) -> type[T]:
         return (self.__class__, tuple(getattr(self, n) for n in names))
 
     namespace.update(
-        __slots__=names, __match_args__=names, __init__=_make_init(names, defaults),
-        __eq__=__eq__, __hash__=__hash__, __repr__=__repr__, __reduce__=__reduce__,
-        __setattr__=_frozen, __delattr__=_frozen,
-    )  # fmt: skip
+        __slots__=names,
+        __match_args__=names,
+        __init__=_make_init(names, defaults),
+        __eq__=__eq__,
+        __hash__=__hash__,
+        __repr__=__repr__,
+        __reduce__=__reduce__,
+        __setattr__=_frozen,
+        __delattr__=_frozen,
+    )
     namespace[_FIELDS] = names
     built = type(cls.__name__, cls.__bases__, namespace)
     built.__qualname__ = qualname

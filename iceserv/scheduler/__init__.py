@@ -9,18 +9,17 @@ asyncio shell, ``control`` the facade for the telnet interface and D-Bus,
 
 from __future__ import annotations
 
-from iceserv.scheduler.control import SchedulerControl
+from iceserv.scheduler.control import ClusterControl
 from iceserv.scheduler.handlers import Scheduler, SchedulerConfig
-from iceserv.scheduler.server import Clock, SchedulerServer, ServerSettings
+from iceserv.scheduler.server import SchedulerServer, SchedulerServerSettings
 from iceserv.scheduler.views import HostView, JobView
 
 __all__ = [
-    "Clock",
+    "ClusterControl",
     "HostView",
     "JobView",
     "Scheduler",
     "SchedulerConfig",
-    "SchedulerControl",
     "SchedulerServer",
-    "ServerSettings",
+    "SchedulerServerSettings",
 ]

@@ -1,12 +1,12 @@
 """The scheduler's control facade, used by the telnet interface and D-Bus.
 
-This module owns :class:`SchedulerControl`: the operations behind 1.4's
+This module owns :class:`ClusterControl`: the operations behind 1.4's
 telnet commands (``listcs``, ``listjobs``, ``listblocks``, ``removecs``,
 ``blockcs``, ``unblockcs``, ``internals``) and the greeting's numbers, as
 plain values (:mod:`iceserv.scheduler.views`), plus what D-Bus adds: queued
 and running counts, draining daemons, and observers of cluster events
 (:mod:`iceserv.scheduler.events`; the shell hands every applied batch of
-effects to :meth:`SchedulerControl.observe`).  It must not render text: the
+effects to :meth:`ClusterControl.observe`).  It must not render text: the
 telnet package formats what it gets here.  Consumers declare the subset they
 need as a ``typing.Protocol`` and ``app`` passes this object in.
 
@@ -21,6 +21,7 @@ import asyncio
 from typing import TYPE_CHECKING, Final, Protocol
 
 from iceserv.scheduler.events import ClusterEvents
+from iceserv.scheduler.metrics import ClusterMetrics
 from iceserv.scheduler.placement import server_speed
 from iceserv.scheduler.views import HostView, JobView
 
@@ -30,9 +31,10 @@ if TYPE_CHECKING:
     from iceserv.scheduler.effects import Effect
     from iceserv.scheduler.events import ClusterObserver
     from iceserv.scheduler.handlers import Scheduler
+    from iceserv.scheduler.metrics import MetricsView
     from iceserv.scheduler.state import Job
 
-__all__ = ["INTERNALS_TIMEOUT", "SchedulerControl", "Shell"]
+__all__ = ["INTERNALS_TIMEOUT", "ClusterControl", "Shell"]
 
 #: Seconds ``internals`` waits for the daemons' STATUS_TEXT answers (1.4: 10 s).
 INTERNALS_TIMEOUT: Final = 10.0
@@ -55,7 +57,7 @@ class Shell(Protocol):
         ...
 
 
-class SchedulerControl:
+class ClusterControl:
     """Cluster queries and administrative actions of a running scheduler."""
 
     def __init__(self, shell: Shell, *, internals_timeout: float = INTERNALS_TIMEOUT) -> None:
@@ -63,6 +65,7 @@ class SchedulerControl:
         self._internals_timeout = internals_timeout
         self._waiting: dict[int, list[asyncio.Future[str]]] = {}
         self._events = ClusterEvents()
+        self._metrics = ClusterMetrics()
 
     # --- numbers ----------------------------------------------------------------------
 
@@ -204,7 +207,13 @@ class SchedulerControl:
 
     def observe(self, effects: list[Effect]) -> None:
         """Note a batch of effects the shell has just carried out (the shell calls this)."""
-        self._events.feed(self._shell.core.state, effects, self._shell.now())
+        now = self._shell.now()
+        self._events.feed(self._shell.core.state, effects, now)
+        self._metrics.feed(effects, now)
+
+    def metrics(self) -> MetricsView:
+        """Return the running totals (counters and histograms) for ``/metrics``."""
+        return self._metrics.view(self._shell.now())
 
     async def internals(self, names: Iterable[str]) -> list[str]:
         """Return each matching daemon's internals text, or ``<nodename> not reporting``.

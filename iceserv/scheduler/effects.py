@@ -19,6 +19,7 @@ __all__ = [
     "Close",
     "Effect",
     "InternalsReply",
+    "JobsWaiting",
     "Send",
     "StartProbe",
     "StopReading",
@@ -82,4 +83,20 @@ class InternalsReply:
     text: str
 
 
-Effect = Send | Close | ToMonitors | StopReading | StartProbe | Announce | InternalsReply
+@dataclass(frozen=True, slots=True)
+class JobsWaiting:
+    """Log that *count* jobs wait and why the oldest, *job_id*, cannot be placed yet.
+
+    *reasons* is ``(nodename, why)`` per logged-in daemon; *waited* is in seconds.
+    """
+
+    count: int
+    job_id: int
+    filename: str
+    waited: float
+    reasons: tuple[tuple[str, str], ...]
+
+
+Effect = (
+    Send | Close | ToMonitors | StopReading | StartProbe | Announce | InternalsReply | JobsWaiting
+)

@@ -16,21 +16,21 @@ observer is logged and does not disturb the scheduler or other observers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
 
-from iceserv.protocol import MsgType
+from iceserv.protocol import MonGetCS, MonJobBegin, MonJobDone, MonStats
+from iceserv.protocol.dispatch import Dispatch
 from iceserv.scheduler.effects import ToMonitors
 from iceserv.scheduler.monitoring import OFFLINE
+from iceserv.scheduler.state import ClusterState
 from iceserv.scheduler.views import JobView
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from iceserv.protocol import Message, MonGetCS, MonJobBegin, MonJobDone, MonStats
     from iceserv.scheduler.effects import Effect
-    from iceserv.scheduler.state import ClusterState
     from iceserv.scheduler.views import JobState as JobStateName
 
 __all__ = ["ClusterEvents", "ClusterObserver"]
@@ -95,12 +95,14 @@ class ClusterEvents:
         self._observers: list[ClusterObserver] = []
         self._hosts: dict[int, tuple[str, str]] = {}
         self._jobs: dict[int, _JobRecord] = {}
-        self._table: dict[MsgType, Callable[[ClusterState, Message, float], None]] = {
-            MsgType.MON_STATS: self._on_stats,
-            MsgType.MON_GET_CS: self._on_get_cs,
-            MsgType.MON_JOB_BEGIN: self._on_job_begin,
-            MsgType.MON_JOB_DONE: self._on_job_done,
-        }
+        # Handlers take (message, state, now); other monitor messages say nothing we report.
+        self._table = (
+            Dispatch[[ClusterState, float], None]("scheduler core")
+            .on(MonStats, self._on_stats)
+            .on(MonGetCS, self._on_get_cs)
+            .on(MonJobBegin, self._on_job_begin)
+            .on(MonJobDone, self._on_job_done)
+        )
 
     def add_observer(self, observer: ClusterObserver) -> None:
         """Call *observer* from now on."""
@@ -123,10 +125,8 @@ class ClusterEvents:
         seen = False
         for effect in effects:
             seen = True
-            if isinstance(effect, ToMonitors):
-                handler = self._table.get(effect.message.TYPE)
-                if handler is not None:
-                    handler(state, effect.message, now)
+            if isinstance(effect, ToMonitors) and type(effect.message) in self._table:
+                self._table(effect.message, state, now)
         if seen:
             self.changed()
         if len(self._jobs) > len(state.jobs) + _PRUNE_SLACK:
@@ -138,8 +138,7 @@ class ClusterEvents:
 
     # --- the monitor messages ---------------------------------------------------------
 
-    def _on_stats(self, state: ClusterState, msg: Message, _now: float) -> None:
-        stats = cast("MonStats", msg)
+    def _on_stats(self, stats: MonStats, state: ClusterState, _now: float) -> None:
         if stats.statmsg == OFFLINE:
             known = self._hosts.pop(stats.host_id, None)
             if known is not None:
@@ -150,8 +149,8 @@ class ClusterEvents:
             self._hosts[stats.host_id] = (host.nodename, host.ip)
             self._notify(lambda observer: observer.host_joined(host.nodename, host.ip))
 
-    def _on_get_cs(self, state: ClusterState, msg: Message, now: float) -> None:
-        job_id = cast("MonGetCS", msg).job_id
+    def _on_get_cs(self, msg: MonGetCS, state: ClusterState, now: float) -> None:
+        job_id = msg.job_id
         job = state.jobs.get(job_id)
         if job is None:
             return
@@ -165,8 +164,7 @@ class ClusterEvents:
             server=server.nodename if server is not None else "",
         )
 
-    def _on_job_begin(self, state: ClusterState, msg: Message, now: float) -> None:
-        begin = cast("MonJobBegin", msg)
+    def _on_job_begin(self, begin: MonJobBegin, state: ClusterState, now: float) -> None:
         record = self._jobs.get(begin.job_id)
         server = state.hosts.get(begin.host_id)
         if record is None or server is None:
@@ -175,8 +173,7 @@ class ClusterEvents:
         view = record.view(begin.job_id)
         self._notify(lambda observer: observer.job_started(view))
 
-    def _on_job_done(self, _state: ClusterState, msg: Message, _now: float) -> None:
-        done = cast("MonJobDone", msg)
+    def _on_job_done(self, done: MonJobDone, _state: ClusterState, _now: float) -> None:
         record = self._jobs.pop(done.job_id, None)
         if record is None:
             return

@@ -17,7 +17,8 @@ LOGIN makes it a daemon (a :class:`~iceserv.scheduler.state.Host` with a
 fresh, never reused host id), MON_LOGIN a monitor (sent the state of every
 host, then never read from again); anything else is a protocol error and the
 shell closes the connection.  Each kind has its own dispatch table
-``dict[MsgType, handler]``; a message missing from the table raises
+(:class:`~iceserv.protocol.dispatch.Dispatch`, message class to handler); a
+message missing from the table raises
 :class:`~iceserv.errors.RemoteProtocolError`.
 
 A daemon's GET_CS queues ``count`` jobs (state PEND).  After *every* event
@@ -32,8 +33,17 @@ exit code 255).  Monitors hear about all of it as it happens.
 Timers (:meth:`Scheduler.get_timer` / :meth:`Scheduler.handle_timer`): the
 scheduler announcement every 120 s, the reachability probe of each daemon's
 compile port (every 60 s, back-off 2…4096 s after failures), dropping a
-daemon busy installing for 120 s, and application pings for daemons below
-protocol 27.
+daemon busy installing for 120 s, application pings for daemons below
+protocol 27, and the report of jobs that wait (``JobsWaiting``: the oldest
+queued job, once it waited 2 s, and then at most every 10 s, with each
+daemon's reason from :mod:`~iceserv.scheduler.waiting`).
+
+A daemon is busy installing from the USE_CS that sends it a job without its
+environment until it logs in again with the new environment, or until that
+job ends first (the transfer never happened: e.g. the client compiled
+itself), or until it is dropped.  A USE_CS naming a server that logged in
+from 127.0.0.1, for another daemon, says ``localhost`` instead: clients
+read "127.0.0.1" as "compile it yourself" (one-host clusters).
 """
 
 from __future__ import annotations
@@ -41,16 +51,23 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from iceserv.errors import RemoteProtocolError
 from iceserv.protocol import (
     PROTOCOL_VERSION,
     BlacklistHostEnv,
     ConfCS,
+    End,
     Feature,
+    GetCS,
     GetInternalStatus,
+    JobBegin,
+    JobDone,
+    JobLocalBegin,
+    JobLocalDone,
     Login,
+    MonLogin,
     MonStats,
     MsgType,
     Ping,
@@ -60,13 +77,15 @@ from iceserv.protocol import (
 )
 from iceserv.protocol.constants import MAX_SCHEDULER_PING, MAX_SCHEDULER_PONG
 from iceserv.protocol.discovery import DEFAULT_NETNAME, SchedulerInfo, is_better
+from iceserv.protocol.dispatch import Dispatch
 from iceserv.protocol.features import supports
-from iceserv.scheduler import jobs
+from iceserv.scheduler import jobs, waiting
 from iceserv.scheduler.effects import (
     Announce,
     Close,
     Effect,
     InternalsReply,
+    JobsWaiting,
     Send,
     StartProbe,
     StopReading,
@@ -83,10 +102,18 @@ if TYPE_CHECKING:
 
 __all__ = ["Scheduler", "SchedulerConfig"]
 
+_M = TypeVar("_M", bound="Message")
+#: A dispatch table of the core: handlers take (message, conn_id, now).
+_Table = Dispatch[[int, float], list[Effect]]
+
 #: Seconds between scheduler announcements (§4.5).
 ANNOUNCE_PERIOD: Final = 120.0
 #: A daemon busy installing an environment this long is dropped (§7.8).
 MAX_BUSY_INSTALLING: Final = 120.0
+#: The oldest queued job is reported (JobsWaiting) once it waited this long ...
+WAIT_REPORT_AFTER: Final = 2.0
+#: ... and again at most this often while jobs keep waiting.
+WAIT_REPORT_PERIOD: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,22 +159,25 @@ class Scheduler:
         self._monitors: list[int] = []
         self._next_announce = now
         self._host_deadline: float | None = None  # get_timer's cache; None: recompute
-        self._new_table: dict[MsgType, Callable[[int, Message, float], list[Effect]]] = {
-            MsgType.LOGIN: self._on_login,
-            MsgType.MON_LOGIN: self._on_mon_login,
-        }
-        self._daemon_table: dict[MsgType, Callable[[int, Message, float], list[Effect]]] = {
-            MsgType.GET_CS: self._for_host(jobs.on_get_cs),
-            MsgType.JOB_BEGIN: self._for_host(jobs.on_job_begin),
-            MsgType.JOB_DONE: self._for_host(jobs.on_job_done),
-            MsgType.JOB_LOCAL_BEGIN: self._for_host(jobs.on_job_local_begin),
-            MsgType.JOB_LOCAL_DONE: self._for_host(jobs.on_job_local_done),
-            MsgType.STATS: self._on_stats,
-            MsgType.PING: self._on_ping,
-            MsgType.LOGIN: self._on_relogin,
-            MsgType.BLACKLIST_HOST_ENV: self._on_blacklist,
-            MsgType.STATUS_TEXT: self._on_status_text,
-            MsgType.END: self._on_end,
+        self._next_wait_report = now  # no JobsWaiting before this time
+        # Monitors are never read from: anything they send is unexpected.
+        self._tables: dict[_Kind, _Table] = {
+            _Kind.NEW: _Table("new peer")
+            .on(Login, self._on_login)
+            .on(MonLogin, self._on_mon_login),
+            _Kind.DAEMON: _Table("daemon peer")
+            .on(GetCS, self._on_get_cs)
+            .on(JobBegin, self._for_host(jobs.on_job_begin))
+            .on(JobDone, self._for_host(jobs.on_job_done))
+            .on(JobLocalBegin, self._for_host(jobs.on_job_local_begin))
+            .on(JobLocalDone, self._for_host(jobs.on_job_local_done))
+            .on(Stats, self._on_stats)
+            .on(Ping, self._on_ping)
+            .on(Login, self._on_relogin)
+            .on(BlacklistHostEnv, self._on_blacklist)
+            .on(StatusText, self._on_status_text)
+            .on(End, self._on_end),
+            _Kind.MONITOR: _Table("monitor peer"),
         }
 
     # --- connections ------------------------------------------------------------------
@@ -174,12 +204,7 @@ class Scheduler:
         if peer is None:
             text = f"message on unknown connection {conn_id}"
             raise RemoteProtocolError(text, msg_type=int(msg.TYPE))
-        table = {_Kind.NEW: self._new_table, _Kind.DAEMON: self._daemon_table}.get(peer.kind, {})
-        handler = table.get(msg.TYPE)
-        if handler is None:
-            text = f"unexpected {msg.TYPE.name} from a {peer.kind.name.lower()} peer"
-            raise RemoteProtocolError(text, msg_type=int(msg.TYPE))
-        return handler(conn_id, msg, now) + self._place(now)
+        return self._tables[peer.kind](msg, conn_id, now) + self._place(now)
 
     def connection_lost(self, conn_id: int, now: float) -> list[Effect]:
         """Forget *conn_id* (closed, failed or kicked); a daemon's jobs are aborted."""
@@ -209,7 +234,13 @@ class Scheduler:
         """
         if self._host_deadline is None:
             self._host_deadline = self._earliest_host_deadline()
-        return min(self._next_announce, self._host_deadline)
+        return min(self._next_announce, self._host_deadline, self._wait_report_due())
+
+    def _wait_report_due(self) -> float:
+        head = self.state.queue.first()
+        if head is None:
+            return math.inf
+        return max(head.queued_at + WAIT_REPORT_AFTER, self._next_wait_report)
 
     def _earliest_host_deadline(self) -> float:
         deadlines = [math.inf]
@@ -328,17 +359,17 @@ class Scheduler:
         """Ask every daemon (or those matching *names*) for its internals text."""
         wanted = list(names)
         hosts = [
-            host for host in self.state.hosts.values()
+            host
+            for host in self.state.hosts.values()
             if not wanted or any(host.matches(name) for name in wanted)
-        ]  # fmt: skip
+        ]
         for host in hosts:
             host.internals_pending += 1
         return hosts, [Send(host.conn_id, GetInternalStatus()) for host in hosts]
 
     # --- first message ----------------------------------------------------------------
 
-    def _on_login(self, conn_id: int, msg: Message, now: float) -> list[Effect]:
-        login = cast("Login", msg)
+    def _on_login(self, login: Login, conn_id: int, now: float) -> list[Effect]:
         peer = self._peers[conn_id]
         host = Host(
             host_id=self.state.new_host_id(),
@@ -372,7 +403,7 @@ class Scheduler:
             effects.append(Send(conn_id, ConfCS()))
         return effects
 
-    def _on_mon_login(self, conn_id: int, _msg: Message, _now: float) -> list[Effect]:
+    def _on_mon_login(self, _msg: MonLogin, conn_id: int, _now: float) -> list[Effect]:
         self._peers[conn_id].kind = _Kind.MONITOR
         self._monitors.append(conn_id)
         effects: list[Effect] = [StopReading(conn_id)]
@@ -388,28 +419,50 @@ class Scheduler:
         return self.state.hosts[self._peers[conn_id].host_id]
 
     def _for_host(
-        self, handler: Callable[[ClusterState, Host, Message], list[Effect]]
-    ) -> Callable[[int, Message, float], list[Effect]]:
+        self, handler: Callable[[ClusterState, Host, _M], list[Effect]]
+    ) -> Callable[[_M, int, float], list[Effect]]:
         """Adapt a job handler of :mod:`~iceserv.scheduler.jobs` to the dispatch table."""
 
-        def handle(conn_id: int, msg: Message, _now: float) -> list[Effect]:
+        def handle(msg: _M, conn_id: int, _now: float) -> list[Effect]:
             return handler(self.state, self._host(conn_id), msg)
 
         return handle
 
     def _place(self, now: float) -> list[Effect]:
-        effects = jobs.place_jobs(self.state, self._rng, now)
-        if any(isinstance(e, Send) and isinstance(e.message, UseCS) and not e.message.got_env
-               for e in effects):  # fmt: skip
+        effects: list[Effect] = jobs.place_jobs(self.state, self._rng, now)
+        if any(
+            isinstance(e, Send) and isinstance(e.message, UseCS) and not e.message.got_env
+            for e in effects
+        ):
             self._host_deadline = None  # its host is now busy installing (a new deadline)
+        if now >= self._wait_report_due():
+            effects.append(self._wait_report(now))
+        return effects
+
+    def _wait_report(self, now: float) -> JobsWaiting:
+        head = self.state.queue.first()
+        assert head is not None  # noqa: S101 - _wait_report_due is finite only with a queue
+        self._next_wait_report = now + WAIT_REPORT_PERIOD
+        return JobsWaiting(
+            count=len(self.state.queue),
+            job_id=head.job_id,
+            filename=head.filename,
+            waited=now - head.queued_at,
+            reasons=waiting.reasons(self.state, head, now),
+        )
+
+    def _on_get_cs(self, msg: GetCS, conn_id: int, now: float) -> list[Effect]:
+        first_new = self.state.last_job_id + 1
+        effects = jobs.on_get_cs(self.state, self._host(conn_id), msg)
+        for job_id in range(first_new, self.state.last_job_id + 1):
+            self.state.jobs[job_id].queued_at = now
         return effects
 
     def _remove_host(self, host: Host) -> list[Effect]:
         self._peers.pop(host.conn_id, None)
         return jobs.remove_host(self.state, host)
 
-    def _on_stats(self, conn_id: int, msg: Message, now: float) -> list[Effect]:
-        stats = cast("Stats", msg)
+    def _on_stats(self, stats: Stats, conn_id: int, now: float) -> list[Effect]:
         host = self._host(conn_id)
         host.load = stats.load
         host.client_count = 0  # as 1.4: STATS carries no client count, yet resets it
@@ -421,37 +474,37 @@ class Scheduler:
         host.last_talk = now
         host.ping_deadline = None
 
-    def _on_ping(self, conn_id: int, _msg: Message, now: float) -> list[Effect]:
+    def _on_ping(self, _msg: Ping, conn_id: int, now: float) -> list[Effect]:
         self._answered_ping(self._host(conn_id), now)
         return []
 
-    def _on_relogin(self, conn_id: int, msg: Message, _now: float) -> list[Effect]:
-        login = cast("Login", msg)
+    def _on_relogin(self, login: Login, conn_id: int, _now: float) -> list[Effect]:
         host = self._host(conn_id)
         host.envs = login.envs
         host.busy_installing_since = None
+        host.installing_for = None
         if supports(host.protocol, Feature.CS_CONF):
             return [Send(conn_id, ConfCS())]
         return []
 
-    def _on_blacklist(self, conn_id: int, msg: Message, _now: float) -> list[Effect]:
-        request = cast("BlacklistHostEnv", msg)
+    def _on_blacklist(self, request: BlacklistHostEnv, conn_id: int, _now: float) -> list[Effect]:
         host = self._host(conn_id)
         entry = (request.target, request.environment)
+        named = jobs.LOOPBACK_IP if request.hostname == jobs.LOOPBACK_NAME else request.hostname
         for server in self.state.hosts.values():
-            if server.ip == request.hostname:
+            if server.ip == named:
                 entries = host.blacklist.setdefault(server.host_id, [])
                 if entry not in entries:
                     entries.append(entry)
         return []
 
-    def _on_status_text(self, conn_id: int, msg: Message, _now: float) -> list[Effect]:
+    def _on_status_text(self, msg: StatusText, conn_id: int, _now: float) -> list[Effect]:
         host = self._host(conn_id)
         if not host.internals_pending:
             text = "STATUS_TEXT without a GET_INTERNALS"
             raise RemoteProtocolError(text, msg_type=int(MsgType.STATUS_TEXT))
         host.internals_pending -= 1
-        return [InternalsReply(host.host_id, cast("StatusText", msg).text)]
+        return [InternalsReply(host.host_id, msg.text)]
 
-    def _on_end(self, conn_id: int, _msg: Message, _now: float) -> list[Effect]:
+    def _on_end(self, _msg: End, conn_id: int, _now: float) -> list[Effect]:
         return self._remove_host(self._host(conn_id))

@@ -12,7 +12,7 @@ connections; :mod:`iceserv.scheduler.handlers` finds the host for a message.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 
 from iceserv.errors import RemoteProtocolError
 from iceserv.protocol import (
@@ -28,17 +28,18 @@ from iceserv.protocol import (
     NoCS,
     UseCS,
 )
-from iceserv.protocol.features import supports
+from iceserv.protocol.features import min_version, supports
+from iceserv.protocol.filenames import shorten_filename
 from iceserv.protocol.records import asdict
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
-from iceserv.scheduler.monitoring import OFFLINE, shorten_filename
+from iceserv.scheduler.monitoring import OFFLINE
 from iceserv.scheduler.state import Job, JobState
 
 if TYPE_CHECKING:
     import random
 
-    from iceserv.protocol import GetCS, JobBegin, JobDone, JobLocalBegin, Message
+    from iceserv.protocol import GetCS, JobBegin, JobDone, JobLocalBegin
     from iceserv.scheduler.state import ClusterState, Host
 
 __all__ = [
@@ -51,26 +52,29 @@ __all__ = [
     "remove_host",
 ]
 
-#: 1.4 raises minimal_host_version to 31 when the legacy ignore_unverified word is set.
-_IGNORE_UNVERIFIED_VERSION: Final = 31
 _MAX_NICENESS: Final = 20
 #: GET_CS asks for 1 job (3 for repeat jobs); more is a broken or hostile peer.
 _MAX_JOBS_PER_REQUEST: Final = 64
 #: Local jobs remembered per daemon (a daemon that never reports them done must not grow us).
 _MAX_LOCAL_JOBS: Final = 4096
 _ABORTED_EXITCODE: Final = 255
+#: A daemon logged in from here shares the submitter's host when the submitter did too.
+LOOPBACK_IP: Final = "127.0.0.1"
+#: What USE_CS names such a server instead (reference §5.1.2: clients never connect to
+#: "127.0.0.1"; they resolve any other name, IPv4 only, and connect).
+LOOPBACK_NAME: Final = "localhost"
 
 
-def on_get_cs(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_get_cs(state: ClusterState, host: Host, request: GetCS) -> list[Effect]:
     """GET_CS: queue ``count`` jobs for *host* and tell the monitors (MON_GET_CS)."""
-    request = cast("GetCS", msg)
     if request.count > _MAX_JOBS_PER_REQUEST:
         text = f"GET_CS asks for {request.count} jobs"
         raise RemoteProtocolError(text, msg_type=int(MsgType.GET_CS))
     host.client_count = request.client_count
     minimal = request.minimal_host_version
     if request.ignore_unverified:
-        minimal = max(minimal, _IGNORE_UNVERIFIED_VERSION)
+        # 1.4 raises it to the first version that verifies environments.
+        minimal = max(minimal, min_version(Feature.VERIFY_ENV))
     effects: list[Effect] = []
     master: Job | None = None
     for _ in range(request.count):
@@ -108,9 +112,8 @@ def on_get_cs(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
     return effects
 
 
-def on_job_begin(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_job_begin(state: ClusterState, host: Host, begin: JobBegin) -> list[Effect]:
     """JOB_BEGIN: the server started compiling; the job is COMP (MON_JOB_BEGIN)."""
-    begin = cast("JobBegin", msg)
     job = state.jobs.get(begin.job_id)
     if job is None or job.server != host.host_id:
         return []  # 1.4 ignores a begin for a job this daemon does not serve
@@ -127,13 +130,12 @@ def _find_unknown_job(state: ClusterState, host: Host, client_id: int) -> Job | 
     return None
 
 
-def on_job_done(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_job_done(state: ClusterState, host: Host, done: JobDone) -> list[Effect]:
     """JOB_DONE: the job is finished or cancelled; record its statistics (MON_JOB_DONE).
 
     A server reporting a job it does not serve, or a daemon cancelling a job it
     did not submit, breaks the protocol (1.4 kicks it).
     """
-    done = cast("JobDone", msg)
     if done.flags & JobDoneFlag.UNKNOWN_JOB_ID:
         # The submitter gave up before it learnt the job id: job_id is its client id.
         job = _find_unknown_job(state, host, done.job_id)
@@ -152,6 +154,11 @@ def on_job_done(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
     server = state.hosts.get(job.server) if job.server is not None else None
     if server is not None:
         server.jobs.remove(job.job_id)
+        if server.installing_for == job.job_id:
+            # The job ended before the server re-announced its environments: the transfer
+            # it was to install never happened (or was abandoned), so nothing is installing.
+            server.busy_installing_since = None
+            server.installing_for = None
     if job.state is JobState.PEND:
         state.queue.discard(job)
     placement.record_job_stats(
@@ -167,9 +174,8 @@ def on_job_done(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
     return [ToMonitors(MonJobDone(**values))]
 
 
-def on_job_local_begin(state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_job_local_begin(state: ClusterState, host: Host, begin: JobLocalBegin) -> list[Effect]:
     """JOB_LOCAL_BEGIN: number a local job from the shared counter (MON_LOCAL_JOB_BEGIN)."""
-    begin = cast("JobLocalBegin", msg)
     job_id = state.new_job_id()
     host.local_jobs.pop(begin.id, None)
     host.local_jobs[begin.id] = job_id
@@ -182,9 +188,8 @@ def on_job_local_begin(state: ClusterState, host: Host, msg: Message) -> list[Ef
     ]
 
 
-def on_job_local_done(_state: ClusterState, host: Host, msg: Message) -> list[Effect]:
+def on_job_local_done(_state: ClusterState, host: Host, done: JobLocalDone) -> list[Effect]:
     """JOB_LOCAL_DONE: report the local job's scheduler id to the monitors."""
-    done = cast("JobLocalDone", msg)
     job_id = host.local_jobs.pop(done.job_id, 0)
     return [ToMonitors(JobLocalDone(job_id))]
 
@@ -210,15 +215,21 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
     host.last_picked_id = job.job_id
     if not assignment.got_env:
         host.busy_installing_since = now  # cleared by its re-LOGIN after the install
+        host.installing_for = job.job_id  # ... or by the end of this job, if it never came
     placement.restrict_siblings(state, assignment)
     if host is submitter and supports(submitter.protocol, Feature.NO_CS):
         return Send(submitter.conn_id, NoCS(job.job_id, job.client_id))
+    hostname = host.ip
+    if hostname == LOOPBACK_IP and host is not submitter:
+        # Every client (1.4's too) reads USE_CS to 127.0.0.1 as "compile it yourself" and
+        # never contacts the server; a name for the same address makes it connect.
+        hostname = LOOPBACK_NAME
     return Send(
         submitter.conn_id,
         UseCS(
             job_id=job.job_id,
             port=host.port,
-            hostname=host.ip,
+            hostname=hostname,
             host_platform=assignment.host_platform,
             got_env=assignment.got_env,
             client_id=job.client_id,
@@ -242,6 +253,7 @@ def remove_host(state: ClusterState, host: Host) -> list[Effect]:
         if server is not None:
             server.jobs.remove(job.job_id)
             server.busy_installing_since = None  # as 1.4: it may have been installing for it
+            server.installing_for = None
         if job.state is JobState.PEND:
             state.queue.discard(job)
         state.forget_job(job)

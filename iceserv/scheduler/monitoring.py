@@ -1,7 +1,8 @@
-"""The text monitors receive: MON_STATS ``Key:Value`` lines and shortened file names.
+"""The text monitors receive: MON_STATS ``Key:Value`` lines.
 
 This module owns the exact strings of reference §2.2 MON_STATS (as 1.4's
-``handle_monitor_stats`` prints them) and 1.4's ``shorten_filename``.  It is
+``handle_monitor_stats`` prints them); file names are shortened by
+:func:`iceserv.protocol.filenames.shorten_filename`.  It is
 pure and must not decide *when* monitors are told anything; that is
 :mod:`iceserv.scheduler.handlers`.
 """
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from iceserv.protocol import Stats
     from iceserv.scheduler.state import Host
 
-__all__ = ["OFFLINE", "features_text", "host_stats_text", "shorten_filename"]
+__all__ = ["OFFLINE", "features_text", "host_stats_text"]
 
 #: The whole MON_STATS text for a daemon that went away.
 OFFLINE: Final = "State:Offline\n"
@@ -56,18 +57,3 @@ def host_stats_text(host: Host, stats: Stats | None = None) -> str:
             f"FreeMem:{stats.free_mem}",
         ]
     return "".join(line + "\n" for line in lines)
-
-
-def shorten_filename(path: str) -> str:
-    """Return the last three components of *path*, as 1.4's ``shorten_filename``.
-
-    Faithful to a quirk: when the search for the third slash from the end
-    reaches the leading slash it starts again from the end, so ``"/x/y.c"``
-    becomes ``"y.c"`` (monitors show the same names as with 1.4).
-    """
-    ofs = path.rfind("/")
-    for _ in range(2):
-        if ofs != -1:
-            # C++ rfind(c, npos) searches the whole string again when ofs - 1 wraps.
-            ofs = path.rfind("/") if ofs == 0 else path.rfind("/", 0, ofs)
-    return path[ofs + 1 :]

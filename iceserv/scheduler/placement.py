@@ -6,7 +6,8 @@ This module owns the rules of icecream 1.4's ``scheduler.cpp`` (``pick_server``,
 as pure functions over :class:`~iceserv.scheduler.state.ClusterState`.
 Randomness comes in as a :class:`random.Random`; nothing here does I/O,
 logs or reads a clock.  Deciding is separate from doing: :func:`empty_queue`
-returns an :class:`Assignment` and :mod:`iceserv.scheduler.handlers` applies it.
+returns an :class:`Assignment` and :func:`iceserv.scheduler.jobs.place_jobs`
+applies it.
 
 Probing hosts (deliberately as 1.4, not as upstream master): a host that has
 never compiled anything is tried as soon as it is free, and any host not
@@ -40,7 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from iceserv.protocol import EnvEntry
+from iceserv.protocol import ArgFlag, EnvEntry
 from iceserv.scheduler.state import JobStat
 
 if TYPE_CHECKING:
@@ -82,9 +83,6 @@ _MIN_OUTPUT: Final = 4096
 _EXPLORE_IDS_PER_HOST: Final = 20
 #: matched_job_id compares this many statistics of submitter and server.
 _MATCH_SCAN: Final = 17
-_FLAG_G: Final = 0x1
-_FLAG_G3: Final = 0x2
-_FLAGS_O: Final = 0x4 | 0x8 | 0x10
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,11 +230,11 @@ def record_job_stats(
     if exitcode != 0 or out_uncompressed < _MIN_OUTPUT or server is None:
         return None
     size = out_uncompressed
-    if job.arg_flags & _FLAG_G:
+    if job.arg_flags & ArgFlag.G:
         size = size * 10 // 36  # debug info inflates the output about 3.6 times
-    elif job.arg_flags & _FLAG_G3:
+    elif job.arg_flags & ArgFlag.G3:
         size = size * 10 // 45
-    if job.arg_flags & _FLAGS_O:
+    if job.arg_flags & (ArgFlag.O | ArgFlag.O2 | ArgFlag.OL2):
         size = size * 58 // 35
     if len(server.compiled) >= _TRUSTED_STATS and user_msec > 0:
         # Smooth out spikes: one job moves the rating by at most a factor 1.2.
@@ -288,10 +286,13 @@ def pick_server(state: ClusterState, job: Job, rng: random.Random) -> Host | Non
     hosts = list(state.hosts.values())
     if job.preferred_host:
         return next(
-            (host for host in hosts
-             if host.matches(job.preferred_host) and eligible_now(state, host, job)),
+            (
+                host
+                for host in hosts
+                if host.matches(job.preferred_host) and eligible_now(state, host, job)
+            ),
             None,
-        )  # fmt: skip
+        )
     if not len(state.all_stats):
         # No statistics yet: choose at random, so one broken host cannot
         # starve the cluster of the statistics that would expose it.

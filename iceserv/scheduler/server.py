@@ -22,11 +22,12 @@ import dataclasses
 import itertools
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from iceserv.errors import ProtocolError
+from iceserv.hostfacts import set_keepalive
 from iceserv.protocol import (
     NEED_DATA,
     SCHEDULER_PORT,
@@ -41,12 +42,13 @@ from iceserv.protocol.discovery import (
     encode_announcements,
     encode_reply,
 )
-from iceserv.scheduler.control import INTERNALS_TIMEOUT, SchedulerControl
+from iceserv.scheduler.control import INTERNALS_TIMEOUT, ClusterControl
 from iceserv.scheduler.effects import (
     Announce,
     Close,
     Effect,
     InternalsReply,
+    JobsWaiting,
     Send,
     StartProbe,
     StopReading,
@@ -59,11 +61,14 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Coroutine
 
+    from iceserv.clock import Clock
     from iceserv.protocol import Message
 
-__all__ = ["Clock", "SchedulerServer", "ServerSettings"]
+__all__ = ["SchedulerServer", "SchedulerServerSettings"]
 
 log = structlog.get_logger()
+#: A job waiting this long (seconds) is logged as a warning: a client gives up after 10 s.
+_WAIT_WARNING: Final = 10.0
 
 _READ_SIZE: Final = 65536
 #: A read on a logged-in daemon that sees nothing for this long just starts again:
@@ -72,16 +77,8 @@ _IDLE_READ: Final = 300.0
 _MONITOR_SNDBUF: Final = 65536
 
 
-class Clock(Protocol):
-    """Wall-clock seconds (``time.time`` or ``testing.FakeClock``)."""
-
-    def now(self) -> float:
-        """Return the current time in seconds."""
-        ...
-
-
 @dataclass(frozen=True, slots=True)
-class ServerSettings:
+class SchedulerServerSettings:
     """How the scheduler listens; built by ``app`` from the configuration.
 
     ``announce_to`` lists the addresses the scheduler announcements go to
@@ -115,23 +112,11 @@ class _Peer:
     drainer: asyncio.Task[None] | None = None
 
 
-def _set_keepalive(sock: socket.socket | None, *, bulk: bool = False) -> None:
-    """Apply 1.4's socket options (§1.3): keepalive 27 s + 3 x 3 s, 9 s user timeout."""
-    if sock is None:
-        return
-    options = [
-        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 27),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
-        (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 9000),
-    ]
-    if bulk:
-        options += [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0),
-                    (socket.SOL_SOCKET, socket.SO_SNDBUF, _MONITOR_SNDBUF)]  # fmt: skip
-    for level, name, value in options:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(level, name, value)
+#: A monitor's socket (bulk): no TCP_NODELAY, and a big send buffer (1.4 ``MsgChannel``).
+_BULK_OPTIONS: Final = (
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 0),
+    (socket.SOL_SOCKET, socket.SO_SNDBUF, _MONITOR_SNDBUF),
+)
 
 
 class _Discovery(asyncio.DatagramProtocol):
@@ -147,7 +132,9 @@ class _Discovery(asyncio.DatagramProtocol):
 class SchedulerServer:
     """A running scheduler: listeners, peer connections and the core's timers."""
 
-    def __init__(self, settings: ServerSettings, *, clock: Clock, rng: random.Random) -> None:
+    def __init__(
+        self, settings: SchedulerServerSettings, *, clock: Clock, rng: random.Random
+    ) -> None:
         self.settings = settings
         self._clock = clock
         self._start = clock.now()
@@ -157,7 +144,7 @@ class SchedulerServer:
             persistent_clients=settings.persistent_clients,
         )
         self._core = Scheduler(config, rng, self._start)
-        self.control = SchedulerControl(self, internals_timeout=settings.internals_timeout)
+        self.control = ClusterControl(self, internals_timeout=settings.internals_timeout)
         self._peers: dict[int, _Peer] = {}
         self._summaries = JobSummaries()
         self._ids = itertools.count(1)
@@ -182,9 +169,13 @@ class SchedulerServer:
     async def start(self) -> None:
         """Bind the TCP and UDP listeners and start the timer task."""
         self._tcp = await asyncio.start_server(
-            self._serve, self.settings.address, self.settings.port, reuse_address=True,
-            backlog=1024, limit=_READ_SIZE,
-        )  # fmt: skip
+            self._serve,
+            self.settings.address,
+            self.settings.port,
+            reuse_address=True,
+            backlog=1024,
+            limit=_READ_SIZE,
+        )
         self.port = self._tcp.sockets[0].getsockname()[1]
         loop = asyncio.get_running_loop()
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -199,8 +190,12 @@ class SchedulerServer:
         transport, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp)
         self._udp = transport
         self._spawn(self._timers())
-        log.info("scheduler_started", address=self.settings.address, port=self.port,
-                 netname=self.settings.netname)  # fmt: skip
+        log.info(
+            "scheduler_started",
+            address=self.settings.address,
+            port=self.port,
+            netname=self.settings.netname,
+        )
 
     async def stop(self) -> None:
         """Stop listening and close every daemon and monitor connection (1.4's clean exit)."""
@@ -246,7 +241,7 @@ class SchedulerServer:
 
     # --- effects ----------------------------------------------------------------------
 
-    def apply(self, effects: list[Effect]) -> None:
+    def apply(self, effects: list[Effect]) -> None:  # noqa: C901 - one case per effect type
         """Carry out the core's *effects* in order."""
         for effect in effects:
             match effect:
@@ -265,6 +260,8 @@ class SchedulerServer:
                     self._announce(encode_announcements(info))
                 case InternalsReply(host_id, text):
                     self.control.deliver_internals(host_id, text)
+                case JobsWaiting():
+                    _log_waiting(effect)
         self.control.observe(effects)
         self._timer_wake.set()
 
@@ -272,7 +269,7 @@ class SchedulerServer:
         peer = self._peers.get(conn_id)
         if peer is not None:
             peer.monitor = True
-            _set_keepalive(peer.writer.get_extra_info("socket"), bulk=True)
+            set_keepalive(peer.writer.get_extra_info("socket"), *_BULK_OPTIONS)
             log.info("monitor_logged_in", peer=peer.ip, conn_id=conn_id)
 
     def _send(self, conn_id: int, message: Message) -> None:
@@ -377,7 +374,7 @@ class SchedulerServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
-        _set_keepalive(sock)
+        set_keepalive(sock)
         peername = writer.get_extra_info("peername") or ("?", 0)
         conn_id = next(self._ids)
         peer = _Peer(conn_id, str(peername[0]), writer, Connection())
@@ -402,8 +399,13 @@ class SchedulerServer:
 
     def _finish(self, peer: _Peer, reason: str) -> None:
         if peer.nodename is not None:
-            log.info("daemon_logged_out", peer=peer.ip, host_id=peer.host_id,
-                     nodename=peer.nodename, reason=reason)  # fmt: skip
+            log.info(
+                "daemon_logged_out",
+                peer=peer.ip,
+                host_id=peer.host_id,
+                nodename=peer.nodename,
+                reason=reason,
+            )
             peer.nodename = None
         elif not peer.closed:
             log.debug("connection_closed", peer=peer.ip, conn_id=peer.conn_id, reason=reason)
@@ -441,9 +443,14 @@ class SchedulerServer:
                 if not logged_in and (host := self._core.host_by_conn(peer.conn_id)):
                     logged_in = True
                     peer.nodename, peer.host_id = host.nodename, host.host_id
-                    log.info("daemon_logged_in", peer=peer.ip, host_id=host.host_id,
-                             nodename=host.nodename, max_jobs=host.max_jobs,
-                             protocol=host.protocol)  # fmt: skip
+                    log.info(
+                        "daemon_logged_in",
+                        peer=peer.ip,
+                        host_id=host.host_id,
+                        nodename=host.nodename,
+                        max_jobs=host.max_jobs,
+                        protocol=host.protocol,
+                    )
             self._flush(peer)
             if not data:
                 return "closed by peer"
@@ -471,3 +478,18 @@ class SchedulerServer:
             except (OSError, TimeoutError):
                 self._finish(peer, "send failed")
                 return
+
+
+def _log_waiting(report: JobsWaiting) -> None:
+    """Say why jobs wait: info at first, a warning once the oldest waited 10 s."""
+    fields = {
+        "count": report.count,
+        "job_id": report.job_id,
+        "filename": report.filename,
+        "waited": round(report.waited, 1),
+        "reasons": [f"{name}: {why}" for name, why in report.reasons],
+    }
+    if report.waited >= _WAIT_WARNING:
+        log.warning("jobs_waiting", **fields)
+    else:
+        log.info("jobs_waiting", **fields)

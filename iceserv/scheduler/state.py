@@ -151,6 +151,7 @@ class Host:
     submitted: int = 0
     jobs: list[int] = field(default_factory=list)
     busy_installing_since: float | None = None
+    installing_for: int | None = None  # the job whose USE_CS (no env yet) made it busy installing
     last_picked_id: int = 0
     probe: ProbeState = field(default_factory=ProbeState)
     blacklist: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
@@ -190,6 +191,7 @@ class Job:
     server: int | None = None
     stime: int = 0
     siblings: list[int] = field(default_factory=list)
+    queued_at: float = 0.0  # when its GET_CS arrived (the waiting report says how long)
 
 
 @dataclass(eq=False, slots=True)
@@ -262,8 +264,9 @@ class JobQueue:
 
     def drop_submitter(self, submitter: int) -> list[Job]:
         """Remove and return every queued job of *submitter* (the daemon went away)."""
-        dropped = [job for group in self._groups if group.submitter == submitter
-                   for job in group.jobs]  # fmt: skip
+        dropped = [
+            job for group in self._groups if group.submitter == submitter for job in group.jobs
+        ]
         self._groups = [group for group in self._groups if group.submitter != submitter]
         return dropped
 

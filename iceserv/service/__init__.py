@@ -10,6 +10,7 @@ or ``config``: ``app`` adapts them to :class:`ManagedService`.
 
 from __future__ import annotations
 
+from iceserv.hostfacts import MANAGER_VARIABLES
 from iceserv.service.lifecycle import DEFAULT_GRACE, Lifecycle, ManagedService
 from iceserv.service.logging import (
     AppendFileHandler,
@@ -21,7 +22,6 @@ from iceserv.service.logging import (
     render_journal,
 )
 from iceserv.service.notify import (
-    MANAGER_VARIABLES,
     Notifier,
     ServiceNotifier,
     Transport,

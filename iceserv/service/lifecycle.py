@@ -220,8 +220,9 @@ class Lifecycle:
                 self._notifier.status(
                     f"stopping, {service.in_flight()} jobs running, {remaining:.0f} s left"
                 )
-                await asyncio.wait({idle, forced}, timeout=step,
-                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                await asyncio.wait(
+                    {idle, forced}, timeout=step, return_when=asyncio.FIRST_COMPLETED
+                )
         finally:
             for task in (idle, forced):
                 task.cancel()

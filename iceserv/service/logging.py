@@ -77,19 +77,43 @@ _OWN_PREFIX: Final = "iceserv."
 _LEVELS: Final = (logging.WARNING, logging.INFO, logging.DEBUG, logging.DEBUG)
 #: syslog priorities (sd-daemon(3) prefixes) by stdlib level name.
 _PRIORITIES: Final = {
-    "critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4, "info": 6, "debug": 7,
-}  # fmt: skip
+    "critical": 2,
+    "exception": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "info": 6,
+    "debug": 7,
+}
 #: journald's socket for the native protocol (systemd.journal-fields(7), sd_journal_send(3)).
 JOURNAL_SOCKET: Final = Path("/run/systemd/journal/socket")
 #: Field names journald gives a meaning of its own: our keys of these names get a prefix.
-_RESERVED_FIELDS: Final = frozenset({
-    "MESSAGE", "MESSAGE_ID", "PRIORITY", "CODE_FILE", "CODE_LINE", "CODE_FUNC", "ERRNO",
-    "INVOCATION_ID", "USER_INVOCATION_ID", "SYSLOG_FACILITY", "SYSLOG_IDENTIFIER", "SYSLOG_PID",
-    "SYSLOG_TIMESTAMP", "SYSLOG_RAW", "DOCUMENTATION", "TID", "UNIT", "USER_UNIT",
-})  # fmt: skip
+_RESERVED_FIELDS: Final = frozenset(
+    {
+        "MESSAGE",
+        "MESSAGE_ID",
+        "PRIORITY",
+        "CODE_FILE",
+        "CODE_LINE",
+        "CODE_FUNC",
+        "ERRNO",
+        "INVOCATION_ID",
+        "USER_INVOCATION_ID",
+        "SYSLOG_FACILITY",
+        "SYSLOG_IDENTIFIER",
+        "SYSLOG_PID",
+        "SYSLOG_TIMESTAMP",
+        "SYSLOG_RAW",
+        "DOCUMENTATION",
+        "TID",
+        "UNIT",
+        "USER_UNIT",
+    }
+)
 _FIELD_JUNK: Final = re.compile(r"[^A-Z0-9_]")
-_LOGFMT_PLAIN: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                 "0123456789-_.:/@+,[]()")  # fmt: skip
+_LOGFMT_PLAIN: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@+,[]()"
+)
 
 
 class LogFormat(enum.StrEnum):
@@ -154,8 +178,11 @@ def render_journal(_logger: WrappedLogger, _name: str, event_dict: EventDict) ->
     level = str(event_dict.get("level", "info"))
     priority = _PRIORITIES.get(level, 6)
     head = [f"event={_logfmt_value(event_dict.pop('event', ''))}"]
-    tail = [f"{key}={_logfmt_value(event_dict.pop(key))}" for key in ("logger", "level")
-            if key in event_dict]  # fmt: skip
+    tail = [
+        f"{key}={_logfmt_value(event_dict.pop(key))}"
+        for key in ("logger", "level")
+        if key in event_dict
+    ]
     body = [f"{key}={_logfmt_value(value)}" for key, value in event_dict.items()]
     return f"<{priority}>" + " ".join(head + body + tail)
 
@@ -286,8 +313,9 @@ class AppendFileHandler(logging.Handler):
         self._open()
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                           self._mode)  # fmt: skip
+        self._fd = os.open(
+            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._mode
+        )
         self._end = os.fstat(self._fd).st_size
 
     def _check_rotation(self) -> None:
@@ -401,18 +429,22 @@ class LogSetup:
         # The native protocol only under journald: $JOURNAL_STREAM names our stream, and
         # that stream is a socket (journald's stdout stream), not a file that merely matches.
         native = (
-            resolved is LogFormat.JOURNAL and not to_file and self._journal_stream is not None
+            resolved is LogFormat.JOURNAL
+            and not to_file
+            and self._journal_stream is not None
             and _stream_identity(self._stream) == self._journal_stream
             and _is_socket(self._stream)
-            and self._journal_socket is not None and self._journal_socket.exists()
-        )  # fmt: skip
+            and self._journal_socket is not None
+            and self._journal_socket.exists()
+        )
         if (resolved, log_file) != (self.format, self.log_file) or self.handler is None:
             handler: logging.Handler
             if log_file is not None:
                 handler = AppendFileHandler(log_file)
             elif native and self._journal_socket is not None:
-                handler = JournalHandler(self._journal_socket, self._stream,
-                                         identifier=self._identifier)  # fmt: skip
+                handler = JournalHandler(
+                    self._journal_socket, self._stream, identifier=self._identifier
+                )
             else:
                 handler = logging.StreamHandler(self._stream)
             colors = not to_file and resolved is LogFormat.CONSOLE and _isatty(self._stream)

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import sdnotify
 
+from iceserv.hostfacts import MANAGER_VARIABLES, without_manager_variables
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, MutableMapping
 
 __all__ = [
-    "MANAGER_VARIABLES",
     "Notifier",
     "ServiceNotifier",
     "Transport",
@@ -38,11 +39,6 @@ __all__ = [
     "scrub_environment",
 ]
 
-#: Variables a service manager hands the service; none may reach a compiler.
-MANAGER_VARIABLES: Final = frozenset(
-    ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS",
-     "LISTEN_FDNAMES")
-)  # fmt: skip
 _USEC: Final = 1_000_000
 
 
@@ -94,7 +90,7 @@ def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
     compiler can neither notify systemd in our name nor believe it was
     socket-activated.
     """
-    return {name: value for name, value in environ.items() if name not in MANAGER_VARIABLES}
+    return without_manager_variables(environ)
 
 
 def scrub_environment(environ: MutableMapping[str, str]) -> None:

@@ -210,8 +210,18 @@ class Simulation:
 
     @staticmethod
     def _result(run: _Run) -> JobRun:
-        return JobRun(run.index, run.job.submitter, run.server, run.submit, run.placed,
-                      run.start, run.end, run.done, run.lane, run.job.file)  # fmt: skip
+        return JobRun(
+            run.index,
+            run.job.submitter,
+            run.server,
+            run.submit,
+            run.placed,
+            run.start,
+            run.end,
+            run.done,
+            run.lane,
+            run.job.file,
+        )
 
     # --- daemons ----------------------------------------------------------------------
 
@@ -228,10 +238,12 @@ class Simulation:
             run.lane = daemon.lanes.index(False)
             daemon.lanes[run.lane] = True
             run.start = now
-            self._placed(self._placement.job_begin(daemon.spec.name, run.job_id,
-                                                   daemon.clients, now), now)  # fmt: skip
-            self._at(now + run.job.cpu / daemon.spec.speed,
-                     functools.partial(self._finish, daemon, run))  # fmt: skip
+            self._placed(
+                self._placement.job_begin(daemon.spec.name, run.job_id, daemon.clients, now), now
+            )
+            self._at(
+                now + run.job.cpu / daemon.spec.speed, functools.partial(self._finish, daemon, run)
+            )
 
     def _finish(self, daemon: _Daemon, run: _Run, now: float) -> None:
         daemon.lanes[run.lane] = False
@@ -268,8 +280,9 @@ class Simulation:
         submitter.outstanding += 1
         run.client_id, run.submit = submitter.next_client_id, now
         self._by_client[run.job.submitter, run.client_id] = run
-        placed = self._placement.get_cs(run.job.submitter, run.client_id, run.job,
-                                        submitter.clients, now)  # fmt: skip
+        placed = self._placement.get_cs(
+            run.job.submitter, run.client_id, run.job, submitter.clients, now
+        )
         self._placed(placed, now)
 
     def _placed(self, placed: list[Placed], now: float) -> None:

@@ -33,6 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from iceserv.protocol import ArgFlag
 from iceserv.sim.placer import Placed
 from iceserv.sim.trace import SimInputError, arg_flags
 
@@ -183,11 +184,11 @@ class Model14Placement:
         if server is None or out_size < _MIN_OUTPUT:
             return
         output = out_size
-        if job.flags & 0x1:
+        if job.flags & ArgFlag.G:
             output = output * 10 // 36
-        elif job.flags & 0x2:
+        elif job.flags & ArgFlag.G3:
             output = output * 10 // 45
-        if job.flags & (0x4 | 0x8 | 0x10):
+        if job.flags & (ArgFlag.O | ArgFlag.O2 | ArgFlag.OL2):
             output = output * 58 // 35
         if len(server.compiled) >= _TRUSTED:
             this_speed = _f32(_f32(output) / _f32(user)) if user else float("inf")

@@ -165,8 +165,9 @@ class RealPlacement:
         submitter = self._names[effect.conn_id]
         msg = effect.message
         if isinstance(msg, UseCS):
-            return [Placed(submitter, msg.client_id, msg.job_id, self._by_ip[msg.hostname],
-                           msg.got_env)]  # fmt: skip
+            return [
+                Placed(submitter, msg.client_id, msg.job_id, self._by_ip[msg.hostname], msg.got_env)
+            ]
         if isinstance(msg, NoCS):
             return [Placed(submitter, msg.client_id, msg.job_id, submitter, got_env=True)]
         return []  # CS_CONF and the like

@@ -114,6 +114,7 @@ def format_comparison(summaries: Sequence[Summary]) -> str:
         ]
         rows.append((label, cells))
     lines = [head]
-    lines += [f"{label:<24}" + "".join(f"{cell:>{width + 2}}" for cell in cells)
-              for label, cells in rows]  # fmt: skip
+    lines += [
+        f"{label:<24}" + "".join(f"{cell:>{width + 2}}" for cell in cells) for label, cells in rows
+    ]
     return "\n".join(lines)

@@ -27,8 +27,18 @@ _LANE: Final = 8
 _HOST_GAP: Final = 6
 _TITLE: Final = 34
 _AXIS: Final = 26
-_PALETTE: Final = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948",
-                   "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")  # fmt: skip
+_PALETTE: Final = (
+    "#4e79a7",
+    "#f28e2b",
+    "#59a14f",
+    "#e15759",
+    "#76b7b2",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
 
 
 def _tick_step(span: float) -> float:
@@ -42,35 +52,47 @@ def _panel(result: SimResult, top: float, scale: float, colours: dict[str, str])
     runs = result.runs
     makespan = max(run.done for run in runs) - min(run.submit for run in runs)
     mean_wait = sum(run.wait for run in runs) / len(runs)
-    title = (f"{result.placement}: makespan {makespan:.1f} s, mean wait {mean_wait:.2f} s, "
-             f"{len(runs)} jobs")  # fmt: skip
+    title = (
+        f"{result.placement}: makespan {makespan:.1f} s, mean wait {mean_wait:.2f} s, "
+        f"{len(runs)} jobs"
+    )
     out = [f'<text x="10" y="{top + 20:.1f}" class="title">{escape(title)}</text>']
     y = top + _TITLE
     for host in result.hosts:
         lanes = max(1, host.slots)
         height = lanes * _LANE
         label = f"{host.name} \N{MULTIPLICATION SIGN}{host.speed:g} ({host.slots})"
-        out.append(f'<text x="{_LEFT - 6}" y="{y + min(height, 12) - 2:.1f}" '
-                   f'class="host">{escape(label)}</text>')  # fmt: skip
-        out.append(f'<rect x="{_LEFT}" y="{y:.1f}" width="{_WIDTH - _LEFT - _RIGHT}" '
-                   f'height="{height}" class="lanes"/>')  # fmt: skip
+        out.append(
+            f'<text x="{_LEFT - 6}" y="{y + min(height, 12) - 2:.1f}" '
+            f'class="host">{escape(label)}</text>'
+        )
+        out.append(
+            f'<rect x="{_LEFT}" y="{y:.1f}" width="{_WIDTH - _LEFT - _RIGHT}" '
+            f'height="{height}" class="lanes"/>'
+        )
         for install in result.installs:
             if install.host == host.name:
                 x = _LEFT + install.start * scale
                 w = max(1.0, (install.end - install.start) * scale)
-                out.append(f'<rect x="{x:.2f}" y="{y:.1f}" width="{w:.2f}" height="{height}" '
-                           'class="install"><title>environment install</title></rect>')  # fmt: skip
+                out.append(
+                    f'<rect x="{x:.2f}" y="{y:.1f}" width="{w:.2f}" height="{height}" '
+                    'class="install"><title>environment install</title></rect>'
+                )
         for run in runs:
             if run.server != host.name:
                 continue
             x = _LEFT + run.start * scale
             w = max(0.6, (run.end - run.start) * scale)
             own = ' class="own"' if run.server == run.submitter else ""
-            tip = (f"{run.file or '#' + str(run.index)} from {run.submitter}: "
-                   f"submitted {run.submit:.2f}, ran {run.start:.2f}-{run.end:.2f}")  # fmt: skip
-            out.append(f'<rect x="{x:.2f}" y="{y + run.lane * _LANE + 1:.1f}" width="{w:.2f}" '
-                       f'height="{_LANE - 2}" fill={quoteattr(colours[run.submitter])}{own}>'
-                       f"<title>{escape(tip)}</title></rect>")  # fmt: skip
+            tip = (
+                f"{run.file or '#' + str(run.index)} from {run.submitter}: "
+                f"submitted {run.submit:.2f}, ran {run.start:.2f}-{run.end:.2f}"
+            )
+            out.append(
+                f'<rect x="{x:.2f}" y="{y + run.lane * _LANE + 1:.1f}" width="{w:.2f}" '
+                f'height="{_LANE - 2}" fill={quoteattr(colours[run.submitter])}{own}>'
+                f"<title>{escape(tip)}</title></rect>"
+            )
         y += height + _HOST_GAP
     return out
 

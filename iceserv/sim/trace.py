@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from iceserv.errors import IceservError
+from iceserv.protocol import ArgFlag
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,9 +37,15 @@ __all__ = ["LANGUAGES", "SimInputError", "TraceJob", "arg_flags", "parse_trace",
 LANGUAGES: Final = {"c": 0, "c++": 1, "objc": 2, "objc++": 3}
 #: 1.4's ``CompileJob`` argument flags, as GET_CS carries them (``Flag_g`` ... ``Flag_Ol2``).
 _FLAG_BITS: Final = {
-    "-g": 0x1, "-g3": 0x2, "-O": 0x4, "-O1": 0x4, "-O2": 0x8, "-O3": 0x10, "-Os": 0x10,
-    "-Ofast": 0x10,
-}  # fmt: skip
+    "-g": ArgFlag.G,
+    "-g3": ArgFlag.G3,
+    "-O": ArgFlag.O,
+    "-O1": ArgFlag.O,
+    "-O2": ArgFlag.O2,
+    "-O3": ArgFlag.OL2,
+    "-Os": ArgFlag.OL2,
+    "-Ofast": ArgFlag.OL2,
+}
 _REQUIRED: Final = ("submit", "submitter", "source_size", "object_size", "cpu", "lang", "env")
 
 
@@ -72,10 +79,10 @@ class TraceJob:
 
 def arg_flags(flags: tuple[str, ...]) -> int:
     """Return GET_CS's ``arg_flags`` for compiler *flags* (unknown flags add nothing)."""
-    bits = 0
+    bits = ArgFlag.NONE
     for flag in flags:
-        bits |= _FLAG_BITS.get(flag, 0)
-    return bits
+        bits |= _FLAG_BITS.get(flag, ArgFlag.NONE)
+    return int(bits)
 
 
 def _number(record: dict[str, object], key: str, where: str) -> float:

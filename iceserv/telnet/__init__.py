@@ -9,15 +9,15 @@ imports ``iceserv.scheduler``: ``app/`` passes the control object in.
 from __future__ import annotations
 
 from iceserv.telnet.commands import Command, Reply, greeting, parse, run_command
-from iceserv.telnet.facade import HostLike, JobLike, SchedulerControl
+from iceserv.telnet.facade import SchedulerControl, TelnetHost, TelnetJob
 from iceserv.telnet.server import TelnetServer, serve_telnet
 
 __all__ = [
     "Command",
-    "HostLike",
-    "JobLike",
     "Reply",
     "SchedulerControl",
+    "TelnetHost",
+    "TelnetJob",
     "TelnetServer",
     "greeting",
     "parse",

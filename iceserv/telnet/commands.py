@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from iceserv.telnet.facade import HostLike, JobLike, SchedulerControl
+    from iceserv.telnet.facade import SchedulerControl, TelnetHost, TelnetJob
 
     _Handler = Callable[[SchedulerControl, list[str]], list[str]]
     _AsyncHandler = Callable[[SchedulerControl, list[str]], Awaitable[list[str]]]
@@ -50,9 +50,16 @@ DONE: Final = "200 done"
 GOODBYE: Final = "200 Good Bye!"
 #: The commands ``help`` lists, in 1.4's order.
 HELP: Final = (
-    "listcs", "listblocks", "listjobs", "removecs", "blockcs", "unblockcs", "internals", "help",
+    "listcs",
+    "listblocks",
+    "listjobs",
+    "removecs",
+    "blockcs",
+    "unblockcs",
+    "internals",
+    "help",
     "quit",
-)  # fmt: skip
+)
 
 _NO_HOSTS: Final = "401 Sure. But which hosts?"
 _NO_HOST: Final = "401 Sure. But which host?"
@@ -99,12 +106,12 @@ def greeting(control: SchedulerControl) -> tuple[str, str]:
     return status, "200 Use 'help' for help and 'quit' to quit."
 
 
-def render_job(job: JobLike) -> str:
+def render_job(job: TelnetJob) -> str:
     """Return 1.4's one-line dump of *job* (without the leading indentation)."""
     return f"{job.id} {job.state} sub:{job.submitter} on:{job.server} {job.filename}"
 
 
-def render_host(host: HostLike) -> list[str]:
+def render_host(host: TelnetHost) -> list[str]:
     """Return the ``listcs`` lines of *host*: its summary, then one line per assigned job."""
     line = (
         f" {host.nodename} ({host.ip}:{host.port}) [{host.platform}] speed={host.speed:.2f} "

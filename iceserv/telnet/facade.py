@@ -1,8 +1,8 @@
 """What the telnet interface needs from the scheduler: the ``SchedulerControl`` facade.
 
 This module owns the typing seam between the telnet text interface and the
-scheduler: read-only views of a compile server (``HostLike``) and of a job
-(``JobLike``), and the control object that answers the commands
+scheduler: read-only views of a compile server (``TelnetHost``) and of a job
+(``TelnetJob``), and the control object that answers the commands
 (``SchedulerControl``).  They are structural ``typing.Protocol`` types, so the
 scheduler satisfies them without importing anything from here, and ``app/``
 passes the concrete object in.  This module must not import
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["HostLike", "JobLike", "SchedulerControl"]
+__all__ = ["SchedulerControl", "TelnetHost", "TelnetJob"]
 
 
-class JobLike(Protocol):
+class TelnetJob(Protocol):
     """A job as ``listjobs`` and ``listcs`` show it."""
 
     @property
@@ -51,7 +51,7 @@ class JobLike(Protocol):
         ...
 
 
-class HostLike(Protocol):
+class TelnetHost(Protocol):
     """A logged-in daemon (compile server) as ``listcs`` shows it."""
 
     @property
@@ -100,7 +100,7 @@ class HostLike(Protocol):
         ...
 
     @property
-    def jobs(self) -> Sequence[JobLike]:
+    def jobs(self) -> Sequence[TelnetJob]:
         """The jobs assigned to the daemon, in the order it got them."""
         ...
 
@@ -124,11 +124,11 @@ class SchedulerControl(Protocol):
         """Return the last job id handed out (0 before the first job)."""
         ...
 
-    def list_hosts(self) -> Sequence[HostLike]:
+    def list_hosts(self) -> Sequence[TelnetHost]:
         """Every logged-in daemon, in login order."""
         ...
 
-    def list_jobs(self) -> Sequence[JobLike]:
+    def list_jobs(self) -> Sequence[TelnetJob]:
         """Every known job, ordered by id."""
         ...
 

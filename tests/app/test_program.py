@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
+from iceserv._version import VERSION
 from iceserv.app.program import EXIT_USAGE, load_or_exit, open_log, reload_changes
-from iceserv.config import Locations, Service, load_scheduler_settings
+from iceserv.config import Locations, Service, load_daemon_settings, load_scheduler_settings
 
 NO_FILES = Locations(confd=(), toml=None, rc_conf=())
 
 
 def _load(argv, environ):
     return load_scheduler_settings(argv, environ, locations=NO_FILES)
+
+
+def _load_daemon(argv, environ):
+    return load_daemon_settings(argv, environ, locations=NO_FILES)
 
 
 class TestLoadOrExit:
@@ -23,6 +30,34 @@ class TestLoadOrExit:
         out = capsys.readouterr().out
         assert out.startswith("ICECREAM scheduler ")
         assert "usage: icecc-scheduler" in out
+
+    @pytest.mark.parametrize(("service", "prog"), [(Service.SCHEDULER, "icecc-scheduler"),
+                                                    (Service.DAEMON, "iceccd")])  # fmt: skip
+    def test_version_prints_the_banner_and_gives_0(self, capsys, service, prog):
+        """--version prints 'ICECREAM <service> <version> (iceserv)' alone and gives 0."""
+        assert load_or_exit(service, _load, ["--version"], {}, prog=prog) == 0
+        assert capsys.readouterr().out == f"ICECREAM {service} {VERSION} (iceserv)\n"
+
+    def test_a_bad_flag_points_at_help(self, capsys):
+        """An unknown flag is named, with a pointer to --help, and gives EX_CONFIG."""
+        code = load_or_exit(Service.SCHEDULER, _load, ["--bogus"], {}, prog="icecc-scheduler")
+        assert code == os.EX_CONFIG
+        assert capsys.readouterr().err == (
+            "icecc-scheduler: flag --bogus: not recognized\n"
+            "icecc-scheduler: see 'icecc-scheduler --help' for the options\n"
+        )
+
+    def test_check_config_prints_the_warnings(self, capsys, tmp_path):
+        """With --check-config the warnings go to stderr, as `iceserv config check` prints them."""
+        confd = tmp_path / "iceccd"
+        confd.write_text("ICECCD_MAX_JOBZ=3\n")
+        args = ["--confd", str(confd), "--check-config"]
+        loaded = load_or_exit(Service.DAEMON, _load_daemon, args, {}, prog="iceccd")
+        assert not isinstance(loaded, int)
+        assert capsys.readouterr().err == (
+            f"iceccd: warning: {confd}:1: unknown variable ICECCD_MAX_JOBZ; "
+            "did you mean ICECCD_MAX_PROCESSES?\n"
+        )
 
     def test_configuration_error_is_one_line_per_problem(self, capsys):
         """A bad value gives EX_CONFIG and lines prefixed with the program name."""

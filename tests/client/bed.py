@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from client.fakes import FakeCompiler, FakeDaemon, FakeServer, fake_tarball
+from testbed.client_fakes import FakeCompiler, FakeDaemon, FakeServer, fake_tarball
 
 from iceserv.protocol import CompileFile, FileChunk, GetCS, JobDone, JobLocalBegin, records
 

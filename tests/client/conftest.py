@@ -1,4 +1,4 @@
-"""Fixtures for the compiler wrapper's tests (see ``bed.py`` and ``fakes.py``)."""
+"""Fixtures for the compiler wrapper's tests (see ``bed.py`` and ``testbed.client_fakes``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from client.bed import WrapperBed
-from client.fakes import write_launcher
+from testbed.client_fakes import write_launcher
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FakeDaemon, FakeServer
+from testbed.client_fakes import FakeDaemon, FakeServer
 
 from iceserv.client import local
 from iceserv.client.args import analyse

@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FakeDaemon
+from testbed.client_fakes import FakeDaemon
 
 if TYPE_CHECKING:
     from pathlib import Path

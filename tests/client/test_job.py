@@ -1,4 +1,4 @@
-"""Job: what 1.4 derives from an analysed job (arg_flags, names, command lines, colours)."""
+"""CompileJob: what 1.4 derives from an analysed job (arg_flags, names, command lines, colours)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,17 @@ from iceserv.client.job import (
     LOCAL,
     REMOTE,
     REST,
-    Job,
+    CompileJob,
     absolute,
     colorify,
     colorify_wanted,
     has_color_output,
     output_needs_workaround,
-    shorten_filename,
 )
 
 
-def job(*args: tuple[str, int], name: str = "gcc", lang: int = LANG_C, **kw: object) -> Job:
-    return Job(compiler_name=name, lang=lang, args=tuple(args), **kw)  # type: ignore[arg-type]
+def job(*args: tuple[str, int], name: str = "gcc", lang: int = LANG_C, **kw: object) -> CompileJob:
+    return CompileJob(compiler_name=name, lang=lang, args=tuple(args), **kw)  # type: ignore[arg-type]
 
 
 class TestArgFlags:
@@ -51,14 +50,6 @@ class TestNames:
     def test_remote_compiler_name(self, name, lang, remote):
         """Environments hold gcc, g++ and clang under fixed names."""
         assert job(name=name, lang=lang).remote_compiler_name() == remote
-
-    @pytest.mark.parametrize(("name", "short"), [
-        ("/-c/-O2/home/me/proj/src/a.c", "proj/src/a.c"), ("a.c", "a.c"), ("x/a.c", "x/a.c"),
-        ("/a/b", "b"), ("/-c/x.c", "x.c"), ("/-c/d/x.c", "-c/d/x.c"),
-    ])  # fmt: skip
-    def test_shorten_filename(self, name, short):
-        """Three components, with 1.4's wrap-around when the search reaches position 0."""
-        assert shorten_filename(name) == short
 
     def test_get_cs_filename(self):
         """Remote args, then rest args, then the absolute input, each after a slash."""

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pwd
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FAKE_CC, FakeDaemon
+from testbed.client_fakes import FAKE_CC, FakeDaemon
 
 from iceserv.client import local
 from iceserv.client.env import ClientEnv
-from iceserv.client.job import LANG_C, LANG_CXX, LANG_OBJC, Job
+from iceserv.client.job import LANG_C, LANG_CXX, LANG_OBJC, CompileJob
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from client.bed import WrapperBed
 
 
@@ -86,7 +87,7 @@ class TestPathLookup:
     def test_icecc_cc_and_cxx(self, lang, expected):
         """ICECC_CC serves C jobs, ICECC_CXX C++ jobs, neither Objective-C."""
         env = ClientEnv.from_mapping({"PATH": "/usr/bin", "ICECC_CC": "/cc", "ICECC_CXX": "/cxx"})
-        job = Job(compiler_name="gcc", lang=lang)
+        job = CompileJob(compiler_name="gcc", lang=lang)
         assert local.find_compiler(job, env) == expected
 
 
@@ -159,6 +160,27 @@ def hold_slot(seconds: float, program: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([program, "sleep", str(seconds)], env=env)
 
 
+def _every_slot_held(slots: int) -> bool:
+    """Whether another process holds every /tmp/.icecream-<user>/local_lock* (fcntl probe)."""
+    base = Path("/tmp/.icecream-" + pwd.getpwuid(os.getuid()).pw_name)
+    for slot in range(slots):
+        path = base / ("local_lock" + (str(slot) if slot else ""))
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held by a holder
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+    return True
+
+
 class TestLockFiles:
     """Without a daemon we hold one of /tmp/.icecream-<user>/local_lock* (ncpu slots).
 
@@ -172,9 +194,13 @@ class TestLockFiles:
     def test_a_build_waits_while_we_hold_every_slot(self, bed: WrapperBed, waiter):
         """While our builds hold every slot, the real client's and ours wait."""
         slots = os.sysconf("SC_NPROCESSORS_ONLN")
-        holders = [hold_slot(1.5, bed.program("ours", "icecc")) for _ in range(slots)]
+        holders = [hold_slot(3.0, bed.program("ours", "icecc")) for _ in range(slots)]
         try:
-            time.sleep(0.7)  # let them take their slots
+            deadline = time.monotonic() + 20
+            while not _every_slot_held(slots):  # they have taken their slots
+                assert time.monotonic() < deadline, "the holders never took every slot"
+                assert all(proc.poll() is None for proc in holders), "a holder ended early"
+                time.sleep(0.02)
             start = time.monotonic()
             waited = subprocess.run([bed.program(waiter, "icecc"), "true"], timeout=30,
                                     env={"PATH": "/usr/bin:/bin", "ICECC": "disable"},
@@ -217,7 +243,7 @@ class TestSignals:
         """SIGTERM to the wrapper reaches the compiler; the wrapper then dies of it too."""
         script = make_exe(tmp_path / "bin/slowcc", "#!/bin/sh\ntrap 'echo got-term > "
                           f"{tmp_path}/mark; exit 3' TERM\nsleep 10 & wait\n")  # fmt: skip
-        from client.fakes import write_launcher  # noqa: PLC0415
+        from testbed.client_fakes import write_launcher  # noqa: PLC0415
 
         icecc = write_launcher(tmp_path / "icecc", __import__("sys").executable)
         proc = subprocess.Popen([str(icecc), str(script)],

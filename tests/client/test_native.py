@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from iceserv.client.job import REST, Job
+from iceserv.client.job import REST, CompileJob
 from iceserv.client.native import arch_flags, replace_native
 
 GCC_NORMAL = (' /usr/lib/gcc/x86_64-linux-gnu/12/cc1 -E -quiet - "-mtune=generic" '
@@ -57,7 +57,7 @@ class TestDiff:
 @pytest.mark.parametrize("first", ["-march=native", "-mtune=native"])
 def test_replace_native(first):
     """The flags go where the first -m...=native was; later ones are dropped."""
-    job = Job(compiler_name="gcc", args=(("-O2", REST), (first, REST), ("-c", 1),
+    job = CompileJob(compiler_name="gcc", args=(("-O2", REST), (first, REST), ("-c", 1),
                                          ("-mcpu=native", REST)))  # fmt: skip
     assert replace_native(job, ["-march=x", "-mavx"]).all_flags() == [
         "-O2", "-march=x", "-mavx", "-c",

@@ -11,13 +11,22 @@ files, status and stdout.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pytest
-from client.fakes import FakeDaemon, FakeServer
+from testbed.client_fakes import FakeDaemon, FakeServer
 
-from iceserv.protocol import BlacklistHostEnv, CompileFile, End, EnvTransfer, JobDone, UseCS
+from iceserv.protocol import (
+    BlacklistHostEnv,
+    CompileFile,
+    End,
+    EnvTransfer,
+    JobDone,
+    JobLocalBegin,
+    UseCS,
+)
 
 if TYPE_CHECKING:
     from client.bed import Transcript, WrapperBed
@@ -149,6 +158,20 @@ class TestDetails:
         first = ours.daemon[0]
         assert BlacklistHostEnv("fakeenv", "x86_64", "localhost") in first
         assert len(ours.daemon) == 2  # the local build asks on a new connection
+
+    @pytest.mark.parametrize(("wait", "bound"), [("0.5", 0.5), (None, 10.0)])
+    def test_no_server_named_compiles_locally_after_the_wait(self, bed: WrapperBed, wait, bound):
+        """A GET_CS nobody answers ends in a local build after ICECC_SERVER_WAIT (default 10 s)."""
+        daemon = FakeDaemon(bed.root / "d.sock", silent=True)
+        started = time.monotonic()
+        ours = bed.run([bed.program("ours", "icecc"), "gcc", "-c", "hello.c"], daemon=daemon,
+                       env={"ICECC_SERVER_WAIT": wait, "ICECC_DEBUG": "warnings"})  # fmt: skip
+        took = time.monotonic() - started
+        assert ours.status == 0, ours.stderr.decode()
+        assert ours.files["hello.o"] == LOCAL_OBJ
+        assert bound <= took < bound + 8.0
+        assert b"no compile server within" in ours.stderr
+        assert JobLocalBegin in [type(m) for m in ours.daemon[1]]  # in a slot, on a new connection
 
     def test_environment_transfer_sends_the_tarball(self, bed: WrapperBed):
         """TRANFER_ENV names the environment and target; the tarball arrives intact."""

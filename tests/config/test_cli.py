@@ -55,6 +55,7 @@ ICECC_SCHEDULER_PORT="8800"
 ICECC_SCHEDULER_USER="icecream"
 ICECC_SCHEDULER_DAEMONIZE="no"
 ICECC_SCHEDULER_LOG_FORMAT="journal"
+ICECC_SCHEDULER_HTTP="127.0.0.1:8767"
 """
 
 # fixture -> (line, the rest of the one error line after "path:line: ")
@@ -62,7 +63,7 @@ BROKEN = {
     "iceccd.bad-integer": (4, f"ICECCD_MAX_PROCESSES='eight': {NOT_AN_INTEGER}"),
     "iceccd.bad-boolean": (
         2,
-        "ICECCD_ALLOW_REMOTE='maybe': Input should be a valid boolean, unable to interpret input",
+        "ICECCD_ALLOW_REMOTE='maybe': expected yes or no (also true/false, on/off, 1/0)",
     ),
     "iceccd.command": (3, "command 'mkdir' is not allowed: only NAME=value assignments"),
     "iceccd.substitution": (5, "command substitution $(...) is not allowed"),

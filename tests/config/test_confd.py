@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iceserv.config.confd import (
+    MAX_ERRORS,
     MAX_FILE,
     ConfdValue,
     parse_confd,
@@ -262,6 +263,23 @@ class TestRejected:
         assert "\n" not in str(info.value)
         assert info.value.source == "/etc/conf.d/iceccd:2"
         assert info.value.details == (str(info.value),)
+
+    def test_every_bad_line_is_reported(self):
+        """Two bad lines give one error with a line each; parsing went on after the first."""
+        with pytest.raises(ConfigError) as info:
+            parse_confd("A=1\nB = 2\nC=3\nmkdir /x\nD=$(id)\n", "/etc/conf.d/iceccd")
+        assert info.value.details == (
+            "/etc/conf.d/iceccd:2: no blanks allowed between 'B' and '='",
+            "/etc/conf.d/iceccd:4: command 'mkdir' is not allowed: only NAME=value assignments",
+            "/etc/conf.d/iceccd:5: command substitution $(...) is not allowed",
+        )
+        assert info.value.source == "/etc/conf.d/iceccd:2"
+
+    def test_errors_stop_at_the_limit(self):
+        """A file of garbage reports at most MAX_ERRORS lines."""
+        with pytest.raises(ConfigError) as info:
+            parse_confd("mkdir x\n" * 100, "/etc/conf.d/iceccd")
+        assert len(info.value.details) == MAX_ERRORS
 
     @pytest.mark.parametrize(
         ("text", "line", "reason"),

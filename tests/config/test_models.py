@@ -36,6 +36,7 @@ SCHEDULER_DEFAULTS = {
     "port": 8765,
     "user": "",
     "daemonize": False,
+    "http": None,
 }
 
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_NAMES
+from config.conftest import DEFAULT_NAMES
 
 from iceserv.config import (
     HostPort,
@@ -47,6 +47,7 @@ SCHEDULER_SAMPLES = {
     "user": ("icecream", "icecream", "icecream"),
     "daemonize": ("1", True, True),
     "log_format": ("journal", "journal", "journal"),
+    "http": ("127.0.0.1", HostPort("127.0.0.1", 8767), "127.0.0.1:8767"),
 }
 SAMPLES = {"daemon": DAEMON_SAMPLES, "scheduler": SCHEDULER_SAMPLES}
 PREFIX = {"daemon": "ICECCD_", "scheduler": "ICECC_SCHEDULER_"}
@@ -78,7 +79,7 @@ SCHEDULER_ALIASES = {
 ALIASES = {"daemon": DAEMON_ALIASES, "scheduler": SCHEDULER_ALIASES}
 LAYERS = ("flag", "env", "confd", "toml")
 NOT_AN_INTEGER = "Input should be a valid integer, unable to parse string as an integer"
-NOT_A_BOOLEAN = "Input should be a valid boolean, unable to interpret input"
+NOT_A_BOOLEAN = "expected yes or no (also true/false, on/off, 1/0)"
 # Debian bookworm's /etc/icecc/icecc.conf (icecc 1.4-1), assignments as shipped.
 DEBIAN_CONF = """\
 ICECC_NICE_LEVEL="5"
@@ -226,6 +227,11 @@ class TestConfdLayer:
             ("MAX_PROCESSES", "unknown variable MAX_PROCESSES; did you mean ICECCD_MAX_PROCESSES?"),
             ("ICECCD_NETNAME", "unknown variable ICECCD_NETNAME; did you mean ICECCD_NET_NAME?"),
             ("ICECC_ZZZZZZZZZZZ", "unknown variable ICECC_ZZZZZZZZZZZ is ignored"),
+            # Closest to the deprecated ICECC_MAX_JOBS: its current name is suggested.
+            (
+                "ICECCD_MAX_JOBZ",
+                "unknown variable ICECCD_MAX_JOBZ; did you mean ICECCD_MAX_PROCESSES?",
+            ),
         ],
     )
     def test_unknown_variable_warns(self, load, name, message):

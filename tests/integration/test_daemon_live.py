@@ -118,6 +118,36 @@ class TestLogin:
         assert not ours.socket_path.exists()
         assert ours.events("service_stopped")
 
+    @pytest.mark.parametrize("via", ["-s", "conf.d"])
+    def test_a_named_scheduler_is_woken_by_us(
+        self, real_scheduler, our_daemon_factory, tmp_path, via
+    ):
+        """With -s (or conf.d's ICECCD_SCHEDULER_HOST) we send 1.4's discovery datagram too.
+
+        Another connection was just accepted, so the real scheduler stopped
+        polling its listening sockets (reference 7.9) and sleeps until
+        something wakes it (our daemon starts more than 1 s later).  Nothing here pokes it (no
+        ``awake()``, no telnet command) until our daemon has logged in.
+        """
+        host, port = real_scheduler.address.split(":")
+        with socket.create_connection((host, int(port)), 5.0) as other:
+            assert other.recv(4)  # its handshake: accepted, the listeners are off now
+            if via == "-s":
+                ours = our_daemon_factory("ourwake", real_scheduler.address)
+            else:
+                confd = tmp_path / "iceccd.conf"
+                confd.write_text(f'ICECCD_SCHEDULER_HOST="{real_scheduler.address}"\n')
+                ours = our_daemon_factory("ourwake", extra_args=["--confd", str(confd)])
+            wait_for(lambda: ours.check_alive() and ours.events("scheduler_logged_in"), 8.0,
+                     "our daemon's login, with no help waking the scheduler", interval=0.1,
+                     context=lambda: ours.log_tail() + real_scheduler.log_tail())  # fmt: skip
+        assert "broadcast from 127.0.0.1" in real_scheduler.log_text()
+        (login,) = ours.events("scheduler_logged_in")
+        assert login["address"] == real_scheduler.address
+        assert not ours.events("scheduler_not_found")  # named, not found by discovery
+        host = ours.wait_listed(real_scheduler, loaded=False, timeout=5.0)
+        assert host.port == ours.port
+
 
 class TestLocalDaemon:
     def test_real_client_compiles_through_us_on_a_real_remote(

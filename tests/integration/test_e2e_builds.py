@@ -223,7 +223,7 @@ def _old_daemon_serves(old: BlockingChannel, submitter: BlockingChannel, port: i
     submitter.send(GetCS(versions=(EnvEntry("x86_64", "envA"),), filename="src/lib/a.c",
                          target="x86_64", client_id=7, minimal_host_version=21))  # fmt: skip
     use = submitter.receive()
-    assert use == UseCS(use.job_id, port, "127.0.0.1", "x86_64", got_env=False, client_id=7)
+    assert use == UseCS(use.job_id, port, "localhost", "x86_64", got_env=False, client_id=7)
     # After installing, 1.4 re-announces (port 0, no platform) and the scheduler confirms.
     old.send(Login(port=0, max_kids=2, envs=(EnvEntry("x86_64", "envA"),), nodename=f"old{version}",
                    chroot_possible=True))  # fmt: skip

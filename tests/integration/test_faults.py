@@ -39,7 +39,7 @@ is byte-identical to a local gcc build, the scheduler and every daemon still
 run (the programs a case killed were started again), and no slot leaked:
 once the build is over the scheduler's telnet ``listcs`` shows ``jobs=0/N``
 for every daemon, and each daemon's ``org.icecream.Daemon1.SlotsUsed`` (one
-private system bus per daemon, ``service.dbusbed``) is 0 as well.
+private system bus per daemon, ``testbed.dbusbed``) is 0 as well.
 
 After a refused install the scheduler keeps h2 "busy installing" (no more
 jobs) and drops it after 120 s, as 1.4 does, so cases 4 and 5 start h2 anew
@@ -62,7 +62,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import pytest
-from service.dbusbed import SystemBus, busctl
 from testbed import (
     ClientPlan,
     Cluster,
@@ -76,6 +75,7 @@ from testbed import (
     wait_for,
 )
 from testbed.cluster import SCHEDULER_PORT
+from testbed.dbusbed import SystemBus, busctl
 from testbed.faults import (
     children,
     client_connections,

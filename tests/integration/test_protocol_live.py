@@ -182,7 +182,9 @@ class TestDiscovery:
         """Replies of three real schedulers arrive over the bridge; netname and age decide."""
         h1, h2, h3, h4 = netns_hosts(4)
         with RealScheduler(host=h1, netname="ALPHA") as alpha_old:
-            time.sleep(1.2)  # start times have a resolution of one second
+            # Start times have a resolution of one second: the next ones must start later.
+            ready = int(time.time())
+            wait_for(lambda: int(time.time()) > ready, 3.0, "the next second of the wall clock")
             with (
                 RealScheduler(host=h2, netname="BETA"),
                 RealScheduler(host=h3, netname="ALPHA") as alpha_new,

@@ -20,7 +20,7 @@ from testbed import wait_for
 
 from iceserv.protocol import EnvEntry, GetCS, Login, MonLogin, MonStats, Stats, UseCS
 from iceserv.protocol.discovery import SchedulerInfo, decode_reply, encode_announcements
-from iceserv.scheduler import SchedulerServer, ServerSettings
+from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.testing import BlockingChannel
 
 if TYPE_CHECKING:
@@ -42,11 +42,11 @@ class Running:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         rng = random.Random(1)  # noqa: S311 - seeded on purpose
-        self.server = self.call(self._make(ServerSettings(**options), rng))  # type: ignore[arg-type]
+        self.server = self.call(self._make(SchedulerServerSettings(**options), rng))  # type: ignore[arg-type]
         self.call(self.server.start())
 
     @staticmethod
-    async def _make(settings: ServerSettings, rng: random.Random) -> SchedulerServer:
+    async def _make(settings: SchedulerServerSettings, rng: random.Random) -> SchedulerServer:
         return SchedulerServer(settings, clock=_WallClock(), rng=rng)
 
     def call(self, coro):
@@ -174,7 +174,7 @@ class TestConnections:
         assert [h.nodename for h in running.server.core.state.hosts.values()] == ["next"]
 
     def test_job_through_the_server(self, running):
-        """GET_CS from one daemon is answered with USE_CS naming the other daemon."""
+        """GET_CS from one daemon gets USE_CS naming the other (on 127.0.0.1 too: localhost)."""
         listener = socket.create_server(("127.0.0.1", 0))
         try:
             server_port = listener.getsockname()[1]
@@ -186,7 +186,7 @@ class TestConnections:
                             target="x86_64", client_id=3, minimal_host_version=21)  # fmt: skip
             submitter.send(request)
             answer = submitter.receive()
-            assert answer == UseCS(1, server_port, "127.0.0.1", "x86_64", got_env=False,
+            assert answer == UseCS(1, server_port, "localhost", "x86_64", got_env=False,
                                    client_id=3)  # fmt: skip
             probe = running.server.core.state.hosts[2].probe
             wait_for(lambda: probe.next_at > time.time(), 10, "the reachability probe to succeed")

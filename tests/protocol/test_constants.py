@@ -9,6 +9,7 @@ from iceserv.protocol.constants import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     SCHEDULER_PORT,
+    ArgFlag,
     Compression,
     EnvFeature,
     JobDoneFlag,
@@ -62,6 +63,11 @@ class TestFieldValues:
         assert [int(x) for x in (Lang.C, Lang.CXX, Lang.OBJC, Lang.OBJCXX, Lang.CUSTOM)] == [
             0, 1, 2, 3, 4,
         ]  # fmt: skip
+
+    def test_arg_flags(self):
+        """GET_CS arg_flags: 1.4's CompileJob Flag_g, Flag_g3, Flag_O, Flag_O2, Flag_Ol2."""
+        bits = (ArgFlag.G, ArgFlag.G3, ArgFlag.O, ArgFlag.O2, ArgFlag.OL2)
+        assert [int(x) for x in bits] == [0x1, 0x2, 0x4, 0x8, 0x10]
 
     def test_job_done_flags(self):
         """JOB_DONE flags: bit 0 FROM_SUBMITTER, bit 1 UnknownJobId."""

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from iceserv.protocol.connection import Connection
-from iceserv.protocol.features import Feature, features_of, supports
+from iceserv.protocol.features import (
+    Feature,
+    features_of,
+    min_version,
+    required_version,
+    supports,
+)
 
 F = Feature
 
@@ -95,3 +101,17 @@ class TestConnectionSupports:
             conn.receive_data(version.to_bytes(4, "little") * 2)
             conn.next_event()
             assert conn.supports(feature) is expected
+
+
+class TestMinimalVersions:
+    @pytest.mark.parametrize(("threshold", "feature"), REFERENCE_ROWS, ids=ROW_IDS)
+    def test_min_version_is_the_threshold(self, threshold, feature):
+        """min_version names the reference's first version with a feature."""
+        assert min_version(feature) == threshold
+
+    def test_required_version(self):
+        """GET_CS's minimal_host_version: 21 for nothing, else the newest feature's threshold."""
+        assert required_version() == 21
+        assert required_version(Feature.VERIFY_ENV) == 31
+        assert required_version(Feature.VERIFY_ENV, Feature.SPLIT_DWARF) == 35
+        assert required_version(Feature.ENV_FEATURES, Feature.SPLIT_DWARF) == 42

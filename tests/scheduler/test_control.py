@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from scheduler.builders import T0, get_cs, login, new_core
 
 from iceserv.protocol import StatusText
-from iceserv.scheduler import HostView, JobView, Scheduler, SchedulerControl
+from iceserv.scheduler import ClusterControl, HostView, JobView, Scheduler
 from iceserv.scheduler.effects import Close, Effect, InternalsReply, Send
 
 
@@ -19,7 +19,7 @@ class FakeShell:
     core: Scheduler
     clock: float = T0
     applied: list[Effect] = field(default_factory=list)
-    control: SchedulerControl | None = None
+    control: ClusterControl | None = None
 
     def now(self) -> float:
         return self.clock
@@ -33,9 +33,9 @@ class FakeShell:
             self.control.observe(effects)
 
 
-def make(timeout: float = 0.2) -> tuple[FakeShell, SchedulerControl]:
+def make(timeout: float = 0.2) -> tuple[FakeShell, ClusterControl]:
     shell = FakeShell(new_core())
-    control = SchedulerControl(shell, internals_timeout=timeout)
+    control = ClusterControl(shell, internals_timeout=timeout)
     shell.control = control
     return shell, control
 

@@ -25,6 +25,12 @@ def run(scenario):
     return asyncio.run(asyncio.wait_for(scenario(), 10))
 
 
+async def until(predicate) -> None:
+    """Let the loop run until *predicate* holds (the 10 s bound of ``run`` applies)."""
+    while not predicate():  # noqa: ASYNC110 - waits for the coalescer's timer to fire
+        await asyncio.sleep(0.005)
+
+
 class TestChangeCoalescer:
     def test_only_changed_values_are_emitted(self):
         """A poke after a change emits just the property that changed."""
@@ -34,7 +40,7 @@ class TestChangeCoalescer:
             changes = ChangeCoalescer(values.snapshot, values.emit, interval=0.05)
             values.current["HostCount"] = 2
             changes.poke()
-            await asyncio.sleep(0.02)
+            await until(lambda: changes._pending is None)  # the snapshot was taken
 
         run(scenario)
         assert values.emitted == [{"HostCount": 2}]
@@ -48,7 +54,7 @@ class TestChangeCoalescer:
             for count in range(1, 101):
                 values.current["JobsQueued"] = count
                 changes.poke()
-            await asyncio.sleep(0.02)
+            await until(lambda: changes._pending is None)
 
         run(scenario)
         assert values.emitted == [{"JobsQueued": 100}]
@@ -63,11 +69,14 @@ class TestChangeCoalescer:
             changes = ChangeCoalescer(values.snapshot,
                                       lambda c: (times.append(loop.time()), values.emit(c)),
                                       interval=0.2)  # fmt: skip
-            for count in range(1, 6):
+            values.current["HostCount"] = 1
+            changes.poke()
+            await until(lambda: len(values.emitted) == 1)
+            for count in range(2, 6):  # right after the emission: they wait for the interval
                 values.current["HostCount"] = count
                 changes.poke()
-                await asyncio.sleep(0.03)
-            await asyncio.sleep(0.3)
+                await asyncio.sleep(0)  # a loop turn each: no flush is due yet
+            await until(lambda: len(values.emitted) == 2)
 
         run(scenario)
         assert values.emitted == [{"HostCount": 1}, {"HostCount": 5}]
@@ -80,11 +89,11 @@ class TestChangeCoalescer:
         async def scenario():
             changes = ChangeCoalescer(values.snapshot, values.emit, interval=0.05)
             changes.poke()
-            await asyncio.sleep(0.02)
+            await until(lambda: changes._pending is None)  # the snapshot found no change
             values.current["HostCount"] = 1
             changes.poke()
             changes.close()
-            await asyncio.sleep(0.1)
+            assert changes._pending is None  # nothing is left to fire
 
         run(scenario)
         assert values.emitted == []

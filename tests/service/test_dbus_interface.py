@@ -227,7 +227,10 @@ class TestSignals:
                     fake.hosts = count
                     observer.cluster_changed()
                 observer.host_left("farm1", "10.0.0.1")
-                await asyncio.sleep(0.5)
+                members = {"HostLeft", "PropertiesChanged"}  # the last signal of each kind
+                async with asyncio.timeout(10):
+                    while not members <= {m.member for m in seen}:  # noqa: ASYNC110 - bus signals
+                        await asyncio.sleep(0.01)
             finally:
                 interface.detach()
                 client.disconnect()

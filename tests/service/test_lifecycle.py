@@ -75,10 +75,21 @@ class FakeService:
         self.calls.append(f"close({self.in_flight()} left)")
 
 
+async def until(predicate) -> None:
+    """Let the loop run until *predicate* holds; fail after 5 s."""
+    async with asyncio.timeout(5):
+        while not predicate():  # noqa: ASYNC110 - the lifecycle runs on this loop
+            await asyncio.sleep(0.001)
+
+
+def _readies(notifier) -> int:
+    return notifier.kinds().count("ready")
+
+
 async def _start(service, notifier, **kwargs):
     lifecycle = Lifecycle(service, notifier, **kwargs)
     task = asyncio.create_task(lifecycle.run())
-    await asyncio.sleep(0.01)
+    await until(lambda: _readies(notifier))  # it runs: READY was sent
     return lifecycle, task
 
 
@@ -91,7 +102,7 @@ class TestReload:
             lifecycle, task = await _start(service, notifier)
             service.text = "reloaded"
             lifecycle.request_reload()
-            await asyncio.sleep(0.01)
+            await until(lambda: _readies(notifier) == 2)
             lifecycle.request_stop()
             assert await asyncio.wait_for(task, 2) == 0
             return service, notifier
@@ -114,7 +125,7 @@ class TestReload:
             service.reload_error = error
             lifecycle, task = await _start(service, notifier)
             lifecycle.request_reload()
-            await asyncio.sleep(0.01)
+            await until(lambda: _readies(notifier) == 2)
             assert not task.done()
             lifecycle.request_stop()
             return notifier, await asyncio.wait_for(task, 2)
@@ -135,7 +146,7 @@ class TestReload:
             lifecycle, task = await _start(service, notifier)
             for _ in range(5):
                 lifecycle.request_reload()
-            await asyncio.sleep(0.01)
+            await until(lambda: _readies(notifier) == 2)
             lifecycle.request_stop()
             await asyncio.wait_for(task, 2)
             return service
@@ -149,7 +160,7 @@ class TestReload:
             service, notifier = FakeService(), FakeNotifier()
             lifecycle, task = await _start(service, notifier, status_interval=0.01)
             service.text = "1 host, 0/4 jobs running"
-            await asyncio.sleep(0.05)
+            await until(lambda: ("status", service.text) in notifier.sent)
             lifecycle.request_stop()
             await asyncio.wait_for(task, 2)
             return notifier
@@ -165,7 +176,8 @@ class TestStop:
             service, notifier = FakeService(jobs=1), FakeNotifier()
             lifecycle, task = await _start(service, notifier, grace=5)
             lifecycle.request_stop()
-            await asyncio.sleep(0.05)
+            # Waiting for the job: it extends the stop time-out with the manager meanwhile.
+            await until(lambda: any(kind == "extend" for kind, _ in notifier.sent))
             assert not task.done()
             assert service.calls == ["stop_accepting"]
             service.jobs[0].set()
@@ -203,7 +215,7 @@ class TestStop:
             service, notifier = FakeService(jobs=1), FakeNotifier()
             lifecycle, task = await _start(service, notifier, grace=60)
             lifecycle.request_stop()
-            await asyncio.sleep(0.02)
+            await until(lambda: "stop_accepting" in service.calls)  # waiting for the job now
             lifecycle.request_stop()
             return service, await asyncio.wait_for(task, 2)
 
@@ -220,7 +232,7 @@ class TestStop:
             service, notifier = FakeService(jobs=1), FakeNotifier()
             lifecycle, task = await _start(service, notifier, grace=1)
             lifecycle.request_stop()
-            await asyncio.sleep(0.01)
+            await until(lambda: "stop_accepting" in service.calls)
             lifecycle.request_reload()
             service.jobs[0].set()
             await asyncio.wait_for(task, 2)
@@ -243,9 +255,9 @@ class TestSignals:
             lifecycle.install_signal_handlers(loop)
             try:
                 task = asyncio.create_task(lifecycle.run())
-                await asyncio.sleep(0.01)
+                await until(lambda: _readies(notifier))
                 os.kill(os.getpid(), signum)
-                await asyncio.sleep(0.05)
+                await until(lambda: call in service.calls)
                 lifecycle.request_stop()
                 await asyncio.wait_for(task, 2)
             finally:

@@ -140,13 +140,26 @@ class TestWatchdog:
         """run_watchdog sends WATCHDOG=1 at once and then every WATCHDOG_USEC / 2."""
         notifier = _notifier(monkeypatch, manager, WATCHDOG_USEC="200000")
 
+        def five() -> list[tuple[float, str]]:
+            received = []
+            for _ in range(5):
+                text = manager.receive(5.0)[1]
+                received.append((time.monotonic(), text))
+            return received
+
+        started = time.monotonic()
+
         async def main():
             task = asyncio.create_task(run_watchdog(notifier))
-            await asyncio.sleep(0.45)
-            task.cancel()
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, five)
+            finally:
+                task.cancel()
 
-        asyncio.run(main())
-        assert manager.messages(0.1) == ["WATCHDOG=1"] * 5
+        received = asyncio.run(main())
+        assert [text for _, text in received] == ["WATCHDOG=1"] * 5
+        # At once, then one every 0.1 s and never faster: the fifth is due 0.4 s after the start.
+        assert received[-1][0] - started >= 0.39, [t - started for t, _ in received]
 
     def test_unarmed_returns(self, monkeypatch, manager):
         """Without WATCHDOG_USEC the watchdog task ends at once and sends nothing."""

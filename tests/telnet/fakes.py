@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class FakeJob:
-    """A job view: the attributes ``JobLike`` requires."""
+    """A job view: the attributes ``TelnetJob`` requires."""
 
     id: int
     state: str

@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from testbed import LOOPBACK, IdleCpuHost, Placement, TestbedError, freeze_proc_stat
 from testbed.cluster import BuildResult
 from testbed.monitor import MonitorEvent, split_frames

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import ClassVar, Self
 
 import pytest
-
 from testbed import (
     SUNDAE_PROTOCOL_VERSION,
     MissingProgramError,

@@ -21,7 +21,7 @@ from iceserv.service.dbus.daemon import (
     DaemonInterface,
 )
 from iceserv.service.dbus.facades import (
-    ClusterObserver,
+    ClusterListener,
     DaemonFacade,
     DaemonStatusLike,
     EnvironmentLike,
@@ -48,7 +48,7 @@ __all__ = [
     "SCHEDULER_READ_METHODS",
     "BusExport",
     "ChangeCoalescer",
-    "ClusterObserver",
+    "ClusterListener",
     "DaemonFacade",
     "DaemonInterface",
     "DaemonStatusLike",

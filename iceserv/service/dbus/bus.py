@@ -75,8 +75,12 @@ class BusExport:
         except Exception as exc:  # noqa: BLE001 - any reason is only logged
             reason = str(exc) or type(exc).__name__
         if not self.closing:
-            log.warning("dbus_disconnected", name=self.name, reason=reason,
-                        consequence="running without D-Bus")  # fmt: skip
+            log.warning(
+                "dbus_disconnected",
+                name=self.name,
+                reason=reason,
+                consequence="running without D-Bus",
+            )
 
 
 async def export_on_bus(
@@ -123,5 +127,10 @@ def _disconnected(bus: MessageBus) -> Awaitable[None]:
 
 def _unavailable(name: str, address: str, reason: object) -> None:
     text = reason.text if isinstance(reason, DBusError) else str(reason) or type(reason).__name__
-    log.warning("dbus_unavailable", name=name, address=address, reason=text,
-                consequence="running without D-Bus")  # fmt: skip
+    log.warning(
+        "dbus_unavailable",
+        name=name,
+        address=address,
+        reason=text,
+        consequence="running without D-Bus",
+    )

@@ -77,8 +77,9 @@ class DaemonInterface(ServiceInterface):
         self._control = control
         self._version = version
         self._poll = poll
-        self._changes = ChangeCoalescer(self._snapshot, self.emit_properties_changed,
-                                        interval=interval)  # fmt: skip
+        self._changes = ChangeCoalescer(
+            self._snapshot, self.emit_properties_changed, interval=interval
+        )
         self._sampler: asyncio.Task[None] | None = None
 
     def attach(self) -> None:
@@ -190,8 +191,10 @@ class DaemonInterface(ServiceInterface):
     @dbus_method(name="ListEnvironments")
     def list_environments(self) -> _Environments:
         """Return the cached environments (see ``EnvironmentStruct``)."""
-        return [(env.key, env.size, max(0, env.idle_seconds), env.in_use, env.native)
-                for env in self._control.status().environments]  # fmt: skip
+        return [
+            (env.key, env.size, max(0, env.idle_seconds), env.in_use, env.native)
+            for env in self._control.status().environments
+        ]
 
     @dbus_method(name="SetMaxProcesses")
     async def set_max_processes(self, count: DBusUInt32) -> None:

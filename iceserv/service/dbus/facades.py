@@ -2,9 +2,9 @@
 
 This module owns the typing seam between :mod:`iceserv.service.dbus` and the
 programs it exposes: the scheduler's control object
-(:class:`SchedulerFacade`, satisfied by ``iceserv.scheduler.SchedulerControl``),
+(:class:`SchedulerFacade`, satisfied by ``iceserv.scheduler.ClusterControl``),
 the views it returns (:class:`HostLike`, :class:`JobLike`) and the observer
-it calls (:class:`ClusterObserver`); and the daemon's (:class:`DaemonFacade`,
+it calls (:class:`ClusterListener`); and the daemon's (:class:`DaemonFacade`,
 which ``app`` implements on top of ``iceserv.daemon`` and the configuration,
 with :class:`DaemonStatusLike` and :class:`EnvironmentLike`).  They are structural
 ``typing.Protocol`` types: ``app`` passes the concrete objects in and mypy
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
-    "ClusterObserver",
+    "ClusterListener",
     "DaemonFacade",
     "DaemonStatusLike",
     "EnvironmentLike",
@@ -142,7 +142,7 @@ class HostLike(Protocol):
         ...
 
 
-class ClusterObserver(Protocol):
+class ClusterListener(Protocol):
     """What the scheduler calls when the cluster changes (the D-Bus signals' source)."""
 
     def host_joined(self, nodename: str, ip: str, /) -> None:
@@ -233,11 +233,11 @@ class SchedulerFacade(Protocol):
         """Take each name off the drain list."""
         ...
 
-    def add_observer(self, observer: ClusterObserver, /) -> None:
+    def add_observer(self, observer: ClusterListener, /) -> None:
         """Call *observer* on cluster events."""
         ...
 
-    def remove_observer(self, observer: ClusterObserver, /) -> None:
+    def remove_observer(self, observer: ClusterListener, /) -> None:
         """Stop calling *observer*."""
         ...
 

@@ -52,8 +52,9 @@ _STATES: Final = {"PEND": "queued", "WAIT": "assigned", "COMP": "compiling"}
 
 #: (name, address, port, platform, protocol, slots, jobs, load, speed,
 #:  no_remote, blocked, draining, environments as (platform, name))
-HostStruct = tuple[str, str, int, str, int, int, int, int, float, bool, bool, bool,
-                   list[tuple[str, str]]]  # fmt: skip
+HostStruct = tuple[
+    str, str, int, str, int, int, int, int, float, bool, bool, bool, list[tuple[str, str]]
+]
 #: (id, client, server, file, state, queued µs, started µs)
 JobStruct = tuple[int, str, str, str, str, int, int]
 _Hosts = Annotated[list[HostStruct], DBusSignature("a(ssqsuuuudbbba(ss))")]
@@ -70,9 +71,21 @@ def _usec(seconds: float | None) -> int:
 
 
 def _host_struct(host: HostLike) -> HostStruct:
-    return (host.nodename, host.ip, host.port, host.platform, host.protocol, host.max_jobs,
-            host.jobs_assigned, host.load, host.speed, host.no_remote, host.blocked,
-            host.draining, [(platform, name) for platform, name in host.environments])  # fmt: skip
+    return (
+        host.nodename,
+        host.ip,
+        host.port,
+        host.platform,
+        host.protocol,
+        host.max_jobs,
+        host.jobs_assigned,
+        host.load,
+        host.speed,
+        host.no_remote,
+        host.blocked,
+        host.draining,
+        [(platform, name) for platform, name in host.environments],
+    )
 
 
 def _server(job: JobLike) -> str:
@@ -80,8 +93,15 @@ def _server(job: JobLike) -> str:
 
 
 def _job_struct(job: JobLike) -> JobStruct:
-    return (job.id, job.submitter, _server(job), job.filename, _STATES.get(job.state, job.state),
-            _usec(job.queued_at), _usec(job.started_at))  # fmt: skip
+    return (
+        job.id,
+        job.submitter,
+        _server(job),
+        job.filename,
+        _STATES.get(job.state, job.state),
+        _usec(job.queued_at),
+        _usec(job.started_at),
+    )
 
 
 def _check_name(name: str) -> str:
@@ -106,8 +126,9 @@ class SchedulerInterface(ServiceInterface):
         super().__init__(SCHEDULER_INTERFACE)
         self._control = control
         self._version = version
-        self._changes = ChangeCoalescer(self._snapshot, self.emit_properties_changed,
-                                        interval=interval)  # fmt: skip
+        self._changes = ChangeCoalescer(
+            self._snapshot, self.emit_properties_changed, interval=interval
+        )
 
     def attach(self) -> None:
         """Start observing the scheduler: signals and ``PropertiesChanged`` from now on."""
@@ -279,7 +300,10 @@ class SchedulerInterface(ServiceInterface):
         return job_id, client, server, file, exit_code
 
 
-for _const in (SchedulerInterface.version, SchedulerInterface.net_name,
-               SchedulerInterface.start_time):  # fmt: skip
+for _const in (
+    SchedulerInterface.version,
+    SchedulerInterface.net_name,
+    SchedulerInterface.start_time,
+):
     declare_emits_changed(_const.introspection, "const")
 declare_emits_changed(SchedulerInterface.uptime.introspection, "false")

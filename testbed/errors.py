@@ -1,6 +1,6 @@
 """Exceptions raised by the test bed.
 
-Owns the small error hierarchy of ``tests/testbed``.  Every error derives from
+Owns the small error hierarchy of ``testbed/``.  Every error derives from
 ``TestbedError``; the ones a test would otherwise see as a vague hang or crash
 also derive from ``AssertionError`` so pytest reports them as failures with
 their full message (which always carries context such as a log tail).

@@ -54,7 +54,7 @@ _CMD_TIMEOUT: Final = 20.0
 _TCP_ESTABLISHED: Final = "01"
 #: The wrapper's C source; CRASH_ON is a C string literal such as "\"lib/a.c\"".
 _WRAPPER_SOURCE: Final = r"""
-/* /usr/bin/gcc of a test environment (tests/testbed/faults.py, crashing_env): reads the
+/* /usr/bin/gcc of a test environment (testbed/faults.py, crashing_env): reads the
  * preprocessed source from stdin; if its first line names CRASH_ON, dies of SIGSEGV,
  * else runs the real gcc (gcc.real) on the same input and arguments. */
 #include <signal.h>
@@ -204,7 +204,8 @@ class ClientConnection:
 def client_connections(host: NetnsHost, server: tuple[str, int],
                        marker: str = "icecc") -> list[ClientConnection]:  # fmt: skip
     """The established TCP connections to ``server`` (ip, port) of the processes on ``host``
-    whose command line (program or script) contains ``marker``."""
+    whose command line (program or script) contains ``marker``.
+    """
     found = []
     for pid in netns_pids(host.name):
         try:

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Self
 
 import pytest
 import structlog
+from telnet.fakes import FakeControl, FakeHost, FakeJob
 
 from iceserv.telnet.commands import HELP
 from iceserv.telnet.server import LINE_TOO_LONG, TelnetServer, serve_telnet
-from telnet.fakes import FakeControl, FakeHost, FakeJob
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

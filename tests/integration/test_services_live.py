@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
-from notifybed import FakeManager
+from service.notifybed import FakeManager
 from testbed import LOOPBACK, free_port, stop_process, wait_for
 from testbed.hosts import free_scheduler_port
 from testbed.procs import make_workdir

@@ -1,6 +1,6 @@
 """D-Bus signals and lists while real icecream 1.4 daemons and a real compile use our scheduler.
 
-Our scheduler program runs on a private system bus (see ``dbusbed``); real
+Our scheduler program runs on a private system bus (see ``testbed.dbusbed``); real
 ``iceccd`` daemons log in to it, a real ``icecc`` compile goes from daemon A
 through the scheduler to daemon B, and ``busctl monitor``/``busctl call``
 see it all: HostJoined, PropertiesChanged, JobStarted, JobFinished,
@@ -18,8 +18,8 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from service.dbusbed import Monitor, SystemBus, busctl
 from testbed import OurScheduler, RealDaemon, wait_for
+from testbed.dbusbed import Monitor, SystemBus, busctl
 
 from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from testbed.real import ListedHost, RealScheduler
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(eq=False, kw_only=True)
@@ -62,7 +62,8 @@ class _OurProgram(Program):
     def wait_events(self, name: str, count: int, timeout: float = 20) -> list[dict[str, Any]]:
         """The records with event *name* once there are *count* (a daemon logs a job after it
         has answered the client; its JOB_DONE can reach the scheduler after the client that
-        caused it has exited)."""
+        caused it has exited).
+        """
         wait_for(lambda: len(self.events(name)) >= count, timeout, f"{count} {name} log records",
                  context=self.log_tail)  # fmt: skip
         return self.events(name)

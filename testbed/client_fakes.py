@@ -8,8 +8,9 @@
   VERIFY_ENV, COMPILE_FILE and the source, and answers with a configurable
   COMPILE_RESULT and object file (or misbehaves on purpose).
 * ``FakeCompiler``: a directory of shell scripts named like compilers that
-  log their argument vectors (and ``_ICECC_SAFEGUARD``) and write the output
-  file; ``-###``, ``-dumpmachine`` and ``-v`` are passed to the real one.
+  record their argument vectors (and ``_ICECC_SAFEGUARD``), each call in a
+  file of its own, and write the output file; ``-###``, ``-dumpmachine`` and
+  ``-v`` are passed to the real one.
 
 Both network fakes are built from ``iceserv.testing.BlockingChannel`` and
 ``iceserv.protocol``; every wait is bounded and ``close()`` joins the threads.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import stat
 import threading
@@ -56,10 +58,14 @@ name=$(basename "$0")
 case " $* " in
   *" -### "*|*" -dumpmachine "*|*" -v "*|*" --version "*) exec "/usr/bin/$name" "$@" ;;
 esac
+# One record file per call, numbered in arrival order: mkdir is atomic, so parallel
+# copies (ICECC_REPEAT_RATE) never share a file and never take the same number.
+n=0
+while ! mkdir "$FAKE_CC_LOG/$n" 2>/dev/null; do n=$((n + 1)); done
 {
   printf 'CALL %s %s\n' "$name" "${_ICECC_SAFEGUARD:-}"
   for a in "$@"; do printf 'ARG %s\n' "$a"; done
-} >> "$FAKE_CC_LOG"
+} > "$FAKE_CC_LOG/$n/call"
 out=""; prev=""; pre=0
 for a in "$@"; do
   [ "$prev" = "-o" ] && out="$a"
@@ -84,29 +90,31 @@ class FakeCompiler:
     def __post_init__(self) -> None:
         self.bin = self.root / "fakebin"
         self.bin.mkdir(parents=True, exist_ok=True)
-        self.log = self.root / "fakecc.log"
+        self.log = self.root / "fakecc.calls"  # one numbered directory per call
+        self.log.mkdir(exist_ok=True)
         for name in COMPILER_NAMES:
             script = self.bin / name
             script.write_text(FAKE_CC)
             script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
     def calls(self) -> list[tuple[str, str, tuple[str, ...]]]:
-        """(compiler name, safeguard value, arguments) per call, in order."""
+        """(compiler name, safeguard value, arguments) per call, in the order they started."""
         calls: list[tuple[str, str, list[str]]] = []
-        if not self.log.exists():
-            return []
-        for line in self.log.read_text().splitlines():
-            kind, _, rest = line.partition(" ")
-            if kind == "CALL":
-                name, _, guard = rest.partition(" ")
-                calls.append((name, guard, []))
-            else:
-                calls[-1][2].append(rest)
+        numbers = sorted(int(entry.name) for entry in self.log.iterdir())
+        for number in numbers:
+            for line in (self.log / str(number) / "call").read_text().splitlines():
+                kind, _, rest = line.partition(" ")
+                if kind == "CALL":
+                    name, _, guard = rest.partition(" ")
+                    calls.append((name, guard, []))
+                else:
+                    calls[-1][2].append(rest)
         return [(name, guard, tuple(args)) for name, guard, args in calls]
 
     def reset(self) -> None:
         """Forget the calls so far."""
-        self.log.unlink(missing_ok=True)
+        shutil.rmtree(self.log, ignore_errors=True)
+        self.log.mkdir()
 
 
 class _Acceptor:
@@ -158,7 +166,8 @@ class FakeDaemon:
     ``use_cs`` answers GET_CS (None: close the connection instead);
     ``native`` is the NATIVE_ENV path (None: answer END); ``go`` False makes
     it close instead of sending the JOB_LOCAL_BEGIN go signal;
-    ``reject_first`` closes the first connection at once, ``reject_all`` every one.
+    ``reject_first`` closes the first connection at once, ``reject_all`` every one;
+    ``silent`` never answers GET_CS (a job no host takes) and keeps the connection.
     """
 
     path: Path
@@ -167,6 +176,7 @@ class FakeDaemon:
     go: bool = True
     reject_first: bool = False
     reject_all: bool = False
+    silent: bool = False
     connections: list[list[Message]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _acceptor: _Acceptor | None = field(default=None, init=False)
@@ -205,6 +215,8 @@ class FakeDaemon:
         if isinstance(msg, GetNativeEnv):
             return UseNativeEnv(self.native) if self.native else End()
         if isinstance(msg, GetCS):
+            if self.silent:
+                return None
             return self.use_cs if self.use_cs is not None else False
         if isinstance(msg, JobLocalBegin):
             return JobLocalBegin() if self.go else False

@@ -34,7 +34,7 @@ import testbed
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+ROOT: Final = Path(__file__).resolve().parents[1]
 POLICY_DIR: Final = ROOT / "etc/dbus-1/system.d"
 SERVICE_USER: Final = "icecream"
 ADMIN_GROUP: Final = "icecream"

@@ -1,7 +1,7 @@
 """D-Bus control of our ``iceccd``, driven by the real busctl on a private system bus.
 
 Our scheduler and our daemon run as programs on the same private
-``<type>system</type>`` bus (see ``dbusbed``); what the daemon's
+``<type>system</type>`` bus (see ``testbed.dbusbed``); what the daemon's
 ``org.icecream.Daemon1`` says and does is checked from outside with busctl,
 and its effect on the cluster through the scheduler's ``ListHosts``:
 ``SetMaxProcesses`` and ``SetAllowRemote`` reach the scheduler through the
@@ -18,8 +18,8 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from service.dbusbed import NOBODY, ROOT, Monitor, OurDaemon, SystemBus, as_user, busctl
 from testbed import OurScheduler, wait_for
+from testbed.dbusbed import NOBODY, ROOT, Monitor, OurDaemon, SystemBus, as_user, busctl
 
 from iceserv.service.dbus import (
     DAEMON_INTERFACE,

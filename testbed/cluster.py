@@ -67,7 +67,7 @@ SCHEDULER_PORT: Final = 8765
 REAL_CLIENT: Final = "/usr/bin/icecc"
 _LOGIN_TIMEOUT: Final = 60.0
 _SETTLE_TIMEOUT: Final = 20.0
-_REPO: Final = Path(__file__).resolve().parents[2]
+_REPO: Final = Path(__file__).resolve().parents[1]
 #: Our ``icecc`` console script, importing iceserv from this checkout (as ``OurDaemon`` does).
 _OUR_CLIENT_LAUNCHER: Final = (
     "#!{python}\nimport sys\nsys.path.insert(0, {repo!r})\n"
@@ -209,6 +209,8 @@ class Cluster:
     ``idle_cpu`` (the default) each daemon sees a frozen ``/proc/stat``
     (``idlecpu.IdleCpuHost``): the bed's hosts share the machine's CPUs, and
     without it every host but the busy one reports load 1000 and gets no job.
+    ``scheduler_env`` is added to our scheduler's environment (e.g.
+    ``ICECC_SCHEDULER_HTTP``, ``DBUS_SYSTEM_BUS_ADDRESS``).
     """
 
     bed: NetnsBed
@@ -217,6 +219,7 @@ class Cluster:
     scheduler_host: int = 0
     idle_cpu: bool = True
     login_timeout: float = _LOGIN_TIMEOUT
+    scheduler_env: Mapping[str, str] = field(default_factory=dict)
     scheduler: RealScheduler | OurScheduler | None = field(default=None, init=False)
     daemons: dict[int, RealDaemon | OurDaemon] = field(default_factory=dict, init=False)
     monitor: SchedulerMonitor | None = field(default=None, init=False)
@@ -258,7 +261,8 @@ class Cluster:
         if self.scheduler_kind == "real":
             self.scheduler = RealScheduler(host=host, port=SCHEDULER_PORT).start()
         else:
-            self.scheduler = OurScheduler(host=host, port=SCHEDULER_PORT, loopback_only=False)
+            self.scheduler = OurScheduler(host=host, port=SCHEDULER_PORT, loopback_only=False,
+                                          extra_env=self.scheduler_env)  # fmt: skip
             self.scheduler.start()
         self.monitor = SchedulerMonitor(host, (host.ip, SCHEDULER_PORT), awake=self._awake)
         self.monitor.start()
@@ -320,7 +324,8 @@ class Cluster:
             self.scheduler = RealScheduler(host=host, port=SCHEDULER_PORT, netname=netname).start()
         else:
             self.scheduler = OurScheduler(host=host, port=SCHEDULER_PORT, netname=netname,
-                                          loopback_only=False).start()  # fmt: skip
+                                          loopback_only=False,
+                                          extra_env=self.scheduler_env).start()  # fmt: skip
         self.monitor = SchedulerMonitor(host, (host.ip, SCHEDULER_PORT), awake=self._awake)
         self.monitor.start()
         return code

@@ -1,0 +1,155 @@
+"""What icecream 1.4 does with the host it runs on, written down once for every layer.
+
+This module owns the facts about the local machine that the client, the
+scheduler and the daemon share: the platform name 1.4 derives from
+``uname`` (``determine_platform``), the TCP options 1.4 puts on every
+channel (keepalive, user time-out; reference §1.3), the IPv4 address of a
+network interface and the broadcast addresses 1.4 announces to (§4.2), and
+the service manager's variables that must never reach a child process.
+
+It is stdlib-only and cheap to import: the compiler wrapper imports it on
+every call, so the modules that only some functions need (``socket``,
+``fcntl``, ``struct``, ``ipaddress``) are imported inside those functions,
+and ``typing`` only for the type checker.  It must not read configuration,
+log, or open anything but the short-lived ``ioctl`` socket of the interface
+queries.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Mapping
+    from typing import Final
+
+__all__ = [
+    "KEEPALIVE_COUNT",
+    "KEEPALIVE_IDLE",
+    "KEEPALIVE_INTERVAL",
+    "MANAGER_VARIABLES",
+    "USER_TIMEOUT_MS",
+    "broadcast_addresses",
+    "host_platform",
+    "interface_address",
+    "set_keepalive",
+    "without_manager_variables",
+]
+
+#: Seconds of silence before the first keepalive probe (1.4 ``comm.cpp``, ``prepare_connect``).
+KEEPALIVE_IDLE: Final = 27
+#: Seconds between keepalive probes.
+KEEPALIVE_INTERVAL: Final = 3
+#: Unanswered probes before the kernel drops the connection.
+KEEPALIVE_COUNT: Final = 3
+#: Milliseconds unacknowledged data may wait before the kernel drops the connection.
+USER_TIMEOUT_MS: Final = 9000
+
+#: Variables a service manager hands a service; none may reach a compiler or helper.
+MANAGER_VARIABLES: Final = frozenset(
+    ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+)
+
+_SIOCGIFFLAGS: Final = 0x8913
+_SIOCGIFADDR: Final = 0x8915
+_SIOCGIFBRDADDR: Final = 0x8919
+_IFF_BROADCAST: Final = 0x2
+_IFF_POINTOPOINT: Final = 0x10
+_IFNAMSIZ: Final = 16
+_LOOPBACK: Final = "127.0.0.1"
+
+
+def host_platform() -> str:
+    """1.4 ``determine_platform``: ``uname -m`` on Linux, else ``<sysname>_<machine>``.
+
+    Darwin adds its major release to the system name (``Darwin23_arm64``), and
+    spaces are removed, as 1.4 does.
+    """
+    uts = os.uname()
+    system = uts.sysname
+    if system == "Darwin":
+        system += uts.release.partition(".")[0]
+    platform = uts.machine if system == "Linux" else f"{system}_{uts.machine}"
+    return platform.replace(" ", "")
+
+
+def set_keepalive(sock: socket.socket | None, *extra: tuple[int, int, int]) -> None:
+    """Put 1.4's options on a TCP socket (§1.3), then each ``(level, name, value)`` of *extra*.
+
+    Keepalive after 27 s, then 3 probes 3 s apart, and a 9 s user time-out.
+    ``None`` and non-IP sockets are left alone; an option the kernel refuses
+    is skipped, as 1.4 ignores ``setsockopt`` failures.
+    """
+    import socket  # noqa: PLC0415 - the wrapper imports this module on paths without sockets
+
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    for level, name, value in (
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT),
+        (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS),
+        *extra,
+    ):
+        try:
+            sock.setsockopt(level, name, value)
+        except OSError:
+            continue
+
+
+def without_manager_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """Return a copy of *environ* without :data:`MANAGER_VARIABLES`."""
+    return {name: value for name, value in environ.items() if name not in MANAGER_VARIABLES}
+
+
+def _ioctl(name: str, request: int) -> bytes:
+    import fcntl  # noqa: PLC0415 - only the services ask about interfaces
+    import socket  # noqa: PLC0415
+    import struct  # noqa: PLC0415
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        arg = struct.pack("256s", name.encode()[: _IFNAMSIZ - 1])
+        return fcntl.ioctl(sock.fileno(), request, arg)
+
+
+def interface_address(name: str) -> str:
+    """Return the IPv4 address of interface *name* (an IPv4 literal is returned as is).
+
+    This is the address 1.4 binds to for ``-i IF``.  Raises ``OSError`` if
+    there is no such interface or it has no IPv4 address.
+    """
+    import ipaddress  # noqa: PLC0415 - only the services ask about interfaces
+    import socket  # noqa: PLC0415
+
+    try:
+        return str(ipaddress.IPv4Address(name))
+    except ValueError:
+        return socket.inet_ntoa(_ioctl(name, _SIOCGIFADDR)[20:24])
+
+
+def broadcast_addresses() -> list[str]:
+    """Return the broadcast address of every broadcast-capable, non-loopback interface.
+
+    As 1.4 announces to (§4.2): interfaces with ``IFF_BROADCAST`` that are not
+    point-to-point and whose address is not 127.0.0.1, each address once.
+    """
+    import socket  # noqa: PLC0415 - only the services ask about interfaces
+    import struct  # noqa: PLC0415
+
+    found: list[str] = []
+    for _, name in socket.if_nameindex():
+        try:
+            (flags,) = struct.unpack_from("H", _ioctl(name, _SIOCGIFFLAGS), _IFNAMSIZ)
+            if not flags & _IFF_BROADCAST or flags & _IFF_POINTOPOINT:
+                continue
+            if interface_address(name) == _LOOPBACK:
+                continue
+            address = socket.inet_ntoa(_ioctl(name, _SIOCGIFBRDADDR)[20:24])
+        except OSError:
+            continue  # no IPv4 address on this interface
+        if address not in found:
+            found.append(address)
+    return found

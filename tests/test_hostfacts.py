@@ -1,0 +1,112 @@
+"""The host facts every layer shares: platform name, 1.4's socket options, interfaces."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from iceserv.hostfacts import (
+    KEEPALIVE_COUNT,
+    KEEPALIVE_IDLE,
+    KEEPALIVE_INTERVAL,
+    MANAGER_VARIABLES,
+    USER_TIMEOUT_MS,
+    broadcast_addresses,
+    host_platform,
+    interface_address,
+    set_keepalive,
+    without_manager_variables,
+)
+
+
+class TestHostPlatform:
+    def test_linux_is_the_machine_name(self):
+        """On Linux the platform is ``uname -m``, as 1.4's determine_platform."""
+        assert host_platform() == os.uname().machine
+
+    def test_darwin_and_others(self, monkeypatch):
+        """Elsewhere it is <sysname>_<machine>; Darwin adds its major release; no spaces."""
+        uname = os.uname_result(("Darwin", "mac", "23.4.0", "v", "arm 64"))
+        monkeypatch.setattr(os, "uname", lambda: uname)
+        assert host_platform() == "Darwin23_arm64"
+        uname = os.uname_result(("FreeBSD", "bsd", "14.0", "v", "amd64"))
+        monkeypatch.setattr(os, "uname", lambda: uname)
+        assert host_platform() == "FreeBSD_amd64"
+
+
+class TestKeepalive:
+    def test_sets_1_4_options(self):
+        """A TCP socket gets keepalive 27 s + 3 x 3 s and a 9 s user time-out."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            set_keepalive(sock)
+            get = sock.getsockopt
+            assert get(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert get(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE == 27
+            assert get(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL == 3
+            assert get(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_COUNT == 3
+            assert get(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == USER_TIMEOUT_MS == 9000
+
+    def test_extra_options_follow(self):
+        """Extra (level, name, value) options are applied after 1.4's."""
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            set_keepalive(sock, (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+    def test_leaves_none_and_unix_sockets_alone(self):
+        """None and a Unix-domain socket are not touched (and nothing raises)."""
+        set_keepalive(None)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            set_keepalive(sock)
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+
+    def test_refused_option_is_skipped(self):
+        """An option the kernel refuses is skipped; the others are still set."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            set_keepalive(sock, (socket.IPPROTO_TCP, 0xDEAD, 1))
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+
+
+class TestManagerVariables:
+    def test_children_never_see_them(self):
+        """Every service-manager variable is removed; the rest is kept."""
+        environ = dict.fromkeys(MANAGER_VARIABLES, "x") | {"PATH": "/bin", "HOME": "/h"}
+        assert without_manager_variables(environ) == {"PATH": "/bin", "HOME": "/h"}
+        assert {"NOTIFY_SOCKET", "LISTEN_FDS", "WATCHDOG_USEC"} <= MANAGER_VARIABLES
+
+
+class TestInterfaces:
+    def test_literal_is_returned(self):
+        """An IPv4 literal is its own address."""
+        assert interface_address("10.1.2.3") == "10.1.2.3"
+
+    def test_loopback_interface(self):
+        """The loopback interface has 127.0.0.1."""
+        assert interface_address("lo") == "127.0.0.1"
+
+    def test_unknown_interface_raises(self):
+        """An interface that does not exist is an OSError."""
+        with pytest.raises(OSError):
+            interface_address("nosuchif0")
+
+    def test_broadcasts_exclude_loopback(self):
+        """Broadcast addresses are unique IPv4 addresses and never loopback's."""
+        found = broadcast_addresses()
+        assert len(found) == len(set(found))
+        assert all(not a.startswith("127.") for a in found)
+        for address in found:
+            socket.inet_aton(address)
+
+
+class TestImportCost:
+    def test_no_heavy_modules(self):
+        """Importing it loads neither socket nor typing: the wrapper imports it on every call."""
+        probe = "import sys, iceserv.hostfacts; print(' '.join(sorted(sys.modules)))"
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        ).stdout.split()
+        assert not {"socket", "typing", "fcntl", "ipaddress", "struct"} & set(out)

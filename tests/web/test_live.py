@@ -1,0 +1,132 @@
+"""LiveFeed: cluster observer calls become Server-Sent Events for the web view."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from iceserv.scheduler.metrics import ClusterMetrics
+from iceserv.scheduler.views import HostView, JobView
+from iceserv.web.live import MAX_SUBSCRIBERS, QUEUE_LIMIT, SNAPSHOT_INTERVAL, LiveFeed
+
+JOB = JobView(7, "COMP", "laptop", "farm1", "src/a.c", 10.0, 11.0)
+HOST = HostView(nodename="farm1", ip="10.0.0.2", port=10245, platform="x86_64", speed=1.5,
+                jobs_assigned=1, max_jobs=4, load=120, busy_installing_since=None, jobs=[JOB],
+                protocol=43, no_remote=False, environments=(), blocked=False,
+                draining=False)  # fmt: skip
+
+
+class _Control:
+    def __init__(self) -> None:
+        self.metrics_ = ClusterMetrics()
+
+    def netname(self) -> str:
+        return "lab"
+
+    def uptime_seconds(self) -> int:
+        return 5
+
+    def list_hosts(self) -> list[HostView]:
+        return [HOST]
+
+    def list_jobs(self) -> list[JobView]:
+        return [JOB]
+
+    def jobs_queued(self) -> int:
+        return 0
+
+    def jobs_running(self) -> int:
+        return 1
+
+    def blocked(self) -> list[str]:
+        return []
+
+    def metrics(self) -> Any:
+        return self.metrics_.view(0.0)
+
+    def add_observer(self, _observer: object, /) -> None:
+        pass
+
+    def remove_observer(self, _observer: object, /) -> None:
+        pass
+
+
+def _events(queue: asyncio.Queue[bytes]) -> list[tuple[str, Any]]:
+    out = []
+    while not queue.empty():
+        text = queue.get_nowait().decode()
+        kind, data = text.split("\n")[:2]
+        out.append((kind.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return out
+
+
+class TestLiveFeed:
+    def test_hello_then_events_at_once(self):
+        """A new stream starts with the whole view; a job start reaches it without delay."""
+
+        async def run() -> list[tuple[str, Any]]:
+            feed = LiveFeed(_Control(), clock=lambda: 12.0)
+            subscriber = feed.subscribe()
+            assert subscriber is not None
+            feed.job_started(JOB)
+            feed.host_left("farm2", "10.0.0.3")
+            return _events(subscriber.queue)
+
+        events = asyncio.run(run())
+        assert [kind for kind, _ in events] == ["hello", "job_started", "host_left"]
+        hello = events[0][1]
+        assert hello["hosts"][0]["name"] == "farm1"
+        assert hello["hosts"][0]["jobs"][0]["file"] == "src/a.c"
+        assert events[1][1]["server"] == "farm1"
+        assert events[1][1]["started_at"] == 11.0
+
+    def test_changes_are_coalesced(self):
+        """Many 'changed' calls in a row give one snapshot per interval."""
+
+        async def run() -> list[str]:
+            feed = LiveFeed(_Control(), clock=lambda: 12.0)
+            subscriber = feed.subscribe()
+            assert subscriber is not None
+            for _ in range(100):
+                feed.cluster_changed()
+            await asyncio.sleep(SNAPSHOT_INTERVAL * 2.5)
+            return [kind for kind, _ in _events(subscriber.queue)]
+
+        kinds = asyncio.run(run())
+        assert kinds[0] == "hello"
+        assert 1 <= kinds.count("snapshot") <= 2
+
+    def test_slow_streams_are_dropped_and_streams_are_bounded(self):
+        """A stream QUEUE_LIMIT events behind is dropped; past MAX_SUBSCRIBERS none is made."""
+
+        async def run() -> None:
+            feed = LiveFeed(_Control(), clock=lambda: 12.0)
+            slow = feed.subscribe()
+            assert slow is not None
+            for _ in range(QUEUE_LIMIT):
+                feed.job_started(JOB)
+            assert slow.dropped.is_set()
+            assert feed.subscribers() == 0
+            streams = [feed.subscribe() for _ in range(MAX_SUBSCRIBERS)]
+            assert all(streams)
+            assert feed.subscribe() is None
+            feed.close()
+            assert all(s is not None and s.dropped.is_set() for s in streams)
+
+        asyncio.run(run())
+
+    def test_finished_jobs_are_on_the_next_hello_timeline(self):
+        """Jobs that ended before a page connected are on its timeline."""
+
+        async def run() -> dict[str, Any]:
+            feed = LiveFeed(_Control(), clock=lambda: 20.0)
+            feed.job_finished(JOB, 0)
+            subscriber = feed.subscribe()
+            assert subscriber is not None
+            return _events(subscriber.queue)[0][1]
+
+        hello = asyncio.run(run())
+        assert hello["timeline"] == [{"id": 7, "host": "farm1", "file": "src/a.c",
+                                      "submitter": "laptop", "start": 11.0, "end": 20.0,
+                                      "exitcode": 0}]  # fmt: skip
