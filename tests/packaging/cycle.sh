@@ -198,6 +198,9 @@ inner() {
 	say replace.initd "$(head -n 1 /etc/init.d/iceccd)"
 	say replace.leftover "$(ls /etc/init.d | grep -c icecc-removed || true)"
 	say replace.iceccconf "$(exists /etc/icecc/icecc.conf)"
+	# icecc's rc?.d links (its postinst enabled its LSB iceccd) do not enable the native unit.
+	say replace.sysvlinks "$(ls /etc/rc2.d | grep -c 'S..iceccd$' || true)"
+	say replace.enabled "$(systemctl is-enabled iceccd 2>/dev/null || true)"
 	timeout 90 systemctl start iceccd && say replace.start_rc 0 || say replace.start_rc $?
 	say replace.state "$(prop iceccd ActiveState)/$(prop iceccd SubState)"
 	pid=$(prop iceccd MainPID)

@@ -6,8 +6,9 @@ parallel runs share it; tests only ever use it as the lower layer of an
 overlay, so it is never modified.  It holds what installing ``iceserv_*.deb``
 needs (so ``apt-get install ./iceserv_*.deb`` downloads nothing), a compiler for
 ``icecc gcc``, a real systemd with D-Bus to boot with ``systemd-nspawn``, and
-Debian's own ``icecc`` package downloaded (not installed) for the
-replace-icecc scenario.
+Debian's own ``icecc`` package (for the replace-icecc scenarios) and
+``openrc`` (for the OpenRC scenario, which installs it in its copy)
+downloaded, not installed.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ PACKAGES = (
     "python3", "libpython3.11", "liblzo2-2", "adduser", "logrotate", "gcc", "libc6-dev",
     "systemd", "systemd-sysv", "dbus", "procps", "iproute2",
 )  # fmt: skip
-#: Downloaded into /var/cache/apt/archives only (Debian's icecc and what it needs).
-DOWNLOAD_ONLY = ("icecc",)
+#: Downloaded into /var/cache/apt/archives only: Debian's icecc (the replace-icecc
+#: scenarios) and openrc (installed by the OpenRC scenario, ``openrc.sh``).
+DOWNLOAD_ONLY = ("icecc", "openrc")
 LAYOUT_VERSION = "1"  # bump when the steps after debootstrap change
 
 

@@ -9,13 +9,19 @@ systemd with ``systemd-nspawn --boot`` and, inside it: installs with
 fallback), starts both services (Type=notify), reloads iceccd after a
 conf.d change, reads and calls both D-Bus interfaces with ``busctl``, reads
 ``journalctl -o json``, stops iceccd while a job runs, upgrades, removes,
-purges, and replaces Debian's ``icecc``.  The tests assert on its ``CHECK``
-lines.  Everything runs in ``unshare --mount --pid``: no process or mount
-outlives it.
+purges, and replaces Debian's ``icecc``.  ``openrc.sh`` does the same under
+OpenRC in another copy of that root (openrc installed from its apt cache,
+the real openrc-run and supervise-daemon, PID 1 not openrc-init): install,
+``rc-update add`` and ``rc-service start`` both services, the daemon in the
+scheduler's listing, stop, purge, then over Debian's ``icecc`` with its
+``icecc.conf`` read by the OpenRC scripts.  The tests assert on their
+``CHECK`` lines.  Everything runs in ``unshare --mount --pid`` (and
+``--net`` for OpenRC): no process or mount outlives it.
 
-Cost (2 cores): cold (no root, empty pip cache) about 4 min for debootstrap
-plus 2 x 2-3 min of builds; warm about 5 min (the two builds run in
-parallel, lintian about 40 s, the boot cycle about 1 min).
+Cost (2 cores): cold (no root, empty pip cache) about 5 min for debootstrap
+plus 2 x 2-3 min of builds; warm about 6 min (the two builds run in
+parallel, lintian about 40 s, the boot cycle about 1 min, the OpenRC cycle
+about 1 min).
 """
 
 from __future__ import annotations
@@ -130,14 +136,40 @@ def cycle(debs, fake_env, tmp_path_factory):
          "/bin/sh", str(HERE / "cycle.sh")],
         env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
-    checks = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("CHECK "):
-            _, name, *value = line.split(" ", 2)
-            checks[name] = value[0] if value else ""
+    checks = _checks(proc.stdout)
     detail = f"rc={proc.returncode}\n{proc.stdout[-12000:]}\n{proc.stderr[-4000:]}"
     assert checks.get("done") == "yes", detail
     return checks, detail
+
+
+@pytest.fixture(scope="module")
+def openrc_cycle(debs, tmp_path_factory):
+    """Run openrc.sh once; return ({check: value}, detail for failure messages)."""
+    _need("debootstrap", "unshare", "ip")
+    root = cached_root()
+    work = tmp_path_factory.mktemp("openrc")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "ROOT": str(root), "WORK": str(work), "DEB1": str(debs[0]), "HELPERS": str(HERE),
+    }  # fmt: skip
+    proc = subprocess.run(
+        ["unshare", "--mount", "--pid", "--net", "--fork", "--propagation", "private",
+         "/bin/sh", str(HERE / "openrc.sh")],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    checks = _checks(proc.stdout)
+    detail = f"rc={proc.returncode}\n{proc.stdout[-12000:]}\n{proc.stderr[-4000:]}"
+    assert checks.get("done") == "yes", detail
+    return checks, detail
+
+
+def _checks(stdout):
+    checks = {}
+    for line in stdout.splitlines():
+        if line.startswith("CHECK "):
+            _, name, *value = line.split(" ", 2)
+            checks[name] = value[0] if value else ""
+    return checks
 
 
 class TestBuild:
@@ -328,9 +360,101 @@ class TestLifecycle:
         assert checks["replace.initd"] == "#!/sbin/openrc-run", detail
         assert checks["replace.leftover"] == "0", detail
         assert checks["replace.iceccconf"] == "yes", detail
+        # icecc's postinst enabled its LSB script; that does not enable our native unit
+        # (README.Debian; under OpenRC the runlevel entry is kept: TestOpenrc).
+        assert checks["replace.sysvlinks"] == "1", detail
+        assert checks["replace.enabled"] == "disabled", detail
         assert checks["replace.start_rc"] == "0", detail
         assert checks["replace.state"] == "active/running", detail
         assert "--confd=/etc/icecc/icecc.conf" in checks["replace.cmdline"], detail
         assert '"debnet"' in checks["replace.netname"], detail
         assert "(not set)" in checks["replace.logfile"] or '""' in checks["replace.logfile"]
         assert "/var/cache/icecream" in checks["replace.basedir"], detail
+
+
+SERVICES = ("icecc-scheduler", "iceccd")
+
+
+class TestOpenrc:
+    """The package on a Debian 12 whose services OpenRC runs (openrc.sh): openrc-run,
+    rc-service and supervise-daemon are real; PID 1 is not openrc-init."""
+
+    def test_install_enables_and_starts_nothing(self, openrc_cycle):
+        checks, detail = openrc_cycle
+        assert checks["openrc.rc"] == "0", detail
+        assert checks["install.rc"] == "0", detail
+        assert checks["install.initd"] == "#!/sbin/openrc-run", detail
+        for svc in SERVICES:
+            assert checks[f"install.runlevel.{svc}"] == "no", detail
+            assert checks[f"install.status.{svc}"] == "stopped", detail
+
+    def test_rc_service_start_and_listing(self, openrc_cycle):
+        """rc-update add + rc-service start: both started as icecream, the daemon listed."""
+        checks, detail = openrc_cycle
+        assert checks["enable.rc"] == "0", detail
+        for svc in SERVICES:
+            assert checks[f"plain.start_rc.{svc}"] == "0", detail
+            assert f"plain.ready_timeout.{svc}" not in checks, detail
+            assert checks[f"plain.status.{svc}"] == "started", detail
+            assert checks[f"plain.user.{svc}"] == "icecream", detail
+            assert checks[f"plain.comm.{svc}"] == svc, detail
+            # No /etc/icecc/icecc.conf: the service's conf.d only.
+            assert checks[f"plain.args.{svc}"] == f"--foreground --confd /etc/conf.d/{svc}"
+        assert "plain.listcs_timeout" not in checks, detail
+        assert "/2" in checks["plain.listcs"], detail
+
+    def test_rc_service_stop(self, openrc_cycle):
+        """rc-service stop: the node leaves the listing, the programs end cleanly."""
+        checks, detail = openrc_cycle
+        for step in ("plain", "replace"):
+            assert f"{step}.logout_timeout" not in checks, detail
+            for svc in SERVICES:
+                assert checks[f"{step}.stop_rc.{svc}"] == "0", detail
+                assert checks[f"{step}.stopped.{svc}"] == "stopped", detail
+                assert checks[f"{step}.left.{svc}"] == "0", detail
+                assert checks[f"{step}.stopped_event.{svc}"] == "1", detail
+
+    def test_purge_removes_runlevel_entries(self, openrc_cycle):
+        """Purge takes the admin's rc-update entries with the scripts (no dangling links)."""
+        checks, detail = openrc_cycle
+        assert checks["purge.rc"] == "0", detail
+        left = [k for k, v in checks.items() if k.startswith("purge.file:") and v != "no"]
+        assert left == [], detail
+
+    def test_replaced_icecc_conf_is_read(self, openrc_cycle):
+        """Over Debian's icecc, both scripts read its icecc.conf, then icecc-conf-paths, then
+        conf.d: the net name, scheduler and limit come from icecc.conf, its log and cache paths
+        are reset, and the daemon joins the scheduler on that net."""
+        checks, detail = openrc_cycle
+        assert checks["icecc.install_rc"] == "0", detail
+        assert checks["replace.rc"] == "0", detail
+        assert checks["replace.icecc_status"] == "rc", detail
+        assert checks["replace.initd"] == "#!/sbin/openrc-run", detail
+        for svc in SERVICES:
+            assert checks[f"replace.status.{svc}"] == "started", detail
+            assert checks[f"replace.user.{svc}"] == "icecream", detail
+            assert checks[f"replace.args.{svc}"] == (
+                "--foreground --confd /etc/icecc/icecc.conf --confd "
+                f"/usr/share/iceserv/icecc-conf-paths --confd /etc/conf.d/{svc}"
+            ), detail
+        assert "replace.listcs_timeout" not in checks, detail
+        assert "/2" in checks["replace.listcs"], detail  # ICECC_MAX_JOBS="2"
+        assert '"debnet"' in checks["replace.netname"], detail
+        assert "(not set)" in checks["replace.logfile"] or '""' in checks["replace.logfile"]
+        assert "/var/cache/icecream" in checks["replace.basedir"], detail
+        assert checks["replace.oldlog"] == "nono", detail
+
+    def test_icecc_runlevel_entry_is_kept(self, openrc_cycle):
+        """icecc's postinst put its iceccd in the default runlevel (update-rc.d defaults);
+        the entry names /etc/init.d/iceccd, now ours, so iceserv's daemon starts at the next
+        boot: kept as the admin had it, and said in README.Debian."""
+        checks, detail = openrc_cycle
+        assert checks["icecc.runlevel"] == "yes", detail
+        assert checks["replace.runlevel"] == "yes", detail
+
+    def test_conf_d_overrides_icecc_conf_on_reload(self, openrc_cycle):
+        checks, detail = openrc_cycle
+        assert checks["reload.rc"] == "0", detail
+        assert "reload.timeout" not in checks, detail
+        assert "/3" in checks["reload.listcs"], detail
+        assert checks["reload.samepid"] == "yes", detail

@@ -13,9 +13,15 @@
 # Environment: ROOT WORK PY BINDS SERVICES SCHEDULER_PORT DAEMON_PORT NETNAME.
 set -eu
 
+count_events() {  # count_events LOG EVENT: records of EVENT in LOG (0 while LOG does not exist)
+	c=$(grep -c "\"event\": \"$2\"" "$1" 2>/dev/null) || c=0  # grep: 1 no match, 2 no file
+	echo "${c:-0}"
+}
+
 wait_for_event() {  # wait_for_event LOG EVENT COUNT: until LOG has COUNT records of EVENT
+	# (A missing LOG counts 0: "[ '' -lt 1 ]" would fail, end the loop and not wait at all.)
 	n=0
-	while [ "$(grep -c "\"event\": \"$2\"" "$1" 2>/dev/null || true)" -lt "$3" ]; do
+	while [ "$(count_events "$1" "$2")" -lt "$3" ]; do
 		n=$((n + 1))
 		[ "$n" -gt 300 ] && return 1
 		sleep 0.1
@@ -32,6 +38,7 @@ report() {  # report SERVICE STEP: one CHECK line per fact about the running pro
 	echo "CHECK $1.$2.pid $pid"
 	echo "CHECK $1.$2.user $(ps -o user= -p "$pid")"
 	echo "CHECK $1.$2.comm $(cat "/proc/$pid/comm")"
+	echo "CHECK $1.$2.args $(tr '\0' ' ' < "/proc/$pid/cmdline" | sed -e 's/^.* --foreground/--foreground/' -e 's/ $//')"
 	echo "CHECK $1.$2.capeff $(sed -n 's/^CapEff:[[:space:]]*//p' "/proc/$pid/status")"
 	echo "CHECK $1.$2.nonewprivs $(sed -n 's/^NoNewPrivs:[[:space:]]*//p' "/proc/$pid/status")"
 	echo "CHECK $1.$2.status $(rc-service "$1" status >/dev/null 2>&1 && echo started || echo stopped)"

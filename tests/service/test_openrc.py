@@ -41,6 +41,9 @@ eerror() { :; }
 """
 # Commands with a '-' cannot be sh functions: they are scripts on PATH.
 _STUB_PROGRAMS = ("checkpath", "supervise-daemon")
+#: Installed by the Debian package only (packaging/debian): read before conf.d when both exist.
+DEBIAN_ICECC_CONF = "/etc/icecc/icecc.conf"
+DEBIAN_ICECC_PATHS = "/usr/share/iceserv/icecc-conf-paths"
 
 
 def _tool(name):
@@ -79,9 +82,18 @@ class TestStubHarness:
             stub.write_text(f'#!/bin/sh\necho "{program} $*"\n')
             stub.chmod(0o755)
         self.path = f"{tmp_path}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        # Debian icecc's configuration and the package's path reset, made (or not) by a test:
+        # the scripts test for them at these paths, never the host's.
+        self.icecc_conf = tmp_path / "etc-icecc/icecc.conf"
+        self.icecc_paths = tmp_path / "share-iceserv/icecc-conf-paths"
+        self.stub = tmp_path / "program"  # stands in for iceccd / icecc-scheduler
 
     def _run(self, shell, name, body):
         script = (ROOT / "openrc" / name).read_text()
+        assert script.count(f'="{DEBIAN_ICECC_CONF}"\n') == 1
+        assert script.count(f'="{DEBIAN_ICECC_PATHS}"\n') == 1
+        script = script.replace(DEBIAN_ICECC_CONF, str(self.icecc_conf))
+        script = script.replace(DEBIAN_ICECC_PATHS, str(self.icecc_paths))
         program = f"RC_SVCNAME={name}\n{_STUBS}\n{script}\n{body}\n"
         proc = subprocess.run([_tool(shell), "-c", program], capture_output=True, text=True,
                               env={"PATH": self.path}, timeout=60, check=False)  # fmt: skip
@@ -106,6 +118,39 @@ class TestStubHarness:
     def test_descriptor_limit(self, shell, name):
         """rc_ulimit gives the service 65536 descriptors (a conf.d rc_ulimit, read first, wins)."""
         assert self._run(shell, name, 'echo "$rc_ulimit"').stdout == "-n 65536\n"
+    def _debian_files(self, *, conf, paths):
+        for path, wanted in ((self.icecc_conf, conf), (self.icecc_paths, paths)):
+            if wanted:
+                path.parent.mkdir(exist_ok=True)
+                path.write_text('ICECC_NETNAME="x"\n')
+
+    def _program_args(self, shell, name):
+        out = self._run(shell, name, 'printf "%s\\n" $command_args').stdout
+        words = out.split()
+        return words[words.index("--") + 1 :]
+
+    def test_debian_icecc_conf_is_read_first(self, shell, name):
+        """With Debian icecc's icecc.conf and the package's path reset: both, then conf.d."""
+        self._debian_files(conf=True, paths=True)
+        confd = ["--confd", str(self.icecc_conf), "--confd", str(self.icecc_paths),
+                 "--confd", f"/etc/conf.d/{name}"]  # fmt: skip
+        assert self._program_args(shell, name) == [f"/usr/bin/{name}", "--foreground", *confd]
+        # checkconfig (run by start_pre and reload) checks the same files.
+        record = self.stub.with_name("program-args")
+        self.stub.write_text(f'#!/bin/sh\necho "$*" > {record}\n')
+        self.stub.chmod(0o755)
+        var = "iceccd" if name == "iceccd" else "scheduler"
+        lines = self._run(shell, name, f"{var}_program={self.stub}; checkconfig").stdout
+        assert lines.splitlines()[-1].startswith("eend 0 "), lines
+        assert record.read_text().split() == ["--check-config", *confd]
+
+    @pytest.mark.parametrize("conf", [False, True], ids=["no-icecc-conf", "stray-icecc-conf"])
+    def test_conf_d_alone_without_the_package(self, shell, name, conf):
+        """Gentoo or a pip install (no icecc-conf-paths): only conf.d, even if an icecc.conf
+        lies around, as the units without the Debian package's drop-in."""
+        self._debian_files(conf=conf, paths=False)
+        expected = [f"/usr/bin/{name}", "--foreground", "--confd", f"/etc/conf.d/{name}"]
+        assert self._program_args(shell, name) == expected
 
     def test_reload_sends_hup(self, shell, name):
         """reload checks the configuration, then signals the supervised program with HUP."""
@@ -250,6 +295,8 @@ class TestRealOpenrc:
             assert checks[f"{svc}.start.status"] == "started", detail
             assert checks[f"{svc}.start.user"] == "icecream", detail
             assert checks[f"{svc}.start.comm"] == svc, detail
+            # No Debian icecc.conf here (Gentoo-style): the service's conf.d only.
+            assert checks[f"{svc}.start.args"] == f"--foreground --confd /etc/conf.d/{svc}", detail
             assert checks[f"{svc}.start.nonewprivs"] == "1", detail
             assert checks[f"{svc}.start.net"] == "started", detail  # depend() needs net
 
