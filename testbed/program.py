@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 
 from testbed.errors import ProgramExitedError, TestbedError
 from testbed.hosts import LOOPBACK, Host, free_port
+from testbed.idlecpu import IdleCpuHost, freeze_proc_stat
 from testbed.procs import clean_env, log_tail, make_workdir, stop_process
 from testbed.wait import wait_for
 
@@ -201,6 +202,14 @@ class DaemonProgram(Program):
     picks a free port on loopback and 10245 in a namespace; ``no_remote``
     replaces it with ``--no-remote``.  The Unix socket (``ICECC_TEST_SOCKET``)
     and the ``-b`` env directory live in the work directory.
+
+    ``idle_cpu`` (the default) starts the daemon seeing a frozen copy of
+    ``/proc/stat`` (``idlecpu.IdleCpuHost``; a no-op on a host that already
+    is one).  Both daemons rate their CPU load from that file, and on this
+    shared machine it says "busy" whenever anything else runs: the daemon then
+    reports load 1000 and a scheduler never places a job on it, so a test's
+    outcome would depend on the machine's load.  Frozen, the CPU counts as
+    idle and the load reflects only memory.  False: the real ``/proc/stat``.
     """
 
     name: str
@@ -209,6 +218,7 @@ class DaemonProgram(Program):
     no_remote: bool = False
     max_jobs: int = 2
     netname: str | None = None
+    idle_cpu: bool = True
 
     @property
     def title(self) -> str:
@@ -232,6 +242,13 @@ class DaemonProgram(Program):
             msg = "daemon not started or started with --no-remote"
             raise TestbedError(msg)
         return (self.host.ip, self.port)
+
+    def _launch(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+        """Start ``argv`` as ``Program`` does, seeing a frozen ``/proc/stat`` if ``idle_cpu``."""
+        if self.idle_cpu and not isinstance(self.host, IdleCpuHost):
+            stat = freeze_proc_stat(self._workdir / "proc-stat")
+            argv = IdleCpuHost(self.host, stat).wrap(argv)
+        super()._launch(argv, env)
 
     def _daemon_args(self) -> list[str]:
         """``-N``, the port (picked now) or ``--no-remote``, ``-b``, ``-m``, ``-s``, ``-n``."""

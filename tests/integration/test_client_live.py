@@ -77,7 +77,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         local.wait_logged_in(scheduler)
         server.wait_logged_in(scheduler)
         # The scheduler gives a server no job before its first STATS (load 1000 until
-        # then), and a busy machine makes 1.4 report itself full: wait until it is not.
+        # then).  The daemons see a frozen /proc/stat (DaemonProgram.idle_cpu), so a busy
+        # machine does not make the server report itself full.
         wait_for(lambda: any(h.name == server.name and h.load < 1000 for h in scheduler.listcs()),
                  90, "the compile server to report a load below 1000", interval=0.5,
                  between=server.poke)  # fmt: skip
@@ -89,10 +90,7 @@ def client_env(cluster: Cluster, tmp: Path, **extra: str) -> dict[str, str]:
         "PATH": "/usr/bin:/bin", "HOME": str(tmp), "LANG": "C",
         "ICECC_TEST_SOCKET": str(cluster.local.socket_path), "ICECC_TEST_REMOTEBUILD": "1",
         "ICECC_PREFERRED_HOST": cluster.server.name, "ICECC_DEBUG": "debug",
-        "ICECC_LOGFILE": str(tmp / "icecc.log"),
-        # 1.4's wait: the real server on this shared machine may report full load (it reads
-        # the machine's /proc/stat) for a while, and these tests are about remote builds.
-        "ICECC_SERVER_WAIT": "240", **extra,
+        "ICECC_LOGFILE": str(tmp / "icecc.log"), **extra,
     }  # fmt: skip
 
 
