@@ -50,11 +50,10 @@ from iceserv.daemon import (
     ServerSettings,
     can_chroot,
     child_environment,
-    determine_platform,
     resolve_user,
 )
+from iceserv.hostfacts import broadcast_addresses, host_platform, interface_address
 from iceserv.netio import DESCRIPTOR_RESERVE, NofileLimit, fit_budget, raise_nofile_limit
-from iceserv.scheduler.netif import broadcast_addresses, interface_address
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.dbus import (
     DAEMON_INTERFACE,
@@ -138,7 +137,7 @@ def server_settings(
         max_kids=max_kids if max_kids is not None else os.cpu_count() or 1,
         nice=settings.nice_level,
         cache_limit=settings.cache_limit * 1024 * 1024,
-        platform=determine_platform(),
+        platform=host_platform(),
         chroot_possible=chroot_possible,
         child_environ=child_environment(environ),
         native_command=_native_command(),

@@ -22,7 +22,6 @@ from __future__ import annotations
 from iceserv.daemon.control import DaemonControl, DaemonStatus, EnvironmentView
 from iceserv.daemon.jobstarter import JobStarter
 from iceserv.daemon.sandbox import RunAs, can_chroot, child_environment, resolve_user
-from iceserv.daemon.scheduler_link import determine_platform
 from iceserv.daemon.server import Daemon
 from iceserv.daemon.settings import ServerSettings
 
@@ -36,6 +35,5 @@ __all__ = [
     "ServerSettings",
     "can_chroot",
     "child_environment",
-    "determine_platform",
     "resolve_user",
 ]

@@ -65,8 +65,11 @@ __all__ = [
 
 
 _LANG_NAMES: Final = {
-    Lang.C: "c", Lang.CXX: "c++", Lang.OBJC: "objective-c", Lang.OBJCXX: "objective-c++",
-}  # fmt: skip
+    Lang.C: "c",
+    Lang.CXX: "c++",
+    Lang.OBJC: "objective-c",
+    Lang.OBJCXX: "objective-c++",
+}
 #: stderr texts that mean "the compiler ran out of memory" (upstream ``work_it``).
 OOM_TEXTS: Final = (
     "memory exhausted",
@@ -119,9 +122,15 @@ def job_paths(job: CompileFile, unique: str) -> JobPaths:
     """
     if reproducible.applies(job, job.compiler_name or (job.args[:1] or ("",))[0]):
         found = reproducible.layout(job, f"/tmp/icecc-{job.job_id}-{unique}")  # noqa: S108
-        return JobPaths(cwd=found.cwd, output=found.output, object_file=found.object_file,
-                        dwo_file=found.dwo_file, tmp_root=found.tmp_root,
-                        source_file=found.source, input_arg=found.input_arg)  # fmt: skip
+        return JobPaths(
+            cwd=found.cwd,
+            output=found.output,
+            object_file=found.object_file,
+            dwo_file=found.dwo_file,
+            tmp_root=found.tmp_root,
+            source_file=found.source,
+            input_arg=found.input_arg,
+        )
     if not job.dwarf_fission:
         name = f"icecc-{job.job_id}-{unique}.o"
         return JobPaths("/tmp", name, f"/tmp/{name}", "")  # noqa: S108 - inside the chroot
@@ -188,8 +197,9 @@ def compiler_command(
     return argv
 
 
-def _reproducible_command(argv: list[str], job: CompileFile, paths: JobPaths, *,
-                          split: bool) -> list[str]:  # fmt: skip
+def _reproducible_command(
+    argv: list[str], job: CompileFile, paths: JobPaths, *, split: bool
+) -> list[str]:
     """Finish a reproducible job's command line (see :mod:`iceserv.daemon.reproducible`)."""
     argv += [arg for arg in job.args if arg != reproducible.DIRECTIVES_ONLY]
     if split and job.dwarf_fission:
@@ -293,7 +303,7 @@ class CompileRun:
                         self._outside(self.paths.source_file),
                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                         0o644,
-                    )  # fmt: skip
+                    )
                 except OSError as exc:
                     self._start_failure = f"source file: {exc}"
                     return
@@ -303,11 +313,18 @@ class CompileRun:
         await self._start_job()
 
     async def _start_job(self) -> None:
-        words = [str(self.env_root), self.paths.cwd, "1" if self.run_as.switch else "0",
-                 str(self.run_as.uid), str(self.run_as.gid), str(self.nice),
-                 str(self.mem_limit_mb * 1024 * 1024),
-                 *(f"{name}={value}" for name, value in self.environ.items()), "--",
-                 *self.argv]  # fmt: skip
+        words = [
+            str(self.env_root),
+            self.paths.cwd,
+            "1" if self.run_as.switch else "0",
+            str(self.run_as.uid),
+            str(self.run_as.gid),
+            str(self.nice),
+            str(self.mem_limit_mb * 1024 * 1024),
+            *(f"{name}={value}" for name, value in self.environ.items()),
+            "--",
+            *self.argv,
+        ]
         self._started = time.monotonic()
         try:
             self._job = job = await self.starter.start(words)
@@ -411,8 +428,9 @@ class CompileRun:
     def _judge(self, outcome: JobOutcome, wait_status: int) -> None:
         if os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0:
             return
-        if is_out_of_memory(outcome.stderr, outcome.pfaults, self.mem_limit_mb,
-                            resource.getpagesize()):  # fmt: skip
+        if is_out_of_memory(
+            outcome.stderr, outcome.pfaults, self.mem_limit_mb, resource.getpagesize()
+        ):
             outcome.status, outcome.was_out_of_memory = EXIT_OUT_OF_MEMORY, True
             return
         disk = shutil.disk_usage(self.env_root)

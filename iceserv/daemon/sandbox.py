@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from iceserv.hostfacts import MANAGER_VARIABLES
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -28,10 +30,6 @@ _CAP_SYS_CHROOT: Final = 18
 _FALLBACK_USER: Final = "icecc"
 _NOBODY_UID: Final = 65534
 _NOBODY_GID: Final = 65533
-#: Variables a service manager hands the daemon that must never reach a compiler.
-_MANAGER_VARIABLES: Final = frozenset(
-    ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +102,7 @@ def can_chroot(*, euid: int | None = None, status: Path = Path("/proc/self/statu
 
 def child_environment(base: Mapping[str, str], **extra: str) -> dict[str, str]:
     """Return *base* without the manager's variables, with ``PATH=/usr/bin`` and *extra*."""
-    env = {key: value for key, value in base.items() if key not in _MANAGER_VARIABLES}
+    env = {key: value for key, value in base.items() if key not in MANAGER_VARIABLES}
     env["PATH"] = "/usr/bin"
     env.update(extra)
     return env

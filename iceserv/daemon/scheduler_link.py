@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import os
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
@@ -51,6 +50,7 @@ from iceserv.daemon.effects import (
     SchedulerUp,
 )
 from iceserv.errors import ProtocolError, RemoteProtocolError
+from iceserv.hostfacts import set_keepalive
 from iceserv.protocol import (
     NEED_DATA,
     SCHEDULER_PORT,
@@ -77,13 +77,13 @@ __all__ = [
     "LinkSettings",
     "LinkState",
     "SchedulerLink",
-    "determine_platform",
-    "set_keepalive",
 ]
 
 log = structlog.get_logger()
 
 _READ_SIZE: Final = 65536
+#: 1.4 sets TCP_NODELAY on the daemon's channels too (beside the keepalive options).
+_NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class LinkState(enum.Enum):
@@ -124,22 +124,6 @@ class LinkSettings:
     handshake_timeout: float = 15.0
     send_timeout: float = 30.0
     discovery_wait: float = 3.0
-
-
-def set_keepalive(sock: socket.socket | None) -> None:
-    """1.4's options on every channel (§1.3): keepalive 27 s + 3 x 3 s, 9 s user timeout."""
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    for level, name, value in (
-        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 27),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 3),
-        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
-        (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 9000),
-        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
-    ):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(level, name, value)
 
 
 class SchedulerLink:
@@ -301,7 +285,7 @@ class SchedulerLink:
             )
             return
         sock = writer.get_extra_info("socket")
-        set_keepalive(sock)
+        set_keepalive(sock, _NODELAY)
         own_ip = str(writer.get_extra_info("sockname")[0])
         conn = Connection()
         self._conn, self._writer, self.address = conn, writer, target
@@ -365,13 +349,3 @@ class SchedulerLink:
         self.address = None
         if writer is not None:
             writer.close()
-
-
-def determine_platform() -> str:
-    """1.4's host platform: ``uname -m`` on Linux, ``<sysname>_<machine>`` elsewhere."""
-    uname = os.uname()
-    if uname.sysname == "Linux":
-        return uname.machine.replace(" ", "")
-    if uname.sysname == "Darwin":
-        return f"Darwin{uname.release.split('.')[0]}_{uname.machine}".replace(" ", "")
-    return f"{uname.sysname}_{uname.machine}".replace(" ", "")

@@ -101,10 +101,11 @@ from iceserv.daemon.load import (
 from iceserv.daemon.metrics import DaemonMetrics
 from iceserv.daemon.native import NativeEnvError, NativeEnvironments
 from iceserv.daemon.remote_job import CompileJob, JobContext, verify_environment
-from iceserv.daemon.scheduler_link import LinkSettings, SchedulerLink, set_keepalive
+from iceserv.daemon.scheduler_link import LinkSettings, SchedulerLink
 from iceserv.daemon.slots import FULL_LOAD
 from iceserv.daemon.states import EXIT_NO_HOSTS
 from iceserv.errors import ProtocolError
+from iceserv.hostfacts import set_keepalive
 from iceserv.netio import Admission, ConnectionBudget, Listener, Throttle, bind_tcp, host_key
 from iceserv.netio import open_stream as _open_stream
 from iceserv.protocol import (
@@ -506,7 +507,7 @@ class Daemon:
                 sock.close()
                 return
             if not kind.unix:
-                set_keepalive(sock)
+                set_keepalive(sock, (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1))
             item = _Peer(next(self._ids), peer, writer, Connection())
             self._peers[item.conn_id] = item
             try:
