@@ -152,6 +152,8 @@ def server_settings(
         max_env_transfers=settings.max_env_transfers,
         env_transfer_queue=settings.env_transfer_queue,
         max_native_builds=settings.max_native_builds,
+        native_compilers=tuple(settings.native_compilers.split()),
+        native_compression="zstd" if shutil.which("zstd", path="/usr/bin:/bin") else "gzip",
     )
 
 

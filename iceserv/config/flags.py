@@ -140,6 +140,14 @@ _DAEMON_ONLY: Final = (
         "N",
         "native environments built at once",
     ),
+    _Option(
+        "",
+        "native-compilers",
+        _Action.VALUE,
+        "native_compilers",
+        "LIST",
+        "compilers whose environments are built at start",
+    ),
     _Option("", "http", _Action.VALUE, "http", "HOST[:PORT]", "serve /metrics"),
 )
 _SCHEDULER_ONLY: Final = (

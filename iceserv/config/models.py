@@ -148,7 +148,18 @@ def _absolute(value: Path) -> Path:
     return value
 
 
+def _compiler_list(value: str) -> str:
+    """Blank- or comma-separated compiler names or absolute paths, normalised to one blank."""
+    words = value.replace(",", " ").split()
+    for word in words:
+        if not word.isprintable() or (("/" in word) and not word.startswith("/")):
+            msg = f"{word!r} is neither a compiler name nor an absolute path"
+            raise ValueError(msg)
+    return " ".join(words)
+
+
 Name = Annotated[str, AfterValidator(_no_blanks)]
+CompilerList = Annotated[str, Field(max_length=4096), AfterValidator(_compiler_list)]
 UserName = Annotated[str, Field(min_length=1), AfterValidator(_no_blanks)]
 Interface = Annotated[str, AfterValidator(_interface)]
 AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
@@ -256,6 +267,11 @@ class DaemonSettings(_Settings):
     """Environment transfers waiting; more are refused (``--unpack-queue``)."""
     max_native_builds: Annotated[int, Field(ge=1, le=64)] = 1
     """Native environments (``icecc --build-native``) built at once (``--build-limit``)."""
+    native_compilers: CompilerList = "gcc clang"
+    """Compilers whose native environments are built right after start, so the first
+    compile does not wait: names (found in /usr/local/bin, /usr/bin, /bin) or absolute
+    paths, blank- or comma-separated; g++ shares gcc's, clang++ clang's; empty: none
+    (``--native-compilers``)."""
     http: DaemonHttpAddress = None
     """Serve the daemon's ``/metrics`` on HOST[:PORT] (port 8768); unset: off (``--http``)."""
 

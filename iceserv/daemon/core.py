@@ -29,8 +29,9 @@ the protocol; the client is ended with exit 120)::
     ----------------  -----------------------------  ----------------------------------------
     (local only: from a TCP peer that is not on loopback, GET_NATIVE_ENV,
     GET_CS and JOB_LOCAL_BEGIN end the client with exit 120)
-    GET_NATIVE_ENV    NEW                            BuildNative -> USE_NATIVE_ENV, or END and
-                                                     close (121)
+    GET_NATIVE_ENV    NEW                            ResolveNative (the shell checks the paths)
+                                                     -> USE_NATIVE_ENV when ready, else join or
+                                                     start its build; failed: END, close (121)
     GET_CS            NEW, JOB_DONE                  forward to the scheduler (our client id,
                                                      client count); no scheduler: compile
                                                      yourself
@@ -123,7 +124,6 @@ from iceserv.daemon.effects import (
     AnnounceLogin,
     AnswerInternals,
     ArmTimer,
-    BuildNative,
     ClientConnected,
     ClientGone,
     Close,
@@ -144,9 +144,12 @@ from iceserv.daemon.effects import (
     LoadSampled,
     Log,
     NativeEnvBuilt,
+    NativeResolved,
+    NativesFound,
     PauseReading,
     Received,
     ReleaseEnv,
+    ResolveNative,
     ResumeReading,
     SchedulerConnecting,
     SchedulerDown,
@@ -165,6 +168,7 @@ from iceserv.daemon.effects import (
     WakeScheduler,
 )
 from iceserv.daemon.environments import EnvInstallError, check_name
+from iceserv.daemon.natives import NativeBook
 from iceserv.daemon.slots import Slots, SourceBuffer, SourceTooLargeError, Work
 from iceserv.daemon.states import (
     EXIT_CLIENT_KILLED,
@@ -208,9 +212,9 @@ from iceserv.protocol.features import supports
 from iceserv.protocol.records import replace
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
-    from iceserv.daemon.effects import ConnKind
+    from iceserv.daemon.effects import BuildNative, ConnKind
     from iceserv.daemon.settings import ServerSettings
     from iceserv.protocol import Message
 
@@ -289,6 +293,8 @@ class DaemonCore:
         self.settings = settings
         self.port = port
         self.slots = Slots(settings.max_kids)
+        #: Native environments: ready, being built, queued (prebuilds at start, issue 17).
+        self.natives = NativeBook(settings.max_native_builds)
         self.load = 0
         self.scheduler_up = False
         self.scheduler_protocol = 0
@@ -307,6 +313,8 @@ class DaemonCore:
             ClientGone: self._on_gone,
             TimerExpired: self._on_timer,
             NativeEnvBuilt: self._on_native,
+            NativesFound: self._on_natives_found,
+            NativeResolved: self._on_native_resolved,
             UnpackFailed: self._on_unpack_failed,
             Unpacked: self._on_unpacked,
             EnvVerified: self._on_verified,
@@ -374,6 +382,7 @@ class DaemonCore:
         self.settings = settings
         self.port = port
         self.slots.max_kids = settings.max_kids
+        self.natives.max_builds = max(1, settings.max_native_builds)
         return self._schedule(now)
 
     # --- the entry point -------------------------------------------------------------
@@ -518,25 +527,124 @@ class DaemonCore:
         if client.state is not State.NEW:
             return self._wrong_state(client, msg)
         client.state = State.WAIT_NATIVE
-        return [BuildNative(client.conn_id, msg.compiler, tuple(msg.extrafiles), msg.compression)]
+        return [ResolveNative(client.conn_id, msg.compiler, tuple(msg.extrafiles), msg.compression)]
 
-    def _on_native(self, event: NativeEnvBuilt, now: float) -> list[Effect]:
+    def _on_natives_found(self, event: NativesFound, now: float) -> list[Effect]:
+        found = tuple((item.key, item.path) for item in event.found)
+        effects: list[Effect] = [
+            _log(
+                "info",
+                "native_envs_found",
+                compilers=[item.key.compiler for item in event.found],
+                kept=[item.key.compiler for item in event.found if item.path],
+                to_build=[item.key.compiler for item in event.found if not item.path],
+            )
+        ]
+        return effects + self._native_builds(self.natives.found(found, now), now)
+
+    def _native_builds(self, builds: Sequence[BuildNative], now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for build in builds:
+            record = self.natives.build_of(build.key)
+            waited = now - record.queued if record is not None else 0.0
+            effects.append(
+                _log(
+                    "info",
+                    "native_env_build_started",
+                    compiler=build.key.compiler,
+                    compression=build.key.compression,
+                    reason=build.reason,
+                    queued_seconds=round(waited, 3),
+                )
+            )
+            effects.append(build)
+        return effects
+
+    def _on_native_resolved(self, event: NativeResolved, now: float) -> list[Effect]:
         client = self._clients.get(event.conn_id)
         if client is None or client.gone or client.state is not State.WAIT_NATIVE:
             return []
-        if not event.path:
-            client.exit_override = EXIT_NATIVE_FAILED
-            effects: list[Effect] = [
-                _log("warning", "native_env_failed", client_id=client.conn_id, error=event.error),
-                Send(client.conn_id, End()),
-            ]
-            return effects + self._finish_client(client, EXIT_NATIVE_FAILED, now)
+        if event.key is None:
+            return self._native_failed(client, event.error, now)
+        ready, builds = self.natives.request(client.conn_id, event.key, event.path, now)
+        if ready is not None:
+            return self._native_sent(client, ready.path, ready.origin, 0.0, now)
+        build = self.natives.build_of(event.key)
+        effects: list[Effect] = [
+            _log(
+                "info",
+                "native_env_waiting",
+                client_id=client.conn_id,
+                compiler=event.key.compiler,
+                build=build.reason if build is not None else "",
+                running=build is not None and build.started is not None,
+            )
+        ]
+        return effects + self._native_builds(builds, now)
+
+    def _native_sent(
+        self, client: _Client, path: str, origin: str, waited: float, now: float
+    ) -> list[Effect]:
         client.state = State.NEW
         return [
-            _log("info", "native_env_sent", client_id=client.conn_id, path=event.path),
-            Send(client.conn_id, UseNativeEnv(event.path)),
+            _log(
+                "info",
+                "native_env_sent",
+                client_id=client.conn_id,
+                path=path,
+                origin=origin,
+                waited_seconds=round(waited, 3),
+            ),
+            Send(client.conn_id, UseNativeEnv(path)),
             *self._arm(client, now),
         ]
+
+    def _native_failed(self, client: _Client, error: str, now: float) -> list[Effect]:
+        client.exit_override = EXIT_NATIVE_FAILED
+        effects: list[Effect] = [
+            _log("warning", "native_env_failed", client_id=client.conn_id, error=error),
+            Send(client.conn_id, End()),
+        ]
+        return effects + self._finish_client(client, EXIT_NATIVE_FAILED, now)
+
+    def _on_native(self, event: NativeEnvBuilt, now: float) -> list[Effect]:
+        outcome = self.natives.built(event.key, event.path, now)
+        effects: list[Effect] = []
+        build = outcome.build
+        if build is not None and event.path:
+            effects.append(
+                _log(
+                    "info",
+                    "native_env_built",
+                    compiler=event.key.compiler,
+                    compression=event.key.compression,
+                    reason=build.reason,
+                    seconds=round(outcome.seconds, 3),
+                    waiting_clients=len(build.waiters),
+                    path=event.path,
+                )
+            )
+        elif build is not None:
+            effects.append(
+                _log(
+                    "warning",
+                    "native_env_build_failed",
+                    compiler=event.key.compiler,
+                    reason=build.reason,
+                    seconds=round(outcome.seconds, 3),
+                    error=event.error,
+                )
+            )
+        waiters = build.waiters if build is not None else {}
+        for conn_id, since in waiters.items():
+            client = self._clients.get(conn_id)
+            if client is None or client.gone or client.state is not State.WAIT_NATIVE:
+                continue
+            if build is not None and event.path:
+                effects += self._native_sent(client, event.path, build.reason, now - since, now)
+            else:
+                effects += self._native_failed(client, event.error, now)
+        return effects + self._native_builds(outcome.start, now)
 
     def _get_cs(self, msg: GetCS, client: _Client, now: float, /) -> list[Effect]:
         if client.state not in (State.NEW, State.JOB_DONE):

@@ -13,8 +13,10 @@ already closed is dropped (a compile's answer to a client that left); an
 effect whose work produces a result is answered with exactly one event
 (``StartCompile`` with ``CompileFinished``, ``StartUnpack``/``FeedUnpack``/
 ``FinishUnpack`` with ``UnpackFailed`` or, after ``FinishUnpack``,
-``Unpacked``, ``VerifyEnvironment`` with ``EnvVerified``, ``BuildNative``
-with ``NativeEnvBuilt``).
+``Unpacked``, ``VerifyEnvironment`` with ``EnvVerified``, ``ResolveNative``
+with ``NativeResolved``, ``BuildNative`` with ``NativeEnvBuilt``).  The shell
+feeds ``NativesFound`` once, right after start: the compilers it found and
+the native environments it kept from the last run.
 """
 
 from __future__ import annotations
@@ -53,9 +55,14 @@ __all__ = [
     "LoadSampled",
     "Log",
     "NativeEnvBuilt",
+    "NativeFound",
+    "NativeKey",
+    "NativeResolved",
+    "NativesFound",
     "PauseReading",
     "Received",
     "ReleaseEnv",
+    "ResolveNative",
     "ResumeReading",
     "SchedulerConnecting",
     "SchedulerDown",
@@ -146,10 +153,58 @@ class TimerExpired:
 
 
 @dataclass(frozen=True, slots=True)
-class NativeEnvBuilt:
-    """The native environment for client *conn_id* is at *path* ("" with *error*: failed)."""
+class NativeKey:
+    """What a native environment is built from; a changed compiler is a new key.
+
+    *compiler* is the C compiler (its C++ counterpart goes in too),
+    *compression* is never "" (the shell fills in its default), *mtimes*
+    holds the modification time of every file that went in.
+    """
+
+    compression: str
+    compiler: str
+    extrafiles: tuple[str, ...] = ()
+    mtimes: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The cache's name for it (1.4's ``compression:compiler[:extrafile]...``)."""
+        return ":".join((self.compression, self.compiler, *self.extrafiles))
+
+
+@dataclass(frozen=True, slots=True)
+class NativeFound:
+    """A native environment to have ready: *path* is its tarball kept from before ("": build)."""
+
+    key: NativeKey
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NativesFound:
+    """At start: the compilers found on this host, to prebuild (or kept from the last run)."""
+
+    found: tuple[NativeFound, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NativeResolved:
+    """Client *conn_id*'s GET_NATIVE_ENV, checked: its *key*, and the tarball on disk if any.
+
+    *key* None with *error*: the request was refused (a path check failed).
+    """
 
     conn_id: int
+    key: NativeKey | None
+    path: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NativeEnvBuilt:
+    """The native environment *key* was built at *path* ("" with *error*: failed)."""
+
+    key: NativeKey
     path: str = ""
     error: str = ""
 
@@ -266,6 +321,8 @@ Event = (
     | ClientGone
     | TimerExpired
     | NativeEnvBuilt
+    | NativesFound
+    | NativeResolved
     | UnpackFailed
     | Unpacked
     | EnvVerified
@@ -458,13 +515,24 @@ class VerifyEnvironment:
 
 
 @dataclass(frozen=True, slots=True)
-class BuildNative:
-    """Find or build the native environment for client *conn_id*'s compiler."""
+class ResolveNative:
+    """Check the paths of client *conn_id*'s GET_NATIVE_ENV; answer ``NativeResolved``."""
 
     conn_id: int
     compiler: str
     extrafiles: tuple[str, ...]
     compression: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuildNative:
+    """Build the native environment *key*; answer ``NativeEnvBuilt``.
+
+    *reason* is "prebuild" (found at start) or "request" (a client asked).
+    """
+
+    key: NativeKey
+    reason: str = "request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +574,7 @@ Effect = (
     | FinishUnpack
     | AbortUnpack
     | VerifyEnvironment
+    | ResolveNative
     | BuildNative
     | CountJobCpu
     | Log

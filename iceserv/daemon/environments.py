@@ -116,11 +116,16 @@ class EnvironmentCache:
         """Bytes used by all cached environments."""
         return sum(env.size for env in self._envs.values())
 
-    def wipe(self) -> None:
-        """Start empty, as 1.4 does: remove our subdirectories of the base dir (never others)."""
+    def wipe(self, *, keep_native: bool = False) -> None:
+        """Start empty, as 1.4 does: remove our subdirectories of the base dir (never others).
+
+        With *keep_native* the native tarballs stay (the daemon keeps them
+        across restarts and checks them itself: :mod:`iceserv.daemon.native`).
+        """
         self.basedir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        remove = (".staging",) if keep_native else ("native", ".staging")
         for entry in self.basedir.iterdir():
-            if entry.name.startswith("target=") or entry.name in ("native", ".staging"):
+            if entry.name.startswith("target=") or entry.name in remove:
                 _remove_tree(entry)
         self._envs.clear()
 

@@ -20,6 +20,17 @@ by nobody else, outside the environment cache, and every directory on the
 way to it (as named and as resolved) must be owned by root and writable by
 nobody else; extra files likewise, without the executable bit.  At most
 ``max_builds`` native environments are built at once; other requests wait.
+
+Prebuilds and restarts (issue 17, item 1): :meth:`NativeEnvironments.discover`
+finds the compilers to build ahead (``[daemon] native_compilers``; gcc and
+clang by default) and checks them like a client's; which to build when is
+the core's (:mod:`iceserv.daemon.natives`).  A client that asks for no
+compression gets ``default_compression`` (zstd: 1.4's gzip takes 4 times as
+long).  What was built is listed in ``<basedir>/native.json`` (written by
+the daemon, beside the job user's ``native/`` directory, never inside it)
+with each tarball's compilers, their mtimes and the tarball's size; at the
+next start :meth:`NativeEnvironments.load` keeps the tarballs that still
+match and deletes the rest, so only a changed compiler is built again.
 """
 
 from __future__ import annotations
@@ -29,12 +40,15 @@ import concurrent.futures
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from iceserv.daemon.effects import NativeFound, NativeKey
 from iceserv.errors import IceservError
 
 if TYPE_CHECKING:
@@ -50,6 +64,10 @@ _BUILD_TIMEOUT: Final = 300.0
 _OUTPUT_LIMIT: Final = 1 << 16
 _TARBALL_SUFFIXES: Final = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar", ".tgz")
 _COMPRESSIONS: Final = frozenset(("", "none", "gzip", "bzip2", "zstd", "xz"))
+#: Where discovery looks for compilers named without a directory.
+SEARCH_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
+MANIFEST: Final = "native.json"
+_MANIFEST_LIMIT: Final = 1 << 20
 
 
 class NativeEnvError(IceservError, RuntimeError):
@@ -96,6 +114,35 @@ class PathVetter:
         # Both calls return the previous id; asking again with -1 reads the current one.
         if libc.setfsuid(-1) != self.run_as.uid or libc.setfsgid(-1) != self.run_as.gid:
             self._identity_error = "cannot take the job user's identity to check paths"
+
+    async def resolve(
+        self, compiler: str, extrafiles: Sequence[str]
+    ) -> tuple[str, dict[str, float]]:
+        """Vet *compiler* (its pair) and the extra files; return the C compiler and the mtimes.
+
+        The C compiler is named canonically (its directory resolved:
+        ``/bin/gcc`` is ``/usr/bin/gcc``) so that every way of naming one
+        compiler finds the same environment.
+        """
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._thread(), self._resolve, compiler, tuple(extrafiles)
+        )
+
+    def _resolve(self, compiler: str, extrafiles: Sequence[str]) -> tuple[str, dict[str, float]]:
+        c_compiler, cxx_compiler = compiler_pair(compiler)
+        self._mtimes(c_compiler, cxx_compiler, extrafiles)  # as named: refuse before resolving
+        head, _, base = c_compiler.rpartition("/")
+        canonical = os.path.join(os.path.realpath(head or "/"), base)  # noqa: PTH118
+        c_compiler, cxx_compiler = compiler_pair(canonical)
+        return c_compiler, self._mtimes(c_compiler, cxx_compiler, extrafiles)
+
+    def _thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="iceccd-paths", initializer=self._become_job_user
+            )
+        return self._executor
 
     async def mtimes(
         self, c_compiler: str, cxx_compiler: str, extrafiles: Sequence[str]
@@ -179,6 +226,16 @@ class PathVetter:
 class _Native:
     path: Path
     mtimes: dict[str, float]
+    size: int = 0
+
+
+def _remove(path: Path) -> None:
+    """Delete a leftover in the native directory (never following a symbolic link)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 @dataclass
@@ -193,8 +250,8 @@ class NativeEnvironments:
     run_as: RunAs
     base_environ: dict[str, str] = field(default_factory=dict)
     max_builds: int = 1
+    default_compression: str = "zstd"
     _built: dict[str, _Native] = field(default_factory=dict, init=False)
-    _building: dict[str, asyncio.Task[Path]] = field(default_factory=dict, init=False)
     _vetter: PathVetter | None = field(default=None, init=False)
     _slots: asyncio.Semaphore | None = field(default=None, init=False)
 
@@ -203,42 +260,158 @@ class NativeEnvironments:
         if self._vetter is not None:
             self._vetter.close()
 
-    async def get(self, compiler: str, extrafiles: Sequence[str], compression: str) -> Path:
-        """Return the tarball for this compiler, building it (once) if needed."""
+    @property
+    def manifest(self) -> Path:
+        """The list of built tarballs kept across restarts (owned by the daemon)."""
+        return self.cache.basedir / MANIFEST
+
+    # --- across restarts -------------------------------------------------------------
+
+    def load(self) -> int:
+        """At start: keep the tarballs of the last run that still match; delete the rest.
+
+        Returns how many were kept.  A tarball is kept when the manifest
+        lists it and it is still a regular file of the recorded size; the
+        compilers' mtimes are compared when a key is next resolved.
+        """
+        self._built.clear()
+        entries = self._read_manifest()
+        native_dir = self.cache.native_dir
+        kept: set[str] = set()
+        for name, native in entries.items():
+            try:
+                info = native.path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode) and info.st_size == native.size:
+                self._built[name] = native
+                self.cache.add_native(name, native.path)
+                kept.add(native.path.name)
+        with contextlib.suppress(OSError):
+            for entry in native_dir.iterdir():
+                if entry.name not in kept:
+                    _remove(entry)
+        self._save()
+        return len(self._built)
+
+    def _read_manifest(self) -> dict[str, _Native]:
+        try:
+            with self.manifest.open("rb") as file:
+                data = json.loads(file.read(_MANIFEST_LIMIT))
+            natives: dict[str, _Native] = {}
+            for item in data["natives"]:
+                tarball = str(item["tarball"])
+                if "/" in tarball or not tarball.endswith(_TARBALL_SUFFIXES):
+                    continue
+                mtimes = {str(k): float(v) for k, v in item["mtimes"].items()}
+                path = self.cache.native_dir / tarball
+                natives[str(item["name"])] = _Native(path, mtimes, int(item["size"]))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return {}  # none yet, or damaged: build again
+        return natives
+
+    def _save(self) -> None:
+        data = {
+            "natives": [
+                {
+                    "name": name,
+                    "tarball": native.path.name,
+                    "size": native.size,
+                    "mtimes": native.mtimes,
+                }
+                for name, native in self._built.items()
+            ]
+        }
+        temporary = self.manifest.with_name(MANIFEST + ".new")
+        with contextlib.suppress(OSError):
+            temporary.write_text(json.dumps(data, indent=1))
+            temporary.chmod(0o644)
+            temporary.replace(self.manifest)
+
+    # --- what to build ---------------------------------------------------------------
+
+    async def discover(
+        self, compilers: Sequence[str]
+    ) -> tuple[list[NativeFound], list[tuple[str, str]]]:
+        """Find *compilers* (names on :data:`SEARCH_PATH`, or paths) to have ready.
+
+        Returns what was found (with the tarball kept from before, if it
+        still matches) and ``(compiler, why not)`` for the ones skipped.
+        Compilers of one environment (``gcc`` and ``g++``) are listed once.
+        """
+        found: dict[NativeKey, NativeFound] = {}
+        skipped: list[tuple[str, str]] = []
+        for name in compilers:
+            path = name if name.startswith("/") else shutil.which(name, path=SEARCH_PATH)
+            if path is None:
+                skipped.append((name, "not installed"))
+                continue
+            try:
+                key, tarball = await self.resolve(path, (), "")
+            except NativeEnvError as exc:
+                skipped.append((name, str(exc)))
+                continue
+            found.setdefault(key, NativeFound(key, tarball))
+        return list(found.values()), skipped
+
+    async def resolve(
+        self, compiler: str, extrafiles: Sequence[str], compression: str
+    ) -> tuple[NativeKey, str]:
+        """Check a request's paths; return its key and the tarball kept for it ("": none).
+
+        Raises :class:`NativeEnvError` when a path is refused.
+        """
         if compression not in _COMPRESSIONS:
             msg = f"unknown environment compression {compression!r}"
             raise NativeEnvError(msg)
         if not compiler.startswith("/"):
             compiler = "/usr/bin/" + compiler  # clients before protocol 41 send a bare name
-        c_compiler, cxx_compiler = compiler_pair(compiler)
         if self._vetter is None:
             self._vetter = PathVetter(self.run_as, self.cache.basedir)
-        mtimes = await self._vetter.mtimes(c_compiler, cxx_compiler, extrafiles)
-        key = ":".join((compression, c_compiler, *extrafiles))
-        known = self._built.get(key)
-        if known is not None and (known.mtimes != mtimes or not known.path.is_file()):
-            self._built.pop(key)
-            self.cache.drop_native(key)
-            known = None
-        if known is not None:
-            self.cache.touch_native(key)
-            return known.path
-        task = self._building.get(key)
-        if task is None:
-            task = asyncio.create_task(self._build(key, c_compiler, extrafiles, compression))
-            self._building[key] = task
-            task.add_done_callback(lambda _: self._building.pop(key, None))
-        path = await asyncio.shield(task)
-        self._built.setdefault(key, _Native(path, mtimes))
-        return path
+        c_compiler, mtimes = await self._vetter.resolve(compiler, extrafiles)
+        key = NativeKey(
+            compression or self.default_compression,
+            c_compiler,
+            tuple(extrafiles),
+            tuple(sorted(mtimes.items())),
+        )
+        return key, self._lookup(key)
 
-    async def _build(
-        self, key: str, compiler: str, extrafiles: Sequence[str], compression: str
-    ) -> Path:
+    def _lookup(self, key: NativeKey) -> str:
+        known = self._built.get(key.name)
+        if known is None:
+            return ""
+        try:
+            regular = stat.S_ISREG(known.path.lstat().st_mode)
+        except OSError:
+            regular = False
+        if known.mtimes != dict(key.mtimes) or not regular:
+            # The compiler changed (or the tarball went): this one is stale.
+            self._built.pop(key.name)
+            self.cache.drop_native(key.name)
+            self._save()
+            return ""
+        self.cache.touch_native(key.name)
+        return str(known.path)
+
+    async def get(self, compiler: str, extrafiles: Sequence[str], compression: str) -> Path:
+        """Return the tarball for this compiler, building it if needed (no sharing: the core's)."""
+        key, tarball = await self.resolve(compiler, extrafiles, compression)
+        return Path(tarball) if tarball else await self.build(key)
+
+    async def build(self, key: NativeKey) -> Path:
+        """Build *key*'s tarball (at most ``max_builds`` at once) and remember it."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(max(1, self.max_builds))
         async with self._slots:  # at most max_builds at once; the others wait their turn
-            return await self._build_now(key, compiler, extrafiles, compression)
+            path = await self._build_now(key.name, key.compiler, key.extrafiles, key.compression)
+        old = self._built.get(key.name)
+        if old is not None and old.path != path:
+            with contextlib.suppress(FileNotFoundError):
+                old.path.unlink()
+        self._built[key.name] = _Native(path, dict(key.mtimes), path.stat().st_size)
+        self._save()
+        return path
 
     async def _build_now(
         self, key: str, compiler: str, extrafiles: Sequence[str], compression: str

@@ -69,9 +69,12 @@ from iceserv.daemon.effects import (
     LoadSampled,
     Log,
     NativeEnvBuilt,
+    NativeResolved,
+    NativesFound,
     PauseReading,
     Received,
     ReleaseEnv,
+    ResolveNative,
     ResumeReading,
     SchedulerConnecting,
     SchedulerDown,
@@ -183,6 +186,7 @@ class Daemon:
             run_as,
             dict(settings.child_environ),
             max_builds=settings.max_native_builds,
+            default_compression=settings.native_compression,
         )
         self.unpackers = unpack_server()  # the fork server of unpackers; started on first use
         self.tracker = LoadTracker(os.cpu_count() or 1)
@@ -255,6 +259,7 @@ class Daemon:
             FinishUnpack: self._finish_unpack,
             AbortUnpack: self._abort_unpack,
             VerifyEnvironment: self._verify,
+            ResolveNative: self._resolve_native,
             BuildNative: self._build_native,
             CountJobCpu: self._count_cpu,
             Log: self._log,
@@ -291,7 +296,8 @@ class Daemon:
 
     async def start(self) -> None:
         """Wipe the cache, bind the listeners, start talking to the scheduler."""
-        self.cache.wipe()
+        self.cache.wipe(keep_native=True)
+        self.native.load()
         self._sample_stats()  # the first STATS then covers the time since start-up
         path = self.settings.unix_socket
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +322,7 @@ class Daemon:
             self.core.reconfigure(self.settings, port=self.port, now=self.clock.now())
         )
         self._link_task = asyncio.create_task(self.link.run())
+        self._spawn(self._prebuild())
         log.info(
             "daemon_started",
             socket=str(path),
@@ -743,16 +750,37 @@ class Daemon:
         ok = await verify_environment(self.jobs, effect.target, effect.name)
         await self._feed(EnvVerified(effect.conn_id, ok))
 
+    async def _prebuild(self) -> None:
+        """Find the compilers to have environments ready for; the core queues their builds."""
+        compilers = self.settings.native_compilers
+        found, skipped = await self.native.discover(compilers)
+        for compiler, reason in skipped:
+            log.info("native_compiler_skipped", compiler=compiler, reason=reason)
+        await self._feed(NativesFound(tuple(found)))
+
+    def _resolve_native(self, effect: ResolveNative) -> None:
+        self._spawn(self._resolve(effect))
+
+    async def _resolve(self, effect: ResolveNative) -> None:
+        try:
+            key, path = await self.native.resolve(
+                effect.compiler, effect.extrafiles, effect.compression
+            )
+        except (NativeEnvError, OSError) as exc:
+            await self._feed(NativeResolved(effect.conn_id, None, error=str(exc)))
+            return
+        await self._feed(NativeResolved(effect.conn_id, key, path=path))
+
     def _build_native(self, effect: BuildNative) -> None:
         self._spawn(self._native(effect))
 
     async def _native(self, effect: BuildNative) -> None:
         try:
-            path = await self.native.get(effect.compiler, effect.extrafiles, effect.compression)
+            path = await self.native.build(effect.key)
         except (NativeEnvError, OSError) as exc:
-            await self._feed(NativeEnvBuilt(effect.conn_id, error=str(exc)))
+            await self._feed(NativeEnvBuilt(effect.key, error=str(exc)))
             return
-        await self._feed(NativeEnvBuilt(effect.conn_id, path=str(path)))
+        await self._feed(NativeEnvBuilt(effect.key, path=str(path)))
 
     def _count_cpu(self, effect: CountJobCpu) -> None:
         self.tracker.add_job_cpu(effect.msec)

@@ -75,6 +75,10 @@ class ServerSettings:
     max_env_transfers: int = 2  # unpackers at once; more transfers wait (not read)
     env_transfer_queue: int = 16  # transfers waiting; more are refused
     max_native_builds: int = 1  # ``icecc --build-native`` at once
+    # Native environments built right after start (names on the search path, or paths),
+    # and the compression used when a client asks for none.
+    native_compilers: tuple[str, ...] = ()
+    native_compression: str = "zstd"
     # Connection budgets: TCP (all, and per source host) and, separately, the Unix socket.
     max_clients: int = 1024
     max_clients_per_host: int = 64

@@ -35,6 +35,7 @@ DAEMON_DEFAULTS = {
     "max_env_transfers": 2,
     "env_transfer_queue": 16,
     "max_native_builds": 1,
+    "native_compilers": "gcc clang",
     "http": None,
 }
 SCHEDULER_DEFAULTS = {

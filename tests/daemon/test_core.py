@@ -45,9 +45,14 @@ from iceserv.daemon.effects import (
     LoadSampled,
     Log,
     NativeEnvBuilt,
+    NativeFound,
+    NativeKey,
+    NativeResolved,
+    NativesFound,
     PauseReading,
     Received,
     ReleaseEnv,
+    ResolveNative,
     ResumeReading,
     SchedulerConnecting,
     SchedulerDown,
@@ -101,6 +106,9 @@ from iceserv.protocol import (
 )
 
 T0 = 1_000.0
+GCC = NativeKey("zstd", "/usr/bin/gcc", (), (("/usr/bin/gcc", 1.0), ("/usr/bin/g++", 1.0)))
+CLANG = NativeKey("zstd", "/usr/bin/clang", (), (("/usr/bin/clang", 2.0),))
+NATIVE_KEYS = [GCC, CLANG]
 OWN_IP = "10.0.0.5"
 PORT = 10245
 LOCAL = ConnKind(unix=True, loopback=False)
@@ -380,12 +388,14 @@ class TestLocalClients:
         assert _to_scheduler(effects) == [JobBegin(job_id=9, stime=int(T0 + 3), client_count=1)]
 
     def test_native_environment(self):
-        """GET_NATIVE_ENV: build it; USE_NATIVE_ENV with the path, back to NEW."""
+        """GET_NATIVE_ENV: the shell checks it, the core builds it; USE_NATIVE_ENV, back to NEW."""
         core = _core()
         _connect(core, 1)
         effects = _send(core, 1, GetNativeEnv(compiler="gcc", extrafiles=("/x",)))
-        assert effects[0] == BuildNative(1, "gcc", ("/x",), "")
-        effects = core.handle(NativeEnvBuilt(1, path="/envs/native/a.tar.gz"), T0)
+        assert effects[0] == ResolveNative(1, "gcc", ("/x",), "")
+        effects = core.handle(NativeResolved(1, GCC), T0)
+        assert _of(effects, BuildNative) == [BuildNative(GCC, "request")]
+        effects = core.handle(NativeEnvBuilt(GCC, path="/envs/native/a.tar.gz"), T0)
         assert _sent(effects, 1) == [UseNativeEnv("/envs/native/a.tar.gz")]
         assert core.state_of(1) is State.NEW
 
@@ -393,9 +403,19 @@ class TestLocalClients:
         """A failed native build: END and the client is closed."""
         core = _core()
         _drive(core, State.WAIT_NATIVE)
-        effects = core.handle(NativeEnvBuilt(1, error="no compiler"), T0)
+        core.handle(NativeResolved(1, GCC), T0)
+        effects = core.handle(NativeEnvBuilt(GCC, error="no compiler"), T0)
         assert _sent(effects, 1) == [End()]
         assert Close(1) in effects
+
+    def test_native_environment_refused(self):
+        """A request whose paths the shell refused: END, closed (121), nothing built."""
+        core = _core()
+        _drive(core, State.WAIT_NATIVE)
+        effects = core.handle(NativeResolved(1, None, error="not owned by root"), T0)
+        assert _sent(effects, 1) == [End()]
+        assert not _of(effects, BuildNative)
+        assert core.state_of(1) is None
 
     def test_blacklist_is_forwarded(self):
         """BLACKLIST_HOST_ENV goes to the scheduler as it is."""
@@ -403,6 +423,142 @@ class TestLocalClients:
         _connect(core, 1)
         msg = BlacklistHostEnv(environment="e", target="t", hostname="h")
         assert _to_scheduler(_send(core, 1, msg)) == [msg]
+
+
+def _events(effects: list[Any], name: str) -> list[dict[str, Any]]:
+    return [e.fields for e in _of(effects, Log) if e.event == name]
+
+
+def _ask_native(core: DaemonCore, conn_id: int, key: NativeKey, on_disk: str = "", now: float = T0):
+    """A local client asks for *key*'s environment; the shell found *on_disk* for it."""
+    _connect(core, conn_id)
+    _send(core, conn_id, GetNativeEnv(compiler=key.compiler), now)
+    return core.handle(NativeResolved(conn_id, key, path=on_disk), now)
+
+
+class TestNativePrebuild:
+    """Native environments built right after start (issue 17, item 1)."""
+
+    def test_prebuilds_are_queued_at_start_one_at_a_time(self):
+        """The compilers found at start are built in turn, at most max_native_builds at once."""
+        core = _core()
+        effects = core.handle(NativesFound((NativeFound(GCC), NativeFound(CLANG))), T0)
+        assert _of(effects, BuildNative) == [BuildNative(GCC, "prebuild")]
+        (found,) = _events(effects, "native_envs_found")
+        assert found["to_build"] == ["/usr/bin/gcc", "/usr/bin/clang"]
+        assert core.natives.queued == (CLANG,)
+        effects = core.handle(NativeEnvBuilt(GCC, path="/n/gcc.tar.zst"), T0 + 1.5)
+        (built,) = _events(effects, "native_env_built")
+        assert (built["reason"], built["seconds"], built["waiting_clients"]) == ("prebuild", 1.5, 0)
+        assert _of(effects, BuildNative) == [BuildNative(CLANG, "prebuild")]
+        (started,) = _events(effects, "native_env_build_started")
+        assert started["queued_seconds"] == 1.5
+
+    def test_two_builds_at_once_when_allowed(self):
+        """With max_native_builds 2 both prebuilds start at once."""
+        core = _core(max_native_builds=2)
+        effects = core.handle(NativesFound((NativeFound(GCC), NativeFound(CLANG))), T0)
+        assert len(_of(effects, BuildNative)) == 2
+
+    def test_kept_environments_are_not_built_again(self):
+        """A tarball kept from the last run is not rebuilt; a client gets it at once."""
+        core = _core()
+        effects = core.handle(NativesFound((NativeFound(GCC, "/n/gcc.tar.zst"),)), T0)
+        assert not _of(effects, BuildNative)
+        effects = _ask_native(core, 1, GCC, "/n/gcc.tar.zst")
+        assert _sent(effects, 1) == [UseNativeEnv("/n/gcc.tar.zst")]
+        (sent,) = _events(effects, "native_env_sent")
+        assert (sent["origin"], sent["waited_seconds"]) == ("cache", 0)
+
+    def test_a_prebuilt_environment_is_ready_for_the_first_client(self):
+        """After the prebuild a client is answered at once, and the log says it was prebuilt."""
+        core = _core()
+        core.handle(NativesFound((NativeFound(GCC),)), T0)
+        core.handle(NativeEnvBuilt(GCC, path="/n/gcc.tar.zst"), T0 + 1)
+        effects = _ask_native(core, 1, GCC, "/n/gcc.tar.zst", T0 + 5)
+        assert not _of(effects, BuildNative)
+        assert _sent(effects, 1) == [UseNativeEnv("/n/gcc.tar.zst")]
+        (sent,) = _events(effects, "native_env_sent")
+        assert (sent["origin"], sent["waited_seconds"]) == ("prebuild", 0)
+
+    def test_a_client_shares_a_running_prebuild(self):
+        """Clients asking while the prebuild runs wait for it: one build, every client answered."""
+        core = _core()
+        core.handle(NativesFound((NativeFound(GCC),)), T0)
+        first = _ask_native(core, 1, GCC, now=T0 + 0.5)
+        second = _ask_native(core, 2, GCC, now=T0 + 1.0)
+        assert not _of(first + second, BuildNative)
+        (waiting,) = _events(first, "native_env_waiting")
+        assert (waiting["build"], waiting["running"]) == ("prebuild", True)
+        effects = core.handle(NativeEnvBuilt(GCC, path="/n/gcc.tar.zst"), T0 + 1.5)
+        assert _sent(effects, 1) == [UseNativeEnv("/n/gcc.tar.zst")]
+        assert _sent(effects, 2) == [UseNativeEnv("/n/gcc.tar.zst")]
+        sent = {e["client_id"]: e for e in _events(effects, "native_env_sent")}
+        assert (sent[1]["origin"], sent[1]["waited_seconds"]) == ("prebuild", 1.0)
+        assert sent[2]["waited_seconds"] == 0.5
+        assert core.state_of(1) is State.NEW
+
+    def test_a_failed_shared_build_ends_its_clients(self):
+        """A prebuild that fails ends the clients waiting for it (121) and starts the next build."""
+        core = _core()
+        core.handle(NativesFound((NativeFound(GCC), NativeFound(CLANG))), T0)
+        _ask_native(core, 1, GCC)
+        effects = core.handle(NativeEnvBuilt(GCC, error="icecc-create-env failed"), T0 + 1)
+        assert _sent(effects, 1) == [End()]
+        assert Close(1) in effects
+        assert _of(effects, BuildNative) == [BuildNative(CLANG, "prebuild")]
+        assert _events(effects, "native_env_build_failed")
+
+    def test_a_changed_compiler_is_built_again(self):
+        """New mtimes are a new key: built again, although the old one was ready."""
+        core = _core()
+        core.handle(NativesFound((NativeFound(GCC, "/n/gcc.tar.zst"),)), T0)
+        updated = dataclasses.replace(GCC, mtimes=(("/usr/bin/gcc", 9.0), ("/usr/bin/g++", 9.0)))
+        effects = _ask_native(core, 1, updated)
+        assert _of(effects, BuildNative) == [BuildNative(updated, "request")]
+        effects = core.handle(NativeEnvBuilt(updated, path="/n/gcc2.tar.zst"), T0 + 1)
+        assert _sent(effects, 1) == [UseNativeEnv("/n/gcc2.tar.zst")]
+
+    def test_an_evicted_environment_is_built_again(self):
+        """Ready for the core but gone from disk (the shell found none): built again."""
+        core = _core()
+        core.handle(NativesFound((NativeFound(GCC, "/n/gcc.tar.zst"),)), T0)
+        effects = _ask_native(core, 1, GCC, on_disk="")
+        assert _of(effects, BuildNative) == [BuildNative(GCC, "request")]
+
+    def test_a_client_request_jumps_the_prebuild_queue(self):
+        """A key a client waits for is built before the prebuilds still queued."""
+        other = NativeKey("zstd", "/usr/bin/gcc-13", (), (("/usr/bin/gcc-13", 3.0),))
+        core = _core()
+        core.handle(NativesFound((NativeFound(GCC), NativeFound(CLANG))), T0)
+        effects = _ask_native(core, 1, other)
+        assert not _of(effects, BuildNative)  # gcc's prebuild still holds the one build slot
+        assert core.natives.queued == (other, CLANG)
+        effects = core.handle(NativeEnvBuilt(GCC, path="/n/gcc.tar.zst"), T0 + 1)
+        assert _of(effects, BuildNative) == [BuildNative(other, "request")]
+
+    def test_a_queued_prebuild_a_client_wants_moves_first(self):
+        """A queued prebuild a client asks for goes ahead of the other queued ones."""
+        third = NativeKey("zstd", "/usr/bin/gcc-13", (), (("/usr/bin/gcc-13", 3.0),))
+        core = _core()
+        core.handle(NativesFound((NativeFound(GCC), NativeFound(CLANG), NativeFound(third))), T0)
+        assert core.natives.queued == (CLANG, third)
+        _ask_native(core, 1, third)
+        assert core.natives.queued == (third, CLANG)
+        effects = core.handle(NativeEnvBuilt(GCC, path="/n/gcc.tar.zst"), T0 + 1)
+        assert _of(effects, BuildNative) == [BuildNative(third, "prebuild")]
+        effects = core.handle(NativeEnvBuilt(third, path="/n/third.tar.zst"), T0 + 2)
+        assert _sent(effects, 1) == [UseNativeEnv("/n/third.tar.zst")]
+
+    def test_a_client_gone_while_waiting_is_skipped(self):
+        """A client that left while its build ran gets nothing; the build is still kept."""
+        core = _core()
+        core.handle(NativesFound((NativeFound(GCC),)), T0)
+        _ask_native(core, 1, GCC)
+        core.handle(ClientGone(1, GoneReason.EOF), T0)
+        effects = core.handle(NativeEnvBuilt(GCC, path="/n/gcc.tar.zst"), T0 + 1)
+        assert not _sent(effects, 1)
+        assert core.natives.ready(GCC) is not None
 
 
 class TestEndReports:
@@ -778,7 +934,7 @@ class TestLocalOnlyRequests:
         effects = _send(core, 1, msg)
         assert Close(1) in effects
         assert core.state_of(1) is None
-        assert not _of(effects, BuildNative)
+        assert not _of(effects, ResolveNative)
         assert not _to_scheduler(effects)
         assert core.slots.used == 0
         (refused,) = [e for e in _of(effects, Log) if e.event == "client_request_refused"]
@@ -789,7 +945,7 @@ class TestLocalOnlyRequests:
         """The same requests from the Unix socket or 127.0.0.1 are served."""
         core = _core()
         _connect(core, 1, kind)
-        assert _of(_send(core, 1, GetNativeEnv(compiler="/usr/bin/gcc")), BuildNative)
+        assert _of(_send(core, 1, GetNativeEnv(compiler="/usr/bin/gcc")), ResolveNative)
         _connect(core, 2, kind)
         _send(core, 2, JobLocalBegin(outfile="a.o"))
         assert core.state_of(2) is State.CLIENT_WORK
@@ -920,6 +1076,8 @@ class TestTransferQueue:
         assert AnnounceLogin(reannounce=True) in effects
         effects = core.handle(Unpacked(TRANSFERS[0], 10, 10), T0)
         assert not _of(effects, StartUnpack)
+
+
 class TestWakingTheScheduler:
     """Wake datagrams from the connect until 2 s after the handshake (1.4's delayed accept)."""
 
@@ -1130,10 +1288,14 @@ class DaemonMachine(RuleBasedStateMachine):
         self._do(Unpacked(conn_id, 1, 1) if ok else UnpackFailed(conn_id, "bad"))
 
     @precondition(lambda self: self.open)
-    @rule(data=st.data(), ok=st.booleans())
-    def native_ends(self, data: st.DataObject, *, ok: bool) -> None:
+    @rule(data=st.data(), key=st.sampled_from(NATIVE_KEYS), on_disk=st.booleans())
+    def native_resolved(self, data: st.DataObject, key: NativeKey, *, on_disk: bool) -> None:
         conn_id = data.draw(st.sampled_from(sorted(self.open)))
-        self._do(NativeEnvBuilt(conn_id, path="/n.tgz" if ok else "", error="" if ok else "x"))
+        self._do(NativeResolved(conn_id, key, path="/n.tgz" if on_disk else ""))
+
+    @rule(key=st.sampled_from(NATIVE_KEYS), ok=st.booleans())
+    def native_ends(self, key: NativeKey, *, ok: bool) -> None:
+        self._do(NativeEnvBuilt(key, path="/n.tgz" if ok else "", error="" if ok else "x"))
 
     @precondition(lambda self: self.open)
     @rule(data=st.data(), seconds=st.sampled_from([1.0, 61.0, 130.0, 4000.0]))

@@ -27,6 +27,8 @@ from iceserv.daemon.effects import (
     GoneReason,
     KillCompile,
     NativeEnvBuilt,
+    NativeKey,
+    NativeResolved,
     Received,
     SchedulerUp,
     StartCompile,
@@ -200,13 +202,16 @@ class TestInstalls:
         assert view.install_time.cumulative[INSTALL_BUCKETS.index(5.0)] == 1
 
     def test_native_environments(self):
-        """GET_NATIVE_ENV answered with a path counts ok; an error counts failed."""
+        """A native build that gave a path counts ok; an error counts failed."""
         bed = _Bed()
         for conn_id in (1, 2):
             bed.connect(conn_id, LOCAL)
             bed.send(conn_id, GetNativeEnv(compiler="gcc"))
-        bed.feed(NativeEnvBuilt(1, path="/x/native.tar.gz"))
-        bed.feed(NativeEnvBuilt(2, error="no compiler"))
+        gcc, clang = NativeKey("zstd", "/usr/bin/gcc"), NativeKey("zstd", "/usr/bin/clang")
+        bed.feed(NativeResolved(1, gcc))
+        bed.feed(NativeResolved(2, clang))
+        bed.feed(NativeEnvBuilt(gcc, path="/x/native.tar.gz"))
+        bed.feed(NativeEnvBuilt(clang, error="no compiler"))
         assert _view(bed).native_builds == {"ok": 1, "failed": 1}
 
 

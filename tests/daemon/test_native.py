@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pwd
 import shutil
@@ -136,3 +137,126 @@ class TestNativeBuilds:
         seen = [int(n) for n in (count_dir / "seen").read_text().split()]
         assert len(seen) == 4
         assert max(seen) == 1
+
+
+_COUNTING_BUILD = """#!/bin/sh
+# A stand-in for icecc --build-native: counts its runs, writes a tarball, names it on fd 5.
+echo "$ICECC_ENV_COMPRESSION" >> "$COUNT_DIR/built"
+name="native-$$.tar.zst"
+echo "not really a tarball" > "$name"
+echo "$name" >&5
+"""
+
+
+class _Host:
+    """One daemon's native environments over *basedir*; a new _Host is the daemon restarted."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        script = tmp_path / "fake-build"
+        if not script.exists():
+            script.write_text(_COUNTING_BUILD)
+            script.chmod(0o755)
+            (tmp_path / "count").mkdir()
+        self.count = tmp_path / "count" / "built"
+        self.cache = EnvironmentCache(tmp_path / "envs", 1 << 30, AS_DAEMON, FakeClock())
+        self.cache.wipe(keep_native=True)
+        self.native = NativeEnvironments(
+            self.cache, (str(script),), AS_DAEMON, {"COUNT_DIR": str(tmp_path / "count")}
+        )
+        self.kept = self.native.load()
+
+    def run(self, work):
+        async def main():
+            try:
+                return await work()
+            finally:
+                self.native.close()
+
+        return asyncio.run(main())
+
+    @property
+    def builds(self) -> list[str]:
+        return self.count.read_text().split() if self.count.exists() else []
+
+
+class TestKeptAcrossRestarts:
+    def test_a_built_environment_survives_a_restart(self, tmp_path):
+        """Built once; after a restart the same compiler finds it (no second build)."""
+        first = _Host(tmp_path)
+        assert first.kept == 0
+
+        async def build() -> tuple[str, Path]:
+            key, kept = await first.native.resolve("/usr/bin/gcc", (), "")
+            assert kept == ""
+            return key, await first.native.build(key)
+
+        key, tarball = first.run(build)
+        assert first.builds == ["zstd"]  # the daemon's default when the client names none
+        assert key.compression == "zstd"
+        stray = first.cache.native_dir / "building.tmp"
+        stray.write_text("left over by a killed build")
+
+        second = _Host(tmp_path)
+        assert second.kept == 1
+        assert not stray.exists()
+        found, skipped = second.run(lambda: second.native.discover(["gcc", "no-such-cc"]))
+        assert [(f.key, f.path) for f in found] == [(key, str(tarball))]
+        assert skipped == [("no-such-cc", "not installed")]
+        assert second.builds == ["zstd"]
+        assert tarball.is_file()
+
+    def test_a_changed_compiler_is_built_again(self, tmp_path):
+        """A compiler whose mtime differs from the one recorded: its old tarball goes, not found."""
+        first = _Host(tmp_path)
+        key, tarball = first.run(lambda: _resolve_and_build(first.native))
+        manifest = json.loads(first.native.manifest.read_text())
+        for item in manifest["natives"]:
+            item["mtimes"] = dict.fromkeys(item["mtimes"], 1.0)  # "an older gcc"
+        first.native.manifest.write_text(json.dumps(manifest))
+
+        second = _Host(tmp_path)
+        found, _ = second.run(lambda: second.native.discover(["gcc"]))
+        assert [(f.key, f.path) for f in found] == [(key, "")]
+        assert not tarball.exists()
+
+    def test_a_damaged_list_starts_afresh(self, tmp_path):
+        """An unreadable native.json keeps nothing and empties the native directory."""
+        first = _Host(tmp_path)
+        _, tarball = first.run(lambda: _resolve_and_build(first.native))
+        first.native.manifest.write_text("{not json")
+        second = _Host(tmp_path)
+        assert second.kept == 0
+        assert not tarball.exists()
+
+    def test_the_requested_compression_is_its_own_environment(self, tmp_path):
+        """A client asking for gzip gets a gzip build, not the zstd one."""
+        host = _Host(tmp_path)
+
+        async def both() -> tuple[str, str]:
+            zstd, _ = await host.native.resolve("/usr/bin/gcc", (), "")
+            gzip, _ = await host.native.resolve("/usr/bin/gcc", (), "gzip")
+            await host.native.build(zstd)
+            await host.native.build(gzip)
+            return zstd.name, gzip.name
+
+        zstd, gzip = host.run(both)
+        assert zstd != gzip
+        assert host.builds == ["zstd", "gzip"]
+
+    @pytest.mark.skipif(not Path("/bin").is_symlink(), reason="needs a merged /usr")
+    def test_one_compiler_named_two_ways_is_one_environment(self, tmp_path):
+        """/bin/g++ and /usr/bin/gcc are the same compiler: the same key."""
+        host = _Host(tmp_path)
+
+        async def keys() -> tuple[object, object]:
+            one, _ = await host.native.resolve("/bin/g++", (), "")
+            two, _ = await host.native.resolve("/usr/bin/gcc", (), "")
+            return one, two
+
+        one, two = host.run(keys)
+        assert one == two
+
+
+async def _resolve_and_build(native: NativeEnvironments) -> tuple[object, Path]:
+    key, _ = await native.resolve("/usr/bin/gcc", (), "")
+    return key, await native.build(key)
