@@ -132,11 +132,15 @@ class OurDaemon(_OurProgram, DaemonProgram):
 
     user: str = "icecc"
     extra_args: Sequence[str] = ()
+    #: ``--native-compilers``: the environments built at start.  gcc only (the product
+    #: default adds clang), so the many daemons of the suite do not all pack clang too.
+    native_compilers: str = "gcc"
 
     def start(self) -> Self:
         """Start the program and wait until it says it is ready (listeners bound)."""
         self._prepare(f"ours-d-{self.name}")
         args = [*self._daemon_args(), "-u", self.user, "-vv", "-l", str(self.log_path)]
+        args += ["--native-compilers", self.native_compilers]
         args += list(self.extra_args)
         env = clean_env({"ICECC_TEST_SOCKET": str(self.socket_path)})
         env.update({"ICECC_TESTS": "1"} if self.host.is_loopback else {})

@@ -8,6 +8,13 @@ monitor to see where every job goes, builds the bundled project
 byte-identical to a plain local build and that the program runs, prints the
 placement and the times, and stops everything it started.
 
+Before the build it waits (bounded) until the client's daemon has packed
+gcc's compiler environment, which every daemon does in the background right
+after it starts (issue 17); the report then says, from the daemons' JSON
+logs, how long that took, whether the build waited for it, how long the
+server took to receive and unpack it, and why a tiny project builds faster
+locally.
+
 As root, the daemons run compile jobs chroot'ed in the shipped environment,
 so jobs travel from the client's daemon to the other one; as an unprivileged
 user (no chroot) they run on the client's own daemon, exactly as a 1.4
@@ -18,6 +25,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime as dt
+import json
 import os
 import shutil
 import socket
@@ -51,6 +60,8 @@ __all__ = ["DemoError", "register", "run"]
 
 PROJECT: Final = Path(__file__).with_name("demo_project")
 _WAIT: Final = 30.0
+_PREBUILD_WAIT: Final = 180.0  # icecc-create-env with zstd: seconds on an idle machine
+_MB: Final = 1_000_000
 _BUILD_TIMEOUT: Final = 600.0
 # (node name, slots): the client's daemon offers no slots, so the scheduler sends every
 # compile job to the server when it can (-m 0 still runs the client's own local jobs).
@@ -285,6 +296,10 @@ def _cluster(workdir: Path, out: TextIO) -> Iterator[tuple[_Programs, int, Path]
                 f"127.0.0.1:{sched_port}",
                 "-b",
                 str(workdir / f"envs-{node}"),
+                "-v",  # info: the report reads the environment's events from the log
+                # Only the client's daemon needs an environment, and only gcc's.
+                "--native-compilers",
+                "gcc" if slots == 0 else "",
             ]
             programs.start_and_wait(node, argv, dict(base, ICECC_TEST_SOCKET=str(sock)), str(sock))
             out.write(f"daemon      {node}: 127.0.0.1:{port}, {slots} slots\n")
@@ -315,6 +330,17 @@ def run(out: TextIO, *, jobs: int = 4, keep: bool = False) -> dict[str, int]:
             monitor.start()
             try:
                 _wait("both daemons to log in", lambda: len(monitor.names) >= len(_NODES))
+                client_log = workdir / f"{_NODES[0][0]}.log"
+                out.write(
+                    f"waiting for {_NODES[0][0]} to pack gcc's compiler environment (every "
+                    "daemon does it in the background right after it starts)\n"
+                )
+                with contextlib.suppress(DemoError):  # the report says so if it never came
+                    _wait(
+                        "the compiler environment",
+                        lambda: programs.alive() and _prebuild_ended(client_log),
+                        timeout=_PREBUILD_WAIT,
+                    )
                 env = {k: v for k, v in os.environ.items() if not k.startswith("ICECC")}
                 env["ICECC_TEST_SOCKET"] = str(client_socket)
                 if os.geteuid() == 0:
@@ -347,6 +373,7 @@ def run(out: TextIO, *, jobs: int = 4, keep: bool = False) -> dict[str, int]:
             msg = f"the built program failed: {ran.stdout}{ran.stderr}"
             raise DemoError(msg)
         placed = _report(out, monitor, len(_objects(project)), cluster_time, local_time)
+        out.writelines(_where_the_time_went(workdir, cluster_time, local_time))
     finally:
         if keep:
             out.write(f"work directory kept: {workdir}\n")
@@ -370,3 +397,74 @@ def _report(
         for name in sorted(set(monitor.names.values()))
     )
     return placed
+
+
+def _events(log: Path, name: str) -> list[dict[str, object]]:
+    """Return the records of event *name* in a daemon's JSON log (torn lines skipped)."""
+    records: list[dict[str, object]] = []
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and record.get("event") == name:
+                    records.append(record)
+    return records
+
+
+def _prebuild_ended(log: Path) -> bool:
+    return bool(_events(log, "native_env_built") or _events(log, "native_env_build_failed"))
+
+
+def _seconds_between(first: dict[str, object], last: dict[str, object]) -> float:
+    def when(record: dict[str, object]) -> float:
+        return dt.datetime.fromisoformat(str(record["timestamp"])).timestamp()
+
+    return when(last) - when(first)
+
+
+def _where_the_time_went(workdir: Path, cluster_time: float, local_time: float) -> list[str]:
+    """Plain words on the compiler environment's cost and on local versus cluster."""
+    (client, _), (server, _) = _NODES
+    client_log, server_log = workdir / f"{client}.log", workdir / f"{server}.log"
+    lines = ["\nwhere the time went:\n"]
+    built = _events(client_log, "native_env_built")
+    started = _events(client_log, "daemon_started")
+    if built and started:
+        after = _seconds_between(started[0], built[0])
+        lines.append(
+            f"  compiler environment: remote hosts need a copy of your compiler. {client} "
+            f"packed gcc's ({built[0]['compression']}) in {built[0]['seconds']} s, "
+            f"{after:.1f} s after it started, before anything asked for it; it keeps it "
+            "across restarts and packs it again only when gcc changes.\n"
+        )
+    else:
+        failed = _events(client_log, "native_env_build_failed")
+        reason = f": {failed[0].get('error')}" if failed else " in time"
+        lines.append(f"  compiler environment: {client} could not pack gcc's{reason}.\n")
+    sent = _events(client_log, "native_env_sent")
+    if sent:
+        waited = float(str(sent[0]["waited_seconds"]))
+        how = "it was ready" if waited == 0 else f"it waited {waited:.1f} s for it"
+        lines.append(f"  the build asked for the environment and {how}.\n")
+    transfers = _events(server_log, "env_transfer_started")
+    installed = _events(server_log, "env_installed")
+    if transfers and installed:
+        size = int(str(installed[0].get("size", 0))) / _MB
+        lines.append(
+            f"  first job on {server}: it received and unpacked the environment "
+            f"({size:.0f} MB unpacked) in {_seconds_between(transfers[0], installed[0]):.1f} s,"
+            " once; every later job reuses it.\n"
+        )
+    if cluster_time > local_time:
+        lines.append(
+            f"  local versus cluster: this project is tiny (plain make takes {local_time:.2f} s "
+            f"here), so sending its files out costs more ({cluster_time:.2f} s) than it saves. "
+            "A cluster pays off when a build has many more, and bigger, files than this "
+            "machine has cores.\n"
+        )
+    else:
+        lines.append(
+            f"  local versus cluster: the cluster build ({cluster_time:.2f} s) beat plain "
+            f"make ({local_time:.2f} s).\n"
+        )
+    return lines
