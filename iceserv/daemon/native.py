@@ -450,6 +450,10 @@ class NativeEnvironments:
                 await proc.wait()
                 msg = f"building the native environment took over {_BUILD_TIMEOUT:g} s"
                 raise NativeEnvError(msg) from None
+            except asyncio.CancelledError:  # the daemon stops: the build goes with it
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 9)
+                raise
         except BaseException:
             self.cache.drop_native(key)
             raise

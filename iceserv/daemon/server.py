@@ -232,6 +232,9 @@ class Daemon:
         self._trim: asyncio.TimerHandle | None = None
         self._libc = _libc()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Native environment work (the prebuild, path checks, builds): cancelled at close,
+        #: since nobody waits for it then (a build's process group is killed).
+        self._native_tasks: set[asyncio.Task[Any]] = set()
         self._link_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()  # set after every event: a slot may have been freed
         #: Draining (D-Bus ``Drain``): STATS report full load, so no new remote jobs come.
@@ -322,7 +325,7 @@ class Daemon:
             self.core.reconfigure(self.settings, port=self.port, now=self.clock.now())
         )
         self._link_task = asyncio.create_task(self.link.run())
-        self._spawn(self._prebuild())
+        self._spawn_native(self._prebuild())
         log.info(
             "daemon_started",
             socket=str(path),
@@ -437,6 +440,8 @@ class Daemon:
         """End every client (killing running compilers) and remove the Unix socket."""
         await self.stop_accepting()
         await self._feed(Stop(EXIT_NO_HOSTS, compiles_too=True))
+        for task in list(self._native_tasks):
+            task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.write_timeout)
         for task in list(self._tasks):
@@ -758,8 +763,15 @@ class Daemon:
             log.info("native_compiler_skipped", compiler=compiler, reason=reason)
         await self._feed(NativesFound(tuple(found)))
 
+    def _spawn_native(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        self._native_tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._native_tasks.discard)
+
     def _resolve_native(self, effect: ResolveNative) -> None:
-        self._spawn(self._resolve(effect))
+        self._spawn_native(self._resolve(effect))
 
     async def _resolve(self, effect: ResolveNative) -> None:
         try:
@@ -772,7 +784,7 @@ class Daemon:
         await self._feed(NativeResolved(effect.conn_id, key, path=path))
 
     def _build_native(self, effect: BuildNative) -> None:
-        self._spawn(self._native(effect))
+        self._spawn_native(self._native(effect))
 
     async def _native(self, effect: BuildNative) -> None:
         try:

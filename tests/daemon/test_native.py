@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,47 @@ class TestKeptAcrossRestarts:
 async def _resolve_and_build(native: NativeEnvironments) -> tuple[object, Path]:
     key, _ = await native.resolve("/usr/bin/gcc", (), "")
     return key, await native.build(key)
+
+
+_SLOW_BUILD = """#!/bin/sh
+echo $$ > "$COUNT_DIR/pid"
+exec sleep 60
+"""
+
+
+class TestCancelledBuild:
+    def test_a_cancelled_build_kills_its_process(self, tmp_path):
+        """A build cancelled (the daemon stops) takes its icecc-create-env with it."""
+        script = tmp_path / "slow-build"
+        script.write_text(_SLOW_BUILD)
+        script.chmod(0o755)
+        cache = EnvironmentCache(tmp_path / "envs", 1 << 30, AS_DAEMON, FakeClock())
+        cache.wipe()
+        native = NativeEnvironments(cache, (str(script),), AS_DAEMON, {"COUNT_DIR": str(tmp_path)})
+        pid_file = tmp_path / "pid"
+
+        async def run() -> int:
+            key, _ = await native.resolve("/usr/bin/gcc", (), "")
+            task = asyncio.create_task(native.build(key))
+            async with asyncio.timeout(30):
+                while not pid_file.exists() or not pid_file.read_text().strip():  # noqa: ASYNC110 - a file, no event to await
+                    await asyncio.sleep(0.02)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            native.close()
+            return int(pid_file.read_text())
+
+        pid = asyncio.run(run())
+
+        def gone() -> bool:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, IndexError):
+                return True
+            return state == "Z"
+
+        deadline = time.monotonic() + 10
+        while not gone() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone()

@@ -180,7 +180,7 @@ class TestLocalDaemon:
             wait_for(lambda: _speed(real_scheduler, "realremote") > 0, 20,
                      "the real remote's JOB_DONE to rate its speed")  # fmt: skip
         (native,) = ours.events("native_env_sent")
-        assert Path(native["path"]).name.endswith(".tar.gz")
+        assert Path(native["path"]).name.endswith(".tar.zst")  # our default (1.4: gzip)
         (assigned,) = ours.events("compile_server_assigned")
         assert assigned["server"] == f"127.0.0.1:{remote.port}"
         assert "local build" not in trace.lower()
