@@ -8,7 +8,8 @@ and ``testbed.Cluster``): the scheduler and a daemon without slots on h1
 (``-m 0``: the developer's machine, whose jobs all go out), a daemon with two
 slots on h2.  Once the scheduler lists both daemons, the benchmark waits until h1's daemon has
 run for ``--wait`` seconds (3: issue 17's "a daemon started at least 3 s
-earlier"), then times one ``icecc gcc -O2 -c`` of a generated C unit on h1
+earlier"), then times one ``icecc gcc -O2 -c`` of a generated C unit (``--functions``
+one-line functions, 40 by default: a small file) on h1
 (the real client on the real cluster, ours on ours).  That compile needs the
 native environment of gcc (1.4 builds it now, with gzip; iceserv built it at
 start, with zstd), sends it to h2, which unpacks it, then compiles.  The
@@ -46,11 +47,15 @@ from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon
 
 Row = dict[str, Any]
 LABEL = {"real": "1.4", "ours": "iceserv"}
-UNIT = (
-    "#include <stdio.h>\n"
-    + "".join(f"int f{i}(int x) {{ return x * {i} + {i % 7}; }}\n" for i in range(300))
-    + 'int main(void) { puts("first"); return f3(2) == 0; }\n'
-)
+
+
+def unit_source(functions: int) -> str:
+    """A C unit with *functions* small functions and a main (``--functions``)."""
+    body = "".join(f"int f{i}(int x) {{ return x * {i} + {i % 7}; }}\n" for i in range(functions))
+    last = functions - 1
+    return f'#include <stdio.h>\n{body}int main(void) {{ puts("1st"); return f{last}(2); }}\n'
+
+
 COMPILE_TIMEOUT = 300.0
 
 
@@ -86,7 +91,7 @@ def _breakdown(local: OurDaemon, server: OurDaemon, began: float) -> Row:
     return row
 
 
-def sample(kind: str, wait: float, workdir: Path) -> Row:
+def sample(kind: str, wait: float, workdir: Path, source: str) -> Row:
     """One fresh cluster of *kind*: time its first compile."""
     plans = (DaemonPlan(kind, max_jobs=0), DaemonPlan(kind, max_jobs=2))  # type: ignore[arg-type]
     with NetnsBed(2) as bed, Cluster(bed, kind, plans) as cluster:  # type: ignore[arg-type]
@@ -97,7 +102,7 @@ def sample(kind: str, wait: float, workdir: Path) -> Row:
         time.sleep(max(0.0, online + wait - time.monotonic()))
         unit = workdir / f"{kind}-{os.getpid()}-{time.monotonic_ns()}"
         unit.mkdir()
-        (unit / "first.c").write_text(UNIT)
+        (unit / "first.c").write_text(source)
         cc, env = cluster.client_command(ClientPlan(kind), 0)  # type: ignore[arg-type]
         monitor = cluster.monitor
         if monitor is None:
@@ -125,7 +130,9 @@ def sample(kind: str, wait: float, workdir: Path) -> Row:
             "seconds": round(seconds, 3),
             "exit": result.returncode,
             "identical": identical,
-            "on_server": placement.began[cluster.name(1)],
+            # Jobs begun off h1 (1.4's h2 logs in again after an install, under a new id
+            # the monitor names "#id").
+            "on_server": sum(n for name, n in placement.began.items() if name != cluster.name(0)),
             "local_gcc_s": round(local_gcc, 3),
             "load_before": load,
             "load_after": loadavg(),
@@ -141,6 +148,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=3, help="fresh clusters per kind")
     parser.add_argument("--wait", type=float, default=3.0, help="seconds the daemons run first")
+    parser.add_argument("--functions", type=int, default=40,
+                        help="size of the C unit (default 40 one-line functions)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the samples and medians here")
     args = parser.parse_args()
     rows: list[Row] = []
@@ -149,7 +158,7 @@ def main() -> int:
         for run in range(args.runs):
             order = ("real", "ours") if run % 2 == 0 else ("ours", "real")
             for kind in order:
-                row = sample(kind, args.wait, Path(tmp))
+                row = sample(kind, args.wait, Path(tmp), unit_source(max(1, args.functions)))
                 rows.append(row)
                 extra = {k: v for k, v in row.items() if k.endswith("_s") or k.startswith("env")}
                 print(f"run {run + 1} {LABEL[kind]:8} {row['seconds']:6.2f} s  exit {row['exit']}"
