@@ -2,14 +2,16 @@
 
 ``core`` is the daemon's state machine: every client's state, the slots,
 environment transfers, compile jobs and the scheduler link's state, as
-events in and :mod:`effects` out; it uses ``slots``, ``states`` and ``load``
-(pure: slot order, client states and their end reports, STATS figures).
+events in and :mod:`effects` out; it uses ``slots``, ``states``, ``load`` and
+``natives`` (pure: slot order, client states and their end reports, STATS
+figures, native environments ready, queued and being built).
 ``server`` is the asyncio shell (listeners, read loops, timers, carrying out
 effects), configured by ``settings``; it runs compiles (``remote_job``,
 ``compile``: chroot'ed as the job user through ``_jobexec``, a fork server
 that ``jobstarter`` talks to), environment installs (``env_transfer`` with
 the ``_unpack`` helper; ``tarballs`` checks untrusted tarballs), native
-environments (``native``) and the scheduler connection's I/O
+environments (``native``: path checks, builds, the list kept across
+restarts) and the scheduler connection's I/O
 (``scheduler_link``); ``environments`` owns the env base dir, ``sandbox``
 decides who runs jobs, ``metrics`` keeps the running totals of ``/metrics``
 (fed by the shell), and ``control`` is the read-only facade.  This
