@@ -10,6 +10,8 @@ logs, that h1 handed out the prebuilt tarball without a wait
 (``native_env_sent`` origin ``prebuild``), that h2 installed it and ran the
 job, and that the object equals a local ``gcc -c``.  It asserts no times:
 the time taken is logged for the reader (P7 is ``bench/first_compile.py``'s).
+A second test stops a daemon after its prebuild and starts it again on the
+same environment directory: gcc's environment is kept, nothing is rebuilt.
 """
 
 from __future__ import annotations
@@ -17,13 +19,11 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from typing import TYPE_CHECKING, Final
+from pathlib import Path
+from typing import Final
 
 import pytest
 from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 log = logging.getLogger(__name__)
@@ -76,3 +76,23 @@ def test_first_compile_uses_the_prebuilt_environment(tmp_path: Path) -> None:
         subprocess.run(["gcc", "-O2", "-c", "hello.c", "-o", "local.o"], cwd=tmp_path,
                        check=True, timeout=60)  # fmt: skip
         assert (tmp_path / "hello.o").read_bytes() == (tmp_path / "local.o").read_bytes()
+
+
+def test_a_restarted_daemon_keeps_its_environment() -> None:
+    """Stopped and started again on the same env directory: gcc's is kept, nothing rebuilt."""
+    first = OurDaemon("ourkeep", None, keep_workdir=True).start()
+    try:
+        first.wait_events("native_env_built", 1, timeout=_PREBUILD_TIMEOUT)
+        built = _gcc_prebuild(first)
+        assert built is not None, first.log_tail()
+        assert first.stop() == 0
+        again = OurDaemon("ourkeep", None, workdir=first.workdir).start()
+        try:
+            (_, found) = again.wait_events("native_envs_found", 2, timeout=_PREBUILD_TIMEOUT)
+            assert (found["kept"], found["to_build"]) == (["/usr/bin/gcc"], [])
+            assert len(again.events("native_env_build_started")) == 1  # the first run's
+            assert Path(str(built["path"])).is_file()
+        finally:
+            assert again.stop() == 0
+    finally:
+        first.remove_workdir()
