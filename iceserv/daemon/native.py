@@ -453,6 +453,9 @@ class NativeEnvironments:
             except asyncio.CancelledError:  # the daemon stops: the build goes with it
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, 9)
+                # Reap it so its transport closes; a second cancel just stops waiting.
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 5.0)
                 raise
         except BaseException:
             self.cache.drop_native(key)
