@@ -1,0 +1,125 @@
+"""``icecc --slots``: asked through the daemon's iceserv-only endpoint, never a 1.4 daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+from testbed.client_fakes import FakeDaemon
+
+from iceserv.protocol import ConnectionClosed, SlotsAnswer, SlotsQuery
+from iceserv.protocol.endpoint import iceserv_endpoint, tcp_address
+from iceserv.testing import BlockingChannel
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from client.bed import WrapperBed
+
+TIMEOUT = 10.0
+
+
+class FakeIceservEndpoint:
+    """The abstract endpoint an iceserv daemon at *path* listens on, answering SLOTS_QUERY."""
+
+    def __init__(self, path: Path, answer: SlotsAnswer) -> None:
+        self.answer = answer
+        self.queries: list[object] = []
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(iceserv_endpoint(str(path)))
+        self.listener.listen(4)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            sock, _ = self.listener.accept()
+            channel = BlockingChannel(sock, timeout=TIMEOUT)
+            event = channel.receive()
+            self.queries.append(event)
+            channel.send(self.answer)
+            assert isinstance(channel.receive(), ConnectionClosed)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(TIMEOUT)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+class TestSlotsOption:
+    def test_cluster_count_from_an_iceserv_daemon(self, bed: WrapperBed):
+        """The daemon's endpoint gets SLOTS_QUERY; stdout is the total, stderr is empty."""
+        endpoint = FakeIceservEndpoint(bed.root / "daemon.sock", SlotsAnswer(12, 5, 4, "cluster"))
+        try:
+            done = bed.run([bed.program("ours", "icecc"), "--slots"])
+        finally:
+            endpoint.close()
+        assert (done.status, done.stdout, done.stderr) == (0, b"12\n", b"")
+        assert endpoint.queries == [SlotsQuery()]
+
+    def test_free_prints_the_free_slots(self, bed: WrapperBed):
+        """--free prints the answer's free count."""
+        endpoint = FakeIceservEndpoint(bed.root / "daemon.sock", SlotsAnswer(12, 5, 4, "cluster"))
+        try:
+            done = bed.run([bed.program("ours", "icecc"), "--slots", "--free"])
+        finally:
+            endpoint.close()
+        assert (done.status, done.stdout) == (0, b"5\n")
+
+    def test_daemon_alone_says_why_on_stderr(self, bed: WrapperBed):
+        """An answer the daemon made alone: its count on stdout, the reason on stderr."""
+        answer = SlotsAnswer(3, 2, 1, "the scheduler is icecream 1.4")
+        endpoint = FakeIceservEndpoint(bed.root / "daemon.sock", answer)
+        try:
+            done = bed.run([bed.program("ours", "icecc"), "--slots"])
+        finally:
+            endpoint.close()
+        assert (done.status, done.stdout) == (0, b"3\n")
+        assert done.stderr == (
+            b"icecc: the scheduler is icecream 1.4; counting this host's slots only\n"
+        )
+
+    def test_a_1_4_daemon_is_sent_nothing(self, bed: WrapperBed):
+        """A daemon without the endpoint is connected to and left: not one message; CPUs count."""
+        daemon = FakeDaemon(bed.root / "daemon.sock")
+        done = bed.run([bed.program("ours", "icecc"), "--slots"], daemon=daemon)
+        assert (done.status, done.stdout) == (0, f"{_cpus()}\n".encode())
+        assert done.daemon == [[]]
+        assert done.stderr == (
+            b"icecc: the local daemon is not iceserv (icecream 1.4?); "
+            + f"counting this machine's {_cpus()} CPUs\n".encode()
+        )
+
+    def test_no_daemon(self, bed: WrapperBed):
+        """Nobody at ICECC_TEST_SOCKET: the CPU count, and why."""
+        done = bed.run([bed.program("ours", "icecc"), "--slots", "--free"])
+        assert (done.status, done.stdout) == (0, f"{_cpus()}\n".encode())
+        assert done.stderr.startswith(b"icecc: no local daemon; ")
+
+    @pytest.mark.parametrize("argv", [["--slots", "--all"], ["--slots", "gcc"]])
+    def test_unknown_arguments(self, bed: WrapperBed, argv):
+        """Anything but --free after --slots is a usage error (exit 2)."""
+        done = bed.run([bed.program("ours", "icecc"), *argv])
+        usage = b"usage: icecc --slots [--free]\n"
+        assert (done.status, done.stdout, done.stderr) == (2, b"", usage)
+
+
+class TestEndpointName:
+    def test_names_are_abstract_short_and_distinct(self):
+        """Abstract (leading NUL), within sun_path, different per daemon address."""
+        names = {iceserv_endpoint(a) for a in ("/a/s", "/b/s", tcp_address(10245), "tcp:10246")}
+        assert len(names) == 4
+        assert all(n.startswith("\0") and len(n.encode()) < 108 for n in names)
+
+    def test_relative_and_absolute_paths_agree(self, tmp_path, monkeypatch):
+        """A relative socket path names the same endpoint as its absolute spelling."""
+        monkeypatch.chdir(tmp_path)
+        assert iceserv_endpoint("d.sock") == iceserv_endpoint(str(tmp_path / "d.sock"))
