@@ -9,7 +9,12 @@ iceserv scheduler, or answers with its own slots and says why.  Without an
 iceserv daemon the count is this machine's CPUs.  Whenever the number is
 not the cluster's, one line on stderr says so; stdout holds only the number.
 
-Not on the compile path: it may import the protocol.
+The answer is wanted within 50 ms, and importing :mod:`iceserv.protocol`
+alone costs ~15 ms (more on a loaded machine), so, as
+:mod:`iceserv.client.slot` does for the local slot, this module writes the
+one SLOTS_QUERY frame and reads the one SLOTS_ANSWER itself, and derives the
+endpoint's name itself; ``tests/client/test_slotcount.py`` checks the bytes
+and the name against the protocol package.  It must not import the protocol.
 """
 
 from __future__ import annotations
@@ -17,10 +22,8 @@ from __future__ import annotations
 import os
 import sys
 
-from iceserv.client.channel import Channel, ClusterError
+from iceserv.client.slot import Reader, handshake
 from iceserv.client.sockets import DAEMON_PORT, connect_tcp, connect_unix
-from iceserv.protocol import SlotsAnswer, SlotsQuery
-from iceserv.protocol.endpoint import iceserv_endpoint, tcp_address
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,14 +33,42 @@ if TYPE_CHECKING:
 
     from iceserv.client.env import ClientEnv
 
-__all__ = ["SLOTS_USAGE", "ask_daemon", "slots_command"]
+__all__ = ["SLOTS_USAGE", "Answer", "ask_daemon", "endpoint_name", "slots_command"]
 
 SLOTS_USAGE: Final = "usage: icecc --slots [--free]\n"
-#: Seconds for the whole question: the daemon answers within 0.25 s even without the scheduler.
+SLOTS_QUERY: Final = 0x1CE5_0001  # iceserv.protocol.IceservMsgType.SLOTS_QUERY
+SLOTS_ANSWER: Final = 0x1CE5_0002  # iceserv.protocol.IceservMsgType.SLOTS_ANSWER
+#: SlotsQuery(platform=""): frame length 9, the type, the empty string (length 1, a NUL).
+QUERY_FRAME: Final = (9).to_bytes(4, "big") + SLOTS_QUERY.to_bytes(4, "big") + b"\0\0\0\1\0"
+#: Seconds for the answer: the daemon answers within 0.25 s even when the scheduler does not.
 _ANSWER_TIMEOUT: Final = 2.0
 _CONNECT_TIMEOUT: Final = 1.0
+_MAX_ANSWER: Final = 4096  # three numbers and a short reason
 _SYSTEM_SOCKETS: Final = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket")
 _CLUSTER: Final = "cluster"
+# iceserv.protocol.endpoint: the abstract name's prefix and its FNV-1a 64 digest.
+_ENDPOINT_PREFIX: Final = "iceserv-daemon/"
+_FNV_OFFSET: Final = 0xCBF29CE484222325
+_FNV_PRIME: Final = 0x100000001B3
+_MASK: Final = (1 << 64) - 1
+
+
+class Answer:
+    """SLOTS_ANSWER's fields: ``total`` and ``free`` slots on ``hosts`` hosts, and ``source``."""
+
+    __slots__ = ("free", "hosts", "source", "total")
+
+    def __init__(self, total: int, free: int, hosts: int, source: str) -> None:
+        self.total, self.free, self.hosts, self.source = total, free, hosts, source
+
+
+def endpoint_name(address: str) -> str:
+    """``iceserv.protocol.endpoint.iceserv_endpoint``, without importing the protocol."""
+    key = address if address.startswith("tcp:") else os.path.abspath(address)  # noqa: PTH100 - no symlinks resolved
+    digest = _FNV_OFFSET
+    for byte in key.encode("utf-8", "surrogateescape"):
+        digest = ((digest ^ byte) * _FNV_PRIME) & _MASK
+    return f"\0{_ENDPOINT_PREFIX}{digest:016x}"
 
 
 def _candidates(env: ClientEnv) -> list[str]:
@@ -47,7 +78,7 @@ def _candidates(env: ClientEnv) -> list[str]:
     paths = list(_SYSTEM_SOCKETS)
     if env.home is not None:
         paths.append(env.home + "/.iceccd.socket")
-    return [*paths, tcp_address(DAEMON_PORT)]
+    return [*paths, f"tcp:{DAEMON_PORT}"]
 
 
 def _reachable(address: str) -> bool:
@@ -62,7 +93,7 @@ def _reachable(address: str) -> bool:
     return True
 
 
-def ask_daemon(env: ClientEnv) -> tuple[SlotsAnswer | None, str]:
+def ask_daemon(env: ClientEnv) -> tuple[Answer | None, str]:
     """Ask the local iceserv daemon; return its answer, or None and why there is none.
 
     The first address (1.4's order) where an iceserv endpoint or any daemon
@@ -70,27 +101,47 @@ def ask_daemon(env: ClientEnv) -> tuple[SlotsAnswer | None, str]:
     only connected to and left, never sent a byte.
     """
     for address in _candidates(env):
-        sock = connect_unix(iceserv_endpoint(address), _CONNECT_TIMEOUT)
+        sock = connect_unix(endpoint_name(address), _CONNECT_TIMEOUT)
         if sock is not None:
-            return _query(sock, address, env)
+            try:
+                answer = _query(sock)
+            finally:
+                sock.close()
+            if answer is None:
+                return None, "the local daemon did not answer"
+            return answer, ""
         if _reachable(address):
             return None, "the local daemon is not iceserv (icecream 1.4?)"
     return None, "no local daemon"
 
 
-def _query(sock: _socket.socket, address: str, env: ClientEnv) -> tuple[SlotsAnswer | None, str]:
-    channel = Channel(sock, name=address, env=env)
+def _query(sock: _socket.socket) -> Answer | None:
+    reader = Reader(sock, _ANSWER_TIMEOUT)
+    if not handshake(sock, reader):
+        return None
     try:
-        channel.open()
-        channel.send(SlotsQuery())
-        answer = channel.receive(_ANSWER_TIMEOUT)
-    except (ClusterError, OSError) as exc:
-        return None, f"the local daemon did not answer ({exc})"
-    finally:
-        channel.close()
-    if not isinstance(answer, SlotsAnswer):
-        return None, f"the local daemon answered {type(answer).__name__}"
-    return answer, ""
+        sock.sendall(QUERY_FRAME)
+    except OSError:
+        return None
+    header = reader.read(8)
+    if header is None:
+        return None
+    length = int.from_bytes(header[:4], "big")
+    if int.from_bytes(header[4:], "big") != SLOTS_ANSWER or not 4 <= length <= _MAX_ANSWER:
+        return None
+    payload = reader.read(length - 4)
+    return None if payload is None else parse_answer(payload)
+
+
+def parse_answer(payload: bytes) -> Answer | None:
+    """Decode a SLOTS_ANSWER payload (three u32, one string); None if malformed."""
+    if len(payload) < 16:
+        return None
+    total, free, hosts, size = (int.from_bytes(payload[i : i + 4], "big") for i in (0, 4, 8, 12))
+    if 16 + size != len(payload):
+        return None
+    text = payload[16:].split(b"\0", 1)[0]
+    return Answer(total, free, hosts, text.decode("utf-8", "replace"))
 
 
 def _cpus() -> int:

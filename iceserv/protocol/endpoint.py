@@ -16,7 +16,6 @@ the listener.  Pure: no sockets here.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Final
 
@@ -24,7 +23,10 @@ __all__ = ["ENDPOINT_PREFIX", "iceserv_endpoint", "tcp_address"]
 
 #: The abstract socket name: NUL, this prefix, a digest of the daemon's address.
 ENDPOINT_PREFIX: Final = "iceserv-daemon/"
-_DIGEST_CHARS: Final = 32
+# FNV-1a, 64 bits: no import (hashlib costs the client milliseconds); not a security boundary.
+_FNV_OFFSET: Final = 0xCBF29CE484222325
+_FNV_PRIME: Final = 0x100000001B3
+_MASK: Final = (1 << 64) - 1
 
 
 def tcp_address(port: int) -> str:
@@ -38,7 +40,11 @@ def iceserv_endpoint(address: str) -> str:
     *address* is a Unix socket path (made absolute, not resolved: the client
     and the daemon spell it alike, e.g. ``ICECC_TEST_SOCKET``) or
     :func:`tcp_address`.  A digest keeps the name within ``sun_path``'s 108 bytes.
+    ``iceserv.client.slotcount`` computes the same name without importing
+    the protocol (its test checks that they agree).
     """
     key = address if address.startswith("tcp:") else os.path.abspath(address)  # noqa: PTH100 - no symlinks resolved
-    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-    return "\0" + ENDPOINT_PREFIX + digest[:_DIGEST_CHARS]
+    digest = _FNV_OFFSET
+    for byte in key.encode("utf-8", "surrogateescape"):
+        digest = ((digest ^ byte) * _FNV_PRIME) & _MASK
+    return f"\0{ENDPOINT_PREFIX}{digest:016x}"

@@ -9,10 +9,14 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from testbed.client_fakes import FakeDaemon
 
+from iceserv.client.slotcount import QUERY_FRAME, endpoint_name, parse_answer
 from iceserv.protocol import ConnectionClosed, SlotsAnswer, SlotsQuery
 from iceserv.protocol.endpoint import iceserv_endpoint, tcp_address
+from iceserv.protocol.messages import encode
 from iceserv.testing import BlockingChannel
 
 if TYPE_CHECKING:
@@ -123,3 +127,40 @@ class TestEndpointName:
         """A relative socket path names the same endpoint as its absolute spelling."""
         monkeypatch.chdir(tmp_path)
         assert iceserv_endpoint("d.sock") == iceserv_endpoint(str(tmp_path / "d.sock"))
+
+
+class TestHandWrittenBytes:
+    """The client's own query bytes, answer decoder and endpoint name match the protocol's."""
+
+    def test_query_frame_is_the_encoders(self):
+        """QUERY_FRAME is exactly encode(SlotsQuery()) at protocol 43."""
+        assert encode(SlotsQuery(), 43) == QUERY_FRAME
+
+    @given(
+        total=st.integers(0, 2**32 - 1),
+        free=st.integers(0, 2**32 - 1),
+        hosts=st.integers(0, 2**32 - 1),
+        source=st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+                                              blacklist_characters="\0"), max_size=40),
+    )  # fmt: skip
+    def test_answer_decodes_like_the_protocol(self, total, free, hosts, source):
+        """Every encodable SLOTS_ANSWER payload decodes to the same fields."""
+        payload = encode(SlotsAnswer(total, free, hosts, source), 43)[8:]
+        answer = parse_answer(payload)
+        assert answer is not None
+        assert (answer.total, answer.free, answer.hosts, answer.source) == (
+            total,
+            free,
+            hosts,
+            source,
+        )
+
+    @pytest.mark.parametrize("payload", [b"", b"\0" * 15, b"\0" * 12 + b"\0\0\0\5ab\0", b"\0" * 17])
+    def test_malformed_answers_are_refused(self, payload):
+        """Short payloads and a string length that does not match the frame give None."""
+        assert parse_answer(payload) is None
+
+    @given(address=st.one_of(st.text(max_size=60), st.integers(1, 65535).map(tcp_address)))
+    def test_endpoint_name_is_the_protocols(self, address):
+        """The client's endpoint name equals iceserv.protocol.endpoint's for any address."""
+        assert endpoint_name(address) == iceserv_endpoint(address)
