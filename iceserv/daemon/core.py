@@ -234,6 +234,8 @@ _MAX_PONG: Final = 60.0
 _DEFAULT_PONG: Final = 3.0
 #: Requests a client sends only to the daemon on its own host.
 _LOCAL_ONLY: Final = (GetNativeEnv, JobLocalBegin, GetCS)
+#: SLOTS_QUERYs sent to the scheduler and not yet answered, at most (later ones: our own count).
+_MAX_SLOTS_QUERIES: Final = 256
 #: Wake datagrams to a scheduler being connected to: every second, until 2 s after the login.
 _WAKE_INTERVAL: Final = 1.0
 _WAKE_AFTER_LOGIN: Final = 2.0
@@ -1181,6 +1183,9 @@ class DaemonCore:
             return self._local_slots(client, "no scheduler", now)
         if not self.scheduler_iceserv:
             return self._local_slots(client, "the scheduler is icecream 1.4", now)
+        if len(self._slots_queries) >= _MAX_SLOTS_QUERIES:
+            # Unanswered queries (the scheduler is slow) are remembered, but not without end.
+            return self._local_slots(client, "the scheduler did not answer in time", now)
         client.state = State.WAIT_SLOTS
         self._slots_queries.append(client.conn_id)
         return [ToScheduler(SlotsQuery(platform=self.settings.platform))]

@@ -1276,6 +1276,17 @@ class TestSlotCount:
         _connect(core, 1)
         assert _to_scheduler(_send(core, 1, SlotsQuery())) == []
 
+    def test_unanswered_queries_are_bounded(self):
+        """With 256 queries unanswered the next one is answered here, not remembered."""
+        core = _core(max_kids=2)
+        core.handle(FromScheduler(ICESERV_CONF), T0)
+        for conn_id in range(1, 258):
+            _connect(core, conn_id)
+            effects = _send(core, conn_id, SlotsQuery())
+            core.handle(TimerExpired(conn_id), T0 + 1)
+        assert _to_scheduler(effects) == []
+        assert _sent(effects, 257) == [SlotsAnswer(2, 2, 1, "the scheduler did not answer in time")]
+
     def test_unasked_answer_drops_the_scheduler(self):
         """A SLOTS_ANSWER nobody asked for is the scheduler's protocol error."""
         core = _core()
