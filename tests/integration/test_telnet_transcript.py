@@ -86,7 +86,6 @@ _MASKS = (
 # --- the script -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 def _marked(got: object, msg: Message) -> bool:
     """Our scheduler's CS_CONF marks it as iceserv in ``bench_source`` (1.4 reads and drops it)."""
     return (
@@ -97,6 +96,7 @@ def _marked(got: object, msg: Message) -> bool:
     )
 
 
+@dataclass(frozen=True)
 class Send:
     """Send *data* on the current session; read *answers* replies (0: read to EOF)."""
 
