@@ -302,8 +302,9 @@ class DaemonCore:
         self.load = 0
         self.scheduler_up = False
         self.scheduler_protocol = 0
-        #: The scheduler marked its CS_CONF as iceserv's: SLOTS_QUERY may go to it.
-        self.scheduler_iceserv = False
+        #: The scheduler marked its CS_CONF as iceserv's: SLOTS_QUERY may go to it (None: no
+        #: CS_CONF yet on this connection).
+        self.scheduler_iceserv: bool | None = None
         self.own_ip = ""
         self.pong = _DEFAULT_PONG
         self._next_forced = 0.0
@@ -1125,7 +1126,7 @@ class DaemonCore:
         if self._waking is not None:
             self._wake_until = now + _WAKE_AFTER_LOGIN
         self.scheduler_up = True
-        self.scheduler_iceserv = False  # until its CS_CONF says otherwise
+        self.scheduler_iceserv = None  # until its CS_CONF says
         self._slots_queries.clear()
         self.scheduler_protocol = event.protocol
         self.own_ip = event.own_ip
@@ -1138,7 +1139,7 @@ class DaemonCore:
         if not self.scheduler_up:
             return []
         self.scheduler_up = False
-        self.scheduler_iceserv = False
+        self.scheduler_iceserv = None
         self._slots_queries.clear()
         self.own_ip = ""
         effects: list[Effect] = []
@@ -1181,6 +1182,8 @@ class DaemonCore:
             return self._wrong_state(client, msg)
         if not self.scheduler_up:
             return self._local_slots(client, "no scheduler", now)
+        if self.scheduler_iceserv is None:
+            return self._local_slots(client, "the scheduler has not confirmed our login yet", now)
         if not self.scheduler_iceserv:
             return self._local_slots(client, "the scheduler is icecream 1.4", now)
         if len(self._slots_queries) >= _MAX_SLOTS_QUERIES:

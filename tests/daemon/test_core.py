@@ -1225,11 +1225,14 @@ class TestSlotCount:
         assert _to_scheduler(effects) == []
         assert _sent(effects, 1) == [SlotsAnswer(3, 3, 1, "the scheduler is icecream 1.4")]
 
-    def test_before_cs_conf_the_scheduler_counts_as_1_4(self):
+    def test_before_cs_conf_the_scheduler_is_not_asked(self):
         """A scheduler that has not sent CS_CONF yet is not known to be iceserv."""
         core = _core(max_kids=2)
         _connect(core, 1)
-        assert _to_scheduler(_send(core, 1, SlotsQuery())) == []
+        effects = _send(core, 1, SlotsQuery())
+        assert _to_scheduler(effects) == []
+        reason = "the scheduler has not confirmed our login yet"
+        assert _sent(effects, 1) == [SlotsAnswer(2, 2, 1, reason)]
 
     def test_no_scheduler_answers_local_slots_minus_busy_ones(self):
         """Without a scheduler: our capacity, free = capacity minus slots in use."""
@@ -1273,6 +1276,7 @@ class TestSlotCount:
         core.handle(FromScheduler(ICESERV_CONF), T0)
         core.handle(SchedulerDown(), T0)
         core.handle(SchedulerUp(OWN_IP, 43), T0)
+        assert core.scheduler_iceserv is None
         _connect(core, 1)
         assert _to_scheduler(_send(core, 1, SlotsQuery())) == []
 
