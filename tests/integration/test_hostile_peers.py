@@ -1270,10 +1270,15 @@ class TestCombinedOnTheBed:
             window = time.monotonic() - started
             spent = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
             listed_after = telnet_listcs(bed[0], (bed[3].ip, SCHEDULER_PORT + 1))
+            # A local client afterwards; its job's monitor messages also show the scheduler
+            # that the attacker's monitors are gone (it does not read monitors, so a closed
+            # one is noticed when it is next written to).
+            real_icecc_builds(server, tmp_path / "after")
             limits = {name: nofile_soft_limit(pid) for name, pid in pids.items()}
             for name, pid in pids.items():
                 wait_for(lambda pid=pid, name=name: fd_count(pid) <= sampler.base_fds[name] + 8,
-                         WAIT, f"the {name} to let the attackers go")  # fmt: skip
+                         WAIT, f"the {name} to let the attackers go",
+                         context=lambda pid=pid: f"{fd_count(pid)} fds")  # fmt: skip
             served_remotely = sum(
                 1 for e in server.events("job_finished") if e.get("where") == "server"
                 and str(e.get("peer")).rsplit(":", 1)[0] == bed[0].ip)  # fmt: skip
