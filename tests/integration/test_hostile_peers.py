@@ -918,18 +918,18 @@ def drip(sock: socket.socket, data: bytes, interval: float = 0.3) -> int:
 
 # === every attack at once against a cluster that builds (issue 20's "Done when") ==========
 #
-# A namespace bed of five hosts: h1 the client's host (our daemon with no slots, so every
-# compile travels), h2 our compile server (2 slots, the daemon under attack), h3 a real 1.4
-# ``iceccd`` (1 slot), h4 our scheduler, h5 the attacker with four addresses a1..a4 (per-host
-# budgets apply to each).  From h5 every attack above runs at once, each on a thread of its
-# own living in h5's namespace, while our ``icecc`` builds eight zstd units with ``make -j4``
+# A namespace bed of five hosts: h1 the client's host (our daemon with no slots, so every compile
+# travels), h2 our compile server (3 slots, the daemon under attack), h3 a real 1.4 ``iceccd``
+# (``--no-remote``: it only logs in), h4 our scheduler, h5 the attacker with four addresses a1..a4
+# (per-host budgets apply to each).  From h5 every attack above runs at once, each on a thread of
+# its own living in h5's namespace, while our ``icecc`` builds eight zstd units with ``make -j4``
 # on h1.  Against the scheduler: 80 silent connections per round from a1, a3, a4 (a new round
 # every second), a LOGIN dripped from the handshake on and a logged-in daemon (max_kids 0)
 # dripping a STATS (a2), 30 MON_LOGINs that never read per round (a3), 20 telnet sessions per
-# address sending empty lines (80 > the port's 64).  Against h2: 80 handshaken idle clients
-# (a1), 12 stalled TRANSFER_ENVs (a2), 8 COMPILE_FILEs of 255 MiB of zstd zeros per round (a3),
-# GET_NATIVE_ENV/JOB_LOCAL_BEGIN/GET_CS over TCP every second (a4).  Then, still under
-# attack, telnet ``listcs`` from h1 and a real 1.4 ``icecc`` through h2's Unix socket.
+# address sending empty lines (80 > the port's 64).  Against h2: 80 handshaken idle clients (a1),
+# 12 stalled TRANSFER_ENVs (a2), 8 COMPILE_FILEs of 255 MiB of zstd zeros per round (a3),
+# GET_NATIVE_ENV/JOB_LOCAL_BEGIN/GET_CS over TCP every second (a4).  Then, still under attack,
+# telnet ``listcs`` from h1 and a real 1.4 ``icecc`` through h2's Unix socket.
 #
 # This test found two daemon bugs (fixed with it): a running job queued all its client's
 # decompressed source whether or not the compiler took it (+257 MiB from a job that gave up
@@ -1236,11 +1236,12 @@ class TestCombinedOnTheBed:
         """Every attack from one hostile host at once: a real build still succeeds, remotely."""
         project = restrict(unpack_project(fetch_sdist(), tmp_path / "zstd"), BED_UNITS)
         reference = build_reference(project)
-        # h3 has one slot: make -j4 keeps more jobs in flight, so h2 (under attack) gets some.
-        # h2 has two, one of them held by the attacker's stalled transfer: while a real job
-        # compiles, the flooding COMPILE_FILEs queue and the source budget is what bounds them.
-        plans = [DaemonPlan("ours", max_jobs=0), DaemonPlan("ours", max_jobs=2),
-                 DaemonPlan("real", max_jobs=1), None, None]  # fmt: skip
+        # Every job must compile on h2, the daemon under attack: h3's real 1.4 iceccd takes no
+        # remote jobs (it logs in and is listed beside ours).  One of h2's three slots is held
+        # by the attacker's stalled transfer; while real jobs fill the other two, the flooding
+        # COMPILE_FILEs queue and the source budget is what bounds them.
+        plans = [DaemonPlan("ours", max_jobs=0), DaemonPlan("ours", max_jobs=3),
+                 DaemonPlan("real", max_jobs=1, no_remote=True), None, None]  # fmt: skip
         with NetnsBed(5) as bed, Cluster(bed, "ours", plans, scheduler_host=3,
                                          scheduler_env=BED_SCHEDULER_ENV) as cluster:  # fmt: skip
             host = bed[4]
@@ -1265,6 +1266,8 @@ class TestCombinedOnTheBed:
                 build_seconds = result.seconds
                 listed = telnet_listcs(bed[0], (bed[3].ip, SCHEDULER_PORT + 1))
                 real_icecc_builds(server, tmp_path / "local")
+                wait_for(lambda: attacker.figures.get("message_drips", 0) >= 1, 3 * WAIT,
+                         "a whole drip of each kind", context=lambda: str(attacker.figures))
             finally:
                 attacker.close()
                 sampler.close()
@@ -1308,7 +1311,8 @@ class TestCombinedOnTheBed:
         context += f"\n{figures}"
         assert not attacker.errors, f"{attacker.errors}\n{context}"
         result.check(on=["h2-ours"])
-        assert served_remotely >= 1, context
+        assert result.placement.began["h2-ours"] == len(BED_UNITS), context
+        assert served_remotely == len(BED_UNITS), context
         for hosts in (listed, listed_after):  # under attack, and after it
             assert {"h1-ours", "h2-ours", "h3-real"} <= {h.name for h in hosts}, context
         ours = {name: code for name, code in cluster.exit_codes.items() if name != "h3-real"}
