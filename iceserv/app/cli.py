@@ -25,6 +25,7 @@ _SUBCOMMANDS: Final = (
     "demo",
     "status",
     "summary",
+    "slots",
     "selftest",
     "config_cli",
     "system_files",

@@ -45,12 +45,14 @@ USAGE: Final = """\
 Usage:
    icecc [compiler] [compile options] -o OBJECT -c SOURCE
    icecc --build-native [compiler] [file...]
+   icecc --slots [--free]
    icecc --help
 
 Options:
    --help                     explain usage and exit
    --version                  show version and exit
    --build-native             create icecc environment
+   --slots [--free]           print the cluster's (free) compile slots for -j
 Environment Variables:
    ICECC                      If set to "no", just exec the real compiler.
                               If set to "disable", just exec the real compiler, but without
@@ -139,7 +141,7 @@ class _Run:
         return self.compile(compiler, argv[start:], icerun=icerun, prog=prog)
 
     def early_option(self, first: str, *, icerun: bool) -> int | None:
-        """``--help``, ``--version``, ``--build-native``: answered before anything else."""
+        """``--help``, ``--version``, ``--build-native``, ``--slots``: answered first."""
         if first == "--help":
             sys.stdout.write(ICERUN_USAGE if icerun else USAGE)
             return 0
@@ -153,6 +155,10 @@ class _Run:
             from iceserv.client.createenv import build_native  # noqa: PLC0415
 
             return build_native(self.argv[2:], self.env, self.diag)
+        if first == "--slots" and not icerun:
+            from iceserv.client.slotcount import slots_command  # noqa: PLC0415
+
+            return slots_command(self.argv[2:], self.env)
         return None
 
     def compile(self, compiler: str, args: list[str], *, icerun: bool, prog: str) -> int:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import _socket
     from typing import Final
 
-__all__ = ["local_slot"]
+__all__ = ["Reader", "handshake", "local_slot"]
 
 PROTOCOL_VERSION: Final = 43  # iceserv.protocol.PROTOCOL_VERSION
 MIN_PROTOCOL_VERSION: Final = 21  # iceserv.protocol.MIN_PROTOCOL_VERSION
@@ -47,7 +47,7 @@ def job_local_begin(stime: int, outfile: str) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
-class _Reader:
+class Reader:
     """Exact reads from a blocking socket, all within one deadline."""
 
     __slots__ = ("_buffer", "_deadline", "_sock")
@@ -61,6 +61,7 @@ class _Reader:
         self._deadline = time.monotonic() + timeout
 
     def read(self, size: int) -> bytes | None:
+        """Return exactly *size* bytes; None on end of file, an error or the deadline."""
         while len(self._buffer) < size:
             left = self._deadline - time.monotonic()
             if left <= 0:
@@ -77,14 +78,12 @@ class _Reader:
         return out
 
 
-def local_slot(sock: _socket.socket, outfile: str, go_timeout: float) -> bool:  # noqa: PLR0911
-    """Ask the daemon on *sock* for a local slot; True once it gave the go.
+def handshake(sock: _socket.socket, reader: Reader) -> bool:
+    """Do the version handshake on *sock* (reading through *reader*); False on any surprise.
 
-    Sends our version, answers with the minimum, checks the peer's echo,
-    sends ``JOB_LOCAL_BEGIN`` and waits up to *go_timeout* s for the daemon's
-    ``JOB_LOCAL_BEGIN``.  The socket stays open (the slot lasts while it is).
+    Sends our version, answers with the minimum, checks the peer's echo.
+    Also used by :mod:`iceserv.client.slotcount` (``icecc --slots``).
     """
-    reader = _Reader(sock, HANDSHAKE_TIMEOUT)
     try:
         sock.settimeout(HANDSHAKE_TIMEOUT)
         sock.sendall(PROTOCOL_VERSION.to_bytes(4, "little"))
@@ -97,8 +96,22 @@ def local_slot(sock: _socket.socket, outfile: str, go_timeout: float) -> bool:  
         protocol = min(PROTOCOL_VERSION, peer)
         sock.sendall(protocol.to_bytes(4, "little"))
         echo = reader.read(4)
-        if echo is None or int.from_bytes(echo, "little") != protocol:
-            return False
+    except OSError:
+        return False
+    return echo is not None and int.from_bytes(echo, "little") == protocol
+
+
+def local_slot(sock: _socket.socket, outfile: str, go_timeout: float) -> bool:
+    """Ask the daemon on *sock* for a local slot; True once it gave the go.
+
+    Sends our version, answers with the minimum, checks the peer's echo,
+    sends ``JOB_LOCAL_BEGIN`` and waits up to *go_timeout* s for the daemon's
+    ``JOB_LOCAL_BEGIN``.  The socket stays open (the slot lasts while it is).
+    """
+    reader = Reader(sock, HANDSHAKE_TIMEOUT)
+    if not handshake(sock, reader):
+        return False
+    try:
         sock.sendall(job_local_begin(int(time.time()), outfile))
     except OSError:
         return False

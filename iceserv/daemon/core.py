@@ -21,6 +21,7 @@ TCP, loopback or not).  Each client is in one :class:`~iceserv.daemon.states.Sta
     NEW --TRANFER_ENV--> [INSTALL_WAIT --transfer slot-->] INSTALLING --END, unpacked--> NEW
     NEW --VERIFY_ENV--> NEW (VERIFY_ENV_RESULT sent)
     NEW --COMPILE_FILE--> TO_COMPILE --slot--> COMPILING --result sent--> NEW
+    NEW --SLOTS_QUERY--> [WAIT_SLOTS --SLOTS_ANSWER or 0.25 s-->] NEW (SLOTS_ANSWER sent)
 
 What each message does in each state (any cell not listed: the peer broke
 the protocol; the client is ended with exit 120)::
@@ -52,6 +53,10 @@ the protocol; the client is ended with exit 120)::
     COMPILE_FILE      NEW                            refuse without chroot; hold the environment,
                                                      queue for a COMPILE slot
                       CLIENT_WORK ("__client" env)   the client compiles itself: JOB_BEGIN
+    SLOTS_QUERY       NEW                            iceserv only: to an iceserv scheduler (it
+                                                     marked CS_CONF), answer passed on in FIFO
+                                                     order; else, or after SLOTS_WAIT, our own
+                                                     slots with the reason as ``source``
     (scheduler) USE_CS, NO_CS  client in WAIT_FOR_CS  pass on (other host; 127.0.0.1 named
                                                      localhost) or compile yourself
                                client gone            JOB_DONE 107 for the job; else ignored
@@ -179,6 +184,7 @@ from iceserv.daemon.states import (
     read_timeout,
 )
 from iceserv.protocol import (
+    ICESERV_MARK,
     MAX_MESSAGE_SIZE,
     BlacklistHostEnv,
     CompileFile,
@@ -197,6 +203,8 @@ from iceserv.protocol import (
     JobLocalBegin,
     NoCS,
     Ping,
+    SlotsAnswer,
+    SlotsQuery,
     StatusText,
     UseCS,
     UseNativeEnv,
@@ -226,6 +234,8 @@ _MAX_PONG: Final = 60.0
 _DEFAULT_PONG: Final = 3.0
 #: Requests a client sends only to the daemon on its own host.
 _LOCAL_ONLY: Final = (GetNativeEnv, JobLocalBegin, GetCS)
+#: SLOTS_QUERYs sent to the scheduler and not yet answered, at most (later ones: our own count).
+_MAX_SLOTS_QUERIES: Final = 256
 #: Wake datagrams to a scheduler being connected to: every second, until 2 s after the login.
 _WAKE_INTERVAL: Final = 1.0
 _WAKE_AFTER_LOGIN: Final = 2.0
@@ -297,6 +307,9 @@ class DaemonCore:
         self.load = 0
         self.scheduler_up = False
         self.scheduler_protocol = 0
+        #: The scheduler marked its CS_CONF as iceserv's: SLOTS_QUERY may go to it (None: no
+        #: CS_CONF yet on this connection).
+        self.scheduler_iceserv: bool | None = None
         self.own_ip = ""
         self.pong = _DEFAULT_PONG
         self._next_forced = 0.0
@@ -305,6 +318,8 @@ class DaemonCore:
         self._wake_until: float | None = None
         self._clients: dict[int, _Client] = {}
         self._install_queue: collections.deque[int] = collections.deque()
+        #: Clients whose SLOTS_QUERY went to the scheduler, in order (it answers in order).
+        self._slots_queries: collections.deque[int] = collections.deque()
         self._flow_dirty = False  # a queued job's buffer changed: check pauses
         self._events: dict[type, Callable[[Any, float], list[Effect]]] = {
             ClientConnected: self._on_connected,
@@ -335,6 +350,7 @@ class DaemonCore:
             .on(FileChunk, self._file_chunk)
             .on(VerifyEnv, self._verify_env)
             .on(CompileFile, self._compile_file)
+            .on(SlotsQuery, self._slots_query)
         )
         self._from_scheduler = (
             Dispatch[[float], list[Effect]]("scheduler")
@@ -343,6 +359,7 @@ class DaemonCore:
             .on(ConfCS, self._conf_cs)
             .on(GetInternalStatus, self._internals)
             .on(Ping, self._ping)
+            .on(SlotsAnswer, self._slots_answer)
         )
 
     # --- queries ---------------------------------------------------------------------
@@ -494,10 +511,15 @@ class DaemonCore:
         client = self._clients.get(event.key)
         if client is None or client.gone:
             return []
+        return self._client_timer(client, now)
+
+    def _client_timer(self, client: _Client, now: float) -> list[Effect]:
         deadline = client.last_read + self._timeout(client)
         if now < deadline:
             client.deadline = deadline
             return [ArmTimer(client.conn_id, deadline)]
+        if client.state is State.WAIT_SLOTS:
+            return self._local_slots(client, "the scheduler did not answer in time", now)
         effects: list[Effect] = [
             _log("warning", "client_timed_out", client_id=client.conn_id, state=client.state.name)
         ]
@@ -1140,6 +1162,8 @@ class DaemonCore:
         if self._waking is not None:
             self._wake_until = now + _WAKE_AFTER_LOGIN
         self.scheduler_up = True
+        self.scheduler_iceserv = None  # until its CS_CONF says
+        self._slots_queries.clear()
         self.scheduler_protocol = event.protocol
         self.own_ip = event.own_ip
         self.pong = _DEFAULT_PONG
@@ -1151,9 +1175,15 @@ class DaemonCore:
         if not self.scheduler_up:
             return []
         self.scheduler_up = False
+        self.scheduler_iceserv = None
+        self._slots_queries.clear()
         self.own_ip = ""
+        effects: list[Effect] = []
+        for client in list(self._clients.values()):
+            if client.state is State.WAIT_SLOTS and not client.gone:
+                effects += self._local_slots(client, "no scheduler", now)
         # As 1.4: drop every client except running compiles (they finish on their own).
-        return self._on_stop(Stop(EXIT_NO_HOSTS), now)
+        return effects + self._on_stop(Stop(EXIT_NO_HOSTS), now)
 
     def _link_tick(self, now: float) -> list[Effect]:
         """Every ``pong`` seconds: STATS if the load changed, and always after a quiet period."""
@@ -1178,7 +1208,44 @@ class DaemonCore:
 
     def _conf_cs(self, msg: ConfCS, _: float, /) -> list[Effect]:
         self.pong = min(max(float(msg.max_scheduler_pong), _MIN_PONG), _MAX_PONG)
+        self.scheduler_iceserv = msg.bench_source.startswith(ICESERV_MARK)
         return []
+
+    # --- the slot count (iceserv only) -----------------------------------------------
+
+    def _slots_query(self, msg: SlotsQuery, client: _Client, now: float, /) -> list[Effect]:
+        if client.state is not State.NEW:
+            return self._wrong_state(client, msg)
+        if not self.scheduler_up:
+            return self._local_slots(client, "no scheduler", now)
+        if self.scheduler_iceserv is None:
+            return self._local_slots(client, "the scheduler has not confirmed our login yet", now)
+        if not self.scheduler_iceserv:
+            return self._local_slots(client, "the scheduler is icecream 1.4", now)
+        if len(self._slots_queries) >= _MAX_SLOTS_QUERIES:
+            # Unanswered queries (the scheduler is slow) are remembered, but not without end.
+            return self._local_slots(client, "the scheduler did not answer in time", now)
+        client.state = State.WAIT_SLOTS
+        self._slots_queries.append(client.conn_id)
+        return [ToScheduler(SlotsQuery(platform=self.settings.platform))]
+
+    def _local_slots(self, client: _Client, reason: str, now: float) -> list[Effect]:
+        """Answer *client* with this host's own slots, saying why the cluster was not asked."""
+        client.state = State.NEW
+        capacity = self.slots.capacity
+        answer = SlotsAnswer(
+            total=capacity, free=max(0, capacity - self.slots.used), hosts=1, source=reason
+        )
+        return [Send(client.conn_id, answer), *self._arm(client, now)]
+
+    def _slots_answer(self, msg: SlotsAnswer, now: float, /) -> list[Effect]:
+        if not self._slots_queries:
+            return [DropScheduler("SLOTS_ANSWER without a SLOTS_QUERY")]
+        client = self._clients.get(self._slots_queries.popleft())
+        if client is None or client.gone or client.state is not State.WAIT_SLOTS:
+            return []  # it left, or was answered alone after SLOTS_WAIT
+        client.state = State.NEW
+        return [Send(client.conn_id, msg), *self._arm(client, now)]
 
     def _internals(self, _: GetInternalStatus, __: float, /) -> list[Effect]:
         return [AnswerInternals(self.describe())]

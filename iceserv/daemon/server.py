@@ -117,6 +117,7 @@ from iceserv.protocol import (
     Stats,
     StatusText,
 )
+from iceserv.protocol.endpoint import iceserv_endpoint, tcp_address
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
@@ -217,6 +218,8 @@ class Daemon:
         self._installers: dict[int, Installer] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._unix: Listener | None = None
+        #: The iceserv-only abstract sockets (iceserv.protocol.endpoint): same service.
+        self._endpoints: list[Listener] = []
         self._servers: list[Listener] = []  # the TCP listeners
         self._tcp_budget = ConnectionBudget(
             total=settings.max_clients, per_host=settings.max_clients_per_host
@@ -312,6 +315,8 @@ class Daemon:
         self._unix.start()
         opened, self.port = await self._listen(self.settings.listen_addresses, self.port)
         self._servers = opened
+        addresses = [str(path)] + ([tcp_address(self.port)] if opened and self.port else [])
+        self._endpoints = [e for e in map(self._open_endpoint, addresses) if e is not None]
         await self._carry_out(
             self.core.reconfigure(self.settings, port=self.port, now=self.clock.now())
         )
@@ -326,12 +331,36 @@ class Daemon:
             user=self.run_as.name,
         )
 
+    def _open_endpoint(self, address: str) -> Listener | None:
+        """Listen on the iceserv-only abstract socket for *address*; None if that fails.
+
+        It serves exactly as the Unix socket does (same budget, same core), so
+        a client that reaches it knows it talks to iceserv and may send
+        iceserv's own messages (``icecc --slots``).  Without it those clients
+        count this host's slots alone: nothing else depends on it.
+        """
+        name = iceserv_endpoint(address)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(name)
+            sock.listen(128)
+            sock.setblocking(False)  # noqa: FBT003 - the socket API's spelling
+        except OSError as exc:
+            sock.close()
+            log.warning("iceserv_endpoint_unavailable", address=address, error=str(exc))
+            return None
+        listener = Listener(sock, self._accepted_unix, name="daemon-iceserv")
+        listener.start()
+        return listener
+
     async def stop_accepting(self) -> None:
         """Close the listeners, leave the scheduler, end every client not being compiled for."""
         for server in self._servers:
             server.close()
         if self._unix is not None:
             self._unix.close()
+        for endpoint in self._endpoints:
+            endpoint.close()
         await self._stop_link()
         await self._feed(Stop(EXIT_NO_HOSTS))
 

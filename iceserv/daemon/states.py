@@ -18,6 +18,7 @@ Theory of operation
     NEW --TRANFER_ENV--> [INSTALL_WAIT --transfer slot-->] INSTALLING --END, unpacked--> NEW
     NEW --VERIFY_ENV--> NEW (VERIFY_ENV_RESULT sent)
     NEW --COMPILE_FILE--> TO_COMPILE --slot--> COMPILING --result sent--> NEW
+    NEW --SLOTS_QUERY--> [WAIT_SLOTS --answer or SLOTS_WAIT-->] NEW (SLOTS_ANSWER sent)
 
 FILE_CHUNK and END belong to the install or the compile job while one is
 receiving; END anywhere else says good bye.  Every state waits for the
@@ -51,6 +52,7 @@ __all__ = [
     "EXIT_NO_HOSTS",
     "EXIT_OUT_OF_MEMORY",
     "EXIT_PROTOCOL",
+    "SLOTS_WAIT",
     "State",
     "end_report",
     "read_timeout",
@@ -71,6 +73,8 @@ EXIT_CLIENT_KILLED: Final = 118
 EXIT_GOOD_BYE: Final = 119
 #: The client broke the protocol.
 EXIT_PROTOCOL: Final = 120
+#: Seconds a client's SLOTS_QUERY waits for the scheduler before the daemon answers alone.
+SLOTS_WAIT: Final = 0.25
 #: Building the native environment failed.
 EXIT_NATIVE_FAILED: Final = 121
 #: An environment transfer failed.
@@ -92,6 +96,7 @@ class State(enum.Enum):
     TO_COMPILE = "waiting for a slot to compile"
     COMPILING = "compiling for the client"
     JOB_DONE = "done"
+    WAIT_SLOTS = "waiting for the scheduler's slot count"
 
 
 _STREAMING: Final = frozenset((State.INSTALLING, State.TO_COMPILE, State.COMPILING))
@@ -111,6 +116,8 @@ def read_timeout(
         return settings.compile_timeout + settings.source_gap_timeout
     if state is State.CLIENT_WORK:
         return settings.local_job_timeout
+    if state is State.WAIT_SLOTS:
+        return SLOTS_WAIT
     if state in (State.NEW, State.JOB_DONE):
         return settings.idle_timeout
     return settings.wait_timeout

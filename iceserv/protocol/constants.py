@@ -13,6 +13,7 @@ from typing import Final
 __all__ = [
     "CHUNK_SIZE",
     "DAEMON_PORT",
+    "ICESERV_MARK",
     "MAX_MESSAGE_SIZE",
     "MAX_SCHEDULER_PING",
     "MAX_SCHEDULER_PONG",
@@ -22,6 +23,7 @@ __all__ = [
     "ArgFlag",
     "Compression",
     "EnvFeature",
+    "IceservMsgType",
     "JobDoneFlag",
     "Lang",
     "MsgType",
@@ -87,6 +89,26 @@ class MsgType(enum.IntEnum):
     VERIFY_ENV_RESULT = 94  # '^'
     BLACKLIST_HOST_ENV = 95  # '_'
     NO_CS = 96  # '`'
+
+
+class IceservMsgType(enum.IntEnum):
+    """Message types only iceserv peers exchange: never sent to an icecream 1.4 peer.
+
+    1.4 closes a channel on any type it does not know (reference §1.5), so
+    these go out only once the peer is known to be iceserv (:data:`ICESERV_MARK`
+    in CS_CONF for the scheduler; the daemon's iceserv-only local endpoint for a
+    client).  They are numbered far from 1.4's ``'A'``..``'`'`` (65..96), so a
+    future upstream type cannot collide with them.
+    """
+
+    SLOTS_QUERY = 0x1CE5_0001
+    SLOTS_ANSWER = 0x1CE5_0002
+
+
+#: The prefix of CS_CONF's ``bench_source`` from an iceserv scheduler ("iceserv/<version>").
+#: 1.4 daemons read that string and discard it (upstream ``services/comm.cpp``,
+#: ``ConfCSMsg::fill_from_channel``); 1.4 schedulers always send ``""``.
+ICESERV_MARK: Final = "iceserv/"
 
 
 class Lang(enum.IntEnum):

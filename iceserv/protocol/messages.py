@@ -1,4 +1,4 @@
-"""The 32 icecream message types as typed, immutable objects, and their codec.
+"""The 32 icecream message types (and iceserv's own) as typed, immutable objects, and their codec.
 
 Each message is a frozen, slotted record (:func:`~iceserv.protocol.records.record`,
 which builds what ``@dataclass(frozen=True, slots=True)`` would, without
@@ -27,6 +27,7 @@ from iceserv.protocol.compression import DEFAULT_LEVEL, read_blob, write_blob
 from iceserv.protocol.constants import (
     LEGACY_UNKNOWN_JOB_ID_EXITCODE,
     MAX_MESSAGE_SIZE,
+    IceservMsgType,
     JobDoneFlag,
     MsgType,
 )
@@ -62,6 +63,8 @@ __all__ = [
     "MonStats",
     "NoCS",
     "Ping",
+    "SlotsAnswer",
+    "SlotsQuery",
     "Stats",
     "StatusText",
     "Text",
@@ -439,6 +442,38 @@ class BlacklistHostEnv:
     hostname: str = ""
 
 
+# --- iceserv only (never sent to a 1.4 peer) -----------------------------------------
+
+
+@record
+class SlotsQuery:
+    """client → local daemon → scheduler: count the slots that can run our native environment.
+
+    ``platform`` is the platform the native environment runs on; the client
+    sends ``""`` and the daemon fills in its own.  iceserv only: see
+    :class:`~iceserv.protocol.constants.IceservMsgType`.
+    """
+
+    TYPE: ClassVar = IceservMsgType.SLOTS_QUERY
+    platform: str = ""
+
+
+@record
+class SlotsAnswer:
+    """scheduler → daemon → client: the answer to SLOTS_QUERY.
+
+    ``total`` slots on ``hosts`` hosts, ``free`` of them free now.  ``source``
+    is ``"cluster"`` when the scheduler counted them; otherwise the daemon
+    counted only its own slots and ``source`` says why ("no scheduler", ...).
+    """
+
+    TYPE: ClassVar = IceservMsgType.SLOTS_ANSWER
+    total: int = 0
+    free: int = 0
+    hosts: int = 0
+    source: str = ""
+
+
 Message = (
     Unknown
     | Ping
@@ -472,6 +507,8 @@ Message = (
     | VerifyEnvResult
     | BlacklistHostEnv
     | NoCS
+    | SlotsQuery
+    | SlotsAnswer
 )
 
 
@@ -615,6 +652,8 @@ _LAYOUTS: Final[Mapping[type, tuple[_Field, ...]]] = {
     VerifyEnv: (("environment", S, None), ("target", S, None)),
     VerifyEnvResult: (("ok", B, None),),
     BlacklistHostEnv: (("environment", S, None), ("target", S, None), ("hostname", S, None)),
+    SlotsQuery: (("platform", S, None),),
+    SlotsAnswer: (("total", U, None), ("free", U, None), ("hosts", U, None), ("source", S, None)),
 }
 
 _BY_TYPE: Final[Mapping[int, type]] = {

@@ -38,6 +38,13 @@ protocol 27, and the report of jobs that wait (``JobsWaiting``: the oldest
 queued job, once it waited 2 s, and then at most every 10 s, with each
 daemon's reason from :mod:`~iceserv.scheduler.waiting`).
 
+iceserv's own traffic: CS_CONF carries ``iceserv/<version>`` in
+``bench_source`` (1.4 daemons read that string and discard it, upstream
+``ConfCSMsg::fill_from_channel``).  Only a daemon that saw it sends
+SLOTS_QUERY, which is answered at once from the host table
+(:func:`~iceserv.scheduler.capacity.count_slots`); so a 1.4 daemon never
+receives a type it does not know.
+
 A daemon is busy installing from the USE_CS that sends it a job without its
 environment until it logs in again with the new environment, or until that
 job ends first (the transfer never happened: e.g. the client compiled
@@ -53,8 +60,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeVar
 
+from iceserv._version import VERSION
 from iceserv.errors import RemoteProtocolError
 from iceserv.protocol import (
+    ICESERV_MARK,
     PROTOCOL_VERSION,
     BlacklistHostEnv,
     ConfCS,
@@ -71,6 +80,7 @@ from iceserv.protocol import (
     MonStats,
     MsgType,
     Ping,
+    SlotsQuery,
     Stats,
     StatusText,
 )
@@ -79,6 +89,7 @@ from iceserv.protocol.discovery import DEFAULT_NETNAME, SchedulerInfo, is_better
 from iceserv.protocol.dispatch import Dispatch
 from iceserv.protocol.features import supports
 from iceserv.scheduler import jobs, waiting
+from iceserv.scheduler.capacity import count_slots
 from iceserv.scheduler.effects import (
     Announce,
     Close,
@@ -106,6 +117,8 @@ _M = TypeVar("_M", bound="Message")
 #: A dispatch table of the core: handlers take (message, conn_id, now).
 _Table = Dispatch[[int, float], list[Effect]]
 
+#: CS_CONF with iceserv's mark in ``bench_source``, which 1.4 daemons read and discard.
+_CONF: Final = ConfCS(bench_source=ICESERV_MARK + VERSION)
 #: Seconds between scheduler announcements (§4.5).
 ANNOUNCE_PERIOD: Final = 120.0
 #: A daemon busy installing an environment this long is dropped (§7.8).
@@ -177,6 +190,7 @@ class Scheduler:
             .on(Login, self._on_relogin)
             .on(BlacklistHostEnv, self._on_blacklist)
             .on(StatusText, self._on_status_text)
+            .on(SlotsQuery, self._on_slots_query)
             .on(End, self._on_end),
             _Kind.MONITOR: _Table("monitor peer"),
         }
@@ -399,7 +413,7 @@ class Scheduler:
         self.state.add_host(host)
         peer.kind, peer.host_id = _Kind.DAEMON, host.host_id
         if supports(peer.protocol, Feature.CS_CONF):
-            effects.append(Send(conn_id, ConfCS()))
+            effects.append(Send(conn_id, _CONF))
         return effects
 
     def _on_mon_login(self, _msg: MonLogin, conn_id: int, _now: float) -> list[Effect]:
@@ -481,7 +495,7 @@ class Scheduler:
         host.installing_for = None
         self.state.touch(host)
         if supports(host.protocol, Feature.CS_CONF):
-            return [Send(conn_id, ConfCS())]
+            return [Send(conn_id, _CONF)]
         return []
 
     def _on_blacklist(self, request: BlacklistHostEnv, conn_id: int, _now: float) -> list[Effect]:
@@ -502,6 +516,10 @@ class Scheduler:
             raise RemoteProtocolError(text, msg_type=int(MsgType.STATUS_TEXT))
         host.internals_pending -= 1
         return [InternalsReply(host.host_id, msg.text)]
+
+    def _on_slots_query(self, msg: SlotsQuery, conn_id: int, _now: float) -> list[Effect]:
+        # Only an iceserv daemon sends it (it saw _CONF's mark), so the answer is safe to send.
+        return [Send(conn_id, count_slots(self.state, self._host(conn_id), msg.platform))]
 
     def _on_end(self, _msg: End, conn_id: int, _now: float) -> list[Effect]:
         return self._remove_host(self._host(conn_id))

@@ -74,6 +74,7 @@ from iceserv.daemon.states import (
     State,
 )
 from iceserv.protocol import (
+    ICESERV_MARK,
     MAX_MESSAGE_SIZE,
     BlacklistHostEnv,
     CompileFile,
@@ -93,6 +94,8 @@ from iceserv.protocol import (
     Login,
     NoCS,
     Ping,
+    SlotsAnswer,
+    SlotsQuery,
     StatusText,
     UseCS,
     UseNativeEnv,
@@ -101,6 +104,8 @@ from iceserv.protocol import (
 )
 
 T0 = 1_000.0
+#: CS_CONF from an iceserv scheduler (its mark in bench_source).
+ICESERV_CONF = ConfCS(bench_source=ICESERV_MARK + "0.1.0")
 OWN_IP = "10.0.0.5"
 PORT = 10245
 LOCAL = ConnKind(unix=True, loopback=False)
@@ -188,7 +193,10 @@ def _drive(core: DaemonCore, state: State, conn_id: int = 1) -> None:
         State.TO_COMPILE: [_job()],
         State.COMPILING: [_job()],
         State.JOB_DONE: [JobLocalBegin(outfile="a.o"), JobDone(job_id=0, real_msec=5)],
+        State.WAIT_SLOTS: [SlotsQuery()],
     }
+    if state is State.WAIT_SLOTS:
+        core.handle(FromScheduler(ICESERV_CONF), T0)
     for msg in steps[state]:
         _send(core, conn_id, msg)
     if state is State.PENDING_USE_CS:
@@ -215,6 +223,7 @@ _MESSAGES: dict[str, Any] = {
     "COMPILE_FILE": _job(8),
     "COMPILE_FILE(__client)": _job(9, env="__client"),
     "USE_CS": UseCS(job_id=1),  # a scheduler's message from a client: never valid
+    "SLOTS_QUERY": SlotsQuery(),  # answered alone: the scheduler is not marked as iceserv
 }
 
 ERR = "protocol error"
@@ -242,6 +251,7 @@ def _expected(name: str, state: State) -> State | str:
         "COMPILE_FILE": {State.NEW: State.COMPILING},
         "COMPILE_FILE(__client)": {State.CLIENT_WORK: SAME},
         "USE_CS": {},
+        "SLOTS_QUERY": {State.NEW: SAME},
     }
     return table[name].get(state, ERR)
 
@@ -1218,3 +1228,111 @@ DaemonMachine.TestCase.settings = hypothesis_settings(
     max_examples=250, stateful_step_count=40, deadline=None
 )
 TestDaemonMachine = DaemonMachine.TestCase
+
+
+class TestSlotCount:
+    """SLOTS_QUERY: forwarded to an iceserv scheduler, else answered with our own slots."""
+
+    def test_forwarded_to_an_iceserv_scheduler_and_answered_in_order(self):
+        """Two queries go to the scheduler with our platform; its answers reach them in order."""
+        core = _core(max_kids=3)
+        core.handle(FromScheduler(ICESERV_CONF), T0)
+        _connect(core, 1)
+        _connect(core, 2)
+        assert _to_scheduler(_send(core, 1, SlotsQuery())) == [SlotsQuery(platform="x86_64")]
+        assert _to_scheduler(_send(core, 2, SlotsQuery())) == [SlotsQuery(platform="x86_64")]
+        assert core.state_of(1) is State.WAIT_SLOTS
+        first, second = SlotsAnswer(9, 4, 3, "cluster"), SlotsAnswer(9, 3, 3, "cluster")
+        effects = core.handle(FromScheduler(first), T0 + 0.01)
+        assert _sent(effects, 1) == [first]
+        assert _sent(effects, 2) == []
+        assert _sent(core.handle(FromScheduler(second), T0 + 0.01), 2) == [second]
+        assert core.state_of(1) is State.NEW
+        assert core.state_of(2) is State.NEW
+
+    def test_a_1_4_scheduler_never_gets_the_query(self):
+        """Without the mark in CS_CONF the query stays here: our own slots, and why."""
+        core = _core(max_kids=3)
+        core.handle(FromScheduler(ConfCS()), T0)
+        _connect(core, 1)
+        effects = _send(core, 1, SlotsQuery())
+        assert _to_scheduler(effects) == []
+        assert _sent(effects, 1) == [SlotsAnswer(3, 3, 1, "the scheduler is icecream 1.4")]
+
+    def test_before_cs_conf_the_scheduler_is_not_asked(self):
+        """A scheduler that has not sent CS_CONF yet is not known to be iceserv."""
+        core = _core(max_kids=2)
+        _connect(core, 1)
+        effects = _send(core, 1, SlotsQuery())
+        assert _to_scheduler(effects) == []
+        reason = "the scheduler has not confirmed our login yet"
+        assert _sent(effects, 1) == [SlotsAnswer(2, 2, 1, reason)]
+
+    def test_no_scheduler_answers_local_slots_minus_busy_ones(self):
+        """Without a scheduler: our capacity, free = capacity minus slots in use."""
+        core = _core(scheduler=False, max_kids=1)
+        _occupy(core)
+        _connect(core, 1)
+        effects = _send(core, 1, SlotsQuery())
+        assert _sent(effects, 1) == [SlotsAnswer(1, 0, 1, "no scheduler")]
+        assert _to_scheduler(effects) == []
+
+    def test_timeout_answers_alone_and_the_late_answer_is_dropped(self):
+        """No answer within SLOTS_WAIT: our own count; the late answer goes to nobody else."""
+        core = _core(max_kids=2)
+        core.handle(FromScheduler(ICESERV_CONF), T0)
+        _connect(core, 1)
+        effects = _send(core, 1, SlotsQuery())
+        (timer,) = [e for e in _of(effects, ArmTimer) if e.key == 1]
+        assert timer.deadline <= T0 + 0.3
+        effects = core.handle(TimerExpired(1), timer.deadline)
+        assert _sent(effects, 1) == [SlotsAnswer(2, 2, 1, "the scheduler did not answer in time")]
+        _connect(core, 2)
+        _send(core, 2, SlotsQuery(), timer.deadline)
+        late, own = SlotsAnswer(7, 7, 2, "cluster"), SlotsAnswer(8, 8, 2, "cluster")
+        assert _of(core.handle(FromScheduler(late), timer.deadline), Send) == []
+        assert _sent(core.handle(FromScheduler(own), timer.deadline), 2) == [own]
+
+    def test_scheduler_loss_answers_waiting_clients_first(self):
+        """A client waiting for the count gets our own answer before it is dropped."""
+        core = _core(max_kids=2)
+        core.handle(FromScheduler(ICESERV_CONF), T0)
+        _connect(core, 1)
+        _send(core, 1, SlotsQuery())
+        effects = core.handle(SchedulerDown(), T0 + 0.01)
+        assert _sent(effects, 1) == [SlotsAnswer(2, 2, 1, "no scheduler")]
+        answer = Send(1, SlotsAnswer(2, 2, 1, "no scheduler"))
+        assert effects.index(answer) < effects.index(Close(1))
+
+    def test_relogin_forgets_the_mark(self):
+        """A new scheduler connection is not iceserv until its own CS_CONF says so."""
+        core = _core(max_kids=2)
+        core.handle(FromScheduler(ICESERV_CONF), T0)
+        core.handle(SchedulerDown(), T0)
+        core.handle(SchedulerUp(OWN_IP, 43), T0)
+        assert core.scheduler_iceserv is None
+        _connect(core, 1)
+        assert _to_scheduler(_send(core, 1, SlotsQuery())) == []
+
+    def test_unanswered_queries_are_bounded(self):
+        """With 256 queries unanswered the next one is answered here, not remembered."""
+        core = _core(max_kids=2)
+        core.handle(FromScheduler(ICESERV_CONF), T0)
+        for conn_id in range(1, 258):
+            _connect(core, conn_id)
+            effects = _send(core, conn_id, SlotsQuery())
+            core.handle(TimerExpired(conn_id), T0 + 1)
+        assert _to_scheduler(effects) == []
+        assert _sent(effects, 257) == [SlotsAnswer(2, 2, 1, "the scheduler did not answer in time")]
+
+    def test_unasked_answer_drops_the_scheduler(self):
+        """A SLOTS_ANSWER nobody asked for is the scheduler's protocol error."""
+        core = _core()
+        effects = core.handle(FromScheduler(SlotsAnswer(1, 1, 1, "cluster")), T0)
+        assert _of(effects, DropScheduler)
+
+    def test_a_client_may_not_send_the_answer(self):
+        """SLOTS_ANSWER from a client is a protocol error."""
+        core = _core()
+        _connect(core, 1)
+        assert Close(1) in _send(core, 1, SlotsAnswer())

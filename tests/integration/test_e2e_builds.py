@@ -50,7 +50,9 @@ from testbed import (
 from testbed.netns import netns_pids
 from testbed.project import CFLAGS, CPPFLAGS
 
+from iceserv._version import VERSION
 from iceserv.protocol import (
+    ICESERV_MARK,
     CompileFile,
     CompileResult,
     ConfCS,
@@ -68,6 +70,9 @@ from iceserv.protocol import (
     VerifyEnvResult,
 )
 from iceserv.testing import BlockingChannel
+
+#: CS_CONF's bench_source from our scheduler (1.4 sends "").
+ICESERV_CONF = ICESERV_MARK + VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -200,7 +205,7 @@ def _daemon(stack: contextlib.ExitStack, port: int, version: int, login: Login) 
     stack.callback(channel.close)
     assert channel.handshake.protocol == version
     channel.send(login)
-    assert channel.receive() == ConfCS(3, 36, "")
+    assert channel.receive() == ConfCS(3, 36, ICESERV_CONF)
     channel.send(Stats(load=0, load_avg1=100, load_avg5=100, load_avg10=100, free_mem=4096))
     return channel
 
@@ -213,6 +218,7 @@ def _login(name: str, cs_port: int, *, max_kids: int = 2) -> Login:
 def _first(
     monitor: SchedulerMonitor, since: int, kind: str, job_id: int | None = None
 ) -> MonitorEvent | None:
+
     events = monitor.snapshot()[since:]
     return next((e for e in events if e.kind == kind and job_id in {None, e.job_id}), None)
 
@@ -227,7 +233,7 @@ def _old_daemon_serves(old: BlockingChannel, submitter: BlockingChannel, port: i
     # After installing, 1.4 re-announces (port 0, no platform) and the scheduler confirms.
     old.send(Login(port=0, max_kids=2, envs=(EnvEntry("x86_64", "envA"),), nodename=f"old{version}",
                    chroot_possible=True))  # fmt: skip
-    assert old.receive() == ConfCS(3, 36, "")
+    assert old.receive() == ConfCS(3, 36, ICESERV_CONF)
     old.send(JobBegin(use.job_id, int(time.time()), client_count=1),
              JobDone(use.job_id, 0, real_msec=900, user_msec=800, sys_msec=50, in_compressed=9000,
                      in_uncompressed=30000, out_compressed=20000, out_uncompressed=20000,
@@ -296,7 +302,7 @@ class OldCompileServer:
     def __enter__(self) -> Self:
         assert self.scheduler.handshake.protocol == 39
         self.scheduler.send(_login("old39", self.listener.getsockname()[1]))
-        assert self.scheduler.receive() == ConfCS(3, 36, "")
+        assert self.scheduler.receive() == ConfCS(3, 36, ICESERV_CONF)
         self.scheduler.send(Stats(load=0, free_mem=4096))
         self._thread.start()
         return self

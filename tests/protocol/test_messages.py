@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from iceserv.errors import LocalProtocolError, RemoteProtocolError
 from iceserv.protocol import records
+from iceserv.protocol.constants import IceservMsgType, MsgType
 from iceserv.protocol.messages import (
     BlacklistHostEnv,
     CompileFile,
@@ -41,6 +42,8 @@ from iceserv.protocol.messages import (
     MonStats,
     NoCS,
     Ping,
+    SlotsAnswer,
+    SlotsQuery,
     Stats,
     StatusText,
     Text,
@@ -267,6 +270,18 @@ AT_43 = [
         f"00000016 0000005d {E1} {X86}",
     ),
     Fixture("VERIFY_ENV_RESULT", (43,), VerifyEnvResult(ok=True), "00000008 0000005e 00000001"),
+    Fixture(  # iceserv only: never sent to a 1.4 peer
+        "SLOTS_QUERY",
+        (43,),
+        SlotsQuery(platform="x86_64"),
+        f"0000000f 1ce50001 {X86}",
+    ),
+    Fixture(
+        "SLOTS_ANSWER",
+        (43,),
+        SlotsAnswer(total=10, free=7, hosts=3, source="cluster"),
+        "0000001c 1ce50002 0000000a 00000007 00000003 00000008 636c757374657200",
+    ),
     Fixture(
         "BLACKLIST_HOST_ENV",
         (43,),
@@ -444,9 +459,9 @@ class TestFixtures:
     """Hand-written frames, both ways."""
 
     def test_every_class_has_a_fixture_at_43(self):
-        """Each of the 32 message classes has a protocol-43 fixture (FILE_CHUNK: see below)."""
+        """Each of the 32 1.4 message classes and iceserv's 2 has a fixture (FILE_CHUNK: below)."""
         assert {type(f.message) for f in AT_43} | {FileChunk} == set(ALL_CLASSES)
-        assert len(ALL_CLASSES) == 32
+        assert len(ALL_CLASSES) == 32 + 2
 
     @pytest.mark.parametrize("param", FIXTURES, ids=[_id(p) for p in FIXTURES])
     def test_fixture_is_well_formed(self, param):
@@ -528,6 +543,20 @@ class TestFileChunk:
 
 
 # --- codec entry points ---------------------------------------------------------------------
+
+
+class TestIceservTypes:
+    """iceserv's own message types stay clear of 1.4's."""
+
+    def test_numbered_outside_1_4s_range(self):
+        """1.4 knows 'A'..'`' (65..96); ours are far above, so no future 1.4 type collides."""
+        assert all(t > 0xFFFF for t in IceservMsgType)
+        assert not set(IceservMsgType) & {int(t) for t in MsgType}
+
+    def test_unknown_type_near_ours_is_refused(self):
+        """A type next to ours that we never defined is still a protocol error."""
+        with pytest.raises(RemoteProtocolError):
+            decode(IceservMsgType.SLOTS_ANSWER + 1, b"", 43)
 
 
 class TestCodec:

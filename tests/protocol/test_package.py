@@ -13,7 +13,7 @@ from .strategies import ALL_CLASSES
 FORBIDDEN = {"asyncio", "socket", "logging", "structlog", "pydantic", "pydantic_settings",
              "dbus_fast"}  # fmt: skip
 SUBMODULES = ("constants", "features", "wire", "compression", "messages", "connection",
-              "discovery", "text", "dispatch", "filenames", "records")  # fmt: skip
+              "discovery", "text", "dispatch", "filenames", "records", "endpoint")  # fmt: skip
 
 
 def modules_after(code: str) -> set[str]:

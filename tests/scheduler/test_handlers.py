@@ -7,8 +7,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scheduler.builders import NATIVE, T0, get_cs, login, new_core, sends, to_monitors
 
+from iceserv._version import VERSION
 from iceserv.errors import RemoteProtocolError
 from iceserv.protocol import (
+    ICESERV_MARK,
     BlacklistHostEnv,
     ConfCS,
     GetInternalStatus,
@@ -33,6 +35,9 @@ from iceserv.scheduler.effects import (
     StopReading,
 )
 
+#: CS_CONF's bench_source from our scheduler (1.4 sends "").
+ICESERV_CONF = ICESERV_MARK + VERSION
+
 STATS_A = (
     "Name:a\nIP:10.0.0.1\nMaxJobs:4\nNoRemote:false\nPlatform:x86_64\nVersion:43\n"
     "Features:env_xz env_zstd\nSpeed:0.000000\nLoad:1000\n"
@@ -44,7 +49,7 @@ class TestLogin:
         """LOGIN gets CS_CONF(3, 36, ""), monitors get MON_STATS with Load:1000."""
         core = new_core()
         effects = login(core, 1, "a", load=None)
-        assert sends(effects, 1) == [ConfCS(3, 36, "")]
+        assert sends(effects, 1) == [ConfCS(3, 36, ICESERV_CONF)]
         assert to_monitors(effects) == [MonStats(1, STATS_A)]
 
     def test_no_cs_conf_below_24(self):
@@ -375,7 +380,7 @@ class TestControlActions:
         login(core, 3, "busy", load=1000)  # could take the job later: the job waits
         assert sends(get_cs(core, 1)) == []
         core.connection_lost(2, T0)
-        assert sends(login(core, 4, "a")) == [ConfCS()]
+        assert sends(login(core, 4, "a")) == [ConfCS(bench_source=ICESERV_CONF)]
         assert core.state.drained == ["a"]
         effects = core.resume_hosts(["a", "never"], T0)
         assert [(m.hostname, m.client_id) for m in sends(effects, 1)] == [("10.0.0.4", 7)]
@@ -406,6 +411,7 @@ _TIMER_OPS = st.lists(
     ),
     max_size=40,
 )  # fmt: skip
+
 
 
 def _job_done(core, conn: int, host, now: float) -> None:

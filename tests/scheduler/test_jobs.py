@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from scheduler.builders import NATIVE, T0, get_cs, login, new_core, sends, to_monitors
 
+from iceserv._version import VERSION
 from iceserv.errors import RemoteProtocolError
 from iceserv.protocol import (
+    ICESERV_MARK,
     BlacklistHostEnv,
     ConfCS,
     End,
@@ -35,6 +37,9 @@ STATS_A = (
     "Name:a\nIP:10.0.0.1\nMaxJobs:4\nNoRemote:false\nPlatform:x86_64\nVersion:43\n"
     "Features:env_xz env_zstd\nSpeed:0.000000\nLoad:1000\n"
 )
+
+#: CS_CONF's bench_source from our scheduler (1.4 sends "").
+ICESERV_CONF = ICESERV_MARK + VERSION
 
 
 class TestJobs:
@@ -159,7 +164,7 @@ class TestJobs:
         assert self.core.state.hosts[2].busy_installing_since is not None
         envs = (EnvEntry("x86_64", "native"),)
         effects = self.core.handle_message(2, Login(envs=envs), T0)
-        assert sends(effects, 2) == [ConfCS()]
+        assert sends(effects, 2) == [ConfCS(bench_source=ICESERV_CONF)]
         assert self.core.state.hosts[2].busy_installing_since is None
         assert self.core.state.hosts[2].envs == envs
 
