@@ -117,6 +117,22 @@ def remove_stale_netns() -> list[str]:
     return stale
 
 
+def enter_netns(netns: str) -> None:
+    """Move the calling thread (only it) into namespace ``netns`` for the rest of its life.
+
+    For a helper thread that keeps making sockets there (e.g. an attacker
+    host's loops); ``run_in_netns`` is the one-shot form.
+    """
+    fd = os.open(f"{_NETNS_DIR}/{netns}", os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns({netns}): {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
 def run_in_netns(netns: str, func: Callable[[], T], timeout: float = 10.0) -> T:
     """Run ``func`` on a helper thread that has entered namespace ``netns``; return its value.
 
@@ -128,14 +144,7 @@ def run_in_netns(netns: str, func: Callable[[], T], timeout: float = 10.0) -> T:
 
     def target() -> None:
         try:
-            fd = os.open(f"{_NETNS_DIR}/{netns}", os.O_RDONLY)
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    errno = ctypes.get_errno()
-                    raise OSError(errno, f"setns({netns}): {os.strerror(errno)}")
-            finally:
-                os.close(fd)
+            enter_netns(netns)
             outcome["value"] = func()
         except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
             outcome["error"] = exc
@@ -195,6 +204,10 @@ class NetnsHost:
         sock = run_in_netns(self.name, lambda: socket.socket(family, kind))
         self._sockets.append(sock)
         return sock
+
+    def add_address(self, ip: str, prefix: int = 24) -> None:
+        """Give ``eth0`` one more address (a host with several addresses, e.g. an attacker's)."""
+        _ip("-n", self.name, "addr", "add", f"{ip}/{prefix}", "dev", "eth0")
 
     def _cleanup(self) -> None:
         for sock in self._sockets:

@@ -292,6 +292,11 @@ class _Client:
         return supports(self.protocol, feature)
 
 
+def _host_of(peer: str) -> str:
+    """Return the host part of a client's ``ip:port`` (``local``: every Unix-socket client)."""
+    return peer.rsplit(":", 1)[0]
+
+
 def _log(level: str, event: str, **fields: object) -> Log:
     return Log(level, event, fields)
 
@@ -837,8 +842,12 @@ class DaemonCore:
             # Refused before an unpacker started: the scheduler still waits for our LOGIN.
             return [*self._reannounce(now), *self._install_failed(client, key, str(exc), now)]
         client.install = key
-        if self.slots.installs >= max(1, self.settings.max_env_transfers):
-            if len(self._install_queue) >= self.settings.env_transfer_queue:
+        if not self._may_install(client):
+            host = _host_of(client.peer)
+            waiting_here = sum(1 for c in self._waiting_installs() if _host_of(c.peer) == host)
+            if len(self._install_queue) >= self.settings.env_transfer_queue or waiting_here >= max(
+                1, self.settings.env_transfer_queue // 2
+            ):
                 return [
                     *self._reannounce(now),
                     *self._install_failed(client, key, "too many transfers waiting", now),
@@ -867,13 +876,40 @@ class DaemonCore:
             _log("info", "env_transfer_started", client_id=client.conn_id, env=client.install),
         ]
 
+    def _may_install(self, client: _Client) -> bool:
+        """Whether *client*'s transfer may unpack now.
+
+        At most ``max_env_transfers`` at once, and one host (one peer
+        address; all local clients are one) at most half of them, at least
+        one: a host that stalls its transfers cannot keep every other host's
+        environment from being installed.
+        """
+        limit = max(1, self.settings.max_env_transfers)
+        share = max(1, limit // 2)
+        host = _host_of(client.peer)
+        here = sum(
+            1
+            for c in self._clients.values()
+            if c.install and c.state is State.INSTALLING and _host_of(c.peer) == host
+        )
+        return self.slots.installs < limit and here < share
+
+    def _waiting_installs(self) -> list[_Client]:
+        return [self._clients[conn_id] for conn_id in self._install_queue]
+
     def _next_install(self) -> list[Effect]:
-        """Start the oldest waiting install (and read it again) when an install ended."""
-        if self._install_queue and self.slots.installs < max(1, self.settings.max_env_transfers):
-            client = self._clients[self._install_queue.popleft()]
-            target, name = client.install_target
-            return [ResumeReading(client.conn_id), *self._start_install(client, target, name)]
-        return []
+        """Start the oldest waiting installs whose hosts are under their share (read them again).
+
+        A host gets at most half of the waiting places, at least one.
+        """
+        effects: list[Effect] = []
+        for client in self._waiting_installs():
+            if self._may_install(client):
+                self._install_queue.remove(client.conn_id)
+                target, name = client.install_target
+                effects += [ResumeReading(client.conn_id)]
+                effects += self._start_install(client, target, name)
+        return effects
 
     def _on_unpack_failed(self, event: UnpackFailed, now: float) -> list[Effect]:
         client = self._clients.get(event.conn_id)

@@ -6,7 +6,11 @@ find the environment (a missing compiler removes it, exit 110), build the
 command line (:func:`~iceserv.daemon.compile.compiler_command`), run the
 compiler (:class:`~iceserv.daemon.compile.CompileRun`) fed with the source
 the core passes on (``FeedCompile``), and return a
-:class:`~iceserv.daemon.effects.CompileReport`.  What the client and the
+:class:`~iceserv.daemon.effects.CompileReport`.  Source handed on but not yet
+taken by the compiler is bounded: over :data:`INPUT_LIMIT` bytes the shell
+awaits :meth:`CompileJob.room` before it reads the client again (as 1.4
+blocks on its write to the compiler), and a job that ends without reading
+(a missing environment, a kill) makes room at once.  What the client and the
 scheduler are told, and when the job is stopped, is the core's business
 (:mod:`iceserv.daemon.core`); this module sends nothing.
 """
@@ -14,7 +18,7 @@ scheduler are told, and when the job is stopped, is the core's business
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -41,9 +45,12 @@ if TYPE_CHECKING:
     from iceserv.daemon.settings import ServerSettings
     from iceserv.protocol import CompileFile
 
-__all__ = ["CompileJob", "JobContext", "verify_environment"]
+__all__ = ["INPUT_LIMIT", "CompileJob", "JobContext", "verify_environment"]
 
 log = structlog.get_logger()
+
+#: Source a running job holds for its compiler before its client is not read (bytes).
+INPUT_LIMIT: Final = 1 << 20
 
 
 class JobContext:
@@ -75,6 +82,10 @@ class CompileJob:
         self.job = job
         self.protocol = protocol
         self._input: asyncio.Queue[tuple[Sequence[bytes], bool]] = asyncio.Queue()
+        self._queued = 0  # bytes fed and not yet taken by the compiler
+        self._room = asyncio.Event()
+        self._room.set()
+        self._ended = False
         self._run: CompileRun | None = None
         self._killed = False
         self._log = log.bind(peer=peer, job_id=job.job_id, env=f"{job.target}/{job.environment}")
@@ -82,16 +93,45 @@ class CompileJob:
     def feed(self, pieces: Sequence[bytes], *, ended: bool) -> None:
         """Queue source for the compiler (and the end of it)."""
         self._input.put_nowait((pieces, ended))
+        self._queued += sum(len(piece) for piece in pieces)
+        if self._queued > INPUT_LIMIT and not self._ended:
+            self._room.clear()
+
+    @property
+    def full(self) -> bool:
+        """Whether the compiler has more than :data:`INPUT_LIMIT` bytes still to take."""
+        return not self._room.is_set()
+
+    async def room(self) -> None:
+        """Return once the compiler took the source down to the limit, or the job ended."""
+        await self._room.wait()
+
+    def _taken(self, pieces: Sequence[bytes]) -> None:
+        self._queued -= sum(len(piece) for piece in pieces)
+        if self._queued <= INPUT_LIMIT:
+            self._room.set()
+
+    def _end(self) -> None:
+        """Nothing more is taken: whoever waits for room goes on (the core ends the client)."""
+        self._ended = True
+        self._room.set()
 
     def kill(self) -> None:
         """Kill the compiler (the client left, cancelled, or sent nothing in time)."""
         self._killed = True
+        self._end()
         if self._run is not None:
             self._run.kill()
         self._input.put_nowait(((), True))
 
     async def run(self) -> CompileReport:
         """Check the environment, compile, and report; never raises for the job's failures."""
+        try:
+            return await self._compile()
+        finally:
+            self._end()
+
+    async def _compile(self) -> CompileReport:
         ctx, job = self.ctx, self.job
         try:
             env_root = ctx.cache.env_dir(job.target, job.environment)
@@ -144,6 +184,7 @@ class CompileJob:
             pieces, ended = await self._input.get()
             if pieces and not self._killed:
                 await run.feed(pieces)
+            self._taken(pieces)
             if ended:
                 break
         await run.close_input()

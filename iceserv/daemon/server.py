@@ -764,10 +764,17 @@ class Daemon:
             self._compiles.pop(conn_id, None)
         await self._feed(CompileFinished(conn_id, report))
 
-    def _feed_compile(self, effect: FeedCompile) -> None:
+    def _feed_compile(self, effect: FeedCompile) -> Coroutine[Any, Any, None] | None:
+        """Hand source on; over the job's input limit the reader awaits the compiler.
+
+        The client is read again only once the compiler has taken the source
+        (back-pressure to the sender), or the job ended without it.
+        """
         job = self._compiles.get(effect.conn_id)
-        if job is not None:
-            job.feed(effect.pieces, ended=effect.ended)
+        if job is None:
+            return None
+        job.feed(effect.pieces, ended=effect.ended)
+        return job.room() if job.full else None
 
     def _kill_compile(self, effect: KillCompile) -> None:
         job = self._compiles.get(effect.conn_id)

@@ -1087,6 +1087,40 @@ class TestTransferQueue:
         effects = core.handle(Unpacked(TRANSFERS[0], 10, 10), T0)
         assert not _of(effects, StartUnpack)
 
+    def test_one_host_gets_half_of_the_transfers(self):
+        """Issue 20: a host stalling its transfers cannot hold every unpacker (share 1 of 2)."""
+        core = _core()
+        for conn_id in (1, 2):
+            core.handle(ClientConnected(conn_id, f"10.0.0.66:{40000 + conn_id}", REMOTE, 43), T0)
+            _send(core, conn_id, EnvTransfer(name=f"stall{conn_id}", target="x86_64"))
+        assert core.state_of(1) is State.INSTALLING
+        assert core.state_of(2) is State.INSTALL_WAIT  # a place is free, but not for this host
+        _connect(core, 3, REMOTE)
+        assert StartUnpack(3, "x86_64", "gcc") in _send(
+            core, 3, EnvTransfer(name="gcc", target="x86_64")
+        )
+        # The other host's install ending starts nothing: the waiting one's host is at its share.
+        assert not _of(core.handle(Unpacked(3, 10, 10), T0), StartUnpack)
+        assert StartUnpack(2, "x86_64", "stall2") in core.handle(Unpacked(1, 10, 10), T0)
+
+    def test_one_host_gets_half_of_the_queue(self):
+        """Issue 20: one host cannot fill the waiting places either (half of them, at least one)."""
+        core = _core(env_transfer_queue=4)
+        for conn_id in range(1, 5):  # one unpacks, two wait, the fourth is refused
+            core.handle(ClientConnected(conn_id, f"10.0.0.66:{40000 + conn_id}", REMOTE, 43), T0)
+            effects = _send(core, conn_id, EnvTransfer(name=f"e{conn_id}", target="x86_64"))
+        assert Close(4) in effects
+        assert [core.state_of(i) for i in (1, 2, 3)] == [
+            State.INSTALLING,
+            State.INSTALL_WAIT,
+            State.INSTALL_WAIT,
+        ]
+        for conn_id in (5, 6):  # another host unpacks in the second place, a third one waits
+            _connect(core, conn_id, REMOTE)
+            _send(core, conn_id, EnvTransfer(name=f"e{conn_id}", target="x86_64"))
+        assert core.state_of(5) is State.INSTALLING
+        assert core.state_of(6) is State.INSTALL_WAIT
+
 
 class TestWakingTheScheduler:
     """Wake datagrams from the connect until 2 s after the handshake (1.4's delayed accept)."""

@@ -14,6 +14,12 @@ against the real icecream 1.4 scheduler, which has no session limit.
 Descriptor exhaustion uses ``prlimit`` on the running scheduler (a
 limit of 128) rather than a thousand sockets.  Settings are given as
 ``ICECC_SCHEDULER_*`` environment variables, as a service manager would.
+
+The daemon's attacks (second part) run against one of our daemons on
+loopback, each alone.  ``TestCombinedOnTheBed`` (last part) runs all of
+them at once from an attacker host of a namespace bed against a whole
+cluster (our scheduler, two of our daemons, a real 1.4 ``iceccd``) while
+our ``icecc`` builds a real project through it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import gzip
 import io
 import os
+import shutil
 import socket
 import subprocess
 import tarfile
@@ -29,10 +36,25 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
-from testbed import OurDaemon, OurScheduler, RealScheduler
+from testbed import (
+    ClientPlan,
+    Cluster,
+    DaemonPlan,
+    NetnsBed,
+    OurDaemon,
+    OurScheduler,
+    RealScheduler,
+    build_reference,
+    fetch_sdist,
+    unpack_project,
+)
+from testbed.cluster import SCHEDULER_PORT
+from testbed.faults import telnet_listcs
+from testbed.netns import enter_netns
+from testbed.project import restrict
 from testbed.wait import wait_for
 
 from iceserv.protocol import (
@@ -133,14 +155,14 @@ def log_records(program: OurScheduler) -> int:
 
 
 def connect(port: int, source: str = "127.0.0.1", rcvbuf: int | None = None,
-            timeout: float = WAIT) -> socket.socket:  # fmt: skip
-    """A TCP connection to 127.0.0.1:*port* from *source* (any 127.0.0.0/8 address)."""
+            timeout: float = WAIT, dest: str = "127.0.0.1") -> socket.socket:  # fmt: skip
+    """A TCP connection to *dest*:*port* from *source* (any 127.0.0.0/8 address by default)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.bind((source, 0))
     sock.settimeout(timeout)
-    sock.connect(("127.0.0.1", port))
+    sock.connect((dest, port))
     return sock
 
 
@@ -163,8 +185,9 @@ def closed_by_peer(sock: socket.socket, timeout: float = WAIT) -> bool:
 class Peer:
     """A binary-protocol peer on a blocking socket (a fake daemon or monitor)."""
 
-    def __init__(self, port: int, source: str = "127.0.0.1", rcvbuf: int | None = None) -> None:
-        self.sock = connect(port, source, rcvbuf)
+    def __init__(self, port: int, source: str = "127.0.0.1", rcvbuf: int | None = None,
+                 dest: str = "127.0.0.1") -> None:  # fmt: skip
+        self.sock = connect(port, source, rcvbuf, dest=dest)
         self.conn = Connection()
         self.flush()
         if not isinstance(self.next_event(), Handshake):
@@ -192,12 +215,17 @@ class Peer:
 
 
 class FakeDaemon(Peer):
-    """Logs in as a daemon; a listening socket answers the scheduler's reachability probe."""
+    """Logs in as a daemon; a listening socket answers the scheduler's reachability probe.
 
-    def __init__(self, port: int, name: str, source: str = "127.0.0.1") -> None:
+    With ``max_kids`` 0 the scheduler never places a job on it (in a cluster
+    that builds for real).
+    """
+
+    def __init__(self, port: int, name: str, source: str = "127.0.0.1", *,
+                 dest: str = "127.0.0.1", max_kids: int = 2) -> None:  # fmt: skip
         self.probe = socket.create_server((source, 0))
-        super().__init__(port, source)
-        self.send(Login(port=self.probe.getsockname()[1], max_kids=2, nodename=name,
+        super().__init__(port, source, dest=dest)
+        self.send(Login(port=self.probe.getsockname()[1], max_kids=max_kids, nodename=name,
                         host_platform="x86_64", supported_features=3), Stats(load=0))  # fmt: skip
 
     def close(self) -> None:
@@ -627,12 +655,12 @@ def unix_channel(daemon: OurDaemon) -> BlockingChannel:
 
 
 def real_icecc_builds(daemon: OurDaemon, workdir: Path) -> None:
-    """A real 1.4 ``icecc gcc -c`` through *daemon*'s Unix socket succeeds."""
+    """A real 1.4 ``icecc gcc -c`` through *daemon*'s Unix socket succeeds (on its host)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "hello.c").write_text(HELLO)
-    result = subprocess.run(["/usr/bin/icecc", "gcc", "-c", "hello.c", "-o", "hello.o"],
-                            cwd=workdir, env=daemon.client_env(), capture_output=True,
-                            text=True, timeout=120, check=False)  # fmt: skip
+    result = daemon.host.run(["/usr/bin/icecc", "gcc", "-c", "hello.c", "-o", "hello.o"],
+                             cwd=workdir, env=daemon.client_env(), capture_output=True,
+                             text=True, timeout=120, check=False)  # fmt: skip
     assert result.returncode == 0, f"{result.stderr}\n{daemon.log_tail()}"
     assert (workdir / "hello.o").stat().st_size > 0
 
@@ -673,19 +701,26 @@ def _exactly(items: list[int], count: int) -> list[int] | None:
 
 
 def flood_source(daemon: OurDaemon, jobs: int = 8, chunks: int = 255) -> list[BlockingChannel]:
-    """The issue's attack: 2 local jobs hold both slots; *jobs* queued jobs send zeros.
-
-    Each FILE_CHUNK is 1 MiB of zeros, zstd-compressed to ~70 bytes on the wire.
-    """
+    """The issue's attack: 2 local jobs hold both slots; *jobs* queued jobs send zeros."""
     peers = []
     for i in range(2):
         holder = channel(daemon)
         holder.send(JobLocalBegin(outfile=f"hold{i}.o"))
         assert isinstance(holder.receive(), JobLocalBegin)  # "go": it holds a slot
         peers.append(holder)
+    return peers + queue_zeros(daemon, [f"127.0.1.{i + 1}" for i in range(jobs)], chunks=chunks)
+
+
+def queue_zeros(daemon: OurDaemon, sources: Sequence[str], *, dest: str = "127.0.0.1",
+                chunks: int = 255) -> list[BlockingChannel]:  # fmt: skip
+    """One COMPILE_FILE(env=nosuchenv) per source, then *chunks* FILE_CHUNKs of zeros.
+
+    Each FILE_CHUNK is 1 MiB of zeros, zstd-compressed to ~70 bytes on the wire.
+    """
     zero = FileChunk(b"\0" * MIB)
-    for i in range(jobs):
-        peer = channel(daemon, source=f"127.0.1.{i + 1}")
+    peers = []
+    for i, source in enumerate(sources):
+        peer = channel(daemon, source=source, dest=dest)
         peer.send(CompileFile(job_id=500 + i, environment="nosuchenv", target="x86_64",
                               args=("-c",), lang=0))  # fmt: skip
         for _ in range(chunks):
@@ -693,6 +728,38 @@ def flood_source(daemon: OurDaemon, jobs: int = 8, chunks: int = 255) -> list[Bl
         peer.sock.sendall(peer.conn.data_to_send())  # ~18 KB: the kernel takes it all
         peers.append(peer)
     return peers
+
+
+def stall_transfers(daemon: OurDaemon, sources: Sequence[str], *,
+                    dest: str = "127.0.0.1") -> list[BlockingChannel]:  # fmt: skip
+    """One TRANSFER_ENV per source that stops after a tar header announcing 50 MiB."""
+    header = tarfile.TarInfo("usr/bin/big")
+    header.size = 50 * MIB
+    start = gzip.compress(header.tobuf(tarfile.GNU_FORMAT) + b"\0" * 4096)
+    peers = []
+    for i, source in enumerate(sources):
+        peer = channel(daemon, source=source, dest=dest)
+        peer.send(EnvTransfer(name=f"stall{i}", target="x86_64"), FileChunk(start))
+        peers.append(peer)
+    return peers
+
+
+#: What only a local client may ask (issue 20, item 4).
+LOCAL_ONLY = (GetNativeEnv(compiler="/usr/bin/gcc"), JobLocalBegin(outfile="x.o"),
+              GetCS(target="x86_64"))  # fmt: skip
+
+
+def ask_local_only(daemon: OurDaemon, source: str, dest: str) -> list[object]:
+    """Send each local-only request on a TCP connection of its own; the answers."""
+    answers = []
+    for request in LOCAL_ONLY:
+        peer = channel(daemon, source=source, dest=dest)
+        try:
+            peer.send(request)
+            answers.append(peer.receive())
+        finally:
+            peer.close()
+    return answers
 
 
 class TestDaemonMemory:
@@ -721,15 +788,9 @@ class TestDaemonMemory:
         pid = _pid(hostile_daemon)
         base = rss_kib(pid)
         queued_before = len(hostile_daemon.events("env_transfer_queued"))
-        header = tarfile.TarInfo("usr/bin/big")
-        header.size = 50 * MIB
-        start = gzip.compress(header.tobuf(tarfile.GNU_FORMAT) + b"\0" * 4096)
         peers = []
         try:
-            for i in range(12):
-                peer = channel(hostile_daemon, source=f"127.0.2.{i + 1}")
-                peer.send(EnvTransfer(name=f"stall{i}", target="x86_64"), FileChunk(start))
-                peers.append(peer)
+            peers += stall_transfers(hostile_daemon, [f"127.0.2.{i + 1}" for i in range(12)])
             hostile_daemon.wait_events("env_transfer_queued", queued_before + 10)
             running = wait_for(lambda: _exactly(unpackers(pid), 2), WAIT, "two unpackers")
             private = max(private_kib(p) for p in running)
@@ -751,12 +812,8 @@ class TestDaemonLocalOnly:
         """From a LAN address: GET_NATIVE_ENV, JOB_LOCAL_BEGIN, GET_CS end the connection."""
         lan = _own_lan_address()
         refused_before = len(hostile_daemon.events("client_request_refused"))
-        for request in (GetNativeEnv(compiler="/usr/bin/gcc"), JobLocalBegin(outfile="x.o"),
-                        GetCS(target="x86_64")):  # fmt: skip
-            peer = channel(hostile_daemon, source=lan, dest=lan)
-            peer.send(request)
-            assert isinstance(peer.receive(), ConnectionClosed)
-            peer.close()
+        answers = ask_local_only(hostile_daemon, lan, lan)
+        assert all(isinstance(answer, ConnectionClosed) for answer in answers), answers
         hostile_daemon.wait_events("client_request_refused", refused_before + 3)
         real_icecc_builds(hostile_daemon, tmp_path / "build")
 
@@ -831,20 +888,20 @@ class TestDaemonConnections:
         """One byte every 0.3 s: the 2 s deadlines close the handshake, then a message."""
         sock = connect(hostile_daemon.port or 0)
         version = sock.recv(4)
-        sent = _drip(sock, version * 8)  # the handshake, then what looks like a message
+        sent = drip(sock, version * 8)  # the handshake, then what looks like a message
         record_property("handshake_bytes_dripped", sent)
         assert sent <= 16, f"still open after {sent} dripped bytes"
         peer = channel(hostile_daemon)
         peer.conn.send(GetCS(target="x86_64", filename="a" * 200))
-        sent = _drip(peer.sock, peer.conn.data_to_send())
+        sent = drip(peer.sock, peer.conn.data_to_send())
         record_property("message_bytes_dripped", sent)
         assert sent <= 10, f"still open after {sent} dripped bytes"
 
 
-def _drip(sock: socket.socket, data: bytes) -> int:
-    """Send *data* one byte every 0.3 s until the peer closes; return the bytes sent."""
+def drip(sock: socket.socket, data: bytes, interval: float = 0.3) -> int:
+    """Send *data* one byte every *interval* s until the peer closes; return the bytes sent."""
     sent = 0
-    sock.settimeout(0.3)
+    sock.settimeout(interval)
     try:
         for byte in data:
             sock.send(bytes([byte]))
@@ -857,3 +914,428 @@ def _drip(sock: socket.socket, data: bytes) -> int:
     finally:
         sock.close()
     return sent
+
+
+# === every attack at once against a cluster that builds (issue 20's "Done when") ==========
+#
+# A namespace bed of five hosts: h1 the client's host (our daemon with no slots, so every compile
+# travels), h2 our compile server (3 slots, the daemon under attack), h3 a real 1.4 ``iceccd``
+# (``--no-remote``: it only logs in), h4 our scheduler, h5 the attacker with four addresses a1..a4
+# (per-host budgets apply to each).  From h5 every attack above runs at once, each on a thread of
+# its own living in h5's namespace, while our ``icecc`` builds eight zstd units with ``make -j4``
+# on h1.  Against the scheduler: 80 silent connections per round from a1, a3, a4 (a new round
+# every second), a LOGIN dripped from the handshake on and a logged-in daemon (max_kids 0)
+# dripping a STATS (a2), 30 MON_LOGINs that never read per round (a3), 20 telnet sessions per
+# address sending empty lines (80 > the port's 64).  Against h2: 80 handshaken idle clients (a1),
+# 12 stalled TRANSFER_ENVs (a2), 8 COMPILE_FILEs of 255 MiB of zstd zeros per round (a3),
+# GET_NATIVE_ENV/JOB_LOCAL_BEGIN/GET_CS over TCP every second (a4).  Then, still under attack,
+# telnet ``listcs`` from h1 and a real 1.4 ``icecc`` through h2's Unix socket.
+#
+# This test found two daemon bugs (fixed with it): a running job queued all its client's
+# decompressed source whether or not the compiler took it (+257 MiB from a job that gave up
+# at once), and one host's stalled transfers held every unpacker and the head of the queue,
+# so the build's environment never got installed on h2.
+
+BED_UNITS: Final = tuple(
+    f"lib/{name}.c"
+    for name in (
+        "common/debug", "common/entropy_common", "common/error_private", "common/pool",
+        "common/threading", "common/xxhash", "common/zstd_common", "compress/hist",
+    )
+)  # fmt: skip
+#: Deadlines of the scheduler under attack: short, so the drips end within the build.
+BED_SCHEDULER_ENV: Final = {"ICECC_SCHEDULER_HANDSHAKE_TIMEOUT": "5",
+                            "ICECC_SCHEDULER_MESSAGE_TIMEOUT": "3"}  # fmt: skip
+#: Budgets at their defaults (iceserv.config.models): per host and for the telnet port.
+SCHEDULER_PER_HOST: Final = 64
+TELNET_SESSIONS: Final = 64
+DAEMON_PER_HOST: Final = 64
+SOURCE_BUDGET_MIB: Final = 64
+TRANSFER_QUEUE: Final = 16  # of which one host gets half
+ATTACK_ROUNDS: Final = 600  # bound on every attack loop (each round paces itself)
+#: FILE_CHUNKs are compressed by the protocol's shared zstd context: one attack thread at once.
+_COMPRESSING: Final = threading.Lock()
+
+
+def _keep_logs(cluster: Cluster, dest: Path) -> None:
+    """Copy the programs' and clients' logs below *dest* (pytest keeps it) before the stop."""
+    dest.mkdir(parents=True, exist_ok=True)
+    programs = [cluster.scheduler, *cluster.daemons.values()]
+    for program in programs:
+        if program is not None and program.workdir is not None:
+            for log in (program.log_path, program.workdir / (program.out_name or "-")):
+                if log.is_file():
+                    shutil.copy(log, dest / f"{program.title.replace(' ', '-')}-{log.name}")
+    if cluster.workdir is not None:
+        for log in cluster.workdir.glob("*.log"):
+            shutil.copy(log, dest / log.name)
+
+
+class Attacker:
+    """The hostile host: each attack a thread inside its network namespace.
+
+    A thread enters the namespace (its sockets then come from the attacker's
+    addresses), sets up what it holds, reports ready, and repeats its round
+    every *interval* seconds until ``close`` (at most ``ATTACK_ROUNDS`` times).
+    Refusals by the target (resets, closes) are what the attacks expect and
+    are counted in ``figures``; any other exception is kept in ``errors``.
+    """
+
+    def __init__(self, netns: str, addresses: Sequence[str], scheduler: tuple[str, int],
+                 server: OurDaemon) -> None:  # fmt: skip
+        self.netns = netns
+        self.addresses = list(addresses)
+        self.scheduler_ip, self.scheduler_port = scheduler
+        self.server = server
+        self.stop = threading.Event()
+        self.figures: dict[str, int] = {}
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._held: list[Callable[[], None]] = []
+        self._threads: list[threading.Thread] = []
+        self._ready: list[threading.Event] = []
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def count(self, name: str, value: int = 1) -> None:
+        with self._lock:
+            self.figures[name] = self.figures.get(name, 0) + value
+
+    def peak(self, name: str, value: int) -> None:
+        with self._lock:
+            self.figures[name] = max(self.figures.get(name, 0), value)
+
+    def hold(self, closer: Callable[[], None]) -> None:
+        with self._lock:
+            self._held.append(closer)
+
+    def _run(self, name: str, setup: Callable[[], Any], round_: Callable[[Any], Any],
+             interval: float, ready: threading.Event) -> None:  # fmt: skip
+        try:
+            enter_netns(self.netns)
+            state = setup()
+            ready.set()
+            for _ in range(ATTACK_ROUNDS):
+                if self.stop.wait(interval):
+                    break
+                state = round_(state)
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            with self._lock:
+                self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        finally:
+            ready.set()
+
+    def start(self) -> Attacker:
+        a1, a2, a3, a4 = self.addresses
+        attacks: list[tuple[str, Callable[[], Any], Callable[[Any], Any], float]] = [
+            ("connection flood", lambda: self._flood([a1, a3, a4]), self._flood_again, 1.0),
+            ("drips", lambda: None, lambda _: self._drips(a2), 0.0),
+            ("monitors", lambda: self._monitors(a3), self._monitors_again, 2.0),
+            ("telnet hogs", self._telnet_hogs, self._telnet_ping, 1.0),
+            ("idle daemon clients", lambda: self._idle_clients(a1), lambda held: held, 1.0),
+            ("stalled transfers", lambda: self._stalled(a2), lambda held: held, 1.0),
+            ("queued source", lambda: self._queue_source(a3, []),
+             lambda peers: self._queue_source(a3, peers), 2.0),
+            ("local-only requests", lambda: self._local_only(a4), lambda _: self._local_only(a4),
+             1.0),
+        ]  # fmt: skip
+        for name, setup, round_, interval in attacks:
+            ready = threading.Event()
+            thread = threading.Thread(target=self._run, args=(name, setup, round_, interval, ready),
+                                      name=f"attack-{name}", daemon=True)  # fmt: skip
+            self._ready.append(ready)
+            self._threads.append(thread)
+            thread.start()
+        return self
+
+    def wait_ready(self) -> None:
+        wait_for(lambda: all(e.is_set() for e in self._ready), 3 * WAIT, "every attack set up",
+                 context=lambda: str(self.errors))  # fmt: skip
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(3 * WAIT)
+        alive = [thread.name for thread in self._threads if thread.is_alive()]
+        with self._lock:
+            held, self._held = self._held, []
+        for closer in held:
+            with contextlib.suppress(OSError):
+                closer()
+        assert not alive, f"attack threads still running: {alive}"
+
+    # --- the scheduler's ports ---------------------------------------------------------------
+
+    def _flood(self, sources: Sequence[str]) -> list[socket.socket]:
+        """80 connections from each source that never say a word (64 fit per host)."""
+        opened = []
+        for source in sources:
+            for _ in range(80):
+                with contextlib.suppress(OSError):
+                    opened.append(connect(self.scheduler_port, source, dest=self.scheduler_ip))
+        self.count("scheduler_connections_opened", len(opened))
+        return opened
+
+    def _flood_again(self, previous: list[socket.socket]) -> list[socket.socket]:
+        for sock in previous:
+            sock.close()
+        return self._flood([self.addresses[0], *self.addresses[2:]])
+
+    def _drips(self, source: str) -> None:
+        """A LOGIN dripped from the handshake on, then a logged-in daemon dripping a STATS."""
+        login = _login_bytes()
+        with contextlib.suppress(OSError):
+            sent = drip(connect(self.scheduler_port, source, dest=self.scheduler_ip), login)
+            self.peak("handshake_bytes_dripped", sent)
+            self.count("handshake_drips_unfinished", int(sent < len(login)))
+            self.count("handshake_drips")
+        if self.stop.is_set():
+            return
+        name = f"dripper{self.figures.get('message_drips', 0)}"
+        with contextlib.suppress(OSError):  # max_kids 0: no job is ever placed on it
+            daemon = FakeDaemon(self.scheduler_port, name, source, dest=self.scheduler_ip,
+                                max_kids=0)  # fmt: skip
+            self.hold(daemon.probe.close)
+            daemon.conn.send(Stats(load=1))
+            frame = daemon.conn.data_to_send()
+            sent = drip(daemon.sock, frame[:-1])
+            self.peak("message_bytes_dripped", sent)
+            self.count("message_drips_unfinished", int(sent < len(frame)))
+            self.count("message_drips")
+            daemon.close()
+
+    def _monitors(self, source: str) -> list[Peer]:
+        """30 MON_LOGINs with a 4 KiB receive buffer that never read (16 fit per host)."""
+        monitors = []
+        for _ in range(30):
+            with contextlib.suppress(OSError):
+                peer = Peer(self.scheduler_port, source, rcvbuf=4096, dest=self.scheduler_ip)
+                peer.send(MonLogin())
+                monitors.append(peer)
+        self.count("mon_logins", len(monitors))
+        return monitors
+
+    def _monitors_again(self, previous: list[Peer]) -> list[Peer]:
+        for peer in previous:
+            peer.close()
+        return self._monitors(self.addresses[2])
+
+    def _telnet_hogs(self) -> list[socket.socket]:
+        """20 telnet sessions from each address (the port takes 64, 16 per host)."""
+        sessions = []
+        for source in self.addresses:
+            for _ in range(20):
+                with contextlib.suppress(OSError):
+                    sock = connect(self.scheduler_port + 1, source, dest=self.scheduler_ip)
+                    sock.sendall(b"\n")
+                    sessions.append(sock)
+        self.count("telnet_sessions_opened", len(sessions))
+        return sessions
+
+    def _telnet_ping(self, sessions: list[socket.socket]) -> list[socket.socket]:
+        """An empty line on every session still open; closed ones are replaced."""
+        alive = []
+        for sock in sessions:
+            try:
+                sock.settimeout(0)  # a look without waiting
+                with contextlib.suppress(BlockingIOError):
+                    if sock.recv(65536) == b"":
+                        raise ConnectionResetError
+                sock.sendall(b"\n")
+                alive.append(sock)
+            except OSError:
+                sock.close()
+                self.count("telnet_sessions_closed_by_scheduler")
+        if len(alive) < 4 * 20:
+            alive += self._telnet_hogs()
+        return alive
+
+    # --- the compile server ------------------------------------------------------------------
+
+    def _idle_clients(self, source: str) -> list[BlockingChannel]:
+        """80 handshaken TCP clients that then say nothing (64 fit per host)."""
+        held = []
+        for _ in range(80):
+            try:
+                peer = channel(self.server, source=source, dest=self.server.host.ip)
+            except (OSError, AssertionError):
+                self.count("daemon_clients_reset")  # reset before the handshake
+                continue
+            held.append(peer)
+            self.hold(peer.close)
+        self.count("daemon_clients_held", len(held))
+        return held
+
+    def _stalled(self, source: str) -> list[BlockingChannel]:
+        with _COMPRESSING:
+            peers = stall_transfers(self.server, [source] * 12, dest=self.server.host.ip)
+        for peer in peers:
+            self.hold(peer.close)
+        return peers
+
+    def _queue_source(self, source: str, previous: list[BlockingChannel]) -> list[BlockingChannel]:
+        """8 COMPILE_FILEs of 255 MiB of zeros each (~18 KB on the wire), every round anew."""
+        for peer in previous:
+            peer.close()
+        try:
+            with _COMPRESSING:
+                peers = queue_zeros(self.server, [source] * 8, dest=self.server.host.ip)
+        except OSError:
+            self.count("source_floods_refused")
+            return []
+        self.count("source_flood_jobs", len(peers))
+        return peers
+
+    def _local_only(self, source: str) -> None:
+        with contextlib.suppress(OSError):
+            answers = ask_local_only(self.server, source, self.server.host.ip)
+            self.count("local_only_refused", sum(isinstance(a, ConnectionClosed) for a in answers))
+            self.count("local_only_served", sum(not isinstance(a, ConnectionClosed)
+                                                for a in answers))  # fmt: skip
+
+
+class Sampler:
+    """Peak RSS and descriptors of some processes, read from /proc every 0.1 s until closed."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.rss = {name: rss_kib(pid) for name, pid in self.pids.items()}
+        self.fds = {name: fd_count(pid) for name, pid in self.pids.items()}
+        self.base_rss, self.base_fds = dict(self.rss), dict(self.fds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        for _ in range(100_000):
+            for name, pid in self.pids.items():
+                with contextlib.suppress(OSError, AssertionError):
+                    self.rss[name] = max(self.rss[name], rss_kib(pid))
+                    self.fds[name] = max(self.fds[name], fd_count(pid))
+            if self._stop.wait(0.1):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(WAIT)
+
+
+def nofile_soft_limit(pid: int) -> int:
+    """The soft ``Max open files`` of *pid* (``/proc/<pid>/limits``)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError(pid)
+
+
+@pytest.mark.live
+@pytest.mark.netns
+class TestCombinedOnTheBed:
+    def test_a_cluster_builds_under_every_attack(self, tmp_path: Path,  # noqa: PLR0915
+                                                 record_property: Recorder) -> None:  # fmt: skip
+        """Every attack from one hostile host at once: a real build still succeeds, remotely."""
+        project = restrict(unpack_project(fetch_sdist(), tmp_path / "zstd"), BED_UNITS)
+        reference = build_reference(project)
+        # Every job must compile on h2, the daemon under attack: h3's real 1.4 iceccd takes no
+        # remote jobs (it logs in and is listed beside ours).  One of h2's three slots is held
+        # by the attacker's stalled transfer; while real jobs fill the other two, the flooding
+        # COMPILE_FILEs queue and the source budget is what bounds them.
+        plans = [DaemonPlan("ours", max_jobs=0), DaemonPlan("ours", max_jobs=3),
+                 DaemonPlan("real", max_jobs=1, no_remote=True), None, None]  # fmt: skip
+        with NetnsBed(5) as bed, Cluster(bed, "ours", plans, scheduler_host=3,
+                                         scheduler_env=BED_SCHEDULER_ENV) as cluster:  # fmt: skip
+            host = bed[4]
+            prefix = host.ip.rsplit(".", 1)[0]
+            aliases = [f"{prefix}.{50 + i}" for i in range(3)]
+            for alias in aliases:
+                host.add_address(alias)
+            scheduler, server = cluster.scheduler, cluster.daemon(1)
+            assert isinstance(scheduler, OurScheduler)
+            assert isinstance(server, OurDaemon)
+            pids = {"scheduler": _pid(scheduler), "server": _pid(server)}
+            cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            sampler = Sampler(pids)
+            attacker = Attacker(host.name, [host.ip, *aliases], (bed[3].ip, SCHEDULER_PORT),
+                                server)  # fmt: skip
+            started = time.monotonic()
+            try:
+                attacker.start().wait_ready()
+                server.wait_events("env_transfer_queued", TRANSFER_QUEUE // 2)
+                result = cluster.build(project, reference, ClientPlan("ours"), on=0, jobs=4,
+                                       timeout=240)  # fmt: skip
+                build_seconds = result.seconds
+                listed = telnet_listcs(bed[0], (bed[3].ip, SCHEDULER_PORT + 1))
+                real_icecc_builds(server, tmp_path / "local")
+                wait_for(lambda: attacker.figures.get("message_drips", 0) >= 1, 3 * WAIT,
+                         "a whole drip of each kind", context=lambda: str(attacker.figures))
+            finally:
+                attacker.close()
+                sampler.close()
+                _keep_logs(cluster, tmp_path / "logs")
+            window = time.monotonic() - started
+            spent = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+            listed_after = telnet_listcs(bed[0], (bed[3].ip, SCHEDULER_PORT + 1))
+            # A local client afterwards; its job's monitor messages also show the scheduler
+            # that the attacker's monitors are gone (it does not read monitors, so a closed
+            # one is noticed when it is next written to).
+            real_icecc_builds(server, tmp_path / "after")
+            limits = {name: nofile_soft_limit(pid) for name, pid in pids.items()}
+            for name, pid in pids.items():
+                wait_for(lambda pid=pid, name=name: fd_count(pid) <= sampler.base_fds[name] + 8,
+                         WAIT, f"the {name} to let the attackers go",
+                         context=lambda pid=pid: f"{fd_count(pid)} fds")  # fmt: skip
+            served_remotely = sum(
+                1 for e in server.events("job_finished") if e.get("where") == "server"
+                and str(e.get("peer")).rsplit(":", 1)[0] == bed[0].ip)  # fmt: skip
+            sched_events = {name: len(scheduler.events(name)) for name in (
+                "connection_refused", "connection_evicted", "monitor_dropped",
+                "telnet_session_closed", "daemon_logged_out")}  # fmt: skip
+            server_events = {name: len(server.events(name)) for name in (
+                "client_read_paused", "env_transfer_queued", "client_request_refused",
+                "connection_refused")}  # fmt: skip
+            logouts = [e.get("reason") for e in scheduler.events("daemon_logged_out")]
+            context = f"{result.summary()}\n{cluster.log_tails()}"
+        figures = {
+            "build_s": round(build_seconds, 1), "window_s": round(window, 1),
+            "served_remotely_on_h2": served_remotely, "placement": str(result.placement),
+            **{f"{n}_rss_growth_kib": sampler.rss[n] - sampler.base_rss[n] for n in pids},
+            **{f"{n}_peak_fds": sampler.fds[n] for n in pids},
+            **{f"{n}_base_fds": sampler.base_fds[n] for n in pids},
+            **{f"{n}_cpu_s": round(spent[n], 1) for n in pids},
+            **{f"scheduler_{k}": v for k, v in sched_events.items()},
+            **{f"server_{k}": v for k, v in server_events.items()},
+            **attacker.figures,
+        }  # fmt: skip
+        for name, value in figures.items():
+            record_property(name, value)
+        context += f"\n{figures}"
+        assert not attacker.errors, f"{attacker.errors}\n{context}"
+        result.check(on=["h2-ours"])
+        assert result.placement.began["h2-ours"] == len(BED_UNITS), context
+        assert served_remotely == len(BED_UNITS), context
+        for hosts in (listed, listed_after):  # under attack, and after it
+            assert {"h1-ours", "h2-ours", "h3-real"} <= {h.name for h in hosts}, context
+        ours = {name: code for name, code in cluster.exit_codes.items() if name != "h3-real"}
+        assert ours == {"h1-ours": 0, "h2-ours": 0, "scheduler": 0}, f"exit codes {ours}"
+        # The attacks were all made and refused as designed.
+        assert attacker.figures.get("local_only_served", 0) == 0, context
+        assert attacker.figures.get("local_only_refused", 0) >= len(LOCAL_ONLY), context
+        assert attacker.figures.get("daemon_clients_held", 0) <= DAEMON_PER_HOST, context
+        assert attacker.figures.get("handshake_drips", 0) >= 1, context
+        assert attacker.figures.get("handshake_drips_unfinished") == attacker.figures.get(
+            "handshake_drips"), context  # fmt: skip
+        assert attacker.figures.get("message_drips_unfinished") == attacker.figures.get(
+            "message_drips"), context  # fmt: skip
+        assert "message deadline passed" in logouts, context
+        assert server_events["env_transfer_queued"] >= TRANSFER_QUEUE // 2, context
+        # Bounds: descriptors within the budgets (and the limit), memory within its budgets.
+        attackers = len(attacker.addresses)
+        sched_bound = sampler.base_fds["scheduler"] + attackers * SCHEDULER_PER_HOST \
+            + TELNET_SESSIONS + _SLACK
+        server_bound = sampler.base_fds["server"] + attackers * DAEMON_PER_HOST + 64 + _SLACK
+        assert sampler.fds["scheduler"] <= min(sched_bound, limits["scheduler"]), context
+        assert sampler.fds["server"] <= min(server_bound, limits["server"]), context
+        assert figures["scheduler_rss_growth_kib"] < 32 * 1024, context
+        for name in pids:  # neither spins: a busy loop would use the whole window
+            assert spent[name] < 0.5 * window, context
+        assert figures["server_rss_growth_kib"] < (SOURCE_BUDGET_MIB + 1 + 40) * 1024, context

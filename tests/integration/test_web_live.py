@@ -149,7 +149,22 @@ def _screenshots(web: Web) -> list[Path]:
 
 
 class TestWebEndpointLive:
-    def test_metrics_and_page_during_a_build(
+    def test_a_cluster_life_seen_on_the_web(
+        self, web: Web, project: Project, zstd: Reference
+    ) -> None:
+        """One cluster's life in order: a build, its totals, status, a host leaving, a restart.
+
+        The steps share the cluster and each needs the state the one before left (the build's
+        totals, three hosts, then two), so they run as one test in this order, whatever order
+        the suite runs tests in (pytest-randomly).
+        """
+        self.check_metrics_and_page_during_a_build(web, project, zstd)
+        self.check_totals_agree_with_telnet_and_dbus(web)
+        self.check_status_agrees_with_dbus(web)
+        self.check_a_host_that_leaves_disappears(web)
+        self.check_the_page_reconnects_after_a_scheduler_restart(web)
+
+    def check_metrics_and_page_during_a_build(
         self, web: Web, project: Project, zstd: Reference
     ) -> None:
         """During a build /metrics parses, counters only grow, jobs show on their host in 1 s."""
@@ -184,9 +199,9 @@ class TestWebEndpointLive:
                 shutil.copy(path, ROOT / "docs" / path.name)
         _check_summary(web, record, result)
 
-    def test_totals_agree_with_telnet_and_dbus(self, web: Web) -> None:
+    def check_totals_agree_with_telnet_and_dbus(self, web: Web) -> None:
         """After the build /metrics, the telnet greeting and D-Bus report the same totals."""
-        assert web.during, "needs the build of the test before"
+        assert web.during, "needs the build of the step before"
         props = {name: _property(web, name) for name in
                  ("HostCount", "TotalJobs", "JobsRunning", "JobsQueued")}  # fmt: skip
         telnet = _telnet_greeting(web)
@@ -210,7 +225,7 @@ class TestWebEndpointLive:
         assert value(samples, "iceserv_job_bytes_total", direction="in") > 0
         assert value(samples, "iceserv_slots", state="total") == 7
 
-    def test_status_agrees_with_dbus(self, web: Web) -> None:
+    def check_status_agrees_with_dbus(self, web: Web) -> None:
         """``iceserv status`` (D-Bus, and telnet with --scheduler) lists what D-Bus lists."""
         env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": web.bus.address}
         done = subprocess.run([sys.executable, "-m", "iceserv.app.cli", "status", "--json"],
@@ -243,7 +258,7 @@ class TestWebEndpointLive:
             (h[0], h[1], h[4], h[6]) for h in from_bus
         ]
 
-    def test_a_host_that_leaves_disappears(self, web: Web) -> None:
+    def check_a_host_that_leaves_disappears(self, web: Web) -> None:
         """Stopping a daemon takes its card off the page and its series off /metrics."""
         web.driver.get(web.forward.base + "/")
         gone = web.cluster.name(2)
@@ -258,7 +273,7 @@ class TestWebEndpointLive:
         samples = wait_for(without, 10, "/metrics without the host")
         assert not any(dict(labels).get("host") == gone for _name, labels in samples)
 
-    def test_the_page_reconnects_after_a_scheduler_restart(self, web: Web) -> None:
+    def check_the_page_reconnects_after_a_scheduler_restart(self, web: Web) -> None:
         """When the scheduler restarts, the page notices, reconnects and says so."""
         driver = web.driver
         hellos = int(driver.execute_script("return document.body.dataset.hellos || '0'"))
