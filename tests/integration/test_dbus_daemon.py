@@ -55,7 +55,10 @@ def system_bus() -> Iterator[SystemBus]:
 def cluster(system_bus: SystemBus) -> Iterator[tuple[OurScheduler, OurDaemon]]:
     """Our scheduler and our daemon on the bus, the daemon logged in (module-wide)."""
     scheduler = OurScheduler(extra_env={"DBUS_SYSTEM_BUS_ADDRESS": system_bus.address}).start()
-    daemon = OurDaemon("dbusnode", scheduler.address, system_bus.address)
+    # No environment prebuilt at start (--native-compilers ""): the properties below are a
+    # fresh daemon's, with an empty cache, whenever the test reads them.
+    daemon = OurDaemon("dbusnode", scheduler.address, system_bus.address,
+                       extra_args=("--native-compilers", ""))  # fmt: skip
     try:
         daemon.start()
         wait_for(lambda: get(system_bus.address, "SchedulerState") == "logged in", 20,
