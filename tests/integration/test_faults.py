@@ -413,7 +413,10 @@ class TestFullEnvDisk:
         shared.mounts.append(cluster.workdir / "small-envs")
         with tmpfs(shared.mounts[-1], ENV_DISK_MIB) as envs:
             try:
-                small = shared.plan(SERVER, max_jobs=1, extra_args=("-b", str(envs)))
+                # No prebuilt native environment in the small env dir: only the client's
+                # transfer is to meet the full disk.
+                args = ("-b", str(envs), "--native-compilers", "")
+                small = shared.plan(SERVER, max_jobs=1, extra_args=args)
                 assert case.fresh_server(small) == 0
                 victim = case.server()
                 case.build()
