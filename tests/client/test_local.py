@@ -153,10 +153,18 @@ class TestAgainstReal:
             assert done.status == 115
 
 
-def hold_slot(seconds: float, program: str) -> subprocess.Popen[bytes]:
-    """A wrapper with ICECC=disable running 'sleep': it holds one lock slot meanwhile."""
+def hold_slot(
+    seconds: float, program: str, done: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A wrapper with ICECC=disable running 'sleep': it holds one lock slot meanwhile.
+
+    With *done*, the command creates that file as it ends (before the slot is released).
+    """
     env = {"PATH": "/usr/bin:/bin", "ICECC": "disable", "HOME": "/nonexistent"}
-    return subprocess.Popen([program, "sleep", str(seconds)], env=env)
+    if done is None:
+        return subprocess.Popen([program, "sleep", str(seconds)], env=env)
+    script = f'sleep {seconds}; : > "{done}"'
+    return subprocess.Popen([program, "sh", "-c", script], env=env)
 
 
 def _every_slot_held(slots: int) -> bool:
@@ -190,27 +198,29 @@ class TestLockFiles:
     """
 
     @pytest.mark.parametrize("waiter", ["real", "ours"])
-    def test_a_build_waits_while_we_hold_every_slot(self, bed: WrapperBed, waiter):
-        """While our builds hold every slot, the real client's and ours wait."""
+    def test_a_build_waits_while_we_hold_every_slot(self, bed: WrapperBed, waiter, tmp_path):
+        """While our builds hold every slot, the real client's and ours wait for one to end."""
         slots = os.sysconf("SC_NPROCESSORS_ONLN")
-        # Held long enough that a busy machine's delay in noticing them cannot eat it all.
-        holders = [hold_slot(10.0, bed.program("ours", "icecc")) for _ in range(slots)]
+        ends = [tmp_path / f"holder-{i}.done" for i in range(slots)]
+        holders = [hold_slot(10.0, bed.program("ours", "icecc"), end) for end in ends]
         try:
             deadline = time.monotonic() + 20
             while not _every_slot_held(slots):  # they have taken their slots
                 assert time.monotonic() < deadline, "the holders never took every slot"
                 assert all(proc.poll() is None for proc in holders), "a holder ended early"
                 time.sleep(0.02)
-            start = time.monotonic()
-            waited = subprocess.run([bed.program(waiter, "icecc"), "true"], timeout=30,
+            look = 'for f in "$@"; do [ -e "$f" ] && echo "$f"; done; exit 0'
+            waited = subprocess.run([bed.program(waiter, "icecc"), "sh", "-c", look, "sh",
+                                     *map(str, ends)], timeout=30, capture_output=True, text=True,
                                     env={"PATH": "/usr/bin:/bin", "ICECC": "disable"},
                                     check=False)  # fmt: skip
-            elapsed = time.monotonic() - start
         finally:
             for proc in holders:
                 proc.wait(timeout=30)
-        assert waited.returncode == 0
-        assert elapsed > 0.4
+        # The waiter's command ran only once a holder's command had ended (its mark exists
+        # when the waiter looks); without the lock it would have run at once, seeing none.
+        assert waited.returncode == 0, waited.stderr
+        assert waited.stdout.split(), "the waiter ran while every slot was held"
 
     def test_host_lock_slot_is_exclusive_across_processes(self):
         """A held HostLock slot makes another process's non-blocking attempt on it fail."""
