@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     class _Runnable(Protocol):
         argv: list[str]
         diag: Any
+        may_replace: bool
 
         def run(self) -> int: ...
 
@@ -135,6 +136,7 @@ def recorded(run: _Runnable) -> int:
         return run.run()
     recorder = _Recorder(run.diag)
     run.diag = recorder
+    run.may_replace = False  # the record is written after the compiler returns
     started = time.time()
     status = 1
     try:

@@ -209,6 +209,15 @@ class HostLock:
             return None
         return path
 
+    def keep_across_exec(self) -> None:
+        """Let the slot's descriptor survive ``execve``: the compiler then holds the lock.
+
+        fcntl locks belong to the process, and ``execve`` keeps the process
+        (and its pid), so the lock is held until the compiler exits.
+        """
+        if self._fd is not None:
+            os.set_inheritable(self._fd, True)  # noqa: FBT003 - the stdlib signature
+
     def release(self) -> None:
         """Give the slot back (closing the file drops the lock)."""
         if self._fd is not None:
@@ -222,6 +231,26 @@ class HostLock:
 def _signals() -> ModuleType:
     # The interpreter always loads _signal; "import signal" would also import enum (3 ms).
     return sys.modules["_signal"]
+
+
+def become(argv: Sequence[str], environ: dict[str, str], *, keep: int | None = None) -> None:
+    """Replace this process by *argv*, descriptor *keep* open; returns only if that failed.
+
+    Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive
+    ``execve``: the compiler gets them back at their defaults, as a child
+    from :func:`spawn` does.
+    """
+    sig = _signals()
+    if keep is not None:
+        os.set_inheritable(keep, True)  # noqa: FBT003 - the stdlib signature
+    sys.stdout.flush()
+    sys.stderr.flush()
+    previous = [(signum, sig.signal(signum, sig.SIG_DFL)) for signum in (sig.SIGPIPE, sig.SIGXFSZ)]
+    try:
+        os.execve(argv[0], list(argv), environ)  # noqa: S606 - the compiler, no shell
+    except OSError:
+        for signum, handler in previous:
+            sig.signal(signum, handler)
 
 
 def spawn(
@@ -342,11 +371,19 @@ def build_local(  # noqa: PLR0913
     daemon: bool,
     own: str | None = None,
     usage: bool = True,
+    replace: bool = False,
+    slot: int | None = None,
 ) -> tuple[int, float, float, int]:
     """1.4 ``build_local``: run the job's compiler here; (status, user s, system s, faults).
 
     Without a daemon slot (*daemon* False) one of the lock-file slots is
-    held while the compiler runs.  115 if there is no compiler.
+    held while the compiler runs.  115 if there is no compiler.  With
+    *replace* (nothing left to do afterwards: no usage to report, no
+    colouring of ours) the wrapper becomes the compiler by ``execve``, as
+    1.4's ``build_local`` does without a daemon; it returns only if that
+    fails, and then runs the compiler as a child.  The lock slot, or the
+    daemon connection *slot* whose end frees a daemon slot (§5.1.3), then
+    stays open in the compiler until it exits.
     """
     compiler = find_compiler(job, env, own)
     if not compiler:
@@ -361,6 +398,9 @@ def build_local(  # noqa: PLR0913
     try:
         step = STEP_CUSTOM if job.is_custom else STEP_COMPILER
         colour = colorify_wanted(job, env, color_terminal=color_terminal(env))
+        if replace and not usage and not colour:
+            lock.keep_across_exec()
+            become(argv, env.child_environ(step), keep=slot)
         return run(argv, env.child_environ(step), diag, colour=colour, usage=usage)
     finally:
         lock.release()

@@ -112,6 +112,9 @@ class _Run:
     def __init__(self, argv: list[str], env: ClientEnv, diag: ClientLog) -> None:
         self.argv, self.env, self.diag = argv, env, diag
         self.local_status = 0  # a job built here while racing the cluster (ICECC_RACE)
+        # Whether nothing runs after a daemon-less local build, so the wrapper may
+        # become the compiler; the build summary, which records afterwards, clears it.
+        self.may_replace = True
         self.own = argv[0] if "/" in argv[0] else None  # our own executable, to skip on PATH
         try:
             self.cwd = os.getcwd()  # noqa: PTH109 - pathlib costs import time
@@ -204,7 +207,7 @@ class _Run:
                     failed = self.cluster_failure("no daemon", "no local iceccd answered")
                     if failed is not None:
                         return failed
-            return self.local(analysis.job, daemon=None)
+            return self.local(analysis.job, daemon=None, replace=self.may_replace)
         return self.with_daemon(sock, analysis)
 
     def cluster_failure(self, kind: str, detail: str) -> int | None:
@@ -219,11 +222,18 @@ class _Run:
         sys.stderr.flush()
         return EXIT_CLUSTER_FAILURE
 
-    def local(self, job: CompileJob, daemon: Channel | None) -> int:
+    def local(self, job: CompileJob, daemon: Channel | None, *, replace: bool = False) -> int:
+        """Build *job* here; with *replace* the wrapper may become the compiler (``execve``)."""
         from iceserv.client.local import build_local  # noqa: PLC0415
 
         return build_local(
-            job, self.env, self.diag, daemon=daemon is not None, own=self.own, usage=False
+            job,
+            self.env,
+            self.diag,
+            daemon=daemon is not None,
+            own=self.own,
+            usage=False,
+            replace=replace,
         )[0]
 
     def with_daemon(self, sock: _socket.socket, analysis: Analysis) -> int:
@@ -440,15 +450,32 @@ class _Run:
             if not granted:
                 sock.close()
                 return self.local(job, daemon=None)
-            return self.local_granted(job)
+            return self.local_granted(job, sock)
         finally:
             sock.close()
 
-    def local_granted(self, job: CompileJob) -> int:
-        """Compile in the slot the daemon granted (no lock file: the daemon counts us)."""
+    def local_granted(self, job: CompileJob, sock: _socket.socket) -> int:
+        """Compile in the slot the daemon granted (no lock file: the daemon counts us).
+
+        A compiler becomes this process and inherits *sock*: the daemon sees
+        the slot end when the compiler exits, as when 1.4's client closes it.
+        A custom command (``icerun``) stays a child: whatever it starts in
+        the background must not keep the slot.
+        """
         from iceserv.client.local import build_local  # noqa: PLC0415
 
-        return build_local(job, self.env, self.diag, daemon=True, own=self.own, usage=False)[0]
+        replace = self.may_replace and not job.is_custom
+        slot = sock.fileno()
+        return build_local(
+            job,
+            self.env,
+            self.diag,
+            daemon=True,
+            own=self.own,
+            usage=False,
+            replace=replace,
+            slot=slot,
+        )[0]
 
     def local_in_slot(self, job: CompileJob, daemon: Channel) -> int:
         """§5.1.3: JOB_LOCAL_BEGIN, wait for the go, compile; lock files if the daemon fails."""

@@ -153,9 +153,7 @@ class TestAgainstReal:
             assert done.status == 115
 
 
-def hold_slot(
-    seconds: float, program: str, done: Path | None = None
-) -> subprocess.Popen[bytes]:
+def hold_slot(seconds: float, program: str, done: Path | None = None) -> subprocess.Popen[bytes]:
     """A wrapper with ICECC=disable running 'sleep': it holds one lock slot meanwhile.
 
     With *done*, the command creates that file as it ends (before the slot is released).
@@ -248,9 +246,74 @@ class TestLockFiles:
         assert not lock.held
 
 
+#: The compiler reports its pid, the POSIX locks that pid holds, and its ignored signals.
+REPORTING_CC = """#!/bin/sh
+echo "pid $$"
+grep -E "POSIX +ADVISORY +WRITE +$$ " /proc/locks | sed 's/^/lock /'
+sed -n 's/^SigIgn:[[:space:]]*/ignored /p' /proc/$$/status
+echo "socket $(ls -l /proc/$$/fd | grep -c 'socket:')"
+"""
+
+
+def lock_inodes() -> set[int]:
+    base = Path("/tmp/.icecream-" + pwd.getpwuid(os.getuid()).pw_name)
+    return {path.stat().st_ino for path in base.glob("local_lock*")}
+
+
+class TestBecomingTheCompiler:
+    """Without a daemon the wrapper becomes the compiler (``execve``), as 1.4 does.
+
+    It saves a process start and the interpreter's exit on every call
+    (issue 17, P2); unlike 1.4 it keeps its lock slot across the exec.
+    """
+
+    def run_reporting(self, tmp_path: Path, **extra: str) -> tuple[int, str]:
+        from testbed.client_fakes import write_launcher  # noqa: PLC0415
+
+        compiler = make_exe(tmp_path / "bin/gcc", REPORTING_CC)  # a compiler by its name
+        icecc = write_launcher(tmp_path / "icecc", __import__("sys").executable)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ICECC": "disable", **extra}
+        proc = subprocess.Popen([str(icecc), str(compiler), "-c", "x.c"], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        return proc.pid, out
+
+    def test_disabled_build_runs_in_the_wrappers_process_holding_a_slot(self, tmp_path):
+        """Same pid, a write lock on one local_lock file, and SIGPIPE back at its default."""
+        pid, out = self.run_reporting(tmp_path)
+        lines = out.splitlines()
+        assert f"pid {pid}" in lines, out
+        held = [line.split()[6] for line in lines if line.startswith("lock ")]
+        assert len(held) == 1, out  # exactly one slot, held by the compiler's process
+        inode = int(held[0].rsplit(":", 1)[1])
+        assert inode in lock_inodes()
+        ignored = int(next(line for line in lines if line.startswith("ignored ")).split()[1], 16)
+        assert not ignored & (1 << (13 - 1)), out  # SIGPIPE is not ignored, as for any child
+        assert not ignored & (1 << (25 - 1)), out  # nor SIGXFSZ
+
+    def test_a_compile_in_a_daemon_slot_keeps_the_slots_connection(self, tmp_path):
+        """Granted a slot, the compiler is the wrapper's process and holds the daemon socket."""
+        daemon = FakeDaemon(tmp_path / "d.sock").start()
+        try:
+            pid, out = self.run_reporting(tmp_path, ICECC="no",
+                                          ICECC_TEST_SOCKET=str(tmp_path / "d.sock"))  # fmt: skip
+        finally:
+            daemon.close()
+        assert f"pid {pid}" in out.splitlines()
+        assert {type(m).__name__ for c in daemon.messages() for m in c} == {"JobLocalBegin"}
+        assert "socket 1" in out.splitlines(), out  # the slot lasts while the compiler runs
+
+    def test_build_summary_keeps_the_wrapper(self, tmp_path):
+        """With ICECC_SUMMARY the record is written after the compiler: a child, not exec."""
+        pid, out = self.run_reporting(tmp_path, ICECC_SUMMARY=str(tmp_path / "summary"))
+        assert f"pid {pid}" not in out.splitlines()
+        assert (tmp_path / "summary").exists()
+
+
 class TestSignals:
     def test_sigterm_is_forwarded_to_the_compiler(self, tmp_path):
-        """SIGTERM to the wrapper reaches the compiler; the wrapper then dies of it too."""
+        """SIGTERM to a wrapper waiting for a custom command in a slot reaches it; then us too."""
         script = make_exe(
             tmp_path / "bin/slowcc",
             f"#!/bin/sh\ntrap 'echo got-term > {tmp_path}/mark; exit 3' TERM\n"
@@ -259,8 +322,12 @@ class TestSignals:
         from testbed.client_fakes import write_launcher  # noqa: PLC0415
 
         icecc = write_launcher(tmp_path / "icecc", __import__("sys").executable)
+        daemon = FakeDaemon(tmp_path / "d.sock").start()
+        icerun = tmp_path / "icerun"  # a custom command stays the wrapper's child
+        icerun.symlink_to(icecc)
         proc = subprocess.Popen(
-            [str(icecc), str(script)], env={"PATH": "/usr/bin:/bin", "ICECC": "disable"}
+            [str(icerun), str(script)],
+            env={"PATH": "/usr/bin:/bin", "ICECC_TEST_SOCKET": str(tmp_path / "d.sock")},
         )
         try:
             # The compiler runs (and so the wrapper is waiting for it): now the signal.
@@ -272,5 +339,6 @@ class TestSignals:
         finally:
             if proc.poll() is None:
                 proc.kill()
+            daemon.close()
         assert (tmp_path / "mark").read_text() == "got-term\n"
         assert status == -15
