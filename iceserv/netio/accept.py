@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
+from iceserv.netio.addresses import unmapped
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -117,7 +119,7 @@ class Listener:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) the socket listens on."""
+        """The (host, port) the socket listens on (``::`` for a dual-stack wildcard)."""
         name = self.sock.getsockname()
         return str(name[0]), int(name[1])
 
@@ -167,8 +169,8 @@ class Listener:
                 self._failures = 0
                 self._delay = 0.0
             conn.setblocking(False)  # noqa: FBT003 - the socket API's spelling
-            if isinstance(address, tuple):
-                self._on_accept(conn, (str(address[0]), int(address[1])))
+            if isinstance(address, tuple):  # a dual-stack socket's IPv4 peers as plain IPv4
+                self._on_accept(conn, (unmapped(str(address[0])), int(address[1])))
             else:  # a Unix socket: the peer has no address (the daemon's local clients)
                 self._on_accept(conn, (str(address or ""), 0))
 
