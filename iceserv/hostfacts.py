@@ -136,7 +136,7 @@ def interface_address(name: str) -> str:
 
 
 def _ipv6_addresses(name: str, if_inet6: str) -> list[str]:
-    """Return *name*'s IPv6 addresses from the kernel's list, link-local ones as ``fe80::1%name``."""
+    """Return *name*'s IPv6 addresses from the kernel's list (link-local: ``fe80::1%name``)."""
     import ipaddress  # noqa: PLC0415 - only the services ask about interfaces
 
     found: list[str] = []
@@ -146,7 +146,7 @@ def _ipv6_addresses(name: str, if_inet6: str) -> list[str]:
     except OSError:
         return found  # no IPv6 in this kernel
     for row in rows:
-        if len(row) != 6 or row[5] != name:  # noqa: PLR2004 - the file's six columns
+        if len(row) != 6 or row[5] != name:
             continue
         address = str(ipaddress.IPv6Address(int(row[0], 16)))
         if int(row[3], 16) == _IPV6_LINK_SCOPE:
@@ -156,22 +156,28 @@ def _ipv6_addresses(name: str, if_inet6: str) -> list[str]:
     return sorted(found, key=lambda a: "%" in a)
 
 
-def interface_addresses(name: str, *, ipv4: bool = True, ipv6: bool = True, if_inet6: str = _IF_INET6) -> list[str]:
+def interface_addresses(
+    name: str, *, ipv4: bool = True, ipv6: bool = True, if_inet6: str = _IF_INET6
+) -> list[str]:
     """Return the addresses of interface *name* of the families asked for, IPv4 first.
 
     This is what ``-i IF`` binds.  IPv6 link-local addresses carry their zone
     (``fe80::1%eth0``).  Raises ``OSError`` if the interface does not exist
     or has no address of those families.
     """
-    import socket  # noqa: PLC0415 - only the services ask about interfaces
+    import contextlib  # noqa: PLC0415 - only the services ask about interfaces
+    import ipaddress  # noqa: PLC0415
+    import socket  # noqa: PLC0415
 
+    try:
+        return [str(ipaddress.IPv4Address(name))]  # 1.4 accepts an address for -i too
+    except ValueError:
+        pass
     socket.if_nametoindex(name)  # OSError for an unknown interface
     found: list[str] = []
     if ipv4:
-        try:
+        with contextlib.suppress(OSError):  # an IPv6-only interface
             found.append(interface_address(name))
-        except OSError:
-            pass  # an IPv6-only interface
     if ipv6:
         found += _ipv6_addresses(name, if_inet6)
     if not found:

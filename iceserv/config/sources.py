@@ -228,19 +228,7 @@ def _toml_layer(names: ServiceNames, path: Path, *, required: bool) -> dict[str,
         reason = _TOML_ERROR_LINE.sub("", str(exc)).strip()
         msg = f"{where}: invalid TOML: {reason}"
         raise ConfigError(msg, source=where) from None
-    tables = {service.value for service in Service} | {_NETWORK_TABLE}
-    for key in data:
-        if key not in tables:
-            where = f"{path}:{_toml_line(text, None, key)}"
-            msg = f"{where}: unknown table [{key}]; expected [daemon], [scheduler] or [network]"
-            raise ConfigError(msg, source=where, name=key)
-    shared = _toml_table(data, _NETWORK_TABLE, path, text)
-    for key in shared:
-        if key not in _NETWORK_KEYS:
-            where = f"{path}:{_toml_line(text, _NETWORK_TABLE, key)}"
-            known = ", ".join(_NETWORK_KEYS)
-            msg = f"{where}: unknown setting {key!r} in [{_NETWORK_TABLE}]; expected {known}"
-            raise ConfigError(msg, source=where, name=key)
+    _check_tables(data, path, text)
     raws: dict[str, _Raw] = {}
     # [network] holds what both services share; the service's own table wins over it.
     for table_name in (_NETWORK_TABLE, names.toml_table):
@@ -252,6 +240,22 @@ def _toml_layer(names: ServiceNames, path: Path, *, required: bool) -> dict[str,
                 ),
             )
     return raws
+
+
+def _check_tables(data: dict[str, object], path: Path, text: str) -> None:
+    """Refuse unknown tables, and keys of ``[network]`` that are not shared settings."""
+    tables = {service.value for service in Service} | {_NETWORK_TABLE}
+    for key in data:
+        if key not in tables:
+            where = f"{path}:{_toml_line(text, None, key)}"
+            msg = f"{where}: unknown table [{key}]; expected [daemon], [scheduler] or [network]"
+            raise ConfigError(msg, source=where, name=key)
+    for key in _toml_table(data, _NETWORK_TABLE, path, text):
+        if key not in _NETWORK_KEYS:
+            where = f"{path}:{_toml_line(text, _NETWORK_TABLE, key)}"
+            known = ", ".join(_NETWORK_KEYS)
+            msg = f"{where}: unknown setting {key!r} in [{_NETWORK_TABLE}]; expected {known}"
+            raise ConfigError(msg, source=where, name=key)
 
 
 def _toml_table(data: dict[str, object], name: str, path: Path, text: str) -> dict[str, object]:

@@ -51,6 +51,7 @@ from iceserv.daemon.effects import (
 )
 from iceserv.errors import ProtocolError, RemoteProtocolError
 from iceserv.hostfacts import set_keepalive
+from iceserv.netio import host_port, socket_families, unmapped
 from iceserv.protocol import (
     NEED_DATA,
     SCHEDULER_PORT,
@@ -84,6 +85,9 @@ log = structlog.get_logger()
 _READ_SIZE: Final = 65536
 #: 1.4 sets TCP_NODELAY on the daemon's channels too (beside the keepalive options).
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: Seconds before the next address of a name is tried while the first still connects
+#: (RFC 8305's recommended 250 ms; asyncio's ``happy_eyeballs_delay``).
+HAPPY_EYEBALLS_DELAY: Final = 0.25
 
 
 class LinkState(enum.Enum):
@@ -112,7 +116,10 @@ class LinkSettings:
 
     ``scheduler`` is ``(host, port)`` from ``-s`` (None: discovery, sending to
     ``broadcasts()`` on ``discovery_port``); ``fast_reconnect`` is
-    ``ICECC_TESTS``' 3 s delay instead of 20..51 s.
+    ``ICECC_TESTS``' 3 s delay instead of 20..51 s.  ``family`` (``any``,
+    ``ipv4``, ``ipv6``) limits the addresses a name resolves to; with several,
+    they are tried in the resolver's order, the next one starting
+    :data:`HAPPY_EYEBALLS_DELAY` after the previous (RFC 8305).
     """
 
     scheduler: tuple[str, int] | None = None
@@ -124,6 +131,7 @@ class LinkSettings:
     handshake_timeout: float = 15.0
     send_timeout: float = 30.0
     discovery_wait: float = 3.0
+    family: str = "any"
 
 
 class SchedulerLink:
@@ -258,35 +266,40 @@ class SchedulerLink:
                     pass
             sock.sendto(encode_request(), (host, port))
         except OSError as exc:
-            log.debug("scheduler_wake_failed", address=f"{host}:{port}", error=str(exc))
+            log.debug("scheduler_wake_failed", address=host_port(host, port), error=str(exc))
 
     async def _session(self, target: tuple[str, int]) -> None:
         self.state = LinkState.CONNECTING
         loop = asyncio.get_running_loop()
+        family = socket_families(self.settings.family)
+        shown = host_port(*target)
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                infos = await loop.getaddrinfo(*target, type=socket.SOCK_DGRAM)
+                infos = await loop.getaddrinfo(*target, family=family, type=socket.SOCK_DGRAM)
             address = infos[0][4]
             await self._owner.scheduler_event(SchedulerConnecting(str(address[0]), int(address[1])))
         except (OSError, TimeoutError, IndexError) as exc:
-            log.info(
-                "scheduler_wake_failed",
-                address=f"{target[0]}:{target[1]}",
-                error=str(exc) or type(exc).__name__,
-            )
+            log.info("scheduler_wake_failed", address=shown, error=str(exc) or type(exc).__name__)
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                reader, writer = await asyncio.open_connection(*target, limit=_READ_SIZE)
+                reader, writer = await asyncio.open_connection(
+                    *target,
+                    family=family,
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
+                    limit=_READ_SIZE,
+                )
         except (OSError, TimeoutError) as exc:
             log.warning(
                 "scheduler_connect_failed",
-                address=f"{target[0]}:{target[1]}",
+                address=shown,
+                family=self.settings.family,
                 error=str(exc) or type(exc).__name__,
             )
             return
         sock = writer.get_extra_info("socket")
         set_keepalive(sock, _NODELAY)
-        own_ip = str(writer.get_extra_info("sockname")[0])
+        own_ip = unmapped(str(writer.get_extra_info("sockname")[0]))
+        peer = writer.get_extra_info("peername")
         conn = Connection()
         self._conn, self._writer, self.address = conn, writer, target
         try:
@@ -299,7 +312,8 @@ class SchedulerLink:
             self.state = LinkState.LOGGED_IN
             log.info(
                 "scheduler_logged_in",
-                address=f"{target[0]}:{target[1]}",
+                address=shown,
+                connected_to=host_port(unmapped(str(peer[0])), int(peer[1])),
                 protocol=event.protocol,
                 own_ip=own_ip,
             )

@@ -33,14 +33,17 @@ class ServerSettings:
 
     ``listen_addresses`` is empty when no TCP port is opened (``--no-remote``
     or no chroot possible); ``port`` is still what LOGIN and USE_CS-to-self
-    announce (0 then).  ``scheduler`` is ``(host, port)`` from ``-s`` or None
-    for discovery on ``broadcasts()``.  ``nodename`` "" means the host name,
-    re-read at every login.
+    announce (0 then).  ``""`` among them is every address of ``family``
+    (``any``, ``ipv4``, ``ipv6``; dual-stack where possible), which also
+    restricts how the scheduler is connected to.  ``scheduler`` is
+    ``(host, port)`` from ``-s`` or None for discovery on ``broadcasts()``.
+    ``nodename`` "" means the host name, re-read at every login.
     """
 
     unix_socket: Path
     env_basedir: Path
-    listen_addresses: tuple[str, ...] = ("0.0.0.0",)  # noqa: S104 - 1.4 binds all interfaces
+    listen_addresses: tuple[str, ...] = ("",)  # every address, as 1.4 binds all interfaces
+    family: str = "any"
     port: int = DAEMON_PORT
     nodename: str = ""
     netname: str = ""

@@ -39,7 +39,6 @@ __all__ = [
 
 #: The listen address meaning "every address of the allowed families".
 WILDCARD: Final = ""
-_WILDCARDS: Final = frozenset(("", "0.0.0.0", "::"))  # noqa: S104 - names of the wildcard
 #: Errors that mean "this kernel or host has no IPv6" (module not loaded, disabled by sysctl).
 _NO_IPV6: Final = frozenset((errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT))
 
@@ -113,9 +112,9 @@ def bind_listeners(
 ) -> list[socket.socket]:
     """Return non-blocking listening TCP sockets for *addresses* on one *port* (0: a free one).
 
-    ``""`` (or ``0.0.0.0``/``::``) stands for every address of the families
-    *family* allows (see the module docstring); other entries are IP
-    literals bound as given, skipped when their family is not allowed.  All
+    ``""`` stands for every address of the families *family* allows (see the
+    module docstring); other entries are IP literals bound as given (``::``
+    then is IPv6 only), skipped when their family is not allowed.  All
     sockets share the port the first one got.  Raises ``OSError`` when an
     address cannot be bound (the sockets opened so far are closed), or
     ``EADDRNOTAVAIL`` when *family* leaves nothing to bind.
@@ -124,7 +123,7 @@ def bind_listeners(
     opened: list[socket.socket] = []
     try:
         for address in addresses:
-            if address in _WILDCARDS:
+            if address == WILDCARD:
                 for sock in _wildcard(port, chosen, backlog):
                     port = int(sock.getsockname()[1])
                     opened.append(sock)
@@ -146,7 +145,7 @@ def bind_listeners(
 
 
 def _wildcard(port: int, family: Family, backlog: int) -> list[socket.socket]:
-    """The wildcard sockets for *family*: ``::`` dual-stack, else two, else IPv4 only."""
+    """Return the wildcard sockets for *family*: ``::`` dual-stack, else two, else IPv4 only."""
     if family is Family.IPV4:
         return [_bind(socket.AF_INET, "0.0.0.0", port, backlog)]  # noqa: S104 - all interfaces
     if family is Family.IPV6:

@@ -54,11 +54,15 @@ from iceserv.hostfacts import set_keepalive
 from iceserv.netio import (
     Admission,
     ConnectionBudget,
+    Family,
     Listener,
     Throttle,
-    bind_tcp,
+    bind_listeners,
     host_key,
+    host_port,
+    is_ipv6,
     open_stream,
+    unmapped,
 )
 from iceserv.protocol import (
     NEED_DATA,
@@ -118,12 +122,18 @@ class SchedulerServerSettings:
 
     ``announce_to`` lists the addresses the scheduler announcements go to
     (the interfaces' broadcast addresses, or 127.0.0.1 under ``ICECC_TESTS``).
+    The TCP port listens on ``addresses`` (default: ``(address,)``; ``""`` is
+    every address of ``family``, dual-stack where the system allows it, see
+    :func:`~iceserv.netio.bind_listeners`); UDP discovery listens on IPv4 (1.4's
+    broadcasts) and, unless ``family`` is ``ipv4``, on IPv6 for unicast requests.
     ``handshake_timeout`` bounds the handshake and first message together,
     ``message_timeout`` any later message from its first byte; the
     ``max_*`` fields are the connection budgets (the module docstring).
     """
 
-    address: str = "0.0.0.0"  # noqa: S104 - 1.4 listens on every interface unless -i is given
+    address: str = ""  # every address: 1.4 listens on every interface unless -i is given
+    addresses: tuple[str, ...] = ()
+    family: str = Family.ANY
     port: int = SCHEDULER_PORT
     netname: str = DEFAULT_NETNAME
     persistent_clients: bool = False
@@ -186,7 +196,7 @@ class _Discovery(asyncio.DatagramProtocol):
         self._server = server
 
     def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
-        self._server.datagram_received(data, (str(addr[0]), addr[1]))
+        self._server.datagram_received(data, (unmapped(str(addr[0])), addr[1]))
 
 
 class SchedulerServer:
@@ -208,7 +218,7 @@ class SchedulerServer:
         self._peers: dict[int, _Peer] = {}
         self._summaries = JobSummaries()
         self._ids = itertools.count(1)
-        self._listener: Listener | None = None
+        self._listeners: list[Listener] = []
         self._connections = ConnectionBudget(
             total=settings.max_connections, per_host=settings.max_connections_per_host
         )
@@ -219,6 +229,7 @@ class SchedulerServer:
         self._evictions = Throttle(_REFUSAL_LOG_INTERVAL)
         self._pending: dict[int, _Pending] = {}
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp6: asyncio.DatagramTransport | None = None
         self._timer_wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._readers: set[asyncio.Task[None]] = set()
@@ -235,38 +246,87 @@ class SchedulerServer:
 
     # --- life cycle -------------------------------------------------------------------
 
+    @property
+    def listen_addresses(self) -> tuple[str, ...]:
+        """The TCP port's addresses as configured (``""``: every address)."""
+        return self.settings.addresses or (self.settings.address,)
+
+    @property
+    def bound(self) -> list[str]:
+        """Where the TCP port listens now, as ``host:port`` / ``[v6]:port``."""
+        return [host_port(*listener.address) for listener in self._listeners]
+
     async def start(self) -> None:
         """Bind the TCP and UDP listeners and start the timer task."""
-        tcp = bind_tcp(self.settings.address, self.settings.port, backlog=1024)
-        self._listener = Listener(tcp, self._accepted, name="scheduler")
-        self.port = self._listener.address[1]
-        loop = asyncio.get_running_loop()
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        family = Family(self.settings.family)
+        socks = bind_listeners(
+            self.listen_addresses, self.settings.port, family=family, backlog=1024
+        )
+        self._listeners = [Listener(sock, self._accepted, name="scheduler") for sock in socks]
+        self.port = self._listeners[0].address[1]
         try:
-            udp.bind((self.settings.address, self.port))
+            await self._bind_udp(family, socks)
         except OSError:
-            udp.close()
-            self._listener.close()
+            for listener in self._listeners:
+                listener.close()
+            self._listeners = []
             raise
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp)
-        self._udp = transport
-        self._listener.start()
+        for listener in self._listeners:
+            listener.start()
         self._spawn(self._timers())
         log.info(
             "scheduler_started",
-            address=self.settings.address,
+            address=self.bound,
+            family=str(family),
             port=self.port,
             netname=self.settings.netname,
         )
 
+    async def _bind_udp(self, family: Family, tcp: list[socket.socket]) -> None:
+        """Open discovery: IPv4 for 1.4's broadcasts, IPv6 for unicast requests (wakes)."""
+        loop = asyncio.get_running_loop()
+        four = [str(s.getsockname()[0]) for s in tcp if s.family == socket.AF_INET]
+        six = [str(s.getsockname()[0]) for s in tcp if s.family == socket.AF_INET6]
+        dual = any(
+            s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+            for s in tcp
+            if s.family == socket.AF_INET6
+        )
+        if dual:  # the wildcard on a dual-stack socket: UDP on both wildcards
+            four, six = ["0.0.0.0"], ["::"]  # noqa: S104 - every interface, as the TCP port
+        if family.allows(socket.AF_INET) and four:
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                udp.bind((four[0], self.port))
+            except OSError:
+                udp.close()
+                raise
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp)
+        if family.allows(socket.AF_INET6) and six:
+            udp6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            try:
+                udp6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                udp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                udp6.bind(
+                    socket.getaddrinfo(six[0], self.port, socket.AF_INET6, socket.SOCK_DGRAM)[0][4]
+                )
+            except OSError:
+                udp6.close()
+                if self._udp is not None:
+                    self._udp.close()
+                    self._udp = None
+                raise
+            self._udp6, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp6)
+
     async def stop(self) -> None:
         """Stop listening and close every daemon and monitor connection (1.4's clean exit)."""
-        if self._listener is not None:
-            self._listener.close()
-        if self._udp is not None:
-            self._udp.close()
+        for listener in self._listeners:
+            listener.close()
+        for udp in (self._udp, self._udp6):
+            if udp is not None:
+                udp.close()
         for peer in list(self._peers.values()):
             self._close(peer)
         for pending in list(self._pending.values()):  # accepted, no reader loop yet
@@ -422,9 +482,10 @@ class SchedulerServer:
         """Answer a discovery request or react to another scheduler's announcement."""
         requester = decode_request(data)
         if requester is not None:
-            if self._udp is not None:
+            udp = self._udp6 if is_ipv6(addr[0]) else self._udp
+            if udp is not None:
                 with contextlib.suppress(OSError, ProtocolError):
-                    self._udp.sendto(encode_reply(requester, self._core.config.info), addr)
+                    udp.sendto(encode_reply(requester, self._core.config.info), addr)
             return
         info = decode_announcement(data)
         if info is not None:
