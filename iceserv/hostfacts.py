@@ -166,6 +166,7 @@ def interface_addresses(
     or has no address of those families.
     """
     import contextlib  # noqa: PLC0415 - only the services ask about interfaces
+    import errno  # noqa: PLC0415
     import ipaddress  # noqa: PLC0415
     import socket  # noqa: PLC0415
 
@@ -173,7 +174,10 @@ def interface_addresses(
         return [str(ipaddress.IPv4Address(name))]  # 1.4 accepts an address for -i too
     except ValueError:
         pass
-    socket.if_nametoindex(name)  # OSError for an unknown interface
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), name) from None
     found: list[str] = []
     if ipv4:
         with contextlib.suppress(OSError):  # an IPv6-only interface
@@ -181,8 +185,6 @@ def interface_addresses(
     if ipv6:
         found += _ipv6_addresses(name, if_inet6)
     if not found:
-        import errno  # noqa: PLC0415
-
         families = " or ".join(f for f, wanted in (("IPv4", ipv4), ("IPv6", ipv6)) if wanted)
         raise OSError(errno.EADDRNOTAVAIL, f"interface {name} has no {families} address")
     return found
