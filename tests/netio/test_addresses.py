@@ -158,19 +158,17 @@ class TestListenerPeers:
         """The accept loop hands on 127.0.0.1 for an IPv4 peer, not ::ffff:127.0.0.1."""
 
         async def scenario() -> list[str]:
-            seen: list[str] = []
-            got = asyncio.Event()
+            accepted: asyncio.Queue[str] = asyncio.Queue()
 
             def on_accept(conn: socket.socket, address: tuple[str, int]) -> None:
                 conn.close()
-                seen.append(address[0])
-                if len(seen) == 2:  # noqa: PLR2004 - one peer per family
-                    got.set()
+                accepted.put_nowait(address[0])
 
             (sock,) = bind_listeners([WILDCARD], 0)
             listener = Listener(sock, on_accept, name="test")
             listener.start()
             port = listener.address[1]
+            seen: list[str] = []
             try:
                 loop = asyncio.get_running_loop()
                 for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
@@ -179,10 +177,7 @@ class TestListenerPeers:
                     with contextlib.closing(client):
                         await loop.sock_connect(client, (host, port))
                         async with asyncio.timeout(10):
-                            while len(seen) < (1 if family == socket.AF_INET else 2):
-                                await asyncio.sleep(0.01)
-                async with asyncio.timeout(10):
-                    await got.wait()
+                            seen.append(await accepted.get())
             finally:
                 listener.close()
             return seen
