@@ -1,0 +1,107 @@
+"""The 1.4 floor on a namespace bed: an IPv4 1.4 client's jobs never go to an IPv6-only daemon.
+
+Four hosts: our scheduler on h1 (dual-stack, the default), a real icecream
+1.4 ``iceccd -m 0`` on h2 that reaches it over IPv4, our daemon on h3 with
+``--family ipv6 -s '[fd15::1]:8765'`` (it listens and connects on IPv6 only,
+a ULA address beside the bed's IPv4 one), and our daemon on h4 over IPv4.
+All three are listed (h3 as ``[fd15::3]:10245``).  Three compiles by the real
+1.4 ``icecc`` through h2 all run on h4: the scheduler never names h3's IPv6
+address to a submitter that logged in over IPv4, which a 1.4 client could
+neither parse nor reach, and each object equals a local build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from typing import TYPE_CHECKING, Final
+
+import pytest
+from testbed import (
+    IdleCpuHost,
+    NetnsBed,
+    OurDaemon,
+    OurScheduler,
+    RealDaemon,
+    SchedulerMonitor,
+    freeze_proc_stat,
+    wait_for,
+)
+from testbed.faults import telnet_listcs
+from testbed.procs import make_workdir
+from testbed.project import build_env
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = [pytest.mark.live, pytest.mark.netns]
+
+_SOURCE: Final = """\
+#include <stdio.h>
+static int cube(int x) { return x * x * x; }
+int main(void) { printf("%d\\n", cube(3)); return 0; }
+"""
+_LOGIN_TIMEOUT: Final = 45.0
+_SCHEDULER_V6: Final = "fd15::1"
+_SERVER_V6: Final = "fd15::3"
+
+
+def test_ipv4_client_jobs_skip_the_ipv6_only_daemon() -> None:
+    """Jobs of a real 1.4 client over IPv4 go to the IPv4 daemon, never the IPv6-only one."""
+    workdir = make_workdir("ipv6ns")
+    try:
+        with NetnsBed(4) as bed, contextlib.ExitStack() as stack:
+            _run(bed, workdir, stack)
+    finally:
+        subprocess.run(["rm", "-rf", str(workdir)], check=False, timeout=60)
+
+
+def _idle(host: object, workdir: Path, name: str) -> IdleCpuHost:
+    return IdleCpuHost(host, freeze_proc_stat(workdir / f"stat-{name}"))  # type: ignore[arg-type]
+
+
+def _run(bed: NetnsBed, workdir: Path, stack: contextlib.ExitStack) -> None:
+    h1, h2, h3, h4 = bed
+    h1.add_address(_SCHEDULER_V6, 64)
+    h3.add_address(_SERVER_V6, 64)
+    scheduler = OurScheduler(host=h1, port=8765, loopback_only=False).start()
+    stack.callback(scheduler.stop)
+    monitor = stack.enter_context(SchedulerMonitor(h1, ("127.0.0.1", 8765)))
+    netname = scheduler.netname
+    real = RealDaemon("real4", host=_idle(h2, workdir, "real4"), max_jobs=0, port=10245,
+                      scheduler=f"{h1.ip}:8765", netname=netname).start()  # fmt: skip
+    stack.callback(real.stop)
+    six = OurDaemon("six", host=_idle(h3, workdir, "six"), max_jobs=2, port=10245,
+                    scheduler=f"[{_SCHEDULER_V6}]:8765", netname=netname,
+                    extra_args=["--family", "ipv6"]).start()  # fmt: skip
+    stack.callback(six.stop)
+    four = OurDaemon("four", host=_idle(h4, workdir, "four"), max_jobs=2, port=10245,
+                     scheduler=f"{h1.ip}:8765", netname=netname).start()  # fmt: skip
+    stack.callback(four.stop)
+
+    def tails() -> str:
+        return "\n".join(p.log_tail() for p in (scheduler, real, six, four))
+
+    monitor.wait_online(["real4", "six", "four"], _LOGIN_TIMEOUT, context=tails)
+    listed = {h.name: (h.ip, h.port) for h in telnet_listcs(h1, (_SCHEDULER_V6, 8766))}
+    assert listed == {"real4": (h2.ip, 10245), "six": (_SERVER_V6, 10245),
+                      "four": (h4.ip, 10245)}, tails()  # fmt: skip
+    (login,) = six.wait_events("scheduler_logged_in", 1)[:1]
+    assert login["own_ip"] == _SERVER_V6, tails()
+
+    source = workdir / "cube.c"
+    source.write_text(_SOURCE)
+    argv = ["gcc", "-O2", "-c", "cube.c", "-o"]
+    h2.run([*argv, "local.o"], cwd=workdir, env=build_env(), timeout=120)
+    env = build_env({"ICECC_TEST_SOCKET": str(real.socket_path), "HOME": str(workdir)})
+    for number in range(3):
+        done = h2.run(["/usr/bin/icecc", *argv, f"remote{number}.o"], cwd=workdir, env=env,
+                      check=False, capture_output=True, timeout=180)  # fmt: skip
+        assert done.returncode == 0, f"{done.stderr!r}\n{tails()}"
+        assert (workdir / f"remote{number}.o").read_bytes() == (workdir / "local.o").read_bytes()
+    monitor.wait_settled(0, 30.0)
+    placement = monitor.placement()
+    assert placement.began == {"four": 3}, f"{placement}\n{tails()}"
+    assert not six.events("job_finished"), tails()
+    wait_for(lambda: len([e for e in four.events("job_finished") if e.get("where") == "server"])
+             >= 3, 20.0, "four's job records", context=tails)  # fmt: skip
