@@ -755,7 +755,8 @@ class DaemonCore:
                 "compile_server_assigned",
                 client_id=client.conn_id,
                 job_id=msg.job_id,
-                server=f"{named.hostname}:{named.port}",
+                server=(f"[{named.hostname}]" if ":" in named.hostname else named.hostname)
+                + f":{named.port}",
             ),
             *self._arm(client, now),
         ]
