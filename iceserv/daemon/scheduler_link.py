@@ -22,11 +22,14 @@ Theory of operation
 In DISCOVERING one request byte goes to every broadcast address and the
 replies of the next ``discovery_wait`` seconds are judged with
 :func:`~iceserv.protocol.discovery.choose_scheduler`; without a suitable one
-the round repeats.  Before connecting, the scheduler's address is resolved
-and reported (``SchedulerConnecting``): the core then has a discovery
+the round repeats.  Once the TCP connection stands, the scheduler's address
+is reported (``SchedulerConnecting``): the core then has a discovery
 datagram sent to it every second until shortly after the handshake, named
 or discovered (1.4's scheduler may not accept otherwise, reference 7.9).
-Connecting and the handshake are bounded; once
+A name is resolved to the addresses of the allowed families (``family``),
+tried in the resolver's order with happy eyeballs (the next attempt starts
+:data:`HAPPY_EYEBALLS_DELAY` after the previous); the wake datagrams go to
+the address that answered.  Connecting and the handshake are bounded; once
 logged in the link reads without a time-out (a quiet scheduler is normal),
 and a dead peer is found by TCP keepalive and by the STATS the core sends.
 Losing the connection tells the owner and waits before starting over.
@@ -270,16 +273,8 @@ class SchedulerLink:
 
     async def _session(self, target: tuple[str, int]) -> None:
         self.state = LinkState.CONNECTING
-        loop = asyncio.get_running_loop()
         family = socket_families(self.settings.family)
         shown = host_port(*target)
-        try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                infos = await loop.getaddrinfo(*target, family=family, type=socket.SOCK_DGRAM)
-            address = infos[0][4]
-            await self._owner.scheduler_event(SchedulerConnecting(str(address[0]), int(address[1])))
-        except (OSError, TimeoutError, IndexError) as exc:
-            log.info("scheduler_wake_failed", address=shown, error=str(exc) or type(exc).__name__)
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 reader, writer = await asyncio.open_connection(
@@ -300,6 +295,9 @@ class SchedulerLink:
         set_keepalive(sock, _NODELAY)
         own_ip = unmapped(str(writer.get_extra_info("sockname")[0]))
         peer = writer.get_extra_info("peername")
+        peer_ip = unmapped(str(peer[0]))
+        # Wake the address the connection went to (of a name's several, the one that answered).
+        await self._owner.scheduler_event(SchedulerConnecting(peer_ip, int(peer[1])))
         conn = Connection()
         self._conn, self._writer, self.address = conn, writer, target
         try:
@@ -313,7 +311,7 @@ class SchedulerLink:
             log.info(
                 "scheduler_logged_in",
                 address=shown,
-                connected_to=host_port(unmapped(str(peer[0])), int(peer[1])),
+                connected_to=host_port(peer_ip, int(peer[1])),
                 protocol=event.protocol,
                 own_ip=own_ip,
             )

@@ -10,6 +10,8 @@ daemons that came over IPv6 and plain IPv4 for the 1.4 one, and a real
 compile through the ``-m 0`` daemon runs on the other daemon (USE_CS names
 a ::1 server ``localhost``, which every client parses) and is identical to
 a local build.  One scheduler and one set of daemons serve every test here.
+Last, one of our daemons logs in to a real 1.4 scheduler by name: it wakes
+the address its connection went to (1.4's scheduler accepts only once woken).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import pytest
-from testbed import LOOPBACK, OurDaemon, OurScheduler, RealDaemon, wait_for
+from testbed import LOOPBACK, OurDaemon, OurScheduler, RealDaemon, RealScheduler, wait_for
 from testbed.faults import telnet_listcs
 from testbed.procs import make_workdir
 from testbed.project import build_env
@@ -144,3 +146,17 @@ class TestLoopbackIpv6:
         assert [r for r in served if r.get("where") == "server"], cluster.tails()
         assigned = cluster.submitter.events("compile_server_assigned")
         assert [r["server"] for r in assigned] == [f"localhost:{cluster.server.port}"]
+
+
+def test_our_daemon_logs_in_to_a_real_scheduler_by_name() -> None:
+    """-s localhost:PORT reaches a 1.4 scheduler (IPv4 only); the wakes go where we connected."""
+    with RealScheduler() as scheduler:
+        daemon = OurDaemon("named", host=LOOPBACK, max_jobs=1,
+                           scheduler=f"localhost:{scheduler.telnet_port - 1}",
+                           netname=scheduler.netname).start()  # fmt: skip
+        try:
+            daemon.wait_listed(scheduler)
+            (record,) = daemon.wait_events("scheduler_logged_in", 1)[:1]
+            assert record["connected_to"] == f"127.0.0.1:{scheduler.telnet_port - 1}"
+        finally:
+            daemon.stop()
