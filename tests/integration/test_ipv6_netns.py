@@ -13,8 +13,10 @@ neither parse nor reach, and each object equals a local build.
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
-from typing import TYPE_CHECKING, Final
+from pathlib import Path
+from typing import Final
 
 import pytest
 from testbed import (
@@ -30,9 +32,6 @@ from testbed import (
 from testbed.faults import telnet_listcs
 from testbed.procs import make_workdir
 from testbed.project import build_env
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 
@@ -105,3 +104,50 @@ def _run(bed: NetnsBed, workdir: Path, stack: contextlib.ExitStack) -> None:
     assert not six.events("job_finished"), tails()
     wait_for(lambda: len([e for e in four.events("job_finished") if e.get("where") == "server"])
              >= 3, 20.0, "four's job records", context=tails)  # fmt: skip
+
+
+def test_a_name_with_both_families_falls_back_within_a_connect() -> None:
+    """-s NAME whose first (IPv6) address never answers reaches the IPv4 one (happy eyeballs).
+
+    ``sched`` resolves (a hosts file in h2's namespace) to ``::1``, where a
+    listener with a full accept queue silently drops every SYN, and to the
+    scheduler's IPv4 address.  The resolver puts ``::1`` first (RFC 6724
+    precedence), so a sequential connect would hang on it until the connect
+    time-out and log ``scheduler_connect_failed``; happy eyeballs starts the
+    IPv4 attempt 250 ms later and logs in.
+    """
+    with NetnsBed(2) as bed, contextlib.ExitStack() as stack:
+        h1, h2 = bed
+        hosts_dir = Path("/etc/netns") / h2.name
+        hosts_dir.mkdir(parents=True)
+        stack.callback(_remove_netns_etc, hosts_dir)
+        (hosts_dir / "hosts").write_text(f"127.0.0.1 localhost\n::1 sched\n{h1.ip} sched\n")
+        order = h2.python("import socket; print([a[4][0] for a in socket.getaddrinfo("
+                          "'sched', 8765, type=socket.SOCK_STREAM)])",
+                          capture_output=True).stdout.decode().strip()  # fmt: skip
+        assert order == f"['::1', '{h1.ip}']"
+        blocker = h2.socket(socket.AF_INET6)
+        blocker.bind(("::1", 8765))
+        blocker.listen(0)
+        for _ in range(2):  # the accept queue (backlog 0: one) is full; later SYNs are dropped
+            filler = h2.socket(socket.AF_INET6)
+            filler.setblocking(False)  # noqa: FBT003 - socket API
+            filler.connect_ex(("::1", 8765))
+        scheduler = OurScheduler(host=h1, port=8765, loopback_only=False).start()
+        stack.callback(scheduler.stop)
+        daemon = OurDaemon("named", host=h2, max_jobs=1, port=10245, scheduler="sched:8765",
+                           netname=scheduler.netname).start()  # fmt: skip
+        stack.callback(daemon.stop)
+        (record,) = daemon.wait_events("scheduler_logged_in", 1, timeout=30)[:1]
+        assert record["address"] == "sched:8765"
+        assert record["connected_to"] == f"{h1.ip}:8765", daemon.log_tail()
+        assert not daemon.events("scheduler_connect_failed"), daemon.log_tail()
+        logins = scheduler.wait_events("daemon_logged_in", 1)
+        assert [r["peer"] for r in logins] == [h2.ip]
+
+
+def _remove_netns_etc(path: Path) -> None:
+    (path / "hosts").unlink(missing_ok=True)
+    path.rmdir()
+    with contextlib.suppress(OSError):  # other beds may use /etc/netns too
+        path.parent.rmdir()
