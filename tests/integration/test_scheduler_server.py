@@ -128,6 +128,48 @@ class TestDiscovery:
         assert _closed(daemon)
 
 
+class TestBothFamilies:
+    """The scheduler port and discovery on IPv6 and IPv4 (issue 15)."""
+
+    def test_loopback_pair(self):
+        """-i lo's two addresses: TCP logins and UDP discovery on both; IPv6 peers stay IPv6."""
+        running = Running(addresses=("127.0.0.1", "::1"))
+        try:
+            port = running.port
+            assert running.server.bound == [f"127.0.0.1:{port}", f"[::1]:{port}"]
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                    sock.settimeout(5)
+                    sock.sendto(bytes([43]), (host, port))
+                    reply, source = sock.recvfrom(1024)
+                assert source[:2] == (host, port)
+                assert decode_reply(reply, own_version=43) is not None
+            six = BlockingChannel.connect("::1", port, timeout=5.0)
+            values = {"port": 1, "max_kids": 2, "nodename": "six", "host_platform": "x86_64",
+                      "chroot_possible": True}  # fmt: skip
+            six.send(Login(**values))  # type: ignore[arg-type]
+            six.receive()  # CS_CONF
+            wait_for(lambda: running.server.core.state.hosts, 5, "the login")
+            (host,) = running.server.core.state.hosts.values()
+            assert host.ip == "::1"
+            six.close()
+        finally:
+            running.close()
+
+    def test_dual_stack_wildcard_sees_plain_ipv4(self):
+        """On the one dual-stack :: socket an IPv4 daemon is 127.0.0.1, never ::ffff:127.0.0.1."""
+        running = Running(address="")
+        try:
+            assert running.server.bound == [f"[::]:{running.port}"]
+            four = _login(running, "four")
+            wait_for(lambda: running.server.core.state.hosts, 5, "the login")
+            (host,) = running.server.core.state.hosts.values()
+            assert host.ip == "127.0.0.1"
+            four.close()
+        finally:
+            running.close()
+
+
 class TestConnections:
     def test_silent_peer_is_dropped_after_handshake_timeout(self, running):
         """A peer that never shakes hands is closed after the handshake time-out."""
