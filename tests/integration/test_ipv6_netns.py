@@ -2,8 +2,9 @@
 
 Four hosts: our scheduler on h1 (dual-stack, the default), a real icecream
 1.4 ``iceccd -m 0`` on h2 that reaches it over IPv4, our daemon on h3 with
-``--family ipv6 -s '[fd15::1]:8765'`` (it listens and connects on IPv6 only,
-a ULA address beside the bed's IPv4 one), and our daemon on h4 over IPv4.
+``--family ipv6 -i eth0 -s '[fd15::1]:8765'`` (it listens on eth0's IPv6
+addresses and ::1 and connects on IPv6 only, a ULA address beside the bed's
+IPv4 one), and our daemon on h4 over IPv4.
 All three are listed (h3 as ``[fd15::3]:10245``).  Three compiles by the real
 1.4 ``icecc`` through h2 all run on h4: the scheduler never names h3's IPv6
 address to a submitter that logged in over IPv4, which a 1.4 client could
@@ -72,7 +73,7 @@ def _run(bed: NetnsBed, workdir: Path, stack: contextlib.ExitStack) -> None:
     stack.callback(real.stop)
     six = OurDaemon("six", host=_idle(h3, workdir, "six"), max_jobs=2, port=10245,
                     scheduler=f"[{_SCHEDULER_V6}]:8765", netname=netname,
-                    extra_args=["--family", "ipv6"]).start()  # fmt: skip
+                    extra_args=["--family", "ipv6", "-i", "eth0"]).start()  # fmt: skip
     stack.callback(six.stop)
     four = OurDaemon("four", host=_idle(h4, workdir, "four"), max_jobs=2, port=10245,
                      scheduler=f"{h1.ip}:8765", netname=netname).start()  # fmt: skip
@@ -87,6 +88,15 @@ def _run(bed: NetnsBed, workdir: Path, stack: contextlib.ExitStack) -> None:
                       "four": (h4.ip, 10245)}, tails()  # fmt: skip
     (login,) = six.wait_events("scheduler_logged_in", 1)[:1]
     assert login["own_ip"] == _SERVER_V6, tails()
+    # -i eth0 --family ipv6: eth0's IPv6 addresses (the link-local one with its zone) and ::1.
+    (started,) = six.events("daemon_started")
+    listen = started["listen"]
+    assert listen[0] == f"[{_SERVER_V6}]:10245", listen
+    assert listen[-1] == "[::1]:10245", listen
+    link_local = [a for a in listen if a.startswith("[fe80:")]
+    assert link_local, listen
+    assert all("%eth0]" in a for a in link_local), listen
+    assert not [a for a in listen if not a.startswith("[")], listen  # no IPv4
 
     source = workdir / "cube.c"
     source.write_text(_SOURCE)
