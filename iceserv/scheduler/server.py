@@ -60,7 +60,6 @@ from iceserv.netio import (
     bind_listeners,
     host_key,
     host_port,
-    is_ipv6,
     open_stream,
     unmapped,
 )
@@ -114,6 +113,8 @@ _IDLE_READ: Final = 300.0
 _MONITOR_SNDBUF: Final = 65536
 _REFUSAL_LOG_INTERVAL: Final = 10.0
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
+#: An IPv6 socket address is (host, port, flowinfo, scope id).
+_IPV6_SOCKADDR: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +196,8 @@ class _Discovery(asyncio.DatagramProtocol):
     def __init__(self, server: SchedulerServer) -> None:
         self._server = server
 
-    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
-        self._server.datagram_received(data, (unmapped(str(addr[0])), addr[1]))
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._server.datagram_received(data, addr)
 
 
 class SchedulerServer:
@@ -286,14 +287,15 @@ class SchedulerServer:
         """Open discovery: IPv4 for 1.4's broadcasts, IPv6 for unicast requests (wakes)."""
         loop = asyncio.get_running_loop()
         four = [str(s.getsockname()[0]) for s in tcp if s.family == socket.AF_INET]
-        six = [str(s.getsockname()[0]) for s in tcp if s.family == socket.AF_INET6]
+        # Whole IPv6 socket names: a link-local address needs its scope id to be bound.
+        six = [s.getsockname() for s in tcp if s.family == socket.AF_INET6]
         dual = any(
             s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
             for s in tcp
             if s.family == socket.AF_INET6
         )
         if dual:  # the wildcard on a dual-stack socket: UDP on both wildcards
-            four, six = ["0.0.0.0"], ["::"]  # noqa: S104 - every interface, as the TCP port
+            four, six = ["0.0.0.0"], [("::", 0, 0, 0)]  # noqa: S104 - every interface, as TCP
         if family.allows(socket.AF_INET) and four:
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
@@ -309,9 +311,7 @@ class SchedulerServer:
             try:
                 udp6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 udp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                udp6.bind(
-                    socket.getaddrinfo(six[0], self.port, socket.AF_INET6, socket.SOCK_DGRAM)[0][4]
-                )
+                udp6.bind((six[0][0], self.port, 0, six[0][3]))
             except OSError:
                 udp6.close()
                 if self._udp is not None:
@@ -478,11 +478,15 @@ class SchedulerServer:
 
     # --- UDP --------------------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Answer a discovery request or react to another scheduler's announcement."""
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Answer a discovery request or react to another scheduler's announcement.
+
+        *addr* is the sender's socket address as received (an IPv6 one with
+        its scope id, so that a reply reaches a link-local sender).
+        """
         requester = decode_request(data)
         if requester is not None:
-            udp = self._udp6 if is_ipv6(addr[0]) else self._udp
+            udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
             if udp is not None:
                 with contextlib.suppress(OSError, ProtocolError):
                     udp.sendto(encode_reply(requester, self._core.config.info), addr)
@@ -491,7 +495,7 @@ class SchedulerServer:
         if info is not None:
             effects = self._core.handle_announcement(info, self.now())
             if effects:
-                log.info("scheduler_preferred", peer=addr[0], version=info.version)
+                log.info("scheduler_preferred", peer=unmapped(str(addr[0])), version=info.version)
             self.apply(effects)
 
     # --- timers and probes ------------------------------------------------------------
