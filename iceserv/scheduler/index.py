@@ -437,7 +437,7 @@ class HostIndex:
         self.refresh()
         state = self.state
         own = state.hosts[job.submitter]
-        if own.blacklist or (state.ipv6_hosts and not own.ipv6):
+        if own.blacklist or state.ipv6_hosts:
             return False, None  # the scan applies the blacklist and placement.reachable
         fit = placement.JobFit(state, job)
         own_usable = fit.usable(own)
@@ -463,7 +463,7 @@ class HostIndex:
         self.refresh()
         state = self.state
         own = state.hosts[job.submitter]
-        if own.blacklist or (state.ipv6_hosts and not own.ipv6):
+        if own.blacklist or state.ipv6_hosts:
             return None
         fit = placement.JobFit(state, job)
         ids: list[int] = []

@@ -149,10 +149,13 @@ def reachable(submitter: Host | None, server: Host) -> bool:
     A server known by an IPv6 address (:attr:`Host.ipv6`) goes only to
     submitters that logged in over IPv6 themselves: one that came over IPv4
     may be icecream 1.4, whose clients cannot parse or reach an IPv6 address.
-    This is a guard, not family-aware placement: a dual-stack daemon is known
-    by the one address it logged in from.
+    A server known by a link-local address goes to nobody else: its zone is
+    the scheduler's.  This is a guard, not family-aware placement: a
+    dual-stack daemon is known by the one address it logged in from.
     """
-    return not server.ipv6 or submitter is None or submitter is server or submitter.ipv6
+    if submitter is server or not server.ipv6:
+        return True
+    return not server.link_local and (submitter is None or submitter.ipv6)
 
 
 def eligible_ever(state: ClusterState, host: Host, job: Job) -> bool:
@@ -414,7 +417,12 @@ class JobFit:
             not host.chroot_possible
             or host.noremote
             or (self.state.drained and self.state.is_drained(host))
-            or (host.ipv6 and not self.ipv6_ok)
+        ):
+            return False
+        if (
+            host.ipv6
+            and host.host_id != self.own_id
+            and (not self.ipv6_ok or host.link_local)  # see reachable()
         ):
             return False
         return host.host_id not in self.blacklists or bool(can_install(self.state, host, self.job))

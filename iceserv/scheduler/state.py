@@ -182,6 +182,15 @@ class Host:
         """
         return ":" in self.ip and self.ip != IPV6_LOOPBACK
 
+    @property
+    def link_local(self) -> bool:
+        """Whether it logged in from an IPv6 link-local address (``fe80::…%zone``).
+
+        The zone is the scheduler's interface name, meaningless on any other
+        host, so no other daemon's client is sent there (:func:`reachable`).
+        """
+        return "%" in self.ip or self.ip.lower().startswith("fe80:")
+
     def matches(self, name: str) -> bool:
         """Return whether *name* is this daemon's nodename or IP address (1.4 ``matches``)."""
         return name in (self.nodename, self.ip)

@@ -52,6 +52,10 @@ def _why_not_ever(state: ClusterState, host: Host, job: Job, *, own: bool) -> st
         ),
         (not host.probe.accepting, f"its compile port {_address(host)} does not answer"),
         (
+            not own and host.link_local,
+            f"is known only by the link-local address {host.ip}, of no use to other hosts",
+        ),
+        (
             not own and not reachable(state.hosts.get(job.submitter), host),
             (
                 f"is known only by the IPv6 address {host.ip} and the submitter logged in"

@@ -513,6 +513,18 @@ class TestAddressFamilies:
         (use,) = sends(get_cs(core, 1), 1)
         assert (use.hostname, use.port) == ("localhost", 10246)
 
+    def test_link_local_server_is_never_named(self):
+        """A server that logged in from fe80::…%zone is skipped even for IPv6 submitters."""
+        core = new_core()
+        login(core, 1, "new", ip="fd00::1", max_kids=0)
+        login(core, 2, "link", ip="fe80::2%eth0", max_kids=4)
+        login(core, 3, "busy", ip="fd00::3", max_kids=4, load=1000)
+        assert not sends(get_cs(core, 1), 1)
+        (report,) = [e for e in core.handle_timer(T0 + 2) if isinstance(e, JobsWaiting)]
+        assert dict(report.reasons)["link"] == (
+            "is known only by the link-local address fe80::2%eth0, of no use to other hosts"
+        )
+
     def test_the_count_of_ipv6_hosts_follows_logins(self):
         """The state counts hosts known by IPv6 (the index defers to the scan while any exist)."""
         core = new_core()
