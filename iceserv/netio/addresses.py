@@ -17,6 +17,7 @@ and does not log: the caller logs what it bound.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import ipaddress
@@ -39,6 +40,8 @@ __all__ = [
 
 #: The listen address meaning "every address of the allowed families".
 WILDCARD: Final = ""
+#: Linux's IP_FREEBIND (not exported by Python 3.11's socket module); IPv6 sockets honour it.
+_IP_FREEBIND: Final = 15
 #: Errors that mean "this kernel or host has no IPv6" (module not loaded, disabled by sysctl).
 _NO_IPV6: Final = frozenset((errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT))
 
@@ -178,6 +181,12 @@ def _bind(
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
             except OSError as exc:
                 raise OSError(errno.ENOPROTOOPT, f"IPV6_V6ONLY={int(v6only)}: {exc}") from exc
+        if kind == socket.AF_INET6 and address != "::":
+            # An interface's IPv6 address is "tentative" for a second or two after it is
+            # added (duplicate address detection) and cannot be bound then; IP_FREEBIND
+            # binds it anyway, and it answers once DAD is done (a daemon started at boot).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
         if kind == socket.AF_INET6 and "%" in address:
             sock.bind(socket.getaddrinfo(address, port, kind, socket.SOCK_STREAM)[0][4])
         else:

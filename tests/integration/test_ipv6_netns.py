@@ -161,3 +161,25 @@ def _remove_netns_etc(path: Path) -> None:
     path.rmdir()
     with contextlib.suppress(OSError):  # other beds may use /etc/netns too
         path.parent.rmdir()
+
+
+_BIND_TENTATIVE: Final = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from iceserv.netio import bind_listeners
+flags = [int(row.split()[4], 16) for row in open("/proc/net/if_inet6")
+         if row.split()[0] == "fd150000000000000000000000000009"]
+(sock,) = bind_listeners(["fd15::9"], 0)
+print(bool(flags and flags[0] & 0x40), sock.getsockname()[0])
+"""
+
+
+def test_a_tentative_interface_address_is_bound() -> None:
+    """-i binds an IPv6 address still in duplicate address detection (a daemon at boot)."""
+    with NetnsBed(1) as bed:
+        (host,) = bed
+        subprocess.run(["ip", "-n", host.name, "addr", "add", "fd15::9/64", "dev", "eth0"],
+                       check=True, timeout=10)  # fmt: skip
+        done = host.python(_BIND_TENTATIVE, str(Path(__file__).resolve().parents[2]),
+                           capture_output=True)  # fmt: skip
+        assert done.stdout.decode().split() == ["True", "fd15::9"], done.stderr
