@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from iceserv.netio.accept import Listener, bind_tcp, open_stream
 from iceserv.netio.addresses import (
+    IP_FREEBIND,
     WILDCARD,
     Family,
     bind_listeners,
@@ -31,6 +32,7 @@ from iceserv.netio.throttle import Throttle
 
 __all__ = [
     "DESCRIPTOR_RESERVE",
+    "IP_FREEBIND",
     "WILDCARD",
     "Admission",
     "ConnectionBudget",

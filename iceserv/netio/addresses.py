@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "IP_FREEBIND",
     "WILDCARD",
     "Family",
     "bind_listeners",
@@ -41,7 +42,7 @@ __all__ = [
 #: The listen address meaning "every address of the allowed families".
 WILDCARD: Final = ""
 #: Linux's IP_FREEBIND (not exported by Python 3.11's socket module); IPv6 sockets honour it.
-_IP_FREEBIND: Final = 15
+IP_FREEBIND: Final = 15
 #: Errors that mean "this kernel or host has no IPv6" (module not loaded, disabled by sysctl).
 _NO_IPV6: Final = frozenset((errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT))
 
@@ -186,7 +187,7 @@ def _bind(
             # added (duplicate address detection) and cannot be bound then; IP_FREEBIND
             # binds it anyway, and it answers once DAD is done (a daemon started at boot).
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
         if kind == socket.AF_INET6 and "%" in address:
             sock.bind(socket.getaddrinfo(address, port, kind, socket.SOCK_STREAM)[0][4])
         else:

@@ -52,6 +52,7 @@ import structlog
 from iceserv.errors import ProtocolError
 from iceserv.hostfacts import set_keepalive
 from iceserv.netio import (
+    IP_FREEBIND,
     Admission,
     ConnectionBudget,
     Family,
@@ -311,6 +312,8 @@ class SchedulerServer:
             try:
                 udp6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 udp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                with contextlib.suppress(OSError):  # a tentative address, as the TCP port's
+                    udp6.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
                 udp6.bind((six[0][0], self.port, 0, six[0][3]))
             except OSError:
                 udp6.close()
