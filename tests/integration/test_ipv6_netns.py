@@ -5,7 +5,8 @@ Four hosts: our scheduler on h1 (dual-stack, the default), a real icecream
 ``--family ipv6 -i eth0 -s '[fd15::1]:8765'`` (it listens on eth0's IPv6
 addresses and ::1 and connects on IPv6 only, a ULA address beside the bed's
 IPv4 one), and our daemon on h4 over IPv4.
-All three are listed (h3 as ``[fd15::3]:10245``).  Three compiles by the real
+All three are listed (h3 as ``[fd15::3]:10245``), also by a real
+icecream-sundae over IPv4 (MON_STATS tells it ``IP:fd15::3`` as text).  Three compiles by the real
 1.4 ``icecc`` through h2 all run on h4: the scheduler never names h3's IPv6
 address to a submitter that logged in over IPv4, which a 1.4 client could
 neither parse nor reach, and each object equals a local build.
@@ -26,6 +27,7 @@ from testbed import (
     OurDaemon,
     OurScheduler,
     RealDaemon,
+    RealSundae,
     SchedulerMonitor,
     freeze_proc_stat,
     wait_for,
@@ -88,6 +90,11 @@ def _run(bed: NetnsBed, workdir: Path, stack: contextlib.ExitStack) -> None:
                       "four": (h4.ip, 10245)}, tails()  # fmt: skip
     (login,) = six.wait_events("scheduler_logged_in", 1)[:1]
     assert login["own_ip"] == _SERVER_V6, tails()
+    # A 1.4 monitor over IPv4 is told "IP:fd15::3" in MON_STATS (display text) and copes.
+    with RealSundae(host=h1, scheduler="127.0.0.1:8765") as sundae:
+        for name in ("six", "four", "real4"):
+            sundae.wait_for_text(name, timeout=20)
+        assert sundae.check_alive(), sundae.log_tail()
     # -i eth0 --family ipv6: eth0's IPv6 addresses (the link-local one with its zone) and ::1.
     (started,) = six.events("daemon_started")
     listen = started["listen"]

@@ -132,7 +132,7 @@ class TestBothFamilies:
     """The scheduler port and discovery on IPv6 and IPv4 (issue 15)."""
 
     def test_loopback_pair(self):
-        """-i lo's two addresses: TCP logins and UDP discovery on both; IPv6 peers stay IPv6."""
+        """-i lo's two addresses: logins, monitors, discovery on both; IPv6 peers stay IPv6."""
         running = Running(addresses=("127.0.0.1", "::1"))
         try:
             port = running.port
@@ -152,6 +152,12 @@ class TestBothFamilies:
             wait_for(lambda: running.server.core.state.hosts, 5, "the login")
             (host,) = running.server.core.state.hosts.values()
             assert host.ip == "::1"
+            monitor = BlockingChannel.connect("::1", port, timeout=5.0)  # a monitor over IPv6
+            monitor.send(MonLogin())
+            stats = monitor.receive()
+            assert isinstance(stats, MonStats)
+            assert "IP:::1\n" in stats.statmsg
+            monitor.close()
             six.close()
         finally:
             running.close()
