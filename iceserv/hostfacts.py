@@ -36,6 +36,7 @@ __all__ = [
     "host_platform",
     "interface_address",
     "interface_addresses",
+    "multicast_sources",
     "set_keepalive",
     "without_manager_variables",
 ]
@@ -187,6 +188,27 @@ def interface_addresses(
     if not found:
         families = " or ".join(f for f, wanted in (("IPv4", ipv4), ("IPv6", ipv6)) if wanted)
         raise OSError(errno.EADDRNOTAVAIL, f"interface {name} has no {families} address")
+    return found
+
+
+def multicast_sources(*, if_inet6: str = _IF_INET6) -> list[tuple[str, str]]:
+    """Return ``(interface, source address)`` for each non-loopback interface with IPv6.
+
+    The source is the interface's first global (or unique local) address, so
+    that the answer to a link-local multicast comes from, and goes to,
+    routable addresses; an interface with only a link-local address gets that
+    one (``fe80::1%eth0``).  Empty when the kernel has no IPv6.
+    """
+    try:
+        with open(if_inet6, encoding="ascii") as lines:  # noqa: PTH123 - pathlib is not imported here
+            names = sorted({row.split()[5] for row in lines if len(row.split()) == 6})
+    except OSError:
+        return []
+    found: list[tuple[str, str]] = []
+    for name in names:
+        addresses = _ipv6_addresses(name, if_inet6)
+        if name != "lo" and addresses:
+            found.append((name, addresses[0]))
     return found
 
 

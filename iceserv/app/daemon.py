@@ -52,7 +52,12 @@ from iceserv.daemon import (
     child_environment,
     resolve_user,
 )
-from iceserv.hostfacts import broadcast_addresses, host_platform, interface_addresses
+from iceserv.hostfacts import (
+    broadcast_addresses,
+    host_platform,
+    interface_addresses,
+    multicast_sources,
+)
 from iceserv.netio import (
     DESCRIPTOR_RESERVE,
     WILDCARD,
@@ -72,7 +77,7 @@ from iceserv.service.dbus import (
 from iceserv.service.lifecycle import daemonize
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, MutableMapping, Sequence
+    from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
     from iceserv.config import DaemonSettings, HostPort, Loaded
     from iceserv.service import LogSetup, Notifier
@@ -118,6 +123,18 @@ def _listen_addresses(settings: DaemonSettings) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*addresses, *loopbacks)))
 
 
+def _broadcasts(settings: DaemonSettings, *, tests: bool) -> Callable[[], Sequence[str]]:
+    if tests:
+        return lambda: (_LOOPBACK,)  # ICECC_TESTS: 1.4 broadcasts on loopback only
+    if settings.family == "ipv6":
+        return lambda: ()  # --family ipv6: discovery by the IPv6 group alone
+    return broadcast_addresses
+
+
+def _no_multicast() -> list[tuple[str, str]]:
+    return []  # ICECC_TESTS (loopback only, as 1.4's broadcasts) or --family ipv4
+
+
 def _native_command() -> tuple[str, str]:
     program = _REAL_ICECC if os.access(_REAL_ICECC, os.X_OK) else shutil.which("icecc")
     return (program or _REAL_ICECC, "--build-native")
@@ -145,7 +162,8 @@ def server_settings(
         nodename=settings.host_name,
         netname=settings.net_name,
         scheduler=(scheduler.host, scheduler.port) if scheduler is not None else None,
-        broadcasts=(lambda: (_LOOPBACK,)) if tests else broadcast_addresses,
+        broadcasts=_broadcasts(settings, tests=tests),
+        multicast=_no_multicast if tests or settings.family == "ipv4" else multicast_sources,
         fast_reconnect=tests,
         max_kids=max_kids if max_kids is not None else os.cpu_count() or 1,
         nice=settings.nice_level,

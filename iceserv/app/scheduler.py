@@ -36,7 +36,7 @@ import structlog
 from iceserv._version import VERSION
 from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
 from iceserv.config import Service, load_scheduler_settings
-from iceserv.hostfacts import broadcast_addresses, interface_addresses
+from iceserv.hostfacts import broadcast_addresses, interface_addresses, multicast_sources
 from iceserv.netio import (
     DESCRIPTOR_RESERVE,
     WILDCARD,
@@ -111,10 +111,16 @@ def server_settings(
                 ipv6=family is not Family.IPV4,
             )
         )
-    if environ.get("ICECC_TESTS"):
+    if environ.get("ICECC_TESTS"):  # loopback only, as 1.4 under ICECC_TESTS
         announce_to: tuple[str, ...] = (_LOOPBACK,)
+        multicast: tuple[str, ...] = ()
     else:
         announce_to = tuple(broadcast_addresses())
+        multicast = tuple(name for name, _ in multicast_sources())
+        if settings.interface:
+            multicast = tuple(name for name in multicast if name == settings.interface)
+    if family is Family.IPV4:
+        multicast = ()
     return SchedulerServerSettings(
         address=addresses[0],
         addresses=addresses,
@@ -123,6 +129,7 @@ def server_settings(
         netname=settings.net_name or DEFAULT_NETNAME,
         persistent_clients=settings.persistent_client_connection,
         announce_to=announce_to,
+        multicast_interfaces=multicast,
         handshake_timeout=settings.handshake_timeout,
         message_timeout=settings.message_timeout,
         max_connections=settings.max_connections,

@@ -54,7 +54,14 @@ from iceserv.daemon.effects import (
 )
 from iceserv.errors import ProtocolError, RemoteProtocolError
 from iceserv.hostfacts import set_keepalive
-from iceserv.netio import host_port, socket_families, unmapped
+from iceserv.netio import (
+    DISCOVERY_GROUP6,
+    IP_FREEBIND,
+    host_port,
+    sockaddr_host_port,
+    socket_families,
+    unmapped,
+)
 from iceserv.protocol import (
     NEED_DATA,
     SCHEDULER_PORT,
@@ -118,7 +125,8 @@ class LinkSettings:
     """How to find and talk to the scheduler.
 
     ``scheduler`` is ``(host, port)`` from ``-s`` (None: discovery, sending to
-    ``broadcasts()`` on ``discovery_port``); ``fast_reconnect`` is
+    ``broadcasts()`` on ``discovery_port``, and to the IPv6 discovery group
+    from each ``(interface, source address)`` of ``multicast()``); ``fast_reconnect`` is
     ``ICECC_TESTS``' 3 s delay instead of 20..51 s.  ``family`` (``any``,
     ``ipv4``, ``ipv6``) limits the addresses a name resolves to; with several,
     they are tried in the resolver's order, the next one starting
@@ -129,6 +137,7 @@ class LinkSettings:
     netname: str = ""
     discovery_port: int = SCHEDULER_PORT
     broadcasts: Callable[[], Sequence[str]] = lambda: ("255.255.255.255",)
+    multicast: Callable[[], Sequence[tuple[str, str]]] = lambda: ()
     fast_reconnect: bool = False
     connect_timeout: float = 10.0
     handshake_timeout: float = 15.0
@@ -224,29 +233,85 @@ class SchedulerLink:
         return None
 
     async def _discover_once(self) -> tuple[str, int] | None:
-        loop = asyncio.get_running_loop()
         replies: list[tuple[tuple[str, int], SchedulerInfo]] = []
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            sock.setblocking(False)  # noqa: FBT003 - socket API
-            sock.bind(("", 0))
-            for address in self.settings.broadcasts():
-                with contextlib.suppress(OSError):
-                    await loop.sock_sendto(
-                        sock, encode_request(), (address, self.settings.discovery_port)
-                    )
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(sock) for sock in await self._send_requests()]
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.discovery_wait):
-                    while True:
-                        data, origin = await loop.sock_recvfrom(sock, 1024)
-                        info = decode_reply(data)
-                        if info is not None:
-                            replies.append(((str(origin[0]), int(origin[1])), info))
+                    await asyncio.gather(*(self._collect(sock, replies) for sock in socks))
         chosen = choose_scheduler(replies, self.settings.netname)
         if chosen is None:
             log.info("scheduler_not_found", replies=len(replies), netname=self.settings.netname)
             return None
         return chosen[0]
+
+    async def _send_requests(self) -> list[socket.socket]:
+        """Send the request byte: IPv4 broadcasts, and the IPv6 group on each interface.
+
+        Each IPv6 request leaves from the interface's routable address when it
+        has one (``multicast()``), so the scheduler answers from its own
+        routable address, which is then the one connected to and the one the
+        scheduler knows us by.
+        """
+        loop = asyncio.get_running_loop()
+        port = self.settings.discovery_port
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        socks = [sock]
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.setblocking(False)  # noqa: FBT003 - socket API
+            sock.bind(("", 0))
+            for address in self.settings.broadcasts():
+                with contextlib.suppress(OSError):
+                    await loop.sock_sendto(sock, encode_request(), (address, port))
+            for interface, source in self.settings.multicast():
+                six = self._multicast_socket(interface, source)
+                if six is None:
+                    continue
+                socks.append(six)
+                with contextlib.suppress(OSError):
+                    index = socket.if_nametoindex(interface)
+                    await loop.sock_sendto(
+                        six, encode_request(), (DISCOVERY_GROUP6, port, 0, index)
+                    )
+        except OSError:
+            for opened in socks:
+                opened.close()
+            raise
+        return socks
+
+    @staticmethod
+    def _multicast_socket(interface: str, source: str) -> socket.socket | None:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            index = socket.if_nametoindex(interface)
+            sock.setblocking(False)  # noqa: FBT003 - socket API
+            with contextlib.suppress(OSError):  # a tentative address (see netio.bind_listeners)
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+            scope = index if "%" in source else 0
+            sock.bind((source.split("%", 1)[0], 0, 0, scope))
+        except OSError as exc:
+            sock.close()
+            log.debug("multicast_discovery_failed", interface=interface, error=str(exc))
+            return None
+        return sock
+
+    @staticmethod
+    async def _collect(
+        sock: socket.socket, replies: list[tuple[tuple[str, int], SchedulerInfo]]
+    ) -> None:
+        """Add every scheduler reply *sock* receives to *replies* (until cancelled)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data, origin = await loop.sock_recvfrom(sock, 1024)
+            except OSError:
+                return  # e.g. an ICMP error queued on the socket: stop listening on it
+            info = decode_reply(data)
+            if info is not None:
+                replies.append((sockaddr_host_port(origin), info))
 
     def wake(self, host: str, port: int) -> None:
         """Send one discovery datagram to the scheduler at *host*:*port* (a numeric address).

@@ -205,6 +205,7 @@ class Daemon:
                 netname=settings.netname,
                 discovery_port=settings.discovery_port,
                 broadcasts=settings.broadcasts,
+                multicast=settings.multicast,
                 fast_reconnect=settings.fast_reconnect,
                 family=settings.family,
             ),

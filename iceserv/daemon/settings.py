@@ -27,6 +27,10 @@ def _no_broadcasts() -> tuple[str, ...]:
     return ()
 
 
+def _no_multicast() -> tuple[tuple[str, str], ...]:
+    return ()
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The daemon's configuration as the shell uses it.
@@ -50,6 +54,7 @@ class ServerSettings:
     scheduler: tuple[str, int] | None = None
     discovery_port: int = 8765
     broadcasts: Callable[[], Sequence[str]] = _no_broadcasts
+    multicast: Callable[[], Sequence[tuple[str, str]]] = _no_multicast
     fast_reconnect: bool = False
     max_kids: int = 1
     nice: int = 5

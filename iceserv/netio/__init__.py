@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from iceserv.netio.accept import Listener, bind_tcp, open_stream
 from iceserv.netio.addresses import (
+    DISCOVERY_GROUP6,
     IP_FREEBIND,
     WILDCARD,
     Family,
@@ -23,6 +24,7 @@ from iceserv.netio.addresses import (
     host_port,
     is_ipv6,
     is_loopback,
+    sockaddr_host_port,
     socket_families,
     unmapped,
 )
@@ -32,6 +34,7 @@ from iceserv.netio.throttle import Throttle
 
 __all__ = [
     "DESCRIPTOR_RESERVE",
+    "DISCOVERY_GROUP6",
     "IP_FREEBIND",
     "WILDCARD",
     "Admission",
@@ -49,6 +52,7 @@ __all__ = [
     "is_loopback",
     "open_stream",
     "raise_nofile_limit",
+    "sockaddr_host_port",
     "socket_families",
     "unmapped",
 ]

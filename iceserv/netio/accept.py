@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from iceserv.netio.addresses import unmapped
+from iceserv.netio.addresses import sockaddr_host_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -120,7 +120,7 @@ class Listener:
     @property
     def address(self) -> tuple[str, int]:
         """The (host, port) the socket listens on (``::`` for a dual-stack wildcard)."""
-        return _host_and_port(self.sock.getsockname())
+        return sockaddr_host_port(self.sock.getsockname())
 
     @property
     def paused(self) -> bool:
@@ -169,7 +169,7 @@ class Listener:
                 self._delay = 0.0
             conn.setblocking(False)  # noqa: FBT003 - the socket API's spelling
             if isinstance(address, tuple):
-                self._on_accept(conn, _host_and_port(address))
+                self._on_accept(conn, sockaddr_host_port(address))
             else:  # a Unix socket: the peer has no address (the daemon's local clients)
                 self._on_accept(conn, (str(address or ""), 0))
 
@@ -198,19 +198,3 @@ class Listener:
         self._retry = None
         if not self._closed and self._loop is not None:
             self._loop.add_reader(self.sock.fileno(), self._readable)
-
-
-def _host_and_port(address: tuple[object, ...]) -> tuple[str, int]:
-    """Return ``(host, port)`` of a socket address, as the rest of iceserv prints it.
-
-    IPv4-mapped peers of a dual-stack socket become plain IPv4; IPv6
-    link-local ones get their zone (``fe80::2%eth0``), which Python leaves out.
-    """
-    host, port = unmapped(str(address[0])), int(str(address[1]))
-    scope = int(str(address[3])) if len(address) == 4 else 0
-    if scope and "%" not in host:
-        try:
-            host += "%" + socket.if_indextoname(scope)
-        except OSError:
-            host += f"%{scope}"
-    return host, port

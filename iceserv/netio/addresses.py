@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "DISCOVERY_GROUP6",
     "IP_FREEBIND",
     "WILDCARD",
     "Family",
@@ -35,10 +36,15 @@ __all__ = [
     "host_port",
     "is_ipv6",
     "is_loopback",
+    "sockaddr_host_port",
     "socket_families",
     "unmapped",
 ]
 
+#: The IPv6 discovery group: link-local scope, the same UDP port as broadcast discovery
+#: (8765).  ff02::114 is IANA's "any private experiment" address (RFC 4291's variable-scope
+#: list), so iceserv claims no registered group; 1.4 peers never use it.
+DISCOVERY_GROUP6: Final = "ff02::114"
 #: The listen address meaning "every address of the allowed families".
 WILDCARD: Final = ""
 #: Linux's IP_FREEBIND (not exported by Python 3.11's socket module); IPv6 sockets honour it.
@@ -198,3 +204,19 @@ def _bind(
         sock.close()
         raise
     return sock
+
+
+def sockaddr_host_port(address: tuple[object, ...]) -> tuple[str, int]:
+    """Return ``(host, port)`` of a socket address, as the rest of iceserv prints it.
+
+    IPv4-mapped peers of a dual-stack socket become plain IPv4; IPv6
+    link-local ones get their zone (``fe80::2%eth0``), which Python leaves out.
+    """
+    host, port = unmapped(str(address[0])), int(str(address[1]))
+    scope = int(str(address[3])) if len(address) == 4 else 0
+    if scope and "%" not in host:
+        try:
+            host += "%" + socket.if_indextoname(scope)
+        except OSError:
+            host += f"%{scope}"
+    return host, port

@@ -52,6 +52,7 @@ import structlog
 from iceserv.errors import ProtocolError
 from iceserv.hostfacts import set_keepalive
 from iceserv.netio import (
+    DISCOVERY_GROUP6,
     IP_FREEBIND,
     Admission,
     ConnectionBudget,
@@ -127,7 +128,9 @@ class SchedulerServerSettings:
     The TCP port listens on ``addresses`` (default: ``(address,)``; ``""`` is
     every address of ``family``, dual-stack where the system allows it, see
     :func:`~iceserv.netio.bind_listeners`); UDP discovery listens on IPv4 (1.4's
-    broadcasts) and, unless ``family`` is ``ipv4``, on IPv6 for unicast requests.
+    broadcasts) and, unless ``family`` is ``ipv4``, on IPv6 for unicast requests
+    and for requests to :data:`~iceserv.netio.DISCOVERY_GROUP6`, joined on each
+    of ``multicast_interfaces`` (iceserv daemons' discovery over IPv6).
     ``handshake_timeout`` bounds the handshake and first message together,
     ``message_timeout`` any later message from its first byte; the
     ``max_*`` fields are the connection budgets (the module docstring).
@@ -140,6 +143,7 @@ class SchedulerServerSettings:
     netname: str = DEFAULT_NETNAME
     persistent_clients: bool = False
     announce_to: tuple[str, ...] = ()
+    multicast_interfaces: tuple[str, ...] = ()
     handshake_timeout: float = 15.0
     message_timeout: float = 30.0
     send_timeout: float = 30.0
@@ -321,7 +325,25 @@ class SchedulerServer:
                     self._udp.close()
                     self._udp = None
                 raise
+            self._join_group(udp6)
             self._udp6, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp6)
+
+    def _join_group(self, udp6: socket.socket) -> None:
+        """Join the IPv6 discovery group on each multicast interface (failures are logged)."""
+        group = socket.inet_pton(socket.AF_INET6, DISCOVERY_GROUP6)
+        joined: list[str] = []
+        for name in self.settings.multicast_interfaces:
+            try:
+                index = socket.if_nametoindex(name)
+                udp6.setsockopt(
+                    socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group + struct.pack("@I", index)
+                )
+            except OSError as exc:
+                log.warning("multicast_join_failed", interface=name, error=str(exc))
+                continue
+            joined.append(name)
+        if joined:
+            log.info("multicast_joined", group=DISCOVERY_GROUP6, interfaces=joined)
 
     async def stop(self) -> None:
         """Stop listening and close every daemon and monitor connection (1.4's clean exit)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Final
 
@@ -190,3 +191,69 @@ def test_a_tentative_interface_address_is_bound() -> None:
         done = host.python(_BIND_TENTATIVE, str(Path(__file__).resolve().parents[2]),
                            capture_output=True)  # fmt: skip
         assert done.stdout.decode().split() == ["True", "fd15::9"], done.stderr
+
+
+_OUR_CLIENT: Final = (
+    "#!{python}\nimport sys\nsys.path.insert(0, {repo!r})\n"
+    "from iceserv.client.main import main\nsys.exit(main())\n"
+)
+
+
+def test_ipv6_only_cluster_discovers_and_compiles() -> None:
+    """No IPv4 on the links: daemons find the scheduler by IPv6 multicast and a job runs remotely.
+
+    The three hosts keep only ULA addresses (fd16::N) and link-local ones.
+    The daemons get no ``-s``: their requests to ff02::114 leave from their
+    ULA addresses, so the scheduler answers from its own and knows them by
+    theirs.  Our client's compile through the ``-m 0`` daemon is placed on the
+    other one by its IPv6 address (both submitter and server came over IPv6)
+    and equals a local build.
+    """
+    workdir = make_workdir("ipv6only")
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        with NetnsBed(3) as bed, contextlib.ExitStack() as stack:
+            for number, host in enumerate(bed, start=1):
+                subprocess.run(["ip", "-n", host.name, "-4", "addr", "flush", "dev", "eth0"],
+                               check=True, timeout=10)  # fmt: skip
+                host.add_address(f"fd16::{number}", 64)
+            h1, h2, h3 = bed
+            scheduler = OurScheduler(host=h1, port=8765, loopback_only=False).start()
+            stack.callback(scheduler.stop)
+            netname = scheduler.netname
+            sub = OurDaemon("sub6", host=_idle(h2, workdir, "sub6"), max_jobs=0, port=10245,
+                            netname=netname).start()  # fmt: skip
+            stack.callback(sub.stop)
+            srv = OurDaemon("srv6", host=_idle(h3, workdir, "srv6"), max_jobs=2, port=10245,
+                            netname=netname).start()  # fmt: skip
+            stack.callback(srv.stop)
+
+            def tails() -> str:
+                return "\n".join(p.log_tail() for p in (scheduler, sub, srv))
+
+            def listed() -> dict[str, tuple[str, int]]:
+                return {h.name: (h.ip, h.port) for h in telnet_listcs(h1, ("::1", 8766))}
+
+            wait_for(lambda: {"sub6", "srv6"} <= set(listed()), _LOGIN_TIMEOUT,
+                     "both daemons listed", context=tails)  # fmt: skip
+            assert listed() == {"sub6": ("fd16::2", 10245), "srv6": ("fd16::3", 10245)}
+            (login,) = srv.wait_events("scheduler_logged_in", 1)[:1]
+            assert login["connected_to"] == "[fd16::1]:8765", tails()
+            (work := workdir / "src").mkdir()
+            (work / "cube.c").write_text(_SOURCE)
+            launcher = work / "icecc"
+            launcher.write_text(_OUR_CLIENT.format(python=sys.executable, repo=str(repo)))
+            launcher.chmod(0o755)
+            argv = ["gcc", "-O2", "-c", "cube.c", "-o"]
+            h2.run([*argv, "local.o"], cwd=work, env=build_env(), timeout=120)
+            env = build_env({"ICECC_TEST_SOCKET": str(sub.socket_path), "HOME": str(work)})
+            done = h2.run([str(launcher), *argv, "remote.o"], cwd=work, env=env, check=False,
+                          capture_output=True, timeout=180)  # fmt: skip
+            assert done.returncode == 0, f"{done.stderr!r}\n{tails()}"
+            assert (work / "remote.o").read_bytes() == (work / "local.o").read_bytes()
+            assigned = [r["server"] for r in sub.events("compile_server_assigned")]
+            assert assigned == ["[fd16::3]:10245"], tails()
+            wait_for(lambda: [e for e in srv.events("job_finished") if e.get("where") == "server"],
+                     20.0, "srv6's job record", context=tails)  # fmt: skip
+    finally:
+        subprocess.run(["rm", "-rf", str(workdir)], check=False, timeout=60)
