@@ -43,6 +43,7 @@ from iceserv.netio import (
     Family,
     NofileLimit,
     fit_budget,
+    is_link_local,
     raise_nofile_limit,
 )
 from iceserv.protocol.discovery import DEFAULT_NETNAME
@@ -114,13 +115,18 @@ def server_settings(
     if environ.get("ICECC_TESTS"):  # loopback only, as 1.4 under ICECC_TESTS
         announce_to: tuple[str, ...] = (_LOOPBACK,)
         multicast: tuple[str, ...] = ()
+        routable = False
     else:
         announce_to = tuple(broadcast_addresses())
-        multicast = tuple(name for name, _ in multicast_sources())
-        if settings.interface:
-            multicast = tuple(name for name in multicast if name == settings.interface)
+        sources = [
+            (name, source)
+            for name, source in multicast_sources()
+            if not settings.interface or name == settings.interface
+        ]
+        multicast = tuple(name for name, _ in sources)
+        routable = any(not is_link_local(source) for _, source in sources)
     if family is Family.IPV4:
-        multicast = ()
+        multicast, routable = (), False
     return SchedulerServerSettings(
         address=addresses[0],
         addresses=addresses,
@@ -130,6 +136,7 @@ def server_settings(
         persistent_clients=settings.persistent_client_connection,
         announce_to=announce_to,
         multicast_interfaces=multicast,
+        routable_ipv6=routable,
         handshake_timeout=settings.handshake_timeout,
         message_timeout=settings.message_timeout,
         max_connections=settings.max_connections,

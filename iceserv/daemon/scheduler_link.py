@@ -58,6 +58,8 @@ from iceserv.netio import (
     DISCOVERY_GROUP6,
     IP_FREEBIND,
     host_port,
+    is_ipv6,
+    is_link_local,
     sockaddr_host_port,
     socket_families,
     unmapped,
@@ -88,6 +90,7 @@ __all__ = [
     "LinkSettings",
     "LinkState",
     "SchedulerLink",
+    "elect",
 ]
 
 log = structlog.get_logger()
@@ -98,6 +101,41 @@ _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 #: Seconds before the next address of a name is tried while the first still connects
 #: (RFC 8305's recommended 250 ms; asyncio's ``happy_eyeballs_delay``).
 HAPPY_EYEBALLS_DELAY: Final = 0.25
+
+
+def elect(
+    replies: Sequence[tuple[tuple[str, int], SchedulerInfo]],
+    netname: str,
+    *,
+    ipv6_first: bool = False,
+) -> tuple[tuple[str, int], SchedulerInfo] | None:
+    """Pick the scheduler to connect to among discovery *replies*, and its address.
+
+    1.4's rules (:func:`~iceserv.protocol.discovery.choose_scheduler`: the
+    net name, then the highest version, then the earliest start) with one
+    step after the version: a scheduler that answered over IPv4 and from a
+    routable IPv6 address (the same net name, version and start time) is
+    dual-stack and beats single-stack ones.  Of a dual-stack scheduler's
+    addresses the IPv4 one is used (a daemon known by IPv4 can be named to
+    every submitter, 1.4's too), the IPv6 one with *ipv6_first*.
+    """
+    best = choose_scheduler(replies, netname)
+    if best is None:
+        return None
+    same_version = [r for r in replies if r[1].version == best[1].version]
+    families: dict[tuple[str, int, int], set[bool]] = {}
+    for (host, _), info in same_version:
+        if not is_link_local(host):
+            key = (info.netname.casefold(), info.version, info.start_time)
+            families.setdefault(key, set()).add(is_ipv6(host))
+    dual = [r for r in same_version if len(families.get(_key(r[1]), ())) == 2]
+    best = choose_scheduler(dual, netname) or best
+    addresses = [r for r in replies if _key(r[1]) == _key(best[1])]
+    return next((r for r in addresses if is_ipv6(r[0][0]) == ipv6_first), best)
+
+
+def _key(info: SchedulerInfo) -> tuple[str, int, int]:
+    return info.netname.casefold(), info.version, info.start_time
 
 
 class LinkState(enum.Enum):
@@ -239,7 +277,7 @@ class SchedulerLink:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.discovery_wait):
                     await asyncio.gather(*(self._collect(sock, replies) for sock in socks))
-        chosen = choose_scheduler(replies, self.settings.netname)
+        chosen = elect(replies, self.settings.netname, ipv6_first=self.settings.family == "ipv6")
         if chosen is None:
             log.info("scheduler_not_found", replies=len(replies), netname=self.settings.netname)
             return None

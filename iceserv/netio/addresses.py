@@ -35,6 +35,7 @@ __all__ = [
     "bind_listeners",
     "host_port",
     "is_ipv6",
+    "is_link_local",
     "is_loopback",
     "sockaddr_host_port",
     "socket_families",
@@ -102,6 +103,14 @@ def is_ipv6(address: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_link_local(address: str) -> bool:
+    """Whether *address* is an IPv6 link-local literal (``fe80::/10``, with or without zone)."""
+    try:
+        return ipaddress.IPv6Address(address.split("%", 1)[0]).is_link_local
+    except ValueError:
+        return False
 
 
 def is_loopback(address: str) -> bool:

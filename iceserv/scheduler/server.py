@@ -62,6 +62,7 @@ from iceserv.netio import (
     bind_listeners,
     host_key,
     host_port,
+    is_link_local,
     open_stream,
     unmapped,
 )
@@ -75,6 +76,7 @@ from iceserv.protocol import (
 )
 from iceserv.protocol.discovery import (
     DEFAULT_NETNAME,
+    SchedulerInfo,
     decode_announcement,
     decode_request,
     encode_announcements,
@@ -117,6 +119,11 @@ _REFUSAL_LOG_INTERVAL: Final = 10.0
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 #: An IPv6 socket address is (host, port, flowinfo, scope id).
 _IPV6_SOCKADDR: Final = 4
+#: Seconds an announcement counts for "heard over both families" (one announce period and
+#: a half: the two datagrams of one round arrive together).
+_HEARD_WINDOW: Final = 180.0
+#: Schedulers whose announcements are remembered at once.
+_HEARD_LIMIT: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +138,8 @@ class SchedulerServerSettings:
     broadcasts) and, unless ``family`` is ``ipv4``, on IPv6 for unicast requests
     and for requests to :data:`~iceserv.netio.DISCOVERY_GROUP6`, joined on each
     of ``multicast_interfaces`` (iceserv daemons' discovery over IPv6).
+    ``routable_ipv6`` says one of those has a global or unique local address:
+    only then is this scheduler dual-stack for the election.
     ``handshake_timeout`` bounds the handshake and first message together,
     ``message_timeout`` any later message from its first byte; the
     ``max_*`` fields are the connection budgets (the module docstring).
@@ -144,6 +153,7 @@ class SchedulerServerSettings:
     persistent_clients: bool = False
     announce_to: tuple[str, ...] = ()
     multicast_interfaces: tuple[str, ...] = ()
+    routable_ipv6: bool = False
     handshake_timeout: float = 15.0
     message_timeout: float = 30.0
     send_timeout: float = 30.0
@@ -236,6 +246,7 @@ class SchedulerServer:
         self._pending: dict[int, _Pending] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._udp6: asyncio.DatagramTransport | None = None
+        self._heard: dict[tuple[str, int, int], dict[bool, float]] = {}
         self._timer_wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._readers: set[asyncio.Task[None]] = set()
@@ -494,12 +505,43 @@ class SchedulerServer:
             peer.drainer.cancel()
 
     def _announce(self, datagrams: tuple[bytes, bytes]) -> None:
-        if self._udp is None:
-            return
-        for address in self.settings.announce_to:
-            for datagram in datagrams:
+        if self._udp is not None:
+            for address in self.settings.announce_to:
+                for datagram in datagrams:
+                    with contextlib.suppress(OSError):
+                        self._udp.sendto(datagram, (address, self.port))
+        if self._udp6 is not None:  # iceserv schedulers also hear each other over IPv6
+            for name in self.settings.multicast_interfaces:
                 with contextlib.suppress(OSError):
-                    self._udp.sendto(datagram, (address, self.port))
+                    group = (DISCOVERY_GROUP6, self.port, 0, socket.if_nametoindex(name))
+                    self._udp6.sendto(datagrams[1], group)
+
+    @property
+    def dual_stack(self) -> bool:
+        """Whether this scheduler is dual-stack for the election (routable IPv6 and IPv4).
+
+        Link-local IPv6 alone (every Linux host on an IPv4 network) does not
+        count: there 1.4's election applies unchanged.
+        """
+        return self._udp is not None and self._udp6 is not None and self.settings.routable_ipv6
+
+    def _heard_on_both(self, info: SchedulerInfo, addr: tuple[Any, ...]) -> bool:
+        """Note *info*'s announcement over *addr*'s family; return whether both were heard lately.
+
+        The table is bounded (:data:`_HEARD_LIMIT` schedulers, the oldest
+        forgotten first): announcements cost a peer nothing to forge.
+        """
+        now = time.monotonic()
+        key = (info.netname.casefold(), info.version, info.start_time)
+        families = self._heard.pop(key, {})
+        if len(addr) == _IPV6_SOCKADDR and is_link_local(str(addr[0])):
+            return False  # no evidence of a routable IPv6 address
+        families[len(addr) == _IPV6_SOCKADDR] = now
+        self._heard[key] = families  # most recent last
+        while len(self._heard) > _HEARD_LIMIT:
+            del self._heard[next(iter(self._heard))]
+        fresh = [when for when in families.values() if now - when <= _HEARD_WINDOW]
+        return len(fresh) == 2
 
     # --- UDP --------------------------------------------------------------------------
 
@@ -518,6 +560,11 @@ class SchedulerServer:
             return
         info = decode_announcement(data)
         if info is not None:
+            both = self._heard_on_both(info, addr)
+            if self.dual_stack and info.version == self._core.config.info.version and not both:
+                # The election prefers a dual-stack scheduler (after netname and version): do
+                # not yield to one of the same version heard over one family only (so far).
+                return
             effects = self._core.handle_announcement(info, self.now())
             if effects:
                 log.info("scheduler_preferred", peer=unmapped(str(addr[0])), version=info.version)

@@ -18,6 +18,7 @@ import contextlib
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Final
 
@@ -173,6 +174,7 @@ def _remove_netns_etc(path: Path) -> None:
 
 _BIND_TENTATIVE: Final = """
 import sys
+import time
 sys.path.insert(0, sys.argv[1])
 from iceserv.netio import bind_listeners
 flags = [int(row.split()[4], 16) for row in open("/proc/net/if_inet6")
@@ -257,3 +259,33 @@ def test_ipv6_only_cluster_discovers_and_compiles() -> None:
                      20.0, "srv6's job record", context=tails)  # fmt: skip
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False, timeout=60)
+
+
+def test_discovery_prefers_the_dual_stack_scheduler() -> None:
+    """Of two schedulers of one netname and version, a daemon picks the dual-stack one.
+
+    The IPv4-only one (``--family ipv4``) starts a second earlier, so 1.4's
+    rule (earliest start) would pick it; the other also answers the daemon's
+    IPv6 request from its ULA address, which makes it dual-stack.  The daemon
+    connects to it over IPv4 (so every submitter can be told its address).
+    """
+    with NetnsBed(3) as bed, contextlib.ExitStack() as stack:
+        h1, h2, h3 = bed
+        h2.add_address("fd17::2", 64)
+        h3.add_address("fd17::3", 64)
+        single = OurScheduler(host=h1, port=8765, loopback_only=False,
+                              extra_args=["--family", "ipv4"]).start()  # fmt: skip
+        stack.callback(single.stop)
+        started = int(time.time())
+        wait_for(lambda: int(time.time()) > started, 5.0, "the next second (start times differ)")
+        dual = OurScheduler(host=h2, port=8765, loopback_only=False,
+                            netname=single.netname).start()  # fmt: skip
+        stack.callback(dual.stop)
+        daemon = OurDaemon("chooser", host=h3, max_jobs=1, port=10245,
+                           netname=single.netname).start()  # fmt: skip
+        stack.callback(daemon.stop)
+        (login,) = daemon.wait_events("scheduler_logged_in", 1, timeout=_LOGIN_TIMEOUT)[:1]
+        assert login["connected_to"] == f"{h2.ip}:8765", daemon.log_tail()
+        listed = {h.name for h in telnet_listcs(h2, (h2.ip, 8766))}
+        assert listed == {"chooser"}
+        assert not telnet_listcs(h1, (h1.ip, 8766))

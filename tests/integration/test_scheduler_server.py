@@ -162,6 +162,33 @@ class TestBothFamilies:
         finally:
             running.close()
 
+    @pytest.mark.parametrize("routable", [True, False])
+    def test_election_prefers_dual_stack(self, routable):
+        """A dual-stack scheduler yields to an older one of its version only if it is dual too.
+
+        Without a routable IPv6 address (link-local only) 1.4's rule applies unchanged.
+        """
+        running = Running(addresses=("127.0.0.1", "::1"), routable_ipv6=routable)
+        try:
+            daemon = _login(running, "d1")
+            start = running.server.core.config.start_time - 100
+            _, icf = encode_announcements(SchedulerInfo(43, start, "TESTNET"))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                sock.sendto(icf, ("127.0.0.1", running.port))
+                # A request after it on the same socket: its answer means the ICF was handled.
+                sock.sendto(bytes([43]), ("127.0.0.1", running.port))
+                sock.recvfrom(1024)
+            if not routable:
+                assert _closed(daemon)
+                return
+            assert running.server.core.state.hosts  # heard over IPv4 only: single-stack
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+                sock.sendto(icf, ("::1", running.port))
+            assert _closed(daemon)  # over both families: dual-stack and older, so it wins
+        finally:
+            running.close()
+
     def test_dual_stack_wildcard_sees_plain_ipv4(self):
         """On the one dual-stack :: socket an IPv4 daemon is 127.0.0.1, never ::ffff:127.0.0.1."""
         running = Running(address="")
