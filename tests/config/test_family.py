@@ -83,3 +83,22 @@ class TestSchedulerHost:
         """A malformed address is a flag error at load (config check), never a connect loop."""
         (line,) = _error_lines(load, argv=["-s", text])
         assert line.startswith(f"flag -s={text!r}: ")
+
+    def test_malformed_in_confd_and_toml_names_the_line(self, load):
+        """conf.d and TOML give path:line for a malformed IPv6 scheduler address."""
+        (line,) = _error_lines(load, confd="\nICECCD_SCHEDULER_HOST='[fd00::1'\n")
+        assert line.startswith(f"{load.dir / 'iceccd'}:2: ICECCD_SCHEDULER_HOST='[fd00::1': ")
+        (line,) = _error_lines(load, toml="[daemon]\nscheduler_host = '[::1]:0'\n")
+        assert line.startswith(f"{load.dir / 'iceserv.toml'}:2: [daemon] scheduler_host=")
+        assert line.endswith("port 0 is not between 1 and 65535")
+
+    def test_check_config_accepts_the_issue_example(self, tmp_path):
+        """iceccd --check-config -s '[::1]:18965' passes (it now also connects)."""
+        from iceserv.app.daemon import main  # noqa: PLC0415 - the program's entry point
+
+        confd, toml = tmp_path / "iceccd", tmp_path / "iceserv.toml"
+        confd.write_text("")
+        toml.write_text("")
+        argv = ["--check-config", "-s", "[::1]:18965", "--confd", str(confd), "--config", str(toml)]
+        assert main(argv, {}) == 0
+        assert main([*argv[:2], "[::1", *argv[3:]], {}) != 0
