@@ -137,6 +137,7 @@ from iceserv.daemon.effects import (
     CountJobCpu,
     DropScheduler,
     Effect,
+    EnvPushed,
     EnvVerified,
     Event,
     FeedCompile,
@@ -152,6 +153,7 @@ from iceserv.daemon.effects import (
     NativeResolved,
     NativesFound,
     PauseReading,
+    PushEnv,
     Received,
     ReleaseEnv,
     ResolveNative,
@@ -174,6 +176,7 @@ from iceserv.daemon.effects import (
 )
 from iceserv.daemon.environments import EnvInstallError, check_name
 from iceserv.daemon.natives import NativeBook
+from iceserv.daemon.pushahead import PushBook
 from iceserv.daemon.slots import Slots, SourceBuffer, SourceTooLargeError, Work
 from iceserv.daemon.states import (
     EXIT_CLIENT_KILLED,
@@ -207,6 +210,8 @@ from iceserv.protocol import (
     JobLocalBegin,
     NoCS,
     Ping,
+    PushQuery,
+    PushTargets,
     SlotsAnswer,
     SlotsQuery,
     StatusText,
@@ -310,6 +315,8 @@ class DaemonCore:
         self.slots = Slots(settings.max_kids)
         #: Native environments: ready, being built, queued (prebuilds at start, issue 17).
         self.natives = NativeBook(settings.max_native_builds)
+        #: Native environments pushed ahead to idle hosts (iceserv schedulers only, issue 17).
+        self.pushes = PushBook(enabled=settings.push_ahead)
         self.load = 0
         self.scheduler_up = False
         self.scheduler_protocol = 0
@@ -335,6 +342,7 @@ class DaemonCore:
             NativeEnvBuilt: self._on_native,
             NativesFound: self._on_natives_found,
             NativeResolved: self._on_native_resolved,
+            EnvPushed: self._on_pushed,
             UnpackFailed: self._on_unpack_failed,
             Unpacked: self._on_unpacked,
             EnvVerified: self._on_verified,
@@ -368,6 +376,7 @@ class DaemonCore:
             .on(GetInternalStatus, self._internals)
             .on(Ping, self._ping)
             .on(SlotsAnswer, self._slots_answer)
+            .on(PushTargets, self._push_targets)
         )
 
     # --- queries ---------------------------------------------------------------------
@@ -405,6 +414,8 @@ class DaemonCore:
         self.port = port
         self.slots.max_kids = settings.max_kids
         self.natives.max_builds = max(1, settings.max_native_builds)
+        if not settings.push_ahead:
+            self.pushes.disable()
         return self._schedule(now)
 
     # --- the entry point -------------------------------------------------------------
@@ -415,6 +426,8 @@ class DaemonCore:
         if self._flow_dirty:
             self._flow_dirty = False
             effects += self._flow(now)
+        if self.pushes.running is None and self.pushes.queued:
+            effects += self._next_push(now)
         return effects
 
     # --- memory: how much queued source the daemon reads -----------------------------
@@ -567,6 +580,9 @@ class DaemonCore:
                 to_build=[item.key.compiler for item in event.found if not item.path],
             )
         ]
+        for item in event.found:
+            if item.path:
+                effects += self._offer_push(item.path)
         return effects + self._native_builds(self.natives.found(found, now), now)
 
     def _native_builds(self, builds: Sequence[BuildNative], now: float) -> list[Effect]:
@@ -651,6 +667,7 @@ class DaemonCore:
                     path=event.path,
                 )
             )
+            effects += self._offer_push(event.path)
         elif build is not None:
             effects.append(
                 _log(
@@ -1285,6 +1302,7 @@ class DaemonCore:
         self.scheduler_up = False
         self.scheduler_iceserv = None
         self._slots_queries.clear()
+        self.pushes.scheduler_lost()
         self.own_ip = ""
         effects: list[Effect] = []
         for client in list(self._clients.values()):
@@ -1317,7 +1335,77 @@ class DaemonCore:
     def _conf_cs(self, msg: ConfCS, _: float, /) -> list[Effect]:
         self.pong = min(max(float(msg.max_scheduler_pong), _MIN_PONG), _MAX_PONG)
         self.scheduler_iceserv = msg.bench_source.startswith(ICESERV_MARK)
-        return []
+        if not self.scheduler_iceserv:
+            return []
+        return self._push_queries(self.pushes.scheduler_ready())
+
+    # --- push-ahead (iceserv only) ---------------------------------------------------
+
+    def _offer_push(self, path: str) -> list[Effect]:
+        """Ask an iceserv scheduler where to push the native environment at *path*, now ready."""
+        ask_now = self.scheduler_up and bool(self.scheduler_iceserv)
+        return self._push_queries(self.pushes.offer(path, self.settings.platform, ask_now=ask_now))
+
+    def _push_queries(self, names: Sequence[str]) -> list[Effect]:
+        return [
+            ToScheduler(
+                PushQuery(
+                    platform=self.pushes.target_of(name),
+                    environment=name,
+                    required_features=self.pushes.features_of(name),
+                )
+            )
+            for name in names
+        ]
+
+    def _push_targets(self, msg: PushTargets, now: float, /) -> list[Effect]:
+        queued = self.pushes.targets(msg)
+        if not queued:
+            return []
+        return [
+            _log(
+                "debug",
+                "native_env_push_queued",
+                env=msg.environment,
+                hosts=[f"{p.host}:{p.port}" for p in queued],
+            ),
+            *self._next_push(now),
+        ]
+
+    def _busy_for_push(self) -> bool:
+        """Return whether a local client waits for or talks to a compile server (it goes first)."""
+        return any(
+            c.state in (State.WAIT_FOR_CS, State.WAIT_COMPILE) and not c.gone
+            for c in self._clients.values()
+        )
+
+    def _next_push(self, _now: float) -> list[Effect]:
+        push: PushEnv | None = self.pushes.next(idle=not self._busy_for_push())
+        return [] if push is None else [push]
+
+    def _on_pushed(self, event: EnvPushed, now: float) -> list[Effect]:
+        if self.pushes.finished() is None:
+            return []
+        address = f"{event.host}:{event.port}"
+        if event.error:
+            effect = _log(
+                "warning",
+                "native_env_push_failed",
+                host=address,
+                env=event.name,
+                reason=event.error,
+                seconds=round(event.seconds, 3),
+            )
+        else:
+            effect = _log(
+                "info",
+                "native_env_pushed",
+                host=address,
+                env=event.name,
+                bytes=event.size,
+                seconds=round(event.seconds, 3),
+            )
+        return [effect, *self._next_push(now)]
 
     # --- the slot count (iceserv only) -----------------------------------------------
 

@@ -167,6 +167,8 @@ class Host:
     local_jobs: dict[int, int] = field(default_factory=dict)
     ping_deadline: float | None = None
     internals_pending: int = 0
+    #: (target, environment) -> until when a daemon pushing it ahead was sent here.
+    pushes: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def matches(self, name: str) -> bool:
         """Return whether *name* is this daemon's nodename or IP address (1.4 ``matches``)."""

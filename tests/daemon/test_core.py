@@ -34,6 +34,7 @@ from iceserv.daemon.effects import (
     ConnKind,
     CountJobCpu,
     DropScheduler,
+    EnvPushed,
     EnvVerified,
     FeedCompile,
     FeedUnpack,
@@ -50,6 +51,7 @@ from iceserv.daemon.effects import (
     NativeResolved,
     NativesFound,
     PauseReading,
+    PushEnv,
     Received,
     ReleaseEnv,
     ResolveNative,
@@ -99,6 +101,8 @@ from iceserv.protocol import (
     Login,
     NoCS,
     Ping,
+    PushQuery,
+    PushTargets,
     SlotsAnswer,
     SlotsQuery,
     StatusText,
@@ -1496,3 +1500,119 @@ class TestSlotCount:
         core = _core()
         _connect(core, 1)
         assert Close(1) in _send(core, 1, SlotsAnswer())
+
+
+GCC_TARBALL = "/n/native/0123abcd.tar.zst"
+GCC_ENV = "0123abcd"
+
+
+def _pushing_core(**changes: Any) -> DaemonCore:
+    """A core logged in to an iceserv scheduler whose gcc prebuild just finished."""
+    core = _core(**changes)
+    core.handle(FromScheduler(ICESERV_CONF), T0)
+    core.handle(NativesFound((NativeFound(GCC),)), T0)
+    return core
+
+
+class TestPushAhead:
+    """A ready native environment is pushed ahead to the hosts the scheduler names (issue 17)."""
+
+    def test_a_finished_prebuild_asks_the_iceserv_scheduler(self):
+        """The built tarball's name (base name, no suffix) and our platform go in PUSH_QUERY."""
+        core = _pushing_core()
+        effects = core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        assert _to_scheduler(effects) == [PushQuery("x86_64", GCC_ENV, 2)]
+
+    def test_the_named_hosts_get_it_one_at_a_time_and_each_end_is_logged(self):
+        """Two targets: one push runs; its end logs bytes and seconds and starts the next."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245", "[fd00::8]:10300"))
+        effects = core.handle(FromScheduler(answer), T0 + 2)
+        first = PushEnv("10.0.0.7", 10245, GCC_ENV, "x86_64", GCC_TARBALL)
+        assert _of(effects, PushEnv) == [first]
+        effects = core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 30_000_000, 0.42), T0 + 3)
+        (pushed,) = _events(effects, "native_env_pushed")
+        assert pushed == {"host": "10.0.0.7:10245", "env": GCC_ENV, "bytes": 30_000_000,
+                          "seconds": 0.42}  # fmt: skip
+        assert _of(effects, PushEnv) == [PushEnv("fd00::8", 10300, GCC_ENV, "x86_64", GCC_TARBALL)]
+        effects = core.handle(EnvPushed("fd00::8", 10300, GCC_ENV, error="cannot connect"), T0 + 4)
+        (failed,) = _events(effects, "native_env_push_failed")
+        assert (failed["host"], failed["reason"]) == ("fd00::8:10300", "cannot connect")
+        assert _of(effects, PushEnv) == []
+        assert not [e for e in effects if isinstance(e, Close | Send)]  # nobody else is touched
+
+    def test_a_1_4_scheduler_is_never_asked(self):
+        """Without the iceserv mark in CS_CONF no PUSH_QUERY goes out, before or after a build."""
+        core = _core()
+        core.handle(FromScheduler(ConfCS()), T0)
+        core.handle(NativesFound((NativeFound(GCC),)), T0)
+        effects = core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        assert _to_scheduler(effects) == []
+        assert _to_scheduler(core.handle(FromScheduler(ConfCS()), T0 + 3)) == []
+
+    def test_an_environment_ready_before_the_scheduler_is_asked_about_at_its_cs_conf(self):
+        """A kept tarball at start, no scheduler yet: the query goes out once CS_CONF marks it."""
+        core = _core(scheduler=False)
+        core.handle(NativesFound((NativeFound(GCC, GCC_TARBALL),)), T0)
+        core.handle(SchedulerUp(OWN_IP, 43), T0 + 1)
+        effects = core.handle(FromScheduler(ICESERV_CONF), T0 + 1)
+        assert _to_scheduler(effects) == [PushQuery("x86_64", GCC_ENV, 2)]
+        # CS_CONF again (after each re-LOGIN): not asked twice on one connection.
+        assert _to_scheduler(core.handle(FromScheduler(ICESERV_CONF), T0 + 2)) == []
+        # A new scheduler connection is asked again.
+        core.handle(SchedulerDown(), T0 + 3)
+        core.handle(SchedulerUp(OWN_IP, 43), T0 + 4)
+        effects = core.handle(FromScheduler(ICESERV_CONF), T0 + 4)
+        assert _to_scheduler(effects) == [PushQuery("x86_64", GCC_ENV, 2)]
+
+    def test_the_setting_turns_it_off(self):
+        """push_ahead false: no query, and a stray answer starts nothing."""
+        core = _pushing_core(push_ahead=False)
+        effects = core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        assert _to_scheduler(effects) == []
+        effects = core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("h:1",))), T0 + 2)
+        assert _of(effects, PushEnv) == []
+
+    def test_a_client_talking_to_a_compile_server_goes_first(self):
+        """While a local client waits for or uses a compile server no push starts; then it does."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        _connect(core, 1)
+        _send(core, 1, GetCS(target="x86_64"), T0 + 2)
+        assert core.state_of(1) is State.WAIT_FOR_CS
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        assert _of(core.handle(FromScheduler(answer), T0 + 2), PushEnv) == []
+        effects = _send(core, 1, End(), T0 + 3)
+        assert _of(effects, PushEnv) == [
+            PushEnv("10.0.0.7", 10245, GCC_ENV, "x86_64", GCC_TARBALL)
+        ]
+
+    def test_a_host_is_pushed_to_once_and_bad_addresses_are_skipped(self):
+        """The same host named again is not queued twice; unparsable entries are ignored."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245", "nonsense", "h:0", ":5"))
+        assert len(_of(core.handle(FromScheduler(answer), T0 + 2), PushEnv)) == 1
+        core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 1, 0.1), T0 + 3)
+        again = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        assert _of(core.handle(FromScheduler(again), T0 + 4), PushEnv) == []
+        assert core.pushes.queued == ()
+
+    def test_an_answer_for_an_unknown_environment_starts_nothing(self):
+        """PUSH_TARGETS naming an environment we never offered is ignored, not an error."""
+        core = _pushing_core()
+        answer = PushTargets("other", "x86_64", ("10.0.0.7:10245",))
+        effects = core.handle(FromScheduler(answer), T0)
+        assert effects == []
+
+    def test_a_failed_build_is_not_offered(self):
+        """Only a tarball that exists is pushed."""
+        core = _pushing_core()
+        effects = core.handle(NativeEnvBuilt(GCC, error="boom"), T0 + 2)
+        assert _to_scheduler(effects) == []
+
+    def test_a_stray_push_end_changes_nothing(self):
+        """EnvPushed with no push running (cannot happen) is dropped."""
+        core = _pushing_core()
+        assert core.handle(EnvPushed("h", 1, GCC_ENV), T0) == []
