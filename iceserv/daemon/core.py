@@ -1360,14 +1360,15 @@ class DaemonCore:
 
     def _push_targets(self, msg: PushTargets, now: float, /) -> list[Effect]:
         queued = self.pushes.targets(msg)
-        if not queued:
+        if not self.pushes.enabled:
             return []
         return [
             _log(
                 "debug",
                 "native_env_push_queued",
                 env=msg.environment,
-                hosts=[f"{p.host}:{p.port}" for p in queued],
+                named=list(msg.hosts),
+                queued=[f"{p.host}:{p.port}" for p in queued],
             ),
             *self._next_push(now),
         ]

@@ -106,7 +106,7 @@ from iceserv.scheduler.effects import (
 )
 from iceserv.scheduler.index import HostIndex
 from iceserv.scheduler.monitoring import OFFLINE, host_stats_text
-from iceserv.scheduler.pushahead import push_targets
+from iceserv.scheduler.pushahead import push_targets, targets_joining
 from iceserv.scheduler.state import ClusterState, Host
 
 if TYPE_CHECKING:
@@ -419,6 +419,8 @@ class Scheduler:
         peer.kind, peer.host_id = _Kind.DAEMON, host.host_id
         if supports(peer.protocol, Feature.CS_CONF):
             effects.append(Send(conn_id, _CONF))
+        # Daemons that asked where to push their environments hear of this newcomer.
+        effects += [Send(a.conn_id, t) for a, t in targets_joining(self.state, host, now)]
         return effects
 
     def _on_mon_login(self, _msg: MonLogin, conn_id: int, _now: float) -> list[Effect]:

@@ -19,7 +19,9 @@ did not blacklist it for that environment, and no other daemon was
 sent to it for the same environment within :data:`PROMISE_SECONDS` (two
 daemons with the same compiler build environments of the same name).  Idle
 hosts come first (not installing, fewest jobs, lowest load), then the fastest;
-at most :data:`MAX_TARGETS`.  No I/O, logging or clock: *now* is passed in.
+at most :data:`MAX_TARGETS`.  A query stands while its daemon is connected:
+a host that logs in later is named to it at once (:func:`targets_joining`).
+No I/O, logging or clock: *now* is passed in.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from iceserv.scheduler import placement
 if TYPE_CHECKING:
     from iceserv.scheduler.state import ClusterState, Host
 
-__all__ = ["MAX_TARGETS", "PROMISE_SECONDS", "push_targets"]
+__all__ = ["MAX_TARGETS", "MAX_WANTS", "PROMISE_SECONDS", "push_targets", "targets_joining"]
 
 #: Hosts named in one PUSH_TARGETS, at most.
 MAX_TARGETS: Final = 8
 #: Seconds a host named for an environment is not named again for it (the push runs).
 PROMISE_SECONDS: Final = 120.0
+#: Environments one daemon's queries are remembered for, at most (its native ones: a few).
+MAX_WANTS: Final = 16
 
 
 def _lacks(host: Host, target: str, name: str, now: float) -> bool:
@@ -88,6 +92,8 @@ def push_targets(state: ClusterState, asker: Host, query: PushQuery, now: float)
     query = replace(query, platform=target)
     if not name:
         return PushTargets(environment=name, target=target)
+    if (target, name) in asker.push_wants or len(asker.push_wants) < MAX_WANTS:
+        asker.push_wants[target, name] = query
     chosen = sorted(
         (
             h
@@ -102,3 +108,22 @@ def push_targets(state: ClusterState, asker: Host, query: PushQuery, now: float)
     return PushTargets(
         environment=name, target=target, hosts=tuple(f"{h.ip}:{h.port}" for h in chosen)
     )
+
+
+def targets_joining(
+    state: ClusterState, newcomer: Host, now: float
+) -> list[tuple[Host, PushTargets]]:
+    """Return the PUSH_TARGETS naming *newcomer*, which just logged in, for each daemon that asked.
+
+    A daemon's query stands while it is connected: a host that logs in later
+    (a cold cluster's daemons start together, and one's prebuild may end
+    before the others are in) is named to it as soon as it is known.
+    """
+    answers: list[tuple[Host, PushTargets]] = []
+    for asker in state.hosts.values():
+        for (target, name), query in asker.push_wants.items():
+            if _may_take(state, newcomer, asker, query) and _lacks(newcomer, target, name, now):
+                newcomer.pushes[target, name] = now + PROMISE_SECONDS
+                hosts = (f"{newcomer.ip}:{newcomer.port}",)
+                answers.append((asker, PushTargets(environment=name, target=target, hosts=hosts)))
+    return answers

@@ -1604,7 +1604,10 @@ class TestPushAhead:
         core = _pushing_core()
         answer = PushTargets("other", "x86_64", ("10.0.0.7:10245",))
         effects = core.handle(FromScheduler(answer), T0)
-        assert effects == []
+        assert _of(effects, PushEnv) == []
+        assert not _of(effects, DropScheduler)
+        (logged,) = _events(effects, "native_env_push_queued")
+        assert logged["queued"] == []
 
     def test_a_failed_build_is_not_offered(self):
         """Only a tarball that exists is pushed."""

@@ -6,8 +6,16 @@ import pytest
 from scheduler.builders import NATIVE, T0, get_cs, login, new_core, sends
 
 from iceserv.errors import RemoteProtocolError
-from iceserv.protocol import BlacklistHostEnv, EnvEntry, Login, PushQuery, PushTargets, Stats
-from iceserv.scheduler.pushahead import MAX_TARGETS, PROMISE_SECONDS
+from iceserv.protocol import (
+    BlacklistHostEnv,
+    End,
+    EnvEntry,
+    Login,
+    PushQuery,
+    PushTargets,
+    Stats,
+)
+from iceserv.scheduler.pushahead import MAX_TARGETS, MAX_WANTS, PROMISE_SECONDS
 
 ENV = "0123abcd"
 
@@ -146,3 +154,42 @@ class TestPushTargets:
         assert _ask(core).hosts == ("10.0.0.2:10245",)
         core.handle_message(2, Stats(load=10), T0 + 1)
         assert _ask(core, now=T0 + 2).hosts == ()
+
+
+class TestStandingQueries:
+    def test_a_host_logging_in_later_is_named_to_the_daemon_that_asked(self):
+        """The asker's query stands: a newcomer lacking the environment is sent to it at once."""
+        core = new_core()
+        login(core, 1, "a")
+        assert _ask(core, features=2).hosts == ()
+        effects = login(core, 2, "late")
+        assert sends(effects, 1) == [PushTargets(ENV, "x86_64", ("10.0.0.2:10245",))]
+        # ... and promised: another asker is not sent there too.
+        assert _ask(core, conn_id=2).hosts == ("10.0.0.1:10245",)
+
+    def test_a_newcomer_that_cannot_take_it_is_not_named(self):
+        """No zstd, no remote jobs, or the environment already installed: nothing is sent."""
+        core = new_core()
+        login(core, 1, "a")
+        _ask(core, features=2)
+        assert sends(login(core, 2, "old", supported_features=0), 1) == []
+        assert sends(login(core, 3, "noremote", noremote=True, port=0), 1) == []
+        assert sends(login(core, 4, "has", envs=(EnvEntry("x86_64", ENV),)), 1) == []
+
+    def test_the_query_ends_with_its_daemon(self):
+        """A daemon gone (and logged in again) asked nothing on its new connection."""
+        core = new_core()
+        login(core, 1, "a")
+        _ask(core)
+        core.handle_message(1, End(), T0)
+        login(core, 3, "a")
+        assert [m for m in sends(login(core, 4, "late")) if isinstance(m, PushTargets)] == []
+
+    def test_wants_are_bounded(self):
+        """A daemon asking about many environments is remembered for MAX_WANTS of them."""
+        core = new_core()
+        login(core, 1, "a")
+        for i in range(MAX_WANTS + 5):
+            _ask(core, environment=f"env{i}")
+        named = [m for m in sends(login(core, 2, "late"), 1) if isinstance(m, PushTargets)]
+        assert len(named) == MAX_WANTS
