@@ -61,6 +61,8 @@ the protocol; the client is ended with exit 120)::
     (scheduler) USE_CS, NO_CS  client in WAIT_FOR_CS  pass on (other host; 127.0.0.1 named
                                                      localhost) or compile yourself
                                client gone            JOB_DONE 107 for the job; else ignored
+    (scheduler) PUSH_TARGETS   any                   iceserv only: queue pushes of that native
+                                                     environment (see "Push-ahead" below)
 
 Slots (:class:`~iceserv.daemon.slots.Slots`, reference §5.3): after every
 event the core hands out what the free slots and the load allow: LINK, then
@@ -109,6 +111,16 @@ The module is longer than the house's 800 lines on purpose: the brief is
 one object from which a reader can name what the daemon does with each
 message in each state, so the table, the handlers and the end rules stay
 together (events and effects are in :mod:`~iceserv.daemon.effects`).
+
+Push-ahead (issue 17, :mod:`~iceserv.daemon.pushahead`): every native
+environment that becomes ready is offered; an iceserv scheduler is asked
+(PUSH_QUERY) where it is missing, and the hosts it names get it by
+``PushEnv`` (the shell's client-like TRANFER_ENV + VERIFY_ENV), one at a
+time, never started while a local client waits for or talks to a compile
+server; ``EnvPushed`` logs the outcome.  A USE_CS without the environment
+for the host our running push goes to is held until the push ends, then
+passed on with ``got_env`` set (or unchanged if the push failed), so the
+client does not send the environment a second time.
 
 Local-only requests: :meth:`DaemonCore._admit` refuses GET_NATIVE_ENV,
 JOB_LOCAL_BEGIN and GET_CS from a client that is neither on the Unix socket
@@ -229,7 +241,7 @@ if TYPE_CHECKING:
 
     from iceserv.daemon.effects import BuildNative, ConnKind
     from iceserv.daemon.settings import ServerSettings
-    from iceserv.protocol import Message
+    from iceserv.protocol import EnvEntry, Message
 
 __all__ = ["DaemonCore"]
 
@@ -283,6 +295,8 @@ class _Client:
     state: State = State.NEW
     job_id: int = 0
     use_cs: UseCS | None = None
+    envs: tuple[EnvEntry, ...] = ()  # GET_CS's environments
+    held_use_cs: UseCS | None = None  # waits for our push of its environment to that host
     outfile: str = ""
     job: _Job | None = None
     install: str = ""  # "target/name" while an install runs or waits
@@ -709,6 +723,7 @@ class DaemonCore:
                 ),
                 now,
             )
+        client.envs = msg.versions
         forwarded = replace(msg, client_id=client.conn_id, client_count=self.client_count)
         return [ToScheduler(forwarded)]
 
@@ -760,6 +775,35 @@ class DaemonCore:
                 now,
             )
         client.state = State.WAIT_COMPILE
+        if self._push_covers(client, msg):
+            # Our push of its environment to that host runs: the job goes there once it is
+            # installed, without a second transfer (or as assigned, if the push fails).
+            client.held_use_cs = msg
+            return [
+                _log(
+                    "info",
+                    "compile_server_held",
+                    client_id=client.conn_id,
+                    job_id=msg.job_id,
+                    server=f"{msg.hostname}:{msg.port}",
+                    reason="environment being pushed there",
+                ),
+                *self._arm(client, now),
+            ]
+        return self._forward_use_cs(client, msg, now)
+
+    def _push_covers(self, client: _Client, msg: UseCS) -> bool:
+        """Whether the running push brings *msg*'s host the environment *client* would send."""
+        push = self.pushes.running
+        return (
+            push is not None
+            and not msg.got_env
+            and (push.host, push.port) == (msg.hostname, msg.port)
+            and push.target == msg.host_platform
+            and any(e.platform == push.target and e.name == push.name for e in client.envs)
+        )
+
+    def _forward_use_cs(self, client: _Client, msg: UseCS, now: float) -> list[Effect]:
         named = msg
         if msg.hostname == _SELF_ADDRESS:
             # Another daemon on this host: clients read 127.0.0.1 as "compile it yourself",
@@ -1387,6 +1431,16 @@ class DaemonCore:
     def _on_pushed(self, event: EnvPushed, now: float) -> list[Effect]:
         if self.pushes.finished() is None:
             return []
+        released: list[Effect] = []
+        for client in self._clients.values():
+            held = client.held_use_cs
+            if held is None or (held.hostname, held.port) != (event.host, event.port):
+                continue
+            client.held_use_cs = None
+            if client.gone or client.state is not State.WAIT_COMPILE:
+                continue
+            got_env = not event.error  # else the client sends it itself, as assigned
+            released += self._forward_use_cs(client, replace(held, got_env=got_env), now)
         address = f"{event.host}:{event.port}"
         if event.error:
             effect = _log(
@@ -1406,7 +1460,7 @@ class DaemonCore:
                 bytes=event.size,
                 seconds=round(event.seconds, 3),
             )
-        return [effect, *self._next_push(now)]
+        return [effect, *released, *self._next_push(now)]
 
     # --- the slot count (iceserv only) -----------------------------------------------
 

@@ -88,6 +88,7 @@ from iceserv.protocol import (
     CompileResult,
     ConfCS,
     End,
+    EnvEntry,
     EnvTransfer,
     FileChunk,
     GetCS,
@@ -1584,9 +1585,7 @@ class TestPushAhead:
         answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
         assert _of(core.handle(FromScheduler(answer), T0 + 2), PushEnv) == []
         effects = _send(core, 1, End(), T0 + 3)
-        assert _of(effects, PushEnv) == [
-            PushEnv("10.0.0.7", 10245, GCC_ENV, "x86_64", GCC_TARBALL)
-        ]
+        assert _of(effects, PushEnv) == [PushEnv("10.0.0.7", 10245, GCC_ENV, "x86_64", GCC_TARBALL)]
 
     def test_a_host_is_pushed_to_once_and_bad_addresses_are_skipped(self):
         """The same host named again is not queued twice; unparsable entries are ignored."""
@@ -1619,3 +1618,54 @@ class TestPushAhead:
         """EnvPushed with no push running (cannot happen) is dropped."""
         core = _pushing_core()
         assert core.handle(EnvPushed("h", 1, GCC_ENV), T0) == []
+
+    def test_a_job_sent_to_a_host_being_pushed_to_waits_for_the_push(self):
+        """USE_CS without the env, to the host our push runs to: held, then passed on got_env."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        assert _of(core.handle(FromScheduler(answer), T0 + 2), PushEnv)
+        _connect(core, 1)
+        versions = (EnvEntry("x86_64", GCC_ENV),)
+        _send(core, 1, GetCS(versions=versions, target="x86_64"), T0 + 2.1)
+        use = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                    got_env=False, client_id=1)  # fmt: skip
+        effects = core.handle(FromScheduler(use), T0 + 2.2)
+        assert _sent(effects, 1) == []
+        (held,) = _events(effects, "compile_server_held")
+        assert held["server"] == "10.0.0.7:10245"
+        effects = core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 100, 0.5), T0 + 2.5)
+        installed = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                          got_env=True, client_id=1)  # fmt: skip
+        assert _sent(effects, 1) == [installed]
+        assert core.state_of(1) is State.WAIT_COMPILE
+
+    def test_a_held_job_goes_as_assigned_when_the_push_fails(self):
+        """The push failed: the client gets the scheduler's USE_CS unchanged and sends the env."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))), T0 + 2)
+        _connect(core, 1)
+        _send(core, 1, GetCS(versions=(EnvEntry("x86_64", GCC_ENV),), target="x86_64"), T0 + 2)
+        use = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                    client_id=1)  # fmt: skip
+        core.handle(FromScheduler(use), T0 + 2.2)
+        effects = core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, error="refused"), T0 + 3)
+        assert _sent(effects, 1) == [use]
+
+    def test_other_jobs_are_not_held(self):
+        """Another host, another environment, or got_env already: passed on at once."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))), T0 + 2)
+        cases = [
+            ((EnvEntry("x86_64", GCC_ENV),), "10.0.0.8", False),
+            ((EnvEntry("x86_64", "other"),), "10.0.0.7", False),
+            ((EnvEntry("x86_64", GCC_ENV),), "10.0.0.7", True),
+        ]
+        for conn_id, (versions, host, got_env) in enumerate(cases, start=1):
+            _connect(core, conn_id)
+            _send(core, conn_id, GetCS(versions=versions, target="x86_64"), T0 + 2)
+            use = UseCS(job_id=conn_id, port=10245, hostname=host, host_platform="x86_64",
+                        got_env=got_env, client_id=conn_id)  # fmt: skip
+            assert _sent(core.handle(FromScheduler(use), T0 + 2.2), conn_id) == [use]
