@@ -136,9 +136,11 @@ def sample(kind: str, wait: float, workdir: Path, source: str) -> Row:
     args = {"ours-cold": ("--native-compilers", ""), "ours-nopush": ("--no-push-ahead",)}.get(
         kind, ()
     )
+    # The product's default, push-ahead on (the test bed turns it off unless asked).
+    env = {OurDaemon.PUSH_AHEAD_ENV: "yes"} if programs == "ours" else {}
     plans = (
-        DaemonPlan(programs, max_jobs=0, extra_args=args),  # type: ignore[arg-type]
-        DaemonPlan(programs, max_jobs=2, extra_args=args),  # type: ignore[arg-type]
+        DaemonPlan(programs, max_jobs=0, extra_args=args, extra_env=env),  # type: ignore[arg-type]
+        DaemonPlan(programs, max_jobs=2, extra_args=args, extra_env=env),  # type: ignore[arg-type]
     )
     with NetnsBed(2) as bed, Cluster(bed, programs, plans) as cluster:  # type: ignore[arg-type]
         online = time.monotonic()

@@ -316,6 +316,12 @@ def _host_of(peer: str) -> str:
     return peer.rsplit(":", 1)[0]
 
 
+def _same_server(host: str, port: int, use: UseCS) -> bool:
+    """Whether *use* names the daemon at *host*:*port* (a scheduler names 127.0.0.1 localhost)."""
+    named = _SELF_ADDRESS if use.hostname == "localhost" else use.hostname
+    return (named, use.port) == (host, port)
+
+
 def _log(level: str, event: str, **fields: object) -> Log:
     return Log(level, event, fields)
 
@@ -428,8 +434,7 @@ class DaemonCore:
         self.port = port
         self.slots.max_kids = settings.max_kids
         self.natives.max_builds = max(1, settings.max_native_builds)
-        if not settings.push_ahead:
-            self.pushes.disable()
+        self.pushes.set_enabled(enabled=settings.push_ahead)
         return self._schedule(now)
 
     # --- the entry point -------------------------------------------------------------
@@ -775,6 +780,9 @@ class DaemonCore:
                 now,
             )
         client.state = State.WAIT_COMPILE
+        if self._pushed_there(client, msg, now):
+            # Placed before the scheduler saw that host's re-LOGIN after our push.
+            msg = replace(msg, got_env=True)
         if self._push_covers(client, msg):
             # Our push of its environment to that host runs: the job goes there once it is
             # installed, without a second transfer (or as assigned, if the push fails).
@@ -792,13 +800,21 @@ class DaemonCore:
             ]
         return self._forward_use_cs(client, msg, now)
 
+    def _pushed_there(self, client: _Client, msg: UseCS, now: float) -> bool:
+        """Whether our push installed *client*'s environment on *msg*'s host moments ago."""
+        host = _SELF_ADDRESS if msg.hostname == "localhost" else msg.hostname
+        return not msg.got_env and any(
+            e.platform == msg.host_platform and self.pushes.installed(host, msg.port, e.name, now)
+            for e in client.envs
+        )
+
     def _push_covers(self, client: _Client, msg: UseCS) -> bool:
         """Whether the running push brings *msg*'s host the environment *client* would send."""
         push = self.pushes.running
         return (
             push is not None
             and not msg.got_env
-            and (push.host, push.port) == (msg.hostname, msg.port)
+            and _same_server(push.host, push.port, msg)
             and push.target == msg.host_platform
             and any(e.platform == push.target and e.name == push.name for e in client.envs)
         )
@@ -968,8 +984,11 @@ class DaemonCore:
             if self._may_install(client):
                 self._install_queue.remove(client.conn_id)
                 target, name = client.install_target
-                effects += [ResumeReading(client.conn_id)]
+                # The unpacker first: the shell awaits its start, so the chunks read once the
+                # client is read again find it (the other order failed with "installer not
+                # started" when a second transfer from one host waited for the first).
                 effects += self._start_install(client, target, name)
+                effects += [ResumeReading(client.conn_id)]
         return effects
 
     def _on_unpack_failed(self, event: UnpackFailed, now: float) -> list[Effect]:
@@ -1429,12 +1448,12 @@ class DaemonCore:
         return [] if push is None else [push]
 
     def _on_pushed(self, event: EnvPushed, now: float) -> list[Effect]:
-        if self.pushes.finished() is None:
+        if self.pushes.finished(ok=not event.error, now=now) is None:
             return []
         released: list[Effect] = []
         for client in self._clients.values():
             held = client.held_use_cs
-            if held is None or (held.hostname, held.port) != (event.host, event.port):
+            if held is None or not _same_server(event.host, event.port, held):
                 continue
             client.held_use_cs = None
             if client.gone or client.state is not State.WAIT_COMPILE:

@@ -15,9 +15,11 @@ one at a time and only while the core says it is idle (no local client waits
 for or talks to a compile server): a client's own work always goes first,
 and a push never starts behind it.  A push's end (pushed or failed) is
 final for that host and environment in this run: a failure is logged, never
-retried, and never touches a client.  Losing the scheduler forgets what was
-asked (the next one is asked again) but keeps the queue: the targets are
-daemons, not the scheduler.
+retried, and never touches a client.  A push that installed the environment
+is remembered for :data:`RECENT` seconds: a job the scheduler placed there
+before it saw the host's re-LOGIN is then told the host has it.  Losing the
+scheduler forgets what was asked (the next one is asked again) but keeps the
+queue: the targets are daemons, not the scheduler.
 """
 
 from __future__ import annotations
@@ -32,12 +34,18 @@ from iceserv.protocol import EnvFeature
 if TYPE_CHECKING:
     from iceserv.protocol import PushTargets
 
-__all__ = ["MAX_QUEUED", "PushBook", "env_features", "env_name"]
+__all__ = ["MAX_QUEUED", "MAX_SEEN", "PushBook", "env_features", "env_name"]
 
 #: Pushes waiting, at most (a scheduler names at most 8 hosts per environment).
 MAX_QUEUED: Final = 64
 #: Offers remembered, at most (one per native environment: a handful).
 MAX_OFFERS: Final = 32
+#: (host, environment) pairs remembered as pushed, at most: a scheduler naming ever new
+#: hosts cannot make the daemon hold more, nor push more than this many times.
+MAX_SEEN: Final = 1024
+#: Seconds after a push during which a USE_CS to that host without the environment is
+#: taken to predate the host's re-LOGIN (the scheduler placed the job before it knew).
+RECENT: Final = 30.0
 #: The suffixes a tarball's name ends with; the environment's name is what precedes it.
 _SUFFIXES: Final = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tgz", ".tar")
 
@@ -83,6 +91,7 @@ class PushBook:
         self._asked: set[str] = set()
         self._queue: collections.deque[PushEnv] = collections.deque()
         self._seen: set[tuple[str, int, str]] = set()  # queued, running or ended this run
+        self._installed: dict[tuple[str, int, str], float] = {}  # pushed, and when
 
     # --- queries ---------------------------------------------------------------------
 
@@ -139,7 +148,7 @@ class PushBook:
         queued: list[PushEnv] = []
         for address in answer.hosts:
             split = _split(address)
-            if split is None or len(self._queue) >= MAX_QUEUED:
+            if split is None or len(self._queue) >= MAX_QUEUED or len(self._seen) >= MAX_SEEN:
                 continue
             seen = (*split, answer.environment)
             if seen in self._seen:
@@ -163,12 +172,21 @@ class PushBook:
         self.running = self._queue.popleft()
         return self.running
 
-    def finished(self) -> PushEnv | None:
-        """Mark the running push ended and return it (None if none ran)."""
+    def finished(self, *, ok: bool, now: float) -> PushEnv | None:
+        """Mark the running push ended (installed there if *ok*); return it (None if none ran)."""
         push, self.running = self.running, None
+        if push is not None and ok:
+            self._installed = {k: t for k, t in self._installed.items() if now - t < RECENT}
+            self._installed[push.host, push.port, push.name] = now
         return push
 
-    def disable(self) -> None:
-        """Push-ahead was turned off (reload): drop what waits; a running push ends alone."""
-        self.enabled = False
-        self._queue.clear()
+    def installed(self, host: str, port: int, name: str, now: float) -> bool:
+        """Return whether a push installed *name* at *host*:*port* less than RECENT s ago."""
+        when = self._installed.get((host, port, name))
+        return when is not None and now - when < RECENT
+
+    def set_enabled(self, *, enabled: bool) -> None:
+        """Turn push-ahead on or off (reload); off drops what waits, a running push ends alone."""
+        self.enabled = enabled
+        if not enabled:
+            self._queue.clear()

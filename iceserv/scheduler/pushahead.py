@@ -35,7 +35,14 @@ from iceserv.scheduler import placement
 if TYPE_CHECKING:
     from iceserv.scheduler.state import ClusterState, Host
 
-__all__ = ["MAX_TARGETS", "MAX_WANTS", "PROMISE_SECONDS", "push_targets", "targets_joining"]
+__all__ = [
+    "MAX_PROMISES",
+    "MAX_TARGETS",
+    "MAX_WANTS",
+    "PROMISE_SECONDS",
+    "push_targets",
+    "targets_joining",
+]
 
 #: Hosts named in one PUSH_TARGETS, at most.
 MAX_TARGETS: Final = 8
@@ -43,11 +50,18 @@ MAX_TARGETS: Final = 8
 PROMISE_SECONDS: Final = 120.0
 #: Environments one daemon's queries are remembered for, at most (its native ones: a few).
 MAX_WANTS: Final = 16
+#: Live promises per host, at most: a host with more is not named (a daemon flooding
+#: PUSH_QUERYs with new names cannot make the scheduler hold more).
+MAX_PROMISES: Final = 256
 
 
 def _lacks(host: Host, target: str, name: str, now: float) -> bool:
     if any(env.platform == target and env.name == name for env in host.envs):
         return False
+    if len(host.pushes) >= MAX_PROMISES:
+        host.pushes = {k: v for k, v in host.pushes.items() if v > now}
+        if len(host.pushes) >= MAX_PROMISES:
+            return False
     until = host.pushes.get((target, name))
     return until is None or until <= now
 
@@ -103,7 +117,6 @@ def push_targets(state: ClusterState, asker: Host, query: PushQuery, now: float)
         key=_idle_first,
     )[:MAX_TARGETS]
     for host in chosen:
-        host.pushes = {k: v for k, v in host.pushes.items() if v > now}  # stays small
         host.pushes[target, name] = now + PROMISE_SECONDS
     return PushTargets(
         environment=name, target=target, hosts=tuple(f"{h.ip}:{h.port}" for h in chosen)

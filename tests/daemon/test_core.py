@@ -1054,6 +1054,8 @@ class TestTransferQueue:
         effects = core.handle(Unpacked(TRANSFERS[0], 10, 10), T0)
         assert ResumeReading(1) in effects
         assert StartUnpack(1, "x86_64", "gcc") in effects
+        # The unpacker starts before the client is read again (its chunks need it).
+        assert effects.index(StartUnpack(1, "x86_64", "gcc")) < effects.index(ResumeReading(1))
         assert core.state_of(1) is State.INSTALLING
         assert core.slots.installs == 2
 
@@ -1669,3 +1671,30 @@ class TestPushAhead:
             use = UseCS(job_id=conn_id, port=10245, hostname=host, host_platform="x86_64",
                         got_env=got_env, client_id=conn_id)  # fmt: skip
             assert _sent(core.handle(FromScheduler(use), T0 + 2.2), conn_id) == [use]
+
+    def test_a_loopback_server_named_localhost_is_the_push_target(self):
+        """The scheduler names a loopback server localhost in USE_CS, 127.0.0.1 in PUSH_TARGETS."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("127.0.0.1:10300",))), T0 + 2)
+        _connect(core, 1)
+        _send(core, 1, GetCS(versions=(EnvEntry("x86_64", GCC_ENV),), target="x86_64"), T0 + 2)
+        use = UseCS(job_id=9, port=10300, hostname="localhost", host_platform="x86_64",
+                    client_id=1)  # fmt: skip
+        assert _sent(core.handle(FromScheduler(use), T0 + 2.2), 1) == []
+        effects = core.handle(EnvPushed("127.0.0.1", 10300, GCC_ENV, 100, 0.5), T0 + 2.5)
+        (released,) = _sent(effects, 1)
+        assert (released.hostname, released.got_env) == ("localhost", True)
+
+    def test_a_job_placed_before_the_hosts_relogin_is_told_the_host_has_it(self):
+        """After our push installed it, a USE_CS there without got_env goes on with got_env."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))), T0 + 2)
+        core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 100, 0.5), T0 + 3)
+        _connect(core, 1)
+        _send(core, 1, GetCS(versions=(EnvEntry("x86_64", GCC_ENV),), target="x86_64"), T0 + 3)
+        use = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                    client_id=1)  # fmt: skip
+        (sent,) = _sent(core.handle(FromScheduler(use), T0 + 3.1), 1)
+        assert sent.got_env is True

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from iceserv.daemon.effects import PushEnv
-from iceserv.daemon.pushahead import MAX_QUEUED, PushBook, env_features, env_name
+from iceserv.daemon.pushahead import (
+    MAX_QUEUED,
+    MAX_SEEN,
+    RECENT,
+    PushBook,
+    env_features,
+    env_name,
+)
 from iceserv.protocol import PushTargets
 
 TARBALL = "/var/cache/icecc/native/0123abcd.tar.zst"
@@ -73,7 +80,7 @@ class TestPushBook:
         first = book.next(idle=True)
         assert first == PushEnv("a", 1, "0123abcd", "x86_64", TARBALL)  # the offer's target
         assert book.next(idle=True) is None
-        assert book.finished() == first
+        assert book.finished(ok=True, now=0.0) == first
         assert book.next(idle=True) == PushEnv("b", 2, "0123abcd", "x86_64", TARBALL)
 
     def test_disable_drops_the_queue(self):
@@ -81,7 +88,32 @@ class TestPushBook:
         book = PushBook(enabled=True)
         book.offer(TARBALL, "x86_64", ask_now=True)
         book.targets(PushTargets("0123abcd", "x86_64", ("a:1",)))
-        book.disable()
+        book.set_enabled(enabled=False)
         assert book.queued == ()
         assert book.next(idle=True) is None
         assert book.offer("/n/other.tar.zst", "x86_64", ask_now=True) == []
+
+    def test_hosts_remembered_are_bounded(self):
+        """A scheduler naming ever new hosts gets at most MAX_SEEN pushes queued in all."""
+        book = PushBook(enabled=True)
+        book.offer(TARBALL, "x86_64", ask_now=True)
+        queued = 0
+        for batch in range(MAX_SEEN // 8 + 4):
+            hosts = tuple(f"10.{batch // 250}.{batch % 250}.{i}:10245" for i in range(8))
+            queued += len(book.targets(PushTargets("0123abcd", "x86_64", hosts)))
+            while book.next(idle=True) is not None:
+                book.finished(ok=True, now=0.0)
+        assert queued == MAX_SEEN
+
+    def test_an_installed_push_is_remembered_for_a_while(self):
+        """A successful push is known for RECENT seconds; a failed one not at all."""
+        book = PushBook(enabled=True)
+        book.offer(TARBALL, "x86_64", ask_now=True)
+        book.targets(PushTargets("0123abcd", "x86_64", ("a:1", "b:2")))
+        book.next(idle=True)
+        book.finished(ok=True, now=100.0)
+        book.next(idle=True)
+        book.finished(ok=False, now=100.0)
+        assert book.installed("a", 1, "0123abcd", 100.0 + RECENT - 1)
+        assert not book.installed("a", 1, "0123abcd", 100.0 + RECENT)
+        assert not book.installed("b", 2, "0123abcd", 100.0)

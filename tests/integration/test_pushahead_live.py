@@ -37,6 +37,7 @@ UNIT_C: Final = (
 _PREBUILD_TIMEOUT: Final = 180.0  # icecc-create-env with zstd: ~2 s idle, much more under load
 _PUSH_TIMEOUT: Final = 120.0
 _NO_PREBUILD: Final = ("--native-compilers", "")
+_PUSH: Final = {OurDaemon.PUSH_AHEAD_ENV: "yes"}  # the test bed turns it off by default
 
 
 def _installed(daemon: OurDaemon | RealDaemon, target: str, name: str) -> bool:
@@ -48,7 +49,7 @@ def test_prebuilt_environment_is_pushed_to_idle_hosts_before_the_first_job(
 ) -> None:
     """Both idle hosts (ours and a real 1.4) have it before any job; their first jobs send none."""
     plans = (
-        DaemonPlan("ours", max_jobs=0),
+        DaemonPlan("ours", max_jobs=0, extra_env=_PUSH),
         DaemonPlan("ours", max_jobs=2, extra_args=_NO_PREBUILD),
         DaemonPlan("real", max_jobs=2),
     )

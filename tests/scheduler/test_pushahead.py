@@ -15,7 +15,7 @@ from iceserv.protocol import (
     PushTargets,
     Stats,
 )
-from iceserv.scheduler.pushahead import MAX_TARGETS, MAX_WANTS, PROMISE_SECONDS
+from iceserv.scheduler.pushahead import MAX_PROMISES, MAX_TARGETS, MAX_WANTS, PROMISE_SECONDS
 
 ENV = "0123abcd"
 
@@ -145,6 +145,19 @@ class TestPushTargets:
         core.peer_connected(1, "10.0.0.1", 43, 43)
         with pytest.raises(RemoteProtocolError):
             core.handle_message(1, PushQuery("", ENV, 0), T0)
+
+    def test_promises_per_host_are_bounded(self):
+        """A daemon flooding queries with new names: a host holds at most MAX_PROMISES."""
+        core = new_core()
+        login(core, 1, "a")
+        login(core, 2, "b")
+        named = sum(len(_ask(core, environment=f"e{i}").hosts) for i in range(MAX_PROMISES + 50))
+        assert named == MAX_PROMISES
+        host = next(h for h in core.state.hosts.values() if h.nodename == "b")
+        assert len(host.pushes) == MAX_PROMISES
+        later = T0 + PROMISE_SECONDS + 1
+        assert _ask(core, environment="fresh", now=later).hosts == ("10.0.0.2:10245",)
+        assert len(host.pushes) == 1
 
     def test_stats_do_not_forget_the_promise(self):
         """A STATS from a named host keeps it promised (only its LOGIN list counts)."""
