@@ -780,9 +780,10 @@ class DaemonCore:
                 now,
             )
         client.state = State.WAIT_COMPILE
+        env_from = "scheduler"
         if self._pushed_there(client, msg, now):
             # Placed before the scheduler saw that host's re-LOGIN after our push.
-            msg = replace(msg, got_env=True)
+            msg, env_from = replace(msg, got_env=True), "push"
         if self._push_covers(client, msg):
             # Our push of its environment to that host runs: the job goes there once it is
             # installed, without a second transfer (or as assigned, if the push fails).
@@ -798,7 +799,7 @@ class DaemonCore:
                 ),
                 *self._arm(client, now),
             ]
-        return self._forward_use_cs(client, msg, now)
+        return self._forward_use_cs(client, msg, now, env_from=env_from)
 
     def _pushed_there(self, client: _Client, msg: UseCS, now: float) -> bool:
         """Whether our push installed *client*'s environment on *msg*'s host moments ago."""
@@ -819,7 +820,10 @@ class DaemonCore:
             and any(e.platform == push.target and e.name == push.name for e in client.envs)
         )
 
-    def _forward_use_cs(self, client: _Client, msg: UseCS, now: float) -> list[Effect]:
+    def _forward_use_cs(
+        self, client: _Client, msg: UseCS, now: float, *, env_from: str = "scheduler"
+    ) -> list[Effect]:
+        """Pass *msg* on to *client*; *env_from* says who vouched for ``got_env``."""
         named = msg
         if msg.hostname == _SELF_ADDRESS:
             # Another daemon on this host: clients read 127.0.0.1 as "compile it yourself",
@@ -833,6 +837,8 @@ class DaemonCore:
                 client_id=client.conn_id,
                 job_id=msg.job_id,
                 server=f"{named.hostname}:{named.port}",
+                got_env=msg.got_env,
+                env_from=env_from if msg.got_env else "",
             ),
             *self._arm(client, now),
         ]
@@ -1459,7 +1465,9 @@ class DaemonCore:
             if client.gone or client.state is not State.WAIT_COMPILE:
                 continue
             got_env = not event.error  # else the client sends it itself, as assigned
-            released += self._forward_use_cs(client, replace(held, got_env=got_env), now)
+            released += self._forward_use_cs(
+                client, replace(held, got_env=got_env), now, env_from="push"
+            )
         address = f"{event.host}:{event.port}"
         if event.error:
             effect = _log(

@@ -1696,5 +1696,8 @@ class TestPushAhead:
         _send(core, 1, GetCS(versions=(EnvEntry("x86_64", GCC_ENV),), target="x86_64"), T0 + 3)
         use = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
                     client_id=1)  # fmt: skip
-        (sent,) = _sent(core.handle(FromScheduler(use), T0 + 3.1), 1)
+        effects = core.handle(FromScheduler(use), T0 + 3.1)
+        (sent,) = _sent(effects, 1)
         assert sent.got_env is True
+        (assigned,) = _events(effects, "compile_server_assigned")
+        assert (assigned["got_env"], assigned["env_from"]) == (True, "push")

@@ -11,8 +11,9 @@ h1's log, the environment unpacked in h2's and h3's environment directories
 (``target=<platform>/<name>/usr/bin/as``) and h2's ``env_installed``.  Then
 one compile is sent to each of h2 and h3 (``ICECC_PREFERRED_HOST``): the
 client's trace says the host already had the environment (USE_CS
-``got_env``), our h2 installs nothing more, and the objects equal local
-gcc's.  It asserts no times.
+``got_env``), and h1's log says the scheduler said so (learnt from the
+targets' re-LOGIN after the install, a real 1.4 daemon's too), our h2
+installs nothing more, and the objects equal local gcc's.  It asserts no times.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def test_prebuilt_environment_is_pushed_to_idle_hosts_before_the_first_job(
             assert "has env: True" in trace, trace
             assert (tmp_path / out).read_bytes() == (tmp_path / "local.o").read_bytes()
 
+        # The scheduler itself knew (the targets' re-LOGIN after the install), not only h1.
+        assigned = local.events("compile_server_assigned")
+        assert [(e["got_env"], e["env_from"]) for e in assigned] == [(True, "scheduler")] * 2
+        assert not local.events("compile_server_held")
         (job,) = wait_for(lambda: ours.events("job_finished") or None, 30,
                           "h2's job to finish", context=ours.log_tail)  # fmt: skip
         assert (job["where"], job["exitcode"]) == ("server", 0)
