@@ -29,9 +29,10 @@ with the peak (VmHWM).  Prints the figures and the ratios iceserv/1.4;
 ``--json FILE`` writes them.
 
 ``--http-scrape`` compares ours with itself instead: once plain and once with
-``--http`` (the web endpoint on) while the driver scrapes ``/metrics`` 10
-times a second over the measured window (alternating which goes first per
-daemon count); it prints the ratio of GET_CS/s and the scrapes' p50/p99.
+``--http`` (the web endpoint on) while a separate process (as a Prometheus
+server would be) scrapes ``/metrics`` 10 times a second over the measured
+window (alternating which goes first per daemon count); it prints the ratio
+of GET_CS/s and the scrapes' p50/p99.
 """
 
 from __future__ import annotations
@@ -68,29 +69,40 @@ TICKS = os.sysconf("SC_CLK_TCK")
 LABEL = {"ours": "iceserv", "real": "1.4", "ours+http": "iceserv+http"}
 
 
-async def http_get(port: int, path: str) -> float:
-    """GET *path* from 127.0.0.1:*port* (Connection: close); return seconds taken."""
+#: The scraper runs in its own process, as a Prometheus server would: scraping from this
+#: driver's loop would slow the driver's GET_CS, not the scheduler's placements.
+SCRAPER = """
+import json, socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+request = b"GET /metrics HTTP/1.1\\r\\nHost: bench\\r\\nConnection: close\\r\\n\\r\\n"
+taken, end = [], time.monotonic() + seconds
+while time.monotonic() < end:
     start = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    connected = time.perf_counter() - start
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
-    await writer.drain()
-    reply = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))
     if not reply.startswith(b"HTTP/1.1 200"):
-        msg = f"GET {path}: {reply[:80]!r}"
+        sys.exit(f"GET /metrics: {reply[:80]!r}")
+    taken.append(time.perf_counter() - start)
+    time.sleep(max(0.0, 0.1 - (time.perf_counter() - start)))
+print(json.dumps(taken))
+"""
+
+
+async def scraped(scraper: asyncio.subprocess.Process) -> list[float]:
+    """The seconds each scrape took, once the scraper process ends."""
+    out, _ = await scraper.communicate()
+    if scraper.returncode != 0:
+        msg = f"the scraper failed ({scraper.returncode})"
         raise RuntimeError(msg)
-    if os.environ.get("BENCH_DEBUG"):
-        print(f"connect {connected:.3f} total {time.perf_counter() - start:.3f}", flush=True)
-    return time.perf_counter() - start
+    return list(json.loads(out))
 
 
-async def scrape_loop(port: int, stop: asyncio.Event, seconds: list[float]) -> None:
-    """Scrape /metrics 10 times a second until *stop*, as a Prometheus would (faster)."""
-    while not stop.is_set():
-        seconds.append(await http_get(port, "/metrics"))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.1)
+async def scrape(port: int, seconds: float) -> asyncio.subprocess.Process:
+    """Start the scraper process: /metrics 10 times a second for *seconds*."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SCRAPER, str(port), str(seconds), stdout=asyncio.subprocess.PIPE
+    )
 
 
 class Scheduler:
@@ -221,17 +233,15 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         ask()
     await asyncio.sleep(args.warmup)
     scrapes: list[float] = []
-    stop_scraping = asyncio.Event()
     scraper = None
     if scheduler.http_port is not None:
-        scraper = asyncio.create_task(scrape_loop(scheduler.http_port, stop_scraping, scrapes))
+        scraper = await scrape(scheduler.http_port, args.seconds)
     answered0, cpu0, own0 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
     start = time.perf_counter()
     await asyncio.sleep(args.seconds)
     answered1, cpu1, own1 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
-    stop_scraping.set()
     if scraper is not None:
-        await scraper
+        scrapes = await scraped(scraper)
     elapsed = time.perf_counter() - start
     submitting = False
     asked = next(client_ids) - 1
@@ -265,7 +275,8 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         "scrapes": len(scrapes),
         "scrape_ms_p50": round(1000 * sorted(scrapes)[len(scrapes) // 2], 2) if scrapes else None,
         "scrape_ms_p99": round(1000 * sorted(scrapes)[int(len(scrapes) * 0.99)], 2)
-        if scrapes else None,
+        if scrapes
+        else None,
     }
 
 
