@@ -119,8 +119,9 @@ environment that becomes ready is offered; an iceserv scheduler is asked
 time, never started while a local client waits for or talks to a compile
 server; ``EnvPushed`` logs the outcome.  A USE_CS without the environment
 for the host our running push goes to is held until the push ends, then
-passed on with ``got_env`` set (or unchanged if the push failed), so the
-client does not send the environment a second time.
+passed on with ``got_env`` set (or unchanged if the push failed, or after
+``_HOLD_MAX`` seconds), so the client does not send the environment a second
+time.
 
 Local-only requests: :meth:`DaemonCore._admit` refuses GET_NATIVE_ENV,
 JOB_LOCAL_BEGIN and GET_CS from a client that is neither on the Unix socket
@@ -257,6 +258,8 @@ _DEFAULT_PONG: Final = 3.0
 _LOCAL_ONLY: Final = (GetNativeEnv, JobLocalBegin, GetCS)
 #: SLOTS_QUERYs sent to the scheduler and not yet answered, at most (later ones: our own count).
 _MAX_SLOTS_QUERIES: Final = 256
+#: Seconds a job waits, at most, for our push of its environment to its server to end.
+_HOLD_MAX: Final = 10.0
 #: Wake datagrams to a scheduler being connected to: every second, until 2 s after the login.
 _WAKE_INTERVAL: Final = 1.0
 _WAKE_AFTER_LOGIN: Final = 2.0
@@ -561,6 +564,19 @@ class DaemonCore:
             return [ArmTimer(client.conn_id, deadline)]
         if client.state is State.WAIT_SLOTS:
             return self._local_slots(client, "the scheduler did not answer in time", now)
+        held = client.held_use_cs
+        if held is not None:
+            # The push is slow: the client sends the environment itself, as assigned.
+            client.held_use_cs = None
+            return [
+                _log(
+                    "info",
+                    "compile_server_released",
+                    client_id=client.conn_id,
+                    reason="the push took too long",
+                ),
+                *self._forward_use_cs(client, held, now),
+            ]
         effects: list[Effect] = [
             _log("warning", "client_timed_out", client_id=client.conn_id, state=client.state.name)
         ]
@@ -573,6 +589,8 @@ class DaemonCore:
         return effects + self._finish_client(client, EXIT_IO_ERROR, now)
 
     def _timeout(self, client: _Client) -> float:
+        if client.held_use_cs is not None:
+            return _HOLD_MAX
         ended = client.job is not None and client.job.source.ended
         return read_timeout(client.state, self.settings, stream_ended=ended, paused=client.paused)
 

@@ -1701,3 +1701,23 @@ class TestPushAhead:
         assert sent.got_env is True
         (assigned,) = _events(effects, "compile_server_assigned")
         assert (assigned["got_env"], assigned["env_from"]) == (True, "push")
+
+    def test_a_held_job_goes_as_assigned_when_the_push_is_slow(self):
+        """A push still running after the hold's bound: the client gets USE_CS as it was."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))), T0 + 2)
+        _connect(core, 1)
+        _send(core, 1, GetCS(versions=(EnvEntry("x86_64", GCC_ENV),), target="x86_64"), T0 + 2)
+        use = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                    client_id=1)  # fmt: skip
+        effects = core.handle(FromScheduler(use), T0 + 2.2)
+        (timer,) = [e for e in _of(effects, ArmTimer) if e.key == 1]
+        assert timer.deadline <= T0 + 2.2 + 10
+        effects = core.handle(TimerExpired(1), timer.deadline)
+        assert _sent(effects, 1) == [use]
+        assert _events(effects, "compile_server_released")
+        assert core.state_of(1) is State.WAIT_COMPILE
+        # The push's end later changes nothing for that client.
+        effects = core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 100, 30.0), T0 + 40)
+        assert _sent(effects, 1) == []
