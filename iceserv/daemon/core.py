@@ -438,7 +438,10 @@ class DaemonCore:
         self.slots.max_kids = settings.max_kids
         self.natives.max_builds = max(1, settings.max_native_builds)
         self.pushes.set_enabled(enabled=settings.push_ahead)
-        return self._schedule(now)
+        effects = self._schedule(now)
+        if self.scheduler_up and self.scheduler_iceserv:
+            effects += self._push_queries(self.pushes.scheduler_ready())
+        return effects
 
     # --- the entry point -------------------------------------------------------------
 

@@ -108,12 +108,10 @@ class PushBook:
         *ask_now*: the scheduler is an iceserv one and listens.
         """
         name = env_name(path)
-        if not self.enabled or not name:
+        if not name or (name not in self._offers and len(self._offers) >= MAX_OFFERS):
             return []
-        if name not in self._offers and len(self._offers) >= MAX_OFFERS:
-            return []
-        self._offers[name] = _Offer(path, target)
-        if not ask_now or name in self._asked:
+        self._offers[name] = _Offer(path, target)  # kept while off: asked about once on
+        if not self.enabled or not ask_now or name in self._asked:
             return []
         self._asked.add(name)
         return [name]

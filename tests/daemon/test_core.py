@@ -1721,3 +1721,12 @@ class TestPushAhead:
         # The push's end later changes nothing for that client.
         effects = core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 100, 30.0), T0 + 40)
         assert _sent(effects, 1) == []
+
+    def test_turned_on_by_a_reload_asks_about_what_was_built_while_off(self):
+        """push_ahead off at start, on after SIGHUP: the ready environment is asked about."""
+        core = _pushing_core(push_ahead=False)
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        effects = core.reconfigure(_settings(push_ahead=True), port=PORT, now=T0 + 3)
+        assert _to_scheduler(effects) == [PushQuery("x86_64", GCC_ENV, 2)]
+        effects = core.reconfigure(_settings(push_ahead=True), port=PORT, now=T0 + 4)
+        assert _to_scheduler(effects) == []
