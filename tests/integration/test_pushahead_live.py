@@ -8,7 +8,9 @@ the developer's machine; it prebuilds gcc), h2 our daemon with two slots and
 h3 a real icecream 1.4 ``iceccd`` with two slots (both build nothing
 themselves).  Before any job is submitted the test sees, independently of
 h1's log, the environment unpacked in h2's and h3's environment directories
-(``target=<platform>/<name>/usr/bin/as``) and h2's ``env_installed``.  Then
+(``target=<platform>/<name>/usr/bin/as``), h2's ``env_installed``, and our
+scheduler's host list on a private D-Bus (ListHosts) shows it on h2 and h3
+(their re-LOGIN after the install) and not on h1.  Then
 one compile is sent to each of h2 and h3 (``ICECC_PREFERRED_HOST``): the
 client's trace says the host already had the environment (USE_CS
 ``got_env``), and h1's log says the scheduler said so (learnt from the
@@ -18,15 +20,22 @@ installs nothing more, and the objects equal local gcc's.  It asserts no times.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import subprocess
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import pytest
 from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon, RealDaemon
+from testbed.dbusbed import SystemBus, busctl
 from testbed.wait import wait_for
+
+from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 log = logging.getLogger(__name__)
@@ -45,8 +54,27 @@ def _installed(daemon: OurDaemon | RealDaemon, target: str, name: str) -> bool:
     return (daemon.basedir / f"target={target}" / name / "usr" / "bin" / "as").is_file()
 
 
+def _scheduler_envs(bus: str) -> dict[str, set[tuple[str, str]]]:
+    """Each host's environments as our scheduler knows them (LOGIN lists), from D-Bus."""
+    result = busctl(bus, "--json=short", "call", SCHEDULER_INTERFACE, SCHEDULER_PATH,
+                    SCHEDULER_INTERFACE, "ListHosts")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["data"][0]
+    return {row[0]: {tuple(env) for env in row[12]} for row in rows}
+
+
+@pytest.fixture(scope="module")
+def system_bus() -> Iterator[SystemBus]:
+    """A private system bus for our scheduler (its host list with environments)."""
+    bus = SystemBus(user="daemon", group="staff").start()
+    try:
+        yield bus
+    finally:
+        bus.close()
+
+
 def test_prebuilt_environment_is_pushed_to_idle_hosts_before_the_first_job(
-    tmp_path: Path,
+    tmp_path: Path, system_bus: SystemBus
 ) -> None:
     """Both idle hosts (ours and a real 1.4) have it before any job; their first jobs send none."""
     plans = (
@@ -54,7 +82,8 @@ def test_prebuilt_environment_is_pushed_to_idle_hosts_before_the_first_job(
         DaemonPlan("ours", max_jobs=2, extra_args=_NO_PREBUILD),
         DaemonPlan("real", max_jobs=2),
     )
-    with NetnsBed(3) as bed, Cluster(bed, "ours", plans) as cluster:
+    bus = {"DBUS_SYSTEM_BUS_ADDRESS": system_bus.address}
+    with NetnsBed(3) as bed, Cluster(bed, "ours", plans, scheduler_env=bus) as cluster:
         local, ours, real = cluster.daemon(0), cluster.daemon(1), cluster.daemon(2)
         assert isinstance(local, OurDaemon)
         assert isinstance(ours, OurDaemon)
@@ -77,6 +106,13 @@ def test_prebuilt_environment_is_pushed_to_idle_hosts_before_the_first_job(
         (installed,) = ours.events("env_installed")
         assert installed["env"] == f"{target}/{name}"
         assert not ours.events("job_finished")
+        # The scheduler learnt it from the targets' re-LOGIN (the real 1.4 one's too).
+        env = (target, name)
+        wait_for(lambda: all(env in _scheduler_envs(system_bus.address).get(cluster.name(i), ())
+                             for i in (1, 2)),
+                 30, "the scheduler to list the pushed environment on h2 and h3",
+                 context=lambda: str(_scheduler_envs(system_bus.address)))  # fmt: skip
+        assert env not in _scheduler_envs(system_bus.address)[cluster.name(0)]
 
         (tmp_path / "unit.c").write_text(UNIT_C)
         subprocess.run(["gcc", "-O2", "-c", "unit.c", "-o", "local.o"], cwd=tmp_path,
