@@ -162,7 +162,9 @@ class TestConnections:
         once keepalive gave up on an unreachable daemon) for its own idle read
         time-out and retried at once, forever, at 100 % CPU.
         """
-        _login(running, "unreachable")
+        # Both channels are held: a dropped one closes its socket, and the scheduler would
+        # remove that daemon for the end of file rather than for the error under test.
+        unreachable = _login(running, "unreachable")
         wait_for(lambda: running.server.core.state.hosts, 5, "the login")
         (peer,) = (p for p in running.server._peers.values() if not p.monitor)
         error = TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
@@ -170,8 +172,10 @@ class TestConnections:
         running.loop.call_soon_threadsafe(peer.writer.transport._fatal_error, error,
                                           "Fatal read error on socket transport")  # fmt: skip
         wait_for(lambda: not running.server.core.state.hosts, 5, "the daemon to be dropped")
-        _login(running, "next")  # the event loop is free to serve a new daemon
+        following = _login(running, "next")  # the event loop is free to serve a new daemon
         assert [h.nodename for h in running.server.core.state.hosts.values()] == ["next"]
+        following.close()
+        unreachable.close()
 
     def test_job_through_the_server(self, running):
         """GET_CS from one daemon gets USE_CS naming the other (on 127.0.0.1 too: localhost)."""
