@@ -1,7 +1,7 @@
 """P7: the first compile through a fresh cluster, real icecream 1.4 against iceserv, one run.
 
 Run (as root, like the test bed): ``.venv/bin/python bench/first_compile.py [--runs 3]
-[--wait 3] [--json FILE]``.
+[--wait 3] [--without-prebuild] [--without-push] [--json FILE]``.
 
 Each sample is a new two-host cluster on a namespace bed (``testbed.NetnsBed``
 and ``testbed.Cluster``): the scheduler and a daemon without slots on h1
@@ -12,7 +12,10 @@ earlier"), then times one ``icecc gcc -O2 -c`` of a generated C unit (``--functi
 one-line functions, 40 by default: a small file) on h1
 (the real client on the real cluster, ours on ours).  That compile needs the
 native environment of gcc (1.4 builds it now, with gzip; iceserv built it at
-start, with zstd), sends it to h2, which unpacks it, then compiles.  The
+start, with zstd), sends it to h2, which unpacks it, then compiles.  With
+push-ahead (iceserv's default) h1's daemon has usually sent the environment
+to h2 before the compile starts, so the compile sends none;
+``--without-push`` adds a row of iceserv with ``--no-push-ahead``.  The
 object must equal a local ``gcc -O2 -c`` and the job must have run on h2 (the
 scheduler's monitor says so), else the benchmark exits 1.  The kinds
 alternate every run (real first, then ours first), so a slow phase of the
@@ -23,7 +26,11 @@ how long the environment build took and how long the client waited for it
 (``native_env_built``, ``native_env_sent``), when the client had it
 (``env_sent_after_s``, from the compile's start), h2's transfer and unpack
 (``env_transfer_started`` to ``env_installed``) and h2's compile
-(``job_finished``).  ``local_gcc_s`` is the same ``gcc -c`` run locally: the
+(``job_finished``), and for push-ahead the push's time and whether it was over
+before the compile began (``native_env_pushed``; ``env_pushed_before_s`` > 0:
+that many seconds before), and how many transfers h2 received
+(``env_transfers_on_h2``: 1 either way; from the push or from the client).
+``local_gcc_s`` is the same ``gcc -c`` run locally: the
 floor of any compile.  Prints every sample, the
 load average before and after, medians and the ratio iceserv/1.4.
 """
@@ -50,7 +57,12 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 Row = dict[str, Any]
-LABEL = {"real": "1.4", "ours": "iceserv", "ours-cold": "iceserv, no prebuild"}
+LABEL = {
+    "real": "1.4",
+    "ours": "iceserv",
+    "ours-nopush": "iceserv, no push-ahead",
+    "ours-cold": "iceserv, no prebuild",
+}
 
 
 def unit_source(functions: int) -> str:
@@ -92,6 +104,11 @@ def _breakdown(local: OurDaemon, server: OurDaemon, began: float) -> Row:
     jobs = [e for e in server.events("job_finished") if e.get("where") == "server"]
     if jobs:
         row["compile_on_server_s"] = jobs[0]["real_msec"] / 1000
+    row["env_transfers_on_h2"] = len(started)
+    pushed = local.events("native_env_pushed")
+    if pushed:
+        row["env_push_s"] = pushed[0]["seconds"]
+        row["env_pushed_before_s"] = round(began - _when(pushed[0]), 3)
     return row
 
 
@@ -114,11 +131,16 @@ def _remote_jobs(began: Mapping[str, int], client: str, env: Mapping[str, str], 
 def sample(kind: str, wait: float, workdir: Path, source: str) -> Row:
     """One fresh cluster of *kind*: time its first compile."""
     programs = "real" if kind == "real" else "ours"
-    # "ours-cold": our daemons with prebuilds off, as before issue 17 (but zstd).
-    args = ("--native-compilers", "") if kind == "ours-cold" else ()
+    # "ours-cold": our daemons with prebuilds off, as before issue 17 (but zstd);
+    # "ours-nopush": prebuilds on, push-ahead off.
+    args = {"ours-cold": ("--native-compilers", ""), "ours-nopush": ("--no-push-ahead",)}.get(
+        kind, ()
+    )
+    # The product's default, push-ahead on (the test bed turns it off unless asked).
+    env = {OurDaemon.PUSH_AHEAD_ENV: "yes"} if programs == "ours" else {}
     plans = (
-        DaemonPlan(programs, max_jobs=0, extra_args=args),  # type: ignore[arg-type]
-        DaemonPlan(programs, max_jobs=2, extra_args=args),  # type: ignore[arg-type]
+        DaemonPlan(programs, max_jobs=0, extra_args=args, extra_env=env),  # type: ignore[arg-type]
+        DaemonPlan(programs, max_jobs=2, extra_args=args, extra_env=env),  # type: ignore[arg-type]
     )
     with NetnsBed(2) as bed, Cluster(bed, programs, plans) as cluster:  # type: ignore[arg-type]
         online = time.monotonic()
@@ -176,13 +198,17 @@ def main() -> int:
                         help="size of the C unit (default 40 one-line functions)")  # fmt: skip
     parser.add_argument("--without-prebuild", action="store_true",
                         help="also time iceserv with prebuilds off")  # fmt: skip
+    parser.add_argument("--without-push", action="store_true",
+                        help="also time iceserv with push-ahead off")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the samples and medians here")
     args = parser.parse_args()
     rows: list[Row] = []
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
     with tempfile.TemporaryDirectory(prefix="iceserv-p7-") as tmp:
         for run in range(args.runs):
-            kinds = ("real", "ours", "ours-cold") if args.without_prebuild else ("real", "ours")
+            kinds: tuple[str, ...] = ("real", "ours")
+            kinds += ("ours-nopush",) if args.without_push else ()
+            kinds += ("ours-cold",) if args.without_prebuild else ()
             order = kinds if run % 2 == 0 else kinds[::-1]
             for kind in order:
                 row = sample(kind, args.wait, Path(tmp), unit_source(max(1, args.functions)))
@@ -201,6 +227,9 @@ def main() -> int:
     ratio = medians["ours"] / medians["real"]
     print(f"median first compile: 1.4 {medians['real']:.2f} s, iceserv {medians['ours']:.2f} s,"
           f" iceserv/1.4 {ratio:.2f}")  # fmt: skip
+    if "ours-nopush" in medians:
+        print(f"iceserv without push-ahead: {medians['ours-nopush']:.2f} s,"
+              f" /1.4 {medians['ours-nopush'] / medians['real']:.2f}")  # fmt: skip
     if "ours-cold" in medians:
         print(f"iceserv without prebuild: {medians['ours-cold']:.2f} s")
     print(f"load average after: {Path('/proc/loadavg').read_text().split()[:3]}")

@@ -184,6 +184,7 @@ def server_settings(
         env_transfer_queue=settings.env_transfer_queue,
         max_native_builds=settings.max_native_builds,
         native_compilers=tuple(settings.native_compilers.split()),
+        push_ahead=settings.push_ahead,
         native_compression="zstd" if shutil.which("zstd", path="/usr/bin:/bin") else "gzip",
     )
 

@@ -448,7 +448,16 @@ def _where_the_time_went(workdir: Path, cluster_time: float, local_time: float) 
         lines.append(f"  the build asked for the environment and {how}.\n")
     transfers = _events(server_log, "env_transfer_started")
     installed = _events(server_log, "env_installed")
-    if transfers and installed:
+    pushed = _events(client_log, "native_env_pushed")
+    if pushed and installed:
+        size = int(str(installed[0].get("size", 0))) / _MB
+        tarball = int(str(pushed[0].get("bytes", 0))) / _MB
+        lines.append(
+            f"  {server} had the environment before the first job: right after packing it, "
+            f"{client} pushed it there ({tarball:.0f} MB, {size:.0f} MB unpacked) in "
+            f"{pushed[0]['seconds']} s, so no job waited for a transfer.\n"
+        )
+    elif transfers and installed:
         size = int(str(installed[0].get("size", 0))) / _MB
         lines.append(
             f"  first job on {server}: it received and unpacked the environment "

@@ -149,6 +149,14 @@ _DAEMON_ONLY: Final = (
         "LIST",
         "compilers whose environments are built at start",
     ),
+    _Option(
+        "",
+        "no-push-ahead",
+        _Action.FALSE,
+        "push_ahead",
+        "",
+        "do not send built native environments to idle hosts",
+    ),
     _Option("", "http", _Action.VALUE, "http", "HOST[:PORT]", "serve /metrics"),
 )
 _SCHEDULER_ONLY: Final = (

@@ -276,6 +276,10 @@ class DaemonSettings(_Settings):
     compile does not wait: names (found in /usr/local/bin, /usr/bin, /bin) or absolute
     paths, blank- or comma-separated; g++ shares gcc's, clang++ clang's; empty: none
     (``--native-compilers``)."""
+    push_ahead: bool = True
+    """Once a native environment is built, send it to idle hosts that lack it, so the
+    first job there need not wait for the transfer (iceserv schedulers only;
+    ``--no-push-ahead``)."""
     http: DaemonHttpAddress = None
     """Serve the daemon's ``/metrics`` on HOST[:PORT] (port 8768); unset: off (``--http``)."""
 

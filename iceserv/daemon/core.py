@@ -61,6 +61,8 @@ the protocol; the client is ended with exit 120)::
     (scheduler) USE_CS, NO_CS  client in WAIT_FOR_CS  pass on (other host; 127.0.0.1 named
                                                      localhost) or compile yourself
                                client gone            JOB_DONE 107 for the job; else ignored
+    (scheduler) PUSH_TARGETS   any                   iceserv only: queue pushes of that native
+                                                     environment (see "Push-ahead" below)
 
 Slots (:class:`~iceserv.daemon.slots.Slots`, reference §5.3): after every
 event the core hands out what the free slots and the load allow: LINK, then
@@ -110,6 +112,17 @@ one object from which a reader can name what the daemon does with each
 message in each state, so the table, the handlers and the end rules stay
 together (events and effects are in :mod:`~iceserv.daemon.effects`).
 
+Push-ahead (issue 17, :mod:`~iceserv.daemon.pushahead`): every native
+environment that becomes ready is offered; an iceserv scheduler is asked
+(PUSH_QUERY) where it is missing, and the hosts it names get it by
+``PushEnv`` (the shell's client-like TRANFER_ENV + VERIFY_ENV), one at a
+time, never started while a local client waits for or talks to a compile
+server; ``EnvPushed`` logs the outcome.  A USE_CS without the environment
+for the host our running push goes to is held until the push ends, then
+passed on with ``got_env`` set (or unchanged if the push failed, or after
+``_HOLD_MAX`` seconds), so the client does not send the environment a second
+time.
+
 Local-only requests: :meth:`DaemonCore._admit` refuses GET_NATIVE_ENV,
 JOB_LOCAL_BEGIN and GET_CS from a client that is neither on the Unix socket
 nor on a loopback address (1.4's clients send them only to their own
@@ -137,6 +150,7 @@ from iceserv.daemon.effects import (
     CountJobCpu,
     DropScheduler,
     Effect,
+    EnvPushed,
     EnvVerified,
     Event,
     FeedCompile,
@@ -152,6 +166,7 @@ from iceserv.daemon.effects import (
     NativeResolved,
     NativesFound,
     PauseReading,
+    PushEnv,
     Received,
     ReleaseEnv,
     ResolveNative,
@@ -174,6 +189,7 @@ from iceserv.daemon.effects import (
 )
 from iceserv.daemon.environments import EnvInstallError, check_name
 from iceserv.daemon.natives import NativeBook
+from iceserv.daemon.pushahead import PushBook
 from iceserv.daemon.slots import Slots, SourceBuffer, SourceTooLargeError, Work
 from iceserv.daemon.states import (
     EXIT_CLIENT_KILLED,
@@ -207,6 +223,8 @@ from iceserv.protocol import (
     JobLocalBegin,
     NoCS,
     Ping,
+    PushQuery,
+    PushTargets,
     SlotsAnswer,
     SlotsQuery,
     StatusText,
@@ -224,7 +242,7 @@ if TYPE_CHECKING:
 
     from iceserv.daemon.effects import BuildNative, ConnKind
     from iceserv.daemon.settings import ServerSettings
-    from iceserv.protocol import Message
+    from iceserv.protocol import EnvEntry, Message
 
 __all__ = ["DaemonCore"]
 
@@ -240,6 +258,8 @@ _DEFAULT_PONG: Final = 3.0
 _LOCAL_ONLY: Final = (GetNativeEnv, JobLocalBegin, GetCS)
 #: SLOTS_QUERYs sent to the scheduler and not yet answered, at most (later ones: our own count).
 _MAX_SLOTS_QUERIES: Final = 256
+#: Seconds a job waits, at most, for our push of its environment to its server to end.
+_HOLD_MAX: Final = 10.0
 #: Wake datagrams to a scheduler being connected to: every second, until 2 s after the login.
 _WAKE_INTERVAL: Final = 1.0
 _WAKE_AFTER_LOGIN: Final = 2.0
@@ -278,6 +298,8 @@ class _Client:
     state: State = State.NEW
     job_id: int = 0
     use_cs: UseCS | None = None
+    envs: tuple[EnvEntry, ...] = ()  # GET_CS's environments
+    held_use_cs: UseCS | None = None  # waits for our push of its environment to that host
     outfile: str = ""
     job: _Job | None = None
     install: str = ""  # "target/name" while an install runs or waits
@@ -297,6 +319,12 @@ def _host_of(peer: str) -> str:
     return peer.rsplit(":", 1)[0]
 
 
+def _same_server(host: str, port: int, use: UseCS) -> bool:
+    """Whether *use* names the daemon at *host*:*port* (a scheduler names 127.0.0.1 localhost)."""
+    named = _SELF_ADDRESS if use.hostname == "localhost" else use.hostname
+    return (named, use.port) == (host, port)
+
+
 def _log(level: str, event: str, **fields: object) -> Log:
     return Log(level, event, fields)
 
@@ -310,6 +338,8 @@ class DaemonCore:
         self.slots = Slots(settings.max_kids)
         #: Native environments: ready, being built, queued (prebuilds at start, issue 17).
         self.natives = NativeBook(settings.max_native_builds)
+        #: Native environments pushed ahead to idle hosts (iceserv schedulers only, issue 17).
+        self.pushes = PushBook(enabled=settings.push_ahead)
         self.load = 0
         self.scheduler_up = False
         self.scheduler_protocol = 0
@@ -335,6 +365,7 @@ class DaemonCore:
             NativeEnvBuilt: self._on_native,
             NativesFound: self._on_natives_found,
             NativeResolved: self._on_native_resolved,
+            EnvPushed: self._on_pushed,
             UnpackFailed: self._on_unpack_failed,
             Unpacked: self._on_unpacked,
             EnvVerified: self._on_verified,
@@ -368,6 +399,7 @@ class DaemonCore:
             .on(GetInternalStatus, self._internals)
             .on(Ping, self._ping)
             .on(SlotsAnswer, self._slots_answer)
+            .on(PushTargets, self._push_targets)
         )
 
     # --- queries ---------------------------------------------------------------------
@@ -405,7 +437,11 @@ class DaemonCore:
         self.port = port
         self.slots.max_kids = settings.max_kids
         self.natives.max_builds = max(1, settings.max_native_builds)
-        return self._schedule(now)
+        self.pushes.set_enabled(enabled=settings.push_ahead)
+        effects = self._schedule(now)
+        if self.scheduler_up and self.scheduler_iceserv:
+            effects += self._push_queries(self.pushes.scheduler_ready())
+        return effects
 
     # --- the entry point -------------------------------------------------------------
 
@@ -415,6 +451,8 @@ class DaemonCore:
         if self._flow_dirty:
             self._flow_dirty = False
             effects += self._flow(now)
+        if self.pushes.running is None and self.pushes.queued:
+            effects += self._next_push(now)
         return effects
 
     # --- memory: how much queued source the daemon reads -----------------------------
@@ -529,6 +567,19 @@ class DaemonCore:
             return [ArmTimer(client.conn_id, deadline)]
         if client.state is State.WAIT_SLOTS:
             return self._local_slots(client, "the scheduler did not answer in time", now)
+        held = client.held_use_cs
+        if held is not None:
+            # The push is slow: the client sends the environment itself, as assigned.
+            client.held_use_cs = None
+            return [
+                _log(
+                    "info",
+                    "compile_server_released",
+                    client_id=client.conn_id,
+                    reason="the push took too long",
+                ),
+                *self._forward_use_cs(client, held, now),
+            ]
         effects: list[Effect] = [
             _log("warning", "client_timed_out", client_id=client.conn_id, state=client.state.name)
         ]
@@ -541,6 +592,8 @@ class DaemonCore:
         return effects + self._finish_client(client, EXIT_IO_ERROR, now)
 
     def _timeout(self, client: _Client) -> float:
+        if client.held_use_cs is not None:
+            return _HOLD_MAX
         ended = client.job is not None and client.job.source.ended
         return read_timeout(client.state, self.settings, stream_ended=ended, paused=client.paused)
 
@@ -567,6 +620,9 @@ class DaemonCore:
                 to_build=[item.key.compiler for item in event.found if not item.path],
             )
         ]
+        for item in event.found:
+            if item.path:
+                effects += self._offer_push(item.path)
         return effects + self._native_builds(self.natives.found(found, now), now)
 
     def _native_builds(self, builds: Sequence[BuildNative], now: float) -> list[Effect]:
@@ -651,6 +707,7 @@ class DaemonCore:
                     path=event.path,
                 )
             )
+            effects += self._offer_push(event.path)
         elif build is not None:
             effects.append(
                 _log(
@@ -692,6 +749,7 @@ class DaemonCore:
                 ),
                 now,
             )
+        client.envs = msg.versions
         forwarded = replace(msg, client_id=client.conn_id, client_count=self.client_count)
         return [ToScheduler(forwarded)]
 
@@ -743,6 +801,50 @@ class DaemonCore:
                 now,
             )
         client.state = State.WAIT_COMPILE
+        env_from = "scheduler"
+        if self._pushed_there(client, msg, now):
+            # Placed before the scheduler saw that host's re-LOGIN after our push.
+            msg, env_from = replace(msg, got_env=True), "push"
+        if self._push_covers(client, msg):
+            # Our push of its environment to that host runs: the job goes there once it is
+            # installed, without a second transfer (or as assigned, if the push fails).
+            client.held_use_cs = msg
+            return [
+                _log(
+                    "info",
+                    "compile_server_held",
+                    client_id=client.conn_id,
+                    job_id=msg.job_id,
+                    server=f"{msg.hostname}:{msg.port}",
+                    reason="environment being pushed there",
+                ),
+                *self._arm(client, now),
+            ]
+        return self._forward_use_cs(client, msg, now, env_from=env_from)
+
+    def _pushed_there(self, client: _Client, msg: UseCS, now: float) -> bool:
+        """Whether our push installed *client*'s environment on *msg*'s host moments ago."""
+        host = _SELF_ADDRESS if msg.hostname == "localhost" else msg.hostname
+        return not msg.got_env and any(
+            e.platform == msg.host_platform and self.pushes.installed(host, msg.port, e.name, now)
+            for e in client.envs
+        )
+
+    def _push_covers(self, client: _Client, msg: UseCS) -> bool:
+        """Whether the running push brings *msg*'s host the environment *client* would send."""
+        push = self.pushes.running
+        return (
+            push is not None
+            and not msg.got_env
+            and _same_server(push.host, push.port, msg)
+            and push.target == msg.host_platform
+            and any(e.platform == push.target and e.name == push.name for e in client.envs)
+        )
+
+    def _forward_use_cs(
+        self, client: _Client, msg: UseCS, now: float, *, env_from: str = "scheduler"
+    ) -> list[Effect]:
+        """Pass *msg* on to *client*; *env_from* says who vouched for ``got_env``."""
         named = msg
         if msg.hostname == _SELF_ADDRESS:
             # Another daemon on this host: clients read 127.0.0.1 as "compile it yourself",
@@ -757,6 +859,8 @@ class DaemonCore:
                 job_id=msg.job_id,
                 server=(f"[{named.hostname}]" if ":" in named.hostname else named.hostname)
                 + f":{named.port}",
+                got_env=msg.got_env,
+                env_from=env_from if msg.got_env else "",
             ),
             *self._arm(client, now),
         ]
@@ -908,8 +1012,11 @@ class DaemonCore:
             if self._may_install(client):
                 self._install_queue.remove(client.conn_id)
                 target, name = client.install_target
-                effects += [ResumeReading(client.conn_id)]
+                # The unpacker first: the shell awaits its start, so the chunks read once the
+                # client is read again find it (the other order failed with "installer not
+                # started" when a second transfer from one host waited for the first).
                 effects += self._start_install(client, target, name)
+                effects += [ResumeReading(client.conn_id)]
         return effects
 
     def _on_unpack_failed(self, event: UnpackFailed, now: float) -> list[Effect]:
@@ -1286,6 +1393,7 @@ class DaemonCore:
         self.scheduler_up = False
         self.scheduler_iceserv = None
         self._slots_queries.clear()
+        self.pushes.scheduler_lost()
         self.own_ip = ""
         effects: list[Effect] = []
         for client in list(self._clients.values()):
@@ -1318,7 +1426,90 @@ class DaemonCore:
     def _conf_cs(self, msg: ConfCS, _: float, /) -> list[Effect]:
         self.pong = min(max(float(msg.max_scheduler_pong), _MIN_PONG), _MAX_PONG)
         self.scheduler_iceserv = msg.bench_source.startswith(ICESERV_MARK)
-        return []
+        if not self.scheduler_iceserv:
+            return []
+        return self._push_queries(self.pushes.scheduler_ready())
+
+    # --- push-ahead (iceserv only) ---------------------------------------------------
+
+    def _offer_push(self, path: str) -> list[Effect]:
+        """Ask an iceserv scheduler where to push the native environment at *path*, now ready."""
+        ask_now = self.scheduler_up and bool(self.scheduler_iceserv)
+        return self._push_queries(self.pushes.offer(path, self.settings.platform, ask_now=ask_now))
+
+    def _push_queries(self, names: Sequence[str]) -> list[Effect]:
+        return [
+            ToScheduler(
+                PushQuery(
+                    platform=self.pushes.target_of(name),
+                    environment=name,
+                    required_features=self.pushes.features_of(name),
+                )
+            )
+            for name in names
+        ]
+
+    def _push_targets(self, msg: PushTargets, now: float, /) -> list[Effect]:
+        queued = self.pushes.targets(msg)
+        if not self.pushes.enabled:
+            return []
+        return [
+            _log(
+                "debug",
+                "native_env_push_queued",
+                env=msg.environment,
+                named=list(msg.hosts),
+                queued=[f"{p.host}:{p.port}" for p in queued],
+            ),
+            *self._next_push(now),
+        ]
+
+    def _busy_for_push(self) -> bool:
+        """Return whether a local client waits for or talks to a compile server (it goes first)."""
+        return any(
+            c.state in (State.WAIT_FOR_CS, State.WAIT_COMPILE) and not c.gone
+            for c in self._clients.values()
+        )
+
+    def _next_push(self, _now: float) -> list[Effect]:
+        push: PushEnv | None = self.pushes.next(idle=not self._busy_for_push())
+        return [] if push is None else [push]
+
+    def _on_pushed(self, event: EnvPushed, now: float) -> list[Effect]:
+        if self.pushes.finished(ok=not event.error, now=now) is None:
+            return []
+        released: list[Effect] = []
+        for client in self._clients.values():
+            held = client.held_use_cs
+            if held is None or not _same_server(event.host, event.port, held):
+                continue
+            client.held_use_cs = None
+            if client.gone or client.state is not State.WAIT_COMPILE:
+                continue
+            got_env = not event.error  # else the client sends it itself, as assigned
+            released += self._forward_use_cs(
+                client, replace(held, got_env=got_env), now, env_from="push"
+            )
+        address = f"{event.host}:{event.port}"
+        if event.error:
+            effect = _log(
+                "warning",
+                "native_env_push_failed",
+                host=address,
+                env=event.name,
+                reason=event.error,
+                seconds=round(event.seconds, 3),
+            )
+        else:
+            effect = _log(
+                "info",
+                "native_env_pushed",
+                host=address,
+                env=event.name,
+                bytes=event.size,
+                seconds=round(event.seconds, 3),
+            )
+        return [effect, *released, *self._next_push(now)]
 
     # --- the slot count (iceserv only) -----------------------------------------------
 

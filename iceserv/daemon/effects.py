@@ -14,7 +14,8 @@ effect whose work produces a result is answered with exactly one event
 (``StartCompile`` with ``CompileFinished``, ``StartUnpack``/``FeedUnpack``/
 ``FinishUnpack`` with ``UnpackFailed`` or, after ``FinishUnpack``,
 ``Unpacked``, ``VerifyEnvironment`` with ``EnvVerified``, ``ResolveNative``
-with ``NativeResolved``, ``BuildNative`` with ``NativeEnvBuilt``).  The shell
+with ``NativeResolved``, ``BuildNative`` with ``NativeEnvBuilt``,
+``PushEnv`` with ``EnvPushed``).  The shell
 feeds ``NativesFound`` once, right after start: the compilers it found and
 the native environments it kept from the last run.
 """
@@ -43,6 +44,7 @@ __all__ = [
     "CountJobCpu",
     "DropScheduler",
     "Effect",
+    "EnvPushed",
     "EnvVerified",
     "Event",
     "FeedCompile",
@@ -60,6 +62,7 @@ __all__ = [
     "NativeResolved",
     "NativesFound",
     "PauseReading",
+    "PushEnv",
     "Received",
     "ReleaseEnv",
     "ResolveNative",
@@ -236,6 +239,21 @@ class EnvVerified:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvPushed:
+    """The push of environment *name* to *host*:*port* ended: *error* "" = installed there.
+
+    *size* bytes of tarball were sent in *seconds* (connect to verified).
+    """
+
+    host: str
+    port: int
+    name: str
+    size: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class CompileReport:
     """What a compile produced (the shell's ``JobOutcome``, frozen).
 
@@ -323,6 +341,7 @@ Event = (
     | NativeEnvBuilt
     | NativesFound
     | NativeResolved
+    | EnvPushed
     | UnpackFailed
     | Unpacked
     | EnvVerified
@@ -536,6 +555,20 @@ class BuildNative:
 
 
 @dataclass(frozen=True, slots=True)
+class PushEnv:
+    """Send native environment tarball *path* to the daemon at *host*:*port* as a client would.
+
+    TRANFER_ENV(*name*, *target*), the tarball, then VERIFY_ENV; answer ``EnvPushed``.
+    """
+
+    host: str
+    port: int
+    name: str
+    target: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class CountJobCpu:
     """Count *msec* of CPU a client used under our slot as idle time in the load."""
 
@@ -576,6 +609,7 @@ Effect = (
     | VerifyEnvironment
     | ResolveNative
     | BuildNative
+    | PushEnv
     | CountJobCpu
     | Log
 )

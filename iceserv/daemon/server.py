@@ -59,6 +59,7 @@ from iceserv.daemon.effects import (
     ConnKind,
     CountJobCpu,
     DropScheduler,
+    EnvPushed,
     EnvVerified,
     FeedCompile,
     FeedUnpack,
@@ -72,6 +73,7 @@ from iceserv.daemon.effects import (
     NativeResolved,
     NativesFound,
     PauseReading,
+    PushEnv,
     Received,
     ReleaseEnv,
     ResolveNative,
@@ -103,6 +105,7 @@ from iceserv.daemon.load import (
 )
 from iceserv.daemon.metrics import DaemonMetrics
 from iceserv.daemon.native import NativeEnvError, NativeEnvironments
+from iceserv.daemon.pusher import PushError, push_environment
 from iceserv.daemon.remote_job import CompileJob, JobContext, verify_environment
 from iceserv.daemon.scheduler_link import LinkSettings, SchedulerLink
 from iceserv.daemon.slots import FULL_LOAD
@@ -277,6 +280,7 @@ class Daemon:
             VerifyEnvironment: self._verify,
             ResolveNative: self._resolve_native,
             BuildNative: self._build_native,
+            PushEnv: self._push_env,
             CountJobCpu: self._count_cpu,
             Log: self._log,
         }
@@ -851,6 +855,19 @@ class Daemon:
             await self._feed(NativeEnvBuilt(effect.key, error=str(exc)))
             return
         await self._feed(NativeEnvBuilt(effect.key, path=str(path)))
+
+    def _push_env(self, effect: PushEnv) -> None:
+        self._spawn_native(self._push(effect))
+
+    async def _push(self, effect: PushEnv) -> None:
+        try:
+            result = await push_environment(effect, within=self.settings.push_timeout)
+        except PushError as exc:
+            await self._feed(EnvPushed(effect.host, effect.port, effect.name, error=str(exc)))
+            return
+        await self._feed(
+            EnvPushed(effect.host, effect.port, effect.name, result.size, result.seconds)
+        )
 
     def _count_cpu(self, effect: CountJobCpu) -> None:
         self.tracker.add_job_cpu(effect.msec)

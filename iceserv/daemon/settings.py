@@ -87,6 +87,9 @@ class ServerSettings:
     # and the compression used when a client asks for none.
     native_compilers: tuple[str, ...] = ()
     native_compression: str = "zstd"
+    # Send a native environment, once ready, to hosts that lack it (iceserv schedulers only).
+    push_ahead: bool = True
+    push_timeout: float = 120.0  # one push, connect to VERIFY_ENV_RESULT
     # Connection budgets: TCP (all, and per source host) and, separately, the Unix socket.
     max_clients: int = 1024
     max_clients_per_host: int = 64

@@ -63,6 +63,8 @@ __all__ = [
     "MonStats",
     "NoCS",
     "Ping",
+    "PushQuery",
+    "PushTargets",
     "SlotsAnswer",
     "SlotsQuery",
     "Stats",
@@ -474,6 +476,38 @@ class SlotsAnswer:
     source: str = ""
 
 
+@record
+class PushQuery:
+    """daemon → scheduler: ask which hosts should get our native environment ahead of jobs.
+
+    Sent after the daemon built (or kept) a native environment: ``environment``
+    is its name (the tarball's base name, as clients name it in GET_CS and
+    TRANFER_ENV), ``platform`` the platform it runs on and ``required_features``
+    the :class:`~iceserv.protocol.constants.EnvFeature` bits a host needs to
+    unpack it (its compression).  iceserv only.
+    """
+
+    TYPE: ClassVar = IceservMsgType.PUSH_QUERY
+    platform: str = ""
+    environment: str = ""
+    required_features: int = 0
+
+
+@record
+class PushTargets:
+    """scheduler → daemon: the answer to PUSH_QUERY.
+
+    ``hosts`` are ``"address:port"`` of compile servers that may run jobs of
+    that ``target``/``environment`` and, as far as the scheduler knows, lack
+    it; idle and fast ones first, a bounded number.  iceserv only.
+    """
+
+    TYPE: ClassVar = IceservMsgType.PUSH_TARGETS
+    environment: str = ""
+    target: str = ""
+    hosts: tuple[str, ...] = ()
+
+
 Message = (
     Unknown
     | Ping
@@ -509,6 +543,8 @@ Message = (
     | NoCS
     | SlotsQuery
     | SlotsAnswer
+    | PushQuery
+    | PushTargets
 )
 
 
@@ -654,6 +690,8 @@ _LAYOUTS: Final[Mapping[type, tuple[_Field, ...]]] = {
     BlacklistHostEnv: (("environment", S, None), ("target", S, None), ("hostname", S, None)),
     SlotsQuery: (("platform", S, None),),
     SlotsAnswer: (("total", U, None), ("free", U, None), ("hosts", U, None), ("source", S, None)),
+    PushQuery: (("platform", S, None), ("environment", S, None), ("required_features", U, None)),
+    PushTargets: (("environment", S, None), ("target", S, None), ("hosts", L, None)),
 }
 
 _BY_TYPE: Final[Mapping[int, type]] = {

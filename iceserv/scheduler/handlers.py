@@ -42,7 +42,9 @@ iceserv's own traffic: CS_CONF carries ``iceserv/<version>`` in
 ``bench_source`` (1.4 daemons read that string and discard it, upstream
 ``ConfCSMsg::fill_from_channel``).  Only a daemon that saw it sends
 SLOTS_QUERY, which is answered at once from the host table
-(:func:`~iceserv.scheduler.capacity.count_slots`); so a 1.4 daemon never
+(:func:`~iceserv.scheduler.capacity.count_slots`), and PUSH_QUERY, answered
+with the hosts that should get its native environment ahead of any job
+(:func:`~iceserv.scheduler.pushahead.push_targets`); so a 1.4 daemon never
 receives a type it does not know.
 
 A daemon is busy installing from the USE_CS that sends it a job without its
@@ -80,6 +82,7 @@ from iceserv.protocol import (
     MonStats,
     MsgType,
     Ping,
+    PushQuery,
     SlotsQuery,
     Stats,
     StatusText,
@@ -103,6 +106,7 @@ from iceserv.scheduler.effects import (
 )
 from iceserv.scheduler.index import HostIndex
 from iceserv.scheduler.monitoring import OFFLINE, host_stats_text
+from iceserv.scheduler.pushahead import push_targets, targets_joining
 from iceserv.scheduler.state import ClusterState, Host
 
 if TYPE_CHECKING:
@@ -191,6 +195,7 @@ class Scheduler:
             .on(BlacklistHostEnv, self._on_blacklist)
             .on(StatusText, self._on_status_text)
             .on(SlotsQuery, self._on_slots_query)
+            .on(PushQuery, self._on_push_query)
             .on(End, self._on_end),
             _Kind.MONITOR: _Table("monitor peer"),
         }
@@ -414,6 +419,8 @@ class Scheduler:
         peer.kind, peer.host_id = _Kind.DAEMON, host.host_id
         if supports(peer.protocol, Feature.CS_CONF):
             effects.append(Send(conn_id, _CONF))
+        # Daemons that asked where to push their environments hear of this newcomer.
+        effects += [Send(a.conn_id, t) for a, t in targets_joining(self.state, host, now)]
         return effects
 
     def _on_mon_login(self, _msg: MonLogin, conn_id: int, _now: float) -> list[Effect]:
@@ -520,6 +527,11 @@ class Scheduler:
     def _on_slots_query(self, msg: SlotsQuery, conn_id: int, _now: float) -> list[Effect]:
         # Only an iceserv daemon sends it (it saw _CONF's mark), so the answer is safe to send.
         return [Send(conn_id, count_slots(self.state, self._host(conn_id), msg.platform))]
+
+    def _on_push_query(self, msg: PushQuery, conn_id: int, now: float) -> list[Effect]:
+        # Only an iceserv daemon sends it (it saw _CONF's mark), so the answer is safe to send.
+        host = self._host(conn_id)
+        return [Send(conn_id, push_targets(self.state, host, msg, now))]
 
     def _on_end(self, _msg: End, conn_id: int, _now: float) -> list[Effect]:
         return self._remove_host(self._host(conn_id))

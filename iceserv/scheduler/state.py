@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from iceserv.protocol import EnvEntry
+    from iceserv.protocol import EnvEntry, PushQuery
     from iceserv.scheduler.index import HostIndex
 
 __all__ = [
@@ -170,6 +170,10 @@ class Host:
     local_jobs: dict[int, int] = field(default_factory=dict)
     ping_deadline: float | None = None
     internals_pending: int = 0
+    #: (target, environment) -> until when a daemon pushing it ahead was sent here.
+    pushes: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: (target, environment) -> the PUSH_QUERY this daemon sent (it stands while connected).
+    push_wants: dict[tuple[str, str], PushQuery] = field(default_factory=dict)
 
     @property
     def ipv6(self) -> bool:

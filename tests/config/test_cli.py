@@ -56,6 +56,7 @@ ICECCD_MAX_ENV_TRANSFERS="3"
 ICECCD_ENV_TRANSFER_QUEUE="4"
 ICECCD_MAX_NATIVE_BUILDS="2"
 ICECCD_NATIVE_COMPILERS="gcc"
+ICECCD_PUSH_AHEAD="no"
 ICECCD_HTTP="127.0.0.1:9768"
 """
 FULL_SCHEDULER = """\
@@ -195,7 +196,7 @@ class TestShow:
         assert lines["max_processes"].split()[1:] == ["8", f"{path}:1:", "ICECCD_MAX_PROCESSES"]
         assert lines["nice_level"].split()[1:] == ["3", "env", "ICECCD_NICE_LEVEL"]
         assert lines["port"].split()[1:] == ["10245", "default"]
-        assert len(lines) == 29
+        assert len(lines) == 30
 
     def test_json(self, tmp_path):
         """JSON output maps each setting to its value and source."""

@@ -21,6 +21,7 @@ DAEMON_FLAGS = [
     (None, "--nice", "nice_level", "10", "10"),
     (None, "--cache-limit", "cache_limit", "512", "512"),
     (None, "--no-remote", "allow_remote", None, False),
+    (None, "--no-push-ahead", "push_ahead", None, False),
     ("-d", "--daemonize", "daemonize", None, True),
 ]
 SCHEDULER_FLAGS = [

@@ -37,6 +37,7 @@ DAEMON_DEFAULTS = {
     "env_transfer_queue": 16,
     "max_native_builds": 1,
     "native_compilers": "gcc clang",
+    "push_ahead": True,
     "http": None,
 }
 SCHEDULER_DEFAULTS = {

@@ -48,6 +48,7 @@ DAEMON_SAMPLES = {
     "env_transfer_queue": ("0", 0, 0),
     "max_native_builds": ("2", 2, 2),
     "native_compilers": ("gcc,/usr/bin/clang-19", "gcc /usr/bin/clang-19", "gcc /usr/bin/clang-19"),
+    "push_ahead": ("no", False, False),
     "http": ("[::1]", HostPort("::1", 8768), "[::1]:8768"),
 }
 SCHEDULER_SAMPLES = {

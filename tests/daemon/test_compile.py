@@ -244,13 +244,11 @@ class TestCompileRun:
         assert outcome.setup_failure.startswith("exec:")
         assert outcome.status == EXIT_COMPILER_MISSING
 
-
     def test_the_compiler_gets_exactly_the_environment_given(self, fake_env):
         """Every variable reaches the compiler as given ('=' and '--' in values too), no more."""
         environ = {"PATH": "/usr/bin", "LANG": "C", "ODD": "a=b=c", "DASHES": "--", "EMPTY": ""}
         outcome = _run_fake(fake_env, "env", environ=environ)  # prints it, writes no object
         assert sorted(outcome.stdout.splitlines()) == sorted(f"{k}={v}" for k, v in environ.items())
-
 
     def test_a_job_past_its_time_is_killed(self, fake_env):
         """A compiler still running at run_timeout is killed with its job process."""

@@ -34,6 +34,7 @@ from iceserv.daemon.effects import (
     ConnKind,
     CountJobCpu,
     DropScheduler,
+    EnvPushed,
     EnvVerified,
     FeedCompile,
     FeedUnpack,
@@ -50,6 +51,7 @@ from iceserv.daemon.effects import (
     NativeResolved,
     NativesFound,
     PauseReading,
+    PushEnv,
     Received,
     ReleaseEnv,
     ResolveNative,
@@ -86,6 +88,7 @@ from iceserv.protocol import (
     CompileResult,
     ConfCS,
     End,
+    EnvEntry,
     EnvTransfer,
     FileChunk,
     GetCS,
@@ -99,6 +102,8 @@ from iceserv.protocol import (
     Login,
     NoCS,
     Ping,
+    PushQuery,
+    PushTargets,
     SlotsAnswer,
     SlotsQuery,
     StatusText,
@@ -1049,6 +1054,8 @@ class TestTransferQueue:
         effects = core.handle(Unpacked(TRANSFERS[0], 10, 10), T0)
         assert ResumeReading(1) in effects
         assert StartUnpack(1, "x86_64", "gcc") in effects
+        # The unpacker starts before the client is read again (its chunks need it).
+        assert effects.index(StartUnpack(1, "x86_64", "gcc")) < effects.index(ResumeReading(1))
         assert core.state_of(1) is State.INSTALLING
         assert core.slots.installs == 2
 
@@ -1496,3 +1503,230 @@ class TestSlotCount:
         core = _core()
         _connect(core, 1)
         assert Close(1) in _send(core, 1, SlotsAnswer())
+
+
+GCC_TARBALL = "/n/native/0123abcd.tar.zst"
+GCC_ENV = "0123abcd"
+
+
+def _pushing_core(**changes: Any) -> DaemonCore:
+    """A core logged in to an iceserv scheduler whose gcc prebuild just finished."""
+    core = _core(**changes)
+    core.handle(FromScheduler(ICESERV_CONF), T0)
+    core.handle(NativesFound((NativeFound(GCC),)), T0)
+    return core
+
+
+class TestPushAhead:
+    """A ready native environment is pushed ahead to the hosts the scheduler names (issue 17)."""
+
+    def test_a_finished_prebuild_asks_the_iceserv_scheduler(self):
+        """The built tarball's name (base name, no suffix) and our platform go in PUSH_QUERY."""
+        core = _pushing_core()
+        effects = core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        assert _to_scheduler(effects) == [PushQuery("x86_64", GCC_ENV, 2)]
+
+    def test_the_named_hosts_get_it_one_at_a_time_and_each_end_is_logged(self):
+        """Two targets: one push runs; its end logs bytes and seconds and starts the next."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245", "[fd00::8]:10300"))
+        effects = core.handle(FromScheduler(answer), T0 + 2)
+        first = PushEnv("10.0.0.7", 10245, GCC_ENV, "x86_64", GCC_TARBALL)
+        assert _of(effects, PushEnv) == [first]
+        effects = core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 30_000_000, 0.42), T0 + 3)
+        (pushed,) = _events(effects, "native_env_pushed")
+        assert pushed == {"host": "10.0.0.7:10245", "env": GCC_ENV, "bytes": 30_000_000,
+                          "seconds": 0.42}  # fmt: skip
+        assert _of(effects, PushEnv) == [PushEnv("fd00::8", 10300, GCC_ENV, "x86_64", GCC_TARBALL)]
+        effects = core.handle(EnvPushed("fd00::8", 10300, GCC_ENV, error="cannot connect"), T0 + 4)
+        (failed,) = _events(effects, "native_env_push_failed")
+        assert (failed["host"], failed["reason"]) == ("fd00::8:10300", "cannot connect")
+        assert _of(effects, PushEnv) == []
+        assert not [e for e in effects if isinstance(e, Close | Send)]  # nobody else is touched
+
+    def test_a_1_4_scheduler_is_never_asked(self):
+        """Without the iceserv mark in CS_CONF no PUSH_QUERY goes out, before or after a build."""
+        core = _core()
+        core.handle(FromScheduler(ConfCS()), T0)
+        core.handle(NativesFound((NativeFound(GCC),)), T0)
+        effects = core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        assert _to_scheduler(effects) == []
+        assert _to_scheduler(core.handle(FromScheduler(ConfCS()), T0 + 3)) == []
+
+    def test_an_environment_ready_before_the_scheduler_is_asked_about_at_its_cs_conf(self):
+        """A kept tarball at start, no scheduler yet: the query goes out once CS_CONF marks it."""
+        core = _core(scheduler=False)
+        core.handle(NativesFound((NativeFound(GCC, GCC_TARBALL),)), T0)
+        core.handle(SchedulerUp(OWN_IP, 43), T0 + 1)
+        effects = core.handle(FromScheduler(ICESERV_CONF), T0 + 1)
+        assert _to_scheduler(effects) == [PushQuery("x86_64", GCC_ENV, 2)]
+        # CS_CONF again (after each re-LOGIN): not asked twice on one connection.
+        assert _to_scheduler(core.handle(FromScheduler(ICESERV_CONF), T0 + 2)) == []
+        # A new scheduler connection is asked again.
+        core.handle(SchedulerDown(), T0 + 3)
+        core.handle(SchedulerUp(OWN_IP, 43), T0 + 4)
+        effects = core.handle(FromScheduler(ICESERV_CONF), T0 + 4)
+        assert _to_scheduler(effects) == [PushQuery("x86_64", GCC_ENV, 2)]
+
+    def test_the_setting_turns_it_off(self):
+        """push_ahead false: no query, and a stray answer starts nothing."""
+        core = _pushing_core(push_ahead=False)
+        effects = core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        assert _to_scheduler(effects) == []
+        effects = core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("h:1",))), T0 + 2)
+        assert _of(effects, PushEnv) == []
+
+    def test_a_client_talking_to_a_compile_server_goes_first(self):
+        """While a local client waits for or uses a compile server no push starts; then it does."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        _connect(core, 1)
+        _send(core, 1, GetCS(target="x86_64"), T0 + 2)
+        assert core.state_of(1) is State.WAIT_FOR_CS
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        assert _of(core.handle(FromScheduler(answer), T0 + 2), PushEnv) == []
+        effects = _send(core, 1, End(), T0 + 3)
+        assert _of(effects, PushEnv) == [PushEnv("10.0.0.7", 10245, GCC_ENV, "x86_64", GCC_TARBALL)]
+
+    def test_a_host_is_pushed_to_once_and_bad_addresses_are_skipped(self):
+        """The same host named again is not queued twice; unparsable entries are ignored."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245", "nonsense", "h:0", ":5"))
+        assert len(_of(core.handle(FromScheduler(answer), T0 + 2), PushEnv)) == 1
+        core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 1, 0.1), T0 + 3)
+        again = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        assert _of(core.handle(FromScheduler(again), T0 + 4), PushEnv) == []
+        assert core.pushes.queued == ()
+
+    def test_an_answer_for_an_unknown_environment_starts_nothing(self):
+        """PUSH_TARGETS naming an environment we never offered is ignored, not an error."""
+        core = _pushing_core()
+        answer = PushTargets("other", "x86_64", ("10.0.0.7:10245",))
+        effects = core.handle(FromScheduler(answer), T0)
+        assert _of(effects, PushEnv) == []
+        assert not _of(effects, DropScheduler)
+        (logged,) = _events(effects, "native_env_push_queued")
+        assert logged["queued"] == []
+
+    def test_a_failed_build_is_not_offered(self):
+        """Only a tarball that exists is pushed."""
+        core = _pushing_core()
+        effects = core.handle(NativeEnvBuilt(GCC, error="boom"), T0 + 2)
+        assert _to_scheduler(effects) == []
+
+    def test_a_stray_push_end_changes_nothing(self):
+        """EnvPushed with no push running (cannot happen) is dropped."""
+        core = _pushing_core()
+        assert core.handle(EnvPushed("h", 1, GCC_ENV), T0) == []
+
+    def test_a_job_sent_to_a_host_being_pushed_to_waits_for_the_push(self):
+        """USE_CS without the env, to the host our push runs to: held, then passed on got_env."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        assert _of(core.handle(FromScheduler(answer), T0 + 2), PushEnv)
+        _connect(core, 1)
+        versions = (EnvEntry("x86_64", GCC_ENV),)
+        _send(core, 1, GetCS(versions=versions, target="x86_64"), T0 + 2.1)
+        use = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                    got_env=False, client_id=1)  # fmt: skip
+        effects = core.handle(FromScheduler(use), T0 + 2.2)
+        assert _sent(effects, 1) == []
+        (held,) = _events(effects, "compile_server_held")
+        assert held["server"] == "10.0.0.7:10245"
+        effects = core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 100, 0.5), T0 + 2.5)
+        installed = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                          got_env=True, client_id=1)  # fmt: skip
+        assert _sent(effects, 1) == [installed]
+        assert core.state_of(1) is State.WAIT_COMPILE
+
+    def test_a_held_job_goes_as_assigned_when_the_push_fails(self):
+        """The push failed: the client gets the scheduler's USE_CS unchanged and sends the env."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))), T0 + 2)
+        _connect(core, 1)
+        _send(core, 1, GetCS(versions=(EnvEntry("x86_64", GCC_ENV),), target="x86_64"), T0 + 2)
+        use = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                    client_id=1)  # fmt: skip
+        core.handle(FromScheduler(use), T0 + 2.2)
+        effects = core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, error="refused"), T0 + 3)
+        assert _sent(effects, 1) == [use]
+
+    def test_other_jobs_are_not_held(self):
+        """Another host, another environment, or got_env already: passed on at once."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))), T0 + 2)
+        cases = [
+            ((EnvEntry("x86_64", GCC_ENV),), "10.0.0.8", False),
+            ((EnvEntry("x86_64", "other"),), "10.0.0.7", False),
+            ((EnvEntry("x86_64", GCC_ENV),), "10.0.0.7", True),
+        ]
+        for conn_id, (versions, host, got_env) in enumerate(cases, start=1):
+            _connect(core, conn_id)
+            _send(core, conn_id, GetCS(versions=versions, target="x86_64"), T0 + 2)
+            use = UseCS(job_id=conn_id, port=10245, hostname=host, host_platform="x86_64",
+                        got_env=got_env, client_id=conn_id)  # fmt: skip
+            assert _sent(core.handle(FromScheduler(use), T0 + 2.2), conn_id) == [use]
+
+    def test_a_loopback_server_named_localhost_is_the_push_target(self):
+        """The scheduler names a loopback server localhost in USE_CS, 127.0.0.1 in PUSH_TARGETS."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("127.0.0.1:10300",))), T0 + 2)
+        _connect(core, 1)
+        _send(core, 1, GetCS(versions=(EnvEntry("x86_64", GCC_ENV),), target="x86_64"), T0 + 2)
+        use = UseCS(job_id=9, port=10300, hostname="localhost", host_platform="x86_64",
+                    client_id=1)  # fmt: skip
+        assert _sent(core.handle(FromScheduler(use), T0 + 2.2), 1) == []
+        effects = core.handle(EnvPushed("127.0.0.1", 10300, GCC_ENV, 100, 0.5), T0 + 2.5)
+        (released,) = _sent(effects, 1)
+        assert (released.hostname, released.got_env) == ("localhost", True)
+
+    def test_a_job_placed_before_the_hosts_relogin_is_told_the_host_has_it(self):
+        """After our push installed it, a USE_CS there without got_env goes on with got_env."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))), T0 + 2)
+        core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 100, 0.5), T0 + 3)
+        _connect(core, 1)
+        _send(core, 1, GetCS(versions=(EnvEntry("x86_64", GCC_ENV),), target="x86_64"), T0 + 3)
+        use = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                    client_id=1)  # fmt: skip
+        effects = core.handle(FromScheduler(use), T0 + 3.1)
+        (sent,) = _sent(effects, 1)
+        assert sent.got_env is True
+        (assigned,) = _events(effects, "compile_server_assigned")
+        assert (assigned["got_env"], assigned["env_from"]) == (True, "push")
+
+    def test_a_held_job_goes_as_assigned_when_the_push_is_slow(self):
+        """A push still running after the hold's bound: the client gets USE_CS as it was."""
+        core = _pushing_core()
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        core.handle(FromScheduler(PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))), T0 + 2)
+        _connect(core, 1)
+        _send(core, 1, GetCS(versions=(EnvEntry("x86_64", GCC_ENV),), target="x86_64"), T0 + 2)
+        use = UseCS(job_id=9, port=10245, hostname="10.0.0.7", host_platform="x86_64",
+                    client_id=1)  # fmt: skip
+        effects = core.handle(FromScheduler(use), T0 + 2.2)
+        (timer,) = [e for e in _of(effects, ArmTimer) if e.key == 1]
+        assert timer.deadline <= T0 + 2.2 + 10
+        effects = core.handle(TimerExpired(1), timer.deadline)
+        assert _sent(effects, 1) == [use]
+        assert _events(effects, "compile_server_released")
+        assert core.state_of(1) is State.WAIT_COMPILE
+        # The push's end later changes nothing for that client.
+        effects = core.handle(EnvPushed("10.0.0.7", 10245, GCC_ENV, 100, 30.0), T0 + 40)
+        assert _sent(effects, 1) == []
+
+    def test_turned_on_by_a_reload_asks_about_what_was_built_while_off(self):
+        """push_ahead off at start, on after SIGHUP: the ready environment is asked about."""
+        core = _pushing_core(push_ahead=False)
+        core.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        effects = core.reconfigure(_settings(push_ahead=True), port=PORT, now=T0 + 3)
+        assert _to_scheduler(effects) == [PushQuery("x86_64", GCC_ENV, 2)]
+        effects = core.reconfigure(_settings(push_ahead=True), port=PORT, now=T0 + 4)
+        assert _to_scheduler(effects) == []

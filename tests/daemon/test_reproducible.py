@@ -116,13 +116,13 @@ class TestSourceFilter:
 
 
 SOURCES = {
-    "src/hello.c": '#include <stdio.h>\n#define SQ(x) ((x)*(x))\nstatic int  f(int a)'
-                   ' { return SQ(a) + 1; }\nint main(void) { printf("%d\\n", f(3)); '
-                   'return FOO; }\n',
+    "src/hello.c": "#include <stdio.h>\n#define SQ(x) ((x)*(x))\nstatic int  f(int a)"
+    ' { return SQ(a) + 1; }\nint main(void) { printf("%d\\n", f(3)); '
+    "return FOO; }\n",
     "src/h.cc": "#include <vector>\n#include <string>\nnamespace { int anon(int x) "
-                "{ return x * 2; } }\nstruct S { std::vector<std::string> v; int f() const "
-                '{ return anon((int)v.size()); } };\nint use() { S s; s.v.push_back("x"); '
-                "return s.f() + FOO; }\nstatic S gs;\n",
+    "{ return x * 2; } }\nstruct S { std::vector<std::string> v; int f() const "
+    '{ return anon((int)v.size()); } };\nint use() { S s; s.v.push_back("x"); '
+    "return s.f() + FOO; }\nstatic S gs;\n",
 }
 
 

@@ -29,7 +29,7 @@ ALL_CLASSES = (
     messages.MonJobDone, messages.MonLocalJobBegin, messages.MonStats, messages.EnvTransfer,
     messages.Text, messages.StatusText, messages.GetInternalStatus, messages.ConfCS,
     messages.VerifyEnv, messages.VerifyEnvResult, messages.BlacklistHostEnv, messages.NoCS,
-    messages.SlotsQuery, messages.SlotsAnswer,
+    messages.SlotsQuery, messages.SlotsAnswer, messages.PushQuery, messages.PushTargets,
 )  # fmt: skip
 
 #: The classes a Connection may send (type 'A' and 'D' are never valid on a channel).

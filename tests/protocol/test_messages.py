@@ -42,6 +42,8 @@ from iceserv.protocol.messages import (
     MonStats,
     NoCS,
     Ping,
+    PushQuery,
+    PushTargets,
     SlotsAnswer,
     SlotsQuery,
     Stats,
@@ -282,6 +284,18 @@ AT_43 = [
         SlotsAnswer(total=10, free=7, hosts=3, source="cluster"),
         "0000001c 1ce50002 0000000a 00000007 00000003 00000008 636c757374657200",
     ),
+    Fixture(  # iceserv only: a daemon asks where to push its native environment
+        "PUSH_QUERY",
+        (43,),
+        PushQuery(platform="x86_64", environment="e1", required_features=2),
+        f"0000001a 1ce50003 {X86} {E1} 00000002",
+    ),
+    Fixture(
+        "PUSH_TARGETS",
+        (43,),
+        PushTargets(environment="e1", target="x86_64", hosts=("10.0.0.2:10245",)),
+        f"0000002d 1ce50004 {E1} {X86} 00000001 0000000f 31302e302e302e323a313032343500",
+    ),
     Fixture(
         "BLACKLIST_HOST_ENV",
         (43,),
@@ -459,9 +473,9 @@ class TestFixtures:
     """Hand-written frames, both ways."""
 
     def test_every_class_has_a_fixture_at_43(self):
-        """Each of the 32 1.4 message classes and iceserv's 2 has a fixture (FILE_CHUNK: below)."""
+        """Each of the 32 1.4 message classes and iceserv's 4 has a fixture (FILE_CHUNK: below)."""
         assert {type(f.message) for f in AT_43} | {FileChunk} == set(ALL_CLASSES)
-        assert len(ALL_CLASSES) == 32 + 2
+        assert len(ALL_CLASSES) == 32 + 4
 
     @pytest.mark.parametrize("param", FIXTURES, ids=[_id(p) for p in FIXTURES])
     def test_fixture_is_well_formed(self, param):
