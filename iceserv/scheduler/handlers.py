@@ -123,6 +123,8 @@ _Table = Dispatch[[int, float], list[Effect]]
 
 #: CS_CONF with iceserv's mark in ``bench_source``, which 1.4 daemons read and discard.
 _CONF: Final = ConfCS(bench_source=ICESERV_MARK + VERSION)
+#: The auth state of a daemon that logged in without proving the key (prefer).
+_UNAUTHENTICATED: Final = "unauthenticated"
 #: Seconds between scheduler announcements (§4.5).
 ANNOUNCE_PERIOD: Final = 120.0
 #: A daemon busy installing an environment this long is dropped (§7.8).
@@ -162,6 +164,7 @@ class _Peer:
     peer_version: int
     kind: _Kind = _Kind.NEW
     host_id: int = 0
+    auth: str = "off"
 
 
 class Scheduler:
@@ -217,6 +220,18 @@ class Scheduler:
     def peer_connected(self, conn_id: int, ip: str, protocol: int, peer_version: int) -> None:
         """Register a peer whose handshake finished (negotiated *protocol*, its max version)."""
         self._peers[conn_id] = _Peer(conn_id, ip, protocol, peer_version)
+
+    def peer_authenticated(self, conn_id: int, state: str) -> None:
+        """Record what *conn_id* proved before its LOGIN (``[cluster] auth``, issue 14).
+
+        *state* is an :class:`~iceserv.scheduler.auth.AuthState` value.  An
+        ``unauthenticated`` daemon (prefer: icecream 1.4 or keyless) logs in
+        as if it had said ``--no-remote``: it may compile its own jobs, but
+        the scheduler never places another host's job on it.
+        """
+        peer = self._peers.get(conn_id)
+        if peer is not None:
+            peer.auth = state
 
     def handle_message(self, conn_id: int, msg: Message, now: float) -> list[Effect]:
         """Handle *msg* from *conn_id*; raise ``RemoteProtocolError`` if it is unexpected."""
@@ -399,13 +414,14 @@ class Scheduler:
             nodename=login.nodename or peer.ip,
             platform=login.host_platform,
             max_jobs=login.max_kids,
-            noremote=login.noremote,
+            noremote=login.noremote or peer.auth == _UNAUTHENTICATED,
             chroot_possible=login.chroot_possible,
             features=login.supported_features,
             version=peer.peer_version,
             protocol=peer.protocol,
             envs=login.envs,
             last_talk=now,
+            auth=peer.auth,
         )
         host.probe.next_at = now  # check its compile port right away
         if self.state.is_blocked(host):
