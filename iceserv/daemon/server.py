@@ -211,6 +211,8 @@ class Daemon:
                 multicast=settings.multicast,
                 fast_reconnect=settings.fast_reconnect,
                 family=settings.family,
+                auth=settings.auth,
+                keys=settings.keys,
             ),
             self,
             rng or random.Random(),  # noqa: S311 - reconnect jitter, not security
@@ -436,6 +438,8 @@ class Daemon:
             "family",
             "discovery_port",
             "chroot_possible",
+            "auth",
+            "keys",
         )
         if any(getattr(settings, n) != getattr(old, n) for n in seen_by_scheduler):
             await self._restart_link()
@@ -482,6 +486,8 @@ class Daemon:
             netname=self.settings.netname,
             discovery_port=self.settings.discovery_port,
             family=self.settings.family,
+            auth=self.settings.auth,
+            keys=self.settings.keys,
         )
         self._link_task = asyncio.create_task(self.link.run())
 
