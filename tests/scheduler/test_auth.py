@@ -1,0 +1,115 @@
+"""Tests of iceserv.scheduler.auth (the per-connection gate) and the core's auth states."""
+
+from __future__ import annotations
+
+from scheduler.builders import T0, get_cs, login, new_core, sends
+
+from iceserv.protocol import AuthChallenge, AuthHello, AuthProof, Login, MonLogin, Stats, UseCS
+from iceserv.protocol.auth import AuthMode, DaemonHandshake, Endpoints, KeyRing, key_id
+from iceserv.scheduler.auth import AuthGate, AuthState
+
+KEY = bytes(range(32))
+RING = KeyRing((KEY,))
+ENDS = Endpoints(("10.0.0.2", 40000), ("10.0.0.1", 8765))
+NONCE = b"s" * 32
+LOGIN = Login(port=10245, max_kids=4, nodename="a", host_platform="x86_64")
+
+
+def _gate(mode: AuthMode = AuthMode.REQUIRE) -> AuthGate:
+    return AuthGate(mode, RING, NONCE, ENDS)
+
+
+def _prove(gate: AuthGate, ring: KeyRing = RING) -> None:
+    daemon = DaemonHandshake(ring, b"d" * 32, ENDS)
+    verdict = gate.handle(daemon.hello())
+    assert isinstance(verdict.send, AuthChallenge)
+    assert gate.handle(daemon.answer(verdict.send)).refuse == ""
+
+
+class TestAuthGate:
+    def test_off_passes_everything(self):
+        """With auth off every message, AUTH_HELLO too, goes to the core untouched."""
+        gate = _gate(AuthMode.OFF)
+        hello = AuthHello("00", ("11",))
+        assert gate.handle(hello).forward is hello
+        assert gate.state is AuthState.OFF
+
+    def test_proof_then_login(self):
+        """A daemon that proved the key logs in as authenticated."""
+        gate = _gate()
+        _prove(gate)
+        assert gate.handle(LOGIN).forward is LOGIN
+        assert gate.state is AuthState.AUTHENTICATED
+        assert gate.key_id == key_id(KEY).hex()
+
+    def test_require_refuses_a_login_without_proof(self):
+        """Under require a bare LOGIN (1.4, keyless) is refused with one reason."""
+        verdict = _gate().handle(LOGIN)
+        assert verdict.forward is None
+        assert verdict.refuse == "no proof of the network key (icecream 1.4 or no key)"
+
+    def test_prefer_marks_a_login_without_proof(self):
+        """Under prefer a bare LOGIN passes, marked unauthenticated."""
+        gate = _gate(AuthMode.PREFER)
+        assert gate.handle(LOGIN).forward is LOGIN
+        assert gate.state is AuthState.UNAUTHENTICATED
+
+    def test_wrong_key_and_bad_proof_are_refused(self):
+        """A hello with another key, or a bad proof, is refused."""
+        other = KeyRing((bytes(range(1, 33)),))
+        assert "wrong key" in _gate().handle(DaemonHandshake(other, b"d" * 32, ENDS).hello()).refuse
+        gate = _gate(AuthMode.PREFER)
+        gate.handle(DaemonHandshake(RING, b"d" * 32, ENDS).hello())
+        assert gate.handle(AuthProof("00" * 32)).refuse == "wrong key"
+
+    def test_nothing_else_between_hello_and_proof(self):
+        """Once challenged, a LOGIN before the proof is refused (even under prefer)."""
+        gate = _gate(AuthMode.PREFER)
+        gate.handle(DaemonHandshake(RING, b"d" * 32, ENDS).hello())
+        assert gate.handle(LOGIN).refuse == "Login before the proof of the key"
+
+    def test_monitors_pass(self):
+        """MON_LOGIN passes in every mode: monitors only read."""
+        msg = MonLogin()
+        assert _gate().handle(msg).forward is msg
+
+    def test_after_login_everything_passes(self):
+        """After the LOGIN the gate stands aside (the core handles the rest)."""
+        gate = _gate()
+        _prove(gate)
+        gate.handle(LOGIN)
+        stats = Stats(load=1)
+        assert gate.handle(stats).forward is stats
+
+
+def _login_as(core, conn_id: int, name: str, state: AuthState) -> None:
+    """Connect, record what the gate concluded, then LOGIN and STATS (as the shell does)."""
+    core.peer_connected(conn_id, f"10.0.0.{conn_id}", 43, 43)
+    core.peer_authenticated(conn_id, state)
+    fields = {"port": 10245, "max_kids": 4, "nodename": name, "host_platform": "x86_64",
+              "chroot_possible": True, "supported_features": 3}  # fmt: skip
+    core.handle_message(conn_id, Login(**fields), T0)
+    core.handle_message(conn_id, Stats(load=0), T0)
+
+
+class TestCoreAuthState:
+    def test_unauthenticated_daemon_gets_no_foreign_jobs(self):
+        """A prefer-mode 1.4 daemon logs in as no-remote: other hosts' jobs never go to it."""
+        core = new_core()
+        _login_as(core, 1, "old", AuthState.UNAUTHENTICATED)
+        host = core.host_by_conn(1)
+        assert host is not None
+        assert (host.auth, host.noremote) == ("unauthenticated", True)
+        login(core, 2, "client", max_kids=0)
+        effects = get_cs(core, 2, T0)
+        used = [m.hostname for m in sends(effects) if isinstance(m, UseCS)]
+        assert "10.0.0.1" not in used
+
+    def test_authenticated_daemon_takes_jobs(self):
+        """An authenticated daemon is an ordinary compile server, its state recorded."""
+        core = new_core()
+        _login_as(core, 1, "new", AuthState.AUTHENTICATED)
+        login(core, 2, "client", max_kids=0)
+        assert core.host_by_conn(1).auth == "authenticated"
+        used = [m for m in sends(get_cs(core, 2, T0)) if isinstance(m, UseCS)]
+        assert [m.hostname for m in used] == ["10.0.0.1"]
