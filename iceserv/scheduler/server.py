@@ -593,6 +593,11 @@ class SchedulerServer:
                     udp.sendto(encode_reply(requester, self._core.config.info), addr)
             return
         info = decode_announcement(data)
+        if info is not None and self.auth_mode is not AuthMode.OFF:
+            # An ICF announcement proves nothing (icecream#177: a rogue "better" scheduler
+            # makes every other one drop its daemons).  With a key the daemons choose among
+            # proven schedulers themselves, so a keyed scheduler never yields to one.
+            return
         if info is not None:
             both = self._heard_on_both(info, addr)
             if self.dual_stack and info.version == self._core.config.info.version and not both:

@@ -125,6 +125,11 @@ class HostLike(Protocol):
         ...
 
     @property
+    def auth(self) -> str:
+        """What it proved before LOGIN: off, authenticated or unauthenticated (issue 14)."""
+        ...
+
+    @property
     def jobs(self) -> Sequence[JobLike]:
         """Its assigned and compiling jobs."""
         ...
