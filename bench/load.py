@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from testbed import OurScheduler, RealScheduler, free_port
 from testbed.dbusbed import SystemBus
@@ -84,6 +84,7 @@ class Daemon:
     def __init__(self, index: int, slots: int, tally: Tally, rng: random.Random, *,
                  time_scale: float = 1.0) -> None:  # fmt: skip
         self.name = f"load{index:02d}"
+        self.address = f"127.1.{index // 250 % 256}.{index % 250 + 1}"
         self.time_scale = time_scale  # 0: a job's "compile" takes no time (placement.py)
         self.slots = asyncio.Semaphore(slots)
         self.max_kids = slots
@@ -95,11 +96,25 @@ class Daemon:
         self.tasks: set[asyncio.Task[None]] = set()
         self.clients = 0
 
+    ports_taken: ClassVar[set[int]] = set()
+
     async def start(self, scheduler_port: int) -> None:
-        server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
+        # Each simulated daemon has a loopback address of its own, as each farm host has its
+        # own IP: the scheduler limits connections per source host (max_connections_per_host).
+        # USE_CS names a server by its port here (the scheduler may call any loopback address
+        # "localhost"), so two daemons must not share one: the kernel may give one port to two
+        # addresses.
+        for _ in range(64):
+            server = await asyncio.start_server(lambda _r, w: w.close(), self.address, 0)
+            self.port = server.sockets[0].getsockname()[1]
+            if self.port not in Daemon.ports_taken:
+                break
+            server.close()
+        Daemon.ports_taken.add(self.port)
         self.probe_server = server
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", scheduler_port)
+        self.reader, self.writer = await asyncio.open_connection(
+            "127.0.0.1", scheduler_port, local_addr=(self.address, 0)
+        )
         await self.flush()
         while not isinstance(await self.next_event(), Handshake):
             pass
