@@ -179,7 +179,7 @@ class SchedulerServerSettings:
     max_monitors: int = 256
     max_monitors_per_host: int = 16
     auth: str = AuthMode.OFF
-    keys: tuple[bytes, ...] = ()
+    keys: tuple[bytes, ...] = field(default=(), repr=False)  # never in a log line
 
 
 @dataclass(eq=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 import signal
 import socket
+import subprocess
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -154,6 +155,31 @@ class TestPreferAndRotation:
             assert login["auth"] == "unauthenticated"
             assert not scheduler.events("peer_refused")
         finally:
+            assert scheduler.stop() == 0
+
+    def test_prefer_mixed_build(self, keys, real_daemon_factory, tmp_path):
+        """Under prefer a real 1.4 iceccd's real icecc job compiles on our keyed daemon."""
+        scheduler = OurScheduler(extra_args=_auth_args(keys["good"], "prefer")).start()
+        ours = _daemon("authmixb", scheduler.address, _auth_args(keys["good"], "prefer"))
+        try:
+            old = real_daemon_factory("authmixa", scheduler.address)
+            for name in ("authmixa", "authmixb"):
+                wait_for(lambda n=name: _logged_in(scheduler, n), _LOGIN, f"{name}'s login",
+                         context=scheduler.log_tail)  # fmt: skip
+            assert _logged_in(scheduler, "authmixb")["auth"] == "authenticated"
+            (tmp_path / "hello.c").write_text("int main(void) { return 0; }\n")
+            env = old.client_env(
+                {"ICECC_PREFERRED_HOST": "authmixb", "ICECC_TEST_REMOTEBUILD": "1"}
+            )
+            subprocess.run(["icecc", "gcc", "-c", "hello.c", "-o", "remote.o"], cwd=tmp_path,
+                           env=env, check=True, timeout=120)  # fmt: skip
+            subprocess.run(["gcc", "-c", "hello.c", "-o", "local.o"], cwd=tmp_path, check=True,
+                           timeout=60)  # fmt: skip
+            assert (tmp_path / "remote.o").read_bytes() == (tmp_path / "local.o").read_bytes()
+            (finished,) = scheduler.wait_events("job_finished", 1)
+            assert (finished["submitter"], finished["server"]) == ("authmixa", "authmixb")
+        finally:
+            ours.stop()
             assert scheduler.stop() == 0
 
     def test_rotation_and_sighup_reload(self, keys, tmp_path):
