@@ -50,6 +50,7 @@ from iceserv.protocol.messages import AuthChallenge, AuthHello, AuthProof
 from iceserv.protocol.wire import decode_text, encode_text
 
 __all__ = [
+    "KEY_ID_BYTES",
     "MAX_KEY_IDS",
     "NONCE_BYTES",
     "AuthError",
