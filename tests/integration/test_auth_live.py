@@ -11,6 +11,8 @@ the real scheduler's telnet ``listcs``.  Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import signal
 import socket
@@ -19,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 import pytest
-from testbed import OurDaemon, OurScheduler, wait_for
+from testbed import NetnsBed, OurDaemon, OurScheduler, RealScheduler, wait_for
 
 from iceserv.protocol import AuthHello, ConnectionClosed, Login
 from iceserv.testing import BlockingChannel
@@ -227,3 +229,34 @@ def test_no_discovery_reply_to_plain_requests_changes(require):
                 if time.monotonic() > deadline:
                     raise
     assert len(data) == 268
+
+
+@pytest.mark.netns
+def test_rogue_schedulers_on_the_net_cannot_capture(keys):
+    """By broadcast discovery a keyed daemon logs in to the keyed scheduler, not to rogues.
+
+    Three namespace hosts on one bridge, one net name: a real 1.4 scheduler
+    (h2) and a keyless iceserv scheduler (h3), both started first (the
+    longest-running scheduler wins 1.4's election), and our keyed scheduler
+    (h1).  The keyed daemon on h3 discovers by broadcast and logs in to h1
+    (without its key it goes to a rogue: checked when this test was written).
+    """
+    netname = f"AUTH{os.getpid()}"
+    with NetnsBed(3) as bed, contextlib.ExitStack() as stack:
+        h1, h2, h3 = bed
+        rogue14 = stack.enter_context(RealScheduler(host=h2, port=8765, netname=netname))
+        rogue = OurScheduler(host=h3, port=8765, loopback_only=False, netname=netname).start()
+        stack.callback(rogue.stop)
+        good = OurScheduler(host=h1, port=8765, loopback_only=False, netname=netname,
+                            extra_args=_auth_args(keys["good"], "require")).start()  # fmt: skip
+        stack.callback(good.stop)
+        daemon = OurDaemon("authnet", host=h3, max_jobs=1, port=10245, netname=netname,
+                           native_compilers="",
+                           extra_args=_auth_args(keys["good"], "prefer")).start()  # fmt: skip
+        stack.callback(daemon.stop)
+        (record,) = daemon.wait_events("scheduler_logged_in", 1, timeout=60)[:1]
+        assert record["connected_to"] == f"{h1.ip}:8765", daemon.log_tail()
+        login = wait_for(lambda: _logged_in(good, "authnet"), _LOGIN, "the login")
+        assert login["auth"] == "authenticated"
+        assert _logged_in(rogue, "authnet") is None
+        assert "authnet" not in rogue14.host_names()
