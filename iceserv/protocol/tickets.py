@@ -38,8 +38,8 @@ def _refuse(reason: str) -> NoReturn:
 
 def _mac(key: bytes, kid: bytes, what: tuple[int, str, str, int]) -> bytes:
     job_id, client, server, expires = what
-    parts = (_LABEL, kid, str(job_id).encode(), client.encode(), server.encode(),
-             str(expires).encode())  # fmt: skip
+    numbers = (str(job_id).encode(), str(expires).encode())
+    parts = (_LABEL, kid, numbers[0], client.encode(), server.encode(), numbers[1])
     return hmac.digest(key, b"".join(len(p).to_bytes(2, "big") + p for p in parts), "sha256")
 
 
