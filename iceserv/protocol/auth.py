@@ -50,6 +50,7 @@ from iceserv.protocol.messages import AuthChallenge, AuthHello, AuthProof
 from iceserv.protocol.wire import decode_text, encode_text
 
 __all__ = [
+    "ANNOUNCE_WINDOW",
     "KEY_ID_BYTES",
     "MAX_KEY_IDS",
     "NONCE_BYTES",
@@ -61,8 +62,10 @@ __all__ = [
     "SchedulerHandshake",
     "decode_offer",
     "decode_probe",
+    "decode_proven_announcement",
     "encode_offer",
     "encode_probe",
+    "encode_proven_announcement",
     "key_id",
 ]
 
@@ -79,6 +82,10 @@ _OFFER_MAGIC: Final = b"ICA!"
 _VERSION: Final = 1
 _OFFER_HEAD: Final = struct.Struct(">4sB8sIQB")  # magic, version, key id, proto, start, name len
 _MAX_NETNAME: Final = 255
+_ANNOUNCE_MAGIC: Final = b"ICA+"
+_ANNOUNCE_HEAD: Final = struct.Struct(">4sB8sIQQB")  # magic, v, key id, proto, start, sent, len
+#: Seconds an authenticated announcement stays believable (clock skew between schedulers).
+ANNOUNCE_WINDOW: Final = 300
 
 
 class AuthMode(enum.StrEnum):
@@ -332,5 +339,55 @@ def decode_offer(  # noqa: PLR0911 - one early "no candidate" per check
         return None  # not canonical text: the proof would not cover what we read
     proof = datagram[_OFFER_HEAD.size + size :]
     if not hmac.compare_digest(proof, _offer_proof(key, kid, nonce, info)):
+        return None
+    return info
+
+
+# --- scheduler announcements ------------------------------------------------------------
+
+
+def _announce_proof(key: bytes, kid: bytes, info: SchedulerInfo, sent: int) -> bytes:
+    described = b"%d/%d/%d/" % (info.version, info.start_time, sent) + encode_text(info.netname)
+    return _proof(key, b"announcement", kid, (b"", b""), described)
+
+
+def encode_proven_announcement(ring: KeyRing, info: SchedulerInfo, now: float) -> bytes | None:
+    """Return an announcement of *info* proving the current key, sent at *now* (None: no key).
+
+    Sent beside 1.4's ``ICE``/``ICF`` datagrams; its ``ICA+`` magic is
+    neither of theirs, so 1.4 schedulers ignore it (reference §4.5).
+    """
+    name = encode_text(info.netname)
+    if not ring.keys or len(name) > _MAX_NETNAME:
+        return None
+    key, kid, sent = ring.keys[0], ring.ids[0], int(now)
+    head = _ANNOUNCE_HEAD.pack(
+        _ANNOUNCE_MAGIC, _VERSION, kid, info.version, info.start_time, sent, len(name)
+    )
+    return head + name + _announce_proof(key, kid, info, sent)
+
+
+def decode_proven_announcement(datagram: bytes, ring: KeyRing, now: float) -> SchedulerInfo | None:
+    """Return the scheduler a proven announcement describes, or None.
+
+    None for anything else: another datagram, a key we do not hold, an
+    altered byte, or one sent more than :data:`ANNOUNCE_WINDOW` seconds from
+    *now*.  A replay inside the window only repeats what a keyed scheduler
+    said about itself, so it is not nonce-bound (it is broadcast).
+    """
+    if len(datagram) < _ANNOUNCE_HEAD.size or not datagram.startswith(_ANNOUNCE_MAGIC):
+        return None
+    _, version, kid, proto, start, sent, size = _ANNOUNCE_HEAD.unpack_from(datagram)
+    if version != _VERSION or len(datagram) != _ANNOUNCE_HEAD.size + size + _PROOF_BYTES:
+        return None
+    key = ring.find(kid)
+    if key is None or abs(now - sent) > ANNOUNCE_WINDOW:
+        return None
+    raw_name = datagram[_ANNOUNCE_HEAD.size : _ANNOUNCE_HEAD.size + size]
+    info = SchedulerInfo(proto, start, decode_text(raw_name))
+    if encode_text(info.netname) != raw_name:
+        return None
+    proof = datagram[_ANNOUNCE_HEAD.size + size :]
+    if not hmac.compare_digest(proof, _announce_proof(key, kid, info, sent)):
         return None
     return info

@@ -83,7 +83,9 @@ from iceserv.protocol.auth import (
     Endpoints,
     KeyRing,
     decode_probe,
+    decode_proven_announcement,
     encode_offer,
+    encode_proven_announcement,
 )
 from iceserv.protocol.discovery import (
     DEFAULT_NETNAME,
@@ -531,7 +533,12 @@ class SchedulerServer:
         if peer.drainer is not None and peer.drainer is not asyncio.current_task():
             peer.drainer.cancel()
 
-    def _announce(self, datagrams: tuple[bytes, bytes]) -> None:
+    def _announce(self, datagrams: tuple[bytes, ...]) -> None:
+        if self.auth_mode is not AuthMode.OFF:
+            ring = KeyRing(self.settings.keys)
+            proven = encode_proven_announcement(ring, self._core.config.info, self.now())
+            if proven is not None:
+                datagrams = (*datagrams, proven)
         if self._udp is not None:
             for address in self.settings.announce_to:
                 for datagram in datagrams:
@@ -541,7 +548,8 @@ class SchedulerServer:
             for name in self.settings.multicast_interfaces:
                 with contextlib.suppress(OSError):
                     group = (DISCOVERY_GROUP6, self.port, 0, socket.if_nametoindex(name))
-                    self._udp6.sendto(datagrams[1], group)
+                    for datagram in datagrams[1:]:  # ICF (and the proven one), not legacy ICE
+                        self._udp6.sendto(datagram, group)
 
     @property
     def dual_stack(self) -> bool:
@@ -593,11 +601,12 @@ class SchedulerServer:
                     udp.sendto(encode_reply(requester, self._core.config.info), addr)
             return
         info = decode_announcement(data)
-        if info is not None and self.auth_mode is not AuthMode.OFF:
+        if self.auth_mode is not AuthMode.OFF:
             # An ICF announcement proves nothing (icecream#177: a rogue "better" scheduler
-            # makes every other one drop its daemons).  With a key the daemons choose among
-            # proven schedulers themselves, so a keyed scheduler never yields to one.
-            return
+            # makes every other one drop its daemons): a keyed scheduler yields only to a
+            # better one whose announcement proves the key.
+            ring = KeyRing(self.settings.keys)
+            info = decode_proven_announcement(data, ring, self.now())
         if info is not None:
             both = self._heard_on_both(info, addr)
             if self.dual_stack and info.version == self._core.config.info.version and not both:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from iceserv.errors import RemoteProtocolError
 from iceserv.protocol.auth import (
+    ANNOUNCE_WINDOW,
     MAX_KEY_IDS,
     AuthError,
     DaemonHandshake,
@@ -18,11 +19,18 @@ from iceserv.protocol.auth import (
     SchedulerHandshake,
     decode_offer,
     decode_probe,
+    decode_proven_announcement,
     encode_offer,
     encode_probe,
+    encode_proven_announcement,
     key_id,
 )
-from iceserv.protocol.discovery import SchedulerInfo, decode_announcement, decode_request
+from iceserv.protocol.discovery import (
+    SchedulerInfo,
+    decode_announcement,
+    decode_request,
+    encode_announcements,
+)
 from iceserv.protocol.messages import AuthChallenge, AuthHello, AuthProof
 from iceserv.protocol.records import replace
 from iceserv.testing import ConnectionPair
@@ -272,3 +280,39 @@ class TestDiscovery:
         """Arbitrary datagrams never crash the decoders."""
         decode_probe(data)
         decode_offer(data, RING, ND)
+
+
+class TestProvenAnnouncements:
+    def test_round_trip(self):
+        """A proven announcement names its scheduler to a holder of the key, near its time."""
+        datagram = encode_proven_announcement(RING, INFO, 1000.0)
+        assert decode_proven_announcement(datagram, RING, 1100.0) == INFO
+        assert decode_proven_announcement(datagram, KeyRing((OTHER, KEY)), 900.0) == INFO
+
+    def test_ignored_by_the_1_4_rules(self):
+        """Neither a request nor an ICF announcement: 1.4 and keyless schedulers ignore it."""
+        datagram = encode_proven_announcement(RING, INFO, 0.0)
+        assert decode_request(datagram) is None
+        assert decode_announcement(datagram) is None
+        assert decode_probe(datagram) is None
+
+    def test_wrong_key_stale_or_unkeyed(self):
+        """Another key, a time outside the window or a plain ICF are not proven."""
+        datagram = encode_proven_announcement(RING, INFO, 1000.0)
+        assert decode_proven_announcement(datagram, KeyRing((OTHER,)), 1000.0) is None
+        assert decode_proven_announcement(datagram, RING, 1000.0 + ANNOUNCE_WINDOW + 1) is None
+        assert decode_proven_announcement(datagram, RING, 1000.0 - ANNOUNCE_WINDOW - 1) is None
+        assert encode_proven_announcement(KeyRing(()), INFO, 0.0) is None
+        assert decode_proven_announcement(encode_announcements(INFO)[1], RING, 0.0) is None
+
+    @given(index=st.integers(0, 500), bit=st.integers(0, 7))
+    def test_any_flipped_bit_fails(self, index, bit):
+        """Flipping any bit (say, a higher version or an earlier start) makes it unproven."""
+        datagram = bytearray(encode_proven_announcement(RING, INFO, 1000.0))
+        datagram[index % len(datagram)] ^= 1 << bit
+        assert decode_proven_announcement(bytes(datagram), RING, 1000.0) is None
+
+    @given(st.binary(max_size=400))
+    def test_garbage(self, data):
+        """Arbitrary datagrams never crash the decoder."""
+        decode_proven_announcement(data, RING, 0.0)

@@ -113,3 +113,53 @@ class TestCoreAuthState:
         assert core.host_by_conn(1).auth == "authenticated"
         used = [m for m in sends(get_cs(core, 2, T0)) if isinstance(m, UseCS)]
         assert [m.hostname for m in used] == ["10.0.0.1"]
+
+
+class TestServerAnnouncements:
+    """The shell's UDP dispatch under a key (in-process, no sockets)."""
+
+    def _server(self, auth: str, keys: tuple[bytes, ...]):
+        import random  # noqa: PLC0415 - only here
+
+        from iceserv.scheduler.server import SchedulerServer, SchedulerServerSettings  # noqa: PLC0415
+        from iceserv.testing import FakeClock  # noqa: PLC0415
+
+        clock = FakeClock()
+        settings = SchedulerServerSettings(auth=auth, keys=keys, netname="ICECREAM")
+        server = SchedulerServer(settings, clock=clock, rng=random.Random(1))  # noqa: S311
+        heard: list[object] = []
+
+        def record(info, _now):
+            heard.append(info)
+            return []
+
+        server.core.handle_announcement = record  # a recorder in place of the core's handler
+        return server, clock, heard
+
+    def test_keyed_scheduler_hears_only_proven_announcements(self):
+        """Under a key a plain ICF is ignored and a proven announcement is heard."""
+        from iceserv.protocol.auth import encode_proven_announcement  # noqa: PLC0415
+        from iceserv.protocol.discovery import SchedulerInfo, encode_announcements  # noqa: PLC0415
+
+        server, clock, heard = self._server("require", (KEY,))
+        better = SchedulerInfo(43, 1, "ICECREAM")
+        addr = ("192.0.2.9", 8765)
+        for datagram in encode_announcements(better):
+            server.datagram_received(datagram, addr)
+        assert heard == []
+        server.datagram_received(encode_proven_announcement(RING, better, clock.now()), addr)
+        assert heard == [better]
+
+    def test_unkeyed_scheduler_hears_icf_as_before(self):
+        """With auth off the ICF announcement is heard as in 1.4; a proven one is not parsed."""
+        from iceserv.protocol.auth import encode_proven_announcement  # noqa: PLC0415
+        from iceserv.protocol.discovery import SchedulerInfo, encode_announcements  # noqa: PLC0415
+
+        server, clock, heard = self._server("off", ())
+        better = SchedulerInfo(43, 1, "ICECREAM")
+        server.datagram_received(
+            encode_proven_announcement(RING, better, clock.now()), ("192.0.2.9", 8765)
+        )
+        assert heard == []
+        server.datagram_received(encode_announcements(better)[1], ("192.0.2.9", 8765))
+        assert heard == [better]
