@@ -246,10 +246,10 @@ def _established(pid: int) -> list[tuple[int, tuple[str, int], int]]:
                 target = str(fd.readlink())
                 if target.startswith("socket:["):
                     inodes.add(target[len("socket:[") : -1])
-    try:
-        rows = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return []
+    rows = []
+    for table in ("tcp", "tcp6"):  # our programs listen dual-stack: IPv4 peers show in tcp6
+        with contextlib.suppress(OSError):
+            rows += Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
     found = []
     for row in (line.split() for line in rows):
         if len(row) > 9 and row[3] == _TCP_ESTABLISHED and row[9] in inodes:
@@ -260,9 +260,18 @@ def _established(pid: int) -> list[tuple[int, tuple[str, int], int]]:
 
 
 def _address(hex_address: str) -> tuple[str, int]:
-    """``0100007F:1F90`` (little-endian IPv4 as /proc/net/tcp shows it) -> ("127.0.0.1", 8080)."""
+    """``0100007F:1F90`` (little-endian IPv4 as /proc/net/tcp shows it) -> ("127.0.0.1", 8080).
+
+    An IPv6 address of /proc/net/tcp6 (four little-endian 32-bit words) is decoded too; an
+    IPv4-mapped one (``::ffff:a.b.c.d``, an IPv4 peer of a dual-stack socket) as IPv4.
+    """
     ip, port = hex_address.split(":")
-    return socket.inet_ntoa(int(ip, 16).to_bytes(4, "little")), int(port, 16)
+    if len(ip) == 8:
+        return socket.inet_ntoa(int(ip, 16).to_bytes(4, "little")), int(port, 16)
+    raw = b"".join(int(ip[i : i + 8], 16).to_bytes(4, "little") for i in range(0, 32, 8))
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":
+        return socket.inet_ntoa(raw[12:]), int(port, 16)
+    return socket.inet_ntop(socket.AF_INET6, raw), int(port, 16)
 
 
 def truncated_copy(source: Path, dest: Path, size: int) -> Path:

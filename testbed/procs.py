@@ -209,14 +209,15 @@ def _wait_gone(pids: list[int], timeout: float) -> None:
 def listening_tcp_ports(pid: int) -> set[int]:
     """Return the TCP ports that process ``pid`` itself is listening on.
 
-    Reads the socket table of the process's own network namespace
-    (``/proc/<pid>/net/tcp``) and keeps only sockets whose inode is one of the
-    process's file descriptors, so a port taken by someone else does not count.
-    Unlike a probe connection this is invisible to the program.
+    Reads the socket tables of the process's own network namespace
+    (``/proc/<pid>/net/tcp`` and ``tcp6``: our programs listen dual-stack on
+    ``::``) and keeps only sockets whose inode is one of the process's file
+    descriptors, so a port taken by someone else does not count.  Unlike a
+    probe connection this is invisible to the program.
     """
     inodes = _socket_inodes(pid)
     ports = set()
-    for row in _proc_rows(pid, "tcp"):
+    for row in _proc_rows(pid, "tcp") + _proc_rows(pid, "tcp6"):
         local, state, inode = row[1], row[3], row[9]
         if state == _TCP_LISTEN and inode in inodes:
             ports.add(int(local.rsplit(":", 1)[1], 16))
