@@ -103,6 +103,9 @@ class ConnKind:
 
     unix: bool
     loopback: bool
+    #: It came in on the iceserv-only endpoint (:mod:`iceserv.protocol.endpoint`): it is our
+    #: own client, so iceserv-only messages (JOB_TICKET) may be sent to it.
+    iceserv: bool = False
 
     @property
     def local(self) -> bool:

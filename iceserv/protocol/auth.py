@@ -60,6 +60,7 @@ __all__ = [
     "Endpoints",
     "KeyRing",
     "SchedulerHandshake",
+    "canonical_address",
     "decode_offer",
     "decode_probe",
     "decode_proven_announcement",
@@ -137,7 +138,7 @@ class KeyRing:
         return None
 
 
-def _address(host: str) -> str:
+def canonical_address(host: str) -> str:
     """Canonical text of an address: IPv4-mapped IPv6 as IPv4, no zone, compressed IPv6."""
     bare = host.split("%", 1)[0]
     try:
@@ -159,8 +160,8 @@ class Endpoints:
     def encode(self) -> bytes:
         """Return the canonical bytes the proofs cover."""
         return (
-            f"{_address(self.daemon[0])}/{self.daemon[1]}>"
-            f"{_address(self.scheduler[0])}/{self.scheduler[1]}"
+            f"{canonical_address(self.daemon[0])}/{self.daemon[1]}>"
+            f"{canonical_address(self.scheduler[0])}/{self.scheduler[1]}"
         ).encode()
 
 

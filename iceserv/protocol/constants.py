@@ -108,6 +108,7 @@ class IceservMsgType(enum.IntEnum):
     AUTH_HELLO = 0x1CE5_0005
     AUTH_CHALLENGE = 0x1CE5_0006
     AUTH_PROOF = 0x1CE5_0007
+    JOB_TICKET = 0x1CE5_0008
 
 
 #: The prefix of CS_CONF's ``bench_source`` from an iceserv scheduler ("iceserv/<version>").

@@ -56,6 +56,7 @@ __all__ = [
     "JobDone",
     "JobLocalBegin",
     "JobLocalDone",
+    "JobTicket",
     "Login",
     "Message",
     "MonGetCS",
@@ -544,6 +545,24 @@ class AuthProof:
     proof: str = ""
 
 
+@record
+class JobTicket:
+    """scheduler → daemon → client → compile server: the ticket of one placement (issue 14).
+
+    ``ticket`` is :func:`~iceserv.protocol.tickets.issue_ticket`'s text for
+    job ``job_id``; ``client_id`` is the submitting daemon's client (scheduler
+    → daemon only, 0 elsewhere).  Sent only to iceserv peers: the scheduler to
+    an authenticated daemon, just before the job's USE_CS; that daemon to a
+    client on its iceserv-only endpoint, just before the USE_CS; the client to
+    the compile server, first after the handshake.
+    """
+
+    TYPE: ClassVar = IceservMsgType.JOB_TICKET
+    job_id: int = 0
+    client_id: int = 0
+    ticket: str = ""
+
+
 Message = (
     Unknown
     | Ping
@@ -584,6 +603,7 @@ Message = (
     | AuthHello
     | AuthChallenge
     | AuthProof
+    | JobTicket
 )
 
 
@@ -734,6 +754,7 @@ _LAYOUTS: Final[Mapping[type, tuple[_Field, ...]]] = {
     AuthHello: (("nonce", S, None), ("key_ids", L, None)),
     AuthChallenge: (("key_id", S, None), ("nonce", S, None), ("proof", S, None)),
     AuthProof: (("proof", S, None),),
+    JobTicket: (("job_id", U, None), ("client_id", U, None), ("ticket", S, None)),
 }
 
 _BY_TYPE: Final[Mapping[int, type]] = {

@@ -1,4 +1,4 @@
-"""Job tickets (issue 14 item 3), sans I/O: the building block, not yet on the wire.
+"""Job tickets (issue 14 item 3), sans I/O: issue, check and spend one.
 
 A ticket lets a remote daemon check that the scheduler placed *this* job
 from *this* client host on *this* server, recently, without the compiling
@@ -6,9 +6,10 @@ user ever holding the network key.  The scheduler issues it with the
 placement (:func:`issue_ticket`); the remote daemon checks it
 (:func:`verify_ticket`) and spends it once (:class:`TicketLedger`).  It is
 HMAC-SHA256 over a domain label, the key id, the job id, both hosts and the
-expiry.  Nothing here sends or receives tickets yet: which messages carry
-them (scheduler → local daemon → client → remote daemon) is the next step,
-see the closing note of the ``auth`` branch.  Pure: no clock, no I/O.
+expiry.  JOB_TICKET carries it scheduler → submitting daemon → client →
+compile server (:class:`~iceserv.protocol.messages.JobTicket`; the flow is
+in ``docs/security.md``).  Hosts are written by :func:`ticket_address`, so
+both ends spell an address alike.  Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import hmac
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, NoReturn
 
-from iceserv.protocol.auth import KEY_ID_BYTES, AuthError
+from iceserv.protocol.auth import KEY_ID_BYTES, AuthError, canonical_address
 
 if TYPE_CHECKING:
     from iceserv.protocol.auth import KeyRing
 
-__all__ = ["MAX_TICKET_TEXT", "TicketLedger", "issue_ticket", "verify_ticket"]
+__all__ = ["MAX_TICKET_TEXT", "TicketLedger", "issue_ticket", "ticket_address", "verify_ticket"]
 
 _LABEL: Final = b"iceserv-ticket-v1"
 _VERSION: Final = "t1"
@@ -30,6 +31,19 @@ _MAC_HEX: Final = 64
 #: A ticket's text is at most this long (hosts are bounded names or addresses).
 MAX_TICKET_TEXT: Final = 512
 _FIELDS: Final = 7
+
+
+_LOOPBACKS: Final = frozenset({"::1", "localhost"})
+
+
+def ticket_address(host: str) -> str:
+    """Return *host* as tickets name it: canonical text, and ``::1`` as ``127.0.0.1``.
+
+    A server logged in from ``::1`` is named ``localhost`` in USE_CS, so its
+    client connects to it over IPv4 loopback: both are this host.
+    """
+    address = canonical_address(host)
+    return "127.0.0.1" if address in _LOOPBACKS else address
 
 
 def _refuse(reason: str) -> NoReturn:

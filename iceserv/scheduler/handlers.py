@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from iceserv._version import VERSION
@@ -87,6 +87,7 @@ from iceserv.protocol import (
     Stats,
     StatusText,
 )
+from iceserv.protocol.auth import KeyRing
 from iceserv.protocol.constants import MAX_SCHEDULER_PING, MAX_SCHEDULER_PONG
 from iceserv.protocol.discovery import DEFAULT_NETNAME, SchedulerInfo, is_better
 from iceserv.protocol.dispatch import Dispatch
@@ -143,6 +144,8 @@ class SchedulerConfig:
     netname: str = DEFAULT_NETNAME
     persistent_clients: bool = False
     version: int = PROTOCOL_VERSION
+    #: The network keys placements are ticketed with (auth prefer/require; issue 14), or ().
+    ticket_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     @property
     def info(self) -> SchedulerInfo:
@@ -465,7 +468,8 @@ class Scheduler:
         return handle
 
     def _place(self, now: float) -> list[Effect]:
-        effects: list[Effect] = jobs.place_jobs(self.state, self._rng, now)
+        keys = KeyRing(self.config.ticket_keys) if self.config.ticket_keys else None
+        effects: list[Effect] = jobs.place_jobs(self.state, self._rng, now, keys)
         if now >= self._wait_report_due():
             effects.append(self._wait_report(now))
         return effects

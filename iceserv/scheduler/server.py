@@ -245,6 +245,7 @@ class SchedulerServer:
             start_time=int(self._start),
             netname=settings.netname,
             persistent_clients=settings.persistent_clients,
+            ticket_keys=settings.keys if settings.keys and settings.auth != "off" else (),
         )
         self._core = Scheduler(config, rng, self._start)
         self.control = ClusterControl(self, internals_timeout=settings.internals_timeout)
@@ -419,6 +420,9 @@ class SchedulerServer:
         Daemons already logged in stay: they proved the key they had.
         """
         self.settings = dataclasses.replace(self.settings, keys=keys)
+        self._core.config = dataclasses.replace(
+            self._core.config, ticket_keys=keys if self.auth_mode is not AuthMode.OFF else ()
+        )
 
     @property
     def auth_mode(self) -> AuthMode:

@@ -17,18 +17,35 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import pytest
 from testbed import NetnsBed, OurDaemon, OurScheduler, RealScheduler, wait_for
 
-from iceserv.protocol import AuthHello, ConnectionClosed, Login
+from iceserv.protocol import (
+    AuthHello,
+    CompileFile,
+    ConnectionClosed,
+    EnvEntry,
+    GetCS,
+    JobTicket,
+    Login,
+    StatusText,
+    UseCS,
+    VerifyEnv,
+    VerifyEnvResult,
+)
+from iceserv.protocol.auth import KeyRing
+from iceserv.protocol.endpoint import iceserv_endpoint
+from iceserv.protocol.tickets import issue_ticket
 from iceserv.testing import BlockingChannel
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.live
 
@@ -260,3 +277,220 @@ def test_rogue_schedulers_on_the_net_cannot_capture(keys):
         assert login["auth"] == "authenticated"
         assert _logged_in(rogue, "authnet") is None
         assert "authnet" not in rogue14.host_names()
+
+
+# --- job tickets (issue 14 item 3) -----------------------------------------------------
+
+_REPO: Final = Path(__file__).resolve().parents[2]
+#: Our ``icecc``, importing iceserv from this checkout.
+_OUR_CLIENT: Final = (
+    "#!{python}\nimport sys\nsys.path.insert(0, {repo!r})\n"
+    "from iceserv.client.main import main\nsys.exit(main())\n"
+)
+_HELLO: Final = "int answer(int x) { return 6 * x; }\n"
+
+
+class _TicketCluster:
+    """Our scheduler and two daemons (a submits, b compiles), all under one auth mode."""
+
+    def __init__(self, keys: dict[str, Path], mode: str) -> None:
+        self.key = keys["good"].read_bytes()
+        self.scheduler = OurScheduler(extra_args=_auth_args(keys["good"], mode)).start()
+        self.a = OurDaemon("tka" + mode[0], self.scheduler.address,
+                           extra_args=_auth_args(keys["good"], mode)).start()  # fmt: skip
+        self.b = _daemon("tkb" + mode[0], self.scheduler.address, _auth_args(keys["good"], mode))
+        for daemon in (self.a, self.b):
+            login = wait_for(lambda d=daemon: _logged_in(self.scheduler, d.name), _LOGIN,
+                             f"{daemon.name}'s login", context=daemon.log_tail)  # fmt: skip
+            assert login["auth"] == "authenticated"
+
+    def stop(self) -> None:
+        self.a.stop()
+        self.b.stop()
+        assert self.scheduler.stop() == 0
+
+    def placement(self) -> tuple[BlockingChannel, JobTicket, UseCS]:
+        """Play our client on a's iceserv endpoint: GET_CS for b; the ticket and USE_CS."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30.0)
+        sock.connect(iceserv_endpoint(str(self.a.socket_path)))
+        channel = BlockingChannel(sock, timeout=30.0)
+        channel.send(GetCS(versions=(EnvEntry("x86_64", "tk.tar.gz"),), filename="tk.c", count=1,
+                           target="x86_64", preferred_host=self.b.name,
+                           minimal_host_version=21))  # fmt: skip
+        ticket, use = channel.receive(), channel.receive()
+        assert isinstance(ticket, JobTicket), ticket
+        assert isinstance(use, UseCS), use
+        assert (use.port, ticket.job_id, ticket.client_id) == (self.b.port, use.job_id, 0)
+        return channel, ticket, use
+
+    def to_b(self, *messages: object) -> object:
+        """Send *messages* on a new connection to b; return its answer (STATUS_TEXT: refused)."""
+        assert self.b.port is not None
+        channel = BlockingChannel.connect("127.0.0.1", self.b.port, timeout=30.0)
+        try:
+            channel.send(*messages)  # type: ignore[arg-type]
+            answer = channel.receive()
+            if isinstance(answer, StatusText):
+                try:
+                    closed = channel.receive()
+                except ConnectionResetError:
+                    closed = ConnectionClosed()
+                assert isinstance(closed, ConnectionClosed)
+            return answer
+        finally:
+            channel.close()
+
+    def forged(self, job_id: int, expires: float) -> JobTicket:
+        """A ticket made with the cluster's key (as only a key holder can)."""
+        text = issue_ticket(KeyRing((self.key,)), job_id=job_id, client="127.0.0.1",
+                            server="127.0.0.1", expires=int(expires))  # fmt: skip
+        return JobTicket(job_id=job_id, ticket=text)
+
+    def refusals(self, before: int) -> list[str]:
+        """The reasons of b's ``job_refused`` lines after the first *before*."""
+        return [e["reason"] for e in self.b.wait_events("job_refused", before + 1)[before:]]
+
+
+@pytest.fixture(scope="module")
+def tickets_require(keys: dict[str, Path]) -> Iterator[_TicketCluster]:
+    """A keyed cluster under ``auth = require``."""
+    cluster = _TicketCluster(keys, "require")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _our_client(workdir: Path) -> str:
+    launcher = workdir / "icecc"
+    launcher.write_text(_OUR_CLIENT.format(python=sys.executable, repo=str(_REPO)))
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
+def _as_nobody(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run *argv* as ``nobody``: the compiling user cannot read the key (mode 0600, root)."""
+    wrapped = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+    return subprocess.run(wrapped, cwd=cwd, env=env, capture_output=True, text=True, timeout=180,
+                          check=False)  # fmt: skip
+
+
+def _local_object(workdir: Path) -> bytes:
+    subprocess.run(["gcc", "-c", "hello.c", "-o", "local.o"], cwd=workdir, check=True, timeout=60)
+    return (workdir / "local.o").read_bytes()
+
+
+@pytest.fixture
+def build_dir() -> Iterator[Path]:
+    """A world-writable directory with hello.c, so ``nobody`` can build there.
+
+    Not under pytest's ``tmp_path``: its parents are private to root.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"iceserv-tk-{os.getpid()}-") as name:
+        path = Path(name)
+        path.chmod(0o777)
+        (path / "hello.c").write_text(_HELLO)
+        yield path
+
+
+class TestTicketsRequire:
+    def test_keyed_cluster_builds_with_tickets(self, tickets_require, build_dir, keys):
+        """Our client, as a user who cannot read the key, builds on b with its ticket."""
+        cluster = tickets_require
+        with pytest.raises(PermissionError):  # what the compiling user can read of the key
+            _as_nobody_read(keys["good"])
+        before = len(cluster.b.events("job_ticket_accepted"))
+        env = cluster.a.client_env({"ICECC_PREFERRED_HOST": cluster.b.name,
+                                    "ICECC_FALLBACK": "fail", "ICECC_DEBUG": "debug"})  # fmt: skip
+        done = _as_nobody([_our_client(build_dir), "gcc", "-c", "hello.c", "-o", "remote.o"],
+                          build_dir, env)  # fmt: skip
+        assert done.returncode == 0, done.stderr + cluster.b.log_tail()
+        assert (build_dir / "remote.o").read_bytes() == _local_object(build_dir)
+        (accepted,) = cluster.b.wait_events("job_ticket_accepted", before + 1)[before:]
+        finished = cluster.scheduler.wait_events("job_finished", 1)
+        job = next(f for f in finished if f["job_id"] == accepted["job_id"])
+        assert (job["submitter"], job["server"]) == (cluster.a.name, cluster.b.name)
+
+    def test_captured_ticket_replayed_is_refused(self, tickets_require):
+        """A real ticket is good once; replayed on another connection it is refused, one line."""
+        cluster = tickets_require
+        channel, ticket, _ = cluster.placement()
+        try:
+            probe = VerifyEnv("absent", "x86_64")
+            assert cluster.to_b(ticket, probe) == VerifyEnvResult(ok=False)  # spent here
+            before = len(cluster.b.events("job_refused"))
+            answer = cluster.to_b(ticket, probe)
+        finally:
+            channel.close()
+        assert answer == StatusText("job refused: replayed ticket")
+        assert cluster.refusals(before) == ["replayed ticket"]
+
+    @pytest.mark.parametrize(
+        ("change", "reason"),
+        [
+            ("mac", "altered ticket"),
+            ("job", "ticket for another job or host"),
+        ],
+    )
+    def test_altered_ticket_is_refused(self, tickets_require, change, reason):
+        """A real ticket with one changed character, or sent for another job, is refused."""
+        cluster = tickets_require
+        channel, ticket, _ = cluster.placement()
+        try:
+            if change == "mac":
+                last = ticket.ticket[-1]
+                text = ticket.ticket[:-1] + ("0" if last != "0" else "1")
+                altered = JobTicket(job_id=ticket.job_id, ticket=text)
+            else:
+                altered = JobTicket(job_id=ticket.job_id + 1000, ticket=ticket.ticket)
+            before = len(cluster.b.events("job_refused"))
+            answer = cluster.to_b(altered, VerifyEnv("absent", "x86_64"))
+        finally:
+            channel.close()
+        assert answer == StatusText(f"job refused: {reason}")
+        assert cluster.refusals(before) == [reason]
+
+    @pytest.mark.parametrize("request_", ["verify", "compile"])
+    def test_job_without_ticket_is_refused(self, tickets_require, request_):
+        """Straight to b's port without a ticket: refused, nothing installed or compiled."""
+        cluster = tickets_require
+        before = len(cluster.b.events("job_refused"))
+        message = (VerifyEnv("absent", "x86_64") if request_ == "verify" else
+                   CompileFile(job_id=4242, environment="tk.tar.gz", target="x86_64",
+                               args=("-c",), compiler_name="gcc"))  # fmt: skip
+        assert cluster.to_b(message) == StatusText("job refused: no job ticket")
+        assert cluster.refusals(before) == ["no job ticket"]
+        assert not [e for e in cluster.b.events("job_started") if e.get("job_id") == 4242]
+
+    def test_expired_ticket_is_refused(self, tickets_require):
+        """A ticket signed with the key but past its expiry is refused (a fresh one is not)."""
+        cluster = tickets_require
+        probe = VerifyEnv("absent", "x86_64")
+        fresh = cluster.forged(777, time.time() + 60)
+        assert cluster.to_b(fresh, probe) == VerifyEnvResult(ok=False)
+        before = len(cluster.b.events("job_refused"))
+        assert cluster.to_b(cluster.forged(778, time.time() - 5), probe) == StatusText(
+            "job refused: expired ticket"
+        )
+        assert cluster.refusals(before) == ["expired ticket"]
+
+    def test_real_client_through_our_daemon_falls_back(self, tickets_require, build_dir):
+        """The real 1.4 icecc on a's ordinary socket gets no ticket: b refuses, it builds here."""
+        cluster = tickets_require
+        before = len(cluster.b.events("job_refused"))
+        env = cluster.a.client_env({"ICECC_PREFERRED_HOST": cluster.b.name})
+        done = subprocess.run(["icecc", "gcc", "-c", "hello.c", "-o", "remote.o"], cwd=build_dir,
+                              env=env, capture_output=True, text=True, timeout=180,
+                              check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert (build_dir / "remote.o").read_bytes() == _local_object(build_dir)
+        assert cluster.refusals(before) == ["no job ticket"]
+        assert not cluster.a.events("client_protocol_error")  # it never got a byte it can't parse
+
+
+def _as_nobody_read(path: Path) -> None:
+    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", str(path)]
+    done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise PermissionError(done.stderr.decode().strip())

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iceserv.protocol.auth import AuthError, KeyRing
-from iceserv.protocol.tickets import TicketLedger, issue_ticket, verify_ticket
+from iceserv.protocol.tickets import TicketLedger, issue_ticket, ticket_address, verify_ticket
 
 RING = KeyRing((bytes(range(32)),))
 JOB = {"job_id": 42, "client": "10.0.0.2", "server": "10.0.0.3"}
@@ -77,3 +77,20 @@ class TestLedger:
             ledger.spend("c", 30, now=5.0)
         ledger.spend("c", 30, now=15.0)  # "a" expired at 10
         assert len(ledger) == 2
+
+
+class TestTicketAddress:
+    @pytest.mark.parametrize(
+        ("given", "written"),
+        [
+            ("10.0.0.2", "10.0.0.2"),
+            ("::ffff:10.0.0.2", "10.0.0.2"),
+            ("::1", "127.0.0.1"),
+            ("localhost", "127.0.0.1"),
+            ("fd00:0:0::2", "fd00::2"),
+            ("fe80::2%eth0", "fe80::2"),
+        ],
+    )
+    def test_both_ends_spell_an_address_alike(self, given, written):
+        """Mapped IPv4, IPv6 spellings, zones and loopback names are written one way."""
+        assert ticket_address(given) == written

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 from scheduler.builders import T0, get_cs, login, new_core, sends
 
-from iceserv.protocol import AuthChallenge, AuthHello, AuthProof, Login, MonLogin, Stats, UseCS
-from iceserv.protocol.auth import AuthMode, DaemonHandshake, Endpoints, KeyRing, key_id
+from iceserv.protocol import (
+    AuthChallenge,
+    AuthHello,
+    AuthProof,
+    JobTicket,
+    Login,
+    MonLogin,
+    Stats,
+    UseCS,
+)
+from iceserv.protocol.auth import AuthError, AuthMode, DaemonHandshake, Endpoints, KeyRing, key_id
+from iceserv.protocol.tickets import verify_ticket
 from iceserv.scheduler.auth import AuthGate, AuthState
+from iceserv.scheduler.jobs import TICKET_LIFETIME
 
 KEY = bytes(range(32))
 RING = KeyRing((KEY,))
@@ -113,6 +127,58 @@ class TestCoreAuthState:
         assert core.host_by_conn(1).auth == "authenticated"
         used = [m for m in sends(get_cs(core, 2, T0)) if isinstance(m, UseCS)]
         assert [m.hostname for m in used] == ["10.0.0.1"]
+
+
+def _keyed_core():
+    core = new_core()
+    core.config = dataclasses.replace(core.config, ticket_keys=(KEY,))
+    return core
+
+
+class TestTickets:
+    """Placements carry a JOB_TICKET only between authenticated daemons (issue 14 item 3)."""
+
+    def test_ticket_goes_just_before_use_cs(self):
+        """The submitter gets a ticket for the job, its host and the server's, then USE_CS."""
+        core = _keyed_core()
+        _login_as(core, 1, "server", AuthState.AUTHENTICATED)
+        _login_as(core, 2, "client", AuthState.AUTHENTICATED)
+        core.host_by_conn(2).max_jobs = 0  # the job must go to the server
+        ticket, use = sends(get_cs(core, 2, T0), 2)
+        assert isinstance(ticket, JobTicket)
+        assert isinstance(use, UseCS)
+        assert (ticket.job_id, ticket.client_id) == (use.job_id, use.client_id)
+        expires = verify_ticket(
+            RING, ticket.ticket, job_id=use.job_id, client="10.0.0.2", server="10.0.0.1", now=T0
+        )
+        assert expires == int(T0) + TICKET_LIFETIME
+        with pytest.raises(AuthError, match="expired"):
+            verify_ticket(RING, ticket.ticket, job_id=use.job_id, client="10.0.0.2",
+                          server="10.0.0.1", now=T0 + TICKET_LIFETIME + 1)  # fmt: skip
+
+    @pytest.mark.parametrize(
+        ("server", "client"),
+        [
+            (AuthState.AUTHENTICATED, AuthState.UNAUTHENTICATED),
+            (AuthState.OFF, AuthState.OFF),
+        ],
+        ids=["14-submitter", "auth-off-peers"],
+    )
+    def test_no_ticket_unless_both_proved_the_key(self, server, client):
+        """A 1.4 (unauthenticated) submitter never receives the iceserv-only JOB_TICKET."""
+        core = _keyed_core()
+        _login_as(core, 1, "server", server)
+        _login_as(core, 2, "client", client)
+        core.host_by_conn(2).max_jobs = 0
+        assert [type(m) for m in sends(get_cs(core, 2, T0), 2)] == [UseCS]
+
+    def test_no_ticket_without_keys(self):
+        """A scheduler without ticket keys (auth off) sends USE_CS alone, as 1.4."""
+        core = new_core()
+        _login_as(core, 1, "server", AuthState.AUTHENTICATED)
+        _login_as(core, 2, "client", AuthState.AUTHENTICATED)
+        core.host_by_conn(2).max_jobs = 0
+        assert [type(m) for m in sends(get_cs(core, 2, T0), 2)] == [UseCS]
 
 
 class TestServerAnnouncements:
