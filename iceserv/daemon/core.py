@@ -150,6 +150,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from typing import TYPE_CHECKING, Any, Final
 
 from iceserv.daemon.effects import (
@@ -255,7 +256,7 @@ from iceserv.protocol.auth import AuthError, KeyRing
 from iceserv.protocol.dispatch import Dispatch
 from iceserv.protocol.features import supports
 from iceserv.protocol.records import replace
-from iceserv.protocol.tickets import TicketLedger, ticket_address, verify_ticket
+from iceserv.protocol.tickets import TicketLedger, issue_ticket, ticket_address, verify_ticket
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -282,6 +283,8 @@ _MAX_SLOTS_QUERIES: Final = 256
 _HOLD_MAX: Final = 10.0
 #: A ticket's job id that allows only environment transfers (a daemon's own push-ahead).
 PUSH_TICKET_JOB: Final = 0
+#: Seconds our own push ticket is good for (it is spent at once; the rest: clock skew).
+_PUSH_TICKET_LIFETIME: Final = 300
 #: What a client with a verified ticket sends; without one, only under ``auth = prefer``.
 _TICKETED: Final = (EnvTransfer, VerifyEnv, CompileFile)
 #: Wake datagrams to a scheduler being connected to: every second, until 2 s after the login.
@@ -1623,9 +1626,21 @@ class DaemonCore:
             for c in self._clients.values()
         )
 
-    def _next_push(self, _now: float) -> list[Effect]:
+    def _next_push(self, now: float) -> list[Effect]:
         push: PushEnv | None = self.pushes.next(idle=not self._busy_for_push())
-        return [] if push is None else [push]
+        if push is None:
+            return []
+        if self._checks_tickets and self.own_ip:
+            # We hold the key: our push carries a ticket of our own, for environments only.
+            ticket = issue_ticket(
+                KeyRing(self.settings.keys),
+                job_id=PUSH_TICKET_JOB,
+                client=ticket_address(self.own_ip),
+                server=ticket_address(push.host),
+                expires=int(now) + _PUSH_TICKET_LIFETIME,
+            )
+            push = dataclass_replace(push, ticket=ticket)
+        return [push]
 
     def _on_pushed(self, event: EnvPushed, now: float) -> list[Effect]:
         if self.pushes.finished(ok=not event.error, now=now) is None:

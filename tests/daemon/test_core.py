@@ -1895,6 +1895,38 @@ def test_any_tampered_ticket_is_refused_and_nothing_runs(index, char):
     assert not _of(_send(core, 1, _job(5)), HoldEnv)
 
 
+class TestPushTickets:
+    """Our push-ahead carries a ticket of our own when tickets are checked: environments only."""
+
+    def test_keyed_push_carries_a_push_ticket_the_target_accepts(self):
+        """Job 0, our address, the target's: the target lets the transfer in, no COMPILE_FILE."""
+        pusher = _pushing_core(auth="require", keys=(KEY,))
+        pusher.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        (push,) = _of(pusher.handle(FromScheduler(answer), T0 + 2), PushEnv)
+        target = DaemonCore(_settings(auth="require", keys=(KEY,)), port=PORT)
+        target.handle(SchedulerUp("10.0.0.7", 43), T0)
+        _remote_client(target, 1, ip=OWN_IP)
+        assert not _refusals(_send(target, 1, JobTicket(job_id=0, ticket=push.ticket)))
+        assert _of(_send(target, 1, EnvTransfer(GCC_ENV, "x86_64")), StartUnpack)
+        _remote_client(target, 2, ip=OWN_IP)
+        assert _refusals(_send(target, 2, JobTicket(job_id=0, ticket=push.ticket))) == [
+            "replayed ticket"
+        ]
+        _remote_client(target, 3, ip=OWN_IP)
+        fresh = _ticket(0, client=OWN_IP, server="10.0.0.7")
+        _send(target, 3, JobTicket(job_id=0, ticket=fresh))
+        assert _refusals(_send(target, 3, _job(0))) == ["ticket for another job"]
+
+    def test_unkeyed_push_has_no_ticket(self):
+        """With auth off the push is 1.4's client conversation, unchanged."""
+        pusher = _pushing_core()
+        pusher.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        (push,) = _of(pusher.handle(FromScheduler(answer), T0 + 2), PushEnv)
+        assert push.ticket == ""
+
+
 class TestTicketPassing:
     """The submitter's side: the scheduler's ticket goes on to our own client only."""
 

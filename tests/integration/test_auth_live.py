@@ -177,7 +177,11 @@ class TestPreferAndRotation:
             assert scheduler.stop() == 0
 
     def test_prefer_mixed_build(self, keys, real_daemon_factory, tmp_path):
-        """Under prefer a real 1.4 iceccd's real icecc job compiles on our keyed daemon."""
+        """Under prefer jobs through a real 1.4 iceccd compile on our keyed daemon, no ticket.
+
+        The real icecc's and ours: neither gets a ticket behind a 1.4 daemon, and
+        both objects equal local gcc's.
+        """
         scheduler = OurScheduler(extra_args=_auth_args(keys["good"], "prefer")).start()
         ours = _daemon("authmixb", scheduler.address, _auth_args(keys["good"], "prefer"))
         try:
@@ -197,6 +201,16 @@ class TestPreferAndRotation:
             assert (tmp_path / "remote.o").read_bytes() == (tmp_path / "local.o").read_bytes()
             (finished,) = scheduler.wait_events("job_finished", 1)
             assert (finished["submitter"], finished["server"]) == ("authmixa", "authmixb")
+            # No ticket (1.4's client, 1.4's daemon): served under prefer, counted once.
+            (served,) = ours.wait_events("job_unauthenticated", 1)
+            assert served["request"] == "EnvTransfer"  # its first request: the environment
+            # Our client behind the 1.4 daemon: no endpoint there, no ticket; served the same.
+            subprocess.run([_our_client(tmp_path), "gcc", "-c", "hello.c", "-o", "ours.o"],
+                           cwd=tmp_path, env={**env, "ICECC_FALLBACK": "fail"}, check=True,
+                           timeout=120)  # fmt: skip
+            assert (tmp_path / "ours.o").read_bytes() == (tmp_path / "local.o").read_bytes()
+            assert len(ours.wait_events("job_unauthenticated", 2)) == 2
+            assert not ours.events("job_refused")
         finally:
             ours.stop()
             assert scheduler.stop() == 0
@@ -297,7 +311,8 @@ class _TicketCluster:
         self.key = keys["good"].read_bytes()
         self.scheduler = OurScheduler(extra_args=_auth_args(keys["good"], mode)).start()
         self.a = OurDaemon("tka" + mode[0], self.scheduler.address,
-                           extra_args=_auth_args(keys["good"], mode)).start()  # fmt: skip
+                           extra_args=_auth_args(keys["good"], mode),
+                           extra_env={OurDaemon.PUSH_AHEAD_ENV: "yes"}).start()  # fmt: skip
         self.b = _daemon("tkb" + mode[0], self.scheduler.address, _auth_args(keys["good"], mode))
         for daemon in (self.a, self.b):
             login = wait_for(lambda d=daemon: _logged_in(self.scheduler, d.name), _LOGIN,
@@ -400,17 +415,24 @@ class TestTicketsRequire:
         cluster = tickets_require
         with pytest.raises(PermissionError):  # what the compiling user can read of the key
             _as_nobody_read(keys["good"])
-        before = len(cluster.b.events("job_ticket_accepted"))
         env = cluster.a.client_env({"ICECC_PREFERRED_HOST": cluster.b.name,
                                     "ICECC_FALLBACK": "fail", "ICECC_DEBUG": "debug"})  # fmt: skip
         done = _as_nobody([_our_client(build_dir), "gcc", "-c", "hello.c", "-o", "remote.o"],
                           build_dir, env)  # fmt: skip
         assert done.returncode == 0, done.stderr + cluster.b.log_tail()
         assert (build_dir / "remote.o").read_bytes() == _local_object(build_dir)
-        (accepted,) = cluster.b.wait_events("job_ticket_accepted", before + 1)[before:]
-        finished = cluster.scheduler.wait_events("job_finished", 1)
-        job = next(f for f in finished if f["job_id"] == accepted["job_id"])
+        (job,) = cluster.scheduler.wait_events("job_finished", 1)  # the first job of the cluster
         assert (job["submitter"], job["server"]) == (cluster.a.name, cluster.b.name)
+        accepted = [e["job_id"] for e in cluster.b.events("job_ticket_accepted")]
+        assert job["job_id"] in accepted
+
+    def test_push_ahead_carries_its_own_ticket(self, tickets_require):
+        """a's prebuilt environment reaches b under require: a's push ticket lets it in."""
+        cluster = tickets_require
+        (pushed,) = cluster.a.wait_events("native_env_pushed", 1, timeout=180)[:1]
+        assert pushed["host"] == f"127.0.0.1:{cluster.b.port}"
+        assert cluster.b.wait_events("env_installed", 1)
+        assert not cluster.a.events("native_env_push_failed")
 
     def test_captured_ticket_replayed_is_refused(self, tickets_require):
         """A real ticket is good once; replayed on another connection it is refused, one line."""
