@@ -12,6 +12,7 @@ the real scheduler's telnet ``listcs``.  Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import signal
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 from testbed import NetnsBed, OurDaemon, OurScheduler, RealScheduler, wait_for
+from testbed.netns import run_in_netns
 
 from iceserv.protocol import (
     AuthHello,
@@ -516,3 +518,82 @@ def _as_nobody_read(path: Path) -> None:
     done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
     if done.returncode != 0:
         raise PermissionError(done.stderr.decode().strip())
+
+
+def _placement(daemon: OurDaemon, server: str) -> tuple[BlockingChannel, JobTicket]:
+    """GET_CS for *server* on *daemon*'s iceserv endpoint; the open channel and the ticket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30.0)
+    sock.connect(iceserv_endpoint(str(daemon.socket_path)))
+    channel = BlockingChannel(sock, timeout=30.0)
+    channel.send(GetCS(versions=(EnvEntry("x86_64", "tk.tar.gz"),), filename="tk.c",
+                       count=1, target="x86_64", preferred_host=server,
+                       minimal_host_version=21))  # fmt: skip
+    ticket = channel.receive()
+    assert isinstance(ticket, JobTicket), ticket
+    assert isinstance(channel.receive(), UseCS)
+    return channel, ticket
+
+
+def _send_to(host: str, port: int, *messages: object) -> object:
+    """Send *messages* on a new connection to a daemon's compile port; return its answer."""
+    channel = BlockingChannel.connect(host, port, timeout=30.0)
+    try:
+        channel.send(*messages)  # type: ignore[arg-type]
+        return channel.receive()
+    finally:
+        channel.close()
+
+
+@pytest.mark.netns
+def test_tickets_between_namespace_hosts(keys, build_dir):
+    """Two hosts with their own addresses: a ticket binds the submitter's and the server's.
+
+    h1 runs our scheduler (require) and the submitting daemon a, h2 the compile
+    daemon b.  Our client on h1, as ``nobody``, builds on b with its ticket; a
+    real ticket sent to b from h1 is good once (replayed: refused), and an
+    unused one sent from h2 is refused as bound to another client host.
+    """
+    with NetnsBed(2) as bed, contextlib.ExitStack() as stack:
+        h1, h2 = bed
+        auth = _auth_args(keys["good"], "require")
+        scheduler = OurScheduler(host=h1, port=8765, loopback_only=False, extra_args=auth).start()
+        stack.callback(scheduler.stop)
+        sched = f"{h1.ip}:8765"
+        a = OurDaemon("tna", sched, host=h1, port=10245, extra_args=auth).start()
+        stack.callback(a.stop)
+        b = OurDaemon("tnb", sched, host=h2, port=10245, native_compilers="",
+                      extra_args=auth).start()  # fmt: skip
+        stack.callback(b.stop)
+        for name in ("tna", "tnb"):
+            login = wait_for(lambda n=name: _logged_in(scheduler, n), _LOGIN, f"{name}'s login",
+                             context=scheduler.log_tail)  # fmt: skip
+            assert login["auth"] == "authenticated"
+        env = a.client_env({"ICECC_PREFERRED_HOST": "tnb", "ICECC_FALLBACK": "fail"})
+        launcher = _our_client(build_dir)
+        done = h1.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                       launcher, "gcc", "-c", "hello.c", "-o", "remote.o"], cwd=build_dir,
+                      env=env, capture_output=True, check=False, timeout=180)  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode() + b.log_tail()
+        assert (build_dir / "remote.o").read_bytes() == _local_object(build_dir)
+        (job,) = scheduler.wait_events("job_finished", 1)
+        assert (job["submitter"], job["server"]) == ("tna", "tnb")
+        assert job["job_id"] in [e["job_id"] for e in b.events("job_ticket_accepted")]
+
+        probe = VerifyEnv("absent", "x86_64")
+        to_b = functools.partial(_send_to, h2.ip, 10245)
+        first, ticket = run_in_netns(h1.name, lambda: _placement(a, "tnb"), timeout=60)
+        try:
+            assert run_in_netns(h1.name, lambda: to_b(ticket, probe), 60) == VerifyEnvResult(
+                ok=False
+            )
+            replayed = run_in_netns(h1.name, lambda: to_b(ticket, probe), 60)
+        finally:
+            first.close()
+        assert replayed == StatusText("job refused: replayed ticket")
+        second, unused = run_in_netns(h1.name, lambda: _placement(a, "tnb"), timeout=60)
+        try:
+            elsewhere = run_in_netns(h2.name, lambda: to_b(unused, probe), 60)
+        finally:
+            second.close()
+        assert elsewhere == StatusText("job refused: ticket for another job or host")
