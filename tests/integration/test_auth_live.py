@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import pytest
-from testbed import NetnsBed, OurDaemon, OurScheduler, RealScheduler, wait_for
+from testbed import (
+    ClientPlan,
+    Cluster,
+    DaemonPlan,
+    NetnsBed,
+    OurDaemon,
+    OurScheduler,
+    RealScheduler,
+    wait_for,
+)
 from testbed.netns import run_in_netns
 
 from iceserv.protocol import (
@@ -597,3 +606,27 @@ def test_tickets_between_namespace_hosts(keys, build_dir):
         finally:
             second.close()
         assert elsewhere == StatusText("job refused: ticket for another job or host")
+
+
+@pytest.mark.netns
+def test_c_project_through_a_require_cluster(keys, project, zstd):
+    """A real C project built with our client through a require cluster: objects as local gcc's.
+
+    Two namespace hosts, our scheduler and daemons all under ``auth = require``
+    (key and mode from the environment, as a packaged service would get them),
+    h1 submitting with one slot of its own: every job h2 compiled came with a
+    ticket it accepted, and none was refused.
+    """
+    keyed = {"ICECC_NETWORK_KEY_FILE": str(keys["good"]), "ICECC_AUTH": "require"}
+    plans = (DaemonPlan("ours", max_jobs=1, extra_env=keyed), DaemonPlan("ours", extra_env=keyed))
+    with NetnsBed(2) as bed, Cluster(bed, "ours", plans, scheduler_env=keyed) as cluster:
+        result = cluster.build(project, zstd.reference, ClientPlan("ours"), on=0, jobs=4)
+        problems = result.problems(on=("h1-ours", "h2-ours"))
+        assert not problems, "\n- ".join([result.summary(), *problems]) + cluster.log_tails()
+        server = cluster.daemon(1)
+        assert isinstance(server, OurDaemon)
+        began = result.placement.began["h2-ours"]
+        accepted = server.wait_events("job_ticket_accepted", began)
+        assert len({e["job_id"] for e in accepted if e["job_id"]}) >= began
+        assert not server.events("job_refused")
+        assert not server.events("job_unauthenticated")
