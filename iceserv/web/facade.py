@@ -315,6 +315,11 @@ class DaemonTotalsLike(Protocol):
         ...
 
     @property
+    def tickets(self) -> Mapping[str, int]:
+        """Connections by what became of their job ticket (accepted, refused, missing)."""
+        ...
+
+    @property
     def compile_time(self) -> HistogramLike:
         """Compile time of remote compiles that ran."""
         ...
