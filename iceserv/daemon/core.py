@@ -857,8 +857,7 @@ class DaemonCore:
                 "compile_server_assigned",
                 client_id=client.conn_id,
                 job_id=msg.job_id,
-                server=(f"[{named.hostname}]" if ":" in named.hostname else named.hostname)
-                + f":{named.port}",
+                server=f"{named.hostname}:{named.port}",
                 got_env=msg.got_env,
                 env_from=env_from if msg.got_env else "",
             ),
