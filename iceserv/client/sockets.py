@@ -8,8 +8,6 @@ imports to every compiler call.  It must not speak the protocol (that is
 ``remote``, which imports :mod:`iceserv.protocol` only once a daemon answered).
 """
 
-from __future__ import annotations
-
 import _socket
 
 from iceserv.errors import IceservError
@@ -22,9 +20,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TestSocketError", "connect_tcp", "connect_unix", "find_local_daemon"]
 
-DAEMON_PORT: Final = 10245  # iceserv.protocol.DAEMON_PORT, which is not imported yet
-_SYSTEM_SOCKETS: Final = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket")
-_LOCAL_CONNECT_TIMEOUT: Final = 10.0
+DAEMON_PORT: "Final" = 10245  # iceserv.protocol.DAEMON_PORT, which is not imported yet
+_SYSTEM_SOCKETS: "Final" = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket")
+_LOCAL_CONNECT_TIMEOUT: "Final" = 10.0
 
 
 class TestSocketError(IceservError, OSError):
@@ -72,7 +70,7 @@ def connect_tcp(host: str, port: int, timeout: float) -> _socket.socket | None:
     return sock
 
 
-def find_local_daemon(env: ClientEnv) -> _socket.socket | None:
+def find_local_daemon(env: "ClientEnv") -> _socket.socket | None:
     """1.4 ``get_local_daemon``: the first local daemon socket that accepts, or None.
 
     Raises :class:`TestSocketError` when ``ICECC_TEST_SOCKET`` names a socket
