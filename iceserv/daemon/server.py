@@ -112,7 +112,15 @@ from iceserv.daemon.slots import FULL_LOAD
 from iceserv.daemon.states import EXIT_NO_HOSTS
 from iceserv.errors import ProtocolError
 from iceserv.hostfacts import set_keepalive
-from iceserv.netio import Admission, ConnectionBudget, Listener, Throttle, bind_tcp, host_key
+from iceserv.netio import (
+    Admission,
+    ConnectionBudget,
+    Listener,
+    Throttle,
+    bind_listeners,
+    host_key,
+    host_port,
+)
 from iceserv.netio import open_stream as _open_stream
 from iceserv.protocol import (
     NEED_DATA,
@@ -200,7 +208,9 @@ class Daemon:
                 netname=settings.netname,
                 discovery_port=settings.discovery_port,
                 broadcasts=settings.broadcasts,
+                multicast=settings.multicast,
                 fast_reconnect=settings.fast_reconnect,
+                family=settings.family,
             ),
             self,
             rng or random.Random(),  # noqa: S311 - reconnect jitter, not security
@@ -326,7 +336,9 @@ class Daemon:
             os.umask(old_umask)
         self._unix = Listener(unix, self._accepted_unix, name="daemon-unix")
         self._unix.start()
-        opened, self.port = await self._listen(self.settings.listen_addresses, self.port)
+        opened, self.port = await self._listen(
+            self.settings.listen_addresses, self.port, self.settings.family
+        )
         self._servers = opened
         addresses = [str(path)] + ([tcp_address(self.port)] if opened and self.port else [])
         self._endpoints = [e for e in map(self._open_endpoint, addresses) if e is not None]
@@ -339,7 +351,7 @@ class Daemon:
             "daemon_started",
             socket=str(path),
             port=self.port,
-            listen=list(self.settings.listen_addresses),
+            listen=[host_port(*listener.address) for listener in opened],
             max_kids=self.settings.max_kids,
             chroot_possible=self.settings.chroot_possible,
             user=self.run_as.name,
@@ -400,7 +412,11 @@ class Daemon:
         ``run_as``, the environment directory and connected clients stay.
         """
         old = self.settings
-        if (settings.listen_addresses, settings.port) != (old.listen_addresses, old.port):
+        if (settings.listen_addresses, settings.port, settings.family) != (
+            old.listen_addresses,
+            old.port,
+            old.family,
+        ):
             await self._rebind(settings, old)
         self.settings = settings
         self._tcp_budget.total = settings.max_clients
@@ -417,6 +433,7 @@ class Daemon:
             "scheduler",
             "port",
             "listen_addresses",
+            "family",
             "discovery_port",
             "chroot_possible",
         )
@@ -427,22 +444,26 @@ class Daemon:
         for server in self._servers:
             server.close()
         try:
-            opened, port = await self._listen(settings.listen_addresses, settings.port)
+            opened, port = await self._listen(
+                settings.listen_addresses, settings.port, settings.family
+            )
         except OSError:
-            self._servers, self.port = await self._listen(old.listen_addresses, self.port)
+            self._servers, self.port = await self._listen(
+                old.listen_addresses, self.port, old.family
+            )
             raise
         self._servers = opened
         self.port = port
 
-    async def _listen(self, addresses: Sequence[str], port: int) -> tuple[list[Listener], int]:
+    async def _listen(
+        self, addresses: Sequence[str], port: int, family: str
+    ) -> tuple[list[Listener], int]:
         opened: list[Listener] = []
         try:
             for address in addresses:
-                listener = Listener(
-                    bind_tcp(address, port, backlog=1024), self._accepted_tcp, name="daemon"
-                )
-                port = listener.address[1]  # port 0: the one chosen
-                opened.append(listener)
+                for sock in bind_listeners([address], port, family=family, backlog=1024):
+                    port = int(sock.getsockname()[1])  # port 0: the one chosen
+                    opened.append(Listener(sock, self._accepted_tcp, name="daemon"))
         except OSError:
             for listener in opened:
                 listener.close()
@@ -460,6 +481,7 @@ class Daemon:
             scheduler=self.settings.scheduler,
             netname=self.settings.netname,
             discovery_port=self.settings.discovery_port,
+            family=self.settings.family,
         )
         self._link_task = asyncio.create_task(self.link.run())
 
@@ -505,7 +527,7 @@ class Daemon:
             self._refuse(sock, ip, answer)
             return
         kind = ConnKind(unix=False, loopback=_is_loopback(ip))
-        self._start_serving(sock, f"{ip}:{address[1]}", kind, self._tcp_budget, key)
+        self._start_serving(sock, host_port(ip, address[1]), kind, self._tcp_budget, key)
 
     def _accepted_unix(self, sock: socket.socket, _: tuple[str, int]) -> None:
         """Admit a Unix-socket connection within its own budget, never spent by TCP peers."""
