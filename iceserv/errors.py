@@ -5,8 +5,6 @@ the builtin it semantically is, so callers can catch either.  Errors carry
 fields; callers never parse message text.
 """
 
-from __future__ import annotations
-
 __all__ = [
     "ConfigError",
     "IceservError",

@@ -11,8 +11,6 @@ reported in :class:`Analysis` and done by the caller (:mod:`main`) only when
 the job really goes remote.
 """
 
-from __future__ import annotations
-
 from iceserv.client.job import (
     LANG_CUSTOM,
     LOCAL,
@@ -76,17 +74,17 @@ class Analysis:
 
 
 def analyse(  # noqa: PLR0913 - the inputs of 1.4's analyse_argv, all explicit
-    args: Sequence[str],
+    args: "Sequence[str]",
     *,
     compiler_name: str,
     compiler_path: str = "",
     icerun: bool,
-    env: ClientEnv,
+    env: "ClientEnv",
     cwd: str,
-    readable: Callable[[str], bool],
-    irregular: Callable[[str], bool],
+    readable: "Callable[[str], bool]",
+    irregular: "Callable[[str], bool]",
     color_terminal: bool = False,
-) -> Analysis:
+) -> "Analysis":
     """Analyse the compiler arguments *args* (without the compiler itself).
 
     *compiler_name* is the basename the job is known by; *readable(path)*
@@ -112,15 +110,15 @@ class Scan:
 
     def __init__(  # noqa: PLR0913 - the inputs of analyse(), passed on
         self,
-        args: Sequence[str],
+        args: "Sequence[str]",
         compiler_name: str,
         compiler_path: str,
         *,
         icerun: bool,
-        env: ClientEnv,
+        env: "ClientEnv",
         cwd: str,
-        readable: Callable[[str], bool],
-        irregular: Callable[[str], bool],
+        readable: "Callable[[str], bool]",
+        irregular: "Callable[[str], bool]",
         color_terminal: bool,
     ) -> None:
         self.argv = list(args)
@@ -163,7 +161,7 @@ class Scan:
 
     # --- the scan --------------------------------------------------------------------
 
-    def run(self) -> Analysis:
+    def run(self) -> "Analysis":
         while self.i < len(self.argv):
             arg = self.argv[self.i]
             if self.icerun:
@@ -184,7 +182,7 @@ class Scan:
         if needs_space(a):
             self.take(REST)
 
-    def finish(self) -> Analysis:
+    def finish(self) -> "Analysis":
         if not self.seen_c and not self.seen_s:
             self.local("neither -c nor -S")
         elif self.seen_s:

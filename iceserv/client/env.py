@@ -9,8 +9,6 @@ reads ``os.environ``; it must not import anything beyond the stdlib, and
 nothing heavy from it: it runs on every compiler call.
 """
 
-from __future__ import annotations
-
 import os
 
 TYPE_CHECKING = False
@@ -21,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["SAFEGUARD_VARIABLE", "ClientEnv", "atoi", "truthy"]
 
 #: The recursion guard (reference §8.3): a digit, incremented before starting a compiler.
-SAFEGUARD_VARIABLE: Final = "_ICECC_SAFEGUARD"
+SAFEGUARD_VARIABLE: "Final" = "_ICECC_SAFEGUARD"
 
 #: ``ICECC_DEBUG`` levels, as 1.4's ``setup_debug`` orders them.
 ERROR, WARNING, INFO, DEBUG = 0, 1, 2, 3
@@ -140,15 +138,15 @@ class ClientEnv:
     fallback: str
     verify: int
     race: bool
-    environ: Mapping[str, str]
+    environ: "Mapping[str, str]"
 
     @classmethod
-    def current(cls) -> ClientEnv:
+    def current(cls) -> "ClientEnv":
         """Snapshot the process environment."""
         return cls.from_mapping(os.environ)
 
     @classmethod
-    def from_mapping(cls, environ: Mapping[str, str]) -> ClientEnv:
+    def from_mapping(cls, environ: "Mapping[str, str]") -> "ClientEnv":
         """Parse *environ* as 1.4's client does (``main.cpp``, ``local.cpp``, ``util.cpp``)."""
         get = environ.get
         values: dict[str, object] = {
@@ -252,7 +250,7 @@ def _debug_level(value: str | None) -> int:
 
 #: Seconds the client waits for the daemon to name a compile server (not in 1.4, which
 #: waits 240 s, an hour for niced jobs): then it compiles locally (issue 13).
-DEFAULT_SERVER_WAIT: Final = 10.0
+DEFAULT_SERVER_WAIT: "Final" = 10.0
 
 
 def _server_wait(value: str | None) -> float:

@@ -10,8 +10,6 @@ line, the preprocessor command line, and whether includes are rewritten
 locally (``compiler_only_rewrite_includes``).  No I/O here.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -37,20 +35,20 @@ __all__ = [
 ]
 
 # Argument classes (1.4 ``Argument_Type``).
-LOCAL: Final = 0  # preprocessing only: never sent to the compile server
-REMOTE: Final = 1  # compile server only
-REST: Final = 2  # both
+LOCAL: "Final" = 0  # preprocessing only: never sent to the compile server
+REMOTE: "Final" = 1  # compile server only
+REST: "Final" = 2  # both
 
 # Job languages; the same numbers as iceserv.protocol.Lang, which the wrapper
 # cannot import before it talks to a daemon (a test checks they agree).
-LANG_C: Final = 0
-LANG_CXX: Final = 1
-LANG_OBJC: Final = 2
-LANG_OBJCXX: Final = 3
-LANG_CUSTOM: Final = 4
+LANG_C: "Final" = 0
+LANG_CXX: "Final" = 1
+LANG_OBJC: "Final" = 2
+LANG_OBJCXX: "Final" = 3
+LANG_CUSTOM: "Final" = 4
 
 # Flags dropped from the preprocessor command line (1.4 ``call_cpp``).
-_MODULE_FLAGS: Final = frozenset({"-fmodules", "-fcxx-modules", "-fmodules-ts"})
+_MODULE_FLAGS: "Final" = frozenset({"-fmodules", "-fcxx-modules", "-fmodules-ts"})
 
 
 class CompileJob:
@@ -94,7 +92,7 @@ class CompileJob:
         self.explicit_no_caret = explicit_no_caret
         self.block_rewrite_includes = block_rewrite_includes
 
-    def evolve(self, **changes: object) -> CompileJob:
+    def evolve(self, **changes: object) -> "CompileJob":
         """Return a copy with *changes* applied."""
         values = {name: getattr(self, name) for name in self.__slots__}
         values.update(changes)
@@ -189,7 +187,7 @@ class CompileJob:
             argv += ["-o", self.output_file]
         return [arg for arg in argv if arg != "-fdirectives-only"]
 
-    def rewrite_includes(self, env: ClientEnv) -> bool:
+    def rewrite_includes(self, env: "ClientEnv") -> bool:
         """1.4 ``compiler_only_rewrite_includes``: preprocess only partly, finish remotely.
 
         Debian's 1.4 is built with gcc ``-fdirectives-only`` on and clang
@@ -203,7 +201,9 @@ class CompileJob:
             return True
         return bool(env.clang_remote_cpp)
 
-    def cpp_argv(self, compiler: str, env: ClientEnv, readable: Callable[[str], bool]) -> list[str]:
+    def cpp_argv(
+        self, compiler: str, env: "ClientEnv", readable: "Callable[[str], bool]"
+    ) -> list[str]:
         """1.4 ``call_cpp``: the command whose stdout is the source sent to the server.
 
         ``.i``/``.ii`` inputs are sent as they are (``/bin/cat``).  PCH and
@@ -218,7 +218,7 @@ class CompileJob:
         return argv
 
 
-def has_color_output(job: CompileJob, env: ClientEnv, *, color_terminal: bool) -> bool:
+def has_color_output(job: "CompileJob", env: "ClientEnv", *, color_terminal: bool) -> bool:
     """1.4 ``compiler_has_color_output``: the compiler colours its own diagnostics.
 
     *color_terminal* is 1.4's ``color_output_possible`` (stderr is a
@@ -236,7 +236,7 @@ def has_color_output(job: CompileJob, env: ClientEnv, *, color_terminal: bool) -
     return bool(env.gcc_colors)
 
 
-def colorify_wanted(job: CompileJob, env: ClientEnv, *, color_terminal: bool) -> bool:
+def colorify_wanted(job: "CompileJob", env: "ClientEnv", *, color_terminal: bool) -> bool:
     """1.4 ``colorify_wanted``: the wrapper colours ``error:``/``warning:`` lines itself."""
     if job.is_custom or has_color_output(job, env, color_terminal=color_terminal):
         return False
@@ -245,7 +245,7 @@ def colorify_wanted(job: CompileJob, env: ClientEnv, *, color_terminal: bool) ->
     return color_terminal
 
 
-def output_needs_workaround(job: CompileJob, env: ClientEnv) -> bool:
+def output_needs_workaround(job: "CompileJob", env: "ClientEnv") -> bool:
     """1.4 ``output_needs_workaround``: redo a gcc job locally if it printed anything.
 
     gcc's caret lines need the source file, which the server does not have;
@@ -294,7 +294,7 @@ def _is_preprocessed(name: str) -> bool:
     return len(name) >= 3 and name.endswith((".i", ".ii"))
 
 
-def _drop_pch_flags(flags: Iterable[str], readable: Callable[[str], bool]) -> list[str]:
+def _drop_pch_flags(flags: "Iterable[str]", readable: "Callable[[str], bool]") -> list[str]:
     out: list[str] = []
     items = list(flags)
     i = 0

@@ -8,13 +8,17 @@ call.  The launcher this module writes instead is::
 
     #!/usr/bin/python3.11 -IS
     import sys
-    sys.path += ['/where/iceserv/lives', '/its/site-packages']
+    sys.path[:0] = ['/where/iceserv/lives']
+    sys.path += ['/its/site-packages']
     from iceserv.client.main import main
     sys.exit(main())
 
 ``-I`` (isolated: no ``PYTHON*`` variables, no user site, no script
-directory on the path) and ``-S`` (no ``site``) in one shebang word, the
-package's own location and the site directories (for the optional
+directory on the path) and ``-S`` (no ``site``) in one shebang word; the
+package's own location *first*, so ``import iceserv`` finds it at once
+instead of listing the standard library's directories (and the light
+modules import nothing from there: no ``from __future__ import
+annotations`` in them), and the site directories (for the optional
 compression bindings) *appended* after the standard library, and nothing
 else.  The compiler symlinks, ``icecc`` and ``icerun`` all run it; which
 mode runs is still chosen by ``argv[0]``.
@@ -50,7 +54,8 @@ _TEMPLATE: Final = """\
 #!{python} -IS
 {marker} (python -I -S; written by `iceserv install-launcher`)
 import sys
-sys.path += {paths!r}
+sys.path[:0] = {first!r}
+sys.path += {rest!r}
 from iceserv.client.main import main
 sys.exit(main())
 """
@@ -65,7 +70,8 @@ def render(python: str, paths: Sequence[str]) -> str:
     if not python.startswith("/") or any(c in python for c in " \t\n"):
         msg = f"the interpreter path {python!r} cannot stand in a #! line"
         raise LauncherError(msg)
-    text = _TEMPLATE.format(python=python, marker=MARKER, paths=list(paths))
+    first, rest = list(paths[:1]), list(paths[1:])
+    text = _TEMPLATE.format(python=python, marker=MARKER, first=first, rest=rest)
     if len(text.partition("\n")[0]) > _SHEBANG_LIMIT:
         msg = f"the interpreter path {python!r} is too long for a #! line"
         raise LauncherError(msg)

@@ -13,8 +13,6 @@ Programs are started with ``os.posix_spawn`` and reaped with ``os.wait4``:
 on every call.  Python ignores SIGPIPE and SIGXFSZ; the child gets them back.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -49,17 +47,17 @@ __all__ = [
     "wait",
 ]
 
-EXIT_DISTCC_FAILED: Final = 100
-EXIT_RECURSION: Final = 111
-EXIT_NO_SUCH_FILE: Final = 115
+EXIT_DISTCC_FAILED: "Final" = 100
+EXIT_RECURSION: "Final" = 111
+EXIT_NO_SUCH_FILE: "Final" = 115
 #: The guard level at which the wrapper refuses to run (1.4 ``SafeguardMaxLevel``).
-SAFEGUARD_MAX_LEVEL: Final = 2
-STEP_COMPILER: Final = 2  # a compiler must never start the wrapper again
-STEP_CUSTOM: Final = 1  # icerun commands may (once)
+SAFEGUARD_MAX_LEVEL: "Final" = 2
+STEP_COMPILER: "Final" = 2  # a compiler must never start the wrapper again
+STEP_CUSTOM: "Final" = 1  # icerun commands may (once)
 # After a link to ourselves, links to these wrappers are skipped too.  1.4 knows the
 # first three; ccache is ours: its symlink dir after ours would loop back to us.
-_OTHER_WRAPPERS: Final = frozenset({"tbcompiler", "distcc", "colorgcc", "ccache"})
-_FORWARDED: Final = ("SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP")
+_OTHER_WRAPPERS: "Final" = frozenset({"tbcompiler", "distcc", "colorgcc", "ccache"})
+_FORWARDED: "Final" = ("SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP")
 
 
 # --- file probes for the argument analysis --------------------------------------------
@@ -88,7 +86,7 @@ def read_response_file(path: str) -> str | None:
         return None
 
 
-def color_terminal(env: ClientEnv) -> bool:
+def color_terminal(env: "ClientEnv") -> bool:
     """1.4 ``color_output_possible``: stderr is a terminal and ``TERM`` is not "dumb"."""
     return os.isatty(2) and bool(env.term) and (env.term or "").lower() != "dumb"
 
@@ -96,7 +94,7 @@ def color_terminal(env: ClientEnv) -> bool:
 # --- finding the compiler ---------------------------------------------------------------
 
 
-def path_lookup(name: str, env: ClientEnv, given: str = "", own: str | None = None) -> str:
+def path_lookup(name: str, env: "ClientEnv", given: str = "", own: str | None = None) -> str:
     """1.4 ``compiler_path_lookup_helper``: the real *name* on ``PATH``, skipping wrappers.
 
     *given* containing a slash is used as is.  Otherwise each ``PATH`` entry
@@ -134,7 +132,7 @@ def path_lookup(name: str, env: ClientEnv, given: str = "", own: str | None = No
     return best
 
 
-def find_compiler(job: CompileJob, env: ClientEnv, own: str | None = None) -> str:
+def find_compiler(job: "CompileJob", env: "ClientEnv", own: str | None = None) -> str:
     """1.4 ``find_compiler``: ``ICECC_CC``/``ICECC_CXX`` verbatim, else :func:`path_lookup`."""
     if job.lang == LANG_CXX and env.cxx is not None:
         return env.cxx
@@ -228,12 +226,12 @@ class HostLock:
 # --- running programs --------------------------------------------------------------------
 
 
-def _signals() -> ModuleType:
+def _signals() -> "ModuleType":
     # The interpreter always loads _signal; "import signal" would also import enum (3 ms).
     return sys.modules["_signal"]
 
 
-def become(argv: Sequence[str], environ: dict[str, str], *, keep: int | None = None) -> None:
+def become(argv: "Sequence[str]", environ: dict[str, str], *, keep: int | None = None) -> None:
     """Replace this process by *argv*, descriptor *keep* open; returns only if that failed.
 
     Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive
@@ -254,7 +252,7 @@ def become(argv: Sequence[str], environ: dict[str, str], *, keep: int | None = N
 
 
 def spawn(
-    argv: Sequence[str],
+    argv: "Sequence[str]",
     environ: dict[str, str],
     *,
     stdout: int | None = None,
@@ -309,9 +307,9 @@ def wait(pid: int, *, usage: bool = True) -> tuple[int, float, float, int]:
 
 
 def run(
-    argv: Sequence[str],
+    argv: "Sequence[str]",
     environ: dict[str, str],
-    diag: ClientLog,
+    diag: "ClientLog",
     *,
     colour: bool = False,
     usage: bool = True,
@@ -342,7 +340,7 @@ def run(
     return wait(pid, usage=usage)
 
 
-def read_command_output(argv: Sequence[str], environ: dict[str, str], *, fd: int = 1) -> str:
+def read_command_output(argv: "Sequence[str]", environ: dict[str, str], *, fd: int = 1) -> str:
     """1.4 ``read_command_output``: the text a command writes to *fd* (1 or 2); "" on failure."""
     read_fd, write_fd = os.pipe()
     try:
@@ -364,9 +362,9 @@ def read_command_output(argv: Sequence[str], environ: dict[str, str], *, fd: int
 
 
 def build_local(  # noqa: PLR0913
-    job: CompileJob,
-    env: ClientEnv,
-    diag: ClientLog,
+    job: "CompileJob",
+    env: "ClientEnv",
+    diag: "ClientLog",
     *,
     daemon: bool,
     own: str | None = None,

@@ -7,8 +7,6 @@ the wrapper must not import it (STYLE.md, import rules), and the format is
 the one icecream users grep for.  It must not decide anything.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -26,7 +24,7 @@ class ClientLog:
 
     __slots__ = ("_level", "_path", "_stream")
 
-    def __init__(self, level: int, path: str | None = None, stream: TextIO | None = None) -> None:
+    def __init__(self, level: int, path: str | None = None, stream: "TextIO | None" = None) -> None:
         self._level = level
         self._path = path or None
         self._stream = stream

@@ -12,8 +12,6 @@ The protocol is imported only once a daemon answered: with
 ``ICECC=disable`` or no daemon the wrapper runs on the standard library.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -34,14 +32,14 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-ICECC_VERSION: Final = "1.4.0"  # what we are compatible with, as "icecc --version" says
-EXIT_TEST_SOCKET_ERROR: Final = 119
-EXIT_CLUSTER_FAILURE: Final = 1  # ICECC_FALLBACK=fail
+ICECC_VERSION: "Final" = "1.4.0"  # what we are compatible with, as "icecc --version" says
+EXIT_TEST_SOCKET_ERROR: "Final" = 119
+EXIT_CLUSTER_FAILURE: "Final" = 1  # ICECC_FALLBACK=fail
 #: 1.4 error numbers that send a job home for the job's own sake, not the cluster's:
 #: the caret workaround (102), a failed -fdirectives-only cpp (103), a missing file (104).
-_NOT_CLUSTER_FAILURES: Final = frozenset({102, 103, 104})
-LOCAL_GO_TIMEOUT: Final = 2400.0
-USAGE: Final = """\
+_NOT_CLUSTER_FAILURES: "Final" = frozenset({102, 103, 104})
+LOCAL_GO_TIMEOUT: "Final" = 2400.0
+USAGE: "Final" = """\
 Usage:
    icecc [compiler] [compile options] -o OBJECT -c SOURCE
    icecc --build-native [compiler] [file...]
@@ -77,7 +75,7 @@ Environment Variables:
    ICECC_ENV_COMPRESSION      compression type for icecc environments [none|gzip|bzip2|zstd|xz]
    ICECC_SLOW_NETWORK         set to 1 to send network data in smaller chunks
 """
-ICERUN_USAGE: Final = """\
+ICERUN_USAGE: "Final" = """\
 Usage:
    icerun [command]
    icerun --help
@@ -93,7 +91,7 @@ Environment Variables:
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: "Sequence[str] | None" = None) -> int:
     """Run the wrapper for *argv* (default ``sys.argv``; ``argv[0]`` picks the mode)."""
     env = ClientEnv.current()
     diag = ClientLog(env.debug_level, env.logfile)
@@ -222,7 +220,7 @@ class _Run:
         sys.stderr.flush()
         return EXIT_CLUSTER_FAILURE
 
-    def local(self, job: CompileJob, daemon: Channel | None, *, replace: bool = False) -> int:
+    def local(self, job: "CompileJob", daemon: "Channel | None", *, replace: bool = False) -> int:
         """Build *job* here; with *replace* the wrapper may become the compiler (``execve``)."""
         from iceserv.client.local import build_local  # noqa: PLC0415
 
@@ -236,7 +234,7 @@ class _Run:
             replace=replace,
         )[0]
 
-    def with_daemon(self, sock: _socket.socket, iceserv: bool, analysis: Analysis) -> int:  # noqa: FBT001 - find_local_daemon's pair
+    def with_daemon(self, sock: "_socket.socket", iceserv: bool, analysis: "Analysis") -> int:  # noqa: FBT001 - find_local_daemon's pair
         """Build with the daemon that answered: remote unless told otherwise, else in a slot.
 
         *iceserv*: it answered on its iceserv-only endpoint (it may send JOB_TICKET).
@@ -277,7 +275,7 @@ class _Run:
         finally:
             daemon.close()
 
-    def reconnect(self, spent: Channel) -> Channel | None:
+    def reconnect(self, spent: "Channel") -> "Channel | None":
         """Open a new daemon connection for the local build (1.4 does not reuse the old one)."""
         from iceserv.client.channel import Channel, ClusterError  # noqa: PLC0415
         from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
@@ -296,7 +294,7 @@ class _Run:
             sock.close()
             return None
 
-    def complete(self, analysis: Analysis) -> CompileJob | None:
+    def complete(self, analysis: "Analysis") -> "CompileJob | None":
         """Run the compiler for what the remote job still needs; None means build locally."""
         from iceserv.client.job import REMOTE  # noqa: PLC0415
         from iceserv.client.local import find_compiler, read_command_output  # noqa: PLC0415
@@ -322,7 +320,7 @@ class _Run:
             job = replace_native(job, flags)
         return job
 
-    def remote(self, job: CompileJob, analysis: Analysis, daemon: Channel) -> int | None:
+    def remote(self, job: "CompileJob", analysis: "Analysis", daemon: "Channel") -> int | None:
         """Pick environments and build remotely; None when the job must be local after all."""
         from iceserv.client.remote import Remote  # noqa: PLC0415
         from iceserv.hostfacts import host_platform  # noqa: PLC0415
@@ -363,7 +361,7 @@ class _Run:
                 status = self.verified(job, remote.server)
         return status
 
-    def raced(self, remote: Remote) -> int | None:
+    def raced(self, remote: "Remote") -> int | None:
         """``ICECC_RACE=1``: race local and remote if a local slot is free; None: local won."""
         from iceserv.client.race import free_slot, race  # noqa: PLC0415
 
@@ -380,7 +378,7 @@ class _Run:
         """Return the status of the job built here during a race."""
         return self.local_status
 
-    def verified(self, job: CompileJob, server: str) -> int:
+    def verified(self, job: "CompileJob", server: str) -> int:
         """``ICECC_VERIFY=N``: on every Nth remote job, compile here too and compare."""
         from iceserv.client import verify  # noqa: PLC0415
 
@@ -388,7 +386,7 @@ class _Run:
             return 0
         return verify.check(job, self.env, self.diag, server=server, own=self.own)
 
-    def repeated(self, remote: Remote) -> int:
+    def repeated(self, remote: "Remote") -> int:
         """``ICECC_REPEAT_RATE``: maybe compile on three servers and compare."""
         import random  # noqa: PLC0415 - only with a repeat rate
 
@@ -397,7 +395,7 @@ class _Run:
         rng = random.Random()  # noqa: S311 - sampling, not secrecy
         return build_repeated(remote, rng) if wants_repeat(remote, rng) else remote.run()
 
-    def extrafiles(self, analysis: Analysis) -> list[str] | None:
+    def extrafiles(self, analysis: "Analysis") -> list[str] | None:
         """Return the extra files plus ``ICECC_EXTRAFILES``; None if one of those is missing."""
         from iceserv.client.environments import parse_extrafiles  # noqa: PLC0415
         from iceserv.client.job import absolute  # noqa: PLC0415
@@ -414,8 +412,8 @@ class _Run:
         return files + more
 
     def environments(
-        self, job: CompileJob, daemon: Channel, extrafiles: list[str], platform: str
-    ) -> list[Environment]:
+        self, job: "CompileJob", daemon: "Channel", extrafiles: list[str], platform: str
+    ) -> "list[Environment]":
         """``ICECC_VERSION``'s environments, or the native one the daemon makes."""
         from iceserv.client import environments as envs  # noqa: PLC0415
         from iceserv.client.job import absolute  # noqa: PLC0415
@@ -444,7 +442,7 @@ class _Run:
             return []
         return [envs.Environment(platform, envs.env_name(native) or "", native)]
 
-    def light_slot(self, sock: _socket.socket, job: CompileJob) -> int:
+    def light_slot(self, sock: "_socket.socket", job: "CompileJob") -> int:
         """Build a job that stays local in a slot, asked for without the protocol package."""
         from iceserv.client.job import absolute  # noqa: PLC0415
         from iceserv.client.slot import local_slot  # noqa: PLC0415
@@ -458,7 +456,7 @@ class _Run:
         finally:
             sock.close()
 
-    def local_granted(self, job: CompileJob, sock: _socket.socket) -> int:
+    def local_granted(self, job: "CompileJob", sock: "_socket.socket") -> int:
         """Compile in the slot the daemon granted (no lock file: the daemon counts us).
 
         A compiler becomes this process and inherits *sock*: the daemon sees
@@ -481,7 +479,7 @@ class _Run:
             slot=slot,
         )[0]
 
-    def local_in_slot(self, job: CompileJob, daemon: Channel) -> int:
+    def local_in_slot(self, job: "CompileJob", daemon: "Channel") -> int:
         """§5.1.3: JOB_LOCAL_BEGIN, wait for the go, compile; lock files if the daemon fails."""
         import time  # noqa: PLC0415
 

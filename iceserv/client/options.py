@@ -6,8 +6,6 @@ classification of the compiler by its name.  Only constants and two tiny
 pure functions; :mod:`iceserv.client.args` walks these tables.
 """
 
-from __future__ import annotations
-
 from iceserv.client.job import LANG_C, LANG_CUSTOM, LANG_CXX, LANG_OBJC, LANG_OBJCXX
 
 TYPE_CHECKING = False
@@ -30,7 +28,7 @@ __all__ = [
 ]
 
 # 1.4 is_argument_with_space(): options whose value is the next argument.
-WITH_SPACE: Final = frozenset(
+WITH_SPACE: "Final" = frozenset(
     (
         "-dyld-prefix",
         "-gcc-toolchain",
@@ -130,7 +128,7 @@ WITH_SPACE: Final = frozenset(
     )
 )
 # Path-style options with a separate value: local only; a value "-O..." forces local.
-PATH_OPTIONS: Final = WITH_SPACE & frozenset(
+PATH_OPTIONS: "Final" = WITH_SPACE & frozenset(
     (
         "-I",
         "-i",
@@ -163,7 +161,7 @@ PATH_OPTIONS: Final = WITH_SPACE & frozenset(
         "-iwithsysroot",
     )
 )
-COVERAGE: Final = frozenset(
+COVERAGE: "Final" = frozenset(
     (
         "-fprofile-arcs",
         "-ftest-coverage",
@@ -179,16 +177,16 @@ COVERAGE: Final = frozenset(
 # 1.4 tests str_startswith(a, "-save-temps=") with the arguments swapped: it matches
 # every *prefix* of "-save-temps=" / "--save-temps=" ("-s", "--", "-save"...), and never
 # "-save-temps=obj".  Reproduced, because it decides local vs remote.
-SAVE_TEMPS_QUIRK: Final = frozenset(
+SAVE_TEMPS_QUIRK: "Final" = frozenset(
     word[:n] for word in ("-save-temps=", "--save-temps=") for n in range(1, len(word) + 1)
 )
-X_LANGS: Final = {
+X_LANGS: "Final" = {
     "c": LANG_C,
     "c++": LANG_CXX,
     "objective-c": LANG_OBJC,
     "objective-c++": LANG_OBJCXX,
 }
-EXT_LANGS: Final = {
+EXT_LANGS: "Final" = {
     "cc": LANG_CXX,
     "cpp": LANG_CXX,
     "cxx": LANG_CXX,
@@ -202,9 +200,9 @@ EXT_LANGS: Final = {
     "mm": LANG_OBJCXX,
     "M": LANG_OBJCXX,
 }
-LOCAL_EXTS: Final = frozenset(("s", "S", "ads", "adb", "f", "for", "FOR", "F", "fpp", "FPP", "r"))
-FILE_PREFIXES: Final = ("-fplugin=", "-fsanitize-blacklist=", "-fprofile-sample-use=")
-CONFIGURE_PREFIXES: Final = (
+LOCAL_EXTS: "Final" = frozenset(("s", "S", "ads", "adb", "f", "for", "FOR", "F", "fpp", "FPP", "r"))
+FILE_PREFIXES: "Final" = ("-fplugin=", "-fsanitize-blacklist=", "-fprofile-sample-use=")
+CONFIGURE_PREFIXES: "Final" = (
     "conftest.",
     "tmp.conftest.",
     "CheckIncludeFile.",
@@ -213,7 +211,7 @@ CONFIGURE_PREFIXES: Final = (
     "CheckTypeSize.",
     "CheckPrototypeDefinition.",
 )
-NATIVE: Final = ("-march=native", "-mcpu=native", "-mtune=native")
+NATIVE: "Final" = ("-march=native", "-mcpu=native", "-mtune=native")
 
 
 def needs_space(arg: str) -> bool:

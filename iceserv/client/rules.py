@@ -7,8 +7,6 @@ argument (local, remote, rest), consumes a separate value where 1.4 does and
 records what it noticed on the :class:`~iceserv.client.args.Scan`.  Pure.
 """
 
-from __future__ import annotations
-
 from iceserv.client.job import LOCAL, REMOTE, REST, absolute
 from iceserv.client.options import (
     COVERAGE,
@@ -29,43 +27,43 @@ if TYPE_CHECKING:
 __all__ = ["RULES"]
 
 
-def r_local(scan: Scan, a: str) -> None:
+def r_local(scan: "Scan", a: str) -> None:
     scan.local(f"argument {a}")
     scan.add(a, LOCAL)
 
 
-def r_md(scan: Scan, a: str) -> None:
+def r_md(scan: "Scan", a: str) -> None:
     scan.seen_md = True
     scan.add(a, LOCAL)
 
 
-def r_keep_local(scan: Scan, a: str) -> None:
+def r_keep_local(scan: "Scan", a: str) -> None:
     scan.add(a, LOCAL)
 
 
-def r_mf(scan: Scan, a: str) -> None:
+def r_mf(scan: "Scan", a: str) -> None:
     scan.seen_mf = True
     scan.add(a, LOCAL)
     scan.take(LOCAL)  # also after "-Wp,-MF,file" (1.4 quirk: eats the next argument)
 
 
-def r_mt(scan: Scan, a: str) -> None:
+def r_mt(scan: "Scan", a: str) -> None:
     scan.add(a, LOCAL)
     scan.take(LOCAL)  # likewise after "-Wp,-MT,x" / "-Wp,-MQ,x"
 
 
-def r_param(scan: Scan, a: str) -> None:
+def r_param(scan: "Scan", a: str) -> None:
     scan.add(a, REMOTE)
     scan.take(REMOTE)
 
 
-def r_b(scan: Scan, a: str) -> None:
+def r_b(scan: "Scan", a: str) -> None:
     r_local(scan, a)
     if a == "-B":
         scan.take(LOCAL)
 
 
-def r_wa(scan: Scan, a: str) -> None:
+def r_wa(scan: "Scan", a: str) -> None:
     parts, local = [], False
     for part in a[4:].split(","):
         keep, go_local = _assembler_arg(scan, part)
@@ -77,7 +75,7 @@ def r_wa(scan: Scan, a: str) -> None:
         scan.add("-Wa," + ",".join(parts), REMOTE)
 
 
-def _assembler_arg(scan: Scan, part: str) -> tuple[str, bool]:
+def _assembler_arg(scan: "Scan", part: str) -> tuple[str, bool]:
     """1.4 ``analyze_assembler_arg``: (the piece as sent, whether it forces local)."""
     if scan.as_skip_next:  # the value of --defsym / --debug-prefix-map
         scan.as_skip_next = False
@@ -98,20 +96,20 @@ def _assembler_arg(scan: Scan, part: str) -> tuple[str, bool]:
     return part, verdict
 
 
-def r_s(scan: Scan, _a: str) -> None:
+def r_s(scan: "Scan", _a: str) -> None:
     scan.seen_s = True
 
 
-def r_c(scan: Scan, _a: str) -> None:
+def r_c(scan: "Scan", _a: str) -> None:
     scan.seen_c = True
 
 
-def r_split_dwarf(scan: Scan, a: str) -> None:
+def r_split_dwarf(scan: "Scan", a: str) -> None:
     scan.seen_split_dwarf = True
     scan.add(a, REST)
 
 
-def r_x(scan: Scan, a: str) -> None:
+def r_x(scan: "Scan", a: str) -> None:
     scan.add(a, REST)
     value = scan.take(REST)
     if value in X_LANGS:
@@ -120,12 +118,12 @@ def r_x(scan: Scan, a: str) -> None:
         scan.local(f"unsupported -x {value or '??'}")
 
 
-def r_native(scan: Scan, a: str) -> None:
+def r_native(scan: "Scan", a: str) -> None:
     scan.native.append(a)
     scan.add(a, REST)
 
 
-def r_output(scan: Scan, a: str) -> None:
+def r_output(scan: "Scan", a: str) -> None:
     if a == "-o":
         if scan.i + 1 < len(scan.argv):
             scan.i += 1
@@ -136,37 +134,37 @@ def r_output(scan: Scan, a: str) -> None:
         scan.local("output to stdout")
 
 
-def r_define(scan: Scan, a: str) -> None:
+def r_define(scan: "Scan", a: str) -> None:
     scan.add(a, scan.cpp_kind)
     scan.take(scan.cpp_kind)
 
 
-def r_path(scan: Scan, a: str) -> None:
+def r_path(scan: "Scan", a: str) -> None:
     scan.add(a, LOCAL)
     value = scan.take(LOCAL)
     if value is not None and value.startswith("-O"):
         scan.local(f"argument {a} {value}")
 
 
-def r_cpp(scan: Scan, a: str) -> None:
+def r_cpp(scan: "Scan", a: str) -> None:
     scan.add(a, scan.cpp_kind)
 
 
-def r_color(scan: Scan, a: str) -> None:
+def r_color(scan: "Scan", a: str) -> None:
     scan.explicit_color = True
     scan.add(a, REST)
 
 
-def r_color_auto(scan: Scan, _a: str) -> None:
+def r_color_auto(scan: "Scan", _a: str) -> None:
     scan.explicit_color = False  # dropped: the wrapper decides about colours itself
 
 
-def r_caret(scan: Scan, a: str) -> None:
+def r_caret(scan: "Scan", a: str) -> None:
     scan.explicit_no_caret = a == "-fno-diagnostics-show-caret"
     scan.add(a, REST)
 
 
-def r_file_option(scan: Scan, a: str) -> None:
+def r_file_option(scan: "Scan", a: str) -> None:
     prefix = next(p for p in FILE_PREFIXES if a.startswith(p))
     path = a[len(prefix) :]
     if scan.readable(path):
@@ -177,7 +175,7 @@ def r_file_option(scan: Scan, a: str) -> None:
     scan.add(prefix + path, REST)
 
 
-def r_xclang(scan: Scan, a: str) -> None:
+def r_xclang(scan: "Scan", a: str) -> None:
     if scan.i + 1 >= len(scan.argv):
         return  # a trailing -Xclang is dropped
     scan.i += 1
@@ -201,24 +199,24 @@ def r_xclang(scan: Scan, a: str) -> None:
     scan.add(p, REST)
 
 
-def r_target(scan: Scan, a: str) -> None:
+def r_target(scan: "Scan", a: str) -> None:
     scan.seen_target = True
     scan.add(a, REST)
     if a == "-target":
         scan.take(REST)
 
 
-def r_unused_macros(scan: Scan, a: str) -> None:
+def r_unused_macros(scan: "Scan", a: str) -> None:
     scan.wunused_macros = a != "-Wno-unused-macros"
     scan.add(a, REST)
 
 
-def r_pedantic(scan: Scan, a: str) -> None:
+def r_pedantic(scan: "Scan", a: str) -> None:
     scan.seen_pedantic = True
     scan.add(a, REST)
 
 
-def r_arch(scan: Scan, a: str) -> None:
+def r_arch(scan: "Scan", a: str) -> None:
     # 1.4 means to refuse several -arch but never records the first one.
     scan.add(a, REST)
     scan.take(REST)
@@ -229,7 +227,7 @@ def _is(*names: str) -> frozenset[str]:
 
 
 # 1.4's if-chain for arguments starting with "-", in its order: the first match wins.
-RULES: Final[tuple[tuple[frozenset[str] | tuple[str, ...], Callable[[Scan, str], None]], ...]] = (
+RULES: "Final[tuple[tuple[frozenset[str] | tuple[str, ...], Callable[[Scan, str], None]], ...]]" = (
     (_is("-E"), r_local),
     (_is("-combine", "-fsyntax-only", "-ftime-trace"), r_local),
     (("-fdump", "-ftime-report"), r_local),

@@ -15,8 +15,6 @@ caller then builds under the lock files, as 1.4 does when the go never comes.
 It must not build anything and must not import the protocol.
 """
 
-from __future__ import annotations
-
 import time
 
 TYPE_CHECKING = False
@@ -26,12 +24,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Reader", "handshake", "local_slot"]
 
-PROTOCOL_VERSION: Final = 43  # iceserv.protocol.PROTOCOL_VERSION
-MIN_PROTOCOL_VERSION: Final = 21  # iceserv.protocol.MIN_PROTOCOL_VERSION
-MAX_HANDSHAKE_VERSION: Final = 1 << 20  # what a peer may announce (constants.py)
-JOB_LOCAL_BEGIN: Final = 78  # MsgType.JOB_LOCAL_BEGIN
-HANDSHAKE_TIMEOUT: Final = 15.0  # iceserv.client.channel.HANDSHAKE_TIMEOUT
-_MAX_FRAME: Final = 1 << 20  # MAX_MESSAGE_SIZE: a longer frame is malformed
+PROTOCOL_VERSION: "Final" = 43  # iceserv.protocol.PROTOCOL_VERSION
+MIN_PROTOCOL_VERSION: "Final" = 21  # iceserv.protocol.MIN_PROTOCOL_VERSION
+MAX_HANDSHAKE_VERSION: "Final" = 1 << 20  # what a peer may announce (constants.py)
+JOB_LOCAL_BEGIN: "Final" = 78  # MsgType.JOB_LOCAL_BEGIN
+HANDSHAKE_TIMEOUT: "Final" = 15.0  # iceserv.client.channel.HANDSHAKE_TIMEOUT
+_MAX_FRAME: "Final" = 1 << 20  # MAX_MESSAGE_SIZE: a longer frame is malformed
 
 
 def job_local_begin(stime: int, outfile: str) -> bytes:
@@ -52,7 +50,7 @@ class Reader:
 
     __slots__ = ("_buffer", "_deadline", "_sock")
 
-    def __init__(self, sock: _socket.socket, timeout: float) -> None:
+    def __init__(self, sock: "_socket.socket", timeout: float) -> None:
         self._sock, self._buffer = sock, b""
         self._deadline = time.monotonic() + timeout
 
@@ -78,7 +76,7 @@ class Reader:
         return out
 
 
-def handshake(sock: _socket.socket, reader: Reader) -> bool:
+def handshake(sock: "_socket.socket", reader: "Reader") -> bool:
     """Do the version handshake on *sock* (reading through *reader*); False on any surprise.
 
     Sends our version, answers with the minimum, checks the peer's echo.
@@ -101,7 +99,7 @@ def handshake(sock: _socket.socket, reader: Reader) -> bool:
     return echo is not None and int.from_bytes(echo, "little") == protocol
 
 
-def local_slot(sock: _socket.socket, outfile: str, go_timeout: float) -> bool:
+def local_slot(sock: "_socket.socket", outfile: str, go_timeout: float) -> bool:
     """Ask the daemon on *sock* for a local slot; True once it gave the go.
 
     Sends our version, answers with the minimum, checks the peer's echo,

@@ -8,8 +8,6 @@ imports to every compiler call.  It must not speak the protocol (that is
 ``remote``, which imports :mod:`iceserv.protocol` only once a daemon answered).
 """
 
-from __future__ import annotations
-
 import _socket
 import os
 
@@ -29,14 +27,14 @@ __all__ = [
     "find_local_daemon",
 ]
 
-DAEMON_PORT: Final = 10245  # iceserv.protocol.DAEMON_PORT, which is not imported yet
-_SYSTEM_SOCKETS: Final = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket")
-_LOCAL_CONNECT_TIMEOUT: Final = 10.0
+DAEMON_PORT: "Final" = 10245  # iceserv.protocol.DAEMON_PORT, which is not imported yet
+_SYSTEM_SOCKETS: "Final" = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket")
+_LOCAL_CONNECT_TIMEOUT: "Final" = 10.0
 # iceserv.protocol.endpoint: the abstract name's prefix and its FNV-1a 64 digest.
-_ENDPOINT_PREFIX: Final = "iceserv-daemon/"
-_FNV_OFFSET: Final = 0xCBF29CE484222325
-_FNV_PRIME: Final = 0x100000001B3
-_MASK: Final = (1 << 64) - 1
+_ENDPOINT_PREFIX: "Final" = "iceserv-daemon/"
+_FNV_OFFSET: "Final" = 0xCBF29CE484222325
+_FNV_PRIME: "Final" = 0x100000001B3
+_MASK: "Final" = (1 << 64) - 1
 
 
 def endpoint_name(address: str) -> str:
@@ -106,7 +104,7 @@ def connect_tcp(host: str, port: int, timeout: float) -> _socket.socket | None:
     return sock
 
 
-def find_local_daemon(env: ClientEnv) -> tuple[_socket.socket, bool] | None:
+def find_local_daemon(env: "ClientEnv") -> tuple[_socket.socket, bool] | None:
     """1.4 ``get_local_daemon``: the first local daemon socket that accepts, or None.
 
     At each address it first tries the daemon's iceserv-only endpoint

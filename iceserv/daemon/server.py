@@ -23,9 +23,12 @@ own ``max_local_clients``, so a remote flood never refuses a local client.
 The handshake has ``handshake_timeout`` in all from the accept, and a
 message that has started must be complete within ``message_timeout``: a
 drip of bytes extends neither.  A client the core paused is not read from
-(``PauseReading``): its input stays in the kernel.  When a client that sent
-more than a MiB goes, freed heap is handed back to the system
-(``malloc_trim``), or the RSS it cost would stay.
+(``PauseReading``): its input stays in the kernel.  When a client that made
+us hold more than a MiB goes (counted decompressed: a FILE_CHUNK of zeros is
+~70 bytes on the wire and 1 MiB in memory), freed heap is handed back to the
+system (``malloc_trim``), or the RSS it cost would stay: glibc returns freed
+heap by itself only from the top, and one small chunk still in use (or parked
+in its per-thread cache) above the freed buffers keeps them all resident.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ from iceserv.protocol import (
     NEED_DATA,
     Connection,
     ConnectionClosed,
+    FileChunk,
     Handshake,
     Login,
     Stats,
@@ -149,7 +153,8 @@ __all__ = ["Daemon"]
 log = structlog.get_logger()
 
 _READ_LIMIT: Final = 65536
-#: A client that sent more than this leaves freed heap worth handing back (malloc_trim).
+#: A client that made us hold more than this (read, or decompressed from its FILE_CHUNKs)
+#: leaves freed heap worth handing back (malloc_trim).
 _TRIM_AFTER: Final = 1 << 20
 _TRIM_DELAY: Final = 0.5
 _REFUSAL_LOG_INTERVAL: Final = 10.0
@@ -166,6 +171,7 @@ class _Peer:
     writer: asyncio.StreamWriter
     conn: Connection
     closing: bool = False
+    #: Bytes read from it plus what its FILE_CHUNKs decompressed to (what it cost us).
     received: int = 0
     readable: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -610,7 +616,8 @@ class Daemon:
     def _trim_now(self) -> None:
         self._trim = None
         if self._libc is not None:
-            self._libc.malloc_trim(0)
+            released = bool(self._libc.malloc_trim(0))
+            log.debug("heap_trimmed", released=released)
 
     async def _serve(
         self,
@@ -644,6 +651,7 @@ class Daemon:
                 if isinstance(event, Handshake):
                     reason, detail = GoneReason.PROTOCOL_ERROR, "a second handshake"
                     break
+                item.received += _decompressed(event)
                 await self._feed(Received(item.conn_id, event), reader=item.conn_id)
         except ProtocolError as exc:
             reason, detail = GoneReason.PROTOCOL_ERROR, str(exc)
@@ -1081,6 +1089,11 @@ def _libc() -> Any:  # noqa: ANN401 - a ctypes library handle
     except (OSError, AttributeError, TypeError):
         return None
     return libc
+
+
+def _decompressed(message: Message) -> int:
+    """Return what a FILE_CHUNK holds in memory (1 MiB of zeros: ~70 bytes on the wire)."""
+    return len(message.data) if isinstance(message, FileChunk) else 0
 
 
 def _is_loopback(address: str) -> bool:

@@ -112,7 +112,7 @@ class TestImports:
 # --- the launcher's import budget (issue 17, P2) ------------------------------------------
 
 #: What the launcher may import beyond ``python -I -S -c "import os"`` on the light paths.
-LIGHT = {"__future__", "pwd", "iceserv", "iceserv.errors", "iceserv.client", "iceserv.client.main",
+LIGHT = {"pwd", "iceserv", "iceserv.errors", "iceserv.client", "iceserv.client.main",
          "iceserv.client.env", "iceserv.client.log",
          "iceserv.client.args", "iceserv.client.rules", "iceserv.client.options",
          "iceserv.client.job", "iceserv.client.local"}  # fmt: skip

@@ -26,12 +26,13 @@ PYTHON = os.path.realpath(sys.executable)
 
 class TestRender:
     def test_shape(self):
-        """Shebang with -IS, the marker, the paths appended after the stdlib, the entry point."""
+        """Shebang -IS, the marker, our package first, site dirs after the stdlib, the entry."""
         text = render("/usr/bin/python3", ["/opt/iceserv", "/opt/site"])
         lines = text.splitlines()
         assert lines[0] == "#!/usr/bin/python3 -IS"
         assert lines[1].startswith(MARKER)
-        assert "sys.path += ['/opt/iceserv', '/opt/site']" in lines
+        assert "sys.path[:0] = ['/opt/iceserv']" in lines  # found before the stdlib is listed
+        assert "sys.path += ['/opt/site']" in lines
         assert lines[-2:] == ["from iceserv.client.main import main", "sys.exit(main())"]
 
     @pytest.mark.parametrize("python", ["python3", "/opt/my python/bin/python3",

@@ -42,16 +42,6 @@ MUTATING = {"SetMaxProcesses": ["u", "3"], "SetAllowRemote": ["b", "true"], "Dra
 
 
 @pytest.fixture(scope="module")
-def system_bus() -> Iterator[SystemBus]:
-    """A private system bus with our policies, for this module."""
-    bus = SystemBus(user="daemon", group="staff").start()
-    try:
-        yield bus
-    finally:
-        bus.close()
-
-
-@pytest.fixture(scope="module")
 def cluster(system_bus: SystemBus) -> Iterator[tuple[OurScheduler, OurDaemon]]:
     """Our scheduler and our daemon on the bus, the daemon logged in (module-wide)."""
     scheduler = OurScheduler(extra_env={"DBUS_SYSTEM_BUS_ADDRESS": system_bus.address}).start()

@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from testbed import OurScheduler, RealDaemon, wait_for
-from testbed.dbusbed import Monitor, SystemBus, busctl
+from testbed.dbusbed import Monitor, busctl
 
 from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 pytestmark = pytest.mark.live
@@ -32,16 +31,6 @@ pytestmark = pytest.mark.live
 N = SCHEDULER_INTERFACE
 P = SCHEDULER_PATH
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n'
-
-
-@pytest.fixture(scope="module")
-def system_bus() -> Iterator[SystemBus]:
-    """A private system bus with our policies, for this module."""
-    bus = SystemBus(user="daemon", group="staff").start()
-    try:
-        yield bus
-    finally:
-        bus.close()
 
 
 def call(address: str, member: str, *args: str) -> Any:

@@ -25,7 +25,7 @@ import logging
 import platform
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import pytest
 from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon, RealDaemon
@@ -33,9 +33,6 @@ from testbed.dbusbed import SystemBus, busctl
 from testbed.wait import wait_for
 
 from iceserv.service.dbus import SCHEDULER_INTERFACE, SCHEDULER_PATH
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 log = logging.getLogger(__name__)
@@ -61,16 +58,6 @@ def _scheduler_envs(bus: str) -> dict[str, set[tuple[str, str]]]:
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["data"][0]
     return {row[0]: {tuple(env) for env in row[12]} for row in rows}
-
-
-@pytest.fixture(scope="module")
-def system_bus() -> Iterator[SystemBus]:
-    """A private system bus for our scheduler (its host list with environments)."""
-    bus = SystemBus(user="daemon", group="staff").start()
-    try:
-        yield bus
-    finally:
-        bus.close()
 
 
 def test_prebuilt_environment_is_pushed_to_idle_hosts_before_the_first_job(
