@@ -98,7 +98,9 @@ _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
 #: Settings a reload cannot change while the sockets stay open.
-_RESTART_ONLY: Final = ("port", "interface", "family", "user", "daemonize", "http", "auth")
+_RESTART_ONLY: Final = (
+    "port", "interface", "family", "user", "daemonize", "http", "auth", "encrypt"
+)
 
 
 def server_settings(
@@ -151,6 +153,7 @@ def server_settings(
         max_monitors=settings.max_monitors,
         max_monitors_per_host=settings.max_monitors_per_host,
         auth=settings.auth,
+        encrypt=settings.encrypt,
     )
 
 

@@ -192,6 +192,7 @@ from iceserv.daemon.effects import (
     SchedulerConnecting,
     SchedulerDown,
     SchedulerUp,
+    SealChannel,
     Send,
     SendFile,
     SendStats,
@@ -256,6 +257,7 @@ from iceserv.protocol.auth import AuthError, KeyRing
 from iceserv.protocol.dispatch import Dispatch
 from iceserv.protocol.features import supports
 from iceserv.protocol.records import replace
+from iceserv.protocol.sealing import SALT_BYTES, channel_keys, job_key
 from iceserv.protocol.tickets import TicketLedger, issue_ticket, ticket_address, verify_ticket
 
 if TYPE_CHECKING:
@@ -385,6 +387,8 @@ class DaemonCore:
         #: CS_CONF yet on this connection).
         self.scheduler_iceserv: bool | None = None
         self.own_ip = ""
+        #: The scheduler link is sealed (issue 14 item 4): our pushes are sealed too.
+        self.scheduler_sealed = False
         self.pong = _DEFAULT_PONG
         self._next_forced = 0.0
         #: The scheduler being woken, and until when (None: until the handshake + 2 s).
@@ -1438,6 +1442,7 @@ class DaemonCore:
         self._slots_queries.clear()
         self.scheduler_protocol = event.protocol
         self.own_ip = event.own_ip
+        self.scheduler_sealed = event.sealed
         self.pong = _DEFAULT_PONG
         self._next_forced = now + self.settings.scheduler_idle
         return [AnnounceLogin(reannounce=False), ArmTimer(LINK_TIMER, now + self.pong)]
@@ -1504,6 +1509,8 @@ class DaemonCore:
         if client.state is not State.NEW or client.ticket_job is not None:
             return self._wrong_state(client, msg)
         if not self._checks_tickets:
+            if msg.secret:  # it would seal what follows, and we hold no key to open it
+                return self._refuse_job(client, msg.job_id, "cannot encrypt (no key)", now)
             client.ticket_job = msg.job_id  # auth off: 1.4's behaviour, nothing is checked
             return []
         try:
@@ -1515,6 +1522,7 @@ class DaemonCore:
                 server=ticket_address(self.own_ip),
                 now=now,
             )
+            seal = self._channel_seal(client, msg)
             self.tickets.spend(msg.ticket, expires, now)
         except AuthError as exc:
             return self._refuse_job(client, msg.job_id, exc.reason, now)
@@ -1526,8 +1534,30 @@ class DaemonCore:
                 client_id=client.conn_id,
                 peer=client.peer,
                 job_id=msg.job_id,
-            )
+                encrypted=seal is not None,
+            ),
+            *([seal] if seal is not None else []),
         ]
+
+    def _channel_seal(self, client: _Client, msg: JobTicket) -> SealChannel | None:
+        """Return how a ticketed channel is sealed (issue 14 item 4), or None: it stays clear.
+
+        A client that sends a salt beside its (verified) ticket seals from its
+        next message on; we do too.  With ``encrypt = yes`` under ``require`` a
+        ticketed job must come sealed.
+        """
+        if not msg.secret:
+            if self.settings.encrypt and self.settings.auth == "require":
+                raise AuthError("job not encrypted (encrypt = yes)")  # noqa: EM101
+            return None
+        try:
+            salt = bytes.fromhex(msg.secret)
+        except ValueError:
+            salt = b""
+        if len(salt) != SALT_BYTES:
+            raise AuthError("malformed channel salt")  # noqa: EM101
+        theirs, ours = channel_keys(job_key(KeyRing(self.settings.keys), msg.ticket), salt)
+        return SealChannel(client.conn_id, send=ours, receive=theirs)
 
     def _ticket_gate(  # noqa: PLR0911 - one answer per case of the table above
         self, client: _Client, msg: Message, now: float
@@ -1639,7 +1669,10 @@ class DaemonCore:
                 server=ticket_address(push.host),
                 expires=int(now) + _PUSH_TICKET_LIFETIME,
             )
-            push = dataclass_replace(push, ticket=ticket)
+            secret = ""
+            if self.settings.encrypt or self.scheduler_sealed:
+                secret = job_key(KeyRing(self.settings.keys), ticket).hex()  # item 4
+            push = dataclass_replace(push, ticket=ticket, secret=secret)
         return [push]
 
     def _on_pushed(self, event: EnvPushed, now: float) -> list[Effect]:

@@ -41,6 +41,7 @@ DAEMON_DEFAULTS = {
     "key_file": None,
     "previous_key_file": None,
     "auth": "off",
+    "encrypt": False,
     "http": None,
 }
 SCHEDULER_DEFAULTS = {
@@ -65,6 +66,7 @@ SCHEDULER_DEFAULTS = {
     "key_file": None,
     "previous_key_file": None,
     "auth": "off",
+    "encrypt": False,
     "http": None,
 }
 
