@@ -18,11 +18,23 @@ if TYPE_CHECKING:
 
     from iceserv.client.env import ClientEnv
 
-__all__ = ["TestSocketError", "connect_tcp", "connect_unix", "find_local_daemon"]
+__all__ = [
+    "TestSocketError",
+    "connect_local",
+    "connect_tcp",
+    "connect_unix",
+    "endpoint_name",
+    "find_local_daemon",
+]
 
 DAEMON_PORT: "Final" = 10245  # iceserv.protocol.DAEMON_PORT, which is not imported yet
 _SYSTEM_SOCKETS: "Final" = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket")
 _LOCAL_CONNECT_TIMEOUT: "Final" = 10.0
+# iceserv.protocol.endpoint: the abstract name's prefix and its FNV-1a 64 digest.
+_ENDPOINT_PREFIX: "Final" = "iceserv-daemon/"
+_FNV_OFFSET: "Final" = 0xCBF29CE484222325
+_FNV_PRIME: "Final" = 0x100000001B3
+_MASK: "Final" = (1 << 64) - 1
 
 
 class TestSocketError(IceservError, OSError):
@@ -83,14 +95,45 @@ def connect_tcp(host: str, port: int, timeout: float) -> _socket.socket | None:
     return sock
 
 
+def endpoint_name(address: str) -> str:
+    """``iceserv.protocol.endpoint.iceserv_endpoint``, without importing the protocol."""
+    key = address if address.startswith("tcp:") else _abspath(address)
+    digest = _FNV_OFFSET
+    for byte in key.encode("utf-8", "surrogateescape"):
+        digest = ((digest ^ byte) * _FNV_PRIME) & _MASK
+    return f"\0{_ENDPOINT_PREFIX}{digest:016x}"
+
+
+def _abspath(path: str) -> str:
+    import os.path  # noqa: PLC0415 - loaded at interpreter start anyway
+
+    return os.path.abspath(path)  # noqa: PTH100 - no symlinks resolved, as the daemon
+
+
+def connect_local(address: str) -> _socket.socket | None:
+    """Connect to the daemon at *address* (a Unix socket path or ``tcp:PORT``), or None.
+
+    Its iceserv-only endpoint first: an iceserv daemon then knows the client
+    is ours (it may name IPv6 compile servers to it); a 1.4 daemon has none,
+    and the failed connect to an abstract name costs microseconds.
+    """
+    sock = connect_unix(endpoint_name(address))
+    if sock is not None:
+        return sock
+    if address.startswith("tcp:"):
+        return connect_tcp("127.0.0.1", int(address[4:]), _LOCAL_CONNECT_TIMEOUT)
+    return connect_unix(address)
+
+
 def find_local_daemon(env: "ClientEnv") -> _socket.socket | None:
     """1.4 ``get_local_daemon``: the first local daemon socket that accepts, or None.
 
-    Raises :class:`TestSocketError` when ``ICECC_TEST_SOCKET`` names a socket
-    nobody listens on: a test set-up error, not a reason to build locally.
+    Each place is tried as :func:`connect_local` does.  Raises
+    :class:`TestSocketError` when ``ICECC_TEST_SOCKET`` names a socket nobody
+    listens on: a test set-up error, not a reason to build locally.
     """
     if env.test_socket is not None:
-        sock = connect_unix(env.test_socket)
+        sock = connect_local(env.test_socket)
         if sock is None:
             raise TestSocketError(env.test_socket)
         return sock
@@ -98,7 +141,7 @@ def find_local_daemon(env: "ClientEnv") -> _socket.socket | None:
     if env.home is not None:
         paths.append(env.home + "/.iceccd.socket")
     for path in paths:
-        sock = connect_unix(path)
+        sock = connect_local(path)
         if sock is not None:
             return sock
-    return connect_tcp("127.0.0.1", DAEMON_PORT, _LOCAL_CONNECT_TIMEOUT)
+    return connect_local(f"tcp:{DAEMON_PORT}")

@@ -217,6 +217,7 @@ class Daemon:
                 multicast=settings.multicast,
                 fast_reconnect=settings.fast_reconnect,
                 family=settings.family,
+                host_addresses=settings.host_addresses,
             ),
             self,
             rng or random.Random(),  # noqa: S311 - reconnect jitter, not security
@@ -381,7 +382,7 @@ class Daemon:
             sock.close()
             log.warning("iceserv_endpoint_unavailable", address=address, error=str(exc))
             return None
-        listener = Listener(sock, self._accepted_unix, name="daemon-iceserv")
+        listener = Listener(sock, self._accepted_iceserv, name="daemon-iceserv")
         listener.start()
         return listener
 
@@ -537,11 +538,17 @@ class Daemon:
 
     def _accepted_unix(self, sock: socket.socket, _: tuple[str, int]) -> None:
         """Admit a Unix-socket connection within its own budget, never spent by TCP peers."""
+        self._admit_local(sock, ConnKind(unix=True, loopback=False))
+
+    def _accepted_iceserv(self, sock: socket.socket, _: tuple[str, int]) -> None:
+        """Admit a connection to the iceserv-only endpoint: one of our clients (same budget)."""
+        self._admit_local(sock, ConnKind(unix=True, loopback=False, iceserv=True))
+
+    def _admit_local(self, sock: socket.socket, kind: ConnKind) -> None:
         answer = self._local_budget.admit(_LOCAL_KEY)
         if answer is not Admission.ADMITTED:
             self._refuse(sock, "local", answer)
             return
-        kind = ConnKind(unix=True, loopback=False)
         self._start_serving(sock, "local", kind, self._local_budget, _LOCAL_KEY)
 
     def _refuse(self, sock: socket.socket, peer: str, answer: Admission) -> None:

@@ -105,6 +105,7 @@ class IceservMsgType(enum.IntEnum):
     SLOTS_ANSWER = 0x1CE5_0002
     PUSH_QUERY = 0x1CE5_0003
     PUSH_TARGETS = 0x1CE5_0004
+    HOST_ADDRESSES = 0x1CE5_0005
 
 
 #: The prefix of CS_CONF's ``bench_source`` from an iceserv scheduler ("iceserv/<version>").

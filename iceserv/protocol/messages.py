@@ -49,6 +49,7 @@ __all__ = [
     "GetCS",
     "GetInternalStatus",
     "GetNativeEnv",
+    "HostAddresses",
     "JobBegin",
     "JobDone",
     "JobLocalBegin",
@@ -508,6 +509,24 @@ class PushTargets:
     hosts: tuple[str, ...] = ()
 
 
+@record
+class HostAddresses:
+    """daemon → scheduler: the daemon's addresses of both families and what its clients reach.
+
+    Sent once per connection, after a CS_CONF with the iceserv mark.
+    ``addresses`` are the routable addresses its compile port listens on
+    (IPv4 and IPv6 literals, no link-local ones: their zone would be
+    meaningless elsewhere); ``families`` names those its clients can connect
+    over (``"ipv4"``, ``"ipv6"``).  The scheduler then names this daemon to
+    other hosts' clients by an address of a family they reach, and names
+    servers to this daemon's clients likewise.  iceserv only.
+    """
+
+    TYPE: ClassVar = IceservMsgType.HOST_ADDRESSES
+    addresses: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+
+
 Message = (
     Unknown
     | Ping
@@ -545,6 +564,7 @@ Message = (
     | SlotsAnswer
     | PushQuery
     | PushTargets
+    | HostAddresses
 )
 
 
@@ -692,6 +712,7 @@ _LAYOUTS: Final[Mapping[type, tuple[_Field, ...]]] = {
     SlotsAnswer: (("total", U, None), ("free", U, None), ("hosts", U, None), ("source", S, None)),
     PushQuery: (("platform", S, None), ("environment", S, None), ("required_features", U, None)),
     PushTargets: (("environment", S, None), ("target", S, None), ("hosts", L, None)),
+    HostAddresses: (("addresses", L, None), ("families", L, None)),
 }
 
 _BY_TYPE: Final[Mapping[int, type]] = {

@@ -221,7 +221,7 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
     placement.restrict_siblings(state, assignment)
     if host is submitter and supports(submitter.protocol, Feature.NO_CS):
         return Send(submitter.conn_id, NoCS(job.job_id, job.client_id))
-    hostname = host.ip
+    hostname = placement.address_for(submitter, host)
     if hostname in (LOOPBACK_IP, IPV6_LOOPBACK) and host is not submitter:
         # Every client (1.4's too) reads USE_CS to 127.0.0.1 as "compile it yourself" and
         # never contacts the server; a name for the same address makes it connect.  A

@@ -531,6 +531,6 @@ class TestAddressFamilies:
         login(core, 1, "six", ip="fd00::2")
         login(core, 2, "four", ip="10.0.0.2")
         login(core, 3, "loop", ip="::1")
-        assert core.state.ipv6_hosts == 1
+        assert core.state.family_limited == 1
         core.connection_lost(1, T0)
-        assert core.state.ipv6_hosts == 0
+        assert core.state.family_limited == 0
