@@ -134,7 +134,8 @@ class ClusterEvents:
 
     def changed(self) -> None:
         """Tell the observers that counts or lists may have changed."""
-        self._notify(lambda observer: observer.cluster_changed())
+        if self._observers:
+            self._notify(lambda observer: observer.cluster_changed())
 
     # --- the monitor messages ---------------------------------------------------------
 
@@ -170,12 +171,13 @@ class ClusterEvents:
         if record is None or server is None:
             return
         record.server, record.started_at, record.state = server.nodename, now, "COMP"
-        view = record.view(begin.job_id)
-        self._notify(lambda observer: observer.job_started(view))
+        if self._observers:
+            view = record.view(begin.job_id)
+            self._notify(lambda observer: observer.job_started(view))
 
     def _on_job_done(self, done: MonJobDone, _state: ClusterState, _now: float) -> None:
         record = self._jobs.pop(done.job_id, None)
-        if record is None:
+        if record is None or not self._observers:
             return
         view = record.view(done.job_id)
         self._notify(lambda observer: observer.job_finished(view, done.exitcode))

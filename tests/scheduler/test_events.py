@@ -126,3 +126,18 @@ class TestObservers:
         events.remove_observer(recorder)  # twice is fine
         feed(login(core, 1, "a"))
         assert recorder.calls == []
+
+    def test_times_are_kept_without_observers(self):
+        """With nobody listening job times are still kept; a later observer hears the end."""
+        core, events, recorder, feed = setup()
+        events.remove_observer(recorder)
+        feed(login(core, 1, "sub", max_kids=0))
+        feed(login(core, 2, "cs"))
+        feed(get_cs(core, 1), now=T0 + 1)
+        feed(core.handle_message(2, JobBegin(1, 0, 1), T0), now=T0 + 2)
+        assert events.times(1) == (T0 + 1, T0 + 2)
+        events.add_observer(recorder)
+        feed(core.handle_message(2, JobDone(1, exitcode=0), T0), now=T0 + 3)
+        ((_, job, exitcode),) = recorder.named("finished")
+        assert (job.id, job.server, job.started_at, exitcode) == (1, "cs", T0 + 2, 0)
+        assert events.times(1) == (None, None)

@@ -8,7 +8,14 @@ from typing import Any
 
 from iceserv.scheduler.metrics import ClusterMetrics
 from iceserv.scheduler.views import HostView, JobView
-from iceserv.web.live import MAX_SUBSCRIBERS, QUEUE_LIMIT, SNAPSHOT_INTERVAL, LiveFeed
+from iceserv.web.live import (
+    MAX_SUBSCRIBERS,
+    QUEUE_LIMIT,
+    SNAPSHOT_INTERVAL,
+    TIMELINE_JOBS,
+    TIMELINE_SECONDS,
+    LiveFeed,
+)
 
 JOB = JobView(7, "COMP", "laptop", "farm1", "src/a.c", 10.0, 11.0)
 HOST = HostView(nodename="farm1", ip="10.0.0.2", port=10245, platform="x86_64", speed=1.5,
@@ -130,3 +137,32 @@ class TestLiveFeed:
         assert hello["timeline"] == [{"id": 7, "host": "farm1", "file": "src/a.c",
                                       "submitter": "laptop", "start": 11.0, "end": 20.0,
                                       "exitcode": 0}]  # fmt: skip
+
+    def test_timeline_is_bounded_in_jobs_and_age(self):
+        """The timeline keeps the newest TIMELINE_JOBS jobs, none older than TIMELINE_SECONDS."""
+        now = [0.0]
+
+        async def run() -> list[dict[str, Any]]:
+            feed = LiveFeed(_Control(), clock=lambda: now[0])
+            for n in range(TIMELINE_JOBS + 5):
+                now[0] = float(n)
+                feed.job_finished(JobView(n, "COMP", "laptop", "farm1", "a.c", 0.0, 0.0), 1)
+            now[0] = TIMELINE_JOBS + 4 + TIMELINE_SECONDS - 0.5  # the newest few are recent
+            subscriber = feed.subscribe()
+            assert subscriber is not None
+            return _events(subscriber.queue)[0][1]["timeline"]
+
+        timeline = asyncio.run(run())
+        assert [job["id"] for job in timeline] == [TIMELINE_JOBS + 4]
+        assert timeline[0]["exitcode"] == 1
+
+    def test_jobs_without_a_start_or_a_server_stay_off_the_timeline(self):
+        async def run() -> list[dict[str, Any]]:
+            feed = LiveFeed(_Control(), clock=lambda: 5.0)
+            feed.job_finished(JobView(1, "PEND", "laptop", "<unknown>", "a.c", 1.0, None), 255)
+            feed.job_finished(JobView(2, "WAIT", "laptop", "farm1", "b.c", 1.0, None), 255)
+            subscriber = feed.subscribe()
+            assert subscriber is not None
+            return _events(subscriber.queue)[0][1]["timeline"]
+
+        assert asyncio.run(run()) == []
