@@ -1,29 +1,27 @@
 """Live updates for the web view: cluster observer calls become Server-Sent Events.
 
-This module owns :class:`LiveFeed`.  It is registered with the scheduler's
-control facade as an observer, the same calls the D-Bus signals come from:
-a job that starts or ends, a host that joins or leaves is sent to every
-subscriber at once; "something changed" schedules one full snapshot at most
-every :data:`SNAPSHOT_INTERVAL` seconds (slots, load, queue, totals).  With
-no subscriber it does nothing, so an idle endpoint costs the scheduler one
-method call per batch of effects.
+This module owns :class:`LiveFeed`.  While at least one page is
+subscribed it is registered with the scheduler's control facade as an
+observer, the same calls the D-Bus signals come from: a job that starts or
+ends, a host that joins or leaves is sent to every subscriber at once;
+"something changed" schedules one full snapshot at most every
+:data:`SNAPSHOT_INTERVAL` seconds (slots, load, queue, totals).  With no
+subscriber it is not registered at all, so an idle endpoint costs the
+scheduler nothing per job but one tuple in the facade's list of finished jobs
+(:meth:`keep_finished_jobs`), which the timeline of a page that connects
+later is drawn from.
 
 Memory is bounded: at most :data:`MAX_SUBSCRIBERS` streams, each with a queue
 of :data:`QUEUE_LIMIT` events (a subscriber that falls behind is dropped, as
 1.4 drops slow monitors); the timeline keeps the last :data:`TIMELINE_JOBS`
 finished jobs of the last :data:`TIMELINE_SECONDS` seconds.  It must not
 change the scheduler's state.
-
-Cost: the scheduler calls this on every job, so with nobody watching a call
-does O(1) work and allocates at most one small tuple (a finished job's
-timeline entry, made into JSON only when a page connects).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -76,11 +74,6 @@ def _host(host: HostLike) -> dict[str, Any]:
     }
 
 
-#: A finished job in the timeline: id, host, file, submitter, start, end, exit code.
-_Finished = tuple[int, str, str, str, float, float, int]
-_FINISHED_KEYS: Final = ("id", "host", "file", "submitter", "start", "end", "exitcode")
-
-
 def snapshot(control: SchedulerLike, now: float) -> dict[str, Any]:
     """Return the whole cluster view the page renders (hosts, queue, totals)."""
     totals = control.metrics()
@@ -127,9 +120,10 @@ class LiveFeed:
         self._control = control
         self._clock = clock
         self._subscribers: set[Subscriber] = set()
-        self._timeline: deque[_Finished] = deque(maxlen=TIMELINE_JOBS)
+        self._observing = False
         self._pending: asyncio.TimerHandle | None = None
         self._last_snapshot = 0.0
+        control.keep_finished_jobs(TIMELINE_JOBS)
 
     # --- subscribers ------------------------------------------------------------------
 
@@ -143,29 +137,53 @@ class LiveFeed:
         hello["timeline"] = self._recent(now)
         subscriber.queue.put_nowait(encode("hello", hello))
         self._subscribers.add(subscriber)
+        self._observe(observing=True)
         return subscriber
 
     def subscribers(self) -> int:
         """Return how many streams are open."""
         return len(self._subscribers)
 
+    def observing(self) -> bool:
+        """Return whether it is registered with the scheduler (while someone is subscribed)."""
+        return self._observing
+
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Forget *subscriber*."""
         self._subscribers.discard(subscriber)
+        self._observe(observing=bool(self._subscribers))
 
     def close(self) -> None:
-        """Drop every stream and cancel a pending snapshot."""
+        """Drop every stream, stop observing and cancel a pending snapshot."""
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
         for subscriber in list(self._subscribers):
             self._drop(subscriber)
+        self._observe(observing=False)
+
+    def _observe(self, *, observing: bool) -> None:
+        if observing and not self._observing:
+            self._control.add_observer(self)
+        elif not observing and self._observing:
+            self._control.remove_observer(self)
+        self._observing = observing
 
     def _recent(self, now: float) -> list[dict[str, Any]]:
-        timeline = self._timeline
-        while timeline and timeline[0][5] < now - TIMELINE_SECONDS:  # its end
-            timeline.popleft()
-        return [dict(zip(_FINISHED_KEYS, job, strict=True)) for job in timeline]
+        since = now - TIMELINE_SECONDS
+        return [
+            {
+                "id": job.id,
+                "host": job.server,
+                "file": job.filename,
+                "submitter": job.submitter,
+                "start": job.started_at,
+                "end": end,
+                "exitcode": exitcode,
+            }
+            for job, end, exitcode in self._control.finished_jobs()
+            if end >= since
+        ]
 
     def _send(self, data: bytes) -> None:
         for subscriber in list(self._subscribers):
@@ -177,6 +195,7 @@ class LiveFeed:
     def _drop(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
         subscriber.dropped.set()
+        self._observe(observing=bool(self._subscribers))
 
     # --- the cluster observer ---------------------------------------------------------
 
@@ -199,15 +218,11 @@ class LiveFeed:
             self._send(encode("job_started", data))
 
     def job_finished(self, job: JobLike, exitcode: int, /) -> None:
-        """Remember the job for the timeline and send ``job_finished``."""
-        now = self._clock()
-        started = job.started_at
-        if started is not None and job.server != "<unknown>":
-            self._timeline.append(
-                (job.id, job.server, job.filename, job.submitter, started, now, exitcode)
-            )
+        """Send ``job_finished`` (the timeline of later pages comes from the scheduler)."""
         if self._subscribers:
-            self._send(encode("job_finished", {**_job(job), "exitcode": exitcode, "now": now}))
+            self._send(
+                encode("job_finished", {**_job(job), "exitcode": exitcode, "now": self._clock()})
+            )
 
     def cluster_changed(self) -> None:
         """Schedule a snapshot (at most one per :data:`SNAPSHOT_INTERVAL`)."""

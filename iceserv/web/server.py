@@ -283,8 +283,6 @@ class HttpEndpoint:
         )
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
-        if self._control is not None and self.feed is not None:
-            self._control.add_observer(self.feed)
         log.info("http_listening", address=self.address[0], port=self.address[1])
 
     def open_connections(self) -> int:
@@ -293,8 +291,7 @@ class HttpEndpoint:
 
     async def close(self) -> None:
         """Stop listening, end the event streams and close every connection."""
-        if self._control is not None and self.feed is not None:
-            self._control.remove_observer(self.feed)
+        if self.feed is not None:
             self.feed.close()
         if self._server is not None:
             self._server.close()
