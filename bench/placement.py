@@ -33,7 +33,8 @@ with the peak (VmHWM).  Prints the figures and the ratios iceserv/1.4;
 Both runs cut the measured window into segments of ``--segment`` seconds in the
 pattern A B B A A B B A ...  (balanced against any drift within a run); in the
 ``--http`` run a separate process (as a Prometheus server would be) scrapes
-``/metrics`` 10 times a second during the B segments only, and the A segments
+``/metrics`` 10 times a second during the B segments only (asking for gzip, as
+Prometheus does), and the A segments
 have the endpoint on but idle.  It prints, per pair and over all pairs, the
 GET_CS/s ratios scraped (B) over plain (B), endpoint idle (A) over plain (A), and
 scraped over idle within the one ``--http`` process (B/A, divided by the plain
@@ -78,14 +79,16 @@ LABEL = {"ours": "iceserv", "real": "1.4", "ours+http": "iceserv+http"}
 #: The scraper runs in its own process, as a Prometheus server would: scraping from this
 #: driver's loop would slow the driver's GET_CS, not the scheduler's placements.
 SCRAPER = """
-import json, socket, sys, time
+import gzip, json, socket, sys, time
 port, start, seconds, segment = int(sys.argv[1]), *map(float, sys.argv[2:5])
-request = b"GET /metrics HTTP/1.1\\r\\nHost: bench\\r\\nConnection: close\\r\\n\\r\\n"
+request = (b"GET /metrics HTTP/1.1\\r\\nHost: bench\\r\\nConnection: close\\r\\n"
+           b"Accept-Encoding: gzip\\r\\n\\r\\n")  # as Prometheus asks
 def get():
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
         reply = b"".join(iter(lambda: sock.recv(65536), b""))
-    if not reply.startswith(b"HTTP/1.1 200"):
+    head, _, body = reply.partition(b"\\r\\n\\r\\n")
+    if not head.startswith(b"HTTP/1.1 200") or b"# TYPE" not in gzip.decompress(body):
         sys.exit(f"GET /metrics: {reply[:80]!r}")
 get()  # in the warm-up: the first request's one-time costs are not the steady state
 taken = []
