@@ -34,7 +34,8 @@ Both runs cut the measured window into segments of ``--segment`` seconds in the
 pattern A B B A A B B A ...  (balanced against any drift within a run); in the
 ``--http`` run a separate process (as a Prometheus server would be) scrapes
 ``/metrics`` 10 times a second during the B segments only (asking for gzip, as
-Prometheus does), and the A segments
+Prometheus does; a request every 0.1 s on time, also while earlier ones are still
+being answered), and the A segments
 have the endpoint on but idle.  It prints, per pair and over all pairs, the
 GET_CS/s ratios scraped (B) over plain (B), endpoint idle (A) over plain (A), and
 scraped over idle within the one ``--http`` process (B/A, divided by the plain
@@ -79,28 +80,39 @@ LABEL = {"ours": "iceserv", "real": "1.4", "ours+http": "iceserv+http"}
 #: The scraper runs in its own process, as a Prometheus server would: scraping from this
 #: driver's loop would slow the driver's GET_CS, not the scheduler's placements.
 SCRAPER = """
-import gzip, json, socket, sys, time
+import gzip, json, socket, sys, threading, time
 port, start, seconds, segment = int(sys.argv[1]), *map(float, sys.argv[2:5])
 request = (b"GET /metrics HTTP/1.1\\r\\nHost: bench\\r\\nConnection: close\\r\\n"
            b"Accept-Encoding: gzip\\r\\n\\r\\n")  # as Prometheus asks
-def get():
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        reply = b"".join(iter(lambda: sock.recv(65536), b""))
-    head, _, body = reply.partition(b"\\r\\n\\r\\n")
-    if not head.startswith(b"HTTP/1.1 200") or b"# TYPE" not in gzip.decompress(body):
-        sys.exit(f"GET /metrics: {reply[:80]!r}")
-get()  # in the warm-up: the first request's one-time costs are not the steady state
-taken = []
-while (now := time.monotonic()) < start + seconds:
-    index = int((now - start) // segment) if now >= start else -1
-    if index % 4 not in (1, 2):  # A segments (and before the window): no scraping
-        time.sleep(min(start + (index + 1) * segment, start + seconds) - now)
-        continue
+taken, failed = [], []
+def get(record=True):
     begin = time.perf_counter()
-    get()
-    taken.append(time.perf_counter() - begin)
-    time.sleep(max(0.0, 0.1 - (time.perf_counter() - begin)))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(request)
+            reply = b"".join(iter(lambda: sock.recv(65536), b""))
+        head, _, body = reply.partition(b"\\r\\n\\r\\n")
+        if not head.startswith(b"HTTP/1.1 200") or b"# TYPE" not in gzip.decompress(body):
+            failed.append(repr(reply[:80]))
+    except OSError as exc:
+        failed.append(repr(exc))
+    if record:
+        taken.append(time.perf_counter() - begin)
+get(record=False)  # in the warm-up: the first request's one-time costs are not the steady state
+# A request every 0.1 s in the B segments, on time even while earlier ones are still open
+# (a saturated scheduler answers in several tenths of a second).
+threads, tick = [], start
+while tick < start + seconds:
+    index = int((tick - start) // segment)
+    if index % 4 in (1, 2):
+        time.sleep(max(0.0, tick - time.monotonic()))
+        threads.append(threading.Thread(target=get))
+        threads[-1].start()
+    tick += 0.1
+for thread in threads:
+    thread.join()
+if failed:
+    sys.exit(f"GET /metrics failed: {failed[:3]}")
 print(json.dumps(taken))
 """
 
