@@ -218,6 +218,8 @@ class Daemon:
                 fast_reconnect=settings.fast_reconnect,
                 family=settings.family,
                 host_addresses=settings.host_addresses,
+                auth=settings.auth,
+                keys=settings.keys,
             ),
             self,
             rng or random.Random(),  # noqa: S311 - reconnect jitter, not security
@@ -443,6 +445,8 @@ class Daemon:
             "family",
             "discovery_port",
             "chroot_possible",
+            "auth",
+            "keys",
         )
         if any(getattr(settings, n) != getattr(old, n) for n in seen_by_scheduler):
             await self._restart_link()
@@ -489,6 +493,8 @@ class Daemon:
             netname=self.settings.netname,
             discovery_port=self.settings.discovery_port,
             family=self.settings.family,
+            auth=self.settings.auth,
+            keys=self.settings.keys,
         )
         self._link_task = asyncio.create_task(self.link.run())
 
@@ -536,20 +542,20 @@ class Daemon:
         kind = ConnKind(unix=False, loopback=_is_loopback(ip))
         self._start_serving(sock, host_port(ip, address[1]), kind, self._tcp_budget, key)
 
-    def _accepted_unix(self, sock: socket.socket, _: tuple[str, int]) -> None:
+    def _accepted_unix(
+        self, sock: socket.socket, _: tuple[str, int], *, iceserv: bool = False
+    ) -> None:
         """Admit a Unix-socket connection within its own budget, never spent by TCP peers."""
-        self._admit_local(sock, ConnKind(unix=True, loopback=False))
-
-    def _accepted_iceserv(self, sock: socket.socket, _: tuple[str, int]) -> None:
-        """Admit a connection to the iceserv-only endpoint: one of our clients (same budget)."""
-        self._admit_local(sock, ConnKind(unix=True, loopback=False, iceserv=True))
-
-    def _admit_local(self, sock: socket.socket, kind: ConnKind) -> None:
         answer = self._local_budget.admit(_LOCAL_KEY)
         if answer is not Admission.ADMITTED:
             self._refuse(sock, "local", answer)
             return
+        kind = ConnKind(unix=True, loopback=False, iceserv=iceserv)
         self._start_serving(sock, "local", kind, self._local_budget, _LOCAL_KEY)
+
+    def _accepted_iceserv(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Admit a connection on the iceserv-only endpoint: one of our own clients."""
+        self._accepted_unix(sock, address, iceserv=True)
 
     def _refuse(self, sock: socket.socket, peer: str, answer: Admission) -> None:
         count = self._refusals.note(time.monotonic())

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import secrets
 import socket
 import struct
 import time
@@ -64,6 +65,7 @@ from iceserv.netio import (
     host_port,
     is_link_local,
     open_stream,
+    sockaddr_host_port,
     unmapped,
 )
 from iceserv.protocol import (
@@ -72,7 +74,18 @@ from iceserv.protocol import (
     Connection,
     ConnectionClosed,
     Handshake,
+    Login,
     MonLogin,
+)
+from iceserv.protocol.auth import (
+    NONCE_BYTES,
+    AuthMode,
+    Endpoints,
+    KeyRing,
+    decode_probe,
+    decode_proven_announcement,
+    encode_offer,
+    encode_proven_announcement,
 )
 from iceserv.protocol.discovery import (
     DEFAULT_NETNAME,
@@ -82,6 +95,7 @@ from iceserv.protocol.discovery import (
     encode_announcements,
     encode_reply,
 )
+from iceserv.scheduler.auth import AuthGate
 from iceserv.scheduler.control import INTERNALS_TIMEOUT, ClusterControl
 from iceserv.scheduler.effects import (
     Announce,
@@ -167,6 +181,8 @@ class SchedulerServerSettings:
     max_connections_per_host: int = 64
     max_monitors: int = 256
     max_monitors_per_host: int = 16
+    auth: str = AuthMode.OFF
+    keys: tuple[bytes, ...] = field(default=(), repr=False)  # never in a log line
 
 
 @dataclass(eq=False)
@@ -185,6 +201,7 @@ class _Peer:
     nodename: str | None = None
     host_id: int = 0
     drainer: asyncio.Task[None] | None = None
+    gate: AuthGate | None = None
 
 
 @dataclass(eq=False)
@@ -229,6 +246,7 @@ class SchedulerServer:
             start_time=int(self._start),
             netname=settings.netname,
             persistent_clients=settings.persistent_clients,
+            ticket_keys=settings.keys if settings.keys and settings.auth != "off" else (),
         )
         self._core = Scheduler(config, rng, self._start)
         self.control = ClusterControl(self, internals_timeout=settings.internals_timeout)
@@ -397,6 +415,21 @@ class SchedulerServer:
             self._core.config, netname=netname, persistent_clients=persistent_clients
         )
 
+    def reconfigure_keys(self, keys: tuple[bytes, ...]) -> None:
+        """Use reloaded network *keys* (SIGHUP) for connections and probes from now on.
+
+        Daemons already logged in stay: they proved the key they had.
+        """
+        self.settings = dataclasses.replace(self.settings, keys=keys)
+        self._core.config = dataclasses.replace(
+            self._core.config, ticket_keys=keys if self.auth_mode is not AuthMode.OFF else ()
+        )
+
+    @property
+    def auth_mode(self) -> AuthMode:
+        """``[cluster] auth`` (off unless a key is loaded)."""
+        return AuthMode(self.settings.auth) if self.settings.keys else AuthMode.OFF
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -512,7 +545,12 @@ class SchedulerServer:
         if peer.drainer is not None and peer.drainer is not asyncio.current_task():
             peer.drainer.cancel()
 
-    def _announce(self, datagrams: tuple[bytes, bytes]) -> None:
+    def _announce(self, datagrams: tuple[bytes, ...]) -> None:
+        if self.auth_mode is not AuthMode.OFF:
+            ring = KeyRing(self.settings.keys)
+            proven = encode_proven_announcement(ring, self._core.config.info, self.now())
+            if proven is not None:
+                datagrams = (*datagrams, proven)
         if self._udp is not None:
             for address in self.settings.announce_to:
                 for datagram in datagrams:
@@ -522,7 +560,8 @@ class SchedulerServer:
             for name in self.settings.multicast_interfaces:
                 with contextlib.suppress(OSError):
                     group = (DISCOVERY_GROUP6, self.port, 0, socket.if_nametoindex(name))
-                    self._udp6.sendto(datagrams[1], group)
+                    for datagram in datagrams[1:]:  # ICF (and the proven one), not legacy ICE
+                        self._udp6.sendto(datagram, group)
 
     @property
     def dual_stack(self) -> bool:
@@ -559,6 +598,13 @@ class SchedulerServer:
         *addr* is the sender's socket address as received (an IPv6 one with
         its scope id, so that a reply reaches a link-local sender).
         """
+        if self.auth_mode is not AuthMode.OFF and (probe := decode_probe(data)) is not None:
+            offer = encode_offer(KeyRing(self.settings.keys), probe, self._core.config.info)
+            udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
+            if offer is not None and udp is not None:
+                with contextlib.suppress(OSError):
+                    udp.sendto(offer, addr)
+            return
         requester = decode_request(data)
         if requester is not None:
             udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
@@ -567,6 +613,12 @@ class SchedulerServer:
                     udp.sendto(encode_reply(requester, self._core.config.info), addr)
             return
         info = decode_announcement(data)
+        if self.auth_mode is not AuthMode.OFF:
+            # An ICF announcement proves nothing (icecream#177: a rogue "better" scheduler
+            # makes every other one drop its daemons): a keyed scheduler yields only to a
+            # better one whose announcement proves the key.
+            ring = KeyRing(self.settings.keys)
+            info = decode_proven_announcement(data, ring, self.now())
         if info is not None:
             both = self._heard_on_both(info, addr)
             if self.dual_stack and info.version == self._core.config.info.version and not both:
@@ -697,6 +749,13 @@ class SchedulerServer:
             return
         set_keepalive(sock)
         peer = _Peer(conn_id, ip, pending.key, writer, Connection())
+        if self.auth_mode is not AuthMode.OFF:
+            ends = Endpoints(
+                daemon=sockaddr_host_port(writer.get_extra_info("peername")),
+                scheduler=sockaddr_host_port(writer.get_extra_info("sockname")),
+            )
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            peer.gate = AuthGate(self.auth_mode, KeyRing(self.settings.keys), nonce, ends)
         pending.peer = peer
         self._peers[conn_id] = peer
         peer.drainer = self._spawn(self._drain(peer))
@@ -793,6 +852,12 @@ class SchedulerServer:
             if isinstance(event, Handshake):
                 self._core.peer_connected(peer.conn_id, peer.ip, event.protocol, event.peer_version)
                 continue
+            if peer.gate is not None and not peer.logged_in:
+                passed, refused = self._gate(peer, peer.gate, event)
+                if refused:
+                    return refused, events
+                if passed is None:
+                    continue
             if isinstance(event, MonLogin) and not self._admit_monitor(peer):
                 return "monitor budget full", events
             self.apply(self._core.handle_message(peer.conn_id, event, self.now()))
@@ -810,9 +875,23 @@ class SchedulerServer:
                     nodename=host.nodename,
                     max_jobs=host.max_jobs,
                     protocol=host.protocol,
+                    auth=host.auth,
                 )
         self._flush(peer)
         return "", events
+
+    def _gate(self, peer: _Peer, gate: AuthGate, event: Message) -> tuple[Message | None, str]:
+        """Pass *event* through *peer*'s authentication gate: (what the core gets, refusal)."""
+        verdict = gate.handle(event)
+        if verdict.send is not None:
+            peer.conn.send(verdict.send)
+            self._flush(peer)
+        if verdict.refuse:
+            log.warning("peer_refused", peer=peer.ip, reason=verdict.refuse, auth=gate.mode.value)
+            return None, "authentication failed"
+        if isinstance(verdict.forward, Login):
+            self._core.peer_authenticated(peer.conn_id, gate.state)
+        return verdict.forward, ""
 
     def _flush(self, peer: _Peer) -> None:
         data = peer.conn.data_to_send()

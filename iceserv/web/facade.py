@@ -125,6 +125,11 @@ class HostLike(Protocol):
         ...
 
     @property
+    def auth(self) -> str:
+        """What it proved before LOGIN: off, authenticated or unauthenticated (issue 14)."""
+        ...
+
+    @property
     def jobs(self) -> Sequence[JobLike]:
         """Its assigned and compiling jobs."""
         ...
@@ -275,6 +280,14 @@ class SchedulerLike(Protocol):
         """Stop calling *observer*."""
         ...
 
+    def keep_finished_jobs(self, count: int, /) -> None:
+        """Remember the last *count* jobs that finished after they started."""
+        ...
+
+    def finished_jobs(self) -> Sequence[tuple[JobLike, float, int]]:
+        """Return the remembered finished jobs, oldest first: (job, end time, exit code)."""
+        ...
+
 
 class DaemonTotalsLike(Protocol):
     """The daemon's running totals (every count only grows)."""
@@ -307,6 +320,11 @@ class DaemonTotalsLike(Protocol):
     @property
     def native_builds(self) -> Mapping[str, int]:
         """Native environments made for local clients, by result (``ok``, ``failed``)."""
+        ...
+
+    @property
+    def tickets(self) -> Mapping[str, int]:
+        """Connections by what became of their job ticket (accepted, refused, missing)."""
         ...
 
     @property

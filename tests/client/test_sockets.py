@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from iceserv.client.sockets import connect_local, connect_tcp, endpoint_name
+from iceserv.client.env import ClientEnv
+from iceserv.client.sockets import connect_tcp, endpoint_name, find_local_daemon
 from iceserv.protocol.endpoint import iceserv_endpoint
 
 
@@ -47,20 +48,21 @@ class TestMarkedConnect:
         sock.listen(1)
         return sock
 
-    def _peer_of(self, address: str) -> object:
-        sock = connect_local(address)
-        assert sock is not None
+    def _peer_of(self, address: str) -> tuple[object, bool]:
+        found = find_local_daemon(ClientEnv.from_mapping({"ICECC_TEST_SOCKET": address}))
+        assert found is not None
+        sock, marked = found
         try:
-            return sock.getpeername()
+            return sock.getpeername(), marked
         finally:
             sock.close()
 
     def test_endpoint_first_then_the_socket(self, tmp_path):
         path = str(tmp_path / "d.sock")
         with self._listen(path):
-            assert self._peer_of(path) == path  # no endpoint: a 1.4 daemon
+            assert self._peer_of(path) == (path, False)  # no endpoint: a 1.4 daemon
             with self._listen(endpoint_name(path)):
-                assert self._peer_of(path) == endpoint_name(path).encode()
+                assert self._peer_of(path) == (endpoint_name(path).encode(), True)
 
     def test_the_name_is_the_protocols(self):
         for address in ("/run/icecc/iceccd.socket", "tcp:10245", "rel/x.sock"):
