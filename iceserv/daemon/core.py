@@ -1553,6 +1553,27 @@ class DaemonCore:
     def _checks_tickets(self) -> bool:
         return self.settings.auth != "off" and bool(self.settings.keys)
 
+    def _verify_ticket(self, msg: JobTicket, client: _Client, now: float) -> int:
+        """Check *msg* for *client* and one of our addresses; return its expiry or raise.
+
+        The scheduler names a dual-stack server by the address of the family
+        the submitter reaches (HOST_ADDRESSES), not always the one we logged
+        in from: every address we told it counts as ours.
+        """
+        ring = KeyRing(self.settings.keys)
+        peer = ticket_address(_peer_address(client.peer))
+        refused: AuthError | None = None
+        for own in dict.fromkeys((self.own_ip, *self.found_addresses)):
+            try:
+                return verify_ticket(
+                    ring, msg.ticket, job_id=msg.job_id, client=peer,
+                    server=ticket_address(own), now=now,
+                )  # fmt: skip
+            except AuthError as exc:
+                refused = refused or exc
+        assert refused is not None  # noqa: S101 - own_ip is always tried
+        raise refused
+
     def _client_ticket(self, msg: JobTicket, client: _Client, now: float, /) -> list[Effect]:
         """Check and spend a client's JOB_TICKET (its first message after the handshake)."""
         if client.state is not State.NEW or client.ticket_job is not None:
@@ -1561,14 +1582,7 @@ class DaemonCore:
             client.ticket_job = msg.job_id  # auth off: 1.4's behaviour, nothing is checked
             return []
         try:
-            expires = verify_ticket(
-                KeyRing(self.settings.keys),
-                msg.ticket,
-                job_id=msg.job_id,
-                client=ticket_address(_peer_address(client.peer)),
-                server=ticket_address(self.own_ip),
-                now=now,
-            )
+            expires = self._verify_ticket(msg, client, now)
             self.tickets.spend(msg.ticket, expires, now)
         except AuthError as exc:
             return self._refuse_job(client, msg.job_id, exc.reason, now)
@@ -1680,6 +1694,12 @@ class DaemonCore:
             for c in self._clients.values()
         )
 
+    def _own_address_for(self, host: str) -> str:
+        """Our address of *host*'s family (the one we connect to it from), else ``own_ip``."""
+        six = ":" in host
+        own = (self.own_ip, *self.found_addresses)
+        return next((a for a in own if (":" in a) == six), self.own_ip)
+
     def _next_push(self, now: float) -> list[Effect]:
         push: PushEnv | None = self.pushes.next(idle=not self._busy_for_push())
         if push is None:
@@ -1689,7 +1709,7 @@ class DaemonCore:
             ticket = issue_ticket(
                 KeyRing(self.settings.keys),
                 job_id=PUSH_TICKET_JOB,
-                client=ticket_address(self.own_ip),
+                client=ticket_address(self._own_address_for(push.host)),
                 server=ticket_address(push.host),
                 expires=int(now) + _PUSH_TICKET_LIFETIME,
             )

@@ -65,6 +65,7 @@ __all__ = [
     "record_job_stats",
     "restrict_siblings",
     "server_speed",
+    "source_for",
 ]
 
 #: Addresses USE_CS names ``localhost`` (a daemon on the scheduler's own host).
@@ -176,6 +177,14 @@ def address_for(submitter: Host, server: Host) -> str:
     if submitter.reach & IPV6 and server.v6:
         return server.v6
     return server.ip
+
+
+def source_for(submitter: Host, named: str) -> str:
+    """Return the address *submitter*'s clients connect from to reach *named* (same family)."""
+    six = ":" in named
+    if (":" in submitter.ip) == six and not submitter.link_local:
+        return submitter.ip
+    return (submitter.v6 if six else submitter.v4) or submitter.ip
 
 
 def eligible_ever(state: ClusterState, host: Host, job: Job) -> bool:

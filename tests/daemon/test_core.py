@@ -1797,6 +1797,16 @@ class TestJobTickets:
         assert core.ticketed == 1
         assert core.state_of(1) in (State.TO_COMPILE, State.COMPILING)
 
+    def test_ticket_for_any_address_we_told_the_scheduler(self):
+        """Named by a declared address (HOST_ADDRESSES), not the login one: still ours."""
+        core = _keyed("require")
+        core.handle(SchedulerUp(OWN_IP, 43, FOUND), T0)
+        _remote_client(core, 1)
+        assert not _refusals(_send(core, 1, JobTicket(job_id=5, ticket=_ticket(server="fd00::5"))))
+        _remote_client(core, 2)
+        effects = _send(core, 2, JobTicket(job_id=5, ticket=_ticket(server="fd00::77")))
+        assert _refusals(effects)
+
     def test_ticket_allows_transfer_then_its_job(self):
         """With a ticket the client installs its environment, verifies it, then sends the job."""
         core = _keyed("require")
@@ -1965,7 +1975,6 @@ class TestTicketPassing:
         assert core.handle(FromScheduler(JobTicket(job_id=71, client_id=9, ticket="t")), T0) == []
 
 
-ICESERV_LOCAL = ConnKind(unix=True, loopback=False, iceserv=True)
 FOUND = ("10.0.0.5", "192.0.2.5", "fd00::5")
 
 
