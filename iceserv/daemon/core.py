@@ -1566,9 +1566,13 @@ class DaemonCore:
         for own in dict.fromkeys((self.own_ip, *self.found_addresses)):
             try:
                 return verify_ticket(
-                    ring, msg.ticket, job_id=msg.job_id, client=peer,
-                    server=ticket_address(own), now=now,
-                )  # fmt: skip
+                    ring,
+                    msg.ticket,
+                    job_id=msg.job_id,
+                    client=peer,
+                    server=ticket_address(own),
+                    now=now,
+                )
             except AuthError as exc:
                 refused = refused or exc
         assert refused is not None  # noqa: S101 - own_ip is always tried
