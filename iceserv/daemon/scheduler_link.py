@@ -29,7 +29,10 @@ or discovered (1.4's scheduler may not accept otherwise, reference 7.9).
 Connecting and the handshake are bounded; once
 logged in the link reads without a time-out (a quiet scheduler is normal),
 and a dead peer is found by TCP keepalive and by the STATS the core sends.
-Losing the connection tells the owner and waits before starting over.
+Losing the connection tells the owner and waits before starting over:
+0..0.5 s after a session that was logged in (the scheduler died or handed
+us over: its standby is waiting, issue 19), else 20..51 s as 1.4.  A
+discovery round ends 0.3 s after the first suitable reply.
 """
 
 from __future__ import annotations
@@ -84,6 +87,20 @@ log = structlog.get_logger()
 _READ_SIZE: Final = 65536
 #: 1.4 sets TCP_NODELAY on the daemon's channels too (beside the keepalive options).
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: Failover (issue 19): a scheduler whose host died or was cut off is given up after about
+#: 3 s (keepalive probes after 1 s of quiet, 1 s apart, and a 3 s limit on unanswered
+#: data) instead of 1.4's 36 s, so that the standby gets the daemon within 5 s.  Probes are
+#: answered by the scheduler host's kernel: a busy scheduler process is not given up.
+_FAILOVER_KEEPALIVE: Final = (
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 3000),
+)
+#: After a lost session the next discovery starts within this many seconds (1.4: 20-51 s).
+_LOST_RECONNECT: Final = 0.5
+#: A discovery round ends this long after the first suitable reply (1.4 waits it out).
+_REPLY_GRACE: Final = 0.3
 
 
 class LinkState(enum.Enum):
@@ -188,11 +205,14 @@ class SchedulerLink:
         try:
             while True:
                 target = await self._find()
+                served = False
                 if target is not None:
-                    await self._session(target)
+                    served = await self._session(target)
                     await self._owner.scheduler_event(SchedulerDown())
                 self.state = LinkState.WAITING
                 delay = 3.0 if self.settings.fast_reconnect else 20.0 + self._rng.randint(0, 31)
+                if served:  # the scheduler died or handed us over: find its standby at once
+                    delay = self._rng.uniform(0.0, _LOST_RECONNECT)
                 log.info("scheduler_reconnect_scheduled", delay=delay)
                 await asyncio.sleep(delay)
         finally:
@@ -225,12 +245,18 @@ class SchedulerLink:
                         sock, encode_request(), (address, self.settings.discovery_port)
                     )
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.discovery_wait):
+                async with asyncio.timeout(self.settings.discovery_wait) as round_end:
                     while True:
                         data, origin = await loop.sock_recvfrom(sock, 1024)
                         info = decode_reply(data)
                         if info is not None:
                             replies.append(((str(origin[0]), int(origin[1])), info))
+                            grace = loop.time() + _REPLY_GRACE
+                            when = round_end.when()
+                            if choose_scheduler(replies, self.settings.netname) and (
+                                when is None or grace < when
+                            ):
+                                round_end.reschedule(grace)
         chosen = choose_scheduler(replies, self.settings.netname)
         if chosen is None:
             log.info("scheduler_not_found", replies=len(replies), netname=self.settings.netname)
@@ -260,7 +286,8 @@ class SchedulerLink:
         except OSError as exc:
             log.debug("scheduler_wake_failed", address=f"{host}:{port}", error=str(exc))
 
-    async def _session(self, target: tuple[str, int]) -> None:
+    async def _session(self, target: tuple[str, int]) -> bool:
+        """Connect to *target* and serve it; return whether we were logged in."""
         self.state = LinkState.CONNECTING
         loop = asyncio.get_running_loop()
         try:
@@ -283,9 +310,9 @@ class SchedulerLink:
                 address=f"{target[0]}:{target[1]}",
                 error=str(exc) or type(exc).__name__,
             )
-            return
+            return False
         sock = writer.get_extra_info("socket")
-        set_keepalive(sock, _NODELAY)
+        set_keepalive(sock, _NODELAY, *_FAILOVER_KEEPALIVE)
         own_ip = str(writer.get_extra_info("sockname")[0])
         conn = Connection()
         self._conn, self._writer, self.address = conn, writer, target
@@ -294,7 +321,7 @@ class SchedulerLink:
             async with asyncio.timeout(self.settings.handshake_timeout):
                 event = await self._next(reader)
             if not isinstance(event, Handshake):
-                return
+                return False
             self.protocol = event.protocol
             self.state = LinkState.LOGGED_IN
             log.info(
@@ -308,8 +335,10 @@ class SchedulerLink:
         except (OSError, TimeoutError, ProtocolError) as exc:
             log.warning("scheduler_connection_lost", error=str(exc) or type(exc).__name__)
         finally:
+            served = self.state is LinkState.LOGGED_IN
             self.state = LinkState.WAITING
             self._close()
+        return served
 
     async def _next(self, reader: asyncio.StreamReader) -> Message | Handshake | None:
         """Return the next event from the scheduler (None at EOF); write what is queued."""

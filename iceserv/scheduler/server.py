@@ -40,7 +40,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import itertools
+import math
 import socket
 import struct
 import time
@@ -67,14 +69,19 @@ from iceserv.protocol import (
     ConnectionClosed,
     Handshake,
     MonLogin,
+    records,
 )
 from iceserv.protocol.discovery import (
     DEFAULT_NETNAME,
+    SchedulerInfo,
     decode_announcement,
+    decode_reply,
     decode_request,
     encode_announcements,
     encode_reply,
+    encode_request,
 )
+from iceserv.scheduler import standby as sb
 from iceserv.scheduler.control import INTERNALS_TIMEOUT, ClusterControl
 from iceserv.scheduler.effects import (
     Announce,
@@ -140,6 +147,11 @@ class SchedulerServerSettings:
     max_connections_per_host: int = 64
     max_monitors: int = 256
     max_monitors_per_host: int = 16
+    #: The active/standby role machine's time-outs (:mod:`~iceserv.scheduler.standby`);
+    #: None: always active, as 1.4 (tests that drive the server directly).
+    standby: sb.StandbySettings | None = None
+    #: How long the TCP check of a silent active scheduler may take.
+    confirm_timeout: float = 1.0
 
 
 @dataclass(eq=False)
@@ -189,6 +201,36 @@ class _Discovery(asyncio.DatagramProtocol):
         self._server.datagram_received(data, (str(addr[0]), addr[1]))
 
 
+class _Prober(asyncio.DatagramProtocol):
+    """UDP, ephemeral port: our discovery requests out, other schedulers' replies in."""
+
+    def __init__(self, server: SchedulerServer) -> None:
+        self._server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
+        self._server.reply_received(data, (str(addr[0]), addr[1]))
+
+
+def _is_local(ip: str) -> bool:
+    """Whether *ip* is an address of this host (it can be bound)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((ip, 0))
+    except OSError:
+        return False
+    return True
+
+
+def _local_ip_towards(ip: str) -> str:
+    """Return the source address this host uses to reach *ip* ("" if unknown)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((ip, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return ""
+
+
 class SchedulerServer:
     """A running scheduler: listeners, peer connections and the core's timers."""
 
@@ -219,6 +261,14 @@ class SchedulerServer:
         self._evictions = Throttle(_REFUSAL_LOG_INTERVAL)
         self._pending: dict[int, _Pending] = {}
         self._udp: asyncio.DatagramTransport | None = None
+        self._prober: asyncio.DatagramTransport | None = None
+        self._prober_port = 0
+        self._logged_active: tuple[str, int] | None = None
+        self.standby = (
+            sb.Standby(self._core.config.info, settings.standby, self._start)
+            if settings.standby is not None
+            else None
+        )
         self._timer_wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._readers: set[asyncio.Task[None]] = set()
@@ -252,8 +302,19 @@ class SchedulerServer:
             raise
         transport, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp)
         self._udp = transport
+        if self.standby is not None:
+            prober, _ = await loop.create_datagram_endpoint(
+                lambda: _Prober(self),
+                local_addr=(self.settings.address, 0),
+                family=socket.AF_INET,
+                allow_broadcast=True,
+            )
+            self._prober = prober
+            self._prober_port = int(prober.get_extra_info("sockname")[1])
         self._listener.start()
         self._spawn(self._timers())
+        if self.standby is not None:
+            self.apply_standby(self.standby.start())
         log.info(
             "scheduler_started",
             address=self.settings.address,
@@ -267,6 +328,8 @@ class SchedulerServer:
             self._listener.close()
         if self._udp is not None:
             self._udp.close()
+        if self._prober is not None:
+            self._prober.close()
         for peer in list(self._peers.values()):
             self._close(peer)
         for pending in list(self._pending.values()):  # accepted, no reader loop yet
@@ -299,6 +362,8 @@ class SchedulerServer:
         self._core.config = dataclasses.replace(
             self._core.config, netname=netname, persistent_clients=persistent_clients
         )
+        if self.standby is not None:
+            self.standby.info = records.replace(self.standby.info, netname=netname)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -324,7 +389,8 @@ class SchedulerServer:
                 case StartProbe(host_id, ip, port):
                     self._spawn(self._probe(host_id, ip, port))
                 case Announce(info):
-                    self._announce(encode_announcements(info))
+                    if self.standby is None or self.standby.serving:  # a standby stays silent
+                        self._announce(encode_announcements(info))
                 case InternalsReply(host_id, text):
                     self.control.deliver_internals(host_id, text)
                 case JobsWaiting():
@@ -422,26 +488,131 @@ class SchedulerServer:
         """Answer a discovery request or react to another scheduler's announcement."""
         requester = decode_request(data)
         if requester is not None:
-            if self._udp is not None:
-                with contextlib.suppress(OSError, ProtocolError):
-                    self._udp.sendto(encode_reply(requester, self._core.config.info), addr)
+            if self.standby is not None:
+                if addr[1] == self._prober_port and _is_local(addr[0]):
+                    return  # our own broadcast
+                self.apply_standby(self.standby.request_heard(addr, requester, self.now()))
+                return
+            self._answer(addr, requester, self._core.config.info)
             return
         info = decode_announcement(data)
-        if info is not None:
-            effects = self._core.handle_announcement(info, self.now())
-            if effects:
-                log.info("scheduler_preferred", peer=addr[0], version=info.version)
-            self.apply(effects)
+        if info is None:
+            return
+        if self.standby is not None:
+            if addr[1] == self.port and _is_local(addr[0]):
+                return  # our own announcement
+            self._scheduler_heard(addr, info)
+            return
+        effects = self._core.handle_announcement(info, self.now())
+        if effects:
+            log.info("scheduler_preferred", peer=addr[0], version=info.version)
+        self.apply(effects)
+
+    def reply_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Another scheduler answered one of our discovery requests."""
+        info = decode_reply(data)
+        if info is None or self.standby is None:
+            return
+        if addr[1] == self.port and _is_local(addr[0]):
+            return  # our own answer to our own broadcast
+        self._scheduler_heard(addr, info)
+
+    def _scheduler_heard(self, addr: tuple[str, int], info: SchedulerInfo) -> None:
+        assert self.standby is not None  # noqa: S101 - only called with the role machine
+        wins_tie = False
+        if info == self.standby.info:  # the same version and start time: lower address serves
+            ours = _local_ip_towards(addr[0])
+            with contextlib.suppress(ValueError):
+                wins_tie = (ipaddress.ip_address(addr[0]), addr[1]) < (
+                    ipaddress.ip_address(ours),
+                    self.port,
+                )
+        self.apply_standby(self.standby.scheduler_heard(addr, info, self.now(), wins_tie=wins_tie))
+
+    def _answer(self, addr: tuple[str, int], requester: int, info: SchedulerInfo) -> None:
+        if self._udp is not None:
+            with contextlib.suppress(OSError, ProtocolError):
+                self._udp.sendto(encode_reply(requester, info), addr)
+
+    def apply_standby(self, effects: list[sb.StandbyEffect]) -> None:  # noqa: C901 - one case per effect
+        """Carry out the role machine's *effects* in order."""
+        assert self.standby is not None  # noqa: S101 - only called with the role machine
+        for effect in effects:
+            match effect:
+                case sb.ProbeAll():
+                    for address in self.settings.announce_to:
+                        self._probe_to((address, self.port))
+                case sb.Probe(address):
+                    self._probe_to(address)
+                case sb.Confirm(address):
+                    self._spawn(self._confirm(address))
+                case sb.AnswerRequest(address, version):
+                    self._answer(address, version, self.standby.info)
+                case sb.TakeOver(info, predecessor):
+                    self._core.config = dataclasses.replace(
+                        self._core.config, start_time=info.start_time
+                    )
+                    before = None if predecessor is None else f"{predecessor[0]}:{predecessor[1]}"
+                    log.info(
+                        "scheduler_took_over",
+                        predecessor=before,
+                        start_time=info.start_time,
+                        netname=info.netname,
+                    )
+                case sb.Announce(info):
+                    self._announce(encode_announcements(info))
+                case sb.StepDown(address, info):
+                    log.warning(
+                        "scheduler_stepped_down",
+                        active=f"{address[0]}:{address[1]}",
+                        start_time=info.start_time,
+                        daemons=len(self._core.state.hosts),
+                    )
+                    self.apply(self._core.handle_announcement(info, self.now()))
+        if self.standby.role is sb.Role.STANDBY and self.standby.active is not None:
+            self._log_standby()
+        self._timer_wake.set()
+
+    def _log_standby(self) -> None:
+        assert self.standby is not None  # noqa: S101
+        active = self.standby.active
+        if active is not None and active != self._logged_active:
+            self._logged_active = active
+            log.info("scheduler_standby", active=f"{active[0]}:{active[1]}")
+
+    def _probe_to(self, address: tuple[str, int]) -> None:
+        if self._prober is not None:
+            with contextlib.suppress(OSError):
+                self._prober.sendto(encode_request(), address)
+
+    async def _confirm(self, address: tuple[str, int]) -> None:
+        """Check whether a silent active scheduler's TCP port still accepts."""
+        alive = False
+        try:
+            async with asyncio.timeout(self.settings.confirm_timeout):
+                _, writer = await asyncio.open_connection(*address)
+            alive = True
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        except (OSError, TimeoutError):
+            alive = False
+        log.info("scheduler_checked", active=f"{address[0]}:{address[1]}", alive=alive)
+        if self.standby is not None:
+            self.apply_standby(self.standby.confirmed(alive=alive, now=self.now()))
 
     # --- timers and probes ------------------------------------------------------------
 
     async def _timers(self) -> None:
         while True:
-            delay = max(0.0, self._core.get_timer() - self.now())
+            standby_at = math.inf if self.standby is None else self.standby.get_timer()
+            delay = max(0.0, min(self._core.get_timer(), standby_at) - self.now())
             self._timer_wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._timer_wake.wait()
+            if self.standby is not None and self.standby.get_timer() <= self.now():
+                self.apply_standby(self.standby.handle_timer(self.now()))
             if self._core.get_timer() <= self.now():
                 self.apply(self._core.handle_timer(self.now()))
                 if self._core.get_timer() <= self.now():
