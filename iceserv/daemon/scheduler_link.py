@@ -87,15 +87,15 @@ log = structlog.get_logger()
 _READ_SIZE: Final = 65536
 #: 1.4 sets TCP_NODELAY on the daemon's channels too (beside the keepalive options).
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-#: Failover (issue 19): a scheduler whose host died or was cut off is given up after about
-#: 3 s (keepalive probes after 1 s of quiet, 1 s apart, and a 3 s limit on unanswered
-#: data) instead of 1.4's 36 s, so that the standby gets the daemon within 5 s.  Probes are
-#: answered by the scheduler host's kernel: a busy scheduler process is not given up.
+#: Failover (issue 19): a scheduler whose host died or was cut off is given up after 2-3 s
+#: (keepalive probes after 1 s of quiet, 1 s apart, and a 2 s limit on unanswered probes
+#: or data) instead of 1.4's 9-36 s, so that the standby gets the daemon within 5 s.  The
+#: probes are answered by the scheduler host's kernel: a busy scheduler is not given up.
 _FAILOVER_KEEPALIVE: Final = (
     (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1),
     (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1),
     (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2),
-    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 3000),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 2000),
 )
 #: After a lost session the next discovery starts within this many seconds (1.4: 20-51 s).
 _LOST_RECONNECT: Final = 0.5

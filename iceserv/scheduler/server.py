@@ -117,6 +117,10 @@ _IDLE_READ: Final = 300.0
 _MONITOR_SNDBUF: Final = 65536
 _REFUSAL_LOG_INTERVAL: Final = 10.0
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
+#: A scheduler that took over numbers its jobs from a random start in this range: far above
+#: the ids of a first scheduler (counted from 1), almost surely away from the recent ids of
+#: one that took over itself, and 2**30 ids below the end of the u32 the protocol carries.
+_TAKEOVER_JOB_IDS: Final = (1 << 31, (1 << 32) - (1 << 30))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,7 @@ class SchedulerServerSettings:
     #: None: always active, as 1.4 (tests that drive the server directly).
     standby: sb.StandbySettings | None = None
     #: How long the TCP check of a silent active scheduler may take.
-    confirm_timeout: float = 1.0
+    confirm_timeout: float = 0.5
 
 
 @dataclass(eq=False)
@@ -246,6 +250,7 @@ class SchedulerServer:
             persistent_clients=settings.persistent_clients,
         )
         self._core = Scheduler(config, rng, self._start)
+        self._rng = rng
         self.control = ClusterControl(self, internals_timeout=settings.internals_timeout)
         self._peers: dict[int, _Peer] = {}
         self._summaries = JobSummaries()
@@ -552,6 +557,14 @@ class SchedulerServer:
                     self._core.config = dataclasses.replace(
                         self._core.config, start_time=info.start_time
                     )
+                    if predecessor is not None:
+                        # Daemons report jobs the old scheduler gave them (JOB_DONE of a
+                        # compile that outlived it): our ids must not meet its ids, or such a
+                        # report would end (or be kicked as foreign to) another job here.
+                        state = self._core.state
+                        state.last_job_id = max(
+                            state.last_job_id, self._rng.randrange(*_TAKEOVER_JOB_IDS)
+                        )
                     before = None if predecessor is None else f"{predecessor[0]}:{predecessor[1]}"
                     log.info(
                         "scheduler_took_over",

@@ -102,7 +102,7 @@ class StandbySettings:
 
     listen: float = 1.0
     probe_interval: float = 0.5
-    silence: float = 1.5
+    silence: float = 1.0
     replay: float = 3.0
     rival_interval: float = 2.0
 
