@@ -184,11 +184,21 @@ class TestStandby:
         assert kill(a.proc) == -signal.SIGKILL
         ours_at = farm.wait_listed(B_HOST, OURS_NAMES, 30.0) - killed
         record_property("failover_kill_ours_s", round(ours_at, 2))
+        farm.watch(B_HOST)  # counts what is asked of B from now on
+        on_b = farm.cluster.monitor
         real_at = farm.wait_listed(B_HOST, (REAL_NAME,), REAL_BOUND) - killed
         record_property("failover_kill_real14_s", round(real_at, 2))
         units, seconds = _finish(running)
         record_property("build_s", round(seconds, 1))
-        farm.watch(B_HOST)
+        # Units that got no compile server from either scheduler: asked of A but not placed
+        # when it died, asked while no scheduler served, or placed on the 1.4 daemon (which
+        # kills its compilers when it loses the scheduler): their clients built them locally.
+        began_on_a = sum(e.kind == "MON_JOB_BEGIN" for e in monitor.events[running.mark :])
+        assert on_b is not None
+        asked_of_b = on_b.placement().requested
+        record_property("units_began_via_a", began_on_a)
+        record_property("units_asked_of_b", asked_of_b)
+        record_property("units_local_fallback_at_most", units - began_on_a - asked_of_b)
         log.info("kill: ours on B after %.2f s, the 1.4 daemon after %.2f s", ours_at, real_at)
         assert ours_at <= FAILOVER_BOUND, f"our daemons took {ours_at:.2f} s"
         # The jobs h4 compiled when A died finished there and went back to the client.
