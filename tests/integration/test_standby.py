@@ -149,7 +149,10 @@ def _start_build(farm: Farm, project: Project, zstd: Reference) -> RunningBuild:
 
 
 def _logins(farm: Farm) -> int:
-    return sum(len(farm.daemon(i).events("scheduler_logged_in")) for i in (CLIENT, SERVER))
+    """Logins to a scheduler so far: ours from their JSON logs, the 1.4 daemon from its log."""
+    ours = sum(len(farm.daemon(i).events("scheduler_logged_in")) for i in (CLIENT, SERVER))
+    real = farm.cluster.daemons[REAL].log_text().count("Connected to scheduler")
+    return ours + real
 
 
 def _wait_event(program: OurScheduler, name: str, timeout: float) -> None:
@@ -214,6 +217,7 @@ class TestStandby:
         """A started again while B serves a build: A stays passive, no daemon moves."""
         farm.wait_listed(B_HOST, ALL_NAMES, REAL_BOUND)
         logins = _logins(farm)
+        assert "Connected to scheduler" in farm.cluster.daemons[REAL].log_text()
         running = _start_build(farm, project, zstd)
         wait_for(lambda: farm.daemon(SERVER).events("job_finished"), JOBS_TIMEOUT,
                  "a job on h4", interval=0.05, context=farm.cluster.log_tails)  # fmt: skip
