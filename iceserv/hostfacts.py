@@ -4,7 +4,8 @@ This module owns the facts about the local machine that the client, the
 scheduler and the daemon share: the platform name 1.4 derives from
 ``uname`` (``determine_platform``), the TCP options 1.4 puts on every
 channel (keepalive, user time-out; reference §1.3), the IPv4 address of a
-network interface and the broadcast addresses 1.4 announces to (§4.2), and
+network interface (and its IPv6 ones, from ``/proc/net/if_inet6``) and
+the broadcast addresses 1.4 announces to (§4.2), and
 the service manager's variables that must never reach a child process.
 
 It is stdlib-only and cheap to import: the compiler wrapper imports it on
@@ -34,6 +35,8 @@ __all__ = [
     "broadcast_addresses",
     "host_platform",
     "interface_address",
+    "interface_addresses",
+    "multicast_sources",
     "set_keepalive",
     "without_manager_variables",
 ]
@@ -59,6 +62,9 @@ _IFF_BROADCAST: Final = 0x2
 _IFF_POINTOPOINT: Final = 0x10
 _IFNAMSIZ: Final = 16
 _LOOPBACK: Final = "127.0.0.1"
+#: The kernel's list of IPv6 addresses: address (32 hex digits), index, prefix, scope, flags, name.
+_IF_INET6: Final = "/proc/net/if_inet6"
+_IPV6_LINK_SCOPE: Final = 0x20
 
 
 def host_platform() -> str:
@@ -128,6 +134,82 @@ def interface_address(name: str) -> str:
         return str(ipaddress.IPv4Address(name))
     except ValueError:
         return socket.inet_ntoa(_ioctl(name, _SIOCGIFADDR)[20:24])
+
+
+def _ipv6_addresses(name: str, if_inet6: str) -> list[str]:
+    """Return *name*'s IPv6 addresses from the kernel's list (link-local: ``fe80::1%name``)."""
+    import ipaddress  # noqa: PLC0415 - only the services ask about interfaces
+
+    found: list[str] = []
+    try:
+        with open(if_inet6, encoding="ascii") as lines:  # noqa: PTH123 - pathlib is not imported here
+            rows = [line.split() for line in lines]
+    except OSError:
+        return found  # no IPv6 in this kernel
+    for row in rows:
+        if len(row) != 6 or row[5] != name:
+            continue
+        address = str(ipaddress.IPv6Address(int(row[0], 16)))
+        if int(row[3], 16) == _IPV6_LINK_SCOPE:
+            address += f"%{name}"
+        found.append(address)
+    # Global addresses first: a link-local one needs its zone and serves only that link.
+    return sorted(found, key=lambda a: "%" in a)
+
+
+def interface_addresses(
+    name: str, *, ipv4: bool = True, ipv6: bool = True, if_inet6: str = _IF_INET6
+) -> list[str]:
+    """Return the addresses of interface *name* of the families asked for, IPv4 first.
+
+    This is what ``-i IF`` binds.  IPv6 link-local addresses carry their zone
+    (``fe80::1%eth0``).  Raises ``OSError`` if the interface does not exist
+    or has no address of those families.
+    """
+    import contextlib  # noqa: PLC0415 - only the services ask about interfaces
+    import errno  # noqa: PLC0415
+    import ipaddress  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    try:
+        return [str(ipaddress.IPv4Address(name))]  # 1.4 accepts an address for -i too
+    except ValueError:
+        pass
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), name) from None
+    found: list[str] = []
+    if ipv4:
+        with contextlib.suppress(OSError):  # an IPv6-only interface
+            found.append(interface_address(name))
+    if ipv6:
+        found += _ipv6_addresses(name, if_inet6)
+    if not found:
+        families = " or ".join(f for f, wanted in (("IPv4", ipv4), ("IPv6", ipv6)) if wanted)
+        raise OSError(errno.EADDRNOTAVAIL, f"interface {name} has no {families} address")
+    return found
+
+
+def multicast_sources(*, if_inet6: str = _IF_INET6) -> list[tuple[str, str]]:
+    """Return ``(interface, source address)`` for each non-loopback interface with IPv6.
+
+    The source is the interface's first global (or unique local) address, so
+    that the answer to a link-local multicast comes from, and goes to,
+    routable addresses; an interface with only a link-local address gets that
+    one (``fe80::1%eth0``).  Empty when the kernel has no IPv6.
+    """
+    try:
+        with open(if_inet6, encoding="ascii") as lines:  # noqa: PTH123 - pathlib is not imported here
+            names = sorted({row.split()[5] for row in lines if len(row.split()) == 6})
+    except OSError:
+        return []
+    found: list[tuple[str, str]] = []
+    for name in names:
+        addresses = _ipv6_addresses(name, if_inet6)
+        if name != "lo" and addresses:
+            found.append((name, addresses[0]))
+    return found
 
 
 def broadcast_addresses() -> list[str]:

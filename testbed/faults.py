@@ -146,8 +146,8 @@ def tmpfs(path: Path, size_mib: int) -> Iterator[Path]:
 
 def telnet_listcs(host: Host, address: tuple[str, int],
                   timeout: float = _TELNET_TIMEOUT) -> list[ListedHost]:  # fmt: skip
-    """Run ``listcs`` on the telnet port ``address`` of a scheduler reachable from ``host``."""
-    sock = host.socket()
+    """Run ``listcs`` on the telnet port ``address`` (IPv4 or IPv6) of a scheduler on ``host``."""
+    sock = host.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
     try:
         sock.settimeout(timeout)
         sock.connect(address)

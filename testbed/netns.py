@@ -206,8 +206,13 @@ class NetnsHost:
         return sock
 
     def add_address(self, ip: str, prefix: int = 24) -> None:
-        """Give ``eth0`` one more address (a host with several addresses, e.g. an attacker's)."""
-        _ip("-n", self.name, "addr", "add", f"{ip}/{prefix}", "dev", "eth0")
+        """Give ``eth0`` one more address (a host with several addresses, e.g. an attacker's).
+
+        An IPv6 address skips duplicate address detection (``nodad``), so it
+        can be bound at once instead of after a second or two of "tentative".
+        """
+        extra = ["nodad"] if ":" in ip else []
+        _ip("-n", self.name, "addr", "add", f"{ip}/{prefix}", "dev", "eth0", *extra)
 
     def _cleanup(self) -> None:
         for sock in self._sockets:

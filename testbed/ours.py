@@ -88,7 +88,7 @@ def _read_events(path: Path, name: str) -> list[dict[str, Any]]:
 class OurScheduler(_OurProgram):
     """``python -m iceserv.app.scheduler`` as a subprocess (the user's way to start it).
 
-    ``loopback_only`` adds ``-i lo`` and ``ICECC_TESTS=1``.
+    ``loopback_only`` adds ``-i lo`` and ``ICECC_TESTS=1``; ``extra_args`` are appended.
     """
 
     program: ClassVar[str] = "our scheduler"
@@ -98,6 +98,7 @@ class OurScheduler(_OurProgram):
     port: int | None = None
     netname: str = field(default_factory=lambda: f"IS{os.getpid()}")
     loopback_only: bool = True
+    extra_args: Sequence[str] = ()
 
     @property
     def address(self) -> str:
@@ -111,6 +112,7 @@ class OurScheduler(_OurProgram):
             self.port = free_scheduler_port(self.host)
         args = ["-p", str(self.port), "-n", self.netname, "-vv", "-l", str(self.log_path)]
         args += ["-i", "lo"] if self.loopback_only else []
+        args += list(self.extra_args)
         env = clean_env({"ICECC_TESTS": "1"} if self.loopback_only else {})
         return self._start_module("iceserv.app.scheduler", args, env)
 

@@ -90,7 +90,8 @@ TELNET_IDLE_LIMIT: Final = 36.0  # the scheduler drops a telnet session idle thi
 _TELNET_REUSE_LIMIT: Final = TELNET_IDLE_LIMIT - 6.0  # reconnect before it could be dropped
 _AWAKE_MAX_SECONDS: Final = 600.0
 _LISTCS_RE: Final = re.compile(
-    r"^ (?P<name>\S+) \((?P<ip>[^:]+):(?P<port>\d+)\) \[(?P<platform>[^\]]*)\]"
+    r"^ (?P<name>\S+) \((?:\[(?P<ip6>[^\]]+)\]|(?P<ip>[^:]+)):(?P<port>\d+)\)"
+    r" \[(?P<platform>[^\]]*)\]"
     r" speed=(?P<speed>[-\d.]+) jobs=(?P<jobs>\d+)/(?P<max_jobs>\d+) load=(?P<load>-?\d+)"
     r"(?P<extra>.*)$"
 )
@@ -136,7 +137,7 @@ def parse_listcs(lines: Sequence[str]) -> list[ListedHost]:
 def _listed(fields: dict[str, str], jobs: list[str]) -> ListedHost:
     return ListedHost(
         name=fields["name"],
-        ip=fields["ip"],
+        ip=fields["ip"] or fields["ip6"],  # "[v6]:port" from iceserv's listcs
         port=int(fields["port"]),
         platform=fields["platform"],
         speed=float(fields["speed"]),

@@ -18,6 +18,8 @@ from iceserv.hostfacts import (
     broadcast_addresses,
     host_platform,
     interface_address,
+    interface_addresses,
+    multicast_sources,
     set_keepalive,
     without_manager_variables,
 )
@@ -100,6 +102,43 @@ class TestInterfaces:
         assert all(not a.startswith("127.") for a in found)
         for address in found:
             socket.inet_aton(address)
+
+
+# /proc/net/if_inet6 rows: address, index, prefix length, scope, flags, name.
+IF_INET6 = """\
+00000000000000000000000000000001 01 80 10 80       lo
+fe800000000000000000000000000002 02 40 20 80     eth0
+fd000000000000000000000000000002 02 40 00 80     eth0
+fe800000000000000000000000000003 03 40 20 80     wlan9
+"""
+
+
+class TestIpv6Addresses:
+    def test_lo_has_both_families(self):
+        """-i lo: 127.0.0.1 and ::1, IPv4 first; each family alone on request."""
+        assert interface_addresses("lo") == ["127.0.0.1", "::1"]
+        assert interface_addresses("lo", ipv4=False) == ["::1"]
+        assert interface_addresses("lo", ipv6=False) == ["127.0.0.1"]
+
+    def test_ipv4_literal_kept(self):
+        """1.4 accepts an IPv4 address for -i: it is its own address list."""
+        assert interface_addresses("10.1.2.3") == ["10.1.2.3"]
+
+    def test_unknown_interface_is_enodev(self):
+        """An unknown interface is ENODEV, which main reports with its strerror."""
+        with pytest.raises(OSError, match="No such device") as info:
+            interface_addresses("nosuchif0")
+        assert info.value.strerror
+
+    def test_multicast_sources_prefer_routable_addresses(self, tmp_path):
+        """One source per non-loopback interface: its routable address, else link-local."""
+        table = tmp_path / "if_inet6"
+        table.write_text(IF_INET6)
+        assert multicast_sources(if_inet6=str(table)) == [
+            ("eth0", "fd00::2"),
+            ("wlan9", "fe80::3%wlan9"),
+        ]
+        assert multicast_sources(if_inet6=str(tmp_path / "absent")) == []
 
 
 class TestImportCost:

@@ -52,8 +52,20 @@ from iceserv.daemon import (
     child_environment,
     resolve_user,
 )
-from iceserv.hostfacts import broadcast_addresses, host_platform, interface_address
-from iceserv.netio import DESCRIPTOR_RESERVE, NofileLimit, fit_budget, raise_nofile_limit
+from iceserv.hostfacts import (
+    broadcast_addresses,
+    host_platform,
+    interface_addresses,
+    multicast_sources,
+)
+from iceserv.netio import (
+    DESCRIPTOR_RESERVE,
+    WILDCARD,
+    Family,
+    NofileLimit,
+    fit_budget,
+    raise_nofile_limit,
+)
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.dbus import (
     DAEMON_INTERFACE,
@@ -65,7 +77,7 @@ from iceserv.service.dbus import (
 from iceserv.service.lifecycle import daemonize
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, MutableMapping, Sequence
+    from collections.abc import Callable, Mapping, MutableMapping, Sequence
 
     from iceserv.config import DaemonSettings, HostPort, Loaded
     from iceserv.service import LogSetup, Notifier
@@ -79,6 +91,7 @@ _PROG: Final = "iceccd"
 _EXIT_FAILURE: Final = 1
 _ROOT_SOCKET: Final = Path("/var/run/icecc/iceccd.socket")
 _LOOPBACK: Final = "127.0.0.1"
+_LOOPBACK6: Final = "::1"
 _REAL_ICECC: Final = "/usr/bin/icecc"
 #: What a reload cannot change while the daemon runs (it says so and keeps the old value).
 _SCHEDULER_IDLE: Final = 300.0
@@ -101,10 +114,25 @@ def socket_path(environ: Mapping[str, str], *, privileged: bool) -> Path:
 
 def _listen_addresses(settings: DaemonSettings) -> tuple[str, ...]:
     if not settings.interface:
-        return ("0.0.0.0",)  # noqa: S104 - 1.4 listens on every interface unless -i is given
-    address = interface_address(settings.interface)
+        return (WILDCARD,)  # 1.4 listens on every interface unless -i is given
+    family = Family(settings.family)
+    ipv4, ipv6 = family is not Family.IPV6, family is not Family.IPV4
+    addresses = interface_addresses(settings.interface, ipv4=ipv4, ipv6=ipv6)
     # 1.4 also binds 127.0.0.1 (and fails for -i lo by binding it twice; we do not).
-    return tuple(dict.fromkeys((address, _LOOPBACK)))
+    loopbacks = [a for a, wanted in ((_LOOPBACK, ipv4), (_LOOPBACK6, ipv6)) if wanted]
+    return tuple(dict.fromkeys((*addresses, *loopbacks)))
+
+
+def _broadcasts(settings: DaemonSettings, *, tests: bool) -> Callable[[], Sequence[str]]:
+    if tests:
+        return lambda: (_LOOPBACK,)  # ICECC_TESTS: 1.4 broadcasts on loopback only
+    if settings.family == "ipv6":
+        return lambda: ()  # --family ipv6: discovery by the IPv6 group alone
+    return broadcast_addresses
+
+
+def _no_multicast() -> list[tuple[str, str]]:
+    return []  # ICECC_TESTS (loopback only, as 1.4's broadcasts) or --family ipv4
 
 
 def _native_command() -> tuple[str, str]:
@@ -117,7 +145,8 @@ def server_settings(
 ) -> ServerSettings:
     """Map the settings (and ``ICECC_TEST_SOCKET``/``ICECC_TESTS``) to the daemon shell's.
 
-    Raises ``OSError`` if ``-i`` names an interface without an IPv4 address.
+    Raises ``OSError`` if ``-i`` names an interface without an address of the
+    families ``family`` allows.
     """
     remote = settings.allow_remote and chroot_possible
     tests = bool(environ.get("ICECC_TESTS"))
@@ -128,11 +157,13 @@ def server_settings(
         unix_socket=socket_path(environ, privileged=chroot_possible),
         env_basedir=settings.env_basedir,
         listen_addresses=_listen_addresses(settings) if remote else (),
+        family=settings.family,
         port=settings.port if remote else 0,
         nodename=settings.host_name,
         netname=settings.net_name,
         scheduler=(scheduler.host, scheduler.port) if scheduler is not None else None,
-        broadcasts=(lambda: (_LOOPBACK,)) if tests else broadcast_addresses,
+        broadcasts=_broadcasts(settings, tests=tests),
+        multicast=_no_multicast if tests or settings.family == "ipv4" else multicast_sources,
         fast_reconnect=tests,
         max_kids=max_kids if max_kids is not None else os.cpu_count() or 1,
         nice=settings.nice_level,

@@ -36,8 +36,16 @@ import structlog
 from iceserv._version import VERSION
 from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
 from iceserv.config import Service, load_scheduler_settings
-from iceserv.hostfacts import broadcast_addresses, interface_address
-from iceserv.netio import DESCRIPTOR_RESERVE, NofileLimit, fit_budget, raise_nofile_limit
+from iceserv.hostfacts import broadcast_addresses, interface_addresses, multicast_sources
+from iceserv.netio import (
+    DESCRIPTOR_RESERVE,
+    WILDCARD,
+    Family,
+    NofileLimit,
+    fit_budget,
+    is_link_local,
+    raise_nofile_limit,
+)
 from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.scheduler.standby import Role, StandbySettings
@@ -84,7 +92,7 @@ _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
 #: Settings a reload cannot change while the sockets stay open.
-_RESTART_ONLY: Final = ("port", "interface", "user", "daemonize", "http")
+_RESTART_ONLY: Final = ("port", "interface", "family", "user", "daemonize", "http")
 
 
 def server_settings(
@@ -92,19 +100,44 @@ def server_settings(
 ) -> SchedulerServerSettings:
     """Map the scheduler's settings (and ``ICECC_TESTS``) to the server's.
 
-    Raises ``OSError`` if the interface does not exist or has no IPv4 address.
+    Raises ``OSError`` if the interface does not exist or has no address of
+    the families ``family`` allows.
     """
-    address = interface_address(settings.interface) if settings.interface else "0.0.0.0"  # noqa: S104
-    if environ.get("ICECC_TESTS"):
+    family = Family(settings.family)
+    addresses: tuple[str, ...] = (WILDCARD,)
+    if settings.interface:
+        addresses = tuple(
+            interface_addresses(
+                settings.interface,
+                ipv4=family is not Family.IPV6,
+                ipv6=family is not Family.IPV4,
+            )
+        )
+    if environ.get("ICECC_TESTS"):  # loopback only, as 1.4 under ICECC_TESTS
         announce_to: tuple[str, ...] = (_LOOPBACK,)
+        multicast: tuple[str, ...] = ()
+        routable = False
     else:
         announce_to = tuple(broadcast_addresses())
+        sources = [
+            (name, source)
+            for name, source in multicast_sources()
+            if not settings.interface or name == settings.interface
+        ]
+        multicast = tuple(name for name, _ in sources)
+        routable = any(not is_link_local(source) for _, source in sources)
+    if family is Family.IPV4:
+        multicast, routable = (), False
     return SchedulerServerSettings(
-        address=address,
+        address=addresses[0],
+        addresses=addresses,
+        family=family,
         port=settings.port,
         netname=settings.net_name or DEFAULT_NETNAME,
         persistent_clients=settings.persistent_client_connection,
         announce_to=announce_to,
+        multicast_interfaces=multicast,
+        routable_ipv6=routable,
         handshake_timeout=settings.handshake_timeout,
         message_timeout=settings.message_timeout,
         max_connections=settings.max_connections,
@@ -164,8 +197,9 @@ async def _start_telnet(
     try:
         return await serve_telnet(
             server.control,
-            server.settings.address,
+            server.listen_addresses,
             server.port + 1,
+            family=server.settings.family,
             max_sessions=sessions,
             max_sessions_per_host=sessions_per_host,
         )

@@ -207,7 +207,7 @@ def _telnet_status(host: str, port: int) -> ClusterStatus:
             hosts.append(
                 StatusHost(
                     name=match["name"],
-                    ip=match["ip"],
+                    ip=match["ip"].removeprefix("[").removesuffix("]"),  # [v6]:port
                     platform=match["platform"],
                     slots=int(match["slots"]),
                     used=int(match["used"]),

@@ -42,26 +42,39 @@ def connect_unix(path: str, timeout: float = _LOCAL_CONNECT_TIMEOUT) -> _socket.
 
 
 def connect_tcp(host: str, port: int, timeout: float) -> _socket.socket | None:
-    """Connect to an IPv4 *host* (name or dotted address) within *timeout*; None on failure.
+    """Connect to *host* (IPv4 name or dotted address, or an IPv6 literal) within *timeout*.
 
-    Sets ``TCP_NODELAY`` and keepalive as 1.4's outgoing connections do (§1.3).
+    Returns None on failure.  Names resolve to IPv4 only, as in 1.4; an IPv6
+    literal (``fd00::2``, ``fe80::2%eth0``) is what an iceserv scheduler puts
+    in USE_CS for a server that logged in over IPv6.  Sets ``TCP_NODELAY`` and
+    keepalive as 1.4's outgoing connections do (§1.3).
     """
-    try:
-        _socket.inet_aton(host)  # dotted already: no resolver, no idna codec (5 ms of imports)
-        address = host
-    except OSError:
-        name = host.encode("ascii") if host.isascii() else host  # bytes skip the idna codec
+    family = _socket.AF_INET
+    target: tuple[object, ...] = (host, port)
+    if ":" in host:
         try:
-            found = _socket.getaddrinfo(name, port, _socket.AF_INET, _socket.SOCK_STREAM)
+            found = _socket.getaddrinfo(
+                host, port, _socket.AF_INET6, _socket.SOCK_STREAM, 0, _socket.AI_NUMERICHOST
+            )
         except (OSError, UnicodeError):
             return None
-        if not found:
-            return None
-        address = str(found[0][4][0])
-    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        family, target = _socket.AF_INET6, found[0][4]
+    else:
+        try:
+            _socket.inet_aton(host)  # dotted already: no resolver, no idna codec (5 ms of imports)
+        except OSError:
+            name = host.encode("ascii") if host.isascii() else host  # bytes skip the idna codec
+            try:
+                found = _socket.getaddrinfo(name, port, _socket.AF_INET, _socket.SOCK_STREAM)
+            except (OSError, UnicodeError):
+                return None
+            if not found:
+                return None
+            target = (str(found[0][4][0]), port)
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect((address, port))
+        sock.connect(target)
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
     except OSError:

@@ -61,6 +61,7 @@ _COMMON_HEAD: Final = (
     _Option("n", "netname", _Action.VALUE, "net_name", "NAME", "icecream network name"),
     _Option("i", "interface", _Action.VALUE, "interface", "IFACE", "network interface to use"),
     _Option("p", "port", _Action.VALUE, "port", "PORT", "TCP port to listen on"),
+    _Option("", "family", _Action.VALUE, "family", "FAMILY", "any|ipv4|ipv6 (address families)"),
     _Option("l", "log-file", _Action.VALUE, "log_file", "FILE", "log to FILE"),
     _Option("d", "daemonize", _Action.TRUE, "daemonize", "", "detach from the terminal"),
     _Option("u", "user-uid", _Action.VALUE, "user", "USER", "user to run as when root"),

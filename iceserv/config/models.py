@@ -167,6 +167,7 @@ OptionalPath = Annotated[AbsolutePath | None, BeforeValidator(_empty_is_none)]
 Verbosity = Annotated[int, Field(ge=0, le=3), BeforeValidator(_verbosity)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 LogFormat = Literal["auto", "console", "json", "journal"]
+AddressFamily = Literal["any", "ipv4", "ipv6"]
 SchedulerAddress = Annotated[
     HostPort | None,
     BeforeValidator(_parse_host_port),
@@ -242,6 +243,9 @@ class DaemonSettings(_Settings):
     """Network interface to listen on; empty means all (``-i``)."""
     port: Port = DEFAULT_DAEMON_PORT
     """TCP port for clients and other daemons (``-p``)."""
+    family: AddressFamily = "any"
+    """Address families to listen and connect on: any (IPv6 and IPv4), ipv4 or ipv6
+    (``--family``; TOML also ``[network] family``)."""
     daemonize: bool = False
     """Detach from the terminal (``-d``); ignored under systemd or ``--foreground``."""
     handshake_timeout: Annotated[float, Field(gt=0, le=3600)] = 15.0
@@ -297,6 +301,9 @@ class SchedulerSettings(_Settings):
     """Log lines as console, json or journal; auto picks by where they go (``--log-format``)."""
     port: Annotated[int, Field(ge=1, le=65534)] = DEFAULT_SCHEDULER_PORT
     """TCP and UDP port for daemons and clients; telnet uses port + 1 (``-p``)."""
+    family: AddressFamily = "any"
+    """Address families to listen on: any (IPv6 and IPv4), ipv4 or ipv6
+    (``--family``; TOML also ``[network] family``)."""
     user: Annotated[str, AfterValidator(_no_blanks)] = ""
     """User to switch to when started as root; empty keeps the current user (``-u``)."""
     daemonize: bool = False

@@ -55,6 +55,9 @@ _FAMILIES: Final = ("ICECC", "ICECREAM")
 _TRUE_WORDS: Final = frozenset(("yes", "true", "on", "1", "y", "t"))
 _TOML_KEY: Final = re.compile(r"\s*([\"']?)([A-Za-z0-9_-]+)\1\s*=")
 _TOML_ERROR_LINE: Final = re.compile(r"\(at line (\d+), column \d+\)")
+#: The TOML table both services read (their own table overrides it), and its settings.
+_NETWORK_TABLE: Final = "network"
+_NETWORK_KEYS: Final = ("family",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,30 +228,43 @@ def _toml_layer(names: ServiceNames, path: Path, *, required: bool) -> dict[str,
         reason = _TOML_ERROR_LINE.sub("", str(exc)).strip()
         msg = f"{where}: invalid TOML: {reason}"
         raise ConfigError(msg, source=where) from None
-    tables = {service.value for service in Service}
+    _check_tables(data, path, text)
+    raws: dict[str, _Raw] = {}
+    # [network] holds what both services share; the service's own table wins over it.
+    for table_name in (_NETWORK_TABLE, names.toml_table):
+        for key, value in _toml_table(data, table_name, path, text).items():
+            raws[key] = _Raw(
+                value,
+                Origin(
+                    OriginKind.TOML, key, str(path), _toml_line(text, table_name, key), table_name
+                ),
+            )
+    return raws
+
+
+def _check_tables(data: dict[str, object], path: Path, text: str) -> None:
+    """Refuse unknown tables, and keys of ``[network]`` that are not shared settings."""
+    tables = {service.value for service in Service} | {_NETWORK_TABLE}
     for key in data:
         if key not in tables:
             where = f"{path}:{_toml_line(text, None, key)}"
-            msg = f"{where}: unknown table [{key}]; expected [daemon] or [scheduler]"
+            msg = f"{where}: unknown table [{key}]; expected [daemon], [scheduler] or [network]"
             raise ConfigError(msg, source=where, name=key)
-    table = data.get(names.toml_table, {})
+    for key in _toml_table(data, _NETWORK_TABLE, path, text):
+        if key not in _NETWORK_KEYS:
+            where = f"{path}:{_toml_line(text, _NETWORK_TABLE, key)}"
+            known = ", ".join(_NETWORK_KEYS)
+            msg = f"{where}: unknown setting {key!r} in [{_NETWORK_TABLE}]; expected {known}"
+            raise ConfigError(msg, source=where, name=key)
+
+
+def _toml_table(data: dict[str, object], name: str, path: Path, text: str) -> dict[str, object]:
+    table = data.get(name, {})
     if not isinstance(table, dict):
-        where = f"{path}:{_toml_line(text, None, names.toml_table)}"
-        msg = f"{where}: {names.toml_table} must be a table [{names.toml_table}]"
-        raise ConfigError(msg, source=where, name=names.toml_table)
-    return {
-        key: _Raw(
-            value,
-            Origin(
-                OriginKind.TOML,
-                key,
-                str(path),
-                _toml_line(text, names.toml_table, key),
-                names.toml_table,
-            ),
-        )
-        for key, value in table.items()
-    }
+        where = f"{path}:{_toml_line(text, None, name)}"
+        msg = f"{where}: {name} must be a table [{name}]"
+        raise ConfigError(msg, source=where, name=name)
+    return table
 
 
 def _toml_line(text: str, table: str | None, key: str) -> int:

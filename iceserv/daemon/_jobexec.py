@@ -23,6 +23,7 @@ what a remote job cost on top of its compile.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
@@ -131,6 +132,28 @@ def _start(words: list[str], fds: list[int]) -> None:
     os._exit(run_job(Spec([str(stats), *words])))
 
 
+def _fork_job(sock: socket.socket, data: bytes, fds: list[int]) -> int:
+    """Fork the runner of one job; return its pid (-1 if it could not be forked).
+
+    The job is its own process group before the daemon learns its pid: the
+    child makes it too, but may not have run yet when the daemon's
+    ``killpg(pid)`` comes (a client gone at once), and that kill would miss.
+    """
+    try:
+        pid = os.fork()
+    except OSError:
+        return -1
+    if pid == 0:
+        try:
+            sock.close()
+            _start(data.decode(errors="surrogateescape").split("\0"), fds)
+        finally:
+            os._exit(_SETUP_FAILED)
+    with contextlib.suppress(OSError):  # ESRCH: it has exited already
+        os.setpgid(pid, pid)
+    return pid
+
+
 def _reap() -> None:
     """Collect the jobs that ended (their CPU time then counts as ours, as a daemon's would)."""
     while True:
@@ -168,18 +191,7 @@ def serve(sock_fd: int) -> int:
             return 0
         if not data:
             return 0  # the daemon closed its end
-        pid = -1
-        if len(fds) == 4:  # stdin, stdout, stderr, report
-            try:
-                pid = os.fork()
-            except OSError:
-                pid = -1
-            if pid == 0:
-                try:
-                    sock.close()
-                    _start(data.decode(errors="surrogateescape").split("\0"), fds)
-                finally:
-                    os._exit(_SETUP_FAILED)
+        pid = _fork_job(sock, data, fds) if len(fds) == 4 else -1  # stdin, out, err, report
         for fd in fds:
             os.close(fd)
         try:

@@ -84,6 +84,27 @@ def _child(words: list[str], fds: list[int]) -> None:
         os._exit(code)
 
 
+def _fork_unpacker(sock: socket.socket, words: list[str], fds: list[int]) -> int:
+    """Fork one unpacker; return its pid (-1 if it could not be forked).
+
+    The daemon may ``killpg(pid)`` as soon as it reads the pid (a client gone
+    at once): the group is made here too, as the child may not have run yet.
+    """
+    try:
+        pid = os.fork()
+    except OSError:
+        return -1
+    if pid == 0:
+        try:
+            sock.close()
+            _child(words, fds)
+        finally:
+            os._exit(_FAILED)
+    with contextlib.suppress(OSError):  # ESRCH: it has exited already
+        os.setpgid(pid, pid)
+    return pid
+
+
 def _reap() -> None:
     while True:
         try:
@@ -114,16 +135,7 @@ def serve(sock_fd: int) -> int:
         words = data.decode(errors="surrogateescape").split("\0")
         pid = -1
         if len(fds) == 4 and len(words) == _WORDS:  # stdin, stdout, stderr, report
-            try:
-                pid = os.fork()
-            except OSError:
-                pid = -1
-            if pid == 0:
-                try:
-                    sock.close()
-                    _child(words, fds)
-                finally:
-                    os._exit(_FAILED)
+            pid = _fork_unpacker(sock, words, fds)
         for fd in fds:
             os.close(fd)
         try:

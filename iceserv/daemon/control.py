@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from iceserv.daemon.environments import CachedEnvironment as EnvironmentView
 from iceserv.daemon.slots import Work
+from iceserv.netio import host_port
 
 if TYPE_CHECKING:
     from iceserv.daemon.metrics import TotalsView
@@ -83,7 +84,7 @@ class DaemonControl:
             slots_total=daemon.slots.capacity,
             waiting=daemon.slots.waiting(),
             clients=daemon.client_count,
-            scheduler=f"{address[0]}:{address[1]}" if address and daemon.link.connected else None,
+            scheduler=host_port(*address) if address and daemon.link.connected else None,
             scheduler_state=daemon.link.state.value,
             load=daemon.tracker.current_load,
             cache_size=daemon.cache.size,

@@ -857,7 +857,8 @@ class DaemonCore:
                 "compile_server_assigned",
                 client_id=client.conn_id,
                 job_id=msg.job_id,
-                server=f"{named.hostname}:{named.port}",
+                server=(f"[{named.hostname}]" if ":" in named.hostname else named.hostname)
+                + f":{named.port}",
                 got_env=msg.got_env,
                 env_from=env_from if msg.got_env else "",
             ),

@@ -155,6 +155,7 @@ class Installer:
         if proc is not None and self._returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, 9)
+            proc.stdin.close()  # a child the kill missed reads EOF and ends on its own
             with contextlib.suppress(TimeoutError, ConnectionError):
                 async with asyncio.timeout(5):
                     await proc.report.read()  # EOF: the child is gone

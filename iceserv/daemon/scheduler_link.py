@@ -22,11 +22,14 @@ Theory of operation
 In DISCOVERING one request byte goes to every broadcast address and the
 replies of the next ``discovery_wait`` seconds are judged with
 :func:`~iceserv.protocol.discovery.choose_scheduler`; without a suitable one
-the round repeats.  Before connecting, the scheduler's address is resolved
-and reported (``SchedulerConnecting``): the core then has a discovery
+the round repeats.  Once the TCP connection stands, the scheduler's address
+is reported (``SchedulerConnecting``): the core then has a discovery
 datagram sent to it every second until shortly after the handshake, named
 or discovered (1.4's scheduler may not accept otherwise, reference 7.9).
-Connecting and the handshake are bounded; once
+A name is resolved to the addresses of the allowed families (``family``),
+tried in the resolver's order with happy eyeballs (the next attempt starts
+:data:`HAPPY_EYEBALLS_DELAY` after the previous); the wake datagrams go to
+the address that answered.  Connecting and the handshake are bounded; once
 logged in the link reads without a time-out (a quiet scheduler is normal),
 and a dead peer is found by TCP keepalive and by the STATS the core sends.
 Losing the connection tells the owner and waits before starting over:
@@ -54,6 +57,16 @@ from iceserv.daemon.effects import (
 )
 from iceserv.errors import ProtocolError, RemoteProtocolError
 from iceserv.hostfacts import set_keepalive
+from iceserv.netio import (
+    DISCOVERY_GROUP6,
+    IP_FREEBIND,
+    host_port,
+    is_ipv6,
+    is_link_local,
+    sockaddr_host_port,
+    socket_families,
+    unmapped,
+)
 from iceserv.protocol import (
     NEED_DATA,
     SCHEDULER_PORT,
@@ -80,6 +93,7 @@ __all__ = [
     "LinkSettings",
     "LinkState",
     "SchedulerLink",
+    "elect",
 ]
 
 log = structlog.get_logger()
@@ -101,6 +115,44 @@ _FAILOVER_KEEPALIVE: Final = (
 _LOST_RECONNECT: Final = 0.5
 #: A discovery round ends this long after the first suitable reply (1.4 waits it out).
 _REPLY_GRACE: Final = 0.3
+#: Seconds before the next address of a name is tried while the first still connects
+#: (RFC 8305's recommended 250 ms; asyncio's ``happy_eyeballs_delay``).
+HAPPY_EYEBALLS_DELAY: Final = 0.25
+
+
+def elect(
+    replies: Sequence[tuple[tuple[str, int], SchedulerInfo]],
+    netname: str,
+    *,
+    ipv6_first: bool = False,
+) -> tuple[tuple[str, int], SchedulerInfo] | None:
+    """Pick the scheduler to connect to among discovery *replies*, and its address.
+
+    1.4's rules (:func:`~iceserv.protocol.discovery.choose_scheduler`: the
+    net name, then the highest version, then the earliest start) with one
+    step after the version: a scheduler that answered over IPv4 and from a
+    routable IPv6 address (the same net name, version and start time) is
+    dual-stack and beats single-stack ones.  Of a dual-stack scheduler's
+    addresses the IPv4 one is used (a daemon known by IPv4 can be named to
+    every submitter, 1.4's too), the IPv6 one with *ipv6_first*.
+    """
+    best = choose_scheduler(replies, netname)
+    if best is None:
+        return None
+    same_version = [r for r in replies if r[1].version == best[1].version]
+    families: dict[tuple[str, int, int], set[bool]] = {}
+    for (host, _), info in same_version:
+        if not is_link_local(host):
+            key = (info.netname.casefold(), info.version, info.start_time)
+            families.setdefault(key, set()).add(is_ipv6(host))
+    dual = [r for r in same_version if len(families.get(_key(r[1]), ())) == 2]
+    best = choose_scheduler(dual, netname) or best
+    addresses = [r for r in replies if _key(r[1]) == _key(best[1])]
+    return next((r for r in addresses if is_ipv6(r[0][0]) == ipv6_first), best)
+
+
+def _key(info: SchedulerInfo) -> tuple[str, int, int]:
+    return info.netname.casefold(), info.version, info.start_time
 
 
 class LinkState(enum.Enum):
@@ -128,19 +180,25 @@ class LinkSettings:
     """How to find and talk to the scheduler.
 
     ``scheduler`` is ``(host, port)`` from ``-s`` (None: discovery, sending to
-    ``broadcasts()`` on ``discovery_port``); ``fast_reconnect`` is
-    ``ICECC_TESTS``' 3 s delay instead of 20..51 s.
+    ``broadcasts()`` on ``discovery_port``, and to the IPv6 discovery group
+    from each ``(interface, source address)`` of ``multicast()``); ``fast_reconnect`` is
+    ``ICECC_TESTS``' 3 s delay instead of 20..51 s.  ``family`` (``any``,
+    ``ipv4``, ``ipv6``) limits the addresses a name resolves to; with several,
+    they are tried in the resolver's order, the next one starting
+    :data:`HAPPY_EYEBALLS_DELAY` after the previous (RFC 8305).
     """
 
     scheduler: tuple[str, int] | None = None
     netname: str = ""
     discovery_port: int = SCHEDULER_PORT
     broadcasts: Callable[[], Sequence[str]] = lambda: ("255.255.255.255",)
+    multicast: Callable[[], Sequence[tuple[str, str]]] = lambda: ()
     fast_reconnect: bool = False
     connect_timeout: float = 10.0
     handshake_timeout: float = 15.0
     send_timeout: float = 30.0
     discovery_wait: float = 3.0
+    family: str = "any"
 
 
 class SchedulerLink:
@@ -233,35 +291,97 @@ class SchedulerLink:
         return None
 
     async def _discover_once(self) -> tuple[str, int] | None:
-        loop = asyncio.get_running_loop()
         replies: list[tuple[tuple[str, int], SchedulerInfo]] = []
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(sock) for sock in await self._send_requests()]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.discovery_wait) as round_end:
+
+                    def replied() -> None:  # end the round soon after a suitable reply
+                        grace = asyncio.get_running_loop().time() + _REPLY_GRACE
+                        when = round_end.when()
+                        if choose_scheduler(replies, self.settings.netname) and (
+                            when is None or grace < when
+                        ):
+                            round_end.reschedule(grace)
+
+                    await asyncio.gather(*(self._collect(sock, replies, replied) for sock in socks))
+        chosen = elect(replies, self.settings.netname, ipv6_first=self.settings.family == "ipv6")
+        if chosen is None:
+            log.info("scheduler_not_found", replies=len(replies), netname=self.settings.netname)
+            return None
+        return chosen[0]
+
+    async def _send_requests(self) -> list[socket.socket]:
+        """Send the request byte: IPv4 broadcasts, and the IPv6 group on each interface.
+
+        Each IPv6 request leaves from the interface's routable address when it
+        has one (``multicast()``), so the scheduler answers from its own
+        routable address, which is then the one connected to and the one the
+        scheduler knows us by.
+        """
+        loop = asyncio.get_running_loop()
+        port = self.settings.discovery_port
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        socks = [sock]
+        try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.setblocking(False)  # noqa: FBT003 - socket API
             sock.bind(("", 0))
             for address in self.settings.broadcasts():
                 with contextlib.suppress(OSError):
+                    await loop.sock_sendto(sock, encode_request(), (address, port))
+            for interface, source in self.settings.multicast():
+                six = self._multicast_socket(interface, source)
+                if six is None:
+                    continue
+                socks.append(six)
+                with contextlib.suppress(OSError):
+                    index = socket.if_nametoindex(interface)
                     await loop.sock_sendto(
-                        sock, encode_request(), (address, self.settings.discovery_port)
+                        six, encode_request(), (DISCOVERY_GROUP6, port, 0, index)
                     )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.discovery_wait) as round_end:
-                    while True:
-                        data, origin = await loop.sock_recvfrom(sock, 1024)
-                        info = decode_reply(data)
-                        if info is not None:
-                            replies.append(((str(origin[0]), int(origin[1])), info))
-                            grace = loop.time() + _REPLY_GRACE
-                            when = round_end.when()
-                            if choose_scheduler(replies, self.settings.netname) and (
-                                when is None or grace < when
-                            ):
-                                round_end.reschedule(grace)
-        chosen = choose_scheduler(replies, self.settings.netname)
-        if chosen is None:
-            log.info("scheduler_not_found", replies=len(replies), netname=self.settings.netname)
+        except OSError:
+            for opened in socks:
+                opened.close()
+            raise
+        return socks
+
+    @staticmethod
+    def _multicast_socket(interface: str, source: str) -> socket.socket | None:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            index = socket.if_nametoindex(interface)
+            sock.setblocking(False)  # noqa: FBT003 - socket API
+            with contextlib.suppress(OSError):  # a tentative address (see netio.bind_listeners)
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+            scope = index if "%" in source else 0
+            sock.bind((source.split("%", 1)[0], 0, 0, scope))
+        except OSError as exc:
+            sock.close()
+            log.debug("multicast_discovery_failed", interface=interface, error=str(exc))
             return None
-        return chosen[0]
+        return sock
+
+    @staticmethod
+    async def _collect(
+        sock: socket.socket,
+        replies: list[tuple[tuple[str, int], SchedulerInfo]],
+        replied: Callable[[], None],
+    ) -> None:
+        """Add every scheduler reply *sock* receives to *replies* (until cancelled)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data, origin = await loop.sock_recvfrom(sock, 1024)
+            except OSError:
+                return  # e.g. an ICMP error queued on the socket: stop listening on it
+            info = decode_reply(data)
+            if info is not None:
+                replies.append((sockaddr_host_port(origin), info))
+                replied()
 
     def wake(self, host: str, port: int) -> None:
         """Send one discovery datagram to the scheduler at *host*:*port* (a numeric address).
@@ -284,36 +404,36 @@ class SchedulerLink:
                     pass
             sock.sendto(encode_request(), (host, port))
         except OSError as exc:
-            log.debug("scheduler_wake_failed", address=f"{host}:{port}", error=str(exc))
+            log.debug("scheduler_wake_failed", address=host_port(host, port), error=str(exc))
 
     async def _session(self, target: tuple[str, int]) -> bool:
         """Connect to *target* and serve it; return whether we were logged in."""
         self.state = LinkState.CONNECTING
-        loop = asyncio.get_running_loop()
+        family = socket_families(self.settings.family)
+        shown = host_port(*target)
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
-                infos = await loop.getaddrinfo(*target, type=socket.SOCK_DGRAM)
-            address = infos[0][4]
-            await self._owner.scheduler_event(SchedulerConnecting(str(address[0]), int(address[1])))
-        except (OSError, TimeoutError, IndexError) as exc:
-            log.info(
-                "scheduler_wake_failed",
-                address=f"{target[0]}:{target[1]}",
-                error=str(exc) or type(exc).__name__,
-            )
-        try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                reader, writer = await asyncio.open_connection(*target, limit=_READ_SIZE)
+                reader, writer = await asyncio.open_connection(
+                    *target,
+                    family=family,
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
+                    limit=_READ_SIZE,
+                )
         except (OSError, TimeoutError) as exc:
             log.warning(
                 "scheduler_connect_failed",
-                address=f"{target[0]}:{target[1]}",
+                address=shown,
+                family=self.settings.family,
                 error=str(exc) or type(exc).__name__,
             )
             return False
         sock = writer.get_extra_info("socket")
         set_keepalive(sock, _NODELAY, *_FAILOVER_KEEPALIVE)
-        own_ip = str(writer.get_extra_info("sockname")[0])
+        own_ip = unmapped(str(writer.get_extra_info("sockname")[0]))
+        peer = writer.get_extra_info("peername")
+        peer_ip = unmapped(str(peer[0]))
+        # Wake the address the connection went to (of a name's several, the one that answered).
+        await self._owner.scheduler_event(SchedulerConnecting(peer_ip, int(peer[1])))
         conn = Connection()
         self._conn, self._writer, self.address = conn, writer, target
         try:
@@ -326,7 +446,8 @@ class SchedulerLink:
             self.state = LinkState.LOGGED_IN
             log.info(
                 "scheduler_logged_in",
-                address=f"{target[0]}:{target[1]}",
+                address=shown,
+                connected_to=host_port(peer_ip, int(peer[1])),
                 protocol=event.protocol,
                 own_ip=own_ip,
             )

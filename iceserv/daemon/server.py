@@ -23,9 +23,12 @@ own ``max_local_clients``, so a remote flood never refuses a local client.
 The handshake has ``handshake_timeout`` in all from the accept, and a
 message that has started must be complete within ``message_timeout``: a
 drip of bytes extends neither.  A client the core paused is not read from
-(``PauseReading``): its input stays in the kernel.  When a client that sent
-more than a MiB goes, freed heap is handed back to the system
-(``malloc_trim``), or the RSS it cost would stay.
+(``PauseReading``): its input stays in the kernel.  When a client that made
+us hold more than a MiB goes (counted decompressed: a FILE_CHUNK of zeros is
+~70 bytes on the wire and 1 MiB in memory), freed heap is handed back to the
+system (``malloc_trim``), or the RSS it cost would stay: glibc returns freed
+heap by itself only from the top, and one small chunk still in use (or parked
+in its per-thread cache) above the freed buffers keeps them all resident.
 """
 
 from __future__ import annotations
@@ -112,12 +115,21 @@ from iceserv.daemon.slots import FULL_LOAD
 from iceserv.daemon.states import EXIT_NO_HOSTS
 from iceserv.errors import ProtocolError
 from iceserv.hostfacts import set_keepalive
-from iceserv.netio import Admission, ConnectionBudget, Listener, Throttle, bind_tcp, host_key
+from iceserv.netio import (
+    Admission,
+    ConnectionBudget,
+    Listener,
+    Throttle,
+    bind_listeners,
+    host_key,
+    host_port,
+)
 from iceserv.netio import open_stream as _open_stream
 from iceserv.protocol import (
     NEED_DATA,
     Connection,
     ConnectionClosed,
+    FileChunk,
     Handshake,
     Login,
     Stats,
@@ -141,7 +153,8 @@ __all__ = ["Daemon"]
 log = structlog.get_logger()
 
 _READ_LIMIT: Final = 65536
-#: A client that sent more than this leaves freed heap worth handing back (malloc_trim).
+#: A client that made us hold more than this (read, or decompressed from its FILE_CHUNKs)
+#: leaves freed heap worth handing back (malloc_trim).
 _TRIM_AFTER: Final = 1 << 20
 _TRIM_DELAY: Final = 0.5
 _REFUSAL_LOG_INTERVAL: Final = 10.0
@@ -158,6 +171,7 @@ class _Peer:
     writer: asyncio.StreamWriter
     conn: Connection
     closing: bool = False
+    #: Bytes read from it plus what its FILE_CHUNKs decompressed to (what it cost us).
     received: int = 0
     readable: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -200,7 +214,9 @@ class Daemon:
                 netname=settings.netname,
                 discovery_port=settings.discovery_port,
                 broadcasts=settings.broadcasts,
+                multicast=settings.multicast,
                 fast_reconnect=settings.fast_reconnect,
+                family=settings.family,
             ),
             self,
             rng or random.Random(),  # noqa: S311 - reconnect jitter, not security
@@ -326,7 +342,9 @@ class Daemon:
             os.umask(old_umask)
         self._unix = Listener(unix, self._accepted_unix, name="daemon-unix")
         self._unix.start()
-        opened, self.port = await self._listen(self.settings.listen_addresses, self.port)
+        opened, self.port = await self._listen(
+            self.settings.listen_addresses, self.port, self.settings.family
+        )
         self._servers = opened
         addresses = [str(path)] + ([tcp_address(self.port)] if opened and self.port else [])
         self._endpoints = [e for e in map(self._open_endpoint, addresses) if e is not None]
@@ -339,7 +357,7 @@ class Daemon:
             "daemon_started",
             socket=str(path),
             port=self.port,
-            listen=list(self.settings.listen_addresses),
+            listen=[host_port(*listener.address) for listener in opened],
             max_kids=self.settings.max_kids,
             chroot_possible=self.settings.chroot_possible,
             user=self.run_as.name,
@@ -400,7 +418,11 @@ class Daemon:
         ``run_as``, the environment directory and connected clients stay.
         """
         old = self.settings
-        if (settings.listen_addresses, settings.port) != (old.listen_addresses, old.port):
+        if (settings.listen_addresses, settings.port, settings.family) != (
+            old.listen_addresses,
+            old.port,
+            old.family,
+        ):
             await self._rebind(settings, old)
         self.settings = settings
         self._tcp_budget.total = settings.max_clients
@@ -417,6 +439,7 @@ class Daemon:
             "scheduler",
             "port",
             "listen_addresses",
+            "family",
             "discovery_port",
             "chroot_possible",
         )
@@ -427,22 +450,26 @@ class Daemon:
         for server in self._servers:
             server.close()
         try:
-            opened, port = await self._listen(settings.listen_addresses, settings.port)
+            opened, port = await self._listen(
+                settings.listen_addresses, settings.port, settings.family
+            )
         except OSError:
-            self._servers, self.port = await self._listen(old.listen_addresses, self.port)
+            self._servers, self.port = await self._listen(
+                old.listen_addresses, self.port, old.family
+            )
             raise
         self._servers = opened
         self.port = port
 
-    async def _listen(self, addresses: Sequence[str], port: int) -> tuple[list[Listener], int]:
+    async def _listen(
+        self, addresses: Sequence[str], port: int, family: str
+    ) -> tuple[list[Listener], int]:
         opened: list[Listener] = []
         try:
             for address in addresses:
-                listener = Listener(
-                    bind_tcp(address, port, backlog=1024), self._accepted_tcp, name="daemon"
-                )
-                port = listener.address[1]  # port 0: the one chosen
-                opened.append(listener)
+                for sock in bind_listeners([address], port, family=family, backlog=1024):
+                    port = int(sock.getsockname()[1])  # port 0: the one chosen
+                    opened.append(Listener(sock, self._accepted_tcp, name="daemon"))
         except OSError:
             for listener in opened:
                 listener.close()
@@ -460,6 +487,7 @@ class Daemon:
             scheduler=self.settings.scheduler,
             netname=self.settings.netname,
             discovery_port=self.settings.discovery_port,
+            family=self.settings.family,
         )
         self._link_task = asyncio.create_task(self.link.run())
 
@@ -505,7 +533,7 @@ class Daemon:
             self._refuse(sock, ip, answer)
             return
         kind = ConnKind(unix=False, loopback=_is_loopback(ip))
-        self._start_serving(sock, f"{ip}:{address[1]}", kind, self._tcp_budget, key)
+        self._start_serving(sock, host_port(ip, address[1]), kind, self._tcp_budget, key)
 
     def _accepted_unix(self, sock: socket.socket, _: tuple[str, int]) -> None:
         """Admit a Unix-socket connection within its own budget, never spent by TCP peers."""
@@ -576,7 +604,8 @@ class Daemon:
     def _trim_now(self) -> None:
         self._trim = None
         if self._libc is not None:
-            self._libc.malloc_trim(0)
+            released = bool(self._libc.malloc_trim(0))
+            log.debug("heap_trimmed", released=released)
 
     async def _serve(
         self,
@@ -610,6 +639,7 @@ class Daemon:
                 if isinstance(event, Handshake):
                     reason, detail = GoneReason.PROTOCOL_ERROR, "a second handshake"
                     break
+                item.received += _decompressed(event)
                 await self._feed(Received(item.conn_id, event), reader=item.conn_id)
         except ProtocolError as exc:
             reason, detail = GoneReason.PROTOCOL_ERROR, str(exc)
@@ -1047,6 +1077,11 @@ def _libc() -> Any:  # noqa: ANN401 - a ctypes library handle
     except (OSError, AttributeError, TypeError):
         return None
     return libc
+
+
+def _decompressed(message: Message) -> int:
+    """Return what a FILE_CHUNK holds in memory (1 MiB of zeros: ~70 bytes on the wire)."""
+    return len(message.data) if isinstance(message, FileChunk) else 0
 
 
 def _is_loopback(address: str) -> bool:

@@ -27,26 +27,34 @@ def _no_broadcasts() -> tuple[str, ...]:
     return ()
 
 
+def _no_multicast() -> tuple[tuple[str, str], ...]:
+    return ()
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The daemon's configuration as the shell uses it.
 
     ``listen_addresses`` is empty when no TCP port is opened (``--no-remote``
     or no chroot possible); ``port`` is still what LOGIN and USE_CS-to-self
-    announce (0 then).  ``scheduler`` is ``(host, port)`` from ``-s`` or None
-    for discovery on ``broadcasts()``.  ``nodename`` "" means the host name,
-    re-read at every login.
+    announce (0 then).  ``""`` among them is every address of ``family``
+    (``any``, ``ipv4``, ``ipv6``; dual-stack where possible), which also
+    restricts how the scheduler is connected to.  ``scheduler`` is
+    ``(host, port)`` from ``-s`` or None for discovery on ``broadcasts()``.
+    ``nodename`` "" means the host name, re-read at every login.
     """
 
     unix_socket: Path
     env_basedir: Path
-    listen_addresses: tuple[str, ...] = ("0.0.0.0",)  # noqa: S104 - 1.4 binds all interfaces
+    listen_addresses: tuple[str, ...] = ("",)  # every address, as 1.4 binds all interfaces
+    family: str = "any"
     port: int = DAEMON_PORT
     nodename: str = ""
     netname: str = ""
     scheduler: tuple[str, int] | None = None
     discovery_port: int = 8765
     broadcasts: Callable[[], Sequence[str]] = _no_broadcasts
+    multicast: Callable[[], Sequence[tuple[str, str]]] = _no_multicast
     fast_reconnect: bool = False
     max_kids: int = 1
     nice: int = 5

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
+from iceserv.netio.addresses import sockaddr_host_port
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -117,9 +119,8 @@ class Listener:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) the socket listens on."""
-        name = self.sock.getsockname()
-        return str(name[0]), int(name[1])
+        """The (host, port) the socket listens on (``::`` for a dual-stack wildcard)."""
+        return sockaddr_host_port(self.sock.getsockname())
 
     @property
     def paused(self) -> bool:
@@ -168,7 +169,7 @@ class Listener:
                 self._delay = 0.0
             conn.setblocking(False)  # noqa: FBT003 - the socket API's spelling
             if isinstance(address, tuple):
-                self._on_accept(conn, (str(address[0]), int(address[1])))
+                self._on_accept(conn, sockaddr_host_port(address))
             else:  # a Unix socket: the peer has no address (the daemon's local clients)
                 self._on_accept(conn, (str(address or ""), 0))
 

@@ -437,8 +437,8 @@ class HostIndex:
         self.refresh()
         state = self.state
         own = state.hosts[job.submitter]
-        if own.blacklist:
-            return False, None
+        if own.blacklist or state.ipv6_hosts:
+            return False, None  # the scan applies the blacklist and placement.reachable
         fit = placement.JobFit(state, job)
         own_usable = fit.usable(own)
         stale_before = job.job_id - placement.EXPLORE_IDS_PER_HOST * len(state.hosts)
@@ -463,7 +463,7 @@ class HostIndex:
         self.refresh()
         state = self.state
         own = state.hosts[job.submitter]
-        if own.blacklist:
+        if own.blacklist or state.ipv6_hosts:
             return None
         fit = placement.JobFit(state, job)
         ids: list[int] = []

@@ -34,7 +34,7 @@ from iceserv.protocol.records import asdict
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
 from iceserv.scheduler.monitoring import OFFLINE
-from iceserv.scheduler.state import Job, JobState
+from iceserv.scheduler.state import IPV6_LOOPBACK, Job, JobState
 
 if TYPE_CHECKING:
     import random
@@ -222,9 +222,10 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
     if host is submitter and supports(submitter.protocol, Feature.NO_CS):
         return Send(submitter.conn_id, NoCS(job.job_id, job.client_id))
     hostname = host.ip
-    if hostname == LOOPBACK_IP and host is not submitter:
+    if hostname in (LOOPBACK_IP, IPV6_LOOPBACK) and host is not submitter:
         # Every client (1.4's too) reads USE_CS to 127.0.0.1 as "compile it yourself" and
-        # never contacts the server; a name for the same address makes it connect.
+        # never contacts the server; a name for the same address makes it connect.  A
+        # server logged in from ::1 shares the host too, and the name is IPv4-parsable.
         hostname = LOOPBACK_NAME
     return Send(
         submitter.conn_id,

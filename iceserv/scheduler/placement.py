@@ -60,6 +60,7 @@ __all__ = [
     "matched_job_id",
     "pick_server",
     "platforms_compatible",
+    "reachable",
     "record_job_stats",
     "restrict_siblings",
     "server_speed",
@@ -142,6 +143,21 @@ def envs_match(host: Host, job: Job) -> str:
     return ""
 
 
+def reachable(submitter: Host | None, server: Host) -> bool:
+    """Whether *submitter*'s clients may be sent to *server* (the 1.4 floor).
+
+    A server known by an IPv6 address (:attr:`Host.ipv6`) goes only to
+    submitters that logged in over IPv6 themselves: one that came over IPv4
+    may be icecream 1.4, whose clients cannot parse or reach an IPv6 address.
+    A server known by a link-local address goes to nobody else: its zone is
+    the scheduler's.  This is a guard, not family-aware placement: a
+    dual-stack daemon is known by the one address it logged in from.
+    """
+    if submitter is server or not server.ipv6:
+        return True
+    return not server.link_local and (submitter is None or submitter.ipv6)
+
+
 def eligible_ever(state: ClusterState, host: Host, job: Job) -> bool:
     """Return whether *host* could take *job* at all, now or later (§7.3).
 
@@ -158,6 +174,7 @@ def eligible_ever(state: ClusterState, host: Host, job: Job) -> bool:
         and bool(can_install(state, host, job, ignore_installing=True))
         and (own or not host.noremote)
         and (own or not state.is_drained(host))
+        and (own or reachable(state.hosts.get(job.submitter), host))
     )
 
 
@@ -355,7 +372,16 @@ class JobFit:
     something on.
     """
 
-    __slots__ = ("blacklists", "job", "min_version", "own_id", "required", "runs_on", "state")
+    __slots__ = (
+        "blacklists",
+        "ipv6_ok",
+        "job",
+        "min_version",
+        "own_id",
+        "required",
+        "runs_on",
+        "state",
+    )
 
     def __init__(self, state: ClusterState, job: Job) -> None:
         self.state = state
@@ -363,6 +389,7 @@ class JobFit:
         self.own_id = job.submitter
         submitter = state.hosts.get(job.submitter)
         self.blacklists = submitter.blacklist if submitter is not None else {}
+        self.ipv6_ok = submitter is None or submitter.ipv6  # see reachable()
         runs_on: set[str] = set()  # host platforms that can run one of the job's environments
         for env in job.envs:
             runs_on.add(env.platform)
@@ -390,6 +417,12 @@ class JobFit:
             not host.chroot_possible
             or host.noremote
             or (self.state.drained and self.state.is_drained(host))
+        ):
+            return False
+        if (
+            host.ipv6
+            and host.host_id != self.own_id
+            and (not self.ipv6_ok or host.link_local)  # see reachable()
         ):
             return False
         return host.host_id not in self.blacklists or bool(can_install(self.state, host, self.job))

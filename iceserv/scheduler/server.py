@@ -54,13 +54,19 @@ import structlog
 from iceserv.errors import ProtocolError
 from iceserv.hostfacts import set_keepalive
 from iceserv.netio import (
+    DISCOVERY_GROUP6,
+    IP_FREEBIND,
     Admission,
     ConnectionBudget,
+    Family,
     Listener,
     Throttle,
-    bind_tcp,
+    bind_listeners,
     host_key,
+    host_port,
+    is_link_local,
     open_stream,
+    unmapped,
 )
 from iceserv.protocol import (
     NEED_DATA,
@@ -117,6 +123,13 @@ _IDLE_READ: Final = 300.0
 _MONITOR_SNDBUF: Final = 65536
 _REFUSAL_LOG_INTERVAL: Final = 10.0
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
+#: An IPv6 socket address is (host, port, flowinfo, scope id).
+_IPV6_SOCKADDR: Final = 4
+#: Seconds an announcement counts for "heard over both families" (one announce period and
+#: a half: the two datagrams of one round arrive together).
+_HEARD_WINDOW: Final = 180.0
+#: Schedulers whose announcements are remembered at once.
+_HEARD_LIMIT: Final = 64
 #: A scheduler that took over numbers its jobs from a random start in this range: far above
 #: the ids of a first scheduler (counted from 1), almost surely away from the recent ids of
 #: one that took over itself, and 2**30 ids below the end of the u32 the protocol carries.
@@ -129,16 +142,28 @@ class SchedulerServerSettings:
 
     ``announce_to`` lists the addresses the scheduler announcements go to
     (the interfaces' broadcast addresses, or 127.0.0.1 under ``ICECC_TESTS``).
+    The TCP port listens on ``addresses`` (default: ``(address,)``; ``""`` is
+    every address of ``family``, dual-stack where the system allows it, see
+    :func:`~iceserv.netio.bind_listeners`); UDP discovery listens on IPv4 (1.4's
+    broadcasts) and, unless ``family`` is ``ipv4``, on IPv6 for unicast requests
+    and for requests to :data:`~iceserv.netio.DISCOVERY_GROUP6`, joined on each
+    of ``multicast_interfaces`` (iceserv daemons' discovery over IPv6).
+    ``routable_ipv6`` says one of those has a global or unique local address:
+    only then is this scheduler dual-stack for the election.
     ``handshake_timeout`` bounds the handshake and first message together,
     ``message_timeout`` any later message from its first byte; the
     ``max_*`` fields are the connection budgets (the module docstring).
     """
 
-    address: str = "0.0.0.0"  # noqa: S104 - 1.4 listens on every interface unless -i is given
+    address: str = ""  # every address: 1.4 listens on every interface unless -i is given
+    addresses: tuple[str, ...] = ()
+    family: str = Family.ANY
     port: int = SCHEDULER_PORT
     netname: str = DEFAULT_NETNAME
     persistent_clients: bool = False
     announce_to: tuple[str, ...] = ()
+    multicast_interfaces: tuple[str, ...] = ()
+    routable_ipv6: bool = False
     handshake_timeout: float = 15.0
     message_timeout: float = 30.0
     send_timeout: float = 30.0
@@ -201,8 +226,8 @@ class _Discovery(asyncio.DatagramProtocol):
     def __init__(self, server: SchedulerServer) -> None:
         self._server = server
 
-    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
-        self._server.datagram_received(data, (str(addr[0]), addr[1]))
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self._server.datagram_received(data, addr)
 
 
 class _Prober(asyncio.DatagramProtocol):
@@ -255,7 +280,7 @@ class SchedulerServer:
         self._peers: dict[int, _Peer] = {}
         self._summaries = JobSummaries()
         self._ids = itertools.count(1)
-        self._listener: Listener | None = None
+        self._listeners: list[Listener] = []
         self._connections = ConnectionBudget(
             total=settings.max_connections, per_host=settings.max_connections_per_host
         )
@@ -266,6 +291,8 @@ class SchedulerServer:
         self._evictions = Throttle(_REFUSAL_LOG_INTERVAL)
         self._pending: dict[int, _Pending] = {}
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp6: asyncio.DatagramTransport | None = None
+        self._heard: dict[tuple[str, int, int], dict[bool, float]] = {}
         self._prober: asyncio.DatagramTransport | None = None
         self._prober_port = 0
         self._logged_active: tuple[str, int] | None = None
@@ -290,51 +317,123 @@ class SchedulerServer:
 
     # --- life cycle -------------------------------------------------------------------
 
+    @property
+    def listen_addresses(self) -> tuple[str, ...]:
+        """The TCP port's addresses as configured (``""``: every address)."""
+        return self.settings.addresses or (self.settings.address,)
+
+    @property
+    def bound(self) -> list[str]:
+        """Where the TCP port listens now, as ``host:port`` / ``[v6]:port``."""
+        return [host_port(*listener.address) for listener in self._listeners]
+
     async def start(self) -> None:
         """Bind the TCP and UDP listeners and start the timer task."""
-        tcp = bind_tcp(self.settings.address, self.settings.port, backlog=1024)
-        self._listener = Listener(tcp, self._accepted, name="scheduler")
-        self.port = self._listener.address[1]
-        loop = asyncio.get_running_loop()
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        family = Family(self.settings.family)
+        socks = bind_listeners(
+            self.listen_addresses, self.settings.port, family=family, backlog=1024
+        )
+        self._listeners = [Listener(sock, self._accepted, name="scheduler") for sock in socks]
+        self.port = self._listeners[0].address[1]
         try:
-            udp.bind((self.settings.address, self.port))
+            await self._bind_udp(family, socks)
         except OSError:
-            udp.close()
-            self._listener.close()
+            for listener in self._listeners:
+                listener.close()
+            self._listeners = []
             raise
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp)
-        self._udp = transport
-        if self.standby is not None:
-            prober, _ = await loop.create_datagram_endpoint(
-                lambda: _Prober(self),
-                local_addr=(self.settings.address, 0),
-                family=socket.AF_INET,
-                allow_broadcast=True,
-            )
-            self._prober = prober
-            self._prober_port = int(prober.get_extra_info("sockname")[1])
-        self._listener.start()
+        for listener in self._listeners:
+            listener.start()
+        if self.standby is not None and self._udp is not None:
+            await self._open_prober()
         self._spawn(self._timers())
         if self.standby is not None:
             self.apply_standby(self.standby.start())
         log.info(
             "scheduler_started",
-            address=self.settings.address,
+            address=self.bound,
+            family=str(family),
             port=self.port,
             netname=self.settings.netname,
         )
 
+    async def _bind_udp(self, family: Family, tcp: list[socket.socket]) -> None:
+        """Open discovery: IPv4 for 1.4's broadcasts, IPv6 for unicast requests (wakes)."""
+        loop = asyncio.get_running_loop()
+        four = [str(s.getsockname()[0]) for s in tcp if s.family == socket.AF_INET]
+        # Whole IPv6 socket names: a link-local address needs its scope id to be bound.
+        six = [s.getsockname() for s in tcp if s.family == socket.AF_INET6]
+        dual = any(
+            s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+            for s in tcp
+            if s.family == socket.AF_INET6
+        )
+        if dual:  # the wildcard on a dual-stack socket: UDP on both wildcards
+            four, six = ["0.0.0.0"], [("::", 0, 0, 0)]  # noqa: S104 - every interface, as TCP
+        if family.allows(socket.AF_INET) and four:
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                udp.bind((four[0], self.port))
+            except OSError:
+                udp.close()
+                raise
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp)
+        if family.allows(socket.AF_INET6) and six:
+            udp6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            try:
+                udp6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                udp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                with contextlib.suppress(OSError):  # a tentative address, as the TCP port's
+                    udp6.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                udp6.bind((six[0][0], self.port, 0, six[0][3]))
+            except OSError:
+                udp6.close()
+                if self._udp is not None:
+                    self._udp.close()
+                    self._udp = None
+                raise
+            self._join_group(udp6)
+            self._udp6, _ = await loop.create_datagram_endpoint(lambda: _Discovery(self), sock=udp6)
+
+    def _join_group(self, udp6: socket.socket) -> None:
+        """Join the IPv6 discovery group on each multicast interface (failures are logged)."""
+        group = socket.inet_pton(socket.AF_INET6, DISCOVERY_GROUP6)
+        joined: list[str] = []
+        for name in self.settings.multicast_interfaces:
+            try:
+                index = socket.if_nametoindex(name)
+                udp6.setsockopt(
+                    socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group + struct.pack("@I", index)
+                )
+            except OSError as exc:
+                log.warning("multicast_join_failed", interface=name, error=str(exc))
+                continue
+            joined.append(name)
+        if joined:
+            log.info("multicast_joined", group=DISCOVERY_GROUP6, interfaces=joined)
+
+    async def _open_prober(self) -> None:
+        """Open the standby's IPv4 socket for its discovery requests (1.4 discovers over IPv4)."""
+        loop = asyncio.get_running_loop()
+        local = str(self._udp.get_extra_info("sockname")[0]) if self._udp is not None else ""
+        prober, _ = await loop.create_datagram_endpoint(
+            lambda: _Prober(self),
+            local_addr=(local or "0.0.0.0", 0),  # noqa: S104 - as the discovery port
+            family=socket.AF_INET,
+            allow_broadcast=True,
+        )
+        self._prober = prober
+        self._prober_port = int(prober.get_extra_info("sockname")[1])
+
     async def stop(self) -> None:
         """Stop listening and close every daemon and monitor connection (1.4's clean exit)."""
-        if self._listener is not None:
-            self._listener.close()
-        if self._udp is not None:
-            self._udp.close()
-        if self._prober is not None:
-            self._prober.close()
+        for listener in self._listeners:
+            listener.close()
+        for udp in (self._udp, self._udp6, self._prober):
+            if udp is not None:
+                udp.close()
         for peer in list(self._peers.values()):
             self._close(peer)
         for pending in list(self._pending.values()):  # accepted, no reader loop yet
@@ -480,37 +579,83 @@ class SchedulerServer:
             peer.drainer.cancel()
 
     def _announce(self, datagrams: tuple[bytes, bytes]) -> None:
-        if self._udp is None:
-            return
-        for address in self.settings.announce_to:
-            for datagram in datagrams:
+        if self._udp is not None:
+            for address in self.settings.announce_to:
+                for datagram in datagrams:
+                    with contextlib.suppress(OSError):
+                        self._udp.sendto(datagram, (address, self.port))
+        if self._udp6 is not None:  # iceserv schedulers also hear each other over IPv6
+            for name in self.settings.multicast_interfaces:
                 with contextlib.suppress(OSError):
-                    self._udp.sendto(datagram, (address, self.port))
+                    group = (DISCOVERY_GROUP6, self.port, 0, socket.if_nametoindex(name))
+                    self._udp6.sendto(datagrams[1], group)
+
+    @property
+    def dual_stack(self) -> bool:
+        """Whether this scheduler is dual-stack for the election (routable IPv6 and IPv4).
+
+        Link-local IPv6 alone (every Linux host on an IPv4 network) does not
+        count: there 1.4's election applies unchanged.
+        """
+        return self._udp is not None and self._udp6 is not None and self.settings.routable_ipv6
+
+    def _heard_on_both(self, info: SchedulerInfo, addr: tuple[Any, ...]) -> bool:
+        """Note *info*'s announcement over *addr*'s family; return whether both were heard lately.
+
+        The table is bounded (:data:`_HEARD_LIMIT` schedulers, the oldest
+        forgotten first): announcements cost a peer nothing to forge.
+        """
+        now = time.monotonic()
+        key = (info.netname.casefold(), info.version, info.start_time)
+        families = self._heard.pop(key, {})
+        if len(addr) == _IPV6_SOCKADDR and is_link_local(str(addr[0])):
+            return False  # no evidence of a routable IPv6 address
+        families[len(addr) == _IPV6_SOCKADDR] = now
+        self._heard[key] = families  # most recent last
+        while len(self._heard) > _HEARD_LIMIT:
+            del self._heard[next(iter(self._heard))]
+        fresh = [when for when in families.values() if now - when <= _HEARD_WINDOW]
+        return len(fresh) == 2
 
     # --- UDP --------------------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Answer a discovery request or react to another scheduler's announcement."""
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Answer a discovery request or react to another scheduler's announcement.
+
+        *addr* is the sender's socket address as received (an IPv6 one with
+        its scope id, so that a reply reaches a link-local sender).
+        """
         requester = decode_request(data)
         if requester is not None:
-            if self.standby is not None:
-                if addr[1] == self._prober_port and _is_local(addr[0]):
-                    return  # our own broadcast
-                self.apply_standby(self.standby.request_heard(addr, requester, self.now()))
-                return
-            self._answer(addr, requester, self._core.config.info)
+            self._request_received(requester, addr)
             return
         info = decode_announcement(data)
-        if info is None:
-            return
+        if info is not None:
+            self._announcement_received(info, addr)
+
+    def _request_received(self, requester: int, addr: tuple[Any, ...]) -> None:
+        if self.standby is None:
+            self._answer(addr, requester, self._core.config.info)
+        elif addr[1] != self._prober_port or not _is_local(str(addr[0])):  # not our own
+            self.apply_standby(self.standby.request_heard(addr, requester, self.now()))
+
+    def _announcement_received(self, info: SchedulerInfo, addr: tuple[Any, ...]) -> None:
+        both = self._heard_on_both(info, addr)
+        single = self.dual_stack and info.version == self._core.config.info.version and not both
         if self.standby is not None:
-            if addr[1] == self.port and _is_local(addr[0]):
-                return  # our own announcement
-            self._scheduler_heard(addr, info)
+            if len(addr) == _IPV6_SOCKADDR or (addr[1] == self.port and _is_local(str(addr[0]))):
+                return  # the role machine follows 1.4's IPv4 discovery; or our own
+            if single and self.standby.serving:
+                return  # the dual-stack rule below: no step down for it
+            self._scheduler_heard((str(addr[0]), int(addr[1])), info)
+            return
+        if single:
+            # The election prefers a dual-stack scheduler (after netname and version): do
+            # not yield to one of the same version heard over one family only (so far).
             return
         effects = self._core.handle_announcement(info, self.now())
         if effects:
-            log.info("scheduler_preferred", peer=addr[0], version=info.version)
+            log.info("scheduler_preferred", peer=unmapped(str(addr[0])), version=info.version)
         self.apply(effects)
 
     def reply_received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -534,10 +679,11 @@ class SchedulerServer:
                 )
         self.apply_standby(self.standby.scheduler_heard(addr, info, self.now(), wins_tie=wins_tie))
 
-    def _answer(self, addr: tuple[str, int], requester: int, info: SchedulerInfo) -> None:
-        if self._udp is not None:
+    def _answer(self, addr: tuple[Any, ...], requester: int, info: SchedulerInfo) -> None:
+        udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
+        if udp is not None:
             with contextlib.suppress(OSError, ProtocolError):
-                self._udp.sendto(encode_reply(requester, info), addr)
+                udp.sendto(encode_reply(requester, info), addr)
 
     def apply_standby(self, effects: list[sb.StandbyEffect]) -> None:  # noqa: C901 - one case per effect
         """Carry out the role machine's *effects* in order."""

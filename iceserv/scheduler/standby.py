@@ -61,7 +61,7 @@ import collections
 import enum
 import math
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from iceserv.protocol import records
 from iceserv.protocol.discovery import SchedulerInfo, is_better
@@ -81,8 +81,8 @@ __all__ = [
     "TakeOver",
 ]
 
-#: ``(ip, port)`` of a scheduler or of a requester.
-Address: TypeAlias = tuple[str, int]
+#: A socket address: ``(ip, port)`` of a scheduler, or of a requester (IPv6 ones are longer).
+Address: TypeAlias = tuple[Any, ...]
 
 #: Requests kept for the replay at a takeover, at most (older ones are dropped first).
 _MAX_HEARD: Final = 8192

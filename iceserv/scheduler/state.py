@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPILED_STATS_LIMIT",
     "GLOBAL_STATS_LIMIT",
+    "IPV6_LOOPBACK",
     "ClusterState",
     "Host",
     "Job",
@@ -41,6 +42,8 @@ __all__ = [
 COMPILED_STATS_LIMIT: Final = 200
 #: The cluster remembers the last 2000 job statistics.
 GLOBAL_STATS_LIMIT: Final = 2000
+#: The IPv6 loopback address: a daemon logged in from it is named ``localhost`` in USE_CS.
+IPV6_LOOPBACK: Final = "::1"
 
 
 class JobState(enum.Enum):
@@ -171,6 +174,26 @@ class Host:
     pushes: dict[tuple[str, str], float] = field(default_factory=dict)
     #: (target, environment) -> the PUSH_QUERY this daemon sent (it stands while connected).
     push_wants: dict[tuple[str, str], PushQuery] = field(default_factory=dict)
+
+    @property
+    def ipv6(self) -> bool:
+        """Whether clients would be sent to an IPv6 address for this daemon.
+
+        True when it logged in over IPv6 (``::1`` excepted: USE_CS names it
+        ``localhost``).  Such a daemon is iceserv (1.4 has no IPv6), so its
+        clients can reach IPv6 servers; a daemon that logged in over IPv4
+        may be 1.4 and is never sent an IPv6 address (:func:`reachable`).
+        """
+        return ":" in self.ip and self.ip != IPV6_LOOPBACK
+
+    @property
+    def link_local(self) -> bool:
+        """Whether it logged in from an IPv6 link-local address (``fe80::…%zone``).
+
+        The zone is the scheduler's interface name, meaningless on any other
+        host, so no other daemon's client is sent there (:func:`reachable`).
+        """
+        return "%" in self.ip or self.ip.lower().startswith("fe80:")
 
     def matches(self, name: str) -> bool:
         """Return whether *name* is this daemon's nodename or IP address (1.4 ``matches``)."""
@@ -312,16 +335,19 @@ class ClusterState:
     last_job_id: int = 0
     index: HostIndex | None = None
     by_address: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    ipv6_hosts: int = 0
 
     def add_host(self, host: Host) -> None:
         """Log *host* in (last in login order)."""
         self.hosts[host.host_id] = host
+        self.ipv6_hosts += host.ipv6
         self.by_address.setdefault((host.ip, host.nodename), []).append(host.host_id)
         self.touch(host)
 
     def drop_host(self, host: Host) -> None:
         """Forget *host* (logged out, lost or kicked)."""
         del self.hosts[host.host_id]
+        self.ipv6_hosts -= host.ipv6
         ids = self.by_address.get((host.ip, host.nodename), [])
         if host.host_id in ids:
             ids.remove(host.host_id)

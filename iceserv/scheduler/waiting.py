@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from iceserv.scheduler.placement import FULL_LOAD, can_install
+from iceserv.scheduler.placement import FULL_LOAD, can_install, reachable
 
 if TYPE_CHECKING:
     from iceserv.scheduler.state import ClusterState, Host, Job
@@ -24,6 +24,10 @@ __all__ = ["reasons"]
 
 #: A server holds this many jobs beyond its slots at most (placement's preload rule).
 _PRELOAD_PER_SLOTS: Final = 4
+
+
+def _address(host: Host) -> str:
+    return f"[{host.ip}]:{host.port}" if ":" in host.ip else f"{host.ip}:{host.port}"
 
 
 def _why_not_ever(state: ClusterState, host: Host, job: Job, *, own: bool) -> str | None:
@@ -46,7 +50,18 @@ def _why_not_ever(state: ClusterState, host: Host, job: Job, *, own: bool) -> st
             host.features & job.required_features != job.required_features,
             "lacks the environment compression the job needs",
         ),
-        (not host.probe.accepting, f"its compile port {host.ip}:{host.port} does not answer"),
+        (not host.probe.accepting, f"its compile port {_address(host)} does not answer"),
+        (
+            not own and host.link_local,
+            f"is known only by the link-local address {host.ip}, of no use to other hosts",
+        ),
+        (
+            not own and not reachable(state.hosts.get(job.submitter), host),
+            (
+                f"is known only by the IPv6 address {host.ip} and the submitter logged in"
+                " over IPv4 (icecream 1.4 clients cannot reach IPv6)"
+            ),
+        ),
         (
             not can_install(state, host, job, ignore_installing=True),
             f"runs {host.platform}, no environment of the job fits (or it is blacklisted)",

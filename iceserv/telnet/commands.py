@@ -113,8 +113,9 @@ def render_job(job: TelnetJob) -> str:
 
 def render_host(host: TelnetHost) -> list[str]:
     """Return the ``listcs`` lines of *host*: its summary, then one line per assigned job."""
+    address = f"[{host.ip}]:{host.port}" if ":" in host.ip else f"{host.ip}:{host.port}"
     line = (
-        f" {host.nodename} ({host.ip}:{host.port}) [{host.platform}] speed={host.speed:.2f} "
+        f" {host.nodename} ({address}) [{host.platform}] speed={host.speed:.2f} "
         f"jobs={host.jobs_assigned}/{host.max_jobs} load={host.load}"
     )
     if host.busy_installing_since is not None:

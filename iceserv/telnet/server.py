@@ -44,13 +44,22 @@ from typing import TYPE_CHECKING, Final, Self
 import structlog
 
 from iceserv.errors import RemoteProtocolError
-from iceserv.netio import Admission, ConnectionBudget, Listener, Throttle, bind_tcp, host_key
+from iceserv.netio import (
+    Admission,
+    ConnectionBudget,
+    Family,
+    Listener,
+    Throttle,
+    bind_listeners,
+    host_key,
+    host_port,
+)
 from iceserv.netio import open_stream as _open_stream
 from iceserv.protocol.text import MAX_LINE, LineSplitter, format_text
 from iceserv.telnet.commands import GOODBYE, greeting, run_command
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
     from types import TracebackType
 
     from iceserv.telnet.facade import SchedulerControl
@@ -129,28 +138,38 @@ class TelnetServer:
         self._max_line = max_line
         self._budget = ConnectionBudget(total=max_sessions, per_host=max_sessions_per_host)
         self._read_size = read_size
-        self._listener: Listener | None = None
+        self._listeners: list[Listener] = []
         self._sessions: dict[asyncio.Task[None], _Session] = {}
         self._refusals = Throttle(_REFUSAL_LOG_INTERVAL)
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind *host*:*port* (0 picks a free port) and start accepting."""
-        if self._listener is not None:
+    async def start(
+        self, host: str | Sequence[str], port: int, *, family: str = Family.ANY
+    ) -> None:
+        """Bind *host* (or each of several; ``""``: every address) on *port* and start accepting.
+
+        Port 0 picks a free port; *family* restricts the address families
+        (:func:`~iceserv.netio.bind_listeners`).
+        """
+        if self._listeners:
             msg = "TelnetServer.start() called twice"
             raise RuntimeError(msg)
-        self._listener = Listener(
-            bind_tcp(host, port, backlog=128), self._on_connect, name="telnet"
+        hosts = [host] if isinstance(host, str) else list(host)
+        socks = bind_listeners(hosts, port, family=family, backlog=128)
+        self._listeners = [Listener(sock, self._on_connect, name="telnet") for sock in socks]
+        for listener in self._listeners:
+            listener.start()
+        log.info(
+            "telnet_listener_started",
+            address=[host_port(*listener.address) for listener in self._listeners],
         )
-        self._listener.start()
-        log.info("telnet_listener_started", address=self.address)
 
     @property
     def address(self) -> tuple[str, int]:
-        """The (host, port) the server listens on."""
-        if self._listener is None:
+        """The (host, port) of the first listening socket."""
+        if not self._listeners:
             msg = "TelnetServer is not listening"
             raise RuntimeError(msg)
-        return self._listener.address
+        return self._listeners[0].address
 
     @property
     def session_count(self) -> int:
@@ -159,8 +178,8 @@ class TelnetServer:
 
     async def close(self) -> None:
         """Stop accepting, end every session and wait (bounded) until they are gone."""
-        if self._listener is not None:
-            self._listener.close()
+        for listener in self._listeners:
+            listener.close()
         sessions = list(self._sessions)
         for task in sessions:
             task.cancel()
@@ -332,9 +351,10 @@ class TelnetServer:
 
 async def serve_telnet(  # noqa: PLR0913 - the limits are keyword-only, as on TelnetServer
     control: SchedulerControl,
-    host: str,
+    host: str | Sequence[str],
     port: int,
     *,
+    family: str = Family.ANY,
     idle_timeout: float = IDLE_TIMEOUT,
     write_timeout: float = WRITE_TIMEOUT,
     max_line: int = MAX_LINE,
@@ -350,5 +370,5 @@ async def serve_telnet(  # noqa: PLR0913 - the limits are keyword-only, as on Te
         max_sessions=max_sessions,
         max_sessions_per_host=max_sessions_per_host,
     )
-    await server.start(host, port)
+    await server.start(host, port, family=family)
     return server

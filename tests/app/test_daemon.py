@@ -56,10 +56,10 @@ class TestSocketPath:
 
 class TestServerSettings:
     def test_defaults_and_tests_mode(self):
-        """All interfaces on 10245; ICECC_TESTS: loopback broadcasts and 3 s reconnects."""
+        """All interfaces of both families on 10245; ICECC_TESTS: loopback broadcasts, 3 s."""
         server = server_settings(_settings("-N", "n1"), {"ICECC_TESTS": "1"},
                                  chroot_possible=True)  # fmt: skip
-        assert (server.listen_addresses, server.port) == (("0.0.0.0",), 10245)  # noqa: S104
+        assert (server.listen_addresses, server.port, server.family) == (("",), 10245, "any")
         assert server.broadcasts() == ("127.0.0.1",)
         assert server.fast_reconnect
         assert server.nodename == "n1"
@@ -84,9 +84,17 @@ class TestServerSettings:
         assert server.child_environ == {"LANG": "C", "PATH": "/usr/bin"}
 
     def test_interface_adds_loopback(self):
-        """-i binds that interface's address and 127.0.0.1 (once, even for lo)."""
+        """-i binds that interface's addresses and 127.0.0.1 and ::1 (once, even for lo)."""
         server = server_settings(_settings("-i", "lo"), {}, chroot_possible=True)
-        assert server.listen_addresses == ("127.0.0.1",)
+        assert server.listen_addresses == ("127.0.0.1", "::1")
+
+    @pytest.mark.parametrize(("family", "addresses"), [("ipv4", ("127.0.0.1",)),
+                                                       ("ipv6", ("::1",))])  # fmt: skip
+    def test_interface_of_one_family(self, family, addresses):
+        """--family limits -i to that interface's addresses (and loopback) of one family."""
+        server = server_settings(_settings("-i", "lo", "--family", family), {},
+                                 chroot_possible=True)  # fmt: skip
+        assert (server.listen_addresses, server.family) == (addresses, family)
 
 
 class TestHostileLimits:

@@ -23,6 +23,26 @@ class TestServerSettings:
         assert (server.max_connections, server.max_connections_per_host) == (100, 5)
         assert (server.max_monitors, server.max_monitors_per_host) == (6, 2)
 
+    @pytest.mark.parametrize(
+        ("options", "addresses"),
+        [
+            ({}, ("",)),
+            ({"interface": "lo"}, ("127.0.0.1", "::1")),
+            ({"interface": "lo", "family": "ipv4"}, ("127.0.0.1",)),
+            ({"interface": "lo", "family": "ipv6"}, ("::1",)),
+        ],
+    )
+    def test_listen_addresses(self, options, addresses):
+        """Every address by default; -i IFACE binds that interface's addresses of both families."""
+        server = server_settings(SchedulerSettings(**options), {})
+        assert server.addresses == addresses
+        assert server.family == options.get("family", "any")
+
+    def test_unknown_interface(self):
+        """-i naming no interface is an OSError for main to report."""
+        with pytest.raises(OSError, match="No such device"):
+            server_settings(SchedulerSettings(interface="nosuchif0"), {})
+
 
 class TestFitBudgets:
     def test_a_large_limit_changes_nothing(self):

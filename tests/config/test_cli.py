@@ -31,6 +31,7 @@ NOT_AN_INTEGER = "Input should be a valid integer, unable to parse string as an 
 FULL_DAEMON = """\
 ICECCD_NICE_LEVEL="7"
 ICECCD_HOST_NAME="node7"
+ICECCD_FAMILY="ipv6"
 ICECC_NETNAME="lab"
 ICECCD_SCHEDULER_HOST="sched.lab:9000"
 ICECREAM_MAX_JOBS="0"
@@ -65,6 +66,7 @@ ICECC_SCHEDULER_VERBOSITY="vvv"
 ICECC_SCHEDULER_INTERFACE=eth0
 ICECREAM_SCHEDULER_LOG_FILE="/var/log/icecream/scheduler.log"
 ICECC_SCHEDULER_PORT="8800"
+ICECC_SCHEDULER_FAMILY="ipv4"
 ICECC_SCHEDULER_USER="icecream"
 ICECC_SCHEDULER_DAEMONIZE="no"
 ICECC_SCHEDULER_LOG_FORMAT="journal"
@@ -194,7 +196,7 @@ class TestShow:
         assert lines["max_processes"].split()[1:] == ["8", f"{path}:1:", "ICECCD_MAX_PROCESSES"]
         assert lines["nice_level"].split()[1:] == ["3", "env", "ICECCD_NICE_LEVEL"]
         assert lines["port"].split()[1:] == ["10245", "default"]
-        assert len(lines) == 29
+        assert len(lines) == 30
 
     def test_json(self, tmp_path):
         """JSON output maps each setting to its value and source."""

@@ -13,6 +13,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -328,6 +329,27 @@ class TestInstall:
             return -1
 
         assert 0 < asyncio.run(feed_all()) < 10
+
+    def test_abort_right_after_start_is_prompt(self, tmp_path):
+        """An install aborted as soon as it started (its client was already gone) ends at once.
+
+        The kill used to miss an unpacker that had not made its process group yet, and the
+        abort then waited 5 s for it: a daemon stopping meanwhile outlived its grace.
+        """
+        cache = _cache(tmp_path, FakeClock())
+
+        async def start_and_abort() -> float:
+            slowest = 0.0
+            for i in range(20):
+                installer = Installer(cache, "x86_64", f"gone{i}", _UNPACKERS)
+                await installer.start()
+                began = time.monotonic()
+                await installer.abort()
+                slowest = max(slowest, time.monotonic() - began)
+            return slowest
+
+        assert asyncio.run(start_and_abort()) < 2.5  # 5 s meant a missed kill
+        assert not list((tmp_path / "envs" / ".staging").iterdir())
 
     def test_wipe_removes_only_our_directories(self, tmp_path):
         """Start-up wipes target=*, native and .staging, and leaves other files alone."""

@@ -91,3 +91,32 @@ class TestJobStarter:
             asyncio.run(starter.start(_words("/bin/true", "x" * MAX_REQUEST)))
         starter.stop()
         assert issubclass(JobStartError, OSError)
+
+    def test_a_job_is_its_own_group_as_soon_as_its_pid_is_known(self):
+        """killpg(pid) right after start reaches the job (the daemon kills a gone client's job).
+
+        The helper's child makes itself a group leader, but may not have run yet when the
+        pid arrives; the helper makes the group too before it answers.  Before that, about
+        one kill in five found no such group and the job ran on.
+        """
+        starter = JobStarter()
+
+        async def scenario() -> list[int]:
+            missed = []
+            for i in range(20):
+                job = await starter.start(_words("/bin/sleep", "30"))
+                try:
+                    os.killpg(job.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    missed.append(i)
+                    os.kill(job.pid, signal.SIGKILL)  # do not leave it behind
+                job.stdin.close()
+                async with asyncio.timeout(10):
+                    await job.report.read()  # the job runner is gone (or reported)
+            return missed
+
+        try:
+            missed = asyncio.run(scenario())
+        finally:
+            starter.stop()
+        assert missed == []

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from daemon.fakes import build_fake_env
+from structlog.testing import capture_logs
 
 from iceserv.daemon import Daemon, RunAs, ServerSettings
 from iceserv.daemon.jobstarter import JobStarter
@@ -485,6 +486,31 @@ class TestRemoteJobs:
             assert (await result(running))[0].status == 0
 
         run(tmp_path, scenario, fake_env=fake_env)
+
+    def test_heap_trimmed_after_compressible_queued_source(self, tmp_path, fake_env):
+        """A queued client that left 4 MiB of zeros buffered (a few KB on the wire) gets its
+        heap handed back: the trim counts what its chunks decompressed to, not the wire
+        (glibc alone returns freed heap only from its top, which one small chunk can pin).
+        """
+
+        async def scenario(daemon: Daemon, fake: FakeScheduler, _: ServerSettings) -> None:
+            sched, _ = await fake.daemon()
+            running = await submit(daemon, _job(71, mode="slow"))
+            await sched.expect(JobBegin)
+            zeros = b"\0" * (4 << 20)
+            queued = await remote(daemon)
+            await queued.send(_job(72))
+            queued.conn.send_file(zeros)
+            wire = queued.conn.data_to_send()
+            assert len(wire) < 64 * 1024  # far below the 1 MiB that calls for a trim
+            queued.writer.write(wire)
+            await until(lambda: daemon.core.source_received(2) == len(zeros))
+            queued.close()
+            await until(lambda: any(e["event"] == "heap_trimmed" for e in logs))
+            assert (await result(running))[0].status == 0
+
+        with capture_logs() as logs:
+            run(tmp_path, scenario, fake_env=fake_env)
 
     def test_missing_environment_and_verify(self, tmp_path, fake_env):
         """An unknown environment: STATUS_TEXT and exit 110; VERIFY_ENV runs bin/true."""

@@ -128,6 +128,81 @@ class TestDiscovery:
         assert _closed(daemon)
 
 
+class TestBothFamilies:
+    """The scheduler port and discovery on IPv6 and IPv4 (issue 15)."""
+
+    def test_loopback_pair(self):
+        """-i lo's two addresses: logins, monitors, discovery on both; IPv6 peers stay IPv6."""
+        running = Running(addresses=("127.0.0.1", "::1"))
+        try:
+            port = running.port
+            assert running.server.bound == [f"127.0.0.1:{port}", f"[::1]:{port}"]
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                    sock.settimeout(5)
+                    sock.sendto(bytes([43]), (host, port))
+                    reply, source = sock.recvfrom(1024)
+                assert source[:2] == (host, port)
+                assert decode_reply(reply, own_version=43) is not None
+            six = BlockingChannel.connect("::1", port, timeout=5.0)
+            values = {"port": 1, "max_kids": 2, "nodename": "six", "host_platform": "x86_64",
+                      "chroot_possible": True}  # fmt: skip
+            six.send(Login(**values))  # type: ignore[arg-type]
+            six.receive()  # CS_CONF
+            wait_for(lambda: running.server.core.state.hosts, 5, "the login")
+            (host,) = running.server.core.state.hosts.values()
+            assert host.ip == "::1"
+            monitor = BlockingChannel.connect("::1", port, timeout=5.0)  # a monitor over IPv6
+            monitor.send(MonLogin())
+            stats = monitor.receive()
+            assert isinstance(stats, MonStats)
+            assert "IP:::1\n" in stats.statmsg
+            monitor.close()
+            six.close()
+        finally:
+            running.close()
+
+    @pytest.mark.parametrize("routable", [True, False])
+    def test_election_prefers_dual_stack(self, routable):
+        """A dual-stack scheduler yields to an older one of its version only if it is dual too.
+
+        Without a routable IPv6 address (link-local only) 1.4's rule applies unchanged.
+        """
+        running = Running(addresses=("127.0.0.1", "::1"), routable_ipv6=routable)
+        try:
+            daemon = _login(running, "d1")
+            start = running.server.core.config.start_time - 100
+            _, icf = encode_announcements(SchedulerInfo(43, start, "TESTNET"))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                sock.sendto(icf, ("127.0.0.1", running.port))
+                # A request after it on the same socket: its answer means the ICF was handled.
+                sock.sendto(bytes([43]), ("127.0.0.1", running.port))
+                sock.recvfrom(1024)
+            if not routable:
+                assert _closed(daemon)
+                return
+            assert running.server.core.state.hosts  # heard over IPv4 only: single-stack
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+                sock.sendto(icf, ("::1", running.port))
+            assert _closed(daemon)  # over both families: dual-stack and older, so it wins
+        finally:
+            running.close()
+
+    def test_dual_stack_wildcard_sees_plain_ipv4(self):
+        """On the one dual-stack :: socket an IPv4 daemon is 127.0.0.1, never ::ffff:127.0.0.1."""
+        running = Running(address="")
+        try:
+            assert running.server.bound == [f"[::]:{running.port}"]
+            four = _login(running, "four")
+            wait_for(lambda: running.server.core.state.hosts, 5, "the login")
+            (host,) = running.server.core.state.hosts.values()
+            assert host.ip == "127.0.0.1"
+            four.close()
+        finally:
+            running.close()
+
+
 class TestConnections:
     def test_silent_peer_is_dropped_after_handshake_timeout(self, running):
         """A peer that never shakes hands is closed after the handshake time-out."""

@@ -20,6 +20,7 @@ from iceserv.protocol import (
     Login,
     MonLogin,
     MonStats,
+    NoCS,
     Ping,
     Stats,
     StatusText,
@@ -464,3 +465,72 @@ class TestTimerCache:
             if op == "timer":
                 assert core.get_timer() == _fresh_timer(core)
             assert core.get_timer() <= _fresh_timer(core)
+
+
+class TestAddressFamilies:
+    """The 1.4 floor: an IPv6 address in USE_CS only for a submitter that came over IPv6."""
+
+    def test_ipv4_submitter_never_gets_an_ipv6_server(self):
+        """A job from a daemon that logged in over IPv4 skips an IPv6-only server, and says why."""
+        core = new_core()
+        login(core, 1, "old", ip="10.0.0.1", max_kids=0)
+        login(core, 2, "six", ip="fd00::2", max_kids=4)
+        assert sends(get_cs(core, 1), 1) == [NoCS(1, 7)]  # nobody else: compile it yourself
+        login(core, 3, "busy", ip="10.0.0.3", max_kids=4, load=1000)
+        assert not sends(get_cs(core, 1, client_id=8), 1)  # waits for "busy", not "six"
+        (report,) = [e for e in core.handle_timer(T0 + 2) if isinstance(e, JobsWaiting)]
+        assert dict(report.reasons)["busy"] == FULL_LOAD_TEXT
+        assert dict(report.reasons)["six"] == (
+            "is known only by the IPv6 address fd00::2 and the submitter logged in over IPv4"
+            " (icecream 1.4 clients cannot reach IPv6)"
+        )
+
+    def test_ipv4_submitter_goes_to_the_ipv4_server(self):
+        """With an IPv4 and an IPv6 server, every job of an IPv4 submitter goes to IPv4."""
+        core = new_core()
+        login(core, 1, "old", ip="10.0.0.1", max_kids=0)
+        login(core, 2, "six", ip="fd00::2", max_kids=4, envs=NATIVE)
+        login(core, 3, "four", ip="10.0.0.3", max_kids=4, envs=NATIVE)
+        hosts = set()
+        for client_id in range(1, 5):
+            (use,) = sends(get_cs(core, 1, client_id=client_id), 1)
+            hosts.add(use.hostname)
+        assert hosts == {"10.0.0.3"}
+
+    def test_ipv6_submitter_gets_the_ipv6_address(self):
+        """A submitter that logged in over IPv6 is iceserv: it is told the server's IPv6 address."""
+        core = new_core()
+        login(core, 1, "new", ip="fd00::1", max_kids=0)
+        login(core, 2, "six", ip="fd00::2", max_kids=4)
+        (use,) = sends(get_cs(core, 1), 1)
+        assert (use.hostname, use.port) == ("fd00::2", 10245)
+
+    def test_ipv6_loopback_server_is_localhost(self):
+        """A server logged in from ::1 is named localhost, which every client (1.4 too) parses."""
+        core = new_core()
+        login(core, 1, "old", ip="127.0.0.1", max_kids=0)
+        login(core, 2, "six", ip="::1", port=10246, max_kids=4)
+        (use,) = sends(get_cs(core, 1), 1)
+        assert (use.hostname, use.port) == ("localhost", 10246)
+
+    def test_link_local_server_is_never_named(self):
+        """A server that logged in from fe80::…%zone is skipped even for IPv6 submitters."""
+        core = new_core()
+        login(core, 1, "new", ip="fd00::1", max_kids=0)
+        login(core, 2, "link", ip="fe80::2%eth0", max_kids=4)
+        login(core, 3, "busy", ip="fd00::3", max_kids=4, load=1000)
+        assert not sends(get_cs(core, 1), 1)
+        (report,) = [e for e in core.handle_timer(T0 + 2) if isinstance(e, JobsWaiting)]
+        assert dict(report.reasons)["link"] == (
+            "is known only by the link-local address fe80::2%eth0, of no use to other hosts"
+        )
+
+    def test_the_count_of_ipv6_hosts_follows_logins(self):
+        """The state counts hosts known by IPv6 (the index defers to the scan while any exist)."""
+        core = new_core()
+        login(core, 1, "six", ip="fd00::2")
+        login(core, 2, "four", ip="10.0.0.2")
+        login(core, 3, "loop", ip="::1")
+        assert core.state.ipv6_hosts == 1
+        core.connection_lost(1, T0)
+        assert core.state.ipv6_hosts == 0

@@ -570,3 +570,46 @@ class TestFullClusterShortcut:
             slow = placement.empty_queue(state, random.Random(seed))  # noqa: S311
         describe = lambda a: None if a is None else (a.job.job_id, a.host.nodename)  # noqa: E731
         assert describe(fast) == describe(slow)
+
+
+class TestReachable:
+    """placement.reachable: the guard that keeps IPv6 addresses from IPv4 (maybe 1.4) submitters."""
+
+    def setup_method(self):
+        self.state = ClusterState()
+        self.four = add_host(self.state, "four", ip="10.0.0.1")
+        self.six = add_host(self.state, "six", ip="fd00::2")
+        self.loop6 = add_host(self.state, "loop6", ip="::1")
+        self.new = add_host(self.state, "new", ip="fd00::1")
+        self.link = add_host(self.state, "link", ip="fe80::2%eth0")
+
+    def test_rule(self):
+        """IPv6 servers only for IPv6 submitters; ::1 and IPv4 servers for everyone."""
+        assert not placement.reachable(self.four, self.six)
+        assert placement.reachable(self.new, self.six)
+        assert placement.reachable(self.four, self.loop6)
+        assert placement.reachable(self.new, self.four)
+        assert placement.reachable(self.six, self.six)
+
+    def test_link_local_servers_serve_only_themselves(self):
+        """A server known by fe80::…%zone (the scheduler's zone) takes only its own jobs."""
+        assert not placement.reachable(self.new, self.link)
+        assert not placement.reachable(self.four, self.link)
+        assert placement.reachable(self.link, self.link)
+        own = add_job(self.state, self.link)
+        assert placement.JobFit(self.state, own).usable(self.link)
+        other = add_job(self.state, self.new)
+        assert not placement.JobFit(self.state, other).usable(self.link)
+        assert not placement.eligible_ever(self.state, self.link, other)
+
+    def test_eligibility_and_the_scan_agree(self):
+        """eligible_ever, eligible_now and the scan's JobFit all apply the rule."""
+        job = add_job(self.state, self.four)
+        fit = placement.JobFit(self.state, job)
+        assert not placement.eligible_ever(self.state, self.six, job)
+        assert not placement.eligible_now(self.state, self.six, job)
+        assert not fit.usable(self.six)
+        assert fit.usable(self.loop6)
+        other = add_job(self.state, self.new)
+        assert placement.eligible_now(self.state, self.six, other)
+        assert placement.JobFit(self.state, other).usable(self.six)

@@ -206,3 +206,16 @@ class TestStandingQueries:
             _ask(core, environment=f"env{i}")
         named = [m for m in sends(login(core, 2, "late"), 1) if isinstance(m, PushTargets)]
         assert len(named) == MAX_WANTS
+
+
+class TestAddressFamilies:
+    def test_ipv6_hosts_in_brackets_and_only_to_ipv6_askers(self):
+        """A host known by IPv6 is named [v6]:port, and never to a daemon that came over IPv4."""
+        core = new_core()
+        login(core, 1, "six-asker", ip="fd00::1")
+        login(core, 2, "four-asker", ip="10.0.0.2")
+        login(core, 3, "six", ip="fd00::3")
+        login(core, 4, "four", ip="10.0.0.4")
+        assert sorted(_ask(core, 1).hosts) == ["10.0.0.2:10245", "10.0.0.4:10245",
+                                               "[fd00::3]:10245"]  # fmt: skip
+        assert _ask(core, 2, environment="other").hosts == ("10.0.0.4:10245",)
