@@ -241,10 +241,11 @@ class _Prober(asyncio.DatagramProtocol):
 
 
 def _is_local(ip: str) -> bool:
-    """Whether *ip* is an address of this host (it can be bound)."""
+    """Whether *ip* is an address of this host (it can be bound; a link-local one: maybe not)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((ip, 0))
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((ip.split("%", 1)[0], 0))
     except OSError:
         return False
     return True
@@ -258,6 +259,14 @@ def _local_ip_towards(ip: str) -> str:
             return str(probe.getsockname()[0])
     except OSError:
         return ""
+
+
+def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:  # noqa: ANN401 - any table
+    """Set *key* in *table*, most recent last, keeping at most :data:`_HEARD_LIMIT` keys."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > _HEARD_LIMIT:
+        del table[next(iter(table))]
 
 
 class SchedulerServer:
@@ -294,7 +303,13 @@ class SchedulerServer:
         self._udp6: asyncio.DatagramTransport | None = None
         self._heard: dict[tuple[str, int, int], dict[bool, float]] = {}
         self._prober: asyncio.DatagramTransport | None = None
+        self._prober6: asyncio.DatagramTransport | None = None
         self._prober_port = 0
+        self._prober6_port = 0
+        #: Schedulers (net name, version, start) that answered us from a routable IPv6
+        #: address, and the IPv4 address each answered from (bounded: _HEARD_LIMIT).
+        self._replied6: dict[tuple[str, int, int], float] = {}
+        self._replied4: dict[tuple[str, int, int], tuple[str, int]] = {}
         self._logged_active: tuple[str, int] | None = None
         self.standby = (
             sb.Standby(self._core.config.info, settings.standby, self._start)
@@ -426,12 +441,19 @@ class SchedulerServer:
         )
         self._prober = prober
         self._prober_port = int(prober.get_extra_info("sockname")[1])
+        if self.standby is not None and self.dual_stack:  # IPv6 replies: dual-stack evidence
+            self.standby.dual = True
+            prober6, _ = await loop.create_datagram_endpoint(
+                lambda: _Prober(self), local_addr=("::", 0), family=socket.AF_INET6
+            )
+            self._prober6 = prober6
+            self._prober6_port = int(prober6.get_extra_info("sockname")[1])
 
     async def stop(self) -> None:
         """Stop listening and close every daemon and monitor connection (1.4's clean exit)."""
         for listener in self._listeners:
             listener.close()
-        for udp in (self._udp, self._udp6, self._prober):
+        for udp in (self._udp, self._udp6, self._prober, self._prober6):
             if udp is not None:
                 udp.close()
         for peer in list(self._peers.values()):
@@ -636,7 +658,9 @@ class SchedulerServer:
     def _request_received(self, requester: int, addr: tuple[Any, ...]) -> None:
         if self.standby is None:
             self._answer(addr, requester, self._core.config.info)
-        elif addr[1] != self._prober_port or not _is_local(str(addr[0])):  # not our own
+        elif addr[1] not in (self._prober_port, self._prober6_port) or not _is_local(
+            str(addr[0])
+        ):  # not our own
             self.apply_standby(self.standby.request_heard(addr, requester, self.now()))
 
     def _announcement_received(self, info: SchedulerInfo, addr: tuple[Any, ...]) -> None:
@@ -658,14 +682,25 @@ class SchedulerServer:
             log.info("scheduler_preferred", peer=unmapped(str(addr[0])), version=info.version)
         self.apply(effects)
 
-    def reply_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Another scheduler answered one of our discovery requests."""
+    def reply_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Another scheduler answered one of our discovery requests (IPv4, or IPv6 evidence)."""
         info = decode_reply(data)
         if info is None or self.standby is None:
             return
-        if addr[1] == self.port and _is_local(addr[0]):
+        key = (info.netname.casefold(), info.version, info.start_time)
+        if len(addr) == _IPV6_SOCKADDR:
+            if is_link_local(str(addr[0])) or _is_local(str(addr[0])):
+                return  # no evidence of a routable address; or our own answer
+            _remember(self._replied6, key, time.monotonic())
+            four = self._replied4.get(key)
+            if four is not None:  # tell the role machine again, now known dual-stack
+                self._scheduler_heard(four, info)
+            return
+        if addr[1] == self.port and _is_local(str(addr[0])):
             return  # our own answer to our own broadcast
-        self._scheduler_heard(addr, info)
+        four = (str(addr[0]), int(addr[1]))
+        _remember(self._replied4, key, four)
+        self._scheduler_heard(four, info)
 
     def _scheduler_heard(self, addr: tuple[str, int], info: SchedulerInfo) -> None:
         assert self.standby is not None  # noqa: S101 - only called with the role machine
@@ -677,7 +712,15 @@ class SchedulerServer:
                     ipaddress.ip_address(ours),
                     self.port,
                 )
-        self.apply_standby(self.standby.scheduler_heard(addr, info, self.now(), wins_tie=wins_tie))
+        key = (info.netname.casefold(), info.version, info.start_time)
+        fresh = time.monotonic() - self._replied6.get(key, -math.inf) <= _HEARD_WINDOW
+        families = self._heard.get(key, {})
+        heard_both = len(families) == 2
+        self.apply_standby(
+            self.standby.scheduler_heard(
+                addr, info, self.now(), wins_tie=wins_tie, other_dual=fresh or heard_both
+            )
+        )
 
     def _answer(self, addr: tuple[Any, ...], requester: int, info: SchedulerInfo) -> None:
         udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
@@ -693,6 +736,7 @@ class SchedulerServer:
                 case sb.ProbeAll():
                     for address in self.settings.announce_to:
                         self._probe_to((address, self.port))
+                    self._probe_group()
                 case sb.Probe(address):
                     self._probe_to(address)
                 case sb.Confirm(address):
@@ -738,6 +782,15 @@ class SchedulerServer:
         if active is not None and active != self._logged_active:
             self._logged_active = active
             log.info("scheduler_standby", active=f"{active[0]}:{active[1]}")
+
+    def _probe_group(self) -> None:
+        """Send our request to the IPv6 discovery group too (dual-stack schedulers answer)."""
+        if self._prober6 is None:
+            return
+        for name in self.settings.multicast_interfaces:
+            with contextlib.suppress(OSError):
+                group = (DISCOVERY_GROUP6, self.port, 0, socket.if_nametoindex(name))
+                self._prober6.sendto(encode_request(), group)
 
     def _probe_to(self, address: tuple[str, int]) -> None:
         if self._prober is not None:

@@ -20,13 +20,17 @@ Theory of operation
 
 *Who serves.*  The first scheduler up serves; any later one of the same net
 name stays passive.  At start a scheduler broadcasts one discovery request
-(the byte a daemon sends, reference §4.2) and listens for ``listen`` seconds
-before answering anyone.  A reply from another scheduler of its net name
-makes it the standby of that one.  A standby answers no discovery request and
-sends no announcement (§4.5): daemons never hear of it, and a 1.4 scheduler
-is never told that a "better" one exists, so a standby cannot steal daemons
-whatever its version, start time or clock (icecream#177).  Daemons that use
-``-s`` with the standby's address still log in to it: that is their choice.
+(the byte a daemon sends, reference §4.2; a dual-stack one also to the IPv6
+group) and listens for ``listen`` seconds before answering anyone.  A reply
+from another scheduler of its net name makes it the standby of that one
+(the best one, if several answered) -- unless we are dual-stack and it is a
+single-stack one of our version: the election of the ipv6 work prefers
+dual-stack schedulers, so then both serve and the daemons choose us.
+A standby answers no discovery request and sends no announcement (§4.5):
+daemons never hear of it, and a 1.4 scheduler is never told that a
+"better" one exists, so a standby cannot steal daemons whatever its
+version, start time or clock (icecream#177).  Daemons that use ``-s`` with
+the standby's address still log in to it: that is their choice.
 
 *Watching.*  A standby sends the active one a unicast discovery request
 every ``probe_interval`` seconds; 1.4's scheduler and ours answer every
@@ -165,8 +169,12 @@ StandbyEffect: TypeAlias = (
 class Standby:
     """The role of one scheduler of net name ``own.netname``; see the module docstring."""
 
-    def __init__(self, own: SchedulerInfo, settings: StandbySettings, now: float) -> None:
+    def __init__(
+        self, own: SchedulerInfo, settings: StandbySettings, now: float, *, dual: bool = False
+    ) -> None:
         self.settings = settings
+        #: Whether we are dual-stack for the election (routable IPv6 and IPv4).
+        self.dual = dual
         #: What discovery replies and announcements say about us (the start time is a term).
         self.info = own
         self.role = Role.LISTENING
@@ -177,6 +185,8 @@ class Standby:
         self._last_heard = now
         self._next_probe = now + settings.probe_interval
         self._confirming = False
+        #: LISTENING: the active schedulers heard, and whether each is known dual-stack.
+        self._candidates: dict[Address, tuple[SchedulerInfo, bool]] = {}
         self._heard: collections.deque[tuple[float, Address, int]] = collections.deque(
             maxlen=_MAX_HEARD
         )
@@ -203,7 +213,7 @@ class Standby:
     def handle_timer(self, now: float) -> list[StandbyEffect]:
         """Run what is due at *now*."""
         if self.role is Role.LISTENING:
-            return self._take_over(now) if now >= self._listen_until else []
+            return self._end_listening(now) if now >= self._listen_until else []
         if now < self._next_probe:
             return []
         if self.role is Role.ACTIVE:
@@ -228,18 +238,27 @@ class Standby:
         return []
 
     def scheduler_heard(
-        self, address: Address, info: SchedulerInfo, now: float, *, wins_tie: bool
+        self,
+        address: Address,
+        info: SchedulerInfo,
+        now: float,
+        *,
+        wins_tie: bool,
+        other_dual: bool = False,
     ) -> list[StandbyEffect]:
         """Another scheduler at *address* answered a request or announced itself as *info*.
 
         *wins_tie* says whether *address* is lower than our own address (the
-        tie-break for equal version and start time).  Schedulers of another
-        net name (compared as 1.4's schedulers do, case-sensitively) are ignored.
+        tie-break for equal version and start time); *other_dual* whether it
+        is known to be dual-stack (it answered from a routable IPv6 address
+        too).  Schedulers of another net name (compared as 1.4's schedulers
+        do, case-sensitively) are ignored.
         """
         if info.netname != self.info.netname:
             return []
         if self.role is Role.LISTENING:
-            self._watch(address, info, now)
+            known = self._candidates.get(address, (info, False))[1]
+            self._candidates[address] = (info, known or other_dual)
             return []
         if self.role is Role.STANDBY:
             if address == self.active:
@@ -248,8 +267,7 @@ class Standby:
             elif self.active_info is None or is_better(info, self.active_info):
                 self._watch(address, info, now)  # follow the best one we know of
             return []
-        better = is_better(info, self.info) or (info == self.info and wins_tie)
-        if not better:
+        if not self._prefers(info, other_dual=other_dual, wins_tie=wins_tie):
             return []
         self._watch(address, info, now)
         return [StepDown(address, info)]
@@ -265,6 +283,42 @@ class Standby:
         return self._take_over(now)
 
     # --- internals --------------------------------------------------------------------
+
+    def _dual_wins(self, info: SchedulerInfo, *, other_dual: bool) -> bool:
+        """Whether the election prefers us to *info* for being dual-stack (ipv6 notes)."""
+        return self.dual and not other_dual and info.version == self.info.version
+
+    def _prefers(self, info: SchedulerInfo, *, other_dual: bool, wins_tie: bool) -> bool:
+        """Whether the election prefers the other scheduler: version, dual-stack, start, address."""
+        if info.version != self.info.version:
+            return info.version > self.info.version
+        if self.dual != other_dual:
+            return other_dual
+        if info.start_time != self.info.start_time:
+            return info.start_time < self.info.start_time
+        return wins_tie
+
+    def _end_listening(self, now: float) -> list[StandbyEffect]:
+        """Watch the best active scheduler heard; take over if there is none to defer to.
+
+        We defer to any of them, whatever its version or start time (no
+        steal), except one of our version that is single-stack while we are
+        dual-stack: then both serve, and daemons pick us (the election).
+        """
+        deferred = [
+            (address, info)
+            for address, (info, dual) in self._candidates.items()
+            if not self._dual_wins(info, other_dual=dual)
+        ]
+        self._candidates.clear()
+        if not deferred:
+            return self._take_over(now)
+        best = deferred[0]
+        for item in deferred[1:]:
+            if is_better(item[1], best[1]):
+                best = item
+        self._watch(*best, now)
+        return []
 
     def _watch(self, address: Address, info: SchedulerInfo, now: float) -> None:
         self.role = Role.STANDBY
@@ -282,6 +336,7 @@ class Standby:
         self.active = self.active_info = None
         self._confirming = False
         self._next_probe = now + self.settings.rival_interval
+        self._candidates.clear()
         effects: list[StandbyEffect] = [TakeOver(self.info, predecessor), Announce(self.info)]
         since = now - self.settings.replay
         effects += [
