@@ -34,8 +34,10 @@ logged in the link reads without a time-out (a quiet scheduler is normal),
 and a dead peer is found by TCP keepalive and by the STATS the core sends.
 Losing the connection tells the owner and waits before starting over:
 0..0.5 s after a session that was logged in (the scheduler died or handed
-us over: its standby is waiting, issue 19), else 20..51 s as 1.4.  A
-discovery round ends 0.3 s after the first suitable reply.
+us over: its standby is waiting, issue 19), else 20..51 s as 1.4.  The
+discovery rounds after such a loss end 0.3 s after the first suitable reply
+(1.4 waits the whole round, which lets every scheduler answer: a starting
+one answers after its listening second).
 """
 
 from __future__ import annotations
@@ -260,9 +262,10 @@ class SchedulerLink:
 
     async def run(self) -> None:
         """Find, connect, serve, and start over after a delay, until cancelled."""
+        served = False
         try:
             while True:
-                target = await self._find()
+                target = await self._find(failover=served)
                 served = False
                 if target is not None:
                     served = await self._session(target)
@@ -280,17 +283,18 @@ class SchedulerLink:
                 sock.close()
             self._wake_socks.clear()
 
-    async def _find(self) -> tuple[str, int] | None:
+    async def _find(self, *, failover: bool = False) -> tuple[str, int] | None:
         if self.settings.scheduler is not None:
             return self.settings.scheduler
         self.state = LinkState.DISCOVERING
         for _ in range(10):  # a few rounds, then the long reconnect wait
-            found = await self._discover_once()
+            found = await self._discover_once(failover=failover)
             if found is not None:
                 return found
         return None
 
-    async def _discover_once(self) -> tuple[str, int] | None:
+    async def _discover_once(self, *, failover: bool = False) -> tuple[str, int] | None:
+        """One round; after a lost session (*failover*) it ends soon after a suitable reply."""
         replies: list[tuple[tuple[str, int], SchedulerInfo]] = []
         with contextlib.ExitStack() as stack:
             socks = [stack.enter_context(sock) for sock in await self._send_requests()]
@@ -300,8 +304,10 @@ class SchedulerLink:
                     def replied() -> None:  # end the round soon after a suitable reply
                         grace = asyncio.get_running_loop().time() + _REPLY_GRACE
                         when = round_end.when()
-                        if choose_scheduler(replies, self.settings.netname) and (
-                            when is None or grace < when
+                        if (
+                            failover
+                            and choose_scheduler(replies, self.settings.netname)
+                            and (when is None or grace < when)
                         ):
                             round_end.reschedule(grace)
 
