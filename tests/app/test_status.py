@@ -84,7 +84,10 @@ class TestStatus:
         """--watch prints the view again and again; Ctrl-C ends it with status 0."""
         argv = [sys.executable, "-m", "iceserv.app.cli", "status", "--scheduler",
                 f"127.0.0.1:{scheduler}", "--watch", "0.2"]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        # A shell's background job ignores SIGINT, and Python keeps an ignored SIGINT
+        # ignored: give the child the terminal's default, as a user's Ctrl-C finds it.
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)  # noqa: PLW1509 - no threads started
         try:
             assert proc.stdout is not None
             headlines = 0
@@ -111,6 +114,10 @@ class TestStatus:
         assert bad.returncode == EX_UNAVAILABLE
         assert bad.stderr.count("\n") == 1
         assert "telnet 127.0.0.1:2" in bad.stderr
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class TestRenderText:
