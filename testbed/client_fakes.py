@@ -36,6 +36,7 @@ from iceserv.protocol import (
     GetCS,
     GetNativeEnv,
     JobLocalBegin,
+    JobTicket,
     StatusText,
     UseCS,
     UseNativeEnv,
@@ -43,6 +44,7 @@ from iceserv.protocol import (
     VerifyEnvResult,
     records,
 )
+from iceserv.protocol.endpoint import iceserv_endpoint
 from iceserv.testing import BlockingChannel
 
 if TYPE_CHECKING:
@@ -169,6 +171,10 @@ class FakeDaemon:
     it close instead of sending the JOB_LOCAL_BEGIN go signal;
     ``reject_first`` closes the first connection at once, ``reject_all`` every one;
     ``silent`` never answers GET_CS (a job no host takes) and keeps the connection.
+    ``endpoint`` also listens on the iceserv-only endpoint for ``path``
+    (:mod:`iceserv.protocol.endpoint`), as our daemon does; ``ticket`` then
+    goes just before USE_CS, to clients that came in there only.
+    ``endpoint_connections`` counts those.
     """
 
     path: Path
@@ -178,21 +184,31 @@ class FakeDaemon:
     reject_first: bool = False
     reject_all: bool = False
     silent: bool = False
+    endpoint: bool = False
+    ticket: JobTicket | None = None
     connections: list[list[Message]] = field(default_factory=list)
+    endpoint_connections: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _acceptor: _Acceptor | None = field(default=None, init=False)
+    _endpoint: _Acceptor | None = field(default=None, init=False)
 
     def start(self) -> FakeDaemon:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(self.path))
         listener.listen(16)
         self._acceptor = _Acceptor(listener, self._handle)
+        if self.endpoint:
+            marked = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            marked.bind(iceserv_endpoint(str(self.path)))
+            marked.listen(16)
+            self._endpoint = _Acceptor(marked, lambda sock: self._handle(sock, iceserv=True))
         return self
 
-    def _handle(self, sock: socket.socket) -> None:
+    def _handle(self, sock: socket.socket, *, iceserv: bool = False) -> None:
         with self._lock:  # recorded on accept: a client may hang up before the handshake
             seen: list[Message] = []
             self.connections.append(seen)
+            self.endpoint_connections += iceserv
             first = len(self.connections) == 1
         if self.reject_all or (first and self.reject_first):
             return
@@ -206,6 +222,8 @@ class FakeDaemon:
             if reply is False:
                 return
             if isinstance(event, GetCS) and isinstance(reply, UseCS):
+                if iceserv and self.ticket is not None:
+                    channel.send(records.replace(self.ticket, job_id=reply.job_id))
                 # One USE_CS per requested copy (ICECC_REPEAT_RATE asks for three).
                 for copy in range(event.count):
                     channel.send(records.replace(reply, job_id=reply.job_id + copy))
@@ -231,6 +249,8 @@ class FakeDaemon:
     def close(self) -> None:
         if self._acceptor is not None:
             self._acceptor.close()
+        if self._endpoint is not None:
+            self._endpoint.close()
 
 
 @dataclass
@@ -240,7 +260,10 @@ class FakeServer:
     ``mode``: "ok" (status ``status``, ``err``/``out`` texts, the object
     ``obj``), "oom" (status 1 + out of memory), "close" (hang up after the
     source), "garbage" (bytes that are no message), "status_text" (STATUS_TEXT
-    then hang up), "verify_fail" (refuse the transferred environment).
+    then hang up), "verify_fail" (refuse the transferred environment),
+    "refuse_ticket" (a JOB_TICKET is answered with STATUS_TEXT and the end,
+    as our daemon refuses a replayed or altered one).  A JOB_TICKET is
+    recorded as the job's ``ticket``.
     """
 
     mode: str = "ok"
@@ -276,7 +299,12 @@ class FakeServer:
             event = channel.receive()
             if isinstance(event, ConnectionClosed):
                 return
-            if isinstance(event, EnvTransfer):
+            if isinstance(event, JobTicket):
+                job["ticket"] = event
+                if self.mode == "refuse_ticket":
+                    channel.send(StatusText("job refused: replayed ticket"))
+                    return
+            elif isinstance(event, EnvTransfer):
                 job["env_transfer"] = event
                 job["tarball"], _ = channel.receive_file()
             elif isinstance(event, VerifyEnv):

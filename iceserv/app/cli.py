@@ -28,6 +28,7 @@ _SUBCOMMANDS: Final = (
     "slots",
     "selftest",
     "config_cli",
+    "keygen",
     "system_files",
     "symlinks",
     "sim",

@@ -40,8 +40,14 @@ import structlog
 
 from iceserv._version import VERSION
 from iceserv.app.daemon_bus import DaemonBusControl
-from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
-from iceserv.config import Service, load_daemon_settings, render_text
+from iceserv.app.program import (
+    WallClock,
+    load_keys_or_exit,
+    load_or_exit,
+    open_log,
+    reload_changes,
+)
+from iceserv.config import Service, load_daemon_settings, read_keys, render_text
 from iceserv.daemon import (
     Daemon,
     DaemonControl,
@@ -52,6 +58,7 @@ from iceserv.daemon import (
     child_environment,
     resolve_user,
 )
+from iceserv.errors import ConfigError
 from iceserv.hostfacts import (
     broadcast_addresses,
     host_platform,
@@ -141,7 +148,11 @@ def _native_command() -> tuple[str, str]:
 
 
 def server_settings(
-    settings: DaemonSettings, environ: Mapping[str, str], *, chroot_possible: bool
+    settings: DaemonSettings,
+    environ: Mapping[str, str],
+    *,
+    chroot_possible: bool,
+    keys: tuple[bytes, ...] = (),
 ) -> ServerSettings:
     """Map the settings (and ``ICECC_TEST_SOCKET``/``ICECC_TESTS``) to the daemon shell's.
 
@@ -185,6 +196,8 @@ def server_settings(
         max_native_builds=settings.max_native_builds,
         native_compilers=tuple(settings.native_compilers.split()),
         push_ahead=settings.push_ahead,
+        auth=settings.auth,
+        keys=keys,
         native_compression="zstd" if shutil.which("zstd", path="/usr/bin:/bin") else "gzip",
     )
 
@@ -250,6 +263,8 @@ class DaemonService:
         self._logs = logs
         self._argv = list(argv)
         self._environ = environ
+        #: The network keys in use (current, previous); a reload reads them again.
+        self.keys: tuple[bytes, ...] = ()
         #: Set by ``_run`` so a reload can change the stop grace period.
         self.lifecycle: Lifecycle | None = None
 
@@ -268,6 +283,16 @@ class DaemonService:
         new, live, fixed = reload_changes(loaded.settings, self.settings, _RESTART_ONLY)
         if fixed:
             log.warning("reload_needs_restart", settings=fixed)
+        try:
+            self.keys = read_keys(new.key_file, new.previous_key_file)
+        except ConfigError as exc:  # keep the keys in use: a typo must not open the daemon
+            log.error("network_key_unusable", error=str(exc))  # noqa: TRY400 - no traceback
+            new = new.model_copy(
+                update={
+                    "key_file": self.settings.key_file,
+                    "previous_key_file": self.settings.previous_key_file,
+                }
+            )
         await self.apply_settings(new)
         self._logs.reconfigure(
             verbosity=new.verbosity, fmt=LogFormat(new.log_format), log_file=new.log_file
@@ -285,7 +310,7 @@ class DaemonService:
         Raises ``OSError`` (and keeps the old settings) if a listener cannot be bound.
         """
         chroot = self.daemon.settings.chroot_possible
-        server = server_settings(new, self._environ, chroot_possible=chroot)
+        server = server_settings(new, self._environ, chroot_possible=chroot, keys=self.keys)
         limit = raise_nofile_limit()
         await self.daemon.reconfigure(fit_budgets(server, limit, http=new.http is not None))
         self.settings = new
@@ -412,14 +437,20 @@ class DaemonServiceFactory:
         environ: Mapping[str, str],
     ) -> None:
         self._args = (loaded.settings, logs, list(argv), environ)
+        #: The network keys main read (current, previous).
+        self.keys: tuple[bytes, ...] = ()
 
     def __call__(self, daemon: Daemon) -> DaemonService:
         """Return the adapter for *daemon*."""
         settings, logs, argv, environ = self._args
-        return DaemonService(daemon, settings=settings, logs=logs, argv=argv, environ=environ)
+        service = DaemonService(daemon, settings=settings, logs=logs, argv=argv, environ=environ)
+        service.keys = self.keys
+        return service
 
 
-def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None) -> int:
+def main(  # noqa: PLR0911 - one exit code per start-up step
+    argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | None = None
+) -> int:
     """Run ``iceccd`` with *argv* (default ``sys.argv[1:]``); return the exit code.
 
     *environ* defaults to ``os.environ``; the service manager's variables
@@ -431,7 +462,10 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     if isinstance(loaded, int):
         return loaded
     settings = loaded.settings
-    if loaded.command_line.check_config:
+    keys = load_keys_or_exit(settings, prog=_PROG)
+    if isinstance(keys, int) or loaded.command_line.check_config:
+        if isinstance(keys, int):
+            return keys  # a bad key file fails --check-config too
         sys.stdout.write(render_text({Service.DAEMON: loaded}))
         return 0
     managed = bool(environ.get("NOTIFY_SOCKET"))
@@ -439,7 +473,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     notifier = ServiceNotifier.from_environ(environ)
     chroot = can_chroot()
     try:
-        server = server_settings(settings, environ, chroot_possible=chroot)
+        server = server_settings(settings, environ, chroot_possible=chroot, keys=keys)
     except OSError as exc:
         sys.stderr.write(f"{_PROG}: interface {settings.interface!r}: {exc.strerror}\n")
         return _EXIT_FAILURE
@@ -460,6 +494,7 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         os.umask(0o022)
         _prepare_socket_dir(server.unix_socket, run_as)
         factory = DaemonServiceFactory(loaded, logs, args, environ)
+        factory.keys = keys
         bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
         return asyncio.run(
             _run(server, run_as, notifier, factory, settings.stop_grace, bus_address=bus_address)

@@ -18,7 +18,14 @@ import time
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from iceserv._version import VERSION
-from iceserv.config import DaemonSettings, SchedulerSettings, Service, parse_command_line, usage
+from iceserv.config import (
+    DaemonSettings,
+    SchedulerSettings,
+    Service,
+    parse_command_line,
+    read_keys,
+    usage,
+)
 from iceserv.errors import ConfigError
 from iceserv.service import LogFormat, configure_logging
 
@@ -28,7 +35,14 @@ if TYPE_CHECKING:
     from iceserv.config import Loaded
     from iceserv.service import LogSetup
 
-__all__ = ["EXIT_USAGE", "WallClock", "load_or_exit", "open_log", "reload_changes"]
+__all__ = [
+    "EXIT_USAGE",
+    "WallClock",
+    "load_keys_or_exit",
+    "load_or_exit",
+    "open_log",
+    "reload_changes",
+]
 
 #: 1.4's programs exit 1 after printing their usage.
 EXIT_USAGE: Final = 1
@@ -81,6 +95,22 @@ def load_or_exit(
         for warning in loaded.warnings:
             sys.stderr.write(f"{prog}: warning: {warning}\n")
     return loaded
+
+
+def load_keys_or_exit(
+    settings: DaemonSettings | SchedulerSettings, *, prog: str
+) -> tuple[bytes, ...] | int:
+    """Return the network keys (current, previous) or ``EX_CONFIG`` after ``prog: path: reason``.
+
+    A key file that is missing, unreadable, shorter than 32 bytes or
+    world-accessible stops the start (issue 14), even under ``auth = off``:
+    a configured key that cannot be used is a mistake to report at once.
+    """
+    try:
+        return read_keys(settings.key_file, settings.previous_key_file)
+    except ConfigError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return os.EX_CONFIG
 
 
 def open_log(

@@ -34,8 +34,15 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from iceserv._version import VERSION
-from iceserv.app.program import WallClock, load_or_exit, open_log, reload_changes
-from iceserv.config import Service, load_scheduler_settings
+from iceserv.app.program import (
+    WallClock,
+    load_keys_or_exit,
+    load_or_exit,
+    open_log,
+    reload_changes,
+)
+from iceserv.config import Service, load_scheduler_settings, read_keys
+from iceserv.errors import ConfigError
 from iceserv.hostfacts import broadcast_addresses, interface_addresses, multicast_sources
 from iceserv.netio import (
     DESCRIPTOR_RESERVE,
@@ -92,7 +99,7 @@ _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
 #: Settings a reload cannot change while the sockets stay open.
-_RESTART_ONLY: Final = ("port", "interface", "family", "user", "daemonize", "http")
+_RESTART_ONLY: Final = ("port", "interface", "family", "user", "daemonize", "http", "auth")
 
 
 def server_settings(
@@ -145,6 +152,7 @@ def server_settings(
         max_monitors=settings.max_monitors,
         max_monitors_per_host=settings.max_monitors_per_host,
         standby=StandbySettings(),
+        auth=settings.auth,
     )
 
 
@@ -295,6 +303,19 @@ class SchedulerService:
             netname=new.net_name or DEFAULT_NETNAME,
             persistent_clients=new.persistent_client_connection,
         )
+        try:
+            self.server.reconfigure_keys(read_keys(new.key_file, new.previous_key_file))
+        except ConfigError as exc:  # keep the keys in use: a typo must not open the cluster
+            log.error("network_key_unusable", error=str(exc))  # noqa: TRY400 - no traceback
+            new = new.model_copy(
+                update={
+                    "key_file": self.settings.key_file,
+                    "previous_key_file": self.settings.previous_key_file,
+                }
+            )
+        else:
+            if new.key_file is not None:
+                log.info("network_key_loaded", key_file=str(new.key_file))
         self.settings = new
         return live
 
@@ -385,10 +406,11 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
     if isinstance(loaded, int):
         return loaded
     settings = loaded.settings
-    if loaded.command_line.check_config:
-        return 0
+    keys = load_keys_or_exit(settings, prog=_PROG)
+    if isinstance(keys, int) or loaded.command_line.check_config:
+        return keys if isinstance(keys, int) else 0  # a bad key file fails --check-config too
     try:
-        server_conf = server_settings(settings, environ)
+        server_conf = dataclasses.replace(server_settings(settings, environ), keys=keys)
     except OSError as exc:
         sys.stderr.write(f"{_PROG}: interface {settings.interface!r}: {exc.strerror}\n")
         return _EXIT_FAILURE

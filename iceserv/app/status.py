@@ -79,6 +79,9 @@ class StatusHost:
     blocked: bool = False
     draining: bool = False
     jobs: list[StatusJob] = field(default_factory=list)
+    #: What it proved to the scheduler (issue 14): off, authenticated, unauthenticated;
+    #: "" when not known (telnet's listcs, a scheduler without ``ListHostAuth``).
+    auth: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +125,10 @@ async def _dbus_status(address: str) -> ClusterStatus:
                 return list(reply.body)
 
             hosts = (await call("ListHosts"))[0]
+            try:
+                auth = dict((await call("ListHostAuth"))[0])
+            except StatusError:  # an older scheduler: the states are not known
+                auth = {}
             jobs = (await call("ListJobs"))[0]
             props = (await call("GetAll", "org.freedesktop.DBus.Properties", name))[0]
         finally:
@@ -137,7 +144,7 @@ async def _dbus_status(address: str) -> ClusterStatus:
             started / 1e6 if started else None,
         )
         by_server.setdefault(server, []).append(job)
-    listed = [_dbus_host(h, by_server.get(h[0], [])) for h in hosts]
+    listed = [_dbus_host(h, by_server.get(h[0], []), auth.get(h[0], "")) for h in hosts]
     return ClusterStatus(
         source=f"D-Bus {address}",
         netname=str(props["NetName"].value),
@@ -147,8 +154,9 @@ async def _dbus_status(address: str) -> ClusterStatus:
     )
 
 
-def _dbus_host(h: list[Any], jobs: list[StatusJob]) -> StatusHost:
+def _dbus_host(h: list[Any], jobs: list[StatusJob], auth: str) -> StatusHost:
     return StatusHost(
+        auth=auth,
         name=h[0],
         ip=h[1],
         platform=h[3],
@@ -318,6 +326,8 @@ def render_text(status: ClusterStatus, *, colour: bool = False, now: float | Non
                 ("blocked", host.blocked),
                 ("draining", host.draining),
                 ("no-remote", host.no_remote),
+                ("authenticated", host.auth == "authenticated"),
+                ("unauthenticated", host.auth == "unauthenticated"),
             )
             if on
         ]

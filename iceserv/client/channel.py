@@ -50,9 +50,13 @@ class ClusterError(IceservError, RuntimeError):
 class Channel:
     """One blocking binary channel; *name* is the peer for messages."""
 
-    def __init__(self, sock: _socket.socket, *, name: str, env: ClientEnv) -> None:
+    def __init__(
+        self, sock: _socket.socket, *, name: str, env: ClientEnv, iceserv: bool = False
+    ) -> None:
         self.sock = sock
         self.name = name
+        #: The peer is an iceserv daemon that knows us as its own client (its endpoint).
+        self.iceserv = iceserv
         level = env.compression_level if env.compression_level is not None else DEFAULT_LEVEL
         self.conn = Connection(compression_level=level)
         self._slow = env.slow_network

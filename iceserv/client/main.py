@@ -176,12 +176,12 @@ class _Run:
         if env.safeguard_level >= SAFEGUARD_MAX_LEVEL:
             diag.error("icecream seems to have invoked itself recursively!")
             return EXIT_RECURSION
-        sock = None
+        found = None
         if not env.disabled:
             from iceserv.client.sockets import TestSocketError, find_local_daemon  # noqa: PLC0415
 
             try:
-                sock = find_local_daemon(env)
+                found = find_local_daemon(env)
             except TestSocketError:
                 diag.error("test socket error")
                 return EXIT_TEST_SOCKET_ERROR
@@ -198,7 +198,7 @@ class _Run:
         )
         if analysis.local_reason is not None:
             diag.info(f"building locally: {analysis.local_reason}")
-        if sock is None:
+        if found is None:
             if not env.disabled:
                 diag.warning("no local daemon found")
                 if analysis.local_reason is None and not env.local_only:
@@ -206,7 +206,7 @@ class _Run:
                     if failed is not None:
                         return failed
             return self.local(analysis.job, daemon=None, replace=self.may_replace)
-        return self.with_daemon(sock, analysis)
+        return self.with_daemon(*found, analysis)
 
     def cluster_failure(self, kind: str, detail: str) -> int | None:
         """``ICECC_FALLBACK=fail``: say what failed in one line and return 1; else None.
@@ -234,15 +234,18 @@ class _Run:
             replace=replace,
         )[0]
 
-    def with_daemon(self, sock: "_socket.socket", analysis: "Analysis") -> int:
-        """Build with the daemon that answered: remote unless told otherwise, else in a slot."""
+    def with_daemon(self, sock: "_socket.socket", iceserv: bool, analysis: "Analysis") -> int:  # noqa: FBT001 - find_local_daemon's pair
+        """Build with the daemon that answered: remote unless told otherwise, else in a slot.
+
+        *iceserv*: it answered on its iceserv-only endpoint (it may send JOB_TICKET).
+        """
         job = analysis.job
         if analysis.local_reason is not None or self.env.local_only:
             return self.light_slot(sock, job)
         from iceserv.client.channel import Channel, ClusterError  # noqa: PLC0415
 
         try:
-            daemon = Channel(sock, name="local daemon", env=self.env)
+            daemon = Channel(sock, name="local daemon", env=self.env, iceserv=iceserv)
         except ClusterError as exc:
             sock.close()
             self.diag.warning(f"local daemon unusable: {exc}")
@@ -279,13 +282,14 @@ class _Run:
 
         spent.close()
         try:
-            sock = find_local_daemon(self.env)
+            found = find_local_daemon(self.env)
         except TestSocketError:
             return None
-        if sock is None:
+        if found is None:
             return None
+        sock, iceserv = found
         try:
-            return Channel(sock, name="local daemon", env=self.env)
+            return Channel(sock, name="local daemon", env=self.env, iceserv=iceserv)
         except ClusterError:
             sock.close()
             return None

@@ -46,6 +46,7 @@ from iceserv.protocol import (
     GetNativeEnv,
     JobDone,
     JobDoneFlag,
+    JobTicket,
     UseCS,
     UseNativeEnv,
     VerifyEnv,
@@ -121,6 +122,8 @@ class Remote:
         self.channel: Channel | None = None  # the open compile-server channel (ICECC_RACE)
         self.result: CompileResult | None = None  # its COMPILE_RESULT, once received
         self.may_compile_here = True  # False while racing: this host builds the job already
+        #: JOB_TICKETs our iceserv daemon passed on before USE_CS, by job id (issue 14).
+        self.tickets: dict[int, JobTicket] = {}
 
     def minimal_version(self, features: int) -> int:
         """1.4 ``minimalRemoteVersion`` plus GET_CS's own raise for xz/zstd environments."""
@@ -185,12 +188,17 @@ class Remote:
         wait = self.env.server_wait
         deadline = time.monotonic() + wait
         try:
-            return self.daemon.receive(wait)
+            answer = self.daemon.receive(wait)
+            while isinstance(answer, JobTicket) and self.daemon.iceserv and len(self.tickets) < 8:
+                # Our iceserv daemon passes the scheduler's ticket on just before the USE_CS.
+                self.tickets[answer.job_id] = answer
+                answer = self.daemon.receive(max(0.0, deadline - time.monotonic()))
         except ClusterError as exc:
             if exc.code == _TIMED_OUT and time.monotonic() >= deadline:
                 text = f"no compile server within {wait:g} s (ICECC_SERVER_WAIT), compiling here"
                 raise ClusterError(_TIMED_OUT, text) from None
             raise
+        return answer
 
     def compile_here(self, use: UseCS) -> int:
         """§5.1.2: tell the daemon, compile locally in its slot, report JOB_DONE."""
@@ -256,6 +264,10 @@ class Remote:
         self.server, self.channel = use.hostname, server
         try:
             server.open()
+            ticket = self.tickets.pop(use.job_id, None)
+            if ticket is not None:
+                # Only a server the scheduler authenticated gets a ticketed job: it is iceserv.
+                server.send(ticket)
             if not use.got_env:
                 self.transfer_env(server, chosen, use.hostname)
             if not server.supports(Feature.VERIFY_ENV) and self.env.ignore_unverified:

@@ -23,7 +23,7 @@ import os
 import sys
 
 from iceserv.client.slot import Reader, handshake
-from iceserv.client.sockets import DAEMON_PORT, connect_tcp, connect_unix
+from iceserv.client.sockets import DAEMON_PORT, connect_tcp, connect_unix, endpoint_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,11 +46,6 @@ _CONNECT_TIMEOUT: Final = 1.0
 _MAX_ANSWER: Final = 4096  # three numbers and a short reason
 _SYSTEM_SOCKETS: Final = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket")
 _CLUSTER: Final = "cluster"
-# iceserv.protocol.endpoint: the abstract name's prefix and its FNV-1a 64 digest.
-_ENDPOINT_PREFIX: Final = "iceserv-daemon/"
-_FNV_OFFSET: Final = 0xCBF29CE484222325
-_FNV_PRIME: Final = 0x100000001B3
-_MASK: Final = (1 << 64) - 1
 
 
 class Answer:
@@ -60,15 +55,6 @@ class Answer:
 
     def __init__(self, total: int, free: int, hosts: int, source: str) -> None:
         self.total, self.free, self.hosts, self.source = total, free, hosts, source
-
-
-def endpoint_name(address: str) -> str:
-    """``iceserv.protocol.endpoint.iceserv_endpoint``, without importing the protocol."""
-    key = address if address.startswith("tcp:") else os.path.abspath(address)  # noqa: PTH100 - no symlinks resolved
-    digest = _FNV_OFFSET
-    for byte in key.encode("utf-8", "surrogateescape"):
-        digest = ((digest ^ byte) * _FNV_PRIME) & _MASK
-    return f"\0{_ENDPOINT_PREFIX}{digest:016x}"
 
 
 def _candidates(env: ClientEnv) -> list[str]:

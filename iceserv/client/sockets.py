@@ -9,6 +9,7 @@ imports to every compiler call.  It must not speak the protocol (that is
 """
 
 import _socket
+import os
 
 from iceserv.errors import IceservError
 
@@ -18,11 +19,31 @@ if TYPE_CHECKING:
 
     from iceserv.client.env import ClientEnv
 
-__all__ = ["TestSocketError", "connect_tcp", "connect_unix", "find_local_daemon"]
+__all__ = [
+    "TestSocketError",
+    "connect_tcp",
+    "connect_unix",
+    "endpoint_name",
+    "find_local_daemon",
+]
 
 DAEMON_PORT: "Final" = 10245  # iceserv.protocol.DAEMON_PORT, which is not imported yet
 _SYSTEM_SOCKETS: "Final" = ("/var/run/icecc/iceccd.socket", "/var/run/iceccd.socket")
 _LOCAL_CONNECT_TIMEOUT: "Final" = 10.0
+# iceserv.protocol.endpoint: the abstract name's prefix and its FNV-1a 64 digest.
+_ENDPOINT_PREFIX: "Final" = "iceserv-daemon/"
+_FNV_OFFSET: "Final" = 0xCBF29CE484222325
+_FNV_PRIME: "Final" = 0x100000001B3
+_MASK: "Final" = (1 << 64) - 1
+
+
+def endpoint_name(address: str) -> str:
+    """``iceserv.protocol.endpoint.iceserv_endpoint``, without importing the protocol."""
+    key = address if address.startswith("tcp:") else os.path.abspath(address)  # noqa: PTH100 - no symlinks resolved
+    digest = _FNV_OFFSET
+    for byte in key.encode("utf-8", "surrogateescape"):
+        digest = ((digest ^ byte) * _FNV_PRIME) & _MASK
+    return f"\0{_ENDPOINT_PREFIX}{digest:016x}"
 
 
 class TestSocketError(IceservError, OSError):
@@ -83,22 +104,40 @@ def connect_tcp(host: str, port: int, timeout: float) -> _socket.socket | None:
     return sock
 
 
-def find_local_daemon(env: "ClientEnv") -> _socket.socket | None:
+def find_local_daemon(env: "ClientEnv") -> tuple[_socket.socket, bool] | None:
     """1.4 ``get_local_daemon``: the first local daemon socket that accepts, or None.
+
+    At each address it first tries the daemon's iceserv-only endpoint
+    (:mod:`iceserv.protocol.endpoint`); the flag says it answered there, so
+    the daemon knows we are iceserv's client (it may send us JOB_TICKET) and
+    we know it is iceserv.  A 1.4 daemon has no such endpoint: the connect
+    fails at once and the address itself is used, as 1.4's client does.
 
     Raises :class:`TestSocketError` when ``ICECC_TEST_SOCKET`` names a socket
     nobody listens on: a test set-up error, not a reason to build locally.
     """
     if env.test_socket is not None:
-        sock = connect_unix(env.test_socket)
-        if sock is None:
+        found = _connect_local(env.test_socket)
+        if found is None:
             raise TestSocketError(env.test_socket)
-        return sock
+        return found
     paths = list(_SYSTEM_SOCKETS)
     if env.home is not None:
         paths.append(env.home + "/.iceccd.socket")
-    for path in paths:
-        sock = connect_unix(path)
-        if sock is not None:
-            return sock
-    return connect_tcp("127.0.0.1", DAEMON_PORT, _LOCAL_CONNECT_TIMEOUT)
+    for path in [*paths, f"tcp:{DAEMON_PORT}"]:
+        found = _connect_local(path)
+        if found is not None:
+            return found
+    return None
+
+
+def _connect_local(address: str) -> tuple[_socket.socket, bool] | None:
+    """Connect to the daemon at *address* (a path or ``tcp:PORT``), its endpoint first."""
+    sock = connect_unix(endpoint_name(address))
+    if sock is not None:
+        return sock, True
+    if address.startswith("tcp:"):
+        sock = connect_tcp("127.0.0.1", int(address[4:]), _LOCAL_CONNECT_TIMEOUT)
+    else:
+        sock = connect_unix(address)
+    return None if sock is None else (sock, False)

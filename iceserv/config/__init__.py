@@ -16,6 +16,7 @@ Entry points call :func:`parse_command_line` (for ``--help``) and then
 from iceserv.config.confd import ConfdFile, ConfdValue, parse_confd, read_confd, read_confd_files
 from iceserv.config.crosswalk import DEFAULT_TOML, Service, names_for
 from iceserv.config.flags import CommandLine, FlagValue, parse_command_line, usage
+from iceserv.config.keyfile import read_key, read_keys, write_key
 from iceserv.config.models import DaemonSettings, HostPort, SchedulerSettings
 from iceserv.config.origin import ConfigWarning, Origin, OriginKind
 from iceserv.config.render import render_json, render_migration, render_text, render_toml
@@ -50,9 +51,12 @@ __all__ = [
     "parse_confd",
     "read_confd",
     "read_confd_files",
+    "read_key",
+    "read_keys",
     "render_json",
     "render_migration",
     "render_text",
     "render_toml",
     "usage",
+    "write_key",
 ]

@@ -118,6 +118,13 @@ _SCHEDULER_ALIASES: Final = _aliases(
     # Debian's ICECC_SCHEDULER_LOG_FILE is already the primary name.
 )
 
+#: Environment variables both services read (issue 14: one key for the whole cluster).
+_SHARED_ENVIRONMENT: Final = {
+    "ICECC_NETWORK_KEY_FILE": ("key_file", False),
+    "ICECC_PREVIOUS_NETWORK_KEY_FILE": ("previous_key_file", False),
+    "ICECC_AUTH": ("auth", False),
+}
+
 _DAEMON_PREFIX: Final = "ICECCD_"
 _SCHEDULER_PREFIX: Final = "ICECC_SCHEDULER_"
 
@@ -144,6 +151,7 @@ def names_for(service: Service) -> ServiceNames:
             environment={
                 "ICECC_SCHEDULER": ("scheduler_host", False),
                 "USE_SCHEDULER": ("scheduler_host", True),
+                **_SHARED_ENVIRONMENT,
             },
             unsupported={
                 "ICECREAM_RUN_SCHEDULER": "iceserv runs the scheduler as its own service; "
@@ -158,5 +166,6 @@ def names_for(service: Service) -> ServiceNames:
         default_confd=Path("/etc/conf.d/icecc-scheduler"),
         settings_cls=SchedulerSettings,
         aliases=_SCHEDULER_ALIASES,
+        environment=_SHARED_ENVIRONMENT,
         foreign=(daemon_names | {"ICECREAM_RUN_SCHEDULER"}) - scheduler_names,
     )

@@ -227,6 +227,11 @@ _SCHEDULER_ONLY: Final = (
     ),
     _Option("", "http", _Action.VALUE, "http", "HOST[:PORT]", "serve /metrics and the web view"),
 )
+_AUTH: Final = (
+    _Option("", "key-file", _Action.VALUE, "key_file", "PATH", "the network key (issue 14)"),
+    _Option("", "previous-key-file", _Action.VALUE, "previous_key_file", "PATH", "the key before"),
+    _Option("", "auth", _Action.VALUE, "auth", "MODE", "off|prefer|require (authentication)"),
+)
 _ICESERV: Final = (
     _Option("", "confd", _Action.CONFD, "", "PATH", "conf.d file to read (repeatable)"),
     _Option("", "config", _Action.CONFIG, "", "PATH", "TOML file to read"),
@@ -235,8 +240,8 @@ _ICESERV: Final = (
     _Option("", "check-config", _Action.CHECK, "", "", "validate the configuration and exit"),
 )
 _OPTIONS: Final = {
-    Service.DAEMON: (*_COMMON_HEAD, *_DAEMON_ONLY, *_ICESERV),
-    Service.SCHEDULER: (*_COMMON_HEAD, *_SCHEDULER_ONLY, *_ICESERV),
+    Service.DAEMON: (*_COMMON_HEAD, *_DAEMON_ONLY, *_AUTH, *_ICESERV),
+    Service.SCHEDULER: (*_COMMON_HEAD, *_SCHEDULER_ONLY, *_AUTH, *_ICESERV),
 }
 _PROGS: Final = {Service.DAEMON: "iceccd", Service.SCHEDULER: "icecc-scheduler"}
 

@@ -17,9 +17,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = [
@@ -168,6 +168,7 @@ Verbosity = Annotated[int, Field(ge=0, le=3), BeforeValidator(_verbosity)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 LogFormat = Literal["auto", "console", "json", "journal"]
 AddressFamily = Literal["any", "ipv4", "ipv6"]
+AuthMode = Literal["off", "prefer", "require"]
 SchedulerAddress = Annotated[
     HostPort | None,
     BeforeValidator(_parse_host_port),
@@ -186,6 +187,12 @@ DaemonHttpAddress = Annotated[
     BeforeValidator(_empty_is_none),
     PlainSerializer(_host_port_text, return_type=str | None),
 ]
+
+
+def _check_auth(auth: str, key_file: Path | None) -> None:
+    if auth != "off" and key_file is None:
+        msg = f"auth = {auth} needs key_file (the network key; see iceserv keygen)"
+        raise ValueError(msg)
 
 
 class _Settings(BaseSettings):
@@ -280,8 +287,25 @@ class DaemonSettings(_Settings):
     """Once a native environment is built, send it to idle hosts that lack it, so the
     first job there need not wait for the transfer (iceserv schedulers only;
     ``--no-push-ahead``)."""
+    key_file: OptionalPath = None
+    """File holding the network key (at least 32 random bytes, not world-readable;
+    ``iceserv keygen``); unset: no key (``--key-file``; also ``ICECC_NETWORK_KEY_FILE``,
+    TOML ``[cluster] key_file``)."""
+    previous_key_file: OptionalPath = None
+    """The key before a rotation, still accepted from peers until every host has the
+    new one (``--previous-key-file``; TOML ``[cluster] previous_key_file``)."""
+    auth: AuthMode = "off"
+    """Authentication of iceserv peers with the network key: off (1.4's behaviour),
+    prefer (1.4 peers served, marked unauthenticated) or require (``--auth``; also
+    ``ICECC_AUTH``, TOML ``[cluster] auth``)."""
     http: DaemonHttpAddress = None
     """Serve the daemon's ``/metrics`` on HOST[:PORT] (port 8768); unset: off (``--http``)."""
+
+    @model_validator(mode="after")
+    def _auth_needs_key(self) -> Self:
+        """Refuse ``prefer``/``require`` without a key file."""
+        _check_auth(self.auth, self.key_file)
+        return self
 
 
 class SchedulerSettings(_Settings):
@@ -327,8 +351,25 @@ class SchedulerSettings(_Settings):
     (``--max-telnet-sessions``)."""
     max_telnet_sessions_per_host: Annotated[int, Field(ge=1)] = 16
     """Telnet sessions from one host (``--max-telnet-sessions-per-host``)."""
+    key_file: OptionalPath = None
+    """File holding the network key (at least 32 random bytes, not world-readable;
+    ``iceserv keygen``); unset: no key (``--key-file``; also ``ICECC_NETWORK_KEY_FILE``,
+    TOML ``[cluster] key_file``)."""
+    previous_key_file: OptionalPath = None
+    """The key before a rotation, still accepted from peers until every host has the
+    new one (``--previous-key-file``; TOML ``[cluster] previous_key_file``)."""
+    auth: AuthMode = "off"
+    """Authentication of iceserv peers with the network key: off (1.4's behaviour),
+    prefer (1.4 peers served, marked unauthenticated) or require (``--auth``; also
+    ``ICECC_AUTH``, TOML ``[cluster] auth``)."""
     http: HttpAddress = None
     """Serve ``/metrics`` and the web view on HOST[:PORT] (port 8767); unset: off (``--http``)."""
+
+    @model_validator(mode="after")
+    def _auth_needs_key(self) -> Self:
+        """Refuse ``prefer``/``require`` without a key file."""
+        _check_auth(self.auth, self.key_file)
+        return self
 
     @property
     def text_port(self) -> int:

@@ -55,9 +55,13 @@ _FAMILIES: Final = ("ICECC", "ICECREAM")
 _TRUE_WORDS: Final = frozenset(("yes", "true", "on", "1", "y", "t"))
 _TOML_KEY: Final = re.compile(r"\s*([\"']?)([A-Za-z0-9_-]+)\1\s*=")
 _TOML_ERROR_LINE: Final = re.compile(r"\(at line (\d+), column \d+\)")
-#: The TOML table both services read (their own table overrides it), and its settings.
+#: The TOML tables both services read (their own table overrides them), and their settings.
 _NETWORK_TABLE: Final = "network"
-_NETWORK_KEYS: Final = ("family",)
+_CLUSTER_TABLE: Final = "cluster"
+_SHARED_KEYS: Final = {
+    _NETWORK_TABLE: ("family",),
+    _CLUSTER_TABLE: ("key_file", "previous_key_file", "auth"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +234,8 @@ def _toml_layer(names: ServiceNames, path: Path, *, required: bool) -> dict[str,
         raise ConfigError(msg, source=where) from None
     _check_tables(data, path, text)
     raws: dict[str, _Raw] = {}
-    # [network] holds what both services share; the service's own table wins over it.
-    for table_name in (_NETWORK_TABLE, names.toml_table):
+    # [network] and [cluster] hold what both services share; the service's own table wins.
+    for table_name in (*_SHARED_KEYS, names.toml_table):
         for key, value in _toml_table(data, table_name, path, text).items():
             raws[key] = _Raw(
                 value,
@@ -243,19 +247,23 @@ def _toml_layer(names: ServiceNames, path: Path, *, required: bool) -> dict[str,
 
 
 def _check_tables(data: dict[str, object], path: Path, text: str) -> None:
-    """Refuse unknown tables, and keys of ``[network]`` that are not shared settings."""
-    tables = {service.value for service in Service} | {_NETWORK_TABLE}
+    """Refuse unknown tables, and keys of ``[network]``/``[cluster]`` that are not shared."""
+    tables = {service.value for service in Service} | set(_SHARED_KEYS)
     for key in data:
         if key not in tables:
             where = f"{path}:{_toml_line(text, None, key)}"
-            msg = f"{where}: unknown table [{key}]; expected [daemon], [scheduler] or [network]"
+            msg = (
+                f"{where}: unknown table [{key}]; "
+                "expected [daemon], [scheduler], [network] or [cluster]"
+            )
             raise ConfigError(msg, source=where, name=key)
-    for key in _toml_table(data, _NETWORK_TABLE, path, text):
-        if key not in _NETWORK_KEYS:
-            where = f"{path}:{_toml_line(text, _NETWORK_TABLE, key)}"
-            known = ", ".join(_NETWORK_KEYS)
-            msg = f"{where}: unknown setting {key!r} in [{_NETWORK_TABLE}]; expected {known}"
-            raise ConfigError(msg, source=where, name=key)
+    for table_name, shared in _SHARED_KEYS.items():
+        for key in _toml_table(data, table_name, path, text):
+            if key not in shared:
+                where = f"{path}:{_toml_line(text, table_name, key)}"
+                known = ", ".join(shared)
+                msg = f"{where}: unknown setting {key!r} in [{table_name}]; expected {known}"
+                raise ConfigError(msg, source=where, name=key)
 
 
 def _toml_table(data: dict[str, object], name: str, path: Path, text: str) -> dict[str, object]:

@@ -58,8 +58,14 @@ the protocol; the client is ended with exit 120)::
                                                      marked CS_CONF), answer passed on in FIFO
                                                      order; else, or after SLOTS_WAIT, our own
                                                      slots with the reason as ``source``
+    JOB_TICKET        NEW (once)                     iceserv only: with ``auth`` prefer/require,
+                                                     check and spend it (a bad one: refused,
+                                                     one ``job_refused`` line); off: taken
+    (scheduler) JOB_TICKET     client in WAIT_FOR_CS  iceserv only: kept for its USE_CS
     (scheduler) USE_CS, NO_CS  client in WAIT_FOR_CS  pass on (other host; 127.0.0.1 named
-                                                     localhost) or compile yourself
+                                                     localhost; after the job's JOB_TICKET to
+                                                     a client of the iceserv endpoint only)
+                                                     or compile yourself
                                client gone            JOB_DONE 107 for the job; else ignored
     (scheduler) PUSH_TARGETS   any                   iceserv only: queue pushes of that native
                                                      environment (see "Push-ahead" below)
@@ -123,6 +129,17 @@ passed on with ``got_env`` set (or unchanged if the push failed, or after
 ``_HOLD_MAX`` seconds), so the client does not send the environment a second
 time.
 
+Job tickets (issue 14 item 3): with ``auth`` prefer/require a client that
+sends TRANFER_ENV, VERIFY_ENV or COMPILE_FILE (in NEW) must have sent a
+valid, unspent JOB_TICKET first (:mod:`iceserv.protocol.tickets`: the job
+id, the client's address, ours on the scheduler link, the expiry); a
+ticket lets in one COMPILE_FILE, of its own job (job 0: environments only).
+Without one, ``require`` refuses (STATUS_TEXT, one ``job_refused`` line) and
+``prefer`` serves it, logged once as ``job_unauthenticated`` (icecream 1.4's
+client, or one behind a 1.4 daemon).  The submitting side passes the
+scheduler's ticket on only to a client of the iceserv-only endpoint
+(``ConnKind.iceserv``): our client, never 1.4's.
+
 Local-only requests: :meth:`DaemonCore._admit` refuses GET_NATIVE_ENV,
 JOB_LOCAL_BEGIN and GET_CS from a client that is neither on the Unix socket
 nor on a loopback address (1.4's clients send them only to their own
@@ -133,6 +150,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from typing import TYPE_CHECKING, Any, Final
 
 from iceserv.daemon.effects import (
@@ -221,6 +239,7 @@ from iceserv.protocol import (
     JobDone,
     JobDoneFlag,
     JobLocalBegin,
+    JobTicket,
     NoCS,
     Ping,
     PushQuery,
@@ -233,9 +252,11 @@ from iceserv.protocol import (
     VerifyEnv,
     VerifyEnvResult,
 )
+from iceserv.protocol.auth import AuthError, KeyRing
 from iceserv.protocol.dispatch import Dispatch
 from iceserv.protocol.features import supports
 from iceserv.protocol.records import replace
+from iceserv.protocol.tickets import TicketLedger, issue_ticket, ticket_address, verify_ticket
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -260,6 +281,12 @@ _LOCAL_ONLY: Final = (GetNativeEnv, JobLocalBegin, GetCS)
 _MAX_SLOTS_QUERIES: Final = 256
 #: Seconds a job waits, at most, for our push of its environment to its server to end.
 _HOLD_MAX: Final = 10.0
+#: A ticket's job id that allows only environment transfers (a daemon's own push-ahead).
+PUSH_TICKET_JOB: Final = 0
+#: Seconds our own push ticket is good for (it is spent at once; the rest: clock skew).
+_PUSH_TICKET_LIFETIME: Final = 300
+#: What a client with a verified ticket sends; without one, only under ``auth = prefer``.
+_TICKETED: Final = (EnvTransfer, VerifyEnv, CompileFile)
 #: Wake datagrams to a scheduler being connected to: every second, until 2 s after the login.
 _WAKE_INTERVAL: Final = 1.0
 _WAKE_AFTER_LOGIN: Final = 2.0
@@ -309,6 +336,12 @@ class _Client:
     deadline: float = 0.0
     gone: bool = False  # ended while its compile runs; forgotten at CompileFinished
     exit_override: int = 0
+    #: Submitter side: the scheduler's JOB_TICKET for this client's job, passed on with USE_CS.
+    ticket: JobTicket | None = None
+    #: Server side: the job id its verified JOB_TICKET allows (None: no ticket yet).
+    ticket_job: int | None = None
+    #: Server side: served without a ticket under ``auth = prefer`` (logged once).
+    unauthenticated: bool = False
 
     def supports(self, feature: Feature) -> bool:
         return supports(self.protocol, feature)
@@ -317,6 +350,11 @@ class _Client:
 def _host_of(peer: str) -> str:
     """Return the host part of a client's ``ip:port`` (``local``: every Unix-socket client)."""
     return peer.rsplit(":", 1)[0]
+
+
+def _peer_address(peer: str) -> str:
+    """Return the address of a client's ``ip:port`` / ``[v6]:port``."""
+    return _host_of(peer).removeprefix("[").removesuffix("]")
 
 
 def _same_server(host: str, port: int, use: UseCS) -> bool:
@@ -354,6 +392,11 @@ class DaemonCore:
         self._wake_until: float | None = None
         self._clients: dict[int, _Client] = {}
         self._install_queue: collections.deque[int] = collections.deque()
+        #: Job tickets already spent here (issue 14): each one is good for one connection.
+        self.tickets = TicketLedger()
+        #: Jobs and transfers served with a ticket, and without one (``auth = prefer``).
+        self.ticketed = 0
+        self.unticketed = 0
         #: Clients whose SLOTS_QUERY went to the scheduler, in order (it answers in order).
         self._slots_queries: collections.deque[int] = collections.deque()
         self._flow_dirty = False  # a queued job's buffer changed: check pauses
@@ -390,6 +433,7 @@ class DaemonCore:
             .on(VerifyEnv, self._verify_env)
             .on(CompileFile, self._compile_file)
             .on(SlotsQuery, self._slots_query)
+            .on(JobTicket, self._client_ticket)
         )
         self._from_scheduler = (
             Dispatch[[float], list[Effect]]("scheduler")
@@ -400,6 +444,7 @@ class DaemonCore:
             .on(Ping, self._ping)
             .on(SlotsAnswer, self._slots_answer)
             .on(PushTargets, self._push_targets)
+            .on(JobTicket, self._scheduler_ticket)
         )
 
     # --- queries ---------------------------------------------------------------------
@@ -517,8 +562,13 @@ class DaemonCore:
                 ),
                 *self._finish_client(client, EXIT_PROTOCOL, now),
             ]
+        notes: list[Effect] = []
+        if isinstance(msg, _TICKETED) and client.state is State.NEW:
+            go_on, notes = self._ticket_gate(client, msg, now)
+            if not go_on:
+                return notes
         before = client.state
-        effects = self._messages(msg, client, now)
+        effects = notes + self._messages(msg, client, now)
         if client.conn_id in self._clients and client.state is not before and not client.gone:
             effects += self._arm(client, now)
         return effects
@@ -846,11 +896,17 @@ class DaemonCore:
     ) -> list[Effect]:
         """Pass *msg* on to *client*; *env_from* says who vouched for ``got_env``."""
         named = msg
+        effects: list[Effect] = []
+        ticket, client.ticket = client.ticket, None
+        if ticket is not None and ticket.job_id == msg.job_id and client.kind.iceserv:
+            # Only our own client (it came in on the iceserv-only endpoint) reads JOB_TICKET.
+            effects.append(Send(client.conn_id, replace(ticket, client_id=0)))
         if msg.hostname == _SELF_ADDRESS:
             # Another daemon on this host: clients read 127.0.0.1 as "compile it yourself",
             # so name the same address in a way they connect to (issue 13, one-host clusters).
             msg = replace(msg, hostname="localhost")
         return [
+            *effects,
             Send(client.conn_id, msg),
             _log(
                 "info",
@@ -1430,6 +1486,105 @@ class DaemonCore:
             return []
         return self._push_queries(self.pushes.scheduler_ready())
 
+    # --- job tickets (issue 14; iceserv only) ---------------------------------------
+
+    def _scheduler_ticket(self, msg: JobTicket, _: float, /) -> list[Effect]:
+        """Keep the scheduler's ticket for the client waiting for this job's USE_CS."""
+        client = self._clients.get(msg.client_id)
+        if client is not None and not client.gone and client.state is State.WAIT_FOR_CS:
+            client.ticket = msg
+        return []
+
+    @property
+    def _checks_tickets(self) -> bool:
+        return self.settings.auth != "off" and bool(self.settings.keys)
+
+    def _client_ticket(self, msg: JobTicket, client: _Client, now: float, /) -> list[Effect]:
+        """Check and spend a client's JOB_TICKET (its first message after the handshake)."""
+        if client.state is not State.NEW or client.ticket_job is not None:
+            return self._wrong_state(client, msg)
+        if not self._checks_tickets:
+            client.ticket_job = msg.job_id  # auth off: 1.4's behaviour, nothing is checked
+            return []
+        try:
+            expires = verify_ticket(
+                KeyRing(self.settings.keys),
+                msg.ticket,
+                job_id=msg.job_id,
+                client=ticket_address(_peer_address(client.peer)),
+                server=ticket_address(self.own_ip),
+                now=now,
+            )
+            self.tickets.spend(msg.ticket, expires, now)
+        except AuthError as exc:
+            return self._refuse_job(client, msg.job_id, exc.reason, now)
+        client.ticket_job = msg.job_id
+        return [
+            _log(
+                "debug",
+                "job_ticket_accepted",
+                client_id=client.conn_id,
+                peer=client.peer,
+                job_id=msg.job_id,
+            )
+        ]
+
+    def _ticket_gate(  # noqa: PLR0911 - one answer per case of the table above
+        self, client: _Client, msg: Message, now: float
+    ) -> tuple[bool, list[Effect]]:
+        """Whether a transfer or job may go on (``require`` wants a ticket), and what to log.
+
+        Under ``prefer`` a client without a ticket (icecream 1.4's, or one
+        through a 1.4 daemon) is served and counted unauthenticated, once
+        per connection.  A ticket allows one COMPILE_FILE, for its own job;
+        a push ticket (job 0) only environment transfers.
+        """
+        if not self._checks_tickets:
+            return True, []
+        job_id = msg.job_id if isinstance(msg, CompileFile) else None
+        if client.ticket_job is None:
+            if self.settings.auth == "require":
+                return False, self._refuse_job(client, job_id or 0, "no job ticket", now)
+            if client.unauthenticated:
+                return True, []
+            client.unauthenticated = True
+            self.unticketed += 1
+            note = _log(
+                "info",
+                "job_unauthenticated",
+                client_id=client.conn_id,
+                peer=client.peer,
+                request=type(msg).__name__,
+                job_id=job_id or 0,
+            )
+            return True, [note]
+        if job_id is None:
+            return True, []
+        if job_id != client.ticket_job or job_id == PUSH_TICKET_JOB:
+            return False, self._refuse_job(client, job_id, "ticket for another job", now)
+        client.ticket_job = -1  # spent: a second COMPILE_FILE needs a new connection
+        self.ticketed += 1
+        return True, []
+
+    def _refuse_job(self, client: _Client, job_id: int, reason: str, now: float) -> list[Effect]:
+        """One clear line, the reason to the client (STATUS_TEXT), and the end of it."""
+        return [
+            _log(
+                "warning",
+                "job_refused",
+                client_id=client.conn_id,
+                peer=client.peer,
+                job_id=job_id,
+                reason=reason,
+            ),
+            *(
+                [Send(client.conn_id, StatusText(f"job refused: {reason}"))]
+                if client.supports(Feature.STATUS_TEXT_FROM_JOB)
+                else []
+            ),
+            *self._finish_client(client, EXIT_GOOD_BYE, now),
+        ]
+
     # --- push-ahead (iceserv only) ---------------------------------------------------
 
     def _offer_push(self, path: str) -> list[Effect]:
@@ -1471,9 +1626,21 @@ class DaemonCore:
             for c in self._clients.values()
         )
 
-    def _next_push(self, _now: float) -> list[Effect]:
+    def _next_push(self, now: float) -> list[Effect]:
         push: PushEnv | None = self.pushes.next(idle=not self._busy_for_push())
-        return [] if push is None else [push]
+        if push is None:
+            return []
+        if self._checks_tickets and self.own_ip:
+            # We hold the key: our push carries a ticket of our own, for environments only.
+            ticket = issue_ticket(
+                KeyRing(self.settings.keys),
+                job_id=PUSH_TICKET_JOB,
+                client=ticket_address(self.own_ip),
+                server=ticket_address(push.host),
+                expires=int(now) + _PUSH_TICKET_LIFETIME,
+            )
+            push = dataclass_replace(push, ticket=ticket)
+        return [push]
 
     def _on_pushed(self, event: EnvPushed, now: float) -> list[Effect]:
         if self.pushes.finished(ok=not event.error, now=now) is None:

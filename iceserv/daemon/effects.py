@@ -103,6 +103,9 @@ class ConnKind:
 
     unix: bool
     loopback: bool
+    #: It came in on the iceserv-only endpoint (:mod:`iceserv.protocol.endpoint`): it is our
+    #: own client, so iceserv-only messages (JOB_TICKET) may be sent to it.
+    iceserv: bool = False
 
     @property
     def local(self) -> bool:
@@ -559,6 +562,9 @@ class PushEnv:
     """Send native environment tarball *path* to the daemon at *host*:*port* as a client would.
 
     TRANFER_ENV(*name*, *target*), the tarball, then VERIFY_ENV; answer ``EnvPushed``.
+    With ``auth`` prefer/require, *ticket* (our own, for job 0: environments
+    only) goes first as JOB_TICKET: the target is then an authenticated
+    iceserv daemon, the only kind a keyed scheduler names.
     """
 
     host: str
@@ -566,6 +572,7 @@ class PushEnv:
     name: str
     target: str
     path: str
+    ticket: str = ""
 
 
 @dataclass(frozen=True, slots=True)

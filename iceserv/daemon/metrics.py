@@ -26,6 +26,7 @@ from iceserv.daemon.effects import (
     AbortUnpack,
     CompileFinished,
     KillCompile,
+    Log,
     NativeEnvBuilt,
     Send,
     StartCompile,
@@ -47,6 +48,7 @@ __all__ = [
     "INSTALL_RESULTS",
     "JOB_KINDS",
     "MAX_OPEN",
+    "TICKET_RESULTS",
     "DaemonMetrics",
     "HistogramView",
     "TotalsView",
@@ -62,6 +64,14 @@ JOB_KINDS: Final = ("remote", "local", "self")
 FAIL_REASONS: Final = ("compile_error", "out_of_memory", "killed", "not_started")
 #: How an environment install ended.
 INSTALL_RESULTS: Final = ("ok", "failed", "aborted")
+#: What became of a connection's job ticket (issue 14): ``accepted``, ``refused`` (bad, or none
+#: under ``auth = require``), ``missing`` (none under ``prefer``: served unauthenticated).
+TICKET_RESULTS: Final = ("accepted", "refused", "missing")
+_TICKET_EVENTS: Final = {
+    "job_ticket_accepted": "accepted",
+    "job_refused": "refused",
+    "job_unauthenticated": "missing",
+}
 #: Histogram bucket upper bounds in seconds (``+Inf`` is implied).
 COMPILE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 INSTALL_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -98,6 +108,7 @@ class TotalsView:
     native_builds: dict[str, int]
     compile_time: HistogramView
     install_time: HistogramView
+    tickets: dict[str, int]
 
 
 class _Histogram:
@@ -136,6 +147,7 @@ class DaemonMetrics:
         self._installs = dict.fromkeys(INSTALL_RESULTS, 0)
         self._evictions = 0
         self._native = {"ok": 0, "failed": 0}
+        self._tickets = dict.fromkeys(TICKET_RESULTS, 0)
         self._unpacking: dict[int, float] = {}
         self._killed: dict[int, float] = {}
         self._compile = _Histogram(COMPILE_BUCKETS)
@@ -168,6 +180,8 @@ class DaemonMetrics:
                     self._started["local"] += 1
                 elif isinstance(message, UseCS) and message.hostname == _SELF_HOST:
                     self._started["self"] += 1
+            elif isinstance(effect, Log) and effect.event in _TICKET_EVENTS:
+                self._tickets[_TICKET_EVENTS[effect.event]] += 1
             elif isinstance(effect, KillCompile):
                 _bounded_put(self._killed, effect.conn_id, now)
             elif isinstance(effect, StartUnpack):
@@ -206,4 +220,5 @@ class DaemonMetrics:
             native_builds=dict(self._native),
             compile_time=self._compile.view(),
             install_time=self._install.view(),
+            tickets=dict(self._tickets),
         )

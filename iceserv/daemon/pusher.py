@@ -32,6 +32,7 @@ from iceserv.protocol import (
     EnvTransfer,
     Feature,
     FileChunk,
+    JobTicket,
     VerifyEnv,
     VerifyEnvResult,
 )
@@ -104,6 +105,8 @@ async def _push(push: PushEnv, started: float) -> PushResult:
             msg = "the daemon closed the connection during the handshake"
             raise PushError(msg)
         await _send(writer, conn)
+        if push.ticket:
+            conn.send(JobTicket(job_id=0, ticket=push.ticket))
         conn.send(EnvTransfer(push.name, push.target))
         await _send(writer, conn)
         size = await _send_tarball(push.path, conn, writer)

@@ -45,8 +45,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
 import structlog
@@ -72,10 +73,21 @@ from iceserv.netio import (
 from iceserv.protocol import (
     NEED_DATA,
     SCHEDULER_PORT,
+    AuthChallenge,
     Connection,
     ConnectionClosed,
     Feature,
     Handshake,
+)
+from iceserv.protocol.auth import (
+    NONCE_BYTES,
+    AuthError,
+    AuthMode,
+    DaemonHandshake,
+    Endpoints,
+    KeyRing,
+    decode_offer,
+    encode_probe,
 )
 from iceserv.protocol.discovery import (
     SchedulerInfo,
@@ -201,6 +213,15 @@ class LinkSettings:
     send_timeout: float = 30.0
     discovery_wait: float = 3.0
     family: str = "any"
+    auth: str = "off"
+    keys: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @property
+    def ring(self) -> KeyRing | None:
+        """The keys to prove, or None when authentication is off (1.4's behaviour)."""
+        if self.auth == AuthMode.OFF or not self.keys:
+            return None
+        return KeyRing(self.keys)
 
 
 class SchedulerLink:
@@ -285,7 +306,9 @@ class SchedulerLink:
 
     async def _find(self, *, failover: bool = False) -> tuple[str, int] | None:
         if self.settings.scheduler is not None:
-            return self.settings.scheduler
+            if self.settings.ring is None:
+                return self.settings.scheduler
+            return await self._probe_named(self.settings.scheduler)
         self.state = LinkState.DISCOVERING
         for _ in range(10):  # a few rounds, then the long reconnect wait
             found = await self._discover_once(failover=failover)
@@ -296,8 +319,12 @@ class SchedulerLink:
     async def _discover_once(self, *, failover: bool = False) -> tuple[str, int] | None:
         """One round; after a lost session (*failover*) it ends soon after a suitable reply."""
         replies: list[tuple[tuple[str, int], SchedulerInfo]] = []
+        ring = self.settings.ring
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        # With a key only proven offers count: a 1.4 or rogue scheduler is no candidate.
+        request = encode_request() if ring is None else encode_probe(nonce, ring)
         with contextlib.ExitStack() as stack:
-            socks = [stack.enter_context(sock) for sock in await self._send_requests()]
+            socks = [stack.enter_context(sock) for sock in await self._send_requests(request)]
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.discovery_wait) as round_end:
 
@@ -311,14 +338,57 @@ class SchedulerLink:
                         ):
                             round_end.reschedule(grace)
 
-                    await asyncio.gather(*(self._collect(sock, replies, replied) for sock in socks))
+                    await asyncio.gather(
+                        *(self._collect(sock, replies, ring, nonce, replied) for sock in socks)
+                    )
         chosen = elect(replies, self.settings.netname, ipv6_first=self.settings.family == "ipv6")
         if chosen is None:
             log.info("scheduler_not_found", replies=len(replies), netname=self.settings.netname)
             return None
         return chosen[0]
 
-    async def _send_requests(self) -> list[socket.socket]:
+    async def _probe_named(self, target: tuple[str, int]) -> tuple[str, int] | None:
+        """Return *target* (``-s``) if it proves the key in answer to a probe, else None.
+
+        A daemon with a key never logs in to a scheduler that cannot prove
+        it (issue 14), so even a named one is asked first, over UDP on its
+        port (1.4 schedulers ignore the probe: no answer, no login).
+        """
+        loop = asyncio.get_running_loop()
+        ring = self.settings.ring
+        assert ring is not None  # noqa: S101 - the caller checked
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        replies: list[tuple[tuple[str, int], SchedulerInfo]] = []
+        try:
+            infos = await loop.getaddrinfo(
+                *target, family=socket_families(self.settings.family), type=socket.SOCK_DGRAM
+            )
+        except OSError as exc:
+            log.warning("scheduler_unresolved", address=host_port(*target), error=str(exc))
+            return None
+        with contextlib.ExitStack() as stack:
+            socks = []
+            for family, _, _, _, address in infos[:4]:
+                sock = stack.enter_context(socket.socket(family, socket.SOCK_DGRAM))
+                sock.setblocking(False)  # noqa: FBT003 - socket API
+                with contextlib.suppress(OSError):
+                    await loop.sock_sendto(sock, encode_probe(nonce, ring), address)
+                    socks.append(sock)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.discovery_wait):
+                    await asyncio.gather(
+                        *(self._collect(sock, replies, ring, nonce) for sock in socks)
+                    )
+        if not replies:
+            log.warning(
+                "scheduler_unproven",
+                address=host_port(*target),
+                message="no proof of the network key: not logging in",
+            )
+            return None
+        return target
+
+    async def _send_requests(self, request: bytes) -> list[socket.socket]:
         """Send the request byte: IPv4 broadcasts, and the IPv6 group on each interface.
 
         Each IPv6 request leaves from the interface's routable address when it
@@ -336,7 +406,7 @@ class SchedulerLink:
             sock.bind(("", 0))
             for address in self.settings.broadcasts():
                 with contextlib.suppress(OSError):
-                    await loop.sock_sendto(sock, encode_request(), (address, port))
+                    await loop.sock_sendto(sock, request, (address, port))
             for interface, source in self.settings.multicast():
                 six = self._multicast_socket(interface, source)
                 if six is None:
@@ -344,9 +414,7 @@ class SchedulerLink:
                 socks.append(six)
                 with contextlib.suppress(OSError):
                     index = socket.if_nametoindex(interface)
-                    await loop.sock_sendto(
-                        six, encode_request(), (DISCOVERY_GROUP6, port, 0, index)
-                    )
+                    await loop.sock_sendto(six, request, (DISCOVERY_GROUP6, port, 0, index))
         except OSError:
             for opened in socks:
                 opened.close()
@@ -375,19 +443,25 @@ class SchedulerLink:
     async def _collect(
         sock: socket.socket,
         replies: list[tuple[tuple[str, int], SchedulerInfo]],
-        replied: Callable[[], None],
+        ring: KeyRing | None = None,
+        nonce: bytes = b"",
+        replied: Callable[[], None] | None = None,
     ) -> None:
-        """Add every scheduler reply *sock* receives to *replies* (until cancelled)."""
+        """Add every scheduler reply *sock* receives to *replies* (until cancelled).
+
+        With a key *ring* only offers proving it for *nonce* count.
+        """
         loop = asyncio.get_running_loop()
         while True:
             try:
                 data, origin = await loop.sock_recvfrom(sock, 1024)
             except OSError:
                 return  # e.g. an ICMP error queued on the socket: stop listening on it
-            info = decode_reply(data)
+            info = decode_reply(data) if ring is None else decode_offer(data, ring, nonce)
             if info is not None:
                 replies.append((sockaddr_host_port(origin), info))
-                replied()
+                if replied is not None:
+                    replied()
 
     def wake(self, host: str, port: int) -> None:
         """Send one discovery datagram to the scheduler at *host*:*port* (a numeric address).
@@ -448,6 +522,14 @@ class SchedulerLink:
                 event = await self._next(reader)
             if not isinstance(event, Handshake):
                 return False
+            if self.settings.ring is not None:
+                ends = Endpoints(
+                    daemon=sockaddr_host_port(writer.get_extra_info("sockname")),
+                    scheduler=sockaddr_host_port(peer),
+                )
+                async with asyncio.timeout(self.settings.handshake_timeout):
+                    if not await self._authenticate(reader, self.settings.ring, ends):
+                        return False
             self.protocol = event.protocol
             self.state = LinkState.LOGGED_IN
             log.info(
@@ -466,6 +548,30 @@ class SchedulerLink:
             self.state = LinkState.WAITING
             self._close()
         return served
+
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, ring: KeyRing, ends: Endpoints
+    ) -> bool:
+        """Prove the key and check the scheduler's proof before LOGIN; False: do not log in."""
+        conn, writer = self._conn, self._writer
+        assert conn is not None  # noqa: S101 - set by _session
+        assert writer is not None  # noqa: S101
+        handshake = DaemonHandshake(ring, secrets.token_bytes(NONCE_BYTES), ends)
+        conn.send(handshake.hello())
+        writer.write(conn.data_to_send())
+        reply = await self._next(reader)
+        try:
+            if not isinstance(reply, AuthChallenge):
+                raise AuthError(  # noqa: TRY301 - one refusal path
+                    "closed" if reply is None else f"{type(reply).__name__} instead of a challenge"
+                )
+            conn.send(handshake.answer(reply))
+        except AuthError as exc:
+            log.warning("scheduler_refused", address=host_port(*ends.scheduler), reason=exc.reason)
+            return False
+        writer.write(conn.data_to_send())
+        log.info("scheduler_authenticated", key_id=(handshake.key_id or b"").hex())
+        return True
 
     async def _next(self, reader: asyncio.StreamReader) -> Message | Handshake | None:
         """Return the next event from the scheduler (None at EOF); write what is queued."""

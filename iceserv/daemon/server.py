@@ -217,6 +217,8 @@ class Daemon:
                 multicast=settings.multicast,
                 fast_reconnect=settings.fast_reconnect,
                 family=settings.family,
+                auth=settings.auth,
+                keys=settings.keys,
             ),
             self,
             rng or random.Random(),  # noqa: S311 - reconnect jitter, not security
@@ -381,7 +383,7 @@ class Daemon:
             sock.close()
             log.warning("iceserv_endpoint_unavailable", address=address, error=str(exc))
             return None
-        listener = Listener(sock, self._accepted_unix, name="daemon-iceserv")
+        listener = Listener(sock, self._accepted_iceserv, name="daemon-iceserv")
         listener.start()
         return listener
 
@@ -442,6 +444,8 @@ class Daemon:
             "family",
             "discovery_port",
             "chroot_possible",
+            "auth",
+            "keys",
         )
         if any(getattr(settings, n) != getattr(old, n) for n in seen_by_scheduler):
             await self._restart_link()
@@ -488,6 +492,8 @@ class Daemon:
             netname=self.settings.netname,
             discovery_port=self.settings.discovery_port,
             family=self.settings.family,
+            auth=self.settings.auth,
+            keys=self.settings.keys,
         )
         self._link_task = asyncio.create_task(self.link.run())
 
@@ -535,14 +541,20 @@ class Daemon:
         kind = ConnKind(unix=False, loopback=_is_loopback(ip))
         self._start_serving(sock, host_port(ip, address[1]), kind, self._tcp_budget, key)
 
-    def _accepted_unix(self, sock: socket.socket, _: tuple[str, int]) -> None:
+    def _accepted_unix(
+        self, sock: socket.socket, _: tuple[str, int], *, iceserv: bool = False
+    ) -> None:
         """Admit a Unix-socket connection within its own budget, never spent by TCP peers."""
         answer = self._local_budget.admit(_LOCAL_KEY)
         if answer is not Admission.ADMITTED:
             self._refuse(sock, "local", answer)
             return
-        kind = ConnKind(unix=True, loopback=False)
+        kind = ConnKind(unix=True, loopback=False, iceserv=iceserv)
         self._start_serving(sock, "local", kind, self._local_budget, _LOCAL_KEY)
+
+    def _accepted_iceserv(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Admit a connection on the iceserv-only endpoint: one of our own clients."""
+        self._accepted_unix(sock, address, iceserv=True)
 
     def _refuse(self, sock: socket.socket, peer: str, answer: Admission) -> None:
         count = self._refusals.note(time.monotonic())

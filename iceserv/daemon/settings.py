@@ -90,6 +90,9 @@ class ServerSettings:
     # Send a native environment, once ready, to hosts that lack it (iceserv schedulers only).
     push_ahead: bool = True
     push_timeout: float = 120.0  # one push, connect to VERIFY_ENV_RESULT
+    # [cluster] auth (off, prefer, require) and the network keys, current first (issue 14).
+    auth: str = "off"
+    keys: tuple[bytes, ...] = field(default=(), repr=False)
     # Connection budgets: TCP (all, and per source host) and, separately, the Unix socket.
     max_clients: int = 1024
     max_clients_per_host: int = 64

@@ -105,6 +105,10 @@ class IceservMsgType(enum.IntEnum):
     SLOTS_ANSWER = 0x1CE5_0002
     PUSH_QUERY = 0x1CE5_0003
     PUSH_TARGETS = 0x1CE5_0004
+    AUTH_HELLO = 0x1CE5_0005
+    AUTH_CHALLENGE = 0x1CE5_0006
+    AUTH_PROOF = 0x1CE5_0007
+    JOB_TICKET = 0x1CE5_0008
 
 
 #: The prefix of CS_CONF's ``bench_source`` from an iceserv scheduler ("iceserv/<version>").

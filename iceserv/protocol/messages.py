@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 __all__ = [
+    "AuthChallenge",
+    "AuthHello",
+    "AuthProof",
     "BlacklistHostEnv",
     "CompileFile",
     "CompileResult",
@@ -53,6 +56,7 @@ __all__ = [
     "JobDone",
     "JobLocalBegin",
     "JobLocalDone",
+    "JobTicket",
     "Login",
     "Message",
     "MonGetCS",
@@ -508,6 +512,57 @@ class PushTargets:
     hosts: tuple[str, ...] = ()
 
 
+@record
+class AuthHello:
+    """daemon → scheduler: start the mutual authentication with the network key (issue 14).
+
+    ``nonce`` is the daemon's fresh random nonce (hex); ``key_ids`` name the
+    keys it holds, current first (:func:`~iceserv.protocol.auth.key_id`).  Sent
+    right after the version handshake, before LOGIN, and only to a scheduler
+    whose discovery answer proved the key (:mod:`iceserv.protocol.auth`).
+    """
+
+    TYPE: ClassVar = IceservMsgType.AUTH_HELLO
+    nonce: str = ""
+    key_ids: tuple[str, ...] = ()
+
+
+@record
+class AuthChallenge:
+    """scheduler → daemon: the scheduler's nonce and its proof of the key named by ``key_id``."""
+
+    TYPE: ClassVar = IceservMsgType.AUTH_CHALLENGE
+    key_id: str = ""
+    nonce: str = ""
+    proof: str = ""
+
+
+@record
+class AuthProof:
+    """daemon → scheduler: the daemon's proof of the key; LOGIN follows."""
+
+    TYPE: ClassVar = IceservMsgType.AUTH_PROOF
+    proof: str = ""
+
+
+@record
+class JobTicket:
+    """scheduler → daemon → client → compile server: the ticket of one placement (issue 14).
+
+    ``ticket`` is :func:`~iceserv.protocol.tickets.issue_ticket`'s text for
+    job ``job_id``; ``client_id`` is the submitting daemon's client (scheduler
+    → daemon only, 0 elsewhere).  Sent only to iceserv peers: the scheduler to
+    an authenticated daemon, just before the job's USE_CS; that daemon to a
+    client on its iceserv-only endpoint, just before the USE_CS; the client to
+    the compile server, first after the handshake.
+    """
+
+    TYPE: ClassVar = IceservMsgType.JOB_TICKET
+    job_id: int = 0
+    client_id: int = 0
+    ticket: str = ""
+
+
 Message = (
     Unknown
     | Ping
@@ -545,6 +600,10 @@ Message = (
     | SlotsAnswer
     | PushQuery
     | PushTargets
+    | AuthHello
+    | AuthChallenge
+    | AuthProof
+    | JobTicket
 )
 
 
@@ -692,6 +751,10 @@ _LAYOUTS: Final[Mapping[type, tuple[_Field, ...]]] = {
     SlotsAnswer: (("total", U, None), ("free", U, None), ("hosts", U, None), ("source", S, None)),
     PushQuery: (("platform", S, None), ("environment", S, None), ("required_features", U, None)),
     PushTargets: (("environment", S, None), ("target", S, None), ("hosts", L, None)),
+    AuthHello: (("nonce", S, None), ("key_ids", L, None)),
+    AuthChallenge: (("key_id", S, None), ("nonce", S, None), ("proof", S, None)),
+    AuthProof: (("proof", S, None),),
+    JobTicket: (("job_id", U, None), ("client_id", U, None), ("ticket", S, None)),
 }
 
 _BY_TYPE: Final[Mapping[int, type]] = {

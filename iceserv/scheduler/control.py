@@ -145,6 +145,7 @@ class ClusterControl:
                     environments=tuple((env.platform, env.name) for env in host.envs),
                     blocked=state.is_blocked(host),
                     draining=state.is_drained(host),
+                    auth=host.auth,
                 )
             )
         return views

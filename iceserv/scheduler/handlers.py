@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from iceserv._version import VERSION
@@ -87,6 +87,7 @@ from iceserv.protocol import (
     Stats,
     StatusText,
 )
+from iceserv.protocol.auth import KeyRing
 from iceserv.protocol.constants import MAX_SCHEDULER_PING, MAX_SCHEDULER_PONG
 from iceserv.protocol.discovery import DEFAULT_NETNAME, SchedulerInfo, is_better
 from iceserv.protocol.dispatch import Dispatch
@@ -123,6 +124,8 @@ _Table = Dispatch[[int, float], list[Effect]]
 
 #: CS_CONF with iceserv's mark in ``bench_source``, which 1.4 daemons read and discard.
 _CONF: Final = ConfCS(bench_source=ICESERV_MARK + VERSION)
+#: The auth state of a daemon that logged in without proving the key (prefer).
+_UNAUTHENTICATED: Final = "unauthenticated"
 #: Seconds between scheduler announcements (§4.5).
 ANNOUNCE_PERIOD: Final = 120.0
 #: A daemon busy installing an environment this long is dropped (§7.8).
@@ -141,6 +144,8 @@ class SchedulerConfig:
     netname: str = DEFAULT_NETNAME
     persistent_clients: bool = False
     version: int = PROTOCOL_VERSION
+    #: The network keys placements are ticketed with (auth prefer/require; issue 14), or ().
+    ticket_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     @property
     def info(self) -> SchedulerInfo:
@@ -162,6 +167,7 @@ class _Peer:
     peer_version: int
     kind: _Kind = _Kind.NEW
     host_id: int = 0
+    auth: str = "off"
 
 
 class Scheduler:
@@ -217,6 +223,18 @@ class Scheduler:
     def peer_connected(self, conn_id: int, ip: str, protocol: int, peer_version: int) -> None:
         """Register a peer whose handshake finished (negotiated *protocol*, its max version)."""
         self._peers[conn_id] = _Peer(conn_id, ip, protocol, peer_version)
+
+    def peer_authenticated(self, conn_id: int, state: str) -> None:
+        """Record what *conn_id* proved before its LOGIN (``[cluster] auth``, issue 14).
+
+        *state* is an :class:`~iceserv.scheduler.auth.AuthState` value.  An
+        ``unauthenticated`` daemon (prefer: icecream 1.4 or keyless) logs in
+        as if it had said ``--no-remote``: it may compile its own jobs, but
+        the scheduler never places another host's job on it.
+        """
+        peer = self._peers.get(conn_id)
+        if peer is not None:
+            peer.auth = state
 
     def handle_message(self, conn_id: int, msg: Message, now: float) -> list[Effect]:
         """Handle *msg* from *conn_id*; raise ``RemoteProtocolError`` if it is unexpected."""
@@ -399,13 +417,14 @@ class Scheduler:
             nodename=login.nodename or peer.ip,
             platform=login.host_platform,
             max_jobs=login.max_kids,
-            noremote=login.noremote,
+            noremote=login.noremote or peer.auth == _UNAUTHENTICATED,
             chroot_possible=login.chroot_possible,
             features=login.supported_features,
             version=peer.peer_version,
             protocol=peer.protocol,
             envs=login.envs,
             last_talk=now,
+            auth=peer.auth,
         )
         host.probe.next_at = now  # check its compile port right away
         if self.state.is_blocked(host):
@@ -449,7 +468,8 @@ class Scheduler:
         return handle
 
     def _place(self, now: float) -> list[Effect]:
-        effects: list[Effect] = jobs.place_jobs(self.state, self._rng, now)
+        keys = KeyRing(self.config.ticket_keys) if self.config.ticket_keys else None
+        effects: list[Effect] = jobs.place_jobs(self.state, self._rng, now, keys)
         if now >= self._wait_report_due():
             effects.append(self._wait_report(now))
         return effects

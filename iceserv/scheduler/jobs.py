@@ -19,6 +19,7 @@ from iceserv.protocol import (
     Feature,
     JobDoneFlag,
     JobLocalDone,
+    JobTicket,
     MonGetCS,
     MonJobBegin,
     MonJobDone,
@@ -31,6 +32,7 @@ from iceserv.protocol import (
 from iceserv.protocol.features import min_version, supports
 from iceserv.protocol.filenames import shorten_filename
 from iceserv.protocol.records import asdict
+from iceserv.protocol.tickets import issue_ticket, ticket_address
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
 from iceserv.scheduler.monitoring import OFFLINE
@@ -40,9 +42,11 @@ if TYPE_CHECKING:
     import random
 
     from iceserv.protocol import GetCS, JobBegin, JobDone, JobLocalBegin
+    from iceserv.protocol.auth import KeyRing
     from iceserv.scheduler.state import ClusterState, Host
 
 __all__ = [
+    "TICKET_LIFETIME",
     "on_get_cs",
     "on_job_begin",
     "on_job_done",
@@ -50,6 +54,7 @@ __all__ = [
     "on_job_local_done",
     "place_jobs",
     "remove_host",
+    "ticket_for",
 ]
 
 _MAX_NICENESS: Final = 20
@@ -63,6 +68,10 @@ LOOPBACK_IP: Final = "127.0.0.1"
 #: What USE_CS names such a server instead (reference §5.1.2: clients never connect to
 #: "127.0.0.1"; they resolve any other name, IPv4 only, and connect).
 LOOPBACK_NAME: Final = "localhost"
+#: Seconds a job ticket is good for after its placement (issue 14): it is spent when the
+#: client reaches the server, within seconds; the rest is room for clock skew.
+TICKET_LIFETIME: Final = 300
+_AUTHENTICATED: Final = "authenticated"  # iceserv.scheduler.auth.AuthState.AUTHENTICATED
 
 
 def on_get_cs(state: ClusterState, host: Host, request: GetCS) -> list[Effect]:
@@ -195,15 +204,56 @@ def on_job_local_done(_state: ClusterState, host: Host, done: JobLocalDone) -> l
     return [ToMonitors(JobLocalDone(job_id))]
 
 
-def place_jobs(state: ClusterState, rng: random.Random, now: float) -> list[Effect]:
-    """Place queued jobs until nothing more can be placed; return the USE_CS/NO_CS sends."""
+def place_jobs(
+    state: ClusterState, rng: random.Random, now: float, keys: KeyRing | None = None
+) -> list[Effect]:
+    """Place queued jobs until nothing more can be placed; return the USE_CS/NO_CS sends.
+
+    With *keys* (``[cluster] auth`` prefer/require), a job placed from an
+    authenticated daemon on another authenticated daemon gets a JOB_TICKET
+    just before its USE_CS (:func:`ticket_for`).
+    """
     effects: list[Effect] = []
     for _ in range(len(state.queue)):
         assignment = placement.empty_queue(state, rng)
         if assignment is None:
             break
-        effects.append(_apply(state, assignment, now))
+        sent = _apply(state, assignment, now)
+        if keys is not None and isinstance(sent, Send) and isinstance(sent.message, UseCS):
+            ticket = ticket_for(state, assignment, keys, now)
+            if ticket is not None:
+                effects.append(Send(sent.conn_id, ticket))
+        effects.append(sent)
     return effects
+
+
+def ticket_for(
+    state: ClusterState, assignment: placement.Assignment, keys: KeyRing, now: float
+) -> JobTicket | None:
+    """Return the ticket of *assignment*, or None when nobody in it could use or check one.
+
+    Only an authenticated daemon is sent one (a 1.4 daemon must never see the
+    iceserv-only type), and only for a job on another authenticated daemon
+    (only such a server checks tickets; an unauthenticated one gets no
+    foreign jobs anyway).  It binds the job id, the submitter's address and
+    the server's address as this scheduler sees them (the server compares
+    with its address on its scheduler connection, the client's with the
+    connection's peer), and expires after :data:`TICKET_LIFETIME` seconds.
+    """
+    job, host = assignment.job, assignment.host
+    submitter = state.hosts[job.submitter]
+    if host is submitter or not keys.keys:
+        return None
+    if submitter.auth != _AUTHENTICATED or host.auth != _AUTHENTICATED:
+        return None
+    text = issue_ticket(
+        keys,
+        job_id=job.job_id,
+        client=ticket_address(submitter.ip),
+        server=ticket_address(host.ip),
+        expires=int(now) + TICKET_LIFETIME,
+    )
+    return JobTicket(job_id=job.job_id, client_id=job.client_id, ticket=text)
 
 
 def _apply(state: ClusterState, assignment: placement.Assignment, now: float) -> Effect:

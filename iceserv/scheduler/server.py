@@ -38,11 +38,13 @@ once per ``_REFUSAL_LOG_INTERVAL``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import ipaddress
 import itertools
 import math
+import secrets
 import socket
 import struct
 import time
@@ -66,6 +68,7 @@ from iceserv.netio import (
     host_port,
     is_link_local,
     open_stream,
+    sockaddr_host_port,
     unmapped,
 )
 from iceserv.protocol import (
@@ -74,8 +77,19 @@ from iceserv.protocol import (
     Connection,
     ConnectionClosed,
     Handshake,
+    Login,
     MonLogin,
     records,
+)
+from iceserv.protocol.auth import (
+    NONCE_BYTES,
+    AuthMode,
+    Endpoints,
+    KeyRing,
+    decode_probe,
+    decode_proven_announcement,
+    encode_offer,
+    encode_proven_announcement,
 )
 from iceserv.protocol.discovery import (
     DEFAULT_NETNAME,
@@ -88,6 +102,7 @@ from iceserv.protocol.discovery import (
     encode_request,
 )
 from iceserv.scheduler import standby as sb
+from iceserv.scheduler.auth import AuthGate
 from iceserv.scheduler.control import INTERNALS_TIMEOUT, ClusterControl
 from iceserv.scheduler.effects import (
     Announce,
@@ -130,6 +145,8 @@ _IPV6_SOCKADDR: Final = 4
 _HEARD_WINDOW: Final = 180.0
 #: Schedulers whose announcements are remembered at once.
 _HEARD_LIMIT: Final = 64
+#: Keyed discovery probes held by a standby for its takeover, at most.
+_HELD_PROBES: Final = 8192
 #: A scheduler that took over numbers its jobs from a random start in this range: far above
 #: the ids of a first scheduler (counted from 1), almost surely away from the recent ids of
 #: one that took over itself, and 2**30 ids below the end of the u32 the protocol carries.
@@ -181,6 +198,8 @@ class SchedulerServerSettings:
     standby: sb.StandbySettings | None = None
     #: How long the TCP check of a silent active scheduler may take.
     confirm_timeout: float = 0.5
+    auth: str = AuthMode.OFF
+    keys: tuple[bytes, ...] = field(default=(), repr=False)  # never in a log line
 
 
 @dataclass(eq=False)
@@ -199,6 +218,7 @@ class _Peer:
     nodename: str | None = None
     host_id: int = 0
     drainer: asyncio.Task[None] | None = None
+    gate: AuthGate | None = None
 
 
 @dataclass(eq=False)
@@ -282,6 +302,7 @@ class SchedulerServer:
             start_time=int(self._start),
             netname=settings.netname,
             persistent_clients=settings.persistent_clients,
+            ticket_keys=settings.keys if settings.keys and settings.auth != "off" else (),
         )
         self._core = Scheduler(config, rng, self._start)
         self._rng = rng
@@ -315,6 +336,10 @@ class SchedulerServer:
             sb.Standby(self._core.config.info, settings.standby, self._start)
             if settings.standby is not None
             else None
+        )
+        #: Keyed discovery probes heard while passive, answered at a takeover (as requests).
+        self._held_probes: collections.deque[tuple[float, tuple[Any, ...], Any]] = (
+            collections.deque(maxlen=_HELD_PROBES)
         )
         self._timer_wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -491,6 +516,21 @@ class SchedulerServer:
         if self.standby is not None:
             self.standby.info = records.replace(self.standby.info, netname=netname)
 
+    def reconfigure_keys(self, keys: tuple[bytes, ...]) -> None:
+        """Use reloaded network *keys* (SIGHUP) for connections and probes from now on.
+
+        Daemons already logged in stay: they proved the key they had.
+        """
+        self.settings = dataclasses.replace(self.settings, keys=keys)
+        self._core.config = dataclasses.replace(
+            self._core.config, ticket_keys=keys if self.auth_mode is not AuthMode.OFF else ()
+        )
+
+    @property
+    def auth_mode(self) -> AuthMode:
+        """``[cluster] auth`` (off unless a key is loaded)."""
+        return AuthMode(self.settings.auth) if self.settings.keys else AuthMode.OFF
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -600,7 +640,12 @@ class SchedulerServer:
         if peer.drainer is not None and peer.drainer is not asyncio.current_task():
             peer.drainer.cancel()
 
-    def _announce(self, datagrams: tuple[bytes, bytes]) -> None:
+    def _announce(self, datagrams: tuple[bytes, ...]) -> None:
+        if self.auth_mode is not AuthMode.OFF:
+            ring = KeyRing(self.settings.keys)
+            proven = encode_proven_announcement(ring, self._core.config.info, self.now())
+            if proven is not None:
+                datagrams = (*datagrams, proven)
         if self._udp is not None:
             for address in self.settings.announce_to:
                 for datagram in datagrams:
@@ -610,7 +655,8 @@ class SchedulerServer:
             for name in self.settings.multicast_interfaces:
                 with contextlib.suppress(OSError):
                     group = (DISCOVERY_GROUP6, self.port, 0, socket.if_nametoindex(name))
-                    self._udp6.sendto(datagrams[1], group)
+                    for datagram in datagrams[1:]:  # ICF (and the proven one), not legacy ICE
+                        self._udp6.sendto(datagram, group)
 
     @property
     def dual_stack(self) -> bool:
@@ -647,13 +693,32 @@ class SchedulerServer:
         *addr* is the sender's socket address as received (an IPv6 one with
         its scope id, so that a reply reaches a link-local sender).
         """
+        if self.auth_mode is not AuthMode.OFF and (probe := decode_probe(data)) is not None:
+            if self.standby is not None and not self.standby.serving:
+                self._held_probes.append((self.now(), addr, probe))  # answered at a takeover
+                return
+            self._offer(addr, probe)
+            return
         requester = decode_request(data)
         if requester is not None:
             self._request_received(requester, addr)
             return
         info = decode_announcement(data)
+        if self.auth_mode is not AuthMode.OFF:
+            # An ICF announcement proves nothing (icecream#177: a rogue "better" scheduler
+            # makes every other one drop its daemons): a keyed scheduler yields only to a
+            # better one whose announcement proves the key.
+            ring = KeyRing(self.settings.keys)
+            info = decode_proven_announcement(data, ring, self.now())
         if info is not None:
             self._announcement_received(info, addr)
+
+    def _offer(self, addr: tuple[Any, ...], probe: Any) -> None:  # noqa: ANN401 - auth's probe
+        offer = encode_offer(KeyRing(self.settings.keys), probe, self._core.config.info)
+        udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
+        if offer is not None and udp is not None:
+            with contextlib.suppress(OSError):
+                udp.sendto(offer, addr)
 
     def _request_received(self, requester: int, addr: tuple[Any, ...]) -> None:
         if self.standby is None:
@@ -744,24 +809,7 @@ class SchedulerServer:
                 case sb.AnswerRequest(address, version):
                     self._answer(address, version, self.standby.info)
                 case sb.TakeOver(info, predecessor):
-                    self._core.config = dataclasses.replace(
-                        self._core.config, start_time=info.start_time
-                    )
-                    if predecessor is not None:
-                        # Daemons report jobs the old scheduler gave them (JOB_DONE of a
-                        # compile that outlived it): our ids must not meet its ids, or such a
-                        # report would end (or be kicked as foreign to) another job here.
-                        state = self._core.state
-                        state.last_job_id = max(
-                            state.last_job_id, self._rng.randrange(*_TAKEOVER_JOB_IDS)
-                        )
-                    before = None if predecessor is None else f"{predecessor[0]}:{predecessor[1]}"
-                    log.info(
-                        "scheduler_took_over",
-                        predecessor=before,
-                        start_time=info.start_time,
-                        netname=info.netname,
-                    )
+                    self._took_over(info, predecessor)
                 case sb.Announce(info):
                     self._announce(encode_announcements(info))
                 case sb.StepDown(address, info):
@@ -775,6 +823,29 @@ class SchedulerServer:
         if self.standby.role is sb.Role.STANDBY and self.standby.active is not None:
             self._log_standby()
         self._timer_wake.set()
+
+    def _took_over(self, info: SchedulerInfo, predecessor: tuple[Any, ...] | None) -> None:
+        """Serve from now on: advertise *info*, answer held probes, log."""
+        assert self.standby is not None  # noqa: S101 - only called with the role machine
+        self._core.config = dataclasses.replace(self._core.config, start_time=info.start_time)
+        if predecessor is not None:
+            # Daemons report jobs the old scheduler gave them (JOB_DONE of a
+            # compile that outlived it): our ids must not meet its ids, or such a
+            # report would end (or be kicked as foreign to) another job here.
+            state = self._core.state
+            state.last_job_id = max(state.last_job_id, self._rng.randrange(*_TAKEOVER_JOB_IDS))
+        since = self.now() - self.standby.settings.replay
+        for at, address, probe in self._held_probes:
+            if at >= since:
+                self._offer(address, probe)
+        self._held_probes.clear()
+        before = None if predecessor is None else f"{predecessor[0]}:{predecessor[1]}"
+        log.info(
+            "scheduler_took_over",
+            predecessor=before,
+            start_time=info.start_time,
+            netname=info.netname,
+        )
 
     def _log_standby(self) -> None:
         assert self.standby is not None  # noqa: S101
@@ -935,6 +1006,13 @@ class SchedulerServer:
             return
         set_keepalive(sock)
         peer = _Peer(conn_id, ip, pending.key, writer, Connection())
+        if self.auth_mode is not AuthMode.OFF:
+            ends = Endpoints(
+                daemon=sockaddr_host_port(writer.get_extra_info("peername")),
+                scheduler=sockaddr_host_port(writer.get_extra_info("sockname")),
+            )
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            peer.gate = AuthGate(self.auth_mode, KeyRing(self.settings.keys), nonce, ends)
         pending.peer = peer
         self._peers[conn_id] = peer
         peer.drainer = self._spawn(self._drain(peer))
@@ -1031,6 +1109,12 @@ class SchedulerServer:
             if isinstance(event, Handshake):
                 self._core.peer_connected(peer.conn_id, peer.ip, event.protocol, event.peer_version)
                 continue
+            if peer.gate is not None and not peer.logged_in:
+                passed, refused = self._gate(peer, peer.gate, event)
+                if refused:
+                    return refused, events
+                if passed is None:
+                    continue
             if isinstance(event, MonLogin) and not self._admit_monitor(peer):
                 return "monitor budget full", events
             self.apply(self._core.handle_message(peer.conn_id, event, self.now()))
@@ -1048,9 +1132,23 @@ class SchedulerServer:
                     nodename=host.nodename,
                     max_jobs=host.max_jobs,
                     protocol=host.protocol,
+                    auth=host.auth,
                 )
         self._flush(peer)
         return "", events
+
+    def _gate(self, peer: _Peer, gate: AuthGate, event: Message) -> tuple[Message | None, str]:
+        """Pass *event* through *peer*'s authentication gate: (what the core gets, refusal)."""
+        verdict = gate.handle(event)
+        if verdict.send is not None:
+            peer.conn.send(verdict.send)
+            self._flush(peer)
+        if verdict.refuse:
+            log.warning("peer_refused", peer=peer.ip, reason=verdict.refuse, auth=gate.mode.value)
+            return None, "authentication failed"
+        if isinstance(verdict.forward, Login):
+            self._core.peer_authenticated(peer.conn_id, gate.state)
+        return verdict.forward, ""
 
     def _flush(self, peer: _Peer) -> None:
         data = peer.conn.data_to_send()

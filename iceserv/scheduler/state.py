@@ -174,6 +174,8 @@ class Host:
     pushes: dict[tuple[str, str], float] = field(default_factory=dict)
     #: (target, environment) -> the PUSH_QUERY this daemon sent (it stands while connected).
     push_wants: dict[tuple[str, str], PushQuery] = field(default_factory=dict)
+    #: What it proved before LOGIN: off, authenticated or unauthenticated (issue 14).
+    auth: str = "off"
 
     @property
     def ipv6(self) -> bool:

@@ -45,7 +45,8 @@ class HostView:
     promises; treat it as read-only.)  ``protocol`` is the negotiated protocol
     version, ``environments`` the installed ``(platform, name)`` pairs from its
     LOGIN; ``blocked`` and ``draining`` say whether its nodename or IP is on
-    the block or drain list.
+    the block or drain list; ``auth`` is what it proved before LOGIN (``off``,
+    ``authenticated`` or ``unauthenticated``, issue 14).
     """
 
     nodename: str
@@ -63,3 +64,4 @@ class HostView:
     environments: tuple[tuple[str, str], ...]
     blocked: bool
     draining: bool
+    auth: str = "off"

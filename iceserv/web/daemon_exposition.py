@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["SERIES", "DaemonCollector", "make_daemon_registry"]
 
 #: Series per scrape from :class:`DaemonCollector` (histograms count buckets, sum and count).
-SERIES: Final = 60
+SERIES: Final = 63
 
 
 def _labelled(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMetricFamily:
@@ -141,6 +141,12 @@ class DaemonCollector:
             "Native environments asked for by local clients",
             "result",
             totals.native_builds,
+        )
+        yield _labelled(
+            "iceserv_daemon_job_tickets",
+            "Connections by what became of their job ticket (network key, issue 14)",
+            "result",
+            totals.tickets,
         )
         yield histogram_family(
             "iceserv_daemon_compile_seconds",

@@ -128,6 +128,7 @@ class SchedulerCollector:
                     "no_remote": str(host.no_remote).lower(),
                     "blocked": str(host.blocked).lower(),
                     "draining": str(host.draining).lower(),
+                    "auth": host.auth,
                 },
             )
         yield from (per_host, speed, load, protocol, info)

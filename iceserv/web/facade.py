@@ -125,6 +125,11 @@ class HostLike(Protocol):
         ...
 
     @property
+    def auth(self) -> str:
+        """What it proved before LOGIN: off, authenticated or unauthenticated (issue 14)."""
+        ...
+
+    @property
     def jobs(self) -> Sequence[JobLike]:
         """Its assigned and compiling jobs."""
         ...
@@ -307,6 +312,11 @@ class DaemonTotalsLike(Protocol):
     @property
     def native_builds(self) -> Mapping[str, int]:
         """Native environments made for local clients, by result (``ok``, ``failed``)."""
+        ...
+
+    @property
+    def tickets(self) -> Mapping[str, int]:
+        """Connections by what became of their job ticket (accepted, refused, missing)."""
         ...
 
     @property

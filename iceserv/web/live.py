@@ -68,6 +68,7 @@ def _host(host: HostLike) -> dict[str, Any]:
         "no_remote": host.no_remote,
         "blocked": host.blocked,
         "draining": host.draining,
+        "auth": host.auth,
         "jobs": [_job(job) for job in host.jobs],
     }
 

@@ -135,3 +135,16 @@ class TestRenderText:
         assert "    12 COMP   2.0s src/a.c from laptop" in plain
         assert "\x1b[" not in plain
         assert "\x1b[" in render_text(status, colour=True, now=100.0)
+
+    def test_auth_state_is_a_flag(self):
+        """A host's authentication state (issue 14) is shown unless it is off or not known."""
+        status = ClusterStatus("D-Bus x", "lab", [
+            StatusHost("new", "10.0.0.2", "x86_64", 4, 0, 0, 1.0, auth="authenticated"),
+            StatusHost("old", "10.0.0.3", "x86_64", 4, 0, 0, 1.0, no_remote=True,
+                       auth="unauthenticated"),
+            StatusHost("plain", "10.0.0.4", "x86_64", 4, 0, 0, 1.0, auth="off"),
+        ], queued=0, running=0)  # fmt: skip
+        rows = {line.split()[0]: line for line in render_text(status, now=0.0).splitlines()[4:]}
+        assert rows["new"].endswith(" authenticated")
+        assert rows["old"].endswith(" no-remote,unauthenticated")
+        assert "authenticated" not in rows["plain"]

@@ -25,6 +25,7 @@ from iceserv.protocol import (
     EnvTransfer,
     JobDone,
     JobLocalBegin,
+    JobTicket,
     UseCS,
 )
 
@@ -56,29 +57,60 @@ CASES = [
     Case("remote-ok", "server"),
     Case("remote-with-environment-transfer", "server", got_env=False),
     Case("remote-cxx", "server", args=("-c", "hello.cpp"), compiler="g++"),
-    Case("remote-output-printed-without-caret-workaround", "server",
-         server={"out": "remote says hi\n", "err": "hello.c:1: warning: x\n"},
-         env={"ICECC_CARET_WORKAROUND": "0"}),
-    Case("remote-dwo", "server", args=("-gsplit-dwarf", "-c", "hello.c", "-o", "hello.o"),
-         server={"dwo": b"dwo from the fake server\n"}),
+    Case(
+        "remote-output-printed-without-caret-workaround",
+        "server",
+        server={"out": "remote says hi\n", "err": "hello.c:1: warning: x\n"},
+        env={"ICECC_CARET_WORKAROUND": "0"},
+    ),
+    Case(
+        "remote-dwo",
+        "server",
+        args=("-gsplit-dwarf", "-c", "hello.c", "-o", "hello.o"),
+        server={"dwo": b"dwo from the fake server\n"},
+    ),
     Case("remote-slow-network", "server", env={"ICECC_SLOW_NETWORK": "1"}, got_env=False),
     Case("remote-compression-level", "server", env={"ICECC_COMPRESSION": "19"}),
-    Case("remote-compile-error-is-final", "status", server={"status": 1, "err": "error: no\n"},
-         compiler="clang", status=1),
-    Case("protocol-39-server", "server", args=("-O2", "-DX", "-c", "hello.c"),
-         server={"version": 39}, got_env=False),
+    Case(
+        "remote-compile-error-is-final",
+        "status",
+        server={"status": 1, "err": "error: no\n"},
+        compiler="clang",
+        status=1,
+    ),
+    Case(
+        "protocol-39-server",
+        "server",
+        args=("-O2", "-DX", "-c", "hello.c"),
+        server={"version": 39},
+        got_env=False,
+    ),
     Case("protocol-30-server", "server", args=("-O2", "-c", "hello.c"), server={"version": 30}),
-    Case("unverifiable-server-refused", "local", server={"version": 30},
-         env={"ICECC_IGNORE_UNVERIFIED": "1"}),
+    Case(
+        "unverifiable-server-refused",
+        "local",
+        server={"version": 30},
+        env={"ICECC_IGNORE_UNVERIFIED": "1"},
+    ),
     Case("repeat-rate-three-servers-agree", "server", env={"ICECC_REPEAT_RATE": "1000"}),
-    Case("repeat-rate-servers-disagree", "status", server={"differ": True}, status=255,
-         env={"ICECC_REPEAT_RATE": "1000"}),
+    Case(
+        "repeat-rate-servers-disagree",
+        "status",
+        server={"differ": True},
+        status=255,
+        env={"ICECC_REPEAT_RATE": "1000"},
+    ),
     Case("repeat-rate-self-compiles", "local", host="self", env={"ICECC_REPEAT_RATE": "1000"}),
-    Case("repeat-rate-not-for-clang", "server", compiler="clang",
-         env={"ICECC_REPEAT_RATE": "1000"}),
+    Case(
+        "repeat-rate-not-for-clang", "server", compiler="clang", env={"ICECC_REPEAT_RATE": "1000"}
+    ),
     Case("self-compile-on-127.0.0.1", "local", host="self"),
-    Case("test-remotebuild-treats-127.0.0.1-as-remote", "server", host="127.0.0.1",
-         env={"ICECC_TEST_REMOTEBUILD": "1"}),
+    Case(
+        "test-remotebuild-treats-127.0.0.1-as-remote",
+        "server",
+        host="127.0.0.1",
+        env={"ICECC_TEST_REMOTEBUILD": "1"},
+    ),
     # Failures: each ends in a local compile that succeeds.
     Case("daemon-hangs-up-on-get-cs", "local", daemon={"use_cs": None}),
     Case("server-refuses-connection", "local", host="refused"),
@@ -87,14 +119,22 @@ CASES = [
     Case("server-status-text", "local", server={"mode": "status_text"}),
     Case("server-out-of-memory", "local", server={"mode": "oom"}),
     Case("caret-workaround", "local", server={"err": "hello.c:1: warning: x\n"}),
-    Case("file-not-found-on-server", "local", compiler="clang",
-         server={"status": 1, "err": "fatal error: 'x.h' file not found\n"}),
-    Case("environment-refused-blacklists", "local", server={"mode": "verify_fail"},
-         got_env=False),
+    Case(
+        "file-not-found-on-server",
+        "local",
+        compiler="clang",
+        server={"status": 1, "err": "fatal error: 'x.h' file not found\n"},
+    ),
+    Case("environment-refused-blacklists", "local", server={"mode": "verify_fail"}, got_env=False),
     Case("no-go-signal-uses-lock-files", "local", daemon={"use_cs": None, "go": False}),
     Case("directives-only-cpp-failure-recompiles", "local", env={"FAKE_CC_CPP_STATUS": "1"}),
-    Case("clang-cpp-failure-is-final", "status", compiler="clang",
-         env={"FAKE_CC_CPP_STATUS": "1"}, status=1),
+    Case(
+        "clang-cpp-failure-is-final",
+        "status",
+        compiler="clang",
+        env={"FAKE_CC_CPP_STATUS": "1"},
+        status=1,
+    ),
     Case("test-socket-missing", "status", daemon={"absent": True}, status=119),
     Case("recursion", "status", env={"_ICECC_SAFEGUARD": "2"}, status=111),
 ]
@@ -202,3 +242,52 @@ class TestDetails:
         """The object is written as <output>_icetmp and renamed; nothing else remains."""
         ours = run_case(bed, "ours", CASES[0])
         assert set(ours.files) == {"hello.o"}
+
+
+TICKET = JobTicket(job_id=7, client_id=0, ticket="t1 ticket-text")
+
+
+def _ticketed(
+    bed: WrapperBed,
+    *,
+    server_mode: str = "ok",
+    env: dict[str, str | None] | None = None,
+    which: str = "ours",
+) -> Transcript:
+    use = UseCS(job_id=7, port=-1, hostname="localhost", host_platform="x86_64", got_env=False,
+                client_id=1)  # fmt: skip
+    daemon = FakeDaemon(bed.root / "d.sock", use_cs=use, endpoint=True, ticket=TICKET)
+    argv = [bed.program(which, "icecc"), "gcc", "-c", "hello.c"]
+    return bed.run(argv, env=env or {}, daemon=daemon, server=FakeServer(mode=server_mode))
+
+
+class TestJobTickets:
+    """Issue 14 item 3: the ticket our iceserv daemon passes on goes to the server first."""
+
+    def test_ticket_reaches_the_server_before_anything_else(self, bed: WrapperBed):
+        """On the daemon's iceserv endpoint the client takes JOB_TICKET and sends it on first."""
+        ours = _ticketed(bed)
+        assert ours.status == 0, ours.stderr.decode()
+        assert ours.files["hello.o"] == SERVER_OBJ
+        (job,) = ours.server
+        assert job["ticket"] == TICKET
+        assert job["env_transfer"] == EnvTransfer("fakeenv", "x86_64")  # after the ticket
+
+    def test_real_client_never_uses_the_endpoint(self, bed: WrapperBed):
+        """icecream 1.4's client knows no endpoint: it gets no ticket and sends none."""
+        real = _ticketed(bed, which="real")
+        assert real.status == 0, real.stderr.decode()
+        assert "ticket" not in real.server[0]
+
+    def test_refused_ticket_falls_back_to_a_local_build(self, bed: WrapperBed):
+        """A server that refuses the ticket (replayed, altered) sends the job home."""
+        ours = _ticketed(bed, server_mode="refuse_ticket")
+        assert ours.status == 0, ours.stderr.decode()
+        assert ours.files["hello.o"] == LOCAL_OBJ
+
+    def test_refused_ticket_fails_under_fallback_fail(self, bed: WrapperBed):
+        """With ICECC_FALLBACK=fail the refusal is a cluster failure, said in one line."""
+        ours = _ticketed(bed, server_mode="refuse_ticket", env={"ICECC_FALLBACK": "fail"})
+        assert ours.status == 1
+        assert b"job refused: replayed ticket" in ours.stderr
+        assert "hello.o" not in ours.files

@@ -58,6 +58,9 @@ ICECCD_MAX_NATIVE_BUILDS="2"
 ICECCD_NATIVE_COMPILERS="gcc"
 ICECCD_PUSH_AHEAD="no"
 ICECCD_HTTP="127.0.0.1:9768"
+ICECCD_KEY_FILE="/etc/iceserv/network.key"
+ICECCD_PREVIOUS_KEY_FILE="/etc/iceserv/network.key.old"
+ICECCD_AUTH="prefer"
 """
 FULL_SCHEDULER = """\
 ICECC_SCHEDULER_NET_NAME="lab"
@@ -79,6 +82,9 @@ ICECC_SCHEDULER_MAX_MONITORS_PER_HOST="2"
 ICECC_SCHEDULER_MAX_TELNET_SESSIONS="10"
 ICECC_SCHEDULER_MAX_TELNET_SESSIONS_PER_HOST="3"
 ICECC_SCHEDULER_HTTP="127.0.0.1:8767"
+ICECC_SCHEDULER_KEY_FILE="/etc/iceserv/network.key"
+ICECC_SCHEDULER_PREVIOUS_KEY_FILE="/etc/iceserv/network.key.old"
+ICECC_SCHEDULER_AUTH="require"
 """
 
 # fixture -> (line, the rest of the one error line after "path:line: ")
@@ -196,7 +202,7 @@ class TestShow:
         assert lines["max_processes"].split()[1:] == ["8", f"{path}:1:", "ICECCD_MAX_PROCESSES"]
         assert lines["nice_level"].split()[1:] == ["3", "env", "ICECCD_NICE_LEVEL"]
         assert lines["port"].split()[1:] == ["10245", "default"]
-        assert len(lines) == 30
+        assert len(lines) == 33
 
     def test_json(self, tmp_path):
         """JSON output maps each setting to its value and source."""

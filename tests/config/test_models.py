@@ -38,6 +38,9 @@ DAEMON_DEFAULTS = {
     "max_native_builds": 1,
     "native_compilers": "gcc clang",
     "push_ahead": True,
+    "key_file": None,
+    "previous_key_file": None,
+    "auth": "off",
     "http": None,
 }
 SCHEDULER_DEFAULTS = {
@@ -59,6 +62,9 @@ SCHEDULER_DEFAULTS = {
     "max_monitors_per_host": 16,
     "max_telnet_sessions": 64,
     "max_telnet_sessions_per_host": 16,
+    "key_file": None,
+    "previous_key_file": None,
+    "auth": "off",
     "http": None,
 }
 

@@ -63,6 +63,7 @@ class TestTomlSample:
             assert loaded.settings == _defaults(service)
             daemon_part, scheduler_part = text.split("[scheduler]")
             table = daemon_part if service is Service.DAEMON else scheduler_part
-            examples = re.findall(r"(?m)^# Example: ([a-z_]+) = ", table)
+            shared = text.split("[cluster]")[1]  # both services read [cluster]
+            examples = re.findall(r"(?m)^# Example: ([a-z_]+) = ", table + shared)
             set_here = {n for n, o in loaded.provenance.items() if o.kind.value == "toml"}
             assert set_here | set(examples) >= set(names_for(service).fields)

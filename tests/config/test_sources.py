@@ -49,6 +49,9 @@ DAEMON_SAMPLES = {
     "max_native_builds": ("2", 2, 2),
     "native_compilers": ("gcc,/usr/bin/clang-19", "gcc /usr/bin/clang-19", "gcc /usr/bin/clang-19"),
     "push_ahead": ("no", False, False),
+    "key_file": ("/etc/iceserv/key", Path("/etc/iceserv/key"), "/etc/iceserv/key"),
+    "previous_key_file": ("/etc/iceserv/old", Path("/etc/iceserv/old"), "/etc/iceserv/old"),
+    "auth": ("off", "off", "off"),
     "http": ("[::1]", HostPort("::1", 8768), "[::1]:8768"),
 }
 SCHEDULER_SAMPLES = {
@@ -70,6 +73,9 @@ SCHEDULER_SAMPLES = {
     "max_monitors_per_host": ("1", 1, 1),
     "max_telnet_sessions": ("8", 8, 8),
     "max_telnet_sessions_per_host": ("2", 2, 2),
+    "key_file": ("/etc/iceserv/key", Path("/etc/iceserv/key"), "/etc/iceserv/key"),
+    "previous_key_file": ("/etc/iceserv/old", Path("/etc/iceserv/old"), "/etc/iceserv/old"),
+    "auth": ("off", "off", "off"),
     "http": ("127.0.0.1", HostPort("127.0.0.1", 8767), "127.0.0.1:8767"),
 }
 SAMPLES = {"daemon": DAEMON_SAMPLES, "scheduler": SCHEDULER_SAMPLES}
@@ -371,7 +377,7 @@ class TestToml:
             (
                 "[daemon]\nport = 1\n[iceccd]\nport = 2\n",
                 3,
-                "unknown table [iceccd]; expected [daemon], [scheduler] or [network]",
+                "unknown table [iceccd]; expected [daemon], [scheduler], [network] or [cluster]",
             ),
             ("daemon = 5\n", 1, "daemon must be a table [daemon]"),
             ("[daemon]\nport = = 1\n", 2, "invalid TOML: Invalid value"),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -99,6 +100,7 @@ from iceserv.protocol import (
     JobDoneFlag,
     JobLocalBegin,
     JobLocalDone,
+    JobTicket,
     Login,
     NoCS,
     Ping,
@@ -112,6 +114,8 @@ from iceserv.protocol import (
     VerifyEnv,
     VerifyEnvResult,
 )
+from iceserv.protocol.auth import KeyRing
+from iceserv.protocol.tickets import issue_ticket
 
 T0 = 1_000.0
 GCC = NativeKey("zstd", "/usr/bin/gcc", (), (("/usr/bin/gcc", 1.0), ("/usr/bin/g++", 1.0)))
@@ -237,6 +241,7 @@ _MESSAGES: dict[str, Any] = {
     "COMPILE_FILE(__client)": _job(9, env="__client"),
     "USE_CS": UseCS(job_id=1),  # a scheduler's message from a client: never valid
     "SLOTS_QUERY": SlotsQuery(),  # answered alone: the scheduler is not marked as iceserv
+    "JOB_TICKET": JobTicket(job_id=8, ticket="t1"),  # auth off: taken, nothing checked
 }
 
 ERR = "protocol error"
@@ -265,6 +270,7 @@ def _expected(name: str, state: State) -> State | str:
         "COMPILE_FILE(__client)": {State.CLIENT_WORK: SAME},
         "USE_CS": {},
         "SLOTS_QUERY": {State.NEW: SAME},
+        "JOB_TICKET": {State.NEW: SAME},
     }
     return table[name].get(state, ERR)
 
@@ -1730,3 +1736,229 @@ class TestPushAhead:
         assert _to_scheduler(effects) == [PushQuery("x86_64", GCC_ENV, 2)]
         effects = core.reconfigure(_settings(push_ahead=True), port=PORT, now=T0 + 4)
         assert _to_scheduler(effects) == []
+
+
+# --- job tickets (issue 14 item 3) -----------------------------------------------------
+
+KEY = b"k" * 32
+CLIENT_IP = "10.0.0.7"
+ICESERV_LOCAL = ConnKind(unix=True, loopback=False, iceserv=True)
+
+
+def _ticket(
+    job_id: int = 5, *, client: str = CLIENT_IP, server: str = OWN_IP, expires: float = T0 + 60
+) -> str:
+    return issue_ticket(
+        KeyRing((KEY,)), job_id=job_id, client=client, server=server, expires=int(expires)
+    )
+
+
+def _keyed(mode: str) -> DaemonCore:
+    return _core(auth=mode, keys=(KEY,))
+
+
+def _remote_client(core: DaemonCore, conn_id: int, ip: str = CLIENT_IP) -> None:
+    core.handle(ClientConnected(conn_id, f"{ip}:40000", REMOTE, 43), T0)
+
+
+def _refusals(effects: list[Any]) -> list[str]:
+    return [e.fields["reason"] for e in _of(effects, Log) if e.event == "job_refused"]
+
+
+class TestJobTickets:
+    """The compile server's side: which transfers and jobs a ticket lets in, per mode."""
+
+    @pytest.mark.parametrize(
+        "request_",
+        [_job(5), VerifyEnv("gcc", "x86_64"), EnvTransfer("gcc", "x86_64")],
+        ids=lambda m: type(m).__name__,
+    )
+    def test_require_refuses_without_ticket(self, request_):
+        """Under require a job, a verification or a transfer without a ticket is refused."""
+        core = _keyed("require")
+        _remote_client(core, 1)
+        effects = _send(core, 1, request_)
+        assert _refusals(effects) == ["no job ticket"]
+        assert Close(1) in effects
+        assert StatusText("job refused: no job ticket") in _sent(effects, 1)
+        assert not _of(effects, HoldEnv)
+        assert not _of(effects, StartUnpack)
+        assert not _of(effects, VerifyEnvironment)
+
+    def test_valid_ticket_lets_its_job_in(self):
+        """A valid ticket for this job, client host and server is spent and the job queued."""
+        core = _keyed("require")
+        _remote_client(core, 1)
+        assert not _refusals(_send(core, 1, JobTicket(job_id=5, ticket=_ticket())))
+        effects = _send(core, 1, _job(5))
+        assert Close(1) not in effects
+        assert _of(effects, HoldEnv)
+        assert core.ticketed == 1
+        assert core.state_of(1) in (State.TO_COMPILE, State.COMPILING)
+
+    def test_ticket_allows_transfer_then_its_job(self):
+        """With a ticket the client installs its environment, verifies it, then sends the job."""
+        core = _keyed("require")
+        _remote_client(core, 1)
+        _send(core, 1, JobTicket(job_id=5, ticket=_ticket()))
+        assert _of(_send(core, 1, VerifyEnv("gcc", "x86_64")), VerifyEnvironment)
+        assert _of(_send(core, 1, EnvTransfer("gcc", "x86_64")), StartUnpack)
+
+    def test_replayed_ticket_is_refused(self):
+        """The same ticket on a second connection is refused: each is good for one."""
+        core = _keyed("require")
+        ticket = _ticket()
+        _remote_client(core, 1)
+        _send(core, 1, JobTicket(job_id=5, ticket=ticket))
+        _remote_client(core, 2)
+        effects = _send(core, 2, JobTicket(job_id=5, ticket=ticket))
+        assert _refusals(effects) == ["replayed ticket"]
+        assert Close(2) in effects
+
+    @pytest.mark.parametrize(
+        ("ticket", "reason"),
+        [
+            (_ticket(expires=T0 - 1), "expired ticket"),
+            (_ticket(client="10.0.0.8"), "ticket for another job or host"),
+            (_ticket(server="10.0.0.6"), "ticket for another job or host"),
+            (_ticket(job_id=6), "ticket for another job or host"),
+            (_ticket().replace(" 5 ", " 6 "), "altered ticket"),
+            ("t1 garbage", "malformed ticket"),
+        ],
+        ids=["expired", "other-client", "other-server", "other-job", "altered", "malformed"],
+    )
+    def test_bad_ticket_is_refused(self, ticket, reason):
+        """Expired, bound elsewhere, altered or malformed: refused with the reason, closed."""
+        core = _keyed("prefer")  # even under prefer: a bad ticket is not "no ticket"
+        _remote_client(core, 1)
+        effects = _send(core, 1, JobTicket(job_id=5, ticket=ticket))
+        assert _refusals(effects) == [reason]
+        assert Close(1) in effects
+
+    def test_ticket_for_another_job_than_compile_file(self):
+        """A ticket for job 5 does not let job 6 in."""
+        core = _keyed("require")
+        _remote_client(core, 1)
+        _send(core, 1, JobTicket(job_id=5, ticket=_ticket()))
+        effects = _send(core, 1, _job(6))
+        assert _refusals(effects) == ["ticket for another job"]
+        assert not _of(effects, HoldEnv)
+
+    def test_prefer_serves_without_ticket_counted_once(self):
+        """Under prefer a client without a ticket (1.4's) is served and counted unauthenticated."""
+        core = _keyed("prefer")
+        _remote_client(core, 1)
+        first = _send(core, 1, VerifyEnv("gcc", "x86_64"))
+        second = _send(core, 1, _job(5))
+        assert _of(first, VerifyEnvironment)
+        assert _of(second, HoldEnv)
+        assert [e.event for e in _of(first + second, Log)].count("job_unauthenticated") == 1
+        assert core.unticketed == 1
+
+    def test_off_checks_nothing(self):
+        """With auth off (1.4's behaviour) nothing is checked, a ticket is simply taken."""
+        core = _core()
+        _remote_client(core, 1)
+        _send(core, 1, JobTicket(job_id=5, ticket="anything"))
+        assert _of(_send(core, 1, _job(6)), HoldEnv)
+
+    def test_second_ticket_is_a_protocol_error(self):
+        """One ticket per connection: a second one ends the client."""
+        core = _keyed("require")
+        _remote_client(core, 1)
+        _send(core, 1, JobTicket(job_id=5, ticket=_ticket()))
+        effects = _send(core, 1, JobTicket(job_id=5, ticket=_ticket()))
+        assert Close(1) in effects
+
+    def test_without_scheduler_no_ticket_matches(self):
+        """Without a scheduler link we do not know our address: every ticket fails (closed)."""
+        core = DaemonCore(_settings(auth="require", keys=(KEY,)), port=PORT)
+        _remote_client(core, 1)
+        effects = _send(core, 1, JobTicket(job_id=5, ticket=_ticket()))
+        assert _refusals(effects) == ["ticket for another job or host"]
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(index=st.integers(min_value=0), char=st.characters(min_codepoint=32, max_codepoint=126))
+def test_any_tampered_ticket_is_refused_and_nothing_runs(index, char):
+    """Whatever character of a valid ticket is changed, the core refuses it and runs nothing."""
+    ticket = _ticket()
+    index %= len(ticket)
+    tampered = ticket[:index] + char + ticket[index + 1 :]
+    if tampered == ticket:
+        return
+    core = _keyed("require")
+    _remote_client(core, 1)
+    effects = _send(core, 1, JobTicket(job_id=5, ticket=tampered))
+    assert len(_refusals(effects)) == 1
+    assert core.state_of(1) is None
+    assert not _of(_send(core, 1, _job(5)), HoldEnv)
+
+
+class TestPushTickets:
+    """Our push-ahead carries a ticket of our own when tickets are checked: environments only."""
+
+    def test_keyed_push_carries_a_push_ticket_the_target_accepts(self):
+        """Job 0, our address, the target's: the target lets the transfer in, no COMPILE_FILE."""
+        pusher = _pushing_core(auth="require", keys=(KEY,))
+        pusher.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        (push,) = _of(pusher.handle(FromScheduler(answer), T0 + 2), PushEnv)
+        target = DaemonCore(_settings(auth="require", keys=(KEY,)), port=PORT)
+        target.handle(SchedulerUp("10.0.0.7", 43), T0)
+        _remote_client(target, 1, ip=OWN_IP)
+        assert not _refusals(_send(target, 1, JobTicket(job_id=0, ticket=push.ticket)))
+        assert _of(_send(target, 1, EnvTransfer(GCC_ENV, "x86_64")), StartUnpack)
+        _remote_client(target, 2, ip=OWN_IP)
+        assert _refusals(_send(target, 2, JobTicket(job_id=0, ticket=push.ticket))) == [
+            "replayed ticket"
+        ]
+        _remote_client(target, 3, ip=OWN_IP)
+        fresh = _ticket(0, client=OWN_IP, server="10.0.0.7")
+        _send(target, 3, JobTicket(job_id=0, ticket=fresh))
+        assert _refusals(_send(target, 3, _job(0))) == ["ticket for another job"]
+
+    def test_unkeyed_push_has_no_ticket(self):
+        """With auth off the push is 1.4's client conversation, unchanged."""
+        pusher = _pushing_core()
+        pusher.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        (push,) = _of(pusher.handle(FromScheduler(answer), T0 + 2), PushEnv)
+        assert push.ticket == ""
+
+
+class TestTicketPassing:
+    """The submitter's side: the scheduler's ticket goes on to our own client only."""
+
+    def _placed(self, kind: ConnKind, *, ticket: bool = True) -> list[Any]:
+        core = _keyed("require")
+        core.handle(ClientConnected(1, "local", kind, 43), T0)
+        _send(core, 1, GetCS(target="x86_64"))
+        effects: list[Any] = []
+        if ticket:
+            effects += core.handle(FromScheduler(JobTicket(job_id=71, client_id=1, ticket="t")), T0)
+        use = UseCS(job_id=71, hostname="10.0.0.9", port=PORT, client_id=1)
+        return effects + core.handle(FromScheduler(use), T0)
+
+    def test_iceserv_client_gets_ticket_before_use_cs(self):
+        """On the iceserv endpoint the client gets JOB_TICKET (client id 0), then USE_CS."""
+        sent = _sent(self._placed(ICESERV_LOCAL), 1)
+        assert sent[0] == JobTicket(job_id=71, client_id=0, ticket="t")
+        assert isinstance(sent[1], UseCS)
+
+    def test_14_client_never_gets_a_ticket(self):
+        """On the ordinary socket (icecream 1.4's client too) only USE_CS goes out."""
+        sent = _sent(self._placed(LOCAL), 1)
+        assert [type(m) for m in sent] == [UseCS]
+
+    def test_no_ticket_from_scheduler(self):
+        """Without a ticket from the scheduler our client gets USE_CS alone."""
+        sent = _sent(self._placed(ICESERV_LOCAL, ticket=False), 1)
+        assert [type(m) for m in sent] == [UseCS]
+
+    def test_ticket_for_another_client_state_is_dropped(self):
+        """A ticket for a client that is not waiting for a server is ignored."""
+        core = _keyed("require")
+        core.handle(ClientConnected(1, "local", ICESERV_LOCAL, 43), T0)
+        assert core.handle(FromScheduler(JobTicket(job_id=71, client_id=1, ticket="t")), T0) == []
+        assert core.handle(FromScheduler(JobTicket(job_id=71, client_id=9, ticket="t")), T0) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -43,6 +44,7 @@ from iceserv.daemon.metrics import (
     INSTALL_RESULTS,
     JOB_KINDS,
     MAX_OPEN,
+    TICKET_RESULTS,
     DaemonMetrics,
 )
 from iceserv.daemon.settings import ServerSettings
@@ -54,9 +56,13 @@ from iceserv.protocol import (
     GetCS,
     GetNativeEnv,
     JobLocalBegin,
+    JobTicket,
     NoCS,
     UseCS,
+    VerifyEnv,
 )
+from iceserv.protocol.auth import KeyRing
+from iceserv.protocol.tickets import issue_ticket
 
 T0 = 1_000.0
 LOCAL = ConnKind(unix=True, loopback=False)
@@ -66,12 +72,14 @@ REMOTE = ConnKind(unix=False, loopback=False)
 class _Bed:
     """A core and a tally fed as the shell feeds them."""
 
-    def __init__(self, *, max_kids: int = 4, scheduler: bool = True) -> None:
+    def __init__(self, *, max_kids: int = 4, scheduler: bool = True, auth: str = "off") -> None:
         settings = ServerSettings(
             unix_socket=Path("/nonexistent/sock"),
             env_basedir=Path("/nonexistent"),
             max_kids=max_kids,
             port=10245,
+            auth=auth,
+            keys=(b"k" * 32,) if auth != "off" else (),
         )
         self.core = DaemonCore(settings, port=10245)
         self.metrics = DaemonMetrics()
@@ -109,8 +117,35 @@ class TestFixedLabels:
         assert view.jobs_started == dict.fromkeys(JOB_KINDS, 0)
         assert view.jobs_failed == dict.fromkeys(FAIL_REASONS, 0)
         assert view.installs == dict.fromkeys(INSTALL_RESULTS, 0)
+        assert view.tickets == dict.fromkeys(TICKET_RESULTS, 0)
         assert view.compile_time.cumulative == (0,) * (len(COMPILE_BUCKETS) + 1)
         assert view.install_time.cumulative == (0,) * (len(INSTALL_BUCKETS) + 1)
+
+
+class TestTickets:
+    @pytest.mark.parametrize(
+        ("auth", "ticket", "result"),
+        [
+            ("prefer", None, "missing"),
+            ("require", None, "refused"),
+            ("require", "t1 forged", "refused"),
+            ("require", "valid", "accepted"),
+        ],
+    )
+    def test_each_connection_counts_once_by_result(self, auth, ticket, result):
+        """A ticket accepted, refused (bad, or none under require) or missing (prefer) counts."""
+        bed = _Bed(auth=auth)
+        bed.feed(ClientConnected(1, "10.0.0.7:4000", REMOTE, 43))
+        if ticket == "valid":
+            ticket = issue_ticket(KeyRing((b"k" * 32,)), job_id=3, client="10.0.0.7",
+                                  server="10.0.0.5", expires=int(T0) + 60)  # fmt: skip
+        if ticket is not None:
+            bed.send(1, JobTicket(job_id=3, ticket=ticket))
+        bed.send(1, VerifyEnv("gcc", "x86_64"))
+        bed.send(1, VerifyEnv("gcc", "x86_64"))
+        expected = dict.fromkeys(TICKET_RESULTS, 0)
+        expected[result] = 1
+        assert _view(bed).tickets == expected
 
 
 class TestRemoteCompiles:

@@ -32,11 +32,12 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from testbed import OurScheduler, wait_for
+from testbed import OurDaemon, OurScheduler, wait_for
 from testbed.dbusbed import NOBODY, ROOT, Monitor, SystemBus, as_user, busctl, user_ids
 
 from iceserv.protocol import (
@@ -146,6 +147,7 @@ class TestIntrospection:
         assert members == {
             ".BlockHost": ["method", "s"], ".DrainHost": ["method", "s"],
             ".ListHosts": ["method", "-"], ".ListJobs": ["method", "-"],
+            ".ListHostAuth": ["method", "-"],
             ".RemoveHost": ["method", "s"], ".ResumeHost": ["method", "s"],
             ".UnblockHost": ["method", "s"],
             ".BlockedHosts": ["property", "as"], ".DrainedHosts": ["property", "as"],
@@ -188,6 +190,7 @@ class TestClusterEvents:
             monitor.wait_for("HostJoined", lambda d: d == ["farm1", "127.0.0.1"], 10, "farm1")
             monitor.wait_for("HostJoined", lambda d: d == ["laptop", "127.0.0.1"], 10, "laptop")
             farm_row, laptop_row = call(address, "ListHosts")[0]
+            assert call(address, "ListHostAuth") == [[["farm1", "off"], ["laptop", "off"]]]
             assert farm_row[:8] == ["farm1", "127.0.0.1", port, "x86_64", PROTOCOL_VERSION, 4, 0, 0]
             assert farm_row[9:] == [False, False, False, [["x86_64", "gcc-13"]]]
             assert laptop_row[0] == "laptop"
@@ -514,3 +517,33 @@ class TestManPage:
             else:
                 assert result.returncode == 0, (line, result.stderr)
         assert scheduler.alive()
+
+
+def test_each_hosts_auth_state_in_list_host_auth_and_status(system_bus, tmp_path):
+    """Under prefer a keyed daemon is authenticated, a LOGIN without proof is not; both shown."""
+    key = tmp_path / "network.key"
+    key.write_bytes(bytes(range(48)))
+    key.chmod(0o600)
+    auth = ["--key-file", str(key), "--auth", "prefer"]
+    bus_env = {"DBUS_SYSTEM_BUS_ADDRESS": system_bus.address}
+    keyed = OurScheduler(extra_args=auth, extra_env=bus_env).start()
+    daemon = OurDaemon("authd", keyed.address, native_compilers="", extra_args=auth).start()
+    old = codec_daemon(keyed, "old14")
+    try:
+        wanted = [["authd", "authenticated"], ["old14", "unauthenticated"]]
+        wait_for(lambda: sorted(call(system_bus.address, "ListHostAuth")[0]) == wanted, 30,
+                 "both hosts listed", context=daemon.log_tail)  # fmt: skip
+        env = {"DBUS_SYSTEM_BUS_ADDRESS": system_bus.address, "PATH": "/usr/bin:/bin"}
+        done = subprocess.run([sys.executable, "-m", "iceserv.app.cli", "status", "--json"],
+                              env=env, capture_output=True, text=True, timeout=60,
+                              check=True)  # fmt: skip
+        hosts = {h["name"]: h["auth"] for h in json.loads(done.stdout)["hosts"]}
+        assert hosts == {"authd": "authenticated", "old14": "unauthenticated"}
+        text = subprocess.run([sys.executable, "-m", "iceserv.app.cli", "status"], env=env,
+                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        assert re.search(r"^old14 .*[ ,]unauthenticated$", text.stdout, re.MULTILINE), text
+        assert re.search(r"^authd .* authenticated$", text.stdout, re.MULTILINE), text
+    finally:
+        old.close()
+        daemon.stop()
+        assert keyed.stop() == 0

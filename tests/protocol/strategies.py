@@ -30,6 +30,7 @@ ALL_CLASSES = (
     messages.Text, messages.StatusText, messages.GetInternalStatus, messages.ConfCS,
     messages.VerifyEnv, messages.VerifyEnvResult, messages.BlacklistHostEnv, messages.NoCS,
     messages.SlotsQuery, messages.SlotsAnswer, messages.PushQuery, messages.PushTargets,
+    messages.JobTicket,
 )  # fmt: skip
 
 #: The classes a Connection may send (type 'A' and 'D' are never valid on a channel).

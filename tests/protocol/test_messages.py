@@ -33,6 +33,7 @@ from iceserv.protocol.messages import (
     JobDone,
     JobLocalBegin,
     JobLocalDone,
+    JobTicket,
     Login,
     MonGetCS,
     MonJobBegin,
@@ -296,6 +297,12 @@ AT_43 = [
         PushTargets(environment="e1", target="x86_64", hosts=("10.0.0.2:10245",)),
         f"0000002d 1ce50004 {E1} {X86} 00000001 0000000f 31302e302e302e323a313032343500",
     ),
+    Fixture(  # iceserv only: a job ticket, scheduler -> daemon -> client -> compile server
+        "JOB_TICKET",
+        (43,),
+        JobTicket(job_id=7, client_id=3, ticket="t1"),
+        "00000013 1ce50008 00000007 00000003 00000003 743100",
+    ),
     Fixture(
         "BLACKLIST_HOST_ENV",
         (43,),
@@ -473,9 +480,9 @@ class TestFixtures:
     """Hand-written frames, both ways."""
 
     def test_every_class_has_a_fixture_at_43(self):
-        """Each of the 32 1.4 message classes and iceserv's 4 has a fixture (FILE_CHUNK: below)."""
+        """Each of the 32 1.4 message classes and iceserv's 5 has a fixture (FILE_CHUNK: below)."""
         assert {type(f.message) for f in AT_43} | {FileChunk} == set(ALL_CLASSES)
-        assert len(ALL_CLASSES) == 32 + 4
+        assert len(ALL_CLASSES) == 32 + 5
 
     @pytest.mark.parametrize("param", FIXTURES, ids=[_id(p) for p in FIXTURES])
     def test_fixture_is_well_formed(self, param):

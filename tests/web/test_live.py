@@ -130,3 +130,20 @@ class TestLiveFeed:
         assert hello["timeline"] == [{"id": 7, "host": "farm1", "file": "src/a.c",
                                       "submitter": "laptop", "start": 11.0, "end": 20.0,
                                       "exitcode": 0}]  # fmt: skip
+
+
+class TestAuthState:
+    def test_host_auth_state_in_metrics_and_snapshot(self):
+        """/metrics' iceserv_host_info and the web snapshot carry each host's auth state."""
+        from dataclasses import replace  # noqa: PLC0415 - only here
+
+        from iceserv.web.exposition import make_registry, render  # noqa: PLC0415
+        from iceserv.web.live import snapshot  # noqa: PLC0415
+
+        control = _Control()
+        host = replace(HOST, auth="unauthenticated")
+        control.list_hosts = lambda: [host]  # type: ignore[method-assign]
+        text = render(make_registry(control, version="t")).decode()  # type: ignore[arg-type]
+        line = next(x for x in text.splitlines() if x.startswith("iceserv_host_info{"))
+        assert 'auth="unauthenticated"' in line
+        assert snapshot(control, 10.0)["hosts"][0]["auth"] == "unauthenticated"  # type: ignore[arg-type]

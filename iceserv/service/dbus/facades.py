@@ -141,6 +141,11 @@ class HostLike(Protocol):
         """Installed environments as ``(platform, name)`` pairs."""
         ...
 
+    @property
+    def auth(self) -> str:
+        """What it proved before LOGIN: ``off``, ``authenticated``, ``unauthenticated``."""
+        ...
+
 
 class ClusterListener(Protocol):
     """What the scheduler calls when the cluster changes (the D-Bus signals' source)."""

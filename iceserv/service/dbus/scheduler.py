@@ -2,8 +2,8 @@
 
 This module owns :class:`SchedulerInterface`, the dbus-fast
 ``ServiceInterface`` over a :class:`~iceserv.service.dbus.facades.SchedulerFacade`:
-read-only properties (counts, net name, block and drain lists), ``ListHosts``
-and ``ListJobs``, the telnet commands' actions (``BlockHost``,
+read-only properties (counts, net name, block and drain lists), ``ListHosts``,
+``ListHostAuth`` and ``ListJobs``, the telnet commands' actions (``BlockHost``,
 ``UnblockHost``, ``RemoveHost``) plus ``DrainHost``/``ResumeHost``, and the
 signals ``HostJoined``, ``HostLeft``, ``JobStarted``, ``JobFinished``.  It is
 also the scheduler's cluster observer: events become signals at once, and
@@ -44,7 +44,7 @@ __all__ = [
 SCHEDULER_INTERFACE: Final = "org.icecream.Scheduler1"
 SCHEDULER_PATH: Final = "/org/icecream/Scheduler1"
 #: The methods everyone may call (the bus policy allows these; the rest need root/the group).
-SCHEDULER_READ_METHODS: Final = ("ListHosts", "ListJobs")
+SCHEDULER_READ_METHODS: Final = ("ListHosts", "ListJobs", "ListHostAuth")
 #: RemoveHost found no daemon of that name.
 UNKNOWN_HOST_ERROR: Final = f"{SCHEDULER_INTERFACE}.Error.UnknownHost"
 _MAX_NAME: Final = 255
@@ -59,6 +59,8 @@ HostStruct = tuple[
 JobStruct = tuple[int, str, str, str, str, int, int]
 _Hosts = Annotated[list[HostStruct], DBusSignature("a(ssqsuuuudbbba(ss))")]
 _Jobs = Annotated[list[JobStruct], DBusSignature("a(usssstt)")]
+#: (name, what it proved before LOGIN: off, authenticated or unauthenticated; issue 14)
+_HostAuth = Annotated[list[tuple[str, str]], DBusSignature("a(ss)")]
 _StrList = Annotated[list[str], DBusSignature("as")]
 _TwoStr = Annotated[tuple[str, str], DBusSignature("ss")]
 _Started = Annotated[tuple[int, str, str, str], DBusSignature("usss")]
@@ -230,6 +232,15 @@ class SchedulerInterface(ServiceInterface):
     def list_hosts(self) -> _Hosts:
         """Return every logged-in daemon in login order (see ``HostStruct``)."""
         return [_host_struct(host) for host in self._control.list_hosts()]
+
+    @dbus_method(name="ListHostAuth")
+    def list_host_auth(self) -> _HostAuth:
+        """Return each daemon's name and authentication state, in ``ListHosts``' order.
+
+        A method of its own: ``ListHosts``' signature is part of the API and
+        never changes (``off``, ``authenticated``, ``unauthenticated``; issue 14).
+        """
+        return [(host.nodename, host.auth) for host in self._control.list_hosts()]
 
     @dbus_method(name="ListJobs")
     def list_jobs(self) -> _Jobs:
