@@ -86,9 +86,11 @@ from iceserv.protocol.auth import (
     AuthMode,
     Endpoints,
     KeyRing,
+    decode_offer,
     decode_probe,
     decode_proven_announcement,
     encode_offer,
+    encode_probe,
     encode_proven_announcement,
 )
 from iceserv.protocol.discovery import (
@@ -147,6 +149,8 @@ _HEARD_WINDOW: Final = 180.0
 _HEARD_LIMIT: Final = 64
 #: Keyed discovery probes held by a standby for its takeover, at most.
 _HELD_PROBES: Final = 8192
+#: Nonces of our own keyed probes remembered (one probe every 0.5 s; answers come in ms).
+_NONCES: Final = 8
 #: A scheduler that took over numbers its jobs from a random start in this range: far above
 #: the ids of a first scheduler (counted from 1), almost surely away from the recent ids of
 #: one that took over itself, and 2**30 ids below the end of the u32 the protocol carries.
@@ -337,6 +341,8 @@ class SchedulerServer:
             if settings.standby is not None
             else None
         )
+        #: Nonces of our latest keyed probes (their offers are checked against them).
+        self._nonces: collections.deque[bytes] = collections.deque(maxlen=_NONCES)
         #: Keyed discovery probes heard while passive, answered at a takeover (as requests).
         self._held_probes: collections.deque[tuple[float, tuple[Any, ...], Any]] = (
             collections.deque(maxlen=_HELD_PROBES)
@@ -749,8 +755,10 @@ class SchedulerServer:
 
     def reply_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         """Another scheduler answered one of our discovery requests (IPv4, or IPv6 evidence)."""
-        info = decode_reply(data)
-        if info is None or self.standby is None:
+        if self.standby is None:
+            return
+        info = self._decode_answer(data)
+        if info is None:
             return
         key = (info.netname.casefold(), info.version, info.start_time)
         if len(addr) == _IPV6_SOCKADDR:
@@ -854,6 +862,29 @@ class SchedulerServer:
             self._logged_active = active
             log.info("scheduler_standby", active=f"{active[0]}:{active[1]}")
 
+    def _probe_payload(self) -> bytes:
+        """Return our discovery request: 1.4's byte, or with a key a probe with a fresh nonce.
+
+        A keyed scheduler defers only to one that proves the key: a rogue or
+        1.4 scheduler answering plain requests cannot keep it passive.
+        """
+        if self.auth_mode is AuthMode.OFF:
+            return encode_request()
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        self._nonces.append(nonce)
+        return encode_probe(nonce, KeyRing(self.settings.keys))
+
+    def _decode_answer(self, data: bytes) -> SchedulerInfo | None:
+        """Return who answered our request: a plain reply, or with a key a proven offer."""
+        if self.auth_mode is AuthMode.OFF:
+            return decode_reply(data)
+        ring = KeyRing(self.settings.keys)
+        for nonce in reversed(self._nonces):
+            info = decode_offer(data, ring, nonce)
+            if info is not None:
+                return info
+        return None
+
     def _probe_group(self) -> None:
         """Send our request to the IPv6 discovery group too (dual-stack schedulers answer)."""
         if self._prober6 is None:
@@ -861,12 +892,12 @@ class SchedulerServer:
         for name in self.settings.multicast_interfaces:
             with contextlib.suppress(OSError):
                 group = (DISCOVERY_GROUP6, self.port, 0, socket.if_nametoindex(name))
-                self._prober6.sendto(encode_request(), group)
+                self._prober6.sendto(self._probe_payload(), group)
 
     def _probe_to(self, address: tuple[str, int]) -> None:
         if self._prober is not None:
             with contextlib.suppress(OSError):
-                self._prober.sendto(encode_request(), address)
+                self._prober.sendto(self._probe_payload(), address)
 
     async def _confirm(self, address: tuple[str, int]) -> None:
         """Check whether a silent active scheduler's TCP port still accepts."""
