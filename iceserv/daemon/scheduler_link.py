@@ -200,6 +200,8 @@ class LinkSettings:
     ``ipv4``, ``ipv6``) limits the addresses a name resolves to; with several,
     they are tried in the resolver's order, the next one starting
     :data:`HAPPY_EYEBALLS_DELAY` after the previous (RFC 8305).
+    ``host_addresses()`` lists this host's routable addresses, read at each
+    login (HOST_ADDRESSES).
     """
 
     scheduler: tuple[str, int] | None = None
@@ -213,6 +215,7 @@ class LinkSettings:
     send_timeout: float = 30.0
     discovery_wait: float = 3.0
     family: str = "any"
+    host_addresses: Callable[[], Sequence[str]] = lambda: ()
     auth: str = "off"
     keys: tuple[bytes, ...] = field(default=(), repr=False)
 
@@ -539,7 +542,8 @@ class SchedulerLink:
                 protocol=event.protocol,
                 own_ip=own_ip,
             )
-            await self._owner.scheduler_event(SchedulerUp(own_ip, event.protocol))
+            found = tuple(self.settings.host_addresses())
+            await self._owner.scheduler_event(SchedulerUp(own_ip, event.protocol, found))
             await self._serve(reader)
         except (OSError, TimeoutError, ProtocolError) as exc:
             log.warning("scheduler_connection_lost", error=str(exc) or type(exc).__name__)

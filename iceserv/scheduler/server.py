@@ -110,6 +110,7 @@ from iceserv.scheduler.effects import (
     Announce,
     Close,
     Effect,
+    HostsSkipped,
     InternalsReply,
     JobsWaiting,
     Send,
@@ -567,6 +568,13 @@ class SchedulerServer:
                     self.control.deliver_internals(host_id, text)
                 case JobsWaiting():
                     _log_waiting(effect)
+                case HostsSkipped(job_id, submitter, reasons):
+                    log.info(
+                        "hosts_skipped",
+                        job_id=job_id,
+                        submitter=submitter,
+                        reasons=[f"{name}: {why}" for name, why in reasons],
+                    )
         self.control.observe(effects)
         self._timer_wake.set()
 
