@@ -42,7 +42,7 @@ must fill its record exactly.
 from __future__ import annotations
 
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -50,8 +50,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from iceserv.errors import LocalProtocolError, RemoteProtocolError
-from iceserv.protocol.auth import KEY_ID_BYTES, NONCE_BYTES, AuthError, KeyRing, SealMaterial
 from iceserv.protocol.constants import IceservMsgType
+
+if TYPE_CHECKING:
+    from iceserv.protocol.auth import KeyRing, SealMaterial
 
 __all__ = [
     "KEY_BYTES",
@@ -112,6 +114,8 @@ def link_keys(material: SealMaterial) -> tuple[bytes, bytes]:
     *material* holds the proven key, its id, the daemon's and the scheduler's
     handshake nonces and the canonical endpoints (from the handshake objects).
     """
+    from iceserv.protocol.auth import KEY_ID_BYTES, NONCE_BYTES  # noqa: PLC0415 - services only
+
     key, kid, nonces, ends = material.key, material.kid, material.nonces, material.ends
     if len(kid) != KEY_ID_BYTES or any(len(n) != NONCE_BYTES for n in nonces):
         msg = "link keys need a key id and both handshake nonces"
@@ -126,6 +130,9 @@ def job_key(ring: KeyRing, ticket: str) -> bytes:
     Call it only with a ticket that verified (or that this scheduler issued);
     raise :class:`~iceserv.protocol.auth.AuthError` if no key of *ring* signed it.
     """
+    # The services' side only: the wrapper, which imports this module, never loads auth.
+    from iceserv.protocol.auth import KEY_ID_BYTES, AuthError  # noqa: PLC0415
+
     fields = ticket.split(" ")
     try:
         kid = bytes.fromhex(fields[1])
