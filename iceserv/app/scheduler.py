@@ -100,7 +100,14 @@ _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
 #: Settings a reload cannot change while the sockets stay open.
 _RESTART_ONLY: Final = (
-    "port", "interface", "family", "user", "daemonize", "http", "auth", "encrypt"
+    "port",
+    "interface",
+    "family",
+    "user",
+    "daemonize",
+    "http",
+    "auth",
+    "encrypt",
 )
 
 
