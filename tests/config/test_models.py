@@ -65,6 +65,8 @@ SCHEDULER_DEFAULTS = {
     "key_file": None,
     "previous_key_file": None,
     "auth": "off",
+    "telnet_control": "auto",
+    "monitors": (),
     "http": None,
 }
 
