@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from iceserv.hostfacts import (
-    local_addresses,
     KEEPALIVE_COUNT,
     KEEPALIVE_IDLE,
     KEEPALIVE_INTERVAL,
@@ -20,6 +19,7 @@ from iceserv.hostfacts import (
     host_platform,
     interface_address,
     interface_addresses,
+    local_addresses,
     multicast_sources,
     set_keepalive,
     without_manager_variables,

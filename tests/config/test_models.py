@@ -186,7 +186,9 @@ class TestSchedulerSettings:
     @pytest.mark.parametrize("bad", ["bogus", "10.0.0.0/33", "example.org"])
     def test_a_bad_monitor_network_is_refused(self, bad):
         """Each entry must be an address or CIDR network."""
-        assert "neither an IP address nor a CIDR network" in _reason(SchedulerSettings, monitors=bad)
+        assert "neither an IP address nor a CIDR network" in _reason(
+            SchedulerSettings, monitors=bad
+        )
 
     @pytest.mark.parametrize("mode", ["auto", "local", "off", "any"])
     def test_telnet_control_modes(self, mode):

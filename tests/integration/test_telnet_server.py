@@ -552,7 +552,9 @@ class TestControlPolicy:
                 with structlog.testing.capture_logs() as logs:
                     for name in (b"blockcs", b"unblockcs", b"removecs"):
                         answer = await client.command(name + b" nodeA\n")
-                        assert answer == b"403 " + name + b" is disabled on this scheduler.\n" + DONE
+                        assert (
+                            answer == b"403 " + name + b" is disabled on this scheduler.\n" + DONE
+                        )
                 # The session goes on, and the read-only commands are 1.4's bytes.
                 assert await client.command(b"listcs\n") == LISTCS_REPLY
                 assert await client.command(b"help\n") == HELP_REPLY
@@ -576,7 +578,9 @@ class TestControlPolicy:
                 asked.append(1)
                 return frozenset()  # loopback is this host whatever the list says
 
-            async with serving(ctrl, control_policy=TelnetControl.LOCAL, own_addresses=own) as server:
+            async with serving(
+                ctrl, control_policy=TelnetControl.LOCAL, own_addresses=own
+            ) as server:
                 client = await Client.connect(server)
                 assert await client.command(b"listcs\n") == LISTCS_REPLY
                 assert asked == []

@@ -313,7 +313,9 @@ class TestControlPolicy:
         assert TelnetControl.LOCAL.refusal("blockcs") == (
             "403 blockcs is allowed only from the scheduler's host."
         )
-        assert TelnetControl.OFF.refusal("removecs") == "403 removecs is disabled on this scheduler."
+        assert (
+            TelnetControl.OFF.refusal("removecs") == "403 removecs is disabled on this scheduler."
+        )
 
     @pytest.mark.parametrize(
         "line", ["listcs", "listblocks", "listjobs", "help", "crashme", "bogus x", "", "internals"]
