@@ -68,7 +68,7 @@ def _seeds(name: str) -> list[bytes]:
 
 
 def _auth_seeds() -> list[bytes]:
-    """A daemon's hello and proof, a LOGIN, a monitor, and the datagrams (issue 14)."""
+    """Return a daemon's hello and proof, a LOGIN, a monitor, and the datagrams (issue 14)."""
     from fuzz.targets import _ENDS, _NONCE_D, _NONCE_S, _RING  # noqa: PLC0415 - after instrumenting
     from iceserv.protocol import AuthHello, AuthProof, Login, MonLogin  # noqa: PLC0415
     from iceserv.protocol.auth import (  # noqa: PLC0415
