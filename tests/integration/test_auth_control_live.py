@@ -208,3 +208,21 @@ def test_under_prefer_every_monitor_is_served(cluster):
         assert answers == ["200 done\n", "200 done\n"]
     finally:
         assert prefer.stop() == 0
+
+
+def test_keyless_iceserv_daemon_is_refused_and_never_listed(cluster):
+    """Our daemon without a key (auth off), pointed at the require scheduler: one line per try."""
+    before = len(cluster.scheduler.events("peer_refused"))
+    keyless = OurDaemon(
+        "ctlkeyless", f"{cluster.h1.ip}:{_PORT}", host=cluster.h2, max_jobs=1, port=10245,
+        netname=cluster.netname, native_compilers="",
+    ).start()  # fmt: skip
+    try:
+        refused = cluster.scheduler.wait_events("peer_refused", before + 1, timeout=30)[before:]
+        assert str(refused[0]["peer"]).endswith(cluster.h2.ip)
+        assert refused[0]["reason"].startswith("no proof of the network key")
+        assert keyless.check_alive()
+    finally:
+        keyless.stop()
+    assert "ctlkeyless" not in {e["nodename"] for e in cluster.scheduler.events("daemon_logged_in")}
+    assert " ctlkeyless (" not in _telnet(cluster.h1, "127.0.0.1", "listcs")[0]
