@@ -29,10 +29,18 @@ with the peak (VmHWM).  Prints the figures and the ratios iceserv/1.4;
 ``--json FILE`` writes them.
 
 ``--http-scrape`` compares ours with itself instead: once plain and once with
-``--http`` (the web endpoint on) while a separate process (as a Prometheus
-server would be) scrapes ``/metrics`` 10 times a second over the measured
-window (alternating which goes first per daemon count); it prints the ratio
-of GET_CS/s and the scrapes' p50/p99.
+``--http`` (the web endpoint on), alternating which goes first per daemon count.
+Both runs cut the measured window into segments of ``--segment`` seconds in the
+pattern A B B A A B B A ...  (balanced against any drift within a run); in the
+``--http`` run a separate process (as a Prometheus server would be) scrapes
+``/metrics`` 10 times a second during the B segments only (asking for gzip, as
+Prometheus does; a request every 0.1 s on time, also while earlier ones are still
+being answered), and the A segments
+have the endpoint on but idle.  It prints, per pair and over all pairs, the
+GET_CS/s ratios scraped (B) over plain (B), endpoint idle (A) over plain (A), and
+scraped over idle within the one ``--http`` process (B/A, divided by the plain
+run's B/A), with the scheduler's CPU per 1,000 answers in each, and the scrapes'
+p50/p99.
 """
 
 from __future__ import annotations
@@ -72,21 +80,46 @@ LABEL = {"ours": "iceserv", "real": "1.4", "ours+http": "iceserv+http"}
 #: The scraper runs in its own process, as a Prometheus server would: scraping from this
 #: driver's loop would slow the driver's GET_CS, not the scheduler's placements.
 SCRAPER = """
-import json, socket, sys, time
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
-request = b"GET /metrics HTTP/1.1\\r\\nHost: bench\\r\\nConnection: close\\r\\n\\r\\n"
-taken, end = [], time.monotonic() + seconds
-while time.monotonic() < end:
-    start = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        reply = b"".join(iter(lambda: sock.recv(65536), b""))
-    if not reply.startswith(b"HTTP/1.1 200"):
-        sys.exit(f"GET /metrics: {reply[:80]!r}")
-    taken.append(time.perf_counter() - start)
-    time.sleep(max(0.0, 0.1 - (time.perf_counter() - start)))
+import gzip, json, socket, sys, threading, time
+port, start, seconds, segment = int(sys.argv[1]), *map(float, sys.argv[2:5])
+request = (b"GET /metrics HTTP/1.1\\r\\nHost: bench\\r\\nConnection: close\\r\\n"
+           b"Accept-Encoding: gzip\\r\\n\\r\\n")  # as Prometheus asks
+taken, failed = [], []
+def get(record=True):
+    begin = time.perf_counter()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(request)
+            reply = b"".join(iter(lambda: sock.recv(65536), b""))
+        head, _, body = reply.partition(b"\\r\\n\\r\\n")
+        if not head.startswith(b"HTTP/1.1 200") or b"# TYPE" not in gzip.decompress(body):
+            failed.append(repr(reply[:80]))
+    except OSError as exc:
+        failed.append(repr(exc))
+    if record:
+        taken.append(time.perf_counter() - begin)
+get(record=False)  # in the warm-up: the first request's one-time costs are not the steady state
+# A request every 0.1 s in the B segments, on time even while earlier ones are still open
+# (a saturated scheduler answers in several tenths of a second).
+threads, tick = [], start
+while tick < start + seconds:
+    index = int((tick - start) // segment)
+    if index % 4 in (1, 2):
+        time.sleep(max(0.0, tick - time.monotonic()))
+        threads.append(threading.Thread(target=get))
+        threads[-1].start()
+    tick += 0.1
+for thread in threads:
+    thread.join()
+if failed:
+    sys.exit(f"GET /metrics failed: {failed[:3]}")
 print(json.dumps(taken))
 """
+
+
+def scraped_segment(index: int) -> bool:
+    """Whether segment *index* of the window is a B segment (scraped in the ``--http`` run)."""
+    return index % 4 in (1, 2)
 
 
 async def scraped(scraper: asyncio.subprocess.Process) -> list[float]:
@@ -98,11 +131,15 @@ async def scraped(scraper: asyncio.subprocess.Process) -> list[float]:
     return list(json.loads(out))
 
 
-async def scrape(port: int, seconds: float) -> asyncio.subprocess.Process:
-    """Start the scraper process: /metrics 10 times a second for *seconds*."""
+async def scrape(port: int, start: float, args: argparse.Namespace) -> asyncio.subprocess.Process:
+    """Start the scraper process: /metrics 10 times a second in the B segments of the window.
+
+    *start* is the window's start on ``time.monotonic()`` (the same clock in every process).
+    """
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SCRAPER, str(port), str(seconds), stdout=asyncio.subprocess.PIPE
-    )
+        sys.executable, "-c", SCRAPER, str(port), repr(start), str(args.seconds),
+        str(args.segment), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
 
 
 class Scheduler:
@@ -231,18 +268,20 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
     tally.on_answer = on_answer
     for _ in range(args.outstanding):
         ask()
-    await asyncio.sleep(args.warmup)
-    scrapes: list[float] = []
+    window_start = time.monotonic() + args.warmup
     scraper = None
-    if scheduler.http_port is not None:
-        scraper = await scrape(scheduler.http_port, args.seconds)
+    if scheduler.http_port is not None:  # started early: its interpreter starts in the warm-up
+        scraper = await scrape(scheduler.http_port, window_start, args)
+    await asyncio.sleep(max(0.0, window_start - time.monotonic()))
     answered0, cpu0, own0 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
     start = time.perf_counter()
-    await asyncio.sleep(args.seconds)
+    classes = await segmented(tally, scheduler, args, window_start)
+    rates = classes.pop("rates")
     answered1, cpu1, own1 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
+    elapsed = time.perf_counter() - start  # the window only, not the scraper's last request
+    scrapes: list[float] = []
     if scraper is not None:
         scrapes = await scraped(scraper)
-    elapsed = time.perf_counter() - start
     submitting = False
     asked = next(client_ids) - 1
     with contextlib.suppress(TimeoutError):  # let the last answers and JOB_DONEs arrive
@@ -272,12 +311,46 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         "rss_kib_after": rss_after,
         "rss_kib_peak": rss_peak,
         "loadavg": os.getloadavg()[0],
+        "segments": {
+            name: {
+                "get_cs_per_s": round(answers / seconds, 1) if seconds else None,
+                "scheduler_cpu_ms_per_1000": round(1e6 * cpu / max(answers, 1), 1),
+                "seconds": round(seconds, 3),
+                "answers": answers,
+                "cpu_s": round(cpu, 3),
+            }
+            for name, (answers, cpu, seconds) in classes.items()
+        },
+        "segment_rates": rates,
         "scrapes": len(scrapes),
         "scrape_ms_p50": round(1000 * sorted(scrapes)[len(scrapes) // 2], 2) if scrapes else None,
         "scrape_ms_p99": round(1000 * sorted(scrapes)[int(len(scrapes) * 0.99)], 2)
         if scrapes
         else None,
     }
+
+
+async def segmented(tally: Tally, scheduler: Scheduler, args: argparse.Namespace,
+                    window_start: float) -> dict[str, list[float]]:  # fmt: skip
+    """Per segment class (A: not scraped, B: scraped in the ``--http`` run): answers, CPU, s.
+
+    ``classes["rates"]`` lists every segment's GET_CS/s in order.
+    """
+    classes: dict[str, list[float]] = {"A": [0, 0.0, 0.0], "B": [0, 0.0, 0.0], "rates": []}
+    segments = max(1, round(args.seconds / args.segment)) if args.http_scrape else 1
+    mark = (tally.clients_answered, scheduler.cpu_seconds(), time.perf_counter())
+    for index in range(segments):
+        end = window_start + min(args.seconds, (index + 1) * args.segment)
+        if index == segments - 1:
+            end = window_start + args.seconds
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        now = (tally.clients_answered, scheduler.cpu_seconds(), time.perf_counter())
+        into = classes["B" if scraped_segment(index) else "A"]
+        for field in range(3):
+            into[field] += now[field] - mark[field]
+        classes["rates"].append(round((now[0] - mark[0]) / max(now[2] - mark[2], 1e-9), 1))
+        mark = now
+    return classes
 
 
 async def _settled(tally: Tally, asked: int) -> None:
@@ -306,6 +379,37 @@ def show(kind: str, r: dict[str, Any]) -> None:
              f"p99 {r['scrape_ms_p99']} ms" if r["scrapes"] else ""), flush=True)  # fmt: skip
 
 
+def scrape_ratios(plain: list[dict[str, Any]], http: list[dict[str, Any]]) -> dict[str, float]:
+    """The ``--http-scrape`` ratios over the runs given (sums of answers, CPU and seconds)."""
+
+    def rate(runs: list[dict[str, Any]], name: str) -> tuple[float, float]:
+        segments = [r["segments"][name] for r in runs]
+        answers = sum(s["answers"] for s in segments)
+        return (answers / sum(s["seconds"] for s in segments),
+                1e6 * sum(s["cpu_s"] for s in segments) / max(answers, 1))  # fmt: skip
+
+    (plain_a, plain_a_cpu), (plain_b, plain_b_cpu) = rate(plain, "A"), rate(plain, "B")
+    (idle, idle_cpu), (scraped, scraped_cpu) = rate(http, "A"), rate(http, "B")
+    return {
+        "scraped_over_plain": round(scraped / plain_b, 3),
+        "idle_over_plain": round(idle / plain_a, 3),
+        "scraped_over_idle": round((scraped / idle) / (plain_b / plain_a), 3),
+        "cpu_per_1000_scraped_over_plain": round(scraped_cpu / plain_b_cpu, 3),
+        "cpu_per_1000_idle_over_plain": round(idle_cpu / plain_a_cpu, 3),
+        "cpu_per_1000_scraped_over_idle": round(
+            (scraped_cpu / idle_cpu) / (plain_b_cpu / plain_a_cpu), 3),
+    }  # fmt: skip
+
+
+def show_ratios(what: str, ratios: dict[str, float]) -> None:
+    print(f"{what}: GET_CS/s scraped/plain {ratios['scraped_over_plain']}, endpoint idle/plain "
+          f"{ratios['idle_over_plain']}, scraped/idle in one process "
+          f"{ratios['scraped_over_idle']}; CPU per 1000 answers scraped/plain "
+          f"{ratios['cpu_per_1000_scraped_over_plain']}, idle/plain "
+          f"{ratios['cpu_per_1000_idle_over_plain']}, scraped/idle "
+          f"{ratios['cpu_per_1000_scraped_over_idle']}", flush=True)  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--daemons", type=int, nargs="+", default=[100, 1000])
@@ -317,6 +421,8 @@ def main() -> int:
     parser.add_argument("--only", choices=("ours", "real"))
     parser.add_argument("--http-scrape", action="store_true",
                         help="ours with and without /metrics scraped 10x/s")  # fmt: skip
+    parser.add_argument("--segment", type=float, default=1.0,
+                        help="--http-scrape: seconds per A/B segment of the window")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -343,16 +449,11 @@ def main() -> int:
     ratios = {}
     if args.http_scrape:
         for key in keys:
-            plain, scraped = results["ours"][key], results["ours+http"][key]
-            ratios[key] = {"get_cs_per_s": round(scraped["get_cs_per_s"] /
-                                                 plain["get_cs_per_s"], 3)}  # fmt: skip
-            print(f"with /metrics scraped 10x/s over without, run {key}: "
-                  f"GET_CS/s {ratios[key]['get_cs_per_s']}", flush=True)  # fmt: skip
-        total = {kind: sum(r["answered_in_window"] for r in results[kind].values()) /
-                 sum(r["window_s"] for r in results[kind].values()) for kind in kinds}  # fmt: skip
-        ratios["all"] = {"get_cs_per_s": round(total["ours+http"] / total["ours"], 3)}
-        print(f"over all runs: {total['ours']:.1f} GET_CS/s without, {total['ours+http']:.1f} "
-              f"with scraping: ratio {ratios['all']['get_cs_per_s']}", flush=True)  # fmt: skip
+            ratios[key] = scrape_ratios([results["ours"][key]], [results["ours+http"][key]])
+            show_ratios(f"pair {key}", ratios[key])
+        ratios["all"] = scrape_ratios(list(results["ours"].values()),
+                                      list(results["ours+http"].values()))  # fmt: skip
+        show_ratios("over all pairs", ratios["all"])
     elif len(kinds) == 2:
         for count in keys:
             ours, real = results["ours"][count], results["real"][count]

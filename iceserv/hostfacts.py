@@ -38,6 +38,7 @@ __all__ = [
     "interface_addresses",
     "local_addresses",
     "multicast_sources",
+    "routable_addresses",
     "set_keepalive",
     "without_manager_variables",
 ]
@@ -213,6 +214,27 @@ def multicast_sources(*, if_inet6: str = _IF_INET6) -> list[tuple[str, str]]:
         if name != "lo" and addresses:
             found.append((name, addresses[0]))
     return found
+
+
+def routable_addresses(*, if_inet6: str = _IF_INET6) -> list[str]:
+    """Return this host's addresses another host could connect to, IPv4 first.
+
+    Each interface's IPv4 address (not 127/8) and its global or unique local
+    IPv6 addresses (no link-local ones: their zone means nothing elsewhere).
+    What an iceserv daemon tells its scheduler (HOST_ADDRESSES).
+    """
+    import contextlib  # noqa: PLC0415 - only the services ask about interfaces
+    import socket  # noqa: PLC0415
+
+    ipv4: list[str] = []
+    ipv6: list[str] = []
+    for _, name in socket.if_nameindex():
+        with contextlib.suppress(OSError):  # no IPv4 address there
+            address = interface_address(name)
+            if not address.startswith("127."):
+                ipv4.append(address)
+        ipv6 += [a for a in _ipv6_addresses(name, if_inet6) if "%" not in a and a != "::1"]
+    return list(dict.fromkeys(ipv4 + ipv6))
 
 
 def broadcast_addresses() -> list[str]:

@@ -64,6 +64,7 @@ from iceserv.hostfacts import (
     host_platform,
     interface_addresses,
     multicast_sources,
+    routable_addresses,
 )
 from iceserv.netio import (
     DESCRIPTOR_RESERVE,
@@ -175,6 +176,7 @@ def server_settings(
         scheduler=(scheduler.host, scheduler.port) if scheduler is not None else None,
         broadcasts=_broadcasts(settings, tests=tests),
         multicast=_no_multicast if tests or settings.family == "ipv4" else multicast_sources,
+        host_addresses=routable_addresses,
         fast_reconnect=tests,
         max_kids=max_kids if max_kids is not None else os.cpu_count() or 1,
         nice=settings.nice_level,

@@ -56,6 +56,7 @@ from iceserv.netio import (
 from iceserv.protocol.auth import AuthMode
 from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
+from iceserv.scheduler.standby import Role, StandbySettings
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.lifecycle import daemonize
 from iceserv.telnet import TelnetControl, TelnetServer, serve_telnet
@@ -151,6 +152,7 @@ def server_settings(
         max_connections_per_host=settings.max_connections_per_host,
         max_monitors=settings.max_monitors,
         max_monitors_per_host=settings.max_monitors_per_host,
+        standby=StandbySettings(),
         auth=settings.auth,
         monitors=settings.monitors,
     )
@@ -185,7 +187,12 @@ def fit_budgets(
 
 
 def status_text(server: SchedulerServer) -> str:
-    """Return the ``STATUS=`` line: ``3 hosts, 5/12 jobs running``."""
+    """Return the ``STATUS=`` line: ``3 hosts, 5/12 jobs running`` (or who a standby watches)."""
+    standby = server.standby
+    if standby is not None and standby.role is not Role.ACTIVE:
+        if standby.active is None:
+            return "looking for an active scheduler"
+        return f"standby for {standby.active[0]}:{standby.active[1]}"
     hosts = server.control.list_hosts()
     running = sum(host.jobs_assigned for host in hosts)
     slots = sum(host.max_jobs for host in hosts)

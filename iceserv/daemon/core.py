@@ -235,6 +235,7 @@ from iceserv.protocol import (
     GetCS,
     GetInternalStatus,
     GetNativeEnv,
+    HostAddresses,
     JobBegin,
     JobDone,
     JobDoneFlag,
@@ -363,6 +364,34 @@ def _same_server(host: str, port: int, use: UseCS) -> bool:
     return (named, use.port) == (host, port)
 
 
+def host_addresses(settings: ServerSettings, found: Sequence[str]) -> HostAddresses:
+    """HOST_ADDRESSES for an iceserv scheduler: our compile port's addresses, our clients' families.
+
+    *found* are the host's routable addresses (IPv4 first).  ``family``
+    restricts both; the compile port's addresses are those of *found* it is
+    bound to (``""``: all; ``0.0.0.0``/``::``: all of that family), none
+    without a TCP port.  The clients reach every family the host has a
+    routable address of.
+    """
+    allowed = [
+        a
+        for a in found
+        if (settings.family != "ipv6" if ":" not in a else settings.family != "ipv4")
+    ]
+    families = tuple(
+        name
+        for name, six in (("ipv4", False), ("ipv6", True))
+        if any((":" in a) == six for a in allowed)
+    )
+    listen = settings.listen_addresses
+    bound = [
+        a
+        for a in allowed
+        if "" in listen or a in listen or ("::" if ":" in a else "0.0.0.0") in listen  # noqa: S104
+    ]
+    return HostAddresses(addresses=tuple(bound), families=families)
+
+
 def _log(level: str, event: str, **fields: object) -> Log:
     return Log(level, event, fields)
 
@@ -385,6 +414,8 @@ class DaemonCore:
         #: CS_CONF yet on this connection).
         self.scheduler_iceserv: bool | None = None
         self.own_ip = ""
+        #: This host's routable addresses at the last login (SchedulerUp), for HOST_ADDRESSES.
+        self.found_addresses: tuple[str, ...] = ()
         self.pong = _DEFAULT_PONG
         self._next_forced = 0.0
         #: The scheduler being woken, and until when (None: until the handshake + 2 s).
@@ -836,20 +867,10 @@ class DaemonCore:
                 ),
                 now,
             )
-        if msg.hostname == self.own_ip and msg.port == self.port:
-            return self._pending(
-                client,
-                UseCS(
-                    job_id=msg.job_id,
-                    port=self.port,
-                    hostname="127.0.0.1",
-                    host_platform=msg.host_platform,
-                    got_env=True,
-                    client_id=1,
-                    matched_job_id=msg.matched_job_id,
-                ),
-                now,
-            )
+        if (msg.hostname == self.own_ip and msg.port == self.port) or (
+            ":" in msg.hostname and not client.kind.iceserv
+        ):
+            return self._compile_here(client, msg, now)
         client.state = State.WAIT_COMPILE
         env_from = "scheduler"
         if self._pushed_there(client, msg, now):
@@ -871,6 +892,35 @@ class DaemonCore:
                 *self._arm(client, now),
             ]
         return self._forward_use_cs(client, msg, now, env_from=env_from)
+
+    def _compile_here(self, client: _Client, msg: UseCS, now: float) -> list[Effect]:
+        """Have *client* compile here: *msg* names us, or an IPv6 server it may not parse.
+
+        A client that did not come through our iceserv-only endpoint may be
+        icecream 1.4's, which cannot parse an IPv6 address and would lose the job.
+        """
+        effects: list[Effect] = []
+        if msg.hostname != self.own_ip:
+            effects.append(
+                _log(
+                    "warning",
+                    "compile_server_unusable",
+                    client_id=client.conn_id,
+                    job_id=msg.job_id,
+                    server=f"[{msg.hostname}]:{msg.port}",
+                    reason="an IPv6 address for a client that is not iceserv's: compiled here",
+                )
+            )
+        use = UseCS(
+            job_id=msg.job_id,
+            port=self.port,
+            hostname="127.0.0.1",
+            host_platform=msg.host_platform,
+            got_env=True,
+            client_id=1,
+            matched_job_id=msg.matched_job_id if msg.hostname == self.own_ip else 0,
+        )
+        return effects + self._pending(client, use, now)
 
     def _pushed_there(self, client: _Client, msg: UseCS, now: float) -> bool:
         """Whether our push installed *client*'s environment on *msg*'s host moments ago."""
@@ -1438,6 +1488,7 @@ class DaemonCore:
         self._slots_queries.clear()
         self.scheduler_protocol = event.protocol
         self.own_ip = event.own_ip
+        self.found_addresses = event.addresses
         self.pong = _DEFAULT_PONG
         self._next_forced = now + self.settings.scheduler_idle
         return [AnnounceLogin(reannounce=False), ArmTimer(LINK_TIMER, now + self.pong)]
@@ -1481,10 +1532,13 @@ class DaemonCore:
 
     def _conf_cs(self, msg: ConfCS, _: float, /) -> list[Effect]:
         self.pong = min(max(float(msg.max_scheduler_pong), _MIN_PONG), _MAX_PONG)
+        first = self.scheduler_iceserv is None  # CS_CONF also answers every re-LOGIN
         self.scheduler_iceserv = msg.bench_source.startswith(ICESERV_MARK)
         if not self.scheduler_iceserv:
             return []
-        return self._push_queries(self.pushes.scheduler_ready())
+        told = host_addresses(self.settings, self.found_addresses)
+        effects: list[Effect] = [ToScheduler(told)] if first and told.families else []
+        return effects + self._push_queries(self.pushes.scheduler_ready())
 
     # --- job tickets (issue 14; iceserv only) ---------------------------------------
 
@@ -1499,6 +1553,31 @@ class DaemonCore:
     def _checks_tickets(self) -> bool:
         return self.settings.auth != "off" and bool(self.settings.keys)
 
+    def _verify_ticket(self, msg: JobTicket, client: _Client, now: float) -> int:
+        """Check *msg* for *client* and one of our addresses; return its expiry or raise.
+
+        The scheduler names a dual-stack server by the address of the family
+        the submitter reaches (HOST_ADDRESSES), not always the one we logged
+        in from: every address we told it counts as ours.
+        """
+        ring = KeyRing(self.settings.keys)
+        peer = ticket_address(_peer_address(client.peer))
+        refused: AuthError | None = None
+        for own in dict.fromkeys((self.own_ip, *self.found_addresses)):
+            try:
+                return verify_ticket(
+                    ring,
+                    msg.ticket,
+                    job_id=msg.job_id,
+                    client=peer,
+                    server=ticket_address(own),
+                    now=now,
+                )
+            except AuthError as exc:
+                refused = refused or exc
+        assert refused is not None  # noqa: S101 - own_ip is always tried
+        raise refused
+
     def _client_ticket(self, msg: JobTicket, client: _Client, now: float, /) -> list[Effect]:
         """Check and spend a client's JOB_TICKET (its first message after the handshake)."""
         if client.state is not State.NEW or client.ticket_job is not None:
@@ -1507,14 +1586,7 @@ class DaemonCore:
             client.ticket_job = msg.job_id  # auth off: 1.4's behaviour, nothing is checked
             return []
         try:
-            expires = verify_ticket(
-                KeyRing(self.settings.keys),
-                msg.ticket,
-                job_id=msg.job_id,
-                client=ticket_address(_peer_address(client.peer)),
-                server=ticket_address(self.own_ip),
-                now=now,
-            )
+            expires = self._verify_ticket(msg, client, now)
             self.tickets.spend(msg.ticket, expires, now)
         except AuthError as exc:
             return self._refuse_job(client, msg.job_id, exc.reason, now)
@@ -1626,6 +1698,12 @@ class DaemonCore:
             for c in self._clients.values()
         )
 
+    def _own_address_for(self, host: str) -> str:
+        """Our address of *host*'s family (the one we connect to it from), else ``own_ip``."""
+        six = ":" in host
+        own = (self.own_ip, *self.found_addresses)
+        return next((a for a in own if (":" in a) == six), self.own_ip)
+
     def _next_push(self, now: float) -> list[Effect]:
         push: PushEnv | None = self.pushes.next(idle=not self._busy_for_push())
         if push is None:
@@ -1635,7 +1713,7 @@ class DaemonCore:
             ticket = issue_ticket(
                 KeyRing(self.settings.keys),
                 job_id=PUSH_TICKET_JOB,
-                client=ticket_address(self.own_ip),
+                client=ticket_address(self._own_address_for(push.host)),
                 server=ticket_address(push.host),
                 expires=int(now) + _PUSH_TICKET_LIFETIME,
             )

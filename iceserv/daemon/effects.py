@@ -98,7 +98,9 @@ class ConnKind:
     """How a client reached us: the Unix socket or TCP, from this host or not.
 
     GET_NATIVE_ENV, JOB_LOCAL_BEGIN and GET_CS are served only to local
-    clients (:attr:`local`).
+    clients (:attr:`local`).  ``iceserv``: it came through the iceserv-only
+    endpoint (:mod:`iceserv.protocol.endpoint`), so it is our client, which
+    parses an IPv6 address in USE_CS; icecream 1.4's does not.
     """
 
     unix: bool
@@ -303,10 +305,15 @@ class SchedulerConnecting:
 
 @dataclass(frozen=True, slots=True)
 class SchedulerUp:
-    """The scheduler handshake completed; *own_ip* is our address on that connection."""
+    """The scheduler handshake completed; *own_ip* is our address on that connection.
+
+    *addresses* are this host's routable addresses of both families when the
+    connection was made (for HOST_ADDRESSES, told an iceserv scheduler only).
+    """
 
     own_ip: str
     protocol: int
+    addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,12 @@ tried in the resolver's order with happy eyeballs (the next attempt starts
 the address that answered.  Connecting and the handshake are bounded; once
 logged in the link reads without a time-out (a quiet scheduler is normal),
 and a dead peer is found by TCP keepalive and by the STATS the core sends.
-Losing the connection tells the owner and waits before starting over.
+Losing the connection tells the owner and waits before starting over:
+0..0.5 s after a session that was logged in (the scheduler died or handed
+us over: its standby is waiting, issue 19), else 20..51 s as 1.4.  The
+discovery rounds after such a loss end 0.3 s after the first suitable reply
+(1.4 waits the whole round, which lets every scheduler answer: a starting
+one answers after its listening second).
 """
 
 from __future__ import annotations
@@ -110,6 +115,20 @@ log = structlog.get_logger()
 _READ_SIZE: Final = 65536
 #: 1.4 sets TCP_NODELAY on the daemon's channels too (beside the keepalive options).
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+#: Failover (issue 19): a scheduler whose host died or was cut off is given up after 2-3 s
+#: (keepalive probes after 1 s of quiet, 1 s apart, and a 2 s limit on unanswered probes
+#: or data) instead of 1.4's 9-36 s, so that the standby gets the daemon within 5 s.  The
+#: probes are answered by the scheduler host's kernel: a busy scheduler is not given up.
+_FAILOVER_KEEPALIVE: Final = (
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 2000),
+)
+#: After a lost session the next discovery starts within this many seconds (1.4: 20-51 s).
+_LOST_RECONNECT: Final = 0.5
+#: A discovery round ends this long after the first suitable reply (1.4 waits it out).
+_REPLY_GRACE: Final = 0.3
 #: Seconds before the next address of a name is tried while the first still connects
 #: (RFC 8305's recommended 250 ms; asyncio's ``happy_eyeballs_delay``).
 HAPPY_EYEBALLS_DELAY: Final = 0.25
@@ -181,6 +200,8 @@ class LinkSettings:
     ``ipv4``, ``ipv6``) limits the addresses a name resolves to; with several,
     they are tried in the resolver's order, the next one starting
     :data:`HAPPY_EYEBALLS_DELAY` after the previous (RFC 8305).
+    ``host_addresses()`` lists this host's routable addresses, read at each
+    login (HOST_ADDRESSES).
     """
 
     scheduler: tuple[str, int] | None = None
@@ -194,6 +215,7 @@ class LinkSettings:
     send_timeout: float = 30.0
     discovery_wait: float = 3.0
     family: str = "any"
+    host_addresses: Callable[[], Sequence[str]] = lambda: ()
     auth: str = "off"
     keys: tuple[bytes, ...] = field(default=(), repr=False)
 
@@ -264,14 +286,18 @@ class SchedulerLink:
 
     async def run(self) -> None:
         """Find, connect, serve, and start over after a delay, until cancelled."""
+        served = False
         try:
             while True:
-                target = await self._find()
+                target = await self._find(failover=served)
+                served = False
                 if target is not None:
-                    await self._session(target)
+                    served = await self._session(target)
                     await self._owner.scheduler_event(SchedulerDown())
                 self.state = LinkState.WAITING
                 delay = 3.0 if self.settings.fast_reconnect else 20.0 + self._rng.randint(0, 31)
+                if served:  # the scheduler died or handed us over: find its standby at once
+                    delay = self._rng.uniform(0.0, _LOST_RECONNECT)
                 log.info("scheduler_reconnect_scheduled", delay=delay)
                 await asyncio.sleep(delay)
         finally:
@@ -281,19 +307,20 @@ class SchedulerLink:
                 sock.close()
             self._wake_socks.clear()
 
-    async def _find(self) -> tuple[str, int] | None:
+    async def _find(self, *, failover: bool = False) -> tuple[str, int] | None:
         if self.settings.scheduler is not None:
             if self.settings.ring is None:
                 return self.settings.scheduler
             return await self._probe_named(self.settings.scheduler)
         self.state = LinkState.DISCOVERING
         for _ in range(10):  # a few rounds, then the long reconnect wait
-            found = await self._discover_once()
+            found = await self._discover_once(failover=failover)
             if found is not None:
                 return found
         return None
 
-    async def _discover_once(self) -> tuple[str, int] | None:
+    async def _discover_once(self, *, failover: bool = False) -> tuple[str, int] | None:
+        """One round; after a lost session (*failover*) it ends soon after a suitable reply."""
         replies: list[tuple[tuple[str, int], SchedulerInfo]] = []
         ring = self.settings.ring
         nonce = secrets.token_bytes(NONCE_BYTES)
@@ -302,9 +329,20 @@ class SchedulerLink:
         with contextlib.ExitStack() as stack:
             socks = [stack.enter_context(sock) for sock in await self._send_requests(request)]
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.discovery_wait):
+                async with asyncio.timeout(self.settings.discovery_wait) as round_end:
+
+                    def replied() -> None:  # end the round soon after a suitable reply
+                        grace = asyncio.get_running_loop().time() + _REPLY_GRACE
+                        when = round_end.when()
+                        if (
+                            failover
+                            and choose_scheduler(replies, self.settings.netname)
+                            and (when is None or grace < when)
+                        ):
+                            round_end.reschedule(grace)
+
                     await asyncio.gather(
-                        *(self._collect(sock, replies, ring, nonce) for sock in socks)
+                        *(self._collect(sock, replies, ring, nonce, replied) for sock in socks)
                     )
         chosen = elect(replies, self.settings.netname, ipv6_first=self.settings.family == "ipv6")
         if chosen is None:
@@ -410,6 +448,7 @@ class SchedulerLink:
         replies: list[tuple[tuple[str, int], SchedulerInfo]],
         ring: KeyRing | None = None,
         nonce: bytes = b"",
+        replied: Callable[[], None] | None = None,
     ) -> None:
         """Add every scheduler reply *sock* receives to *replies* (until cancelled).
 
@@ -424,6 +463,8 @@ class SchedulerLink:
             info = decode_reply(data) if ring is None else decode_offer(data, ring, nonce)
             if info is not None:
                 replies.append((sockaddr_host_port(origin), info))
+                if replied is not None:
+                    replied()
 
     def wake(self, host: str, port: int) -> None:
         """Send one discovery datagram to the scheduler at *host*:*port* (a numeric address).
@@ -448,7 +489,8 @@ class SchedulerLink:
         except OSError as exc:
             log.debug("scheduler_wake_failed", address=host_port(host, port), error=str(exc))
 
-    async def _session(self, target: tuple[str, int]) -> None:
+    async def _session(self, target: tuple[str, int]) -> bool:
+        """Connect to *target* and serve it; return whether we were logged in."""
         self.state = LinkState.CONNECTING
         family = socket_families(self.settings.family)
         shown = host_port(*target)
@@ -467,9 +509,9 @@ class SchedulerLink:
                 family=self.settings.family,
                 error=str(exc) or type(exc).__name__,
             )
-            return
+            return False
         sock = writer.get_extra_info("socket")
-        set_keepalive(sock, _NODELAY)
+        set_keepalive(sock, _NODELAY, *_FAILOVER_KEEPALIVE)
         own_ip = unmapped(str(writer.get_extra_info("sockname")[0]))
         peer = writer.get_extra_info("peername")
         peer_ip = unmapped(str(peer[0]))
@@ -482,7 +524,7 @@ class SchedulerLink:
             async with asyncio.timeout(self.settings.handshake_timeout):
                 event = await self._next(reader)
             if not isinstance(event, Handshake):
-                return
+                return False
             if self.settings.ring is not None:
                 ends = Endpoints(
                     daemon=sockaddr_host_port(writer.get_extra_info("sockname")),
@@ -490,7 +532,7 @@ class SchedulerLink:
                 )
                 async with asyncio.timeout(self.settings.handshake_timeout):
                     if not await self._authenticate(reader, self.settings.ring, ends):
-                        return
+                        return False
             self.protocol = event.protocol
             self.state = LinkState.LOGGED_IN
             log.info(
@@ -500,13 +542,16 @@ class SchedulerLink:
                 protocol=event.protocol,
                 own_ip=own_ip,
             )
-            await self._owner.scheduler_event(SchedulerUp(own_ip, event.protocol))
+            found = tuple(self.settings.host_addresses())
+            await self._owner.scheduler_event(SchedulerUp(own_ip, event.protocol, found))
             await self._serve(reader)
         except (OSError, TimeoutError, ProtocolError) as exc:
             log.warning("scheduler_connection_lost", error=str(exc) or type(exc).__name__)
         finally:
+            served = self.state is LinkState.LOGGED_IN
             self.state = LinkState.WAITING
             self._close()
+        return served
 
     async def _authenticate(
         self, reader: asyncio.StreamReader, ring: KeyRing, ends: Endpoints

@@ -217,6 +217,7 @@ class Daemon:
                 multicast=settings.multicast,
                 fast_reconnect=settings.fast_reconnect,
                 family=settings.family,
+                host_addresses=settings.host_addresses,
                 auth=settings.auth,
                 keys=settings.keys,
             ),

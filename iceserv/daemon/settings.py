@@ -31,6 +31,10 @@ def _no_multicast() -> tuple[tuple[str, str], ...]:
     return ()
 
 
+def _no_addresses() -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The daemon's configuration as the shell uses it.
@@ -55,6 +59,7 @@ class ServerSettings:
     discovery_port: int = 8765
     broadcasts: Callable[[], Sequence[str]] = _no_broadcasts
     multicast: Callable[[], Sequence[tuple[str, str]]] = _no_multicast
+    host_addresses: Callable[[], Sequence[str]] = _no_addresses
     fast_reconnect: bool = False
     max_kids: int = 1
     nice: int = 5

@@ -109,6 +109,7 @@ class IceservMsgType(enum.IntEnum):
     AUTH_CHALLENGE = 0x1CE5_0006
     AUTH_PROOF = 0x1CE5_0007
     JOB_TICKET = 0x1CE5_0008
+    HOST_ADDRESSES = 0x1CE5_0009
 
 
 #: The prefix of CS_CONF's ``bench_source`` from an iceserv scheduler ("iceserv/<version>").

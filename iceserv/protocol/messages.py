@@ -52,6 +52,7 @@ __all__ = [
     "GetCS",
     "GetInternalStatus",
     "GetNativeEnv",
+    "HostAddresses",
     "JobBegin",
     "JobDone",
     "JobLocalBegin",
@@ -563,6 +564,24 @@ class JobTicket:
     ticket: str = ""
 
 
+@record
+class HostAddresses:
+    """daemon → scheduler: the daemon's addresses of both families and what its clients reach.
+
+    Sent once per connection, after a CS_CONF with the iceserv mark.
+    ``addresses`` are the routable addresses its compile port listens on
+    (IPv4 and IPv6 literals, no link-local ones: their zone would be
+    meaningless elsewhere); ``families`` names those its clients can connect
+    over (``"ipv4"``, ``"ipv6"``).  The scheduler then names this daemon to
+    other hosts' clients by an address of a family they reach, and names
+    servers to this daemon's clients likewise.  iceserv only.
+    """
+
+    TYPE: ClassVar = IceservMsgType.HOST_ADDRESSES
+    addresses: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+
+
 Message = (
     Unknown
     | Ping
@@ -604,6 +623,7 @@ Message = (
     | AuthChallenge
     | AuthProof
     | JobTicket
+    | HostAddresses
 )
 
 
@@ -755,6 +775,7 @@ _LAYOUTS: Final[Mapping[type, tuple[_Field, ...]]] = {
     AuthChallenge: (("key_id", S, None), ("nonce", S, None), ("proof", S, None)),
     AuthProof: (("proof", S, None),),
     JobTicket: (("job_id", U, None), ("client_id", U, None), ("ticket", S, None)),
+    HostAddresses: (("addresses", L, None), ("families", L, None)),
 }
 
 _BY_TYPE: Final[Mapping[int, type]] = {

@@ -1,6 +1,7 @@
 """The icecream scheduler: pure core (state, placement, handlers), asyncio shell, control facade.
 
-``state``, ``placement``, ``handlers``, ``monitoring`` and ``effects`` are pure:
+``state``, ``placement``, ``handlers``, ``monitoring``, ``effects`` and ``standby``
+(which of several schedulers of one net name serves) are pure:
 no asyncio, no logging, time and randomness injected.  ``server`` is the
 asyncio shell, ``control`` the facade for the telnet interface and D-Bus,
 ``views`` the values that facade returns.  This package must not import

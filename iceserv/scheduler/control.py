@@ -224,6 +224,14 @@ class ClusterControl:
         """Stop calling *observer*."""
         self._events.remove_observer(observer)
 
+    def keep_finished_jobs(self, count: int) -> None:
+        """Remember the last *count* jobs that finished after they started (for the web view)."""
+        self._events.keep_finished(count)
+
+    def finished_jobs(self) -> list[tuple[JobView, float, int]]:
+        """Return the remembered finished jobs, oldest first: (view, end time, exit code)."""
+        return self._events.finished()
+
     def observe(self, effects: list[Effect]) -> None:
         """Note a batch of effects the shell has just carried out (the shell calls this)."""
         now = self._shell.now()

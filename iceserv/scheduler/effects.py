@@ -18,6 +18,7 @@ __all__ = [
     "Announce",
     "Close",
     "Effect",
+    "HostsSkipped",
     "InternalsReply",
     "JobsWaiting",
     "Send",
@@ -97,6 +98,27 @@ class JobsWaiting:
     reasons: tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class HostsSkipped:
+    """Log that jobs of *submitter* (a nodename) never go to some hosts, and why.
+
+    *reasons* is ``(nodename, why)`` per host its clients cannot reach (no
+    address of a family they can connect over); said once per pair of hosts.
+    """
+
+    job_id: int
+    submitter: str
+    reasons: tuple[tuple[str, str], ...]
+
+
 Effect = (
-    Send | Close | ToMonitors | StopReading | StartProbe | Announce | InternalsReply | JobsWaiting
+    Send
+    | Close
+    | ToMonitors
+    | StopReading
+    | StartProbe
+    | Announce
+    | InternalsReply
+    | JobsWaiting
+    | HostsSkipped
 )

@@ -5,9 +5,11 @@ sends to monitors (MON_STATS, MON_GET_CS, MON_JOB_BEGIN, MON_JOB_DONE) and
 turns them into calls on :class:`ClusterObserver` objects: a daemon joined
 or left, a job started or finished, and "something changed" once per batch
 of effects.  It also remembers, per known job, when it was queued and when
-it started, which the core does not keep.  The monitor stream is the one
-place where the core already reports every one of these moments, so the
-core needs no extra hook.
+it started, which the core does not keep, and, when asked to
+(:meth:`ClusterEvents.keep_finished`), the last jobs that finished, so that a
+web page connecting later can draw them without having to watch every job.
+The monitor stream is the one place where the core already reports every one
+of these moments, so the core needs no extra hook.
 
 It must not change the scheduler's state or send anything.  A failing
 observer is logged and does not disturb the scheduler or other observers.
@@ -15,6 +17,7 @@ observer is logged and does not disturb the scheduler or other observers.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -95,6 +98,8 @@ class ClusterEvents:
         self._observers: list[ClusterObserver] = []
         self._hosts: dict[int, tuple[str, str]] = {}
         self._jobs: dict[int, _JobRecord] = {}
+        # The last finished jobs that had started: (job id, record, end, exit code).
+        self._finished: deque[tuple[int, _JobRecord, float, int]] | None = None
         # Handlers take (message, state, now); other monitor messages say nothing we report.
         self._table = (
             Dispatch[[ClusterState, float], None]("scheduler core")
@@ -112,6 +117,16 @@ class ClusterEvents:
         """Stop calling *observer* (no error if it was not added)."""
         if observer in self._observers:
             self._observers.remove(observer)
+
+    def keep_finished(self, count: int) -> None:
+        """Remember the last *count* jobs that finished after they started, from now on."""
+        self._finished = deque(self._finished or (), maxlen=count)
+
+    def finished(self) -> list[tuple[JobView, float, int]]:
+        """Return the remembered finished jobs, oldest first: (view, end time, exit code)."""
+        return [
+            (record.view(job_id), end, code) for job_id, record, end, code in self._finished or ()
+        ]
 
     def times(self, job_id: int) -> tuple[float | None, float | None]:
         """Return when job *job_id* was queued and started, as far as seen."""
@@ -134,7 +149,8 @@ class ClusterEvents:
 
     def changed(self) -> None:
         """Tell the observers that counts or lists may have changed."""
-        self._notify(lambda observer: observer.cluster_changed())
+        if self._observers:
+            self._notify(lambda observer: observer.cluster_changed())
 
     # --- the monitor messages ---------------------------------------------------------
 
@@ -170,12 +186,17 @@ class ClusterEvents:
         if record is None or server is None:
             return
         record.server, record.started_at, record.state = server.nodename, now, "COMP"
-        view = record.view(begin.job_id)
-        self._notify(lambda observer: observer.job_started(view))
+        if self._observers:
+            view = record.view(begin.job_id)
+            self._notify(lambda observer: observer.job_started(view))
 
-    def _on_job_done(self, done: MonJobDone, _state: ClusterState, _now: float) -> None:
+    def _on_job_done(self, done: MonJobDone, _state: ClusterState, now: float) -> None:
         record = self._jobs.pop(done.job_id, None)
         if record is None:
+            return
+        if self._finished is not None and record.started_at is not None:
+            self._finished.append((done.job_id, record, now, done.exitcode))
+        if not self._observers:
             return
         view = record.view(done.job_id)
         self._notify(lambda observer: observer.job_finished(view, done.exitcode))

@@ -58,6 +58,7 @@ read "127.0.0.1" as "compile it yourself" (one-host clusters).
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
@@ -73,6 +74,7 @@ from iceserv.protocol import (
     Feature,
     GetCS,
     GetInternalStatus,
+    HostAddresses,
     JobBegin,
     JobDone,
     JobLocalBegin,
@@ -98,6 +100,7 @@ from iceserv.scheduler.effects import (
     Announce,
     Close,
     Effect,
+    HostsSkipped,
     InternalsReply,
     JobsWaiting,
     Send,
@@ -107,8 +110,9 @@ from iceserv.scheduler.effects import (
 )
 from iceserv.scheduler.index import HostIndex
 from iceserv.scheduler.monitoring import OFFLINE, host_stats_text
+from iceserv.scheduler.placement import reachable
 from iceserv.scheduler.pushahead import push_targets, targets_joining
-from iceserv.scheduler.state import ClusterState, Host
+from iceserv.scheduler.state import IPV4, IPV6, ClusterState, Host
 
 if TYPE_CHECKING:
     import random
@@ -116,7 +120,7 @@ if TYPE_CHECKING:
 
     from iceserv.protocol import Message
 
-__all__ = ["Scheduler", "SchedulerConfig"]
+__all__ = ["MAX_DECLARED_ADDRESSES", "Scheduler", "SchedulerConfig", "checked_addresses"]
 
 _M = TypeVar("_M", bound="Message")
 #: A dispatch table of the core: handlers take (message, conn_id, now).
@@ -124,6 +128,12 @@ _Table = Dispatch[[int, float], list[Effect]]
 
 #: CS_CONF with iceserv's mark in ``bench_source``, which 1.4 daemons read and discard.
 _CONF: Final = ConfCS(bench_source=ICESERV_MARK + VERSION)
+#: HOST_ADDRESSES: addresses kept per daemon, and the longest text taken for one.
+MAX_DECLARED_ADDRESSES: Final = 8
+_MAX_ADDRESS_TEXT: Final = 64
+_FAMILIES: Final = {"ipv4": IPV4, "ipv6": IPV6}
+#: Pairs (submitter, server) whose "skipped" reason was logged; forgotten beyond this many.
+_MAX_SKIPS_TOLD: Final = 4096
 #: The auth state of a daemon that logged in without proving the key (prefer).
 _UNAUTHENTICATED: Final = "unauthenticated"
 #: Seconds between scheduler announcements (§4.5).
@@ -184,6 +194,7 @@ class Scheduler:
         self._monitors: list[int] = []
         self._next_announce = now
         self._next_wait_report = now  # no JobsWaiting before this time
+        self._skips_told: set[tuple[int, int]] = set()
         # Monitors are never read from: anything they send is unexpected.
         self._tables: dict[_Kind, _Table] = {
             _Kind.NEW: _Table("new peer")
@@ -202,6 +213,7 @@ class Scheduler:
             .on(StatusText, self._on_status_text)
             .on(SlotsQuery, self._on_slots_query)
             .on(PushQuery, self._on_push_query)
+            .on(HostAddresses, self._on_host_addresses)
             .on(End, self._on_end),
             _Kind.MONITOR: _Table("monitor peer"),
         }
@@ -488,10 +500,29 @@ class Scheduler:
 
     def _on_get_cs(self, msg: GetCS, conn_id: int, now: float) -> list[Effect]:
         first_new = self.state.last_job_id + 1
-        effects = jobs.on_get_cs(self.state, self._host(conn_id), msg)
+        submitter = self._host(conn_id)
+        effects = jobs.on_get_cs(self.state, submitter, msg)
         for job_id in range(first_new, self.state.last_job_id + 1):
             self.state.jobs[job_id].queued_at = now
+        if self.state.family_limited and self.state.last_job_id >= first_new:
+            effects += self._skipped(submitter, first_new)
         return effects
+
+    def _skipped(self, submitter: Host, job_id: int) -> list[Effect]:
+        """Say once per pair which hosts *submitter*'s jobs skip for want of a reachable address."""
+        told = self._skips_told
+        if len(told) >= _MAX_SKIPS_TOLD:
+            told.clear()
+        found: list[tuple[str, str]] = []
+        for host in self.state.hosts.values():
+            pair = (submitter.host_id, host.host_id)
+            if host is submitter or pair in told or reachable(submitter, host):
+                continue
+            told.add(pair)
+            found.append((host.nodename, waiting.why_unreachable(submitter, host)))
+        if not found:
+            return []
+        return [HostsSkipped(job_id, submitter.nodename, tuple(found))]
 
     def _remove_host(self, host: Host) -> list[Effect]:
         self._peers.pop(host.conn_id, None)
@@ -553,5 +584,47 @@ class Scheduler:
         host = self._host(conn_id)
         return [Send(conn_id, push_targets(self.state, host, msg, now))]
 
+    def _on_host_addresses(self, msg: HostAddresses, conn_id: int, now: float) -> list[Effect]:
+        # Only an iceserv daemon sends it (it saw _CONF's mark); what it says is checked.
+        host = self._host(conn_id)
+        reach = 0
+        for name in msg.families:
+            reach |= _FAMILIES.get(name, 0)
+        self.state.set_families(host, checked_addresses(msg.addresses), reach)
+        # Daemons that asked where to push may reach it now.
+        return [Send(a.conn_id, t) for a, t in targets_joining(self.state, host, now)]
+
     def _on_end(self, _msg: End, conn_id: int, _now: float) -> list[Effect]:
         return self._remove_host(self._host(conn_id))
+
+
+def checked_addresses(declared: Iterable[str]) -> tuple[str, ...]:
+    """Return the usable addresses among *declared* (HOST_ADDRESSES), normalised, at most 8.
+
+    Only unicast addresses another host could connect to: no loopback,
+    link-local, unspecified or multicast ones; an IPv4-mapped IPv6 address
+    counts as its IPv4 address.  Anything else is dropped silently: a daemon
+    that sends nonsense is merely placed as if it had declared nothing.
+    """
+    found: list[str] = []
+    for text in declared:
+        if len(found) >= MAX_DECLARED_ADDRESSES:
+            break
+        if len(text) > _MAX_ADDRESS_TEXT or "%" in text:
+            continue
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if (
+            address.is_loopback
+            or address.is_link_local
+            or address.is_unspecified
+            or address.is_multicast
+        ):
+            continue
+        if str(address) not in found:
+            found.append(str(address))
+    return tuple(found)

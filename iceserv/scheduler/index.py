@@ -437,7 +437,7 @@ class HostIndex:
         self.refresh()
         state = self.state
         own = state.hosts[job.submitter]
-        if own.blacklist or state.ipv6_hosts:
+        if own.blacklist or state.family_limited:
             return False, None  # the scan applies the blacklist and placement.reachable
         fit = placement.JobFit(state, job)
         own_usable = fit.usable(own)
@@ -463,7 +463,7 @@ class HostIndex:
         self.refresh()
         state = self.state
         own = state.hosts[job.submitter]
-        if own.blacklist or state.ipv6_hosts:
+        if own.blacklist or state.family_limited:
             return None
         fit = placement.JobFit(state, job)
         ids: list[int] = []

@@ -235,10 +235,10 @@ def ticket_for(
     Only an authenticated daemon is sent one (a 1.4 daemon must never see the
     iceserv-only type), and only for a job on another authenticated daemon
     (only such a server checks tickets; an unauthenticated one gets no
-    foreign jobs anyway).  It binds the job id, the submitter's address and
-    the server's address as this scheduler sees them (the server compares
-    with its address on its scheduler connection, the client's with the
-    connection's peer), and expires after :data:`TICKET_LIFETIME` seconds.
+    foreign jobs anyway).  It binds the job id, the server's address named in
+    USE_CS and the submitter's address of that family (the server compares
+    with its own addresses, the client's with the connection's peer), and
+    expires after :data:`TICKET_LIFETIME` seconds.
     """
     job, host = assignment.job, assignment.host
     submitter = state.hosts[job.submitter]
@@ -246,11 +246,12 @@ def ticket_for(
         return None
     if submitter.auth != _AUTHENTICATED or host.auth != _AUTHENTICATED:
         return None
+    named = placement.address_for(submitter, host)
     text = issue_ticket(
         keys,
         job_id=job.job_id,
-        client=ticket_address(submitter.ip),
-        server=ticket_address(host.ip),
+        client=ticket_address(placement.source_for(submitter, named)),
+        server=ticket_address(named),
         expires=int(now) + TICKET_LIFETIME,
     )
     return JobTicket(job_id=job.job_id, client_id=job.client_id, ticket=text)
@@ -271,7 +272,7 @@ def _apply(state: ClusterState, assignment: placement.Assignment, now: float) ->
     placement.restrict_siblings(state, assignment)
     if host is submitter and supports(submitter.protocol, Feature.NO_CS):
         return Send(submitter.conn_id, NoCS(job.job_id, job.client_id))
-    hostname = host.ip
+    hostname = placement.address_for(submitter, host)
     if hostname in (LOOPBACK_IP, IPV6_LOOPBACK) and host is not submitter:
         # Every client (1.4's too) reads USE_CS to 127.0.0.1 as "compile it yourself" and
         # never contacts the server; a name for the same address makes it connect.  A

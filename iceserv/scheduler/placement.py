@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from iceserv.protocol import ArgFlag, EnvEntry
-from iceserv.scheduler.state import JobStat
+from iceserv.scheduler.state import IPV4, IPV6, IPV6_LOOPBACK, JobStat
 
 if TYPE_CHECKING:
     import random
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Assignment",
+    "address_for",
     "can_install",
     "eligible_ever",
     "eligible_now",
@@ -64,7 +65,11 @@ __all__ = [
     "record_job_stats",
     "restrict_siblings",
     "server_speed",
+    "source_for",
 ]
+
+#: Addresses USE_CS names ``localhost`` (a daemon on the scheduler's own host).
+_LOOPBACKS: Final = frozenset(("127.0.0.1", IPV6_LOOPBACK))
 
 #: Host platforms that can also run environments built for another (1.4's table).
 COMPATIBLE: Final = {
@@ -144,18 +149,42 @@ def envs_match(host: Host, job: Job) -> str:
 
 
 def reachable(submitter: Host | None, server: Host) -> bool:
-    """Whether *submitter*'s clients may be sent to *server* (the 1.4 floor).
+    """Whether *submitter*'s clients may be sent to *server*: it has an address they reach.
 
-    A server known by an IPv6 address (:attr:`Host.ipv6`) goes only to
-    submitters that logged in over IPv6 themselves: one that came over IPv4
-    may be icecream 1.4, whose clients cannot parse or reach an IPv6 address.
-    A server known by a link-local address goes to nobody else: its zone is
-    the scheduler's.  This is a guard, not family-aware placement: a
-    dual-stack daemon is known by the one address it logged in from.
+    :attr:`Host.offers` are the families *server* has an address of (link-local
+    ones excepted: their zone is the scheduler's), :attr:`Host.reach` those the
+    submitter's clients reach.  A submitter that logged in over IPv4 and
+    declared nothing may be icecream 1.4: IPv4 only.
     """
-    if submitter is server or not server.ipv6:
+    if submitter is server:
         return True
-    return not server.link_local and (submitter is None or submitter.ipv6)
+    reach = submitter.reach if submitter is not None else IPV4 | IPV6
+    return bool(server.offers & reach)
+
+
+def address_for(submitter: Host, server: Host) -> str:
+    """Return the address USE_CS (or PUSH_TARGETS) names *server* by for *submitter*'s clients.
+
+    IPv4 first when both would do: a client behind an iceserv daemon may be
+    icecream 1.4's, which parses nothing else.  Its own or a loopback
+    address stays as it is (:func:`~iceserv.scheduler.jobs` names
+    127.0.0.1/::1 ``localhost``).
+    """
+    if submitter is server or server.ip in _LOOPBACKS:
+        return server.ip
+    if submitter.reach & IPV4 and server.v4:
+        return server.v4
+    if submitter.reach & IPV6 and server.v6:
+        return server.v6
+    return server.ip
+
+
+def source_for(submitter: Host, named: str) -> str:
+    """Return the address *submitter*'s clients connect from to reach *named* (same family)."""
+    six = ":" in named
+    if (":" in submitter.ip) == six and not submitter.link_local:
+        return submitter.ip
+    return (submitter.v6 if six else submitter.v4) or submitter.ip
 
 
 def eligible_ever(state: ClusterState, host: Host, job: Job) -> bool:
@@ -374,10 +403,10 @@ class JobFit:
 
     __slots__ = (
         "blacklists",
-        "ipv6_ok",
         "job",
         "min_version",
         "own_id",
+        "reach",
         "required",
         "runs_on",
         "state",
@@ -389,7 +418,7 @@ class JobFit:
         self.own_id = job.submitter
         submitter = state.hosts.get(job.submitter)
         self.blacklists = submitter.blacklist if submitter is not None else {}
-        self.ipv6_ok = submitter is None or submitter.ipv6  # see reachable()
+        self.reach = submitter.reach if submitter is not None else IPV4 | IPV6  # see reachable()
         runs_on: set[str] = set()  # host platforms that can run one of the job's environments
         for env in job.envs:
             runs_on.add(env.platform)
@@ -419,11 +448,7 @@ class JobFit:
             or (self.state.drained and self.state.is_drained(host))
         ):
             return False
-        if (
-            host.ipv6
-            and host.host_id != self.own_id
-            and (not self.ipv6_ok or host.link_local)  # see reachable()
-        ):
+        if not host.offers & self.reach and host.host_id != self.own_id:  # see reachable()
             return False
         return host.host_id not in self.blacklists or bool(can_install(self.state, host, self.job))
 

@@ -81,13 +81,14 @@ def _may_take(state: ClusterState, host: Host, asker: Host, query: PushQuery) ->
         and not state.is_blocked(host)
         and placement.platforms_compatible(host, target)
         and (target, name) not in asker.blacklist.get(host.host_id, ())
-        and placement.reachable(asker, host)  # no IPv6 address to a daemon that came over IPv4
+        and placement.reachable(asker, host)  # an address the asker's pusher can reach
     )
 
 
-def _address(host: Host) -> str:
-    """``ip:port``, or ``[v6]:port`` for a host known by an IPv6 address."""
-    return f"[{host.ip}]:{host.port}" if ":" in host.ip else f"{host.ip}:{host.port}"
+def _address(asker: Host, host: Host) -> str:
+    """``ip:port``, or ``[v6]:port``: *host*'s address that *asker* reaches (IPv4 first)."""
+    ip = placement.address_for(asker, host)
+    return f"[{ip}]:{host.port}" if ":" in ip else f"{ip}:{host.port}"
 
 
 def _idle_first(host: Host) -> tuple[bool, int, int, float]:
@@ -124,7 +125,9 @@ def push_targets(state: ClusterState, asker: Host, query: PushQuery, now: float)
     )[:MAX_TARGETS]
     for host in chosen:
         host.pushes[target, name] = now + PROMISE_SECONDS
-    return PushTargets(environment=name, target=target, hosts=tuple(_address(h) for h in chosen))
+    return PushTargets(
+        environment=name, target=target, hosts=tuple(_address(asker, h) for h in chosen)
+    )
 
 
 def targets_joining(
@@ -141,6 +144,6 @@ def targets_joining(
         for (target, name), query in asker.push_wants.items():
             if _may_take(state, newcomer, asker, query) and _lacks(newcomer, target, name, now):
                 newcomer.pushes[target, name] = now + PROMISE_SECONDS
-                hosts = (_address(newcomer),)
+                hosts = (_address(asker, newcomer),)
                 answers.append((asker, PushTargets(environment=name, target=target, hosts=hosts)))
     return answers

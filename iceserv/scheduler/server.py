@@ -38,9 +38,12 @@ once per ``_REFUSAL_LOG_INTERVAL``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import ipaddress
 import itertools
+import math
 import secrets
 import socket
 import struct
@@ -78,31 +81,38 @@ from iceserv.protocol import (
     Handshake,
     Login,
     MonLogin,
+    records,
 )
 from iceserv.protocol.auth import (
     NONCE_BYTES,
     AuthMode,
     Endpoints,
     KeyRing,
+    decode_offer,
     decode_probe,
     decode_proven_announcement,
     encode_offer,
+    encode_probe,
     encode_proven_announcement,
 )
 from iceserv.protocol.discovery import (
     DEFAULT_NETNAME,
     SchedulerInfo,
     decode_announcement,
+    decode_reply,
     decode_request,
     encode_announcements,
     encode_reply,
+    encode_request,
 )
+from iceserv.scheduler import standby as sb
 from iceserv.scheduler.auth import AuthGate
 from iceserv.scheduler.control import INTERNALS_TIMEOUT, ClusterControl
 from iceserv.scheduler.effects import (
     Announce,
     Close,
     Effect,
+    HostsSkipped,
     InternalsReply,
     JobsWaiting,
     Send,
@@ -140,6 +150,14 @@ _IPV6_SOCKADDR: Final = 4
 _HEARD_WINDOW: Final = 180.0
 #: Schedulers whose announcements are remembered at once.
 _HEARD_LIMIT: Final = 64
+#: Keyed discovery probes held by a standby for its takeover, at most.
+_HELD_PROBES: Final = 8192
+#: Nonces of our own keyed probes remembered (one probe every 0.5 s; answers come in ms).
+_NONCES: Final = 8
+#: A scheduler that took over numbers its jobs from a random start in this range: far above
+#: the ids of a first scheduler (counted from 1), almost surely away from the recent ids of
+#: one that took over itself, and 2**30 ids below the end of the u32 the protocol carries.
+_TAKEOVER_JOB_IDS: Final = (1 << 31, (1 << 32) - (1 << 30))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +200,11 @@ class SchedulerServerSettings:
     max_connections_per_host: int = 64
     max_monitors: int = 256
     max_monitors_per_host: int = 16
+    #: The active/standby role machine's time-outs (:mod:`~iceserv.scheduler.standby`);
+    #: None: always active, as 1.4 (tests that drive the server directly).
+    standby: sb.StandbySettings | None = None
+    #: How long the TCP check of a silent active scheduler may take.
+    confirm_timeout: float = 0.5
     auth: str = AuthMode.OFF
     keys: tuple[bytes, ...] = field(default=(), repr=False)  # never in a log line
     monitors: tuple[str, ...] = ()  # under require: networks whose monitors are served
@@ -235,6 +258,45 @@ class _Discovery(asyncio.DatagramProtocol):
         self._server.datagram_received(data, addr)
 
 
+class _Prober(asyncio.DatagramProtocol):
+    """UDP, ephemeral port: our discovery requests out, other schedulers' replies in."""
+
+    def __init__(self, server: SchedulerServer) -> None:
+        self._server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
+        self._server.reply_received(data, (str(addr[0]), addr[1]))
+
+
+def _is_local(ip: str) -> bool:
+    """Whether *ip* is an address of this host (it can be bound; a link-local one: maybe not)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((ip.split("%", 1)[0], 0))
+    except OSError:
+        return False
+    return True
+
+
+def _local_ip_towards(ip: str) -> str:
+    """Return the source address this host uses to reach *ip* ("" if unknown)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((ip, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return ""
+
+
+def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:  # noqa: ANN401 - any table
+    """Set *key* in *table*, most recent last, keeping at most :data:`_HEARD_LIMIT` keys."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > _HEARD_LIMIT:
+        del table[next(iter(table))]
+
+
 class SchedulerServer:
     """A running scheduler: listeners, peer connections and the core's timers."""
 
@@ -258,6 +320,7 @@ class SchedulerServer:
             ticket_keys=settings.keys if settings.keys and settings.auth != "off" else (),
         )
         self._core = Scheduler(config, rng, self._start)
+        self._rng = rng
         self.control = ClusterControl(self, internals_timeout=settings.internals_timeout)
         self._peers: dict[int, _Peer] = {}
         self._summaries = JobSummaries()
@@ -275,6 +338,26 @@ class SchedulerServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._udp6: asyncio.DatagramTransport | None = None
         self._heard: dict[tuple[str, int, int], dict[bool, float]] = {}
+        self._prober: asyncio.DatagramTransport | None = None
+        self._prober6: asyncio.DatagramTransport | None = None
+        self._prober_port = 0
+        self._prober6_port = 0
+        #: Schedulers (net name, version, start) that answered us from a routable IPv6
+        #: address, and the IPv4 address each answered from (bounded: _HEARD_LIMIT).
+        self._replied6: dict[tuple[str, int, int], float] = {}
+        self._replied4: dict[tuple[str, int, int], tuple[str, int]] = {}
+        self._logged_active: tuple[str, int] | None = None
+        self.standby = (
+            sb.Standby(self._core.config.info, settings.standby, self._start)
+            if settings.standby is not None
+            else None
+        )
+        #: Nonces of our latest keyed probes (their offers are checked against them).
+        self._nonces: collections.deque[bytes] = collections.deque(maxlen=_NONCES)
+        #: Keyed discovery probes heard while passive, answered at a takeover (as requests).
+        self._held_probes: collections.deque[tuple[float, tuple[Any, ...], Any]] = (
+            collections.deque(maxlen=_HELD_PROBES)
+        )
         self._timer_wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._readers: set[asyncio.Task[None]] = set()
@@ -318,7 +401,11 @@ class SchedulerServer:
             raise
         for listener in self._listeners:
             listener.start()
+        if self.standby is not None and self._udp is not None:
+            await self._open_prober()
         self._spawn(self._timers())
+        if self.standby is not None:
+            self.apply_standby(self.standby.start())
         log.info(
             "scheduler_started",
             address=self.bound,
@@ -384,11 +471,31 @@ class SchedulerServer:
         if joined:
             log.info("multicast_joined", group=DISCOVERY_GROUP6, interfaces=joined)
 
+    async def _open_prober(self) -> None:
+        """Open the standby's IPv4 socket for its discovery requests (1.4 discovers over IPv4)."""
+        loop = asyncio.get_running_loop()
+        local = str(self._udp.get_extra_info("sockname")[0]) if self._udp is not None else ""
+        prober, _ = await loop.create_datagram_endpoint(
+            lambda: _Prober(self),
+            local_addr=(local or "0.0.0.0", 0),  # noqa: S104 - as the discovery port
+            family=socket.AF_INET,
+            allow_broadcast=True,
+        )
+        self._prober = prober
+        self._prober_port = int(prober.get_extra_info("sockname")[1])
+        if self.standby is not None and self.dual_stack:  # IPv6 replies: dual-stack evidence
+            self.standby.dual = True
+            prober6, _ = await loop.create_datagram_endpoint(
+                lambda: _Prober(self), local_addr=("::", 0), family=socket.AF_INET6
+            )
+            self._prober6 = prober6
+            self._prober6_port = int(prober6.get_extra_info("sockname")[1])
+
     async def stop(self) -> None:
         """Stop listening and close every daemon and monitor connection (1.4's clean exit)."""
         for listener in self._listeners:
             listener.close()
-        for udp in (self._udp, self._udp6):
+        for udp in (self._udp, self._udp6, self._prober, self._prober6):
             if udp is not None:
                 udp.close()
         for peer in list(self._peers.values()):
@@ -423,6 +530,8 @@ class SchedulerServer:
         self._core.config = dataclasses.replace(
             self._core.config, netname=netname, persistent_clients=persistent_clients
         )
+        if self.standby is not None:
+            self.standby.info = records.replace(self.standby.info, netname=netname)
 
     def reconfigure_keys(self, keys: tuple[bytes, ...]) -> None:
         """Use reloaded network *keys* (SIGHUP) for connections and probes from now on.
@@ -463,11 +572,19 @@ class SchedulerServer:
                 case StartProbe(host_id, ip, port):
                     self._spawn(self._probe(host_id, ip, port))
                 case Announce(info):
-                    self._announce(encode_announcements(info))
+                    if self.standby is None or self.standby.serving:  # a standby stays silent
+                        self._announce(encode_announcements(info))
                 case InternalsReply(host_id, text):
                     self.control.deliver_internals(host_id, text)
                 case JobsWaiting():
                     _log_waiting(effect)
+                case HostsSkipped(job_id, submitter, reasons):
+                    log.info(
+                        "hosts_skipped",
+                        job_id=job_id,
+                        submitter=submitter,
+                        reasons=[f"{name}: {why}" for name, why in reasons],
+                    )
         self.control.observe(effects)
         self._timer_wake.set()
 
@@ -601,18 +718,14 @@ class SchedulerServer:
         its scope id, so that a reply reaches a link-local sender).
         """
         if self.auth_mode is not AuthMode.OFF and (probe := decode_probe(data)) is not None:
-            offer = encode_offer(KeyRing(self.settings.keys), probe, self._core.config.info)
-            udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
-            if offer is not None and udp is not None:
-                with contextlib.suppress(OSError):
-                    udp.sendto(offer, addr)
+            if self.standby is not None and not self.standby.serving:
+                self._held_probes.append((self.now(), addr, probe))  # answered at a takeover
+                return
+            self._offer(addr, probe)
             return
         requester = decode_request(data)
         if requester is not None:
-            udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
-            if udp is not None:
-                with contextlib.suppress(OSError, ProtocolError):
-                    udp.sendto(encode_reply(requester, self._core.config.info), addr)
+            self._request_received(requester, addr)
             return
         info = decode_announcement(data)
         if self.auth_mode is not AuthMode.OFF:
@@ -622,25 +735,216 @@ class SchedulerServer:
             ring = KeyRing(self.settings.keys)
             info = decode_proven_announcement(data, ring, self.now())
         if info is not None:
-            both = self._heard_on_both(info, addr)
-            if self.dual_stack and info.version == self._core.config.info.version and not both:
-                # The election prefers a dual-stack scheduler (after netname and version): do
-                # not yield to one of the same version heard over one family only (so far).
-                return
-            effects = self._core.handle_announcement(info, self.now())
-            if effects:
-                log.info("scheduler_preferred", peer=unmapped(str(addr[0])), version=info.version)
-            self.apply(effects)
+            self._announcement_received(info, addr)
+
+    def _offer(self, addr: tuple[Any, ...], probe: Any) -> None:  # noqa: ANN401 - auth's probe
+        offer = encode_offer(KeyRing(self.settings.keys), probe, self._core.config.info)
+        udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
+        if offer is not None and udp is not None:
+            with contextlib.suppress(OSError):
+                udp.sendto(offer, addr)
+
+    def _request_received(self, requester: int, addr: tuple[Any, ...]) -> None:
+        if self.standby is None:
+            self._answer(addr, requester, self._core.config.info)
+        elif addr[1] not in (self._prober_port, self._prober6_port) or not _is_local(
+            str(addr[0])
+        ):  # not our own
+            self.apply_standby(self.standby.request_heard(addr, requester, self.now()))
+
+    def _announcement_received(self, info: SchedulerInfo, addr: tuple[Any, ...]) -> None:
+        both = self._heard_on_both(info, addr)
+        single = self.dual_stack and info.version == self._core.config.info.version and not both
+        if self.standby is not None:
+            if len(addr) == _IPV6_SOCKADDR or (addr[1] == self.port and _is_local(str(addr[0]))):
+                return  # the role machine follows 1.4's IPv4 discovery; or our own
+            if single and self.standby.serving:
+                return  # the dual-stack rule below: no step down for it
+            self._scheduler_heard((str(addr[0]), int(addr[1])), info)
+            return
+        if single:
+            # The election prefers a dual-stack scheduler (after netname and version): do
+            # not yield to one of the same version heard over one family only (so far).
+            return
+        effects = self._core.handle_announcement(info, self.now())
+        if effects:
+            log.info("scheduler_preferred", peer=unmapped(str(addr[0])), version=info.version)
+        self.apply(effects)
+
+    def reply_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        """Another scheduler answered one of our discovery requests (IPv4, or IPv6 evidence)."""
+        if self.standby is None:
+            return
+        info = self._decode_answer(data)
+        if info is None:
+            return
+        key = (info.netname.casefold(), info.version, info.start_time)
+        if len(addr) == _IPV6_SOCKADDR:
+            if is_link_local(str(addr[0])) or _is_local(str(addr[0])):
+                return  # no evidence of a routable address; or our own answer
+            _remember(self._replied6, key, time.monotonic())
+            four = self._replied4.get(key)
+            if four is not None:  # tell the role machine again, now known dual-stack
+                self._scheduler_heard(four, info)
+            return
+        if addr[1] == self.port and _is_local(str(addr[0])):
+            return  # our own answer to our own broadcast
+        four = (str(addr[0]), int(addr[1]))
+        _remember(self._replied4, key, four)
+        self._scheduler_heard(four, info)
+
+    def _scheduler_heard(self, addr: tuple[str, int], info: SchedulerInfo) -> None:
+        assert self.standby is not None  # noqa: S101 - only called with the role machine
+        wins_tie = False
+        if info == self.standby.info:  # the same version and start time: lower address serves
+            ours = _local_ip_towards(addr[0])
+            with contextlib.suppress(ValueError):
+                wins_tie = (ipaddress.ip_address(addr[0]), addr[1]) < (
+                    ipaddress.ip_address(ours),
+                    self.port,
+                )
+        key = (info.netname.casefold(), info.version, info.start_time)
+        fresh = time.monotonic() - self._replied6.get(key, -math.inf) <= _HEARD_WINDOW
+        families = self._heard.get(key, {})
+        heard_both = len(families) == 2
+        self.apply_standby(
+            self.standby.scheduler_heard(
+                addr, info, self.now(), wins_tie=wins_tie, other_dual=fresh or heard_both
+            )
+        )
+
+    def _answer(self, addr: tuple[Any, ...], requester: int, info: SchedulerInfo) -> None:
+        udp = self._udp6 if len(addr) == _IPV6_SOCKADDR else self._udp
+        if udp is not None:
+            with contextlib.suppress(OSError, ProtocolError):
+                udp.sendto(encode_reply(requester, info), addr)
+
+    def apply_standby(self, effects: list[sb.StandbyEffect]) -> None:  # noqa: C901 - one case per effect
+        """Carry out the role machine's *effects* in order."""
+        assert self.standby is not None  # noqa: S101 - only called with the role machine
+        for effect in effects:
+            match effect:
+                case sb.ProbeAll():
+                    for address in self.settings.announce_to:
+                        self._probe_to((address, self.port))
+                    self._probe_group()
+                case sb.Probe(address):
+                    self._probe_to(address)
+                case sb.Confirm(address):
+                    self._spawn(self._confirm(address))
+                case sb.AnswerRequest(address, version):
+                    self._answer(address, version, self.standby.info)
+                case sb.TakeOver(info, predecessor):
+                    self._took_over(info, predecessor)
+                case sb.Announce(info):
+                    self._announce(encode_announcements(info))
+                case sb.StepDown(address, info):
+                    log.warning(
+                        "scheduler_stepped_down",
+                        active=f"{address[0]}:{address[1]}",
+                        start_time=info.start_time,
+                        daemons=len(self._core.state.hosts),
+                    )
+                    self.apply(self._core.handle_announcement(info, self.now()))
+        if self.standby.role is sb.Role.STANDBY and self.standby.active is not None:
+            self._log_standby()
+        self._timer_wake.set()
+
+    def _took_over(self, info: SchedulerInfo, predecessor: tuple[Any, ...] | None) -> None:
+        """Serve from now on: advertise *info*, answer held probes, log."""
+        assert self.standby is not None  # noqa: S101 - only called with the role machine
+        self._core.config = dataclasses.replace(self._core.config, start_time=info.start_time)
+        if predecessor is not None:
+            # Daemons report jobs the old scheduler gave them (JOB_DONE of a
+            # compile that outlived it): our ids must not meet its ids, or such a
+            # report would end (or be kicked as foreign to) another job here.
+            state = self._core.state
+            state.last_job_id = max(state.last_job_id, self._rng.randrange(*_TAKEOVER_JOB_IDS))
+        since = self.now() - self.standby.settings.replay
+        for at, address, probe in self._held_probes:
+            if at >= since:
+                self._offer(address, probe)
+        self._held_probes.clear()
+        before = None if predecessor is None else f"{predecessor[0]}:{predecessor[1]}"
+        log.info(
+            "scheduler_took_over",
+            predecessor=before,
+            start_time=info.start_time,
+            netname=info.netname,
+        )
+
+    def _log_standby(self) -> None:
+        assert self.standby is not None  # noqa: S101
+        active = self.standby.active
+        if active is not None and active != self._logged_active:
+            self._logged_active = active
+            log.info("scheduler_standby", active=f"{active[0]}:{active[1]}")
+
+    def _probe_payload(self) -> bytes:
+        """Return our discovery request: 1.4's byte, or with a key a probe with a fresh nonce.
+
+        A keyed scheduler defers only to one that proves the key: a rogue or
+        1.4 scheduler answering plain requests cannot keep it passive.
+        """
+        if self.auth_mode is AuthMode.OFF:
+            return encode_request()
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        self._nonces.append(nonce)
+        return encode_probe(nonce, KeyRing(self.settings.keys))
+
+    def _decode_answer(self, data: bytes) -> SchedulerInfo | None:
+        """Return who answered our request: a plain reply, or with a key a proven offer."""
+        if self.auth_mode is AuthMode.OFF:
+            return decode_reply(data)
+        ring = KeyRing(self.settings.keys)
+        for nonce in reversed(self._nonces):
+            info = decode_offer(data, ring, nonce)
+            if info is not None:
+                return info
+        return None
+
+    def _probe_group(self) -> None:
+        """Send our request to the IPv6 discovery group too (dual-stack schedulers answer)."""
+        if self._prober6 is None:
+            return
+        for name in self.settings.multicast_interfaces:
+            with contextlib.suppress(OSError):
+                group = (DISCOVERY_GROUP6, self.port, 0, socket.if_nametoindex(name))
+                self._prober6.sendto(self._probe_payload(), group)
+
+    def _probe_to(self, address: tuple[str, int]) -> None:
+        if self._prober is not None:
+            with contextlib.suppress(OSError):
+                self._prober.sendto(self._probe_payload(), address)
+
+    async def _confirm(self, address: tuple[str, int]) -> None:
+        """Check whether a silent active scheduler's TCP port still accepts."""
+        alive = False
+        try:
+            async with asyncio.timeout(self.settings.confirm_timeout):
+                _, writer = await asyncio.open_connection(*address)
+            alive = True
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        except (OSError, TimeoutError):
+            alive = False
+        log.info("scheduler_checked", active=f"{address[0]}:{address[1]}", alive=alive)
+        if self.standby is not None:
+            self.apply_standby(self.standby.confirmed(alive=alive, now=self.now()))
 
     # --- timers and probes ------------------------------------------------------------
 
     async def _timers(self) -> None:
         while True:
-            delay = max(0.0, self._core.get_timer() - self.now())
+            standby_at = math.inf if self.standby is None else self.standby.get_timer()
+            delay = max(0.0, min(self._core.get_timer(), standby_at) - self.now())
             self._timer_wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._timer_wake.wait()
+            if self.standby is not None and self.standby.get_timer() <= self.now():
+                self.apply_standby(self.standby.handle_timer(self.now()))
             if self._core.get_timer() <= self.now():
                 self.apply(self._core.handle_timer(self.now()))
                 if self._core.get_timer() <= self.now():

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPILED_STATS_LIMIT",
     "GLOBAL_STATS_LIMIT",
+    "IPV4",
+    "IPV6",
     "IPV6_LOOPBACK",
     "ClusterState",
     "Host",
@@ -44,6 +46,10 @@ COMPILED_STATS_LIMIT: Final = 200
 GLOBAL_STATS_LIMIT: Final = 2000
 #: The IPv6 loopback address: a daemon logged in from it is named ``localhost`` in USE_CS.
 IPV6_LOOPBACK: Final = "::1"
+_LOOPBACKS: Final = frozenset(("127.0.0.1", IPV6_LOOPBACK))
+#: Address-family bits of :attr:`Host.offers` and :attr:`Host.reach`.
+IPV4: Final = 1
+IPV6: Final = 2
 
 
 class JobState(enum.Enum):
@@ -177,23 +183,64 @@ class Host:
     #: What it proved before LOGIN: off, authenticated or unauthenticated (issue 14).
     auth: str = "off"
 
-    @property
-    def ipv6(self) -> bool:
-        """Whether clients would be sent to an IPv6 address for this daemon.
+    #: The routable addresses the daemon declared (HOST_ADDRESSES, iceserv only), checked.
+    addresses: tuple[str, ...] = ()
+    #: The families (:data:`IPV4` | :data:`IPV6`) it declared its clients reach; 0: not declared.
+    declared_reach: int = 0
+    #: Worked out by :meth:`refresh_families` (so a placement scan only tests bits).
+    v4: str = ""
+    v6: str = ""
+    offers: int = 0
+    reach: int = 0
 
-        True when it logged in over IPv6 (``::1`` excepted: USE_CS names it
-        ``localhost``).  Such a daemon is iceserv (1.4 has no IPv6), so its
-        clients can reach IPv6 servers; a daemon that logged in over IPv4
-        may be 1.4 and is never sent an IPv6 address (:func:`reachable`).
+    def __post_init__(self) -> None:
+        """Work out the families from the login address."""
+        self.refresh_families()
+
+    def refresh_families(self) -> None:
+        """Work out which addresses other hosts' clients use here and which families ours reach.
+
+        The login address stands for its own family (unless it is link-local:
+        its zone is the scheduler's); a declared address of the other family
+        (or a routable one of the same, for a link-local login) fills in.  A
+        daemon on the scheduler's loopback is named ``localhost``, reachable as
+        before.  A daemon that declared nothing reaches what its login implies:
+        over IPv4 it may be icecream 1.4, whose clients parse IPv4 only; over
+        IPv6 it is iceserv (1.4 has no IPv6) and is assumed to reach both.
         """
-        return ":" in self.ip and self.ip != IPV6_LOOPBACK
+        ip = self.ip
+        six = ":" in ip
+        loopback = ip in _LOOPBACKS
+        link = "%" in ip or ip.lower().startswith("fe80:")
+        self.v4 = ip if not six else next((a for a in self.addresses if ":" not in a), "")
+        self.v6 = (
+            ip
+            if six and not link and not loopback
+            else next((a for a in self.addresses if ":" in a), "")
+        )
+        if loopback:
+            self.offers = IPV4 | IPV6
+        else:
+            self.offers = (IPV4 if self.v4 else 0) | (IPV6 if self.v6 else 0)
+        implied = IPV4 | IPV6 if six and not loopback else IPV4
+        self.reach = self.declared_reach or implied
+
+    @property
+    def family_limited(self) -> bool:
+        """Whether some host may be unable to reach this one, or this one some host.
+
+        False for the 1.4 case (an IPv4 address, IPv4 clients): while every
+        host is so, the placement index needs no family test.
+        """
+        return not (self.offers & IPV4 and self.reach & IPV4)
 
     @property
     def link_local(self) -> bool:
         """Whether it logged in from an IPv6 link-local address (``fe80::…%zone``).
 
         The zone is the scheduler's interface name, meaningless on any other
-        host, so no other daemon's client is sent there (:func:`reachable`).
+        host: other daemons' clients are sent to a routable address it
+        declared, or not at all.
         """
         return "%" in self.ip or self.ip.lower().startswith("fe80:")
 
@@ -337,24 +384,33 @@ class ClusterState:
     last_job_id: int = 0
     index: HostIndex | None = None
     by_address: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    ipv6_hosts: int = 0
+    #: Hosts with :attr:`Host.family_limited` (the index defers to the scan while any exist).
+    family_limited: int = 0
 
     def add_host(self, host: Host) -> None:
         """Log *host* in (last in login order)."""
         self.hosts[host.host_id] = host
-        self.ipv6_hosts += host.ipv6
+        self.family_limited += host.family_limited
         self.by_address.setdefault((host.ip, host.nodename), []).append(host.host_id)
         self.touch(host)
 
     def drop_host(self, host: Host) -> None:
         """Forget *host* (logged out, lost or kicked)."""
         del self.hosts[host.host_id]
-        self.ipv6_hosts -= host.ipv6
+        self.family_limited -= host.family_limited
         ids = self.by_address.get((host.ip, host.nodename), [])
         if host.host_id in ids:
             ids.remove(host.host_id)
             if not ids:
                 del self.by_address[(host.ip, host.nodename)]
+        self.touch(host)
+
+    def set_families(self, host: Host, addresses: tuple[str, ...], reach: int) -> None:
+        """Record what *host* declared about its addresses and its clients' families."""
+        self.family_limited -= host.family_limited
+        host.addresses, host.declared_reach = addresses, reach
+        host.refresh_families()
+        self.family_limited += host.family_limited
         self.touch(host)
 
     def hosts_at(self, ip: str, nodename: str) -> list[Host]:

@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from iceserv.scheduler.placement import FULL_LOAD, can_install, reachable
+from iceserv.scheduler.state import IPV4, IPV6
 
 if TYPE_CHECKING:
     from iceserv.scheduler.state import ClusterState, Host, Job
 
-__all__ = ["reasons"]
+__all__ = ["reasons", "why_unreachable"]
 
 #: A server holds this many jobs beyond its slots at most (placement's preload rule).
 _PRELOAD_PER_SLOTS: Final = 4
@@ -28,6 +29,26 @@ _PRELOAD_PER_SLOTS: Final = 4
 
 def _address(host: Host) -> str:
     return f"[{host.ip}]:{host.port}" if ":" in host.ip else f"{host.ip}:{host.port}"
+
+
+_FAMILY_NAMES: Final = {IPV4: "IPv4", IPV6: "IPv6", IPV4 | IPV6: "IPv4 and IPv6", 0: "nothing"}
+
+
+def why_unreachable(submitter: Host | None, server: Host) -> str:
+    """Say why *submitter*'s clients cannot be sent to *server* (:func:`reachable` is False)."""
+    if not server.offers and server.link_local:
+        return f"is known only by the link-local address {server.ip}, of no use to other hosts"
+    offered = ", ".join(a for a in (server.v4, server.v6) if a) or server.ip
+    if submitter is not None and not submitter.declared_reach and ":" not in submitter.ip:
+        return (
+            f"is known only by the IPv6 address {offered} and the submitter logged in"
+            " over IPv4 (icecream 1.4 clients cannot reach IPv6)"
+        )
+    reach = submitter.reach if submitter is not None else 0
+    return (
+        f"has no address the submitter's clients can reach: it offers {offered}"
+        f" ({_FAMILY_NAMES[server.offers]}), they reach {_FAMILY_NAMES[reach]} only"
+    )
 
 
 def _why_not_ever(state: ClusterState, host: Host, job: Job, *, own: bool) -> str | None:
@@ -52,15 +73,8 @@ def _why_not_ever(state: ClusterState, host: Host, job: Job, *, own: bool) -> st
         ),
         (not host.probe.accepting, f"its compile port {_address(host)} does not answer"),
         (
-            not own and host.link_local,
-            f"is known only by the link-local address {host.ip}, of no use to other hosts",
-        ),
-        (
             not own and not reachable(state.hosts.get(job.submitter), host),
-            (
-                f"is known only by the IPv6 address {host.ip} and the submitter logged in"
-                " over IPv4 (icecream 1.4 clients cannot reach IPv6)"
-            ),
+            why_unreachable(state.hosts.get(job.submitter), host),
         ),
         (
             not can_install(state, host, job, ignore_installing=True),

@@ -280,6 +280,14 @@ class SchedulerLike(Protocol):
         """Stop calling *observer*."""
         ...
 
+    def keep_finished_jobs(self, count: int, /) -> None:
+        """Remember the last *count* jobs that finished after they started."""
+        ...
+
+    def finished_jobs(self) -> Sequence[tuple[JobLike, float, int]]:
+        """Return the remembered finished jobs, oldest first: (job, end time, exit code)."""
+        ...
+
 
 class DaemonTotalsLike(Protocol):
     """The daemon's running totals (every count only grows)."""

@@ -1,12 +1,15 @@
 """Live updates for the web view: cluster observer calls become Server-Sent Events.
 
-This module owns :class:`LiveFeed`.  It is registered with the scheduler's
-control facade as an observer, the same calls the D-Bus signals come from:
-a job that starts or ends, a host that joins or leaves is sent to every
-subscriber at once; "something changed" schedules one full snapshot at most
-every :data:`SNAPSHOT_INTERVAL` seconds (slots, load, queue, totals).  With
-no subscriber it does nothing, so an idle endpoint costs the scheduler one
-method call per batch of effects.
+This module owns :class:`LiveFeed`.  While at least one page is
+subscribed it is registered with the scheduler's control facade as an
+observer, the same calls the D-Bus signals come from: a job that starts or
+ends, a host that joins or leaves is sent to every subscriber at once;
+"something changed" schedules one full snapshot at most every
+:data:`SNAPSHOT_INTERVAL` seconds (slots, load, queue, totals).  With no
+subscriber it is not registered at all, so an idle endpoint costs the
+scheduler nothing per job but one tuple in the facade's list of finished jobs
+(:meth:`keep_finished_jobs`), which the timeline of a page that connects
+later is drawn from.
 
 Memory is bounded: at most :data:`MAX_SUBSCRIBERS` streams, each with a queue
 of :data:`QUEUE_LIMIT` events (a subscriber that falls behind is dropped, as
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -119,9 +121,10 @@ class LiveFeed:
         self._control = control
         self._clock = clock
         self._subscribers: set[Subscriber] = set()
-        self._timeline: deque[dict[str, Any]] = deque(maxlen=TIMELINE_JOBS)
+        self._observing = False
         self._pending: asyncio.TimerHandle | None = None
         self._last_snapshot = 0.0
+        control.keep_finished_jobs(TIMELINE_JOBS)
 
     # --- subscribers ------------------------------------------------------------------
 
@@ -135,28 +138,53 @@ class LiveFeed:
         hello["timeline"] = self._recent(now)
         subscriber.queue.put_nowait(encode("hello", hello))
         self._subscribers.add(subscriber)
+        self._observe(observing=True)
         return subscriber
 
     def subscribers(self) -> int:
         """Return how many streams are open."""
         return len(self._subscribers)
 
+    def observing(self) -> bool:
+        """Return whether it is registered with the scheduler (while someone is subscribed)."""
+        return self._observing
+
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Forget *subscriber*."""
         self._subscribers.discard(subscriber)
+        self._observe(observing=bool(self._subscribers))
 
     def close(self) -> None:
-        """Drop every stream and cancel a pending snapshot."""
+        """Drop every stream, stop observing and cancel a pending snapshot."""
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
         for subscriber in list(self._subscribers):
             self._drop(subscriber)
+        self._observe(observing=False)
+
+    def _observe(self, *, observing: bool) -> None:
+        if observing and not self._observing:
+            self._control.add_observer(self)
+        elif not observing and self._observing:
+            self._control.remove_observer(self)
+        self._observing = observing
 
     def _recent(self, now: float) -> list[dict[str, Any]]:
-        while self._timeline and self._timeline[0]["end"] < now - TIMELINE_SECONDS:
-            self._timeline.popleft()
-        return list(self._timeline)
+        since = now - TIMELINE_SECONDS
+        return [
+            {
+                "id": job.id,
+                "host": job.server,
+                "file": job.filename,
+                "submitter": job.submitter,
+                "start": job.started_at,
+                "end": end,
+                "exitcode": exitcode,
+            }
+            for job, end, exitcode in self._control.finished_jobs()
+            if end >= since
+        ]
 
     def _send(self, data: bytes) -> None:
         for subscriber in list(self._subscribers):
@@ -168,6 +196,7 @@ class LiveFeed:
     def _drop(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
         subscriber.dropped.set()
+        self._observe(observing=bool(self._subscribers))
 
     # --- the cluster observer ---------------------------------------------------------
 
@@ -190,21 +219,11 @@ class LiveFeed:
             self._send(encode("job_started", data))
 
     def job_finished(self, job: JobLike, exitcode: int, /) -> None:
-        """Remember the job for the timeline and send ``job_finished``."""
-        now = self._clock()
-        if job.started_at is not None and job.server != "<unknown>":
-            record = {
-                "id": job.id,
-                "host": job.server,
-                "file": job.filename,
-                "submitter": job.submitter,
-                "start": job.started_at,
-                "end": now,
-                "exitcode": exitcode,
-            }
-            self._timeline.append(record)
+        """Send ``job_finished`` (the timeline of later pages comes from the scheduler)."""
         if self._subscribers:
-            self._send(encode("job_finished", {**_job(job), "exitcode": exitcode, "now": now}))
+            self._send(
+                encode("job_finished", {**_job(job), "exitcode": exitcode, "now": self._clock()})
+            )
 
     def cluster_changed(self) -> None:
         """Schedule a snapshot (at most one per :data:`SNAPSHOT_INTERVAL`)."""

@@ -2,8 +2,9 @@
 
 This module owns :class:`HttpEndpoint` and :func:`serve_http`.  Routes:
 ``GET /`` (the page), ``/app.js`` and ``/style.css`` (its parts, read from
-the package once), ``/metrics`` (Prometheus; one rendering serves every
-scrape for :data:`METRICS_TTL` seconds), ``/events`` (Server-Sent
+the package once), ``/metrics`` (Prometheus; one rendering, and its gzip
+form when asked for, serves every scrape for :data:`METRICS_TTL` seconds or
+longer, see :func:`reuse_time`), ``/events`` (Server-Sent
 Events from :class:`~iceserv.web.live.LiveFeed`) and ``/api/cluster`` (the
 snapshot the page starts from, as JSON).  aiohttp parses HTTP; unknown paths
 get 404, other methods 405, oversized request lines or headers 400/431.
@@ -23,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import os
 import socket
 import time
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Final
 
@@ -53,9 +56,14 @@ IDLE_TIMEOUT: Final = 10.0
 MAX_CONNECTIONS: Final = 256
 #: Seconds a write to a client may take.
 WRITE_TIMEOUT: Final = 10.0
-#: A rendered /metrics is reused this long: a render costs ~0.1-0.3 ms per series, so
-#: scrapes 10 times a second must not each pay it on the scheduler's loop.
+#: A rendered /metrics is reused for at least this long: a render costs ~5-10 µs per
+#: series, so scrapes 10 times a second must not each pay it on the scheduler's loop.
 METRICS_TTL: Final = 1.0
+#: ... and for longer when rendering is slow (many hosts, a busy machine): long enough
+#: that rendering takes at most this share of the loop's time, however often it is scraped.
+RENDER_SHARE: Final = 0.01
+#: ... but never longer than this (seconds).
+METRICS_TTL_MAX: Final = 10.0
 #: Seconds between keep-alive comments on an idle event stream.
 HEARTBEAT: Final = 15.0
 #: aiohttp's limits on the request line and each header, and the number of headers.
@@ -71,6 +79,42 @@ _SECURITY_HEADERS: Final = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
+
+
+def reuse_time(render_seconds: float) -> float:
+    """Return how long a rendering that took *render_seconds* serves scrapes.
+
+    :data:`METRICS_TTL` at least; longer when rendering is slow, so that it
+    takes at most :data:`RENDER_SHARE` of the loop; :data:`METRICS_TTL_MAX` at most.
+    """
+    return min(METRICS_TTL_MAX, max(METRICS_TTL, render_seconds / RENDER_SHARE))
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Return whether an ``Accept-Encoding`` header value allows gzip (RFC 9110 12.5.3)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip"):
+            continue
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
+@dataclass(slots=True)
+class _Rendered:
+    """One rendering of ``/metrics``: when (loop time), for how long, the text and its gzip."""
+
+    at: float = float("-inf")
+    ttl: float = 0.0
+    body: bytes = b""
+    zipped: bytes | None = None
 
 
 def _read_static() -> dict[str, tuple[bytes, str]]:
@@ -180,7 +224,7 @@ class HttpEndpoint:
         self._static = _read_static() if control is not None else {}
         self._busy: dict[object, int] = {}
         self._conns: dict[_Connection, None] = {}
-        self._rendered: tuple[float, bytes] = (-METRICS_TTL, b"")
+        self._rendered = _Rendered()
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] = ("", 0)
@@ -239,8 +283,6 @@ class HttpEndpoint:
         )
         sockname = self._server.sockets[0].getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
-        if self._control is not None and self.feed is not None:
-            self._control.add_observer(self.feed)
         log.info("http_listening", address=self.address[0], port=self.address[1])
 
     def open_connections(self) -> int:
@@ -249,8 +291,7 @@ class HttpEndpoint:
 
     async def close(self) -> None:
         """Stop listening, end the event streams and close every connection."""
-        if self._control is not None and self.feed is not None:
-            self._control.remove_observer(self.feed)
+        if self.feed is not None:
             self.feed.close()
         if self._server is not None:
             self._server.close()
@@ -306,15 +347,21 @@ class HttpEndpoint:
         body, kind = self._static[request.path]
         return web.Response(body=body, content_type=kind, charset="utf-8")
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.Response:
+        rendered = self._rendered
         now = asyncio.get_running_loop().time()
-        rendered_at, body = self._rendered
-        if now - rendered_at >= METRICS_TTL:
+        if now - rendered.at >= rendered.ttl:
+            start = time.perf_counter()
             body = render(self._registry)
-            self._rendered = (now, body)
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = CONTENT_TYPE
-        return response
+            ttl = reuse_time(time.perf_counter() - start)
+            rendered = self._rendered = _Rendered(now, ttl, body)
+        headers = {"Content-Type": CONTENT_TYPE, "Vary": "Accept-Encoding"}
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            if rendered.zipped is None:
+                rendered.zipped = gzip.compress(rendered.body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+            return web.Response(body=rendered.zipped, headers=headers)
+        return web.Response(body=rendered.body, headers=headers)
 
     async def _cluster(self, _request: web.Request) -> web.Response:
         assert self._control is not None  # noqa: S101 - routed only with a scheduler

@@ -6,7 +6,9 @@ import socket
 
 import pytest
 
-from iceserv.client.sockets import connect_tcp
+from iceserv.client.env import ClientEnv
+from iceserv.client.sockets import connect_tcp, endpoint_name, find_local_daemon
+from iceserv.protocol.endpoint import iceserv_endpoint
 
 
 @pytest.fixture
@@ -35,3 +37,33 @@ class TestConnectTcp:
     def test_unusable_address_is_none(self, server, host):
         """A malformed literal or an unknown name gives None, not an exception."""
         assert connect_tcp(host, server, 5.0) is None
+
+
+class TestMarkedConnect:
+    """Our client reaches the daemon through its iceserv-only endpoint when there is one."""
+
+    def _listen(self, address: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(address)
+        sock.listen(1)
+        return sock
+
+    def _peer_of(self, address: str) -> tuple[object, bool]:
+        found = find_local_daemon(ClientEnv.from_mapping({"ICECC_TEST_SOCKET": address}))
+        assert found is not None
+        sock, marked = found
+        try:
+            return sock.getpeername(), marked
+        finally:
+            sock.close()
+
+    def test_endpoint_first_then_the_socket(self, tmp_path):
+        path = str(tmp_path / "d.sock")
+        with self._listen(path):
+            assert self._peer_of(path) == (path, False)  # no endpoint: a 1.4 daemon
+            with self._listen(endpoint_name(path)):
+                assert self._peer_of(path) == (endpoint_name(path).encode(), True)
+
+    def test_the_name_is_the_protocols(self):
+        for address in ("/run/icecc/iceccd.socket", "tcp:10245", "rel/x.sock"):
+            assert endpoint_name(address) == iceserv_endpoint(address)

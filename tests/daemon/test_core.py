@@ -18,7 +18,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from iceserv.daemon.core import DaemonCore
+from iceserv.daemon.core import DaemonCore, host_addresses
 from iceserv.daemon.effects import (
     LINK_TIMER,
     WAKE_TIMER,
@@ -95,6 +95,7 @@ from iceserv.protocol import (
     GetCS,
     GetInternalStatus,
     GetNativeEnv,
+    HostAddresses,
     JobBegin,
     JobDone,
     JobDoneFlag,
@@ -1796,6 +1797,16 @@ class TestJobTickets:
         assert core.ticketed == 1
         assert core.state_of(1) in (State.TO_COMPILE, State.COMPILING)
 
+    def test_ticket_for_any_address_we_told_the_scheduler(self):
+        """Named by a declared address (HOST_ADDRESSES), not the login one: still ours."""
+        core = _keyed("require")
+        core.handle(SchedulerUp(OWN_IP, 43, FOUND), T0)
+        _remote_client(core, 1)
+        assert not _refusals(_send(core, 1, JobTicket(job_id=5, ticket=_ticket(server="fd00::5"))))
+        _remote_client(core, 2)
+        effects = _send(core, 2, JobTicket(job_id=5, ticket=_ticket(server="fd00::77")))
+        assert _refusals(effects)
+
     def test_ticket_allows_transfer_then_its_job(self):
         """With a ticket the client installs its environment, verifies it, then sends the job."""
         core = _keyed("require")
@@ -1962,3 +1973,70 @@ class TestTicketPassing:
         core.handle(ClientConnected(1, "local", ICESERV_LOCAL, 43), T0)
         assert core.handle(FromScheduler(JobTicket(job_id=71, client_id=1, ticket="t")), T0) == []
         assert core.handle(FromScheduler(JobTicket(job_id=71, client_id=9, ticket="t")), T0) == []
+
+
+FOUND = ("10.0.0.5", "192.0.2.5", "fd00::5")
+
+
+class TestAddressFamilies:
+    """HOST_ADDRESSES to an iceserv scheduler; IPv6 servers only for our own clients."""
+
+    def _up(self, **changes: Any) -> DaemonCore:
+        core = _core(scheduler=False, **changes)
+        core.handle(SchedulerUp(OWN_IP, 43, FOUND), T0)
+        return core
+
+    def test_told_once_per_connection_after_the_mark(self):
+        core = self._up()
+        effects = core.handle(FromScheduler(ICESERV_CONF), T0)
+        assert _to_scheduler(effects) == [HostAddresses(FOUND, ("ipv4", "ipv6"))]
+        assert _to_scheduler(core.handle(FromScheduler(ICESERV_CONF), T0 + 1)) == []  # re-LOGIN
+        core.handle(SchedulerDown(), T0 + 2)
+        core.handle(SchedulerUp(OWN_IP, 43, FOUND), T0 + 3)
+        assert _to_scheduler(core.handle(FromScheduler(ICESERV_CONF), T0 + 3)) == [
+            HostAddresses(FOUND, ("ipv4", "ipv6"))
+        ]
+
+    def test_a_1_4_scheduler_never_hears_of_it(self):
+        """Unmarked CS_CONF: the bytes to a 1.4 scheduler stay those of 1.4's daemon."""
+        core = self._up()
+        assert _to_scheduler(core.handle(FromScheduler(ConfCS()), T0)) == []
+
+    def test_family_and_listen_addresses_restrict_it(self):
+        settings = _settings(family="ipv6")
+        assert host_addresses(settings, FOUND) == HostAddresses(("fd00::5",), ("ipv6",))
+        settings = _settings(listen_addresses=("192.0.2.5", "127.0.0.1"))
+        assert host_addresses(settings, FOUND) == HostAddresses(("192.0.2.5",), ("ipv4", "ipv6"))
+        settings = _settings(listen_addresses=("::",))
+        assert host_addresses(settings, FOUND) == HostAddresses(("fd00::5",), ("ipv4", "ipv6"))
+        settings = _settings(listen_addresses=())  # --no-remote: a submitter only
+        assert host_addresses(settings, FOUND) == HostAddresses((), ("ipv4", "ipv6"))
+        assert host_addresses(_settings(), ()) == HostAddresses((), ())
+
+    def test_nothing_routable_nothing_told(self):
+        core = _core(scheduler=False)
+        core.handle(SchedulerUp(OWN_IP, 43, ()), T0)
+        assert _to_scheduler(core.handle(FromScheduler(ICESERV_CONF), T0)) == []
+
+    def _assigned(self, kind: ConnKind, hostname: str) -> list[Any]:
+        core = _core()
+        _connect(core, 1, kind)
+        _send(core, 1, GetCS(target="x86_64"))
+        use = UseCS(job_id=71, hostname=hostname, port=PORT, host_platform="x86_64", client_id=1)
+        return core.handle(FromScheduler(use), T0)
+
+    def test_an_ipv6_server_is_not_named_to_an_unmarked_client(self):
+        """A client that did not come through our endpoint may be 1.4's: it compiles here."""
+        effects = self._assigned(LOCAL, "fd00::9")
+        (use,) = _sent(effects, 1)
+        assert (use.hostname, use.job_id) == ("127.0.0.1", 71)
+        (warned,) = _events(effects, "compile_server_unusable")
+        assert warned["server"] == "[fd00::9]:10245"
+
+    def test_our_client_gets_the_ipv6_server(self):
+        (use,) = _sent(self._assigned(ICESERV_LOCAL, "fd00::9"), 1)
+        assert use.hostname == "fd00::9"
+
+    def test_an_unmarked_client_still_gets_ipv4_servers(self):
+        (use,) = _sent(self._assigned(LOCAL, "10.0.0.9"), 1)
+        assert use.hostname == "10.0.0.9"

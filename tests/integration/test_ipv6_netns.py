@@ -36,7 +36,7 @@ from testbed import (
 )
 from testbed.faults import telnet_listcs
 from testbed.procs import make_workdir
-from testbed.project import build_env
+from testbed.project import build_env, build_reference, fetch_sdist, restrict, unpack_project
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 
@@ -48,6 +48,14 @@ int main(void) { printf("%d\\n", cube(3)); return 0; }
 _LOGIN_TIMEOUT: Final = 45.0
 _SCHEDULER_V6: Final = "fd15::1"
 _SERVER_V6: Final = "fd15::3"
+#: The units of zstd's C library the IPv6-only cluster builds.
+_UNITS: Final = tuple(
+    f"lib/{name}.c"
+    for name in (
+        "common/debug", "common/entropy_common", "common/error_private", "common/xxhash",
+        "compress/hist", "decompress/zstd_ddict",
+    )
+)  # fmt: skip
 
 
 def test_ipv4_client_jobs_skip_the_ipv6_only_daemon() -> None:
@@ -202,18 +210,21 @@ _OUR_CLIENT: Final = (
 
 
 def test_ipv6_only_cluster_discovers_and_compiles() -> None:
-    """No IPv4 on the links: daemons find the scheduler by IPv6 multicast and a job runs remotely.
+    """No IPv4 on the links: the hosts find each other by IPv6 multicast and build a C project.
 
     The three hosts keep only ULA addresses (fd16::N) and link-local ones.
     The daemons get no ``-s``: their requests to ff02::114 leave from their
     ULA addresses, so the scheduler answers from its own and knows them by
-    theirs.  Our client's compile through the ``-m 0`` daemon is placed on the
-    other one by its IPv6 address (both submitter and server came over IPv6)
-    and equals a local build.
+    theirs.  Six units of zstd's C library, built with our client through the
+    ``-m 0`` daemon, are placed on the other one by its IPv6 address (the
+    submitter declared it reaches IPv6 only) and equal a local gcc build.
     """
     workdir = make_workdir("ipv6only")
     repo = Path(__file__).resolve().parents[2]
     try:
+        project = restrict(unpack_project(fetch_sdist(), workdir / "zstd"), _UNITS)
+        reference = build_reference(project)
+        project.clean()
         with NetnsBed(3) as bed, contextlib.ExitStack() as stack:
             for number, host in enumerate(bed, start=1):
                 subprocess.run(["ip", "-n", host.name, "-4", "addr", "flush", "dev", "eth0"],
@@ -241,22 +252,19 @@ def test_ipv6_only_cluster_discovers_and_compiles() -> None:
             assert listed() == {"sub6": ("fd16::2", 10245), "srv6": ("fd16::3", 10245)}
             (login,) = srv.wait_events("scheduler_logged_in", 1)[:1]
             assert login["connected_to"] == "[fd16::1]:8765", tails()
-            (work := workdir / "src").mkdir()
-            (work / "cube.c").write_text(_SOURCE)
-            launcher = work / "icecc"
+            launcher = workdir / "icecc"
             launcher.write_text(_OUR_CLIENT.format(python=sys.executable, repo=str(repo)))
             launcher.chmod(0o755)
-            argv = ["gcc", "-O2", "-c", "cube.c", "-o"]
-            h2.run([*argv, "local.o"], cwd=work, env=build_env(), timeout=120)
-            env = build_env({"ICECC_TEST_SOCKET": str(sub.socket_path), "HOME": str(work)})
-            done = h2.run([str(launcher), *argv, "remote.o"], cwd=work, env=env, check=False,
-                          capture_output=True, timeout=180)  # fmt: skip
-            assert done.returncode == 0, f"{done.stderr!r}\n{tails()}"
-            assert (work / "remote.o").read_bytes() == (work / "local.o").read_bytes()
+            env = build_env({"ICECC_TEST_SOCKET": str(sub.socket_path), "HOME": str(workdir)})
+            done = h2.run(project.make_argv(f"{launcher} gcc", 4), cwd=project.root, env=env,
+                          check=False, capture_output=True, timeout=300)  # fmt: skip
+            assert done.returncode == 0, f"{done.stdout[-3000:]!r}\n{tails()}"
+            assert project.compare(reference) == ([], []), tails()
             assigned = [r["server"] for r in sub.events("compile_server_assigned")]
-            assert assigned == ["[fd16::3]:10245"], tails()
-            wait_for(lambda: [e for e in srv.events("job_finished") if e.get("where") == "server"],
-                     20.0, "srv6's job record", context=tails)  # fmt: skip
+            assert assigned == ["[fd16::3]:10245"] * len(project.sources), tails()
+            wait_for(lambda: len([e for e in srv.events("job_finished")
+                                  if e.get("where") == "server"]) >= len(project.sources),
+                     20.0, "srv6's job records", context=tails)  # fmt: skip
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False, timeout=60)
 

@@ -31,6 +31,7 @@ ALL_CLASSES = (
     messages.VerifyEnv, messages.VerifyEnvResult, messages.BlacklistHostEnv, messages.NoCS,
     messages.SlotsQuery, messages.SlotsAnswer, messages.PushQuery, messages.PushTargets,
     messages.JobTicket,
+    messages.HostAddresses,
 )  # fmt: skip
 
 #: The classes a Connection may send (type 'A' and 'D' are never valid on a channel).

@@ -29,6 +29,7 @@ from iceserv.protocol.messages import (
     GetCS,
     GetInternalStatus,
     GetNativeEnv,
+    HostAddresses,
     JobBegin,
     JobDone,
     JobLocalBegin,
@@ -303,6 +304,13 @@ AT_43 = [
         JobTicket(job_id=7, client_id=3, ticket="t1"),
         "00000013 1ce50008 00000007 00000003 00000003 743100",
     ),
+    Fixture(  # iceserv only: a daemon's addresses of both families and its clients' families
+        "HOST_ADDRESSES",
+        (43,),
+        HostAddresses(addresses=("10.0.0.2", "fd00::2"), families=("ipv4", "ipv6")),
+        "00000037 1ce50009 00000002 00000009 31302e302e302e3200 00000008 666430303a3a3200"
+        " 00000002 00000005 6970763400 00000005 6970763600",
+    ),
     Fixture(
         "BLACKLIST_HOST_ENV",
         (43,),
@@ -480,9 +488,9 @@ class TestFixtures:
     """Hand-written frames, both ways."""
 
     def test_every_class_has_a_fixture_at_43(self):
-        """Each of the 32 1.4 message classes and iceserv's 5 has a fixture (FILE_CHUNK: below)."""
+        """Each of the 32 1.4 message classes and iceserv's 6 has a fixture (FILE_CHUNK: below)."""
         assert {type(f.message) for f in AT_43} | {FileChunk} == set(ALL_CLASSES)
-        assert len(ALL_CLASSES) == 32 + 5
+        assert len(ALL_CLASSES) == 32 + 6
 
     @pytest.mark.parametrize("param", FIXTURES, ids=[_id(p) for p in FIXTURES])
     def test_fixture_is_well_formed(self, param):

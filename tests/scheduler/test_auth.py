@@ -11,6 +11,7 @@ from iceserv.protocol import (
     AuthChallenge,
     AuthHello,
     AuthProof,
+    HostAddresses,
     JobTicket,
     Login,
     MonLogin,
@@ -96,9 +97,9 @@ class TestAuthGate:
         assert gate.handle(stats).forward is stats
 
 
-def _login_as(core, conn_id: int, name: str, state: AuthState) -> None:
+def _login_as(core, conn_id: int, name: str, state: AuthState, ip: str = "") -> None:
     """Connect, record what the gate concluded, then LOGIN and STATS (as the shell does)."""
-    core.peer_connected(conn_id, f"10.0.0.{conn_id}", 43, 43)
+    core.peer_connected(conn_id, ip or f"10.0.0.{conn_id}", 43, 43)
     core.peer_authenticated(conn_id, state)
     fields = {"port": 10245, "max_kids": 4, "nodename": name, "host_platform": "x86_64",
               "chroot_possible": True, "supported_features": 3}  # fmt: skip
@@ -171,6 +172,19 @@ class TestTickets:
         _login_as(core, 2, "client", client)
         core.host_by_conn(2).max_jobs = 0
         assert [type(m) for m in sends(get_cs(core, 2, T0), 2)] == [UseCS]
+
+    def test_dual_stack_ticket_names_the_addresses_of_the_family_used(self):
+        """Both logged in over IPv6 and declared IPv4: USE_CS names IPv4, so does the ticket."""
+        core = _keyed_core()
+        _login_as(core, 1, "server", AuthState.AUTHENTICATED, ip="fd00::1")
+        _login_as(core, 2, "client", AuthState.AUTHENTICATED, ip="fd00::2")
+        core.handle_message(1, HostAddresses(("10.0.0.1", "fd00::1"), ("ipv4", "ipv6")), T0)
+        core.handle_message(2, HostAddresses(("10.0.0.2", "fd00::2"), ("ipv4", "ipv6")), T0)
+        core.host_by_conn(2).max_jobs = 0
+        ticket, use = sends(get_cs(core, 2, T0), 2)
+        assert use.hostname == "10.0.0.1"
+        verify_ticket(RING, ticket.ticket, job_id=use.job_id, client="10.0.0.2",
+                      server="10.0.0.1", now=T0)  # fmt: skip
 
     def test_no_ticket_without_keys(self):
         """A scheduler without ticket keys (auth off) sends USE_CS alone, as 1.4."""

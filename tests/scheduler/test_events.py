@@ -126,3 +126,53 @@ class TestObservers:
         events.remove_observer(recorder)  # twice is fine
         feed(login(core, 1, "a"))
         assert recorder.calls == []
+
+    def test_times_are_kept_without_observers(self):
+        """With nobody listening job times are still kept; a later observer hears the end."""
+        core, events, recorder, feed = setup()
+        events.remove_observer(recorder)
+        feed(login(core, 1, "sub", max_kids=0))
+        feed(login(core, 2, "cs"))
+        feed(get_cs(core, 1), now=T0 + 1)
+        feed(core.handle_message(2, JobBegin(1, 0, 1), T0), now=T0 + 2)
+        assert events.times(1) == (T0 + 1, T0 + 2)
+        events.add_observer(recorder)
+        feed(core.handle_message(2, JobDone(1, exitcode=0), T0), now=T0 + 3)
+        ((_, job, exitcode),) = recorder.named("finished")
+        assert (job.id, job.server, job.started_at, exitcode) == (1, "cs", T0 + 2, 0)
+        assert events.times(1) == (None, None)
+
+
+class TestFinished:
+    def run_jobs(self, feed, core, count, *, start=True):
+        for _ in range(count):
+            effects = get_cs(core, 1)
+            feed(effects, now=T0)
+            job_id = max(core.state.jobs)
+            if start:
+                feed(core.handle_message(2, JobBegin(job_id, 0, 1), T0), now=T0 + 1)
+            feed(core.handle_message(2, JobDone(job_id, exitcode=job_id % 3), T0), now=T0 + job_id)
+
+    def test_nothing_is_kept_unless_asked(self):
+        core, events, _, feed = setup()
+        feed(login(core, 1, "sub", max_kids=0))
+        feed(login(core, 2, "cs"))
+        self.run_jobs(feed, core, 3)
+        assert events.finished() == []
+
+    def test_the_last_started_jobs_are_kept_with_end_and_exit_code(self):
+        """Kept without any observer: the newest *count* jobs that started, oldest first."""
+        core, events, recorder, feed = setup()
+        events.remove_observer(recorder)
+        events.keep_finished(3)
+        feed(login(core, 1, "sub", max_kids=0))
+        feed(login(core, 2, "cs"))
+        self.run_jobs(feed, core, 5)
+        self.run_jobs(feed, core, 1, start=False)  # job 6 never started
+        kept = events.finished()
+        assert [(job.id, end, code) for job, end, code in kept] == [
+            (3, T0 + 3, 0), (4, T0 + 4, 1), (5, T0 + 5, 2)]  # fmt: skip
+        assert {(job.server, job.submitter, job.started_at) for job, _, _ in kept} == {
+            ("cs", "sub", T0 + 1)}  # fmt: skip
+        events.keep_finished(2)  # asking again keeps the newest
+        assert [job.id for job, _, _ in events.finished()] == [4, 5]

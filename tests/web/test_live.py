@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from typing import Any
 
 from iceserv.scheduler.metrics import ClusterMetrics
 from iceserv.scheduler.views import HostView, JobView
-from iceserv.web.live import MAX_SUBSCRIBERS, QUEUE_LIMIT, SNAPSHOT_INTERVAL, LiveFeed
+from iceserv.web.live import (
+    MAX_SUBSCRIBERS,
+    QUEUE_LIMIT,
+    SNAPSHOT_INTERVAL,
+    TIMELINE_JOBS,
+    TIMELINE_SECONDS,
+    LiveFeed,
+)
 
 JOB = JobView(7, "COMP", "laptop", "farm1", "src/a.c", 10.0, 11.0)
 HOST = HostView(nodename="farm1", ip="10.0.0.2", port=10245, platform="x86_64", speed=1.5,
@@ -20,6 +28,8 @@ HOST = HostView(nodename="farm1", ip="10.0.0.2", port=10245, platform="x86_64", 
 class _Control:
     def __init__(self) -> None:
         self.metrics_ = ClusterMetrics()
+        self.observers: list[object] = []
+        self.finished: deque[tuple[JobView, float, int]] = deque()
 
     def netname(self) -> str:
         return "lab"
@@ -45,11 +55,17 @@ class _Control:
     def metrics(self) -> Any:
         return self.metrics_.view(0.0)
 
-    def add_observer(self, _observer: object, /) -> None:
-        pass
+    def add_observer(self, observer: object, /) -> None:
+        self.observers.append(observer)
 
-    def remove_observer(self, _observer: object, /) -> None:
-        pass
+    def remove_observer(self, observer: object, /) -> None:
+        self.observers.remove(observer)
+
+    def keep_finished_jobs(self, count: int, /) -> None:
+        self.finished = deque(self.finished, maxlen=count)
+
+    def finished_jobs(self) -> list[tuple[JobView, float, int]]:
+        return list(self.finished)
 
 
 def _events(queue: asyncio.Queue[bytes]) -> list[tuple[str, Any]]:
@@ -117,19 +133,63 @@ class TestLiveFeed:
         asyncio.run(run())
 
     def test_finished_jobs_are_on_the_next_hello_timeline(self):
-        """Jobs that ended before a page connected are on its timeline."""
+        """Jobs that ended before a page connected are on its timeline (kept by the scheduler)."""
+        control = _Control()
 
         async def run() -> dict[str, Any]:
-            feed = LiveFeed(_Control(), clock=lambda: 20.0)
-            feed.job_finished(JOB, 0)
+            feed = LiveFeed(control, clock=lambda: 20.0)
+            control.finished.append((JOB, 20.0, 0))
             subscriber = feed.subscribe()
             assert subscriber is not None
             return _events(subscriber.queue)[0][1]
 
         hello = asyncio.run(run())
+        assert control.finished.maxlen == TIMELINE_JOBS
         assert hello["timeline"] == [{"id": 7, "host": "farm1", "file": "src/a.c",
                                       "submitter": "laptop", "start": 11.0, "end": 20.0,
                                       "exitcode": 0}]  # fmt: skip
+
+    def test_timeline_leaves_out_jobs_older_than_its_span(self):
+        control = _Control()
+
+        async def run() -> list[dict[str, Any]]:
+            feed = LiveFeed(control, clock=lambda: 1000.0)
+            for end in (1000.0 - TIMELINE_SECONDS - 1, 1000.0 - TIMELINE_SECONDS, 999.0):
+                control.finished.append((JOB, end, 1))
+            subscriber = feed.subscribe()
+            assert subscriber is not None
+            return _events(subscriber.queue)[0][1]["timeline"]
+
+        assert [job["end"] for job in asyncio.run(run())] == [1000.0 - TIMELINE_SECONDS, 999.0]
+
+    def test_observes_the_scheduler_only_while_someone_listens(self):
+        """No subscriber, no observer calls per job: it registers with the first, leaves with
+        the last (also when the last is dropped for falling behind, and on close)."""
+        control = _Control()
+
+        async def run() -> None:
+            feed = LiveFeed(control, clock=lambda: 12.0)
+            assert control.observers == []
+            first, second = feed.subscribe(), feed.subscribe()
+            assert first is not None
+            assert second is not None
+            assert control.observers == [feed]
+            feed.unsubscribe(first)
+            assert control.observers == [feed]
+            feed.unsubscribe(second)
+            assert control.observers == []
+            assert not feed.observing()
+            slow = feed.subscribe()
+            for _ in range(QUEUE_LIMIT):
+                feed.job_started(JOB)
+            assert slow is not None
+            assert slow.dropped.is_set()
+            assert control.observers == []
+            assert feed.subscribe() is not None
+            feed.close()
+            assert control.observers == []
+
+        asyncio.run(run())
 
 
 class TestAuthState:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import random
 import select
 import socket
@@ -20,15 +21,26 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 from testbed import wait_for
 from web.webbed import metrics, value
 
 from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.web.live import MAX_SUBSCRIBERS
-from iceserv.web.server import HttpEndpoint
+from iceserv.web.server import (
+    METRICS_TTL,
+    METRICS_TTL_MAX,
+    RENDER_SHARE,
+    HttpEndpoint,
+    accepts_gzip,
+    reuse_time,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
+
+    from prometheus_client.core import Metric
 
 IDLE: Final = 1.0
 MAX_CONNECTIONS: Final = 100
@@ -93,6 +105,20 @@ def bed() -> Iterator[Bed]:
         running.close()
 
 
+class _Counting:
+    """A collector that counts how often it is collected."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        self.calls += 1
+        yield GaugeMetricFamily("scrape_test_collections", "Collections so far", value=self.calls)
+
+
 def request(port: int, raw: bytes, timeout: float = 5.0) -> bytes:
     """Send *raw*, return everything the server sends until it closes (or the timeout)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -126,6 +152,51 @@ class TestRoutes:
         assert value(samples, "iceserv_placement_wait_seconds_bucket", le="+Inf") == 0
         assert value(samples, "iceserv_scheduler_info", netname="webtest", version="test") == 1
 
+    def test_metrics_gzip_when_asked_for(self, bed: Bed) -> None:
+        """Accept-Encoding gzip gets the same text gzipped; q=0 or another coding gets it plain."""
+        head = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        zipped = request(bed.port, f"{head}Accept-Encoding: br, gzip;q=0.5\r\n\r\n".encode())
+        assert status(zipped) == 200
+        headers, _, body = zipped.partition(b"\r\n\r\n")
+        assert b"Content-Encoding: gzip" in headers
+        assert b"Vary: Accept-Encoding" in headers
+        text = gzip.decompress(body).decode()
+        samples = metrics(text)
+        assert value(samples, "iceserv_scheduler_info", netname="webtest", version="test") == 1
+        for refused in ("gzip;q=0", "br", "identity"):
+            reply = request(bed.port, f"{head}Accept-Encoding: {refused}\r\n\r\n".encode())
+            assert b"Content-Encoding" not in reply.partition(b"\r\n\r\n")[0], refused
+            assert reply.partition(b"\r\n\r\n")[2].startswith(b"# HELP"), refused
+
+    def test_one_rendering_serves_scrapes_for_a_while(self) -> None:
+        """Scrapes within METRICS_TTL reuse one rendering (and one gzip); a later one renders."""
+        collector = _Counting()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+
+        async def scrape_three() -> list[bytes]:
+            endpoint = HttpEndpoint.metrics_only(registry)
+            await endpoint.start("127.0.0.1", 0)
+            try:
+                port, bodies = endpoint.address[1], []
+                for encoding in ("gzip", "identity", "gzip"):
+                    raw = (f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                           f"Accept-Encoding: {encoding}\r\n\r\n").encode()  # fmt: skip
+                    reply = await asyncio.to_thread(request, port, raw)
+                    bodies.append(reply.partition(b"\r\n\r\n")[2])
+                assert collector.calls == 1
+                await asyncio.sleep(METRICS_TTL)
+                await asyncio.to_thread(get, port, "/metrics")
+                assert collector.calls == 2
+                return bodies
+            finally:
+                await endpoint.close()
+
+        zipped, plain, again = asyncio.run(scrape_three())
+        assert zipped == again
+        assert gzip.decompress(zipped) == plain
+        assert value(metrics(plain.decode()), "scrape_test_collections") == 1
+
     def test_page_and_assets_come_from_the_package(self, bed: Bed) -> None:
         """/, /app.js and /style.css are served with a strict content security policy."""
         for path, kind in (("/", b"text/html"), ("/app.js", b"text/javascript"),
@@ -151,6 +222,27 @@ class TestRoutes:
         assert b"text/event-stream" in data
         assert b"retry: 1000" in data
         assert b'"netname":"webtest"' in data
+
+
+class TestReuse:
+    @pytest.mark.parametrize(
+        ("render_seconds", "reused"),
+        [(0.0, METRICS_TTL), (0.004, METRICS_TTL), (0.03, 3.0), (5.0, METRICS_TTL_MAX)],
+    )
+    def test_slow_renderings_are_reused_longer(self, render_seconds: float, reused: float) -> None:
+        """A rendering serves 1 s at least, longer when slow (<= 1 % of the loop), 10 s at most."""
+        ttl = reuse_time(render_seconds)
+        assert ttl == pytest.approx(reused)
+        assert render_seconds <= RENDER_SHARE * ttl or ttl == METRICS_TTL_MAX
+
+    @pytest.mark.parametrize(
+        ("header", "expected"),
+        [("gzip", True), ("GZIP", True), ("deflate, gzip;q=1.0, br", True), ("x-gzip", True),
+         ("gzip; q=0.001", True), ("gzip;q=0", False), ("gzip;q=0.0", False), ("gzip;q=x", False),
+         ("", False), ("br", False), ("*", False), ("identity, gzipped", False)],
+    )  # fmt: skip
+    def test_accept_encoding(self, header: str, expected: bool) -> None:  # noqa: FBT001
+        assert accepts_gzip(header) is expected
 
 
 class TestBadInput:
