@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from iceserv.errors import ProtocolError
-from iceserv.hostfacts import set_keepalive
+from iceserv.hostfacts import local_addresses, set_keepalive
 from iceserv.netio import (
     DISCOVERY_GROUP6,
     IP_FREEBIND,
@@ -66,7 +66,9 @@ from iceserv.netio import (
     bind_listeners,
     host_key,
     host_port,
+    in_networks,
     is_link_local,
+    is_own_host,
     open_stream,
     sockaddr_host_port,
     unmapped,
@@ -123,7 +125,7 @@ from iceserv.scheduler.joblog import JobSummaries
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Collection, Coroutine
 
     from iceserv.clock import Clock
     from iceserv.protocol import Message
@@ -205,6 +207,7 @@ class SchedulerServerSettings:
     confirm_timeout: float = 0.5
     auth: str = AuthMode.OFF
     keys: tuple[bytes, ...] = field(default=(), repr=False)  # never in a log line
+    monitors: tuple[str, ...] = ()  # under require: networks whose monitors are served
 
 
 @dataclass(eq=False)
@@ -298,9 +301,16 @@ class SchedulerServer:
     """A running scheduler: listeners, peer connections and the core's timers."""
 
     def __init__(
-        self, settings: SchedulerServerSettings, *, clock: Clock, rng: random.Random
+        self,
+        settings: SchedulerServerSettings,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        own_addresses: Callable[[], Collection[str]] = local_addresses,
     ) -> None:
+        """Serve per *settings*; *own_addresses* lists this host's (monitors under require)."""
         self.settings = settings
+        self._own_addresses = own_addresses
         self._clock = clock
         self._start = clock.now()
         config = SchedulerConfig(
@@ -1083,6 +1093,25 @@ class SchedulerServer:
         self._close(peer)
         self.apply(self._core.connection_lost(peer.conn_id, self.now()))
 
+    def _refuse_monitor(self, peer: _Peer) -> str:
+        """Why *peer*'s MON_LOGIN is refused ("" when it is admitted)."""
+        if not self._monitor_allowed(peer):
+            return "monitor refused"
+        if not self._admit_monitor(peer):
+            return "monitor budget full"
+        return ""
+
+    def _monitor_allowed(self, peer: _Peer) -> bool:
+        """Issue 14 item 5: under require, monitors only from this host or ``monitors``."""
+        if self.auth_mode is not AuthMode.REQUIRE:
+            return True
+        if in_networks(peer.ip, self.settings.monitors) or is_own_host(
+            peer.ip, self._own_addresses()
+        ):
+            return True
+        log.warning("monitor_refused", peer=peer.ip, auth=self.auth_mode.value)
+        return False
+
     def _admit_monitor(self, peer: _Peer) -> bool:
         answer = self._monitor_budget.admit(peer.key)
         if answer is not Admission.ADMITTED:
@@ -1154,8 +1183,8 @@ class SchedulerServer:
                     return refused, events
                 if passed is None:
                     continue
-            if isinstance(event, MonLogin) and not self._admit_monitor(peer):
-                return "monitor budget full", events
+            if isinstance(event, MonLogin) and (refused := self._refuse_monitor(peer)):
+                return refused, events
             self.apply(self._core.handle_message(peer.conn_id, event, self.now()))
             if peer.monitor:
                 self._pending.pop(peer.conn_id, None)
