@@ -99,6 +99,8 @@ def _missing_bus(address: str) -> str:
 _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
+#: How long past the standby role machine's listening second READY=1 may wait for the role.
+_ROLE_GRACE: Final = 2.0
 #: Settings a reload cannot change while the sockets stay open.
 _RESTART_ONLY: Final = ("port", "interface", "family", "user", "daemonize", "http", "auth")
 
@@ -394,6 +396,11 @@ async def _run(
     lifecycle = Lifecycle(service, notifier)
     loop = asyncio.get_running_loop()
     lifecycle.install_signal_handlers(loop)
+    # READY=1 once the role is known (serving, or standby for whom), so that its
+    # STATUS= says which; bounded, in case the role machine's timer is late.
+    listen = server.standby.settings.listen if server.standby is not None else 0.0
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.role_known.wait(), listen + _ROLE_GRACE)
     log.info("scheduler_ready", port=server.port, version=VERSION)
     try:
         return await lifecycle.run()

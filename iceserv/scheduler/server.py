@@ -359,6 +359,9 @@ class SchedulerServer:
             collections.deque(maxlen=_HELD_PROBES)
         )
         self._timer_wake = asyncio.Event()
+        #: Set once this scheduler knows whether it serves or stands by (at once without
+        #: the role machine; after its listening second with it): what READY=1 waits for.
+        self.role_known = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._readers: set[asyncio.Task[None]] = set()
         self.port = settings.port
@@ -406,6 +409,8 @@ class SchedulerServer:
         self._spawn(self._timers())
         if self.standby is not None:
             self.apply_standby(self.standby.start())
+        else:
+            self.role_known.set()
         log.info(
             "scheduler_started",
             address=self.bound,
@@ -848,6 +853,8 @@ class SchedulerServer:
                     self.apply(self._core.handle_announcement(info, self.now()))
         if self.standby.role is sb.Role.STANDBY and self.standby.active is not None:
             self._log_standby()
+        if self.standby.role is not sb.Role.LISTENING:
+            self.role_known.set()
         self._timer_wake.set()
 
     def _took_over(self, info: SchedulerInfo, predecessor: tuple[Any, ...] | None) -> None:
