@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 _ROOT: Final = Path(__file__).resolve().parents[1]
-_NAMES: Final = ("connection", "decode", "telnet", "confd", "toml")
+_NAMES: Final = ("connection", "decode", "telnet", "confd", "toml", "auth")
 _TELNET: Final = (b"listcs\r\n", b"listjobs\n", b"removecs node1 x\n", b"blockcs a\tb\n",
                   b"unblockcs a\n", b"listblocks\n", b"internals node1\n", b"help\nquit\n",
                   b"LISTCS\r\r\n\x00caf\xc3\xa9 x\n")  # fmt: skip
@@ -59,10 +59,38 @@ def _seeds(name: str) -> list[bytes]:
         return [bytes([22, 22, 7, 3, 200, 1, 0, 0]) + b"".join(frames)]
     if name == "telnet":
         return [bytes([3, 5]) + line for line in _TELNET]
+    if name == "auth":
+        return _auth_seeds()
     if name == "confd":
         return [path.read_bytes() for path in sorted((_ROOT / "etc/conf.d").iterdir())]
     return [(_ROOT / "etc/iceserv/iceserv.toml").read_bytes(),
             b"[daemon]\nmax_processes = 4\n[scheduler]\nport = 8765\n"]  # fmt: skip
+
+
+def _auth_seeds() -> list[bytes]:
+    """Return a daemon's hello and proof, a LOGIN, a monitor, and the datagrams (issue 14)."""
+    from fuzz.targets import _ENDS, _NONCE_D, _NONCE_S, _RING  # noqa: PLC0415 - after instrumenting
+    from iceserv.protocol import AuthHello, AuthProof, Login, MonLogin  # noqa: PLC0415
+    from iceserv.protocol.auth import (  # noqa: PLC0415
+        DaemonHandshake,
+        SchedulerHandshake,
+        encode_probe,
+    )
+    from iceserv.protocol.messages import encode  # noqa: PLC0415
+
+    daemon = DaemonHandshake(_RING, _NONCE_D, _ENDS)
+    challenge = SchedulerHandshake(_RING, _NONCE_S, _ENDS).challenge(daemon.hello())
+    proof = daemon.answer(challenge)
+    login = Login(port=10245, max_kids=4, nodename="n1", host_platform="x86_64")
+    frames = [encode(m, 43) for m in (daemon.hello(), proof, login)]
+    return [
+        bytes([1, 7, 200]) + b"".join(frames),
+        bytes([0, 3, 1]) + encode(login, 43),
+        bytes([1, 9, 9]) + encode(MonLogin(), 43),
+        bytes([1, 2, 2]) + encode(AuthProof("00" * 32), 43) + encode(AuthHello("x", ()), 43),
+        bytes([1, 1, 1]) + encode(challenge, 43),
+        encode_probe(_NONCE_D, _RING),
+    ]
 
 
 def _mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:

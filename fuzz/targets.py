@@ -17,10 +17,16 @@ errors those parsers promise).  Any other exception escapes and is a crash.
   with and without variables in scope.
 * ``toml``: the settings loader on the input as the TOML file, for the
   daemon and the scheduler.
+* ``auth``: the network key's handshake (issue 14) from both ends: the
+  scheduler's gate under ``require`` and a daemon's handshake fed the frames
+  of the input after the version handshake (the received buffer must stay
+  under the message cap), the input as a discovery probe, offer and proven
+  announcement, and as a job ticket.
 """
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -30,8 +36,20 @@ from typing import TYPE_CHECKING, Final
 from iceserv.config import ConfdValue, Locations, Service, load_settings, parse_confd
 from iceserv.errors import IceservError
 from iceserv.protocol import NEED_DATA, Connection, ConnectionClosed, MsgType
-from iceserv.protocol.messages import decode, encode
+from iceserv.protocol.auth import (
+    AuthMode,
+    DaemonHandshake,
+    Endpoints,
+    KeyRing,
+    decode_offer,
+    decode_probe,
+    decode_proven_announcement,
+)
+from iceserv.protocol.constants import MAX_MESSAGE_SIZE
+from iceserv.protocol.messages import AuthChallenge, decode, encode
 from iceserv.protocol.text import LineSplitter, format_text
+from iceserv.protocol.tickets import verify_ticket
+from iceserv.scheduler.auth import AuthGate
 from iceserv.telnet.commands import run_command
 
 if TYPE_CHECKING:
@@ -221,10 +239,65 @@ def toml(data: bytes) -> None:
             continue
 
 
+#: A fixed key, nonces and endpoints: the target explores inputs, not keys.
+_KEY: Final = bytes(range(48))
+_RING: Final = KeyRing((_KEY,))
+_NONCE_S: Final = b"\x5a" * 32
+_NONCE_D: Final = b"\xa5" * 32
+_ENDS: Final = Endpoints(daemon=("192.0.2.9", 40000), scheduler=("192.0.2.1", 8765))
+
+
+def _frames(body: bytes, sizes: bytes, version: int) -> list[object]:
+    """Return what a Connection at *version* decodes from *body* fed in pieces; bounded."""
+    conn = Connection(version=version)
+    conn.receive_data(struct.pack("<II", version, version))
+    events: list[object] = []
+    for piece in [*_pieces(body, sizes), b""]:
+        conn.receive_data(piece)
+        if conn.buffered > MAX_MESSAGE_SIZE + 8:
+            text = f"{conn.buffered} bytes buffered"
+            raise AssertionError(text)
+        while (event := conn.next_event()) is not NEED_DATA:
+            if isinstance(event, ConnectionClosed):
+                return events
+            events.append(event)
+    return events
+
+
+def auth(data: bytes) -> None:
+    """Run the authentication messages and datagrams of issue 14 on untrusted bytes."""
+    if len(data) < 3:
+        return
+    decode_probe(data)
+    decode_offer(data, _RING, _NONCE_D)
+    decode_proven_announcement(data, _RING, float(int.from_bytes(data[:2], "big") << 16))
+    with contextlib.suppress(IceservError):
+        verify_ticket(_RING, data.decode("utf-8", "replace"), job_id=data[0], client="192.0.2.9",
+                      server="192.0.2.1", now=1e9)  # fmt: skip
+    try:
+        events = _frames(data[3:], data[1:3], 43)
+    except IceservError:
+        return
+    gate = AuthGate(AuthMode.REQUIRE if data[0] & 1 else AuthMode.PREFER, _RING, _NONCE_S, _ENDS)
+    for event in events:
+        verdict = gate.handle(event)  # type: ignore[arg-type]
+        if verdict.refuse:
+            break
+    daemon = DaemonHandshake(_RING, _NONCE_D, _ENDS)
+    daemon.hello()
+    for event in events:
+        if isinstance(event, AuthChallenge):
+            try:
+                daemon.answer(event)
+            except IceservError:
+                break
+
+
 TARGETS: Final[dict[str, Callable[[bytes], None]]] = {
     "connection": connection,
     "decode": decode_one,
     "telnet": telnet,
     "confd": confd,
     "toml": toml,
+    "auth": auth,
 }

@@ -36,6 +36,7 @@ __all__ = [
     "host_platform",
     "interface_address",
     "interface_addresses",
+    "local_addresses",
     "multicast_sources",
     "routable_addresses",
     "set_keepalive",
@@ -66,6 +67,8 @@ _LOOPBACK: Final = "127.0.0.1"
 #: The kernel's list of IPv6 addresses: address (32 hex digits), index, prefix, scope, flags, name.
 _IF_INET6: Final = "/proc/net/if_inet6"
 _IPV6_LINK_SCOPE: Final = 0x20
+#: The kernel's IPv4 routing tries; ``/32 host LOCAL`` marks an address of this host.
+_FIB_TRIE: Final = "/proc/net/fib_trie"
 
 
 def host_platform() -> str:
@@ -257,3 +260,40 @@ def broadcast_addresses() -> list[str]:
         if address not in found:
             found.append(address)
     return found
+
+
+def local_addresses(*, fib_trie: str = _FIB_TRIE, if_inet6: str = _IF_INET6) -> frozenset[str]:
+    """Return every address of this host (of its network namespace), both families.
+
+    IPv4 from the kernel's local routing table (every address, secondary ones
+    too; without that file, each interface's primary address), IPv6 from
+    ``/proc/net/if_inet6`` without zones.  Read again at each call: addresses
+    come and go (DHCP, SLAAC).  Used to tell a connection from the host itself.
+    """
+    import contextlib  # noqa: PLC0415 - only the services ask about interfaces
+    import ipaddress  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    found: set[str] = set()
+    try:
+        with open(fib_trie, encoding="ascii") as lines:  # noqa: PTH123 - pathlib is not imported here
+            last = ""
+            for line in lines:
+                words = line.split()
+                if len(words) == 2 and words[0] == "|--":
+                    last = words[1]
+                elif words[-2:] == ["host", "LOCAL"] and last:
+                    found.add(last)
+    except OSError:
+        for _, name in socket.if_nameindex():
+            with contextlib.suppress(OSError):
+                found.add(interface_address(name))
+    try:
+        with open(if_inet6, encoding="ascii") as lines:  # noqa: PTH123 - pathlib is not imported here
+            for line in lines:
+                words = line.split()
+                if len(words) == 6:
+                    found.add(str(ipaddress.IPv6Address(int(words[0], 16))))
+    except OSError:
+        pass  # no IPv6 in this kernel
+    return frozenset(found)

@@ -19,6 +19,7 @@ from iceserv.hostfacts import (
     host_platform,
     interface_address,
     interface_addresses,
+    local_addresses,
     multicast_sources,
     set_keepalive,
     without_manager_variables,
@@ -139,6 +140,40 @@ class TestIpv6Addresses:
             ("wlan9", "fe80::3%wlan9"),
         ]
         assert multicast_sources(if_inet6=str(tmp_path / "absent")) == []
+
+
+# /proc/net/fib_trie excerpt: a secondary address, a broadcast and a network line.
+FIB_TRIE = """\
+Main:
+  +-- 0.0.0.0/0 3 0 5
+     +-- 10.0.0.0/24 2 0 2
+        |-- 10.0.0.0
+           /24 link UNICAST
+        |-- 10.0.0.5
+           /32 host LOCAL
+        |-- 10.0.0.9
+           /32 host LOCAL
+        |-- 10.0.0.255
+           /32 link BROADCAST
+"""
+
+
+class TestLocalAddresses:
+    def test_every_local_ipv4_and_every_ipv6_address(self, tmp_path):
+        """IPv4 from the LOCAL routes (secondary ones too), IPv6 from if_inet6 without zones."""
+        (tmp_path / "fib").write_text(FIB_TRIE)
+        (tmp_path / "inet6").write_text(IF_INET6)
+        found = local_addresses(fib_trie=str(tmp_path / "fib"), if_inet6=str(tmp_path / "inet6"))
+        assert found == {"10.0.0.5", "10.0.0.9", "::1", "fe80::2", "fd00::2", "fe80::3"}
+
+    def test_without_the_files_the_interfaces_primary_addresses(self, tmp_path):
+        """Without fib_trie each interface's IPv4 address (127.0.0.1 at least) is used."""
+        absent = str(tmp_path / "absent")
+        assert "127.0.0.1" in local_addresses(fib_trie=absent, if_inet6=absent)
+
+    def test_this_machine(self):
+        """The real kernel lists loopback in both families."""
+        assert {"127.0.0.1", "::1"} <= local_addresses()
 
 
 class TestImportCost:

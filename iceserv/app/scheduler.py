@@ -53,12 +53,13 @@ from iceserv.netio import (
     is_link_local,
     raise_nofile_limit,
 )
+from iceserv.protocol.auth import AuthMode
 from iceserv.protocol.discovery import DEFAULT_NETNAME
 from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.scheduler.standby import Role, StandbySettings
 from iceserv.service import Lifecycle, LogFormat, ServiceNotifier
 from iceserv.service.lifecycle import daemonize
-from iceserv.telnet import TelnetServer, serve_telnet
+from iceserv.telnet import TelnetControl, TelnetServer, serve_telnet
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -98,6 +99,8 @@ def _missing_bus(address: str) -> str:
 _PROG: Final = "icecc-scheduler"
 _LOOPBACK: Final = "127.0.0.1"
 _EXIT_FAILURE: Final = 1
+#: How long past the standby role machine's listening second READY=1 may wait for the role.
+_ROLE_GRACE: Final = 2.0
 #: Settings a reload cannot change while the sockets stay open.
 _RESTART_ONLY: Final = (
     "port",
@@ -163,6 +166,7 @@ def server_settings(
         standby=StandbySettings(),
         auth=settings.auth,
         encrypt=settings.encrypt,
+        monitors=settings.monitors,
     )
 
 
@@ -208,10 +212,20 @@ def status_text(server: SchedulerServer) -> str:
     return f"{len(hosts)} {noun}, {running}/{slots} jobs running"
 
 
+def telnet_policy(setting: str, auth: AuthMode) -> TelnetControl:
+    """Resolve ``telnet_control``: ``auto`` is ``local`` under require, ``any`` otherwise."""
+    if setting == "auto":
+        return TelnetControl.LOCAL if auth is AuthMode.REQUIRE else TelnetControl.ANY
+    return TelnetControl(setting)
+
+
 async def _start_telnet(
-    server: SchedulerServer, sessions: int, sessions_per_host: int
+    server: SchedulerServer, sessions: int, sessions_per_host: int, control: str = "auto"
 ) -> TelnetServer | None:
     """Start the telnet interface on ``server.port + 1`` with ``server.control``."""
+    policy = telnet_policy(control, server.auth_mode)
+    if policy is not TelnetControl.ANY:
+        log.info("telnet_control_restricted", policy=policy.value)
     try:
         return await serve_telnet(
             server.control,
@@ -220,6 +234,7 @@ async def _start_telnet(
             family=server.settings.family,
             max_sessions=sessions,
             max_sessions_per_host=sessions_per_host,
+            control_policy=policy,
         )
     except OSError as exc:
         log.error("telnet_listener_failed", port=server.port + 1, error=str(exc))  # noqa: TRY400
@@ -353,7 +368,7 @@ async def _run(
     notifier: Notifier,
     make_service: Callable[[SchedulerServer, TelnetServer | None], SchedulerService],
     bus_address: str,
-    telnet_budget: tuple[int, int],
+    telnet_budget: tuple[int, int, str],
 ) -> int:
     rng = random.Random()  # noqa: S311 - placement randomness, not security
     server = SchedulerServer(server_conf, clock=WallClock(), rng=rng)
@@ -391,6 +406,11 @@ async def _run(
     lifecycle = Lifecycle(service, notifier)
     loop = asyncio.get_running_loop()
     lifecycle.install_signal_handlers(loop)
+    # READY=1 once the role is known (serving, or standby for whom), so that its
+    # STATUS= says which; bounded, in case the role machine's timer is late.
+    listen = server.standby.settings.listen if server.standby is not None else 0.0
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.role_known.wait(), listen + _ROLE_GRACE)
     log.info("scheduler_ready", port=server.port, version=VERSION)
     try:
         return await lifecycle.run()
@@ -441,7 +461,11 @@ def main(argv: Sequence[str] | None = None, environ: MutableMapping[str, str] | 
         bus_address = environ.get("DBUS_SYSTEM_BUS_ADDRESS") or _SYSTEM_BUS
         limit = _raise_nofile_limit()
         server_conf, telnet_sessions = fit_budgets(server_conf, settings.max_telnet_sessions, limit)
-        telnet_budget = (telnet_sessions, settings.max_telnet_sessions_per_host)
+        telnet_budget = (
+            telnet_sessions,
+            settings.max_telnet_sessions_per_host,
+            settings.telnet_control,
+        )
         return asyncio.run(_run(server_conf, notifier, make_service, bus_address, telnet_budget))
 
 

@@ -233,6 +233,17 @@ _AUTH: Final = (
     _Option("", "auth", _Action.VALUE, "auth", "MODE", "off|prefer|require (authentication)"),
     _Option("", "encrypt", _Action.TRUE, "encrypt", "", "encrypt traffic between iceserv peers"),
 )
+_SCHEDULER_AUTH: Final = (
+    _Option(
+        "",
+        "telnet-control",
+        _Action.VALUE,
+        "telnet_control",
+        "MODE",
+        "auto|local|off|any (changing telnet commands)",
+    ),
+    _Option("", "monitors", _Action.VALUE, "monitors", "NETS", "monitors allowed under require"),
+)
 _ICESERV: Final = (
     _Option("", "confd", _Action.CONFD, "", "PATH", "conf.d file to read (repeatable)"),
     _Option("", "config", _Action.CONFIG, "", "PATH", "TOML file to read"),
@@ -242,7 +253,7 @@ _ICESERV: Final = (
 )
 _OPTIONS: Final = {
     Service.DAEMON: (*_COMMON_HEAD, *_DAEMON_ONLY, *_AUTH, *_ICESERV),
-    Service.SCHEDULER: (*_COMMON_HEAD, *_SCHEDULER_ONLY, *_AUTH, *_ICESERV),
+    Service.SCHEDULER: (*_COMMON_HEAD, *_SCHEDULER_ONLY, *_AUTH, *_SCHEDULER_AUTH, *_ICESERV),
 }
 _PROGS: Final = {Service.DAEMON: "iceccd", Service.SCHEDULER: "icecc-scheduler"}
 

@@ -158,6 +158,27 @@ def _compiler_list(value: str) -> str:
     return " ".join(words)
 
 
+def _split_networks(value: object) -> object:
+    """Split a conf.d/flag string of networks: blank- or comma-separated; a TOML array as is."""
+    if isinstance(value, str):
+        return tuple(value.replace(",", " ").split())
+    return value
+
+
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Each entry an IPv4/IPv6 address or CIDR network, normalised (host bits cleared)."""
+    found: list[str] = []
+    for entry in value:
+        try:
+            network = ipaddress.ip_network(entry.split("%", 1)[0], strict=False)
+        except ValueError:
+            msg = f"{entry!r} is neither an IP address nor a CIDR network"
+            raise ValueError(msg) from None
+        if str(network) not in found:
+            found.append(str(network))
+    return tuple(found)
+
+
 Name = Annotated[str, AfterValidator(_no_blanks)]
 CompilerList = Annotated[str, Field(max_length=4096), AfterValidator(_compiler_list)]
 UserName = Annotated[str, Field(min_length=1), AfterValidator(_no_blanks)]
@@ -169,11 +190,18 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 LogFormat = Literal["auto", "console", "json", "journal"]
 AddressFamily = Literal["any", "ipv4", "ipv6"]
 AuthMode = Literal["off", "prefer", "require"]
+TelnetControlMode = Literal["auto", "local", "off", "any"]
 SchedulerAddress = Annotated[
     HostPort | None,
     BeforeValidator(_parse_host_port),
     BeforeValidator(_empty_is_none),
     PlainSerializer(_host_port_text, return_type=str | None),
+]
+Networks = Annotated[
+    tuple[str, ...],
+    Field(max_length=1024),
+    BeforeValidator(_split_networks),
+    AfterValidator(_networks),
 ]
 HttpAddress = Annotated[
     HostPort | None,
@@ -375,6 +403,14 @@ class SchedulerSettings(_Settings):
     objects, environments, push-ahead; AES-256-GCM); 1.4 peers stay as the auth mode
     says.  Needs auth prefer or require (``--encrypt``; also ``ICECC_ENCRYPT``, TOML
     ``[cluster] encrypt``)."""
+    telnet_control: TelnetControlMode = "auto"
+    """Who may run the telnet commands that change the scheduler (blockcs, unblockcs,
+    removecs): local (sessions from this host only), off (nobody), any (everyone, as
+    1.4) or auto (local under ``auth = require``, else any) (``--telnet-control``)."""
+    monitors: Networks = ()
+    """Under ``auth = require``, the hosts or networks (IPv4/IPv6 addresses or CIDR,
+    blank- or comma-separated) whose monitors (icemon, icecream-sundae) are served
+    besides this host's; other modes serve every monitor (``--monitors``)."""
     http: HttpAddress = None
     """Serve ``/metrics`` and the web view on HOST[:PORT] (port 8767); unset: off (``--http``)."""
 

@@ -25,7 +25,7 @@ import socket
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
 __all__ = [
     "DISCOVERY_GROUP6",
@@ -34,9 +34,11 @@ __all__ = [
     "Family",
     "bind_listeners",
     "host_port",
+    "in_networks",
     "is_ipv6",
     "is_link_local",
     "is_loopback",
+    "is_own_host",
     "sockaddr_host_port",
     "socket_families",
     "unmapped",
@@ -119,6 +121,40 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(unmapped(address).split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+def _plain(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """*address* as an address object: unmapped, zone dropped; None if not a literal."""
+    try:
+        return ipaddress.ip_address(unmapped(address).split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def is_own_host(address: str, own: Iterable[str]) -> bool:
+    """Whether *address* (a peer's) is this host: loopback, or one of *own* addresses.
+
+    *own* is what :func:`iceserv.hostfacts.local_addresses` returns; IPv4-mapped
+    and zoned forms compare as their plain address.
+    """
+    peer = _plain(address)
+    if peer is None:
+        return False
+    return peer.is_loopback or any(_plain(mine) == peer for mine in own)
+
+
+def in_networks(address: str, networks: Iterable[str]) -> bool:
+    """Whether *address* lies in one of *networks* (CIDR or single addresses, both families)."""
+    peer = _plain(address)
+    if peer is None:
+        return False
+    for network in networks:
+        try:
+            if peer in ipaddress.ip_network(network, strict=False):
+                return True
+        except ValueError:
+            continue  # settings validate them; a bad one matches nothing
+    return False
 
 
 def host_port(host: str, port: int) -> str:

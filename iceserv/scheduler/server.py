@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from iceserv.errors import ProtocolError
-from iceserv.hostfacts import set_keepalive
+from iceserv.hostfacts import local_addresses, set_keepalive
 from iceserv.netio import (
     DISCOVERY_GROUP6,
     IP_FREEBIND,
@@ -66,7 +66,9 @@ from iceserv.netio import (
     bind_listeners,
     host_key,
     host_port,
+    in_networks,
     is_link_local,
+    is_own_host,
     open_stream,
     sockaddr_host_port,
     unmapped,
@@ -123,7 +125,7 @@ from iceserv.scheduler.joblog import JobSummaries
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Collection, Coroutine
 
     from iceserv.clock import Clock
     from iceserv.protocol import Message
@@ -207,6 +209,7 @@ class SchedulerServerSettings:
     keys: tuple[bytes, ...] = field(default=(), repr=False)  # never in a log line
     #: ``[cluster] encrypt``: seal the links of daemons that can (issue 14 item 4).
     encrypt: bool = False
+    monitors: tuple[str, ...] = ()  # under require: networks whose monitors are served
 
 
 @dataclass(eq=False)
@@ -300,9 +303,16 @@ class SchedulerServer:
     """A running scheduler: listeners, peer connections and the core's timers."""
 
     def __init__(
-        self, settings: SchedulerServerSettings, *, clock: Clock, rng: random.Random
+        self,
+        settings: SchedulerServerSettings,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        own_addresses: Callable[[], Collection[str]] = local_addresses,
     ) -> None:
+        """Serve per *settings*; *own_addresses* lists this host's (monitors under require)."""
         self.settings = settings
+        self._own_addresses = own_addresses
         self._clock = clock
         self._start = clock.now()
         config = SchedulerConfig(
@@ -351,6 +361,9 @@ class SchedulerServer:
             collections.deque(maxlen=_HELD_PROBES)
         )
         self._timer_wake = asyncio.Event()
+        #: Set once this scheduler knows whether it serves or stands by (at once without
+        #: the role machine; after its listening second with it): what READY=1 waits for.
+        self.role_known = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._readers: set[asyncio.Task[None]] = set()
         self.port = settings.port
@@ -398,6 +411,8 @@ class SchedulerServer:
         self._spawn(self._timers())
         if self.standby is not None:
             self.apply_standby(self.standby.start())
+        else:
+            self.role_known.set()
         log.info(
             "scheduler_started",
             address=self.bound,
@@ -840,6 +855,8 @@ class SchedulerServer:
                     self.apply(self._core.handle_announcement(info, self.now()))
         if self.standby.role is sb.Role.STANDBY and self.standby.active is not None:
             self._log_standby()
+        if self.standby.role is not sb.Role.LISTENING:
+            self.role_known.set()
         self._timer_wake.set()
 
     def _took_over(self, info: SchedulerInfo, predecessor: tuple[Any, ...] | None) -> None:
@@ -1091,6 +1108,25 @@ class SchedulerServer:
         self._close(peer)
         self.apply(self._core.connection_lost(peer.conn_id, self.now()))
 
+    def _refuse_monitor(self, peer: _Peer) -> str:
+        """Why *peer*'s MON_LOGIN is refused ("" when it is admitted)."""
+        if not self._monitor_allowed(peer):
+            return "monitor refused"
+        if not self._admit_monitor(peer):
+            return "monitor budget full"
+        return ""
+
+    def _monitor_allowed(self, peer: _Peer) -> bool:
+        """Issue 14 item 5: under require, monitors only from this host or ``monitors``."""
+        if self.auth_mode is not AuthMode.REQUIRE:
+            return True
+        if in_networks(peer.ip, self.settings.monitors) or is_own_host(
+            peer.ip, self._own_addresses()
+        ):
+            return True
+        log.warning("monitor_refused", peer=peer.ip, auth=self.auth_mode.value)
+        return False
+
     def _admit_monitor(self, peer: _Peer) -> bool:
         answer = self._monitor_budget.admit(peer.key)
         if answer is not Admission.ADMITTED:
@@ -1162,8 +1198,8 @@ class SchedulerServer:
                     return refused, events
                 if passed is None:
                     continue
-            if isinstance(event, MonLogin) and not self._admit_monitor(peer):
-                return "monitor budget full", events
+            if isinstance(event, MonLogin) and (refused := self._refuse_monitor(peer)):
+                return refused, events
             self.apply(self._core.handle_message(peer.conn_id, event, self.now()))
             if peer.monitor:
                 self._pending.pop(peer.conn_id, None)

@@ -8,14 +8,24 @@ imports ``iceserv.scheduler``: ``app/`` passes the control object in.
 
 from __future__ import annotations
 
-from iceserv.telnet.commands import Command, Reply, greeting, parse, run_command
+from iceserv.telnet.commands import (
+    MUTATING,
+    Command,
+    Reply,
+    TelnetControl,
+    greeting,
+    parse,
+    run_command,
+)
 from iceserv.telnet.facade import SchedulerControl, TelnetHost, TelnetJob
 from iceserv.telnet.server import TelnetServer, serve_telnet
 
 __all__ = [
+    "MUTATING",
     "Command",
     "Reply",
     "SchedulerControl",
+    "TelnetControl",
     "TelnetHost",
     "TelnetJob",
     "TelnetServer",

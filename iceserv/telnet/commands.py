@@ -15,6 +15,7 @@ A text may span lines (a daemon's ``internals`` dump is passed on verbatim).
 
 from __future__ import annotations
 
+import enum
 import re
 import string
 from dataclasses import dataclass
@@ -32,9 +33,11 @@ __all__ = [
     "DONE",
     "GOODBYE",
     "HELP",
+    "MUTATING",
     "VERSION",
     "Command",
     "Reply",
+    "TelnetControl",
     "greeting",
     "parse",
     "render_host",
@@ -61,12 +64,31 @@ HELP: Final = (
     "quit",
 )
 
+#: The commands that change the scheduler's state (issue 14 item 5).  1.4 also has
+#: ``crashme`` (it crashes the scheduler on purpose); iceserv never implemented it:
+#: it gets 1.4's ``Invalid command`` answer, so there is nothing to refuse.
+MUTATING: Final = frozenset(("removecs", "blockcs", "unblockcs"))
+
 _NO_HOSTS: Final = "401 Sure. But which hosts?"
 _NO_HOST: Final = "401 Sure. But which host?"
 # 1.4 splits on exactly these; Unicode spaces such as U+00A0 stay inside a word.
 _SEPARATORS: Final = re.compile(r"[ \t\n]+")
 # 1.4 lower-cases with C tolower(): ASCII only, so U+212A KELVIN SIGN is not a "k".
 _ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+class TelnetControl(enum.StrEnum):
+    """Who may run the :data:`MUTATING` commands (``[scheduler] telnet_control``)."""
+
+    ANY = "any"  # everyone, as in icecream 1.4
+    LOCAL = "local"  # only sessions from the scheduler's own host
+    OFF = "off"  # nobody
+
+    def refusal(self, name: str) -> str:
+        """Return the one-line answer to *name* when this policy refuses it."""
+        if self is TelnetControl.OFF:
+            return f"403 {name} is disabled on this scheduler."
+        return f"403 {name} is allowed only from the scheduler's host."
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +102,14 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The texts to send for one command, and whether the session ends after them."""
+    """The texts to send for one command, whether the session ends after them.
+
+    ``refused`` names a :data:`MUTATING` command the session may not run ("" otherwise).
+    """
 
     texts: tuple[str, ...]
     close: bool = False
+    refused: str = ""
 
 
 def parse(line: str) -> Command:
@@ -176,15 +202,21 @@ async def _internals(control: SchedulerControl, args: list[str]) -> list[str]:
 _ASYNC_COMMANDS: Final[dict[str, _AsyncHandler]] = {"internals": _internals}
 
 
-async def run_command(control: SchedulerControl, line: str) -> Reply:
+async def run_command(
+    control: SchedulerControl, line: str, *, refuse_with: TelnetControl | None = None
+) -> Reply:
     """Execute one input *line* against *control* and return what to send.
 
     ``quit`` and ``exit`` answer ``200 Good Bye!`` and close; every other line,
-    valid or not, ends with ``200 done``.
+    valid or not, ends with ``200 done``.  With *refuse_with* (the policy that
+    denies this session), a :data:`MUTATING` command is not run: it gets
+    :meth:`TelnetControl.refusal`, then ``200 done``.
     """
     command = parse(line)
     if command.name in {"quit", "exit"}:
         return Reply(texts=(GOODBYE,), close=True)
+    if refuse_with is not None and command.name in MUTATING:
+        return Reply(texts=(refuse_with.refusal(command.name), DONE), refused=command.name)
     args = list(command.args)
     if (handler := _COMMANDS.get(command.name)) is not None:
         texts = handler(control, args)

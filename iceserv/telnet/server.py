@@ -29,6 +29,14 @@ when that host is full, of anyone when the port is full.  It gets
 limit at all.  Only when every session is busy is the new connection
 reset.  Accepting runs on :class:`~iceserv.netio.Listener`, which pauses
 with back-off when descriptors run out.
+
+Control (issue 14 item 5): *control_policy* says who may run the commands
+that change the scheduler (:data:`~iceserv.telnet.commands.MUTATING`).
+Under ``local`` the first such command of a session asks whether the peer is
+this host (loopback, or one of *own_addresses()*, read then: addresses
+change); the answer holds for the session.  A refused command gets one
+``403`` line and ``200 done`` (the session goes on) and one
+``telnet_command_refused`` log line.  Read-only commands never ask.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from typing import TYPE_CHECKING, Final, Self
 import structlog
 
 from iceserv.errors import RemoteProtocolError
+from iceserv.hostfacts import local_addresses
 from iceserv.netio import (
     Admission,
     ConnectionBudget,
@@ -53,13 +62,14 @@ from iceserv.netio import (
     bind_listeners,
     host_key,
     host_port,
+    is_own_host,
 )
 from iceserv.netio import open_stream as _open_stream
 from iceserv.protocol.text import MAX_LINE, LineSplitter, format_text
-from iceserv.telnet.commands import GOODBYE, greeting, run_command
+from iceserv.telnet.commands import GOODBYE, MUTATING, TelnetControl, greeting, parse, run_command
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Collection, Iterable, Sequence
     from types import TracebackType
 
     from iceserv.telnet.facade import SchedulerControl
@@ -109,6 +119,7 @@ class _Session:
     started: bool = False
     evicted: bool = False
     released: bool = False
+    may_change: bool | None = None  # asked at the first changing command
 
 
 class TelnetServer:
@@ -116,7 +127,8 @@ class TelnetServer:
 
     *idle_timeout*, *write_timeout* and *max_line* bound every session as the
     module docstring describes; *max_sessions* and *max_sessions_per_host*
-    bound how many run at once.
+    bound how many run at once; *control_policy* and *own_addresses* decide who
+    may change the scheduler (the module docstring).
     Use :func:`serve_telnet`, or ``start()`` and ``close()`` (also as an async
     context manager).
     """
@@ -131,8 +143,12 @@ class TelnetServer:
         max_sessions: int = MAX_SESSIONS,
         max_sessions_per_host: int = MAX_SESSIONS_PER_HOST,
         read_size: int = _READ_SIZE,
+        control_policy: TelnetControl = TelnetControl.ANY,
+        own_addresses: Callable[[], Collection[str]] = local_addresses,
     ) -> None:
         self._control = control
+        self._policy = control_policy
+        self._own_addresses = own_addresses
         self._idle_timeout = idle_timeout
         self._write_timeout = write_timeout
         self._max_line = max_line
@@ -330,10 +346,29 @@ class TelnetServer:
             for line in lines:
                 session.last_line = loop.time()
                 deadline = session.last_line + self._idle_timeout
-                reply = await run_command(self._control, line)
+                refuse = self._refusal(session, line)
+                reply = await run_command(self._control, line, refuse_with=refuse)
+                if reply.refused:
+                    log.warning(
+                        "telnet_command_refused",
+                        peer=session.peer,
+                        command=reply.refused,
+                        policy=self._policy.value,
+                    )
                 await self._send(writer, reply.texts)
                 if reply.close:
                     return "quit"
+
+    def _refusal(self, session: _Session, line: str) -> TelnetControl | None:
+        """Return the policy that refuses *line* to *session*, or None if it may run."""
+        if self._policy is TelnetControl.ANY or parse(line).name not in MUTATING:
+            return None
+        if session.may_change is None:
+            ip = str(session.peer[0]) if isinstance(session.peer, tuple) else ""
+            session.may_change = self._policy is TelnetControl.LOCAL and is_own_host(
+                ip, self._own_addresses()
+            )
+        return None if session.may_change else self._policy
 
     async def _send(self, writer: asyncio.StreamWriter, texts: Iterable[str]) -> None:
         writer.write(b"".join(format_text(text) for text in texts))
@@ -360,10 +395,12 @@ async def serve_telnet(  # noqa: PLR0913 - the limits are keyword-only, as on Te
     max_line: int = MAX_LINE,
     max_sessions: int = MAX_SESSIONS,
     max_sessions_per_host: int = MAX_SESSIONS_PER_HOST,
+    control_policy: TelnetControl = TelnetControl.ANY,
 ) -> TelnetServer:
     """Start serving *control*'s telnet interface on *host*:*port* and return the server."""
     server = TelnetServer(
         control,
+        control_policy=control_policy,
         idle_timeout=idle_timeout,
         write_timeout=write_timeout,
         max_line=max_line,

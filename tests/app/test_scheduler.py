@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from structlog.testing import capture_logs
 
-from iceserv.app.scheduler import fit_budgets, server_settings
+from iceserv.app.scheduler import fit_budgets, server_settings, telnet_policy
 from iceserv.config import SchedulerSettings
 from iceserv.netio import NofileLimit
+from iceserv.protocol.auth import AuthMode
 from iceserv.scheduler import SchedulerServerSettings
+from iceserv.telnet import TelnetControl
 
 
 class TestServerSettings:
@@ -42,6 +44,31 @@ class TestServerSettings:
         """-i naming no interface is an OSError for main to report."""
         with pytest.raises(OSError, match="No such device"):
             server_settings(SchedulerSettings(interface="nosuchif0"), {})
+
+
+class TestTelnetPolicy:
+    @pytest.mark.parametrize(
+        ("auth", "expected"),
+        [
+            (AuthMode.OFF, TelnetControl.ANY),
+            (AuthMode.PREFER, TelnetControl.ANY),
+            (AuthMode.REQUIRE, TelnetControl.LOCAL),
+        ],
+    )
+    def test_auto_is_local_only_under_require(self, auth, expected):
+        """auto keeps 1.4's telnet under off and prefer, and restricts it under require."""
+        assert telnet_policy("auto", auth) is expected
+
+    @pytest.mark.parametrize("mode", ["local", "off", "any"])
+    def test_an_explicit_mode_wins_in_every_auth_mode(self, mode):
+        """local, off and any apply whatever the authentication mode."""
+        for auth in AuthMode:
+            assert telnet_policy(mode, auth) is TelnetControl(mode)
+
+    def test_monitors_reach_the_server(self):
+        """The monitors setting is passed to the server as normalised networks."""
+        settings = SchedulerSettings(monitors="10.0.0.0/8 ::1")
+        assert server_settings(settings, {}).monitors == ("10.0.0.0/8", "::1/128")
 
 
 class TestFitBudgets:

@@ -87,6 +87,8 @@ ICECC_SCHEDULER_KEY_FILE="/etc/iceserv/network.key"
 ICECC_SCHEDULER_PREVIOUS_KEY_FILE="/etc/iceserv/network.key.old"
 ICECC_SCHEDULER_AUTH="require"
 ICECC_SCHEDULER_ENCRYPT="yes"
+ICECC_SCHEDULER_TELNET_CONTROL="off"
+ICECC_SCHEDULER_MONITORS="10.0.0.0/8, fd00::/64 192.0.2.7"
 """
 
 # fixture -> (line, the rest of the one error line after "path:line: ")

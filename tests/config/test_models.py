@@ -67,6 +67,8 @@ SCHEDULER_DEFAULTS = {
     "previous_key_file": None,
     "auth": "off",
     "encrypt": False,
+    "telnet_control": "auto",
+    "monitors": (),
     "http": None,
 }
 
@@ -176,6 +178,26 @@ class TestSchedulerSettings:
     def test_defaults(self):
         """Every cross-walk field exists with the documented default."""
         assert SchedulerSettings().model_dump() == SCHEDULER_DEFAULTS
+
+    def test_monitors_are_normalised_networks_of_both_families(self):
+        """A string splits on blanks and commas; host bits are cleared; duplicates go."""
+        settings = SchedulerSettings(monitors="10.1.2.3/8, ::1 10.0.0.0/8,fd00::5/64")
+        assert settings.monitors == ("10.0.0.0/8", "::1/128", "fd00::/64")
+        assert SchedulerSettings(monitors=["192.0.2.7"]).monitors == ("192.0.2.7/32",)
+
+    @pytest.mark.parametrize("bad", ["bogus", "10.0.0.0/33", "example.org"])
+    def test_a_bad_monitor_network_is_refused(self, bad):
+        """Each entry must be an address or CIDR network."""
+        assert "neither an IP address nor a CIDR network" in _reason(
+            SchedulerSettings, monitors=bad
+        )
+
+    @pytest.mark.parametrize("mode", ["auto", "local", "off", "any"])
+    def test_telnet_control_modes(self, mode):
+        """telnet_control takes the four modes and nothing else."""
+        assert SchedulerSettings(telnet_control=mode).telnet_control == mode
+        with pytest.raises(ValidationError):
+            SchedulerSettings(telnet_control="nobody")
 
     def test_text_port_is_port_plus_one(self):
         """The telnet port is always the scheduler port + 1, as in 1.4."""

@@ -29,7 +29,7 @@ class TestRenderText:
         lines = render_text(loaded).splitlines()
         assert lines[0] == "[daemon]"
         assert lines[35] == "[scheduler]"
-        assert len(lines) == 2 + 34 + 23
+        assert len(lines) == 2 + 34 + 25
         by_name = {line.split()[0]: line.split(None, 2)[1:] for line in lines[1:30]}
         assert by_name["max_processes"] == ["8", f"{load.dir / 'iceccd'}:1: ICECCD_MAX_PROCESSES"]
         assert by_name["nice_level"] == ["2", "env ICECCD_NICE_LEVEL"]

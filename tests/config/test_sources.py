@@ -78,6 +78,12 @@ SCHEDULER_SAMPLES = {
     "previous_key_file": ("/etc/iceserv/old", Path("/etc/iceserv/old"), "/etc/iceserv/old"),
     "auth": ("off", "off", "off"),
     "encrypt": ("no", False, False),
+    "telnet_control": ("local", "local", "local"),
+    "monitors": (
+        "10.1.2.3/8, ::1",
+        ("10.0.0.0/8", "::1/128"),
+        ["10.0.0.0/8", "::1"],
+    ),
     "http": ("127.0.0.1", HostPort("127.0.0.1", 8767), "127.0.0.1:8767"),
 }
 SAMPLES = {"daemon": DAEMON_SAMPLES, "scheduler": SCHEDULER_SAMPLES}

@@ -7,13 +7,15 @@ import contextlib
 import random
 import socket
 import time
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import pytest
 import structlog
 from telnet.fakes import FakeControl, FakeHost, FakeJob
 
-from iceserv.telnet.commands import HELP
+from iceserv.hostfacts import local_addresses
+from iceserv.netio import is_link_local, is_loopback
+from iceserv.telnet.commands import HELP, TelnetControl
 from iceserv.telnet.server import LINE_TOO_LONG, TelnetServer, serve_telnet
 
 if TYPE_CHECKING:
@@ -45,8 +47,13 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serving(ctrl: FakeControl | None = None, **limits: float) -> AsyncIterator[TelnetServer]:
-    server = await serve_telnet(ctrl or control(), "127.0.0.1", 0, **limits)
+async def serving(ctrl: FakeControl | None = None, **limits: Any) -> AsyncIterator[TelnetServer]:
+    own = limits.pop("own_addresses", None)
+    if own is not None:  # serve_telnet has no seam for it; the server has
+        server = TelnetServer(ctrl or control(), own_addresses=own, **limits)
+        await server.start("127.0.0.1", 0)
+    else:
+        server = await serve_telnet(ctrl or control(), "127.0.0.1", 0, **limits)
     try:
         yield server
     finally:
@@ -521,5 +528,94 @@ class TestTelnetServer:
                     await server.start("127.0.0.1", 0)
             finally:
                 await server.close()
+
+        run(scenario)
+
+
+def _own_non_loopback() -> str:
+    """An address of this host that is not loopback (the test machine has one on eth0)."""
+    mine = sorted(a for a in local_addresses() if not is_loopback(a) and not is_link_local(a))
+    assert mine, f"no non-loopback address among {sorted(local_addresses())}"
+    return mine[0]
+
+
+class TestControlPolicy:
+    """Issue 14 item 5 on real sockets: who may run blockcs, unblockcs and removecs."""
+
+    def test_off_refuses_every_changing_command_with_one_line_and_one_log(self):
+        """Under off each changing command gets a 403 line, is logged once and changes nothing."""
+
+        async def scenario() -> None:
+            ctrl = control()
+            async with serving(ctrl, control_policy=TelnetControl.OFF) as server:
+                client = await Client.connect(server)
+                with structlog.testing.capture_logs() as logs:
+                    for name in (b"blockcs", b"unblockcs", b"removecs"):
+                        answer = await client.command(name + b" nodeA\n")
+                        assert (
+                            answer == b"403 " + name + b" is disabled on this scheduler.\n" + DONE
+                        )
+                # The session goes on, and the read-only commands are 1.4's bytes.
+                assert await client.command(b"listcs\n") == LISTCS_REPLY
+                assert await client.command(b"help\n") == HELP_REPLY
+                client.close()
+            assert ctrl.calls == []
+            refused = [e for e in logs if e["event"] == "telnet_command_refused"]
+            assert [e["command"] for e in refused] == ["blockcs", "unblockcs", "removecs"]
+            assert {e["policy"] for e in refused} == {"off"}
+            assert all(e["log_level"] == "warning" for e in refused)
+
+        run(scenario)
+
+    def test_local_serves_loopback_and_asks_only_at_a_changing_command(self):
+        """Under local a session from 127.0.0.1 may change; addresses are read lazily, once."""
+
+        async def scenario() -> None:
+            ctrl = control()
+            asked: list[int] = []
+
+            def own() -> frozenset[str]:
+                asked.append(1)
+                return frozenset()  # loopback is this host whatever the list says
+
+            async with serving(
+                ctrl, control_policy=TelnetControl.LOCAL, own_addresses=own
+            ) as server:
+                client = await Client.connect(server)
+                assert await client.command(b"listcs\n") == LISTCS_REPLY
+                assert asked == []
+                assert await client.command(b"blockcs nodeA\n") == b"removing host nodeA\n" + DONE
+                assert await client.command(b"unblockcs nodeA\n") == DONE
+                assert asked == [1]
+                client.close()
+            assert ctrl.calls == [("block_hosts", ["nodeA"]), ("unblock_hosts", ["nodeA"])]
+
+        run(scenario)
+
+    def test_local_serves_this_hosts_own_address_and_refuses_others(self):
+        """A session from a non-loopback address: served if it is this host's, else refused."""
+
+        async def scenario() -> None:
+            address = _own_non_loopback()
+            for own, allowed in ((local_addresses, True), (frozenset, False)):
+                ctrl = control()
+                server = TelnetServer(ctrl, control_policy=TelnetControl.LOCAL, own_addresses=own)
+                await server.start(address, 0)
+                try:
+                    reader, writer = await asyncio.open_connection(*server.address[:2])
+                    client = Client(reader, writer)
+                    assert await client.read_until(b"quit.\n") == GREETING
+                    answer = await client.command(b"removecs nodeA\n")
+                    if allowed:
+                        assert answer == b"removing host nodeA\n" + DONE
+                        assert ctrl.calls == [("remove_hosts", ["nodeA"])]
+                    else:
+                        assert answer == (
+                            b"403 removecs is allowed only from the scheduler's host.\n" + DONE
+                        )
+                        assert ctrl.calls == []
+                    client.close()
+                finally:
+                    await server.close()
 
         run(scenario)

@@ -14,8 +14,10 @@ from iceserv.netio import (
     Listener,
     bind_listeners,
     host_port,
+    in_networks,
     is_ipv6,
     is_loopback,
+    is_own_host,
     socket_families,
     unmapped,
 )
@@ -34,6 +36,40 @@ def _connects(family: socket.AddressFamily, host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+class TestOwnHost:
+    def test_loopback_is_always_this_host(self):
+        """127.x, ::1 and mapped 127.x are this host even with no address list."""
+        for address in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"):
+            assert is_own_host(address, ())
+
+    def test_own_addresses_in_any_spelling(self):
+        """A listed address matches mapped, zoned and differently written forms."""
+        own = ("10.0.0.5", "fd00::2", "fe80::3")
+        for address in ("10.0.0.5", "::ffff:10.0.0.5", "fd00:0::2", "fe80::3%eth0"):
+            assert is_own_host(address, own)
+
+    def test_others_and_garbage_are_not(self):
+        """Another address, a name or junk is never this host."""
+        own = ("10.0.0.5", "fd00::2")
+        for address in ("10.0.0.6", "fd00::3", "localhost", "", "10.0.0.5/32", "::ffff:10.0.0.6"):
+            assert not is_own_host(address, own)
+
+
+class TestInNetworks:
+    def test_cidr_of_both_families(self):
+        """IPv4 and IPv6 networks and single addresses; mapped IPv4 counts as IPv4."""
+        nets = ("10.0.0.0/8", "fd00::/64", "192.0.2.7")
+        for address in ("10.200.1.1", "::ffff:10.0.0.1", "fd00::99", "fd00::1%eth0", "192.0.2.7"):
+            assert in_networks(address, nets)
+        for address in ("11.0.0.1", "fd01::1", "192.0.2.8", "::1", "junk"):
+            assert not in_networks(address, nets)
+
+    def test_a_bad_network_matches_nothing(self):
+        """An unparsable entry is skipped, never an error."""
+        assert not in_networks("10.0.0.1", ("not-a-net",))
+        assert in_networks("10.0.0.1", ("not-a-net", "10.0.0.0/8"))
 
 
 class TestPrinting:

@@ -10,8 +10,10 @@ from iceserv.telnet.commands import (
     DONE,
     GOODBYE,
     HELP,
+    MUTATING,
     Command,
     Reply,
+    TelnetControl,
     greeting,
     parse,
     render_host,
@@ -288,3 +290,49 @@ class TestInvalidCommand:
     def test_undecodable_bytes_are_echoed_as_received(self):
         """A line decoded with surrogateescape is echoed with the same escapes."""
         assert texts(FakeControl(), "\udcff\udcfe") == ["Invalid command '\udcff\udcfe'"]
+
+
+class TestControlPolicy:
+    """Issue 14 item 5: a denied session's changing commands are answered, never run."""
+
+    @pytest.mark.parametrize("name", ["removecs", "blockcs", "unblockcs", "BlockCS"])
+    @pytest.mark.parametrize("policy", list(TelnetControl))
+    def test_a_denied_changing_command_is_refused_in_one_line(self, name, policy):
+        """Each changing command gets one 403 line and 200 done; the facade is not called."""
+        ctrl = cluster()
+        reply = asyncio.run(run_command(ctrl, f"{name} nodeA", refuse_with=policy))
+        assert reply.texts == (policy.refusal(name.lower()), DONE)
+        assert reply.texts[0].startswith("403 ")
+        assert "\n" not in reply.texts[0]
+        assert reply.refused == name.lower()
+        assert not reply.close
+        assert ctrl.calls == []
+
+    def test_the_two_refusal_texts(self):
+        """local names the scheduler's host; off says the command is disabled."""
+        assert TelnetControl.LOCAL.refusal("blockcs") == (
+            "403 blockcs is allowed only from the scheduler's host."
+        )
+        assert (
+            TelnetControl.OFF.refusal("removecs") == "403 removecs is disabled on this scheduler."
+        )
+
+    @pytest.mark.parametrize(
+        "line", ["listcs", "listblocks", "listjobs", "help", "crashme", "bogus x", "", "internals"]
+    )
+    def test_read_only_and_unknown_lines_are_unchanged_when_denied(self, line):
+        """A denied session gets 1.4's exact answer to everything that changes nothing."""
+        allowed = asyncio.run(run_command(cluster(), line))
+        denied = asyncio.run(run_command(cluster(), line, refuse_with=TelnetControl.OFF))
+        assert denied == allowed
+        assert denied.refused == ""
+
+    def test_quit_still_closes(self):
+        """quit is not a changing command: it says good bye and closes."""
+        reply = asyncio.run(run_command(cluster(), "quit", refuse_with=TelnetControl.LOCAL))
+        assert reply == Reply(texts=(GOODBYE,), close=True)
+
+    def test_mutating_is_exactly_the_changing_commands(self):
+        """The refused set is blockcs, unblockcs and removecs; every one is in help."""
+        assert frozenset({"removecs", "blockcs", "unblockcs"}) == MUTATING
+        assert set(HELP) >= MUTATING

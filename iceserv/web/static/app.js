@@ -96,6 +96,9 @@
     if (host.blocked) badges.push(el("span", { class: "badge bad" }, "blocked"));
     if (host.draining) badges.push(el("span", { class: "badge warn" }, "draining"));
     if (host.no_remote) badges.push(el("span", { class: "badge" }, "no remote"));
+    // Issue 14: what the host proved before LOGIN ("off": nobody is asked, nothing shown).
+    if (host.auth === "authenticated") badges.push(el("span", { class: "badge", "data-auth": host.auth, title: "proved the network key" }, "key"));
+    if (host.auth === "unauthenticated") badges.push(el("span", { class: "badge warn", "data-auth": host.auth, title: "did not prove the network key (icecream 1.4 or no key): never given another host's job" }, "unauthenticated"));
     const slots = el("div", { class: "slots", title: `${host.used} of ${host.max_jobs} slots busy` });
     const compiling = host.jobs.filter((j) => j.state === "COMP").length;
     for (let i = 0; i < Math.max(host.max_jobs, host.used); i++) {
