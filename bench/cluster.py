@@ -36,6 +36,15 @@ Prints per build the wall time, where the jobs began (monitor
 jobs of its own daemon) and the load average, then medians and the ratio
 iceserv/real (of the medians, the median of the round-by-round ratios, and
 of the fastest builds).  ``--json FILE`` writes everything.
+
+``--auth`` (issue 14 item 4, the cost of authentication and encryption)
+replaces the two clusters by three iceserv clusters on their own beds:
+``auth = off``, ``require`` and ``require`` + ``encrypt = yes`` (one network
+key, from the environment as a packaged service gets it), built in the same
+rotating rounds, with ratios to ``off``.  Every build also reports the CPU
+seconds it cost: the scheduler's, the daemons' and their children's (all
+processes of the bed's namespaces) plus make's tree (the client side) —
+a figure the machine's other load barely moves.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ import argparse
 import contextlib
 import json
 import os
+import resource
+import secrets
 import statistics
 import subprocess
 import sys
@@ -63,16 +74,23 @@ from testbed import (
     reference_build,
     unpack_project,
 )
+from testbed.netns import netns_pids
 from testbed.project import build_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 Row = dict[str, Any]
 KINDS = ("real", "ours")
-LABEL = {"real": "1.4", "ours": "iceserv", "local": "local gcc", "race": "iceserv+race"}
+#: ``--auth``: iceserv clusters under auth off, require, and require with encryption.
+AUTH_KINDS = ("ours", "ours-require", "ours-encrypt")
+AUTH_ENV = {"ours": {}, "ours-require": {"ICECC_AUTH": "require"},
+            "ours-encrypt": {"ICECC_AUTH": "require", "ICECC_ENCRYPT": "yes"}}  # fmt: skip
+LABEL = {"real": "1.4", "ours": "iceserv", "local": "local gcc", "race": "iceserv+race",
+         "ours-require": "require", "ours-encrypt": "req+enc"}  # fmt: skip
 #: ``--race``: our client with ICECC_RACE=1 on the iceserv cluster (issue 17, item 3).
 CLIENTS = {"real": ClientPlan("real"), "ours": ClientPlan("ours"),
-           "race": ClientPlan("ours", extra_env={"ICECC_RACE": "1"})}  # fmt: skip
+           "race": ClientPlan("ours", extra_env={"ICECC_RACE": "1"}),
+           "ours-require": ClientPlan("ours"), "ours-encrypt": ClientPlan("ours")}  # fmt: skip
 BUILD_TIMEOUT = 900.0
 
 
@@ -80,12 +98,34 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def _keyed_env(kind: str, key: Path | None) -> dict[str, str]:
+    if kind not in AUTH_KINDS or not AUTH_ENV[kind] or key is None:
+        return {}
+    return {"ICECC_NETWORK_KEY_FILE": str(key), **AUTH_ENV[kind]}
+
+
+def cpu_seconds(bed: NetnsBed) -> float:
+    """CPU seconds so far of every process in *bed* and its reaped children, and ours'."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for name in bed.netns_names:
+        for pid in netns_pids(name):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    own = resource.getrusage(resource.RUSAGE_CHILDREN)  # make's tree once waited for
+    return total / tick + own.ru_utime + own.ru_stime
+
+
 def start_clusters(stack: contextlib.ExitStack, beds: dict[str, NetnsBed],
-                   slots: int) -> dict[str, Cluster]:  # fmt: skip
+                   slots: int, key: Path | None = None) -> dict[str, Cluster]:  # fmt: skip
     clusters = {}
-    for kind in KINDS:
+    for kind, bed in beds.items():
         start = time.monotonic()
-        cluster = Cluster(beds[kind], kind, [DaemonPlan(kind, max_jobs=slots)] * 3)
+        env = _keyed_env(kind, key)
+        program = "ours" if kind in AUTH_KINDS else kind
+        plans = [DaemonPlan(program, max_jobs=slots, extra_env=env)] * 3  # type: ignore[arg-type]
+        cluster = Cluster(bed, program, plans, scheduler_env=env)  # type: ignore[arg-type]
         stack.callback(cluster.stop)
         clusters[kind] = cluster.start()
         print(f"  {LABEL[kind]} cluster up in {time.monotonic() - start:.1f} s", flush=True)
@@ -95,8 +135,10 @@ def start_clusters(stack: contextlib.ExitStack, beds: dict[str, NetnsBed],
 def cluster_build(cluster: Cluster, kind: str, project: Project, reference: dict[str, bytes],
                   jobs: int) -> dict[str, Any]:  # fmt: skip
     load = loadavg()
+    cpu = cpu_seconds(cluster.bed)
     result = cluster.build(project, reference, CLIENTS[kind], on=0, jobs=jobs,
                            timeout=BUILD_TIMEOUT)  # fmt: skip
+    cpu = cpu_seconds(cluster.bed) - cpu
     # Node names are "<host>-<kind>"; report by host.
     began = {name.split("-", 1)[0]: n for name, n in sorted(result.placement.began.items())}
     problems = result.problems()
@@ -115,6 +157,7 @@ def cluster_build(cluster: Cluster, kind: str, project: Project, reference: dict
         "began": began,
         "local_only": sum(result.placement.local.values()),
         "loadavg_before": load,
+        "cpu_seconds": round(cpu, 2),
     }
 
 
@@ -122,15 +165,19 @@ def local_build(project: Project, reference: dict[str, bytes], jobs: int) -> dic
     load = loadavg()
     project.clean()
     start = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(project.make_argv("gcc", jobs), cwd=project.root, env=build_env(),
                           capture_output=True, timeout=BUILD_TIMEOUT, check=False)  # fmt: skip
     seconds = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     different, missing = project.compare(reference)
     ok = done.returncode == 0 and not different and not missing
     return {"seconds": round(seconds, 2), "ok": ok,
             "problems": [] if ok else [f"make exit {done.returncode}", *different, *missing],
             "identical": len(project.sources) - len(different) - len(missing),
-            "units": len(project.sources), "loadavg_before": load}  # fmt: skip
+            "units": len(project.sources), "loadavg_before": load,
+            "cpu_seconds": round(cpu, 2)}  # fmt: skip
 
 
 def show(round_name: str, kind: str, r: dict[str, Any]) -> None:
@@ -138,13 +185,18 @@ def show(round_name: str, kind: str, r: dict[str, Any]) -> None:
     status = "ok" if r["ok"] else f"FAILED {r['problems']}"
     print(f"  {round_name:<7} {LABEL[kind]:<10} {r['seconds']:7.2f} s  "
           f"{r['identical']}/{r['units']} identical  {where or '-':<22} "
-          f"load {r['loadavg_before']:.2f}  {status}", flush=True)  # fmt: skip
+          f"load {r['loadavg_before']:.2f}  cpu {r.get('cpu_seconds', 0):7.2f} s  {status}",
+          flush=True)  # fmt: skip
 
 
 def figures(builds: list[dict[str, Any]]) -> dict[str, Any]:
     times = [float(b["seconds"]) for b in builds]
     out: dict[str, Any] = {"n": len(times), "median": round(statistics.median(times), 2),
                               "min": min(times), "max": max(times), "all": times}  # fmt: skip
+    cpus = [float(b["cpu_seconds"]) for b in builds if "cpu_seconds" in b]
+    if cpus:
+        out["cpu_median"] = round(statistics.median(cpus), 2)
+        out["cpu_all"] = cpus
     began: Counter[str] = Counter()
     for b in builds:
         began.update(b.get("began", {}))
@@ -157,19 +209,29 @@ def run_builds(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, l
     """All builds: cold rounds on fresh clusters, then warm rounds; order rotating."""
     built = reference_build(workdir / "reference")
     tarball, reference = built.tarball, built.reference
-    warm_kinds = (*KINDS, "local", *(("race",) if args.race else ()))
+    kinds = AUTH_KINDS if args.auth else KINDS
+    key = None
+    if args.auth:
+        key = workdir / "network.key"
+        key.write_bytes(secrets.token_bytes(64))
+        key.chmod(0o600)
+    warm_kinds = (*kinds, "local", *(("race",) if args.race else ()))
     projects = {kind: unpack_project(tarball, workdir / kind) for kind in warm_kinds}
     builds: dict[str, dict[str, list[Row]]] = {
-        "cold": {k: [] for k in KINDS}, "warm": {k: [] for k in warm_kinds},
+        "cold": {k: [] for k in kinds}, "warm": {k: [] for k in warm_kinds},
     }  # fmt: skip
     order = list(warm_kinds)
     with contextlib.ExitStack() as beds_stack:
-        beds = {kind: beds_stack.enter_context(NetnsBed(3)) for kind in KINDS}
+        beds = {kind: beds_stack.enter_context(NetnsBed(3)) for kind in kinds}
+        clusters: dict[str, Cluster] = {}
+        if not args.cold:
+            stack = beds_stack.enter_context(contextlib.ExitStack())
+            clusters = start_clusters(stack, beds, args.slots, key)
         for cold_round in range(args.cold):
             stack = beds_stack.enter_context(contextlib.ExitStack())
-            print(f"starting both clusters (cold round {cold_round + 1})", flush=True)
-            clusters = start_clusters(stack, beds, args.slots)
-            for kind in KINDS if cold_round % 2 == 0 else KINDS[::-1]:
+            print(f"starting the clusters (cold round {cold_round + 1})", flush=True)
+            clusters = start_clusters(stack, beds, args.slots, key)
+            for kind in kinds if cold_round % 2 == 0 else kinds[::-1]:
                 r = cluster_build(clusters[kind], kind, projects[kind], reference, args.jobs)
                 builds["cold"][kind].append(r)
                 show(f"cold {cold_round + 1}", kind, r)
@@ -191,6 +253,8 @@ def run_builds(args: argparse.Namespace, workdir: Path) -> dict[str, dict[str, l
 def summarise(args: argparse.Namespace, builds: dict[str, dict[str, list[Row]]]) -> dict[str, Any]:
     summary = {phase: {kind: figures(rows) for kind, rows in per_kind.items() if rows}
                for phase, per_kind in builds.items()}  # fmt: skip
+    if args.auth:
+        return _summarise_auth(args, builds, summary)
     ratios = {phase: round(s["ours"]["median"] / s["real"]["median"], 2)
               for phase, s in summary.items() if "real" in s and "ours" in s}  # fmt: skip
     for phase, per_kind in builds.items():  # round by round: slow phases of the machine cancel
@@ -212,6 +276,29 @@ def summarise(args: argparse.Namespace, builds: dict[str, dict[str, list[Row]]])
             "builds": builds, "all_ok": ok}  # fmt: skip
 
 
+def _summarise_auth(args: argparse.Namespace, builds: dict[str, dict[str, list[Row]]],
+                    summary: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Ratios of require and require+encrypt to auth off: medians, paired, CPU."""
+    ratios: dict[str, float] = {}
+    for phase, per_kind in builds.items():
+        for kind in AUTH_KINDS[1:]:
+            if not per_kind.get(kind) or not per_kind.get("ours"):
+                continue
+            s = summary[phase]
+            name = f"{phase} {LABEL[kind]}/off"
+            ratios[name] = round(s[kind]["median"] / s["ours"]["median"], 3)
+            pairs = [k["seconds"] / o["seconds"]
+                     for o, k in zip(per_kind["ours"], per_kind[kind], strict=True)]  # fmt: skip
+            ratios[f"{name} paired median"] = round(statistics.median(pairs), 3)
+            if "cpu_median" in s[kind] and s["ours"].get("cpu_median"):
+                ratios[f"{name} cpu"] = round(s[kind]["cpu_median"] / s["ours"]["cpu_median"], 3)
+    ok = all(b["ok"] for per_kind in builds.values() for rows in per_kind.values() for b in rows)
+    return {"project": "zstd 1.5.7.2 lib (33 C units, -O2)", "hosts": 3, "slots": args.slots,
+            "make_jobs": args.jobs, "runs": args.runs, "cold_runs": args.cold,
+            "cores": os.cpu_count(), "summary": summary, "ratios_over_auth_off": ratios,
+            "builds": builds, "all_ok": ok}  # fmt: skip
+
+
 def report(result: dict[str, Any]) -> None:
     summary = result["summary"]
     print("\nmedian wall time (min-max), jobs begun per host summed over the builds:")
@@ -219,7 +306,12 @@ def report(result: dict[str, Any]) -> None:
         for kind, f in summary[phase].items():
             where = ", ".join(f"{h} {n}" for h, n in f.get("began_total", {}).items())
             print(f"  {phase:<5} {LABEL[kind]:<10} {f['median']:7.2f} s "
-                  f"({f['min']:.2f}-{f['max']:.2f}, n={f['n']})  {where}")  # fmt: skip
+                  f"({f['min']:.2f}-{f['max']:.2f}, n={f['n']}) "
+                  f"cpu {f.get('cpu_median', 0):.2f} s  {where}")  # fmt: skip
+    if "ratios_over_auth_off" in result:
+        print("ratios to auth off: " + ", ".join(
+            f"{k} {v}" for k, v in result["ratios_over_auth_off"].items()))  # fmt: skip
+        return
     ratios = result["ratios_iceserv_over_real"]
     print("ratios iceserv/1.4 (median wall time): "
           + ", ".join(f"{k} {v}" for k, v in ratios.items()))  # fmt: skip
@@ -234,6 +326,10 @@ def main() -> int:
     parser.add_argument(
         "--race", action="store_true", help="also build warm with our client and ICECC_RACE=1"
     )
+    parser.add_argument(
+        "--auth", action="store_true",
+        help="iceserv clusters under auth off, require and require+encrypt (issue 14)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if os.geteuid() != 0:

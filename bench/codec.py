@@ -5,6 +5,12 @@ case with MB/s or messages/s, and for FILE_CHUNK the ratio to the bare
 compression library on the same data (the floor any implementation in any
 language pays), so the figure says how much the Python framing adds.
 
+``SEALED`` rows (issue 14 item 4) measure the encrypted channel: FILE_CHUNKs
+encoded and sealed as AES-256-GCM records through a sealed
+:class:`~iceserv.protocol.Connection`, and opened and decoded on the other
+side, against the bare AEAD on the same frames, plus the CPU seconds per
+GB the sealing adds.
+
 Inputs: a preprocessed C++ translation unit (``g++ -E`` of common standard
 headers, what clients stream) and a slice of gzip data (what environment
 tarballs look like: incompressible).
@@ -24,6 +30,7 @@ import zstandard
 from iceserv.protocol import CHUNK_SIZE, EnvEntry, FileChunk, GetCS
 from iceserv.protocol.compression import iter_chunks
 from iceserv.protocol.messages import decode, encode
+from iceserv.testing import ConnectionPair
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,12 +46,14 @@ def preprocessed_source() -> bytes:
     return out.stdout
 
 
-def rate(fn: Callable[[], int], seconds: float) -> float:
-    """Return units per second of *fn* (which returns units done per call)."""
+def rate(
+    fn: Callable[[], int], seconds: float, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """Return units per second of *fn* (which returns units done per call) on *clock*."""
     fn()  # warm-up
     done = 0
-    start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    start = clock()
+    while (elapsed := clock() - start) < seconds:
         done += fn()
     return done / elapsed
 
@@ -91,6 +100,74 @@ def bench_chunks(name: str, data: bytes, version: int, seconds: float) -> None:
           f"  wire/raw {ratio:.3f}{extra}")  # fmt: skip
 
 
+def _open_pair(key: bytes | None) -> ConnectionPair:
+    """A handshaken Connection pair, a → b sealed with *key* (None: clear)."""
+    from iceserv.protocol.sealing import Opener, Sealer  # noqa: PLC0415 - the cipher library
+
+    p = ConnectionPair()
+    for _ in range(3):
+        p.events(p.a)
+        p.events(p.b)
+    if key is not None:
+        p.a.seal_output(Sealer(key))
+        p.b.open_input(Opener(key))
+    return p
+
+
+def _through(key: bytes | None, chunks: list[bytes]) -> tuple[Callable[[], int], ...]:
+    """(send, receive) of *chunks* as FILE_CHUNKs through a pair sealed with *key* or clear."""
+    total = sum(map(len, chunks))
+    sender = _open_pair(key)
+    wire = []
+    for c in chunks:
+        sender.a.send(FileChunk(c))
+        wire.append(sender.a.data_to_send())
+
+    def send() -> int:
+        p = _open_pair(key)
+        for c in chunks:
+            p.a.send(FileChunk(c))
+            p.a.data_to_send()
+        return total
+
+    def receive() -> int:
+        p = _open_pair(key)
+        for w in wire:
+            p.b.receive_data(w)
+            p.b.next_event()
+        return total
+
+    return send, receive
+
+
+def bench_sealed(name: str, data: bytes, seconds: float) -> None:
+    """FILE_CHUNKs through a sealed Connection pair against the clear one, in CPU time.
+
+    The machine is shared, so these rows use process CPU time, not wall time:
+    what sealing costs this process per byte, whatever else runs.
+    """
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+    chunks = list(iter_chunks(data, CHUNK_SIZE))
+    frames = [encode(FileChunk(c), 43) for c in chunks]
+    key = os.urandom(32)
+    aead = AESGCM(key)
+
+    def bare() -> int:
+        for f in frames:
+            aead.encrypt(bytes(12), f, None)
+        return sum(map(len, frames))
+
+    mb = 1e6
+    sealed = [rate(f, seconds, time.process_time) / mb for f in _through(key, chunks)]
+    clear = [rate(f, seconds, time.process_time) / mb for f in _through(None, chunks)]
+    wire = rate(bare, seconds, time.process_time) / mb
+    added = [(1 / s - 1 / c) * 1e3 for s, c in zip(sealed, clear, strict=True)]
+    print(f"SEALED     {name:<12} v43: send {sealed[0]:8.1f} MB/s  receive {sealed[1]:8.1f} MB/s"
+          f"  (clear {clear[0]:8.1f} / {clear[1]:8.1f} MB/s; bare AES-256-GCM {wire:8.1f} MB/s"
+          f" of frames; sealing adds {added[0]:.2f} / {added[1]:.2f} CPU s per GB)")  # fmt: skip
+
+
 def bench_get_cs(seconds: float) -> None:
     msg = GetCS(
         versions=(EnvEntry("x86_64", "8b59cf5c35b2033fe114a01a619d2eea"),),
@@ -124,6 +201,8 @@ def main() -> None:
     for version in (43, 39):
         bench_chunks("source", source, version, args.seconds)
         bench_chunks("tarball", tarball, version, args.seconds)
+    bench_sealed("source", source, args.seconds)
+    bench_sealed("tarball", tarball, args.seconds)
     bench_get_cs(args.seconds)
 
 

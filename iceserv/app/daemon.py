@@ -200,6 +200,7 @@ def server_settings(
         push_ahead=settings.push_ahead,
         auth=settings.auth,
         keys=keys,
+        encrypt=settings.encrypt,
         native_compression="zstd" if shutil.which("zstd", path="/usr/bin:/bin") else "gzip",
     )
 

@@ -102,7 +102,16 @@ _EXIT_FAILURE: Final = 1
 #: How long past the standby role machine's listening second READY=1 may wait for the role.
 _ROLE_GRACE: Final = 2.0
 #: Settings a reload cannot change while the sockets stay open.
-_RESTART_ONLY: Final = ("port", "interface", "family", "user", "daemonize", "http", "auth")
+_RESTART_ONLY: Final = (
+    "port",
+    "interface",
+    "family",
+    "user",
+    "daemonize",
+    "http",
+    "auth",
+    "encrypt",
+)
 
 
 def server_settings(
@@ -156,6 +165,7 @@ def server_settings(
         max_monitors_per_host=settings.max_monitors_per_host,
         standby=StandbySettings(),
         auth=settings.auth,
+        encrypt=settings.encrypt,
         monitors=settings.monitors,
     )
 

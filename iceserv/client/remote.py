@@ -32,6 +32,7 @@ from iceserv.client.job import (
 )
 from iceserv.client.local import HostLock, build_local, color_terminal, spawn, wait
 from iceserv.client.sockets import connect_tcp
+from iceserv.errors import ProtocolError
 from iceserv.protocol import (
     CHUNK_SIZE,
     BlacklistHostEnv,
@@ -267,7 +268,7 @@ class Remote:
             ticket = self.tickets.pop(use.job_id, None)
             if ticket is not None:
                 # Only a server the scheduler authenticated gets a ticketed job: it is iceserv.
-                server.send(ticket)
+                _send_ticket(server, ticket)
             if not use.got_env:
                 self.transfer_env(server, chosen, use.hostname)
             if not server.supports(Feature.VERIFY_ENV) and self.env.ignore_unverified:
@@ -444,3 +445,33 @@ def _receive_file(server: Channel, path: str) -> None:
 
 def _unexpected() -> NoReturn:
     raise ClusterError(20, "unexpected message")
+
+
+def _send_ticket(server: Channel, ticket: JobTicket) -> None:
+    """Send *ticket* to the compile server; with a job key, seal the channel from here.
+
+    Issue 14 item 4: our daemon passed the job key (``secret``) beside the
+    ticket when the scheduler sealed the job.  We send a fresh salt instead
+    of the key, and both sides derive the channel's keys from both.  The
+    cipher library is imported only here, with a key in hand (the light path
+    never pays for it).
+    """
+    if not ticket.secret:
+        server.send(ticket)
+        return
+    from iceserv.protocol.sealing import (  # noqa: PLC0415 - loads the cipher library
+        SALT_BYTES,
+        Opener,
+        Sealer,
+        channel_keys,
+    )
+
+    try:
+        job = bytes.fromhex(ticket.secret)
+        salt = os.urandom(SALT_BYTES)
+        ours, theirs = channel_keys(job, salt)
+    except (ValueError, ProtocolError):
+        raise ClusterError(9, "malformed job key from the local daemon") from None
+    server.send(JobTicket(job_id=ticket.job_id, ticket=ticket.ticket, secret=salt.hex()))
+    server.conn.seal_output(Sealer(ours))
+    server.conn.open_input(Opener(theirs), clear_refusal=True)

@@ -123,6 +123,7 @@ _SHARED_ENVIRONMENT: Final = {
     "ICECC_NETWORK_KEY_FILE": ("key_file", False),
     "ICECC_PREVIOUS_NETWORK_KEY_FILE": ("previous_key_file", False),
     "ICECC_AUTH": ("auth", False),
+    "ICECC_ENCRYPT": ("encrypt", False),
 }
 
 _DAEMON_PREFIX: Final = "ICECCD_"

@@ -231,6 +231,7 @@ _AUTH: Final = (
     _Option("", "key-file", _Action.VALUE, "key_file", "PATH", "the network key (issue 14)"),
     _Option("", "previous-key-file", _Action.VALUE, "previous_key_file", "PATH", "the key before"),
     _Option("", "auth", _Action.VALUE, "auth", "MODE", "off|prefer|require (authentication)"),
+    _Option("", "encrypt", _Action.TRUE, "encrypt", "", "encrypt traffic between iceserv peers"),
 )
 _SCHEDULER_AUTH: Final = (
     _Option(

@@ -217,7 +217,10 @@ DaemonHttpAddress = Annotated[
 ]
 
 
-def _check_auth(auth: str, key_file: Path | None) -> None:
+def _check_auth(auth: str, key_file: Path | None, *, encrypt: bool) -> None:
+    if encrypt and auth == "off":
+        msg = "encrypt = yes needs auth = prefer or require (keys come from the handshake)"
+        raise ValueError(msg)
     if auth != "off" and key_file is None:
         msg = f"auth = {auth} needs key_file (the network key; see iceserv keygen)"
         raise ValueError(msg)
@@ -326,13 +329,18 @@ class DaemonSettings(_Settings):
     """Authentication of iceserv peers with the network key: off (1.4's behaviour),
     prefer (1.4 peers served, marked unauthenticated) or require (``--auth``; also
     ``ICECC_AUTH``, TOML ``[cluster] auth``)."""
+    encrypt: bool = False
+    """Encrypt what iceserv peers that proved the key exchange (scheduler link, source,
+    objects, environments, push-ahead; AES-256-GCM); 1.4 peers stay as the auth mode
+    says.  Needs auth prefer or require (``--encrypt``; also ``ICECC_ENCRYPT``, TOML
+    ``[cluster] encrypt``)."""
     http: DaemonHttpAddress = None
     """Serve the daemon's ``/metrics`` on HOST[:PORT] (port 8768); unset: off (``--http``)."""
 
     @model_validator(mode="after")
     def _auth_needs_key(self) -> Self:
         """Refuse ``prefer``/``require`` without a key file."""
-        _check_auth(self.auth, self.key_file)
+        _check_auth(self.auth, self.key_file, encrypt=self.encrypt)
         return self
 
 
@@ -390,6 +398,11 @@ class SchedulerSettings(_Settings):
     """Authentication of iceserv peers with the network key: off (1.4's behaviour),
     prefer (1.4 peers served, marked unauthenticated) or require (``--auth``; also
     ``ICECC_AUTH``, TOML ``[cluster] auth``)."""
+    encrypt: bool = False
+    """Encrypt what iceserv peers that proved the key exchange (scheduler link, source,
+    objects, environments, push-ahead; AES-256-GCM); 1.4 peers stay as the auth mode
+    says.  Needs auth prefer or require (``--encrypt``; also ``ICECC_ENCRYPT``, TOML
+    ``[cluster] encrypt``)."""
     telnet_control: TelnetControlMode = "auto"
     """Who may run the telnet commands that change the scheduler (blockcs, unblockcs,
     removecs): local (sessions from this host only), off (nobody), any (everyone, as
@@ -404,7 +417,7 @@ class SchedulerSettings(_Settings):
     @model_validator(mode="after")
     def _auth_needs_key(self) -> Self:
         """Refuse ``prefer``/``require`` without a key file."""
-        _check_auth(self.auth, self.key_file)
+        _check_auth(self.auth, self.key_file, encrypt=self.encrypt)
         return self
 
     @property

@@ -60,7 +60,7 @@ _NETWORK_TABLE: Final = "network"
 _CLUSTER_TABLE: Final = "cluster"
 _SHARED_KEYS: Final = {
     _NETWORK_TABLE: ("family",),
-    _CLUSTER_TABLE: ("key_file", "previous_key_file", "auth"),
+    _CLUSTER_TABLE: ("key_file", "previous_key_file", "auth", "encrypt"),
 }
 
 

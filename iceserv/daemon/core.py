@@ -192,6 +192,7 @@ from iceserv.daemon.effects import (
     SchedulerConnecting,
     SchedulerDown,
     SchedulerUp,
+    SealChannel,
     Send,
     SendFile,
     SendStats,
@@ -257,6 +258,7 @@ from iceserv.protocol.auth import AuthError, KeyRing
 from iceserv.protocol.dispatch import Dispatch
 from iceserv.protocol.features import supports
 from iceserv.protocol.records import replace
+from iceserv.protocol.sealing import SALT_BYTES, channel_keys, job_key
 from iceserv.protocol.tickets import TicketLedger, issue_ticket, ticket_address, verify_ticket
 
 if TYPE_CHECKING:
@@ -414,6 +416,8 @@ class DaemonCore:
         #: CS_CONF yet on this connection).
         self.scheduler_iceserv: bool | None = None
         self.own_ip = ""
+        #: The scheduler link is sealed (issue 14 item 4): our pushes are sealed too.
+        self.scheduler_sealed = False
         #: This host's routable addresses at the last login (SchedulerUp), for HOST_ADDRESSES.
         self.found_addresses: tuple[str, ...] = ()
         self.pong = _DEFAULT_PONG
@@ -1488,6 +1492,7 @@ class DaemonCore:
         self._slots_queries.clear()
         self.scheduler_protocol = event.protocol
         self.own_ip = event.own_ip
+        self.scheduler_sealed = event.sealed
         self.found_addresses = event.addresses
         self.pong = _DEFAULT_PONG
         self._next_forced = now + self.settings.scheduler_idle
@@ -1502,6 +1507,7 @@ class DaemonCore:
         self._slots_queries.clear()
         self.pushes.scheduler_lost()
         self.own_ip = ""
+        self.scheduler_sealed = False
         effects: list[Effect] = []
         for client in list(self._clients.values()):
             if client.state is State.WAIT_SLOTS and not client.gone:
@@ -1583,10 +1589,13 @@ class DaemonCore:
         if client.state is not State.NEW or client.ticket_job is not None:
             return self._wrong_state(client, msg)
         if not self._checks_tickets:
+            if msg.secret:  # it would seal what follows, and we hold no key to open it
+                return self._refuse_job(client, msg.job_id, "cannot encrypt (no key)", now)
             client.ticket_job = msg.job_id  # auth off: 1.4's behaviour, nothing is checked
             return []
         try:
             expires = self._verify_ticket(msg, client, now)
+            seal = self._channel_seal(client, msg)
             self.tickets.spend(msg.ticket, expires, now)
         except AuthError as exc:
             return self._refuse_job(client, msg.job_id, exc.reason, now)
@@ -1598,8 +1607,30 @@ class DaemonCore:
                 client_id=client.conn_id,
                 peer=client.peer,
                 job_id=msg.job_id,
-            )
+                encrypted=seal is not None,
+            ),
+            *([seal] if seal is not None else []),
         ]
+
+    def _channel_seal(self, client: _Client, msg: JobTicket) -> SealChannel | None:
+        """Return how a ticketed channel is sealed (issue 14 item 4), or None: it stays clear.
+
+        A client that sends a salt beside its (verified) ticket seals from its
+        next message on; we do too.  With ``encrypt = yes`` under ``require`` a
+        ticketed job must come sealed.
+        """
+        if not msg.secret:
+            if self.settings.encrypt and self.settings.auth == "require":
+                raise AuthError("job not encrypted (encrypt = yes)")  # noqa: EM101
+            return None
+        try:
+            salt = bytes.fromhex(msg.secret)
+        except ValueError:
+            salt = b""
+        if len(salt) != SALT_BYTES:
+            raise AuthError("malformed channel salt")  # noqa: EM101
+        theirs, ours = channel_keys(job_key(KeyRing(self.settings.keys), msg.ticket), salt)
+        return SealChannel(client.conn_id, send=ours, receive=theirs)
 
     def _ticket_gate(  # noqa: PLR0911 - one answer per case of the table above
         self, client: _Client, msg: Message, now: float
@@ -1717,7 +1748,10 @@ class DaemonCore:
                 server=ticket_address(push.host),
                 expires=int(now) + _PUSH_TICKET_LIFETIME,
             )
-            push = dataclass_replace(push, ticket=ticket)
+            secret = ""
+            if self.settings.encrypt or self.scheduler_sealed:
+                secret = job_key(KeyRing(self.settings.keys), ticket).hex()  # item 4
+            push = dataclass_replace(push, ticket=ticket, secret=secret)
         return [push]
 
     def _on_pushed(self, event: EnvPushed, now: float) -> list[Effect]:

@@ -70,6 +70,7 @@ __all__ = [
     "SchedulerConnecting",
     "SchedulerDown",
     "SchedulerUp",
+    "SealChannel",
     "Send",
     "SendFile",
     "SendStats",
@@ -314,6 +315,8 @@ class SchedulerUp:
     own_ip: str
     protocol: int
     addresses: tuple[str, ...] = ()
+    #: The link is sealed (issue 14 item 4).
+    sealed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +583,21 @@ class PushEnv:
     target: str
     path: str
     ticket: str = ""
+    #: Issue 14 item 4: the job key of *ticket* (hex); the pusher then seals the channel.
+    secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SealChannel:
+    """Seal client *conn_id*'s channel both ways from now on (issue 14 item 4).
+
+    *send* seals what we send, *receive* opens what it sends (bytes already
+    received included): its JOB_TICKET was the last clear message.
+    """
+
+    conn_id: int
+    send: bytes = field(repr=False)
+    receive: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,6 +642,7 @@ Effect = (
     | ResolveNative
     | BuildNative
     | PushEnv
+    | SealChannel
     | CountJobCpu
     | Log
 )

@@ -20,6 +20,7 @@ core does, from the ``EnvPushed`` the shell feeds it.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from iceserv.protocol import (
     VerifyEnvResult,
 )
 from iceserv.protocol.connection import NEED_DATA, Connection, ConnectionClosed, Handshake
+from iceserv.protocol.sealing import SALT_BYTES, Opener, Sealer, channel_keys
 
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -105,7 +107,14 @@ async def _push(push: PushEnv, started: float) -> PushResult:
             msg = "the daemon closed the connection during the handshake"
             raise PushError(msg)
         await _send(writer, conn)
-        if push.ticket:
+        if push.ticket and push.secret:
+            # Issue 14 item 4: our salt beside our ticket, then both ways sealed.
+            salt = secrets.token_bytes(SALT_BYTES)
+            conn.send(JobTicket(job_id=0, ticket=push.ticket, secret=salt.hex()))
+            ours, theirs = channel_keys(bytes.fromhex(push.secret), salt)
+            conn.seal_output(Sealer(ours))
+            conn.open_input(Opener(theirs), clear_refusal=True)
+        elif push.ticket:
             conn.send(JobTicket(job_id=0, ticket=push.ticket))
         conn.send(EnvTransfer(push.name, push.target))
         await _send(writer, conn)

@@ -95,6 +95,7 @@ from iceserv.protocol.discovery import (
     decode_reply,
     encode_request,
 )
+from iceserv.protocol.sealing import SEAL_OPTION, WANT_SEAL, Opener, Sealer, link_keys
 
 if TYPE_CHECKING:
     import random
@@ -218,6 +219,8 @@ class LinkSettings:
     host_addresses: Callable[[], Sequence[str]] = lambda: ()
     auth: str = "off"
     keys: tuple[bytes, ...] = field(default=(), repr=False)
+    #: ``[cluster] encrypt`` (issue 14 item 4): ask the scheduler to seal the link.
+    encrypt: bool = False
 
     @property
     def ring(self) -> KeyRing | None:
@@ -543,7 +546,9 @@ class SchedulerLink:
                 own_ip=own_ip,
             )
             found = tuple(self.settings.host_addresses())
-            await self._owner.scheduler_event(SchedulerUp(own_ip, event.protocol, found))
+            await self._owner.scheduler_event(
+                SchedulerUp(own_ip, event.protocol, found, sealed=conn.sealed)
+            )
             await self._serve(reader)
         except (OSError, TimeoutError, ProtocolError) as exc:
             log.warning("scheduler_connection_lost", error=str(exc) or type(exc).__name__)
@@ -561,7 +566,9 @@ class SchedulerLink:
         assert conn is not None  # noqa: S101 - set by _session
         assert writer is not None  # noqa: S101
         handshake = DaemonHandshake(ring, secrets.token_bytes(NONCE_BYTES), ends)
-        conn.send(handshake.hello())
+        # We can always seal; with encrypt = yes we ask for it (issue 14 item 4).
+        options = (SEAL_OPTION, WANT_SEAL) if self.settings.encrypt else (SEAL_OPTION,)
+        conn.send(handshake.hello(options))
         writer.write(conn.data_to_send())
         reply = await self._next(reader)
         try:
@@ -570,11 +577,22 @@ class SchedulerLink:
                     "closed" if reply is None else f"{type(reply).__name__} instead of a challenge"
                 )
             conn.send(handshake.answer(reply))
+            sealed = SEAL_OPTION in reply.options
+            if self.settings.encrypt and not sealed and self.settings.auth == AuthMode.REQUIRE:
+                msg = "the scheduler does not encrypt (encrypt = yes)"
+                raise AuthError(msg)  # noqa: TRY301
         except AuthError as exc:
             log.warning("scheduler_refused", address=host_port(*ends.scheduler), reason=exc.reason)
             return False
+        if sealed:
+            # The challenge was the scheduler's last clear message, our proof is our last.
+            ours, theirs = link_keys(handshake.material)
+            conn.seal_output(Sealer(ours))
+            conn.open_input(Opener(theirs))
         writer.write(conn.data_to_send())
-        log.info("scheduler_authenticated", key_id=(handshake.key_id or b"").hex())
+        log.info(
+            "scheduler_authenticated", key_id=(handshake.key_id or b"").hex(), encrypted=sealed
+        )
         return True
 
     async def _next(self, reader: asyncio.StreamReader) -> Message | Handshake | None:

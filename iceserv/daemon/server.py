@@ -84,6 +84,7 @@ from iceserv.daemon.effects import (
     SchedulerConnecting,
     SchedulerDown,
     SchedulerUp,
+    SealChannel,
     Send,
     SendFile,
     SendStats,
@@ -136,6 +137,7 @@ from iceserv.protocol import (
     StatusText,
 )
 from iceserv.protocol.endpoint import iceserv_endpoint, tcp_address
+from iceserv.protocol.sealing import Opener, Sealer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
@@ -220,6 +222,7 @@ class Daemon:
                 host_addresses=settings.host_addresses,
                 auth=settings.auth,
                 keys=settings.keys,
+                encrypt=settings.encrypt,
             ),
             self,
             rng or random.Random(),  # noqa: S311 - reconnect jitter, not security
@@ -290,6 +293,7 @@ class Daemon:
             ResolveNative: self._resolve_native,
             BuildNative: self._build_native,
             PushEnv: self._push_env,
+            SealChannel: self._seal_channel,
             CountJobCpu: self._count_cpu,
             Log: self._log,
         }
@@ -768,6 +772,13 @@ class Daemon:
             item.closing = True
             item.readable.set()  # a paused read loop wakes up and sees the end
             item.writer.close()  # what was queued still goes out first
+
+    def _seal_channel(self, effect: SealChannel) -> None:
+        item = self._peers.get(effect.conn_id)
+        if item is not None:
+            # Before the read loop decodes its next message: the ticket was the last clear one.
+            item.conn.open_input(Opener(effect.receive))
+            item.conn.seal_output(Sealer(effect.send))
 
     def _pause_reading(self, effect: PauseReading) -> None:
         item = self._peers.get(effect.conn_id)

@@ -98,6 +98,8 @@ class ServerSettings:
     # [cluster] auth (off, prefer, require) and the network keys, current first (issue 14).
     auth: str = "off"
     keys: tuple[bytes, ...] = field(default=(), repr=False)
+    #: ``[cluster] encrypt`` (issue 14 item 4): seal the scheduler link and our jobs.
+    encrypt: bool = False
     # Connection budgets: TCP (all, and per source host) and, separately, the Unix socket.
     max_clients: int = 1024
     max_clients_per_host: int = 64

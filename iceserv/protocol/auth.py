@@ -44,7 +44,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from iceserv.errors import RemoteProtocolError
+from iceserv.errors import LocalProtocolError, RemoteProtocolError
 from iceserv.protocol.discovery import SchedulerInfo
 from iceserv.protocol.messages import AuthChallenge, AuthHello, AuthProof
 from iceserv.protocol.wire import decode_text, encode_text
@@ -60,6 +60,7 @@ __all__ = [
     "Endpoints",
     "KeyRing",
     "SchedulerHandshake",
+    "SealMaterial",
     "canonical_address",
     "decode_offer",
     "decode_probe",
@@ -165,6 +166,16 @@ class Endpoints:
         ).encode()
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class SealMaterial:
+    """The secrets one authenticated link's sealing keys derive from (never logged)."""
+
+    key: bytes
+    kid: bytes
+    nonces: tuple[bytes, bytes]  # the daemon's, then the scheduler's
+    ends: bytes
+
+
 def _proof(key: bytes, role: bytes, kid: bytes, nonces: tuple[bytes, bytes], ends: bytes) -> bytes:
     fields = (_LABEL, role, kid, nonces[0], nonces[1], ends)
     data = b"".join(len(f).to_bytes(2, "big") + f for f in fields)
@@ -192,10 +203,19 @@ class DaemonHandshake:
             raise ValueError(msg)
         self._ring, self._nonce, self._ends = ring, nonce, ends
         self.key_id: bytes | None = None
+        self._material: SealMaterial | None = None
 
-    def hello(self) -> AuthHello:
-        """Return the first message: our nonce and the ids of our keys."""
-        return AuthHello(self._nonce.hex(), tuple(kid.hex() for kid in self._ring.ids))
+    def hello(self, options: tuple[str, ...] = ()) -> AuthHello:
+        """Return the first message: our nonce, the ids of our keys and our *options*."""
+        return AuthHello(self._nonce.hex(), tuple(kid.hex() for kid in self._ring.ids), options)
+
+    @property
+    def material(self) -> SealMaterial:
+        """What the link's sealing keys derive from (after :meth:`answer` succeeded)."""
+        if self._material is None:
+            msg = "the scheduler has not proved the key"
+            raise LocalProtocolError(msg)
+        return self._material
 
     def answer(self, msg: AuthChallenge) -> AuthProof:
         """Check the scheduler's proof; return ours, or raise :class:`AuthError`."""
@@ -215,6 +235,7 @@ class DaemonHandshake:
             msg_0 = "wrong key"
             raise AuthError(msg_0)
         self.key_id = kid
+        self._material = SealMaterial(key, kid, nonces, self._ends.encode())
         return AuthProof(_proof(key, b"daemon", kid, nonces, self._ends.encode()).hex())
 
 
@@ -229,6 +250,15 @@ class SchedulerHandshake:
         self._ring, self._nonce, self._ends = ring, nonce, ends
         self._pending: tuple[bytes, bytes, bytes] | None = None  # key id, key, their nonce
         self.key_id: bytes | None = None
+
+    @property
+    def material(self) -> SealMaterial:
+        """What the link's sealing keys derive from (once the hello was challenged)."""
+        if self._pending is None:
+            msg = "no hello was challenged"
+            raise LocalProtocolError(msg)
+        kid, key, nonce = self._pending
+        return SealMaterial(key, kid, (nonce, self._nonce), self._ends.encode())
 
     def challenge(self, msg: AuthHello) -> AuthChallenge:
         """Answer the daemon's hello with our nonce and proof, or raise :class:`AuthError`."""

@@ -19,7 +19,13 @@ message for the negotiated protocol.
 A frame is ``u32 BE length`` (type + payload, at most 1 MiB), ``u32 BE type``
 and the payload.  The length is checked as soon as its four bytes arrive, so a
 hostile peer cannot make us buffer more than one frame, and the payload must be
-consumed exactly.  The first malformation raises
+consumed exactly.  Once the owner sealed a direction (:meth:`Connection.seal_output`,
+:meth:`Connection.open_input`, after the iceserv-only authentication negotiated
+it), every frame of that direction travels as one AEAD record inside a
+``SEALED`` frame (:mod:`iceserv.protocol.sealing`): bounded by the same early
+length check, and a record that fails to open is a protocol error.  This
+module never imports the cipher library: the owner passes the sealer and
+opener in.  The first malformation raises
 :class:`~iceserv.errors.RemoteProtocolError` and leaves the connection in the
 ``ERROR`` state, where every further call raises again: 1.4 closes such a
 channel, and so should the owner.
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from iceserv.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from iceserv.protocol.compression import DEFAULT_LEVEL, iter_chunks
@@ -38,11 +44,15 @@ from iceserv.protocol.constants import (
     MAX_MESSAGE_SIZE,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
+    IceservMsgType,
     MsgType,
 )
 from iceserv.protocol.features import Feature, supports
 from iceserv.protocol.messages import End, FileChunk, Message, decode, encode
 from iceserv.protocol.records import record
+
+if TYPE_CHECKING:
+    from iceserv.protocol.sealing import Opener, Sealer
 
 __all__ = [
     "NEED_DATA",
@@ -57,6 +67,10 @@ __all__ = [
 _HANDSHAKE_WORD: Final = struct.Struct("<I")
 _FRAME_HEADER: Final = struct.Struct(">II")
 _NEVER_VALID: Final = frozenset({MsgType.UNKNOWN, MsgType.TIMEOUT})
+_SEALED: Final = int(IceservMsgType.SEALED)
+#: A sealed record is its inner frame plus 24 bytes (sealing.RECORD_OVERHEAD; not imported
+#: here, that module loads the cipher library).
+_RECORD_OVERHEAD: Final = 24
 
 
 class NeedData(enum.Enum):
@@ -126,6 +140,9 @@ class Connection:
         self._protocol: int | None = None
         self._peer_version: int | None = None
         self._error: RemoteProtocolError | None = None
+        self._sealer: Sealer | None = None
+        self._opener: Opener | None = None
+        self._clear_refusal = False
 
     # --- introspection ---------------------------------------------------------------
 
@@ -154,6 +171,11 @@ class Connection:
     def buffered(self) -> int:
         """Bytes received but not yet returned as an event (part of a message under way)."""
         return len(self._in)
+
+    @property
+    def sealed(self) -> bool:
+        """Whether both directions are sealed (encrypted and authenticated records)."""
+        return self._sealer is not None and self._opener is not None
 
     def supports(self, feature: Feature) -> bool:
         """Return whether the negotiated protocol has *feature*."""
@@ -229,7 +251,8 @@ class Connection:
         if len(buf) < 4:
             return NEED_DATA
         length = int.from_bytes(buf[:4], "big")
-        if length > self._max_size:
+        limit = self._max_size + (_RECORD_OVERHEAD if self._opener is not None else 0)
+        if length > limit:
             self._fail(f"received a too large message: {length} bytes")
         if length < 4:
             self._fail(f"frame length {length} cannot hold a message type")
@@ -239,8 +262,24 @@ class Connection:
         if msg_type in _NEVER_VALID:
             self._fail(f"received message type {msg_type}, which is never valid", msg_type)
         payload = bytes(buf[8 : 4 + length])
+        header = bytes(buf[:8])
         del buf[: 4 + length]
+        if self._opener is not None:
+            return self._open(msg_type, header, payload)
         return decode(msg_type, payload, self.protocol)
+
+    def _open(self, msg_type: int, header: bytes, payload: bytes) -> Message:
+        assert self._opener is not None  # noqa: S101 - the caller checked
+        if msg_type != _SEALED:
+            if msg_type == MsgType.STATUS_TEXT and self._clear_refusal and not self._opener.records:
+                # The peer refused before it sealed anything (e.g. a bad ticket): its reason.
+                return decode(msg_type, payload, self.protocol)
+            self._fail(f"clear message type {msg_type} on a sealed channel", msg_type)
+        inner = self._opener.open(header, payload)
+        _, inner_type = _FRAME_HEADER.unpack_from(inner)
+        if inner_type in _NEVER_VALID or inner_type == _SEALED:
+            self._fail(f"sealed record holds message type {inner_type}", inner_type)
+        return decode(inner_type, inner[8:], self.protocol)
 
     # --- output ----------------------------------------------------------------------
 
@@ -252,13 +291,35 @@ class Connection:
         if msg.TYPE in _NEVER_VALID:
             text = f"{type(msg).__name__} must never be sent"
             raise LocalProtocolError(text, msg_type=int(msg.TYPE))
-        self._out += encode(msg, self.protocol, level=self.compression_level)
+        frame = encode(msg, self.protocol, level=self.compression_level)
+        self._out += frame if self._sealer is None else self._sealer.seal(frame)
 
     def send_file(self, data: bytes) -> None:
         """Queue *data* as FILE_CHUNKs of at most 100 000 bytes followed by END."""
         for piece in iter_chunks(data):
             self.send(FileChunk(piece))
         self.send(End())
+
+    def seal_output(self, sealer: Sealer) -> None:
+        """Seal every frame queued from now on with *sealer* (after what is queued already)."""
+        if self._state is not ConnectionState.OPEN or self._sealer is not None:
+            msg = "seal_output needs an open, not yet sealed channel"
+            raise LocalProtocolError(msg)
+        self._sealer = sealer
+
+    def open_input(self, opener: Opener, *, clear_refusal: bool = False) -> None:
+        """Open every frame received from now on with *opener* (bytes buffered included).
+
+        Call it right after the event that ends the clear part of the input,
+        before the next :meth:`next_event`.  With *clear_refusal* a clear
+        STATUS_TEXT before the first sealed record is still read (a peer that
+        refused to seal says why; it can only end the channel).
+        """
+        if self._state is not ConnectionState.OPEN or self._opener is not None:
+            msg = "open_input needs an open, not yet sealed channel"
+            raise LocalProtocolError(msg)
+        self._opener = opener
+        self._clear_refusal = clear_refusal
 
     def data_to_send(self) -> bytes:
         """Return (and forget) the bytes queued for the peer."""

@@ -110,6 +110,8 @@ class IceservMsgType(enum.IntEnum):
     AUTH_PROOF = 0x1CE5_0007
     JOB_TICKET = 0x1CE5_0008
     HOST_ADDRESSES = 0x1CE5_0009
+    #: Not a message: the frame that carries one sealed record (:mod:`iceserv.protocol.sealing`).
+    SEALED = 0x1CE5_000A
 
 
 #: The prefix of CS_CONF's ``bench_source`` from an iceserv scheduler ("iceserv/<version>").

@@ -526,6 +526,8 @@ class AuthHello:
     TYPE: ClassVar = IceservMsgType.AUTH_HELLO
     nonce: str = ""
     key_ids: tuple[str, ...] = ()
+    #: Options the daemon can use; ``seal-aesgcm-v1`` (item 4) means it can seal the link.
+    options: tuple[str, ...] = ()
 
 
 @record
@@ -536,6 +538,9 @@ class AuthChallenge:
     key_id: str = ""
     nonce: str = ""
     proof: str = ""
+    #: The options in force: ``seal-aesgcm-v1`` means both directions are sealed from the
+    #: next message on (this challenge and the daemon's AUTH_PROOF are the last in clear).
+    options: tuple[str, ...] = ()
 
 
 @record
@@ -562,6 +567,10 @@ class JobTicket:
     job_id: int = 0
     client_id: int = 0
     ticket: str = ""
+    #: Hex, item 4 (sealing): scheduler → daemon → client, the job's session key (only over
+    #: a sealed link and the local endpoint); client → server, the channel salt: the
+    #: channel is sealed both ways from the next message.  Empty: in clear.
+    secret: str = ""
 
 
 @record
@@ -771,10 +780,20 @@ _LAYOUTS: Final[Mapping[type, tuple[_Field, ...]]] = {
     SlotsAnswer: (("total", U, None), ("free", U, None), ("hosts", U, None), ("source", S, None)),
     PushQuery: (("platform", S, None), ("environment", S, None), ("required_features", U, None)),
     PushTargets: (("environment", S, None), ("target", S, None), ("hosts", L, None)),
-    AuthHello: (("nonce", S, None), ("key_ids", L, None)),
-    AuthChallenge: (("key_id", S, None), ("nonce", S, None), ("proof", S, None)),
+    AuthHello: (("nonce", S, None), ("key_ids", L, None), ("options", L, None)),
+    AuthChallenge: (
+        ("key_id", S, None),
+        ("nonce", S, None),
+        ("proof", S, None),
+        ("options", L, None),
+    ),
     AuthProof: (("proof", S, None),),
-    JobTicket: (("job_id", U, None), ("client_id", U, None), ("ticket", S, None)),
+    JobTicket: (
+        ("job_id", U, None),
+        ("client_id", U, None),
+        ("ticket", S, None),
+        ("secret", S, None),
+    ),
     HostAddresses: (("addresses", L, None), ("families", L, None)),
 }
 

@@ -91,6 +91,13 @@ def verify_ticket(  # noqa: PLR0913 - what the ticket must match, each named
         _refuse("malformed ticket")
     if len(kid) != KEY_ID_BYTES or len(mac_hex) != _MAC_HEX:
         _refuse("malformed ticket")
+    if (
+        ticket
+        != f"{_VERSION} {kid.hex()} {their_job} {their_client} {their_server} {expires} {mac.hex()}"
+    ):
+        # Only the spelling issue_ticket writes: "0005", "+5", "5_0" or upper-case hex would
+        # carry the same MAC under another text, and the ledger spends texts (a replay).
+        _refuse("malformed ticket")
     key = ring.find(kid)
     if key is None:
         _refuse("ticket signed with a key we do not hold")

@@ -20,6 +20,11 @@ Theory of operation
     OPEN --AUTH_HELLO--> CHALLENGED --AUTH_PROOF ok--> PROVEN --LOGIN--> DONE
       |                       |  (anything else, a bad proof: refused)
       +--LOGIN (prefer)--> DONE (unauthenticated)     LOGIN (require): refused
+
+Sealing (issue 14 item 4): when the hello says the daemon can seal and either
+side wants it, the challenge says so and everything we send after it is
+sealed; everything the daemon sends after its proof is opened.  Keys come
+from the proven key and both nonces (:func:`~iceserv.protocol.sealing.link_keys`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import TYPE_CHECKING
 
 from iceserv.protocol.auth import AuthError, AuthMode, SchedulerHandshake
 from iceserv.protocol.messages import AuthHello, AuthProof, Login, MonLogin
+from iceserv.protocol.records import replace
+from iceserv.protocol.sealing import SEAL_OPTION, WANT_SEAL, Opener, Sealer, link_keys
 
 if TYPE_CHECKING:
     from iceserv.protocol import Message
@@ -53,6 +60,10 @@ class Verdict:
     send: Message | None = None
     forward: Message | None = None
     refuse: str = ""
+    #: Seal what we send from now on (after ``send``) with this (issue 14 item 4).
+    seal: Sealer | None = None
+    #: Open what the peer sends from now on with this.
+    open: Opener | None = None
 
 
 class _Step(enum.Enum):
@@ -65,9 +76,25 @@ class _Step(enum.Enum):
 class AuthGate:
     """One connection's authentication; see the module docstring."""
 
-    def __init__(self, mode: AuthMode, ring: KeyRing | None, nonce: bytes, ends: Endpoints) -> None:
-        """Check peers per *mode* with *ring*, our fresh *nonce* and the connection's *ends*."""
+    def __init__(
+        self,
+        mode: AuthMode,
+        ring: KeyRing | None,
+        nonce: bytes,
+        ends: Endpoints,
+        *,
+        encrypt: bool = False,
+    ) -> None:
+        """Check peers per *mode* with *ring*, our fresh *nonce* and the connection's *ends*.
+
+        With *encrypt* (``[cluster] encrypt``) the link of a daemon that can
+        seal is sealed; one that cannot is served in clear under ``prefer`` and
+        refused under ``require``.  A daemon that asks for sealing gets it too.
+        """
         self.mode = mode
+        self.encrypt = encrypt
+        #: Both directions are sealed (from the challenge on, ours; from the proof on, theirs).
+        self.sealed = False
         self._handshake = (
             SchedulerHandshake(ring, nonce, ends)
             if mode is not AuthMode.OFF and ring is not None and ring.keys
@@ -76,6 +103,7 @@ class AuthGate:
         self._step = _Step.DONE if self._handshake is None else _Step.OPEN
         self.state = AuthState.OFF
         self.key_id = ""
+        self._opener_key = b""
 
     def handle(self, msg: Message) -> Verdict:
         """Decide about *msg*, the peer's next message."""
@@ -86,19 +114,33 @@ class AuthGate:
         except AuthError as exc:
             return Verdict(refuse=exc.reason)
 
+    def _challenge(self, msg: AuthHello, handshake: SchedulerHandshake) -> Verdict:
+        """Challenge the hello; seal our side from here when it is agreed (item 4)."""
+        challenge = handshake.challenge(msg)
+        can_seal = SEAL_OPTION in msg.options
+        if self.encrypt and not can_seal and self.mode is AuthMode.REQUIRE:
+            return Verdict(refuse="the daemon cannot encrypt (encrypt = yes)")
+        if not can_seal or not (self.encrypt or WANT_SEAL in msg.options):
+            return Verdict(send=challenge)
+        self.sealed = True
+        self._opener_key, ours = link_keys(handshake.material)
+        return Verdict(send=replace(challenge, options=(SEAL_OPTION,)), seal=Sealer(ours))
+
     def _handle(self, msg: Message, handshake: SchedulerHandshake) -> Verdict:  # noqa: PLR0911 - one verdict per step
         if isinstance(msg, MonLogin):
             self._step = _Step.DONE  # monitors only read (issue 14 item 5 keeps them working)
             return Verdict(forward=msg)
         if self._step is _Step.OPEN and isinstance(msg, AuthHello):
             self._step = _Step.CHALLENGED
-            return Verdict(send=handshake.challenge(msg))
+            return self._challenge(msg, handshake)
         if self._step is _Step.CHALLENGED:
             if not isinstance(msg, AuthProof):
                 return Verdict(refuse=f"{type(msg).__name__} before the proof of the key")
             self.key_id = handshake.check(msg).hex()
             self._step = _Step.PROVEN
             self.state = AuthState.AUTHENTICATED
+            if self.sealed:
+                return Verdict(open=Opener(self._opener_key))
             return Verdict()
         if isinstance(msg, Login):
             if self._step is _Step.OPEN:

@@ -178,6 +178,7 @@ class _Peer:
     kind: _Kind = _Kind.NEW
     host_id: int = 0
     auth: str = "off"
+    sealed: bool = False
 
 
 class Scheduler:
@@ -236,7 +237,7 @@ class Scheduler:
         """Register a peer whose handshake finished (negotiated *protocol*, its max version)."""
         self._peers[conn_id] = _Peer(conn_id, ip, protocol, peer_version)
 
-    def peer_authenticated(self, conn_id: int, state: str) -> None:
+    def peer_authenticated(self, conn_id: int, state: str, *, sealed: bool = False) -> None:
         """Record what *conn_id* proved before its LOGIN (``[cluster] auth``, issue 14).
 
         *state* is an :class:`~iceserv.scheduler.auth.AuthState` value.  An
@@ -247,6 +248,7 @@ class Scheduler:
         peer = self._peers.get(conn_id)
         if peer is not None:
             peer.auth = state
+            peer.sealed = sealed  # its link is encrypted (item 4)
 
     def handle_message(self, conn_id: int, msg: Message, now: float) -> list[Effect]:
         """Handle *msg* from *conn_id*; raise ``RemoteProtocolError`` if it is unexpected."""
@@ -437,6 +439,7 @@ class Scheduler:
             envs=login.envs,
             last_talk=now,
             auth=peer.auth,
+            sealed=peer.sealed,
         )
         host.probe.next_at = now  # check its compile port right away
         if self.state.is_blocked(host):

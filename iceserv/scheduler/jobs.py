@@ -32,6 +32,7 @@ from iceserv.protocol import (
 from iceserv.protocol.features import min_version, supports
 from iceserv.protocol.filenames import shorten_filename
 from iceserv.protocol.records import asdict
+from iceserv.protocol.sealing import job_key
 from iceserv.protocol.tickets import issue_ticket, ticket_address
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
@@ -254,7 +255,10 @@ def ticket_for(
         server=ticket_address(named),
         expires=int(now) + TICKET_LIFETIME,
     )
-    return JobTicket(job_id=job.job_id, client_id=job.client_id, ticket=text)
+    # Issue 14 item 4: when both daemons' links are sealed (encrypt = yes somewhere, both
+    # can), the job is sealed too: its key rides beside the ticket, over a sealed link only.
+    secret = job_key(keys, text).hex() if submitter.sealed and host.sealed else ""
+    return JobTicket(job_id=job.job_id, client_id=job.client_id, ticket=text, secret=secret)
 
 
 def _apply(state: ClusterState, assignment: placement.Assignment, now: float) -> Effect:

@@ -207,6 +207,8 @@ class SchedulerServerSettings:
     confirm_timeout: float = 0.5
     auth: str = AuthMode.OFF
     keys: tuple[bytes, ...] = field(default=(), repr=False)  # never in a log line
+    #: ``[cluster] encrypt``: seal the links of daemons that can (issue 14 item 4).
+    encrypt: bool = False
     monitors: tuple[str, ...] = ()  # under require: networks whose monitors are served
 
 
@@ -1068,7 +1070,13 @@ class SchedulerServer:
                 scheduler=sockaddr_host_port(writer.get_extra_info("sockname")),
             )
             nonce = secrets.token_bytes(NONCE_BYTES)
-            peer.gate = AuthGate(self.auth_mode, KeyRing(self.settings.keys), nonce, ends)
+            peer.gate = AuthGate(
+                self.auth_mode,
+                KeyRing(self.settings.keys),
+                nonce,
+                ends,
+                encrypt=self.settings.encrypt,
+            )
         pending.peer = peer
         self._peers[conn_id] = peer
         peer.drainer = self._spawn(self._drain(peer))
@@ -1208,6 +1216,7 @@ class SchedulerServer:
                     max_jobs=host.max_jobs,
                     protocol=host.protocol,
                     auth=host.auth,
+                    encrypted=host.sealed,
                 )
         self._flush(peer)
         return "", events
@@ -1218,11 +1227,15 @@ class SchedulerServer:
         if verdict.send is not None:
             peer.conn.send(verdict.send)
             self._flush(peer)
+        if verdict.seal is not None:
+            peer.conn.seal_output(verdict.seal)
+        if verdict.open is not None:
+            peer.conn.open_input(verdict.open)
         if verdict.refuse:
             log.warning("peer_refused", peer=peer.ip, reason=verdict.refuse, auth=gate.mode.value)
             return None, "authentication failed"
         if isinstance(verdict.forward, Login):
-            self._core.peer_authenticated(peer.conn_id, gate.state)
+            self._core.peer_authenticated(peer.conn_id, gate.state, sealed=gate.sealed)
         return verdict.forward, ""
 
     def _flush(self, peer: _Peer) -> None:

@@ -182,6 +182,8 @@ class Host:
     push_wants: dict[tuple[str, str], PushQuery] = field(default_factory=dict)
     #: What it proved before LOGIN: off, authenticated or unauthenticated (issue 14).
     auth: str = "off"
+    #: Its link is sealed (issue 14 item 4): its jobs' keys may be sent to it.
+    sealed: bool = False
 
     #: The routable addresses the daemon declared (HOST_ADDRESSES, iceserv only), checked.
     addresses: tuple[str, ...] = ()

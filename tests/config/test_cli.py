@@ -61,6 +61,7 @@ ICECCD_HTTP="127.0.0.1:9768"
 ICECCD_KEY_FILE="/etc/iceserv/network.key"
 ICECCD_PREVIOUS_KEY_FILE="/etc/iceserv/network.key.old"
 ICECCD_AUTH="prefer"
+ICECCD_ENCRYPT="yes"
 """
 FULL_SCHEDULER = """\
 ICECC_SCHEDULER_NET_NAME="lab"
@@ -85,6 +86,7 @@ ICECC_SCHEDULER_HTTP="127.0.0.1:8767"
 ICECC_SCHEDULER_KEY_FILE="/etc/iceserv/network.key"
 ICECC_SCHEDULER_PREVIOUS_KEY_FILE="/etc/iceserv/network.key.old"
 ICECC_SCHEDULER_AUTH="require"
+ICECC_SCHEDULER_ENCRYPT="yes"
 ICECC_SCHEDULER_TELNET_CONTROL="off"
 ICECC_SCHEDULER_MONITORS="10.0.0.0/8, fd00::/64 192.0.2.7"
 """
@@ -204,7 +206,7 @@ class TestShow:
         assert lines["max_processes"].split()[1:] == ["8", f"{path}:1:", "ICECCD_MAX_PROCESSES"]
         assert lines["nice_level"].split()[1:] == ["3", "env", "ICECCD_NICE_LEVEL"]
         assert lines["port"].split()[1:] == ["10245", "default"]
-        assert len(lines) == 33
+        assert len(lines) == 34
 
     def test_json(self, tmp_path):
         """JSON output maps each setting to its value and source."""

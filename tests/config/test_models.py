@@ -41,6 +41,7 @@ DAEMON_DEFAULTS = {
     "key_file": None,
     "previous_key_file": None,
     "auth": "off",
+    "encrypt": False,
     "http": None,
 }
 SCHEDULER_DEFAULTS = {
@@ -65,6 +66,7 @@ SCHEDULER_DEFAULTS = {
     "key_file": None,
     "previous_key_file": None,
     "auth": "off",
+    "encrypt": False,
     "telnet_control": "auto",
     "monitors": (),
     "http": None,
@@ -228,6 +230,22 @@ class TestSchedulerSettings:
     def test_unknown_field(self):
         """Daemon-only settings are not scheduler settings."""
         assert _reason(SchedulerSettings, max_processes=3) == "Extra inputs are not permitted"
+
+
+class TestEncrypt:
+    """``encrypt`` (issue 14 item 4) needs authentication: its keys come from the handshake."""
+
+    @pytest.mark.parametrize("model", [DaemonSettings, SchedulerSettings])
+    def test_encrypt_needs_auth(self, model):
+        """encrypt = yes with auth off is refused with the reason."""
+        with pytest.raises(ValidationError, match="encrypt = yes needs auth = prefer or require"):
+            model(encrypt=True)
+
+    @pytest.mark.parametrize("model", [DaemonSettings, SchedulerSettings])
+    def test_encrypt_with_a_key_and_auth(self, model):
+        """With a key file and prefer or require, encrypt is accepted."""
+        settings = model(encrypt=True, auth="require", key_file=Path("/etc/iceserv/key"))
+        assert settings.encrypt is True
 
 
 class TestHostPort:

@@ -28,8 +28,8 @@ class TestRenderText:
         """Each service gets a header and one line per field: name, value, source."""
         lines = render_text(loaded).splitlines()
         assert lines[0] == "[daemon]"
-        assert lines[34] == "[scheduler]"
-        assert len(lines) == 2 + 33 + 24
+        assert lines[35] == "[scheduler]"
+        assert len(lines) == 2 + 34 + 25
         by_name = {line.split()[0]: line.split(None, 2)[1:] for line in lines[1:30]}
         assert by_name["max_processes"] == ["8", f"{load.dir / 'iceccd'}:1: ICECCD_MAX_PROCESSES"]
         assert by_name["nice_level"] == ["2", "env ICECCD_NICE_LEVEL"]
@@ -60,7 +60,7 @@ class TestRenderJson:
         document = json.loads(render_json(loaded))
         assert document["daemon"]["nice_level"] == {"value": 2, "source": "env ICECCD_NICE_LEVEL"}
         assert document["scheduler"]["port"] == {"value": 9000, "source": "flag -p"}
-        assert len(document["daemon"]) == 33
+        assert len(document["daemon"]) == 34
 
 
 class TestRenderMigration:

@@ -52,6 +52,7 @@ DAEMON_SAMPLES = {
     "key_file": ("/etc/iceserv/key", Path("/etc/iceserv/key"), "/etc/iceserv/key"),
     "previous_key_file": ("/etc/iceserv/old", Path("/etc/iceserv/old"), "/etc/iceserv/old"),
     "auth": ("off", "off", "off"),
+    "encrypt": ("no", False, False),
     "http": ("[::1]", HostPort("::1", 8768), "[::1]:8768"),
 }
 SCHEDULER_SAMPLES = {
@@ -76,6 +77,7 @@ SCHEDULER_SAMPLES = {
     "key_file": ("/etc/iceserv/key", Path("/etc/iceserv/key"), "/etc/iceserv/key"),
     "previous_key_file": ("/etc/iceserv/old", Path("/etc/iceserv/old"), "/etc/iceserv/old"),
     "auth": ("off", "off", "off"),
+    "encrypt": ("no", False, False),
     "telnet_control": ("local", "local", "local"),
     "monitors": (
         "10.1.2.3/8, ::1",

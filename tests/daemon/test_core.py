@@ -60,6 +60,7 @@ from iceserv.daemon.effects import (
     SchedulerConnecting,
     SchedulerDown,
     SchedulerUp,
+    SealChannel,
     Send,
     SendFile,
     SendStats,
@@ -116,6 +117,7 @@ from iceserv.protocol import (
     VerifyEnvResult,
 )
 from iceserv.protocol.auth import KeyRing
+from iceserv.protocol.sealing import channel_keys, job_key
 from iceserv.protocol.tickets import issue_ticket
 
 T0 = 1_000.0
@@ -1973,6 +1975,78 @@ class TestTicketPassing:
         core.handle(ClientConnected(1, "local", ICESERV_LOCAL, 43), T0)
         assert core.handle(FromScheduler(JobTicket(job_id=71, client_id=1, ticket="t")), T0) == []
         assert core.handle(FromScheduler(JobTicket(job_id=71, client_id=9, ticket="t")), T0) == []
+
+
+class TestSealedJobs:
+    """Issue 14 item 4: a ticket with the client's salt seals the channel both ways."""
+
+    SALT = bytes(range(32))
+
+    def test_salt_beside_a_valid_ticket_seals_with_the_job_keys(self):
+        """The core derives the job key from the ticket and the channel keys from the salt."""
+        core = _keyed("require")
+        _remote_client(core, 1)
+        ticket = _ticket()
+        effects = _send(core, 1, JobTicket(job_id=5, ticket=ticket, secret=self.SALT.hex()))
+        (seal,) = _of(effects, SealChannel)
+        c2s, s2c = channel_keys(job_key(KeyRing((KEY,)), ticket), self.SALT)
+        assert (seal.conn_id, seal.receive, seal.send) == (1, c2s, s2c)
+        assert not _refusals(effects)
+        assert _of(_send(core, 1, _job(5)), HoldEnv)
+
+    def test_no_seal_for_a_bad_ticket(self):
+        """An altered ticket is refused before anything is sealed (the reason goes in clear)."""
+        core = _keyed("require")
+        _remote_client(core, 1)
+        bad = _ticket()[:-1] + ("0" if _ticket()[-1] != "0" else "1")
+        effects = _send(core, 1, JobTicket(job_id=5, ticket=bad, secret=self.SALT.hex()))
+        assert not _of(effects, SealChannel)
+        assert _refusals(effects) == ["altered ticket"]
+
+    @pytest.mark.parametrize("salt", ["zz", "00" * 31, "00" * 33])
+    def test_a_malformed_salt_is_refused(self, salt):
+        """A salt that is not 32 bytes of hex refuses the job."""
+        core = _keyed("prefer")
+        _remote_client(core, 1)
+        effects = _send(core, 1, JobTicket(job_id=5, ticket=_ticket(), secret=salt))
+        assert _refusals(effects) == ["malformed channel salt"]
+
+    def test_require_and_encrypt_refuse_a_clear_ticketed_job(self):
+        """With encrypt = yes under require, a ticket without a salt is refused."""
+        core = _core(auth="require", keys=(KEY,), encrypt=True)
+        _remote_client(core, 1)
+        effects = _send(core, 1, JobTicket(job_id=5, ticket=_ticket()))
+        assert _refusals(effects) == ["job not encrypted (encrypt = yes)"]
+
+    def test_prefer_and_encrypt_serve_a_clear_ticketed_job(self):
+        """Under prefer a clear ticketed job is served (as a 1.4 peer would be)."""
+        core = _core(auth="prefer", keys=(KEY,), encrypt=True)
+        _remote_client(core, 1)
+        effects = _send(core, 1, JobTicket(job_id=5, ticket=_ticket()))
+        assert not _refusals(effects)
+        assert not _of(effects, SealChannel)
+
+    def test_auth_off_cannot_seal(self):
+        """Without keys we cannot open what would follow: refused, never misread."""
+        core = _core()
+        _remote_client(core, 1)
+        effects = _send(core, 1, JobTicket(job_id=5, ticket="t1", secret=self.SALT.hex()))
+        assert _refusals(effects) == ["cannot encrypt (no key)"]
+
+    @pytest.mark.parametrize(("encrypt", "sealed"), [(True, False), (False, True), (False, False)])
+    def test_push_carries_its_job_key_when_encrypting(self, encrypt, sealed):
+        """A push is sealed with encrypt = yes or over a sealed scheduler link."""
+        pusher = _core(scheduler=False, auth="require", keys=(KEY,), encrypt=encrypt)
+        pusher.handle(SchedulerUp(OWN_IP, 43, sealed=sealed), T0)
+        pusher.handle(FromScheduler(ICESERV_CONF), T0)
+        pusher.handle(NativesFound((NativeFound(GCC),)), T0)
+        pusher.handle(NativeEnvBuilt(GCC, path=GCC_TARBALL), T0 + 2)
+        answer = PushTargets(GCC_ENV, "x86_64", ("10.0.0.7:10245",))
+        (push,) = _of(pusher.handle(FromScheduler(answer), T0 + 2), PushEnv)
+        if encrypt or sealed:
+            assert bytes.fromhex(push.secret) == job_key(KeyRing((KEY,)), push.ticket)
+        else:
+            assert push.secret == ""
 
 
 FOUND = ("10.0.0.5", "192.0.2.5", "fd00::5")

@@ -318,13 +318,13 @@ _HELLO: Final = "int answer(int x) { return 6 * x; }\n"
 class _TicketCluster:
     """Our scheduler and two daemons (a submits, b compiles), all under one auth mode."""
 
-    def __init__(self, keys: dict[str, Path], mode: str) -> None:
+    def __init__(self, keys: dict[str, Path], mode: str, extra: tuple[str, ...] = ()) -> None:
         self.key = keys["good"].read_bytes()
-        self.scheduler = OurScheduler(extra_args=_auth_args(keys["good"], mode)).start()
-        self.a = OurDaemon("tka" + mode[0], self.scheduler.address,
-                           extra_args=_auth_args(keys["good"], mode),
+        args = [*_auth_args(keys["good"], mode), *extra]
+        self.scheduler = OurScheduler(extra_args=args).start()
+        self.a = OurDaemon("tka" + mode[0], self.scheduler.address, extra_args=args,
                            extra_env={OurDaemon.PUSH_AHEAD_ENV: "yes"}).start()  # fmt: skip
-        self.b = _daemon("tkb" + mode[0], self.scheduler.address, _auth_args(keys["good"], mode))
+        self.b = _daemon("tkb" + mode[0], self.scheduler.address, args)
         for daemon in (self.a, self.b):
             login = wait_for(lambda d=daemon: _logged_in(self.scheduler, d.name), _LOGIN,
                              f"{daemon.name}'s login", context=daemon.log_tail)  # fmt: skip

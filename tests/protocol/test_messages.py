@@ -301,8 +301,8 @@ AT_43 = [
     Fixture(  # iceserv only: a job ticket, scheduler -> daemon -> client -> compile server
         "JOB_TICKET",
         (43,),
-        JobTicket(job_id=7, client_id=3, ticket="t1"),
-        "00000013 1ce50008 00000007 00000003 00000003 743100",
+        JobTicket(job_id=7, client_id=3, ticket="t1", secret="ab"),  # noqa: S106 - hex salt fixture
+        "0000001a 1ce50008 00000007 00000003 00000003 743100 00000003 616200",
     ),
     Fixture(  # iceserv only: a daemon's addresses of both families and its clients' families
         "HOST_ADDRESSES",

@@ -53,6 +53,26 @@ class TestTickets:
         with pytest.raises(AuthError):
             verify_ticket(RING, altered, now=0.0, **JOB)
 
+    @pytest.mark.parametrize(
+        "respell",
+        [
+            lambda t: t.replace(" 42 ", " 042 "),
+            lambda t: t.replace(" 42 ", " +42 "),
+            lambda t: t.replace(" 42 ", " 4_2 "),
+            lambda t: t.replace(" 1000 ", " 1_000 "),
+            lambda t: t[:-1] + t[-1].upper() if t[-1].isalpha() else t[:-64] + t[-64:].upper(),
+            lambda t: t.replace(t.split(" ")[1], t.split(" ")[1].upper()),
+        ],
+    )
+    def test_another_spelling_of_a_valid_ticket_is_refused(self, respell):
+        """Only issue_ticket's spelling passes: a respelt ticket (same MAC) cannot dodge the
+        ledger, which spends texts (a replay found by the core's Hypothesis test)."""
+        ticket = _ticket()
+        other = respell(ticket)
+        assert other != ticket
+        with pytest.raises(AuthError, match="malformed"):
+            verify_ticket(RING, other, now=0.0, **JOB)
+
     @given(st.text(max_size=600))
     def test_garbage(self, text):
         """Arbitrary text is a typed AuthError, never a crash."""

@@ -19,6 +19,7 @@ from iceserv.protocol import (
     UseCS,
 )
 from iceserv.protocol.auth import AuthError, AuthMode, DaemonHandshake, Endpoints, KeyRing, key_id
+from iceserv.protocol.sealing import SEAL_OPTION, WANT_SEAL, Opener, Sealer, job_key, link_keys
 from iceserv.protocol.tickets import verify_ticket
 from iceserv.scheduler.auth import AuthGate, AuthState
 from iceserv.scheduler.jobs import TICKET_LIFETIME
@@ -243,3 +244,76 @@ class TestServerAnnouncements:
         assert heard == []
         server.datagram_received(encode_announcements(better)[1], ("192.0.2.9", 8765))
         assert heard == [better]
+
+
+class TestSealing:
+    """Issue 14 item 4: the gate seals a daemon's link when agreed; sealed links get job keys."""
+
+    def _hello(self, *options: str) -> tuple[DaemonHandshake, AuthHello]:
+        daemon = DaemonHandshake(RING, b"d" * 32, ENDS)
+        return daemon, daemon.hello(options)
+
+    @pytest.mark.parametrize(
+        ("encrypt", "options"),
+        [(True, (SEAL_OPTION,)), (False, (SEAL_OPTION, WANT_SEAL))],
+        ids=["scheduler-wants", "daemon-asks"],
+    )
+    def test_agreed_sealing_seals_after_the_challenge_and_opens_after_the_proof(
+        self, encrypt, options
+    ):
+        """The challenge says so, we seal from it on, and open the daemon's side after its proof."""
+        gate = AuthGate(AuthMode.REQUIRE, RING, NONCE, ENDS, encrypt=encrypt)
+        daemon, hello = self._hello(*options)
+        verdict = gate.handle(hello)
+        assert isinstance(verdict.send, AuthChallenge)
+        assert verdict.send.options == (SEAL_OPTION,)
+        assert verdict.seal is not None
+        assert verdict.open is None
+        proof = gate.handle(daemon.answer(verdict.send))
+        assert proof.open is not None
+        assert gate.sealed
+        # Both ends derive the same keys: what the gate seals, the daemon opens.
+        d2s, s2d = link_keys(daemon.material)
+        record = verdict.seal.seal(b"\0\0\0\x04\0\0\0\x41")
+        assert Opener(s2d).open(record[:8], record[8:]) == b"\0\0\0\x04\0\0\0\x41"
+        record = Sealer(d2s).seal(b"\0\0\0\x04\0\0\0\x42")
+        assert proof.open.open(record[:8], record[8:]) == b"\0\0\0\x04\0\0\0\x42"
+
+    def test_nobody_wants_it_stays_clear(self):
+        """A daemon that can seal but does not ask, and a scheduler without encrypt: clear."""
+        gate = AuthGate(AuthMode.REQUIRE, RING, NONCE, ENDS)
+        verdict = gate.handle(self._hello(SEAL_OPTION)[1])
+        assert verdict.send is not None
+        assert verdict.send.options == ()
+        assert verdict.seal is None
+        assert not gate.sealed
+
+    @pytest.mark.parametrize("mode", [AuthMode.PREFER, AuthMode.REQUIRE])
+    def test_a_daemon_that_cannot_seal(self, mode):
+        """encrypt = yes: one that cannot seal is served in clear (prefer), refused (require)."""
+        gate = AuthGate(mode, RING, NONCE, ENDS, encrypt=True)
+        verdict = gate.handle(self._hello()[1])
+        if mode is AuthMode.REQUIRE:
+            assert verdict.refuse == "the daemon cannot encrypt (encrypt = yes)"
+        else:
+            assert verdict.seal is None
+            assert verdict.send is not None
+
+    @pytest.mark.parametrize(("server", "client"), [(True, True), (True, False), (False, True)])
+    def test_job_key_only_when_both_links_are_sealed(self, server, client):
+        """The job key rides beside the ticket only if both daemons' links are sealed."""
+        core = _keyed_core()
+        for conn_id, name, sealed in ((1, "server", server), (2, "client", client)):
+            core.peer_connected(conn_id, f"10.0.0.{conn_id}", 43, 43)
+            core.peer_authenticated(conn_id, AuthState.AUTHENTICATED, sealed=sealed)
+            fields = {"port": 10245, "max_kids": 4, "nodename": name, "host_platform": "x86_64",
+                      "chroot_possible": True, "supported_features": 3}  # fmt: skip
+            core.handle_message(conn_id, Login(**fields), T0)
+            core.handle_message(conn_id, Stats(load=0), T0)
+        core.host_by_conn(2).max_jobs = 0
+        ticket, _ = sends(get_cs(core, 2, T0), 2)
+        assert isinstance(ticket, JobTicket)
+        if server and client:
+            assert bytes.fromhex(ticket.secret) == job_key(RING, ticket.ticket)
+        else:
+            assert ticket.secret == ""
