@@ -162,15 +162,20 @@ def _nonce(counter: int) -> bytes:
     return counter.to_bytes(12, "big")
 
 
+def _aead(key: bytes) -> AESGCM:
+    """Return the cipher for one direction's *key*; a key of another length is refused."""
+    if len(key) != KEY_BYTES:
+        msg = "a sealing key has 32 bytes"
+        raise LocalProtocolError(msg)
+    return AESGCM(key)
+
+
 class Sealer:
     """Seal one direction's frames: record *n* under nonce *n*."""
 
     def __init__(self, key: bytes) -> None:
         """Use *key* (:data:`KEY_BYTES`) for this direction only."""
-        if len(key) != KEY_BYTES:
-            msg = "a sealing key has 32 bytes"
-            raise LocalProtocolError(msg)
-        self._aead = AESGCM(key)
+        self._aead = _aead(key)
         self.records = 0
 
     def seal(self, frame: bytes | bytearray | memoryview) -> bytes:
@@ -186,10 +191,7 @@ class Opener:
 
     def __init__(self, key: bytes) -> None:
         """Use *key*, the peer's sending key for this direction."""
-        if len(key) != KEY_BYTES:
-            msg = "a sealing key has 32 bytes"
-            raise LocalProtocolError(msg)
-        self._aead = AESGCM(key)
+        self._aead = _aead(key)
         self.records = 0
 
     def open(self, header: bytes, sealed: bytes) -> bytes:
