@@ -120,6 +120,18 @@ class FakeCompiler:
         self.log.mkdir()
 
 
+_WAKE = b"\0testbed acceptor wake-up\0"
+
+
+def _is_wake(sock: socket.socket) -> bool:
+    """True if *sock* is close()'s wake-up connection (it sends _WAKE at once)."""
+    sock.settimeout(5)
+    try:
+        return sock.recv(len(_WAKE), socket.MSG_PEEK | socket.MSG_WAITALL) == _WAKE
+    except OSError:
+        return False
+
+
 class _Acceptor:
     """Accepts connections on a listening socket in a thread; one handler call each."""
 
@@ -133,14 +145,19 @@ class _Acceptor:
 
     def _loop(self) -> None:
         self.listener.settimeout(TIMEOUT)
-        while not self._stop.is_set():
+        while True:
             try:
                 sock, _ = self.listener.accept()
             except TimeoutError:
+                if self._stop.is_set():
+                    return
                 continue
             except OSError:
                 return
-            if self._stop.is_set():  # the wake-up connection of close()
+            # Once close() began, a client's connection may still be queued ahead of
+            # the wake-up connection: it is served like any other, and only the
+            # connection that says _WAKE ends the loop.
+            if self._stop.is_set() and _is_wake(sock):
                 sock.close()
                 return
             thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
@@ -156,7 +173,9 @@ class _Acceptor:
         with contextlib.suppress(OSError), socket.socket(self.listener.family) as wake:
             wake.settimeout(5)
             wake.connect(self.listener.getsockname())
-        self._main.join(timeout=5)
+            wake.sendall(_WAKE)
+            self._main.join(timeout=5)  # with the wake-up connection still open to peek at
+        self._main.join(timeout=5)  # when it could not connect
         self.listener.close()
         for thread in self._threads:
             thread.join(timeout=TIMEOUT)
