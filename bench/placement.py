@@ -59,19 +59,35 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from load import Daemon, Tally, rss_kib
+from load import ENV, Tally, rss_kib
 from provenance import provenance
 from testbed.hosts import free_scheduler_port
 from testbed.procs import clean_env, listening_tcp_ports, make_workdir, stop_process
 from testbed.wait import wait_for
+
+from iceserv.protocol import (
+    NEED_DATA,
+    Connection,
+    GetCS,
+    Handshake,
+    JobBegin,
+    JobDone,
+    JobDoneFlag,
+    Login,
+    NoCS,
+    Stats,
+    UseCS,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 REAL_SCHEDULER = "/usr/sbin/icecc-scheduler"
 LOGIN_BATCH = 100
 LOGIN_TIMEOUT = 300.0
+#: Our scheduler's connection budget in the benchmark (farm scale: up to 5,000 daemons and more).
+MAX_CONNECTIONS = 16384
 DRAIN_TIMEOUT = 60.0
 TICKS = os.sysconf("SC_CLK_TCK")
 LABEL = {"ours": "iceserv", "real": "1.4", "ours+http": "iceserv+http"}
@@ -117,6 +133,115 @@ print(json.dumps(taken))
 """
 
 
+class Daemon(asyncio.Protocol):
+    """One simulated iceccd on its scheduler link: a lean transport protocol, no tasks.
+
+    Like ``bench/load.py``'s daemons (our codec, 4 slots, a loopback address
+    of its own, a probe listener), but driven by callbacks: at farm scale the
+    driver's per-message cost (a task, a ``wait_for`` and stream objects per
+    read in load.py) would otherwise be measured instead of the scheduler's.
+    A job it is named for runs at once: JOB_BEGIN and JOB_DONE (reporting a
+    100-300 ms compile) go out together.
+    """
+
+    def __init__(self, index: int, slots: int, tally: Tally, rng: random.Random) -> None:
+        self.name = f"load{index:02d}"
+        self.address = f"127.1.{index // 250 % 256}.{index % 250 + 1}"
+        self.max_kids = slots
+        self.tally = tally
+        self.rng = rng
+        self.conn = Connection()
+        self.port = 0
+        self.peers: dict[int, Daemon] = {}
+        self.clients = 0
+        self.transport: asyncio.Transport | None = None
+        self.probe_server: asyncio.Server | None = None
+        self.handshake: asyncio.Future[None] | None = None
+        self.lost = False
+
+    ports_taken: ClassVar[set[int]] = set()
+
+    async def listen_for_probes(self) -> None:
+        """Open the compile port the scheduler probes (the daemon's, before it logs in)."""
+        # USE_CS names a server by its port here (a scheduler may call any loopback address
+        # "localhost"), so two daemons must not share one: the kernel may give one port to
+        # two addresses.
+        for _ in range(64):
+            server = await asyncio.start_server(lambda _r, w: w.close(), self.address, 0)
+            self.port = server.sockets[0].getsockname()[1]
+            if self.port not in Daemon.ports_taken:
+                break
+            server.close()
+        Daemon.ports_taken.add(self.port)
+        self.probe_server = server
+
+    async def start(self, scheduler_port: int) -> None:
+        """Connect from the daemon's own address, shake hands, LOGIN and the first STATS."""
+        loop = asyncio.get_running_loop()
+        self.handshake = loop.create_future()
+        await loop.create_connection(lambda: self, "127.0.0.1", scheduler_port,
+                                     local_addr=(self.address, 0))  # fmt: skip
+        await self.handshake
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP
+        self.transport = transport
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(exc or ConnectionError("closed by the scheduler"))
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        while (event := self.conn.next_event()) is not NEED_DATA:
+            if isinstance(event, UseCS | NoCS):
+                self.tally.clients_answered += 1
+                server = self if isinstance(event, NoCS) else self.peers[event.port]
+                server.compile(event.job_id, own=server is self)
+                if self.tally.on_answer is not None:
+                    self.tally.on_answer()
+            elif isinstance(event, Handshake):
+                self.conn.send(Login(port=self.port, max_kids=self.max_kids, envs=(ENV,),
+                                     nodename=self.name, host_platform="x86_64",
+                                     chroot_possible=True, supported_features=3))  # fmt: skip
+                self.conn.send(Stats(load=0))
+                if self.handshake is not None and not self.handshake.done():
+                    self.handshake.set_result(None)
+        self.flush()
+
+    def submit(self, client_id: int) -> None:
+        """Ask for one compile server (GET_CS)."""
+        self.clients += 1
+        self.conn.send(GetCS(versions=(ENV,), filename=f"src/f{client_id}.c", lang=0, count=1,
+                             target="x86_64", arg_flags=0x8, client_id=client_id,
+                             client_count=self.clients))  # fmt: skip
+        self.flush()
+
+    def compile(self, job_id: int, *, own: bool) -> None:
+        """Run job *job_id* at once: JOB_BEGIN, then JOB_DONE."""
+        seconds = self.rng.uniform(0.1, 0.3)
+        flags = JobDoneFlag.FROM_SUBMITTER if own else JobDoneFlag.FROM_SERVER
+        self.conn.send(JobBegin(job_id, int(time.time()), self.clients))
+        self.conn.send(JobDone(job_id=job_id, real_msec=int(seconds * 1000),
+                               user_msec=int(seconds * 1000), out_uncompressed=20_000,
+                               flags=int(flags), client_count=self.clients))  # fmt: skip
+        self.flush()
+        self.tally.done_total += 1
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if self.probe_server is not None:
+            self.probe_server.close()
+
+
 def scraped_segment(index: int) -> bool:
     """Whether segment *index* of the window is a B segment (scraped in the ``--http`` run)."""
     return index % 4 in (1, 2)
@@ -148,7 +273,7 @@ class Scheduler:
     Kind ``ours+http`` is ours with ``--http 127.0.0.1:PORT`` (the endpoint on).
     """
 
-    def __init__(self, kind: str, verbose: int) -> None:
+    def __init__(self, kind: str, verbose: int, profile: Path | None = None) -> None:
         self.kind = kind
         self.http_port = free_scheduler_port() if kind == "ours+http" else None
         self.workdir = make_workdir(f"place-{kind}")
@@ -156,10 +281,14 @@ class Scheduler:
         self.netname = f"PL{os.getpid()}{kind.upper()}"
         program = [REAL_SCHEDULER] if kind == "real" else [sys.executable, "-m",
                                                             "iceserv.app.scheduler"]  # fmt: skip
+        if profile is not None and kind != "real":  # cProfile writes it at the clean exit
+            program[1:1] = ["-m", "cProfile", "-o", str(profile)]
         argv = [*program, "-p", str(self.port), "-n", self.netname, "-i", "lo",
                 "-l", str(self.workdir / "scheduler.log")] + ["-v"] * verbose  # fmt: skip
         if self.http_port is not None:
             argv += ["--http", f"127.0.0.1:{self.http_port}"]
+        if kind != "real":  # 1.4 has no such budget; ours admits 4,096 connections by default
+            argv += ["--max-connections", str(MAX_CONNECTIONS)]
         env = clean_env({"ICECC_TESTS": "1", "PYTHONPATH": str(ROOT)})
         with (self.workdir / "scheduler.out").open("wb") as out:
             self.proc = subprocess.Popen(argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
@@ -217,6 +346,7 @@ async def listed_hosts(telnet_port: int) -> int:
 
 
 async def log_in(daemons: list[Daemon], scheduler: Scheduler) -> float:
+    """Log *daemons* in (their probe listeners are open already); return the seconds taken."""
     start = time.perf_counter()
     for first in range(0, len(daemons), LOGIN_BATCH):
         batch = daemons[first : first + LOGIN_BATCH]
@@ -232,12 +362,14 @@ async def log_in(daemons: list[Daemon], scheduler: Scheduler) -> float:
     return time.perf_counter() - start
 
 
-async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) -> dict[str, Any]:  # noqa: PLR0915
+async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) -> dict[str, Any]:
     pid = scheduler.proc.pid
     rss_idle = rss_kib(pid)[0]
     rng = random.Random(args.seed)  # noqa: S311 - simulated compile statistics
     tally = Tally(expected=1 << 62)
-    daemons = [Daemon(i, args.slots, tally, rng, time_scale=0.0) for i in range(count)]
+    daemons = [Daemon(i, args.slots, tally, rng) for i in range(count)]
+    for first in range(0, count, LOGIN_BATCH):  # the daemons run before they log in
+        await asyncio.gather(*(d.listen_for_probes() for d in daemons[first : first + LOGIN_BATCH]))
     stop_poking = asyncio.Event()
     poker = asyncio.create_task(poke_loop(scheduler.port, stop_poking))
     try:
@@ -250,16 +382,12 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         daemon.peers = peers
     await asyncio.sleep(2.0)  # the first STATS and the reachability probes settle
     rss_logged_in = rss_kib(pid)[0]
-    listeners = [asyncio.create_task(d.listen()) for d in daemons]
     client_ids = itertools.count(1)
     submitters = itertools.cycle(daemons)
-    pending: set[asyncio.Task[None]] = set()
     submitting = True
 
     def ask() -> None:
-        task = asyncio.create_task(next(submitters).submit(next(client_ids), 1))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        next(submitters).submit(next(client_ids))
 
     def on_answer() -> None:
         if submitting:
@@ -288,11 +416,8 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         await asyncio.wait_for(_settled(tally, asked), DRAIN_TIMEOUT)
     scheduler.alive()
     rss_after, rss_peak = rss_kib(pid)
-    for task in listeners:
-        task.cancel()
     for daemon in daemons:
-        daemon.writer.close()
-        daemon.probe_server.close()
+        daemon.close()
     answered = answered1 - answered0
     return {
         "daemons": count,
@@ -425,6 +550,8 @@ def main() -> int:
                         help="--http-scrape: seconds per A/B segment of the window")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path,
+                        help="run ours under cProfile: pstats to FILE.<daemons>")  # fmt: skip
     args = parser.parse_args()
     raise_fd_limit(3 * max(args.daemons) + 256)  # per daemon: its link, its probe listener, a probe
     start_state = provenance()
@@ -439,7 +566,10 @@ def main() -> int:
             enumerate(args.daemons)]  # fmt: skip
     for number, (key, count) in enumerate(zip(keys, args.daemons, strict=True)):
         for kind in kinds if number % 2 == 0 else kinds[::-1]:
-            scheduler = Scheduler(kind, args.verbose)
+            profile = None
+            if args.profile is not None and kind != "real":
+                profile = args.profile.with_name(f"{args.profile.name}.{key}")
+            scheduler = Scheduler(kind, args.verbose, profile)
             try:
                 results[kind][key] = asyncio.run(measure(scheduler, args, count))
             finally:
