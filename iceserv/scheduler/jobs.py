@@ -316,7 +316,10 @@ def remove_host(state: ClusterState, host: Host) -> list[Effect]:
         if job.state is JobState.PEND:
             state.queue.discard(job)
         state.forget_job(job)
-    for other in state.hosts.values():
-        other.blacklist.pop(host.host_id, None)
+    for other_id, other in list(state.blacklisters.items()):
+        if state.hosts.get(other_id) is not other:
+            del state.blacklisters[other_id]  # it left itself
+        else:
+            other.blacklist.pop(host.host_id, None)
     effects.append(Close(host.conn_id))
     return effects
