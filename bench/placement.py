@@ -305,8 +305,12 @@ class Scheduler:
         return True
 
     def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """The scheduler's (user, system) CPU seconds so far."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+        return int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime
 
     def stop(self) -> int | None:
         code = stop_process(self.proc)
@@ -402,10 +406,12 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         scraper = await scrape(scheduler.http_port, window_start, args)
     await asyncio.sleep(max(0.0, window_start - time.monotonic()))
     answered0, cpu0, own0 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
+    system0 = scheduler.cpu_split()[1]
     start = time.perf_counter()
     classes = await segmented(tally, scheduler, args, window_start)
     rates = classes.pop("rates")
     answered1, cpu1, own1 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
+    system1 = scheduler.cpu_split()[1]
     elapsed = time.perf_counter() - start  # the window only, not the scraper's last request
     scrapes: list[float] = []
     if scraper is not None:
@@ -427,6 +433,7 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         "window_s": round(elapsed, 2),
         "scheduler_cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 1),
         "scheduler_cpu_ms_per_1000": round(1e6 * (cpu1 - cpu0) / max(answered, 1), 1),
+        "scheduler_system_pct": round(100 * (system1 - system0) / elapsed, 1),
         "driver_cpu_pct": round(100 * (own1 - own0) / elapsed, 1),
         "asked": asked,
         "answered": tally.clients_answered,
@@ -495,6 +502,7 @@ def raise_fd_limit(need: int) -> None:
 def show(kind: str, r: dict[str, Any]) -> None:
     print(f"  {LABEL[kind]:<8} {r['daemons']:>5} daemons: {r['get_cs_per_s']:8.1f} GET_CS/s "
           f"(scheduler CPU {r['scheduler_cpu_pct']:5.1f} %, "
+          f"{r['scheduler_system_pct']:5.1f} % of it in the kernel, "
           f"{r['scheduler_cpu_ms_per_1000']:7.1f} ms per 1000; driver CPU "
           f"{r['driver_cpu_pct']:5.1f} %)  RSS idle {r['rss_kib_idle'] / 1024:.1f} MiB, "
           f"logged in {r['rss_kib_logged_in'] / 1024:.1f}, after {r['rss_kib_after'] / 1024:.1f}, "

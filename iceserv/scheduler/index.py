@@ -111,9 +111,14 @@ class _Tree:
         sp[i], fi[i] = speed, finish
         i >>= 1
         while i:
-            left, right = 2 * i, 2 * i + 1
-            sp[i] = max(sp[left], sp[right])
-            fi[i] = min(fi[left], fi[right])
+            left = 2 * i
+            a, b = sp[left], sp[left + 1]
+            best = b if b > a else a  # noqa: FURB136 - max() costs a call per level
+            a, b = fi[left], fi[left + 1]
+            soonest = b if b < a else a  # noqa: FURB136 - as above
+            if sp[i] == best and fi[i] == soonest:
+                return  # this node is unchanged, and so is every node above it
+            sp[i], fi[i] = best, soonest
             i >>= 1
 
     def max_speed(self, lo: int, hi: int) -> float:
