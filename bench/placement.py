@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import multiprocessing
 import os
 import random
 import resource
@@ -58,6 +59,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -158,8 +160,11 @@ class Daemon(asyncio.Protocol):
         self.probe_server: asyncio.Server | None = None
         self.handshake: asyncio.Future[None] | None = None
         self.lost = False
+        self.closing = False
 
     ports_taken: ClassVar[set[int]] = set()
+    #: Scheduler links that ended before the run closed them (a healthy run has none).
+    links_lost: ClassVar[list[str]] = []
 
     async def listen_for_probes(self) -> None:
         """Open the compile port the scheduler probes (the daemon's, before it logs in)."""
@@ -172,6 +177,9 @@ class Daemon(asyncio.Protocol):
             if self.port not in Daemon.ports_taken:
                 break
             server.close()
+        else:  # a shared port would send a job's reports down another daemon's link
+            msg = f"no port of its own for {self.name} in 64 tries"
+            raise RuntimeError(msg)
         Daemon.ports_taken.add(self.port)
         self.probe_server = server
 
@@ -189,6 +197,8 @@ class Daemon(asyncio.Protocol):
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost and not self.closing:
+            Daemon.links_lost.append(f"{self.name}: {exc!r}")
         self.lost = True
         if self.handshake is not None and not self.handshake.done():
             self.handshake.set_exception(exc or ConnectionError("closed by the scheduler"))
@@ -236,6 +246,7 @@ class Daemon(asyncio.Protocol):
         self.tally.done_total += 1
 
     def close(self) -> None:
+        self.closing = True
         if self.transport is not None:
             self.transport.close()
         if self.probe_server is not None:
@@ -366,12 +377,13 @@ async def log_in(daemons: list[Daemon], scheduler: Scheduler) -> float:
     return time.perf_counter() - start
 
 
-async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) -> dict[str, Any]:
+async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) -> dict[str, Any]:  # noqa: PLR0915
     pid = scheduler.proc.pid
     rss_idle = rss_kib(pid)[0]
     rng = random.Random(args.seed)  # noqa: S311 - simulated compile statistics
     tally = Tally(expected=1 << 62)
     daemons = [Daemon(i, args.slots, tally, rng) for i in range(count)]
+    Daemon.links_lost.clear()
     for first in range(0, count, LOGIN_BATCH):  # the daemons run before they log in
         await asyncio.gather(*(d.listen_for_probes() for d in daemons[first : first + LOGIN_BATCH]))
     stop_poking = asyncio.Event()
@@ -436,6 +448,8 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         "scheduler_system_pct": round(100 * (system1 - system0) / elapsed, 1),
         "driver_cpu_pct": round(100 * (own1 - own0) / elapsed, 1),
         "asked": asked,
+        "links_lost": len(Daemon.links_lost),
+        "links_lost_first": Daemon.links_lost[:3],
         "answered": tally.clients_answered,
         "done": tally.done_total,
         "rss_kib_idle": rss_idle,
@@ -490,6 +504,20 @@ async def _settled(tally: Tally, asked: int) -> None:
         await asyncio.sleep(0.1)
 
 
+def measure_one(kind: str, key: str, count: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Start a fresh scheduler of *kind*, measure it with *count* daemons, stop it."""
+    profile = None
+    if args.profile is not None and kind != "real":
+        profile = args.profile.with_name(f"{args.profile.name}.{key}")
+    scheduler = Scheduler(kind, args.verbose, profile)
+    try:
+        result = asyncio.run(measure(scheduler, args, count))
+    finally:
+        code = scheduler.stop()
+    result["exit_code"] = code
+    return result
+
+
 def raise_fd_limit(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need <= hard or (soft < need and hard == resource.RLIM_INFINITY):
@@ -508,6 +536,8 @@ def show(kind: str, r: dict[str, Any]) -> None:
           f"logged in {r['rss_kib_logged_in'] / 1024:.1f}, after {r['rss_kib_after'] / 1024:.1f}, "
           f"peak {r['rss_kib_peak'] / 1024:.1f} MiB; logins {r['login_s']} s; "
           f"{r['answered']}/{r['asked']} answered, {r['done']} done"
+          + (f"; {r['links_lost']} links LOST, e.g. {r['links_lost_first']}"
+             if r["links_lost"] else "")
           + (f"; {r['scrapes']} scrapes of /metrics, p50 {r['scrape_ms_p50']} ms, "
              f"p99 {r['scrape_ms_p99']} ms" if r["scrapes"] else ""), flush=True)  # fmt: skip
 
@@ -574,15 +604,11 @@ def main() -> int:
             enumerate(args.daemons)]  # fmt: skip
     for number, (key, count) in enumerate(zip(keys, args.daemons, strict=True)):
         for kind in kinds if number % 2 == 0 else kinds[::-1]:
-            profile = None
-            if args.profile is not None and kind != "real":
-                profile = args.profile.with_name(f"{args.profile.name}.{key}")
-            scheduler = Scheduler(kind, args.verbose, profile)
-            try:
-                results[kind][key] = asyncio.run(measure(scheduler, args, count))
-            finally:
-                code = scheduler.stop()
-            results[kind][key]["exit_code"] = code
+            # Each measurement in a fresh driver process, as each scheduler is fresh: nothing
+            # of one run's thousands of sockets and objects is left to disturb the next.
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                results[kind][key] = pool.submit(measure_one, kind, key, count, args).result()
             show(kind, results[kind][key])
     ratios = {}
     if args.http_scrape:
