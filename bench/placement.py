@@ -1,4 +1,4 @@
-"""Placement throughput: GET_CS answered per second and memory with 100 and 1,000 daemons.
+"""Placement throughput: GET_CS answered per second, memory and login time, 100 to 5,000 daemons.
 
 Run (as root, like the test bed): ``.venv/bin/python bench/placement.py
 [--daemons 100 1000] [--outstanding 200] [--seconds 10] [--warmup 3] [--verbose 0]
@@ -9,12 +9,17 @@ and the real ``icecc-scheduler`` 1.4 run one after the other (order
 alternating), each fresh, on loopback with the same flags (``-p P -n NET -i lo
 -l LOG``, ``-v`` times ``--verbose``: none by default, as a production
 scheduler runs; the test bed's ``-vvv``/``-vv`` would mostly measure
-logging).  The simulated daemons are ``bench/load.py``'s (our codec; each
-has 4 slots and listens on a loopback port for the reachability probe).
-They log in all at once, in batches of 100 (against 1.4 a thread-free UDP
-poke every 0.3 s wakes its main loop, which otherwise re-arms its listening
-socket only after unrelated activity, reference 7.9), and the benchmark waits
-until telnet ``listcs`` lists every one of them.
+logging; ours also gets ``--max-connections 16384``, as its default budget of
+4,096 connections would refuse a 5,000-daemon farm, and 1.4 has none).  Each
+measurement runs in a fresh driver process.  The simulated daemons are lean
+callback protocols (:class:`Daemon`: our codec, 4 slots, a loopback address
+and a probe listener each; ``bench/load.py``'s task-per-read daemons cost the
+driver more than the scheduler at farm scale).  Their probe listeners open
+first (the daemons run before they log in); then they log in, in batches of
+100 (against 1.4 a thread-free UDP poke every 0.3 s wakes its main loop, which
+otherwise re-arms its listening socket only after unrelated activity,
+reference 7.9), and the login time runs until telnet ``listcs`` lists every
+one of them.
 
 Then a closed loop keeps ``--outstanding`` GET_CS in flight: every USE_CS or
 NO_CS makes the next daemon in turn ask again, and the daemon the answer
@@ -26,7 +31,9 @@ per second.  Over the same window the scheduler's CPU time (utime + stime from
 shows whether it, not the scheduler, was the limit (it has one core of two).
 RSS (VmRSS) is read before any login, after the logins and after the run,
 with the peak (VmHWM).  Prints the figures and the ratios iceserv/1.4;
-``--json FILE`` writes them.
+``--json FILE`` writes them.  A scheduler link that ends before the run closes
+it is reported ("links LOST"): a healthy run has none.  ``--profile FILE``
+runs ours under cProfile (pstats in ``FILE.<daemons>``).
 
 ``--http-scrape`` compares ours with itself instead: once plain and once with
 ``--http`` (the web endpoint on), alternating which goes first per daemon count.

@@ -4,14 +4,20 @@ This module owns every socket of the scheduler except the telnet port (the
 app starts that with :attr:`SchedulerServer.control`).  It feeds bytes to
 one :class:`~iceserv.protocol.Connection` per peer, hands events to the pure
 :class:`~iceserv.scheduler.handlers.Scheduler`, and carries out the effects
-it returns.  It holds no scheduling logic of its own.
+it returns.  It holds no scheduling logic of its own.  Each TCP peer is an
+``asyncio.Protocol`` (:class:`_Peer`) that its transport calls back: no
+stream objects, task or event per connection, which at farm scale (issue 19:
+5,000 daemons) is most of the memory per daemon and much of the CPU per
+message.
 
 Rules kept here: every read runs under a deadline that more bytes cannot
 move: the handshake and the first message (LOGIN or MON_LOGIN) must all
 arrive within ``handshake_timeout`` of the accept, and once a logged-in
 daemon has started a message the whole of it must arrive within
-``message_timeout``; every write to a daemon is followed by a bounded
-``drain()`` in that connection's writer task; monitors are never read from
+``message_timeout`` (a timer per connection, armed only while one of these
+deadlines is in force); a daemon whose transport stays paused for writing
+(the kernel does not take our bytes) for ``send_timeout``, or that leaves
+more than ``daemon_buffer_limit`` unsent, is dropped; monitors are never read from
 again (their socket stops being polled) and are written without waiting;
 what the kernel does not take is queued in user space, at most
 ``monitor_buffer_limit`` (64 KiB) for one monitor and
@@ -106,7 +112,6 @@ from iceserv.protocol.discovery import (
     encode_request,
 )
 from iceserv.scheduler import standby as sb
-from iceserv.scheduler.auth import AuthGate
 from iceserv.scheduler.control import INTERNALS_TIMEOUT, ClusterControl
 from iceserv.scheduler.effects import (
     Announce,
@@ -129,6 +134,7 @@ if TYPE_CHECKING:
 
     from iceserv.clock import Clock
     from iceserv.protocol import Message
+    from iceserv.scheduler.auth import AuthGate
 
 __all__ = ["SchedulerServer", "SchedulerServerSettings"]
 
@@ -1155,6 +1161,9 @@ class SchedulerServer:
             return
         set_keepalive(transport.get_extra_info("socket"))
         if self.auth_mode is not AuthMode.OFF:
+            # Only with a key: the gate loads the cipher library (6 MiB at rest).
+            from iceserv.scheduler.auth import AuthGate  # noqa: PLC0415
+
             ends = Endpoints(
                 daemon=sockaddr_host_port(transport.get_extra_info("peername")),
                 scheduler=sockaddr_host_port(transport.get_extra_info("sockname")),
