@@ -219,6 +219,7 @@ async def telnet_loop(port: int, stop: asyncio.Event, out: dict[str, list[float]
                 writer.close()
                 return
             out[command].append(time.perf_counter() - start)
+            out[command + "@"].append(time.time())
         await asyncio.sleep(0.02)
     writer.close()
 
@@ -243,6 +244,7 @@ async def http_loop(port: int, stop: asyncio.Event, out: dict[str, list[float]])
             start = time.perf_counter()
             await http_get(port, path)
             out[name].append(time.perf_counter() - start)
+            out[name + "@"].append(time.time())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
 
@@ -266,6 +268,7 @@ async def dbus_loop(address: str, stop: asyncio.Event, out: dict[str, list[float
             start = time.perf_counter()
             reply = await asyncio.wait_for(bus.call(msg), TIMEOUT)
             out[name].append(time.perf_counter() - start)
+            out[name + "@"].append(time.time())
             if reply is None or reply.message_type is MessageType.ERROR:
                 # Reported, not raised: the other probes go on (issue 19 item 4 lost the name).
                 print(f"D-Bus {name} failed: {reply and reply.body}", file=sys.stderr)
@@ -314,6 +317,12 @@ def run_probes(probe: Probe, stop: Any, ready: Any, results: Any) -> None:
         results.put({"error": repr(exc)})
 
 
+def slowest(values: list[float], ends: list[float], start: float) -> list[list[float]]:
+    """The 1 % slowest answers (at least 3) as [seconds into the run at the end, ms]."""
+    pairs = sorted(zip(values, ends, strict=False), reverse=True)[: max(3, len(values) // 100)]
+    return [[round(end - start, 2), round(value * 1000, 1)] for value, end in pairs]
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] * 1000
@@ -355,6 +364,7 @@ async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
     if not await loop.run_in_executor(None, ready.wait, TIMEOUT):
         raise RuntimeError("the probe process did not start")  # noqa: EM101
     start = time.perf_counter()
+    wall_start = time.time()
     share = args.jobs // args.daemons
     await asyncio.gather(*(d.submit(1 + i * share, share) for i, d in enumerate(daemons)))
     with contextlib.suppress(TimeoutError):
@@ -394,8 +404,9 @@ async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
         "rss_kib_after": rss_after[0],
         "rss_kib_peak": rss_after[1],
         "latency_ms": {
-            name: {"n": len(v), "p50": round(pct(v, 0.5), 2), "p99": round(pct(v, 0.99), 2)}
-            for name, v in latencies.items() if v
+            name: {"n": len(v), "p50": round(pct(v, 0.5), 2), "p99": round(pct(v, 0.99), 2),
+                   "slowest": slowest(v, latencies.get(name + "@", []), wall_start)}
+            for name, v in latencies.items() if v and not name.endswith("@")
         },
     }
 
