@@ -11,8 +11,9 @@ listens on a loopback port for the reachability probe), lets every daemon
 submit its share of the jobs at once as GET_CS, and plays the compile
 servers: on USE_CS/NO_CS the chosen daemon runs the job in one of its slots
 (JOB_BEGIN, a 100-300 ms "compile", JOB_DONE with statistics).  Meanwhile a
-probe process of its own (so that the simulated daemons never delay a probe
-and the latency is the scheduler's) runs one telnet session alternating
+probe process of its own for each kind of client (so that neither the
+simulated daemons nor the other probes delay a probe, and the latency is the
+scheduler's) runs one telnet session alternating
 ``listcs``/``listjobs`` (each answer read in large chunks up to ``200 done``),
 for ours a D-Bus client alternating ``Properties.GetAll``/``ListJobs``/
 ``ListHosts`` and an HTTP client fetching ``/metrics`` and the web view's
@@ -281,35 +282,35 @@ async def dbus_loop(address: str, stop: asyncio.Event, out: dict[str, list[float
 
 @dataclass(frozen=True)
 class Probe:
-    """Where the probe process asks: telnet port, D-Bus address, HTTP port."""
+    """One probe process: ``telnet`` (port), ``dbus`` (bus address) or ``http`` (port)."""
 
-    telnet_port: int
-    dbus_address: str | None
-    http_port: int | None
+    kind: str
+    where: int | str
 
 
 async def probes(probe: Probe, stop: Any, ready: Any) -> dict[str, list[float]]:
-    """Run the telnet, D-Bus and HTTP clients until *stop* is set; return their latencies."""
+    """Run one client until *stop* is set; return its latencies."""
     latencies: dict[str, list[float]] = collections.defaultdict(list)
     done = asyncio.Event()
-    side = [asyncio.create_task(telnet_loop(probe.telnet_port, done, latencies))]
-    if probe.dbus_address:
-        side.append(asyncio.create_task(dbus_loop(probe.dbus_address, done, latencies)))
-    if probe.http_port:
-        side.append(asyncio.create_task(http_loop(probe.http_port, done, latencies)))
+    if probe.kind == "telnet":
+        task = asyncio.create_task(telnet_loop(int(probe.where), done, latencies))
+    elif probe.kind == "dbus":
+        task = asyncio.create_task(dbus_loop(str(probe.where), done, latencies))
+    else:
+        task = asyncio.create_task(http_loop(int(probe.where), done, latencies))
     ready.set()
     loop = asyncio.get_running_loop()
     while not await loop.run_in_executor(None, stop.wait, 0.2):
-        for task in side:
-            if task.done():
-                task.result()  # a failed client ends the run with its error
+        if task.done():
+            task.result()  # a failed client ends the run with its error
     done.set()
-    await asyncio.gather(*side)
+    await task
     return dict(latencies)
 
 
 def run_probes(probe: Probe, stop: Any, ready: Any, results: Any) -> None:
-    """The probe process: its own event loop, so the simulated daemons never delay a probe."""
+    """A probe process: its own event loop, so neither the simulated daemons nor the other
+    probes (decoding a 2 MB ListJobs, say) delay its answers."""
     try:
         results.put(asyncio.run(probes(probe, stop, ready)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
@@ -340,6 +341,40 @@ class Target:
     http_port: int | None = None
 
 
+async def start_probes(target: Target, args: argparse.Namespace) -> tuple[Any, Any, list[Any]]:
+    """Start one probe process per kind of client; return (stop event, results, processes)."""
+    wanted = [Probe("telnet", target.telnet_port)]
+    if target.dbus_address and not args.no_dbus:
+        wanted.append(Probe("dbus", target.dbus_address))
+    if target.http_port:
+        wanted.append(Probe("http", target.http_port))
+    ctx = multiprocessing.get_context("spawn")
+    stop, results = ctx.Event(), ctx.Queue()
+    probers = []
+    loop = asyncio.get_running_loop()
+    for probe in wanted:
+        ready = ctx.Event()
+        prober = ctx.Process(target=run_probes, args=(probe, stop, ready, results), daemon=True)
+        prober.start()
+        probers.append(prober)
+        if not await loop.run_in_executor(None, ready.wait, TIMEOUT):
+            raise RuntimeError("a probe process did not start")  # noqa: EM101
+    return stop, results, probers
+
+
+async def collect_probes(results: Any, probers: list[Any]) -> dict[str, list[float]]:
+    """Gather the latencies of every probe process (after the stop event) and join them."""
+    loop = asyncio.get_running_loop()
+    latencies: dict[str, list[float]] = {}
+    for _ in probers:
+        latencies |= await loop.run_in_executor(
+            None, functools.partial(results.get, timeout=TIMEOUT)
+        )
+    for prober in probers:
+        prober.join(TIMEOUT)
+    return latencies
+
+
 async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
     port, telnet_port, pid = target.port, target.telnet_port, target.pid
     rng = random.Random(args.seed)  # noqa: S311 - simulated compile times
@@ -355,14 +390,7 @@ async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
     await asyncio.sleep(4.0)  # logins, the first STATS and the reachability probes settle
     rss_before = rss_kib(pid)
     listeners = [asyncio.create_task(d.listen()) for d in daemons]
-    probe = Probe(telnet_port, None if args.no_dbus else target.dbus_address, target.http_port)
-    ctx = multiprocessing.get_context("spawn")
-    stop, ready, results = ctx.Event(), ctx.Event(), ctx.Queue()
-    prober = ctx.Process(target=run_probes, args=(probe, stop, ready, results), daemon=True)
-    prober.start()
-    loop = asyncio.get_running_loop()
-    if not await loop.run_in_executor(None, ready.wait, TIMEOUT):
-        raise RuntimeError("the probe process did not start")  # noqa: EM101
+    stop, results, probers = await start_probes(target, args)
     start = time.perf_counter()
     wall_start = time.time()
     share = args.jobs // args.daemons
@@ -372,10 +400,7 @@ async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
     elapsed = time.perf_counter() - start
     await asyncio.sleep(0.5)
     stop.set()
-    latencies: dict[str, list[float]] = await loop.run_in_executor(
-        None, functools.partial(results.get, timeout=TIMEOUT)
-    )
-    prober.join(TIMEOUT)
+    latencies = await collect_probes(results, probers)
     if "error" in latencies:
         msg = f"probe failed: {latencies['error']}"
         raise RuntimeError(msg)
