@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from testbed.hosts import Host
     from testbed.netns import NetnsHost
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
@@ -191,7 +192,7 @@ class _TamperProxy:
             pump.thread.join(5)
 
 
-def _telnet(host: NetnsHost, port: int, command: str, timeout: float = 30.0) -> list[str]:
+def _telnet(host: Host, port: int, command: str, timeout: float = 30.0) -> list[str]:
     """One command on the scheduler's telnet port; its lines before ``200 done``."""
     sock = host.socket()
     try:
