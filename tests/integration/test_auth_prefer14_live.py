@@ -19,11 +19,14 @@ objects identical to a local gcc build.  Every wait is bounded.
 # ruff: noqa: F811 - keys is test_auth_live's fixture, taken as a parameter
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from typing import TYPE_CHECKING, Final
 
 import pytest
 from integration.test_auth_live import _auth_args, keys  # noqa: F401 - keys is a fixture
-from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon, RealScheduler
+from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon, RealScheduler, wait_for
+from testbed.errors import WaitTimeoutError
 from testbed.project import build_reference, fetch_sdist, restrict, unpack_project
 
 if TYPE_CHECKING:
@@ -64,7 +67,17 @@ def test_a_keyed_prefer_daemon_under_a_real_14_scheduler(keys: dict[str, Path], 
 
         # The real client through the real iceccd: every job through the 1.4 scheduler,
         # some compiled remotely by our keyless daemon.
-        real = cluster.build(project, reference, ClientPlan("real"), on=0, jobs=4)
+        running = cluster.start_build(project, reference, ClientPlan("real"), on=0, jobs=4)
+        real = running.finish()
+        # Our daemon reports a job to the scheduler after answering its client: its
+        # JOB_BEGIN may reach the monitor after make exited.  Wait for every unit's.
+        monitor = cluster.monitor
+        assert monitor is not None
+        with contextlib.suppress(WaitTimeoutError):  # the assertion below says what is missing
+            wait_for(lambda: monitor.placement(since=running.mark).total >= len(UNITS), 20,
+                     "every job's begin at the monitor")  # fmt: skip
+            monitor.wait_settled(running.mark, 20)
+        real = dataclasses.replace(real, placement=monitor.placement(since=running.mark))
         problems = real.problems(on=("h2-ours",))
         assert not problems, "\n- ".join([real.summary(), *problems]) + cluster.log_tails()
 
