@@ -1081,21 +1081,24 @@ class SchedulerServer:
         self._peers[conn_id] = peer
         peer.drainer = self._spawn(self._drain(peer))
         reason = "closed"
+        broken = False
         try:
             reason = await self._read_loop(peer, reader, deadline)
         except ProtocolError as exc:
-            reason = f"protocol error: {exc}"
+            # e.g. a sealed record that failed authentication: worth a warning, not an info
+            reason, broken = f"protocol error: {exc}", True
         except TimeoutError:
             reason = "timed out"
         except (OSError, asyncio.IncompleteReadError) as exc:
             reason = f"connection error: {exc}"
         finally:
             if not peer.monitor or peer.closed:
-                self._finish(peer, reason)
+                self._finish(peer, reason, broken=broken)
 
-    def _finish(self, peer: _Peer, reason: str) -> None:
+    def _finish(self, peer: _Peer, reason: str, *, broken: bool = False) -> None:
+        """Log *peer*'s end (a warning if it broke the protocol: *broken*) and forget it."""
         if peer.nodename is not None:
-            log.info(
+            (log.warning if broken else log.info)(
                 "daemon_logged_out",
                 peer=peer.ip,
                 host_id=peer.host_id,
