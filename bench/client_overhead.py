@@ -16,7 +16,10 @@ Each wrapper is called as ``icecc gcc -c hello.c``: ours through the
 launcher ``iceserv install-launcher`` writes (``#!python -IS``, what
 ``bin/setup``, the symlinks and the Debian package run), and, for the
 before/after comparison, through the console script pip writes (``site``,
-every ``.pth`` file).  ``python -I -S -c pass`` is the interpreter's floor,
+every ``.pth`` file).  ``--instructions`` also counts the instructions each
+wrapper executes above the floor with valgrind's ``lackey`` (a fake ``gcc``
+that is ``/bin/true``, the floor ``exec``-ing the same): a figure a loaded
+machine cannot distort.  ``python -I -S -c pass`` is the interpreter's floor,
 timed alone; the target (issue 17, P2) is ours minus gcc minus that floor:
 at most 3 ms with ``ICECC=disable``, 5 ms with a daemon slot.  "bare
 python" is a ``-IS`` script that only spawns gcc and waits.
@@ -26,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -107,6 +113,42 @@ def report(title: str, measured: tuple[dict[str, float], dict[str, float]],
     )
 
 
+#: Run a launcher in this interpreter with ``execve`` stubbed out: valgrind loses a
+#: process's count when it execs, so the count stops where the compiler would start.
+_STUB = "import posix, sys; posix.execve = lambda *_: posix._exit(0); sys.argv = {argv!r}\n"
+
+
+def instructions(python: str, script: str, argv: list[str], env: Env, cwd: str) -> int:
+    """Guest instructions of ``python -I -S`` running *script* (valgrind lackey)."""
+    code = _STUB.format(argv=argv) + script
+    done = subprocess.run(
+        ["valgrind", "--tool=lackey", "--basic-counts=yes", python, "-I", "-S", "-c", code],
+        env=env, cwd=cwd, capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    counts = re.findall(r"guest instrs:\s+([\d,]+)", done.stderr)
+    if not counts:
+        msg = f"valgrind counted nothing for {argv}: {done.stderr[-500:]}"
+        raise RuntimeError(msg)
+    return int(counts[0].replace(",", ""))
+
+
+def report_instructions(work: Path, ours: str, base: Env, slot_env: Env) -> None:
+    """Instructions above ``python -I -S -c pass``, up to the compiler's ``execve``, per path."""
+    python = os.path.realpath(sys.executable)
+    launcher = Path(ours).read_text()
+    floor = instructions(python, "pass", [ours], base, str(work))
+    print(f"\ninstructions up to the compiler's execve (valgrind lackey): floor {floor:,}")
+    paths = {
+        "ICECC=disable": ({**base, "ICECC": "disable"}, []),
+        "no daemon": (base, []),
+        "daemon slot (-E)": (slot_env, ["-E", "-o", "hello.i"]),
+    }
+    for title, (env, extra) in paths.items():
+        argv = [ours, "gcc", "-c", "hello.c", *extra]
+        mine = instructions(python, launcher, argv, env, str(work)) - floor
+        print(f"  {title:18s} ours above the floor {mine:>12,}  ({mine / floor:.1%} of the floor)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40, help="runs per variant (default 40)")
@@ -117,7 +159,14 @@ def main() -> int:
         help="a source tree of an older iceserv (e.g. 'git archive REV iceserv'"
         " unpacked): adds it through a pip-style console script",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions above the floor with valgrind (load-independent)",
+    )
     args = parser.parse_args()
+    if args.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions needs valgrind (apt-get install valgrind)")
     with tempfile.TemporaryDirectory(prefix="icecc-bench-") as tmp:
         work = Path(tmp)
         (work / "hello.c").write_text("int main(void) { return 0; }\n")
@@ -181,6 +230,8 @@ def main() -> int:
                 measure(variants(slot_env, "-E", "-o", "hello.i"), args.runs, tmp),
                 5.0,
             )
+            if args.instructions:
+                report_instructions(work, ours, base, slot_env)
         finally:
             daemon.close()
     return 0

@@ -5,24 +5,49 @@ other variables 1.4's ``icecc`` looks at (``PATH``, ``HOME``, ``TERM``,
 ``EMACS``, ``GCC_COLORS``, ``_ICECC_SAFEGUARD``), with 1.4's parsing rules
 (``atoi``/``strtol`` quirks included), and the environment handed to the
 programs the wrapper starts.  Only this module (and ``iceserv.config``)
-reads ``os.environ``; it must not import anything beyond the stdlib, and
+reads the process environment; it must not import anything beyond the stdlib, and
 nothing heavy from it: it runs on every compiler call.
+
+The light modules of the wrapper (this one, ``log``, ``main``, ``local``,
+``sockets``) use the built-in ``posix`` module, not ``os``: importing ``os``
+(``_collections_abc``, ``stat``, ``posixpath``) costs about as much as all of
+our own light modules together, on every compiler call.
 """
 
-import os
+import posix
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Final
 
-__all__ = ["SAFEGUARD_VARIABLE", "ClientEnv", "atoi", "truthy"]
+__all__ = ["SAFEGUARD_VARIABLE", "ClientEnv", "atoi", "process_environ", "truthy"]
 
 #: The recursion guard (reference §8.3): a digit, incremented before starting a compiler.
 SAFEGUARD_VARIABLE: "Final" = "_ICECC_SAFEGUARD"
 
 #: ``ICECC_DEBUG`` levels, as 1.4's ``setup_debug`` orders them.
 ERROR, WARNING, INFO, DEBUG = 0, 1, 2, 3
+
+
+def process_environ() -> "Mapping[str, str]":
+    """Return the process environment as ``os.environ`` has it, without importing ``os``.
+
+    Once anything imported ``os`` (a test, the remote path), ``os.environ`` is
+    the truth: it sees ``putenv`` since the start.  Before that nobody changed
+    the environment, and ``posix.environ``, the start-up snapshot, decoded as
+    ``os`` decodes it, is the same.
+    """
+    os_module = sys.modules.get("os")
+    if os_module is not None:
+        environ: Mapping[str, str] = os_module.environ
+        return environ
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    return {
+        key.decode(encoding, errors): value.decode(encoding, errors)
+        for key, value in posix.environ.items()
+    }
 
 
 def atoi(text: str | None) -> int:
@@ -143,7 +168,7 @@ class ClientEnv:
     @classmethod
     def current(cls) -> "ClientEnv":
         """Snapshot the process environment."""
-        return cls.from_mapping(os.environ)
+        return cls.from_mapping(process_environ())
 
     @classmethod
     def from_mapping(cls, environ: "Mapping[str, str]") -> "ClientEnv":

@@ -8,12 +8,13 @@ preprocessor pipe (1.4 ``call_cpp``), and the small file probes the pure
 argument analysis is given.  It must not talk to daemons (``remote``) nor
 decide local versus remote (``args``).
 
-Programs are started with ``os.posix_spawn`` and reaped with ``os.wait4``:
+Programs are started with ``posix_spawn`` and reaped with ``wait4`` (from the
+built-in ``posix``, as everywhere on the light path: see :mod:`iceserv.client.env`):
 ``subprocess`` and ``signal`` would cost the wrapper 15 and 3 ms of imports
 on every call.  Python ignores SIGPIPE and SIGXFSZ; the child gets them back.
 """
 
-import os
+import posix
 import sys
 
 from iceserv.client.job import LANG_C, LANG_CXX, colorify, colorify_wanted
@@ -65,13 +66,13 @@ _FORWARDED: "Final" = ("SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP")
 
 def readable(path: str) -> bool:
     """``access(path, R_OK)``."""
-    return bool(path) and os.access(path, os.R_OK)
+    return bool(path) and posix.access(path, posix.R_OK)
 
 
 def irregular(path: str) -> bool:
     """Tell whether *path* exists and is not a regular file."""
     try:
-        mode = os.stat(path).st_mode  # noqa: PTH116 - pathlib costs import time
+        mode = posix.stat(path).st_mode
     except OSError:
         return False
     return (mode & 0o170000) != 0o100000
@@ -88,10 +89,19 @@ def read_response_file(path: str) -> str | None:
 
 def color_terminal(env: "ClientEnv") -> bool:
     """1.4 ``color_output_possible``: stderr is a terminal and ``TERM`` is not "dumb"."""
-    return os.isatty(2) and bool(env.term) and (env.term or "").lower() != "dumb"
+    return posix.isatty(2) and bool(env.term) and (env.term or "").lower() != "dumb"
 
 
 # --- finding the compiler ---------------------------------------------------------------
+
+
+def _same_file(path: str, other: str) -> bool:
+    """Whether *path* and *other* resolve to one file (``realpath`` without ``os``)."""
+    try:
+        mine, theirs = posix.stat(path), posix.stat(other)
+    except (OSError, ValueError):
+        return False
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def path_lookup(name: str, env: "ClientEnv", given: str = "", own: str | None = None) -> str:
@@ -109,18 +119,18 @@ def path_lookup(name: str, env: "ClientEnv", given: str = "", own: str | None = 
     for directory in env.path.split(":"):
         candidate = directory + "/" + name
         try:
-            st = os.lstat(candidate)
+            st = posix.lstat(candidate)
         except OSError:
             continue
         if (st.st_mode & 0o170000) == 0o120000:
             try:
-                target = os.readlink(candidate).rpartition("/")[2]  # noqa: PTH115
+                target = posix.readlink(candidate).rpartition("/")[2]
             except OSError:
                 continue
             if (
                 target == "icecc"
                 or (after_self and target in _OTHER_WRAPPERS)
-                or (own is not None and os.path.realpath(candidate) == own)
+                or (own is not None and _same_file(candidate, own))
             ):
                 after_self = True
                 continue
@@ -169,21 +179,21 @@ class HostLock:
         base = self.directory()
         if base is None:
             return False
-        slots = max(1, os.sysconf("SC_NPROCESSORS_ONLN"))
-        start = os.getpid()
+        slots = max(1, posix.sysconf("SC_NPROCESSORS_ONLN"))
+        start = posix.getpid()
         rounds = ((False, range(slots)), (True, range(1))) if wait else ((False, range(slots)),)
         for block, order in rounds:
             for step in order:
                 slot = (start + step) % slots
                 name = base + "/local_lock" + (str(slot) if slot else "")
                 try:
-                    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                    fd = posix.open(name, posix.O_WRONLY | posix.O_CREAT | posix.O_CLOEXEC, 0o666)
                 except OSError:
                     return False
                 try:  # glibc lockf is a whole-file fcntl write lock, as 1.4 takes it
-                    os.lockf(fd, os.F_LOCK if block else os.F_TLOCK, 0)
+                    posix.lockf(fd, posix.F_LOCK if block else posix.F_TLOCK, 0)
                 except OSError:
-                    os.close(fd)
+                    posix.close(fd)
                     continue
                 self._fd = fd
                 return True
@@ -195,12 +205,12 @@ class HostLock:
         import pwd  # noqa: PLC0415 - only local builds need it
 
         try:
-            user = pwd.getpwuid(os.getuid()).pw_name
+            user = pwd.getpwuid(posix.getuid()).pw_name
         except KeyError:
-            user = str(os.getuid())
+            user = str(posix.getuid())
         path = "/tmp/.icecream-" + user  # noqa: S108 - the path 1.4 clients share
         try:
-            os.mkdir(path, 0o700)  # noqa: PTH102 - pathlib costs import time
+            posix.mkdir(path, 0o700)
         except FileExistsError:
             pass
         except OSError:
@@ -214,12 +224,12 @@ class HostLock:
         (and its pid), so the lock is held until the compiler exits.
         """
         if self._fd is not None:
-            os.set_inheritable(self._fd, True)  # noqa: FBT003 - the stdlib signature
+            posix.set_inheritable(self._fd, True)  # noqa: FBT003 - the stdlib signature
 
     def release(self) -> None:
         """Give the slot back (closing the file drops the lock)."""
         if self._fd is not None:
-            os.close(self._fd)
+            posix.close(self._fd)
             self._fd = None
 
 
@@ -240,12 +250,12 @@ def become(argv: "Sequence[str]", environ: dict[str, str], *, keep: int | None =
     """
     sig = _signals()
     if keep is not None:
-        os.set_inheritable(keep, True)  # noqa: FBT003 - the stdlib signature
+        posix.set_inheritable(keep, True)  # noqa: FBT003 - the stdlib signature
     sys.stdout.flush()
     sys.stderr.flush()
     previous = [(signum, sig.signal(signum, sig.SIG_DFL)) for signum in (sig.SIGPIPE, sig.SIGXFSZ)]
     try:
-        os.execve(argv[0], list(argv), environ)  # noqa: S606 - the compiler, no shell
+        posix.execve(argv[0], list(argv), environ)
     except OSError:
         for signum, handler in previous:
             sig.signal(signum, handler)
@@ -261,11 +271,11 @@ def spawn(
     """Start *argv* (``argv[0]`` an absolute path) and return its pid; OSError if impossible."""
     sig = _signals()
     actions = [
-        (os.POSIX_SPAWN_DUP2, fd, target)
+        (posix.POSIX_SPAWN_DUP2, fd, target)
         for fd, target in ((stdout, 1), (stderr, 2))
         if fd is not None
     ]
-    return os.posix_spawn(
+    return posix.posix_spawn(
         argv[0], list(argv), environ, file_actions=actions, setsigdef=(sig.SIGPIPE, sig.SIGXFSZ)
     )
 
@@ -274,7 +284,7 @@ def wait(pid: int, *, usage: bool = True) -> tuple[int, float, float, int]:
     """Reap *pid* forwarding SIGINT/TERM/QUIT/HUP to it; return shell status and usage.
 
     The usage is (user seconds, system seconds, page faults), zeros without
-    *usage* (``os.wait4`` imports ``resource``, which a plain local build
+    *usage* (``posix.wait4`` imports ``resource``, which a plain local build
     does not need).  A signal we forwarded is raised on ourselves
     afterwards, as 1.4 does.
     """
@@ -283,7 +293,7 @@ def wait(pid: int, *, usage: bool = True) -> tuple[int, float, float, int]:
 
     def forward(signum: int, _frame: object) -> None:
         caught.append(signum)
-        os.kill(pid, signum)  # not reaped yet, so the pid is still the child's
+        posix.kill(pid, signum)  # not reaped yet, so the pid is still the child's
 
     try:
         previous = {num: sig.signal(num, forward) for num in (getattr(sig, n) for n in _FORWARDED)}
@@ -292,17 +302,17 @@ def wait(pid: int, *, usage: bool = True) -> tuple[int, float, float, int]:
     times = (0.0, 0.0, 0)
     try:
         if usage:
-            _, status, used = os.wait4(pid, 0)
+            _, status, used = posix.wait4(pid, 0)
             times = (used.ru_utime, used.ru_stime, used.ru_majflt + used.ru_minflt + used.ru_nswap)
         else:
-            _, status = os.waitpid(pid, 0)
+            _, status = posix.waitpid(pid, 0)
     finally:
         for num, handler in previous.items():
             sig.signal(num, handler)
     if caught:
         sig.signal(caught[0], sig.SIG_DFL)
-        os.kill(os.getpid(), caught[0])
-    code = os.waitstatus_to_exitcode(status)
+        posix.kill(posix.getpid(), caught[0])
+    code = posix.waitstatus_to_exitcode(status)
     return (128 - code if code < 0 else code, *times)
 
 
@@ -320,7 +330,7 @@ def run(
     """
     read_fd = write_fd = None
     if colour:
-        read_fd, write_fd = os.pipe()
+        read_fd, write_fd = posix.pipe()
     try:
         pid = spawn(argv, environ, stderr=write_fd)
     except OSError as exc:
@@ -328,12 +338,12 @@ def run(
         return (127 if isinstance(exc, FileNotFoundError) else 126), 0.0, 0.0, 0
     finally:
         if write_fd is not None:
-            os.close(write_fd)
+            posix.close(write_fd)
     if read_fd is not None:
         chunks = []
-        while data := os.read(read_fd, 65536):
+        while data := posix.read(read_fd, 65536):
             chunks.append(data)
-        os.close(read_fd)
+        posix.close(read_fd)
         text = b"".join(chunks).decode("utf-8", "surrogateescape")
         sys.stderr.buffer.write(colorify(text).encode("utf-8", "surrogateescape"))
         sys.stderr.flush()
@@ -342,22 +352,22 @@ def run(
 
 def read_command_output(argv: "Sequence[str]", environ: dict[str, str], *, fd: int = 1) -> str:
     """1.4 ``read_command_output``: the text a command writes to *fd* (1 or 2); "" on failure."""
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = posix.pipe()
     try:
         if fd == 1:
             pid = spawn(argv, environ, stdout=write_fd)
         else:
             pid = spawn(argv, environ, stderr=write_fd)
     except OSError:
-        os.close(read_fd)
+        posix.close(read_fd)
         return ""
     finally:
-        os.close(write_fd)
+        posix.close(write_fd)
     chunks = []
-    while data := os.read(read_fd, 65536):
+    while data := posix.read(read_fd, 65536):
         chunks.append(data)
-    os.close(read_fd)
-    os.waitpid(pid, 0)
+    posix.close(read_fd)
+    posix.waitpid(pid, 0)
     return b"".join(chunks).decode("utf-8", "surrogateescape")
 
 

@@ -7,7 +7,7 @@ the wrapper must not import it (STYLE.md, import rules), and the format is
 the one icecream users grep for.  It must not decide anything.
 """
 
-import os
+import posix
 import sys
 
 from iceserv.client.env import DEBUG, ERROR, INFO, WARNING
@@ -35,7 +35,7 @@ class ClientLog:
         import time  # noqa: PLC0415 - only when a line is written: 0.1 ms off every call
 
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        line = f"ICECC[{os.getpid()}] {stamp}: {text}\n"
+        line = f"ICECC[{posix.getpid()}] {stamp}: {text}\n"
         try:
             if self._path is not None:
                 with open(self._path, "a", encoding="utf-8", errors="replace") as out:  # noqa: PTH123 - pathlib costs import time

@@ -12,7 +12,7 @@ The protocol is imported only once a daemon answered: with
 ``ICECC=disable`` or no daemon the wrapper runs on the standard library.
 """
 
-import os
+import posix
 import sys
 
 from iceserv.client.env import ClientEnv
@@ -96,7 +96,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     env = ClientEnv.current()
     diag = ClientLog(env.debug_level, env.logfile)
     run = _Run(list(sys.argv if argv is None else argv), env, diag)
-    if run.argv[1:2] == ["--summary"] or os.environ.get("ICECC_SUMMARY", "0") not in ("", "0"):
+    if run.argv[1:2] == ["--summary"] or env.environ.get("ICECC_SUMMARY", "0") not in ("", "0"):
         # Only then: the build summary is off the wrapper's light path.
         from iceserv.client.buildsummary import recorded  # noqa: PLC0415
 
@@ -115,7 +115,7 @@ class _Run:
         self.may_replace = True
         self.own = argv[0] if "/" in argv[0] else None  # our own executable, to skip on PATH
         try:
-            self.cwd = os.getcwd()  # noqa: PTH109 - pathlib costs import time
+            self.cwd = posix.getcwd()
         except OSError:
             self.cwd = ""
 
@@ -404,7 +404,7 @@ class _Run:
         if self.env.extrafiles is None:
             return files
         more, missing = parse_extrafiles(
-            self.env.extrafiles, lambda p: absolute(p, self.cwd), os.path.exists
+            self.env.extrafiles, lambda p: absolute(p, self.cwd), _exists
         )
         if missing is not None:
             self.diag.warning(f"File in ICECC_EXTRAFILES not found: {missing}")
@@ -510,9 +510,18 @@ def _failure_kind(code: int) -> str:
     return "remote failure"
 
 
+def _exists(path: str) -> bool:
+    """``os.path.exists`` on the built-in ``posix`` (see :mod:`iceserv.client.env`)."""
+    try:
+        posix.stat(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _links_to_icerun(path: str) -> bool:
     """Whether *path* is a symlink whose target is named ``icerun`` (1.4 ``resolve_link``)."""
     try:
-        return os.readlink(path).rpartition("/")[2] == "icerun"  # noqa: PTH115 - import time
+        return posix.readlink(path).rpartition("/")[2] == "icerun"
     except OSError:
         return False

@@ -9,7 +9,6 @@ imports to every compiler call.  It must not speak the protocol (that is
 """
 
 import _socket
-import os
 
 from iceserv.errors import IceservError
 
@@ -37,9 +36,22 @@ _FNV_PRIME: "Final" = 0x100000001B3
 _MASK: "Final" = (1 << 64) - 1
 
 
+def _absolute(path: str) -> str:
+    """``os.path.abspath``, importing ``os`` only for a path that is not already normal.
+
+    Daemon sockets are absolute, normal paths; ``os`` costs the light path a
+    millisecond (see :mod:`iceserv.client.env`).
+    """
+    if path.startswith("/") and all(part not in ("", ".", "..") for part in path[1:].split("/")):
+        return path
+    import os.path  # noqa: PLC0415 - rare: a relative or unnormalised socket path
+
+    return os.path.abspath(path)  # noqa: PTH100 - no symlinks resolved
+
+
 def endpoint_name(address: str) -> str:
     """``iceserv.protocol.endpoint.iceserv_endpoint``, without importing the protocol."""
-    key = address if address.startswith("tcp:") else os.path.abspath(address)  # noqa: PTH100 - no symlinks resolved
+    key = address if address.startswith("tcp:") else _absolute(address)
     digest = _FNV_OFFSET
     for byte in key.encode("utf-8", "surrogateescape"):
         digest = ((digest ^ byte) * _FNV_PRIME) & _MASK

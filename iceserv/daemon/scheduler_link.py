@@ -22,8 +22,12 @@ Theory of operation
 In DISCOVERING one request byte goes to every broadcast address and the
 replies of the next ``discovery_wait`` seconds are judged with
 :func:`~iceserv.protocol.discovery.choose_scheduler`; without a suitable one
-the round repeats.  Once the TCP connection stands, the scheduler's address
-is reported (``SchedulerConnecting``): the core then has a discovery
+the round repeats.  With a network key the request is an iceserv probe and
+only offers proving the key are candidates; a plain request goes beside it
+so that a scheduler that cannot prove the key (1.4's) is named in one
+``scheduler_unproven`` warning per hour, not silently ignored.  Once the
+TCP connection stands, the scheduler's address is reported
+(``SchedulerConnecting``): the core then has a discovery
 datagram sent to it every second until shortly after the handshake, named
 or discovered (1.4's scheduler may not accept otherwise, reference 7.9).
 A name is resolved to the addresses of the allowed families (``family``),
@@ -90,6 +94,7 @@ from iceserv.protocol.auth import (
     encode_probe,
 )
 from iceserv.protocol.discovery import (
+    DEFAULT_NETNAME,
     SchedulerInfo,
     choose_scheduler,
     decode_reply,
@@ -130,6 +135,9 @@ _FAILOVER_KEEPALIVE: Final = (
 _LOST_RECONNECT: Final = 0.5
 #: A discovery round ends this long after the first suitable reply (1.4 waits it out).
 _REPLY_GRACE: Final = 0.3
+#: A scheduler we do not log in to (it cannot prove the key) is named in one warning per
+#: this many seconds; the attempts in between log at debug level.
+UNPROVEN_REPEAT: Final = 3600.0
 #: Seconds before the next address of a name is tried while the first still connects
 #: (RFC 8305's recommended 250 ms; asyncio's ``happy_eyeballs_delay``).
 HAPPY_EYEBALLS_DELAY: Final = 0.25
@@ -168,6 +176,16 @@ def elect(
 
 def _key(info: SchedulerInfo) -> tuple[str, int, int]:
     return info.netname.casefold(), info.version, info.start_time
+
+
+@dataclass(slots=True)
+class _Answers:
+    """The discovery answers of one round: the candidates, and plain replies of the others."""
+
+    proven: list[tuple[tuple[str, int], SchedulerInfo]] = field(default_factory=list)
+    #: With a key: the plain (1.4) replies; one from a host that sent no proven offer names
+    #: a scheduler we refuse (1.4's, a keyless or another key's).
+    plain: list[tuple[tuple[str, int], SchedulerInfo]] = field(default_factory=list)
 
 
 class LinkState(enum.Enum):
@@ -243,6 +261,8 @@ class SchedulerLink:
         self._conn: Connection | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._wake_socks: dict[socket.AddressFamily, socket.socket] = {}
+        #: When each refused (unproven) scheduler was last named in a warning.
+        self._unproven_told: dict[str, float] = {}
 
     @property
     def connected(self) -> bool:
@@ -324,13 +344,17 @@ class SchedulerLink:
 
     async def _discover_once(self, *, failover: bool = False) -> tuple[str, int] | None:
         """One round; after a lost session (*failover*) it ends soon after a suitable reply."""
-        replies: list[tuple[tuple[str, int], SchedulerInfo]] = []
+        answers = _Answers()
+        replies = answers.proven
         ring = self.settings.ring
         nonce = secrets.token_bytes(NONCE_BYTES)
-        # With a key only proven offers count: a 1.4 or rogue scheduler is no candidate.
-        request = encode_request() if ring is None else encode_probe(nonce, ring)
+        # With a key only proven offers count: a 1.4 or rogue scheduler is no candidate.  The
+        # plain request beside the probe finds those, only to say why we do not log in there.
+        requests = (
+            (encode_request(),) if ring is None else (encode_probe(nonce, ring), encode_request())
+        )
         with contextlib.ExitStack() as stack:
-            socks = [stack.enter_context(sock) for sock in await self._send_requests(request)]
+            socks = [stack.enter_context(sock) for sock in await self._send_requests(*requests)]
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.discovery_wait) as round_end:
 
@@ -345,8 +369,13 @@ class SchedulerLink:
                             round_end.reschedule(grace)
 
                     await asyncio.gather(
-                        *(self._collect(sock, replies, ring, nonce, replied) for sock in socks)
+                        *(self._collect(sock, answers, ring, nonce, replied) for sock in socks)
                     )
+        wanted = (self.settings.netname or DEFAULT_NETNAME).casefold()
+        proven = {origin[0] for origin, _ in replies}
+        for origin, info in answers.plain:
+            if info.netname.casefold() == wanted and origin[0] not in proven:
+                self._unproven(origin, "cannot prove the network key (icecream 1.4?)")
         chosen = elect(replies, self.settings.netname, ipv6_first=self.settings.family == "ipv6")
         if chosen is None:
             log.info("scheduler_not_found", replies=len(replies), netname=self.settings.netname)
@@ -364,7 +393,7 @@ class SchedulerLink:
         ring = self.settings.ring
         assert ring is not None  # noqa: S101 - the caller checked
         nonce = secrets.token_bytes(NONCE_BYTES)
-        replies: list[tuple[tuple[str, int], SchedulerInfo]] = []
+        answers = _Answers()
         try:
             infos = await loop.getaddrinfo(
                 *target, family=socket_families(self.settings.family), type=socket.SOCK_DGRAM
@@ -379,23 +408,40 @@ class SchedulerLink:
                 sock.setblocking(False)  # noqa: FBT003 - socket API
                 with contextlib.suppress(OSError):
                     await loop.sock_sendto(sock, encode_probe(nonce, ring), address)
+                    await loop.sock_sendto(sock, encode_request(), address)
                     socks.append(sock)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.discovery_wait):
                     await asyncio.gather(
-                        *(self._collect(sock, replies, ring, nonce) for sock in socks)
+                        *(self._collect(sock, answers, ring, nonce) for sock in socks)
                     )
-        if not replies:
-            log.warning(
-                "scheduler_unproven",
-                address=host_port(*target),
-                message="no proof of the network key: not logging in",
+        if not answers.proven:
+            self._unproven(
+                target,
+                "cannot prove the network key (icecream 1.4?)"
+                if answers.plain
+                else "no proof of the network key (no answer to the probe)",
             )
             return None
         return target
 
-    async def _send_requests(self, request: bytes) -> list[socket.socket]:
-        """Send the request byte: IPv4 broadcasts, and the IPv6 group on each interface.
+    def _unproven(self, address: tuple[str, int], why: str) -> None:
+        """Say once per :data:`UNPROVEN_REPEAT` seconds that we refuse the scheduler *address*."""
+        shown = host_port(*address)
+        now = asyncio.get_running_loop().time()
+        told = self._unproven_told.get(shown)
+        repeat = told is not None and now - told < UNPROVEN_REPEAT
+        if not repeat:
+            self._unproven_told[shown] = now
+        (log.debug if repeat else log.warning)(
+            "scheduler_unproven",
+            address=shown,
+            auth=self.settings.auth,
+            message=f"scheduler {shown} {why}; not logging in (auth = {self.settings.auth})",
+        )
+
+    async def _send_requests(self, *requests: bytes) -> list[socket.socket]:
+        """Send the *requests*: IPv4 broadcasts, and the IPv6 group on each interface.
 
         Each IPv6 request leaves from the interface's routable address when it
         has one (``multicast()``), so the scheduler answers from its own
@@ -411,16 +457,18 @@ class SchedulerLink:
             sock.setblocking(False)  # noqa: FBT003 - socket API
             sock.bind(("", 0))
             for address in self.settings.broadcasts():
-                with contextlib.suppress(OSError):
-                    await loop.sock_sendto(sock, request, (address, port))
+                for request in requests:
+                    with contextlib.suppress(OSError):
+                        await loop.sock_sendto(sock, request, (address, port))
             for interface, source in self.settings.multicast():
                 six = self._multicast_socket(interface, source)
                 if six is None:
                     continue
                 socks.append(six)
-                with contextlib.suppress(OSError):
-                    index = socket.if_nametoindex(interface)
-                    await loop.sock_sendto(six, request, (DISCOVERY_GROUP6, port, 0, index))
+                for request in requests:
+                    with contextlib.suppress(OSError):
+                        index = socket.if_nametoindex(interface)
+                        await loop.sock_sendto(six, request, (DISCOVERY_GROUP6, port, 0, index))
         except OSError:
             for opened in socks:
                 opened.close()
@@ -448,14 +496,15 @@ class SchedulerLink:
     @staticmethod
     async def _collect(
         sock: socket.socket,
-        replies: list[tuple[tuple[str, int], SchedulerInfo]],
+        answers: _Answers,
         ring: KeyRing | None = None,
         nonce: bytes = b"",
         replied: Callable[[], None] | None = None,
     ) -> None:
-        """Add every scheduler reply *sock* receives to *replies* (until cancelled).
+        """Add every scheduler reply *sock* receives to *answers* (until cancelled).
 
-        With a key *ring* only offers proving it for *nonce* count.
+        With a key *ring* only offers proving it for *nonce* count (``proven``);
+        the plain (1.4) replies then go to ``plain``.
         """
         loop = asyncio.get_running_loop()
         while True:
@@ -465,9 +514,11 @@ class SchedulerLink:
                 return  # e.g. an ICMP error queued on the socket: stop listening on it
             info = decode_reply(data) if ring is None else decode_offer(data, ring, nonce)
             if info is not None:
-                replies.append((sockaddr_host_port(origin), info))
+                answers.proven.append((sockaddr_host_port(origin), info))
                 if replied is not None:
                     replied()
+            elif ring is not None and (unproven := decode_reply(data)) is not None:
+                answers.plain.append((sockaddr_host_port(origin), unproven))
 
     def wake(self, host: str, port: int) -> None:
         """Send one discovery datagram to the scheduler at *host*:*port* (a numeric address).

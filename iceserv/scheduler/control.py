@@ -66,8 +66,10 @@ class ClusterControl:
         self._waiting: dict[int, list[asyncio.Future[str]]] = {}
         self._events = ClusterEvents()
         self._metrics = ClusterMetrics()
-        # list_jobs' views by job id, with the (state, server) they were made for.
-        self._job_views: dict[int, tuple[object, int | None, JobView]] = {}
+        # list_jobs' views by job id, with the (state, server, times) they were made for.
+        self._job_views: dict[
+            int, tuple[object, int | None, tuple[float | None, float | None], JobView]
+        ] = {}
 
     # --- numbers ----------------------------------------------------------------------
 
@@ -153,21 +155,25 @@ class ClusterControl:
     def list_jobs(self) -> list[JobView]:
         """Return every known job ordered by id.
 
-        A view is made again only for a job whose state or server changed since
-        the last call (its other fields never change), so that listing 20,000
-        queued jobs does not rebuild 20,000 views on the event loop each time.
+        A view is made again only for a job whose state, server or times changed
+        since the last call (its other fields never change), so that listing
+        20,000 queued jobs does not rebuild 20,000 views on the event loop each
+        time.  An unchanged job keeps its view *object*: the telnet and D-Bus
+        renderers keep their lines and structs by that identity (issue 19 item 4).
         """
         jobs = self._shell.core.state.jobs
+        times = self._events.times
         old = self._job_views
-        new: dict[int, tuple[object, int | None, JobView]] = {}
+        new: dict[int, tuple[object, int | None, tuple[float | None, float | None], JobView]] = {}
         views = []
         for job_id in sorted(jobs):
             job = jobs[job_id]
             hit = old.get(job_id)
-            if hit is None or hit[0] is not job.state or hit[1] != job.server:
-                hit = (job.state, job.server, self._job_view(job))
+            when = times(job_id)
+            if hit is None or hit[0] is not job.state or hit[1] != job.server or hit[2] != when:
+                hit = (job.state, job.server, when, self._job_view(job))
             new[job_id] = hit
-            views.append(hit[2])
+            views.append(hit[3])
         self._job_views = new
         return views
 

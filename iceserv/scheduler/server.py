@@ -1192,18 +1192,20 @@ class SchedulerServer:
         """
         if peer.closed or peer.monitor:
             return
+        broken = False
         try:
             peer.conn.receive_data(data)
             ended, events = self._handle_events(peer)
         except ProtocolError as exc:
-            ended, events = f"protocol error: {exc}", 0
+            # e.g. a sealed record that failed authentication: worth a warning, not an info
+            ended, events, broken = f"protocol error: {exc}", 0, True
         if ended == "monitor":
             peer.cancel_timers()
             return
         if not ended and not data:
             ended = "closed by peer"
         if ended:
-            self._finish(peer, ended)
+            self._finish(peer, ended, broken=broken)
             return
         if peer.logged_in:
             if (events or not peer.conn.buffered) and peer.timer is not None:
@@ -1251,9 +1253,10 @@ class SchedulerServer:
         if not peer.closed:
             self._finish(peer, "send failed")
 
-    def _finish(self, peer: _Peer, reason: str) -> None:
+    def _finish(self, peer: _Peer, reason: str, *, broken: bool = False) -> None:
+        """Log *peer*'s end (a warning if it broke the protocol: *broken*) and forget it."""
         if peer.nodename is not None:
-            log.info(
+            (log.warning if broken else log.info)(
                 "daemon_logged_out",
                 peer=peer.ip,
                 host_id=peer.host_id,

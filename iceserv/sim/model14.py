@@ -100,6 +100,7 @@ class Model14Placement:
         del now  # 1.4's placement reads no clock
         self._rng = random.Random(seed)  # noqa: S311 - placement randomness, not security
         self._servers: list[_Server] = []  # login order, as 1.4's ``css`` list
+        self._by_name: dict[str, _Server] = {}
         self._jobs: dict[int, _Job] = {}
         self._groups: list[deque[_Job]] = []  # one per submitter (niceness is always 0)
         self._all_stats = 0
@@ -112,7 +113,9 @@ class Model14Placement:
         del now
         server = self._lookup(host.name)
         if server is None:
-            self._servers.append(_Server(host.name, host.slots, frozenset(envs)))
+            server = _Server(host.name, host.slots, frozenset(envs))
+            self._servers.append(server)
+            self._by_name[host.name] = server
         else:
             server.envs = frozenset(envs)
             server.busy_installing = False
@@ -213,7 +216,7 @@ class Model14Placement:
     # --- placement --------------------------------------------------------------------
 
     def _lookup(self, name: str) -> _Server | None:
-        return next((s for s in self._servers if s.name == name), None)
+        return self._by_name.get(name)
 
     def _find(self, name: str) -> _Server:
         server = self._lookup(name)
@@ -238,19 +241,27 @@ class Model14Placement:
             and not cs.busy_installing
         )
 
-    def _pick_server(self, job: _Job) -> _Server | None:  # noqa: C901, PLR0912 - 1.4's order
+    def _eligible(self) -> list[_Server]:
+        return [cs for cs in self._servers if self._eligible_now(cs)]
+
+    def _pick_server(  # noqa: C901, PLR0912 - 1.4's order
+        self, job: _Job, eligible: list[_Server] | None = None
+    ) -> _Server | None:
+        """1.4's ``pick_server`` over *eligible*: the servers ``is_eligible_now`` in login order.
+
+        Eligibility does not depend on the job, so a walk of the queue computes
+        it once and passes it; 1.4 asks it per job and server, with the same answers.
+        """
+        if eligible is None:
+            eligible = self._eligible()
         if not self._all_stats:
-            selected, count = None, 0
-            for cs in self._servers:
-                if self._eligible_now(cs):
-                    count += 1
-                    if self._rng.randrange(count) == 0:  # random() % eligible_count == 0
-                        selected = cs
+            selected = None
+            for count, cs in enumerate(eligible, 1):
+                if self._rng.randrange(count) == 0:  # random() % eligible_count == 0
+                    selected = cs
             return selected
         best = bestui = bestpre = None
-        for cs in self._servers:
-            if not self._eligible_now(cs):
-                continue
+        for cs in eligible:
             matched = cs is job.submitter or job.env in cs.envs
             if not cs.compiled and not cs.jobs and cs.max_jobs:
                 if matched:
@@ -279,9 +290,10 @@ class Model14Placement:
 
     def _first_placeable(self) -> tuple[deque[_Job], _Job, _Server] | None:
         """Walk the queue as ``get_next_job_request`` does; the first job someone takes."""
+        eligible = self._eligible()
         for group in self._groups:
             for job in group:
-                cs = self._pick_server(job)
+                cs = self._pick_server(job, eligible) if eligible else None
                 if cs is None:
                     # Ignore the submitter's load, obey only its slots (1.4's comment).
                     own = job.submitter

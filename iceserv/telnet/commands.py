@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
 
     from iceserv.telnet.facade import SchedulerControl, TelnetHost, TelnetJob
 
@@ -36,6 +36,7 @@ __all__ = [
     "MUTATING",
     "VERSION",
     "Command",
+    "JobLines",
     "Reply",
     "TelnetControl",
     "greeting",
@@ -149,6 +150,39 @@ def render_host(host: TelnetHost) -> list[str]:
     return [line, *(f"   {render_job(job)}" for job in host.jobs)]
 
 
+class JobLines:
+    """``listjobs`` answers that render only the jobs whose view changed (issue 19 item 4).
+
+    The control hands out the same view object for a job until its state or
+    server changes, so a view that is the one rendered last time has the same
+    line; a new view is rendered again.  :meth:`render` returns the whole
+    answer as one text, each line ended as :func:`~iceserv.protocol.text.format_text`
+    would end it alone, so the bytes on the wire are those of one text per
+    job.  One instance serves a whole telnet server; it keeps one line per
+    known job and forgets the jobs that are gone at each call.
+    """
+
+    __slots__ = ("_lines",)
+
+    def __init__(self) -> None:
+        self._lines: dict[int, tuple[TelnetJob, str]] = {}
+
+    def render(self, jobs: Iterable[TelnetJob]) -> list[str]:
+        """Return the answer's texts for *jobs*: one text holding every line, or none."""
+        old = self._lines
+        new: dict[int, tuple[TelnetJob, str]] = {}
+        parts = []
+        for job in jobs:
+            hit = old.get(job.id)
+            if hit is None or hit[0] is not job:
+                line = f" {render_job(job)}"
+                hit = (job, line if line.endswith("\n") else line + "\n")
+            new[job.id] = hit
+            parts.append(hit[1])
+        self._lines = new
+        return ["".join(parts)] if parts else []
+
+
 def _listcs(control: SchedulerControl, _args: list[str]) -> list[str]:
     return [text for host in control.list_hosts() for text in render_host(host)]
 
@@ -203,9 +237,16 @@ _ASYNC_COMMANDS: Final[dict[str, _AsyncHandler]] = {"internals": _internals}
 
 
 async def run_command(
-    control: SchedulerControl, line: str, *, refuse_with: TelnetControl | None = None
+    control: SchedulerControl,
+    line: str,
+    *,
+    refuse_with: TelnetControl | None = None,
+    job_lines: JobLines | None = None,
 ) -> Reply:
     """Execute one input *line* against *control* and return what to send.
+
+    With *job_lines*, ``listjobs`` reuses the lines of unchanged jobs (the
+    same bytes on the wire).
 
     ``quit`` and ``exit`` answer ``200 Good Bye!`` and close; every other line,
     valid or not, ends with ``200 done``.  With *refuse_with* (the policy that
@@ -218,7 +259,9 @@ async def run_command(
     if refuse_with is not None and command.name in MUTATING:
         return Reply(texts=(refuse_with.refusal(command.name), DONE), refused=command.name)
     args = list(command.args)
-    if (handler := _COMMANDS.get(command.name)) is not None:
+    if command.name == "listjobs" and job_lines is not None:
+        texts = job_lines.render(control.list_jobs())
+    elif (handler := _COMMANDS.get(command.name)) is not None:
         texts = handler(control, args)
     elif (async_handler := _ASYNC_COMMANDS.get(command.name)) is not None:
         texts = await async_handler(control, args)

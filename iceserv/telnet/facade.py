@@ -23,7 +23,12 @@ __all__ = ["SchedulerControl", "TelnetHost", "TelnetJob"]
 
 
 class TelnetJob(Protocol):
-    """A job as ``listjobs`` and ``listcs`` show it."""
+    """A job as ``listjobs`` and ``listcs`` show it.
+
+    A view never changes once handed out: a changed job is a new object (the
+    scheduler's are frozen).  The server's cache of ``listjobs`` lines
+    (:class:`~iceserv.telnet.commands.JobLines`) reuses a line while the object is the same.
+    """
 
     @property
     def id(self) -> int:

@@ -66,7 +66,15 @@ from iceserv.netio import (
 )
 from iceserv.netio import open_stream as _open_stream
 from iceserv.protocol.text import MAX_LINE, LineSplitter, format_text
-from iceserv.telnet.commands import GOODBYE, MUTATING, TelnetControl, greeting, parse, run_command
+from iceserv.telnet.commands import (
+    GOODBYE,
+    MUTATING,
+    JobLines,
+    TelnetControl,
+    greeting,
+    parse,
+    run_command,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Sequence
@@ -157,6 +165,7 @@ class TelnetServer:
         self._listeners: list[Listener] = []
         self._sessions: dict[asyncio.Task[None], _Session] = {}
         self._refusals = Throttle(_REFUSAL_LOG_INTERVAL)
+        self._job_lines = JobLines()
 
     async def start(
         self, host: str | Sequence[str], port: int, *, family: str = Family.ANY
@@ -347,7 +356,9 @@ class TelnetServer:
                 session.last_line = loop.time()
                 deadline = session.last_line + self._idle_timeout
                 refuse = self._refusal(session, line)
-                reply = await run_command(self._control, line, refuse_with=refuse)
+                reply = await run_command(
+                    self._control, line, refuse_with=refuse, job_lines=self._job_lines
+                )
                 if reply.refused:
                     log.warning(
                         "telnet_command_refused",

@@ -21,6 +21,7 @@ change the scheduler's state.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -80,7 +81,8 @@ def snapshot(control: SchedulerLike, now: float) -> dict[str, Any]:
     totals = control.metrics()
     wait = totals.placement_wait
     placed, local = totals.jobs_placed, totals.local_jobs
-    queue = [_job(job) for job in control.list_jobs() if job.state == "PEND"][:QUEUE_SHOWN]
+    pending = (job for job in control.list_jobs() if job.state == "PEND")
+    queue = [_job(job) for job in itertools.islice(pending, QUEUE_SHOWN)]
     return {
         "now": now,
         "netname": control.netname(),

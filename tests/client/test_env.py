@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from iceserv.client.env import SAFEGUARD_VARIABLE, ClientEnv, atoi, truthy
@@ -127,6 +132,26 @@ class TestSnapshot:
         """current() is the process environment."""
         monkeypatch.setenv("ICECC_PREFERRED_HOST", "from-os")
         assert ClientEnv.current().preferred_host == "from-os"
+
+    def test_without_os_the_environment_is_what_os_would_read(self):
+        """A fresh ``-I -S`` interpreter: read before ``os`` loads, equal to os.environ after.
+
+        Undecodable bytes come back as ``os`` has them (surrogate escapes).
+        """
+        package = str(Path(__file__).resolve().parents[2])
+        probe = (
+            f"import sys; sys.path[:0] = [{package!r}]\n"
+            "from iceserv.client.env import process_environ\n"
+            "early = dict(process_environ()); loaded = 'os' in sys.modules\n"
+            "import os, json\n"
+            "print(json.dumps([loaded, early == dict(os.environ), sorted(early)]))\n"
+        )
+        environ = {b"PATH": b"/usr/bin:/bin", b"ICECC_DEBUG": b"debug", b"ODD": b"caf\xe9 \xff"}
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], env=environ,
+                              capture_output=True, check=True, timeout=60)  # fmt: skip
+        loaded, same, names = json.loads(done.stdout)
+        assert (loaded, same) == (False, True)
+        assert {"PATH", "ICECC_DEBUG", "ODD"} <= set(names)
 
     def test_repr_names_the_values(self):
         """The repr shows parsed values, not the whole environment."""

@@ -116,6 +116,14 @@ class TestSlotsOption:
         assert (done.status, done.stdout, done.stderr) == (2, b"", usage)
 
 
+#: Path-like addresses: normal absolute paths take the client's short cut, the rest do not.
+PATHS = st.builds(
+    lambda lead, parts: lead + "/".join(parts),
+    st.sampled_from(["/", "//", ""]),
+    st.lists(st.sampled_from(["run", "icecc", "", ".", "..", ".x", "d.sock"]), max_size=6),
+)
+
+
 class TestHandWrittenBytes:
     """The client's own query bytes, answer decoder and endpoint name match the protocol's."""
 
@@ -147,7 +155,7 @@ class TestHandWrittenBytes:
         """Short payloads and a string length that does not match the frame give None."""
         assert parse_answer(payload) is None
 
-    @given(address=st.one_of(st.text(max_size=60), st.integers(1, 65535).map(tcp_address)))
+    @given(address=st.one_of(st.text(max_size=60), st.integers(1, 65535).map(tcp_address), PATHS))
     def test_endpoint_name_is_the_protocols(self, address):
         """The client's endpoint name equals iceserv.protocol.endpoint's for any address."""
         assert endpoint_name(address) == iceserv_endpoint(address)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import difflib
 import re
 import socket
@@ -207,7 +208,7 @@ class ClusterScenario:
 
     @staticmethod
     def model_job1_begins_job2_queued(f: FakeControl) -> None:
-        f.jobs[0].state = "COMP"
+        _renew(f, 0, state="COMP")
         f.jobs.append(FakeJob(2, "PEND", "nodeA", "<unknown>", "d.c"))
         f.total = 2
 
@@ -224,8 +225,7 @@ class ClusterScenario:
     def model_b_installed(f: FakeControl) -> None:
         node_b = f.hosts[1]
         node_b.busy_installing_since = None
-        f.jobs[1].state, f.jobs[1].server = "WAIT", "nodeB"
-        node_b.jobs.append(f.jobs[1])
+        node_b.jobs.append(_renew(f, 1, state="WAIT", server="nodeB"))
         job3 = FakeJob(3, "WAIT", "nodeA", "nodeB", "e.c")
         node_b.jobs.append(job3)
         f.jobs += [job3, FakeJob(4, "PEND", "nodeA", "<unknown>", "f.c")]
@@ -239,9 +239,21 @@ class ClusterScenario:
 
     @staticmethod
     def model_job4_to_submitter(f: FakeControl) -> None:
-        job4 = f.jobs[-1]
-        job4.state, job4.server = "WAIT", "nodeA"
-        f.hosts[0].jobs.append(job4)
+        f.hosts[0].jobs.append(_renew(f, len(f.jobs) - 1, state="WAIT", server="nodeA"))
+
+
+def _renew(f: FakeControl, index: int, **changes: str) -> FakeJob:
+    """Replace job *index* by a changed copy, also in its server's list, and return it.
+
+    A job view never changes once handed out (the facade's contract, which the
+    telnet server's cache of ``listjobs`` lines relies on): a changed job is a new object.
+    """
+    old = f.jobs[index]
+    new = dataclasses.replace(old, **changes)
+    f.jobs[index] = new
+    for host in f.hosts:
+        host.jobs[:] = [new if job is old else job for job in host.jobs]
+    return new
 
 
 EMPTY_CLUSTER_SCRIPT: list[Step] = [

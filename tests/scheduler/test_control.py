@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scheduler.builders import T0, get_cs, login, new_core
 
-from iceserv.protocol import StatusText
+from iceserv.protocol import JobBegin, JobDone, JobDoneFlag, StatusText
 from iceserv.scheduler import ClusterControl, HostView, JobView, Scheduler
 from iceserv.scheduler.effects import Close, Effect, InternalsReply, Send
 
@@ -174,3 +176,65 @@ class TestInternals:
         login(shell.core, 1, "a")
         assert asyncio.run(control.internals(["zz"])) == []
         assert asyncio.run(control.internals(["10.0.0.1"])) == ["a not reporting\n"]
+
+
+# --- list_jobs reuses views: equal to a fresh rebuild after random job streams -----------
+
+_STEP = st.tuples(st.sampled_from(("login", "get_cs", "begin", "done", "lost")), st.integers(0, 7))
+
+
+def _fresh(control: ClusterControl) -> list[JobView]:
+    jobs = control._shell.core.state.jobs
+    return [control._job_view(jobs[job_id]) for job_id in sorted(jobs)]
+
+
+def _step(shell: FakeShell, kind: str, pick: int) -> None:
+    """Apply one random event of a build to the core through the shell."""
+    core, state = shell.core, shell.core.state
+    conns = sorted(host.conn_id for host in state.hosts.values())
+    shell.clock += 0.25
+    now = shell.clock
+    if kind == "login" or not conns:
+        conn = 1 + pick
+        if core.host_by_conn(conn) is None:
+            shell.apply(login(core, conn, f"node{conn}", max_kids=pick % 3, now=now))
+        return
+    conn = conns[pick % len(conns)]
+    jobs = sorted(state.jobs.values(), key=lambda job: job.job_id)
+    if kind == "get_cs":
+        shell.apply(get_cs(core, conn, now, filename=f"src/{pick}.c", client_id=pick))
+    elif kind == "lost":
+        shell.apply(core.connection_lost(conn, now))
+    elif jobs:
+        job = jobs[pick % len(jobs)]
+        server = state.hosts.get(job.server) if job.server is not None else None
+        if kind == "begin" and server is not None:
+            shell.apply(core.handle_message(server.conn_id, JobBegin(job.job_id, 1, 1), now))
+        elif kind == "done" and server is not None:
+            flags = int(JobDoneFlag.FROM_SERVER)
+            shell.apply(core.handle_message(server.conn_id, JobDone(job.job_id, 0, flags=flags),
+                                            now))  # fmt: skip
+
+
+class TestListJobsReuse:
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(_STEP, max_size=60), st.integers(1, 4))
+    def test_equals_a_fresh_rebuild_after_every_event(self, steps, every):
+        """After any stream of logins, GET_CS, JOB_BEGIN, JOB_DONE and lost daemons,
+        list_jobs (asked every *every* events) equals views built anew (also after a
+        repeated JOB_BEGIN, which moves the start time); an unchanged job keeps its
+        view object (the telnet and D-Bus caches rely on it)."""
+        shell, control = make()
+        before: dict[int, JobView] = {}
+        for number, (kind, pick) in enumerate(steps):
+            _step(shell, kind, pick)
+            if number % every:
+                continue
+            listed = control.list_jobs()
+            assert listed == _fresh(control)
+            for view in listed:
+                old = before.get(view.id)
+                if old is not None and old == view:
+                    assert old is view
+            before = {view.id: view for view in listed}
+        assert control.list_jobs() == _fresh(control)

@@ -9,7 +9,9 @@ and the package's import boundary.  The fake is a real object satisfying
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import pytest
 import structlog.testing
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iceserv.service.dbus import (
     SCHEDULER_INTERFACE,
@@ -28,7 +32,7 @@ from iceserv.service.dbus import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 N = SCHEDULER_INTERFACE
@@ -53,6 +57,8 @@ class FakeScheduler:
     hosts: int = 0
     observers: list[Any] = field(default_factory=list)
     block_list: list[str] = field(default_factory=list)
+    jobs: list[FakeJob] | None = None
+    on_list_jobs: Callable[[], None] | None = None
 
     def started_at(self) -> float:
         return 1_700_000_000.5
@@ -79,6 +85,10 @@ class FakeScheduler:
         return []
 
     def list_jobs(self) -> list[FakeJob]:
+        if self.on_list_jobs is not None:
+            self.on_list_jobs()
+        if self.jobs is not None:
+            return self.jobs
         return [FakeJob(3, "PEND", "laptop", "<unknown>", "a.c", 1.5, None)]
 
     def blocked(self) -> list[str]:
@@ -111,8 +121,8 @@ class FakeScheduler:
 
 
 @pytest.fixture(scope="module")
-def session_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private session-type bus that allows everything (services.md §5.4)."""
+def bus_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A private session-type bus that allows everything (services.md §5.4): address, pid."""
     exe = shutil.which("dbus-daemon") or pytest.fail("dbus-daemon missing: run ./bin/setup")
     directory: Path = tmp_path_factory.mktemp("bus")
     conf = directory / "bus.conf"
@@ -127,12 +137,18 @@ def session_bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                              "--print-address=1"], stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
+        yield proc.stdout.readline().strip(), proc.pid
     finally:
         proc.terminate()
         proc.wait(5)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def session_bus(bus_daemon: tuple[str, int]) -> str:
+    """The private bus's address."""
+    return bus_daemon[0]
 
 
 def run(scenario: Any) -> Any:
@@ -278,3 +294,81 @@ class TestPackage:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=60, check=True)  # fmt: skip
         assert proc.stdout.split("\n")[:2] == ["False", "[]"]
+
+
+class TestLongLists:
+    """Issue 19 item 4: ListJobs at tens of thousands of jobs."""
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(("keep", "change", "drop", "add")),
+                              st.integers(0, 50)), max_size=40))  # fmt: skip
+    def test_list_jobs_equals_fresh_structs_after_random_changes(self, steps):
+        """ListJobs reuses the struct of a job whose view is the same object; after any
+        sequence of kept, changed, dropped and added jobs it equals a fresh conversion."""
+        fake = FakeScheduler(jobs=[])
+        interface = SchedulerInterface(fake, version="9.9")
+        jobs: dict[int, FakeJob] = {}
+        states = ("PEND", "WAIT", "COMP")
+        for kind, key in steps:
+            if kind == "add" or (kind == "change" and key not in jobs):
+                jobs[key] = FakeJob(key, "PEND", "sub", "<unknown>", f"f{key}.c", 1.0 + key)
+            elif kind == "change":
+                old = jobs[key]
+                jobs[key] = FakeJob(key, states[(states.index(old.state) + 1) % 3], "sub",
+                                    f"cs{key}", old.filename, old.queued_at, 2.0 + key)  # fmt: skip
+            elif kind == "drop":
+                jobs.pop(key, None)
+            fake.jobs = [jobs[k] for k in sorted(jobs)]
+            expected = [(j.id, j.submitter, "" if j.server == "<unknown>" else j.server,
+                         j.filename, {"PEND": "queued", "WAIT": "assigned",
+                                      "COMP": "compiling"}[j.state],
+                         round(j.queued_at * 1e6) if j.queued_at else 0,
+                         round(j.started_at * 1e6) if j.started_at else 0)
+                        for j in fake.jobs]  # fmt: skip
+            assert SchedulerInterface.list_jobs.__wrapped__(interface) == expected
+
+    def test_reply_larger_than_the_socket_buffer_while_signalling_keeps_the_name(
+        self, bus_daemon
+    ):
+        """A multi-megabyte ListJobs reply that the bus cannot take at once, followed at once
+        by a signal: the bus connection stays (dbus-fast alone would close it on the
+        BlockingIOError of the full socket, and the name would be gone)."""
+        address, pid = bus_daemon
+        jobs = [FakeJob(i, "PEND", "submitter", "<unknown>", f"src/{i:06d}/" + "x" * 80 + ".c")
+                for i in range(1, 30_001)]  # fmt: skip
+        fake = FakeScheduler(jobs=jobs)
+
+        async def scenario():
+            interface, export, client = await exported(address, fake)
+            loop = asyncio.get_running_loop()
+
+            def stall_bus() -> None:
+                # The bus reads nothing until SIGCONT: the reply fills our socket buffer,
+                # and the signal below is sent while the reply is still half written.
+                fake.on_list_jobs = None
+                os.kill(pid, signal.SIGSTOP)
+                loop.call_soon(interface.job_started, jobs[0])
+                loop.call_later(0.3, os.kill, pid, signal.SIGCONT)
+
+            fake.on_list_jobs = stall_bus
+            try:
+                with structlog.testing.capture_logs() as logs:
+                    reply = await invoke(client, "ListJobs")
+                    owner = await client.call(Message(
+                        destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus", member="NameHasOwner",
+                        signature="s", body=[N]))  # fmt: skip
+                return reply, owner, export.bus.connected, logs
+            finally:
+                os.kill(pid, signal.SIGCONT)
+                interface.detach()
+                client.disconnect()
+                await export.close()
+
+        reply, owner, connected, logs = run(scenario)
+        assert reply.message_type is MessageType.METHOD_RETURN
+        assert len(reply.body[0]) == 30_000
+        assert owner is not None
+        assert owner.body == [True]
+        assert connected
+        assert not [log for log in logs if log["event"] == "dbus_disconnected"]

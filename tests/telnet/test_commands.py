@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from iceserv.protocol.text import format_text
 from iceserv.telnet.commands import (
     DONE,
     GOODBYE,
     HELP,
     MUTATING,
     Command,
+    JobLines,
     Reply,
     TelnetControl,
     greeting,
@@ -179,6 +183,46 @@ class TestListjobs:
     def test_no_jobs(self):
         """Without jobs listjobs prints only '200 done'."""
         assert texts(FakeControl(), "listjobs") == []
+        reply = asyncio.run(run_command(FakeControl(), "listjobs", job_lines=JobLines()))
+        assert reply.texts == (DONE,)
+
+
+def wire(reply: Reply) -> bytes:
+    """The bytes the server sends for *reply* (one format_text per text)."""
+    return b"".join(format_text(text) for text in reply.texts)
+
+
+_NAMES = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6) | st.sampled_from(
+    ("a.c", "trailing\n", "mid\nline", "\n", "", "caf\u00e9.c")
+)
+
+
+class TestJobLines:
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(("keep", "change", "drop", "add", "list")),
+                              st.integers(0, 30), _NAMES), max_size=50))  # fmt: skip
+    def test_same_bytes_as_rendering_every_job_after_random_changes(self, steps):
+        """listjobs through a JobLines cache sends exactly the bytes of one text per job,
+        whatever jobs were kept (same object), changed (a new view), dropped or added
+        since the last answer, also for file names with newlines."""
+        control = FakeControl()
+        cache = JobLines()
+        jobs: dict[int, FakeJob] = {}
+        states = ("PEND", "WAIT", "COMP")
+        for kind, key, name in steps:
+            if kind == "add" or (kind == "change" and key not in jobs):
+                jobs[key] = FakeJob(key, "PEND", "sub", "<unknown>", name)
+            elif kind == "change":
+                old = jobs[key]
+                jobs[key] = FakeJob(key, states[(states.index(old.state) + 1) % 3], old.submitter,
+                                    f"cs{key}", old.filename)  # fmt: skip
+            elif kind == "drop":
+                jobs.pop(key, None)
+            control.jobs = list(jobs.values())
+            cached = asyncio.run(run_command(control, "listjobs", job_lines=cache))
+            plain = asyncio.run(run_command(control, "listjobs"))
+            assert wire(cached) == wire(plain)
+            assert cached.texts[-1] == DONE
 
 
 class TestListblocks:

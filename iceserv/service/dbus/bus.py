@@ -9,6 +9,17 @@ process owning it) ends in one warning line and ``None``: the service then
 runs exactly as it would with D-Bus, only without this interface.  The same
 goes for losing the bus later (one warning; no reconnect).
 
+A full socket buffer is not a lost bus: dbus-fast 5 (as python-dbus-next,
+its issue #153) tries to send a new message at once whenever its queue is
+empty, also while an earlier, large message is still half written, and
+takes the ``BlockingIOError`` of a full send buffer for a broken
+connection: it closes the bus, and the name is gone.  A scheduler answering
+``ListJobs`` at 20,000 queued jobs (a 2 MB reply) while it emits
+``JobStarted`` signals hit exactly this (issue 19 item 4).  So
+:func:`export_on_bus` gives dbus-fast's writer a socket whose ``send``
+returns 0 ("nothing taken, wait until writable") instead of raising
+(:class:`_WaitWhenFull`).
+
 It must not know which interface it exports, nor read the environment: the
 caller passes the address (``app`` honours ``DBUS_SYSTEM_BUS_ADDRESS``).
 """
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, cast
 
@@ -30,7 +42,7 @@ if TYPE_CHECKING:
 
     from dbus_fast.service import ServiceInterface
 
-__all__ = ["CONNECT_TIMEOUT", "DEFAULT_SYSTEM_BUS", "BusExport", "export_on_bus"]
+__all__ = ["CONNECT_TIMEOUT", "DEFAULT_SYSTEM_BUS", "BusExport", "export_on_bus", "wait_when_full"]
 
 log = structlog.get_logger()
 
@@ -101,6 +113,7 @@ async def export_on_bus(
     except (OSError, TimeoutError, AuthError, InvalidAddressError, EOFError) as exc:
         _unavailable(name, address, exc)
         return None
+    wait_when_full(bus)
     bus.export(path, interface)
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
@@ -117,6 +130,39 @@ async def export_on_bus(
     export = BusExport(bus, name, path)
     export.watch()
     return export
+
+
+class _WaitWhenFull:
+    """The bus socket as dbus-fast's writer uses it: a full send buffer takes 0 bytes.
+
+    dbus-fast's writer keeps the unsent rest of a message and waits for the
+    socket to become writable whenever ``send`` takes less than offered; only
+    a raised error makes it close the bus.  Every other attribute is the
+    socket's own.
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: bytes | memoryview, flags: int = 0, /) -> int:
+        """Send what the kernel takes now; 0 when its buffer is full."""
+        try:
+            return self._sock.send(data, flags)
+        except BlockingIOError:
+            return 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+def wait_when_full(bus: MessageBus) -> None:
+    """Make *bus* (connected) wait on a full send buffer instead of disconnecting."""
+    writer = getattr(bus, "_writer", None)
+    sock = getattr(writer, "sock", None)
+    if isinstance(sock, socket.socket):
+        writer.sock = _WaitWhenFull(sock)  # type: ignore[union-attr]
 
 
 def _disconnected(bus: MessageBus) -> Awaitable[None]:

@@ -35,7 +35,11 @@ __all__ = [
 
 
 class JobLike(Protocol):
-    """A job known to the scheduler."""
+    """A job known to the scheduler.
+
+    A view never changes once handed out: a changed job is a new object.
+    ``ListJobs`` reuses a job's struct while the object is the same.
+    """
 
     @property
     def id(self) -> int:

@@ -131,6 +131,9 @@ class SchedulerInterface(ServiceInterface):
         self._changes = ChangeCoalescer(
             self._snapshot, self.emit_properties_changed, interval=interval
         )
+        # ListJobs' structs by job id, with the view each was made from: the control hands
+        # out the same view until the job changes, so only changed jobs are converted again.
+        self._job_structs: dict[int, tuple[JobLike, JobStruct]] = {}
 
     def attach(self) -> None:
         """Start observing the scheduler: signals and ``PropertiesChanged`` from now on."""
@@ -245,7 +248,17 @@ class SchedulerInterface(ServiceInterface):
     @dbus_method(name="ListJobs")
     def list_jobs(self) -> _Jobs:
         """Return every known job by id (see ``JobStruct``)."""
-        return [_job_struct(job) for job in self._control.list_jobs()]
+        old = self._job_structs
+        new: dict[int, tuple[JobLike, JobStruct]] = {}
+        structs = []
+        for job in self._control.list_jobs():
+            hit = old.get(job.id)
+            if hit is None or hit[0] is not job:
+                hit = (job, _job_struct(job))
+            new[job.id] = hit
+            structs.append(hit[1])
+        self._job_structs = new
+        return structs
 
     @dbus_method(name="BlockHost")
     def block_host(self, name: DBusStr) -> DBusBool:
