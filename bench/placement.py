@@ -1,4 +1,4 @@
-"""Placement throughput: GET_CS answered per second and memory with 100 and 1,000 daemons.
+"""Placement throughput: GET_CS answered per second, memory and login time, 100 to 5,000 daemons.
 
 Run (as root, like the test bed): ``.venv/bin/python bench/placement.py
 [--daemons 100 1000] [--outstanding 200] [--seconds 10] [--warmup 3] [--verbose 0]
@@ -9,12 +9,17 @@ and the real ``icecc-scheduler`` 1.4 run one after the other (order
 alternating), each fresh, on loopback with the same flags (``-p P -n NET -i lo
 -l LOG``, ``-v`` times ``--verbose``: none by default, as a production
 scheduler runs; the test bed's ``-vvv``/``-vv`` would mostly measure
-logging).  The simulated daemons are ``bench/load.py``'s (our codec; each
-has 4 slots and listens on a loopback port for the reachability probe).
-They log in all at once, in batches of 100 (against 1.4 a thread-free UDP
-poke every 0.3 s wakes its main loop, which otherwise re-arms its listening
-socket only after unrelated activity, reference 7.9), and the benchmark waits
-until telnet ``listcs`` lists every one of them.
+logging; ours also gets ``--max-connections 16384``, as its default budget of
+4,096 connections would refuse a 5,000-daemon farm, and 1.4 has none).  Each
+measurement runs in a fresh driver process.  The simulated daemons are lean
+callback protocols (:class:`Daemon`: our codec, 4 slots, a loopback address
+and a probe listener each; ``bench/load.py``'s task-per-read daemons cost the
+driver more than the scheduler at farm scale).  Their probe listeners open
+first (the daemons run before they log in); then they log in, in batches of
+100 (against 1.4 a thread-free UDP poke every 0.3 s wakes its main loop, which
+otherwise re-arms its listening socket only after unrelated activity,
+reference 7.9), and the login time runs until telnet ``listcs`` lists every
+one of them.
 
 Then a closed loop keeps ``--outstanding`` GET_CS in flight: every USE_CS or
 NO_CS makes the next daemon in turn ask again, and the daemon the answer
@@ -26,7 +31,9 @@ per second.  Over the same window the scheduler's CPU time (utime + stime from
 shows whether it, not the scheduler, was the limit (it has one core of two).
 RSS (VmRSS) is read before any login, after the logins and after the run,
 with the peak (VmHWM).  Prints the figures and the ratios iceserv/1.4;
-``--json FILE`` writes them.
+``--json FILE`` writes them.  A scheduler link that ends before the run closes
+it is reported ("links LOST"): a healthy run has none.  ``--profile FILE``
+runs ours under cProfile (pstats in ``FILE.<daemons>``).
 
 ``--http-scrape`` compares ours with itself instead: once plain and once with
 ``--http`` (the web endpoint on), alternating which goes first per daemon count.
@@ -50,6 +57,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import multiprocessing
 import os
 import random
 import resource
@@ -58,20 +66,37 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from load import Daemon, Tally, rss_kib
+from load import ENV, Tally, rss_kib
 from provenance import provenance
 from testbed.hosts import free_scheduler_port
 from testbed.procs import clean_env, listening_tcp_ports, make_workdir, stop_process
 from testbed.wait import wait_for
+
+from iceserv.protocol import (
+    NEED_DATA,
+    Connection,
+    GetCS,
+    Handshake,
+    JobBegin,
+    JobDone,
+    JobDoneFlag,
+    Login,
+    NoCS,
+    Stats,
+    UseCS,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 REAL_SCHEDULER = "/usr/sbin/icecc-scheduler"
 LOGIN_BATCH = 100
 LOGIN_TIMEOUT = 300.0
+#: Our scheduler's connection budget in the benchmark (farm scale: up to 5,000 daemons and more).
+MAX_CONNECTIONS = 16384
 DRAIN_TIMEOUT = 60.0
 TICKS = os.sysconf("SC_CLK_TCK")
 LABEL = {"ours": "iceserv", "real": "1.4", "ours+http": "iceserv+http"}
@@ -117,6 +142,124 @@ print(json.dumps(taken))
 """
 
 
+class Daemon(asyncio.Protocol):
+    """One simulated iceccd on its scheduler link: a lean transport protocol, no tasks.
+
+    Like ``bench/load.py``'s daemons (our codec, 4 slots, a loopback address
+    of its own, a probe listener), but driven by callbacks: at farm scale the
+    driver's per-message cost (a task, a ``wait_for`` and stream objects per
+    read in load.py) would otherwise be measured instead of the scheduler's.
+    A job it is named for runs at once: JOB_BEGIN and JOB_DONE (reporting a
+    100-300 ms compile) go out together.
+    """
+
+    def __init__(self, index: int, slots: int, tally: Tally, rng: random.Random) -> None:
+        self.name = f"load{index:02d}"
+        self.address = f"127.1.{index // 250 % 256}.{index % 250 + 1}"
+        self.max_kids = slots
+        self.tally = tally
+        self.rng = rng
+        self.conn = Connection()
+        self.port = 0
+        self.peers: dict[int, Daemon] = {}
+        self.clients = 0
+        self.transport: asyncio.Transport | None = None
+        self.probe_server: asyncio.Server | None = None
+        self.handshake: asyncio.Future[None] | None = None
+        self.lost = False
+        self.closing = False
+
+    ports_taken: ClassVar[set[int]] = set()
+    #: Scheduler links that ended before the run closed them (a healthy run has none).
+    links_lost: ClassVar[list[str]] = []
+
+    async def listen_for_probes(self) -> None:
+        """Open the compile port the scheduler probes (the daemon's, before it logs in)."""
+        # USE_CS names a server by its port here (a scheduler may call any loopback address
+        # "localhost"), so two daemons must not share one: the kernel may give one port to
+        # two addresses.
+        for _ in range(64):
+            server = await asyncio.start_server(lambda _r, w: w.close(), self.address, 0)
+            self.port = server.sockets[0].getsockname()[1]
+            if self.port not in Daemon.ports_taken:
+                break
+            server.close()
+        else:  # a shared port would send a job's reports down another daemon's link
+            msg = f"no port of its own for {self.name} in 64 tries"
+            raise RuntimeError(msg)
+        Daemon.ports_taken.add(self.port)
+        self.probe_server = server
+
+    async def start(self, scheduler_port: int) -> None:
+        """Connect from the daemon's own address, shake hands, LOGIN and the first STATS."""
+        loop = asyncio.get_running_loop()
+        self.handshake = loop.create_future()
+        await loop.create_connection(lambda: self, "127.0.0.1", scheduler_port,
+                                     local_addr=(self.address, 0))  # fmt: skip
+        await self.handshake
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - TCP
+        self.transport = transport
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost and not self.closing:
+            Daemon.links_lost.append(f"{self.name}: {exc!r}")
+        self.lost = True
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_exception(exc or ConnectionError("closed by the scheduler"))
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        while (event := self.conn.next_event()) is not NEED_DATA:
+            if isinstance(event, UseCS | NoCS):
+                self.tally.clients_answered += 1
+                server = self if isinstance(event, NoCS) else self.peers[event.port]
+                server.compile(event.job_id, own=server is self)
+                if self.tally.on_answer is not None:
+                    self.tally.on_answer()
+            elif isinstance(event, Handshake):
+                self.conn.send(Login(port=self.port, max_kids=self.max_kids, envs=(ENV,),
+                                     nodename=self.name, host_platform="x86_64",
+                                     chroot_possible=True, supported_features=3))  # fmt: skip
+                self.conn.send(Stats(load=0))
+                if self.handshake is not None and not self.handshake.done():
+                    self.handshake.set_result(None)
+        self.flush()
+
+    def submit(self, client_id: int) -> None:
+        """Ask for one compile server (GET_CS)."""
+        self.clients += 1
+        self.conn.send(GetCS(versions=(ENV,), filename=f"src/f{client_id}.c", lang=0, count=1,
+                             target="x86_64", arg_flags=0x8, client_id=client_id,
+                             client_count=self.clients))  # fmt: skip
+        self.flush()
+
+    def compile(self, job_id: int, *, own: bool) -> None:
+        """Run job *job_id* at once: JOB_BEGIN, then JOB_DONE."""
+        seconds = self.rng.uniform(0.1, 0.3)
+        flags = JobDoneFlag.FROM_SUBMITTER if own else JobDoneFlag.FROM_SERVER
+        self.conn.send(JobBegin(job_id, int(time.time()), self.clients))
+        self.conn.send(JobDone(job_id=job_id, real_msec=int(seconds * 1000),
+                               user_msec=int(seconds * 1000), out_uncompressed=20_000,
+                               flags=int(flags), client_count=self.clients))  # fmt: skip
+        self.flush()
+        self.tally.done_total += 1
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+        if self.probe_server is not None:
+            self.probe_server.close()
+
+
 def scraped_segment(index: int) -> bool:
     """Whether segment *index* of the window is a B segment (scraped in the ``--http`` run)."""
     return index % 4 in (1, 2)
@@ -148,7 +291,7 @@ class Scheduler:
     Kind ``ours+http`` is ours with ``--http 127.0.0.1:PORT`` (the endpoint on).
     """
 
-    def __init__(self, kind: str, verbose: int) -> None:
+    def __init__(self, kind: str, verbose: int, profile: Path | None = None) -> None:
         self.kind = kind
         self.http_port = free_scheduler_port() if kind == "ours+http" else None
         self.workdir = make_workdir(f"place-{kind}")
@@ -156,10 +299,14 @@ class Scheduler:
         self.netname = f"PL{os.getpid()}{kind.upper()}"
         program = [REAL_SCHEDULER] if kind == "real" else [sys.executable, "-m",
                                                             "iceserv.app.scheduler"]  # fmt: skip
+        if profile is not None and kind != "real":  # cProfile writes it at the clean exit
+            program[1:1] = ["-m", "cProfile", "-o", str(profile)]
         argv = [*program, "-p", str(self.port), "-n", self.netname, "-i", "lo",
                 "-l", str(self.workdir / "scheduler.log")] + ["-v"] * verbose  # fmt: skip
         if self.http_port is not None:
             argv += ["--http", f"127.0.0.1:{self.http_port}"]
+        if kind != "real":  # 1.4 has no such budget; ours admits 4,096 connections by default
+            argv += ["--max-connections", str(MAX_CONNECTIONS)]
         env = clean_env({"ICECC_TESTS": "1", "PYTHONPATH": str(ROOT)})
         with (self.workdir / "scheduler.out").open("wb") as out:
             self.proc = subprocess.Popen(argv, env=env, cwd=self.workdir, stdin=subprocess.DEVNULL,
@@ -176,8 +323,12 @@ class Scheduler:
         return True
 
     def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """The scheduler's (user, system) CPU seconds so far."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+        return int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime
 
     def stop(self) -> int | None:
         code = stop_process(self.proc)
@@ -217,6 +368,7 @@ async def listed_hosts(telnet_port: int) -> int:
 
 
 async def log_in(daemons: list[Daemon], scheduler: Scheduler) -> float:
+    """Log *daemons* in (their probe listeners are open already); return the seconds taken."""
     start = time.perf_counter()
     for first in range(0, len(daemons), LOGIN_BATCH):
         batch = daemons[first : first + LOGIN_BATCH]
@@ -237,7 +389,10 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
     rss_idle = rss_kib(pid)[0]
     rng = random.Random(args.seed)  # noqa: S311 - simulated compile statistics
     tally = Tally(expected=1 << 62)
-    daemons = [Daemon(i, args.slots, tally, rng, time_scale=0.0) for i in range(count)]
+    daemons = [Daemon(i, args.slots, tally, rng) for i in range(count)]
+    Daemon.links_lost.clear()
+    for first in range(0, count, LOGIN_BATCH):  # the daemons run before they log in
+        await asyncio.gather(*(d.listen_for_probes() for d in daemons[first : first + LOGIN_BATCH]))
     stop_poking = asyncio.Event()
     poker = asyncio.create_task(poke_loop(scheduler.port, stop_poking))
     try:
@@ -250,16 +405,12 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         daemon.peers = peers
     await asyncio.sleep(2.0)  # the first STATS and the reachability probes settle
     rss_logged_in = rss_kib(pid)[0]
-    listeners = [asyncio.create_task(d.listen()) for d in daemons]
     client_ids = itertools.count(1)
     submitters = itertools.cycle(daemons)
-    pending: set[asyncio.Task[None]] = set()
     submitting = True
 
     def ask() -> None:
-        task = asyncio.create_task(next(submitters).submit(next(client_ids), 1))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        next(submitters).submit(next(client_ids))
 
     def on_answer() -> None:
         if submitting:
@@ -274,10 +425,12 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         scraper = await scrape(scheduler.http_port, window_start, args)
     await asyncio.sleep(max(0.0, window_start - time.monotonic()))
     answered0, cpu0, own0 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
+    system0 = scheduler.cpu_split()[1]
     start = time.perf_counter()
     classes = await segmented(tally, scheduler, args, window_start)
     rates = classes.pop("rates")
     answered1, cpu1, own1 = tally.clients_answered, scheduler.cpu_seconds(), time.process_time()
+    system1 = scheduler.cpu_split()[1]
     elapsed = time.perf_counter() - start  # the window only, not the scraper's last request
     scrapes: list[float] = []
     if scraper is not None:
@@ -288,11 +441,8 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         await asyncio.wait_for(_settled(tally, asked), DRAIN_TIMEOUT)
     scheduler.alive()
     rss_after, rss_peak = rss_kib(pid)
-    for task in listeners:
-        task.cancel()
     for daemon in daemons:
-        daemon.writer.close()
-        daemon.probe_server.close()
+        daemon.close()
     answered = answered1 - answered0
     return {
         "daemons": count,
@@ -302,8 +452,11 @@ async def measure(scheduler: Scheduler, args: argparse.Namespace, count: int) ->
         "window_s": round(elapsed, 2),
         "scheduler_cpu_pct": round(100 * (cpu1 - cpu0) / elapsed, 1),
         "scheduler_cpu_ms_per_1000": round(1e6 * (cpu1 - cpu0) / max(answered, 1), 1),
+        "scheduler_system_pct": round(100 * (system1 - system0) / elapsed, 1),
         "driver_cpu_pct": round(100 * (own1 - own0) / elapsed, 1),
         "asked": asked,
+        "links_lost": len(Daemon.links_lost),
+        "links_lost_first": Daemon.links_lost[:3],
         "answered": tally.clients_answered,
         "done": tally.done_total,
         "rss_kib_idle": rss_idle,
@@ -358,6 +511,20 @@ async def _settled(tally: Tally, asked: int) -> None:
         await asyncio.sleep(0.1)
 
 
+def measure_one(kind: str, key: str, count: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Start a fresh scheduler of *kind*, measure it with *count* daemons, stop it."""
+    profile = None
+    if args.profile is not None and kind != "real":
+        profile = args.profile.with_name(f"{args.profile.name}.{key}")
+    scheduler = Scheduler(kind, args.verbose, profile)
+    try:
+        result = asyncio.run(measure(scheduler, args, count))
+    finally:
+        code = scheduler.stop()
+    result["exit_code"] = code
+    return result
+
+
 def raise_fd_limit(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < need <= hard or (soft < need and hard == resource.RLIM_INFINITY):
@@ -370,11 +537,14 @@ def raise_fd_limit(need: int) -> None:
 def show(kind: str, r: dict[str, Any]) -> None:
     print(f"  {LABEL[kind]:<8} {r['daemons']:>5} daemons: {r['get_cs_per_s']:8.1f} GET_CS/s "
           f"(scheduler CPU {r['scheduler_cpu_pct']:5.1f} %, "
+          f"{r['scheduler_system_pct']:5.1f} % of it in the kernel, "
           f"{r['scheduler_cpu_ms_per_1000']:7.1f} ms per 1000; driver CPU "
           f"{r['driver_cpu_pct']:5.1f} %)  RSS idle {r['rss_kib_idle'] / 1024:.1f} MiB, "
           f"logged in {r['rss_kib_logged_in'] / 1024:.1f}, after {r['rss_kib_after'] / 1024:.1f}, "
           f"peak {r['rss_kib_peak'] / 1024:.1f} MiB; logins {r['login_s']} s; "
           f"{r['answered']}/{r['asked']} answered, {r['done']} done"
+          + (f"; {r['links_lost']} links LOST, e.g. {r['links_lost_first']}"
+             if r["links_lost"] else "")
           + (f"; {r['scrapes']} scrapes of /metrics, p50 {r['scrape_ms_p50']} ms, "
              f"p99 {r['scrape_ms_p99']} ms" if r["scrapes"] else ""), flush=True)  # fmt: skip
 
@@ -425,6 +595,8 @@ def main() -> int:
                         help="--http-scrape: seconds per A/B segment of the window")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path,
+                        help="run ours under cProfile: pstats to FILE.<daemons>")  # fmt: skip
     args = parser.parse_args()
     raise_fd_limit(3 * max(args.daemons) + 256)  # per daemon: its link, its probe listener, a probe
     start_state = provenance()
@@ -439,12 +611,11 @@ def main() -> int:
             enumerate(args.daemons)]  # fmt: skip
     for number, (key, count) in enumerate(zip(keys, args.daemons, strict=True)):
         for kind in kinds if number % 2 == 0 else kinds[::-1]:
-            scheduler = Scheduler(kind, args.verbose)
-            try:
-                results[kind][key] = asyncio.run(measure(scheduler, args, count))
-            finally:
-                code = scheduler.stop()
-            results[kind][key]["exit_code"] = code
+            # Each measurement in a fresh driver process, as each scheduler is fresh: nothing
+            # of one run's thousands of sockets and objects is left to disturb the next.
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                results[kind][key] = pool.submit(measure_one, kind, key, count, args).result()
             show(kind, results[kind][key])
     ratios = {}
     if args.http_scrape:

@@ -19,6 +19,7 @@ decoded and are silently not sent when encoded, as 1.4 does.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from typing import TYPE_CHECKING, ClassVar, Final
 
@@ -824,19 +825,29 @@ _WRITERS: Final[Mapping[_Kind, Callable[[Writer, object], None]]] = {
 }
 
 
+@functools.cache
+def _write_plan(
+    cls: type, version: int
+) -> tuple[tuple[str, _Kind, Callable[[Writer, object], None] | None], ...]:
+    """Return the fields *cls* carries at *version*, each with its writer (None: BLOB, ARGS)."""
+    return tuple(
+        (name, kind, _WRITERS.get(kind))
+        for name, kind, feature in _LAYOUTS[cls]
+        if feature is None or supports(version, feature)
+    )
+
+
 def _write_fields(w: Writer, msg: object, cls: type, version: int, level: int) -> None:
-    for name, kind, feature in _LAYOUTS[cls]:
-        if feature is not None and not supports(version, feature):
-            continue
+    for name, kind, writer in _write_plan(cls, version):
         value = getattr(msg, name)
-        if kind is _Kind.BLOB:
+        if writer is not None:
+            writer(w, value)
+        elif kind is _Kind.BLOB:
             write_blob(w, value, version, level)
-        elif kind is _Kind.ARGS:
+        else:  # ARGS
             w.strings(value)
             if not supports(version, Feature.SINGLE_ARGS_LIST):
                 w.strings(())  # the "rest" list of the two-list layout
-        else:
-            _WRITERS[kind](w, value)
 
 
 def encode(msg: Message, version: int, *, level: int = DEFAULT_LEVEL) -> bytes:
@@ -888,20 +899,30 @@ _READERS: Final[Mapping[_Kind, Callable[[Reader], object]]] = {
 }
 
 
+@functools.cache
+def _read_plan(
+    cls: type, version: int
+) -> tuple[tuple[str, _Kind, Callable[[Reader], object] | None], ...]:
+    """Return the fields *cls* carries at *version*, each with its reader (None: BLOB, ARGS)."""
+    return tuple(
+        (name, kind, _READERS.get(kind))
+        for name, kind, feature in _LAYOUTS[cls]
+        if feature is None or supports(version, feature)
+    )
+
+
 def _read_fields(r: Reader, cls: type, version: int) -> dict[str, object]:
     values: dict[str, object] = {}
-    for name, kind, feature in _LAYOUTS[cls]:
-        if feature is not None and not supports(version, feature):
-            continue
-        if kind is _Kind.BLOB:
+    for name, kind, reader in _read_plan(cls, version):
+        if reader is not None:
+            values[name] = reader(r)
+        elif kind is _Kind.BLOB:
             values[name], values["compressed_size"] = read_blob(r, version)
-        elif kind is _Kind.ARGS:
+        else:  # ARGS
             args = r.strings()
             if not supports(version, Feature.SINGLE_ARGS_LIST):
                 args += r.strings()
             values[name] = args
-        else:
-            values[name] = _READERS[kind](r)
     return values
 
 

@@ -18,7 +18,7 @@ excluded); defaults must be immutable, and a field without one must be given.
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, TypeVar, dataclass_transform
+from typing import TYPE_CHECKING, Any, Final, TypeVar, dataclass_transform
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,11 +49,55 @@ def _frozen(self: object, name: str, *_value: object) -> None:
     raise AttributeError(msg)
 
 
+#: Constructions of one record class after which it gets a generated ``__init__``.
+_HOT: Final = 256
+
+
+def _missing(self: object, name: str) -> None:
+    msg = f"{type(self).__name__} needs a value for field {name!r}"
+    raise TypeError(msg)
+
+
+def _fast_init(names: tuple[str, ...], defaults: tuple[object, ...]) -> Callable[..., None]:
+    """Return an ``__init__`` made for *names* (one ``exec``: for hot classes only).
+
+    It takes the same arguments as the generic one; wrong ones are a
+    ``TypeError`` too (with Python's own wording).
+    """
+    params = ", ".join(f"{n}=_d[{i}]" for i, n in enumerate(names))
+    checks = "".join(
+        f"    if {n} is _M: _missing(_self, {n!r})\n"
+        for n, d in zip(names, defaults, strict=True)
+        if d is _MISSING
+    )
+    sets = "".join(f"    _set(_self, {n!r}, {n})\n" for n in names) or "    pass\n"
+    source = f"def __init__(_self, {params}):\n{checks}{sets}"
+    scope: dict[str, Any] = {
+        "_d": defaults,
+        "_M": _MISSING,
+        "_missing": _missing,
+        "_set": object.__setattr__,
+    }
+    exec(source, scope)  # noqa: S102 - field names are identifiers of a class we were given
+    init: Callable[..., None] = scope["__init__"]
+    return init
+
+
 def _make_init(names: tuple[str, ...], defaults: tuple[object, ...]) -> Callable[..., None]:
+    """Return the generic ``__init__``; after :data:`_HOT` uses it installs a generated one.
+
+    ``icecc`` builds a handful of records per run and never pays for the
+    ``exec``; a scheduler decoding thousands of messages a second does, once
+    per class it uses.
+    """
     count = len(names)
     setter = object.__setattr__
+    uses = [0]
 
     def __init__(self: object, *args: object, **kwargs: object) -> None:  # noqa: N807
+        uses[0] += 1
+        if uses[0] == _HOT:
+            type(self).__init__ = _fast_init(names, defaults)  # type: ignore[method-assign]
         if len(args) > count:
             msg = f"{type(self).__name__} takes {count} positional arguments, {len(args)} given"
             raise TypeError(msg)
@@ -62,8 +106,7 @@ def _make_init(names: tuple[str, ...], defaults: tuple[object, ...]) -> Callable
         for name, default in zip(names[len(args) :], defaults[len(args) :], strict=True):
             value = kwargs.pop(name, default)
             if value is _MISSING:
-                msg = f"{type(self).__name__} needs a value for field {name!r}"
-                raise TypeError(msg)
+                _missing(self, name)
             setter(self, name, value)
         if kwargs:
             msg = f"{type(self).__name__} got unexpected or repeated fields {sorted(kwargs)}"

@@ -566,6 +566,7 @@ class Scheduler:
         for server in self.state.hosts.values():
             if server.ip == named:
                 entries = host.blacklist.setdefault(server.host_id, [])
+                self.state.blacklisters[host.host_id] = host
                 if entry not in entries:
                     entries.append(entry)
         return []

@@ -111,9 +111,14 @@ class _Tree:
         sp[i], fi[i] = speed, finish
         i >>= 1
         while i:
-            left, right = 2 * i, 2 * i + 1
-            sp[i] = max(sp[left], sp[right])
-            fi[i] = min(fi[left], fi[right])
+            left = 2 * i
+            a, b = sp[left], sp[left + 1]
+            best = b if b > a else a  # noqa: FURB136 - max() costs a call per level
+            a, b = fi[left], fi[left + 1]
+            soonest = b if b < a else a  # noqa: FURB136 - as above
+            if sp[i] == best and fi[i] == soonest:
+                return  # this node is unchanged, and so is every node above it
+            sp[i], fi[i] = best, soonest
             i >>= 1
 
     def max_speed(self, lo: int, hi: int) -> float:
@@ -249,9 +254,11 @@ class HostIndex:
 
     def _refile(self, host_id: int) -> None:
         filed = self._filed.get(host_id)
+        host = self.state.hosts.get(host_id)
+        if filed is not None and host is not None and self._refile_member(host, filed):
+            return
         if filed is not None:
             self._unfile(host_id, filed)
-        host = self.state.hosts.get(host_id)
         if host is None:
             self._filed.pop(host_id, None)
             return
@@ -281,6 +288,56 @@ class HostIndex:
             insort(self._specials, host_id)
             return
         self._file_member(host, filed, cls)
+
+    def _refile_member(self, host: Host, filed: _Filed) -> bool:
+        """Re-file a member that stays one of its class, at its place in login and pick order.
+
+        The common touch (a job began or ended, a load came): only the
+        host's state within its class is redone, not its place in the sorted
+        lists.  Returns False (nothing done) for every other case, which
+        :meth:`_refile` handles by unfiling and filing.
+        """
+        key = filed.key
+        if (
+            key is None
+            or filed.special
+            or filed.pick_key != (host.last_picked_id, host.host_id)
+            or not host.last_picked_id
+            or (not len(host.compiled) and not host.jobs)  # it would become special
+            or key != (host.platform, host.version, host.features, host.envs)
+            or not self._ok(host)
+        ):
+            return False
+        filed.version += 1
+        if self.deadline is not None:
+            when = self.deadline(host)
+            if when < _INF:
+                heapq.heappush(self._timers, (when, host.host_id, filed.version))
+        self._may_take -= filed.may_take
+        filed.may_take = placement.may_take_a_job(host)
+        self._may_take += filed.may_take
+        cls = self._classes[key]
+        old = filed.state
+        if old == "queues":
+            _remove_sorted(cls.queueing, host.host_id)
+        elif old == "unrated":
+            cls.unrated -= 1
+        if not len(host.compiled):
+            filed.state = "statless"
+        elif not placement.rated(host):
+            filed.state = "unrated"
+            cls.unrated += 1
+        elif placement.queues_at(host):
+            filed.state = "queues"
+            insort(cls.queueing, host.host_id)
+        else:
+            filed.state = "free"
+            cls.tree.set(
+                filed.slot, placement.server_rating(host), placement.finish_as_server(host)
+            )
+        if old == "free" and filed.state != "free":
+            cls.tree.set(filed.slot, -_INF, _INF)
+        return True
 
     def _file_member(self, host: Host, filed: _Filed, cls: _Class) -> None:
         host_id = host.host_id

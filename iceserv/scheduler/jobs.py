@@ -32,7 +32,6 @@ from iceserv.protocol import (
 from iceserv.protocol.features import min_version, supports
 from iceserv.protocol.filenames import shorten_filename
 from iceserv.protocol.records import asdict
-from iceserv.protocol.sealing import job_key
 from iceserv.protocol.tickets import issue_ticket, ticket_address
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
@@ -257,7 +256,12 @@ def ticket_for(
     )
     # Issue 14 item 4: when both daemons' links are sealed (encrypt = yes somewhere, both
     # can), the job is sealed too: its key rides beside the ticket, over a sealed link only.
-    secret = job_key(keys, text).hex() if submitter.sealed and host.sealed else ""
+    secret = ""
+    if submitter.sealed and host.sealed:
+        # Only sealed links need it: the cipher library costs a scheduler 6 MiB at rest.
+        from iceserv.protocol.sealing import job_key  # noqa: PLC0415
+
+        secret = job_key(keys, text).hex()
     return JobTicket(job_id=job.job_id, client_id=job.client_id, ticket=text, secret=secret)
 
 
@@ -316,7 +320,10 @@ def remove_host(state: ClusterState, host: Host) -> list[Effect]:
         if job.state is JobState.PEND:
             state.queue.discard(job)
         state.forget_job(job)
-    for other in state.hosts.values():
-        other.blacklist.pop(host.host_id, None)
+    for other_id, other in list(state.blacklisters.items()):
+        if state.hosts.get(other_id) is not other:
+            del state.blacklisters[other_id]  # it left itself
+        else:
+            other.blacklist.pop(host.host_id, None)
     effects.append(Close(host.conn_id))
     return effects

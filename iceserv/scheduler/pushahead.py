@@ -115,6 +115,7 @@ def push_targets(state: ClusterState, asker: Host, query: PushQuery, now: float)
         return PushTargets(environment=name, target=target)
     if (target, name) in asker.push_wants or len(asker.push_wants) < MAX_WANTS:
         asker.push_wants[target, name] = query
+        state.pushers[asker.host_id] = asker
     chosen = sorted(
         (
             h
@@ -130,6 +131,10 @@ def push_targets(state: ClusterState, asker: Host, query: PushQuery, now: float)
     )
 
 
+def _login_order(host: Host) -> int:
+    return host.host_id  # ids grow with each login: the order of ``state.hosts``
+
+
 def targets_joining(
     state: ClusterState, newcomer: Host, now: float
 ) -> list[tuple[Host, PushTargets]]:
@@ -140,7 +145,9 @@ def targets_joining(
     before the others are in) is named to it as soon as it is known.
     """
     answers: list[tuple[Host, PushTargets]] = []
-    for asker in state.hosts.values():
+    for gone in [i for i, h in state.pushers.items() if state.hosts.get(i) is not h]:
+        del state.pushers[gone]
+    for asker in sorted(state.pushers.values(), key=_login_order):
         for (target, name), query in asker.push_wants.items():
             if _may_take(state, newcomer, asker, query) and _lacks(newcomer, target, name, now):
                 newcomer.pushes[target, name] = now + PROMISE_SECONDS

@@ -4,14 +4,20 @@ This module owns every socket of the scheduler except the telnet port (the
 app starts that with :attr:`SchedulerServer.control`).  It feeds bytes to
 one :class:`~iceserv.protocol.Connection` per peer, hands events to the pure
 :class:`~iceserv.scheduler.handlers.Scheduler`, and carries out the effects
-it returns.  It holds no scheduling logic of its own.
+it returns.  It holds no scheduling logic of its own.  Each TCP peer is an
+``asyncio.Protocol`` (:class:`_Peer`) that its transport calls back: no
+stream objects, task or event per connection, which at farm scale (issue 19:
+5,000 daemons) is most of the memory per daemon and much of the CPU per
+message.
 
 Rules kept here: every read runs under a deadline that more bytes cannot
 move: the handshake and the first message (LOGIN or MON_LOGIN) must all
 arrive within ``handshake_timeout`` of the accept, and once a logged-in
 daemon has started a message the whole of it must arrive within
-``message_timeout``; every write to a daemon is followed by a bounded
-``drain()`` in that connection's writer task; monitors are never read from
+``message_timeout`` (a timer per connection, armed only while one of these
+deadlines is in force); a daemon whose transport stays paused for writing
+(the kernel does not take our bytes) for ``send_timeout``, or that leaves
+more than ``daemon_buffer_limit`` unsent, is dropped; monitors are never read from
 again (their socket stops being polled) and are written without waiting;
 what the kernel does not take is queued in user space, at most
 ``monitor_buffer_limit`` (64 KiB) for one monitor and
@@ -43,6 +49,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import itertools
+import logging
 import math
 import secrets
 import socket
@@ -69,7 +76,6 @@ from iceserv.netio import (
     in_networks,
     is_link_local,
     is_own_host,
-    open_stream,
     sockaddr_host_port,
     unmapped,
 )
@@ -106,7 +112,6 @@ from iceserv.protocol.discovery import (
     encode_request,
 )
 from iceserv.scheduler import standby as sb
-from iceserv.scheduler.auth import AuthGate
 from iceserv.scheduler.control import INTERNALS_TIMEOUT, ClusterControl
 from iceserv.scheduler.effects import (
     Announce,
@@ -129,10 +134,14 @@ if TYPE_CHECKING:
 
     from iceserv.clock import Clock
     from iceserv.protocol import Message
+    from iceserv.scheduler.auth import AuthGate
 
 __all__ = ["SchedulerServer", "SchedulerServerSettings"]
 
 log = structlog.get_logger()
+#: The stdlib logger behind ``log`` (structlog's factory names it after this module): its
+#: level check is cached, where a filtered structlog call still costs a bound logger.
+_LOGGER: Final = logging.getLogger(__name__)
 #: A job waiting this long (seconds) is logged as a warning: a client gives up after 10 s.
 _WAIT_WARNING: Final = 10.0
 
@@ -212,23 +221,82 @@ class SchedulerServerSettings:
     monitors: tuple[str, ...] = ()  # under require: networks whose monitors are served
 
 
-@dataclass(eq=False)
-class _Peer:
-    conn_id: int
-    ip: str
-    key: str
-    writer: asyncio.StreamWriter
-    conn: Connection
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    monitor: bool = False
-    monitor_admitted: bool = False
-    logged_in: bool = False
-    message_deadline: float | None = None
-    closed: bool = False
-    nodename: str | None = None
-    host_id: int = 0
-    drainer: asyncio.Task[None] | None = None
-    gate: AuthGate | None = None
+class _Peer(asyncio.Protocol):
+    """One TCP peer (daemon, monitor, or a connection in its handshake): its transport's protocol.
+
+    The transport calls it back and it hands everything to the server: no
+    task, stream or event per connection (a farm has thousands of them).
+    ``timer`` is the deadline in force (the handshake's, or that of a message
+    under way); ``stall`` fires when the transport stayed paused for writing
+    (our bytes not taken) for ``send_timeout``.
+    """
+
+    __slots__ = (
+        "closed",
+        "conn",
+        "conn_id",
+        "gate",
+        "host_id",
+        "ip",
+        "key",
+        "logged_in",
+        "lost",
+        "monitor",
+        "monitor_admitted",
+        "nodename",
+        "server",
+        "stall",
+        "timer",
+        "transport",
+    )
+
+    def __init__(self, server: SchedulerServer, conn_id: int, ip: str, key: str) -> None:
+        self.server = server
+        self.conn_id = conn_id
+        self.ip = ip
+        self.key = key
+        self.conn = Connection()
+        self.transport: asyncio.Transport | None = None
+        self.monitor = False
+        self.monitor_admitted = False
+        self.logged_in = False
+        self.closed = False
+        self.lost = False
+        self.nodename: str | None = None
+        self.host_id = 0
+        self.gate: AuthGate | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.stall: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a TCP socket's
+        self.transport = transport
+        self.server.connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.server.received(self, data)
+
+    def eof_received(self) -> bool:
+        self.server.received(self, b"")
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.server.write_paused(self)
+
+    def resume_writing(self) -> None:
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
+    def cancel_timers(self) -> None:
+        """Cancel the read deadline and the stall timer."""
+        for handle in (self.timer, self.stall):
+            if handle is not None:
+                handle.cancel()
+        self.timer = self.stall = None
 
 
 @dataclass(eq=False)
@@ -239,6 +307,7 @@ class _Pending:
     sock: socket.socket
     task: asyncio.Task[None] | None = None
     started: bool = False
+    deadline: float = 0.0  # of the handshake and first message (loop time)
     peer: _Peer | None = None
     evicted: bool = False
 
@@ -365,7 +434,10 @@ class SchedulerServer:
         #: the role machine; after its listening second with it): what READY=1 waits for.
         self.role_known = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
-        self._readers: set[asyncio.Task[None]] = set()
+        self._readers: set[asyncio.Task[None]] = set()  # making accepted sockets' transports
+        #: Peers whose transport has not called connection_lost yet (stop() waits for them).
+        self._links: set[_Peer] = set()
+        self._all_lost: asyncio.Event | None = None
         self.port = settings.port
 
     @property
@@ -518,11 +590,14 @@ class SchedulerServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        readers = list(self._readers)
-        if readers:  # they end on the end of file of their closed sockets
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.send_timeout):
-                    await asyncio.gather(*readers, return_exceptions=True)
+        readers = list(self._readers)  # cancelled above, or about to finish
+        self._all_lost = asyncio.Event()
+        if not self._links:
+            self._all_lost.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.send_timeout):
+                await asyncio.gather(*readers, return_exceptions=True)
+                await self._all_lost.wait()  # closed transports flush what is queued first
         log.info("scheduler_stopped")
 
     def reconfigure(self, *, netname: str, persistent_clients: bool) -> None:
@@ -593,17 +668,17 @@ class SchedulerServer:
                         reasons=[f"{name}: {why}" for name, why in reasons],
                     )
         self.control.observe(effects)
-        self._timer_wake.set()
+        self._timer_wake.set()  # the timer task looks again (once per loop iteration at most)
 
     def _become_monitor(self, conn_id: int) -> None:
         peer = self._peers.get(conn_id)
         if peer is not None:
             peer.monitor = True
             # 1.4 stops polling a monitor's socket: whatever it sends stays in the kernel.
-            transport = peer.writer.transport
-            if isinstance(transport, asyncio.ReadTransport):
-                transport.pause_reading()
-            set_keepalive(peer.writer.get_extra_info("socket"), *_BULK_OPTIONS)
+            transport = peer.transport
+            assert transport is not None  # noqa: S101 - registered peers have one
+            transport.pause_reading()
+            set_keepalive(transport.get_extra_info("socket"), *_BULK_OPTIONS)
             log.info("monitor_logged_in", peer=peer.ip, conn_id=conn_id)
 
     def _send(self, conn_id: int, message: Message) -> None:
@@ -615,31 +690,36 @@ class SchedulerServer:
         except ProtocolError as exc:
             log.warning("message_dropped", conn_id=peer.conn_id, error=str(exc))
             return
-        peer.writer.write(peer.conn.data_to_send())
-        peer.wake.set()
+        self._write(peer, peer.conn.data_to_send())
 
     def _host_name(self, host_id: int) -> str:
         host = self._core.state.hosts.get(host_id)
         return host.nodename if host is not None else f"host {host_id}"
 
-    def _to_monitors(self, message: Message) -> None:
+    def _log_job(self, message: Message) -> None:
         summary = self._summaries.observe(message, self._host_name, self.now())
-        if summary is not None:
+        if summary is not None and _LOGGER.isEnabledFor(logging.INFO):  # a record per job
             log.info("job_finished", **summary)
+
+    def _to_monitors(self, message: Message) -> None:
+        self._log_job(message)
+        if not self._core.monitors:
+            return
         encoded: dict[int, bytes] = {}  # one encoding per protocol version, not per monitor
         behind: list[tuple[int, _Peer]] = []
         for conn_id in self._core.monitors:
             peer = self._peers.get(conn_id)
             if peer is None:
                 continue
-            transport = peer.writer.transport
+            transport = peer.transport
+            assert transport is not None  # noqa: S101 - registered peers have one
             if not transport.is_closing():
                 version = peer.conn.protocol
                 data = encoded.get(version)
                 if data is None:
                     peer.conn.send(message)
                     data = encoded[version] = peer.conn.data_to_send()
-                peer.writer.write(data)
+                transport.write(data)
             queued = transport.get_write_buffer_size()
             if transport.is_closing() or queued > self.settings.monitor_buffer_limit:
                 self._drop_monitor(peer)
@@ -667,9 +747,9 @@ class SchedulerServer:
         self._connections.release(peer.key)
         if peer.monitor_admitted:
             self._monitor_budget.release(peer.key)
-        peer.writer.close()  # the reader task sees end of file and finishes by itself
-        if peer.drainer is not None and peer.drainer is not asyncio.current_task():
-            peer.drainer.cancel()
+        peer.cancel_timers()
+        if peer.transport is not None:
+            peer.transport.close()  # connection_lost follows (after what is queued is sent)
 
     def _announce(self, datagrams: tuple[bytes, ...]) -> None:
         if self.auth_mode is not AuthMode.OFF:
@@ -1050,24 +1130,43 @@ class SchedulerServer:
         return True
 
     async def _serve(self, conn_id: int, pending: _Pending, ip: str, deadline: float) -> None:
+        """Make the transport of an admitted socket; its :class:`_Peer` does the rest."""
         sock = pending.sock
         pending.started = True
+        loop = asyncio.get_running_loop()
+        pending.deadline = deadline
+        peer = _Peer(self, conn_id, ip, pending.key)
         try:
-            reader, writer = await open_stream(sock, limit=_READ_SIZE)
+            await loop.connect_accepted_socket(lambda: peer, sock=sock)
         except (OSError, asyncio.CancelledError) as exc:
-            sock.close()  # asyncio closed the transport it may have made
-            if not pending.evicted:
-                self._pending.pop(conn_id, None)
-                self._connections.release(pending.key)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+            if pending.peer is peer:  # its transport was made: it ends as any peer
+                self._finish(peer, f"connection error: {exc!r}")
+            else:
+                sock.close()  # asyncio closed the transport it may have made
+                if not pending.evicted:
+                    self._pending.pop(conn_id, None)
+                    self._connections.release(pending.key)
+            if isinstance(exc, asyncio.CancelledError) and not pending.evicted:
+                raise
+
+    def connected(self, peer: _Peer) -> None:
+        """*peer*'s transport exists: register it, send our handshake word."""
+        transport = peer.transport
+        assert transport is not None  # noqa: S101 - connection_made set it
+        pending = self._pending.get(peer.conn_id)
+        if pending is None or pending.evicted:  # evicted while its transport was being made
+            peer.cancel_timers()
+            peer.closed = True
+            transport.abort()
             return
-        set_keepalive(sock)
-        peer = _Peer(conn_id, ip, pending.key, writer, Connection())
+        set_keepalive(transport.get_extra_info("socket"))
         if self.auth_mode is not AuthMode.OFF:
+            # Only with a key: the gate loads the cipher library (6 MiB at rest).
+            from iceserv.scheduler.auth import AuthGate  # noqa: PLC0415
+
             ends = Endpoints(
-                daemon=sockaddr_host_port(writer.get_extra_info("peername")),
-                scheduler=sockaddr_host_port(writer.get_extra_info("sockname")),
+                daemon=sockaddr_host_port(transport.get_extra_info("peername")),
+                scheduler=sockaddr_host_port(transport.get_extra_info("sockname")),
             )
             nonce = secrets.token_bytes(NONCE_BYTES)
             peer.gate = AuthGate(
@@ -1078,22 +1177,81 @@ class SchedulerServer:
                 encrypt=self.settings.encrypt,
             )
         pending.peer = peer
-        self._peers[conn_id] = peer
-        peer.drainer = self._spawn(self._drain(peer))
-        reason = "closed"
+        self._peers[peer.conn_id] = peer
+        self._links.add(peer)
+        peer.timer = asyncio.get_running_loop().call_at(pending.deadline, self._expired, peer)
+        self._flush(peer)
+
+    def received(self, peer: _Peer, data: bytes) -> None:
+        """Handle what *peer* sent (``b""``: its end of file).
+
+        Before login the handshake deadline (set at the accept) stands; after
+        it, a message whose first bytes came must be complete within
+        ``message_timeout``, while an idle daemon may stay silent forever
+        (keepalive finds dead ones).
+        """
+        if peer.closed or peer.monitor:
+            return
         broken = False
         try:
-            reason = await self._read_loop(peer, reader, deadline)
+            peer.conn.receive_data(data)
+            ended, events = self._handle_events(peer)
         except ProtocolError as exc:
             # e.g. a sealed record that failed authentication: worth a warning, not an info
-            reason, broken = f"protocol error: {exc}", True
-        except TimeoutError:
-            reason = "timed out"
-        except (OSError, asyncio.IncompleteReadError) as exc:
+            ended, events, broken = f"protocol error: {exc}", 0, True
+        if ended == "monitor":
+            peer.cancel_timers()
+            return
+        if not ended and not data:
+            ended = "closed by peer"
+        if ended:
+            self._finish(peer, ended, broken=broken)
+            return
+        if peer.logged_in:
+            if (events or not peer.conn.buffered) and peer.timer is not None:
+                peer.timer.cancel()  # a message ended here
+                peer.timer = None
+            if peer.conn.buffered and peer.timer is None:
+                loop = asyncio.get_running_loop()
+                peer.timer = loop.call_at(
+                    loop.time() + self.settings.message_timeout, self._expired, peer
+                )
+
+    def _expired(self, peer: _Peer) -> None:
+        peer.timer = None
+        if not peer.closed and not peer.monitor:
+            passed = "message" if peer.logged_in else "handshake"
+            self._finish(peer, f"{passed} deadline passed")
+
+    def lost(self, peer: _Peer, exc: BaseException | None) -> None:
+        """*peer*'s transport is gone (closed by us, by the peer, or failed)."""
+        peer.cancel_timers()
+        peer.lost = True
+        self._links.discard(peer)
+        if not self._links and self._all_lost is not None:
+            self._all_lost.set()
+        if peer.monitor:
+            return  # not read from: the next broadcast finds it closing (as 1.4)
+        if peer.closed:
+            reason = "closed"
+        elif exc is None:
+            reason = "closed by peer"
+        elif isinstance(exc, TimeoutError):
+            reason = "timed out"  # the socket gave up (keepalive, user time-out)
+        else:
             reason = f"connection error: {exc}"
-        finally:
-            if not peer.monitor or peer.closed:
-                self._finish(peer, reason, broken=broken)
+        self._finish(peer, reason)
+
+    def write_paused(self, peer: _Peer) -> None:
+        """Give a daemon whose bytes the kernel stopped taking ``send_timeout`` to read them."""
+        if not peer.monitor and peer.stall is None and not peer.closed:
+            loop = asyncio.get_running_loop()
+            peer.stall = loop.call_later(self.settings.send_timeout, self._stalled, peer)
+
+    def _stalled(self, peer: _Peer) -> None:
+        peer.stall = None
+        if not peer.closed:
+            self._finish(peer, "send failed")
 
     def _finish(self, peer: _Peer, reason: str, *, broken: bool = False) -> None:
         """Log *peer*'s end (a warning if it broke the protocol: *broken*) and forget it."""
@@ -1137,52 +1295,6 @@ class SchedulerServer:
             return False
         peer.monitor_admitted = True
         return True
-
-    async def _read_loop(
-        self, peer: _Peer, reader: asyncio.StreamReader, handshake_deadline: float
-    ) -> str:
-        """Read and handle *peer*'s messages until it closes; return why it ended.
-
-        Before login every read shares *handshake_deadline*; after it a read
-        with no message under way may wait forever (in :data:`_IDLE_READ`
-        rounds), while one in the middle of a message shares that message's
-        deadline, set when its first bytes came.
-        """
-        loop = asyncio.get_running_loop()
-        self._flush(peer)
-        while not peer.closed:
-            at = self._read_deadline(peer, handshake_deadline, loop.time())
-            try:
-                async with asyncio.timeout_at(at) as deadline:
-                    data = await reader.read(_READ_SIZE)
-            except TimeoutError:
-                if not deadline.expired():
-                    # Not our deadline: the socket itself failed with ETIMEDOUT (keepalive
-                    # or the user timeout gave up on the peer).  The reader keeps raising
-                    # that error, so going round again would spin forever.
-                    raise
-                if peer.logged_in and peer.message_deadline is None:
-                    continue  # idle daemons are fine; keepalive finds dead ones
-                return "message deadline passed" if peer.logged_in else "handshake deadline passed"
-            peer.conn.receive_data(data)
-            ended, events = self._handle_events(peer)
-            if ended:
-                return ended
-            if not data:
-                return "closed by peer"
-            if events or not peer.conn.buffered:
-                peer.message_deadline = None  # a message ended here
-            if peer.conn.buffered and peer.message_deadline is None and peer.logged_in:
-                peer.message_deadline = loop.time() + self.settings.message_timeout
-        return "closed"
-
-    @staticmethod
-    def _read_deadline(peer: _Peer, handshake_deadline: float, now: float) -> float:
-        if not peer.logged_in:
-            return handshake_deadline
-        if peer.message_deadline is not None:
-            return peer.message_deadline
-        return now + _IDLE_READ
 
     def _handle_events(self, peer: _Peer) -> tuple[str, int]:
         """Handle every complete event *peer* sent; return (why it ended or "", events)."""
@@ -1244,25 +1356,16 @@ class SchedulerServer:
     def _flush(self, peer: _Peer) -> None:
         data = peer.conn.data_to_send()
         if data and not peer.closed:
-            peer.writer.write(data)
-            peer.wake.set()
+            self._write(peer, data)
 
-    async def _drain(self, peer: _Peer) -> None:
-        """Drain *peer*'s writes; close it if it stalls or hoards our data."""
-        while not peer.closed:
-            await peer.wake.wait()
-            peer.wake.clear()
-            if peer.monitor:
-                continue
-            try:
-                buffered = peer.writer.transport.get_write_buffer_size()
-                if buffered > self.settings.daemon_buffer_limit:
-                    raise TimeoutError  # noqa: TRY301 - same treatment as a stalled drain
-                async with asyncio.timeout(self.settings.send_timeout):
-                    await peer.writer.drain()
-            except (OSError, TimeoutError):
-                self._finish(peer, "send failed")
-                return
+    def _write(self, peer: _Peer, data: bytes) -> None:
+        """Write to a daemon (or a peer in its handshake); close it if it hoards our data."""
+        transport = peer.transport
+        assert transport is not None  # noqa: S101 - registered peers have one
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.settings.daemon_buffer_limit:
+            # Not at once: this runs while effects are carried out.
+            asyncio.get_running_loop().call_soon(self._stalled, peer)
 
 
 def _log_waiting(report: JobsWaiting) -> None:

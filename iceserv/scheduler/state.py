@@ -388,6 +388,12 @@ class ClusterState:
     by_address: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     #: Hosts with :attr:`Host.family_limited` (the index defers to the scan while any exist).
     family_limited: int = 0
+    #: Hosts that asked where to push an environment (PUSH_QUERY), by host id: a login
+    #: looks at these, not at every host (a host gone from ``hosts`` is skipped).
+    pushers: dict[int, Host] = field(default_factory=dict)
+    #: Hosts that blacklisted a server (BLACKLIST_HOST_ENV), by host id: a logout clears
+    #: the entries naming the host that left in these, not in every host.
+    blacklisters: dict[int, Host] = field(default_factory=dict)
 
     def add_host(self, host: Host) -> None:
         """Log *host* in (last in login order)."""

@@ -223,7 +223,7 @@ class TestConnections:
         daemon = _login(running, "ka")
         wait_for(lambda: running.server.core.state.hosts, 5, "the login")
         (peer,) = (p for p in running.server._peers.values() if not p.monitor)
-        sock = peer.writer.get_extra_info("socket")
+        sock = peer.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 27
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 9000
@@ -244,7 +244,7 @@ class TestConnections:
         (peer,) = (p for p in running.server._peers.values() if not p.monitor)
         error = TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
         # What asyncio's socket transport does when recv() fails (selector_events).
-        running.loop.call_soon_threadsafe(peer.writer.transport._fatal_error, error,
+        running.loop.call_soon_threadsafe(peer.transport._fatal_error, error,
                                           "Fatal read error on socket transport")  # fmt: skip
         wait_for(lambda: not running.server.core.state.hosts, 5, "the daemon to be dropped")
         following = _login(running, "next")  # the event loop is free to serve a new daemon

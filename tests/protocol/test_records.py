@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from iceserv.protocol.records import asdict, field, fields, is_record, record, replace
+from iceserv.protocol.records import _HOT, asdict, field, fields, is_record, record, replace
 
 
 @record
@@ -57,6 +57,40 @@ class TestRecord:
             case Point(x, y):
                 assert (x, y) == (3, 4)
         assert pickle.loads(pickle.dumps(Point(3, 4, "n"))) == Point(3, 4, "n")  # noqa: S301
+
+
+class TestHotRecord:
+    """After _HOT constructions a class gets a generated __init__: it must behave the same."""
+
+    @staticmethod
+    def _hot_class() -> type:
+        @record
+        class Hot:
+            """Like Point, built fresh so that this test makes it hot itself."""
+
+            x: int
+            y: int = 0
+            note: str = field(default="", compare=False)
+
+        generic = Hot.__init__
+        for n in range(_HOT):
+            Hot(n)
+        assert Hot.__init__ is not generic  # the generated one is in place
+        return Hot
+
+    def test_same_values_and_errors(self):
+        """Positional, keyword and default arguments; every bad call is still a TypeError."""
+        hot = self._hot_class()
+        assert hot(1, 2) == hot(x=1, y=2)
+        assert hot(1).y == 0
+        assert repr(hot(1, 2, "n")).endswith("Hot(x=1, y=2, note='n')")
+        for args, kwargs in (((), {}), ((1,), {"z": 3}), ((1,), {"x": 1}), ((1, 2, "n", 4), {})):
+            with pytest.raises(TypeError):
+                hot(*args, **kwargs)
+        with pytest.raises(TypeError, match="needs a value for field 'x'"):
+            hot(y=1)
+        with pytest.raises(AttributeError):
+            hot(1).x = 2
 
 
 class TestHelpers:
