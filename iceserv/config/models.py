@@ -373,7 +373,7 @@ class SchedulerSettings(_Settings):
     (``--handshake-timeout``)."""
     message_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     """Seconds a daemon has to finish a message it has started (``--message-timeout``)."""
-    max_connections: Annotated[int, Field(ge=1)] = 4096
+    max_connections: Annotated[int, Field(ge=1)] = 16384
     """Connections on the scheduler port at once: daemons, monitors, handshakes
     (``--max-connections``)."""
     max_connections_per_host: Annotated[int, Field(ge=1)] = 64

@@ -205,7 +205,7 @@ class SchedulerServerSettings:
     monitor_buffer_limit: int = 1 << 16
     monitor_buffer_total: int = 1 << 21
     daemon_buffer_limit: int = 1 << 22
-    max_connections: int = 4096
+    max_connections: int = 16384
     max_connections_per_host: int = 64
     max_monitors: int = 256
     max_monitors_per_host: int = 16

@@ -57,7 +57,7 @@ SCHEDULER_DEFAULTS = {
     "daemonize": False,
     "handshake_timeout": 15.0,
     "message_timeout": 30.0,
-    "max_connections": 4096,
+    "max_connections": 16384,
     "max_connections_per_host": 64,
     "max_monitors": 256,
     "max_monitors_per_host": 16,
