@@ -90,6 +90,10 @@ _MIN_OUTPUT: Final = 4096
 EXPLORE_IDS_PER_HOST: Final = 20
 #: matched_job_id compares this many statistics of submitter and server.
 _MATCH_SCAN: Final = 17
+#: Argument flags as plain ints: ``int & IntFlag`` builds a flag object through enum's code.
+_G: Final = int(ArgFlag.G)
+_G3: Final = int(ArgFlag.G3)
+_OPTIMISED: Final = int(ArgFlag.O | ArgFlag.O2 | ArgFlag.OL2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,11 +294,11 @@ def record_job_stats(
     if exitcode != 0 or out_uncompressed < _MIN_OUTPUT or server is None:
         return None
     size = out_uncompressed
-    if job.arg_flags & ArgFlag.G:
+    if job.arg_flags & _G:
         size = size * 10 // 36  # debug info inflates the output about 3.6 times
-    elif job.arg_flags & ArgFlag.G3:
+    elif job.arg_flags & _G3:
         size = size * 10 // 45
-    if job.arg_flags & (ArgFlag.O | ArgFlag.O2 | ArgFlag.OL2):
+    if job.arg_flags & _OPTIMISED:
         size = size * 58 // 35
     if len(server.compiled) >= _TRUSTED_STATS and user_msec > 0:
         # Smooth out spikes: one job moves the rating by at most a factor 1.2.
