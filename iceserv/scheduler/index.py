@@ -93,66 +93,69 @@ class IndexMismatchError(IceservError, RuntimeError):
     """The index picked another host than the scan (only raised with ``check`` on)."""
 
 
+#: A tree node over no free host: below every (rating, -slot) of one.
+_EMPTY: Final = (-_INF, 1)
+
+
 class _Tree:
     """Free hosts of one class over login slots: maximum rating (and where) and minimum finish.
 
-    ``arg`` holds, per node, the first slot below it with the node's maximum
-    rating (-1 when it has no free host), so "the first host with the highest
-    rating in a range" is one pass over the range's canonical nodes, and the
-    root answers it for every slot at once.
+    ``best`` holds, per node, ``(rating, -slot)`` of the free host below it
+    with the highest rating, the first in login order among equals (tuples
+    compare so), or :data:`_EMPTY`: "the first host with the highest rating in
+    a range" is one pass over the range's canonical nodes, and the root
+    answers it for every slot at once.
     """
 
-    __slots__ = ("arg", "finish", "size", "speed")
+    __slots__ = ("finish", "nodes", "size")
 
     def __init__(self, capacity: int) -> None:
         size = 1
         while size < capacity:
             size *= 2
         self.size = size
-        self.speed = [-_INF] * (2 * size)
+        self.nodes: list[tuple[float, int]] = [_EMPTY] * (2 * size)
         self.finish = [_INF] * (2 * size)
-        self.arg = [-1] * (2 * size)
 
     def set(self, slot: int, speed: float, finish: float) -> None:
         i = slot + self.size
-        sp, fi, arg = self.speed, self.finish, self.arg
-        sp[i], fi[i], arg[i] = speed, finish, slot if speed > -_INF else -1
+        nodes, fi = self.nodes, self.finish
+        nodes[i], fi[i] = ((speed, -slot) if speed > -_INF else _EMPTY), finish
         i >>= 1
         while i:
             left = 2 * i
-            a, b = sp[left], sp[left + 1]
-            # max() costs a call per level; the left one wins a tie (the first slot)
-            best, where = (b, arg[left + 1]) if b > a else (a, arg[left])
-            a, b = fi[left], fi[left + 1]
-            soonest = b if b < a else a  # noqa: FURB136 - as above
-            if sp[i] == best and fi[i] == soonest and arg[i] == where:
+            a, b = nodes[left], nodes[left + 1]
+            best = a if a > b else b  # noqa: FURB136 - max() costs a call per level
+            c, d = fi[left], fi[left + 1]
+            soonest = d if d < c else c  # noqa: FURB136 - as above
+            if nodes[i] is best and fi[i] == soonest:
                 return  # this node is unchanged, and so is every node above it
-            sp[i], fi[i], arg[i] = best, soonest, where
+            nodes[i], fi[i] = best, soonest
             i >>= 1
 
     def best(self, lo: int, hi: int) -> tuple[float, int]:
         """Return the highest rating in slots [lo, hi) and the first slot with it (-inf, -1)."""
         size = self.size
-        sp, arg = self.speed, self.arg
+        nodes = self.nodes
         if lo <= 0 and hi >= size:
-            return sp[1], arg[1]
-        best, where = -_INF, -1
-        right: list[int] = []
-        a, b = lo + size, hi + size
-        while a < b:
-            if a & 1:
-                if sp[a] > best:
-                    best, where = sp[a], arg[a]
-                a += 1
-            if b & 1:
-                b -= 1
-                right.append(b)
-            a >>= 1
-            b >>= 1
-        for node in reversed(right):
-            if sp[node] > best:
-                best, where = sp[node], arg[node]
-        return best, where
+            found = nodes[1]
+        else:
+            found = _EMPTY
+            a, b = lo + size, hi + size
+            while a < b:
+                if a & 1:
+                    if nodes[a] > found:  # noqa: PLR1730 - max() costs a call per node
+                        found = nodes[a]
+                    a += 1
+                if b & 1:
+                    b -= 1
+                    if nodes[b] > found:  # noqa: PLR1730 - as above
+                        found = nodes[b]
+                a >>= 1
+                b >>= 1
+        if found is _EMPTY:
+            return -_INF, -1
+        return found[0], -found[1]
 
     def first_finish_below(self, lo: int, hi: int, value: float) -> int:
         """Return the first slot in [lo, hi) finishing sooner than *value*, or -1."""

@@ -38,6 +38,7 @@ slots, and for new, unrated or stale hosts, 1.4's rules stand.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -423,11 +424,7 @@ class JobFit:
         submitter = state.hosts.get(job.submitter)
         self.blacklists = submitter.blacklist if submitter is not None else {}
         self.reach = submitter.reach if submitter is not None else IPV4 | IPV6  # see reachable()
-        runs_on: set[str] = set()  # host platforms that can run one of the job's environments
-        for env in job.envs:
-            runs_on.add(env.platform)
-            runs_on.update(COMPATIBLE.get(env.platform, ()))
-        self.runs_on = frozenset(runs_on)
+        self.runs_on = _runs_on(tuple(job.envs))
         self.min_version = job.minimal_host_version
         self.required = job.required_features
 
@@ -455,6 +452,16 @@ class JobFit:
         if not host.offers & self.reach and host.host_id != self.own_id:  # see reachable()
             return False
         return host.host_id not in self.blacklists or bool(can_install(self.state, host, self.job))
+
+
+@functools.lru_cache(maxsize=256)
+def _runs_on(envs: tuple[EnvEntry, ...]) -> frozenset[str]:
+    """Return the host platforms that can run one of *envs* (a pure function, cached)."""
+    runs_on: set[str] = set()
+    for env in envs:
+        runs_on.add(env.platform)
+        runs_on.update(COMPATIBLE.get(env.platform, ()))
+    return frozenset(runs_on)
 
 
 def _pick_fastest(state: ClusterState, job: Job, hosts: Collection[Host]) -> Host | None:
