@@ -31,7 +31,6 @@ from iceserv.protocol import (
 )
 from iceserv.protocol.features import min_version, supports
 from iceserv.protocol.filenames import shorten_filename
-from iceserv.protocol.records import asdict
 from iceserv.protocol.tickets import issue_ticket, ticket_address
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
@@ -182,9 +181,24 @@ def on_job_done(state: ClusterState, host: Host, done: JobDone) -> list[Effect]:
         user_msec=done.user_msec,
     )
     state.forget_job(job)
-    values = asdict(done)
-    values["job_id"] = job.job_id
-    return [ToMonitors(MonJobDone(**values))]
+    return [
+        ToMonitors(
+            MonJobDone(
+                job_id=job.job_id,
+                exitcode=done.exitcode,
+                real_msec=done.real_msec,
+                user_msec=done.user_msec,
+                sys_msec=done.sys_msec,
+                pfaults=done.pfaults,
+                in_compressed=done.in_compressed,
+                in_uncompressed=done.in_uncompressed,
+                out_compressed=done.out_compressed,
+                out_uncompressed=done.out_uncompressed,
+                flags=done.flags,
+                client_count=done.client_count,
+            )
+        )
+    ]
 
 
 def on_job_local_begin(state: ClusterState, host: Host, begin: JobLocalBegin) -> list[Effect]:
