@@ -327,6 +327,38 @@ class TestLongLists:
                         for j in fake.jobs]  # fmt: skip
             assert SchedulerInterface.list_jobs.__wrapped__(interface) == expected
 
+    def test_list_jobs_on_the_bus_is_answered_from_kept_records(self, bus_daemon):
+        """Over a real bus ListJobs is answered with the records kept per job view (not
+        dbus-fast's marshalling); after jobs change, are dropped and added, the caller
+        (dbus-fast unmarshalling) still gets exactly the fresh structs."""
+        address, _ = bus_daemon
+        fake = FakeScheduler(jobs=[FakeJob(i, "PEND", "sub", "<unknown>", f"dir/f{i}.c", 1.5 + i)
+                                   for i in range(1, 200)])  # fmt: skip
+
+        async def scenario():
+            interface, export, client = await exported(address, fake)
+            try:
+                first = await invoke(client, "ListJobs")
+                jobs = [j for j in fake.jobs if j.id % 7] + [FakeJob(500, "COMP", "sübmitter",
+                        "cs", "ä/" * 9 + "x.c", 3.0, 4.25)]  # fmt: skip
+                jobs[3] = FakeJob(jobs[3].id, "WAIT", "sub", "cs3", "x.c", 1.0, 2.0)
+                fake.jobs = jobs
+                second = await invoke(client, "ListJobs")
+                fresh = SchedulerInterface.list_jobs.__wrapped__(interface)
+                kept = set(interface._job_records)
+                return first, second, fresh, kept
+            finally:
+                interface.detach()
+                client.disconnect()
+                await export.close()
+
+        first, second, fresh, kept = run(scenario)
+        assert first.message_type is MessageType.METHOD_RETURN
+        assert len(first.body[0]) == 199
+        assert second.signature == "a(usssstt)"
+        assert [tuple(job) for job in second.body[0]] == fresh
+        assert kept == {job[0] for job in fresh}
+
     def test_reply_larger_than_the_socket_buffer_while_signalling_keeps_the_name(
         self, bus_daemon
     ):

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast, runtime_checkable
 
 import structlog
 from dbus_fast import BusType, DBusError, NameFlag, RequestNameReply
@@ -40,9 +40,17 @@ from dbus_fast.errors import AuthError, InvalidAddressError
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from dbus_fast import Message
     from dbus_fast.service import ServiceInterface
 
-__all__ = ["CONNECT_TIMEOUT", "DEFAULT_SYSTEM_BUS", "BusExport", "export_on_bus", "wait_when_full"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DEFAULT_SYSTEM_BUS",
+    "AnswersDirectly",
+    "BusExport",
+    "export_on_bus",
+    "wait_when_full",
+]
 
 log = structlog.get_logger()
 
@@ -115,6 +123,9 @@ async def export_on_bus(
         return None
     wait_when_full(bus)
     bus.export(path, interface)
+    if isinstance(interface, AnswersDirectly):
+        answering = interface
+        bus.add_message_handler(lambda call: answering.answer_directly(bus, path, call))
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             reply = await bus.request_name(name, NameFlag.DO_NOT_QUEUE)
@@ -130,6 +141,19 @@ async def export_on_bus(
     export = BusExport(bus, name, path)
     export.watch()
     return export
+
+
+@runtime_checkable
+class AnswersDirectly(Protocol):
+    """An interface that answers some calls itself, before dbus-fast's dispatch.
+
+    ``answer_directly`` sends the reply to *call* (at the interface's *path*)
+    on *bus* and returns True, or returns False to leave the call to
+    dbus-fast (e.g. a reply it marshals piece by piece: :mod:`.wire`).
+    """
+
+    def answer_directly(self, bus: MessageBus, path: str, call: Message) -> bool:
+        """Answer *call* and return True, or return False."""
 
 
 class _WaitWhenFull:
