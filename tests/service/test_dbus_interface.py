@@ -362,11 +362,11 @@ class TestLongLists:
     def test_reply_larger_than_the_socket_buffer_while_signalling_keeps_the_name(
         self, bus_daemon
     ):
-        """A multi-megabyte ListJobs reply that the bus cannot take at once, followed at once
-        by a signal: the bus connection stays (dbus-fast alone would close it on the
-        BlockingIOError of the full socket, and the name would be gone)."""
+        """A 13 MB ListJobs reply that the bus cannot take at once (more than the 8 MiB send
+        buffer), followed at once by a signal: the bus connection stays (dbus-fast alone
+        would close it on the BlockingIOError of the full socket, and the name would be gone)."""
         address, pid = bus_daemon
-        jobs = [FakeJob(i, "PEND", "submitter", "<unknown>", f"src/{i:06d}/" + "x" * 80 + ".c")
+        jobs = [FakeJob(i, "PEND", "submitter", "<unknown>", f"src/{i:06d}/" + "x" * 400 + ".c")
                 for i in range(1, 30_001)]  # fmt: skip
         fake = FakeScheduler(jobs=jobs)
 
