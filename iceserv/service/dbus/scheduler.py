@@ -50,6 +50,8 @@ SCHEDULER_READ_METHODS: Final = ("ListHosts", "ListJobs", "ListHostAuth")
 #: RemoveHost found no daemon of that name.
 UNKNOWN_HOST_ERROR: Final = f"{SCHEDULER_INTERFACE}.Error.UnknownHost"
 _MAX_NAME: Final = 255
+#: Entries of jobs that are gone kept in ListJobs' record table before it is pruned.
+_SLACK: Final = 1024
 _STATES: Final = {"PEND": "queued", "WAIT": "assigned", "COMP": "compiling"}
 
 #: (name, address, port, platform, protocol, slots, jobs, load, speed,
@@ -139,6 +141,7 @@ class SchedulerInterface(ServiceInterface):
         self._job_structs: dict[int, tuple[JobLike, JobStruct]] = {}
         # The same for the marshalled structs of the replies built here (answer_directly).
         self._job_records: dict[int, tuple[JobLike, bytes]] = {}
+        self._strings: dict[str, bytes] = {}  # marshalled names and states (wire.job_record)
 
     def attach(self) -> None:
         """Start observing the scheduler: signals and ``PropertiesChanged`` from now on."""
@@ -290,16 +293,22 @@ class SchedulerInterface(ServiceInterface):
         return True
 
     def _list_job_records(self) -> list[bytes]:
-        old = self._job_records
-        new: dict[int, tuple[JobLike, bytes]] = {}
+        """Each job's marshalled struct, made again only for a job whose view changed.
+
+        The table is updated in place; the jobs that are gone are dropped
+        once it holds twice as many entries as there are jobs (and 1,024 more).
+        """
+        kept = self._job_records
+        strings = self._strings
         records = []
-        for job in self._control.list_jobs():
-            hit = old.get(job.id)
+        jobs = self._control.list_jobs()
+        for job in jobs:
+            hit = kept.get(job.id)
             if hit is None or hit[0] is not job:
-                hit = (job, job_record(_job_struct(job)))
-            new[job.id] = hit
+                hit = kept[job.id] = (job, job_record(_job_struct(job), strings))
             records.append(hit[1])
-        self._job_records = new
+        if len(kept) > 2 * len(records) + _SLACK:
+            self._job_records = {job.id: kept[job.id] for job in jobs}
         return records
 
     @dbus_method(name="BlockHost")

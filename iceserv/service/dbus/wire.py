@@ -36,6 +36,8 @@ _U64S: Final = struct.Struct("<QQ")
 _EMPTY_ARRAY: Final = bytes(8)
 _LITTLE_ENDIAN: Final = ord("l")
 _ZEROS: Final = bytes(8)
+#: Marshalled strings remembered by :func:`job_record` at most (then forgotten at once).
+_STRINGS_KEPT: Final = 4096
 
 
 def _string(text: str) -> bytes:
@@ -44,11 +46,34 @@ def _string(text: str) -> bytes:
     return _U32.pack(len(data)) + data + _ZEROS[: 4 - len(data) % 4]  # NUL included
 
 
-def job_record(job: tuple[int, str, str, str, str, int, int]) -> bytes:
-    """Marshal one ``(usssstt)`` struct as it lies at an 8-aligned offset (a multiple of 8)."""
+def _known(text: str, strings: dict[str, bytes]) -> bytes:
+    """Return ``_string(text)``, remembered in *strings* (names and states repeat)."""
+    piece = strings.get(text)
+    if piece is None:
+        if len(strings) >= _STRINGS_KEPT:
+            strings.clear()
+        piece = strings[text] = _string(text)
+    return piece
+
+
+def job_record(
+    job: tuple[int, str, str, str, str, int, int], strings: dict[str, bytes] | None = None
+) -> bytes:
+    """Marshal one ``(usssstt)`` struct as it lies at an 8-aligned offset (a multiple of 8).
+
+    *strings* (the caller's, kept between calls) remembers the marshalled
+    client, server and state, which few jobs do not share.
+    """
     job_id, client, server, filename, state, queued, started = job
+    memo = {} if strings is None else strings
     head = b"".join(
-        (_U32.pack(job_id), _string(client), _string(server), _string(filename), _string(state))
+        (
+            _U32.pack(job_id),
+            _known(client, memo),
+            _known(server, memo),
+            _string(filename),
+            _known(state, memo),
+        )
     )
     times = _U64S.pack(queued, started)
     return head + times if len(head) % 8 == 0 else head + _ZEROS[:4] + times
@@ -56,8 +81,8 @@ def job_record(job: tuple[int, str, str, str, str, int, int]) -> bytes:
 
 def struct_array_body(records: Sequence[bytes]) -> bytes:
     """Return the body of an array of 8-aligned struct *records* (each 8*k bytes long)."""
-    length = sum(map(len, records))
-    return b"".join((_U32.pack(length), _ZEROS[:4], *records))
+    elements = b"".join(records)
+    return _U32.pack(len(elements)) + _ZEROS[:4] + elements
 
 
 class PrebuiltReply(Message):
