@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 from integration.test_auth_live import _auth_args, keys  # noqa: F401 - keys is a fixture
-from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon, RealScheduler, wait_for
+from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon, RealScheduler
 from testbed.errors import WaitTimeoutError
 from testbed.project import build_reference, fetch_sdist, restrict, unpack_project
 
@@ -74,9 +74,7 @@ def test_a_keyed_prefer_daemon_under_a_real_14_scheduler(keys: dict[str, Path], 
         monitor = cluster.monitor
         assert monitor is not None
         with contextlib.suppress(WaitTimeoutError):  # the assertion below says what is missing
-            wait_for(lambda: monitor.placement(since=running.mark).total >= len(UNITS), 20,
-                     "every job's begin at the monitor")  # fmt: skip
-            monitor.wait_settled(running.mark, 20)
+            monitor.wait_settled(running.mark, 20, jobs=len(UNITS))
         real = dataclasses.replace(real, placement=monitor.placement(since=running.mark))
         problems = real.problems(on=("h2-ours",))
         assert not problems, "\n- ".join([real.summary(), *problems]) + cluster.log_tails()

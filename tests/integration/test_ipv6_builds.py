@@ -134,7 +134,7 @@ def _run(bed: NetnsBed, workdir: Path, stack: contextlib.ExitStack,
     assert done.returncode == 0, f"{done.stdout[-3000:]!r}\n{tails()}"
     different, missing = project.compare(reference)
     assert (different, missing) == ([], []), tails()
-    monitor.wait_settled(0, 30.0)
+    monitor.wait_settled(0, 30.0, jobs=len(UNITS))
     placement = monitor.placement()
     assert placement.began == {"dual": len(UNITS)}, f"{placement}\n{tails()}"
     assert not placement.failed, f"{placement}\n{tails()}"

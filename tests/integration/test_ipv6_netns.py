@@ -125,7 +125,7 @@ def _run(bed: NetnsBed, workdir: Path, stack: contextlib.ExitStack) -> None:
                       check=False, capture_output=True, timeout=180)  # fmt: skip
         assert done.returncode == 0, f"{done.stderr!r}\n{tails()}"
         assert (workdir / f"remote{number}.o").read_bytes() == (workdir / "local.o").read_bytes()
-    monitor.wait_settled(0, 30.0)
+    monitor.wait_settled(0, 30.0, jobs=3)
     placement = monitor.placement()
     assert placement.began == {"four": 3}, f"{placement}\n{tails()}"
     assert not six.events("job_finished"), tails()
