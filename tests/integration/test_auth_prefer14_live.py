@@ -27,20 +27,23 @@ import pytest
 from integration.test_auth_live import _auth_args, keys  # noqa: F401 - keys is a fixture
 from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon, RealScheduler
 from testbed.errors import WaitTimeoutError
-from testbed.project import build_reference, fetch_sdist, restrict, unpack_project
+from testbed.project import (
+    build_reference,
+    fetch_sdist,
+    library_units,
+    restrict,
+    unpack_project,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 
-UNITS: Final = tuple(
-    f"lib/{name}.c"
-    for name in (
+UNITS: Final = library_units(
         "common/debug", "common/entropy_common", "common/error_private", "common/xxhash",
         "common/zstd_common", "compress/hist", "compress/zstd_compress_literals",
         "decompress/zstd_ddict",
-    )
 )  # fmt: skip
 _REFUSAL: Final = "cannot prove the network key (icecream 1.4?); not logging in (auth = prefer)"
 

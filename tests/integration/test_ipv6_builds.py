@@ -45,6 +45,7 @@ from testbed.project import (
     build_env,
     build_reference,
     fetch_sdist,
+    library_units,
     restrict,
     unpack_project,
 )
@@ -56,12 +57,9 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 
-UNITS: Final = tuple(
-    f"lib/{name}.c"
-    for name in (
+UNITS: Final = library_units(
         "common/debug", "common/entropy_common", "common/error_private", "common/xxhash",
         "compress/hist", "decompress/zstd_ddict",
-    )
 )  # fmt: skip
 _LOGIN_TIMEOUT: Final = 45.0
 _BUILD_TIMEOUT: Final = 300
