@@ -67,6 +67,8 @@ SCHEDULER_PORT: Final = 8765
 REAL_CLIENT: Final = "/usr/bin/icecc"
 _LOGIN_TIMEOUT: Final = 60.0
 _SETTLE_TIMEOUT: Final = 20.0
+#: How long a successful build waits for events of units it has not heard of yet.
+_TRAILING_TIMEOUT: Final = 5.0
 _REPO: Final = Path(__file__).resolve().parents[1]
 #: Our ``icecc`` console script, importing iceserv from this checkout (as ``OurDaemon`` does).
 _OUR_CLIENT_LAUNCHER: Final = (
@@ -184,6 +186,11 @@ class RunningBuild:
         seconds = time.monotonic() - self.started
         monitor = self.cluster.monitor
         assert monitor is not None
+        if self.proc.returncode == 0:
+            # The scheduler may forward the last jobs' events after make exited:
+            # wait a little for every unit's, as most builds send them all.
+            with contextlib.suppress(TestbedError):
+                monitor.wait_settled(self.mark, _TRAILING_TIMEOUT, jobs=len(self.project.sources))
         with contextlib.suppress(TestbedError):  # a failed build may leave jobs unfinished
             monitor.wait_settled(self.mark, _SETTLE_TIMEOUT)
         different, missing = self.project.compare(self.reference)

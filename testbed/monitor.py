@@ -329,16 +329,26 @@ class SchedulerMonitor:
                 local[name] += 1
         return Placement(began, failed, local, requested)
 
-    def wait_settled(self, since: int, timeout: float) -> None:
-        """Wait until every job begun after ``since`` is done (JOB_DONE may trail the build)."""
+    def wait_settled(self, since: int, timeout: float, *, jobs: int = 0) -> None:
+        """Wait until every job begun after ``since`` is done (JOB_DONE may trail the build).
+
+        ``jobs``: also wait until at least that many jobs have begun.  A
+        scheduler may forward a job's events to monitors after its client has
+        its object (the real 1.4 one does), so a caller that knows how many
+        jobs ran says so, or the last job may not be counted at all.
+        """
 
         def settled() -> bool:
             events = self.snapshot()[since:]
             begun = {e.job_id for e in events if e.kind == "MON_JOB_BEGIN"}
             done = {e.job_id for e in events if e.kind == "MON_JOB_DONE"}
-            return begun <= done
+            return len(begun) >= jobs and begun <= done
 
-        wait_for(settled, timeout, "MON_JOB_DONE for every MON_JOB_BEGIN")
+        def seen() -> str:
+            return str(self.placement(since))
+
+        wait_for(settled, timeout, f"MON_JOB_DONE for every MON_JOB_BEGIN (at least {jobs})",
+                 context=seen)  # fmt: skip
 
     def close(self) -> None:
         """Stop the reader and close the connection; safe to call twice."""

@@ -193,6 +193,11 @@ def unpack_project(tarball: Path, dest: Path, sdist: Sdist = ZSTD_SDIST) -> Proj
     return Project(dest, tuple(sources))
 
 
+def library_units(*names: str) -> tuple[str, ...]:
+    """The sources of zstd's C library named like ``common/debug`` (``lib/common/debug.c``)."""
+    return tuple(f"lib/{name}.c" for name in names)
+
+
 def restrict(project: Project, sources: Sequence[str]) -> Project:
     """The same tree building only ``sources`` (a subset of its units): a new Makefile."""
     unknown = sorted(set(sources) - set(project.sources))

@@ -69,6 +69,11 @@ def readable(path: str) -> bool:
     return bool(path) and posix.access(path, posix.R_OK)
 
 
+def exists(path: str) -> bool:
+    """``os.path.exists`` on the built-in ``posix`` (see :mod:`iceserv.client.env`)."""
+    return _file_id(path) is not None
+
+
 def irregular(path: str) -> bool:
     """Tell whether *path* exists and is not a regular file."""
     try:
@@ -95,13 +100,16 @@ def color_terminal(env: "ClientEnv") -> bool:
 # --- finding the compiler ---------------------------------------------------------------
 
 
-def _same_file(path: str, other: str) -> bool:
-    """Whether *path* and *other* resolve to one file (``realpath`` without ``os``)."""
+def _file_id(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file *path* resolves to; None if it does not exist.
+
+    Two paths with one id are one file (``realpath`` equality, without ``os``).
+    """
     try:
-        mine, theirs = posix.stat(path), posix.stat(other)
+        st = posix.stat(path)
     except (OSError, ValueError):
-        return False
-    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+        return None
+    return st.st_dev, st.st_ino
 
 
 def path_lookup(name: str, env: "ClientEnv", given: str = "", own: str | None = None) -> str:
@@ -116,6 +124,7 @@ def path_lookup(name: str, env: "ClientEnv", given: str = "", own: str | None = 
     if "/" in given:
         return given
     best, after_self = "", False
+    own_id = _file_id(own) if own is not None else None
     for directory in env.path.split(":"):
         candidate = directory + "/" + name
         try:
@@ -130,7 +139,7 @@ def path_lookup(name: str, env: "ClientEnv", given: str = "", own: str | None = 
             if (
                 target == "icecc"
                 or (after_self and target in _OTHER_WRAPPERS)
-                or (own is not None and _same_file(candidate, own))
+                or (own_id is not None and _file_id(candidate) == own_id)
             ):
                 after_self = True
                 continue

@@ -399,12 +399,13 @@ class _Run:
         """Return the extra files plus ``ICECC_EXTRAFILES``; None if one of those is missing."""
         from iceserv.client.environments import parse_extrafiles  # noqa: PLC0415
         from iceserv.client.job import absolute  # noqa: PLC0415
+        from iceserv.client.local import exists  # noqa: PLC0415
 
         files = list(analysis.extrafiles)
         if self.env.extrafiles is None:
             return files
         more, missing = parse_extrafiles(
-            self.env.extrafiles, lambda p: absolute(p, self.cwd), _exists
+            self.env.extrafiles, lambda p: absolute(p, self.cwd), exists
         )
         if missing is not None:
             self.diag.warning(f"File in ICECC_EXTRAFILES not found: {missing}")
@@ -508,15 +509,6 @@ def _failure_kind(code: int) -> str:
     if code in (1, 2):
         return "no host"
     return "remote failure"
-
-
-def _exists(path: str) -> bool:
-    """``os.path.exists`` on the built-in ``posix`` (see :mod:`iceserv.client.env`)."""
-    try:
-        posix.stat(path)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _links_to_icerun(path: str) -> bool:

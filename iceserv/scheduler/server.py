@@ -133,7 +133,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Coroutine
 
     from iceserv.clock import Clock
-    from iceserv.protocol import Message
+    from iceserv.protocol import Event, Message, NeedData
     from iceserv.scheduler.auth import AuthGate
 
 __all__ = ["SchedulerServer", "SchedulerServerSettings"]
@@ -146,6 +146,13 @@ _LOGGER: Final = logging.getLogger(__name__)
 _WAIT_WARNING: Final = 10.0
 
 _READ_SIZE: Final = 65536
+#: Messages from TCP peers handled in one loop iteration, all peers together, at most, and
+#: the time they may take: a burst (20 daemons each sending 1,000 GET_CS at once, one read
+#: of up to 256 KiB each) is cut into slices, and between two slices the loop serves
+#: telnet, D-Bus, HTTP and the other peers (issue 19 item 4).  A slice is short against the
+#: answers' bounds and long against one loop iteration's own cost.
+_SLICE_MESSAGES: Final = 128
+_SLICE_SECONDS: Final = 0.004
 #: A read on a logged-in daemon that sees nothing for this long just starts again:
 #: liveness is TCP keepalive's job (§5.2 step 6), the timeout only bounds the await.
 _IDLE_READ: Final = 300.0
@@ -228,19 +235,25 @@ class _Peer(asyncio.Protocol):
     task, stream or event per connection (a farm has thousands of them).
     ``timer`` is the deadline in force (the handshake's, or that of a message
     under way); ``stall`` fires when the transport stayed paused for writing
-    (our bytes not taken) for ``send_timeout``.
+    (our bytes not taken) for ``send_timeout``.  ``backlog``: messages it
+    sent wait for the next slice (the server's ``_next_slice``) and its
+    transport does not read meanwhile, so that at most one read more than a
+    message is buffered.
     """
 
     __slots__ = (
+        "backlog",
         "closed",
         "conn",
         "conn_id",
+        "eof",
         "gate",
         "host_id",
         "ip",
         "key",
         "logged_in",
         "lost",
+        "lost_reason",
         "monitor",
         "monitor_admitted",
         "nodename",
@@ -262,6 +275,10 @@ class _Peer(asyncio.Protocol):
         self.logged_in = False
         self.closed = False
         self.lost = False
+        self.lost_reason = ""
+        #: Complete messages wait in ``conn`` for a later slice; reading is paused meanwhile.
+        self.backlog = False
+        self.eof = False
         self.nodename: str | None = None
         self.host_id = 0
         self.gate: AuthGate | None = None
@@ -438,6 +455,11 @@ class SchedulerServer:
         #: Peers whose transport has not called connection_lost yet (stop() waits for them).
         self._links: set[_Peer] = set()
         self._all_lost: asyncio.Event | None = None
+        #: Peers with messages waiting for a slice, in turn (each one at most once).
+        self._backlog: collections.deque[_Peer] = collections.deque()
+        #: The open slice: messages left and its end (perf_counter); None: no slice open.
+        self._slice_left: int | None = None
+        self._slice_end = 0.0
         self.port = settings.port
 
     @property
@@ -1185,30 +1207,56 @@ class SchedulerServer:
         self._flush(peer)
 
     def received(self, peer: _Peer, data: bytes) -> None:
-        """Handle what *peer* sent (``b""``: its end of file).
+        """Take what *peer* sent (``b""``: its end of file) and handle it (:meth:`_work`)."""
+        if peer.closed or peer.monitor:
+            return
+        peer.conn.receive_data(data)
+        if not data:
+            peer.eof = True
+        if not peer.backlog:  # else its turn comes: these bytes follow the ones waiting
+            self._work(peer)
+
+    def _work(self, peer: _Peer) -> None:
+        """Handle *peer*'s complete messages while the slice lasts; defer the rest.
 
         Before login the handshake deadline (set at the accept) stands; after
         it, a message whose first bytes came must be complete within
         ``message_timeout``, while an idle daemon may stay silent forever
-        (keepalive finds dead ones).
+        (keepalive finds dead ones).  Messages waiting for a slice are ours
+        to handle, not the peer's to send: no message deadline runs for them.
         """
-        if peer.closed or peer.monitor:
-            return
-        broken = False
+        broken = more = False
         try:
-            peer.conn.receive_data(data)
-            ended, events = self._handle_events(peer)
+            ended, events, more = self._handle_events(peer)
         except ProtocolError as exc:
             # e.g. a sealed record that failed authentication: worth a warning, not an info
             ended, events, broken = f"protocol error: {exc}", 0, True
         if ended == "monitor":
+            peer.backlog = False
             peer.cancel_timers()
             return
-        if not ended and not data:
+        if more and not ended and not peer.closed:
+            self._defer(peer)
+            return
+        if not ended and peer.eof:
             ended = "closed by peer"
+        if not ended and peer.lost:  # its transport went while messages waited
+            ended = peer.lost_reason
         if ended:
+            peer.backlog = False
             self._finish(peer, ended, broken=broken)
             return
+        if peer.closed:  # closed by an effect of one of its messages
+            peer.backlog = False
+            return
+        self._read_on(peer, events)
+
+    def _read_on(self, peer: _Peer, events: int) -> None:
+        """*peer*'s messages are all handled (*events* this time): read again, re-arm deadlines."""
+        if peer.backlog:
+            peer.backlog = False
+            assert peer.transport is not None  # noqa: S101 - registered peers have one
+            peer.transport.resume_reading()
         if peer.logged_in:
             if (events or not peer.conn.buffered) and peer.timer is not None:
                 peer.timer.cancel()  # a message ended here
@@ -1218,6 +1266,45 @@ class SchedulerServer:
                 peer.timer = loop.call_at(
                     loop.time() + self.settings.message_timeout, self._expired, peer
                 )
+
+    def _defer(self, peer: _Peer) -> None:
+        """Queue *peer* for the next slice; stop reading it until its messages are handled."""
+        if not peer.backlog:
+            peer.backlog = True
+            if not peer.lost:
+                assert peer.transport is not None  # noqa: S101 - registered peers have one
+                peer.transport.pause_reading()
+            if peer.logged_in and peer.timer is not None:
+                peer.timer.cancel()
+                peer.timer = None
+        self._backlog.append(peer)
+
+    def _slice_room(self) -> bool:
+        """Whether one more message fits in this loop iteration's slice (opening one if none)."""
+        left = self._slice_left
+        if left is None:
+            self._slice_left = _SLICE_MESSAGES - 1
+            self._slice_end = time.perf_counter() + _SLICE_SECONDS
+            asyncio.get_running_loop().call_soon(self._next_slice)  # first of the next iteration
+            return True
+        if left <= 0 or time.perf_counter() >= self._slice_end:
+            self._slice_left = 0
+            return False
+        self._slice_left = left - 1
+        return True
+
+    def _next_slice(self) -> None:
+        """Close the last iteration's slice; give the peers waiting a new one, in turn."""
+        self._slice_left = None
+        backlog = self._backlog
+        for _ in range(len(backlog)):  # each waiting peer once at most; the rest: next slice
+            if self._slice_left == 0:
+                break
+            peer = backlog.popleft()
+            if peer.closed or peer.monitor:
+                peer.backlog = False
+                continue
+            self._work(peer)  # back at the end of the queue if the slice ended first
 
     def _expired(self, peer: _Peer) -> None:
         peer.timer = None
@@ -1242,6 +1329,10 @@ class SchedulerServer:
             reason = "timed out"  # the socket gave up (keepalive, user time-out)
         else:
             reason = f"connection error: {exc}"
+        if peer.backlog and not peer.closed:
+            # What it sent before is handled first, in its turn; then it ends with *reason*.
+            peer.lost_reason = reason
+            return
         self._finish(peer, reason)
 
     def write_paused(self, peer: _Peer) -> None:
@@ -1298,45 +1389,75 @@ class SchedulerServer:
         peer.monitor_admitted = True
         return True
 
-    def _handle_events(self, peer: _Peer) -> tuple[str, int]:
-        """Handle every complete event *peer* sent; return (why it ended or "", events)."""
+    def _handle_events(self, peer: _Peer) -> tuple[str, int, bool]:
+        """Handle *peer*'s complete events while the slice lasts.
+
+        Return (why it ended or "", events handled, whether more may wait).
+        """
         events = 0
-        while (event := peer.conn.next_event()) is not NEED_DATA:
+        conn = peer.conn
+        while (event := self._take(conn)) is not NEED_DATA:
+            if event is None:  # the slice is over
+                self._flush(peer)
+                return "", events, bool(conn.buffered) or peer.eof
             events += 1
             self._flush(peer)
             if isinstance(event, ConnectionClosed):
-                return "closed by peer", events
+                return "closed by peer", events, False
             if isinstance(event, Handshake):
                 self._core.peer_connected(peer.conn_id, peer.ip, event.protocol, event.peer_version)
                 continue
-            if peer.gate is not None and not peer.logged_in:
-                passed, refused = self._gate(peer, peer.gate, event)
-                if refused:
-                    return refused, events
-                if passed is None:
-                    continue
-            if isinstance(event, MonLogin) and (refused := self._refuse_monitor(peer)):
-                return refused, events
+            passed, refused = self._admit(peer, event)
+            if refused:
+                return refused, events, False
+            if not passed:
+                continue
             self.apply(self._core.handle_message(peer.conn_id, event, self.now()))
             if peer.monitor:
                 self._pending.pop(peer.conn_id, None)
-                return "monitor", events  # never read from a monitor again (§5.5)
-            if not peer.logged_in and (host := self._core.host_by_conn(peer.conn_id)):
-                self._pending.pop(peer.conn_id, None)
-                peer.logged_in = True
-                peer.nodename, peer.host_id = host.nodename, host.host_id
-                log.info(
-                    "daemon_logged_in",
-                    peer=peer.ip,
-                    host_id=host.host_id,
-                    nodename=host.nodename,
-                    max_jobs=host.max_jobs,
-                    protocol=host.protocol,
-                    auth=host.auth,
-                    encrypted=host.sealed,
-                )
+                return "monitor", events, False  # never read from a monitor again (§5.5)
+            if not peer.logged_in:
+                self._check_login(peer)
         self._flush(peer)
-        return "", events
+        return "", events, False
+
+    def _admit(self, peer: _Peer, event: Message) -> tuple[bool, str]:
+        """Whether *event* goes to the core (the gate may keep it), and why *peer* is refused."""
+        if peer.gate is not None and not peer.logged_in:
+            passed, refused = self._gate(peer, peer.gate, event)
+            if refused or passed is None:
+                return False, refused
+        if isinstance(event, MonLogin) and (refused := self._refuse_monitor(peer)):
+            return False, refused
+        return True, ""
+
+    def _take(self, conn: Connection) -> Event | NeedData | None:
+        """Return *conn*'s next event if this slice has room for it (None: it has not)."""
+        if not self._slice_room():
+            return None
+        event = conn.next_event()
+        if event is NEED_DATA and self._slice_left is not None:
+            self._slice_left += 1  # no message: its place is given back
+        return event
+
+    def _check_login(self, peer: _Peer) -> None:
+        """Note *peer*'s login once the core knows it as a daemon."""
+        host = self._core.host_by_conn(peer.conn_id)
+        if host is None:
+            return
+        self._pending.pop(peer.conn_id, None)
+        peer.logged_in = True
+        peer.nodename, peer.host_id = host.nodename, host.host_id
+        log.info(
+            "daemon_logged_in",
+            peer=peer.ip,
+            host_id=host.host_id,
+            nodename=host.nodename,
+            max_jobs=host.max_jobs,
+            protocol=host.protocol,
+            auth=host.auth,
+            encrypted=host.sealed,
+        )
 
     def _gate(self, peer: _Peer, gate: AuthGate, event: Message) -> tuple[Message | None, str]:
         """Pass *event* through *peer*'s authentication gate: (what the core gets, refusal)."""
@@ -1364,6 +1485,8 @@ class SchedulerServer:
         """Write to a daemon (or a peer in its handshake); close it if it hoards our data."""
         transport = peer.transport
         assert transport is not None  # noqa: S101 - registered peers have one
+        if transport.is_closing():  # gone while its last messages waited for a slice
+            return
         transport.write(data)
         if transport.get_write_buffer_size() > self.settings.daemon_buffer_limit:
             # Not at once: this runs while effects are carried out.

@@ -70,6 +70,8 @@ HELP: Final = (
 #: it gets 1.4's ``Invalid command`` answer, so there is nothing to refuse.
 MUTATING: Final = frozenset(("removecs", "blockcs", "unblockcs"))
 
+#: Lines of jobs that are gone kept by :class:`JobLines` before its table is pruned.
+_LINES_SLACK: Final = 1024
 _NO_HOSTS: Final = "401 Sure. But which hosts?"
 _NO_HOST: Final = "401 Sure. But which host?"
 # 1.4 splits on exactly these; Unicode spaces such as U+00A0 stay inside a word.
@@ -168,18 +170,23 @@ class JobLines:
         self._lines: dict[int, tuple[TelnetJob, str]] = {}
 
     def render(self, jobs: Iterable[TelnetJob]) -> list[str]:
-        """Return the answer's texts for *jobs*: one text holding every line, or none."""
-        old = self._lines
-        new: dict[int, tuple[TelnetJob, str]] = {}
+        """Return the answer's texts for *jobs*: one text holding every line, or none.
+
+        The table of lines is updated in place; the lines of jobs that are gone
+        are dropped once it holds twice as many as there are jobs (and 1,024 more).
+        """
+        kept = self._lines
         parts = []
+        listed = []
         for job in jobs:
-            hit = old.get(job.id)
+            hit = kept.get(job.id)
             if hit is None or hit[0] is not job:
                 line = f" {render_job(job)}"
-                hit = (job, line if line.endswith("\n") else line + "\n")
-            new[job.id] = hit
+                hit = kept[job.id] = (job, line if line.endswith("\n") else line + "\n")
             parts.append(hit[1])
-        self._lines = new
+            listed.append(job.id)
+        if len(kept) > 2 * len(listed) + _LINES_SLACK:
+            self._lines = {job_id: kept[job_id] for job_id in listed}
         return ["".join(parts)] if parts else []
 
 

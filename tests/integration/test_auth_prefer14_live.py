@@ -25,22 +25,25 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 from integration.test_auth_live import _auth_args, keys  # noqa: F401 - keys is a fixture
-from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon, RealScheduler, wait_for
+from testbed import ClientPlan, Cluster, DaemonPlan, NetnsBed, OurDaemon, RealScheduler
 from testbed.errors import WaitTimeoutError
-from testbed.project import build_reference, fetch_sdist, restrict, unpack_project
+from testbed.project import (
+    build_reference,
+    fetch_sdist,
+    library_units,
+    restrict,
+    unpack_project,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 
-UNITS: Final = tuple(
-    f"lib/{name}.c"
-    for name in (
+UNITS: Final = library_units(
         "common/debug", "common/entropy_common", "common/error_private", "common/xxhash",
         "common/zstd_common", "compress/hist", "compress/zstd_compress_literals",
         "decompress/zstd_ddict",
-    )
 )  # fmt: skip
 _REFUSAL: Final = "cannot prove the network key (icecream 1.4?); not logging in (auth = prefer)"
 
@@ -74,9 +77,7 @@ def test_a_keyed_prefer_daemon_under_a_real_14_scheduler(keys: dict[str, Path], 
         monitor = cluster.monitor
         assert monitor is not None
         with contextlib.suppress(WaitTimeoutError):  # the assertion below says what is missing
-            wait_for(lambda: monitor.placement(since=running.mark).total >= len(UNITS), 20,
-                     "every job's begin at the monitor")  # fmt: skip
-            monitor.wait_settled(running.mark, 20)
+            monitor.wait_settled(running.mark, 20, jobs=len(UNITS))
         real = dataclasses.replace(real, placement=monitor.placement(since=running.mark))
         problems = real.problems(on=("h2-ours",))
         assert not problems, "\n- ".join([real.summary(), *problems]) + cluster.log_tails()

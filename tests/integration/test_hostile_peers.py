@@ -54,7 +54,7 @@ from testbed import (
 from testbed.cluster import SCHEDULER_PORT
 from testbed.faults import telnet_listcs
 from testbed.netns import enter_netns
-from testbed.project import restrict
+from testbed.project import library_units, restrict
 from testbed.wait import wait_for
 
 from iceserv.protocol import (
@@ -341,8 +341,12 @@ class TestDescriptorExhaustion:
                 fds = fd_count(pid)
                 spent, grown = cpu_seconds(pid) - cpu, rss_kib(pid) - base_rss
                 records = len(ours.events("connection_refused") + ours.events("connection_evicted"))
-                for name, value in (("fds_held", fds - base_fds), ("rss_growth_kib", grown),
-                                    ("cpu_s", round(spent, 2)), ("log_records", records)):
+                for name, value in (
+                    ("fds_held", fds - base_fds),
+                    ("rss_growth_kib", grown),
+                    ("cpu_s", round(spent, 2)),
+                    ("log_records", records),
+                ):
                     record_property(name, value)
                 still_serves(ours, "beside-the-flood")
                 assert telnet(ours.port, "listblocks", "127.0.0.3") == []
@@ -434,8 +438,11 @@ class TestMonitors:
                 fds = fd_count(pid)
                 still_serves(ours, "beside-the-monitors")
                 spent, grown = cpu_seconds(pid) - cpu, rss_kib(pid) - base_rss
-                for name, value in (("fds_held", fds - base_fds), ("rss_growth_kib", grown),
-                                    ("cpu_s_500_stats", round(spent, 2))):
+                for name, value in (
+                    ("fds_held", fds - base_fds),
+                    ("rss_growth_kib", grown),
+                    ("cpu_s_500_stats", round(spent, 2)),
+                ):
                     record_property(name, value)
             finally:
                 daemon.close()
@@ -463,15 +470,22 @@ class TestMonitors:
             thread = threading.Thread(target=_count_stats, args=(reader, seen, stop), daemon=True)
             thread.start()  # reads all the time, as a real monitor does
             # The daemon's first STATS must not overtake the reading monitor's MON_LOGIN.
-            wait_for(lambda: len(ours.events("monitor_logged_in")) >= 101, WAIT,
-                     "the monitors to be logged in")
+            wait_for(
+                lambda: len(ours.events("monitor_logged_in")) >= 101,
+                WAIT,
+                "the monitors to be logged in",
+            )
             daemon = FakeDaemon(ours.port, "chatty", "127.0.0.5")  # type: ignore[arg-type]
             try:
                 for batch in range(30):  # 1,500 STATS; the reader is never 50 behind
                     for load in range(50):
                         daemon.send(Stats(load=load, free_mem=batch))
-                    wait_for(lambda sent=50 * (batch + 1): len(seen) >= sent, WAIT,
-                             "the reading monitor to keep up", context=ours.log_tail)
+                    wait_for(
+                        lambda sent=50 * (batch + 1): len(seen) >= sent,
+                        WAIT,
+                        "the reading monitor to keep up",
+                        context=ours.log_tail,
+                    )
                 grown = rss_kib(pid) - base_rss
                 record_property("rss_growth_kib", grown)
                 wait_for(lambda: ours.events("monitor_dropped"), WAIT,
@@ -556,7 +570,6 @@ class TestTelnet:
             finally:
                 for sock in (other, first, second, third):
                     sock.close()
-
 
 
 class TestCombined:
@@ -778,8 +791,12 @@ class TestDaemonMemory:
         finally:
             for peer in peers:
                 peer.close()
-        wait_for(lambda: rss_kib(pid) - base < 16 * 1024, WAIT,
-                 "the daemon to give the memory back", context=lambda: f"{rss_kib(pid) - base} KiB")
+        wait_for(
+            lambda: rss_kib(pid) - base < 16 * 1024,
+            WAIT,
+            "the daemon to give the memory back",
+            context=lambda: f"{rss_kib(pid) - base} KiB",
+        )
         record_property("rss_growth_kib_after_close", rss_kib(pid) - base)
 
     def test_environment_transfers_are_capped_and_cheap(self, hostile_daemon: OurDaemon,
@@ -825,8 +842,13 @@ class TestDaemonLocalOnly:
         peer = channel(hostile_daemon, source=lan, dest=lan)
         peer.send(EnvTransfer(name="evilgcc", target="x86_64"))
         peer.send_file(_env_tarball({"usr/bin/gcc": script, "usr/bin/g++": script}))
-        hostile_daemon.wait_events("env_installed", 1 + sum(
-            1 for e in hostile_daemon.events("env_installed") if e["env"] != "x86_64/evilgcc"))
+        hostile_daemon.wait_events(
+            "env_installed",
+            1
+            + sum(
+                1 for e in hostile_daemon.events("env_installed") if e["env"] != "x86_64/evilgcc"
+            ),
+        )
         compiler = str(hostile_daemon.basedir / "target=x86_64" / "evilgcc" / "usr/bin/gcc")
         peer.send(GetNativeEnv(compiler=compiler))  # remote: refused outright
         assert isinstance(peer.receive(), ConnectionClosed)
@@ -936,12 +958,9 @@ def drip(sock: socket.socket, data: bytes, interval: float = 0.3) -> int:
 # at once), and one host's stalled transfers held every unpacker and the head of the queue,
 # so the build's environment never got installed on h2.
 
-BED_UNITS: Final = tuple(
-    f"lib/{name}.c"
-    for name in (
+BED_UNITS: Final = library_units(
         "common/debug", "common/entropy_common", "common/error_private", "common/pool",
         "common/threading", "common/xxhash", "common/zstd_common", "compress/hist",
-    )
 )  # fmt: skip
 #: Deadlines of the scheduler under attack: short, so the drips end within the build.
 BED_SCHEDULER_ENV: Final = {"ICECC_SCHEDULER_HANDSHAKE_TIMEOUT": "5",
@@ -1266,8 +1285,12 @@ class TestCombinedOnTheBed:
                 build_seconds = result.seconds
                 listed = telnet_listcs(bed[0], (bed[3].ip, SCHEDULER_PORT + 1))
                 real_icecc_builds(server, tmp_path / "local")
-                wait_for(lambda: attacker.figures.get("message_drips", 0) >= 1, 3 * WAIT,
-                         "a whole drip of each kind", context=lambda: str(attacker.figures))
+                wait_for(
+                    lambda: attacker.figures.get("message_drips", 0) >= 1,
+                    3 * WAIT,
+                    "a whole drip of each kind",
+                    context=lambda: str(attacker.figures),
+                )
             finally:
                 attacker.close()
                 sampler.close()
@@ -1330,8 +1353,12 @@ class TestCombinedOnTheBed:
         assert server_events["env_transfer_queued"] >= TRANSFER_QUEUE // 2, context
         # Bounds: descriptors within the budgets (and the limit), memory within its budgets.
         attackers = len(attacker.addresses)
-        sched_bound = sampler.base_fds["scheduler"] + attackers * SCHEDULER_PER_HOST \
-            + TELNET_SESSIONS + _SLACK
+        sched_bound = (
+            sampler.base_fds["scheduler"]
+            + attackers * SCHEDULER_PER_HOST
+            + TELNET_SESSIONS
+            + _SLACK
+        )
         server_bound = sampler.base_fds["server"] + attackers * DAEMON_PER_HOST + 64 + _SLACK
         assert sampler.fds["scheduler"] <= min(sched_bound, limits["scheduler"]), context
         assert sampler.fds["server"] <= min(server_bound, limits["server"]), context

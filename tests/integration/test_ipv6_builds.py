@@ -45,6 +45,7 @@ from testbed.project import (
     build_env,
     build_reference,
     fetch_sdist,
+    library_units,
     restrict,
     unpack_project,
 )
@@ -56,12 +57,9 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 
-UNITS: Final = tuple(
-    f"lib/{name}.c"
-    for name in (
+UNITS: Final = library_units(
         "common/debug", "common/entropy_common", "common/error_private", "common/xxhash",
         "compress/hist", "decompress/zstd_ddict",
-    )
 )  # fmt: skip
 _LOGIN_TIMEOUT: Final = 45.0
 _BUILD_TIMEOUT: Final = 300
@@ -134,7 +132,7 @@ def _run(bed: NetnsBed, workdir: Path, stack: contextlib.ExitStack,
     assert done.returncode == 0, f"{done.stdout[-3000:]!r}\n{tails()}"
     different, missing = project.compare(reference)
     assert (different, missing) == ([], []), tails()
-    monitor.wait_settled(0, 30.0)
+    monitor.wait_settled(0, 30.0, jobs=len(UNITS))
     placement = monitor.placement()
     assert placement.began == {"dual": len(UNITS)}, f"{placement}\n{tails()}"
     assert not placement.failed, f"{placement}\n{tails()}"

@@ -36,7 +36,14 @@ from testbed import (
 )
 from testbed.faults import telnet_listcs
 from testbed.procs import make_workdir
-from testbed.project import build_env, build_reference, fetch_sdist, restrict, unpack_project
+from testbed.project import (
+    build_env,
+    build_reference,
+    fetch_sdist,
+    library_units,
+    restrict,
+    unpack_project,
+)
 
 pytestmark = [pytest.mark.live, pytest.mark.netns]
 
@@ -49,12 +56,9 @@ _LOGIN_TIMEOUT: Final = 45.0
 _SCHEDULER_V6: Final = "fd15::1"
 _SERVER_V6: Final = "fd15::3"
 #: The units of zstd's C library the IPv6-only cluster builds.
-_UNITS: Final = tuple(
-    f"lib/{name}.c"
-    for name in (
+_UNITS: Final = library_units(
         "common/debug", "common/entropy_common", "common/error_private", "common/xxhash",
         "compress/hist", "decompress/zstd_ddict",
-    )
 )  # fmt: skip
 
 
@@ -125,7 +129,7 @@ def _run(bed: NetnsBed, workdir: Path, stack: contextlib.ExitStack) -> None:
                       check=False, capture_output=True, timeout=180)  # fmt: skip
         assert done.returncode == 0, f"{done.stderr!r}\n{tails()}"
         assert (workdir / f"remote{number}.o").read_bytes() == (workdir / "local.o").read_bytes()
-    monitor.wait_settled(0, 30.0)
+    monitor.wait_settled(0, 30.0, jobs=3)
     placement = monitor.placement()
     assert placement.began == {"four": 3}, f"{placement}\n{tails()}"
     assert not six.events("job_finished"), tails()

@@ -67,7 +67,7 @@ from testbed import (
     wait_for,
 )
 from testbed.procs import make_workdir
-from testbed.project import build_env, restrict
+from testbed.project import build_env, library_units, restrict
 
 if TYPE_CHECKING:
     from testbed import Host, NetnsHost, Project
@@ -76,13 +76,10 @@ pytestmark = [pytest.mark.live, pytest.mark.netns]
 log = logging.getLogger(__name__)
 
 KINDS: Final = ("real", "ours")
-UNITS: Final = tuple(
-    f"lib/{name}.c"
-    for name in (
+UNITS: Final = library_units(
         "common/debug", "common/entropy_common", "common/error_private", "common/pool",
         "common/threading", "common/xxhash", "common/zstd_common", "compress/hist",
         "compress/zstd_compress_literals", "compress/zstd_preSplit", "decompress/zstd_ddict",
-    )
 )  # fmt: skip
 SCHEDULER_PORT: Final = 8765
 _WORKERS: Final = 4
@@ -201,8 +198,9 @@ def _run_on(bed: NetnsBed, combo: Combo, *, workdir: Path, tarball: Path,  # noq
     client_host, remote_host, scheduler_host = bed
     project = restrict(unpack_project(tarball, workdir / "zstd"), UNITS)
     if combo.scheduler == "real":
-        scheduler: RealScheduler | OurScheduler = RealScheduler(host=scheduler_host,
-                                                                port=SCHEDULER_PORT)
+        scheduler: RealScheduler | OurScheduler = RealScheduler(
+            host=scheduler_host, port=SCHEDULER_PORT
+        )
     else:
         scheduler = OurScheduler(host=scheduler_host, port=SCHEDULER_PORT, loopback_only=False)
     scheduler.start()
@@ -238,8 +236,9 @@ def _run_on(bed: NetnsBed, combo: Combo, *, workdir: Path, tarball: Path,  # noq
                                                local=local, remote_host=remote_host,
                                                outcome=outcome)  # fmt: skip
     outcome.objects = project.read_objects()
-    wait_for(lambda: _served(remote) >= len(UNITS), 20.0, "the remote daemon's job records",
-             interval=0.1)  # a daemon may log a job just after its client has gone
+    wait_for(
+        lambda: _served(remote) >= len(UNITS), 20.0, "the remote daemon's job records", interval=0.1
+    )  # a daemon may log a job just after its client has gone
     outcome.served = _served(remote)
     outcome.logs = tails()
 

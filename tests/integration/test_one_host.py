@@ -163,7 +163,7 @@ def _run_on(host: NetnsHost, kinds: tuple[str, str, str], *, workdir: Path,  # n
                 outcome.error = f"compile failed ({done.returncode}): {done.stderr!r}"
                 return
             outcome.identical.append((project.root / output).read_bytes() == reference)
-        monitor.wait_settled(0, 20.0)
+        monitor.wait_settled(0, 20.0, jobs=3)
         outcome.placement = monitor.placement()
         wait_for(lambda: _served_on(node_b) >= 3, 20.0, "nodeB's job records")
         outcome.served = _served_on(node_b)

@@ -18,13 +18,23 @@ from typing import TYPE_CHECKING
 import pytest
 from testbed import wait_for
 
-from iceserv.protocol import EnvEntry, GetCS, Login, MonLogin, MonStats, Stats, UseCS
+from iceserv.protocol import (
+    EnvEntry,
+    GetCS,
+    Login,
+    MonGetCS,
+    MonLogin,
+    MonStats,
+    Stats,
+    UseCS,
+    encode,
+)
 from iceserv.protocol.discovery import SchedulerInfo, decode_reply, encode_announcements
 from iceserv.scheduler import SchedulerServer, SchedulerServerSettings
 from iceserv.testing import BlockingChannel
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 
 class _WallClock:
@@ -283,6 +293,156 @@ class TestConnections:
                      "the probe to fail")  # fmt: skip
         finally:
             channel.close()
+
+
+def _request(filename: str) -> GetCS:
+    return GetCS(versions=(EnvEntry("x86_64", "n"),), filename=filename, target="x86_64",
+                 client_id=3, minimal_host_version=21)  # fmt: skip
+
+
+class _HeldLoop:
+    """Hold the server's event loop (a callback that blocks) until :meth:`release`.
+
+    Whatever the test sends meanwhile waits in the kernel, so the loop finds
+    it all at once when it goes on: a deterministic burst.
+    """
+
+    def __init__(self, running: Running) -> None:
+        self._entered = threading.Event()
+        self._gate = threading.Event()
+        running.loop.call_soon_threadsafe(self._hold)
+        assert self._entered.wait(10)
+
+    def _hold(self) -> None:
+        self._entered.set()
+        self._gate.wait(20)
+
+    def release(self) -> None:
+        self._gate.set()
+
+
+def _send_burst(channel: BlockingChannel, count: int, *, close: bool = False) -> None:
+    """Send *count* GET_CS (f0000.c, f0001.c, ...) in one write (and EOF if *close*)."""
+    for number in range(count):
+        channel.conn.send(_request(f"f{number:04d}.c"))
+    data = channel.conn.data_to_send()
+    channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * len(data))
+
+    def write() -> None:
+        channel.sock.sendall(data)
+        if close:  # its end of file (a close() with unread input would reset instead)
+            channel.sock.shutdown(socket.SHUT_WR)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    writer.join(10)  # the kernel holds it all (send buffer): done while the loop is held
+    assert not writer.is_alive()
+
+
+def _monitor(running: Running, hosts: int) -> BlockingChannel:
+    """A monitor, logged in, past the MON_STATS of the *hosts* daemons there."""
+    monitor = running.connect()
+    monitor.send(MonLogin())
+    for _ in range(hosts):
+        assert isinstance(monitor.receive(), MonStats)
+    return monitor
+
+
+def _encoded(message: GetCS) -> bytes:
+    return encode(message, 43)
+
+
+def _monitor_events(monitor: BlockingChannel, until: Callable[[object], bool]) -> list[object]:
+    events: list[object] = []
+    while not events or not until(events[-1]):
+        events.append(monitor.receive())
+    return events
+
+
+class TestBursts:
+    """Issue 19 item 4: a burst of one daemon is handled in slices, others in between."""
+
+    @pytest.fixture
+    def roomy(self) -> Iterator[Running]:
+        # Monitors get one MON_GET_CS per job: room for 5,000 of them in user space.
+        server = Running(monitor_buffer_limit=1 << 23, monitor_buffer_total=1 << 24)
+        try:
+            yield server
+        finally:
+            server.close()
+
+    def test_burst_does_not_starve_another_daemon(self, roomy):
+        """5,000 GET_CS from one daemon and then one from another, found together by the
+        loop: the other's is handled within two slices of the burst (without slices it came
+        after the whole first read of the burst), and the burst keeps its order."""
+        burst = _login(roomy, "burst", max_kids=0)
+        other = _login(roomy, "other", max_kids=0)
+        monitor = _monitor(roomy, 2)
+        held = _HeldLoop(roomy)
+        try:
+            _send_burst(burst, 5000)
+            other.send(_request("other.c"))
+        finally:
+            held.release()
+        events = _monitor_events(monitor, lambda e: isinstance(e, MonGetCS) and e.client_id == 2)
+        before = [e.filename for e in events if isinstance(e, MonGetCS) and e.client_id == 1]
+        # Two slices (128 messages each) at most came first; the first read alone holds
+        # some 700 GET_CS (64 KiB), all handled before "other.c" without slices.
+        assert len(before) < 300
+        events += _monitor_events(monitor, lambda e: getattr(e, "filename", "") == "f4999.c")
+        burst_files = [e.filename for e in events if isinstance(e, MonGetCS) and e.client_id == 1]
+        assert burst_files == [f"f{n:04d}.c" for n in range(5000)]
+        for channel in (burst, other, monitor):
+            channel.close()
+
+    def test_daemon_closing_with_a_backlog_has_every_message_handled(self, roomy):
+        """A daemon sends 5,000 GET_CS and closes at once (the loop finds both together):
+        every GET_CS is handled, in order, before it is logged out."""
+        burst = _login(roomy, "burst", max_kids=0)
+        monitor = _monitor(roomy, 1)
+        held = _HeldLoop(roomy)
+        try:
+            _send_burst(burst, 5000, close=True)
+        finally:
+            held.release()
+        events = _monitor_events(monitor, lambda e: e == MonStats(1, "State:Offline\n"))
+        requests = [e.filename for e in events if isinstance(e, MonGetCS)]
+        assert requests == [f"f{n:04d}.c" for n in range(5000)]
+        burst.close()
+        monitor.close()
+
+    def test_connection_lost_with_a_backlog_still_handles_what_was_read(self, roomy):
+        """The transport of a daemon whose burst waits for slices fails (aborted from the
+        loop while the backlog is pending): every complete message read before is still
+        handled, in order, and only then is the daemon logged out."""
+        burst = _login(roomy, "burst", max_kids=0)
+        monitor = _monitor(roomy, 1)
+        server = roomy.server
+        seen: dict[str, int] = {}
+
+        def abort_when_backlogged() -> None:
+            peer = next(p for p in server._peers.values() if p.nodename == "burst")
+            if not peer.backlog:
+                roomy.loop.call_soon(abort_when_backlogged)
+                return
+            seen["handled"] = len(server.core.state.jobs)  # every job still queued
+            seen["buffered"] = peer.conn.buffered
+            peer.transport.abort()
+
+        held = _HeldLoop(roomy)
+        try:
+            _send_burst(burst, 5000)
+            roomy.loop.call_soon_threadsafe(abort_when_backlogged)
+        finally:
+            held.release()
+        events = _monitor_events(monitor, lambda e: e == MonStats(1, "State:Offline\n"))
+        requests = [e.filename for e in events if isinstance(e, MonGetCS)]
+        size = len(_encoded(_request("f0000.c")))
+        expected = seen["handled"] + seen["buffered"] // size
+        assert seen["buffered"] >= size  # the backlog was pending when the transport went
+        assert requests == [f"f{n:04d}.c" for n in range(expected)]
+        burst.close()
+        monitor.close()
 
 
 class TestMonitors:

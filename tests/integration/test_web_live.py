@@ -138,8 +138,9 @@ def _screenshots(web: Web) -> list[Path]:
         if driver.execute_script("return document.documentElement.dataset.theme") != theme:
             driver.find_element(By.ID, "theme").click()
         WebDriverWait(driver, 5).until(
-            lambda d, t=theme: d.execute_script("return document.documentElement.dataset.theme")
-            == t
+            lambda d, t=theme: (
+                d.execute_script("return document.documentElement.dataset.theme") == t
+            )
         )
         path = web.workdir / f"web-view-{theme}.png"
         driver.save_screenshot(str(path))

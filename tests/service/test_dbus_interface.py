@@ -30,6 +30,7 @@ from iceserv.service.dbus import (
     SchedulerInterface,
     export_on_bus,
 )
+from iceserv.service.dbus import scheduler as dbus_scheduler
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -296,6 +297,16 @@ class TestPackage:
         assert proc.stdout.split("\n")[:2] == ["False", "[]"]
 
 
+class _SentReplies:
+    """Stands for the bus in ``answer_directly``: keeps the reply sent, with a serial."""
+
+    sent: Message
+
+    def send(self, message: Message) -> None:
+        message.serial = 3
+        self.sent = message
+
+
 class TestLongLists:
     """Issue 19 item 4: ListJobs at tens of thousands of jobs."""
 
@@ -303,10 +314,25 @@ class TestLongLists:
     @given(st.lists(st.tuples(st.sampled_from(("keep", "change", "drop", "add")),
                               st.integers(0, 50)), max_size=40))  # fmt: skip
     def test_list_jobs_equals_fresh_structs_after_random_changes(self, steps):
-        """ListJobs reuses the struct of a job whose view is the same object; after any
-        sequence of kept, changed, dropped and added jobs it equals a fresh conversion."""
+        """ListJobs reuses the struct (and the marshalled record) of a job whose view is the
+        same object; after any sequence of kept, changed, dropped and added jobs it equals a
+        fresh conversion, and the reply built from the records is dbus-fast's, byte for byte
+        (the table of records pruned at every call here)."""
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(dbus_scheduler, "_SLACK", 0)
+            self._random_changes(steps)
+
+    def _random_changes(self, steps: list[tuple[str, int]]) -> None:
         fake = FakeScheduler(jobs=[])
         interface = SchedulerInterface(fake, version="9.9")
+        bus = _SentReplies()
+        call = Message(destination=N, path=P, interface=N, member="ListJobs", serial=7,
+                       sender=":1.9")  # fmt: skip
+
+        def dbus_fast_reply(jobs: list[tuple[Any, ...]]) -> bytes:
+            reply = Message.new_method_return(call, "a(usssstt)", [jobs])
+            reply.serial = bus.sent.serial
+            return bytes(reply._marshall(negotiate_unix_fd=False))
         jobs: dict[int, FakeJob] = {}
         states = ("PEND", "WAIT", "COMP")
         for kind, key in steps:
@@ -326,15 +352,49 @@ class TestLongLists:
                          round(j.started_at * 1e6) if j.started_at else 0)
                         for j in fake.jobs]  # fmt: skip
             assert SchedulerInterface.list_jobs.__wrapped__(interface) == expected
+            assert interface.answer_directly(bus, P, call)
+            assert bytes(bus.sent._marshall(negotiate_unix_fd=False)) == dbus_fast_reply(expected)
+
+    def test_list_jobs_on_the_bus_is_answered_from_kept_records(self, bus_daemon):
+        """Over a real bus ListJobs is answered with the records kept per job view (not
+        dbus-fast's marshalling); after jobs change, are dropped and added, the caller
+        (dbus-fast unmarshalling) still gets exactly the fresh structs."""
+        address, _ = bus_daemon
+        fake = FakeScheduler(jobs=[FakeJob(i, "PEND", "sub", "<unknown>", f"dir/f{i}.c", 1.5 + i)
+                                   for i in range(1, 200)])  # fmt: skip
+
+        async def scenario():
+            interface, export, client = await exported(address, fake)
+            try:
+                first = await invoke(client, "ListJobs")
+                jobs = [j for j in fake.jobs if j.id % 7] + [FakeJob(500, "COMP", "sübmitter",
+                        "cs", "ä/" * 9 + "x.c", 3.0, 4.25)]  # fmt: skip
+                jobs[3] = FakeJob(jobs[3].id, "WAIT", "sub", "cs3", "x.c", 1.0, 2.0)
+                fake.jobs = jobs
+                second = await invoke(client, "ListJobs")
+                fresh = SchedulerInterface.list_jobs.__wrapped__(interface)
+                kept = set(interface._job_records)
+                return first, second, fresh, kept
+            finally:
+                interface.detach()
+                client.disconnect()
+                await export.close()
+
+        first, second, fresh, kept = run(scenario)
+        assert first.message_type is MessageType.METHOD_RETURN
+        assert len(first.body[0]) == 199
+        assert second.signature == "a(usssstt)"
+        assert [tuple(job) for job in second.body[0]] == fresh
+        assert kept >= {job[0] for job in fresh}
 
     def test_reply_larger_than_the_socket_buffer_while_signalling_keeps_the_name(
         self, bus_daemon
     ):
-        """A multi-megabyte ListJobs reply that the bus cannot take at once, followed at once
-        by a signal: the bus connection stays (dbus-fast alone would close it on the
-        BlockingIOError of the full socket, and the name would be gone)."""
+        """A 13 MB ListJobs reply that the bus cannot take at once (more than the 8 MiB send
+        buffer), followed at once by a signal: the bus connection stays (dbus-fast alone
+        would close it on the BlockingIOError of the full socket, and the name would be gone)."""
         address, pid = bus_daemon
-        jobs = [FakeJob(i, "PEND", "submitter", "<unknown>", f"src/{i:06d}/" + "x" * 80 + ".c")
+        jobs = [FakeJob(i, "PEND", "submitter", "<unknown>", f"src/{i:06d}/" + "x" * 400 + ".c")
                 for i in range(1, 30_001)]  # fmt: skip
         fake = FakeScheduler(jobs=jobs)
 

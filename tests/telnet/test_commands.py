@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iceserv.protocol.text import format_text
+from iceserv.telnet import commands as telnet_commands
 from iceserv.telnet.commands import (
     DONE,
     GOODBYE,
@@ -201,10 +202,17 @@ class TestJobLines:
     @settings(max_examples=200, deadline=None)
     @given(st.lists(st.tuples(st.sampled_from(("keep", "change", "drop", "add", "list")),
                               st.integers(0, 30), _NAMES), max_size=50))  # fmt: skip
-    def test_same_bytes_as_rendering_every_job_after_random_changes(self, steps):
+    @pytest.mark.parametrize("slack", [0, 1024])
+    def test_same_bytes_as_rendering_every_job_after_random_changes(self, slack, steps):
         """listjobs through a JobLines cache sends exactly the bytes of one text per job,
         whatever jobs were kept (same object), changed (a new view), dropped or added
-        since the last answer, also for file names with newlines."""
+        since the last answer, also for file names with newlines (the table of lines
+        pruned at every answer, or hardly ever)."""
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(telnet_commands, "_LINES_SLACK", slack)
+            self._random_changes(steps)
+
+    def _random_changes(self, steps: list[tuple[str, int, str]]) -> None:
         control = FakeControl()
         cache = JobLines()
         jobs: dict[int, FakeJob] = {}
