@@ -33,7 +33,7 @@ import functools
 import struct
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from iceserv.errors import LocalProtocolError, RemoteProtocolError
+from iceserv.errors import IceservError, LocalProtocolError, RemoteProtocolError
 from iceserv.protocol.compression import DEFAULT_LEVEL, read_blob, write_blob
 from iceserv.protocol.constants import (
     LEGACY_UNKNOWN_JOB_ID_EXITCODE,
@@ -1007,7 +1007,7 @@ HOT_CODEC: Final = 64
 _U32_WORD: Final = struct.Struct(">I")
 
 
-class _NotExpected(Exception):  # noqa: N818 - a signal to the table walk, never seen outside
+class _NotExpected(IceservError, ValueError):  # noqa: N818 - a signal, never seen outside
     """The generated codec does not handle this input: the table walk does."""
 
 
