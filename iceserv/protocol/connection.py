@@ -66,6 +66,7 @@ __all__ = [
 
 _HANDSHAKE_WORD: Final = struct.Struct("<I")
 _FRAME_HEADER: Final = struct.Struct(">II")
+_LENGTH_WORD: Final = struct.Struct(">I")
 _NEVER_VALID: Final = frozenset({MsgType.UNKNOWN, MsgType.TIMEOUT})
 _SEALED: Final = int(IceservMsgType.SEALED)
 #: A sealed record is its inner frame plus 24 bytes (sealing.RECORD_OVERHEAD; not imported
@@ -248,24 +249,31 @@ class Connection:
 
     def _next_message(self) -> Message | NeedData:
         buf = self._in
-        if len(buf) < 4:
+        available = len(buf)
+        if available < 4:
             return NEED_DATA
-        length = int.from_bytes(buf[:4], "big")
-        limit = self._max_size + (_RECORD_OVERHEAD if self._opener is not None else 0)
+        (length,) = _LENGTH_WORD.unpack_from(buf)
+        opener = self._opener
+        limit = self._max_size + (_RECORD_OVERHEAD if opener is not None else 0)
         if length > limit:
             self._fail(f"received a too large message: {length} bytes")
         if length < 4:
             self._fail(f"frame length {length} cannot hold a message type")
-        if len(buf) < 4 + length:
+        end = 4 + length
+        if available < end:
             return NEED_DATA
-        _, msg_type = _FRAME_HEADER.unpack_from(buf)
+        (msg_type,) = _LENGTH_WORD.unpack_from(buf, 4)
         if msg_type in _NEVER_VALID:
             self._fail(f"received message type {msg_type}, which is never valid", msg_type)
-        payload = bytes(buf[8 : 4 + length])
-        header = bytes(buf[:8])
-        del buf[: 4 + length]
-        if self._opener is not None:
+        payload = bytes(buf[8:end])
+        if opener is not None:
+            header = bytes(buf[:8])
+            del buf[:end]
             return self._open(msg_type, header, payload)
+        if available == end:
+            buf.clear()  # the usual case: the frame was all there was
+        else:
+            del buf[:end]
         return decode(msg_type, payload, self.protocol)
 
     def _open(self, msg_type: int, header: bytes, payload: bytes) -> Message:

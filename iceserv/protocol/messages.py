@@ -14,6 +14,16 @@ code 200 below 39, FILE_CHUNK's blob) are handled explicitly below.
 
 Fields that a negotiated version does not carry keep their defaults when
 decoded and are silently not sent when encoded, as 1.4 does.
+
+Hot layouts: once one message type at one protocol version has been decoded
+(or encoded) :data:`HOT_CODEC` times, it gets a codec generated from its
+layout, with one precompiled :class:`struct.Struct` per run of integer
+fields (a scheduler decodes GET_CS, JOB_BEGIN and JOB_DONE thousands of
+times a second; ``icecc``, which handles a few messages per run, never pays
+for the generation).  The generated codec only takes well-formed input: at
+anything it does not expect (a short or long frame, a count that cannot fit,
+a value out of range, a NUL in a string) it gives up and the table walk runs
+instead, so the bytes and the errors are those of the table walk.
 """
 
 from __future__ import annotations
@@ -21,9 +31,9 @@ from __future__ import annotations
 import enum
 import functools
 import struct
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from iceserv.errors import LocalProtocolError, RemoteProtocolError
+from iceserv.errors import IceservError, LocalProtocolError, RemoteProtocolError
 from iceserv.protocol.compression import DEFAULT_LEVEL, read_blob, write_blob
 from iceserv.protocol.constants import (
     LEGACY_UNKNOWN_JOB_ID_EXITCODE,
@@ -858,6 +868,23 @@ def encode(msg: Message, version: int, *, level: int = DEFAULT_LEVEL) -> bytes:
     frames over 1 MiB.
     """
     cls: type = type(msg)
+    fast = _ENCODERS.get((cls, version))
+    if fast is None:
+        _count(_ENCODERS, (cls, version), _make_encoder)
+    else:
+        try:
+            frame = fast(msg)
+        except Exception:  # noqa: BLE001, S110 - not the expected input: the table walk decides
+            pass
+        else:
+            if len(frame) <= MAX_MESSAGE_SIZE:
+                return frame
+    return _encode_table(msg, version, level)
+
+
+def _encode_table(msg: Message, version: int, level: int) -> bytes:
+    """:func:`encode` by the walk over the layout table (what a generated encoder must match)."""
+    cls: type = type(msg)
     if cls not in _LAYOUTS:
         msg_text = f"not an icecream message: {cls.__name__}"
         raise LocalProtocolError(msg_text)
@@ -932,6 +959,19 @@ def decode(msg_type: int, payload: bytes | memoryview, version: int) -> Message:
     Every byte must be consumed (reference §1.5).  Any malformation raises
     :class:`~iceserv.errors.RemoteProtocolError` and nothing else.
     """
+    fast = _DECODERS.get((msg_type, version))
+    if fast is None:
+        _count(_DECODERS, (msg_type, version), _make_decoder)
+    elif type(payload) is bytes:
+        try:
+            return fast(payload)
+        except Exception:  # noqa: BLE001, S110 - not the expected input: the table walk decides
+            pass
+    return _decode_table(msg_type, payload, version)
+
+
+def _decode_table(msg_type: int, payload: bytes | memoryview, version: int) -> Message:
+    """:func:`decode` by the walk over the layout table (what a generated decoder must match)."""
     cls = _BY_TYPE.get(msg_type)
     if cls is None:
         text = f"unknown message type {msg_type}"
@@ -956,3 +996,196 @@ def decode(msg_type: int, payload: bytes | memoryview, version: int) -> Message:
     r.finish()
     message: Message = cls(**values)
     return message
+
+
+# --- hot layouts --------------------------------------------------------------------------
+
+#: Codings of one layout (message type and protocol version) after which it gets its own
+#: generated codec (see the module docstring).
+HOT_CODEC: Final = 64
+
+_U32_WORD: Final = struct.Struct(">I")
+
+
+class _NotExpected(IceservError, ValueError):  # noqa: N818 - a signal, never seen outside
+    """The generated codec does not handle this input: the table walk does."""
+
+
+def _never(_value: object) -> Message | bytes:
+    """Leave every input to the table walk (a layout that gets no codec of its own)."""
+    raise _NotExpected
+
+
+#: Generated codecs by (message type, version) and (class, version); a key's entry is an
+#: int (codings seen so far) until it is hot.  Caches of pure functions of their key.
+_DECODERS: Final[dict[tuple[int, int], Callable[[bytes], Message]]] = {}
+_ENCODERS: Final[dict[tuple[type, int], Callable[[Message], bytes]]] = {}
+_SEEN: Final[dict[object, int]] = {}
+
+
+def _count(table: dict[Any, Any], key: object, make: Callable[[Any, Any], Any]) -> None:
+    seen = _SEEN.get(key, 0) + 1
+    if seen < HOT_CODEC:
+        _SEEN[key] = seen
+        return
+    _SEEN.pop(key, None)
+    table[key] = make(*key)  # type: ignore[misc]
+
+
+def _pack_text(value: str) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape")
+    if b"\0" in raw:
+        raise _NotExpected
+    return _U32_WORD.pack(len(raw) + 1) + raw + b"\0"
+
+
+def _pack_texts(values: tuple[str, ...]) -> bytes:
+    return _U32_WORD.pack(len(values)) + b"".join([_pack_text(value) for value in values])
+
+
+def _pack_envs(values: tuple[EnvEntry, ...]) -> bytes:
+    return _U32_WORD.pack(len(values)) + b"".join(
+        [_pack_text(platform) + _pack_text(name) for platform, name in values]
+    )
+
+
+_INTEGERS: Final = {U: "I", N: "i", B: "I"}
+
+
+def _generic_layout(cls: type | None, version: int) -> bool:
+    """Whether *cls* at *version* is a plain walk of u32/i32/bool/string/list fields."""
+    if cls is None:
+        return False
+    if cls is MonGetCS and not supports(version, Feature.MON_GET_CS_SHORT):
+        return False
+    if cls in (JobDone, MonJobDone) and not supports(version, Feature.CLIENT_COUNT):
+        return False
+    return all(kind in _INTEGERS or kind in (S, L, E) for _, kind, _ in _read_plan(cls, version))
+
+
+def _runs(cls: type, version: int) -> list[tuple[_Kind, list[tuple[str, _Kind]]]]:
+    """Group *cls*'s fields at *version*: runs of integers (kind U32) and single others."""
+    runs: list[tuple[_Kind, list[tuple[str, _Kind]]]] = []
+    for name, kind, _ in _read_plan(cls, version):
+        if kind in _INTEGERS and runs and runs[-1][0] is U:
+            runs[-1][1].append((name, kind))
+        else:
+            runs.append((U if kind in _INTEGERS else kind, [(name, kind)]))
+    return runs
+
+
+def _read_text(target: str, indent: str) -> list[str]:
+    """Return source that reads a string into *target* (as ``Reader.string``)."""
+    return [
+        f"{indent}if end - pos < 4:",
+        f"{indent}    raise _NotExpected",
+        f"{indent}(size,) = _u32(data, pos)",
+        f"{indent}pos += 4",
+        f"{indent}if size:",
+        f"{indent}    stop = pos + size",
+        f"{indent}    if stop > end:",
+        f"{indent}        raise _NotExpected",
+        f"{indent}    nul = data.find(0, pos, stop)",
+        f"{indent}    raw = data[pos : stop if nul < 0 else nul]",
+        f"{indent}    {target} = raw.decode('utf-8', 'surrogateescape')",
+        f"{indent}    pos = stop",
+        f"{indent}else:",
+        f"{indent}    {target} = ''",
+    ]
+
+
+def _read_list(target: str, kind: _Kind) -> list[str]:
+    """Return source that reads a string or environment list into *target*."""
+    lines = [
+        "    if end - pos < 4:",
+        "        raise _NotExpected",
+        "    (count,) = _u32(data, pos)",
+        "    pos += 4",
+        f"    if count * {8 if kind is E else 4} > end - pos:",
+        "        raise _NotExpected",
+        "    items = []",
+        "    for _ in range(count):",
+        *_read_text("first", "        "),
+    ]
+    if kind is E:
+        lines += _read_text("second", "        ")
+        lines.append("        items.append(_env(_EnvEntry, (first, second)))")
+    else:
+        lines.append("        items.append(first)")
+    return [*lines, f"    {target} = tuple(items)"]
+
+
+def _make_decoder(msg_type: int, version: int) -> Callable[[bytes], Message]:
+    """Generate the decoder of *msg_type* at *version* (see the module docstring)."""
+    cls = _BY_TYPE.get(msg_type)
+    if cls is None or not _generic_layout(cls, version):
+        return _never  # type: ignore[return-value]
+    space: dict[str, Any] = {
+        "_cls": cls,
+        "_NotExpected": _NotExpected,
+        "_u32": _U32_WORD.unpack_from,
+        "_env": tuple.__new__,
+        "_EnvEntry": EnvEntry,
+    }
+    lines = ["def decode(data):", "    end = len(data)", "    pos = 0"]
+    names: list[str] = []
+    for kind, group in _runs(cls, version):
+        if kind is U:
+            struct_name = f"_s{len(space)}"
+            layout_struct = struct.Struct(">" + "".join(_INTEGERS[k] for _, k in group))
+            space[struct_name] = layout_struct.unpack_from
+            size = 4 * len(group)
+            values = ", ".join(f"v_{name}" for name, _ in group)
+            lines += [
+                f"    if end - pos < {size}:",
+                "        raise _NotExpected",
+                f"    {values}, = {struct_name}(data, pos)",
+                f"    pos += {size}",
+            ]
+            lines += [f"    v_{name} = v_{name} != 0" for name, k in group if k is B]
+        elif kind is S:
+            lines += _read_text(f"v_{group[0][0]}", "    ")
+        else:
+            lines += _read_list(f"v_{group[0][0]}", kind)
+        names += [name for name, _ in group]
+    lines += [
+        "    if pos != end:",
+        "        raise _NotExpected",
+        "    return _cls(" + ", ".join(f"{name}=v_{name}" for name in names) + ")",
+    ]
+    exec("\n".join(lines), space)  # noqa: S102 - source built from the layout table above
+    decoder: Callable[[bytes], Message] = space["decode"]
+    return decoder
+
+
+def _make_encoder(cls: type, version: int) -> Callable[[Message], bytes]:
+    """Generate the frame encoder of *cls* at *version* (see the module docstring)."""
+    if cls not in _LAYOUTS or not _generic_layout(cls, version):
+        return _never  # type: ignore[return-value]
+    space: dict[str, Any] = {
+        "_pack_text": _pack_text,
+        "_pack_texts": _pack_texts,
+        "_pack_envs": _pack_envs,
+        "_header": _HEADER.pack,
+        "_type": int(cls.TYPE),  # type: ignore[attr-defined]
+    }
+    lines = ["def encode(msg):"]
+    parts: list[str] = []
+    for kind, group in _runs(cls, version):
+        if kind is U:
+            struct_name = f"_s{len(space)}"
+            space[struct_name] = struct.Struct(">" + "".join(_INTEGERS[k] for _, k in group))
+            values = ", ".join(
+                f"1 if msg.{name} else 0" if k is B else f"msg.{name}" for name, k in group
+            )
+            parts.append(f"{struct_name}.pack({values})")
+        else:
+            packer = {S: "_pack_text", L: "_pack_texts", E: "_pack_envs"}[kind]
+            parts.append(f"{packer}(msg.{group[0][0]})")
+    lines += [
+        "    payload = b''.join([" + ", ".join(parts) + "])",
+        "    return _header(len(payload) + 4, _type) + payload",
+    ]
+    exec("\n".join(lines), space)  # noqa: S102 - source built from the layout table above
+    encoder: Callable[[Message], bytes] = space["encode"]
+    return encoder

@@ -60,7 +60,8 @@ re-packed when they run out.
 The timers: with a *deadline* function (the core's), each host is also filed
 by its next deadline (probe, ping, installing) in a heap, so the earliest
 deadline and the hosts due are found without a scan.  Entries carry the
-host's filing version; an older entry is dropped when it reaches the top.
+host's filing version; an older entry is dropped when it reaches the top.  A
+touch that leaves a host's deadline as it was (most do) pushes nothing.
 """
 
 from __future__ import annotations
@@ -92,55 +93,69 @@ class IndexMismatchError(IceservError, RuntimeError):
     """The index picked another host than the scan (only raised with ``check`` on)."""
 
 
-class _Tree:
-    """Free hosts of one class over login slots: maximum rating and minimum finish."""
+#: A tree node over no free host: below every (rating, -slot) of one.
+_EMPTY: Final = (-_INF, 1)
 
-    __slots__ = ("finish", "size", "speed")
+
+class _Tree:
+    """Free hosts of one class over login slots: maximum rating (and where) and minimum finish.
+
+    ``best`` holds, per node, ``(rating, -slot)`` of the free host below it
+    with the highest rating, the first in login order among equals (tuples
+    compare so), or :data:`_EMPTY`: "the first host with the highest rating in
+    a range" is one pass over the range's canonical nodes, and the root
+    answers it for every slot at once.
+    """
+
+    __slots__ = ("finish", "nodes", "size")
 
     def __init__(self, capacity: int) -> None:
         size = 1
         while size < capacity:
             size *= 2
         self.size = size
-        self.speed = [-_INF] * (2 * size)
+        self.nodes: list[tuple[float, int]] = [_EMPTY] * (2 * size)
         self.finish = [_INF] * (2 * size)
 
     def set(self, slot: int, speed: float, finish: float) -> None:
         i = slot + self.size
-        sp, fi = self.speed, self.finish
-        sp[i], fi[i] = speed, finish
+        nodes, fi = self.nodes, self.finish
+        nodes[i], fi[i] = ((speed, -slot) if speed > -_INF else _EMPTY), finish
         i >>= 1
         while i:
             left = 2 * i
-            a, b = sp[left], sp[left + 1]
-            best = b if b > a else a  # noqa: FURB136 - max() costs a call per level
-            a, b = fi[left], fi[left + 1]
-            soonest = b if b < a else a  # noqa: FURB136 - as above
-            if sp[i] == best and fi[i] == soonest:
+            a, b = nodes[left], nodes[left + 1]
+            best = a if a > b else b  # noqa: FURB136 - max() costs a call per level
+            c, d = fi[left], fi[left + 1]
+            soonest = d if d < c else c  # noqa: FURB136 - as above
+            if nodes[i] is best and fi[i] == soonest:
                 return  # this node is unchanged, and so is every node above it
-            sp[i], fi[i] = best, soonest
+            nodes[i], fi[i] = best, soonest
             i >>= 1
 
-    def max_speed(self, lo: int, hi: int) -> float:
-        """Return the highest rating in slots [lo, hi) (-inf if none)."""
-        sp = self.speed
-        best = -_INF
-        lo += self.size
-        hi += self.size
-        while lo < hi:
-            if lo & 1:
-                best = max(best, sp[lo])
-                lo += 1
-            if hi & 1:
-                hi -= 1
-                best = max(best, sp[hi])
-            lo >>= 1
-            hi >>= 1
-        return best
-
-    def first_speed_at_least(self, lo: int, hi: int, value: float) -> int:
-        """Return the first slot in [lo, hi) rated *value* or more, or -1."""
-        return self._first(self.speed, lo, hi, lambda v: v >= value)
+    def best(self, lo: int, hi: int) -> tuple[float, int]:
+        """Return the highest rating in slots [lo, hi) and the first slot with it (-inf, -1)."""
+        size = self.size
+        nodes = self.nodes
+        if lo <= 0 and hi >= size:
+            found = nodes[1]
+        else:
+            found = _EMPTY
+            a, b = lo + size, hi + size
+            while a < b:
+                if a & 1:
+                    if nodes[a] > found:  # noqa: PLR1730 - max() costs a call per node
+                        found = nodes[a]
+                    a += 1
+                if b & 1:
+                    b -= 1
+                    if nodes[b] > found:  # noqa: PLR1730 - as above
+                        found = nodes[b]
+                a >>= 1
+                b >>= 1
+        if found is _EMPTY:
+            return -_INF, -1
+        return found[0], -found[1]
 
     def first_finish_below(self, lo: int, hi: int, value: float) -> int:
         """Return the first slot in [lo, hi) finishing sooner than *value*, or -1."""
@@ -182,6 +197,7 @@ class _Filed:
     special: bool = False
     pick_key: tuple[int, int] | None = None  # (last_picked_id, host_id) in _by_pick
     version: int = 0  # of the timer entry
+    when: float | None = None  # the deadline of the live timer entry (None: no entry)
     state: str = ""  # for a member: "free", "queues", "statless" or "unrated"
     may_take: bool = False
 
@@ -264,11 +280,7 @@ class HostIndex:
             return
         if filed is None:
             filed = self._filed[host_id] = _Filed(self._new_slot(host_id))
-        filed.version += 1
-        if self.deadline is not None:
-            when = self.deadline(host)
-            if when < _INF:
-                heapq.heappush(self._timers, (when, host_id, filed.version))
+        self._file_deadline(host, filed)
         filed.may_take = placement.may_take_a_job(host)
         self._may_take += filed.may_take
         if not self._ok(host):
@@ -292,27 +304,29 @@ class HostIndex:
     def _refile_member(self, host: Host, filed: _Filed) -> bool:
         """Re-file a member that stays one of its class, at its place in login and pick order.
 
-        The common touch (a job began or ended, a load came): only the
-        host's state within its class is redone, not its place in the sorted
-        lists.  Returns False (nothing done) for every other case, which
-        :meth:`_refile` handles by unfiling and filing.
+        The common touch (a job placed, begun or ended, a load came): only the
+        host's state within its class and its place in pick order are redone,
+        not its place in the other sorted lists.  Returns False (nothing done)
+        for every other case, which :meth:`_refile` handles by unfiling and
+        filing.
         """
         key = filed.key
         if (
             key is None
             or filed.special
-            or filed.pick_key != (host.last_picked_id, host.host_id)
             or not host.last_picked_id
             or (not len(host.compiled) and not host.jobs)  # it would become special
             or key != (host.platform, host.version, host.features, host.envs)
             or not self._ok(host)
         ):
             return False
-        filed.version += 1
-        if self.deadline is not None:
-            when = self.deadline(host)
-            if when < _INF:
-                heapq.heappush(self._timers, (when, host.host_id, filed.version))
+        pick_key = (host.last_picked_id, host.host_id)
+        if filed.pick_key != pick_key:  # picked again: only its place in pick order moves
+            assert filed.pick_key is not None  # noqa: S101 - every filed ``ok`` host has one
+            _remove_sorted(self._by_pick, filed.pick_key)
+            filed.pick_key = pick_key
+            insort(self._by_pick, pick_key)
+        self._file_deadline(host, filed)
         self._may_take -= filed.may_take
         filed.may_take = placement.may_take_a_job(host)
         self._may_take += filed.may_take
@@ -338,6 +352,18 @@ class HostIndex:
         if old == "free" and filed.state != "free":
             cls.tree.set(filed.slot, -_INF, _INF)
         return True
+
+    def _file_deadline(self, host: Host, filed: _Filed) -> None:
+        """File *host*'s next deadline, unless its entry in the heap says it already."""
+        if self.deadline is None:
+            return
+        when = self.deadline(host)
+        if when == filed.when:
+            return  # most touches (a job placed or done) leave the deadline as it was
+        filed.version += 1  # the older entry, if any, no longer counts
+        filed.when = when
+        if when < _INF:
+            heapq.heappush(self._timers, (when, host.host_id, filed.version))
 
     def _file_member(self, host: Host, filed: _Filed, cls: _Class) -> None:
         host_id = host.host_id
@@ -473,6 +499,7 @@ class HostIndex:
             f = filed.get(host_id)
             if f is not None and f.version == version:
                 found.add(host_id)
+                f.when = None  # its entry is gone: the next filing pushes one again
         if len(timers) > 4 * len(filed) + _MIN_SLOTS:
             self._timers = [e for e in timers if (f := filed.get(e[1])) and f.version == e[2]]
             heapq.heapify(self._timers)
@@ -610,7 +637,9 @@ class HostIndex:
             walk.run_to(slot)
             walk.challenge(hosts[host_id], own=host_id == own_id)
             walk.pos = slot + 1
-        walk.run_to(self._next_slot)
+        # Past the last login slot every tree is empty: up to the tree's size, the whole
+        # walk without queueing hosts is the root's answer.
+        walk.run_to(category[0].tree.size if category else self._next_slot)
         return True, walk.leader
 
 
@@ -636,22 +665,26 @@ class _Walk:
         """Walk the free hosts in slots [pos, end)."""
         trees = [cls.tree for cls in self.category]
         lo = self.pos
-        while lo < end:
-            if self.leader is None or self.queues:
-                # The first free host (with no leader) or the first to finish sooner leads.
-                bound = _INF if self.leader is None else self.finish
-                found = [s for t in trees if (s := t.first_finish_below(lo, end, bound)) >= 0]
-                if not found:
-                    return
-                slot = min(found)
-                self._lead(self._host_at(slot), free=True)
-                lo = slot + 1
-                continue
-            best = max((t.max_speed(lo, end) for t in trees), default=-_INF)
-            if best > self.speed:
-                slot = min(s for t in trees if (s := t.first_speed_at_least(lo, end, best)) >= 0)
-                self._lead(self._host_at(slot), free=True)
+        if lo >= end:
             return
+        if self.leader is not None and self.queues:
+            # The first free host to finish sooner than a queueing leader takes the lead.
+            found = [s for t in trees if (s := t.first_finish_below(lo, end, self.finish)) >= 0]
+            if not found:
+                return
+            slot = min(found)
+            self._lead(self._host_at(slot), free=True)
+            lo = slot + 1
+        # Without a leader the first free host leads and then loses to the first with the
+        # run's highest rating, if that beats it: either way the first with the highest.
+        # A free leader loses to the first with the run's highest rating if that beats it.
+        best, slot = -_INF, -1
+        for tree in trees:
+            speed, where = tree.best(lo, end)
+            if speed > best or (speed == best and 0 <= where < slot):
+                best, slot = speed, where
+        if slot >= 0 and (self.leader is None or best > self.speed):
+            self._lead(self._host_at(slot), free=True)
 
     def _lead(self, host: Host, *, free: bool, own: bool = False) -> None:
         self.leader = host

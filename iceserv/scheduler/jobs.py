@@ -31,7 +31,6 @@ from iceserv.protocol import (
 )
 from iceserv.protocol.features import min_version, supports
 from iceserv.protocol.filenames import shorten_filename
-from iceserv.protocol.records import asdict
 from iceserv.protocol.tickets import issue_ticket, ticket_address
 from iceserv.scheduler import placement
 from iceserv.scheduler.effects import Close, Effect, Send, ToMonitors
@@ -72,6 +71,9 @@ LOOPBACK_NAME: Final = "localhost"
 #: client reaches the server, within seconds; the rest is room for clock skew.
 TICKET_LIFETIME: Final = 300
 _AUTHENTICATED: Final = "authenticated"  # iceserv.scheduler.auth.AuthState.AUTHENTICATED
+#: JOB_DONE flags as plain ints: ``int & IntFlag`` builds a flag object through enum's code.
+_UNKNOWN_JOB_ID: Final = int(JobDoneFlag.UNKNOWN_JOB_ID)
+_FROM_SUBMITTER: Final = int(JobDoneFlag.FROM_SUBMITTER)
 
 
 def on_get_cs(state: ClusterState, host: Host, request: GetCS) -> list[Effect]:
@@ -145,14 +147,14 @@ def on_job_done(state: ClusterState, host: Host, done: JobDone) -> list[Effect]:
     A server reporting a job it does not serve, or a daemon cancelling a job it
     did not submit, breaks the protocol (1.4 kicks it).
     """
-    if done.flags & JobDoneFlag.UNKNOWN_JOB_ID:
+    if done.flags & _UNKNOWN_JOB_ID:
         # The submitter gave up before it learnt the job id: job_id is its client id.
         job = _find_unknown_job(state, host, done.job_id)
     else:
         job = state.jobs.get(done.job_id)
     if job is None:
         return []  # already aborted or finished; 1.4 ignores it too
-    if done.flags & JobDoneFlag.FROM_SUBMITTER:
+    if done.flags & _FROM_SUBMITTER:
         if job.submitter != host.host_id:
             text = f"JOB_DONE from a daemon that did not submit job {job.job_id}"
             raise RemoteProtocolError(text, msg_type=int(MsgType.JOB_DONE))
@@ -179,9 +181,24 @@ def on_job_done(state: ClusterState, host: Host, done: JobDone) -> list[Effect]:
         user_msec=done.user_msec,
     )
     state.forget_job(job)
-    values = asdict(done)
-    values["job_id"] = job.job_id
-    return [ToMonitors(MonJobDone(**values))]
+    return [
+        ToMonitors(
+            MonJobDone(
+                job_id=job.job_id,
+                exitcode=done.exitcode,
+                real_msec=done.real_msec,
+                user_msec=done.user_msec,
+                sys_msec=done.sys_msec,
+                pfaults=done.pfaults,
+                in_compressed=done.in_compressed,
+                in_uncompressed=done.in_uncompressed,
+                out_compressed=done.out_compressed,
+                out_uncompressed=done.out_uncompressed,
+                flags=done.flags,
+                client_count=done.client_count,
+            )
+        )
+    ]
 
 
 def on_job_local_begin(state: ClusterState, host: Host, begin: JobLocalBegin) -> list[Effect]:

@@ -39,6 +39,9 @@ WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 COMPILE_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: The exit code 1.4 reports for a job aborted because a daemon left.
 _ABORTED_EXITCODE: Final = 255
+#: JOB_DONE flags as plain ints: ``int & IntFlag`` builds a flag object through enum's code.
+_UNKNOWN_JOB_ID: Final = int(JobDoneFlag.UNKNOWN_JOB_ID)
+_FROM_SUBMITTER: Final = int(JobDoneFlag.FROM_SUBMITTER)
 #: Open-job records are pruned to the newest this many (a leak guard).
 _MAX_OPEN: Final = 100_000
 #: Finish times kept for the jobs-per-second rate (seconds).
@@ -99,9 +102,9 @@ class _Histogram:
 
 def fail_reason(done: MonJobDone) -> str | None:
     """Return why *done* failed (one of :data:`FAIL_REASONS`), or ``None`` for success."""
-    if done.flags & JobDoneFlag.UNKNOWN_JOB_ID:
+    if done.flags & _UNKNOWN_JOB_ID:
         return "unknown_job"
-    if done.flags & JobDoneFlag.FROM_SUBMITTER:
+    if done.flags & _FROM_SUBMITTER:
         return "cancelled"
     if done.exitcode == _ABORTED_EXITCODE and done.real_msec == 0 and done.in_compressed == 0:
         return "aborted"

@@ -38,6 +38,7 @@ slots, and for new, unrated or stale hosts, 1.4's rules stand.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -90,6 +91,10 @@ _MIN_OUTPUT: Final = 4096
 EXPLORE_IDS_PER_HOST: Final = 20
 #: matched_job_id compares this many statistics of submitter and server.
 _MATCH_SCAN: Final = 17
+#: Argument flags as plain ints: ``int & IntFlag`` builds a flag object through enum's code.
+_G: Final = int(ArgFlag.G)
+_G3: Final = int(ArgFlag.G3)
+_OPTIMISED: Final = int(ArgFlag.O | ArgFlag.O2 | ArgFlag.OL2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,11 +295,11 @@ def record_job_stats(
     if exitcode != 0 or out_uncompressed < _MIN_OUTPUT or server is None:
         return None
     size = out_uncompressed
-    if job.arg_flags & ArgFlag.G:
+    if job.arg_flags & _G:
         size = size * 10 // 36  # debug info inflates the output about 3.6 times
-    elif job.arg_flags & ArgFlag.G3:
+    elif job.arg_flags & _G3:
         size = size * 10 // 45
-    if job.arg_flags & (ArgFlag.O | ArgFlag.O2 | ArgFlag.OL2):
+    if job.arg_flags & _OPTIMISED:
         size = size * 58 // 35
     if len(server.compiled) >= _TRUSTED_STATS and user_msec > 0:
         # Smooth out spikes: one job moves the rating by at most a factor 1.2.
@@ -419,11 +424,7 @@ class JobFit:
         submitter = state.hosts.get(job.submitter)
         self.blacklists = submitter.blacklist if submitter is not None else {}
         self.reach = submitter.reach if submitter is not None else IPV4 | IPV6  # see reachable()
-        runs_on: set[str] = set()  # host platforms that can run one of the job's environments
-        for env in job.envs:
-            runs_on.add(env.platform)
-            runs_on.update(COMPATIBLE.get(env.platform, ()))
-        self.runs_on = frozenset(runs_on)
+        self.runs_on = _runs_on(tuple(job.envs))
         self.min_version = job.minimal_host_version
         self.required = job.required_features
 
@@ -451,6 +452,16 @@ class JobFit:
         if not host.offers & self.reach and host.host_id != self.own_id:  # see reachable()
             return False
         return host.host_id not in self.blacklists or bool(can_install(self.state, host, self.job))
+
+
+@functools.lru_cache(maxsize=256)
+def _runs_on(envs: tuple[EnvEntry, ...]) -> frozenset[str]:
+    """Return the host platforms that can run one of *envs* (a pure function, cached)."""
+    runs_on: set[str] = set()
+    for env in envs:
+        runs_on.add(env.platform)
+        runs_on.update(COMPATIBLE.get(env.platform, ()))
+    return frozenset(runs_on)
 
 
 def _pick_fastest(state: ClusterState, job: Job, hosts: Collection[Host]) -> Host | None:

@@ -719,8 +719,10 @@ class SchedulerServer:
         return host.nodename if host is not None else f"host {host_id}"
 
     def _log_job(self, message: Message) -> None:
+        if not _LOGGER.isEnabledFor(logging.INFO):  # followed only for job_finished records
+            return
         summary = self._summaries.observe(message, self._host_name, self.now())
-        if summary is not None and _LOGGER.isEnabledFor(logging.INFO):  # a record per job
+        if summary is not None:  # a record per job
             log.info("job_finished", **summary)
 
     def _to_monitors(self, message: Message) -> None:

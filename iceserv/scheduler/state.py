@@ -14,6 +14,7 @@ in :mod:`iceserv.scheduler.handlers`.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -98,7 +99,7 @@ class StatWindow:
         """Return the job ids of the *count* oldest records (1.4 scans from the front)."""
         if self._items is None:
             return []
-        return [stat.job_id for _, stat in zip(range(count), self._items, strict=False)]
+        return [stat.job_id for stat in itertools.islice(self._items, count)]
 
     def __len__(self) -> int:
         """Return how many records are kept."""

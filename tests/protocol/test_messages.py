@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iceserv.errors import LocalProtocolError, RemoteProtocolError
-from iceserv.protocol import records
+from iceserv.protocol import messages, records
+from iceserv.protocol.compression import DEFAULT_LEVEL
 from iceserv.protocol.constants import IceservMsgType, MsgType
 from iceserv.protocol.messages import (
     BlacklistHostEnv,
@@ -655,3 +656,126 @@ class TestRoundTrip:
         assert int.from_bytes(frame[:4], "big") == len(frame) - 4
         assert int.from_bytes(frame[4:8], "big") == cls.TYPE
         assert decode(cls.TYPE, frame[8:], version) == msg
+
+
+# --- hot layouts: the generated codec ---------------------------------------------------------
+
+#: Layouts the generated codec takes: every class at every version but the special ones.
+HOT_CASES = [
+    (cls, v)
+    for cls in ALL_CLASSES
+    for v in VERSIONS
+    if messages._make_decoder(int(cls.TYPE), v) is not messages._never
+]
+
+
+def _outcome(call, *args):
+    """What *call* gives: ("ok", repr of the result) or ("error", type, text, msg_type)."""
+    try:
+        result = call(*args)
+    except Exception as exc:  # noqa: BLE001 - the outcome of any call is compared
+        return ("error", type(exc), str(exc), getattr(exc, "msg_type", None))
+    return ("ok", repr(result))
+
+
+@st.composite
+def _mangled(draw, payload: bytes) -> bytes:
+    """*payload* cut short, lengthened, with a word overwritten, or random bytes instead."""
+    how = draw(st.sampled_from(("cut", "extend", "word", "random")))
+    if how == "cut" and payload:
+        return payload[: draw(st.integers(0, len(payload) - 1))]
+    if how == "extend":
+        return payload + draw(st.binary(min_size=1, max_size=12))
+    if how == "word" and len(payload) >= 4:
+        at = draw(st.integers(0, len(payload) - 4))
+        word = draw(st.sampled_from((0, 1, 3, 0xFFFF_FFFF, 0x8000_0000)) | st.integers(0, 64))
+        return payload[:at] + word.to_bytes(4, "big") + payload[at + 4 :]
+    return draw(st.binary(max_size=40))
+
+
+class TestHotCodec:
+    """A hot layout's generated codec gives the table walk's bytes, messages and errors."""
+
+    def test_special_layouts_get_none(self):
+        assert messages._make_decoder(int(MsgType.FILE_CHUNK), 43) is messages._never
+        assert messages._make_decoder(int(MsgType.COMPILE_FILE), 43) is messages._never
+        assert messages._make_decoder(int(MsgType.MON_GET_CS), 28) is messages._never
+        assert messages._make_decoder(int(MsgType.JOB_DONE), 38) is messages._never
+        assert messages._make_encoder(JobDone, 38) is messages._never
+        assert messages._make_decoder(999, 43) is messages._never
+        assert messages._make_decoder(int(MsgType.GET_CS), 43) is not messages._never
+
+    def test_a_layout_gets_hot_after_its_codings(self, monkeypatch):
+        monkeypatch.setattr(messages, "_DECODERS", {})
+        monkeypatch.setattr(messages, "_ENCODERS", {})
+        monkeypatch.setattr(messages, "_SEEN", {})
+        msg = JobBegin(7, 8, 9)
+        frame = messages._encode_table(msg, 43, DEFAULT_LEVEL)
+        for _ in range(messages.HOT_CODEC - 1):
+            assert encode(msg, 43) == frame
+            assert decode(int(MsgType.JOB_BEGIN), frame[8:], 43) == msg
+        assert not messages._DECODERS
+        assert not messages._ENCODERS
+        assert encode(msg, 43) == frame
+        assert decode(int(MsgType.JOB_BEGIN), frame[8:], 43) == msg
+        assert messages._DECODERS[(int(MsgType.JOB_BEGIN), 43)] is not messages._never
+        assert messages._ENCODERS[(JobBegin, 43)] is not messages._never
+
+    @settings(max_examples=400, deadline=None)
+    @given(data=st.data())
+    def test_same_bytes_and_messages(self, data):
+        cls, version = data.draw(st.sampled_from(HOT_CASES))
+        msg = data.draw(message_of(cls, version))
+        frame = messages._encode_table(msg, version, DEFAULT_LEVEL)
+        assert messages._make_encoder(cls, version)(msg) == frame
+        decoded = messages._make_decoder(int(cls.TYPE), version)(frame[8:])
+        assert repr(decoded) == repr(messages._decode_table(int(cls.TYPE), frame[8:], version))
+        assert repr(decoded) == repr(msg)
+
+    @settings(max_examples=600, deadline=None)
+    @given(data=st.data())
+    def test_bad_payloads_fail_as_the_table_walk(self, data):
+        cls, version = data.draw(st.sampled_from(HOT_CASES))
+        payload = encode(data.draw(message_of(cls, version)), version)[8:]
+        bad = data.draw(_mangled(payload))
+        msg_type = int(cls.TYPE)
+        decoder = messages._make_decoder(msg_type, version)
+        expected = _outcome(messages._decode_table, msg_type, bad, version)
+        got = _outcome(decoder, bad)
+        # The generated decoder takes only what the table walk takes, as the same message...
+        assert got[0] == "error" or got == expected
+        # ... and decode() with it in place answers exactly as the table walk.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(messages._DECODERS, (msg_type, version), decoder)
+            assert _outcome(decode, msg_type, bad, version) == expected
+
+    @pytest.mark.parametrize(
+        ("msg", "version"),
+        [
+            (JobBegin(job_id=-1), 43),
+            (JobBegin(job_id=2**32), 43),
+            (JobDone(exitcode=2**31), 43),
+            (JobDone(exitcode=-(2**31) - 1), 43),
+            (JobDone(exitcode="1"), 43),  # type: ignore[arg-type]
+            (UseCS(hostname="a\0b"), 43),
+            (UseCS(hostname="\ud800"), 43),  # a lone surrogate that is no escaped byte
+            (GetCS(versions=(EnvEntry("x\0", "y"),)), 43),
+            (GetCS(versions=((1, 2),)), 43),  # type: ignore[arg-type]
+            (HostAddresses(addresses=("a", None)), 43),  # type: ignore[arg-type]
+            (StatusText(text="x" * (1 << 20)), 43),  # over the frame limit
+            (Stats(load=1.5), 43),  # type: ignore[arg-type]
+        ],
+        ids=repr,
+    )
+    def test_bad_values_fail_as_the_table_walk(self, msg, version, monkeypatch):
+        key = (type(msg), version)
+        monkeypatch.setitem(messages._ENCODERS, key, messages._make_encoder(*key))
+        expected = _outcome(messages._encode_table, msg, version, DEFAULT_LEVEL)
+        assert expected[0] == "error"
+        assert _outcome(encode, msg, version) == expected
+
+    def test_true_and_false_stay_bools(self):
+        payload = (5).to_bytes(4, "big")
+        hot = messages._make_decoder(int(MsgType.VERIFY_ENV_RESULT), 43)(payload)
+        assert hot == messages._decode_table(int(MsgType.VERIFY_ENV_RESULT), payload, 43)
+        assert hot.ok is True
