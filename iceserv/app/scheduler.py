@@ -208,11 +208,10 @@ def status_text(server: SchedulerServer) -> str:
         if standby.active is None:
             return "looking for an active scheduler"
         return f"standby for {standby.active[0]}:{standby.active[1]}"
-    hosts = server.control.list_hosts()
-    running = sum(host.jobs_assigned for host in hosts)
-    slots = sum(host.max_jobs for host in hosts)
-    noun = "host" if len(hosts) == 1 else "hosts"
-    return f"{len(hosts)} {noun}, {running}/{slots} jobs running"
+    hosts = server.control.host_count()
+    running, slots = server.control.slot_use()
+    noun = "host" if hosts == 1 else "hosts"
+    return f"{hosts} {noun}, {running}/{slots} jobs running"
 
 
 def telnet_policy(setting: str, auth: AuthMode) -> TelnetControl:

@@ -81,6 +81,19 @@ class ClusterControl:
         """Return the number of connected daemons."""
         return len(self._shell.core.state.hosts)
 
+    def slot_use(self) -> tuple[int, int]:
+        """Return (jobs assigned to daemons, their slots), summed over every daemon.
+
+        The same sums as over :meth:`list_hosts`, without building a view per
+        host and job: the service's status line asks every second, and at 5,000
+        daemons the views cost ~50 ms of the loop each time.
+        """
+        running = slots = 0
+        for host in self._shell.core.state.hosts.values():
+            running += len(host.jobs)
+            slots += host.max_jobs
+        return running, slots
+
     def job_count(self) -> int:
         """Return the number of known jobs (queued, assigned and compiling)."""
         return len(self._shell.core.state.jobs)

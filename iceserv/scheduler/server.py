@@ -153,6 +153,9 @@ _READ_SIZE: Final = 65536
 #: answers' bounds and long against one loop iteration's own cost.
 _SLICE_MESSAGES: Final = 128
 _SLICE_SECONDS: Final = 0.004
+#: A peer with messages waiting for a slice is read on until this many bytes wait; then its
+#: transport stops reading until they are handled (a peer buffers at most this plus one read).
+_BACKLOG_BYTES: Final = 1 << 16
 #: A read on a logged-in daemon that sees nothing for this long just starts again:
 #: liveness is TCP keepalive's job (§5.2 step 6), the timeout only bounds the await.
 _IDLE_READ: Final = 300.0
@@ -236,9 +239,10 @@ class _Peer(asyncio.Protocol):
     ``timer`` is the deadline in force (the handshake's, or that of a message
     under way); ``stall`` fires when the transport stayed paused for writing
     (our bytes not taken) for ``send_timeout``.  ``backlog``: messages it
-    sent wait for the next slice (the server's ``_next_slice``) and its
-    transport does not read meanwhile, so that at most one read more than a
-    message is buffered.
+    sent wait for the next slice (the server's ``_next_slice``); ``held``: its
+    transport does not read meanwhile, because more than ``_BACKLOG_BYTES``
+    wait (a daemon with a few messages waiting is read on, which saves the
+    two system calls of a pause and a resume per deferral).
     """
 
     __slots__ = (
@@ -248,6 +252,7 @@ class _Peer(asyncio.Protocol):
         "conn_id",
         "eof",
         "gate",
+        "held",
         "host_id",
         "ip",
         "key",
@@ -278,6 +283,7 @@ class _Peer(asyncio.Protocol):
         self.lost_reason = ""
         #: Complete messages wait in ``conn`` for a later slice; reading is paused meanwhile.
         self.backlog = False
+        self.held = False
         self.eof = False
         self.nodename: str | None = None
         self.host_id = 0
@@ -1213,8 +1219,10 @@ class SchedulerServer:
         peer.conn.receive_data(data)
         if not data:
             peer.eof = True
-        if not peer.backlog:  # else its turn comes: these bytes follow the ones waiting
+        if not peer.backlog:
             self._work(peer)
+        elif not peer.held:  # its turn comes: these bytes follow the ones waiting
+            self._hold(peer)
 
     def _work(self, peer: _Peer) -> None:
         """Handle *peer*'s complete messages while the slice lasts; defer the rest.
@@ -1253,8 +1261,9 @@ class SchedulerServer:
 
     def _read_on(self, peer: _Peer, events: int) -> None:
         """*peer*'s messages are all handled (*events* this time): read again, re-arm deadlines."""
-        if peer.backlog:
-            peer.backlog = False
+        peer.backlog = False
+        if peer.held:
+            peer.held = False
             assert peer.transport is not None  # noqa: S101 - registered peers have one
             peer.transport.resume_reading()
         if peer.logged_in:
@@ -1268,16 +1277,22 @@ class SchedulerServer:
                 )
 
     def _defer(self, peer: _Peer) -> None:
-        """Queue *peer* for the next slice; stop reading it until its messages are handled."""
+        """Queue *peer* for the next slice (no message deadline runs while it waits)."""
         if not peer.backlog:
             peer.backlog = True
-            if not peer.lost:
-                assert peer.transport is not None  # noqa: S101 - registered peers have one
-                peer.transport.pause_reading()
             if peer.logged_in and peer.timer is not None:
                 peer.timer.cancel()
                 peer.timer = None
+        if not peer.held:
+            self._hold(peer)
         self._backlog.append(peer)
+
+    def _hold(self, peer: _Peer) -> None:
+        """Stop reading *peer* while more than ``_BACKLOG_BYTES`` of it wait for a slice."""
+        if peer.conn.buffered > _BACKLOG_BYTES and not peer.lost and not peer.eof:
+            peer.held = True
+            assert peer.transport is not None  # noqa: S101 - registered peers have one
+            peer.transport.pause_reading()
 
     def _slice_room(self) -> bool:
         """Whether one more message fits in this loop iteration's slice (opening one if none)."""

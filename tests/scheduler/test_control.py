@@ -80,6 +80,9 @@ class TestViews:
         )
         assert cs == HostView(nodename="cs", ip="10.0.0.2", jobs_assigned=1, max_jobs=2,
                               busy_installing_since=12, jobs=[job], **common)  # fmt: skip
+        hosts = control.list_hosts()
+        assert control.slot_use() == (sum(h.jobs_assigned for h in hosts),
+                                      sum(h.max_jobs for h in hosts)) == (1, 2)  # fmt: skip
 
     def test_queued_job_has_unknown_server(self):
         """A PEND job shows '<unknown>' as its server."""
