@@ -9,6 +9,7 @@ and the package's import boundary.  The fake is a real object satisfying
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -33,7 +34,7 @@ from iceserv.service.dbus import (
 from iceserv.service.dbus import scheduler as dbus_scheduler
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
     from pathlib import Path
 
 N = SCHEDULER_INTERFACE
@@ -156,13 +157,22 @@ def run(scenario: Any) -> Any:
     return asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
-async def exported(address: str, fake: FakeScheduler, interval: float = 0.2) -> Any:
+@contextlib.asynccontextmanager
+async def exported(
+    address: str, fake: FakeScheduler, interval: float = 0.2
+) -> AsyncIterator[tuple[SchedulerInterface, Any, MessageBus]]:
+    """The interface over *fake* on the bus at *address*, attached, and a client of it."""
     interface = SchedulerInterface(fake, version="9.9", interval=interval)
     export = await export_on_bus(address, N, P, interface)
     assert export is not None
     interface.attach()
     client = await MessageBus(bus_address=address).connect()
-    return interface, export, client
+    try:
+        yield interface, export, client
+    finally:
+        interface.detach()
+        client.disconnect()
+        await export.close()
 
 
 async def invoke(client: MessageBus, member: str, signature: str = "", *body: Any) -> Message:
@@ -177,17 +187,12 @@ class TestMethods:
         """RemoveHost of an unknown host and empty or over-long names are typed errors."""
 
         async def scenario():
-            interface, export, client = await exported(session_bus, FakeScheduler())
-            try:
+            async with exported(session_bus, FakeScheduler()) as (_, _, client):
                 unknown = await invoke(client, "RemoveHost", "s", "nobody-here")
                 ok = await invoke(client, "RemoveHost", "s", "known")
                 empty = await invoke(client, "BlockHost", "s", "")
                 long = await invoke(client, "DrainHost", "s", "x" * 256)
                 return unknown, ok, empty, long
-            finally:
-                interface.detach()
-                client.disconnect()
-                await export.close()
 
         unknown, ok, empty, long = run(scenario)
         assert (unknown.message_type, unknown.error_name) == (
@@ -200,17 +205,12 @@ class TestMethods:
         """ListJobs maps states and times; StartTime is microseconds; Version as given."""
 
         async def scenario():
-            interface, export, client = await exported(session_bus, FakeScheduler())
-            try:
+            async with exported(session_bus, FakeScheduler()) as (_, _, client):
                 jobs = await invoke(client, "ListJobs")
                 props = await client.call(Message(
                     destination=N, path=P, interface="org.freedesktop.DBus.Properties",
                     member="GetAll", signature="s", body=[N]))  # fmt: skip
                 return jobs, props
-            finally:
-                interface.detach()
-                client.disconnect()
-                await export.close()
 
         jobs, props = run(scenario)
         assert [list(row) for row in jobs.body[0]] == [
@@ -227,17 +227,21 @@ class TestSignals:
 
         async def scenario():
             fake = FakeScheduler()
-            interface, export, client = await exported(session_bus, fake, interval=0.3)
-            seen: list[Message] = []
-            # Our object's signals only: the bus's own NameAcquired for this client may
-            # arrive after the handler is added.
-            client.add_message_handler(lambda m: seen.append(m) if m.message_type
-                                       is MessageType.SIGNAL and m.path == P else None)  # fmt: skip
-            await client.call(Message(
-                destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus", member="AddMatch", signature="s",
-                body=[f"type='signal',path='{P}'"]))  # fmt: skip
-            try:
+            async with exported(session_bus, fake, interval=0.3) as (_, _, client):
+                seen: list[Message] = []
+                # Our object's signals only: the bus's own NameAcquired for this client may
+                # arrive after the handler is added.
+                client.add_message_handler(
+                    lambda m: (
+                        seen.append(m)
+                        if m.message_type is MessageType.SIGNAL and m.path == P
+                        else None
+                    )
+                )
+                await client.call(Message(
+                    destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                    body=[f"type='signal',path='{P}'"]))  # fmt: skip
                 (observer,) = fake.observers
                 observer.host_joined("farm1", "10.0.0.1")
                 observer.job_started(FakeJob(4, "COMP", "laptop", "farm1", "b.c"))
@@ -250,10 +254,6 @@ class TestSignals:
                 async with asyncio.timeout(10):
                     while not members <= {m.member for m in seen}:  # noqa: ASYNC110 - bus signals
                         await asyncio.sleep(0.01)
-            finally:
-                interface.detach()
-                client.disconnect()
-                await export.close()
             return fake, seen
 
         fake, seen = run(scenario)
@@ -333,6 +333,7 @@ class TestLongLists:
             reply = Message.new_method_return(call, "a(usssstt)", [jobs])
             reply.serial = bus.sent.serial
             return bytes(reply._marshall(negotiate_unix_fd=False))
+
         jobs: dict[int, FakeJob] = {}
         states = ("PEND", "WAIT", "COMP")
         for kind, key in steps:
@@ -364,8 +365,7 @@ class TestLongLists:
                                    for i in range(1, 200)])  # fmt: skip
 
         async def scenario():
-            interface, export, client = await exported(address, fake)
-            try:
+            async with exported(address, fake) as (interface, _, client):
                 first = await invoke(client, "ListJobs")
                 jobs = [j for j in fake.jobs if j.id % 7] + [FakeJob(500, "COMP", "sübmitter",
                         "cs", "ä/" * 9 + "x.c", 3.0, 4.25)]  # fmt: skip
@@ -375,10 +375,6 @@ class TestLongLists:
                 fresh = SchedulerInterface.list_jobs.__wrapped__(interface)
                 kept = set(interface._job_records)
                 return first, second, fresh, kept
-            finally:
-                interface.detach()
-                client.disconnect()
-                await export.close()
 
         first, second, fresh, kept = run(scenario)
         assert first.message_type is MessageType.METHOD_RETURN
@@ -387,9 +383,7 @@ class TestLongLists:
         assert [tuple(job) for job in second.body[0]] == fresh
         assert kept >= {job[0] for job in fresh}
 
-    def test_reply_larger_than_the_socket_buffer_while_signalling_keeps_the_name(
-        self, bus_daemon
-    ):
+    def test_reply_larger_than_the_socket_buffer_while_signalling_keeps_the_name(self, bus_daemon):
         """A 13 MB ListJobs reply that the bus cannot take at once (more than the 8 MiB send
         buffer), followed at once by a signal: the bus connection stays (dbus-fast alone
         would close it on the BlockingIOError of the full socket, and the name would be gone)."""
@@ -399,31 +393,28 @@ class TestLongLists:
         fake = FakeScheduler(jobs=jobs)
 
         async def scenario():
-            interface, export, client = await exported(address, fake)
-            loop = asyncio.get_running_loop()
+            async with exported(address, fake) as (interface, export, client):
+                loop = asyncio.get_running_loop()
 
-            def stall_bus() -> None:
-                # The bus reads nothing until SIGCONT: the reply fills our socket buffer,
-                # and the signal below is sent while the reply is still half written.
-                fake.on_list_jobs = None
-                os.kill(pid, signal.SIGSTOP)
-                loop.call_soon(interface.job_started, jobs[0])
-                loop.call_later(0.3, os.kill, pid, signal.SIGCONT)
+                def stall_bus() -> None:
+                    # The bus reads nothing until SIGCONT: the reply fills our socket buffer,
+                    # and the signal below is sent while the reply is still half written.
+                    fake.on_list_jobs = None
+                    os.kill(pid, signal.SIGSTOP)
+                    loop.call_soon(interface.job_started, jobs[0])
+                    loop.call_later(0.3, os.kill, pid, signal.SIGCONT)
 
-            fake.on_list_jobs = stall_bus
-            try:
-                with structlog.testing.capture_logs() as logs:
-                    reply = await invoke(client, "ListJobs")
-                    owner = await client.call(Message(
-                        destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                        interface="org.freedesktop.DBus", member="NameHasOwner",
-                        signature="s", body=[N]))  # fmt: skip
-                return reply, owner, export.bus.connected, logs
-            finally:
-                os.kill(pid, signal.SIGCONT)
-                interface.detach()
-                client.disconnect()
-                await export.close()
+                fake.on_list_jobs = stall_bus
+                try:
+                    with structlog.testing.capture_logs() as logs:
+                        reply = await invoke(client, "ListJobs")
+                        owner = await client.call(Message(
+                            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                            interface="org.freedesktop.DBus", member="NameHasOwner",
+                            signature="s", body=[N]))  # fmt: skip
+                    return reply, owner, export.bus.connected, logs
+                finally:
+                    os.kill(pid, signal.SIGCONT)
 
         reply, owner, connected, logs = run(scenario)
         assert reply.message_type is MessageType.METHOD_RETURN
