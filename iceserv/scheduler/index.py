@@ -93,78 +93,107 @@ class IndexMismatchError(IceservError, RuntimeError):
     """The index picked another host than the scan (only raised with ``check`` on)."""
 
 
-#: A tree node over no free host: below every (rating, -slot) of one.
-_EMPTY: Final = (-_INF, 1)
-
-
 class _Tree:
     """Free hosts of one class over login slots: maximum rating (and where) and minimum finish.
 
-    ``best`` holds, per node, ``(rating, -slot)`` of the free host below it
-    with the highest rating, the first in login order among equals (tuples
-    compare so), or :data:`_EMPTY`: "the first host with the highest rating in
-    a range" is one pass over the range's canonical nodes, and the root
-    answers it for every slot at once.
+    A tournament tree: ``rate`` holds each slot's rating (``-inf``: no free
+    host there), and ``win[node]`` the slot of the free host below *node* with
+    the highest rating, the first in login order among equals, so "the first
+    host with the highest rating in a range" is one pass over the range's
+    canonical nodes, and the root answers it for every slot at once.  Only
+    slots are stored above the leaves, so a level costs two look-ups and one
+    float comparison.  ``finish`` is a plain minimum tree beside it, updated
+    on its own (a free host's expected finish moves with its load and
+    statistics, not with its jobs, so most updates stop at the leaf).
     """
 
-    __slots__ = ("finish", "nodes", "size")
+    __slots__ = ("finish", "rate", "size", "win")
 
     def __init__(self, capacity: int) -> None:
         size = 1
         while size < capacity:
             size *= 2
         self.size = size
-        self.nodes: list[tuple[float, int]] = [_EMPTY] * (2 * size)
+        self.rate = [-_INF] * size
+        # Every node starts with its leftmost slot (all empty: the first among equals).
+        win = [0] * (2 * size)
+        win[size:] = range(size)
+        for node in range(size - 1, 0, -1):
+            win[node] = win[2 * node]
+        self.win = win
         self.finish = [_INF] * (2 * size)
 
     def set(self, slot: int, speed: float, finish: float) -> None:
+        """File the free host at *slot* with its rating and finish (``-inf``, ``inf``: none)."""
+        rate, win = self.rate, self.win
+        rate[slot] = speed
+        i = (slot + self.size) >> 1
+        while i:
+            left = i + i
+            w = win[left]
+            v = win[left + 1]
+            if rate[v] > rate[w]:  # strictly: the left (earlier) slot wins ties
+                w = v
+            if w == win[i] and w != slot:
+                break  # the same winner, not the changed slot: nothing above changes
+            win[i] = w
+            i >>= 1
+        fi = self.finish
         i = slot + self.size
-        nodes, fi = self.nodes, self.finish
-        nodes[i], fi[i] = ((speed, -slot) if speed > -_INF else _EMPTY), finish
+        if fi[i] == finish:
+            return
+        fi[i] = finish
         i >>= 1
         while i:
-            left = 2 * i
-            a, b = nodes[left], nodes[left + 1]
-            best = a if a > b else b  # noqa: FURB136 - max() costs a call per level
-            c, d = fi[left], fi[left + 1]
-            soonest = d if d < c else c  # noqa: FURB136 - as above
-            if nodes[i] is best and fi[i] == soonest:
+            left = i + i
+            c = fi[left]
+            d = fi[left + 1]
+            if d < c:  # noqa: PLR1730 - min() costs a call per level
+                c = d
+            if fi[i] == c:
                 return  # this node is unchanged, and so is every node above it
-            nodes[i], fi[i] = best, soonest
+            fi[i] = c
             i >>= 1
 
     def best(self, lo: int, hi: int) -> tuple[float, int]:
         """Return the highest rating in slots [lo, hi) and the first slot with it (-inf, -1)."""
+        rate, win = self.rate, self.win
+        top = win[1]
+        if lo <= top < hi:
+            # The first slot with the highest rating anywhere is also the first in any
+            # range holding it (an equal one before it in the range would come first).
+            speed = rate[top]
+            return (speed, top) if speed > -_INF else (-_INF, -1)
         size = self.size
-        nodes = self.nodes
-        if lo <= 0 and hi >= size:
-            found = nodes[1]
-        else:
-            found = _EMPTY
-            a, b = lo + size, hi + size
-            while a < b:
-                if a & 1:
-                    if nodes[a] > found:  # noqa: PLR1730 - max() costs a call per node
-                        found = nodes[a]
-                    a += 1
-                if b & 1:
-                    b -= 1
-                    if nodes[b] > found:  # noqa: PLR1730 - as above
-                        found = nodes[b]
-                a >>= 1
-                b >>= 1
-        if found is _EMPTY:
+        speed, found = -_INF, -1
+        a, b = lo + size, hi + size
+        while a < b:
+            if a & 1:
+                w = win[a]
+                r = rate[w]
+                if r > speed or (r == speed and w < found):
+                    speed, found = r, w
+                a += 1
+            if b & 1:
+                b -= 1
+                w = win[b]
+                r = rate[w]
+                if r > speed or (r == speed and w < found):
+                    speed, found = r, w
+            a >>= 1
+            b >>= 1
+        if speed == -_INF:
             return -_INF, -1
-        return found[0], -found[1]
+        return speed, found
 
     def first_finish_below(self, lo: int, hi: int, value: float) -> int:
         """Return the first slot in [lo, hi) finishing sooner than *value*, or -1."""
-        return self._first(self.finish, lo, hi, lambda v: v < value)
-
-    def _first(self, tree: list[float], lo: int, hi: int, good: Callable[[float], bool]) -> int:
-        # *good* holds for a node iff it holds for some leaf below it.
+        tree = self.finish
         size = self.size
-        # Collect the canonical nodes of [lo, hi) in left-to-right order.
+        if not tree[1] < value:
+            return -1  # no slot at all finishes sooner
+        # Collect the canonical nodes of [lo, hi) in left-to-right order; a node finishes
+        # sooner than *value* iff some leaf below it does.
         left_nodes: list[int] = []
         right_nodes: list[int] = []
         a, b = lo + size, hi + size
@@ -177,12 +206,13 @@ class _Tree:
                 right_nodes.append(b)
             a >>= 1
             b >>= 1
-        for top in left_nodes + right_nodes[::-1]:
-            if good(tree[top]):
+        right_nodes.reverse()
+        for top in left_nodes + right_nodes:
+            if tree[top] < value:
                 node = top
                 while node < size:
-                    node *= 2
-                    if not good(tree[node]):
+                    node += node
+                    if not tree[node] < value:
                         node += 1
                 return node - size
         return -1
@@ -193,19 +223,30 @@ class _Filed:
     """Where one host is filed, as of its last re-filing."""
 
     slot: int
-    key: _ClassKey | None = None  # its class, when ``ok``
+    cls: _Class | None = None  # its class, when ``ok``
     special: bool = False
-    pick_key: tuple[int, int] | None = None  # (last_picked_id, host_id) in _by_pick
+    pick_key: int = -1  # its key in _by_pick (-1: none), see HostIndex._pick_key
     version: int = 0  # of the timer entry
     when: float | None = None  # the deadline of the live timer entry (None: no entry)
-    state: str = ""  # for a member: "free", "queues", "statless" or "unrated"
+    state: int = 0  # for a member: _FREE, _QUEUES, _STATLESS or _UNRATED
     may_take: bool = False
+
+
+#: A member's state in its class (``_Filed.state``); 0: not a member.
+_FREE: Final = 1  # in the class's tree
+_QUEUES: Final = 2  # in ``queueing``
+_STATLESS: Final = 3  # leads only as the first usable host
+_UNRATED: Final = 4  # counted in ``unrated``: the index hands over to the scan
+
+#: The least number of bits for a host id in a pick key (more when ids outgrow it).
+_PICK_BITS: Final = 32
 
 
 @dataclass(eq=False, slots=True)
 class _Class:
     """The ``ok`` hosts of one (platform, version, features, environments) that are not special."""
 
+    key: _ClassKey
     platform: str
     version: int
     features: int
@@ -227,6 +268,7 @@ class HostIndex:
         "_filed",
         "_may_take",
         "_next_slot",
+        "_pick_bits",
         "_slot_host",
         "_specials",
         "_timers",
@@ -251,7 +293,8 @@ class HostIndex:
         self._filed: dict[int, _Filed] = {}
         self._classes: dict[_ClassKey, _Class] = {}
         self._specials: list[int] = []
-        self._by_pick: list[tuple[int, int]] = []
+        self._by_pick: list[int] = []  # pick keys, sorted
+        self._pick_bits = _PICK_BITS
         self._may_take = 0
         self._capacity = _MIN_SLOTS
         self._next_slot = 0
@@ -286,20 +329,21 @@ class HostIndex:
         if not self._ok(host):
             return
         key: _ClassKey = (host.platform, host.version, host.features, host.envs)
-        filed.key = key
-        filed.pick_key = (host.last_picked_id, host_id)
-        insort(self._by_pick, filed.pick_key)
         cls = self._classes.get(key)
         if cls is None:
             cls = self._classes[key] = _Class(
-                host.platform, host.version, host.features, host.envs, _Tree(self._capacity)
+                key, host.platform, host.version, host.features, host.envs, _Tree(self._capacity)
             )
+        filed.cls = cls
+        filed.pick_key = self._pick_key(host)
+        insort(self._by_pick, filed.pick_key)
         insort(cls.everyone, host_id)
         if not host.last_picked_id or (not len(host.compiled) and not host.jobs):
             filed.special = True  # an early return of the scan when usable
             insort(self._specials, host_id)
             return
-        self._file_member(host, filed, cls)
+        insort(cls.members, host_id)
+        self._file_state(host, filed, cls)
 
     def _refile_member(self, host: Host, filed: _Filed) -> bool:
         """Re-file a member that stays one of its class, at its place in login and pick order.
@@ -310,105 +354,120 @@ class HostIndex:
         for every other case, which :meth:`_refile` handles by unfiling and
         filing.
         """
-        key = filed.key
+        cls = filed.cls
         if (
-            key is None
+            cls is None
             or filed.special
             or not host.last_picked_id
             or (not len(host.compiled) and not host.jobs)  # it would become special
-            or key != (host.platform, host.version, host.features, host.envs)
+            or host.envs != cls.envs
+            or host.platform != cls.platform
+            or host.version != cls.version
+            or host.features != cls.features
             or not self._ok(host)
         ):
             return False
-        pick_key = (host.last_picked_id, host.host_id)
+        # Its id was checked against the key's width when it was filed: no _pick_key().
+        pick_key = host.last_picked_id << self._pick_bits | host.host_id
         if filed.pick_key != pick_key:  # picked again: only its place in pick order moves
-            assert filed.pick_key is not None  # noqa: S101 - every filed ``ok`` host has one
-            _remove_sorted(self._by_pick, filed.pick_key)
+            by_pick = self._by_pick
+            del by_pick[bisect_left(by_pick, filed.pick_key)]  # every filed ``ok`` host has one
             filed.pick_key = pick_key
-            insort(self._by_pick, pick_key)
-        self._file_deadline(host, filed)
-        self._may_take -= filed.may_take
-        filed.may_take = placement.may_take_a_job(host)
-        self._may_take += filed.may_take
-        cls = self._classes[key]
-        old = filed.state
-        if old == "queues":
-            _remove_sorted(cls.queueing, host.host_id)
-        elif old == "unrated":
-            cls.unrated -= 1
-        if not len(host.compiled):
-            filed.state = "statless"
-        elif not placement.rated(host):
-            filed.state = "unrated"
-            cls.unrated += 1
-        elif placement.queues_at(host):
-            filed.state = "queues"
-            insort(cls.queueing, host.host_id)
-        else:
-            filed.state = "free"
-            cls.tree.set(
-                filed.slot, placement.server_rating(host), placement.finish_as_server(host)
-            )
-        if old == "free" and filed.state != "free":
-            cls.tree.set(filed.slot, -_INF, _INF)
+            insort(by_pick, pick_key)
+        if self.deadline is not None:
+            when = self.deadline(host)
+            if when != filed.when:  # most touches (a job placed or done) leave it as it was
+                self._push_deadline(host.host_id, filed, when)
+        may_take = placement.may_take_a_job(host)
+        if may_take != filed.may_take:
+            self._may_take += 1 if may_take else -1
+            filed.may_take = may_take
+        self._file_state(host, filed, cls)
         return True
+
+    def _file_state(self, host: Host, filed: _Filed, cls: _Class) -> None:
+        """File member *host*'s state within *cls*, moving it from where it was filed."""
+        old = filed.state
+        if not len(host.compiled):
+            new = _STATLESS  # leads only as the first usable host
+        elif not placement.rated(host):
+            new = _UNRATED
+        elif placement.queues_at(host):
+            new = _QUEUES
+        else:
+            speed, finish = placement.rating_and_finish(host)
+            cls.tree.set(filed.slot, speed, finish)
+            new = _FREE
+        if old == new:
+            return
+        filed.state = new
+        if old == _FREE:
+            cls.tree.set(filed.slot, -_INF, _INF)
+        elif old == _QUEUES:
+            _remove_sorted(cls.queueing, host.host_id)
+        elif old == _UNRATED:
+            cls.unrated -= 1
+        if new == _QUEUES:
+            insort(cls.queueing, host.host_id)
+        elif new == _UNRATED:
+            cls.unrated += 1
+
+    def _pick_key(self, host: Host) -> int:
+        """Return *host*'s key in pick order: ``last_picked_id`` above, the host id below.
+
+        Keys are plain integers (cheaper to build and compare than pairs).  The
+        low ``_pick_bits`` hold the id; an id that does not fit widens every key.
+        """
+        if host.host_id >> self._pick_bits:
+            self._widen_pick_keys(host.host_id.bit_length())
+        return host.last_picked_id << self._pick_bits | host.host_id
+
+    def _widen_pick_keys(self, bits: int) -> None:
+        old = self._pick_bits
+        mask = (1 << old) - 1
+        self._pick_bits = bits = max(bits, 2 * old)
+        for filed in self._filed.values():
+            if filed.pick_key >= 0:
+                filed.pick_key = (filed.pick_key >> old) << bits | (filed.pick_key & mask)
+        self._by_pick = sorted(f.pick_key for f in self._filed.values() if f.pick_key >= 0)
 
     def _file_deadline(self, host: Host, filed: _Filed) -> None:
         """File *host*'s next deadline, unless its entry in the heap says it already."""
         if self.deadline is None:
             return
         when = self.deadline(host)
-        if when == filed.when:
-            return  # most touches (a job placed or done) leave the deadline as it was
+        if when != filed.when:  # most touches (a job placed or done) leave it as it was
+            self._push_deadline(host.host_id, filed, when)
+
+    def _push_deadline(self, host_id: int, filed: _Filed, when: float) -> None:
         filed.version += 1  # the older entry, if any, no longer counts
         filed.when = when
         if when < _INF:
-            heapq.heappush(self._timers, (when, host.host_id, filed.version))
-
-    def _file_member(self, host: Host, filed: _Filed, cls: _Class) -> None:
-        host_id = host.host_id
-        insort(cls.members, host_id)
-        if not len(host.compiled):
-            filed.state = "statless"  # leads only as the first usable host
-        elif not placement.rated(host):
-            filed.state = "unrated"
-            cls.unrated += 1
-        elif placement.queues_at(host):
-            filed.state = "queues"
-            insort(cls.queueing, host_id)
-        else:
-            filed.state = "free"
-            cls.tree.set(
-                filed.slot, placement.server_rating(host), placement.finish_as_server(host)
-            )
+            heapq.heappush(self._timers, (when, host_id, filed.version))
 
     def _unfile(self, host_id: int, filed: _Filed) -> None:
         self._may_take -= filed.may_take
         filed.may_take = False
-        key, filed.key = filed.key, None
-        if key is None:
+        cls, filed.cls = filed.cls, None
+        if cls is None:
             return
-        if filed.pick_key is not None:
-            _remove_sorted(self._by_pick, filed.pick_key)
-            filed.pick_key = None
-        cls = self._classes[key]
+        _remove_sorted(self._by_pick, filed.pick_key)
+        filed.pick_key = -1
         _remove_sorted(cls.everyone, host_id)
         if filed.special:
             _remove_sorted(self._specials, host_id)
             filed.special = False
-            if not cls.everyone:
-                del self._classes[key]
-            return
-        _remove_sorted(cls.members, host_id)
-        if filed.state == "queues":
-            _remove_sorted(cls.queueing, host_id)
-        elif filed.state == "unrated":
-            cls.unrated -= 1
-        elif filed.state == "free":
-            cls.tree.set(filed.slot, -_INF, _INF)
-        filed.state = ""
+        else:
+            _remove_sorted(cls.members, host_id)
+            if filed.state == _QUEUES:
+                _remove_sorted(cls.queueing, host_id)
+            elif filed.state == _UNRATED:
+                cls.unrated -= 1
+            elif filed.state == _FREE:
+                cls.tree.set(filed.slot, -_INF, _INF)
+            filed.state = 0
         if not cls.everyone:
-            del self._classes[key]
+            del self._classes[cls.key]
 
     def _new_slot(self, host_id: int) -> int:
         slot = self._next_slot
@@ -432,11 +491,9 @@ class HostIndex:
             cls.tree = _Tree(self._capacity)
             for host_id in cls.members:
                 filed = self._filed[host_id]
-                if filed.state == "free":
-                    host = self.state.hosts[host_id]
-                    cls.tree.set(
-                        filed.slot, placement.server_rating(host), placement.finish_as_server(host)
-                    )
+                if filed.state == _FREE:
+                    speed, finish = placement.rating_and_finish(self.state.hosts[host_id])
+                    cls.tree.set(filed.slot, speed, finish)
         return bisect_left(ids, new_id)
 
     def _ok(self, host: Host) -> bool:
@@ -569,9 +626,13 @@ class HostIndex:
             if fit.usable(host):
                 first = host
                 break
-        for last_picked, host_id in self._by_pick:
-            if last_picked >= stale_before:
+        bits = self._pick_bits
+        mask = (1 << bits) - 1
+        stale_key = stale_before << bits  # a key below it: picked before stale_before
+        for pick_key in self._by_pick:
+            if pick_key >= stale_key:
                 break
+            host_id = pick_key & mask
             if first is not None and host_id > first.host_id:
                 continue
             host = hosts[host_id]
@@ -646,11 +707,11 @@ class HostIndex:
 class _Walk:
     """The scan's leader, replayed over runs of free hosts (tree queries) and single hosts."""
 
-    __slots__ = ("category", "finish", "index", "job", "leader", "pos", "queues", "speed")
+    __slots__ = ("finish", "index", "job", "leader", "pos", "queues", "speed", "trees")
 
     def __init__(self, index: HostIndex, category: list[_Class], job: Job) -> None:
         self.index = index
-        self.category = category
+        self.trees = [cls.tree for cls in category]
         self.job = job
         self.leader: Host | None = None
         self.speed = 0.0  # the leader's rating for this job
@@ -658,43 +719,45 @@ class _Walk:
         self.queues = False
         self.pos = 0  # the next slot to walk
 
-    def _host_at(self, slot: int) -> Host:
-        return self.index.state.hosts[self.index._slot_host[slot]]  # noqa: SLF001 - same module
-
     def run_to(self, end: int) -> None:
         """Walk the free hosts in slots [pos, end)."""
-        trees = [cls.tree for cls in self.category]
         lo = self.pos
-        if lo >= end:
+        trees = self.trees
+        if lo >= end or not trees:
             return
         if self.leader is not None and self.queues:
             # The first free host to finish sooner than a queueing leader takes the lead.
-            found = [s for t in trees if (s := t.first_finish_below(lo, end, self.finish)) >= 0]
-            if not found:
+            slot, tree = -1, trees[0]
+            for t in trees:
+                s = t.first_finish_below(lo, end, self.finish)
+                if s >= 0 and (slot < 0 or s < slot):
+                    slot, tree = s, t
+            if slot < 0:
                 return
-            slot = min(found)
-            self._lead(self._host_at(slot), free=True)
+            self._lead(slot, tree.rate[slot], tree.finish[slot + tree.size])
             lo = slot + 1
         # Without a leader the first free host leads and then loses to the first with the
         # run's highest rating, if that beats it: either way the first with the highest.
         # A free leader loses to the first with the run's highest rating if that beats it.
-        best, slot = -_INF, -1
-        for tree in trees:
-            speed, where = tree.best(lo, end)
-            if speed > best or (speed == best and 0 <= where < slot):
-                best, slot = speed, where
-        if slot >= 0 and (self.leader is None or best > self.speed):
-            self._lead(self._host_at(slot), free=True)
-
-    def _lead(self, host: Host, *, free: bool, own: bool = False) -> None:
-        self.leader = host
-        self.queues = not free
-        if own:
-            self.speed = placement.server_speed(host, self.job)
-            self.finish = placement.expected_finish(host, self.job)
+        if len(trees) == 1:
+            tree = trees[0]
+            best, slot = tree.best(lo, end)
         else:
-            self.speed = placement.server_rating(host)
-            self.finish = placement.finish_as_server(host)
+            best, slot, tree = -_INF, -1, trees[0]
+            for t in trees:
+                speed, where = t.best(lo, end)
+                if speed > best or (speed == best and 0 <= where < slot):
+                    best, slot, tree = speed, where, t
+        if slot >= 0 and (self.leader is None or best > self.speed):
+            self._lead(slot, best, tree.finish[slot + tree.size])
+
+    def _lead(self, slot: int, speed: float, finish: float) -> None:
+        """Make the free host at *slot* the leader (its rating and finish, as filed)."""
+        index = self.index
+        self.leader = index.state.hosts[index._slot_host[slot]]  # noqa: SLF001 - same module
+        self.queues = False
+        self.speed = speed
+        self.finish = finish
 
     def challenge(self, host: Host, *, own: bool) -> None:
         """Let a single host (one that would queue, or the submitter) challenge the leader."""
@@ -702,8 +765,7 @@ class _Walk:
             speed = placement.server_speed(host, self.job)
             finish = placement.expected_finish(host, self.job)
         else:
-            speed = placement.server_rating(host)
-            finish = placement.finish_as_server(host)
+            speed, finish = placement.rating_and_finish(host)
         queues = placement.queues_at(host)
         if self.leader is None:
             take = True

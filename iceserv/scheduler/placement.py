@@ -356,6 +356,15 @@ def _finish(host: Host, circumstances: float) -> float:
 expected_finish = _expected_finish
 
 
+def rating_and_finish(host: Host) -> tuple[float, float]:
+    """Return ``(server_rating(host), finish_as_server(host))`` in one call, by the same steps.
+
+    :mod:`iceserv.scheduler.index` files both at every change of a free host.
+    """
+    circumstances = (FULL_LOAD - host.load) / FULL_LOAD
+    return _speed(host, circumstances), _finish(host, circumstances)
+
+
 def queues_at(host: Host) -> bool:
     # A job given to *host* now would wait for a slot (eligible_now allows preload).
     return len(host.jobs) >= host.max_jobs
