@@ -675,23 +675,28 @@ class HostIndex:
         """Replay the scan's leader walk over *category* (and the submitter); see the docstring."""
         hosts = self.state.hosts
         own_id = own.host_id if own is not None else -1
-        firsts = [
-            cls.members[0] if cls.members[0] != own_id or len(cls.members) == 1 else cls.members[1]
-            for cls in category
-        ]
-        if own is not None:
-            firsts.append(own_id)
-        if not firsts:
+        first_id = own_id  # the first host in login order: the scan's first leader
+        queueing: list[int] = []
+        unrated = False
+        for cls in category:
+            members = cls.members
+            host_id = members[0] if members[0] != own_id or len(members) == 1 else members[1]
+            if first_id < 0 or host_id < first_id:
+                first_id = host_id
+            if cls.queueing:
+                queueing += cls.queueing
+            if cls.unrated:
+                unrated = True
+        if first_id < 0:
             return True, None
-        first = hosts[min(firsts)]
+        first = hosts[first_id]
         if not len(first.compiled):
             return True, first  # an unrated first leader is never beaten
-        if any(cls.unrated for cls in category) or (own is not None and not placement.rated(own)):
+        if unrated or (own is not None and not placement.rated(own)):
             return False, None
-        points = sorted(
-            {host_id for cls in category for host_id in cls.queueing}
-            | ({own_id} if own is not None else set())
-        )
+        if own is not None:
+            queueing.append(own_id)
+        points = sorted(set(queueing)) if len(queueing) > 1 else queueing
         walk = _Walk(self, category, job)
         for host_id in points:
             slot = self._filed[host_id].slot
@@ -738,9 +743,12 @@ class _Walk:
             lo = slot + 1
         # Without a leader the first free host leads and then loses to the first with the
         # run's highest rating, if that beats it: either way the first with the highest.
-        # A free leader loses to the first with the run's highest rating if that beats it.
+        # A free leader loses to the first with the run's highest rating if that beats it,
+        # so not at all when no free host anywhere is rated higher (the roots say).
         if len(trees) == 1:
             tree = trees[0]
+            if self.leader is not None and tree.rate[tree.win[1]] <= self.speed:
+                return
             best, slot = tree.best(lo, end)
         else:
             best, slot, tree = -_INF, -1, trees[0]
