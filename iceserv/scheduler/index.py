@@ -224,6 +224,7 @@ class _Filed:
 
     slot: int
     cls: _Class | None = None  # its class, when ``ok``
+    envs: tuple[EnvEntry, ...] = ()  # the host's environments when it was filed in *cls*
     special: bool = False
     pick_key: int = -1  # its key in _by_pick (-1: none), see HostIndex._pick_key
     version: int = 0  # of the timer entry
@@ -335,6 +336,7 @@ class HostIndex:
                 key, host.platform, host.version, host.features, host.envs, _Tree(self._capacity)
             )
         filed.cls = cls
+        filed.envs = host.envs
         filed.pick_key = self._pick_key(host)
         insort(self._by_pick, filed.pick_key)
         insort(cls.everyone, host_id)
@@ -360,7 +362,9 @@ class HostIndex:
             or filed.special
             or not host.last_picked_id
             or (not len(host.compiled) and not host.jobs)  # it would become special
-            or host.envs != cls.envs
+            # The same tuple as at filing (the common case) is equal without comparing
+            # its entries one by one.
+            or (host.envs is not filed.envs and host.envs != cls.envs)
             or host.platform != cls.platform
             or host.version != cls.version
             or host.features != cls.features
@@ -448,7 +452,7 @@ class HostIndex:
     def _unfile(self, host_id: int, filed: _Filed) -> None:
         self._may_take -= filed.may_take
         filed.may_take = False
-        cls, filed.cls = filed.cls, None
+        cls, filed.cls, filed.envs = filed.cls, None, ()
         if cls is None:
             return
         _remove_sorted(self._by_pick, filed.pick_key)
