@@ -484,7 +484,12 @@ class HostIndex:
     def _repack(self, new_id: int) -> int:
         """Give every filed host and *new_id* a slot again, in id order; return *new_id*'s."""
         ids = sorted([*self._filed, new_id])
-        self._capacity = max(_MIN_SLOTS, 2 * len(ids))
+        # A power of two (every tree's size) with room for a quarter more logins: no
+        # tree level is there for empty slots only, and repacking stays amortised O(log n).
+        capacity = _MIN_SLOTS
+        while capacity < len(ids) + len(ids) // 4 + 1:
+            capacity *= 2
+        self._capacity = capacity
         self._slot_host = [0] * self._capacity
         self._slot_host[: len(ids)] = ids
         self._next_slot = len(ids)
@@ -735,16 +740,9 @@ class _Walk:
         if lo >= end or not trees:
             return
         if self.leader is not None and self.queues:
-            # The first free host to finish sooner than a queueing leader takes the lead.
-            slot, tree = -1, trees[0]
-            for t in trees:
-                s = t.first_finish_below(lo, end, self.finish)
-                if s >= 0 and (slot < 0 or s < slot):
-                    slot, tree = s, t
-            if slot < 0:
+            lo = self._sooner(lo, end)
+            if lo < 0:
                 return
-            self._lead(slot, tree.rate[slot], tree.finish[slot + tree.size])
-            lo = slot + 1
         # Without a leader the first free host leads and then loses to the first with the
         # run's highest rating, if that beats it: either way the first with the highest.
         # A free leader loses to the first with the run's highest rating if that beats it,
@@ -763,6 +761,21 @@ class _Walk:
         if slot >= 0 and (self.leader is None or best > self.speed):
             self._lead(slot, best, tree.finish[slot + tree.size])
 
+    def _sooner(self, lo: int, end: int) -> int:
+        """Let the first free host in [lo, end) to finish sooner than the queueing leader lead.
+
+        Returns the slot after it, or -1 if there is none.
+        """
+        slot, tree = -1, self.trees[0]
+        for t in self.trees:
+            s = t.first_finish_below(lo, end, self.finish)
+            if s >= 0 and (slot < 0 or s < slot):
+                slot, tree = s, t
+        if slot < 0:
+            return -1
+        self._lead(slot, tree.rate[slot], tree.finish[slot + tree.size])
+        return slot + 1
+
     def _lead(self, slot: int, speed: float, finish: float) -> None:
         """Make the free host at *slot* the leader (its rating and finish, as filed)."""
         index = self.index
@@ -773,11 +786,7 @@ class _Walk:
 
     def challenge(self, host: Host, *, own: bool) -> None:
         """Let a single host (one that would queue, or the submitter) challenge the leader."""
-        if own:
-            speed = placement.server_speed(host, self.job)
-            finish = placement.expected_finish(host, self.job)
-        else:
-            speed, finish = placement.rating_and_finish(host)
+        speed, finish = placement.rating_and_finish(host, self.job if own else None)
         queues = placement.queues_at(host)
         if self.leader is None:
             take = True

@@ -356,12 +356,17 @@ def _finish(host: Host, circumstances: float) -> float:
 expected_finish = _expected_finish
 
 
-def rating_and_finish(host: Host) -> tuple[float, float]:
-    """Return ``(server_rating(host), finish_as_server(host))`` in one call, by the same steps.
+def rating_and_finish(host: Host, job: Job | None = None) -> tuple[float, float]:
+    """Return ``(server_speed(host, job), expected_finish(host, job))`` in one call.
 
+    Without *job*: ``(server_rating(host), finish_as_server(host))``, the same for any
+    job *host* did not submit.  The very same steps as those functions:
     :mod:`iceserv.scheduler.index` files both at every change of a free host.
     """
-    circumstances = (FULL_LOAD - host.load) / FULL_LOAD
+    if job is None:
+        circumstances = (FULL_LOAD - host.load) / FULL_LOAD
+    else:
+        circumstances = _circumstances(host, job)
     return _speed(host, circumstances), _finish(host, circumstances)
 
 

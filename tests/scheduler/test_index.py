@@ -316,3 +316,44 @@ class TestEventStreams:
 
         with pytest.raises(IndexMismatchError):
             ask_five()
+
+
+class TestFilingEdges:
+    """Edges of the filing structures that random ten-host streams do not reach."""
+
+    def test_login_churn_repacks_the_slots_and_every_pick_agrees(self):
+        """Hosts that leave and come back take new slots; running out re-packs them."""
+        farm = _Farm()
+        for i in range(10):
+            farm.run(("login", i, 4, [ENVS[0]], "x86_64", 43, False))
+        for round_ in range(160):
+            farm.run(("get_cs", round_ % 10, 1, [ENVS[0]], 0, ""))
+            farm.run(("done", round_ * 7, 20_000 + 37 * (round_ % 11), 100 + round_ % 13, False))
+            if round_ % 2:
+                farm.run(("leave", round_ * 3 % 10))
+                farm.run(("login", round_ * 3 % 10, 4, [ENVS[0]], "x86_64", 43, False))
+        state = farm.core.state
+        index = state.index
+        assert index is not None
+        assert state.last_host_id > 64  # more logins than the first slots
+        assert index._next_slot < state.last_host_id  # so the slots were re-packed
+        assert index.picks > 10 * max(index.scans, 1)
+
+    def test_host_ids_beyond_the_key_width_widen_the_pick_keys(self):
+        """Host ids past 2**32 do not fit the pick keys' low bits: every key is widened."""
+        farm = _Farm()
+        farm.core.state.last_host_id = 2**32 - 4  # the fifth login crosses it
+        for i in range(10):
+            farm.run(("login", i, 4, [ENVS[0]], "x86_64", 43, False))
+        index = farm.core.state.index
+        assert index is not None
+        for round_ in range(200):
+            farm.run(("get_cs", round_ % 10, 1, [ENVS[0]], 0, ""))
+            farm.run(("done", round_ * 7, 20_000 + 37 * (round_ % 11), 100 + round_ % 13, False))
+            if round_ % 50 == 49:
+                farm.core.state.last_job_id += 1000  # every host stale: the early returns
+        assert index._pick_bits > 32
+        mask = (1 << index._pick_bits) - 1
+        assert index._by_pick == sorted(index._by_pick)
+        assert sorted(key & mask for key in index._by_pick) == sorted(farm.core.state.hosts)
+        assert index.picks > 10 * max(index.scans, 1)
