@@ -36,9 +36,13 @@ usability depend on more: the submitter is handled on its own, and a
 submitter with a blacklist is scanned.
 
 * Early returns: ``ok`` hosts never picked or without statistics and jobs are
-  kept sorted by id (``_specials``), and every ``ok`` host sorted by its last
-  pick (``_by_pick``), whose prefix is the stale ones.  The first usable of
-  those (and the submitter, if it qualifies) is where the scan returns.
+  kept sorted by id (``_specials``), and every ``ok`` host in order of its
+  last pick (``_by_pick``: integers, the last pick's job id above the host
+  id), whose prefix is the stale ones.  The first usable of those (and the
+  submitter, if it qualifies) is where the scan returns.  An entry may lag
+  behind its host's later picks, never run ahead of them: a host picked
+  again costs nothing until its old entry reaches the stale prefix, where it
+  is moved to its place.
 * Leaders: each class keeps its other hosts sorted by id (``members``), the
   ids of those that would queue, and a segment tree over login order of
   those with a free slot holding their rating (maximum) and expected finish
@@ -373,11 +377,11 @@ class HostIndex:
             return False
         # Its id was checked against the key's width when it was filed: no _pick_key().
         pick_key = host.last_picked_id << self._pick_bits | host.host_id
-        if filed.pick_key != pick_key:  # picked again: only its place in pick order moves
-            by_pick = self._by_pick
-            del by_pick[bisect_left(by_pick, filed.pick_key)]  # every filed ``ok`` host has one
-            filed.pick_key = pick_key
-            insort(by_pick, pick_key)
+        if pick_key < filed.pick_key:
+            # Picked for an older job than its entry says (rare): move the entry back, as
+            # it must never be later than the host's last pick.  A later pick (the common
+            # case) leaves it where it is, for _early to move when it gets there.
+            self._move_pick_key(filed, pick_key)
         if self.deadline is not None:
             when = self.deadline(host)
             if when != filed.when:  # most touches (a job placed or done) leave it as it was
@@ -415,6 +419,12 @@ class HostIndex:
             insort(cls.queueing, host.host_id)
         elif new == _UNRATED:
             cls.unrated += 1
+
+    def _move_pick_key(self, filed: _Filed, pick_key: int) -> None:
+        by_pick = self._by_pick
+        del by_pick[bisect_left(by_pick, filed.pick_key)]  # every filed ``ok`` host has one
+        filed.pick_key = pick_key
+        insort(by_pick, pick_key)
 
     def _pick_key(self, host: Host) -> int:
         """Return *host*'s key in pick order: ``last_picked_id`` above, the host id below.
@@ -638,14 +648,19 @@ class HostIndex:
         bits = self._pick_bits
         mask = (1 << bits) - 1
         stale_key = stale_before << bits  # a key below it: picked before stale_before
-        for pick_key in self._by_pick:
-            if pick_key >= stale_key:
-                break
+        by_pick = self._by_pick
+        i = 0
+        while i < len(by_pick) and by_pick[i] < stale_key:
+            pick_key = by_pick[i]
             host_id = pick_key & mask
-            if first is not None and host_id > first.host_id:
-                continue
             host = hosts[host_id]
-            if fit.usable(host):
+            if host.last_picked_id << bits | host_id != pick_key:
+                # Picked since its entry was made: move it to its place (later, as entries
+                # never run ahead), where the loop meets it again if it is stale still.
+                self._move_pick_key(self._filed[host_id], host.last_picked_id << bits | host_id)
+                continue
+            i += 1
+            if (first is None or host_id < first.host_id) and fit.usable(host):
                 first = host
         if (
             own_usable

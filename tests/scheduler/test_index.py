@@ -357,3 +357,25 @@ class TestFilingEdges:
         assert index._by_pick == sorted(index._by_pick)
         assert sorted(key & mask for key in index._by_pick) == sorted(farm.core.state.hosts)
         assert index.picks > 10 * max(index.scans, 1)
+
+    def test_a_host_picked_for_an_older_job_is_stale_as_early_as_the_scan_says(self):
+        """Its entry in pick order moves back with it (entries never run ahead of the host)."""
+        state = ClusterState()
+        sub = add_host(state, "sub", max_jobs=0)
+        fast = add_host(state, "fast", last_picked_id=290)
+        slow = add_host(state, "slow", last_picked_id=250)
+        for n in range(8):
+            fast.compiled.add(JobStat(n + 1, 1000, 10))
+            slow.compiled.add(JobStat(n + 1, 1000, 100))
+        state.all_stats.add(JobStat(1, 10_000, 10))
+        state.last_job_id = 300
+        job = add_job(state, sub)  # 301: picked before 301 - 20 * 3 = 241 is stale
+        assert _index_answer(state, job) == (True, fast)
+        slow.last_picked_id = 200  # placed an older queued job
+        state.touch(slow)
+        assert state.index is not None
+        assert placement._pick_fastest(state, job, list(state.hosts.values())) is slow
+        assert state.index.pick(job) == (True, slow)
+        slow.last_picked_id = 299  # and picked again: not stale any more
+        state.touch(slow)
+        assert state.index.pick(job) == (True, fast)
