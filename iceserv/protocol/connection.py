@@ -184,7 +184,7 @@ class Connection:
 
     # --- input -----------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | memoryview) -> None:
         """Feed bytes received from the peer; ``b""`` means the peer closed its side."""
         if self._eof:
             if data:

@@ -19,21 +19,20 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
 
 from iceserv.protocol import MonGetCS, MonJobBegin, MonJobDone, MonStats
-from iceserv.protocol.dispatch import Dispatch
 from iceserv.scheduler.effects import ToMonitors
 from iceserv.scheduler.monitoring import OFFLINE
-from iceserv.scheduler.state import ClusterState
 from iceserv.scheduler.views import JobView
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from iceserv.scheduler.effects import Effect
+    from iceserv.scheduler.state import ClusterState
     from iceserv.scheduler.views import JobState as JobStateName
 
 __all__ = ["ClusterEvents", "ClusterObserver"]
@@ -101,13 +100,13 @@ class ClusterEvents:
         # The last finished jobs that had started: (job id, record, end, exit code).
         self._finished: deque[tuple[int, _JobRecord, float, int]] | None = None
         # Handlers take (message, state, now); other monitor messages say nothing we report.
-        self._table = (
-            Dispatch[[ClusterState, float], None]("scheduler core")
-            .on(MonStats, self._on_stats)
-            .on(MonGetCS, self._on_get_cs)
-            .on(MonJobBegin, self._on_job_begin)
-            .on(MonJobDone, self._on_job_done)
-        )
+        # A plain dict looked up by exact class: this runs for every effect the shell applies.
+        self._routes: dict[type[object], Callable[[Any, ClusterState, float], None]] = {
+            MonStats: self._on_stats,
+            MonGetCS: self._on_get_cs,
+            MonJobBegin: self._on_job_begin,
+            MonJobDone: self._on_job_done,
+        }
 
     def add_observer(self, observer: ClusterObserver) -> None:
         """Call *observer* from now on."""
@@ -138,10 +137,13 @@ class ClusterEvents:
     def feed(self, state: ClusterState, effects: Iterable[Effect], now: float) -> None:
         """Look at a batch of applied *effects*; *state* is the core's state after them."""
         seen = False
+        routes = self._routes
         for effect in effects:
             seen = True
-            if isinstance(effect, ToMonitors) and type(effect.message) in self._table:
-                self._table(effect.message, state, now)
+            if type(effect) is ToMonitors:
+                route = routes.get(type(effect.message))
+                if route is not None:
+                    route(effect.message, state, now)
         if seen:
             self.changed()
         if len(self._jobs) > len(state.jobs) + _PRUNE_SLACK:

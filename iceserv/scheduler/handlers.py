@@ -223,8 +223,8 @@ class Scheduler:
 
     @property
     def monitors(self) -> tuple[int, ...]:
-        """Connection ids of the monitors, in login order."""
-        return tuple(self._monitors)
+        """Connection ids of the monitors, in login order (``()`` without a copy when none)."""
+        return tuple(self._monitors) if self._monitors else ()
 
     def host_by_conn(self, conn_id: int) -> Host | None:
         """Return the daemon logged in on *conn_id*, if any."""

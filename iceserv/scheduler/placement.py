@@ -554,11 +554,13 @@ def matched_job_id(submitter: Host, server: Host) -> int:
 
     Informational only (USE_CS ``matched_job_id``); 1.4 scans the 17 oldest of each.
     """
-    compiled = set(server.compiled.oldest_ids(_MATCH_SCAN))
-    for job_id in submitter.requested.oldest_ids(_MATCH_SCAN):
-        if job_id in compiled:
-            return job_id
-    return 0
+    requested = submitter.requested.oldest_ids(_MATCH_SCAN)
+    if not requested:
+        return 0
+    common = set(server.compiled.oldest_ids(_MATCH_SCAN)).intersection(requested)
+    if not common:  # the usual answer: one C-level pass, no Python loop
+        return 0
+    return next(job_id for job_id in requested if job_id in common)
 
 
 def _assign(state: ClusterState, job: Job, host: Host) -> Assignment:

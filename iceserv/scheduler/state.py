@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import operator
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -70,6 +71,9 @@ class JobStat:
     user_msec: int
 
 
+_JOB_ID: Final = operator.attrgetter("job_id")
+
+
 class StatWindow:
     """The last *limit* :class:`JobStat` records, oldest first, with running sums."""
 
@@ -99,7 +103,7 @@ class StatWindow:
         """Return the job ids of the *count* oldest records (1.4 scans from the front)."""
         if self._items is None:
             return []
-        return [stat.job_id for stat in itertools.islice(self._items, count)]
+        return list(map(_JOB_ID, itertools.islice(self._items, count)))
 
     def __len__(self) -> int:
         """Return how many records are kept."""
@@ -295,13 +299,15 @@ class JobQueue:
     so submitters of one niceness level are served round-robin.
     """
 
-    __slots__ = ("_groups",)
+    __slots__ = ("_count", "_groups")
 
     def __init__(self) -> None:
         self._groups: list[_Group] = []
+        self._count = 0  # len(): asked after every message, so not a sum over the groups
 
     def enqueue(self, job: Job) -> None:
         """Append *job* to its group, creating the group at the end of its niceness level."""
+        self._count += 1
         for i, group in enumerate(self._groups):
             if group.submitter == job.submitter and group.niceness == job.niceness:
                 group.jobs.append(job)
@@ -318,7 +324,7 @@ class JobQueue:
 
     def __len__(self) -> int:
         """Return the number of queued jobs."""
-        return sum(len(group.jobs) for group in self._groups)
+        return self._count
 
     def __bool__(self) -> bool:
         """Return whether any job is queued."""
@@ -333,6 +339,7 @@ class JobQueue:
         group = self._find(job)
         self._groups.remove(group)
         group.jobs.remove(job)
+        self._count -= 1
         if not group.jobs:
             return
         for i, other in enumerate(self._groups):
@@ -345,6 +352,7 @@ class JobQueue:
         """Remove *job* without placing it (cancelled); its group keeps its place."""
         group = self._find(job)
         group.jobs.remove(job)
+        self._count -= 1
         if not group.jobs:
             self._groups.remove(group)
 
@@ -354,6 +362,7 @@ class JobQueue:
             job for group in self._groups if group.submitter == submitter for job in group.jobs
         ]
         self._groups = [group for group in self._groups if group.submitter != submitter]
+        self._count -= len(dropped)
         return dropped
 
     def _find(self, job: Job) -> _Group:

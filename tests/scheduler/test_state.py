@@ -87,6 +87,28 @@ class TestJobQueue:
         assert sorted(j.job_id for j in taken) == sorted(j.job_id for j in jobs)
         assert [j.niceness for j in taken] == sorted(j.niceness for j in taken)
 
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from(["enqueue", "take", "discard", "drop"]), st.integers(0, 3)),
+            max_size=60,
+        )
+    )
+    def test_length_follows_every_change(self, steps):
+        """len() (a kept count) equals the jobs iterated after any mix of the four changes."""
+        state = ClusterState()
+        hosts = [add_host(state, f"h{i}") for i in range(4)]
+        for what, which in steps:
+            queued = list(state.queue)
+            if what == "enqueue":
+                add_job(state, hosts[which], niceness=which % 2)
+            elif what == "drop":
+                state.queue.drop_submitter(hosts[which].host_id)
+            elif queued:
+                job = queued[which % len(queued)]
+                (state.queue.take if what == "take" else state.queue.discard)(job)
+            assert len(state.queue) == len(list(state.queue))
+            assert bool(state.queue) == (len(state.queue) > 0)
+
 
 class TestStatWindow:
     def test_sums_and_limit(self):
