@@ -56,6 +56,10 @@ class Feature(enum.Enum):
     ENV_FEATURES = "LOGIN, GET_CS and GET_NATIVE_ENV carry environment features/compression"
     GET_CS_NICENESS = "GET_CS carries niceness"
 
+    # Members are singletons: hash them by identity, in C.  Enum's ``__hash__`` is a Python
+    # call, and the scheduler asks ``supports`` at every re-filing of a host.
+    __hash__ = object.__hash__
+
 
 #: The first negotiated protocol version with each feature (reference §2.3, §4.3).
 MIN_VERSION: Final = MappingProxyType(

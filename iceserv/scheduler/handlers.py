@@ -168,6 +168,10 @@ class _Kind(enum.Enum):
     DAEMON = enum.auto()
     MONITOR = enum.auto()
 
+    # Members are singletons: hash them by identity, in C (Enum's own ``__hash__`` is a
+    # Python call, and every message looks its peer's kind up in the dispatch tables).
+    __hash__ = object.__hash__
+
 
 @dataclass(slots=True)
 class _Peer:
