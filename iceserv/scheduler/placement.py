@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from iceserv.protocol import ArgFlag, EnvEntry
-from iceserv.scheduler.state import IPV4, IPV6, IPV6_LOOPBACK, JobStat
+from iceserv.scheduler.state import IPV4, IPV6, IPV6_LOOPBACK, OLDEST_IDS_KEPT, JobStat
 
 if TYPE_CHECKING:
     import random
@@ -90,7 +90,7 @@ _MIN_OUTPUT: Final = 4096
 #: Hosts unpicked for this many job ids per host are picked again (exploration).
 EXPLORE_IDS_PER_HOST: Final = 20
 #: matched_job_id compares this many statistics of submitter and server.
-_MATCH_SCAN: Final = 17
+_MATCH_SCAN: Final = OLDEST_IDS_KEPT  # 1.4 scans the 17 oldest of each window
 #: Argument flags as plain ints: ``int & IntFlag`` builds a flag object through enum's code.
 _G: Final = int(ArgFlag.G)
 _G3: Final = int(ArgFlag.G3)

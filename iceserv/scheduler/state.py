@@ -32,6 +32,7 @@ __all__ = [
     "IPV4",
     "IPV6",
     "IPV6_LOOPBACK",
+    "OLDEST_IDS_KEPT",
     "ClusterState",
     "Host",
     "Job",
@@ -71,17 +72,27 @@ class JobStat:
     user_msec: int
 
 
+#: The oldest job ids a window keeps at hand: USE_CS's ``matched_job_id`` compares the 17
+#: oldest of two windows (§7.7) at every placement, and reading them from the records
+#: themselves (the least recently touched objects of the scheduler) costs cache misses.
+OLDEST_IDS_KEPT: Final = 17
 _JOB_ID: Final = operator.attrgetter("job_id")
+_NO_IDS: Final[list[int]] = []  # shared by every empty window; never changed (add() replaces it)
 
 
 class StatWindow:
-    """The last *limit* :class:`JobStat` records, oldest first, with running sums."""
+    """The last *limit* :class:`JobStat` records, oldest first, with running sums.
 
-    __slots__ = ("_items", "limit", "output_sum", "user_sum")
+    The ids of the :data:`OLDEST_IDS_KEPT` oldest records are also kept in a
+    list of their own, moved on by one id when the oldest record is forgotten.
+    """
+
+    __slots__ = ("_items", "_oldest", "limit", "output_sum", "user_sum")
 
     def __init__(self, limit: int) -> None:
         # Made at the first record: an empty deque is ~600 bytes, times two per daemon.
         self._items: deque[JobStat] | None = None
+        self._oldest: list[int] = _NO_IDS
         self.limit = limit
         self.output_sum = 0
         self.user_sum = 0
@@ -91,16 +102,25 @@ class StatWindow:
         items = self._items
         if items is None:
             items = self._items = deque()
+            self._oldest = []
         items.append(stat)
         self.output_sum += stat.output_size
         self.user_sum += stat.user_msec
+        oldest = self._oldest
+        if len(oldest) < OLDEST_IDS_KEPT:
+            oldest.append(stat.job_id)
         if len(items) > self.limit:
             old = items.popleft()
             self.output_sum -= old.output_size
             self.user_sum -= old.user_msec
+            del oldest[0]
+            if len(items) >= OLDEST_IDS_KEPT:
+                oldest.append(items[OLDEST_IDS_KEPT - 1].job_id)
 
     def oldest_ids(self, count: int) -> list[int]:
         """Return the job ids of the *count* oldest records (1.4 scans from the front)."""
+        if count <= OLDEST_IDS_KEPT:
+            return self._oldest[:count]
         if self._items is None:
             return []
         return list(map(_JOB_ID, itertools.islice(self._items, count)))

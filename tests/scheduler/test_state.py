@@ -120,6 +120,23 @@ class TestStatWindow:
         assert (window.output_sum, window.user_sum) == (500, 50)
         assert window.oldest_ids(5) == [2, 3]
 
+    @given(
+        st.integers(1, 40),
+        st.lists(st.integers(1, 10**9), max_size=120),
+        st.integers(0, 25),
+    )
+    def test_oldest_ids_follow_the_records(self, limit, ids, count):
+        """The kept oldest ids equal the ids of the oldest records, for any limit and count."""
+        window = StatWindow(limit)
+        kept: list[int] = []
+        assert window.oldest_ids(count) == []
+        for job_id in ids:
+            window.add(JobStat(job_id, 1, 1))
+            kept = [*kept, job_id][-limit:]
+            assert window.oldest_ids(count) == kept[:count]
+            assert window.oldest_ids(17) == kept[:17]
+        assert len(window) == len(kept)
+
     @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**5)), max_size=50))
     def test_sums_match_contents(self, stats):
         """Running sums always equal the sums of the kept records."""
