@@ -32,8 +32,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rng = random.Random(args.seed)  # noqa: S311 - a reproducible synthetic workload
-    recorded = [json.loads(line) for name in ("binutils", "libuv", "shared")
-                for line in (TRACES / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+    recorded = [
+        json.loads(line)
+        for name in ("binutils", "libuv", "shared")
+        for line in (TRACES / f"{name}.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     submitters = [f"dev{i + 1}" for i in range(args.submitters)]
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "farm.jsonl").open("w") as out:

@@ -429,9 +429,14 @@ async def load(target: Target, args: argparse.Namespace) -> dict[str, object]:
         "rss_kib_after": rss_after[0],
         "rss_kib_peak": rss_after[1],
         "latency_ms": {
-            name: {"n": len(v), "p50": round(pct(v, 0.5), 2), "p99": round(pct(v, 0.99), 2),
-                   "slowest": slowest(v, latencies.get(name + "@", []), wall_start)}
-            for name, v in latencies.items() if v and not name.endswith("@")
+            name: {
+                "n": len(v),
+                "p50": round(pct(v, 0.5), 2),
+                "p99": round(pct(v, 0.99), 2),
+                "slowest": slowest(v, latencies.get(name + "@", []), wall_start),
+            }
+            for name, v in latencies.items()
+            if v and not name.endswith("@")
         },
     }
 
@@ -474,12 +479,16 @@ def show(name: str, r: dict[str, object]) -> None:
     lat = r["latency_ms"]
     if not isinstance(lat, dict):
         return
-    print(f"{name}: {r['done']}/{r['jobs']} jobs done in {r['seconds']} s "
-          f"({r['jobs_per_s']} jobs/s), answered {r['answered']}, "
-          f"lost or duplicated {r['lost_or_duplicated']}, "
-          f"listjobs afterwards {r['listjobs_after']} lines")
-    print(f"  RSS {r['rss_kib_before']} KiB after logins, {r['rss_kib_after']} KiB after the run "
-          f"(peak {r['rss_kib_peak']} KiB)")
+    print(
+        f"{name}: {r['done']}/{r['jobs']} jobs done in {r['seconds']} s "
+        f"({r['jobs_per_s']} jobs/s), answered {r['answered']}, "
+        f"lost or duplicated {r['lost_or_duplicated']}, "
+        f"listjobs afterwards {r['listjobs_after']} lines"
+    )
+    print(
+        f"  RSS {r['rss_kib_before']} KiB after logins, {r['rss_kib_after']} KiB after the run "
+        f"(peak {r['rss_kib_peak']} KiB)"
+    )
     for what, fig in lat.items():
         print(f"  {what:<9} n={fig['n']:<5} p50 {fig['p50']:8.2f} ms   p99 {fig['p99']:8.2f} ms")
 
@@ -500,16 +509,23 @@ def compare(jobs: int, results: dict[str, dict[str, object]]) -> None:
         lo, lr = ours["latency_ms"], real["latency_ms"]
         if isinstance(lo, dict) and isinstance(lr, dict):
             print("ratios iceserv/1.4:")
-            print(f"  run time {float(ours['seconds']) / float(real['seconds']):.2f}, "
-                  f"RSS after {int(ours['rss_kib_after']) / int(real['rss_kib_after']):.2f}")
+            print(
+                f"  run time {float(ours['seconds']) / float(real['seconds']):.2f}, "
+                f"RSS after {int(ours['rss_kib_after']) / int(real['rss_kib_after']):.2f}"
+            )
             for what in ("listcs", "listjobs"):
                 if what in lo and what in lr:
-                    print(f"  {what} p50 {lo[what]['p50'] / max(lr[what]['p50'], 1e-3):.2f}, "
-                          f"p99 {lo[what]['p99'] / max(lr[what]['p99'], 1e-3):.2f}")
+                    print(
+                        f"  {what} p50 {lo[what]['p50'] / max(lr[what]['p50'], 1e-3):.2f}, "
+                        f"p99 {lo[what]['p99'] / max(lr[what]['p99'], 1e-3):.2f}"
+                    )
     if ours is not None and isinstance(lat := ours["latency_ms"], dict):
         limit = bound_ms(jobs)
-        over = {what: fig["p99"] for what, fig in lat.items()
-                if what not in ("D-Bus errors", "telnet timeouts") and fig["p99"] >= limit}
+        over = {
+            what: fig["p99"]
+            for what, fig in lat.items()
+            if what not in ("D-Bus errors", "telnet timeouts") and fig["p99"] >= limit
+        }
         errors = [what for what in ("D-Bus errors", "telnet timeouts") if what in lat]
         verdict = "all under" if not over and not errors else f"OVER {over} {errors}"
         print(f"iceserv p99 bound {limit:.0f} ms at {jobs} jobs: {verdict}")
@@ -517,26 +533,37 @@ def compare(jobs: int, results: dict[str, dict[str, object]]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, nargs="+", default=[2000],
-                        help="queued jobs; several sizes run one after the other")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        nargs="+",
+        default=[2000],
+        help="queued jobs; several sizes run one after the other",
+    )
     parser.add_argument("--daemons", type=int, default=20)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900.0, help="per scheduler")
     parser.add_argument("--only", choices=("iceserv", "1.4"))
-    parser.add_argument("--no-dbus", action="store_true",
-                        help="leave the D-Bus client out (ours still runs on a private bus)")
+    parser.add_argument(
+        "--no-dbus",
+        action="store_true",
+        help="leave the D-Bus client out (ours still runs on a private bus)",
+    )
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--logs", type=Path,
-                        help="copy our scheduler's log and dbus-daemon's stderr here")
+    parser.add_argument(
+        "--logs", type=Path, help="copy our scheduler's log and dbus-daemon's stderr here"
+    )
     args = parser.parse_args()
     sizes = [jobs - jobs % args.daemons for jobs in args.jobs]
     everything: dict[str, dict[str, dict[str, object]]] = {}
     ok = True
     for jobs in sizes:
         args.jobs = jobs
-        print(f"{jobs} jobs from {args.daemons} simulated daemons with {args.slots} slots each; "
-              f"load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"{jobs} jobs from {args.daemons} simulated daemons with {args.slots} slots each; "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
         results: dict[str, dict[str, object]] = {}
         if args.only != "1.4":
             results["iceserv"] = run_ours(args)

@@ -488,6 +488,7 @@ def _own_and_reaped_cpu(pid: int) -> float:
         return 0.0
     return sum(int(f) for f in fields[11:15]) / TICKS
 
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=3)
@@ -516,4 +517,3 @@ def main() -> int:
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(main())
-
