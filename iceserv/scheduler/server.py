@@ -158,8 +158,9 @@ _SLICE_SECONDS: Final = 0.004
 _BACKLOG_BYTES: Final = 1 << 16
 #: Every TCP peer reads into this one buffer (``_Peer.get_buffer``), and its bytes are copied
 #: into the peer's ``Connection`` before the next read.  A plain ``Protocol`` gets a new
-#: ``bytes`` of up to 256 KiB per read: with glibc that allocation is an mmap, a shrink and
-#: an unmap, ~17 us a read, more than the rest of a small read costs together.
+#: ``bytes`` of up to 256 KiB per read, allocated and shrunk: depending on malloc's mmap
+#: threshold at the time that is an mmap, an mremap and an munmap, ~15 us a read, more than
+#: the rest of a small read costs together.
 _READ_BUFFER: Final = memoryview(bytearray(256 * 1024))
 #: A read on a logged-in daemon that sees nothing for this long just starts again:
 #: liveness is TCP keepalive's job (§5.2 step 6), the timeout only bounds the await.
