@@ -163,6 +163,16 @@ class _Farm:
         self.placed: list[tuple[int, int]] = []  # (job id, server conn)
         self.next_client = 1
 
+    def log_in(self, hosts: int = 10, slots: int = 4) -> None:
+        """Log daemons 0..hosts-1 in, alike: x86_64, protocol 43, the first environment."""
+        for i in range(hosts):
+            self.run(("login", i, slots, [ENVS[0]], "x86_64", 43, False))
+
+    def steady_round(self, round_: int, hosts: int = 10) -> None:
+        """One GET_CS from daemon round % hosts, and a JOB_DONE of varying size and time."""
+        self.run(("get_cs", round_ % hosts, 1, [ENVS[0]], 0, ""))
+        self.run(("done", round_ * 7, 20_000 + 37 * (round_ % 11), 100 + round_ % 13, False))
+
     def run(self, op: tuple[Any, ...]) -> None:
         kind = op[0]
         with contextlib.suppress(RemoteProtocolError):  # a message the core refuses
@@ -289,11 +299,9 @@ class TestEventStreams:
     def test_a_long_steady_stream_is_answered_by_the_index(self):
         """In a steady farm almost every pick comes from the index, and all agree."""
         farm = _Farm()
-        for i in range(10):
-            farm.run(("login", i, 4, [ENVS[0]], "x86_64", 43, False))
+        farm.log_in()
         for round_ in range(300):
-            farm.run(("get_cs", round_ % 10, 1, [ENVS[0]], 0, ""))
-            farm.run(("done", round_ * 7, 20_000 + 37 * (round_ % 11), 100 + round_ % 13, False))
+            farm.steady_round(round_)
         index = farm.core.state.index
         assert index is not None
         assert index.picks > 10 * max(index.scans, 1)
@@ -324,11 +332,9 @@ class TestFilingEdges:
     def test_login_churn_repacks_the_slots_and_every_pick_agrees(self):
         """Hosts that leave and come back take new slots; running out re-packs them."""
         farm = _Farm()
-        for i in range(10):
-            farm.run(("login", i, 4, [ENVS[0]], "x86_64", 43, False))
+        farm.log_in()
         for round_ in range(160):
-            farm.run(("get_cs", round_ % 10, 1, [ENVS[0]], 0, ""))
-            farm.run(("done", round_ * 7, 20_000 + 37 * (round_ % 11), 100 + round_ % 13, False))
+            farm.steady_round(round_)
             if round_ % 2:
                 farm.run(("leave", round_ * 3 % 10))
                 farm.run(("login", round_ * 3 % 10, 4, [ENVS[0]], "x86_64", 43, False))
@@ -343,13 +349,11 @@ class TestFilingEdges:
         """Host ids past 2**32 do not fit the pick keys' low bits: every key is widened."""
         farm = _Farm()
         farm.core.state.last_host_id = 2**32 - 4  # the fifth login crosses it
-        for i in range(10):
-            farm.run(("login", i, 4, [ENVS[0]], "x86_64", 43, False))
+        farm.log_in()
         index = farm.core.state.index
         assert index is not None
         for round_ in range(200):
-            farm.run(("get_cs", round_ % 10, 1, [ENVS[0]], 0, ""))
-            farm.run(("done", round_ * 7, 20_000 + 37 * (round_ % 11), 100 + round_ % 13, False))
+            farm.steady_round(round_)
             if round_ % 50 == 49:
                 farm.core.state.last_job_id += 1000  # every host stale: the early returns
         assert index._pick_bits > 32
